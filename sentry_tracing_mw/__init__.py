@@ -1,0 +1,1 @@
+"""sentry-tracing-mw."""
