@@ -1,0 +1,212 @@
+"""The manual instrumentation API (module-level functions re-exported by the package)."""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import copy_context
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._client import get_client
+from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ._propagation import DICT_GETTER, Getter, extract
+from ._tracing import SOURCES, PropagationContext, Span, Transaction
+
+__all__ = [
+    "capture_exception",
+    "close",
+    "continue_trace",
+    "flush",
+    "get_current_span",
+    "get_trace_headers",
+    "start_span",
+    "start_transaction",
+    "trace",
+    "trace_meta_tags",
+    "use_span",
+    "wrap_context",
+]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def start_transaction(
+    name: str = "<unlabeled transaction>",
+    *,
+    op: str | None = None,
+    source: str = "custom",
+    headers: Any = None,
+    getter: Getter[Any] = DICT_GETTER,
+    sampled: bool | None = None,
+    custom_sampling_context: Mapping[str, Any] | None = None,
+    origin: str = "manual",
+) -> Transaction:
+    """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
+    client = get_client()
+    if source not in SOURCES:
+        logger.debug("invalid transaction source %r; using 'custom'", source)
+        source = "custom"
+    incoming = extract(headers, getter) if headers is not None else None
+    ctx = client.continue_trace(incoming)
+    return client.start_transaction(
+        name,
+        op=op,
+        source=source,
+        origin=origin,
+        ctx=ctx,
+        sampled=sampled,
+        sampling_extra=dict(custom_sampling_context) if custom_sampling_context else None,
+    )
+
+
+def continue_trace(
+    headers: Any, name: str = "<unlabeled transaction>", **kwargs: Any
+) -> Transaction:
+    """Start a transaction that continues the trace in ``headers``."""
+    return start_transaction(name, headers=headers, **kwargs)
+
+
+def get_current_span() -> Span | None:
+    """The current span (the transaction itself at the root), or None."""
+    return CURRENT_SPAN.get()
+
+
+def start_span(
+    op: str | None = None, description: str | None = None, *, origin: str = "manual"
+) -> Span:
+    """Start a child of the current span; a non-recording span when none is current."""
+    parent = CURRENT_SPAN.get()
+    if parent is not None:
+        return parent.start_child(op, description, origin=origin)
+    ctx = _propagation_context()
+    from ._tracing import _DetachedSpan
+
+    return _DetachedSpan(ctx, None, op, description, origin)
+
+
+@contextmanager
+def use_span(span: Span | None) -> Iterator[Span | None]:
+    """Make ``span`` current for the block; the previous span is always restored."""
+    token = CURRENT_SPAN.set(span)
+    try:
+        yield span
+    finally:
+        CURRENT_SPAN.reset(token)
+
+
+def _propagation_context() -> PropagationContext:
+    span = CURRENT_SPAN.get()
+    if span is not None:
+        return span._context()
+    ctx = PROPAGATION_CONTEXT.get()
+    if ctx is None:
+        ctx = get_client().continue_trace(None)
+        PROPAGATION_CONTEXT.set(ctx)
+    return ctx
+
+
+def get_trace_headers() -> dict[str, str]:
+    """Outgoing ``sentry-trace``, ``baggage`` (and ``traceparent``) for the current trace."""
+    span = CURRENT_SPAN.get()
+    if span is not None:
+        return span._context().headers(span._span_id)
+    return _propagation_context().headers()
+
+
+def trace_meta_tags() -> str:
+    """``<meta>`` tags that let a browser SDK continue the current trace."""
+    headers = get_trace_headers()
+    tags = [
+        f'<meta name="sentry-trace" content="{html.escape(headers["sentry-trace"])}">'
+    ]
+    if "baggage" in headers:
+        tags.append(f'<meta name="baggage" content="{html.escape(headers["baggage"])}">')
+    return "\n".join(tags)
+
+
+def capture_exception(exc: BaseException | None = None) -> str | None:
+    """Send an error event linked to the current span; returns its event id."""
+    if exc is None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return None
+    try:
+        return get_client().capture_exception(exc)
+    except Exception:
+        logger.exception("capture_exception failed")
+        return None
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until queued events are sent; False when ``timeout`` passed first."""
+    return get_client().flush(timeout)
+
+
+def close(timeout: float | None = None) -> None:
+    """Flush and stop the current client's transport."""
+    get_client().close(timeout)
+
+
+@overload
+def trace(func: Callable[P, R]) -> Callable[P, R]: ...
+@overload
+def trace(
+    func: None = None, *, op: str = "function", description: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def trace(
+    func: Callable[P, R] | None = None,
+    *,
+    op: str = "function",
+    description: str | None = None,
+) -> Any:
+    """Decorate a sync or async function: a child span while a span is current."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        name = description or getattr(fn, "__qualname__", None) or repr(fn)
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                parent = CURRENT_SPAN.get()
+                if parent is None:
+                    return await fn(*args, **kwargs)  # type: ignore[misc]
+                with parent.start_child(op, name):
+                    return await fn(*args, **kwargs)  # type: ignore[misc]
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            parent = CURRENT_SPAN.get()
+            if parent is None:
+                return fn(*args, **kwargs)
+            with parent.start_child(op, name):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """Bind ``fn`` to a copy of the current context (for threads, executors, callbacks)."""
+    ctx = copy_context()
+
+    @functools.wraps(fn)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return bound

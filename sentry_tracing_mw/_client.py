@@ -1,0 +1,381 @@
+"""The client: options, trace continuation, sampling, hand-off to the transport.
+
+One client is current per process (``init()`` replaces it). Framework integrations call
+:meth:`Client.continue_trace` and :meth:`Client.start_transaction`; nothing here knows a
+framework.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import ipaddress
+import logging
+import random
+import re
+import threading
+from typing import Any
+
+from ._client_reports import ClientReports
+from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ._event import SDK_INFO, error_event, transaction_event
+from ._ids import new_sample_rand, new_trace_id
+from ._options import Options, build_options
+from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
+from ._sampling import SamplingContext, TokenBucket, decide
+from ._tracing import PropagationContext, Span, Transaction
+from ._transport import Pending, Transport, uwsgi_threads_disabled
+
+__all__ = ["Client", "get_client", "init", "is_initialized"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+_CAPTURED_MARK = "__sentry_tracing_mw_captured__"
+
+
+class Client:
+    """Holds validated options, the transport and the client-report counters."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.reports = ClientReports()
+        self.transport: Transport | None = None
+        if options.dsn is not None:
+            self.transport = Transport(
+                options.dsn,
+                reports=self.reports,
+                sdk_info={"name": SDK_INFO["name"], "version": SDK_INFO["version"]},
+                send_client_reports=options.send_client_reports,
+                http_proxy=options.http_proxy,
+                https_proxy=options.https_proxy,
+            )
+        cap = options.max_inherited_sampled_per_second
+        self._inherited_cap = None if cap is None else TokenBucket(cap)
+        exact: set[str] = set()
+        patterns: list[re.Pattern[str]] = []
+        for item in options.ignore_transactions:
+            if isinstance(item, str):
+                exact.add(item)
+                try:
+                    patterns.append(re.compile(item))
+                except re.error:
+                    pass
+            else:
+                patterns.append(item)
+        self._ignore_exact = frozenset(exact)
+        self._ignore_patterns = tuple(patterns)
+        self._trust = options.trust_incoming_traces
+        self._closed = False
+
+    # -- incoming traces --------------------------------------------------------
+    def trusts(self, peer: str | None, request: Any = None) -> bool:
+        """Whether incoming trace headers from this peer/request may be continued."""
+        trust = self._trust
+        if trust is True:
+            return True
+        if trust is False:
+            return False
+        if callable(trust):
+            try:
+                return bool(trust(request))
+            except Exception:
+                logger.debug("trust_incoming_traces callable raised; not trusting", exc_info=True)
+                return False
+        if not peer:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in net for net in trust if addr.version == net.version)
+
+    def _org_allows(self, incoming: IncomingTrace) -> bool:
+        theirs = incoming.dsc.get("org_id") if incoming.dsc else None
+        ours = self.options.org_id
+        if theirs and ours and theirs != ours:
+            return False
+        return not (self.options.strict_trace_continuation and theirs != ours)
+
+    def continue_trace(self, incoming: IncomingTrace | None) -> PropagationContext:
+        """The propagation context for a unit of work: continued from ``incoming`` or new."""
+        if incoming is not None and not self._org_allows(incoming):
+            logger.debug("org_id mismatch: starting a new trace instead of continuing")
+            incoming = None
+        if incoming is None:
+            return PropagationContext(self, new_trace_id(), sample_rand=new_sample_rand())
+        dsc = incoming.dsc
+        parent_sampled = incoming.parent_sampled
+        rate = parse_sample_rate(dsc.get("sample_rate")) if dsc else None
+        rand = parse_sample_rand(dsc.get("sample_rand")) if dsc else None
+        if rand is None:
+            if parent_sampled is not None and rate is not None:
+                rand = new_sample_rand(0.0, rate) if parent_sampled else new_sample_rand(rate, 1.0)
+            else:
+                rand = new_sample_rand()
+            if dsc is not None:
+                dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
+        return PropagationContext(
+            self,
+            incoming.trace_id,
+            parent_span_id=incoming.parent_span_id,
+            sampled=parent_sampled,
+            sample_rate=rate,
+            sample_rand=rand,
+            dsc=dsc,
+            third_party=incoming.third_party,
+            tracestate=incoming.tracestate,
+            random=incoming.random,
+        )
+
+    def start_transaction(
+        self,
+        name: str,
+        *,
+        op: str | None = None,
+        source: str = "custom",
+        origin: str = "manual",
+        ctx: PropagationContext | None = None,
+        sampled: bool | None = None,
+        sampling_extra: dict[str, Any] | None = None,
+    ) -> Transaction:
+        """Start a transaction in ``ctx`` (a new trace when None) and make the decision."""
+        if ctx is None:
+            ctx = self.continue_trace(None)
+        opts = self.options
+        parent_sampled = ctx.sampled
+        if sampled is not None:
+            decision: bool | None = sampled
+            rate: float | None = 1.0 if sampled else 0.0
+        elif not opts.tracing_enabled:
+            decision, rate = parent_sampled, ctx.sample_rate
+        else:
+            sampler = opts.traces_sampler
+
+            def context() -> SamplingContext:
+                data: dict[str, Any] = {
+                    "transaction_context": {"name": name, "op": op, "source": source},
+                    "parent_sampled": parent_sampled,
+                    "parent_sample_rate": ctx.sample_rate if parent_sampled is not None else None,
+                }
+                if sampling_extra:
+                    data.update(sampling_extra)
+                return SamplingContext(data)
+
+            decision, rate = decide(
+                sampler=sampler,
+                sample_rate=opts.traces_sample_rate,
+                parent_sampled=parent_sampled,
+                parent_sample_rate=ctx.sample_rate,
+                sample_rand=ctx.sample_rand,
+                context=context if sampler is not None else None,
+            )
+            if decision and parent_sampled and self._inherited_cap is not None:
+                if not self._inherited_cap.take():
+                    logger.debug("max_inherited_sampled_per_second reached: not sampling")
+                    decision = False
+        ctx.sampled = decision
+        ctx.sample_rate = rate
+        recording = bool(decision) and (sampled is not None or opts.tracing_enabled)
+        return Transaction(
+            self, ctx, name, op=op, source=source, origin=origin, recording=recording
+        )
+
+    # -- transactions -------------------------------------------------------------
+    def _finish_transaction(self, tx: Transaction) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if not tx._recording:
+            if tx._ctx.sampled is False:
+                self.reports.record_transaction("sample_rate", tx._n_children)
+            return
+        status = tx._response_status
+        if status is not None and status in self.options.trace_ignore_status_codes:
+            self.reports.record_transaction("event_processor", len(tx._spans))
+            return
+        n = len(tx._spans)
+        transport.submit(
+            Pending("transaction", functools.partial(self._prepare_transaction, tx), n,
+                    1024 + 400 * n)
+        )
+
+    def _is_ignored(self, name: str) -> bool:
+        if name in self._ignore_exact:
+            return True
+        return any(p.fullmatch(name) for p in self._ignore_patterns)
+
+    def _prepare_transaction(
+        self, tx: Transaction
+    ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
+        """Runs on the transport's worker thread."""
+        n = len(tx._spans)
+        if (self._ignore_exact or self._ignore_patterns) and self._is_ignored(tx._name):
+            self.reports.record_transaction("event_processor", n)
+            return None
+        event: dict[str, Any] | None = transaction_event(tx, self.options)
+        hook = self.options.before_send_transaction
+        if hook is not None:
+            try:
+                event = hook(event)  # type: ignore[arg-type]
+            except Exception:
+                logger.exception("before_send_transaction raised; sending the event unchanged")
+                event = transaction_event(tx, self.options)
+            if event is None:
+                self.reports.record_transaction("before_send", n)
+                return None
+            if not isinstance(event, dict):
+                logger.error("before_send_transaction must return a dict or None")
+                self.reports.record_transaction("before_send", n)
+                return None
+        return event, tx._ctx.dsc()
+
+    # -- errors ---------------------------------------------------------------------
+    def capture_exception(
+        self,
+        exc: BaseException,
+        *,
+        span: Span | None = None,
+        mechanism: str = "generic",
+        handled: bool = True,
+    ) -> str | None:
+        """Send an error event linked to ``span`` (default: the current span)."""
+        if getattr(exc, _CAPTURED_MARK, False):
+            return None
+        try:
+            setattr(exc, _CAPTURED_MARK, True)
+        except Exception:
+            pass
+        opts = self.options
+        if opts.sample_rate < 1.0 and random.random() >= opts.sample_rate:
+            self.reports.record("sample_rate", "error")
+            return None
+        if span is None:
+            span = CURRENT_SPAN.get()
+        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
+        if ctx is None:
+            ctx = self.continue_trace(None)
+        event = error_event(
+            exc, options=opts, ctx=ctx, span=span, mechanism=mechanism, handled=handled
+        )
+        event_id: str = event["event_id"]
+        transport = self.transport
+        if transport is not None:
+            transport.submit(
+                Pending("error", functools.partial(self._prepare_error, event, ctx.dsc()), 0, 8192)
+            )
+        return event_id
+
+    def _prepare_error(
+        self, event: dict[str, Any], dsc: dict[str, str]
+    ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
+        hook = self.options.before_send
+        if hook is not None:
+            try:
+                result = hook(event)
+            except Exception:
+                logger.exception("before_send raised; sending the event unchanged")
+                result = event
+            if not isinstance(result, dict):
+                self.reports.record("before_send", "error")
+                return None
+            event = result
+        return event, dsc
+
+    # -- lifecycle --------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued was sent; False on timeout."""
+        if self.transport is None:
+            return True
+        return self.transport.flush(self.options.shutdown_timeout if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within ``shutdown_timeout`` and stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close(self.options.shutdown_timeout if timeout is None else timeout)
+
+
+# -- process-wide state -----------------------------------------------------------------
+
+_lock = threading.Lock()
+_client: Client | None = None
+_default: Client | None = None
+_initialized = False
+
+
+def get_client() -> Client:
+    """The current client; a send-nothing default one before ``init()``."""
+    client = _client
+    if client is not None:
+        return client
+    global _default
+    if _default is None:
+        _default = Client(build_options(environ={}, instrument_http_clients=False))
+    return _default
+
+
+def is_initialized() -> bool:
+    """True once ``init()`` has been called in this process."""
+    return _initialized
+
+
+def _configure_logging(debug: bool) -> None:
+    if not debug:
+        return
+    logger.setLevel(logging.DEBUG)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[sentry_tracing_mw] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def init(**options: Any) -> Client:
+    """Configure the process-wide client (see the API contract for every option)."""
+    opts = build_options(**options)
+    client = Client(opts)
+    global _client, _initialized
+    with _lock:
+        old, _client = _client, client
+        _initialized = True
+    if old is not None:
+        try:
+            old.close()
+        except Exception:
+            logger.exception("closing the previous client failed")
+    _configure_logging(opts.debug)
+    if opts.dsn is not None and uwsgi_threads_disabled():
+        logger.warning(
+            "uWSGI is running without --enable-threads: sentry_tracing_mw cannot start its "
+            "transport thread and nothing will be sent. Add --enable-threads (or threads = N)."
+        )
+    if opts.instrument_http_clients:
+        _instrument_clients()
+    logger.debug("initialized (dsn %s, sample rate %s)", "set" if opts.dsn else "none",
+                 opts.traces_sample_rate)
+    return client
+
+
+def _instrument_clients() -> None:
+    try:
+        from .integrations import http_clients
+    except ImportError:  # pragma: no cover - the module always exists in a full install
+        return
+    try:
+        http_clients.instrument()
+    except Exception:
+        logger.exception("instrumenting HTTP clients failed")
+
+
+def _close_at_exit() -> None:
+    client = _client
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+atexit.register(_close_at_exit)
+

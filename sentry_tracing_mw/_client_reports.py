@@ -1,0 +1,143 @@
+"""Client reports: counts of discarded events (protocol §15)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from ._ratelimits import KNOWN_CATEGORIES
+
+__all__ = ["FLUSH_INTERVAL", "MAX_ENTRIES", "VALID_REASONS", "ClientReports"]
+
+VALID_REASONS = frozenset(
+    {
+        "queue_overflow",
+        "cache_overflow",
+        "ratelimit_backoff",
+        "network_error",
+        "sample_rate",
+        "before_send",
+        "event_processor",
+        "send_error",
+        "internal_sdk_error",
+        "insufficient_data",
+        "backpressure",
+        "buffer_overflow",
+        "ignored",
+        "invalid",
+    }
+)
+
+#: Seconds between reports piggy-backed on ordinary envelopes.
+FLUSH_INTERVAL = 30.0
+#: Entries per report; keeps the item well under its 4 KiB limit (the rest waits).
+MAX_ENTRIES = 40
+
+
+class ClientReports:
+    """Thread-safe aggregation of discarded-event counts, read and reset atomically.
+
+    Clocks: ``due(now)`` takes ``time.monotonic()`` values.
+    """
+
+    __slots__ = ("__weakref__", "_last_take", "_lock", "_pending", "_total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], int] = {}
+        self._total: dict[tuple[str, str], int] = {}
+        self._last_take = time.monotonic()
+        _instances.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """Child side of ``fork()``: a fresh lock; the parent reports what was pending."""
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._last_take = time.monotonic()
+
+    def record(self, reason: str, category: str, quantity: int = 1) -> None:
+        """Count ``quantity`` discarded items of ``category`` for ``reason``."""
+        if quantity <= 0 or reason not in VALID_REASONS or category not in KNOWN_CATEGORIES:
+            return
+        key = (reason, category)
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + quantity
+            self._total[key] = self._total.get(key, 0) + quantity
+
+    def record_transaction(self, reason: str, span_count: int) -> None:
+        """Count a dropped transaction: ``transaction`` x1 and ``span`` x(span_count + 1)."""
+        if reason not in VALID_REASONS:
+            return
+        spans = max(0, span_count) + 1
+        with self._lock:
+            for key, qty in (((reason, "transaction"), 1), ((reason, "span"), spans)):
+                self._pending[key] = self._pending.get(key, 0) + qty
+                self._total[key] = self._total.get(key, 0) + qty
+
+    def pending(self) -> bool:
+        """True when counts wait to be sent."""
+        return bool(self._pending)
+
+    def due(self, now: float) -> bool:
+        """True when counts are pending and the last report is ``FLUSH_INTERVAL`` old."""
+        return bool(self._pending) and now - self._last_take >= FLUSH_INTERVAL
+
+    def take(self) -> dict[str, Any] | None:
+        """Atomically read and reset; the ``client_report`` payload, or None when empty."""
+        with self._lock:
+            self._last_take = time.monotonic()
+            if not self._pending:
+                return None
+            items = sorted(self._pending.items())
+            taken, rest = items[:MAX_ENTRIES], items[MAX_ENTRIES:]
+            self._pending = dict(rest)
+        return {
+            "timestamp": time.time(),
+            "discarded_events": [
+                {"reason": reason, "category": category, "quantity": qty}
+                for (reason, category), qty in taken
+            ],
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Put back counts from a ``take()`` payload whose envelope was not delivered."""
+        entries = payload.get("discarded_events") if isinstance(payload, dict) else None
+        if not isinstance(entries, list):
+            return
+        with self._lock:
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    continue
+                reason, category, qty = (
+                    entry.get("reason"),
+                    entry.get("category"),
+                    entry.get("quantity"),
+                )
+                if (
+                    isinstance(reason, str)
+                    and isinstance(category, str)
+                    and isinstance(qty, int)
+                    and qty > 0
+                ):
+                    key = (reason, category)
+                    self._pending[key] = self._pending.get(key, 0) + qty
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        """Cumulative counts recorded since creation (not reset by ``take()``)."""
+        with self._lock:
+            return dict(self._total)
+
+
+_instances: weakref.WeakSet[ClientReports] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reports in list(_instances):
+        reports._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,32 @@
+"""Context variables: the current span, the request's propagation context, suppression.
+
+Everything that must follow a request across ``await`` points and ``contextvars``-aware
+executors lives here. Values are always set with a token and reset in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._tracing import PropagationContext, Span
+
+__all__ = ["CURRENT_SPAN", "PROPAGATION_CONTEXT", "SUPPRESS_INSTRUMENTATION"]
+
+#: The span that new spans attach to (a ``Transaction`` at the root of a request).
+CURRENT_SPAN: ContextVar[Span | None] = ContextVar("sentry_tracing_mw.span", default=None)
+
+#: The trace a request belongs to when no span is current (untraced methods, tracing
+#: disabled): outgoing calls still propagate it and error events still link to it.
+PROPAGATION_CONTEXT: ContextVar[PropagationContext | None] = ContextVar(
+    "sentry_tracing_mw.propagation", default=None
+)
+
+#: True inside our own machinery (the transport's worker thread): outgoing HTTP calls made
+#: there are never traced and never given trace headers.
+SUPPRESS_INSTRUMENTATION: ContextVar[bool] = ContextVar(
+    "sentry_tracing_mw.suppress", default=False
+)
+
+

@@ -1,0 +1,134 @@
+"""DSN parsing: endpoint URL, auth header and org id (protocol §1)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from ._errors import ConfigurationError
+from ._version import VERSION
+
+__all__ = ["SDK_NAME", "USER_AGENT", "Dsn"]
+
+SDK_NAME = "sentry.python.tracemw"
+USER_AGENT = f"{SDK_NAME}/{VERSION}"
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ORG_RE = re.compile(r"^o(\d+)\.")
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """A parsed, validated DSN with its derived envelope URL and auth header."""
+
+    scheme: str
+    public_key: str
+    secret_key: str | None
+    host: str
+    port: int | None
+    path: str
+    project_id: str
+    org_id: str | None
+    envelope_url: str
+    auth_header: str
+
+    @classmethod
+    def parse(cls, value: str) -> Dsn:
+        """Parse ``value``; raise ``ConfigurationError`` naming the problem."""
+        if not isinstance(value, str):
+            raise ConfigurationError(f"dsn: expected a string, got {type(value).__name__}")
+        raw = value.strip()
+        if not raw:
+            raise ConfigurationError("dsn: empty string")
+        if any(c in raw for c in " \t\r\n"):
+            raise ConfigurationError(f"dsn {value!r}: contains whitespace")
+        try:
+            parts = urlsplit(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"dsn {value!r}: not a URL ({exc})")
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ConfigurationError(
+                f"dsn {value!r}: unsupported scheme {parts.scheme!r} (expected http or https)"
+            )
+        netloc = parts.netloc
+        if "@" not in netloc:
+            raise ConfigurationError(
+                f"dsn {value!r}: no public key (expected scheme://key@host/id)"
+            )
+        userinfo, _, hostport = netloc.rpartition("@")
+        public, sep, secret = userinfo.partition(":")
+        public = unquote(public)
+        if not public:
+            raise ConfigurationError(f"dsn {value!r}: no public key")
+        secret_key = unquote(secret) if sep and secret else None
+        host, port = _split_hostport(hostport, value)
+        path_all = parts.path
+        if parts.query or parts.fragment:
+            raise ConfigurationError(f"dsn {value!r}: query strings and fragments are not allowed")
+        prefix, _, project_id = path_all.rstrip("/").rpartition("/")
+        if not project_id:
+            raise ConfigurationError(f"dsn {value!r}: no project id in the path")
+        if not project_id.isdigit():
+            raise ConfigurationError(f"dsn {value!r}: project id {project_id!r} is not numeric")
+        m = _ORG_RE.match(host)
+        org_id = m.group(1) if m else None
+        shown_port = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
+        host_fmt = f"[{host}]" if ":" in host else host
+        envelope_url = f"{scheme}://{host_fmt}{shown_port}{prefix}/api/{project_id}/envelope/"
+        auth = f"Sentry sentry_version=7, sentry_client={USER_AGENT}, sentry_key={public}"
+        if secret_key:
+            auth += f", sentry_secret={secret_key}"
+        return cls(
+            scheme=scheme,
+            public_key=public,
+            secret_key=secret_key,
+            host=host,
+            port=port,
+            path=prefix,
+            project_id=project_id,
+            org_id=org_id,
+            envelope_url=envelope_url,
+            auth_header=auth,
+        )
+
+    def __str__(self) -> str:
+        """Return the DSN in its canonical string form."""
+        cred = self.public_key + (f":{self.secret_key}" if self.secret_key else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.scheme}://{cred}@{host}{port}{self.path}/{self.project_id}"
+
+
+def _split_hostport(hostport: str, value: str) -> tuple[str, int | None]:
+    """Split ``host[:port]`` (IPv6 in brackets) and validate both parts."""
+    port_s: str | None = None
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise ConfigurationError(f"dsn {value!r}: unterminated IPv6 address")
+        host = hostport[1:end]
+        rest = hostport[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigurationError(f"dsn {value!r}: garbage after IPv6 address")
+            port_s = rest[1:]
+        if not host:
+            raise ConfigurationError(f"dsn {value!r}: empty host")
+    else:
+        host, sep, p = hostport.partition(":")
+        if sep:
+            port_s = p
+        if not host:
+            raise ConfigurationError(f"dsn {value!r}: empty host")
+        if any(c in host for c in "/?#[]"):
+            raise ConfigurationError(f"dsn {value!r}: invalid host {host!r}")
+    port: int | None = None
+    if port_s is not None:
+        if not port_s.isdigit() or not port_s.isascii():
+            raise ConfigurationError(f"dsn {value!r}: port {port_s!r} is not numeric")
+        port = int(port_s)
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"dsn {value!r}: port {port} out of range")
+    return host.lower(), port

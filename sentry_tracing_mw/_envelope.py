@@ -1,0 +1,216 @@
+"""Envelope framing (protocol §3): serialize, strict parse, body decoding and gzip."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._serialize import dumps
+
+__all__ = [
+    "Envelope",
+    "EnvelopeError",
+    "Item",
+    "decode_body",
+    "gzip_compress",
+    "parse_envelope",
+    "serialize_envelope",
+]
+
+_NL = 0x0A
+
+
+class EnvelopeError(ValueError):
+    """Malformed envelope bytes, undecodable body or a body over the size limit."""
+
+
+@dataclass(slots=True)
+class Item:
+    """One envelope item: its header object and raw payload bytes."""
+
+    headers: dict[str, Any]
+    payload: bytes
+
+    @property
+    def type(self) -> str:
+        """The item ``type`` header."""
+        value = self.headers.get("type")
+        return value if isinstance(value, str) else ""
+
+    def json(self) -> Any:
+        """Decode the payload as JSON (``EnvelopeError`` when it is not valid JSON)."""
+        try:
+            return json.loads(self.payload.decode("utf-8"))
+        except Exception as exc:
+            raise EnvelopeError(f"item of type {self.type!r}: payload is not JSON: {exc}")
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A parsed envelope: header object and items in order."""
+
+    headers: dict[str, Any]
+    items: list[Item] = field(default_factory=list)
+
+    def items_of(self, item_type: str) -> Iterator[Item]:
+        """Iterate over the items of one type."""
+        return (it for it in self.items if it.type == item_type)
+
+    def serialize(self) -> bytes:
+        """Serialize back to wire bytes (lengths recomputed)."""
+        return serialize_envelope(self.headers, [(it.headers, it.payload) for it in self.items])
+
+
+def serialize_envelope(
+    headers: dict[str, Any], items: Sequence[tuple[dict[str, Any], bytes]]
+) -> bytes:
+    """Frame an envelope: header line, then per item a header line with ``length`` and payload."""
+    parts = [dumps(headers), b"\n"]
+    for item_headers, payload in items:
+        hdr = dict(item_headers)
+        hdr["length"] = len(payload)
+        parts.append(dumps(hdr))
+        parts.append(b"\n")
+        parts.append(payload)
+        parts.append(b"\n")
+    return b"".join(parts)
+
+
+def _parse_header(line: bytes, what: str) -> dict[str, Any]:
+    if not line:
+        raise EnvelopeError(f"{what}: blank line where a header is expected")
+    if b"\r" in line:
+        raise EnvelopeError(f"{what}: carriage return in header line (only \\n is a newline)")
+    if line != line.strip():
+        raise EnvelopeError(f"{what}: leading or trailing whitespace in header line")
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except Exception as exc:
+        raise EnvelopeError(f"{what}: header is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        raise EnvelopeError(f"{what}: header is not a JSON object")
+    return value
+
+
+def _parse(data: bytes) -> Envelope:
+    size = len(data)
+    if size == 0:
+        raise EnvelopeError("empty envelope: the envelope header line is required")
+    nl = data.find(b"\n")
+    end = size if nl < 0 else nl
+    env = Envelope(_parse_header(data[:end], "envelope header"))
+    pos = end + 1
+    index = 0
+    while pos < size:
+        where = f"item {index}"
+        nl = data.find(b"\n", pos)
+        end = size if nl < 0 else nl
+        headers = _parse_header(data[pos:end], f"{where} header")
+        item_type = headers.get("type")
+        if item_type is None:
+            raise EnvelopeError(f"{where}: header has no 'type'")
+        if not isinstance(item_type, str):
+            raise EnvelopeError(f"{where}: 'type' is not a string")
+        length = headers.get("length")
+        start = end + 1
+        if length is not None:
+            if isinstance(length, bool) or not isinstance(length, int):
+                raise EnvelopeError(f"{where}: 'length' is not an integer: {length!r}")
+            if length < 0:
+                raise EnvelopeError(f"{where}: negative 'length' {length}")
+            if nl < 0:
+                if length:
+                    raise EnvelopeError(f"{where}: unexpected end of file after header")
+                payload = b""
+                pos = size
+            else:
+                stop = start + length
+                if stop > size:
+                    raise EnvelopeError(
+                        f"{where}: unexpected end of file: 'length' is {length} but only "
+                        f"{size - start} byte(s) follow"
+                    )
+                payload = data[start:stop]
+                if stop < size and data[stop] != _NL:
+                    raise EnvelopeError(f"{where}: missing newline after payload")
+                pos = stop + 1
+        elif nl < 0:
+            payload = b""
+            pos = size
+        else:
+            pnl = data.find(b"\n", start)
+            pend = size if pnl < 0 else pnl
+            payload = data[start:pend]
+            pos = pend + 1
+        env.items.append(Item(headers, payload))
+        index += 1
+    return env
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """Parse wire bytes strictly; any problem raises ``EnvelopeError`` (and nothing else)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EnvelopeError(f"envelope must be bytes, not {type(data).__name__}")
+    try:
+        return _parse(bytes(data))
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # defensive: e.g. RecursionError on absurdly nested JSON
+        raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}")
+
+
+def _inflate(data: bytes, wbits: int, max_size: int, name: str) -> bytes:
+    out: list[bytes] = []
+    total = 0
+    remaining = data
+    while True:
+        d = zlib.decompressobj(wbits)
+        try:
+            chunk = d.decompress(remaining, max_size - total + 1)
+        except zlib.error as exc:
+            raise EnvelopeError(f"invalid {name} body: {exc}")
+        total += len(chunk)
+        if total > max_size:
+            raise EnvelopeError(f"decompressed body exceeds the limit of {max_size} bytes")
+        out.append(chunk)
+        if not d.eof:
+            raise EnvelopeError(f"truncated {name} body")
+        remaining = d.unused_data
+        # gzip allows concatenated members; anything else after the stream is garbage
+        if not remaining or wbits != 31 + 16:
+            if remaining and remaining.strip(b"\x00"):
+                raise EnvelopeError(f"trailing garbage after {name} stream")
+            return b"".join(out)
+
+
+def decode_body(data: bytes, content_encoding: str | None, max_size: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, deflate as zlib or raw, identity) within ``max_size``."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    body = bytes(data)
+    for coding in reversed(codings):
+        if coding in ("identity", ""):
+            continue
+        if coding in ("gzip", "x-gzip"):
+            # 47 = auto-detect gzip or zlib header; tolerant of mislabeled zlib bodies
+            body = _inflate(body, 47, max_size, "gzip")
+        elif coding == "deflate":
+            try:
+                body = _inflate(body, 15, max_size, "deflate")
+            except EnvelopeError as exc:
+                if "exceeds" in str(exc):
+                    raise
+                body = _inflate(body, -15, max_size, "deflate")
+        else:
+            raise EnvelopeError(f"unsupported Content-Encoding {coding!r}")
+    if len(body) > max_size:
+        raise EnvelopeError(f"body exceeds the limit of {max_size} bytes")
+    return body
+
+
+def gzip_compress(data: bytes, level: int = 6) -> bytes:
+    """Gzip ``data`` in one call (zlib with a gzip wrapper)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()

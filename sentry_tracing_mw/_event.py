@@ -1,0 +1,315 @@
+"""Event building: a finished transaction or an exception becomes an event dict.
+
+Transaction events are built on the transport's worker thread, from the finished
+transaction's immutable timing data. Error events are built where the exception is
+captured (the traceback must still be alive) and serialized later on the worker.
+"""
+
+from __future__ import annotations
+
+import linecache
+import math
+import os
+import re
+import sys
+import sysconfig
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._ids import new_event_id
+from ._version import VERSION
+
+if TYPE_CHECKING:
+    from ._options import Options
+    from ._tracing import PropagationContext, Span, Transaction
+
+__all__ = [
+    "SDK_INFO",
+    "error_event",
+    "scrub_data",
+    "transaction_event",
+]
+
+SDK_NAME = "sentry.python.tracemw"
+SDK_INFO: dict[str, Any] = {
+    "name": SDK_NAME,
+    "version": VERSION,
+    "packages": [{"name": "pypi:sentry-tracing-mw", "version": VERSION}],
+}
+
+FILTERED = "[Filtered]"
+_SENSITIVE_KEY = re.compile(
+    r"pass(word|wd)?|secret|token|api[-_.]?key|apikey|auth|credential|session|cookie|"
+    r"signature|private[-_.]?key|csrf|xsrf",
+    re.IGNORECASE,
+)
+_SAFE_KEYS = frozenset(
+    {
+        "http.response.status_code", "http.request.method", "http.method", "url",
+        "server.address", "http.query", "http.fragment", "db.system", "db.name",
+        "thread.id", "thread.name", "http.route", "network.protocol.version",
+        "db.operation", "template.name", "route",
+    }
+)
+_MEASUREMENT_UNIT = re.compile(r"[A-Za-z0-9_]{0,15}")
+_MEASUREMENT_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
+
+
+def scrub_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy span data with the values of sensitive-looking keys replaced by ``[Filtered]``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key):
+            out[key] = FILTERED
+        else:
+            out[key] = value
+    return out
+
+
+def _measurements(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        value = entry.get("value")
+        unit = entry.get("unit") or ""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not isinstance(unit, str)
+            or not _MEASUREMENT_UNIT.fullmatch(unit)
+            or not _MEASUREMENT_NAME.fullmatch(name)
+        ):
+            continue
+        out[name] = {"value": value, "unit": unit or "none"}
+    return out
+
+
+def _span_json(span: Span, base: float, trace_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "trace_id": trace_id,
+        "span_id": span._span_id,
+        "parent_span_id": span._parent_span_id,
+        "start_timestamp": base + span._start,
+        "timestamp": base + (span._end if span._end is not None else span._start),
+        "status": span._status or "ok",
+        "origin": span._origin,
+        "same_process_as_parent": True,
+    }
+    if span._op is not None:
+        out["op"] = span._op[:128]
+    if span._description is not None:
+        out["description"] = span._description
+    if span._tags:
+        out["tags"] = dict(span._tags)
+    if span._data:
+        out["data"] = scrub_data(span._data)
+    return out
+
+
+def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
+    """Build the transaction event payload (protocol §6) for a finished transaction."""
+    ctx = tx._ctx
+    trace_id = ctx.trace_id
+    base = tx._start_wall - tx._start
+    end = tx._end if tx._end is not None else tx._start
+    trace: dict[str, Any] = {
+        "trace_id": trace_id,
+        "span_id": tx._span_id,
+        "op": (tx._op or "default")[:128],
+        "status": tx._status or "ok",
+        "origin": tx._origin,
+    }
+    if tx._parent_span_id:
+        trace["parent_span_id"] = tx._parent_span_id
+    if tx._description:
+        trace["description"] = tx._description
+    if tx._data:
+        trace["data"] = scrub_data(tx._data)
+    contexts: dict[str, Any] = {"trace": trace}
+    if tx._response_status is not None:
+        contexts["response"] = {"status_code": tx._response_status}
+    event: dict[str, Any] = {
+        "type": "transaction",
+        "event_id": new_event_id(),
+        "platform": "python",
+        "transaction": (tx._name or "<unlabeled transaction>")[:200],
+        "transaction_info": {"source": tx._source},
+        "start_timestamp": base + tx._start,
+        "timestamp": base + end,
+        "contexts": contexts,
+        "spans": [_span_json(s, base, trace_id) for s in tx._spans],
+        "environment": options.environment,
+        "sdk": SDK_INFO,
+    }
+    if options.release:
+        event["release"] = options.release
+    if options.server_name:
+        event["server_name"] = options.server_name
+    if tx._tags:
+        event["tags"] = dict(tx._tags)
+    if tx._measurements:
+        measurements = _measurements(tx._measurements)
+        if measurements:
+            event["measurements"] = measurements
+    if tx._request is not None:
+        event["request"] = tx._request
+    return event
+
+
+# -- error events -----------------------------------------------------------------
+
+_STDLIB_PATHS = tuple(
+    {
+        os.path.realpath(p) + os.sep
+        for key in ("stdlib", "platstdlib")
+        if (p := sysconfig.get_paths().get(key))
+    }
+)
+_MAX_FRAMES = 100
+_MAX_VALUE = 8192
+_MAX_VARS = 50
+
+
+def _in_app(filename: str, module: str | None) -> bool:
+    if "site-packages" in filename or "dist-packages" in filename:
+        return False
+    if module and (module.startswith("sentry_tracing_mw.") or module == "sentry_tracing_mw"):
+        return False
+    real = os.path.realpath(filename) if filename and not filename.startswith("<") else filename
+    return not real.startswith(_STDLIB_PATHS)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return "<unrepresentable>"
+    return text if len(text) <= 512 else text[:509] + "..."
+
+
+def _frames(tb: TracebackType | None, with_locals: bool) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        filename = code.co_filename
+        module = frame.f_globals.get("__name__")
+        lineno = tb.tb_lineno
+        entry: dict[str, Any] = {
+            "filename": filename,
+            "abs_path": os.path.abspath(filename) if not filename.startswith("<") else filename,
+            "function": code.co_name,
+            "module": module if isinstance(module, str) else None,
+            "lineno": lineno,
+            "in_app": _in_app(filename, module if isinstance(module, str) else None),
+        }
+        line = linecache.getline(filename, lineno, frame.f_globals)
+        if line:
+            entry["context_line"] = line.rstrip("\n")[:512]
+        if with_locals:
+            entry["vars"] = {
+                str(k): _safe_repr(v) for k, v in list(frame.f_locals.items())[:_MAX_VARS]
+            }
+        frames.append(entry)
+        tb = tb.tb_next
+    if len(frames) > _MAX_FRAMES:
+        half = _MAX_FRAMES // 2
+        frames = frames[:half] + frames[-half:]
+    return frames
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(chain) < 10:
+        seen.add(id(current))
+        chain.append(current)
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    chain.reverse()  # Sentry wants the oldest first and the raised exception last
+    return chain
+
+
+def _exception_value(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable exception>"
+    return text[:_MAX_VALUE]
+
+
+def error_event(
+    exc: BaseException,
+    *,
+    options: Options,
+    ctx: PropagationContext,
+    span: Span | None,
+    mechanism: str = "generic",
+    handled: bool = True,
+) -> dict[str, Any]:
+    """Build an error event (protocol §16) linked to ``span`` (or the request's trace)."""
+    with_locals = options.send_default_pii
+    values = []
+    chain = _exception_chain(exc)
+    for i, item in enumerate(chain):
+        cls = type(item)
+        entry: dict[str, Any] = {
+            "type": cls.__qualname__,
+            "value": _exception_value(item),
+            "module": cls.__module__,
+            "stacktrace": {"frames": _frames(item.__traceback__, with_locals)},
+        }
+        if i == len(chain) - 1:
+            entry["mechanism"] = {"type": mechanism, "handled": handled}
+        values.append(entry)
+    trace: dict[str, Any] = {"trace_id": ctx.trace_id}
+    tx = None
+    if span is not None:
+        trace["span_id"] = span._span_id
+        if span._parent_span_id:
+            trace["parent_span_id"] = span._parent_span_id
+        if span._op:
+            trace["op"] = span._op[:128]
+        if span._status:
+            trace["status"] = span._status
+        tx = span._tx
+    else:
+        trace["span_id"] = ctx.span_id
+        if ctx.parent_span_id:
+            trace["parent_span_id"] = ctx.parent_span_id
+    event: dict[str, Any] = {
+        "event_id": new_event_id(),
+        "level": "error",
+        "platform": "python",
+        "timestamp": time.time(),
+        "exception": {"values": values},
+        "contexts": {"trace": trace},
+        "environment": options.environment,
+        "sdk": SDK_INFO,
+    }
+    if tx is None:
+        tx = ctx.transaction
+    if tx is not None:
+        event["transaction"] = (tx._name or "<unlabeled transaction>")[:200]
+        event["transaction_info"] = {"source": tx._source}
+        if tx._request is not None:
+            event["request"] = tx._request
+    if options.release:
+        event["release"] = options.release
+    if options.server_name:
+        event["server_name"] = options.server_name
+    return event
+
+
+def exc_info_from(exc: BaseException | None) -> BaseException | None:
+    """The exception to capture: the argument, or the one being handled."""
+    if exc is not None:
+        return exc
+    return sys.exc_info()[1]

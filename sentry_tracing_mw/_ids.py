@@ -1,0 +1,68 @@
+"""Fast random identifiers: trace ids, span ids, event ids and sample_rand values.
+
+A private ``random.Random`` seeded from ``os.urandom`` gives ids in a fraction of a
+microsecond (``uuid4()`` costs several). It is reseeded in a forked child so that
+pre-fork workers never produce the same sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+__all__ = ["new_event_id", "new_sample_rand", "new_span_id", "new_trace_id", "reseed"]
+
+_rng = random.Random(os.urandom(32))
+_bits = _rng.getrandbits
+
+# uuid4: version nibble 4 and variant bits 10xx, as 32 lowercase hex characters.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def reseed() -> None:
+    """Reseed the generator from the OS (called in forked children)."""
+    _rng.seed(os.urandom(32))
+
+
+def new_trace_id() -> str:
+    """32 lowercase hex characters, never all zero."""
+    value = _bits(128)
+    while not value:  # pragma: no cover - probability 2**-128
+        value = _bits(128)
+    return f"{value:032x}"
+
+
+def new_span_id() -> str:
+    """16 lowercase hex characters, never all zero."""
+    value = _bits(64)
+    while not value:  # pragma: no cover - probability 2**-64
+        value = _bits(64)
+    return f"{value:016x}"
+
+
+def new_event_id() -> str:
+    """A uuid4 as 32 lowercase hex characters."""
+    return f"{(_bits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
+def new_sample_rand(low: float = 0.0, high: float = 1.0) -> float:
+    """A value in ``[low, high)`` on the 6-decimal grid used by ``sample_rand``.
+
+    Values are multiples of 1e-6 so that the 6-decimal string form is exact and the
+    decision ``sample_rand < rate`` made here is the one every downstream service makes.
+    An empty interval (rate 0 with a sampled parent) gives the grid value nearest ``low``.
+    """
+    lo = max(0, min(999_999, int(low * 1_000_000)))
+    while lo < 999_999 and lo / 1_000_000 < low:
+        lo += 1
+    hi = max(lo, min(1_000_000, int(high * 1_000_000) + 1))
+    while hi > lo and (hi - 1) / 1_000_000 >= high:
+        hi -= 1
+    if hi <= lo:
+        return lo / 1_000_000
+    return (lo + _rng.randrange(hi - lo)) / 1_000_000
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed)

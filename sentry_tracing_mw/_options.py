@@ -1,0 +1,328 @@
+"""``init()`` options: defaults, environment variables and validation.
+
+Everything is checked once, at configuration time; a bad value raises
+:class:`ConfigurationError` naming the option and the value. The result is an immutable
+:class:`Options` whose derived fields (compiled patterns, DSN parts) keep the per-request
+path free of parsing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._dsn import Dsn
+from ._errors import ConfigurationError
+
+__all__ = ["DEFAULT_OPTIONS", "Options", "build_options"]
+
+EventHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_MATCH_ALL = (".*",)
+_RELEASE_FORBIDDEN = {".", "..", " ", "latest"}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Validated client options (see ``init()`` in the API contract)."""
+
+    dsn: Dsn | None = None
+    traces_sample_rate: float | None = None
+    traces_sampler: Callable[[Any], Any] | None = None
+    trace_propagation_targets: tuple[re.Pattern[str], ...] = ()
+    propagate_to_all: bool = True
+    environment: str = "production"
+    release: str | None = None
+    server_name: str | None = None
+    send_default_pii: bool = False
+    before_send_transaction: EventHook | None = None
+    before_send: EventHook | None = None
+    sample_rate: float = 1.0
+    ignore_transactions: tuple[str | re.Pattern[str], ...] = ()
+    trace_ignore_status_codes: frozenset[int] = frozenset()
+    max_spans: int = 1000
+    shutdown_timeout: float = 2.0
+    send_client_reports: bool = True
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    org_id: str | None = None
+    strict_trace_continuation: bool = False
+    max_inherited_sampled_per_second: float | None = None
+    trust_incoming_traces: bool | tuple[Network, ...] | Callable[[Any], Any] = True
+    debug: bool = False
+    instrument_http_clients: bool = True
+    propagate_traceparent: bool = True
+    # Derived, never passed by users.
+    public_key: str | None = field(default=None)
+    dsn_host: str | None = field(default=None)
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """True when transactions can be sampled (a rate or a sampler is configured)."""
+        return self.traces_sample_rate is not None or self.traces_sampler is not None
+
+
+_OPTION_NAMES = frozenset(
+    name for name in Options.__dataclass_fields__ if name not in {"public_key", "dsn_host",
+                                                                   "propagate_to_all"}
+)
+
+
+def _fail(name: str, value: Any, why: str) -> ConfigurationError:
+    shown = repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    return ConfigurationError(f"invalid option {name}={shown}: {why}")
+
+
+def _rate(name: str, value: Any, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(name, value, "expected a number between 0 and 1")
+    rate = float(value)
+    if math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise _fail(name, value, "expected a number between 0 and 1")
+    return rate
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, value, "expected True or False")
+    return value
+
+
+def _callable(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise _fail(name, value, "expected a callable or None")
+    return value
+
+
+def _opt_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail(name, value, "expected a string")
+    return value
+
+
+def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
+    if isinstance(value, str | re.Pattern):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise _fail(name, value, "expected a list of regular expressions")
+    out: list[re.Pattern[str]] = []
+    for item in value:
+        if isinstance(item, re.Pattern):
+            out.append(item)
+        elif isinstance(item, str):
+            try:
+                out.append(re.compile(item))
+            except re.error as exc:
+                raise _fail(name, item, f"not a valid regular expression ({exc})") from None
+        else:
+            raise _fail(name, item, "entries must be strings or compiled patterns")
+    return tuple(out)
+
+
+def _ignore_names(name: str, value: Any) -> tuple[str | re.Pattern[str], ...]:
+    """Exact names (str) or patterns; a str that is also a valid regex matches both ways."""
+    if isinstance(value, str | re.Pattern):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise _fail(name, value, "expected a list of names or regular expressions")
+    out: list[str | re.Pattern[str]] = []
+    for item in value:
+        if not isinstance(item, str | re.Pattern):
+            raise _fail(name, item, "entries must be strings or compiled patterns")
+        out.append(item)
+    return tuple(out)
+
+
+def _status_codes(name: str, value: Any) -> frozenset[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise _fail(name, value, "expected status codes, ranges or (low, high) pairs")
+    codes: set[int] = set()
+    for item in value:
+        if isinstance(item, range):
+            codes.update(item)
+        elif isinstance(item, tuple) and len(item) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in item
+        ):
+            codes.update(range(item[0], item[1] + 1))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            codes.add(item)
+        else:
+            raise _fail(name, item, "expected an int, a range or a (low, high) pair")
+    if any(not 100 <= c <= 599 for c in codes):
+        raise _fail(name, value, "status codes must be between 100 and 599")
+    return frozenset(codes)
+
+
+def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
+    if isinstance(value, bool) or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise _fail("trust_incoming_traces", value, "expected True, False, CIDR networks or a callable")
+    nets: list[Network] = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except (ValueError, TypeError):
+            raise _fail("trust_incoming_traces", item, "not a valid CIDR network") from None
+    return tuple(nets)
+
+
+def _release(value: Any) -> str | None:
+    release = _opt_str("release", value)
+    if release is None:
+        return None
+    if (
+        not release
+        or len(release) > 200
+        or release in _RELEASE_FORBIDDEN
+        or any(c in release for c in "\n\r\t/\\")
+    ):
+        raise _fail(
+            "release", value,
+            "must be 1-200 characters without newline, tab, '/' or '\\' and not '.', '..', "
+            "' ' or 'latest'",
+        )
+    return release
+
+
+def _environment(value: Any) -> str:
+    env = _opt_str("environment", value)
+    if env is None:
+        return "production"
+    if not env or len(env) > 64 or any(c in env for c in "\n\r/"):
+        raise _fail("environment", value, "must be 1-64 characters without newline or '/'")
+    return env
+
+
+def _env_rate(environ: Mapping[str, str]) -> float | None:
+    raw = environ.get("SENTRY_TRACES_SAMPLE_RATE")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _fail("SENTRY_TRACES_SAMPLE_RATE", raw, "expected a number between 0 and 1") from None
+    return _rate("SENTRY_TRACES_SAMPLE_RATE", value, allow_none=False)
+
+
+def _env_bool(raw: str | None) -> bool:
+    return bool(raw) and raw.strip().lower() in {"1", "true", "yes", "on", "t", "y"}
+
+
+def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Options:
+    """Validate ``init()`` keyword arguments, filling gaps from ``SENTRY_*`` env vars."""
+    unknown = set(kwargs) - _OPTION_NAMES
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigurationError(f"unknown option {name}={kwargs[name]!r}")
+    env = os.environ if environ is None else environ
+
+    raw_dsn = kwargs.get("dsn")
+    if raw_dsn is None:
+        raw_dsn = env.get("SENTRY_DSN") or None
+    if raw_dsn is not None and not isinstance(raw_dsn, str | Dsn):
+        raise _fail("dsn", raw_dsn, "expected a DSN string")
+    dsn = raw_dsn if isinstance(raw_dsn, Dsn) else (Dsn.parse(raw_dsn) if raw_dsn else None)
+
+    rate = kwargs.get("traces_sample_rate")
+    rate = _env_rate(env) if rate is None else _rate("traces_sample_rate", rate, allow_none=True)
+
+    targets = kwargs.get("trace_propagation_targets", _MATCH_ALL)
+    patterns = _patterns("trace_propagation_targets", targets)
+    propagate_to_all = any(p.pattern in {".*", "", ".+"} for p in patterns)
+
+    max_spans = kwargs.get("max_spans", 1000)
+    if isinstance(max_spans, bool) or not isinstance(max_spans, int) or max_spans < 0:
+        raise _fail("max_spans", max_spans, "expected a non-negative integer")
+    timeout = kwargs.get("shutdown_timeout", 2.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise _fail("shutdown_timeout", timeout, "expected a non-negative number of seconds")
+
+    cap = kwargs.get("max_inherited_sampled_per_second")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int | float) or math.isnan(cap) or cap < 0
+    ):
+        raise _fail("max_inherited_sampled_per_second", cap, "expected a number >= 0 or None")
+
+    org_id = kwargs.get("org_id")
+    if org_id is not None:
+        org_id = str(org_id) if isinstance(org_id, int) and not isinstance(org_id, bool) else org_id
+        if not isinstance(org_id, str) or not org_id.isdigit():
+            raise _fail("org_id", kwargs.get("org_id"), "expected digits")
+    elif dsn is not None:
+        org_id = dsn.org_id
+
+    debug = kwargs.get("debug")
+    debug = _env_bool(env.get("SENTRY_DEBUG")) if debug is None else _bool("debug", debug)
+
+    server_name = _opt_str("server_name", kwargs.get("server_name"))
+    if server_name is None:
+        try:
+            server_name = socket.gethostname() or None
+        except OSError:  # pragma: no cover
+            server_name = None
+
+    def flag(name: str, default: bool) -> bool:
+        return _bool(name, kwargs.get(name, default))
+
+    return Options(
+        dsn=dsn,
+        traces_sample_rate=rate,
+        traces_sampler=_callable("traces_sampler", kwargs.get("traces_sampler")),
+        trace_propagation_targets=patterns,
+        propagate_to_all=propagate_to_all,
+        environment=_environment(kwargs.get("environment") or env.get("SENTRY_ENVIRONMENT")),
+        release=_release(kwargs.get("release") or env.get("SENTRY_RELEASE") or None),
+        server_name=server_name,
+        send_default_pii=flag("send_default_pii", False),
+        before_send_transaction=_callable(
+            "before_send_transaction", kwargs.get("before_send_transaction")
+        ),
+        before_send=_callable("before_send", kwargs.get("before_send")),
+        sample_rate=_rate("sample_rate", kwargs.get("sample_rate", 1.0), allow_none=False) or 0.0,
+        ignore_transactions=_ignore_names(
+            "ignore_transactions", kwargs.get("ignore_transactions", ())
+        ),
+        trace_ignore_status_codes=_status_codes(
+            "trace_ignore_status_codes", kwargs.get("trace_ignore_status_codes", ())
+        ),
+        max_spans=max_spans,
+        shutdown_timeout=float(timeout),
+        send_client_reports=flag("send_client_reports", True),
+        http_proxy=_opt_str("http_proxy", kwargs.get("http_proxy")),
+        https_proxy=_opt_str("https_proxy", kwargs.get("https_proxy")),
+        org_id=org_id,
+        strict_trace_continuation=flag("strict_trace_continuation", False),
+        max_inherited_sampled_per_second=None if cap is None else float(cap),
+        trust_incoming_traces=_trust(kwargs.get("trust_incoming_traces", True)),
+        debug=debug,
+        instrument_http_clients=flag("instrument_http_clients", True),
+        propagate_traceparent=flag("propagate_traceparent", True),
+        public_key=dsn.public_key if dsn else None,
+        dsn_host=dsn.host if dsn else None,
+    )
+
+
+DEFAULT_OPTIONS = Options()

@@ -1,0 +1,602 @@
+"""Codec for the trace propagation headers (protocol sections 8 to 10, 12.2).
+
+Covers ``sentry-trace``, W3C ``traceparent`` / ``tracestate`` and ``baggage``, plus the
+carrier getters used to read them from a header mapping, a WSGI environ or an ASGI scope.
+Pure functions over strings: no knowledge of spans, clients or web frameworks. Parsers
+never raise and run in linear time; every pattern is compiled at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar, overload
+from urllib.parse import quote
+
+__all__ = [
+    "ASGI_GETTER",
+    "BAGGAGE_HEADER",
+    "DICT_GETTER",
+    "MAX_BAGGAGE_BYTES",
+    "MAX_BAGGAGE_MEMBERS",
+    "SENTRY_TRACE_HEADER",
+    "TRACEPARENT_HEADER",
+    "TRACESTATE_HEADER",
+    "WSGI_GETTER",
+    "Baggage",
+    "Getter",
+    "IncomingTrace",
+    "SentryTrace",
+    "TraceParent",
+    "extract",
+    "format_baggage",
+    "format_sample_rand",
+    "format_sample_rate",
+    "format_sentry_trace",
+    "format_traceparent",
+    "parse_baggage",
+    "parse_sample_rand",
+    "parse_sample_rate",
+    "parse_sentry_trace",
+    "parse_traceparent",
+    "parse_tracestate",
+]
+
+_logger = logging.getLogger("sentry_tracing_mw")
+
+SENTRY_TRACE_HEADER = "sentry-trace"
+BAGGAGE_HEADER = "baggage"
+TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
+
+#: Outgoing baggage limits (bytes of UTF-8, list members).
+MAX_BAGGAGE_BYTES = 8192
+MAX_BAGGAGE_MEMBERS = 64
+
+_MAX_INCOMING_BAGGAGE_CHARS = 65536
+_MAX_INCOMING_BAGGAGE_MEMBERS = 180
+_MAX_TRACESTATE_MEMBERS = 32
+_SENTRY_PREFIX = "sentry-"
+
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+
+# A list member with surrounding SP/HTAB trimmed. Each match starts on a non-OWS,
+# non-comma character, so failed attempts are O(1) and the whole scan is linear.
+_MEMBER_RE = re.compile(r"[^, \t](?:[^,]*[^, \t])?")
+_FIRST_VALUE_CHAR_RE = re.compile(r"[^, \t]")
+
+_SENTRY_TRACE_RE = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(?:-([01]))?")
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT_FLAGS = {f"{i:02x}": (bool(i & 1), bool(i & 2)) for i in range(256)}
+_TRACEPARENT_FLAG_STR = ("00", "01", "02", "03")
+
+_TS_KEY_CHARS = r"[a-z0-9_\-*/]"
+_TRACESTATE_MEMBER_RE = re.compile(
+    rf"([a-z]{_TS_KEY_CHARS}{{0,255}}"
+    rf"|[a-z0-9]{_TS_KEY_CHARS}{{0,240}}@[a-z]{_TS_KEY_CHARS}{{0,13}})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+_MAX_TRACESTATE_MEMBER_CHARS = 256 + 1 + 256
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Visible US-ASCII plus SP/HTAB: what a forwarded third-party member may contain.
+_PRINTABLE_RE = re.compile(r"[\t\x20-\x7e]*")
+_PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_URL_SAFE_RE = re.compile(r"[A-Za-z0-9_.~\-]*")
+
+# Unambiguous decimal (no sign, no '_', no whitespace, no inf/nan): linear to match.
+_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+\-]?[0-9]+)?")
+
+_KNOWN_SENTRY_KEYS = {
+    _SENTRY_PREFIX + k: k
+    for k in (
+        "trace_id",
+        "public_key",
+        "sample_rate",
+        "sample_rand",
+        "sampled",
+        "release",
+        "environment",
+        "transaction",
+        "org_id",
+        "replay_id",
+        "user_segment",
+    )
+}
+
+# Small memo tables for percent-coding; the same release/transaction values repeat.
+_CACHE_LIMIT = 512
+_CACHEABLE_CHARS = 256
+_UNQUOTE_CACHE: dict[str, str] = {}
+_QUOTE_CACHE: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------- sentry-trace
+
+
+class SentryTrace(NamedTuple):
+    """A parsed ``sentry-trace`` header."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool | None
+
+
+def parse_sentry_trace(value: str | None) -> SentryTrace | None:
+    """Parse ``sentry-trace``; None unless both ids are valid (first of comma-joined values)."""
+    if not isinstance(value, str):
+        return None
+    if "," in value:
+        m = _FIRST_VALUE_CHAR_RE.search(value)
+        if m is None:
+            return None
+        start = m.start()
+        end = value.find(",", start)
+        value = value[start:end].rstrip(" \t") if end >= 0 else value[start:].rstrip(" \t")
+    else:
+        value = value.strip(" \t")
+    match = _SENTRY_TRACE_RE.fullmatch(value)
+    if match is None:
+        return None
+    trace_id, span_id, flag = match.groups()
+    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+        return None
+    return SentryTrace(trace_id, span_id, None if flag is None else flag == "1")
+
+
+def format_sentry_trace(trace_id: str, span_id: str, sampled: bool | None) -> str:
+    """Format ``sentry-trace``; the sampled suffix is left out when deferred (None)."""
+    if sampled is None:
+        return f"{trace_id}-{span_id}"
+    return f"{trace_id}-{span_id}-1" if sampled else f"{trace_id}-{span_id}-0"
+
+
+# --------------------------------------------------------------------------- traceparent
+
+
+class TraceParent(NamedTuple):
+    """A parsed W3C ``traceparent`` header (flags 0x01 sampled, 0x02 random)."""
+
+    trace_id: str
+    parent_id: str
+    sampled: bool
+    random: bool
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """Parse W3C ``traceparent`` (Level 2 rules, section 9); None when invalid."""
+    if not isinstance(value, str) or "," in value:
+        return None
+    value = value.strip(" \t")
+    size = len(value)
+    if size < 55:
+        return None
+    match = _TRACEPARENT_RE.match(value)
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags = match.groups()
+    if version == "00":
+        if size != 55:
+            return None
+    elif version == "ff" or (size > 55 and value[55] != "-"):
+        return None
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
+        return None
+    sampled, random = _TRACEPARENT_FLAGS[flags]
+    return TraceParent(trace_id, parent_id, sampled, random)
+
+
+def format_traceparent(trace_id: str, span_id: str, sampled: bool | None, random: bool) -> str:
+    """Format a version 00 ``traceparent``."""
+    flags = _TRACEPARENT_FLAG_STR[(1 if sampled else 0) | (2 if random else 0)]
+    return f"00-{trace_id}-{span_id}-{flags}"
+
+
+# --------------------------------------------------------------------------- tracestate
+
+
+def parse_tracestate(value: str | None) -> str | None:
+    """Validate ``tracestate``; return the normalized value, or None if invalid or empty."""
+    if not isinstance(value, str):
+        return None
+    kept: list[str] = []
+    seen: set[str] = set()
+    count = 0
+    match_member = _TRACESTATE_MEMBER_RE.fullmatch
+    for member in _MEMBER_RE.finditer(value):
+        count += 1
+        if count > _MAX_TRACESTATE_MEMBERS:
+            return None
+        text = member.group()
+        if len(text) > _MAX_TRACESTATE_MEMBER_CHARS:
+            return None
+        match = match_member(text)
+        if match is None:
+            return None
+        key = match.group(1)
+        if key not in seen:
+            seen.add(key)
+            kept.append(text)
+    return ",".join(kept) if kept else None
+
+
+# --------------------------------------------------------------------------- baggage
+
+
+class Baggage(NamedTuple):
+    """A parsed ``baggage`` header: the Sentry DSC and the third-party members."""
+
+    sentry: dict[str, str]
+    third_party: tuple[str, ...]
+
+
+def _decode_pct_run(match: re.Match[str]) -> str:
+    return bytes.fromhex(match.group().replace("%", "")).decode("utf-8", "replace")
+
+
+def _unquote(value: str) -> str:
+    """Percent-decode like ``urllib.parse.unquote`` (invalid sequences kept, never raises)."""
+    cached = _UNQUOTE_CACHE.get(value)
+    if cached is not None:
+        return cached
+    decoded = _PCT_RUN_RE.sub(_decode_pct_run, value)
+    if len(value) <= _CACHEABLE_CHARS:
+        if len(_UNQUOTE_CACHE) >= _CACHE_LIMIT:
+            _UNQUOTE_CACHE.clear()
+        _UNQUOTE_CACHE[value] = decoded
+    return decoded
+
+
+def parse_baggage(value: str | None) -> Baggage:
+    """Parse ``baggage`` into the Sentry DSC (decoded) and third-party members (verbatim)."""
+    sentry: dict[str, str] = {}
+    if not isinstance(value, str) or not value or len(value) > _MAX_INCOMING_BAGGAGE_CHARS:
+        return Baggage(sentry, ())
+    members = _MEMBER_RE.findall(value)
+    if len(members) > _MAX_INCOMING_BAGGAGE_MEMBERS:
+        del members[_MAX_INCOMING_BAGGAGE_MEMBERS:]
+    third_party: list[str] = []
+    seen: set[str] = set()
+    known = _KNOWN_SENTRY_KEYS
+    for member in members:
+        key, sep, raw = member.partition("=")
+        if not sep:
+            continue
+        dsc_key = known.get(key)
+        if dsc_key is None:
+            key = key.rstrip(" \t")
+            if _TOKEN_RE.fullmatch(key) is None:
+                continue
+            if not key.startswith(_SENTRY_PREFIX):
+                if key not in seen and _PRINTABLE_RE.fullmatch(member) is not None:
+                    seen.add(key)
+                    third_party.append(member)
+                continue
+            dsc_key = key[7:]
+            if not dsc_key:
+                continue
+        if dsc_key in sentry:
+            continue
+        if ";" in raw:
+            raw = raw.partition(";")[0]
+        raw = raw.strip(" \t")
+        sentry[dsc_key] = _unquote(raw) if "%" in raw else raw
+    return Baggage(sentry, tuple(third_party))
+
+
+def _quote(value: str) -> str:
+    """Percent-encode a baggage value like ``quote(value, safe="")``."""
+    cached = _QUOTE_CACHE.get(value)
+    if cached is not None:
+        return cached
+    if _URL_SAFE_RE.fullmatch(value) is not None:
+        return value
+    encoded = quote(value, safe="", errors="replace")
+    if len(value) <= _CACHEABLE_CHARS:
+        if len(_QUOTE_CACHE) >= _CACHE_LIMIT:
+            _QUOTE_CACHE.clear()
+        _QUOTE_CACHE[value] = encoded
+    return encoded
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _member_key(member: str) -> str:
+    return member.partition("=")[0].rstrip(" \t")
+
+
+def format_baggage(
+    sentry: Mapping[str, str], *, own: str | None = None, forwarded: Sequence[str] = ()
+) -> str:
+    """Build the outgoing ``baggage``: app's own members, forwarded members, then ours.
+
+    Existing ``sentry-`` members in ``own`` are replaced, keys are never duplicated and
+    the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS by dropping forwarded
+    members (last first), then the app's own; the Sentry members are always kept.
+    """
+    parts = [
+        f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()
+    ]
+    if not own and not forwarded:
+        return ",".join(parts)
+    extra: list[str] = []
+    seen: set[str] = set()
+    if own:
+        for member in _MEMBER_RE.findall(own):
+            key = _member_key(member)
+            if not key.startswith(_SENTRY_PREFIX) and key not in seen:
+                seen.add(key)
+                extra.append(member)
+    for member in forwarded:
+        if not isinstance(member, str) or "," in member:
+            continue
+        member = member.strip(" \t")
+        key = _member_key(member)
+        if key and key != member and not key.startswith(_SENTRY_PREFIX) and key not in seen:
+            seen.add(key)
+            extra.append(member)
+    if not extra:
+        return ",".join(parts)
+    ours = ",".join(parts)
+    used = _utf8_len(ours) if parts else -1  # -1: no leading comma when there is no DSC
+    slots = MAX_BAGGAGE_MEMBERS - len(parts)
+    keep = 0
+    for member in extra:
+        used += _utf8_len(member) + 1
+        if used > MAX_BAGGAGE_BYTES or keep >= slots:
+            break
+        keep += 1
+    if keep < len(extra):
+        del extra[keep:]
+    if parts:
+        extra.append(ours)
+    return ",".join(extra)
+
+
+# --------------------------------------------------------------------------- sample_rand/rate
+
+
+def _parse_unit_float(value: str | None) -> float | None:
+    if not isinstance(value, str) or _DECIMAL_RE.fullmatch(value) is None:
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_sample_rand(value: str | None) -> float | None:
+    """Return the value as a float in [0, 1), else None."""
+    number = _parse_unit_float(value)
+    if number is None or not 0.0 <= number < 1.0:
+        return None
+    return number
+
+
+def parse_sample_rate(value: str | None) -> float | None:
+    """Return the value as a finite float in [0, 1], else None."""
+    number = _parse_unit_float(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        return None
+    return number
+
+
+def format_sample_rand(value: float) -> str:
+    """Format with 6 decimals, truncated; clamped to [0.000000, 0.999999]."""
+    if not value > 0.0:  # also NaN
+        return "0.000000"
+    if value >= 1.0:
+        return "0.999999"
+    text = f"{value:.9f}"[:8]
+    return "0.999999" if text[0] != "0" else text
+
+
+def format_sample_rate(value: float) -> str:
+    """Format like ``repr(float)`` but never in exponent notation (1e-07 -> "0.0000001")."""
+    text = repr(float(value))
+    if "e" not in text:
+        return text
+    from decimal import Decimal
+
+    text = format(Decimal(text), "f")
+    return text if "." in text else text + ".0"
+
+
+# --------------------------------------------------------------------------- carriers
+
+_C_contra = TypeVar("_C_contra", contravariant=True)
+C = TypeVar("C")
+
+
+class Getter(Protocol[_C_contra]):
+    """Reads one header from a carrier; ``key`` is a lowercase header name."""
+
+    def get(self, carrier: _C_contra, key: str) -> str | None:
+        """Return the header value (repeats joined with ","), or None."""
+        ...
+
+
+def _as_text(value: object) -> str | None:
+    """Coerce a carrier value to str (bytes are latin-1); None when unusable."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("latin-1")
+    if isinstance(value, (list, tuple)):
+        texts = [t for t in map(_as_text, value) if t is not None]
+        return ",".join(texts) if texts else None
+    return None
+
+
+class _DictGetter:
+    """Case-insensitive lookup in a header mapping."""
+
+    __slots__ = ()
+
+    def get(self, carrier: Mapping[str, str], key: str) -> str | None:
+        try:
+            value: object = carrier.get(key)
+            if value is not None:
+                return value if type(value) is str else _as_text(value)
+            try:
+                if key not in map(str.lower, carrier):
+                    return None
+            except TypeError:  # non-str keys: use the careful scan below
+                pass
+            found = [
+                text
+                for k, v in carrier.items()
+                if isinstance(k, str) and k.lower() == key and (text := _as_text(v)) is not None
+            ]
+        except Exception:
+            return None
+        return ",".join(found) if found else None
+
+
+_WSGI_KEYS = {
+    name: "HTTP_" + name.upper().replace("-", "_")
+    for name in (SENTRY_TRACE_HEADER, BAGGAGE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER)
+}
+
+
+class _WsgiGetter:
+    """Lookup in a WSGI environ (``HTTP_*`` keys, latin-1 str values per PEP 3333)."""
+
+    __slots__ = ()
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> str | None:
+        env_key = _WSGI_KEYS.get(key)
+        if env_key is None:
+            env_key = "HTTP_" + key.upper().replace("-", "_")
+        try:
+            value: object = carrier.get(env_key)
+        except Exception:
+            return None
+        if value is None or type(value) is str:
+            return value
+        return _as_text(value)
+
+
+_ASGI_KEYS = {
+    name: name.encode("ascii")
+    for name in (SENTRY_TRACE_HEADER, BAGGAGE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER)
+}
+
+
+class _AsgiGetter:
+    """Lookup in an ASGI scope's ``headers`` (byte pairs; repeats joined with ",")."""
+
+    __slots__ = ()
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> str | None:
+        try:
+            headers = carrier.get("headers")
+            if not headers:
+                return None
+            name = _ASGI_KEYS.get(key) or key.encode("latin-1")
+            size = len(name)
+            found: list[str] = []
+            for item in headers:
+                try:
+                    header_name, header_value = item
+                    if header_name != name and not (
+                        isinstance(header_name, (bytes, str))
+                        and len(header_name) == size
+                        and (
+                            header_name.lower() == name
+                            if isinstance(header_name, bytes)
+                            else header_name.lower() == key
+                        )
+                    ):
+                        continue
+                    text = _as_text(header_value)
+                except Exception:
+                    continue
+                if text is not None:
+                    found.append(text)
+        except Exception:
+            return None
+        if not found:
+            return None
+        return found[0] if len(found) == 1 else ",".join(found)
+
+
+DICT_GETTER: Getter[Mapping[str, str]] = _DictGetter()
+WSGI_GETTER: Getter[Mapping[str, Any]] = _WsgiGetter()
+ASGI_GETTER: Getter[Mapping[str, Any]] = _AsgiGetter()
+
+
+# --------------------------------------------------------------------------- extract
+
+
+class IncomingTrace(NamedTuple):
+    """Everything an incoming request says about the trace it continues."""
+
+    trace_id: str
+    parent_span_id: str
+    parent_sampled: bool | None
+    dsc: dict[str, str] | None
+    third_party: tuple[str, ...]
+    tracestate: str | None
+    random: bool
+
+
+def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
+    """Drop a DSC from another trace and invalid sampling entries; fill in trace_id."""
+    dsc_trace_id = dsc.get("trace_id")
+    if dsc_trace_id is not None and dsc_trace_id != trace_id:
+        return None
+    rate = dsc.get("sample_rate")
+    if rate is not None and parse_sample_rate(rate) is None:
+        del dsc["sample_rate"]
+    rand = dsc.get("sample_rand")
+    if rand is not None and parse_sample_rand(rand) is None:
+        del dsc["sample_rand"]
+    sampled = dsc.get("sampled")
+    if sampled is not None and sampled != "true" and sampled != "false":
+        del dsc["sampled"]
+    if not dsc:
+        return None
+    if dsc_trace_id is None:
+        dsc["trace_id"] = trace_id
+    return dsc
+
+
+def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
+    sentry_trace = parse_sentry_trace(getter.get(carrier, SENTRY_TRACE_HEADER))
+    traceparent = parse_traceparent(getter.get(carrier, TRACEPARENT_HEADER))
+    if sentry_trace is not None:
+        trace_id, parent_span_id, parent_sampled = sentry_trace
+    elif traceparent is not None:
+        trace_id = traceparent.trace_id
+        parent_span_id = traceparent.parent_id
+        parent_sampled = True if traceparent.sampled else None
+    else:
+        return None
+    tracestate = None
+    random = False
+    if traceparent is not None and traceparent.trace_id == trace_id:
+        random = traceparent.random
+        tracestate = parse_tracestate(getter.get(carrier, TRACESTATE_HEADER))
+    sentry, third_party = parse_baggage(getter.get(carrier, BAGGAGE_HEADER))
+    dsc = _sanitize_dsc(sentry, trace_id) if sentry else None
+    return IncomingTrace(
+        trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random
+    )
+
+
+@overload
+def extract(carrier: Mapping[str, str]) -> IncomingTrace | None: ...
+@overload
+def extract(carrier: C, getter: Getter[C]) -> IncomingTrace | None: ...
+def extract(carrier: Any, getter: Getter[Any] = DICT_GETTER) -> IncomingTrace | None:
+    """Read the incoming trace headers from ``carrier``; None when no valid trace header."""
+    try:
+        return _extract(carrier, getter)
+    except Exception:
+        _logger.debug("ignoring incoming trace headers that could not be read", exc_info=True)
+        return None

@@ -1,0 +1,128 @@
+"""Request data for events, with the privacy rules applied (protocol §6.8).
+
+Framework-free: integrations hand in method, URL parts, headers and the peer address;
+this module decides what may leave the process. Without ``send_default_pii`` no cookies,
+credentials, forwarding headers, client IPs or sensitive query values are kept.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "SENSITIVE_HEADERS",
+    "compile_ignore_paths",
+    "filter_query",
+    "request_info",
+]
+
+FILTERED = "[Filtered]"
+
+#: Header names (lowercase) removed from events unless ``send_default_pii``.
+SENSITIVE_HEADERS = frozenset(
+    {
+        "authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key",
+        "x-forwarded-for", "x-real-ip", "forwarded", "x-client-ip", "cf-connecting-ip",
+        "true-client-ip", "x-cluster-client-ip", "x-csrftoken", "x-csrf-token",
+        "x-xsrf-token", "x-auth-token", "x-amz-security-token",
+    }
+)
+_SENSITIVE_HEADER_PART = re.compile(r"token|secret|passw|api[-_]?key|auth|session|cookie",
+                                    re.IGNORECASE)
+_SENSITIVE_QUERY_KEYS = frozenset(
+    {
+        "token", "access_token", "password", "passwd", "secret", "api_key", "apikey", "auth",
+        "session", "sessionid", "signature", "sig", "code", "key",
+    }
+)
+_SENSITIVE_QUERY_PART = re.compile(r"token|secret|password", re.IGNORECASE)
+_MAX_HEADER_VALUE = 2048
+_MAX_QUERY = 4096
+
+
+def _sensitive_query_key(key: str) -> bool:
+    low = key.lower()
+    return low in _SENSITIVE_QUERY_KEYS or bool(_SENSITIVE_QUERY_PART.search(low))
+
+
+def filter_query(query: str, send_default_pii: bool) -> str:
+    """The query string with sensitive values replaced by ``[Filtered]`` (unless PII is on)."""
+    if send_default_pii or not query:
+        return query[:_MAX_QUERY]
+    parts = []
+    for part in query[:_MAX_QUERY].split("&"):
+        key, sep, _ = part.partition("=")
+        if sep and _sensitive_query_key(key.replace("+", " ").split("%", 1)[0] or key):
+            parts.append(f"{key}={FILTERED}")
+        elif sep:
+            parts.append(part)
+        else:
+            parts.append(part)
+    return "&".join(parts)
+
+
+def _header_kept(name: str) -> bool:
+    low = name.lower()
+    return low not in SENSITIVE_HEADERS and not _SENSITIVE_HEADER_PART.search(low)
+
+
+def request_info(
+    *,
+    method: str,
+    scheme: str,
+    host: str,
+    path: str,
+    query: str,
+    headers: Iterable[tuple[str, str]],
+    send_default_pii: bool,
+    server_name: str | None = None,
+    server_port: str | None = None,
+    peer: str | None = None,
+) -> dict[str, Any]:
+    """The event ``request`` interface for an incoming request."""
+    kept: dict[str, str] = {}
+    cookies: str | None = None
+    for name, value in headers:
+        if send_default_pii:
+            if name.lower() == "cookie":
+                cookies = value
+            kept[name] = value[:_MAX_HEADER_VALUE]
+        elif _header_kept(name):
+            kept[name] = value[:_MAX_HEADER_VALUE]
+    info: dict[str, Any] = {
+        "method": method,
+        "url": f"{scheme}://{host}{path}",
+        "headers": kept,
+    }
+    if query:
+        info["query_string"] = filter_query(query, send_default_pii)
+    env: dict[str, str] = {}
+    if server_name:
+        env["SERVER_NAME"] = server_name
+    if server_port:
+        env["SERVER_PORT"] = server_port
+    if send_default_pii:
+        if peer:
+            env["REMOTE_ADDR"] = peer
+        if cookies:
+            info["cookies"] = cookies
+    if env:
+        info["env"] = env
+    return info
+
+
+def compile_ignore_paths(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """One anchored regex for a list of globs on the path (``/health``, ``/static/*``)."""
+    parts = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            from ._errors import ConfigurationError
+
+            raise ConfigurationError(f"invalid option ignore_paths={pattern!r}: expected globs")
+        parts.append(fnmatch.translate(pattern))
+    if not parts:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in parts))

@@ -1,0 +1,110 @@
+"""Head-based sampling: the sampling context, the decision, the inherited-sampling cap.
+
+Precedence (protocol §12.1): an explicit ``sampled`` argument, then ``traces_sampler``,
+then the parent's decision, then ``traces_sample_rate``. A decision never draws a fresh
+random number: it compares the trace's ``sample_rand`` with the rate, so every service
+of a trace that uses the same rate makes the same decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["SamplingContext", "TokenBucket", "decide"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+
+class SamplingContext(Mapping[str, Any]):
+    """What ``traces_sampler`` receives: a mapping with ``sentry-sdk``'s keys.
+
+    ``transaction_context`` (``name``, ``op``, ``source``), ``parent_sampled``,
+    ``parent_sample_rate``, and in web requests ``wsgi_environ`` or ``asgi_scope`` and
+    ``route``, plus any ``custom_sampling_context`` keys.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"SamplingContext({self._data!r})"
+
+
+def _as_rate(value: Any) -> float | None:
+    """A sampler result as a rate in [0, 1], or None when it is garbage."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        rate = float(value)
+        if not math.isnan(rate) and 0.0 <= rate <= 1.0:
+            return rate
+    return None
+
+
+def decide(
+    *,
+    sampler: Any,
+    sample_rate: float | None,
+    parent_sampled: bool | None,
+    parent_sample_rate: float | None,
+    sample_rand: float,
+    context: Any,
+) -> tuple[bool | None, float | None]:
+    """Return ``(sampled, rate_used)``; ``sampled`` is None when tracing is off (deferred)."""
+    if sampler is not None:
+        try:
+            raw = sampler(context() if callable(context) else context)
+        except Exception:
+            logger.debug("traces_sampler raised; transaction not sampled", exc_info=True)
+            return False, 0.0
+        rate = _as_rate(raw)
+        if rate is None:
+            logger.debug("traces_sampler returned %r, not a rate in [0, 1]; not sampled", raw)
+            return False, 0.0
+        return sample_rand < rate, rate
+    if parent_sampled is not None:
+        return parent_sampled, parent_sample_rate
+    if sample_rate is not None:
+        return sample_rand < sample_rate, sample_rate
+    return None, None
+
+
+class TokenBucket:
+    """A thread-safe token bucket: ``take()`` is True at most ``rate`` times per second."""
+
+    __slots__ = ("_capacity", "_lock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate if burst is None else burst)
+        self._tokens = self._capacity if rate > 0 else 0.0
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Consume one token if available."""
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if tokens >= 1.0:
+                self._tokens = tokens - 1.0
+                return True
+            self._tokens = tokens
+            return False

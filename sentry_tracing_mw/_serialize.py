@@ -1,0 +1,138 @@
+"""Compact JSON serialization that never fails (payloads built from user data)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "MAX_REPR", "dumps"]
+
+MAX_DEPTH = 20
+MAX_REPR = 512
+_CIRCULAR = "[Circular]"
+_TOO_DEEP = "[MaxDepth]"
+_UNREPRESENTABLE = "<unrepresentable>"
+
+
+def _safe_repr(obj: Any) -> str:
+    """``repr(obj)`` truncated, or a marker when ``repr`` itself raises."""
+    try:
+        text = repr(obj)
+    except Exception:
+        return _UNREPRESENTABLE
+    if not isinstance(text, str):  # pragma: no cover - repr() always returns str
+        return _UNREPRESENTABLE
+    if len(text) > MAX_REPR:
+        text = text[: MAX_REPR - 3] + "..."
+    return text
+
+
+def _default(obj: Any) -> Any:
+    """``json.dumps`` hook for the types JSON does not know."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "replace")
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    return _safe_repr(obj)
+
+
+def _clean_str(value: str) -> str:
+    """Replace lone surrogates (not encodable as UTF-8) with U+FFFD; join valid pairs."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return _clean_str(key)
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(int(key))
+    if isinstance(key, float):
+        return _float_key(key)
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return _clean_str(_safe_repr(key))
+
+
+def _float_key(key: float) -> str:
+    return repr(float(key)) if math.isfinite(key) else "null"
+
+
+def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
+    """Return a JSON-safe copy of ``obj`` (the slow path)."""
+    if obj is None or obj is True or obj is False:
+        return obj
+    if isinstance(obj, str):
+        return _clean_str(str(obj))
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if depth >= MAX_DEPTH:
+        return _TOO_DEEP
+    if isinstance(obj, Mapping):
+        ident = id(obj)
+        if ident in path:
+            return _CIRCULAR
+        path.add(ident)
+        try:
+            out: dict[str, Any] = {}
+            for k, v in list(obj.items()):
+                out[_key(k)] = _sanitize(v, depth + 1, path)
+            return out
+        except Exception:
+            return _safe_repr(obj)
+        finally:
+            path.discard(ident)
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        ident = id(obj)
+        if ident in path:
+            return _CIRCULAR
+        path.add(ident)
+        try:
+            return [_sanitize(v, depth + 1, path) for v in list(obj)]
+        except Exception:
+            return _safe_repr(obj)
+        finally:
+            path.discard(ident)
+    try:
+        converted = _default(obj)
+    except Exception:
+        return _UNREPRESENTABLE
+    if isinstance(converted, str):
+        return _clean_str(converted)
+    return _sanitize(converted, depth + 1, path)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize ``obj`` to compact UTF-8 JSON; never raises."""
+    try:
+        return json.dumps(
+            obj,
+            separators=(",", ":"),
+            allow_nan=False,
+            ensure_ascii=False,
+            check_circular=True,
+            default=_default,
+        ).encode("utf-8")
+    except Exception:
+        pass
+    try:
+        clean = _sanitize(obj, 0, set())
+        return json.dumps(clean, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(
+            "utf-8", "replace"
+        )
+    except Exception:
+        return json.dumps(_clean_str(_safe_repr(obj)), ensure_ascii=True).encode("ascii")

@@ -1,0 +1,549 @@
+"""The tracing model: the propagation context of a trace, spans and transactions.
+
+Timing uses one wall-clock reading per transaction plus ``time.perf_counter()`` for every
+start and end, so a clock step never yields a negative or wrong duration. Unsampled
+transactions keep no span objects and build no event; they still carry the trace id and
+the negative decision downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._context import CURRENT_SPAN
+from ._ids import new_span_id
+from ._propagation import (
+    BAGGAGE_HEADER,
+    SENTRY_TRACE_HEADER,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    format_baggage,
+    format_sample_rand,
+    format_sample_rate,
+    format_sentry_trace,
+    format_traceparent,
+)
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from ._client import Client
+
+__all__ = [
+    "SOURCES",
+    "PropagationContext",
+    "Span",
+    "Transaction",
+    "http_status_to_span_status",
+]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+#: Transaction name sources an SDK may send (protocol §6.2).
+SOURCES = frozenset({"custom", "url", "route", "view", "component", "task"})
+
+SPAN_STATUSES = frozenset(
+    {
+        "ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found",
+        "already_exists", "permission_denied", "resource_exhausted", "failed_precondition",
+        "aborted", "out_of_range", "unimplemented", "internal_error", "unavailable",
+        "data_loss", "unauthenticated",
+    }
+)
+
+_HTTP_STATUS = {
+    401: "unauthenticated", 403: "permission_denied", 404: "not_found", 409: "already_exists",
+    413: "failed_precondition", 429: "resource_exhausted", 499: "cancelled",
+    501: "unimplemented", 503: "unavailable", 504: "deadline_exceeded",
+}
+_TAG_KEY_BAD = re.compile(r"[^a-zA-Z0-9_.:-]")
+_perf = time.perf_counter
+
+
+def http_status_to_span_status(code: int) -> str:
+    """Map an HTTP status code to a span status (protocol §7, ``sentry-sdk``'s table)."""
+    if code < 400:
+        return "ok" if code >= 0 else "unknown"
+    found = _HTTP_STATUS.get(code)
+    if found is not None:
+        return found
+    if code < 500:
+        return "invalid_argument"
+    if code < 600:
+        return "internal_error"
+    return "unknown"
+
+
+class PropagationContext:
+    """One trace as seen by this service: ids, the sampling decision and the DSC.
+
+    ``sampled`` is the decision propagated downstream (None = deferred). The dynamic
+    sampling context is frozen on first use: taken as received from upstream, or built
+    from this service's values when it is the head.
+    """
+
+    __slots__ = (
+        "_baggage",
+        "_client",
+        "_dsc",
+        "parent_span_id",
+        "random",
+        "sample_rand",
+        "sample_rate",
+        "sampled",
+        "span_id",
+        "third_party",
+        "trace_id",
+        "tracestate",
+        "transaction",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        trace_id: str,
+        *,
+        parent_span_id: str | None = None,
+        sampled: bool | None = None,
+        sample_rate: float | None = None,
+        sample_rand: float = 0.0,
+        dsc: dict[str, str] | None = None,
+        third_party: tuple[str, ...] = (),
+        tracestate: str | None = None,
+        random: bool = True,
+    ) -> None:
+        self._client = client
+        self.trace_id = trace_id
+        self.span_id = new_span_id()
+        self.parent_span_id = parent_span_id
+        self.sampled = sampled
+        self.sample_rate = sample_rate
+        self.sample_rand = sample_rand
+        self._dsc = dsc
+        self._baggage: str | None = None
+        self.third_party = third_party
+        self.tracestate = tracestate
+        self.random = random
+        self.transaction: Transaction | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """True once the DSC has left the process (or came frozen from upstream)."""
+        return self._dsc is not None
+
+    def dsc(self) -> dict[str, str]:
+        """The dynamic sampling context, frozen on first call (protocol §11)."""
+        dsc = self._dsc
+        if dsc is None:
+            dsc = self._dsc = self._build_dsc()
+        return dsc
+
+    def _build_dsc(self) -> dict[str, str]:
+        opts = self._client.options
+        dsc = {"trace_id": self.trace_id}
+        if opts.public_key:
+            dsc["public_key"] = opts.public_key
+        sampled = self.sampled
+        if sampled is not None:
+            rate = self.sample_rate
+            if rate is None or (self.sample_rand < rate) is not sampled:
+                rate = 1.0 if sampled else 0.0  # keep the rand/rate/sampled invariant
+            dsc["sample_rate"] = format_sample_rate(rate)
+        dsc["sample_rand"] = format_sample_rand(self.sample_rand)
+        if sampled is not None:
+            dsc["sampled"] = "true" if sampled else "false"
+        if opts.release:
+            dsc["release"] = opts.release
+        dsc["environment"] = opts.environment
+        if opts.org_id:
+            dsc["org_id"] = opts.org_id
+        tx = self.transaction
+        if sampled is not None and tx is not None and tx._source != "url" and tx._name:
+            dsc["transaction"] = tx._name[:200]
+        return dsc
+
+    def headers(self, span_id: str | None = None, own_baggage: str | None = None) -> dict[str, str]:
+        """Outgoing trace headers for a call made while ``span_id`` is active."""
+        span_id = span_id or self.span_id
+        sampled = self.sampled
+        headers = {SENTRY_TRACE_HEADER: format_sentry_trace(self.trace_id, span_id, sampled)}
+        if own_baggage:
+            baggage = format_baggage(self.dsc(), own=own_baggage, forwarded=self.third_party)
+        else:
+            baggage = self._baggage
+            if baggage is None:
+                baggage = self._baggage = format_baggage(self.dsc(), forwarded=self.third_party)
+        if baggage:
+            headers[BAGGAGE_HEADER] = baggage
+        if self._client.options.propagate_traceparent:
+            headers[TRACEPARENT_HEADER] = format_traceparent(
+                self.trace_id, span_id, sampled, self.random
+            )
+            if self.tracestate:
+                headers[TRACESTATE_HEADER] = self.tracestate
+        return headers
+
+
+class Span:
+    """A timed operation inside a transaction. Use as a context manager or call ``finish()``."""
+
+    __slots__ = (
+        "_data",
+        "_description",
+        "_end",
+        "_op",
+        "_origin",
+        "_parent_span_id",
+        "_recording",
+        "_span_id",
+        "_start",
+        "_status",
+        "_tags",
+        "_tokens",
+        "_tx",
+    )
+
+    _tx: Transaction | None
+
+    def __init__(
+        self,
+        tx: Transaction | None,
+        parent_span_id: str | None,
+        op: str | None,
+        description: str | None,
+        recording: bool,
+        origin: str = "manual",
+    ) -> None:
+        self._tx = tx
+        self._span_id = new_span_id()
+        self._parent_span_id = parent_span_id
+        self._op = op
+        self._description = description
+        self._origin = origin
+        self._status: str | None = None
+        self._tags: dict[str, str] | None = None
+        self._data: dict[str, Any] | None = None
+        self._recording = recording
+        self._start = _perf()
+        self._end: float | None = None
+        self._tokens: list[Token[Span | None]] | None = None
+
+    # -- read-only attributes -------------------------------------------------
+    @property
+    def trace_id(self) -> str:
+        """The trace this span belongs to (32 hex)."""
+        return self._context().trace_id
+
+    @property
+    def span_id(self) -> str:
+        """This span's id (16 hex)."""
+        return self._span_id
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """The parent span's id, None at the head of a trace."""
+        return self._parent_span_id
+
+    @property
+    def op(self) -> str | None:
+        """The operation, e.g. ``http.client``."""
+        return self._op
+
+    @property
+    def description(self) -> str | None:
+        """A human description, e.g. the SQL or ``GET /path``."""
+        return self._description
+
+    @property
+    def origin(self) -> str:
+        """``manual`` or ``auto.<integration>``."""
+        return self._origin
+
+    @property
+    def status(self) -> str | None:
+        """The span status (protocol §7), None until set."""
+        return self._status
+
+    @property
+    def sampled(self) -> bool:
+        """True when this span is recorded and will be sent with its transaction."""
+        return self._recording
+
+    @property
+    def start_timestamp(self) -> float:
+        """Start time, seconds since the epoch."""
+        return self._wall(self._start)
+
+    @property
+    def timestamp(self) -> float | None:
+        """End time, seconds since the epoch; None until finished."""
+        return None if self._end is None else self._wall(self._end)
+
+    @property
+    def tags(self) -> Mapping[str, str]:
+        """Tags (read-only view)."""
+        return MappingProxyType(self._tags or {})
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """Span data (read-only view)."""
+        return MappingProxyType(self._data or {})
+
+    @property
+    def containing_transaction(self) -> Transaction | None:
+        """The transaction this span belongs to."""
+        return self._tx
+
+    # -- helpers --------------------------------------------------------------
+    def _context(self) -> PropagationContext:
+        tx = self._tx
+        if tx is None:  # pragma: no cover - detached spans override this
+            raise RuntimeError("span has no transaction")
+        return tx._ctx
+
+    def _wall(self, mono: float) -> float:
+        tx = self._tx
+        if tx is None:
+            return time.time() - (_perf() - mono)
+        return tx._start_wall + (mono - tx._start)
+
+    # -- mutation -------------------------------------------------------------
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag; key and value are truncated to 200 characters."""
+        key = str(key)[:200]
+        if _TAG_KEY_BAD.search(key):
+            key = _TAG_KEY_BAD.sub("_", key.replace(" ", "-"))
+        if not key:
+            return
+        text = value if isinstance(value, str) else str(value)
+        if "\n" in text or "\r" in text:
+            text = text.replace("\r", " ").replace("\n", " ")
+        tags = self._tags
+        if tags is None:
+            tags = self._tags = {}
+        tags[key] = text[:200]
+
+    def set_data(self, key: str, value: Any) -> None:
+        """Attach structured data to the span."""
+        data = self._data
+        if data is None:
+            data = self._data = {}
+        data[str(key)] = value
+
+    def set_status(self, status: str) -> None:
+        """Set the span status; must be one of the 17 canonical values."""
+        if status not in SPAN_STATUSES:
+            logger.debug("ignoring invalid span status %r", status)
+            return
+        self._status = status
+
+    def set_http_status(self, code: int) -> None:
+        """Set ``http.response.status_code`` data and the matching span status."""
+        try:
+            code = int(code)
+        except (TypeError, ValueError):
+            logger.debug("ignoring invalid HTTP status %r", code)
+            return
+        data = self._data
+        if data is None:
+            data = self._data = {}
+        data["http.response.status_code"] = code
+        self._status = http_status_to_span_status(code)
+
+    # -- children -------------------------------------------------------------
+    def start_child(
+        self, op: str | None = None, description: str | None = None, *, origin: str = "manual"
+    ) -> Span:
+        """Start a child span (not current until entered with ``with``)."""
+        tx = self._tx
+        if tx is None:
+            return _DetachedSpan(self._context(), self._span_id, op, description, origin)
+        recording = tx._recording
+        if recording:
+            if tx._n_children >= tx._max_spans:
+                recording = False
+                tx._client.reports.record("buffer_overflow", "span")
+            elif tx._end is not None:
+                recording = False
+                tx._client.reports.record("buffer_overflow", "span")
+        tx._n_children += 1
+        return Span(tx, self._span_id, op, description, recording, origin)
+
+    # -- lifecycle ------------------------------------------------------------
+    def finish(self, end_timestamp: float | None = None) -> None:
+        """End the span (idempotent). A span finished after its transaction is dropped."""
+        if self._end is not None:
+            return
+        end = _perf()
+        if end_timestamp is not None:
+            end = self._start + max(0.0, end_timestamp - self.start_timestamp)
+        self._end = end
+        if not self._recording:
+            return
+        tx = self._tx
+        if tx is None or tx is self:
+            return
+        if tx._end is None:
+            tx._spans.append(self)
+        else:
+            tx._client.reports.record("buffer_overflow", "span")
+
+    def __enter__(self) -> Span:
+        tokens = self._tokens
+        if tokens is None:
+            tokens = self._tokens = []
+        tokens.append(CURRENT_SPAN.set(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tokens = self._tokens
+        if tokens:
+            try:
+                CURRENT_SPAN.reset(tokens.pop())
+            except ValueError:  # token from another context (odd async usage)
+                CURRENT_SPAN.set(None)
+        if exc_type is not None and self._status is None:
+            self._status = "internal_error"
+        self.finish()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} op={self._op!r} description={self._description!r} "
+            f"span_id={self._span_id} sampled={self._recording}>"
+        )
+
+
+class _DetachedSpan(Span):
+    """A span started with no transaction: carries the trace, records nothing."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(
+        self,
+        ctx: PropagationContext,
+        parent_span_id: str | None,
+        op: str | None,
+        description: str | None,
+        origin: str = "manual",
+    ) -> None:
+        super().__init__(None, parent_span_id, op, description, False, origin)
+        self._ctx = ctx
+
+    def _context(self) -> PropagationContext:
+        return self._ctx
+
+
+class Transaction(Span):
+    """The root span of a service's part of a trace; sent as one event when it finishes."""
+
+    __slots__ = (
+        "_client",
+        "_ctx",
+        "_max_spans",
+        "_measurements",
+        "_n_children",
+        "_name",
+        "_request",
+        "_response_status",
+        "_source",
+        "_spans",
+        "_start_wall",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        ctx: PropagationContext,
+        name: str,
+        *,
+        op: str | None,
+        source: str,
+        origin: str,
+        recording: bool,
+    ) -> None:
+        self._ctx = ctx
+        self._client = client
+        super().__init__(self, ctx.parent_span_id, op, None, recording, origin)
+        self._start_wall = time.time()
+        self._name = name
+        self._source = source
+        self._spans: list[Span] = []
+        self._n_children = 0
+        self._max_spans = client.options.max_spans
+        self._measurements: dict[str, dict[str, Any]] | None = None
+        self._request: dict[str, Any] | None = None
+        self._response_status: int | None = None
+        ctx.transaction = self
+
+    @property
+    def name(self) -> str:
+        """The transaction name."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = str(value)
+
+    @property
+    def source(self) -> str:
+        """How the name was chosen (``route``, ``url``, ``component``, ``custom`` ...)."""
+        return self._source
+
+    @property
+    def propagation_context(self) -> PropagationContext:
+        """The trace state shared by every span of this transaction."""
+        return self._ctx
+
+    def set_name(self, name: str, source: str | None = None) -> None:
+        """Rename the transaction, optionally with a new source."""
+        self._name = str(name)
+        if source is not None:
+            if source in SOURCES:
+                self._source = source
+            else:
+                logger.debug("ignoring invalid transaction source %r", source)
+
+    def set_measurement(self, name: str, value: float, unit: str = "") -> None:
+        """Record a measurement, e.g. ``set_measurement("items", 3, "none")``."""
+        measurements = self._measurements
+        if measurements is None:
+            measurements = self._measurements = {}
+        measurements[str(name)] = {"value": value, "unit": unit}
+
+    def set_http_status(self, code: int) -> None:
+        """Set the response status: span status, data, tag and response context."""
+        super().set_http_status(code)
+        if self._data and "http.response.status_code" in self._data:
+            self._response_status = self._data["http.response.status_code"]
+            self.set_tag("http.status_code", str(self._response_status))
+
+    def finish(self, end_timestamp: float | None = None) -> None:
+        """End the transaction; a sampled one is handed to the transport."""
+        if self._end is not None:
+            return
+        Span.finish(self, end_timestamp)
+        try:
+            self._client._finish_transaction(self)
+        except Exception:
+            logger.exception("sentry_tracing_mw: failed to hand off a transaction")
+
+    @property
+    def spans(self) -> tuple[Span, ...]:
+        """Finished, recorded child spans."""
+        return tuple(self._spans)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Transaction name={self._name!r} op={self._op!r} trace_id={self._ctx.trace_id} "
+            f"sampled={self._recording}>"
+        )

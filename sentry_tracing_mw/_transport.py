@@ -1,0 +1,458 @@
+"""Background transport: a bounded queue drained by one worker thread that POSTs envelopes.
+
+The request thread only pays for :meth:`Transport.submit` (a lock and a deque append);
+building the payload, JSON, gzip and HTTP all happen on the worker (protocol §2, §14, §15).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+import urllib3
+
+from ._client_reports import ClientReports
+from ._context import SUPPRESS_INSTRUMENTATION
+from ._dsn import USER_AGENT, Dsn
+from ._envelope import gzip_compress, serialize_envelope
+from ._ratelimits import RateLimits
+from ._serialize import dumps
+
+__all__ = ["WORKER_NAME", "Pending", "Transport", "uwsgi_threads_disabled"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+WORKER_NAME = "sentry_tracing_mw.transport"
+
+
+@dataclass(slots=True)
+class Pending:
+    """A finished event waiting for the worker; ``prepare`` builds it there.
+
+    ``prepare`` returns ``(payload, dsc_or_None)`` or None when a user hook dropped it.
+    """
+
+    category: str
+    prepare: Callable[[], tuple[dict[str, Any], dict[str, str] | None] | None]
+    span_count: int = 0
+    size_hint: int = 1024
+
+
+class _Control:
+    """Queue marker: send pending client reports in an envelope of their own."""
+
+    __slots__ = ()
+    size_hint = 0
+
+
+_SEND_REPORTS = _Control()
+
+
+def _sent_at() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _record(reports: ClientReports, reason: str, category: str, span_count: int) -> None:
+    if category == "transaction":
+        reports.record_transaction(reason, span_count)
+    else:
+        reports.record(reason, category)
+
+
+def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> str | None:
+    """Explicit options first, then the ``*_PROXY`` environment honoring ``NO_PROXY``."""
+    if dsn.scheme == "https":
+        explicit = https_proxy if https_proxy is not None else http_proxy
+    else:
+        explicit = http_proxy
+    if explicit is not None:
+        return explicit or None
+    try:
+        proxies = getproxies()
+        proxy = proxies.get(dsn.scheme)
+        if not proxy and dsn.scheme == "https":
+            proxy = proxies.get("http")
+        if proxy and proxy_bypass(dsn.host):
+            return None
+        return proxy or None
+    except Exception:  # pragma: no cover - broken platform proxy configuration
+        logger.debug("could not read proxy settings", exc_info=True)
+        return None
+
+
+def uwsgi_threads_disabled() -> bool:
+    """True under uWSGI started without ``--enable-threads`` (the worker would never run)."""
+    try:
+        import uwsgi
+    except ImportError:
+        return False
+    opt = getattr(uwsgi, "opt", None)
+    if not isinstance(opt, dict):
+        return False
+
+    def truthy(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(truthy(v) for v in value)
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if isinstance(value, str):
+            return value.strip().lower() not in ("", "0", "false", "no", "off")
+        return bool(value)
+
+    return not (truthy(opt.get("enable-threads")) or truthy(opt.get("threads")))
+
+
+_instances: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_instances):
+        try:
+            transport._reset_after_fork()
+        except Exception:  # pragma: no cover - never break the child
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Transport:
+    """Sends events to one DSN from a lazily started daemon worker thread."""
+
+    def __init__(
+        self,
+        dsn: Dsn,
+        *,
+        reports: ClientReports,
+        sdk_info: dict[str, Any],
+        send_client_reports: bool = True,
+        http_proxy: str | None = None,
+        https_proxy: str | None = None,
+        queue_size: int = 1000,
+        queue_bytes: int = 32 * 1024 * 1024,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        ca_certs: str | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.reports = reports
+        self.rate_limits = RateLimits()
+        self._sdk = {"name": sdk_info.get("name"), "version": sdk_info.get("version")}
+        self._dsn_str = str(dsn)
+        self._send_reports = send_client_reports
+        self._proxy = _select_proxy(dsn, http_proxy, https_proxy)
+        self._queue_size = max(1, queue_size)
+        self._queue_bytes = max(1, queue_bytes)
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._ca_certs = ca_certs
+        self._headers = {
+            "X-Sentry-Auth": dsn.auth_header,
+            "Content-Type": "application/x-sentry-envelope",
+            "Content-Encoding": "gzip",
+            "User-Agent": USER_AGENT,
+        }
+        self._failing = False
+        self._init_state()
+        _instances.add(self)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[Pending | _Control] = deque()
+        self._bytes = 0
+        self._enqueued = 0  # items ever put in the queue (flush targets)
+        self._done = 0  # items the worker finished with
+        self._idle = False  # worker is waiting on the condition
+        self._waiters = 0  # flush() callers waiting
+        self._stop = False
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self._pool: urllib3.PoolManager | None = None
+
+    def _reset_after_fork(self) -> None:
+        """Child side of ``fork()``: new lock, empty queue, no worker, no pooled sockets."""
+        closed = self._closed
+        self._init_state()
+        self._closed = closed
+
+    def _ensure_worker(self) -> None:
+        """Start the worker; the caller holds ``self._cond``."""
+        if self._worker is None and not self._stop:
+            worker = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
+            self._worker = worker
+            worker.start()
+
+    # -- request-thread API ----------------------------------------------------------------
+
+    def submit(self, pending: Pending) -> bool:
+        """Queue ``pending`` without blocking; False (and a client report) when dropped."""
+        if self.rate_limits.is_limited(pending.category, time.monotonic()):
+            _record(self.reports, "ratelimit_backoff", pending.category, pending.span_count)
+            return False
+        size = pending.size_hint
+        with self._cond:
+            if self._closed:
+                return False
+            if len(self._queue) < self._queue_size and self._bytes + size <= self._queue_bytes:
+                self._queue.append(pending)
+                self._bytes += size
+                self._enqueued += 1
+                if self._worker is None:
+                    self._ensure_worker()
+                elif self._idle:
+                    self._cond.notify()
+                return True
+        _record(self.reports, "queue_overflow", pending.category, pending.span_count)
+        return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is sent or dropped, then send client reports."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        if threading.current_thread() is self._worker:
+            return False  # a hook on the worker must not wait for itself
+        with self._cond:
+            if self._closed:
+                return not self._queue
+            if self._send_reports and self.reports.pending():
+                self._queue.append(_SEND_REPORTS)
+                self._enqueued += 1
+            target = self._enqueued
+            if self._done >= target:
+                return True
+            self._ensure_worker()
+            if self._idle:
+                self._cond.notify()
+            self._waiters += 1
+            try:
+                while self._done < target:
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        self._cond.wait(remaining)
+                return True
+            finally:
+                self._waiters -= 1
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout``, then stop the worker; never blocks past ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        if not self._closed:
+            self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._stop = True
+            worker = self._worker
+            self._cond.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            if deadline is None:
+                worker.join()
+            else:
+                worker.join(max(0.0, deadline - time.monotonic()))
+            if not worker.is_alive():
+                self._clear_pool()
+
+    def queued(self) -> int:
+        """Items waiting in the queue (for tests and debugging)."""
+        return len(self._queue)
+
+    # -- worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        SUPPRESS_INSTRUMENTATION.set(True)
+        cond = self._cond  # a fork replaces it; this thread then no longer exists anyway
+        while True:
+            with cond:
+                while not self._queue and not self._stop:
+                    self._idle = True
+                    cond.wait()
+                self._idle = False
+                if self._stop:
+                    self._queue.clear()
+                    self._bytes = 0
+                    self._done = self._enqueued
+                    cond.notify_all()
+                    break
+                item = self._queue.popleft()
+                self._bytes -= item.size_hint
+            try:
+                if item is _SEND_REPORTS:
+                    self._send_client_reports()
+                elif isinstance(item, Pending):
+                    self._process(item)
+            except Exception:
+                logger.exception("sentry_tracing_mw: unexpected error in the transport worker")
+            with cond:
+                self._done += 1
+                if self._waiters:
+                    cond.notify_all()
+        self._clear_pool()
+
+    def _get_pool(self) -> urllib3.PoolManager:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = self._make_pool()
+        return pool
+
+    def _make_pool(self) -> urllib3.PoolManager:
+        options: dict[str, Any] = {
+            "num_pools": 2,
+            "maxsize": 2,
+            "timeout": self._timeout,
+            "retries": False,
+            "block": False,
+        }
+        if self.dsn.scheme == "https":
+            options["cert_reqs"] = "CERT_REQUIRED"
+            if self._ca_certs:
+                options["ca_certs"] = self._ca_certs
+        proxy = self._proxy
+        if proxy:
+            parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            if parts.scheme.startswith("socks"):
+                try:
+                    from urllib3.contrib.socks import SOCKSProxyManager
+
+                    return SOCKSProxyManager(proxy, **options)
+                except ImportError:
+                    logger.warning("SOCKS proxy %s needs PySocks; sending directly", proxy)
+                    return urllib3.PoolManager(**options)
+            proxy_headers = None
+            if parts.username is not None:
+                auth = unquote(parts.username) + ":" + unquote(parts.password or "")
+                proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
+                netloc = parts.netloc.rpartition("@")[2]
+                proxy = f"{parts.scheme}://{netloc}"
+            return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **options)
+        return urllib3.PoolManager(**options)
+
+    def _clear_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                pool.clear()
+            except Exception:  # pragma: no cover
+                pass
+
+    def _process(self, pending: Pending) -> None:
+        category = pending.category
+        if self.rate_limits.is_limited(category, time.monotonic()):
+            _record(self.reports, "ratelimit_backoff", category, pending.span_count)
+            return
+        try:
+            prepared = pending.prepare()
+        except Exception:
+            logger.exception("sentry_tracing_mw: building the %s event failed", category)
+            _record(self.reports, "internal_sdk_error", category, pending.span_count)
+            return
+        if prepared is None:
+            return
+        report: dict[str, Any] | None = None
+        try:
+            payload, dsc = prepared
+            event_id = payload.get("event_id")
+            if not isinstance(event_id, str) or not event_id:
+                event_id = uuid.uuid4().hex
+                payload["event_id"] = event_id
+            headers: dict[str, Any] = {
+                "event_id": event_id,
+                "sent_at": _sent_at(),
+                "dsn": self._dsn_str,
+                "sdk": self._sdk,
+            }
+            if dsc is not None:
+                headers["trace"] = dsc
+            item_type = "transaction" if category == "transaction" else "event"
+            items = [({"type": item_type}, dumps(payload))]
+            if self._send_reports and self.reports.due(time.monotonic()):
+                report = self._take_report()
+                if report is not None:
+                    items.append(({"type": "client_report"}, dumps(report)))
+            body = gzip_compress(serialize_envelope(headers, items))
+        except Exception:
+            logger.exception("sentry_tracing_mw: serializing the %s event failed", category)
+            _record(self.reports, "internal_sdk_error", category, pending.span_count)
+            if report is not None:
+                self.reports.restore(report)
+            return
+        outcome = self._post(body)
+        if outcome != "ok":
+            if report is not None:
+                self.reports.restore(report)
+            if outcome != "ratelimited":
+                _record(self.reports, outcome, category, pending.span_count)
+
+    def _take_report(self) -> dict[str, Any] | None:
+        if self.rate_limits.is_limited("internal", time.monotonic()):
+            return None
+        return self.reports.take()
+
+    def _send_client_reports(self) -> None:
+        if not self._send_reports:
+            return
+        report = self._take_report()
+        if report is None:
+            return
+        try:
+            item = ({"type": "client_report"}, dumps(report))
+            body = gzip_compress(serialize_envelope({}, [item]))
+        except Exception:  # pragma: no cover - plain dict of str/int
+            logger.exception("sentry_tracing_mw: serializing a client report failed")
+            return
+        if self._post(body) != "ok":
+            self.reports.restore(report)
+
+    def _post(self, body: bytes) -> str:
+        """POST one envelope: "ok", "ratelimited" (429), "send_error" or "network_error"."""
+        try:
+            response = self._get_pool().request(
+                "POST",
+                self.dsn.envelope_url,
+                body=body,
+                headers=self._headers,
+                timeout=self._timeout,
+                retries=False,
+                redirect=False,
+                preload_content=True,
+            )
+            status = response.status
+            headers = response.headers
+        except Exception as exc:
+            if not self._failing:
+                logger.warning("sentry_tracing_mw: sending to Sentry failed: %s", exc)
+                self._failing = True
+            else:
+                logger.debug("sentry_tracing_mw: sending to Sentry failed: %s", exc)
+            # a connection that failed mid-way must not be reused
+            self._clear_pool()
+            return "network_error"
+        self._failing = False
+        try:
+            self.rate_limits.update_from_response(status, headers, time.monotonic())
+        except Exception:  # pragma: no cover - parser is total
+            logger.debug("sentry_tracing_mw: bad rate-limit headers", exc_info=True)
+        if 200 <= status < 300:
+            return "ok"
+        if status == 429:
+            logger.info("sentry_tracing_mw: rate limited by Sentry (429)")
+            return "ratelimited"
+        if status == 413:
+            logger.error("sentry_tracing_mw: envelope rejected by Sentry as too large (413)")
+        else:
+            logger.warning("sentry_tracing_mw: Sentry answered HTTP %d; envelope dropped", status)
+        return "send_error"

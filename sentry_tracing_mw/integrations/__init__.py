@@ -1,0 +1,1 @@
+"""Framework and HTTP-client integrations (each module translates one framework)."""

@@ -1,0 +1,146 @@
+"""What every incoming-request integration shares: options, client setup, request start.
+
+The lifecycle itself (status, streaming end, exceptions) lives in ``wsgi.py`` and
+``asgi.py``; framework integrations only add route names and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .._client import Client, get_client, init, is_initialized
+from .._context import CURRENT_SPAN
+from .._errors import ConfigurationError
+from .._propagation import Getter, extract
+from .._request import compile_ignore_paths
+from .._tracing import PropagationContext, Transaction
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "MiddlewareConfig",
+    "active_request_transaction",
+    "ensure_client",
+    "split_options",
+    "start_request",
+]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+DEFAULT_METHODS = frozenset(
+    {"GET", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"}
+)
+_MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_methods_to_capture"})
+_STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
+_SERVER_OPS = frozenset({"http.server", "websocket.server"})
+_init_lock = threading.Lock()
+
+
+class MiddlewareConfig:
+    """Middleware options, validated once."""
+
+    __slots__ = ("ignore_paths", "methods", "transaction_style")
+
+    def __init__(
+        self,
+        transaction_style: str = "route",
+        ignore_paths: Iterable[str] = (),
+        http_methods_to_capture: Iterable[str] | None = None,
+    ) -> None:
+        style = _STYLES.get(transaction_style) if isinstance(transaction_style, str) else None
+        if style is None:
+            raise ConfigurationError(
+                f"invalid option transaction_style={transaction_style!r}: expected 'route' "
+                "(alias 'url') or 'endpoint' (alias 'function_name')"
+            )
+        self.transaction_style = style
+        if isinstance(ignore_paths, str):
+            ignore_paths = (ignore_paths,)
+        self.ignore_paths = compile_ignore_paths(ignore_paths)
+        if http_methods_to_capture is None:
+            self.methods = DEFAULT_METHODS
+        else:
+            if isinstance(http_methods_to_capture, str):
+                http_methods_to_capture = (http_methods_to_capture,)
+            methods = []
+            for method in http_methods_to_capture:
+                if not isinstance(method, str) or not method.strip():
+                    raise ConfigurationError(
+                        f"invalid option http_methods_to_capture={http_methods_to_capture!r}: "
+                        "expected HTTP method names"
+                    )
+                methods.append(method.strip().upper())
+            self.methods = frozenset(methods)
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[MiddlewareConfig, dict[str, Any]]:
+    """Separate middleware options from ``init()`` options."""
+    mw = {k: v for k, v in options.items() if k in _MIDDLEWARE_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in _MIDDLEWARE_OPTIONS}
+    return MiddlewareConfig(**mw), rest
+
+
+def ensure_client(init_options: Mapping[str, Any], where: str) -> None:
+    """Call ``init()`` with these options unless it was called already (then warn if any)."""
+    with _init_lock:
+        if is_initialized():
+            if init_options:
+                logger.warning(
+                    "%s: init() was already called; ignoring options %s",
+                    where,
+                    ", ".join(sorted(init_options)),
+                )
+            return
+        init(**init_options)
+
+
+def active_request_transaction() -> Transaction | None:
+    """The unfinished request transaction of the current context, if any."""
+    span = CURRENT_SPAN.get()
+    if span is None:
+        return None
+    tx = span._tx
+    if tx is None or tx._end is not None or tx._op not in _SERVER_OPS:
+        return None
+    return tx
+
+
+def start_request(
+    client: Client,
+    *,
+    method: str,
+    path: str,
+    carrier: Any,
+    getter: Getter[Any],
+    peer: str | None,
+    request: Any,
+    request_key: str,
+    capture: bool,
+    origin: str,
+    op: str = "http.server",
+    route: Callable[[], str | None] | None = None,
+) -> tuple[Transaction | None, PropagationContext]:
+    """Continue the incoming trace and, when ``capture``, start the request transaction."""
+    incoming = extract(carrier, getter)
+    if incoming is not None and client._trust is not True and not client.trusts(peer, request):
+        incoming = None
+    ctx = client.continue_trace(incoming)
+    if not capture:
+        return None, ctx
+    extra: dict[str, Any] = {request_key: request}
+    if client.options.traces_sampler is not None and route is not None:
+        try:
+            extra["route"] = route()
+        except Exception:
+            logger.debug("resolving the route for traces_sampler failed", exc_info=True)
+    tx = client.start_transaction(
+        path or "/", op=op, source="url", origin=origin, ctx=ctx, sampling_extra=extra
+    )
+    return tx, ctx
+
+
+def current_client() -> Client:
+    """The process client (``init()``'s, else the send-nothing default)."""
+    return get_client()

@@ -1,0 +1,255 @@
+"""ASGI middleware: the request lifecycle for any ASGI app (and Starlette / FastAPI).
+
+A pure ASGI class: options are validated in ``__init__``; ``__call__`` continues the
+trace, starts the transaction and wraps ``send`` to read the response status. The
+transaction ends when the app returns (after streamed bodies and background tasks).
+Lifespan passes through untouched, except that the client is flushed on shutdown:
+uvicorn re-raises SIGTERM after a graceful shutdown, so atexit handlers never run there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .._client import Client, get_client
+from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from .._propagation import ASGI_GETTER
+from .._request import request_info
+from .._tracing import Transaction
+from ._common import active_request_transaction, ensure_client, split_options, start_request
+
+__all__ = ["SCOPE_KEY", "TracingMiddleware"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The request's transaction in the scope, for inner integrations that only name it.
+SCOPE_KEY = "sentry_tracing_mw.transaction"
+
+
+def _asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
+    headers: list[tuple[str, str]] = []
+    host = ""
+    for item in scope.get("headers") or ():
+        try:
+            name = item[0].decode("latin-1")
+            value = item[1].decode("latin-1")
+        except Exception:
+            continue
+        if name.lower() == "host":
+            host = value
+        headers.append((name.title(), value))
+    scheme = str(scope.get("scheme") or "http")
+    server = scope.get("server")
+    port = None
+    if server and len(server) == 2 and server[1] is not None:
+        port = str(server[1])
+        if not host:
+            default = "443" if scheme in ("https", "wss") else "80"
+            host = str(server[0]) if port == default else f"{server[0]}:{port}"
+    client = scope.get("client")
+    raw_query = scope.get("query_string") or b""
+    query = raw_query.decode("latin-1") if isinstance(raw_query, bytes) else str(raw_query)
+    return request_info(
+        method=str(scope.get("method") or "GET"),
+        scheme=scheme,
+        host=host or "localhost",
+        path=str(scope.get("path") or "/"),
+        query=query,
+        headers=headers,
+        send_default_pii=pii,
+        server_name=str(server[0]) if server else None,
+        server_port=port,
+        peer=str(client[0]) if client else None,
+    )
+
+
+def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
+    try:
+        if isinstance(exc, asyncio.CancelledError):
+            if tx._status in (None, "ok"):
+                tx._status = "cancelled"
+            return
+        tx._status = "internal_error"
+        if isinstance(exc, Exception):
+            client.capture_exception(exc, span=tx, mechanism="asgi", handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: recording an exception failed")
+
+
+class TracingMiddleware:
+    """Trace every HTTP and WebSocket request of an ASGI app.
+
+    ``app = TracingMiddleware(app, **options)``: any ``init()`` option (used only when
+    ``init()`` was not called) plus ``transaction_style``, ``ignore_paths`` and
+    ``http_methods_to_capture``.
+    """
+
+    origin = "auto.http.asgi"
+    #: Framework integrations name unmatched requests "GET 404"; the generic one keeps the URL.
+    name_unmatched = False
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        self.app = app
+        self.config, init_options = split_options(options)
+        ensure_client(init_options, type(self).__name__)
+
+    def resolve_route(self, scope: Scope) -> str | None:
+        """The route template before the app runs (for ``traces_sampler``); None here."""
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "http" or kind == "websocket":
+            if scope.get(SCOPE_KEY) is not None or active_request_transaction() is not None:
+                await self.app(scope, receive, send)  # an outer middleware owns the request
+                return
+            await self._request(scope, receive, send, kind == "websocket")
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        flushed = False
+
+        async def flush() -> None:
+            nonlocal flushed
+            if flushed:
+                return
+            flushed = True
+            client = get_client()
+            if client.transport is None:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, client.flush, client.options.shutdown_timeout)
+            except Exception:
+                logger.debug("flush on lifespan shutdown failed", exc_info=True)
+
+        async def lifespan_send(message: Message) -> None:
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await flush()
+            await send(message)
+
+        shutting_down = False
+
+        async def lifespan_receive() -> Message:
+            nonlocal shutting_down
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                shutting_down = True
+            return message
+
+        try:
+            await self.app(scope, lifespan_receive, lifespan_send)
+        finally:
+            if shutting_down:
+                await flush()
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send, websocket: bool) -> None:
+        ignore = self.config.ignore_paths
+        if ignore is not None and ignore.match(str(scope.get("path") or "")):
+            token = PROPAGATION_CONTEXT.set(None)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                PROPAGATION_CONTEXT.reset(token)
+            return
+        client = get_client()
+        method = "GET" if websocket else str(scope.get("method") or "GET").upper()
+        try:
+            peer = scope.get("client")
+            tx, ctx = start_request(
+                client,
+                method=method,
+                path=str(scope.get("path") or "/"),
+                carrier=scope,
+                getter=ASGI_GETTER,
+                peer=str(peer[0]) if peer else None,
+                request=scope,
+                request_key="asgi_scope",
+                capture=websocket or method in self.config.methods,
+                origin=self.origin,
+                op="websocket.server" if websocket else "http.server",
+                route=lambda: self.resolve_route(scope),
+            )
+            if tx is not None:
+                scope[SCOPE_KEY] = tx
+                if tx._recording:
+                    tx._request = _asgi_request_info(scope, client.options.send_default_pii)
+        except Exception:
+            logger.exception("sentry_tracing_mw: starting the request transaction failed")
+            await self.app(scope, receive, send)
+            return
+        if tx is None:
+            token = PROPAGATION_CONTEXT.set(ctx)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                PROPAGATION_CONTEXT.reset(token)
+            return
+        await self._traced(scope, receive, send, tx, client, method)
+
+    async def _traced(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tx: Transaction,
+        client: Client,
+        method: str,
+    ) -> None:
+        complete = False
+        disconnected = False
+        name_unmatched = self.name_unmatched
+
+        async def traced_send(message: Message) -> None:
+            nonlocal complete, disconnected
+            kind = message.get("type")
+            if kind == "http.response.start":
+                try:
+                    code = int(message["status"])
+                    tx.set_http_status(code)
+                    if name_unmatched and tx._source == "url":
+                        tx.set_name(f"{method} {code}", "route")
+                except Exception:
+                    logger.debug("unreadable ASGI response start %r", message.get("status"))
+            elif kind == "http.response.body":
+                if not message.get("more_body", False):
+                    complete = True
+            elif kind == "websocket.accept" and tx._status is None:
+                tx._status = "ok"
+            try:
+                await send(message)
+            except OSError:
+                if not complete:
+                    disconnected = True
+                raise
+
+        async def traced_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message.get("type") == "http.disconnect" and not complete:
+                disconnected = True
+            return message
+
+        token = CURRENT_SPAN.set(tx)
+        try:
+            await self.app(scope, traced_receive, traced_send)
+        except BaseException as exc:
+            _fail(client, tx, exc)
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+            if disconnected and not complete and tx._status in (None, "ok"):
+                tx._status = "cancelled"
+            tx.finish()

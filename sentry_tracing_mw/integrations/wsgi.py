@@ -1,0 +1,255 @@
+"""WSGI middleware: the request lifecycle for any WSGI app (and for Flask and Django).
+
+Wrap any WSGI app with :class:`TracingMiddleware`. The transaction is named from the raw
+path with source ``url`` (the honest source); apps can rename it with
+``sentry_tracing_mw.set_transaction_name``. It ends when the response body has been fully
+sent: when the iterable is exhausted or closed (``wsgi.file_wrapper`` keeps its fast path).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from .._client import Client, get_client
+from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from .._propagation import WSGI_GETTER
+from .._request import request_info
+from .._tracing import Transaction
+from ._common import active_request_transaction, ensure_client, split_options, start_request
+
+__all__ = ["ENVIRON_KEY", "TracingMiddleware", "environ_request_info", "wsgi_str"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+#: The request's transaction, for inner integrations that only name it.
+ENVIRON_KEY = "sentry_tracing_mw.transaction"
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def wsgi_str(value: str) -> str:
+    """A PEP 3333 "bytes as latin-1" string decoded as UTF-8 (lossless for ASCII)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value
+
+
+def environ_request_info(environ: dict[str, Any], pii: bool) -> dict[str, Any]:
+    """The event `request` interface from a WSGI environ (or Django `request.META`)."""
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            headers.append((key[5:].replace("_", "-").title(), wsgi_str(value)))
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        value = environ.get(key)
+        if value and isinstance(value, str):
+            headers.append((key.replace("_", "-").title(), value))
+    scheme = environ.get("wsgi.url_scheme") or "http"
+    host = environ.get("HTTP_HOST")
+    port = str(environ.get("SERVER_PORT") or "")
+    if not host:
+        host = str(environ.get("SERVER_NAME") or "localhost")
+        if port and port != ("443" if scheme == "https" else "80"):
+            host = f"{host}:{port}"
+    path = wsgi_str(str(environ.get("SCRIPT_NAME") or "") + str(environ.get("PATH_INFO") or ""))
+    return request_info(
+        method=str(environ.get("REQUEST_METHOD") or "GET"),
+        scheme=str(scheme),
+        host=wsgi_str(str(host)),
+        path=path,
+        query=wsgi_str(str(environ.get("QUERY_STRING") or "")),
+        headers=headers,
+        send_default_pii=pii,
+        server_name=str(environ.get("SERVER_NAME") or "") or None,
+        server_port=port or None,
+        peer=environ.get("REMOTE_ADDR"),
+    )
+
+
+def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
+    """Record an unhandled exception on the transaction (never raises)."""
+    try:
+        if isinstance(exc, GeneratorExit):
+            return
+        tx._status = "internal_error"
+        if isinstance(exc, Exception):
+            client.capture_exception(exc, span=tx, mechanism="wsgi", handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: recording an exception failed")
+
+
+class _Body:
+    """Wraps the response iterable: the transaction ends when it is exhausted or closed."""
+
+    __slots__ = ("_client", "_done", "_iter", "_result", "_tx")
+
+    def __init__(self, result: Iterable[bytes], tx: Transaction, client: Client) -> None:
+        self._result = result
+        self._iter: Iterator[bytes] | None = None
+        self._tx = tx
+        self._client = client
+        self._done = False
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        it = self._iter
+        token = CURRENT_SPAN.set(self._tx)
+        try:
+            if it is None:
+                it = self._iter = iter(self._result)
+            return next(it)
+        except StopIteration:
+            self._done = True
+            self._tx.finish()
+            raise
+        except BaseException as exc:
+            self._done = True
+            _fail(self._client, self._tx, exc)
+            self._tx.finish()
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            tx = self._tx
+            if not self._done and tx._end is None and tx._status in (None, "ok"):
+                tx._status = "cancelled"  # the server stopped sending: client went away
+            tx.finish()
+
+
+def _finish_on_close(result: Any, tx: Transaction) -> Any:
+    """Keep a ``wsgi.file_wrapper`` object (sendfile fast path) and end on its close()."""
+    original = getattr(result, "close", None)
+
+    def close() -> None:
+        try:
+            if original is not None:
+                original()
+        finally:
+            tx.finish()
+
+    try:
+        result.close = close
+    except (AttributeError, TypeError):
+        return None
+    return result
+
+
+class TracingMiddleware:
+    """Trace every request of a WSGI app (``app = TracingMiddleware(app, **options)``).
+
+    Options: any ``init()`` option (used only when ``init()`` was not called) plus
+    ``transaction_style``, ``ignore_paths`` and ``http_methods_to_capture``.
+    """
+
+    origin = "auto.http.wsgi"
+    #: Framework integrations name unmatched requests "GET 404"; the generic one keeps the URL.
+    name_unmatched = False
+
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        self.app = app
+        self.config, init_options = split_options(options)
+        ensure_client(init_options, type(self).__name__)
+
+    def resolve_route(self, environ: dict[str, Any]) -> str | None:
+        """The route template before the app runs (for ``traces_sampler``); None here."""
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get(ENVIRON_KEY) is not None or active_request_transaction() is not None:
+            return self.app(environ, start_response)  # an outer middleware owns the request
+        ignore = self.config.ignore_paths
+        if ignore is not None and ignore.match(wsgi_str(str(environ.get("PATH_INFO") or ""))):
+            return self._untraced(environ, start_response, None)
+        client = get_client()
+        method = str(environ.get("REQUEST_METHOD") or "GET").upper()
+        try:
+            tx, ctx = start_request(
+                client,
+                method=method,
+                path=wsgi_str(
+                    str(environ.get("SCRIPT_NAME") or "") + str(environ.get("PATH_INFO") or "")
+                ),
+                carrier=environ,
+                getter=WSGI_GETTER,
+                peer=environ.get("REMOTE_ADDR"),
+                request=environ,
+                request_key="wsgi_environ",
+                capture=method in self.config.methods,
+                origin=self.origin,
+                route=lambda: self.resolve_route(environ),
+            )
+            if tx is not None:
+                environ[ENVIRON_KEY] = tx
+                if tx._recording:
+                    tx._request = environ_request_info(environ, client.options.send_default_pii)
+        except Exception:
+            logger.exception("sentry_tracing_mw: starting the request transaction failed")
+            return self.app(environ, start_response)
+        if tx is None:
+            return self._untraced(environ, start_response, ctx)
+        return self._traced(environ, start_response, tx, client, method)
+
+    def _untraced(
+        self, environ: dict[str, Any], start_response: StartResponse, ctx: Any
+    ) -> Iterable[bytes]:
+        token = PROPAGATION_CONTEXT.set(ctx)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            PROPAGATION_CONTEXT.reset(token)
+
+    def _traced(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        tx: Transaction,
+        client: Client,
+        method: str,
+    ) -> Iterable[bytes]:
+        name_unmatched = self.name_unmatched
+
+        def traced_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            try:
+                code = int(status[:3])
+                tx.set_http_status(code)
+                if name_unmatched and tx._source == "url":
+                    tx.set_name(f"{method} {code}", "route")
+            except Exception:
+                logger.debug("unparseable WSGI status %r", status)
+            if exc_info is None:
+                return start_response(status, headers)
+            return start_response(status, headers, exc_info)
+
+        token = CURRENT_SPAN.set(tx)
+        try:
+            result = self.app(environ, traced_start_response)
+        except BaseException as exc:
+            _fail(client, tx, exc)
+            tx.finish()
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):
+            patched = _finish_on_close(result, tx)
+            if patched is not None:
+                return patched  # type: ignore[no-any-return]
+        return _Body(result, tx, client)
