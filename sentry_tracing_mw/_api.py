@@ -24,6 +24,7 @@ __all__ = [
     "get_current_span",
     "get_trace_headers",
     "start_span",
+    "set_transaction_name",
     "start_transaction",
     "trace",
     "trace_meta_tags",
@@ -76,6 +77,16 @@ def continue_trace(
 def get_current_span() -> Span | None:
     """The current span (the transaction itself at the root), or None."""
     return CURRENT_SPAN.get()
+
+
+def set_transaction_name(name: str, source: str = "custom") -> None:
+    """Rename the current request's (or current span's) transaction from inside the app."""
+    span = CURRENT_SPAN.get()
+    tx = span._tx if span is not None else None
+    if tx is None:
+        logger.debug("set_transaction_name(%r): no current transaction", name)
+        return
+    tx.set_name(name, source)
 
 
 def start_span(

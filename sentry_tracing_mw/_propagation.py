@@ -45,6 +45,16 @@ __all__ = [
 
 _logger = logging.getLogger("sentry_tracing_mw")
 
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+class _TupleNew(Protocol):
+    def __call__(self, cls: type[_T], iterable: tuple[Any, ...], /) -> _T: ...
+
+
+# Builds a NamedTuple without its Python-level __new__ (about twice as fast).
+_new_tuple: _TupleNew = tuple.__new__
+
 SENTRY_TRACE_HEADER = "sentry-trace"
 BAGGAGE_HEADER = "baggage"
 TRACEPARENT_HEADER = "traceparent"
@@ -67,7 +77,8 @@ _ZERO_SPAN_ID = "0" * 16
 _MEMBER_RE = re.compile(r"[^, \t](?:[^,]*[^, \t])?")
 _FIRST_VALUE_CHAR_RE = re.compile(r"[^, \t]")
 
-_SENTRY_TRACE_RE = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(?:-([01]))?")
+_SENTRY_TRACE_RE = re.compile(r"[0-9a-f]{32}-[0-9a-f]{16}(?:-[01])?")
+_SAMPLED_FLAG: dict[str, bool | None] = {"": None, "1": True, "0": False}
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACEPARENT_FLAGS = {f"{i:02x}": (bool(i & 1), bool(i & 2)) for i in range(256)}
 _TRACEPARENT_FLAG_STR = ("00", "01", "02", "03")
@@ -86,8 +97,9 @@ _PRINTABLE_RE = re.compile(r"[\t\x20-\x7e]*")
 _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 _URL_SAFE_RE = re.compile(r"[A-Za-z0-9_.~\-]*")
 
-# Unambiguous decimal (no sign, no '_', no whitespace, no inf/nan): linear to match.
-_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+\-]?[0-9]+)?")
+_DECIMAL_CHARS = "0123456789.eE+-"
+_CANONICAL_RAND_RE = re.compile(r"0\.[0-9]{6}")
+_VALID_RATES: set[str] = set()  # sample_rate strings already known to be valid
 
 _KNOWN_SENTRY_KEYS = {
     _SENTRY_PREFIX + k: k
@@ -110,6 +122,11 @@ _KNOWN_SENTRY_KEYS = {
 _CACHE_LIMIT = 512
 _CACHEABLE_CHARS = 256
 _UNQUOTE_CACHE: dict[str, str] = {}
+# Raw baggage member -> (DSC key, decoded value), for members whose values repeat a lot.
+_MEMBER_CACHE: dict[str, tuple[str, str]] = {}
+_CACHEABLE_DSC_KEYS = frozenset(
+    ("public_key", "sample_rate", "sampled", "release", "environment", "transaction", "org_id")
+)
 _QUOTE_CACHE: dict[str, str] = {}
 
 
@@ -129,21 +146,20 @@ def parse_sentry_trace(value: str | None) -> SentryTrace | None:
     if not isinstance(value, str):
         return None
     if "," in value:
-        m = _FIRST_VALUE_CHAR_RE.search(value)
-        if m is None:
+        first = _FIRST_VALUE_CHAR_RE.search(value)
+        if first is None:
             return None
-        start = m.start()
+        start = first.start()
         end = value.find(",", start)
-        value = value[start:end].rstrip(" \t") if end >= 0 else value[start:].rstrip(" \t")
-    else:
-        value = value.strip(" \t")
-    match = _SENTRY_TRACE_RE.fullmatch(value)
-    if match is None:
+        value = value[start:end] if end >= 0 else value[start:]
+    value = value.strip(" \t")
+    if _SENTRY_TRACE_RE.fullmatch(value) is None:
         return None
-    trace_id, span_id, flag = match.groups()
+    trace_id = value[:32]
+    span_id = value[33:49]
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
-    return SentryTrace(trace_id, span_id, None if flag is None else flag == "1")
+    return _new_tuple(SentryTrace, (trace_id, span_id, _SAMPLED_FLAG[value[50:]]))
 
 
 def format_sentry_trace(trace_id: str, span_id: str, sampled: bool | None) -> str:
@@ -184,8 +200,7 @@ def parse_traceparent(value: str | None) -> TraceParent | None:
         return None
     if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
         return None
-    sampled, random = _TRACEPARENT_FLAGS[flags]
-    return TraceParent(trace_id, parent_id, sampled, random)
+    return _new_tuple(TraceParent, (trace_id, parent_id, *_TRACEPARENT_FLAGS[flags]))
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool | None, random: bool) -> str:
@@ -249,41 +264,60 @@ def _unquote(value: str) -> str:
     return decoded
 
 
-def parse_baggage(value: str | None) -> Baggage:
-    """Parse ``baggage`` into the Sentry DSC (decoded) and third-party members (verbatim)."""
+def _parse_baggage(value: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Parse a non-empty ``baggage`` value (see parse_baggage) into plain tuples."""
     sentry: dict[str, str] = {}
-    if not isinstance(value, str) or not value or len(value) > _MAX_INCOMING_BAGGAGE_CHARS:
-        return Baggage(sentry, ())
-    members = _MEMBER_RE.findall(value)
-    if len(members) > _MAX_INCOMING_BAGGAGE_MEMBERS:
-        del members[_MAX_INCOMING_BAGGAGE_MEMBERS:]
-    third_party: list[str] = []
-    seen: set[str] = set()
-    known = _KNOWN_SENTRY_KEYS
-    for member in members:
-        key, sep, raw = member.partition("=")
-        if not sep:
+    parts = value.split(",")
+    if len(parts) > _MAX_INCOMING_BAGGAGE_MEMBERS:
+        parts = [p for p in parts if p.strip(" \t")][:_MAX_INCOMING_BAGGAGE_MEMBERS]
+    third_party: list[str] | None = None
+    seen: set[str] | None = None
+    cache = _MEMBER_CACHE
+    for member in parts:
+        hit = cache.get(member)
+        if hit is not None:
+            if hit[0] not in sentry:
+                sentry[hit[0]] = hit[1]
             continue
-        dsc_key = known.get(key)
+        key, sep, raw = member.partition("=")
+        dsc_key = _KNOWN_SENTRY_KEYS.get(key) if sep else None
         if dsc_key is None:
+            text = member.strip(" \t")
+            key, sep, raw = text.partition("=")
+            if not sep:
+                continue
             key = key.rstrip(" \t")
             if _TOKEN_RE.fullmatch(key) is None:
                 continue
             if not key.startswith(_SENTRY_PREFIX):
-                if key not in seen and _PRINTABLE_RE.fullmatch(member) is not None:
+                if seen is None or third_party is None:
+                    seen = set()
+                    third_party = []
+                if key not in seen and _PRINTABLE_RE.fullmatch(text) is not None:
                     seen.add(key)
-                    third_party.append(member)
+                    third_party.append(text)
                 continue
             dsc_key = key[7:]
             if not dsc_key:
                 continue
-        if dsc_key in sentry:
-            continue
         if ";" in raw:
             raw = raw.partition(";")[0]
         raw = raw.strip(" \t")
-        sentry[dsc_key] = _unquote(raw) if "%" in raw else raw
-    return Baggage(sentry, tuple(third_party))
+        decoded = _unquote(raw) if "%" in raw else raw
+        if dsc_key not in sentry:
+            sentry[dsc_key] = decoded
+        if dsc_key in _CACHEABLE_DSC_KEYS and len(member) <= _CACHEABLE_CHARS:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[member] = (dsc_key, decoded)
+    return sentry, (tuple(third_party) if third_party else ())
+
+
+def parse_baggage(value: str | None) -> Baggage:
+    """Parse ``baggage`` into the Sentry DSC (decoded) and third-party members (verbatim)."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_INCOMING_BAGGAGE_CHARS:
+        return _new_tuple(Baggage, ({}, ()))
+    return _new_tuple(Baggage, _parse_baggage(value))
 
 
 def _quote(value: str) -> str:
@@ -361,11 +395,12 @@ def format_baggage(
 
 
 def _parse_unit_float(value: str | None) -> float | None:
-    if not isinstance(value, str) or _DECIMAL_RE.fullmatch(value) is None:
+    """Parse a plain unsigned decimal (no '_', whitespace, inf or nan); None otherwise."""
+    if not isinstance(value, str) or not value or value.strip(_DECIMAL_CHARS) or value[0] in "+-":
         return None
     try:
         return float(value)
-    except (ValueError, OverflowError):
+    except ValueError:
         return None
 
 
@@ -551,10 +586,17 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
     if dsc_trace_id is not None and dsc_trace_id != trace_id:
         return None
     rate = dsc.get("sample_rate")
-    if rate is not None and parse_sample_rate(rate) is None:
-        del dsc["sample_rate"]
+    if rate is not None and rate not in _VALID_RATES:
+        if parse_sample_rate(rate) is None:
+            del dsc["sample_rate"]
+        elif len(_VALID_RATES) < _CACHE_LIMIT:
+            _VALID_RATES.add(rate)
     rand = dsc.get("sample_rand")
-    if rand is not None and parse_sample_rand(rand) is None:
+    if (
+        rand is not None
+        and _CANONICAL_RAND_RE.fullmatch(rand) is None
+        and parse_sample_rand(rand) is None
+    ):
         del dsc["sample_rand"]
     sampled = dsc.get("sampled")
     if sampled is not None and sampled != "true" and sampled != "false":
@@ -567,8 +609,9 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
 
 
 def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
-    sentry_trace = parse_sentry_trace(getter.get(carrier, SENTRY_TRACE_HEADER))
-    traceparent = parse_traceparent(getter.get(carrier, TRACEPARENT_HEADER))
+    get = getter.get
+    sentry_trace = parse_sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
+    traceparent = parse_traceparent(get(carrier, TRACEPARENT_HEADER))
     if sentry_trace is not None:
         trace_id, parent_span_id, parent_sampled = sentry_trace
     elif traceparent is not None:
@@ -581,11 +624,17 @@ def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
     random = False
     if traceparent is not None and traceparent.trace_id == trace_id:
         random = traceparent.random
-        tracestate = parse_tracestate(getter.get(carrier, TRACESTATE_HEADER))
-    sentry, third_party = parse_baggage(getter.get(carrier, BAGGAGE_HEADER))
-    dsc = _sanitize_dsc(sentry, trace_id) if sentry else None
-    return IncomingTrace(
-        trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random
+        tracestate = parse_tracestate(get(carrier, TRACESTATE_HEADER))
+    baggage = get(carrier, BAGGAGE_HEADER)
+    dsc: dict[str, str] | None = None
+    third_party: tuple[str, ...] = ()
+    if baggage and len(baggage) <= _MAX_INCOMING_BAGGAGE_CHARS:
+        sentry, third_party = _parse_baggage(baggage)
+        if sentry:
+            dsc = _sanitize_dsc(sentry, trace_id)
+    return _new_tuple(
+        IncomingTrace,
+        (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random),
     )
 
 

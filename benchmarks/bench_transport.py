@@ -1,0 +1,202 @@
+"""Transport benchmark: request-thread hand-off cost and worker throughput.
+
+(a) ``submit()`` of a finished transaction with 10 spans (the prepare runs on the worker).
+(b) transactions/s serialized + gzipped + POSTed to a discarding HTTP server that runs in a
+    separate process on 127.0.0.1.
+
+Run: ``python benchmarks/bench_transport.py [--count 5000]``. Targets: <= 5 µs, >= 3,000 tx/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from sentry_tracing_mw._client_reports import ClientReports
+from sentry_tracing_mw._dsn import Dsn
+from sentry_tracing_mw._transport import Pending, Transport
+from sentry_tracing_mw._version import VERSION
+
+SDK = {"name": "sentry.python.tracemw", "version": VERSION}
+
+DISCARD_SERVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        while n > 0:
+            n -= len(self.rfile.read(min(n, 65536)) or b"x" * n)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+s.daemon_threads = True
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def transaction(spans: int = 10) -> tuple[dict[str, Any], dict[str, str]]:
+    """A realistic finished transaction payload and its DSC."""
+    trace_id = uuid.uuid4().hex
+    root = uuid.uuid4().hex[:16]
+    start = time.time()
+    payload: dict[str, Any] = {
+        "type": "transaction",
+        "event_id": uuid.uuid4().hex,
+        "platform": "python",
+        "transaction": "/users/{user_id}",
+        "transaction_info": {"source": "route"},
+        "start_timestamp": start,
+        "timestamp": start + 0.25,
+        "environment": "production",
+        "release": "app@1.2.3",
+        "server_name": "web-1",
+        "sdk": SDK,
+        "tags": {"http.status_code": "200"},
+        "contexts": {
+            "trace": {
+                "trace_id": trace_id,
+                "span_id": root,
+                "op": "http.server",
+                "status": "ok",
+                "origin": "auto.http.wsgi",
+                "data": {"http.response.status_code": 200},
+            },
+            "response": {"status_code": 200},
+        },
+        "request": {
+            "method": "GET",
+            "url": "https://example.com/users/42",
+            "headers": {"Host": "example.com", "User-Agent": "bench"},
+        },
+        "spans": [
+            {
+                "trace_id": trace_id,
+                "span_id": uuid.uuid4().hex[:16],
+                "parent_span_id": root,
+                "op": "db.query",
+                "description": f"SELECT * FROM users WHERE id = %s -- {i}",
+                "status": "ok",
+                "origin": "auto.db.sqlite",
+                "start_timestamp": start + 0.01 * i,
+                "timestamp": start + 0.01 * i + 0.004,
+                "data": {"db.system": "sqlite", "db.name": "app"},
+            }
+            for i in range(spans)
+        ],
+    }
+    dsc = {
+        "trace_id": trace_id,
+        "public_key": "public",
+        "sample_rate": "1.0",
+        "sample_rand": "0.500000",
+        "sampled": "true",
+        "environment": "production",
+    }
+    return payload, dsc
+
+
+def pending_for(payload: dict[str, Any], dsc: dict[str, str]) -> Pending:
+    return Pending("transaction", lambda: (payload, dsc), span_count=10, size_hint=4096)
+
+
+def bench_handoff(repeats: int = 31, batch: int = 2000) -> tuple[float, float]:
+    """Median µs per ``submit()`` (worker parked) and per Pending creation + submit."""
+    payload, dsc = transaction()
+    t = Transport(
+        Dsn.parse("http://public@127.0.0.1:9/1"),
+        reports=ClientReports(),
+        sdk_info=SDK,
+        queue_size=repeats * batch * 2 + 10,
+        queue_bytes=1 << 40,
+    )
+    gate = threading.Event()
+    t.submit(Pending("transaction", lambda: (gate.wait(), None)[1]))  # type: ignore[arg-type,func-returns-value]
+    time.sleep(0.05)
+    submit_only: list[float] = []
+    with_create: list[float] = []
+    for _ in range(repeats):
+        items = [pending_for(payload, dsc) for _ in range(batch)]
+        submit = t.submit
+        t0 = time.perf_counter()
+        for p in items:
+            submit(p)
+        submit_only.append((time.perf_counter() - t0) / batch * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            submit(Pending("transaction", lambda: (payload, dsc), span_count=10, size_hint=4096))
+        with_create.append((time.perf_counter() - t0) / batch * 1e6)
+    # drop everything queued without any I/O
+    with t._cond:
+        t._queue.clear()
+        t._bytes = 0
+        t._done = t._enqueued
+    gate.set()
+    t.close(1)
+    return statistics.median(submit_only), statistics.median(with_create)
+
+
+def bench_throughput(count: int) -> tuple[float, int]:
+    """Transactions/s through the worker to a discarding server in another process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        reports = ClientReports()
+        t = Transport(
+            Dsn.parse(f"http://public@127.0.0.1:{port}/1"),
+            reports=reports,
+            sdk_info=SDK,
+            queue_size=count + 10,
+        )
+        # warm-up: thread start and connection
+        warm = transaction()
+        t.submit(pending_for(*warm))
+        t.flush(10)
+        items = [pending_for(*transaction()) for _ in range(count)]
+        t0 = time.perf_counter()
+        for p in items:
+            t.submit(p)
+        ok = t.flush(120)
+        elapsed = time.perf_counter() - t0
+        t.close(5)
+        lost = sum(reports.snapshot().values())
+        assert ok, "flush timed out"
+        return count / elapsed, lost
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--count", type=int, default=5000)
+    args = ap.parse_args()
+    submit_us, create_us = bench_handoff()
+    print(f"(a) submit() hand-off, 10-span transaction: {submit_us:.2f} µs median (target <= 5 µs)")
+    print(f"    Pending creation + submit():             {create_us:.2f} µs median")
+    rate, lost = bench_throughput(args.count)
+    print(
+        f"(b) worker throughput: {rate:,.0f} transactions/s "
+        f"({args.count} tx, 10 spans, JSON + gzip + POST; {lost} lost) (target >= 3,000 tx/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

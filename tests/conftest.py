@@ -1,0 +1,30 @@
+"""Shared fixtures: every test starts with no initialized client and leaves none behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import sentry_tracing_mw._client as client_module
+from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+
+from .sentry_server import sentry_server  # noqa: F401  (fixture re-export)
+
+
+def reset_client() -> None:
+    """Close the current client and forget it (as if ``init()`` was never called)."""
+    client = client_module._client
+    client_module._client = None
+    client_module._initialized = False
+    if client is not None:
+        client.close(timeout=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_client() -> Iterator[None]:
+    reset_client()
+    yield
+    reset_client()
+    assert CURRENT_SPAN.get() is None, "a test left a span current"
+    PROPAGATION_CONTEXT.set(None)

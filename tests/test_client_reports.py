@@ -1,0 +1,115 @@
+"""Client report aggregation (protocol §15)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sentry_tracing_mw._client_reports import FLUSH_INTERVAL, MAX_ENTRIES, ClientReports
+
+
+def entries(payload: dict[str, object] | None) -> dict[tuple[str, str], int]:
+    assert payload is not None
+    return {(e["reason"], e["category"]): e["quantity"] for e in payload["discarded_events"]}  # type: ignore[attr-defined,index]
+
+
+def test_record_take_reset() -> None:
+    r = ClientReports()
+    assert r.take() is None
+    r.record("sample_rate", "transaction")
+    r.record("sample_rate", "transaction", 2)
+    r.record("queue_overflow", "error")
+    payload = r.take()
+    assert payload is not None
+    assert isinstance(payload["timestamp"], float)
+    assert set(payload) == {"timestamp", "discarded_events"}
+    assert entries(payload) == {("sample_rate", "transaction"): 3, ("queue_overflow", "error"): 1}
+    assert r.take() is None
+    assert r.snapshot() == {("sample_rate", "transaction"): 3, ("queue_overflow", "error"): 1}
+
+
+def test_ignores_invalid() -> None:
+    r = ClientReports()
+    r.record("sample_rate", "transaction", 0)
+    r.record("sample_rate", "transaction", -3)
+    r.record("rate_limited_events", "error")  # reserved for Relay
+    r.record("made_up", "error")
+    r.record("sample_rate", "not_a_category")
+    assert r.take() is None
+    assert r.snapshot() == {}
+
+
+def test_record_transaction_counts_spans_plus_one() -> None:
+    r = ClientReports()
+    r.record_transaction("network_error", 10)
+    r.record_transaction("network_error", 0)
+    assert entries(r.take()) == {("network_error", "transaction"): 2, ("network_error", "span"): 12}
+
+
+def test_restore_puts_counts_back_once() -> None:
+    r = ClientReports()
+    r.record("send_error", "error", 4)
+    payload = r.take()
+    assert payload is not None
+    r.record("send_error", "error", 1)
+    r.restore(payload)
+    assert entries(r.take()) == {("send_error", "error"): 5}
+    assert r.snapshot() == {("send_error", "error"): 5}
+    r.restore({"discarded_events": [{"reason": "x", "category": "y", "quantity": "bad"}, 3]})
+    r.restore({})
+    assert r.take() is None
+
+
+def test_due() -> None:
+    r = ClientReports()
+    now = time.monotonic()
+    assert not r.due(now + FLUSH_INTERVAL + 1)  # nothing pending
+    r.record("sample_rate", "span")
+    assert not r.due(now)
+    assert r.due(now + FLUSH_INTERVAL + 1)
+    r.take()
+    r.record("sample_rate", "span")
+    assert not r.due(time.monotonic() + 1)
+
+
+def test_entries_capped_rest_waits() -> None:
+    r = ClientReports()
+    reasons = ["sample_rate", "queue_overflow", "network_error", "send_error", "before_send", "ignored"]
+    cats = ["transaction", "span", "error", "default", "attachment", "session", "profile", "replay"]
+    for reason in reasons:
+        for cat in cats:
+            r.record(reason, cat)
+    first = entries(r.take())
+    second = entries(r.take())
+    assert len(first) == MAX_ENTRIES
+    assert len(first) + len(second) == len(reasons) * len(cats)
+    assert r.take() is None
+
+
+def test_thread_safe_and_fast() -> None:
+    r = ClientReports()
+
+    def work() -> None:
+        for _ in range(10_000):
+            r.record("sample_rate", "span")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    taken: list[dict[tuple[str, str], int]] = []
+    for t in threads:
+        t.start()
+    for _ in range(50):
+        p = r.take()
+        if p:
+            taken.append(entries(p))
+    for t in threads:
+        t.join()
+    p = r.take()
+    if p:
+        taken.append(entries(p))
+    assert sum(d.get(("sample_rate", "span"), 0) for d in taken) == 80_000
+    n = 100_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        r.record("queue_overflow", "transaction")
+    per_call = (time.perf_counter() - t0) / n
+    assert per_call < 20e-6

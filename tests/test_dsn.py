@@ -1,0 +1,108 @@
+"""DSN parsing (protocol §1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sentry_tracing_mw._dsn import Dsn
+from sentry_tracing_mw._errors import ConfigurationError
+from sentry_tracing_mw._version import VERSION
+
+
+def test_saas_dsn() -> None:
+    dsn = Dsn.parse("https://abc123def4567890abc123def4567890@o42.ingest.sentry.io/7")
+    assert dsn.scheme == "https"
+    assert dsn.public_key == "abc123def4567890abc123def4567890"
+    assert dsn.secret_key is None
+    assert dsn.host == "o42.ingest.sentry.io"
+    assert dsn.port is None
+    assert dsn.path == ""
+    assert dsn.project_id == "7"
+    assert dsn.org_id == "42"
+    assert dsn.envelope_url == "https://o42.ingest.sentry.io/api/7/envelope/"
+    assert dsn.auth_header == (
+        f"Sentry sentry_version=7, sentry_client=sentry.python.tracemw/{VERSION}, "
+        "sentry_key=abc123def4567890abc123def4567890"
+    )
+    assert str(dsn) == "https://abc123def4567890abc123def4567890@o42.ingest.sentry.io/7"
+
+
+def test_path_prefix_and_port() -> None:
+    dsn = Dsn.parse("http://key@localhost:9000/sentry/3")
+    assert dsn.port == 9000
+    assert dsn.path == "/sentry"
+    assert dsn.org_id is None
+    assert dsn.envelope_url == "http://localhost:9000/sentry/api/3/envelope/"
+    assert str(dsn) == "http://key@localhost:9000/sentry/3"
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("http://k@h:80/1", "http://h/api/1/envelope/"),
+        ("https://k@h:443/1", "https://h/api/1/envelope/"),
+        ("https://k@h:80/1", "https://h:80/api/1/envelope/"),
+        ("http://k@h/a/b/12/", "http://h/a/b/api/12/envelope/"),
+        ("HTTP://k@H.example/1", "http://h.example/api/1/envelope/"),
+    ],
+)
+def test_envelope_url(value: str, url: str) -> None:
+    assert Dsn.parse(value).envelope_url == url
+
+
+def test_secret_key_in_auth() -> None:
+    dsn = Dsn.parse("https://pub:sec@sentry.example.com/5")
+    assert dsn.secret_key == "sec"
+    assert dsn.auth_header.endswith("sentry_key=pub, sentry_secret=sec")
+    assert str(dsn) == "https://pub:sec@sentry.example.com/5"
+
+
+def test_ipv6() -> None:
+    dsn = Dsn.parse("http://k@[::1]:8969/2")
+    assert dsn.host == "::1"
+    assert dsn.port == 8969
+    assert dsn.envelope_url == "http://[::1]:8969/api/2/envelope/"
+    assert str(dsn) == "http://k@[::1]:8969/2"
+    assert Dsn.parse("https://k@[2001:db8::5]/1").envelope_url == "https://[2001:db8::5]/api/1/envelope/"
+
+
+def test_frozen_and_roundtrip() -> None:
+    dsn = Dsn.parse("https://k@o1.example.com:8443/p/9")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dsn.host = "x"  # type: ignore[misc]
+    assert Dsn.parse(str(dsn)) == dsn
+    assert not hasattr(dsn, "__dict__")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("", "empty"),
+        ("ftp://k@h/1", "scheme"),
+        ("h/1", "scheme"),
+        ("https://h.example.com/1", "public key"),
+        ("https://@h.example.com/1", "public key"),
+        ("https://:secret@h.example.com/1", "public key"),
+        ("https://k@h.example.com", "project id"),
+        ("https://k@h.example.com/", "project id"),
+        ("https://k@h.example.com/abc", "not numeric"),
+        ("https://k@h.example.com:port/1", "port"),
+        ("https://k@h.example.com:99999/1", "port"),
+        ("https://k@:80/1", "empty host"),
+        ("https://k@/1", "empty host"),
+        ("https://k@[::1/1", "IPv6"),
+        ("https://k@h/1?x=1", "query"),
+        ("https://k@h /1", "whitespace"),
+    ],
+)
+def test_invalid(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Dsn.parse(value)
+    assert fragment.lower() in str(info.value).lower()
+
+
+def test_not_a_string() -> None:
+    with pytest.raises(ConfigurationError):
+        Dsn.parse(42)  # type: ignore[arg-type]

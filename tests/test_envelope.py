@@ -1,0 +1,336 @@
+"""Envelope framing, body decoding, gzip, and never-failing JSON serialization."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sentry_tracing_mw._envelope import (
+    Envelope,
+    EnvelopeError,
+    Item,
+    decode_body,
+    gzip_compress,
+    parse_envelope,
+    serialize_envelope,
+)
+from sentry_tracing_mw._serialize import dumps
+
+# -- serialize_envelope / parse_envelope ---------------------------------------------------
+
+
+def test_serialize_exact_bytes() -> None:
+    body = serialize_envelope({"event_id": "a" * 32}, [({"type": "transaction"}, b'{"x":"\xc3\xa9"}')])
+    assert body == (
+        b'{"event_id":"' + b"a" * 32 + b'"}\n'
+        b'{"type":"transaction","length":10}\n'
+        b'{"x":"\xc3\xa9"}\n'
+    )
+    assert b"\r" not in body
+
+
+def test_roundtrip_multiple_items() -> None:
+    items = [
+        ({"type": "transaction", "content_type": "application/json"}, b'{"a":1}'),
+        ({"type": "client_report"}, b'{"discarded_events":[]}'),
+        ({"type": "attachment", "filename": "x.txt"}, b"line1\nline2\n\x00\xff"),
+        ({"type": "empty"}, b""),
+    ]
+    env = parse_envelope(serialize_envelope({"dsn": "http://k@h/1"}, items))
+    assert env.headers == {"dsn": "http://k@h/1"}
+    assert [(it.headers["type"], it.payload) for it in env.items] == [(h["type"], p) for h, p in items]
+    assert env.items[0].headers["content_type"] == "application/json"
+    assert env.items[2].headers["length"] == len(items[2][1])
+    assert env.items[0].json() == {"a": 1}
+    assert env.serialize() == serialize_envelope({"dsn": "http://k@h/1"}, items)
+
+
+def test_empty_header_only() -> None:
+    assert parse_envelope(b"{}") == Envelope({}, [])
+    assert parse_envelope(b"{}\n") == Envelope({}, [])
+
+
+def test_items_without_length() -> None:
+    env = parse_envelope(b'{}\n{"type":"event"}\n{"a":1}\n{"type":"attachment"}\nabc')
+    assert [it.payload for it in env.items] == [b'{"a":1}', b"abc"]
+    env = parse_envelope(b'{}\n{"type":"x"}\n')
+    assert env.items == [Item({"type": "x"}, b"")]
+    env = parse_envelope(b'{}\n{"type":"x"}')
+    assert env.items == [Item({"type": "x"}, b"")]
+    # CR in an implicit-length payload is a payload byte
+    assert parse_envelope(b'{}\n{"type":"x"}\nab\r\n').items[0].payload == b"ab\r"
+
+
+def test_length_null_is_absent_and_zero_length_at_eof() -> None:
+    assert parse_envelope(b'{}\n{"type":"x","length":null}\nab').items[0].payload == b"ab"
+    assert parse_envelope(b'{}\n{"type":"x","length":0}').items[0].payload == b""
+    assert parse_envelope(b'{}\n{"type":"x","length":0}\n').items[0].payload == b""
+
+
+def test_span_and_client_report_items() -> None:
+    spans = json.dumps(
+        {
+            "version": 2,
+            "items": [
+                {
+                    "trace_id": "a" * 32,
+                    "span_id": "b" * 16,
+                    "name": "GET /",
+                    "status": "ok",
+                    "is_segment": True,
+                    "start_timestamp": 1.0,
+                    "end_timestamp": 2.0,
+                    "attributes": {"sentry.op": {"type": "string", "value": "http.server"}},
+                }
+            ],
+        }
+    ).encode()
+    report = b'{"timestamp":1.5,"discarded_events":[{"reason":"sample_rate","category":"span","quantity":3}]}'
+    raw = serialize_envelope(
+        {},
+        [
+            ({"type": "span", "item_count": 1, "content_type": "application/vnd.sentry.items.span.v2+json"}, spans),
+            ({"type": "client_report"}, report),
+            ({"type": "future_thing"}, b"\x00\x01"),
+        ],
+    )
+    env = parse_envelope(raw)
+    assert [it.type for it in env.items] == ["span", "client_report", "future_thing"]
+    assert env.items[0].json()["items"][0]["is_segment"] is True
+    assert env.items[1].json()["discarded_events"][0]["quantity"] == 3
+    assert list(env.items_of("future_thing"))[0].payload == b"\x00\x01"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"", "empty"),
+        (b"[]", "not a JSON object"),
+        (b"{}\r\n", "carriage return"),
+        (b"{} \n", "whitespace"),
+        (b" {}\n", "whitespace"),
+        (b"{nope\n", "not valid JSON"),
+        (b"\xff\xfe\n", "not valid JSON"),
+        (b"{}\n\n", "blank line"),
+        (b'{}\n{"type":"x","length":1}\na\n\n', "blank line"),
+        (b'{}\n{"type":"x","length":1}\na\n \n', "whitespace"),
+        (b'{}\n{"type":"x","length":3}\nab', "end of file"),
+        (b'{}\n{"type":"x","length":3}', "end of file"),
+        (b'{}\n{"type":"x","length":1}\nab\n', "missing newline"),
+        (b'{}\n{"type":"x","length":1}\na \n', "missing newline"),
+        (b'{}\n{"type":"x","length":1}\na\r\n', "missing newline"),
+        (b'{}\n{"type":"x","length":-1}\n\n', "negative"),
+        (b'{}\n{"type":"x","length":"1"}\na\n', "not an integer"),
+        (b'{}\n{"type":"x","length":1.5}\na\n', "not an integer"),
+        (b'{}\n{"type":"x","length":true}\na\n', "not an integer"),
+        (b'{}\n{"length":1}\na\n', "no 'type'"),
+        (b'{}\n{"type":5}\na\n', "not a string"),
+        (b'{}\n{"type":"x"}\r\na\n', "carriage return"),
+        (b"{}\n[1]\n", "not a JSON object"),
+        (b'{}\n"x"\n', "not a JSON object"),
+        (b"{}\n" + b"[" * 100000 + b"\n", "not valid JSON"),
+    ],
+)
+def test_malformed(raw: bytes, fragment: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        parse_envelope(raw)
+    assert fragment.lower() in str(info.value).lower()
+
+
+def test_parse_rejects_non_bytes() -> None:
+    with pytest.raises(EnvelopeError):
+        parse_envelope("{}")  # type: ignore[arg-type]
+
+
+def test_item_json_error() -> None:
+    with pytest.raises(EnvelopeError):
+        Item({"type": "event"}, b"\xff").json()
+
+
+_header = st.one_of(
+    st.just(b"{}"),
+    st.just(b'{"type":"event"}'),
+    st.builds(lambda n: b'{"type":"x","length":%d}' % n, st.integers(-2, 12)),
+    st.binary(max_size=12),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_header, st.binary(max_size=16), st.sampled_from([b"\n", b"\r", b" "])), max_size=10))
+def test_fuzz_structured(chunks: list[bytes]) -> None:
+    data = b"".join(chunks)
+    try:
+        env = parse_envelope(data)
+    except EnvelopeError:
+        return
+    assert isinstance(env, Envelope)
+    for it in env.items:
+        assert isinstance(it.type, str)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    try:
+        parse_envelope(data)
+    except EnvelopeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+            st.binary(max_size=50),
+        ),
+        max_size=5,
+    )
+)
+def test_fuzz_roundtrip(items: list[tuple[dict[str, str], bytes]]) -> None:
+    typed = [({**h, "type": "t"}, p) for h, p in items]
+    env = parse_envelope(serialize_envelope({"k": "v"}, typed))
+    assert [it.payload for it in env.items] == [p for _, p in typed]
+
+
+# -- decode_body / gzip ----------------------------------------------------------------------
+
+
+def test_gzip_compress_roundtrip() -> None:
+    data = b'{"a":1}' * 1000
+    packed = gzip_compress(data)
+    assert packed[:2] == b"\x1f\x8b"
+    assert gzip.decompress(packed) == data
+    assert decode_body(packed, "gzip", len(data)) == data
+
+
+@pytest.mark.parametrize("encoding", [None, "", "identity"])
+def test_identity(encoding: str | None) -> None:
+    assert decode_body(b"abc", encoding, 3) == b"abc"
+    with pytest.raises(EnvelopeError):
+        decode_body(b"abcd", encoding, 3)
+
+
+def test_deflate_zlib_and_raw() -> None:
+    data = b"hello world" * 50
+    assert decode_body(zlib.compress(data), "deflate", 10_000) == data
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    assert decode_body(raw.compress(data) + raw.flush(), "Deflate", 10_000) == data
+
+
+def test_gzip_concatenated_members() -> None:
+    assert decode_body(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 10) == b"abcd"
+
+
+def test_size_limit_is_enforced_without_allocating() -> None:
+    bomb = gzip_compress(b"\x00" * (50 * 1024 * 1024))
+    with pytest.raises(EnvelopeError, match="exceeds"):
+        decode_body(bomb, "gzip", 1024 * 1024)
+    with pytest.raises(EnvelopeError, match="exceeds"):
+        decode_body(zlib.compress(b"\x00" * 100_000), "deflate", 1000)
+    assert decode_body(gzip_compress(b"x" * 1000), "gzip", 1000) == b"x" * 1000
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (b"not gzip", "gzip"),
+        (gzip.compress(b"abcdef")[:-10], "gzip"),
+        (b"\x00\x01\x02", "deflate"),
+        (gzip.compress(b"x") + b"garbage", "gzip"),
+        (b"abc", "br"),
+        (b"abc", "compress"),
+    ],
+)
+def test_bad_bodies(data: bytes, encoding: str) -> None:
+    with pytest.raises(EnvelopeError):
+        decode_body(data, encoding, 1000)
+
+
+# -- dumps -----------------------------------------------------------------------------------
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("nope")
+
+
+class _Custom:
+    def __repr__(self) -> str:
+        return "<custom>"
+
+
+def test_dumps_fast_path_compact_utf8() -> None:
+    assert dumps({"a": [1, 2.5, None, True], "é": "ü"}) == '{"a":[1,2.5,null,true],"é":"ü"}'.encode()
+
+
+def test_dumps_coercions() -> None:
+    out = json.loads(
+        dumps({1: b"\xff\xfeab", (1, 2): {3, 3}, "t": (1, 2), "o": _Custom(), "bad": _BadRepr(), None: 1})
+    )
+    assert out["1"] == "\ufffd\ufffdab"
+    assert out["(1, 2)"] == [3]
+    assert out["t"] == [1, 2]
+    assert out["o"] == "<custom>"
+    assert out["bad"] == "<unrepresentable>"
+    assert out["null"] == 1
+
+
+def test_dumps_nan_inf() -> None:
+    assert json.loads(dumps({"a": math.nan, "b": [math.inf, -math.inf], "c": 1.0})) == {
+        "a": None,
+        "b": [None, None],
+        "c": 1.0,
+    }
+
+
+def test_dumps_cycles_and_depth() -> None:
+    a: dict[str, Any] = {"x": 1}
+    a["self"] = a
+    lst: list[Any] = [1]
+    lst.append(lst)
+    out = json.loads(dumps({"a": a, "l": lst}))
+    assert out["a"]["self"] == "[Circular]"
+    assert out["l"][1] == "[Circular]"
+    deep: Any = "leaf"
+    for _ in range(5000):
+        deep = [deep]
+    text = dumps(deep)
+    assert b"[MaxDepth]" in text
+    json.loads(text)
+
+
+def test_dumps_surrogates_valid_utf8() -> None:
+    out = dumps({"k\ud800": "a\udfffb", "pair": "\ud83d\ude00"})
+    text = out.decode("utf-8")  # strict: must be valid UTF-8
+    assert json.loads(text) == {"k\ufffd": "a\ufffdb", "pair": "\U0001f600"}
+
+
+def test_dumps_long_repr_truncated() -> None:
+    class Long:
+        def __repr__(self) -> str:
+            return "x" * 10_000
+
+    assert len(json.loads(dumps(Long()))) <= 512
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary()),
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(st.one_of(st.text(), st.integers(), st.floats()), children, max_size=4),
+        ),
+        max_leaves=20,
+    )
+)
+def test_dumps_never_fails(obj: Any) -> None:
+    json.loads(dumps(obj).decode("utf-8"))

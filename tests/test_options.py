@@ -1,0 +1,118 @@
+"""init() option validation and environment variables."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._options import build_options
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("traces_sample_rate", 1.5),
+        ("traces_sample_rate", -0.1),
+        ("traces_sample_rate", float("nan")),
+        ("traces_sample_rate", "0.5"),
+        ("traces_sample_rate", True),
+        ("sample_rate", 2),
+        ("traces_sampler", "not callable"),
+        ("before_send", 3),
+        ("before_send_transaction", "x"),
+        ("trace_propagation_targets", ["(unclosed"]),
+        ("trace_propagation_targets", [3]),
+        ("ignore_transactions", [3]),
+        ("trace_ignore_status_codes", ["404"]),
+        ("trace_ignore_status_codes", [99]),
+        ("max_spans", -1),
+        ("max_spans", 1.5),
+        ("shutdown_timeout", -1),
+        ("send_default_pii", "yes"),
+        ("environment", "a/b"),
+        ("environment", "x" * 65),
+        ("release", "latest"),
+        ("release", "a/b"),
+        ("release", "line\nbreak"),
+        ("org_id", "abc"),
+        ("max_inherited_sampled_per_second", -5),
+        ("trust_incoming_traces", ["not-a-network"]),
+        ("dsn", "not a dsn"),
+        ("dsn", "ftp://key@host/1"),
+        ("dsn", 42),
+        ("no_such_option", 1),
+    ],
+)
+def test_invalid_options_raise_configuration_error_naming_option_and_value(
+    option: str, value: Any
+) -> None:
+    with pytest.raises(stm.ConfigurationError) as info:
+        stm.init(**{option: value})
+    message = str(info.value)
+    assert option in message or option == "dsn"
+    if option != "dsn":
+        shown = value[0] if isinstance(value, list) else value  # the offending entry
+        assert repr(shown)[:20] in message
+
+
+def test_valid_options_are_normalized() -> None:
+    opts = build_options(
+        environ={},
+        traces_sample_rate=1,
+        trace_propagation_targets=["api\\.example\\.com", re.compile("internal")],
+        ignore_transactions=["/health", re.compile("/static/.*")],
+        trace_ignore_status_codes=[404, range(500, 503), (520, 521)],
+        org_id=12,
+        trust_incoming_traces=["10.0.0.0/8"],
+    )
+    assert opts.traces_sample_rate == 1.0
+    assert [p.pattern for p in opts.trace_propagation_targets] == ["api\\.example\\.com", "internal"]
+    assert opts.propagate_to_all is False
+    assert opts.trace_ignore_status_codes == frozenset({404, 500, 501, 502, 520, 521})
+    assert opts.org_id == "12"
+    assert opts.environment == "production"
+    assert build_options(environ={}).propagate_to_all is True
+
+
+def test_environment_variables_are_read_once_at_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "https://abc@o7.ingest.sentry.io/3")
+    monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "0.25")
+    monkeypatch.setenv("SENTRY_ENVIRONMENT", "staging")
+    monkeypatch.setenv("SENTRY_RELEASE", "app@9")
+    monkeypatch.setenv("SENTRY_DEBUG", "1")
+    client = stm.init(instrument_http_clients=False)
+    opts = client.options
+    assert opts.dsn is not None and opts.dsn.public_key == "abc"
+    assert opts.traces_sample_rate == 0.25
+    assert (opts.environment, opts.release, opts.debug, opts.org_id) == ("staging", "app@9", True, "7")
+    monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "0.75")
+    assert stm.get_client().options.traces_sample_rate == 0.25  # read once
+    # Explicit options win over the environment.
+    assert stm.init(traces_sample_rate=1.0, instrument_http_clients=False).options.traces_sample_rate == 1.0
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "lots")
+    with pytest.raises(stm.ConfigurationError, match="SENTRY_TRACES_SAMPLE_RATE"):
+        stm.init()
+
+
+def test_no_dsn_everything_works_nothing_is_sent() -> None:
+    client = stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    assert client.transport is None
+    with stm.start_transaction("offline") as tx:
+        with stm.start_span("db"):
+            pass
+    assert tx.sampled and len(tx.spans) == 1
+    assert stm.flush(0.1) is True
+    assert stm.capture_exception(ValueError("x")) is not None
+
+
+def test_init_twice_replaces_and_closes_the_old_client() -> None:
+    first = stm.init(dsn="http://key@127.0.0.1:9/1", instrument_http_clients=False)
+    second = stm.init(dsn="http://key@127.0.0.1:9/2", instrument_http_clients=False)
+    assert stm.get_client() is second
+    assert first._closed is True

@@ -1,0 +1,263 @@
+"""Head-based sampling (protocol §12) and DSC lifecycle (§11, §13)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._client import get_client
+from sentry_tracing_mw._sampling import TokenBucket
+
+TRACE = "771a43a4192642f0b136d5159a501700"
+SPAN = "a0cfbde2bdff3adc"
+
+
+def incoming(flag: str = "", **dsc: str) -> dict[str, str]:
+    headers = {"sentry-trace": f"{TRACE}-{SPAN}{flag}"}
+    if dsc:
+        headers["baggage"] = ",".join(f"sentry-{k}={v}" for k, v in dsc.items())
+    return headers
+
+
+def init(**kw: Any) -> None:
+    kw.setdefault("instrument_http_clients", False)
+    stm.init(dsn="https://49d0f7386ad645858ae85020e393bef3@o42.ingest.sentry.io/7", **kw)
+
+
+def test_rate_decides_against_sample_rand() -> None:
+    init(traces_sample_rate=0.5)
+    decisions = []
+    for _ in range(400):
+        tx = stm.start_transaction("t")
+        ctx = tx.propagation_context
+        assert tx.sampled is (ctx.sample_rand < 0.5)
+        decisions.append(tx.sampled)
+    assert 120 < sum(decisions) < 280
+
+
+def test_incoming_sample_rand_drives_the_decision() -> None:
+    init(traces_sample_rate=0.5)
+    low = stm.start_transaction("t", headers=incoming(sample_rand="0.100000", sample_rate="0.5"))
+    high = stm.start_transaction("t", headers=incoming(sample_rand="0.900000", sample_rate="0.5"))
+    # No sampled flag -> deferred parent -> our rate with their sample_rand.
+    assert low.sampled is True and high.sampled is False
+    assert low.trace_id == TRACE and low.parent_span_id == SPAN
+
+
+@pytest.mark.parametrize("flag", ["-1", "-0"])
+def test_parent_decision_is_inherited_whatever_our_rate(flag: str) -> None:
+    for rate in (0.0, 1.0):
+        init(traces_sample_rate=rate)
+        tx = stm.start_transaction("t", headers=incoming(flag))
+        assert tx.sampled is (flag == "-1")
+        assert stm.get_trace_headers is not None
+        assert tx.propagation_context.headers(tx.span_id)["sentry-trace"].endswith(flag)
+
+
+def test_sampler_takes_precedence_and_gets_sentry_sdk_keys() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def sampler(ctx: stm.SamplingContext) -> float:
+        seen.append(dict(ctx))
+        return 0.0 if ctx["transaction_context"]["name"] == "drop" else 1.0
+
+    init(traces_sample_rate=0.0, traces_sampler=sampler)
+    kept = stm.start_transaction(
+        "keep", op="task", headers=incoming("-0", sample_rate="0.25", sample_rand="0.5"),
+        custom_sampling_context={"tenant": "acme"},
+    )
+    dropped = stm.start_transaction("drop", headers=incoming("-1"))
+    assert kept.sampled is True and dropped.sampled is False
+    assert seen[0]["transaction_context"] == {"name": "keep", "op": "task", "source": "custom"}
+    assert seen[0]["parent_sampled"] is False
+    assert seen[0]["parent_sample_rate"] == 0.25
+    assert seen[0]["tenant"] == "acme"
+    # A local override never edits the frozen upstream DSC; the flag carries our decision.
+    headers = kept.propagation_context.headers(kept.span_id)
+    assert headers["sentry-trace"].endswith("-1")
+    assert "sentry-sample_rate=0.25" in headers["baggage"]
+
+
+@pytest.mark.parametrize("result", [True, False, 1, 0])
+def test_boolean_sampler_results_map_to_rates(result: Any) -> None:
+    init(traces_sampler=lambda ctx: result)
+    tx = stm.start_transaction("b")
+    assert tx.sampled is bool(result)
+    assert tx.propagation_context.sample_rate == float(bool(result))
+
+
+@pytest.mark.parametrize("garbage", ["0.5", None, math.nan, -0.1, 1.5, object()])
+def test_garbage_sampler_results_mean_unsampled(garbage: Any) -> None:
+    init(traces_sampler=lambda ctx: garbage)
+    assert stm.start_transaction("g").sampled is False
+
+
+def test_raising_sampler_means_unsampled_never_an_exception() -> None:
+    def sampler(ctx: Any) -> float:
+        raise RuntimeError("bad sampler")
+
+    init(traces_sampler=sampler)
+    assert stm.start_transaction("r").sampled is False
+
+
+def test_backfill_reproduces_the_recorded_decision() -> None:
+    init(traces_sample_rate=1.0)
+    for _ in range(200):
+        yes = stm.start_transaction("t", headers=incoming("-1", sample_rate="0.3", trace_id=TRACE))
+        no = stm.start_transaction("t", headers=incoming("-0", sample_rate="0.3", trace_id=TRACE))
+        assert yes.propagation_context.sample_rand < 0.3
+        assert no.propagation_context.sample_rand >= 0.3
+        dsc = no.propagation_context.dsc()
+        assert dsc["sample_rate"] == "0.3" and len(dsc["sample_rand"]) == 8
+
+
+def test_head_dsc_is_frozen_on_first_use() -> None:
+    init(traces_sample_rate=1.0, release="app@1.2.3", environment="staging")
+    tx = stm.start_transaction("/users/{id}", source="route")
+    dsc = tx.propagation_context.dsc()
+    assert dsc == {
+        "trace_id": tx.trace_id,
+        "public_key": "49d0f7386ad645858ae85020e393bef3",
+        "sample_rate": "1.0",
+        "sample_rand": dsc["sample_rand"],
+        "sampled": "true",
+        "release": "app@1.2.3",
+        "environment": "staging",
+        "org_id": "42",
+        "transaction": "/users/{id}",
+    }
+    assert all(isinstance(v, str) for v in dsc.values())
+    tx.set_name("/renamed")
+    assert tx.propagation_context.dsc()["transaction"] == "/users/{id}"
+
+
+def test_url_source_names_stay_out_of_the_dsc() -> None:
+    init(traces_sample_rate=1.0)
+    tx = stm.start_transaction("/users/42", source="url")
+    assert "transaction" not in tx.propagation_context.dsc()
+
+
+def test_incoming_dsc_is_taken_as_received() -> None:
+    init(traces_sample_rate=1.0, release="mine")
+    tx = stm.start_transaction(
+        "t",
+        headers=incoming(
+            "-1", trace_id=TRACE, public_key="theirs", sample_rate="0.5",
+            sample_rand="0.250000", sampled="true", release="app%401.2.3", custom="kept",
+        ),
+    )
+    assert tx.propagation_context.dsc() == {
+        "trace_id": TRACE, "public_key": "theirs", "sample_rate": "0.5",
+        "sample_rand": "0.250000", "sampled": "true", "release": "app@1.2.3", "custom": "kept",
+    }
+
+
+def test_incoming_trace_without_baggage_makes_us_the_dsc_head() -> None:
+    init(traces_sample_rate=0.0, release="r1")
+    tx = stm.start_transaction("t", headers=incoming("-1"))
+    dsc = tx.propagation_context.dsc()
+    assert dsc["trace_id"] == TRACE and dsc["sampled"] == "true" and dsc["release"] == "r1"
+    assert float(dsc["sample_rand"]) < float(dsc["sample_rate"])
+    tx_no = stm.start_transaction("t", headers=incoming("-0"))
+    dsc_no = tx_no.propagation_context.dsc()
+    assert dsc_no["sampled"] == "false"
+    assert float(dsc_no["sample_rand"]) >= float(dsc_no["sample_rate"])
+
+
+def test_tracing_without_performance_is_deferred() -> None:
+    init()  # no rate, no sampler
+    tx = stm.start_transaction("twp")
+    assert tx.sampled is False
+    headers = tx.propagation_context.headers(tx.span_id)
+    assert headers["sentry-trace"] == f"{tx.trace_id}-{tx.span_id}"
+    assert "sentry-sampled" not in headers["baggage"]
+    assert "sentry-sample_rate" not in headers["baggage"]
+    assert "sentry-sample_rand=" in headers["baggage"]
+    assert headers["traceparent"].endswith("-02")
+    # An incoming decision is still carried on, unchanged.
+    cont = stm.start_transaction("twp", headers=incoming("-1"))
+    assert cont.sampled is False
+    assert cont.propagation_context.headers(cont.span_id)["sentry-trace"].endswith("-1")
+
+
+def test_rate_zero_is_not_deferred() -> None:
+    init(traces_sample_rate=0.0)
+    tx = stm.start_transaction("zero")
+    assert tx.propagation_context.headers(tx.span_id)["sentry-trace"].endswith("-0")
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "strict", "continued"),
+    [
+        ("1", "1", False, True), (None, "1", False, True), ("1", None, False, True),
+        (None, None, False, True), ("1", "2", False, False),
+        ("1", "1", True, True), (None, "1", True, False), ("1", None, True, False),
+        (None, None, True, True), ("1", "2", True, False),
+    ],
+)
+def test_strict_trace_continuation_matrix(
+    theirs: str | None, ours: str | None, strict: bool, continued: bool
+) -> None:
+    kw: dict[str, Any] = {"strict_trace_continuation": strict, "traces_sample_rate": 1.0}
+    dsn = f"https://key@o{ours}.ingest.sentry.io/7" if ours else "https://key@example.com/7"
+    stm.init(dsn=dsn, instrument_http_clients=False, **kw)
+    dsc = {"trace_id": TRACE, "public_key": "k"}
+    if theirs:
+        dsc["org_id"] = theirs
+    tx = stm.start_transaction("t", headers=incoming("-1", **dsc))
+    assert (tx.trace_id == TRACE) is continued
+    if not continued:
+        assert tx.parent_span_id is None
+        assert TRACE not in str(tx.propagation_context.dsc())
+
+
+def test_org_id_option_overrides_dsn() -> None:
+    stm.init(dsn="https://key@o1.ingest.sentry.io/7", org_id=99, instrument_http_clients=False)
+    assert get_client().options.org_id == "99"
+
+
+def test_inherited_sampling_cap_limits_forced_sampling() -> None:
+    init(traces_sample_rate=0.0, max_inherited_sampled_per_second=5)
+    sampled = sum(stm.start_transaction("f", headers=incoming("-1")).sampled for _ in range(50))
+    assert sampled == 5
+    # Our own head decisions are not capped.
+    init(traces_sample_rate=1.0, max_inherited_sampled_per_second=0)
+    assert all(stm.start_transaction("h").sampled for _ in range(20))
+
+
+def test_capped_decision_keeps_the_frozen_dsc_and_propagates_minus_zero() -> None:
+    init(traces_sample_rate=1.0, max_inherited_sampled_per_second=0)
+    tx = stm.start_transaction(
+        "f", headers=incoming("-1", trace_id=TRACE, sample_rate="1.0", sampled="true")
+    )
+    assert tx.sampled is False
+    headers = tx.propagation_context.headers(tx.span_id)
+    assert headers["sentry-trace"].endswith("-0")
+    assert "sentry-sampled=true" in headers["baggage"]
+
+
+def test_token_bucket_refills(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    import sentry_tracing_mw._sampling as sampling
+
+    monkeypatch.setattr(sampling.time, "monotonic", lambda: now[0])
+    bucket = TokenBucket(2.0)
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] += 0.5
+    assert bucket.take() is True
+    assert bucket.take() is False
+
+
+def test_trust_incoming_traces_options() -> None:
+    init(traces_sample_rate=1.0, trust_incoming_traces=["10.0.0.0/8", "::1/128"])
+    client = get_client()
+    assert client.trusts("10.1.2.3") and client.trusts("::1")
+    assert not client.trusts("192.168.0.1") and not client.trusts(None)
+    assert not client.trusts("not an ip")
+    init(trust_incoming_traces=lambda request: request == "ok")
+    assert get_client().trusts(None, "ok") and not get_client().trusts(None, "no")
+    init(trust_incoming_traces=False)
+    assert not get_client().trusts("127.0.0.1")

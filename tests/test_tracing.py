@@ -1,0 +1,360 @@
+"""The tracing model: ids, timing, span lifecycle, limits, context handling."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw import _ids, _tracing
+from sentry_tracing_mw._client import get_client
+from sentry_tracing_mw._event import transaction_event
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
+HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _event(tx: stm.Transaction) -> dict[str, Any]:
+    return transaction_event(tx, get_client().options)
+
+
+# -- ids ------------------------------------------------------------------------------------
+
+
+def test_ids_have_the_right_shape_and_are_unique() -> None:
+    traces = {_ids.new_trace_id() for _ in range(2000)}
+    spans = {_ids.new_span_id() for _ in range(2000)}
+    events = {_ids.new_event_id() for _ in range(2000)}
+    assert len(traces) == len(spans) == len(events) == 2000
+    assert all(HEX32.fullmatch(t) and t != "0" * 32 for t in traces)
+    assert all(HEX16.fullmatch(s) and s != "0" * 16 for s in spans)
+    for event_id in events:
+        assert HEX32.fullmatch(event_id)
+        assert event_id[12] == "4"  # uuid4 version nibble
+        assert event_id[16] in "89ab"  # RFC 4122 variant
+
+
+def test_ids_never_all_zero_even_when_the_generator_says_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = iter([0, 0, 5])
+    monkeypatch.setattr(_ids, "_bits", lambda n: next(values))
+    assert _ids.new_span_id() == "0000000000000005"
+
+
+def test_reseed_after_fork_changes_the_sequence() -> None:
+    state = _ids._rng.getstate()
+    first = _ids.new_trace_id()
+    _ids._rng.setstate(state)
+    _ids.reseed()
+    assert _ids.new_trace_id() != first
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-7, 0.1, 0.25, 0.3, 0.5, 0.7, 0.999999, 1.0])
+def test_sample_rand_backfill_intervals_reproduce_the_decision(rate: float) -> None:
+    for _ in range(500):
+        below = _ids.new_sample_rand(0.0, rate)
+        above = _ids.new_sample_rand(rate, 1.0)
+        assert 0.0 <= below < 1.0 and 0.0 <= above < 1.0
+        if rate > 0:
+            assert below < rate
+        if rate < 1:
+            assert above >= rate
+        assert float(f"{below:.6f}") == below  # on the 6-decimal grid
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+class FakeClocks:
+    """Wall clock that can jump and a monotonic clock that only advances when told."""
+
+    def __init__(self) -> None:
+        self.wall = 1_700_000_000.0
+        self.mono = 100.0
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_tracing.time, "time", lambda: self.wall)
+        monkeypatch.setattr(_tracing, "_perf", lambda: self.mono)
+
+
+def test_durations_use_the_monotonic_clock_even_when_the_wall_clock_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clocks = FakeClocks()
+    clocks.install(monkeypatch)
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("timing")
+    clocks.mono += 0.25
+    clocks.wall -= 3600  # NTP step backwards mid-request
+    with tx.start_child("db", "q"):
+        clocks.mono += 0.5
+    clocks.wall += 7200
+    clocks.mono += 0.25
+    tx.finish()
+    event = _event(tx)
+    assert event["start_timestamp"] == pytest.approx(1_700_000_000.0)
+    assert event["timestamp"] - event["start_timestamp"] == pytest.approx(1.0)
+    (span,) = event["spans"]
+    assert span["start_timestamp"] - event["start_timestamp"] == pytest.approx(0.25)
+    assert span["timestamp"] - span["start_timestamp"] == pytest.approx(0.5)
+
+
+def test_zero_duration_spans_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks = FakeClocks()
+    clocks.install(monkeypatch)
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("zero") as tx:
+        with tx.start_child("noop"):
+            pass
+    event = _event(tx)
+    assert event["timestamp"] == event["start_timestamp"]
+    assert event["spans"][0]["timestamp"] == event["spans"][0]["start_timestamp"]
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def test_transaction_and_children_build_a_connected_tree() -> None:
+    stm.init(traces_sample_rate=1.0, release="app@1.2.3", instrument_http_clients=False)
+    with stm.start_transaction("checkout", op="task", source="task") as tx:
+        assert stm.get_current_span() is tx
+        with tx.start_child("db", "load cart") as db:
+            db.set_tag("cart.size", 3)
+            db.set_data("rows", 3)
+            with stm.start_span("db.query", "SELECT 1") as inner:
+                assert inner.parent_span_id == db.span_id
+        with stm.start_span("http.client", "GET /pay") as pay:
+            pay.set_http_status(402)
+        tx.set_status("ok")
+        tx.set_measurement("items", 3, "none")
+    assert stm.get_current_span() is None
+    event = _event(tx)
+    assert event["type"] == "transaction"
+    assert event["transaction"] == "checkout"
+    assert event["transaction_info"] == {"source": "task"}
+    assert event["release"] == "app@1.2.3"
+    assert event["measurements"] == {"items": {"value": 3, "unit": "none"}}
+    trace = event["contexts"]["trace"]
+    assert trace["op"] == "task" and trace["status"] == "ok" and trace["origin"] == "manual"
+    assert "parent_span_id" not in trace
+    by_desc = {s["description"]: s for s in event["spans"]}
+    assert set(by_desc) == {"load cart", "SELECT 1", "GET /pay"}
+    assert by_desc["load cart"]["parent_span_id"] == trace["span_id"]
+    assert by_desc["SELECT 1"]["parent_span_id"] == by_desc["load cart"]["span_id"]
+    assert by_desc["load cart"]["tags"] == {"cart.size": "3"}
+    assert by_desc["GET /pay"]["status"] == "invalid_argument"
+    assert by_desc["GET /pay"]["data"]["http.response.status_code"] == 402
+    assert {s["trace_id"] for s in event["spans"]} == {tx.trace_id}
+
+
+def test_read_only_attributes() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("ro", op="task")
+    child = tx.start_child("op", "desc")
+    assert child.trace_id == tx.trace_id and child.parent_span_id == tx.span_id
+    assert child.op == "op" and child.description == "desc" and child.status is None
+    assert child.timestamp is None and child.sampled is True
+    child.finish()
+    assert child.timestamp is not None and child.timestamp >= child.start_timestamp
+    with pytest.raises(AttributeError):
+        child.span_id = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        child.tags["a"] = "b"  # type: ignore[index]
+    tx.name = "renamed"
+    tx.set_name("/users/{id}", "route")
+    assert (tx.name, tx.source) == ("/users/{id}", "route")
+    tx.finish()
+
+
+def test_set_tag_truncates_and_sanitizes() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("tags") as tx:
+        tx.set_tag("k" * 300, "v" * 300)
+        tx.set_tag("with space", "line\nbreak")
+    tags = _event(tx)["tags"]
+    assert {len(k) for k in tags} >= {200}
+    assert tags["k" * 200] == "v" * 200
+    assert tags["with-space"] == "line break"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (200, "ok"), (301, "ok"), (400, "invalid_argument"), (401, "unauthenticated"),
+        (403, "permission_denied"), (404, "not_found"), (405, "invalid_argument"),
+        (409, "already_exists"), (413, "failed_precondition"), (429, "resource_exhausted"),
+        (499, "cancelled"), (500, "internal_error"), (501, "unimplemented"),
+        (502, "internal_error"), (503, "unavailable"), (504, "deadline_exceeded"),
+        (600, "unknown"),
+    ],
+)
+def test_http_status_mapping(code: int, status: str) -> None:
+    assert _tracing.http_status_to_span_status(code) == status
+
+
+def test_invalid_status_is_ignored() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("s") as tx:
+        tx.set_status("bogus")
+        assert tx.status is None
+        tx.set_status("aborted")
+    assert _event(tx)["contexts"]["trace"]["status"] == "aborted"
+
+
+def test_exception_in_span_sets_internal_error_and_restores_context() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with pytest.raises(KeyError):
+        with stm.start_transaction("boom") as tx:
+            with tx.start_child("work"):
+                raise KeyError("x")
+    assert stm.get_current_span() is None
+    event = _event(tx)
+    assert event["contexts"]["trace"]["status"] == "internal_error"
+    assert event["spans"][0]["status"] == "internal_error"
+
+
+def test_only_finished_spans_are_sent_and_late_spans_are_counted() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    client = get_client()
+    tx = stm.start_transaction("late")
+    done = tx.start_child("done")
+    done.finish()
+    never = tx.start_child("never finished")
+    late = tx.start_child("late")
+    tx.finish()
+    late.finish()
+    assert [s.op for s in tx.spans] == ["done"]
+    assert never.timestamp is None
+    assert client.reports.snapshot()[("buffer_overflow", "span")] == 1
+
+
+def test_max_spans_caps_recorded_spans_and_counts_overflow() -> None:
+    stm.init(traces_sample_rate=1.0, max_spans=5, instrument_http_clients=False)
+    client = get_client()
+    with stm.start_transaction("many") as tx:
+        for i in range(8):
+            with tx.start_child("op", str(i)) as child:
+                assert child.trace_id == tx.trace_id
+    assert len(_event(tx)["spans"]) == 5
+    assert client.reports.snapshot()[("buffer_overflow", "span")] == 3
+
+
+def test_unsampled_transaction_records_nothing_but_propagates() -> None:
+    stm.init(traces_sample_rate=0.0, instrument_http_clients=False)
+    with stm.start_transaction("nope") as tx:
+        assert tx.sampled is False
+        with tx.start_child("db") as child:
+            assert child.sampled is False
+            headers = stm.get_trace_headers()
+    assert tx.spans == ()
+    assert headers["sentry-trace"] == f"{tx.trace_id}-{child.span_id}-0"
+    assert "sentry-sampled=false" in headers["baggage"]
+    assert headers["traceparent"].endswith("-02")
+
+
+def test_explicit_sampled_argument_wins() -> None:
+    stm.init(traces_sample_rate=0.0, instrument_http_clients=False)
+    assert stm.start_transaction("forced", sampled=True).sampled is True
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    assert stm.start_transaction("forced", sampled=False).sampled is False
+
+
+def test_start_span_without_transaction_is_non_recording_but_carries_the_trace() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_span("task", "detached") as span:
+        assert span.sampled is False
+        assert HEX32.fullmatch(span.trace_id)
+        assert stm.get_current_span() is span
+        headers = stm.get_trace_headers()
+        assert headers["sentry-trace"].startswith(span.trace_id)
+    assert stm.get_current_span() is None
+
+
+# -- context -------------------------------------------------------------------------------
+
+
+def test_use_span_restores_previous_even_on_exception() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("outer") as tx:
+        other = tx.start_child("other")
+        with pytest.raises(RuntimeError):
+            with stm.use_span(other):
+                assert stm.get_current_span() is other
+                raise RuntimeError
+        assert stm.get_current_span() is tx
+        other.finish()
+
+
+def test_asyncio_gather_tasks_are_siblings() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+
+    @stm.trace(op="task")
+    async def work(n: int) -> str:
+        await asyncio.sleep(0.01 * (3 - n))
+        with stm.start_span("inner", f"inner-{n}"):
+            await asyncio.sleep(0)
+        span = stm.get_current_span()
+        assert span is not None
+        return span.span_id
+
+    async def main() -> stm.Transaction:
+        with stm.start_transaction("gather") as tx:
+            await asyncio.gather(work(0), work(1), work(2))
+        return tx
+
+    tx = asyncio.run(main())
+    event = _event(tx)
+    root = event["contexts"]["trace"]["span_id"]
+    tasks = [s for s in event["spans"] if s["op"] == "task"]
+    inners = [s for s in event["spans"] if s["op"] == "inner"]
+    assert len(tasks) == 3 and len(inners) == 3
+    assert {s["parent_span_id"] for s in tasks} == {root}
+    assert {s["parent_span_id"] for s in inners} == {s["span_id"] for s in tasks}
+
+
+def test_wrap_context_carries_the_span_into_threads() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    seen: list[Any] = []
+
+    def job() -> None:
+        seen.append(stm.get_current_span())
+        with stm.start_span("thread.work"):
+            pass
+
+    with stm.start_transaction("threads") as tx:
+        thread = threading.Thread(target=stm.wrap_context(job))
+        thread.start()
+        thread.join()
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(stm.wrap_context(job)).result()
+        # Without wrap_context a plain thread sees no span.
+        plain = threading.Thread(target=lambda: seen.append(stm.get_current_span()))
+        plain.start()
+        plain.join()
+    assert seen == [tx, tx, None]
+    assert [s.op for s in tx.spans] == ["thread.work", "thread.work"]
+
+
+def test_trace_decorator_sync_and_async_without_current_span_is_transparent() -> None:
+    @stm.trace
+    def plain(x: int) -> int:
+        return x + 1
+
+    @stm.trace(op="db", description="custom")
+    async def coro(x: int) -> int:
+        return x * 2
+
+    assert plain(1) == 2
+    assert asyncio.run(coro(2)) == 4
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("decorated") as tx:
+        plain(1)
+        asyncio.run(coro(1))
+    assert sorted((s.op or "", s.description or "") for s in tx.spans) == [
+        ("db", "custom"),
+        ("function", plain.__wrapped__.__qualname__),  # type: ignore[attr-defined]
+    ]

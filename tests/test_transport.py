@@ -1,0 +1,451 @@
+"""The background transport against a real local HTTP "Sentry" (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from sentry_tracing_mw import _transport
+from sentry_tracing_mw._client_reports import ClientReports
+from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION
+from sentry_tracing_mw._dsn import Dsn
+from sentry_tracing_mw._transport import Pending, Transport, uwsgi_threads_disabled
+from sentry_tracing_mw._version import VERSION
+
+from .payload_checks import sample_dsc, sample_error, sample_transaction
+from .sentry_server import SentryServer, sentry_server  # noqa: F401
+
+SDK = {"name": "sentry.python.tracemw", "version": VERSION}
+SENT_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+MakeTransport = Callable[..., Transport]
+
+
+def tx_pending(spans: int = 0, hook: Callable[[], None] | None = None) -> Pending:
+    payload = sample_transaction(spans)
+    dsc = sample_dsc(payload["contexts"]["trace"]["trace_id"])
+
+    def prepare() -> tuple[dict[str, Any], dict[str, str] | None]:
+        if hook is not None:
+            hook()
+        return payload, dsc
+
+    return Pending("transaction", prepare, span_count=spans)
+
+
+def error_pending() -> Pending:
+    payload = sample_error()
+    dsc = sample_dsc(payload["contexts"]["trace"]["trace_id"])
+    return Pending("error", lambda: (payload, dsc))
+
+
+@pytest.fixture
+def make_transport(sentry_server: SentryServer) -> Iterator[MakeTransport]:  # noqa: F811
+    made: list[Transport] = []
+
+    def make(dsn: str | None = None, **kwargs: Any) -> Transport:
+        kwargs.setdefault("reports", ClientReports())
+        t = Transport(Dsn.parse(dsn or sentry_server.dsn), sdk_info=SDK, **kwargs)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close(timeout=1.0)
+
+
+def test_delivers_envelopes_with_headers(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport()
+    tx, err = tx_pending(spans=3), error_pending()
+    assert t.submit(tx)
+    assert t.submit(err)
+    assert t.flush(5)
+    assert sentry_server.wait_for(2)
+    dsn = Dsn.parse(sentry_server.dsn)
+    for rec in sentry_server.accepted():
+        assert rec.path == "/api/1/envelope/"
+        assert rec.headers["X-Sentry-Auth"] == dsn.auth_header
+        assert rec.headers["Content-Type"] == "application/x-sentry-envelope"
+        assert rec.headers["Content-Encoding"] == "gzip"
+        assert rec.headers["User-Agent"] == f"sentry.python.tracemw/{VERSION}"
+        assert rec.raw[:2] == b"\x1f\x8b" and gzip.decompress(rec.raw) == rec.body
+    env_tx, env_err = sentry_server.envelopes()
+    (tx_payload, _), (err_payload, _) = tx.prepare() or ({}, None), err.prepare() or ({}, None)
+    assert env_tx.headers["event_id"] == tx_payload["event_id"]
+    assert SENT_AT.match(env_tx.headers["sent_at"])
+    assert env_tx.headers["dsn"] == sentry_server.dsn
+    assert env_tx.headers["sdk"] == SDK
+    assert env_tx.headers["trace"]["trace_id"] == tx_payload["contexts"]["trace"]["trace_id"]
+    assert [it.type for it in env_tx.items] == ["transaction"]
+    assert env_tx.items[0].headers == {"type": "transaction", "length": len(env_tx.items[0].payload)}
+    assert env_err.items[0].type == "event"
+    assert env_err.headers["event_id"] == err_payload["event_id"]
+    assert len(sentry_server.transactions()[0]["spans"]) == 3
+    assert sentry_server.events()[0]["exception"]["values"][0]["value"] == "boom"
+
+
+def test_keep_alive_and_no_trace_header_when_dsc_none(
+    sentry_server: SentryServer,  # noqa: F811
+    make_transport: MakeTransport,
+) -> None:
+    t = make_transport()
+    for _ in range(5):
+        t.submit(tx_pending())
+        assert t.flush(5)
+    payload = sample_error()
+    t.submit(Pending("error", lambda: (payload, None)))
+    assert t.flush(5)
+    assert sentry_server.wait_for(6)
+    assert len({rec.extra["client"] for rec in sentry_server.accepted()}) == 1
+    assert "trace" not in sentry_server.envelopes()[-1].headers
+    sentry_server.validate = False  # error without a trace header is deliberately incomplete
+
+
+def test_worker_thread_identity(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    seen: dict[str, Any] = {}
+
+    def hook() -> None:
+        thread = threading.current_thread()
+        seen.update(name=thread.name, daemon=thread.daemon, suppressed=SUPPRESS_INSTRUMENTATION.get())
+
+    t = make_transport()
+    assert t.submit(tx_pending(hook=hook))
+    assert t.flush(5)
+    assert seen == {"name": "sentry_tracing_mw.transport", "daemon": True, "suppressed": True}
+    assert SUPPRESS_INSTRUMENTATION.get() is False
+
+
+def test_prepare_errors_and_drops(
+    sentry_server: SentryServer,  # noqa: F811
+    make_transport: MakeTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = make_transport()
+
+    def boom() -> None:
+        raise RuntimeError("hook exploded")
+
+    with caplog.at_level(logging.ERROR, logger="sentry_tracing_mw"):
+        assert t.submit(tx_pending(spans=2, hook=boom))
+        assert t.submit(Pending("transaction", lambda: None, span_count=5))  # dropped by a hook
+        assert t.submit(Pending("error", lambda: 42))  # type: ignore[arg-type,return-value]
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+    assert "hook exploded" in caplog.text
+    assert len(sentry_server.transactions()) == 1
+    assert t.reports.snapshot() == {
+        ("internal_sdk_error", "transaction"): 1,
+        ("internal_sdk_error", "span"): 3,
+        ("internal_sdk_error", "error"): 1,
+    }
+
+
+def test_down_then_reported_exactly_once(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport()
+    sentry_server.go_down()
+    for _ in range(3):
+        assert t.submit(tx_pending(spans=2))
+    assert t.submit(error_pending())
+    assert t.flush(5)  # delivery failed, but everything was handled
+    expected = {
+        ("network_error", "transaction"): 3,
+        ("network_error", "span"): 9,
+        ("network_error", "error"): 1,
+    }
+    assert t.reports.snapshot() == expected
+    assert t.reports.pending()  # the report could not be sent either: restored
+    sentry_server.come_back()
+    assert t.flush(5)
+    assert sentry_server.wait_for(1)
+    assert sentry_server.client_reports() == expected
+    env = sentry_server.envelopes()[0]
+    assert env.headers == {} and [it.type for it in env.items] == ["client_report"]
+    assert t.flush(5)
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert sentry_server.client_reports() == expected  # not reported twice
+    assert len(sentry_server.transactions()) == 1
+
+
+def test_client_report_piggybacks_when_due(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    reports = ClientReports()
+    t = make_transport(reports=reports)
+    reports.record_transaction("sample_rate", 4)
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert [it.type for it in sentry_server.envelopes()[0].items] == ["transaction"]
+    assert sentry_server.client_reports() == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 5}
+    sentry_server.clear()
+    reports.record("sample_rate", "transaction", 2)
+    reports._last_take -= 31.0  # the clock: 30 s have passed
+    t.submit(tx_pending())
+    assert sentry_server.wait_for(1)
+    assert [it.type for it in sentry_server.envelopes()[0].items] == ["transaction", "client_report"]
+    assert sentry_server.client_reports() == {("sample_rate", "transaction"): 2}
+
+
+def test_client_reports_disabled(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    reports = ClientReports()
+    t = make_transport(reports=reports, send_client_reports=False)
+    reports.record("sample_rate", "transaction", 2)
+    reports._last_take -= 31.0
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert sentry_server.client_reports() == {}
+    assert len(sentry_server.received) == 1
+
+
+def test_hanging_sentry_does_not_block(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.hang()
+    t = make_transport(read_timeout=10.0)
+    t0 = time.perf_counter()
+    assert t.submit(tx_pending())
+    assert time.perf_counter() - t0 < 0.05
+    assert sentry_server.wait_hanging(5)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        t.submit(tx_pending())
+    assert time.perf_counter() - t0 < 0.05
+    assert t.flush(0.2) is False
+    t0 = time.monotonic()
+    t.close(timeout=0.5)
+    assert time.monotonic() - t0 < 0.5 + 0.25
+    assert t.submit(tx_pending()) is False  # closed
+
+
+def test_429_retry_after_drops_before_io(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.respond(429, {"Retry-After": "30"})
+    t = make_transport()
+    gate = threading.Event()
+    assert t.submit(tx_pending(spans=1, hook=lambda: gate.wait(5)))
+    assert t.submit(tx_pending(spans=3))  # queued before the 429 was seen
+    gate.set()
+    assert t.flush(5)
+    assert len(sentry_server.received) == 1
+    assert t.rate_limits.is_limited("transaction", time.monotonic())
+    assert t.rate_limits.is_limited("error", time.monotonic())
+    assert t.submit(tx_pending(spans=1)) is False
+    assert t.submit(error_pending()) is False
+    assert t.flush(5)
+    assert len(sentry_server.received) == 1  # nothing else was sent, not even a client report
+    assert t.reports.snapshot() == {
+        ("ratelimit_backoff", "transaction"): 2,
+        ("ratelimit_backoff", "span"): 4 + 2,
+        ("ratelimit_backoff", "error"): 1,
+    }
+
+
+def test_category_limit_lets_errors_flow(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.respond(429, {"X-Sentry-Rate-Limits": "60:transaction:key"})
+    t = make_transport()
+    t.submit(tx_pending())
+    assert t.flush(5)
+    sentry_server.respond(200)
+    assert t.submit(tx_pending()) is False
+    assert t.submit(error_pending())
+    assert t.flush(5)
+    assert len(sentry_server.events()) == 1
+    assert sentry_server.transactions() == []
+    assert ("ratelimit_backoff", "transaction") in t.reports.snapshot()
+
+
+def test_rate_limit_header_on_200(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.respond(200, {"X-Sentry-Rate-Limits": "60:error:organization"})
+    t = make_transport()
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert t.rate_limits.is_limited("error", time.monotonic())
+    assert not t.rate_limits.is_limited("transaction", time.monotonic())
+
+
+@pytest.mark.parametrize("status", [413, 500, 400, 403])
+def test_error_status_is_send_error(
+    status: int,
+    sentry_server: SentryServer,  # noqa: F811
+    make_transport: MakeTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sentry_server.respond(status)
+    t = make_transport()
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        t.submit(tx_pending(spans=4))
+        t.submit(error_pending())
+        assert t.flush(5)
+    assert t.reports.snapshot() == {
+        ("send_error", "transaction"): 1,
+        ("send_error", "span"): 5,
+        ("send_error", "error"): 1,
+    }
+    if status == 413:
+        assert any(r.levelno == logging.ERROR and "413" in r.getMessage() for r in caplog.records)
+    assert not t.rate_limits.is_limited("transaction", time.monotonic())
+
+
+def test_reset_mid_response_is_network_error(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.reset()
+    t = make_transport()
+    t.submit(tx_pending(spans=1))
+    assert t.flush(5)
+    assert t.reports.snapshot() == {("network_error", "transaction"): 1, ("network_error", "span"): 2}
+    sentry_server.respond(200)
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert len(sentry_server.transactions()) == 1  # recovered on a fresh connection
+    assert sentry_server.client_reports() == {("network_error", "transaction"): 1, ("network_error", "span"): 2}
+
+
+def test_queue_byte_bound(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport(queue_size=1000, queue_bytes=10_000)
+    started, gate = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        gate.wait(5)
+
+    assert t.submit(tx_pending(hook=block))
+    assert started.wait(5)
+    results = []
+    for _ in range(20):
+        p = tx_pending()
+        p.size_hint = 1000
+        results.append(t.submit(p))
+    assert results == [True] * 10 + [False] * 10
+    big = tx_pending()
+    big.size_hint = 20_000
+    gate.set()
+    assert t.flush(5)
+    assert t.submit(big) is False
+    assert t.reports.snapshot() == {("queue_overflow", "transaction"): 11, ("queue_overflow", "span"): 11}
+
+
+def test_flood_bounded_memory_exact_overflow(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.go_down()
+    t = make_transport(queue_size=1000)
+    payload = sample_transaction(10)
+    dsc = sample_dsc(payload["contexts"]["trace"]["trace_id"])
+    proc = psutil.Process()
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    n, accepted = 100_000, 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        blob = bytes(1024) + i.to_bytes(4, "little")  # ~1 KiB held per queued item
+
+        def prepare(blob: bytes = blob) -> tuple[dict[str, Any], dict[str, str]]:
+            return payload, dsc
+
+        accepted += t.submit(Pending("transaction", prepare, span_count=10, size_hint=len(blob)))
+    elapsed = time.perf_counter() - t0
+    rss1 = proc.memory_info().rss
+    assert t.queued() <= 1000
+    assert (rss1 - rss0) < 50 * 1024 * 1024, f"RSS grew by {(rss1 - rss0) / 1e6:.1f} MB"
+    snap = t.reports.snapshot()
+    assert snap[("queue_overflow", "transaction")] == n - accepted
+    assert snap[("queue_overflow", "span")] == 11 * (n - accepted)
+    assert accepted >= 1000
+    assert elapsed < 10, f"{n} submits took {elapsed:.2f}s"
+    t.close(timeout=2)
+    sentry_server.validate = False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_gets_fresh_worker(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport()
+    t.submit(tx_pending())
+    assert t.flush(5)  # the parent's worker and pooled connection exist now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            ok = t.submit(tx_pending(spans=1)) and t.flush(5)
+            code = 0 if ok and t._worker is not None and t._worker.is_alive() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sentry_server.wait_for(2)
+    clients = {rec.extra["client"] for rec in sentry_server.accepted()}
+    assert len(clients) == 2  # the child used its own connection
+    t.submit(tx_pending())
+    assert t.flush(5)  # the parent still works
+    assert sentry_server.wait_for(3)
+
+
+def test_explicit_http_proxy_is_used(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport("http://public@sentry.invalid:9000/1", http_proxy=sentry_server.url)
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert sentry_server.wait_for(1)
+    assert sentry_server.received[0].path == "http://sentry.invalid:9000/api/1/envelope/"
+
+
+def test_proxy_selection_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    https = Dsn.parse("https://k@o1.ingest.example.com/1")
+    http = Dsn.parse("http://k@sentry.local:9000/1")
+    assert _transport._select_proxy(https, None, None) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain:8080")
+    assert _transport._select_proxy(https, None, None) == "http://proxy:3128"
+    assert _transport._select_proxy(http, None, None) == "http://plain:8080"
+    assert _transport._select_proxy(https, "http://explicit:1", "http://explicit:2") == "http://explicit:2"
+    assert _transport._select_proxy(https, "http://explicit:1", None) == "http://explicit:1"
+    assert _transport._select_proxy(http, "", None) is None
+    monkeypatch.setenv("NO_PROXY", "example.com,localhost")
+    assert _transport._select_proxy(https, None, None) is None
+    assert _transport._select_proxy(http, None, None) == "http://plain:8080"
+
+
+def test_flush_and_close_edge_cases(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    t = make_transport()
+    t0 = time.monotonic()
+    assert t.flush(1)
+    assert t._worker is None  # nothing submitted: no thread, no request
+    t.close(1)
+    t.close(1)
+    assert time.monotonic() - t0 < 0.5
+    assert sentry_server.received == []
+    assert t.submit(tx_pending()) is False
+
+
+def test_submit_is_cheap(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+    sentry_server.go_down()
+    t = make_transport(queue_size=200_000)
+    gate = threading.Event()
+    t.submit(tx_pending(hook=lambda: gate.wait(5)))
+    items = [tx_pending() for _ in range(1)] * 20_000
+    t0 = time.perf_counter()
+    for p in items:
+        t.submit(p)
+    per = (time.perf_counter() - t0) / len(items)
+    gate.set()
+    t.close(0.1)
+    assert per < 50e-6, f"submit costs {per * 1e6:.1f} µs"
+    sentry_server.validate = False
+
+
+def test_uwsgi_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert uwsgi_threads_disabled() is False
+    fake = types.ModuleType("uwsgi")
+    fake.opt = {"master": True}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", fake)
+    assert uwsgi_threads_disabled() is True
+    fake.opt = {"enable-threads": True}  # type: ignore[attr-defined]
+    assert uwsgi_threads_disabled() is False
+    fake.opt = {"threads": b"4"}  # type: ignore[attr-defined]
+    assert uwsgi_threads_disabled() is False
+    fake.opt = {"threads": b"0"}  # type: ignore[attr-defined]
+    assert uwsgi_threads_disabled() is True
