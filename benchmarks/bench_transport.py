@@ -31,16 +31,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def log_message(self, *a):
         pass
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
         while n > 0:
             n -= len(self.rfile.read(min(n, 65536)) or b"x" * n)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
 s = ThreadingHTTPServer(("127.0.0.1", 0), H)
 s.daemon_threads = True

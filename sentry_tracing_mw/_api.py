@@ -54,8 +54,7 @@ def start_transaction(
     if source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
-    incoming = extract(headers, getter) if headers is not None else None
-    ctx = client.continue_trace(incoming)
+    ctx = client.continue_trace(extract(headers, getter) if headers is not None else None)
     return client.start_transaction(
         name,
         op=op,
@@ -86,6 +85,9 @@ def set_transaction_name(name: str, source: str = "custom") -> None:
     if tx is None:
         logger.debug("set_transaction_name(%r): no current transaction", name)
         return
+    if source not in SOURCES:
+        logger.debug("invalid transaction source %r; using 'custom'", source)
+        source = "custom"
     tx.set_name(name, source)
 
 

@@ -102,7 +102,21 @@ class Client:
             logger.debug("org_id mismatch: starting a new trace instead of continuing")
             incoming = None
         if incoming is None:
-            return PropagationContext(self, new_trace_id(), sample_rand=new_sample_rand())
+            ctx = PropagationContext.__new__(PropagationContext)
+            ctx._client = self
+            ctx.trace_id = new_trace_id()
+            ctx._span_id = None
+            ctx.parent_span_id = None
+            ctx.sampled = None
+            ctx.sample_rate = None
+            ctx.sample_rand = new_sample_rand()
+            ctx._dsc = None
+            ctx._baggage = None
+            ctx.third_party = ()
+            ctx.tracestate = None
+            ctx.random = True
+            ctx.transaction = None
+            return ctx
         dsc = incoming.dsc
         parent_sampled = incoming.parent_sampled
         rate = parse_sample_rate(dsc.get("sample_rate")) if dsc else None
@@ -143,13 +157,21 @@ class Client:
             ctx = self.continue_trace(None)
         opts = self.options
         parent_sampled = ctx.sampled
+        sampler = opts.traces_sampler
+        decision: bool | None
+        rate: float | None
         if sampled is not None:
-            decision: bool | None = sampled
-            rate: float | None = 1.0 if sampled else 0.0
-        elif not opts.tracing_enabled:
+            decision, rate = sampled, (1.0 if sampled else 0.0)
+        elif sampler is None:
+            # Fast path (no sampler): inherit the parent's decision, else use the rate.
+            if parent_sampled is not None:
+                decision, rate = parent_sampled, ctx.sample_rate
+            else:
+                rate = opts.traces_sample_rate
+                decision = None if rate is None else ctx.sample_rand < rate
+        elif not opts.tracing_enabled:  # pragma: no cover - a sampler enables tracing
             decision, rate = parent_sampled, ctx.sample_rate
         else:
-            sampler = opts.traces_sampler
 
             def context() -> SamplingContext:
                 data: dict[str, Any] = {
@@ -167,15 +189,15 @@ class Client:
                 parent_sampled=parent_sampled,
                 parent_sample_rate=ctx.sample_rate,
                 sample_rand=ctx.sample_rand,
-                context=context if sampler is not None else None,
+                context=context,
             )
-            if decision and parent_sampled and self._inherited_cap is not None:
-                if not self._inherited_cap.take():
-                    logger.debug("max_inherited_sampled_per_second reached: not sampling")
-                    decision = False
+        if decision and parent_sampled and self._inherited_cap is not None:
+            if not self._inherited_cap.take():
+                logger.debug("max_inherited_sampled_per_second reached: not sampling")
+                decision = False
         ctx.sampled = decision
         ctx.sample_rate = rate
-        recording = bool(decision) and (sampled is not None or opts.tracing_enabled)
+        recording = decision is True and (sampled is not None or opts.tracing_enabled)
         return Transaction(
             self, ctx, name, op=op, source=source, origin=origin, recording=recording
         )

@@ -264,8 +264,10 @@ def error_event(
             "type": cls.__qualname__,
             "value": _exception_value(item),
             "module": cls.__module__,
-            "stacktrace": {"frames": _frames(item.__traceback__, with_locals)},
         }
+        frames = _frames(item.__traceback__, with_locals)
+        if frames:  # an exception that was never raised has no traceback
+            entry["stacktrace"] = {"frames": frames}
         if i == len(chain) - 1:
             entry["mechanism"] = {"type": mechanism, "handled": handled}
         values.append(entry)

@@ -53,6 +53,11 @@ def new_sample_rand(low: float = 0.0, high: float = 1.0) -> float:
     decision ``sample_rand < rate`` made here is the one every downstream service makes.
     An empty interval (rate 0 with a sampled parent) gives the grid value nearest ``low``.
     """
+    if low <= 0.0 and high >= 1.0:  # the common case: a new trace
+        value = _bits(20)
+        while value >= 1_000_000:
+            value = _bits(20)
+        return value / 1_000_000
     lo = max(0, min(999_999, int(low * 1_000_000)))
     while lo < 999_999 and lo / 1_000_000 < low:
         lo += 1

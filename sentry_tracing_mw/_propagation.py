@@ -273,14 +273,16 @@ def _parse_baggage(value: str) -> tuple[dict[str, str], tuple[str, ...]]:
     third_party: list[str] | None = None
     seen: set[str] | None = None
     cache = _MEMBER_CACHE
+    cached = cache.get
+    known = _KNOWN_SENTRY_KEYS.get
     for member in parts:
-        hit = cache.get(member)
+        hit = cached(member)
         if hit is not None:
             if hit[0] not in sentry:
                 sentry[hit[0]] = hit[1]
             continue
         key, sep, raw = member.partition("=")
-        dsc_key = _KNOWN_SENTRY_KEYS.get(key) if sep else None
+        dsc_key = known(key) if sep else None
         if dsc_key is None:
             text = member.strip(" \t")
             key, sep, raw = text.partition("=")
@@ -611,7 +613,8 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
 def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
     get = getter.get
     sentry_trace = parse_sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
-    traceparent = parse_traceparent(get(carrier, TRACEPARENT_HEADER))
+    raw_traceparent = get(carrier, TRACEPARENT_HEADER)
+    traceparent = parse_traceparent(raw_traceparent) if raw_traceparent else None
     if sentry_trace is not None:
         trace_id, parent_span_id, parent_sampled = sentry_trace
     elif traceparent is not None:

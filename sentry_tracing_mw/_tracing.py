@@ -94,9 +94,9 @@ class PropagationContext:
         "parent_span_id",
         "random",
         "sample_rand",
+        "_span_id",
         "sample_rate",
         "sampled",
-        "span_id",
         "third_party",
         "trace_id",
         "tracestate",
@@ -119,7 +119,7 @@ class PropagationContext:
     ) -> None:
         self._client = client
         self.trace_id = trace_id
-        self.span_id = new_span_id()
+        self._span_id: str | None = None
         self.parent_span_id = parent_span_id
         self.sampled = sampled
         self.sample_rate = sample_rate
@@ -130,6 +130,14 @@ class PropagationContext:
         self.tracestate = tracestate
         self.random = random
         self.transaction: Transaction | None = None
+
+    @property
+    def span_id(self) -> str:
+        """A span id for this trace when no span is active (kept for the whole request)."""
+        span_id = self._span_id
+        if span_id is None:
+            span_id = self._span_id = new_span_id()
+        return span_id
 
     @property
     def frozen(self) -> bool:
@@ -231,7 +239,7 @@ class Span:
         self._recording = recording
         self._start = _perf()
         self._end: float | None = None
-        self._tokens: list[Token[Span | None]] | None = None
+        self._tokens: Token[Span | None] | list[Token[Span | None]] | None = None
 
     # -- read-only attributes -------------------------------------------------
     @property
@@ -394,10 +402,14 @@ class Span:
             tx._client.reports.record("buffer_overflow", "span")
 
     def __enter__(self) -> Span:
-        tokens = self._tokens
-        if tokens is None:
-            tokens = self._tokens = []
-        tokens.append(CURRENT_SPAN.set(self))
+        token = CURRENT_SPAN.set(self)
+        held = self._tokens
+        if held is None:
+            self._tokens = token
+        elif isinstance(held, list):  # re-entered while already current
+            held.append(token)
+        else:
+            self._tokens = [held, token]
         return self
 
     def __exit__(
@@ -406,10 +418,17 @@ class Span:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tokens = self._tokens
-        if tokens:
+        held = self._tokens
+        if held is not None:
+            if isinstance(held, list):
+                token = held.pop()
+                if not held:
+                    self._tokens = None
+            else:
+                token = held
+                self._tokens = None
             try:
-                CURRENT_SPAN.reset(tokens.pop())
+                CURRENT_SPAN.reset(token)
             except ValueError:  # token from another context (odd async usage)
                 CURRENT_SPAN.set(None)
         if exc_type is not None and self._status is None:
@@ -473,7 +492,19 @@ class Transaction(Span):
     ) -> None:
         self._ctx = ctx
         self._client = client
-        super().__init__(self, ctx.parent_span_id, op, None, recording, origin)
+        self._tx = self
+        self._span_id = new_span_id()
+        self._parent_span_id = ctx.parent_span_id
+        self._op = op
+        self._description = None
+        self._origin = origin
+        self._status = None
+        self._tags = None
+        self._data = None
+        self._recording = recording
+        self._end = None
+        self._tokens = None
+        self._start = _perf()
         self._start_wall = time.time()
         self._name = name
         self._source = source
@@ -531,7 +562,10 @@ class Transaction(Span):
         """End the transaction; a sampled one is handed to the transport."""
         if self._end is not None:
             return
-        Span.finish(self, end_timestamp)
+        if end_timestamp is None:
+            self._end = _perf()
+        else:
+            Span.finish(self, end_timestamp)
         try:
             self._client._finish_transaction(self)
         except Exception:

@@ -3,6 +3,9 @@
 A pure ASGI class: options are validated in ``__init__``; ``__call__`` continues the
 trace, starts the transaction and wraps ``send`` to read the response status. The
 transaction ends when the app returns (after streamed bodies and background tasks).
+The generic middleware names the transaction from the raw path with source ``url``;
+apps rename it through ``stm.get_current_span()`` (the transaction at the root).
+
 Lifespan passes through untouched, except that the client is flushed on shutdown:
 uvicorn re-raises SIGTERM after a graceful shutdown, so atexit handlers never run there.
 """
@@ -21,7 +24,7 @@ from .._request import request_info
 from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
-__all__ = ["SCOPE_KEY", "TracingMiddleware"]
+__all__ = ["SCOPE_KEY", "TracingMiddleware", "asgi_request_info"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -34,8 +37,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: The request's transaction in the scope, for inner integrations that only name it.
 SCOPE_KEY = "sentry_tracing_mw.transaction"
 
+_FINAL_BODY = frozenset({"http.response.pathsend", "http.response.zerocopy"})
 
-def _asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
+
+def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
+    """The event ``request`` interface from an ASGI scope (privacy rules applied)."""
     headers: list[tuple[str, str]] = []
     host = ""
     for item in scope.get("headers") or ():
@@ -58,11 +64,15 @@ def _asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
     client = scope.get("client")
     raw_query = scope.get("query_string") or b""
     query = raw_query.decode("latin-1") if isinstance(raw_query, bytes) else str(raw_query)
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    if root and not path.startswith(root):
+        path = root + path  # servers that strip root_path from path (ASGI spec < 2.4 style)
     return request_info(
         method=str(scope.get("method") or "GET"),
         scheme=scheme,
         host=host or "localhost",
-        path=str(scope.get("path") or "/"),
+        path=str(path),
         query=query,
         headers=headers,
         send_default_pii=pii,
@@ -72,10 +82,16 @@ def _asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
     )
 
 
-def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
+_asgi_request_info = asgi_request_info  # backwards-compatible private alias
+
+
+def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
+    """Record an exception leaving the app (never raises)."""
     try:
-        if isinstance(exc, asyncio.CancelledError):
-            if tx._status in (None, "ok"):
+        if disconnected or isinstance(exc, asyncio.CancelledError):
+            # The client went away (the app saw it as a failed send or a cancellation):
+            # not an application error.
+            if tx._status is None or tx._status == "ok":
                 tx._status = "cancelled"
             return
         tx._status = "internal_error"
@@ -102,17 +118,41 @@ class TracingMiddleware:
         self.config, init_options = split_options(options)
         ensure_client(init_options, type(self).__name__)
 
+    # -- hooks for framework integrations ---------------------------------------------
     def resolve_route(self, scope: Scope) -> str | None:
         """The route template before the app runs (for ``traces_sampler``); None here."""
         return None
 
+    def request_origin(self, scope: Scope) -> str:
+        """The span origin for this request (a framework may tell apps apart)."""
+        return self.origin
+
+    def app_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
+        """The scope handed to the app; a framework integration may watch its routing."""
+        return scope
+
+    def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
+        """Called at ``http.response.start`` while the name still has source ``url``."""
+        if self.name_unmatched:
+            tx.set_name(f"{method} {code}", "route")
+
+    async def name_only(
+        self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
+    ) -> None:
+        """An outer middleware owns the request: the generic middleware passes through."""
+        await self.app(scope, receive, send)
+
+    # -- dispatch ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind == "http" or kind == "websocket":
-            if scope.get(SCOPE_KEY) is not None or active_request_transaction() is not None:
-                await self.app(scope, receive, send)  # an outer middleware owns the request
-                return
-            await self._request(scope, receive, send, kind == "websocket")
+            owner = scope.get(SCOPE_KEY)
+            if owner is None:
+                owner = active_request_transaction()
+                if owner is None:
+                    await self._request(scope, receive, send, kind == "websocket")
+                    return
+            await self.name_only(scope, receive, send, owner)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
@@ -126,10 +166,10 @@ class TracingMiddleware:
             if flushed:
                 return
             flushed = True
-            client = get_client()
-            if client.transport is None:
-                return
             try:
+                client = get_client()
+                if client.transport is None:
+                    return
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, client.flush, client.options.shutdown_timeout)
             except Exception:
@@ -156,8 +196,9 @@ class TracingMiddleware:
                 await flush()
 
     async def _request(self, scope: Scope, receive: Receive, send: Send, websocket: bool) -> None:
+        path = scope.get("path") or "/"
         ignore = self.config.ignore_paths
-        if ignore is not None and ignore.match(str(scope.get("path") or "")):
+        if ignore is not None and ignore.match(path):
             token = PROPAGATION_CONTEXT.set(None)
             try:
                 await self.app(scope, receive, send)
@@ -171,21 +212,21 @@ class TracingMiddleware:
             tx, ctx = start_request(
                 client,
                 method=method,
-                path=str(scope.get("path") or "/"),
+                path=str(path),
                 carrier=scope,
                 getter=ASGI_GETTER,
                 peer=str(peer[0]) if peer else None,
                 request=scope,
                 request_key="asgi_scope",
                 capture=websocket or method in self.config.methods,
-                origin=self.origin,
+                origin=self.request_origin(scope),
                 op="websocket.server" if websocket else "http.server",
                 route=lambda: self.resolve_route(scope),
             )
             if tx is not None:
                 scope[SCOPE_KEY] = tx
                 if tx._recording:
-                    tx._request = _asgi_request_info(scope, client.options.send_default_pii)
+                    tx._request = asgi_request_info(scope, client.options.send_default_pii)
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             await self.app(scope, receive, send)
@@ -210,24 +251,32 @@ class TracingMiddleware:
     ) -> None:
         complete = False
         disconnected = False
-        name_unmatched = self.name_unmatched
+        try:
+            inner = self.app_scope(scope, tx, method)
+        except Exception:
+            logger.exception("sentry_tracing_mw: preparing the request scope failed")
+            inner = scope
+        name_on_response = self.name_on_response
 
         async def traced_send(message: Message) -> None:
             nonlocal complete, disconnected
             kind = message.get("type")
-            if kind == "http.response.start":
+            if kind == "http.response.body":
+                if not message.get("more_body", False):
+                    complete = True
+            elif kind == "http.response.start":
                 try:
                     code = int(message["status"])
                     tx.set_http_status(code)
-                    if name_unmatched and tx._source == "url":
-                        tx.set_name(f"{method} {code}", "route")
+                    if tx._source == "url":
+                        name_on_response(tx, inner, method, code)
                 except Exception:
                     logger.debug("unreadable ASGI response start %r", message.get("status"))
-            elif kind == "http.response.body":
-                if not message.get("more_body", False):
-                    complete = True
-            elif kind == "websocket.accept" and tx._status is None:
-                tx._status = "ok"
+            elif kind == "websocket.accept":
+                if tx._status is None:
+                    tx._status = "ok"
+            elif kind in _FINAL_BODY:
+                complete = True
             try:
                 await send(message)
             except OSError:
@@ -244,9 +293,9 @@ class TracingMiddleware:
 
         token = CURRENT_SPAN.set(tx)
         try:
-            await self.app(scope, traced_receive, traced_send)
+            await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
-            _fail(client, tx, exc)
+            _fail(client, tx, exc, disconnected and not complete)
             raise
         finally:
             CURRENT_SPAN.reset(token)

@@ -1,0 +1,104 @@
+"""Core hot-path costs (foundation budgets), timeit-style, median of several runs.
+
+    python benchmarks/bench_core.py [--quick]
+
+Budgets on a 2-core reference machine: a sampled transaction with 3 child spans,
+started, finished and turned into an event dict <= 25 µs; an unsampled transaction
+<= 3 µs; parsing an incoming sentry-trace + baggage pair <= 3 µs; formatting outgoing
+headers <= 3 µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw._client import get_client  # noqa: E402
+from sentry_tracing_mw._event import transaction_event  # noqa: E402
+from sentry_tracing_mw._propagation import DICT_GETTER, extract  # noqa: E402
+
+INCOMING = {
+    "sentry-trace": "771a43a4192642f0b136d5159a501700-a0cfbde2bdff3adc-1",
+    "baggage": (
+        "sentry-trace_id=771a43a4192642f0b136d5159a501700,"
+        "sentry-public_key=49d0f7386ad645858ae85020e393bef3,sentry-sample_rate=0.5,"
+        "sentry-sample_rand=0.250000,sentry-sampled=true,sentry-environment=production,"
+        "sentry-release=app%401.2.3,sentry-transaction=%2Fusers%2F%7Bid%7D,sentry-org_id=42"
+    ),
+}
+
+
+def measure(fn: Callable[[], object], number: int, repeat: int) -> tuple[float, float, float]:
+    """Median, min and max microseconds per call over ``repeat`` runs of ``number`` calls."""
+    runs = [t / number * 1e6 for t in timeit.repeat(fn, number=number, repeat=repeat)]
+    return statistics.median(runs), min(runs), max(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    number, repeat = (2_000, 5) if args.quick else (20_000, 9)
+
+    # No DSN: nothing is sent, so only the request-thread work is measured here
+    # (the transport's hand-off is measured in bench_transport.py).
+    stm.init(traces_sample_rate=1.0, release="app@1.2.3", instrument_http_clients=False)
+    options = get_client().options
+
+    def sampled() -> None:
+        with stm.start_transaction("/users/{id}", op="http.server", source="route") as tx:
+            for _ in range(3):
+                with tx.start_child("db", "SELECT 1"):
+                    pass
+        transaction_event(tx, options)
+
+    results = {"sampled tx + 3 spans + event dict": measure(sampled, number, repeat)}
+
+    stm.init(traces_sample_rate=0.0, instrument_http_clients=False)
+
+    def unsampled() -> None:
+        with stm.start_transaction("/users/{id}", op="http.server", source="route"):
+            pass
+
+    results["unsampled tx"] = measure(unsampled, number, repeat)
+    results["parse sentry-trace + baggage"] = measure(
+        lambda: extract(INCOMING, DICT_GETTER), number, repeat
+    )
+
+    stm.init(traces_sample_rate=1.0, release="app@1.2.3", instrument_http_clients=False)
+    tx = stm.start_transaction("/users/{id}", source="route")
+    ctx = tx.propagation_context
+    ctx.dsc()
+    span_id = tx.span_id
+
+    results["format outgoing headers"] = measure(lambda: ctx.headers(span_id), number, repeat)
+    results["format outgoing headers (own baggage)"] = measure(
+        lambda: ctx.headers(span_id, "app=1,other=2"), number, repeat
+    )
+    budgets = {
+        "sampled tx + 3 spans + event dict": 25.0,
+        "unsampled tx": 3.0,
+        "parse sentry-trace + baggage": 3.0,
+        "format outgoing headers": 3.0,
+        "format outgoing headers (own baggage)": 3.0,
+    }
+    if args.json:
+        print(json.dumps({k: {"median_us": v[0], "min_us": v[1], "max_us": v[2]}
+                          for k, v in results.items()}))
+        return
+    print(f"{'benchmark':42} {'median µs':>10} {'min':>8} {'max':>8} {'budget':>7}")
+    for name, (med, lo, hi) in results.items():
+        print(f"{name:42} {med:10.2f} {lo:8.2f} {hi:8.2f} {budgets[name]:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Trace trees: stitch a trace's transactions and segments by parent span ids; render as text.
+
+Shared by the ``show`` command and the viewer's JSON API. Input rows come from the store:
+*units* (transactions and span-stream segments) and their *spans* (each unit's root included).
+A unit whose ``parent_span_id`` is a span of another unit hangs under that span; a unit whose
+parent is nowhere in the trace is an *orphan* (shown at the top level, marked).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FAILED_EXCLUDED",
+    "Node",
+    "build_forest",
+    "find_gaps",
+    "flatten",
+    "is_failure",
+    "render_trace",
+]
+
+#: Statuses that do not count as failures (Sentry's failure_rate definition).
+FAILED_EXCLUDED = frozenset({"ok", "cancelled", "unknown", "unset"})
+
+#: A gap counts as missing instrumentation above this share of its transaction...
+GAP_MIN_SHARE = 0.10
+#: ...and above this many milliseconds.
+GAP_MIN_MS = 5.0
+
+
+def is_failure(status: str | None) -> bool:
+    """Sentry's failure definition: any status but ok, cancelled and unknown."""
+    return (status or "unknown") not in FAILED_EXCLUDED
+
+
+@dataclass(eq=False)
+class Node:
+    """One span in the stitched tree (a unit root is the span its transaction describes)."""
+
+    span_id: str
+    parent_span_id: str | None
+    unit_id: str
+    op: str | None
+    description: str | None
+    status: str
+    start: float
+    end: float
+    is_unit_root: bool = False
+    unit: dict[str, Any] | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    orphan: bool = False
+    synthetic: bool = False
+    children: list[Node] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        """Duration in milliseconds."""
+        return max(0.0, (self.end - self.start) * 1000.0)
+
+
+def _node(span: dict[str, Any], unit: dict[str, Any] | None) -> Node:
+    return Node(
+        span_id=span["span_id"],
+        parent_span_id=span.get("parent_span_id"),
+        unit_id=span["unit_id"],
+        op=span.get("op"),
+        description=span.get("description"),
+        status=span.get("status") or "unknown",
+        start=float(span["start_ts"]),
+        end=float(span["end_ts"]),
+        is_unit_root=bool(span.get("is_root")),
+        unit=unit if span.get("is_root") else None,
+        tags=span.get("tags") or {},
+        data=span.get("data") or {},
+    )
+
+
+def build_forest(units: Sequence[dict[str, Any]], spans: Iterable[dict[str, Any]]) -> list[Node]:
+    """Stitch ``units`` and their ``spans`` into top-level nodes (heads first, orphans after)."""
+    by_unit: dict[str, dict[str, Any]] = {u["id"]: u for u in units}
+    nodes: list[Node] = []
+    roots: dict[str, Node] = {}
+    for span in spans:
+        unit = by_unit.get(span["unit_id"])
+        if unit is None:
+            continue
+        node = _node(span, unit)
+        if node.is_unit_root and node.unit_id not in roots:
+            roots[node.unit_id] = node
+        elif node.is_unit_root:
+            node.is_unit_root = False
+            node.unit = None
+        nodes.append(node)
+    for unit in units:  # a segment whose root span has not arrived: stand in for it
+        if unit["id"] not in roots:
+            stand_in = Node(
+                span_id=unit["span_id"],
+                parent_span_id=unit.get("parent_span_id"),
+                unit_id=unit["id"],
+                op=unit.get("op"),
+                description=unit.get("name"),
+                status=unit.get("status") or "unknown",
+                start=float(unit["start_ts"]),
+                end=float(unit["end_ts"]),
+                is_unit_root=True,
+                unit=unit,
+                synthetic=True,
+            )
+            roots[unit["id"]] = stand_in
+            nodes.append(stand_in)
+    local: dict[tuple[str, str], Node] = {(n.unit_id, n.span_id): n for n in nodes}
+    anywhere: dict[str, Node] = {}
+    for n in nodes:
+        anywhere.setdefault(n.span_id, n)
+    top: list[Node] = []
+    orphans: list[Node] = []
+    for n in nodes:
+        parent_id = n.parent_span_id
+        if n.is_unit_root:
+            parent = anywhere.get(parent_id) if parent_id else None
+            if parent is not None and parent.unit_id == n.unit_id:
+                parent = None  # a root pointing into its own unit would be a cycle
+            if parent is not None:
+                parent.children.append(n)
+            elif parent_id:
+                n.orphan = True
+                orphans.append(n)
+            else:
+                top.append(n)
+            continue
+        parent = local.get((n.unit_id, parent_id)) if parent_id else None
+        if parent is None and parent_id:
+            parent = anywhere.get(parent_id)
+        if parent is None or parent is n:
+            n.orphan = True
+            parent = roots[n.unit_id]
+        parent.children.append(n)
+    # anything unreachable (a parent cycle) becomes an orphan at the top level
+    reached: set[int] = set()
+    stack = [*top, *orphans]
+    while stack:
+        cur = stack.pop()
+        if id(cur) in reached:
+            continue
+        reached.add(id(cur))
+        stack.extend(cur.children)
+    for n in nodes:
+        if id(n) not in reached:
+            n.orphan = True
+            orphans.append(n)
+            reached.add(id(n))
+            stack = list(n.children)
+            while stack:
+                cur = stack.pop()
+                if id(cur) not in reached:
+                    reached.add(id(cur))
+                    stack.extend(cur.children)
+    for n in nodes:
+        n.children.sort(key=lambda c: (c.start, c.end))
+    top.sort(key=lambda c: c.start)
+    orphans.sort(key=lambda c: c.start)
+    return top + orphans
+
+
+def flatten(forest: Sequence[Node]) -> list[tuple[Node, int]]:
+    """Depth-first (node, depth) pairs; safe against cycles."""
+    out: list[tuple[Node, int]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, int]] = [(n, 0) for n in reversed(forest)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append((node, depth))
+        stack.extend((c, depth + 1) for c in reversed(node.children))
+    return out
+
+
+def find_gaps(root: Node) -> list[tuple[float, float]]:
+    """Stretches of a unit root not covered by any of its unit's spans (missing instrumentation).
+
+    A gap counts when it is longer than ``GAP_MIN_SHARE`` of the unit's duration and
+    than ``GAP_MIN_MS``.
+    """
+    duration = root.end - root.start
+    if duration <= 0:
+        return []
+    intervals: list[tuple[float, float]] = []
+    stack = list(root.children)
+    while stack:
+        cur = stack.pop()
+        if cur.unit_id != root.unit_id:
+            continue  # a downstream transaction is covered by the span that called it
+        lo, hi = max(cur.start, root.start), min(cur.end, root.end)
+        if hi > lo:
+            intervals.append((lo, hi))
+        stack.extend(cur.children)
+    intervals.sort()
+    threshold = max(duration * GAP_MIN_SHARE, GAP_MIN_MS / 1000.0)
+    gaps: list[tuple[float, float]] = []
+    cursor = root.start
+    for lo, hi in intervals:
+        if lo - cursor > threshold:
+            gaps.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if root.end - cursor > threshold:
+        gaps.append((cursor, root.end))
+    return gaps
+
+
+# -- text rendering (the ``show`` command) ---------------------------------------------
+
+
+def _fmt_ms(ms: float) -> str:
+    if ms >= 10000:
+        return f"{ms / 1000:.1f}s"
+    if ms >= 100:
+        return f"{ms:.0f}ms"
+    return f"{ms:.1f}ms"
+
+
+def _bar(start: float, end: float, t0: float, total: float, width: int) -> str:
+    if total <= 0:
+        return "█" * width
+    a = int((start - t0) / total * width)
+    b = int(round((end - t0) / total * width))
+    a = min(max(a, 0), width - 1)
+    b = min(max(b, a + 1), width)
+    return "·" * a + "█" * (b - a) + "·" * (width - b)
+
+
+def _short(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def render_trace(
+    trace_id: str,
+    units: Sequence[dict[str, Any]],
+    spans: Iterable[dict[str, Any]],
+    errors: Sequence[dict[str, Any]] = (),
+    *,
+    bar_width: int = 30,
+    label_width: int = 64,
+) -> str:
+    """The stitched trace as an indented text tree with duration bars."""
+    forest = build_forest(units, spans)
+    if not forest:
+        return f"trace {trace_id}: no transactions stored\n"
+    rows = flatten(forest)
+    t0 = min(n.start for n, _ in rows)
+    t1 = max(n.end for n, _ in rows)
+    total = t1 - t0
+    errors_by_span: dict[str, list[dict[str, Any]]] = {}
+    for err in errors:
+        if err.get("span_id"):
+            errors_by_span.setdefault(err["span_id"], []).append(err)
+    n_orphans = sum(1 for n, _ in rows if n.orphan and n.is_unit_root)
+    services = sorted({str(u.get("service")) for u in units})
+    when = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+    head = (
+        f"trace {trace_id}  {when}  {_fmt_ms(total * 1000)}  "
+        f"{len(units)} transaction{'s' if len(units) != 1 else ''}"
+        f" ({', '.join(services)})"
+    )
+    if n_orphans:
+        head += f"  {n_orphans} orphan{'s' if n_orphans != 1 else ''}"
+    if errors:
+        head += f"  {len(errors)} error{'s' if len(errors) != 1 else ''}"
+    lines = [head]
+    # prefixes with tree glyphs
+    prefix_of: dict[int, str] = {}
+    last_child: dict[int, bool] = {}
+    for top_index, top in enumerate(forest):
+        last_child[id(top)] = top_index == len(forest) - 1
+    parent_of: dict[int, Node] = {}
+    for node, _depth in rows:
+        for i, child in enumerate(node.children):
+            last_child[id(child)] = i == len(node.children) - 1
+            parent_of[id(child)] = node
+    for node, depth in rows:
+        if depth == 0:
+            lead = ""
+            prefix_of[id(node)] = ""
+        else:
+            parent_prefix = prefix_of.get(id(parent_of.get(id(node))), "")
+            glyph = "└─ " if last_child.get(id(node)) else "├─ "
+            lead = parent_prefix + glyph
+            prefix_of[id(node)] = parent_prefix + ("   " if last_child.get(id(node)) else "│  ")
+        label = _label(node)
+        marks = []
+        if node.orphan:
+            what = "transaction" if node.is_unit_root else "span"
+            marks.append(f"[ORPHAN {what}: parent {node.parent_span_id or '?'} not found]")
+        if node.synthetic:
+            marks.append("[segment root not received]")
+        for err in errors_by_span.get(node.span_id, []):
+            marks.append(f"[ERROR {_short(err.get('title'), 60)}]")
+        text = _short(lead + label, label_width)
+        lines.append(
+            f"{text:<{label_width}} {node.status:<16} {_fmt_ms(node.duration_ms):>8} "
+            f"|{_bar(node.start, node.end, t0, total, bar_width)}|"
+            + ("  " + " ".join(marks) if marks else "")
+        )
+        if node.is_unit_root and not node.synthetic:
+            for g0, g1 in find_gaps(node):
+                gap_lead = prefix_of[id(node)] if depth else "   "
+                gap = _short(
+                    f"{gap_lead}~ missing instrumentation (not covered by any span)", label_width
+                )
+                lines.append(
+                    f"{gap:<{label_width}} {'':<16} {_fmt_ms((g1 - g0) * 1000):>8} "
+                    f"|{_bar(g0, g1, t0, total, bar_width).replace('█', '░')}|"
+                )
+    for err in errors:
+        if not err.get("span_id") or all(n.span_id != err["span_id"] for n, _ in rows):
+            lines.append(f"  error not linked to a stored span: {_short(err.get('title'), 80)}")
+    return "\n".join(lines) + "\n"
+
+
+def _label(node: Node) -> str:
+    op = node.op or "default"
+    if node.is_unit_root and node.unit is not None:
+        unit = node.unit
+        kind = "segment" if unit.get("kind") == "segment" else "transaction"
+        return f"[{unit.get('service')}] {kind} {unit.get('name')!s} ({op})"
+    desc = _short(node.description, 200)
+    return f"{op} {desc}" if desc else op

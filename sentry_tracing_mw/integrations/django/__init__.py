@@ -1,0 +1,514 @@
+"""Django integration: one transaction per request, named after the matched route.
+
+Setup (``settings.py``)::
+
+    MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware", ...]  # first
+    SENTRY_DSN = "https://key@o1.ingest.sentry.io/1"
+    SENTRY_TRACES_SAMPLE_RATE = 0.25   # any init() option as SENTRY_<OPTION_UPPERCASE>
+    SENTRY_TRANSACTION_STYLE = "route"  # or "endpoint"; SENTRY_IGNORE_PATHS,
+                                        # SENTRY_HTTP_METHODS_TO_CAPTURE
+
+Settings are read once, when Django instantiates the middleware. If ``init()`` was already
+called, ``SENTRY_*`` init options are ignored with a warning; without them and without
+``init()``, the ``SENTRY_*`` environment variables apply. Callable options
+(``SENTRY_TRACES_SAMPLER``, ``SENTRY_BEFORE_SEND``, ``SENTRY_BEFORE_SEND_TRANSACTION``) may
+be given as dotted import paths.
+
+The middleware is sync and async capable: under ASGI it runs as a coroutine (no thread hop,
+its ``process_view`` hook is async too). Behaviour:
+
+* Names come from ``request.resolver_match`` (set by Django's own URL resolution; no second
+  walk of the URLconf): ``path("users/<int:pk>/")`` -> ``/users/{pk}/``, regex groups ->
+  ``{name}``, ``include()`` and ``i18n_patterns`` prefixes included (the active language's
+  prefix, as Django matched it), source ``route``. ``SENTRY_TRANSACTION_STYLE = "endpoint"``
+  gives the view's dotted name (``view_class`` for class-based views), source ``component``.
+  The name is set before the view runs (``process_view``) and again with the response.
+  Requests that never matched a route are named ``"<METHOD> <status>"`` (``"GET 404"``);
+  when a middleware answered before URL resolution (a login redirect, say) the path is
+  resolved once at response time to name it after its route.
+* ``traces_sampler`` gets ``wsgi_environ`` / ``asgi_scope`` and ``route``: the middleware runs
+  before Django resolves the URL, so when (and only when) a sampler is configured the path is
+  resolved once up front against the default URLconf and the active language (``None`` when
+  that fails, e.g. for ``request.urlconf`` set by a later middleware).
+* The transaction ends when Django closes the response, i.e. after the server sent the whole
+  body (streamed bodies and ``FileResponse`` included); a streamed body the server stopped
+  reading gives status ``cancelled``. Exceptions Django turns into 500 responses are captured
+  once (mechanism ``django``, unhandled) and linked to the transaction.
+* Child spans: every ORM query (op ``db``, the SQL with placeholders, ``db.system``,
+  ``db.name``), through a ``connection.execute_wrapper`` installed on every connection, and
+  every Django template render (op ``template.render``). Jinja2 templates are not covered.
+  Both cost one ContextVar read when no sampled transaction is current.
+* Templates: ``{% load sentry_tracing_mw %}{% sentry_trace_meta %}`` renders the
+  ``sentry-trace`` / ``baggage`` meta tags. The tag library is registered in every
+  ``DjangoTemplates`` engine when the middleware starts, so adding
+  ``"sentry_tracing_mw.integrations.django"`` to ``INSTALLED_APPS`` is optional (it also
+  works, and installs the hooks at startup). ``context_processor`` adds
+  ``{{ sentry_trace_meta }}`` (``sentry-sdk``'s habit), computed only when rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import ChainMap
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextvars import Token
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+from ..._api import trace_meta_tags
+from ..._client import Client, get_client
+from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ..._options import _OPTION_NAMES
+from ..._propagation import WSGI_GETTER
+from ..._tracing import PropagationContext, Transaction
+from .._common import active_request_transaction, ensure_client, split_options, start_request
+from ..wsgi import environ_request_info
+from ._naming import endpoint_name, route_name
+
+__all__ = ["TracingMiddleware", "context_processor"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+#: The request attribute holding the per-request state.
+_STATE_ATTR = "_sentry_tracing_mw"
+#: Key of an outer WSGI/ASGI middleware's transaction in the environ / scope.
+_OUTER_KEY = "sentry_tracing_mw.transaction"
+_MIDDLEWARE_SETTINGS = ("transaction_style", "ignore_paths", "http_methods_to_capture")
+_CALLABLE_OPTIONS = frozenset({"traces_sampler", "before_send", "before_send_transaction"})
+_ORIGIN = "auto.http.django"
+
+
+def _settings_options() -> dict[str, Any]:
+    """``SENTRY_*`` Django settings as option kwargs."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    known = _OPTION_NAMES | frozenset(_MIDDLEWARE_SETTINGS)
+    options: dict[str, Any] = {}
+    for attr in dir(settings):
+        if not attr.startswith("SENTRY_"):
+            continue
+        name = attr[7:].lower()
+        if name not in known:
+            logger.warning("ignoring unknown Django setting %s", attr)
+            continue
+        value = getattr(settings, attr)
+        if name in _CALLABLE_OPTIONS and isinstance(value, str):
+            value = import_string(value)
+        options[name] = value
+    return options
+
+
+class _State:
+    """Per-request state, stored on the request object."""
+
+    __slots__ = ("body", "client", "exc", "method", "owned", "tx")
+
+    def __init__(self, tx: Transaction, client: Client, method: str, owned: bool) -> None:
+        self.tx = tx
+        self.client = client
+        self.method = method
+        self.owned = owned
+        self.exc: BaseException | None = None
+        self.body: _SyncBody | _AsyncBody | None = None
+
+    def finish(self) -> None:
+        """Response closer: the body has been sent (or the server gave up)."""
+        tx = self.tx
+        body = self.body
+        if body is not None and not body.done and tx._status in (None, "ok"):
+            tx._status = "cancelled"
+        tx.finish()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record an exception that escaped the view or the body (never raises)."""
+        try:
+            tx = self.tx
+            if isinstance(exc, Exception):
+                tx._status = "internal_error"
+                self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
+            elif tx._status in (None, "ok"):
+                tx._status = "cancelled"  # CancelledError, GeneratorExit, KeyboardInterrupt
+        except Exception:
+            logger.exception("sentry_tracing_mw: recording an exception failed")
+
+
+class _SyncBody:
+    """Streamed body wrapper: the transaction is current while producing each chunk."""
+
+    __slots__ = ("_it", "_state", "done")
+
+    def __init__(self, content: Any, state: _State) -> None:
+        self._it: Iterator[bytes] = iter(content)
+        self._state = state
+        self.done = False
+
+    def __iter__(self) -> _SyncBody:
+        return self
+
+    def __next__(self) -> bytes:
+        token = CURRENT_SPAN.set(self._state.tx)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.done = True
+            raise
+        except BaseException as exc:
+            self.done = True
+            self._state.fail(exc)
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+
+
+class _AsyncBody:
+    """Async streamed body wrapper (ASGI)."""
+
+    __slots__ = ("_it", "_state", "done")
+
+    def __init__(self, content: Any, state: _State) -> None:
+        self._it = aiter(content)
+        self._state = state
+        self.done = False
+
+    def __aiter__(self) -> _AsyncBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        token = CURRENT_SPAN.set(self._state.tx)
+        try:
+            return await anext(self._it)  # type: ignore[no-any-return]
+        except StopAsyncIteration:
+            self.done = True
+            raise
+        except BaseException as exc:
+            self.done = True
+            self._state.fail(exc)
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+
+
+class TracingMiddleware:
+    """Django middleware tracing every request; put it first in ``MIDDLEWARE``."""
+
+    sync_capable = True
+    async_capable = True
+    origin = _ORIGIN
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+            # Django adapts a sync process_view with sync_to_async (a thread hop): avoid it.
+            self.process_view = self._process_view_async  # type: ignore[method-assign]
+        options = _settings_options()
+        self.config, init_options = split_options(options)
+        self._endpoint = self.config.transaction_style == "endpoint"
+        ensure_client(init_options, "django TracingMiddleware")
+        _install_hooks()
+
+    # -- entry points -----------------------------------------------------------------
+    def __call__(self, request: Any) -> Any:
+        if self._async:
+            return self._acall(request)
+        state, token, ptoken = self._begin(request)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            if state is not None and state.owned:
+                state.fail(exc)
+                state.tx.finish()
+            raise
+        finally:
+            if token is not None:
+                CURRENT_SPAN.reset(token)
+            if ptoken is not None:
+                PROPAGATION_CONTEXT.reset(ptoken)
+        if state is not None:
+            self._respond(request, state, response)
+        return response
+
+    async def _acall(self, request: Any) -> Any:
+        state, token, ptoken = self._begin(request)
+        try:
+            response = await self.get_response(request)
+        except BaseException as exc:
+            if state is not None and state.owned:
+                state.fail(exc)
+                state.tx.finish()
+            raise
+        finally:
+            if token is not None:
+                CURRENT_SPAN.reset(token)
+            if ptoken is not None:
+                PROPAGATION_CONTEXT.reset(ptoken)
+        if state is not None:
+            self._respond(request, state, response)
+        return response
+
+    def process_view(
+        self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> None:
+        """Name the transaction before the view runs."""
+        state = request.__dict__.get(_STATE_ATTR)
+        if state is not None:
+            self._name(request, state.tx)
+
+    async def _process_view_async(
+        self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> None:
+        state = request.__dict__.get(_STATE_ATTR)
+        if state is not None:
+            self._name(request, state.tx)
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        """Remember the view's exception; it is captured if Django answers with a 500."""
+        state = request.__dict__.get(_STATE_ATTR)
+        if state is not None:
+            state.exc = exception
+
+    # -- request start ------------------------------------------------------------------
+    def _begin(
+        self, request: Any
+    ) -> tuple[
+        _State | None,
+        Token[Any] | None,
+        Token[PropagationContext | None] | None,
+    ]:
+        """Start tracing ``request``; returns its state and the context tokens to reset."""
+        try:
+            meta = request.META
+            outer = active_request_transaction()
+            scope = getattr(request, "scope", None)
+            if outer is None:
+                outer = meta.get(_OUTER_KEY) if scope is None else scope.get(_OUTER_KEY)
+            if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
+                state = _State(outer, get_client(), request.method or "GET", False)
+                request.__dict__[_STATE_ATTR] = state
+                return state, None, None
+            ignore = self.config.ignore_paths
+            if ignore is not None and ignore.match(request.path_info):
+                return None, None, PROPAGATION_CONTEXT.set(None)
+            client = get_client()
+            method = (request.method or "GET").upper()
+            if scope is None:
+                carrier_request, key = request.environ, "wsgi_environ"
+            else:
+                carrier_request, key = scope, "asgi_scope"
+            tx, ctx = start_request(
+                client,
+                method=method,
+                path=request.path,
+                carrier=meta,
+                getter=WSGI_GETTER,
+                peer=meta.get("REMOTE_ADDR"),
+                request=carrier_request,
+                request_key=key,
+                capture=method in self.config.methods,
+                origin=_ORIGIN,
+                route=(
+                    (lambda: self.resolve_route(request))
+                    if client.options.traces_sampler is not None
+                    else None
+                ),
+            )
+            if tx is None:
+                return None, None, PROPAGATION_CONTEXT.set(ctx)
+            if tx._recording:
+                if scope is not None:
+                    meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
+                tx._request = environ_request_info(meta, client.options.send_default_pii)
+            state = _State(tx, client, method, True)
+            request.__dict__[_STATE_ATTR] = state
+            return state, CURRENT_SPAN.set(tx), None
+        except Exception:
+            logger.exception("sentry_tracing_mw: starting the request transaction failed")
+            return None, None, None
+
+    def resolve_route(self, request: Any) -> str | None:
+        """The route name before the view runs (one URLconf walk; for ``traces_sampler``)."""
+        from django.urls import Resolver404, get_resolver
+
+        try:
+            match = get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info)
+        except Resolver404:
+            return None
+        return self._match_name(match)[0]
+
+    # -- naming -------------------------------------------------------------------------
+    def _match_name(self, match: Any) -> tuple[str | None, str]:
+        if not self._endpoint:
+            route = match.route
+            if isinstance(route, str):
+                return route_name(route), "route"
+        return endpoint_name(match.func), "component"
+
+    def _name(self, request: Any, tx: Transaction) -> bool:
+        """Name ``tx`` from ``request.resolver_match``; False when there is none."""
+        match = request.resolver_match
+        if match is None:
+            return False
+        try:
+            name, source = self._match_name(match)
+            if name is not None:
+                tx.set_name(name, source)
+        except Exception:
+            logger.debug("naming the transaction failed", exc_info=True)
+        return True
+
+    # -- response -----------------------------------------------------------------------
+    def _respond(self, request: Any, state: _State, response: Any) -> None:
+        try:
+            tx = state.tx
+            status = response.status_code
+            if not self._name(request, tx) and tx._source == "url":
+                self._name_unmatched(request, tx, state.method, status)
+            if not state.owned:
+                return
+            tx.set_http_status(status)
+            if status >= 500 and state.exc is not None:
+                state.fail(state.exc)  # captured once: the client marks the exception
+            if response.streaming and getattr(response, "file_to_stream", None) is None:
+                content = response.streaming_content
+                if response.is_async:
+                    state.body = _AsyncBody(content, state)
+                else:
+                    state.body = _SyncBody(content, state)
+                response.streaming_content = state.body
+            closers = getattr(response, "_resource_closers", None)
+            if isinstance(closers, list):
+                closers.append(state.finish)
+            else:  # not an HttpResponseBase: nothing will tell us when it is sent
+                state.finish()
+        except Exception:
+            logger.exception("sentry_tracing_mw: finishing the request transaction failed")
+            state.tx.finish()
+
+    def _name_unmatched(self, request: Any, tx: Transaction, method: str, status: int) -> None:
+        if status != 404:
+            # A middleware answered before URL resolution: name it after its route.
+            try:
+                from django.urls import Resolver404, get_resolver
+
+                try:
+                    match = get_resolver(getattr(request, "urlconf", None)).resolve(
+                        request.path_info
+                    )
+                except Resolver404:
+                    match = None
+                if match is not None:
+                    name, source = self._match_name(match)
+                    if name is not None:
+                        tx.set_name(name, source)
+                        return
+            except Exception:
+                logger.debug("resolving an unmatched request failed", exc_info=True)
+        tx.set_name(f"{method} {status}", "route")
+
+
+def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> None:
+    """``got_request_exception`` receiver: Django is turning an exception into a 500."""
+    try:
+        state = None if request is None else request.__dict__.get(_STATE_ATTR)
+        tx = state.tx if state is not None else active_request_transaction()
+        if tx is None:
+            return
+        exc = sys.exc_info()[1]
+        if exc is None and state is not None:
+            exc = state.exc
+        if exc is None:
+            exc = _exception_from_frames()
+        if exc is None:
+            tx._status = "internal_error"
+            return
+        if state is not None:
+            state.exc = exc
+            state.fail(exc)
+        else:
+            tx._status = "internal_error"
+            tx._client.capture_exception(exc, span=tx, mechanism="django", handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: capturing a request exception failed")
+
+
+def _exception_from_frames() -> BaseException | None:
+    """The exception handed to ``response_for_exception`` (async handlers run it in a thread
+    where ``sys.exc_info()`` is empty)."""
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 16:
+        if frame.f_code.co_name == "response_for_exception":
+            exc = frame.f_locals.get("exc")
+            return exc if isinstance(exc, BaseException) else None
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return None
+
+
+_hooks_installed = False
+
+
+def _install_hooks() -> None:
+    """Connect the exception signal, the ORM and template hooks, the tag library (once
+    per process; the tag library on every middleware start, engines may be new)."""
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        try:
+            from django.core.signals import got_request_exception
+
+            got_request_exception.connect(
+                _on_request_exception, dispatch_uid="sentry_tracing_mw.exceptions"
+            )
+        except Exception:
+            logger.exception("sentry_tracing_mw: connecting got_request_exception failed")
+        try:
+            from ._orm import install_orm
+
+            install_orm()
+        except Exception:
+            logger.exception("sentry_tracing_mw: instrumenting the ORM failed")
+        try:
+            from ._templates import install_templates
+
+            install_templates()
+        except Exception:
+            logger.exception("sentry_tracing_mw: instrumenting templates failed")
+    try:
+        from ._templates import register_tag_library
+
+        register_tag_library()
+    except Exception:
+        logger.debug("registering the template tag library failed", exc_info=True)
+
+
+class _TraceMeta:
+    """Renders the trace meta tags when (and only when) a template prints it."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        from django.utils.safestring import mark_safe
+
+        return mark_safe(trace_meta_tags())  # type: ignore[no-any-return]
+
+    def __html__(self) -> str:
+        return trace_meta_tags()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_TRACE_META = _TraceMeta()
+
+
+def context_processor(request: Any) -> Mapping[str, Any]:
+    """Django context processor adding ``sentry_trace_meta`` (``sentry-sdk``'s name)."""
+    return {"sentry_trace_meta": _TRACE_META}
+
+
+_ = Awaitable  # re-exported typing helper kept for subclasses' annotations

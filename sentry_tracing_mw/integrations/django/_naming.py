@@ -1,0 +1,197 @@
+"""Transaction names from Django's ``ResolverMatch``: route templates and view names.
+
+``ResolverMatch.route`` is the matched pattern chain joined by Django itself (``include()``
+and ``i18n_patterns`` prefixes included), mixing ``path()`` syntax and ``re_path()`` regexes.
+:func:`route_name` turns it into ``sentry-sdk``'s url style: ``<int:pk>`` and ``(?P<pk>..)``
+become ``{pk}``, unnamed groups and character classes ``{var}``, anchors and quantifiers
+go, optional non-capturing groups keep their content. Results are cached per route string,
+so each distinct route is converted once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["endpoint_name", "route_name"]
+
+_CACHE_MAX = 4096
+_route_cache: dict[str, str] = {}
+_endpoint_cache: dict[Any, str] = {}
+
+_CONVERTER = re.compile(r"<(?:[^>:]+:)?([^>]+)>")
+_NAMED = re.compile(r"\?P<(\w+)>")
+_QUANTIFIER = re.compile(r"[?*+]|\{\d*(?:,\d*)?\}")
+_SLASHES = re.compile(r"/{2,}")
+_ANCHOR_ESCAPES = frozenset("AZbBzG")
+
+
+def _group_end(text: str, start: int) -> int:
+    """Index just past the ``)`` closing the group opened at ``text[start]``."""
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = _class_end(text, i)
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _class_end(text: str, start: int) -> int:
+    """Index just past the ``]`` closing the character class at ``text[start]``."""
+    i = start + 1
+    n = len(text)
+    if i < n and text[i] == "^":
+        i += 1
+    if i < n and text[i] == "]":
+        i += 1
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "]":
+            return i + 1
+        i += 1
+    return n
+
+
+def _skip_quantifier(text: str, i: int) -> int:
+    while True:
+        m = _QUANTIFIER.match(text, i)
+        if m is None:
+            return i
+        i = m.end()
+
+
+def _has_top_level_alternation(text: str) -> bool:
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+        elif c == "[":
+            i = _class_end(text, i)
+        elif c == "(":
+            i = _group_end(text, i)
+        elif c == "|":
+            return True
+        else:
+            i += 1
+    return False
+
+
+def _convert(text: str) -> str:
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            nxt = text[i + 1 : i + 2]
+            i += 2
+            if not nxt or nxt in _ANCHOR_ESCAPES:
+                continue
+            if nxt.isalnum():  # \d, \w, \s ...: a variable part
+                out.append("{var}")
+                i = _skip_quantifier(text, i)
+            else:
+                out.append(nxt)
+        elif c in "^$":
+            i += 1
+        elif c == "(":
+            end = _group_end(text, i)
+            inner = text[i + 1 : end - 1]
+            i = _skip_quantifier(text, end)
+            if inner.startswith("?"):
+                named = _NAMED.match(inner)
+                if named is not None:
+                    out.append("{" + named.group(1) + "}")
+                elif inner.startswith("?:"):
+                    body = inner[2:]
+                    out.append("{var}" if _has_top_level_alternation(body) else _convert(body))
+                # lookarounds, flags, comments, back-references: nothing in the path
+            else:
+                out.append("{var}")
+        elif c == "[":
+            i = _skip_quantifier(text, _class_end(text, i))
+            out.append("{var}")
+        elif c == "<":
+            m = _CONVERTER.match(text, i)
+            if m is not None:
+                out.append("{" + m.group(1) + "}")
+                i = m.end()
+            else:
+                out.append(c)
+                i += 1
+        elif c in "?*+":
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def route_to_name(route: str) -> str:
+    """Convert a Django route string (``path()`` syntax and/or regex) to a name."""
+    name = _SLASHES.sub("/", _convert(route))
+    if not name.startswith("/"):
+        name = "/" + name
+    return name
+
+
+def route_name(route: str) -> str:
+    """Cached :func:`route_to_name`."""
+    name = _route_cache.get(route)
+    if name is None:
+        name = route_to_name(route)
+        if len(_route_cache) < _CACHE_MAX:
+            _route_cache[route] = name
+    return name
+
+
+def _qualname(func: Any) -> str | None:
+    prefix = suffix = ""
+    if isinstance(func, functools.partial):
+        prefix, suffix = "partial(<function ", ">)"
+        func = func.func
+    else:
+        pm = getattr(func, "_partialmethod", None) or getattr(func, "__partialmethod__", None)
+        if isinstance(pm, functools.partialmethod):
+            prefix, suffix = "partialmethod(<function ", ">)"
+            func = pm.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not isinstance(name, str):
+        return None
+    module = getattr(func, "__module__", None)
+    if isinstance(module, str):
+        name = f"{module}.{name}"
+    return prefix + name + suffix
+
+
+def endpoint_name(func: Callable[..., Any]) -> str | None:
+    """The view's dotted name (its ``view_class`` for class-based views), cached."""
+    try:
+        name = _endpoint_cache.get(func)
+    except TypeError:  # unhashable callable
+        return _qualname(getattr(func, "view_class", func))
+    if name is None:
+        name = _qualname(getattr(func, "view_class", func))
+        if name is None:
+            return None
+        if len(_endpoint_cache) < _CACHE_MAX:
+            _endpoint_cache[func] = name
+    return name

@@ -1,0 +1,162 @@
+"""Flask integration: ``FlaskTracing(app)`` or ``FlaskTracing().init_app(app)``.
+
+It wraps ``app.wsgi_app`` (so apps served through ``wsgi_app`` — Connexion, debug
+wrappers — are traced too) with the WSGI lifecycle middleware and names each transaction
+after its URL rule as soon as routing has happened, before the view runs:
+``/users/<int:user_id>``, ``/api/v1/items/<slug>`` (blueprint prefixes and any
+``SCRIPT_NAME`` mount prefix included), or ``"GET 404"`` when nothing matched.
+
+Options come from keyword arguments, then ``app.config["SENTRY_*"]`` (any ``init()``
+option as ``SENTRY_<OPTION_UPPER>``, plus ``SENTRY_TRANSACTION_STYLE``,
+``SENTRY_IGNORE_PATHS`` and ``SENTRY_HTTP_METHODS_TO_CAPTURE``).
+
+Templates get a ``sentry_trace_meta`` global that works both as ``{{ sentry_trace_meta }}``
+and ``{{ sentry_trace_meta() }}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, got_request_exception, request, request_started
+from markupsafe import Markup
+
+from .._api import trace_meta_tags
+from .._client import get_client
+from .._options import _OPTION_NAMES
+from ._common import _MIDDLEWARE_OPTIONS, active_request_transaction, split_options
+from .wsgi import ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
+
+__all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+EXTENSION_KEY = "sentry_tracing_mw"
+_CONFIG_KEYS = tuple(
+    (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
+)
+
+
+def _prefix(environ: dict[str, Any]) -> str:
+    """The mount prefix (``SCRIPT_NAME``) without a trailing slash."""
+    script = environ.get("SCRIPT_NAME")
+    if not script:
+        return ""
+    return wsgi_str(str(script)).rstrip("/")
+
+
+class TraceMeta:
+    """The ``sentry_trace_meta`` Jinja global: the current trace's ``<meta>`` tags.
+
+    Renders as is (``{{ sentry_trace_meta }}``, the ``sentry-sdk`` habit) and when called
+    (``{{ sentry_trace_meta() }}``); the result is ``Markup`` so autoescaping keeps it.
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> Markup:
+        try:
+            return Markup(trace_meta_tags())
+        except Exception:
+            logger.exception("sentry_tracing_mw: rendering trace meta tags failed")
+            return Markup("")
+
+    def __html__(self) -> str:
+        return str(self())
+
+    def __str__(self) -> str:
+        return str(self())
+
+    def __repr__(self) -> str:
+        return "<sentry_trace_meta>"
+
+
+class FlaskTracingMiddleware(TracingMiddleware):
+    """The WSGI lifecycle middleware installed as ``app.wsgi_app`` by :class:`FlaskTracing`."""
+
+    origin = "auto.http.flask"
+    name_unmatched = True
+
+    def __init__(self, app: WSGIApp, flask_app: Flask, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.flask_app = flask_app
+        self._endpoint_style = self.config.transaction_style == "endpoint"
+
+    def resolve_route(self, environ: dict[str, Any]) -> str | None:
+        """The URL rule (with mount prefix) this request will match, for ``traces_sampler``."""
+        app = self.flask_app
+        try:
+            adapter = app.create_url_adapter(app.request_class(environ))
+            if adapter is None:
+                return None
+            rule, _ = adapter.match(return_rule=True)
+        except Exception:  # unmatched (NotFound, MethodNotAllowed, redirects) or broken
+            return None
+        return _prefix(environ) + rule.rule
+
+    # -- signal receivers (sender: this middleware's Flask app) --------------------------
+    def on_request_started(self, sender: Any, **_: Any) -> None:
+        """Name the transaction from the matched URL rule, before the view runs."""
+        try:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            environ = req.environ
+            tx = environ.get(ENVIRON_KEY) or active_request_transaction()
+            if tx is None:
+                return
+            rule = req.url_rule
+            if rule is None:
+                code = getattr(req.routing_exception, "code", None)
+                if isinstance(code, int):
+                    tx.set_name(f"{req.method} {code}", "route")
+                return
+            if self._endpoint_style:
+                tx.set_name(rule.endpoint, "component")
+            elif environ.get("SCRIPT_NAME"):
+                tx.set_name(_prefix(environ) + rule.rule, "route")
+            else:
+                tx.set_name(rule.rule, "route")
+        except Exception:
+            logger.exception("sentry_tracing_mw: naming the Flask transaction failed")
+
+    def on_exception(self, sender: Any, exception: BaseException, **_: Any) -> None:
+        """Capture an exception Flask turns into a 500 response (once)."""
+        try:
+            tx = request.environ.get(ENVIRON_KEY) or active_request_transaction()
+            get_client().capture_exception(exception, span=tx, mechanism="flask", handled=False)
+        except Exception:
+            logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
+
+
+class FlaskTracing:
+    """Trace a Flask app: ``FlaskTracing(app, **options)`` or ``FlaskTracing().init_app(app)``.
+
+    ``options`` are ``init()`` options (used only when ``init()`` was not called yet) and
+    the middleware options ``transaction_style``, ``ignore_paths``,
+    ``http_methods_to_capture``; they win over ``app.config["SENTRY_*"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        split_options(options)  # validate early: a typo fails at construction
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def options_for(self, app: Flask) -> dict[str, Any]:
+        """The effective options for ``app``: its ``SENTRY_*`` config, then the kwargs."""
+        config = app.config
+        merged = {name: config[key] for key, name in _CONFIG_KEYS if key in config}
+        merged.update(self.options)
+        return merged
+
+    def init_app(self, app: Flask) -> None:
+        """Install tracing on ``app`` (idempotent per app)."""
+        if EXTENSION_KEY in app.extensions:
+            logger.warning("FlaskTracing: app %r is already traced; ignoring", app.name)
+            return
+        middleware = FlaskTracingMiddleware(app.wsgi_app, app, **self.options_for(app))
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        request_started.connect(middleware.on_request_started, app, weak=False)
+        got_request_exception.connect(middleware.on_exception, app, weak=False)
+        app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
+        app.extensions[EXTENSION_KEY] = middleware

@@ -1,0 +1,258 @@
+"""The client end to end: transactions and errors reach a real local Sentry."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+import sentry_tracing_mw as stm
+from tests.sentry_server import SentryServer
+
+
+def init(server: SentryServer, **kw: Any) -> stm.Client:
+    kw.setdefault("instrument_http_clients", False)
+    kw.setdefault("traces_sample_rate", 1.0)
+    return stm.init(dsn=server.dsn, release="app@1.0.0", **kw)
+
+
+def test_transaction_envelope_on_the_wire(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+    with stm.start_transaction("checkout", op="task", source="task") as tx:
+        with tx.start_child("db", "SELECT 1"):
+            pass
+    assert stm.flush(5)
+    (received,) = sentry_server.accepted()
+    assert received.headers["Content-Type"] == "application/x-sentry-envelope"
+    assert received.headers["Content-Encoding"] == "gzip"
+    assert received.headers["User-Agent"].startswith("sentry.python.tracemw/")
+    auth = received.headers["X-Sentry-Auth"]
+    assert "sentry_version=7" in auth and "sentry_key=public" in auth
+    assert "sentry_timestamp" not in auth
+    envelope = received.envelope
+    assert envelope is not None
+    header = envelope.headers
+    (item,) = envelope.items
+    payload = item.json()
+    assert header["event_id"] == payload["event_id"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", header["sent_at"])
+    assert header["trace"]["trace_id"] == tx.trace_id
+    assert header["trace"]["public_key"] == "public"
+    assert header["trace"]["transaction"] == "checkout"
+    assert all(isinstance(v, str) for v in header["trace"].values())
+    assert item.headers["type"] == "transaction"
+    assert item.headers["length"] == len(item.payload)
+    assert payload["spans"][0]["description"] == "SELECT 1"
+
+
+def test_unsampled_transactions_are_counted_not_sent(sentry_server: SentryServer) -> None:
+    init(sentry_server, traces_sample_rate=0.0)
+    for _ in range(3):
+        with stm.start_transaction("nope") as tx:
+            with tx.start_child("a"):
+                pass
+            with tx.start_child("b"):
+                pass
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+    reports = sentry_server.client_reports()
+    assert reports[("sample_rate", "transaction")] == 3
+    assert reports[("sample_rate", "span")] == 9  # (2 spans + 1) x 3
+
+
+def test_before_send_transaction_edits_and_drops(sentry_server: SentryServer) -> None:
+    import threading
+
+    threads: list[str] = []
+
+    def hook(event: dict[str, Any]) -> dict[str, Any] | None:
+        threads.append(threading.current_thread().name)
+        if event["transaction"] == "drop":
+            return None
+        event["tags"] = {"edited": "yes"}
+        return event
+
+    init(sentry_server, before_send_transaction=hook)
+    with stm.start_transaction("keep"):
+        pass
+    with stm.start_transaction("drop"):
+        pass
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    assert event["transaction"] == "keep" and event["tags"] == {"edited": "yes"}
+    assert threads and all(t != threading.current_thread().name for t in threads)
+    assert sentry_server.client_reports()[("before_send", "transaction")] == 1
+
+
+def test_ignore_transactions_and_status_codes(sentry_server: SentryServer) -> None:
+    init(
+        sentry_server,
+        ignore_transactions=["/health", re.compile(r"/static/.*")],
+        trace_ignore_status_codes={404},
+    )
+    for name in ("/health", "/static/app.js", "/kept", "/healthz"):
+        with stm.start_transaction(name):
+            pass
+    with stm.start_transaction("/missing") as tx:
+        tx.set_http_status(404)
+    assert stm.flush(5)
+    assert sorted(e["transaction"] for e in sentry_server.transactions()) == ["/healthz", "/kept"]
+    assert sentry_server.client_reports()[("event_processor", "transaction")] == 3
+
+
+def test_capture_exception_links_to_the_current_span(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+
+    def fail() -> None:
+        try:
+            raise KeyError("inner")
+        except KeyError as exc:
+            raise ValueError("boom") from exc
+
+    with stm.start_transaction("/users/{id}", source="route") as tx:
+        with tx.start_child("db.query", "SELECT") as span:
+            secret = "hunter2"  # noqa: F841  (a local that must not be sent)
+            try:
+                fail()
+            except ValueError:
+                event_id = stm.capture_exception()
+    assert event_id is not None
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["event_id"] == event_id
+    trace = event["contexts"]["trace"]
+    assert trace["trace_id"] == tx.trace_id
+    assert trace["span_id"] == span.span_id
+    assert trace["parent_span_id"] == tx.span_id
+    assert trace["op"] == "db.query"
+    assert event["transaction"] == "/users/{id}"
+    assert event["transaction_info"] == {"source": "route"}
+    values = event["exception"]["values"]
+    assert [v["type"] for v in values] == ["KeyError", "ValueError"]
+    assert values[-1]["mechanism"] == {"type": "generic", "handled": True}
+    frames = values[-1]["stacktrace"]["frames"]
+    assert frames[-1]["function"] == "fail"
+    assert frames[-1]["module"] == __name__ and frames[-1]["in_app"] is True
+    assert all("vars" not in f for v in values for f in v["stacktrace"]["frames"])
+    assert "hunter2" not in str(event)
+    # The error envelope carries the same DSC as the transaction.
+    envelopes = sentry_server.envelopes()
+    by_type = {env.items[0].headers["type"]: env for env in envelopes}
+    assert by_type["event"].headers["trace"] == by_type["transaction"].headers["trace"]
+
+
+def test_locals_only_with_send_default_pii(sentry_server: SentryServer) -> None:
+    init(sentry_server, send_default_pii=True)
+    try:
+        token = "visible-with-pii"  # noqa: F841
+        raise RuntimeError("x")
+    except RuntimeError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    frame = event["exception"]["values"][-1]["stacktrace"]["frames"][-1]
+    assert "visible-with-pii" in frame["vars"]["token"]
+
+
+def test_error_without_a_span_still_carries_a_trace(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+    stm.capture_exception(RuntimeError("no span"))
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    trace = event["contexts"]["trace"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace["trace_id"])
+    assert re.fullmatch(r"[0-9a-f]{16}", trace["span_id"])
+    (envelope,) = sentry_server.envelopes()
+    assert envelope.headers["trace"]["trace_id"] == trace["trace_id"]
+
+
+def test_same_exception_is_captured_once(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+    exc = RuntimeError("once")
+    assert stm.capture_exception(exc) is not None
+    assert stm.capture_exception(exc) is None
+    assert stm.flush(5)
+    assert len(sentry_server.events()) == 1
+
+
+def test_before_send_drops_errors(sentry_server: SentryServer) -> None:
+    init(sentry_server, before_send=lambda event: None)
+    stm.capture_exception(RuntimeError("dropped"))
+    assert stm.flush(5)
+    assert sentry_server.events() == []
+    assert sentry_server.client_reports()[("before_send", "error")] == 1
+
+
+def test_error_sample_rate_never_applies_to_transactions(sentry_server: SentryServer) -> None:
+    init(sentry_server, sample_rate=0.0)
+    with stm.start_transaction("kept"):
+        stm.capture_exception(RuntimeError("sampled out"))
+    assert stm.flush(5)
+    assert len(sentry_server.transactions()) == 1 and sentry_server.events() == []
+    assert sentry_server.client_reports()[("sample_rate", "error")] == 1
+
+
+def test_errors_in_unsampled_traces_are_still_sent(sentry_server: SentryServer) -> None:
+    init(sentry_server, traces_sample_rate=0.0)
+    with stm.start_transaction("unsampled") as tx:
+        stm.capture_exception(RuntimeError("still sent"))
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["trace_id"] == tx.trace_id
+    assert "sampled" not in event["contexts"]["trace"]
+
+
+def test_atexit_flushes_queued_transactions(sentry_server: SentryServer) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sentry_tracing_mw as stm
+        stm.init(dsn={sentry_server.dsn!r}, traces_sample_rate=1.0, instrument_http_clients=False)
+        for i in range(5):
+            with stm.start_transaction(f"exit-{{i}}"):
+                pass
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert sentry_server.wait_for(1, timeout=5)
+    names = sorted(e["transaction"] for e in sentry_server.transactions())
+    assert names == [f"exit-{i}" for i in range(5)]
+
+
+def test_hung_sentry_never_delays_process_exit_beyond_shutdown_timeout(
+    sentry_server: SentryServer,
+) -> None:
+    sentry_server.hang()
+    sentry_server.validate = False
+    script = textwrap.dedent(
+        f"""
+        import sentry_tracing_mw as stm
+        stm.init(dsn={sentry_server.dsn!r}, traces_sample_rate=1.0, shutdown_timeout=1.0,
+                 instrument_http_clients=False)
+        for i in range(50):
+            with stm.start_transaction("hang"):
+                pass
+        """
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    elapsed = time.monotonic() - started
+    sentry_server.release()
+    assert elapsed < 1.0 + 3.0  # shutdown_timeout plus interpreter start-up slack
+
+
+@pytest.mark.parametrize("pii", [False, True])
+def test_span_data_with_sensitive_keys_is_scrubbed(sentry_server: SentryServer, pii: bool) -> None:
+    init(sentry_server, send_default_pii=pii)
+    with stm.start_transaction("scrub") as tx:
+        with tx.start_child("auth") as span:
+            span.set_data("password", "hunter2")
+            span.set_data("api_key", "k-123")
+            span.set_data("rows", 3)
+    assert stm.flush(5)
+    data = sentry_server.transactions()[0]["spans"][0]["data"]
+    assert data == {"password": "[Filtered]", "api_key": "[Filtered]", "rows": 3}

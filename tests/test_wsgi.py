@@ -1,0 +1,513 @@
+"""The generic WSGI middleware: naming, request data, lifecycle, propagation, isolation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from wsgiref.util import FileWrapper, setup_testing_defaults
+
+import pytest
+import requests
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
+from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+from .sentry_server import SentryServer
+from .servers import run_wsgi
+
+TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PARENT_ID = "b7ad6b7169203331"
+
+
+@pytest.fixture(autouse=True)
+def _no_outgoing_headers() -> Iterator[None]:
+    """The test thread's own HTTP calls must not carry trace headers (another suite may
+    have instrumented http.client)."""
+    token = SUPPRESS_INSTRUMENTATION.set(True)
+    yield
+    SUPPRESS_INSTRUMENTATION.reset(token)
+
+
+def _json(start_response: Any, data: Any, status: str = "200 OK") -> list[bytes]:
+    body = json.dumps(data).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def plain_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """A framework-free WSGI app."""
+    path = environ.get("PATH_INFO", "")
+    if path == "/headers":
+        return _json(start_response, stm.get_trace_headers())
+    if path == "/span":
+        time.sleep(0.05)
+        span = stm.get_current_span()
+        return _json(start_response, {"trace_id": span.trace_id if span else None})
+    if path == "/named":
+        stm.set_transaction_name("/named/{id}", "route")
+        return _json(start_response, "named")
+    if path == "/boom":
+        raise KeyError("boom")
+    if path == "/missing":
+        return _json(start_response, "no", "404 Not Found")
+    if path == "/stream":
+
+        def body() -> Iterator[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            for _ in range(3):
+                time.sleep(0.1)
+                yield b"chunk\n"
+
+        return body()
+    if path == "/stream-fail":
+
+        def failing() -> Iterator[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"first\n"
+            raise RuntimeError("mid-stream")
+
+        return failing()
+    if path == "/endless":
+
+        def endless() -> Iterator[bytes]:
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            for _ in range(300):
+                yield b"x" * 65536
+                time.sleep(0.01)
+
+        return endless()
+    return _json(start_response, {"path": path})
+
+
+def _environ(path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = {"PATH_INFO": path, "REQUEST_METHOD": method}
+    setup_testing_defaults(environ)
+    environ.update(extra)
+    return environ
+
+
+def _call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
+    status: list[str] = []
+
+    def start_response(s: str, headers: Any, exc_info: Any = None) -> Any:
+        status.append(s)
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return status[-1], body
+
+
+def _init(server: SentryServer, **options: Any) -> None:
+    options.setdefault("traces_sample_rate", 1.0)
+    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+
+
+def _one_tx(server: SentryServer, n: int = 1) -> list[dict[str, Any]]:
+    assert stm.flush(5)
+    assert server.wait_for(n, 5)
+    txs = server.transactions()
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return txs
+
+
+# -- naming, response and request data ------------------------------------------------------
+
+
+def test_real_server_transaction_shape_and_privacy(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    with run_wsgi(app) as base:
+        resp = requests.get(
+            f"{base}/users/42?page=2&token=s3cret&password=hunter2",
+            headers={
+                "Authorization": "Bearer abc", "Cookie": "session=1", "X-Api-Key": "k",
+                "X-Forwarded-For": "1.2.3.4", "X-Real-IP": "1.2.3.4",
+                "Proxy-Authorization": "Basic x", "Set-Cookie": "a=b", "X-Custom": "kept",
+            },
+            timeout=5,
+        )
+    assert resp.status_code == 200
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/users/42"
+    assert tx["transaction_info"] == {"source": "url"}
+    trace = tx["contexts"]["trace"]
+    assert trace["op"] == "http.server"
+    assert trace["origin"] == "auto.http.wsgi"
+    assert trace["status"] == "ok"
+    assert trace["data"]["http.response.status_code"] == 200
+    assert "parent_span_id" not in trace
+    assert tx["tags"]["http.status_code"] == "200"
+    assert tx["contexts"]["response"] == {"status_code": 200}
+    req = tx["request"]
+    assert req["method"] == "GET"
+    assert req["url"].startswith("http://127.0.0.1:") and req["url"].endswith("/users/42")
+    assert req["query_string"] == "page=2&token=[Filtered]&password=[Filtered]"
+    headers = {k.lower(): v for k, v in req["headers"].items()}
+    assert headers["x-custom"] == "kept"
+    for name in ("authorization", "cookie", "x-api-key", "x-forwarded-for", "x-real-ip",
+                 "proxy-authorization", "set-cookie"):
+        assert name not in headers
+    assert "REMOTE_ADDR" not in req.get("env", {})
+    assert "cookies" not in req
+    assert "1.2.3.4" not in json.dumps(tx) and "s3cret" not in json.dumps(tx)
+
+
+def test_send_default_pii_keeps_headers_ip_and_query(sentry_server: SentryServer) -> None:
+    _init(sentry_server, send_default_pii=True)
+    app = TracingMiddleware(plain_app)
+    with run_wsgi(app) as base:
+        requests.get(f"{base}/x?token=s3cret", headers={"Authorization": "Bearer abc",
+                                                      "X-Forwarded-For": "1.2.3.4"}, timeout=5)
+    (tx,) = _one_tx(sentry_server)
+    req = tx["request"]
+    headers = {k.lower(): v for k, v in req["headers"].items()}
+    assert headers["authorization"] == "Bearer abc"
+    assert headers["x-forwarded-for"] == "1.2.3.4"
+    assert req["env"]["REMOTE_ADDR"] == "127.0.0.1"
+    assert req["query_string"] == "token=s3cret"
+
+
+def test_error_status_and_set_transaction_name_hook(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    assert _call(app, _environ("/missing"))[0].startswith("404")
+    assert _call(app, _environ("/named"))[0].startswith("200")
+    txs = {t["transaction"]: t for t in _one_tx(sentry_server, 2)}
+    missing = txs["/missing"]  # the generic middleware keeps the honest raw path
+    assert missing["transaction_info"]["source"] == "url"
+    assert missing["contexts"]["trace"]["status"] == "not_found"
+    assert missing["tags"]["http.status_code"] == "404"
+    assert txs["/named/{id}"]["transaction_info"]["source"] == "route"
+
+
+def test_set_transaction_name_outside_a_transaction_is_harmless() -> None:
+    stm.set_transaction_name("nothing")  # no current span: no error, no effect
+    assert stm.get_current_span() is None
+
+
+def test_script_name_is_part_of_the_url_name(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    _call(app, _environ("/things/3", SCRIPT_NAME="/mount"))
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/mount/things/3"
+    assert tx["request"]["url"].endswith("/mount/things/3")
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+def test_streamed_body_is_part_of_the_transaction(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    with run_wsgi(app) as base:
+        resp = requests.get(f"{base}/stream", timeout=5)
+    assert resp.text == "chunk\n" * 3
+    (tx,) = _one_tx(sentry_server)
+    assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
+    assert tx["contexts"]["trace"]["status"] == "ok"
+
+
+def test_file_wrapper_fast_path_is_kept_and_ends_on_close(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    opened: list[FileWrapper] = []
+
+    def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        wrapper = environ["wsgi.file_wrapper"](open(__file__, "rb"))
+        opened.append(wrapper)
+        return wrapper  # type: ignore[no-any-return]
+
+    app = TracingMiddleware(file_app)
+    environ = _environ("/file", **{"wsgi.file_wrapper": FileWrapper})
+    result = app(environ, lambda s, h, e=None: None)
+    assert result is opened[0]  # the server can still use sendfile
+    tx = environ["sentry_tracing_mw.transaction"]
+    assert tx.timestamp is None
+    body = b"".join(result)
+    assert tx.timestamp is None  # a file wrapper ends on close(), as servers guarantee
+    result.close()  # type: ignore[attr-defined]
+    assert tx.timestamp is not None
+    assert body.startswith(b'"""The generic WSGI')
+    (sent,) = _one_tx(sentry_server)
+    assert sent["contexts"]["trace"]["status"] == "ok"
+
+
+def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    with run_wsgi(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST: the server's next write fails
+        (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/endless"
+    assert tx["contexts"]["trace"]["status"] == "cancelled"
+    assert tx["timestamp"] - tx["start_timestamp"] < 5
+
+
+def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    raised: list[BaseException] = []
+
+    def app_raises(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        exc = KeyError("boom")
+        raised.append(exc)
+        raise exc
+
+    app = TracingMiddleware(app_raises)
+    with pytest.raises(KeyError) as info:
+        app(_environ("/boom"), lambda s, h, e=None: None)
+    assert info.value is raised[0]
+    assert CURRENT_SPAN.get() is None
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["trace_id"] == tx["contexts"]["trace"]["trace_id"]
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+    exc = event["exception"]["values"][-1]
+    assert exc["type"] == "KeyError"
+    assert exc["mechanism"] == {"type": "wsgi", "handled": False}
+    assert event["transaction"] == "/boom"
+
+
+def test_exception_mid_stream(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    result = app(_environ("/stream-fail"), lambda s, h, e=None: None)
+    it = iter(result)
+    assert next(it) == b"first\n"
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        next(it)
+    result.close()  # type: ignore[attr-defined]
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+
+
+# -- what is traced -------------------------------------------------------------------------
+
+
+def test_ignore_paths_skip_tracing(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app, ignore_paths=["/health", "/static/*"])
+    assert _call(app, _environ("/health"))[0].startswith("200")
+    assert _call(app, _environ("/static/app.js"))[0].startswith("200")
+    assert _call(app, _environ("/healthz"))[0].startswith("200")  # anchored: traced
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/healthz"
+
+
+def test_head_and_options_untraced_but_each_gets_its_own_trace(
+    sentry_server: SentryServer,
+) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    seen: list[str] = []
+    with run_wsgi(app) as base:
+        for method in ("HEAD", "HEAD", "OPTIONS"):
+            resp = requests.request(method, f"{base}/headers", timeout=5)
+            assert resp.status_code == 200
+        direct = [json.loads(_call(app, _environ("/headers", "HEAD"))[1]) for _ in range(2)]
+        seen = [d["sentry-trace"].split("-")[0] for d in direct]
+        requests.get(f"{base}/after", timeout=5)
+    assert seen[0] != seen[1]
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/after"
+    assert PROPAGATION_CONTEXT.get() is None
+
+
+def test_http_methods_to_capture(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app, http_methods_to_capture=["head"])
+    _call(app, _environ("/a", "HEAD"))
+    _call(app, _environ("/b", "GET"))
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/a"
+    assert tx["request"]["method"] == "HEAD"
+
+
+# -- propagation ----------------------------------------------------------------------------
+
+
+def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    baggage = (
+        f"sentry-trace_id={TRACE_ID},sentry-public_key=upstream,sentry-sample_rate=0.5,"
+        "sentry-sample_rand=0.25,sentry-sampled=true,sentry-environment=up,"
+        "sentry-transaction=checkout,other=vendor"
+    )
+    with run_wsgi(app) as base:
+        out = requests.get(f"{base}/headers", timeout=5, headers={
+            "sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1", "baggage": baggage}).json()
+    (tx,) = _one_tx(sentry_server)
+    trace = tx["contexts"]["trace"]
+    assert trace["trace_id"] == TRACE_ID
+    assert trace["parent_span_id"] == PARENT_ID
+    assert out["sentry-trace"] == f"{TRACE_ID}-{trace['span_id']}-1"
+    assert "sentry-transaction=checkout" in out["baggage"]
+    (env,) = [e for e in sentry_server.envelopes() if any(e.items_of("transaction"))]
+    assert env.headers["trace"] == {
+        "trace_id": TRACE_ID, "public_key": "upstream", "sample_rate": "0.5",
+        "sample_rand": "0.25", "sampled": "true", "environment": "up",
+        "transaction": "checkout",
+    }
+
+
+def test_negative_upstream_decision_sends_nothing(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    out = json.loads(_call(app, _environ(
+        "/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"))[1])
+    assert out["sentry-trace"].startswith(TRACE_ID) and out["sentry-trace"].endswith("-0")
+    stm.flush(5)
+    assert sentry_server.transactions() == []
+
+
+def test_traceparent_fallback(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    _call(app, _environ("/tp", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-01"))
+    (tx,) = _one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["trace_id"] == TRACE_ID
+    assert tx["contexts"]["trace"]["parent_span_id"] == PARENT_ID
+
+
+def test_traces_sampler_receives_the_environ(sentry_server: SentryServer) -> None:
+    seen: list[Any] = []
+
+    def sampler(ctx: Any) -> float:
+        seen.append((ctx["wsgi_environ"]["PATH_INFO"], ctx["transaction_context"]["name"],
+                     ctx.get("route")))
+        return 1.0 if ctx["wsgi_environ"]["PATH_INFO"] == "/yes" else 0.0
+
+    _init(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
+    app = TracingMiddleware(plain_app)
+    _call(app, _environ("/yes"))
+    _call(app, _environ("/no"))
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/yes"
+    assert seen == [("/yes", "/yes", None), ("/no", "/no", None)]
+
+
+# -- isolation and nesting -----------------------------------------------------------------
+
+
+def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    ids = [f"{i:032x}" for i in range(1, 9)]
+    with run_wsgi(app) as base:
+
+        def call(trace_id: str) -> str:
+            out = requests.get(f"{base}/span", timeout=5, headers={
+                "sentry-trace": f"{trace_id}-{PARENT_ID}-1"}).json()
+            return str(out["trace_id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(call, ids))
+    assert got == ids
+    txs = _one_tx(sentry_server, 8)
+    assert sorted(t["contexts"]["trace"]["trace_id"] for t in txs) == ids
+
+
+def test_no_span_left_current_on_a_reused_server_thread(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    traced = TracingMiddleware(plain_app)
+    observed: list[tuple[str, object, object]] = []
+
+    class Recorded:
+        def __init__(self, result: Iterable[bytes], path: str) -> None:
+            self.result, self.path = result, path
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(self.result)
+
+        def close(self) -> None:
+            getattr(self.result, "close", lambda: None)()
+            observed.append((self.path, CURRENT_SPAN.get(), PROPAGATION_CONTEXT.get()))
+
+    def outer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        observed.append(("before", CURRENT_SPAN.get(), PROPAGATION_CONTEXT.get()))
+        result = traced(environ, start_response)
+        observed.append(("returned", CURRENT_SPAN.get(), PROPAGATION_CONTEXT.get()))
+        return Recorded(result, environ["PATH_INFO"])
+
+    with run_wsgi(outer, threaded=False) as base:  # one thread serves every request
+        for path in ("/stream", "/headers", "/boom", "/x"):
+            requests.request("HEAD" if path == "/headers" else "GET", f"{base}{path}",
+                             timeout=5)
+    assert len(observed) == 10  # /boom raised: no "returned" nor close
+    assert all(span is None and ctx is None for _, span, ctx in observed), observed
+
+
+def test_nested_middlewares_make_one_transaction(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(TracingMiddleware(TracingMiddleware(plain_app)))
+    with run_wsgi(app) as base:
+        requests.get(f"{base}/stream", timeout=5)
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/stream"
+    stm.flush(1)
+    assert len(sentry_server.transactions()) == 1
+
+
+def test_odd_environ_is_served(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    app = TracingMiddleware(plain_app)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/caf\xc3\xa9", "SERVER_PORT": 8080,
+               "HTTP_X_NUMBER": 5, "HTTP_SENTRY_TRACE": "garbage", "HTTP_BAGGAGE": "%%%"}
+    status, body = _call(app, environ)
+    assert status.startswith("200")
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/café"
+    assert "parent_span_id" not in tx["contexts"]["trace"]
+
+
+def test_without_init_the_middleware_initializes_from_kwargs(
+    sentry_server: SentryServer,
+) -> None:
+    app = TracingMiddleware(plain_app, dsn=sentry_server.dsn, traces_sample_rate=1.0,
+                            instrument_http_clients=False)
+    assert stm.is_initialized()
+    _call(app, _environ("/kw"))
+    (tx,) = _one_tx(sentry_server)
+    assert tx["transaction"] == "/kw"
+
+
+def test_untraced_requests_run_in_parallel_threads() -> None:
+    app = TracingMiddleware(plain_app)  # no DSN, no rate: nothing is sent, traces continue
+    results: list[str] = []
+
+    def worker() -> None:
+        out = json.loads(_call(app, _environ(
+            "/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}"))[1])
+        results.append(out["sentry-trace"][:32])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == [TRACE_ID] * 4
