@@ -25,25 +25,45 @@ from sentry_tracing_mw._version import VERSION
 
 SDK = {"name": "sentry.python.tracemw", "version": VERSION}
 
+# A minimal keep-alive HTTP/1.1 sink: parses only the request head and Content-Length, so
+# the measurement is dominated by the transport, not by http.server's header parsing.
 DISCARD_SERVER = r"""
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socket, threading
 
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a):
-        pass
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        while n > 0:
-            n -= len(self.rfile.read(min(n, 65536)) or b"x" * n)
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+RESP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
-s = ThreadingHTTPServer(("127.0.0.1", 0), H)
-s.daemon_threads = True
-print(s.server_address[1], flush=True)
-s.serve_forever()
+def handle(conn):
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    with conn:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                key, _, value = line.partition(b":")
+                if key.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(buf) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf[length:]
+            conn.sendall(RESP)
+
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
 """
 
 
@@ -148,8 +168,11 @@ def bench_handoff(repeats: int = 31, batch: int = 2000) -> tuple[float, float]:
     return statistics.median(submit_only), statistics.median(with_create)
 
 
-def bench_throughput(count: int) -> tuple[float, int]:
-    """Transactions/s through the worker to a discarding server in another process."""
+def bench_throughput(count: int) -> tuple[float, float, int]:
+    """Transactions/s through the worker to a discarding server in another process.
+
+    Returns (wall-clock tx/s, this process's CPU µs per transaction, transactions lost).
+    """
     proc = subprocess.Popen(
         [sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE, text=True
     )
@@ -168,15 +191,17 @@ def bench_throughput(count: int) -> tuple[float, int]:
         t.submit(pending_for(*warm))
         t.flush(10)
         items = [pending_for(*transaction()) for _ in range(count)]
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for p in items:
             t.submit(p)
         ok = t.flush(120)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         t.close(5)
         lost = sum(reports.snapshot().values())
         assert ok, "flush timed out"
-        return count / elapsed, lost
+        return count / elapsed, cpu / count * 1e6, lost
     finally:
         proc.terminate()
         proc.wait(5)
@@ -185,14 +210,23 @@ def bench_throughput(count: int) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     submit_us, create_us = bench_handoff()
     print(f"(a) submit() hand-off, 10-span transaction: {submit_us:.2f} µs median (target <= 5 µs)")
     print(f"    Pending creation + submit():             {create_us:.2f} µs median")
-    rate, lost = bench_throughput(args.count)
+    rates: list[float] = []
+    for run in range(args.runs):
+        rate, cpu_us, lost = bench_throughput(args.count)
+        rates.append(rate)
+        print(
+            f"(b) run {run + 1}: {rate:,.0f} transactions/s wall-clock, {cpu_us:.0f} µs CPU per "
+            f"transaction in this process ({args.count} tx, 10 spans, JSON + gzip + POST; "
+            f"{lost} lost)"
+        )
     print(
-        f"(b) worker throughput: {rate:,.0f} transactions/s "
-        f"({args.count} tx, 10 spans, JSON + gzip + POST; {lost} lost) (target >= 3,000 tx/s)"
+        f"(b) worker throughput: median {statistics.median(rates):,.0f} tx/s, "
+        f"best {max(rates):,.0f} tx/s (target >= 3,000 tx/s)"
     )
 
 

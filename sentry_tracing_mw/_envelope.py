@@ -18,6 +18,7 @@ __all__ = [
     "gzip_compress",
     "parse_envelope",
     "serialize_envelope",
+    "serialize_item",
 ]
 
 _NL = 0x0A
@@ -69,14 +70,15 @@ def serialize_envelope(
 ) -> bytes:
     """Frame an envelope: header line, then per item a header line with ``length`` and payload."""
     parts = [dumps(headers), b"\n"]
-    for item_headers, payload in items:
-        hdr = dict(item_headers)
-        hdr["length"] = len(payload)
-        parts.append(dumps(hdr))
-        parts.append(b"\n")
-        parts.append(payload)
-        parts.append(b"\n")
+    parts.extend(serialize_item(item_headers, payload) for item_headers, payload in items)
     return b"".join(parts)
+
+
+def serialize_item(headers: dict[str, Any], payload: bytes) -> bytes:
+    """One item: header line with the byte ``length``, payload, ``\\n``."""
+    hdr = dict(headers)
+    hdr["length"] = len(payload)
+    return b"".join((dumps(hdr), b"\n", payload, b"\n"))
 
 
 def _parse_header(line: bytes, what: str) -> dict[str, Any]:
@@ -210,7 +212,8 @@ def decode_body(data: bytes, content_encoding: str | None, max_size: int) -> byt
     return body
 
 
-def gzip_compress(data: bytes, level: int = 6) -> bytes:
-    """Gzip ``data`` in one call (zlib with a gzip wrapper)."""
+def gzip_compress(data: bytes, level: int = 3) -> bytes:
+    """Gzip ``data`` in one call (zlib with a gzip wrapper; level 3: ~35% cheaper than 6
+    for a few percent more bytes on JSON)."""
     c = zlib.compressobj(level, zlib.DEFLATED, 31)
     return c.compress(data) + c.flush()

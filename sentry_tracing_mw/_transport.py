@@ -15,7 +15,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
@@ -25,7 +24,7 @@ import urllib3
 from ._client_reports import ClientReports
 from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
-from ._envelope import gzip_compress, serialize_envelope
+from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._ratelimits import RateLimits
 from ._serialize import dumps
 
@@ -34,6 +33,7 @@ __all__ = ["WORKER_NAME", "Pending", "Transport", "uwsgi_threads_disabled"]
 logger = logging.getLogger("sentry_tracing_mw")
 
 WORKER_NAME = "sentry_tracing_mw.transport"
+_NEVER = float("inf")
 
 
 @dataclass(slots=True)
@@ -59,8 +59,25 @@ class _Control:
 _SEND_REPORTS = _Control()
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _sent_at() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC timestamp with microseconds and ``Z`` (formatting cached per second)."""
+    global _second_cache
+    now = time.time()
+    sec = int(now)
+    cached = _second_cache
+    if cached[0] != sec:
+        cached = _second_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    micros = min(999_999, int((now - sec) * 1_000_000))
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+_ITEM_HEADER = {
+    "transaction": b'{"type":"transaction","length":',
+    "event": b'{"type":"event","length":',
+}
 
 
 def _record(reports: ClientReports, reason: str, category: str, span_count: int) -> None:
@@ -157,6 +174,7 @@ class Transport:
         self._queue_bytes = max(1, queue_bytes)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._ca_certs = ca_certs
+        self._path = urlsplit(dsn.envelope_url).path
         self._headers = {
             "X-Sentry-Auth": dsn.auth_header,
             "Content-Type": "application/x-sentry-envelope",
@@ -176,11 +194,12 @@ class Transport:
         self._enqueued = 0  # items ever put in the queue (flush targets)
         self._done = 0  # items the worker finished with
         self._idle = False  # worker is waiting on the condition
-        self._waiters = 0  # flush() callers waiting
+        self._wake_at = _NEVER  # smallest ``_done`` value a flush() caller waits for
         self._stop = False
         self._closed = False
         self._worker: threading.Thread | None = None
         self._pool: urllib3.PoolManager | None = None
+        self._conn_pool: urllib3.HTTPConnectionPool | None = None
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: new lock, empty queue, no worker, no pooled sockets."""
@@ -235,19 +254,16 @@ class Transport:
             self._ensure_worker()
             if self._idle:
                 self._cond.notify()
-            self._waiters += 1
-            try:
-                while self._done < target:
-                    if deadline is None:
-                        self._cond.wait()
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return False
-                        self._cond.wait(remaining)
-                return True
-            finally:
-                self._waiters -= 1
+            while self._done < target:
+                self._wake_at = min(self._wake_at, target)
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            return True
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout``, then stop the worker; never blocks past ``timeout``."""
@@ -299,7 +315,8 @@ class Transport:
                 logger.exception("sentry_tracing_mw: unexpected error in the transport worker")
             with cond:
                 self._done += 1
-                if self._waiters:
+                if self._done >= self._wake_at:
+                    self._wake_at = _NEVER
                     cond.notify_all()
         self._clear_pool()
 
@@ -342,6 +359,7 @@ class Transport:
         return urllib3.PoolManager(**options)
 
     def _clear_pool(self) -> None:
+        self._conn_pool = None
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -378,12 +396,15 @@ class Transport:
             if dsc is not None:
                 headers["trace"] = dsc
             item_type = "transaction" if category == "transaction" else "event"
-            items = [({"type": item_type}, dumps(payload))]
+            data = dumps(payload)
+            # the same bytes serialize_envelope() gives, without its generic overhead
+            parts = [dumps(headers), b"\n", _ITEM_HEADER[item_type], b"%d}\n" % len(data), data]
+            parts.append(b"\n")
             if self._send_reports and self.reports.due(time.monotonic()):
                 report = self._take_report()
                 if report is not None:
-                    items.append(({"type": "client_report"}, dumps(report)))
-            body = gzip_compress(serialize_envelope(headers, items))
+                    parts.append(serialize_item({"type": "client_report"}, dumps(report)))
+            body = gzip_compress(b"".join(parts))
         except Exception:
             logger.exception("sentry_tracing_mw: serializing the %s event failed", category)
             _record(self.reports, "internal_sdk_error", category, pending.span_count)
@@ -420,16 +441,34 @@ class Transport:
     def _post(self, body: bytes) -> str:
         """POST one envelope: "ok", "ratelimited" (429), "send_error" or "network_error"."""
         try:
-            response = self._get_pool().request(
-                "POST",
-                self.dsn.envelope_url,
-                body=body,
-                headers=self._headers,
-                timeout=self._timeout,
-                retries=False,
-                redirect=False,
-                preload_content=True,
-            )
+            conn_pool = self._conn_pool
+            if conn_pool is None and not self._proxy:
+                # direct: skip PoolManager's per-request URL routing (~100 µs each)
+                conn_pool = self._get_pool().connection_from_url(self.dsn.envelope_url)
+                self._conn_pool = conn_pool
+            if conn_pool is not None:
+                response = conn_pool.urlopen(
+                    "POST",
+                    self._path,
+                    body=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=True,
+                )
+            else:
+                response = self._get_pool().request(
+                    "POST",
+                    self.dsn.envelope_url,
+                    body=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    retries=False,
+                    redirect=False,
+                    preload_content=True,
+                )
             status = response.status
             headers = response.headers
         except Exception as exc:

@@ -25,7 +25,9 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 MAX_BODY = 200 * 1024 * 1024
 
 
-def sample_transaction(spans: int = 0, name: str = "/test", trace_id: str | None = None) -> dict[str, Any]:
+def sample_transaction(
+    spans: int = 0, name: str = "/test", trace_id: str | None = None
+) -> dict[str, Any]:
     """A minimal valid transaction payload with ``spans`` child spans."""
     trace_id = trace_id or uuid.uuid4().hex
     root = uuid.uuid4().hex[:16]
@@ -79,7 +81,11 @@ def sample_error(trace_id: str | None = None) -> dict[str, Any]:
         "sdk": {"name": "sentry.python.tracemw", "version": "0.1.0"},
         "exception": {
             "values": [
-                {"type": "ValueError", "value": "boom", "mechanism": {"type": "generic", "handled": True}}
+                {
+                    "type": "ValueError",
+                    "value": "boom",
+                    "mechanism": {"type": "generic", "handled": True},
+                }
             ]
         },
         "contexts": {
@@ -114,7 +120,9 @@ def _relay_check(payload: bytes, where: str) -> None:
     out = processing.StoreNormalizer().normalize_event(raw_event=payload)
     errors = out.get("errors") or []
     assert not errors, f"{where}: relay normalization errors: {errors}"
-    assert out.get("type") in ("transaction", "error", "default", None), f"{where}: type {out.get('type')}"
+    assert out.get("type") in ("transaction", "error", "default", None), (
+        f"{where}: type {out.get('type')}"
+    )
 
 
 def check_envelope(raw: bytes) -> None:
@@ -164,10 +172,7 @@ def check_with_shared_validator(paths_or_bodies: Iterable[bytes | str | os.PathL
         return
     with tempfile.TemporaryDirectory(prefix="stm-envelopes-") as tmp:
         for i, entry in enumerate(inputs):
-            if isinstance(entry, bytes):
-                data = entry
-            else:
-                data = Path(entry).read_bytes()
+            data = entry if isinstance(entry, bytes) else Path(entry).read_bytes()
             (Path(tmp) / f"{i:05d}.envelope").write_bytes(data)
         proc = subprocess.run(
             [sys.executable, str(VALIDATOR), "--require-relay", "--quiet", tmp],

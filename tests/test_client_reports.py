@@ -74,7 +74,14 @@ def test_due() -> None:
 
 def test_entries_capped_rest_waits() -> None:
     r = ClientReports()
-    reasons = ["sample_rate", "queue_overflow", "network_error", "send_error", "before_send", "ignored"]
+    reasons = [
+        "sample_rate",
+        "queue_overflow",
+        "network_error",
+        "send_error",
+        "before_send",
+        "ignored",
+    ]
     cats = ["transaction", "span", "error", "default", "attachment", "session", "profile", "replay"]
     for reason in reasons:
         for cat in cats:

@@ -65,7 +65,10 @@ def test_ipv6() -> None:
     assert dsn.port == 8969
     assert dsn.envelope_url == "http://[::1]:8969/api/2/envelope/"
     assert str(dsn) == "http://k@[::1]:8969/2"
-    assert Dsn.parse("https://k@[2001:db8::5]/1").envelope_url == "https://[2001:db8::5]/api/1/envelope/"
+    assert (
+        Dsn.parse("https://k@[2001:db8::5]/1").envelope_url
+        == "https://[2001:db8::5]/api/1/envelope/"
+    )
 
 
 def test_frozen_and_roundtrip() -> None:

@@ -27,11 +27,11 @@ from sentry_tracing_mw._serialize import dumps
 
 
 def test_serialize_exact_bytes() -> None:
-    body = serialize_envelope({"event_id": "a" * 32}, [({"type": "transaction"}, b'{"x":"\xc3\xa9"}')])
+    body = serialize_envelope(
+        {"event_id": "a" * 32}, [({"type": "transaction"}, b'{"x":"\xc3\xa9"}')]
+    )
     assert body == (
-        b'{"event_id":"' + b"a" * 32 + b'"}\n'
-        b'{"type":"transaction","length":10}\n'
-        b'{"x":"\xc3\xa9"}\n'
+        b'{"event_id":"' + b"a" * 32 + b'"}\n{"type":"transaction","length":10}\n{"x":"\xc3\xa9"}\n'
     )
     assert b"\r" not in body
 
@@ -45,7 +45,9 @@ def test_roundtrip_multiple_items() -> None:
     ]
     env = parse_envelope(serialize_envelope({"dsn": "http://k@h/1"}, items))
     assert env.headers == {"dsn": "http://k@h/1"}
-    assert [(it.headers["type"], it.payload) for it in env.items] == [(h["type"], p) for h, p in items]
+    assert [(it.headers["type"], it.payload) for it in env.items] == [
+        (h["type"], p) for h, p in items
+    ]
     assert env.items[0].headers["content_type"] == "application/json"
     assert env.items[2].headers["length"] == len(items[2][1])
     assert env.items[0].json() == {"a": 1}
@@ -96,7 +98,14 @@ def test_span_and_client_report_items() -> None:
     raw = serialize_envelope(
         {},
         [
-            ({"type": "span", "item_count": 1, "content_type": "application/vnd.sentry.items.span.v2+json"}, spans),
+            (
+                {
+                    "type": "span",
+                    "item_count": 1,
+                    "content_type": "application/vnd.sentry.items.span.v2+json",
+                },
+                spans,
+            ),
             ({"type": "client_report"}, report),
             ({"type": "future_thing"}, b"\x00\x01"),
         ],
@@ -105,7 +114,7 @@ def test_span_and_client_report_items() -> None:
     assert [it.type for it in env.items] == ["span", "client_report", "future_thing"]
     assert env.items[0].json()["items"][0]["is_segment"] is True
     assert env.items[1].json()["discarded_events"][0]["quantity"] == 3
-    assert list(env.items_of("future_thing"))[0].payload == b"\x00\x01"
+    assert next(env.items_of("future_thing")).payload == b"\x00\x01"
 
 
 @pytest.mark.parametrize(
@@ -163,7 +172,12 @@ _header = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(_header, st.binary(max_size=16), st.sampled_from([b"\n", b"\r", b" "])), max_size=10))
+@given(
+    st.lists(
+        st.one_of(_header, st.binary(max_size=16), st.sampled_from([b"\n", b"\r", b" "])),
+        max_size=10,
+    )
+)
 def test_fuzz_structured(chunks: list[bytes]) -> None:
     data = b"".join(chunks)
     try:
@@ -268,12 +282,23 @@ class _Custom:
 
 
 def test_dumps_fast_path_compact_utf8() -> None:
-    assert dumps({"a": [1, 2.5, None, True], "é": "ü"}) == '{"a":[1,2.5,null,true],"é":"ü"}'.encode()
+    assert (
+        dumps({"a": [1, 2.5, None, True], "é": "ü"}) == '{"a":[1,2.5,null,true],"é":"ü"}'.encode()
+    )
 
 
 def test_dumps_coercions() -> None:
     out = json.loads(
-        dumps({1: b"\xff\xfeab", (1, 2): {3, 3}, "t": (1, 2), "o": _Custom(), "bad": _BadRepr(), None: 1})
+        dumps(
+            {
+                1: b"\xff\xfeab",
+                (1, 2): {3},
+                "t": (1, 2),
+                "o": _Custom(),
+                "bad": _BadRepr(),
+                None: 1,
+            }
+        )
     )
     assert out["1"] == "\ufffd\ufffdab"
     assert out["(1, 2)"] == [3]

@@ -69,7 +69,10 @@ def test_valid_options_are_normalized() -> None:
         trust_incoming_traces=["10.0.0.0/8"],
     )
     assert opts.traces_sample_rate == 1.0
-    assert [p.pattern for p in opts.trace_propagation_targets] == ["api\\.example\\.com", "internal"]
+    assert [p.pattern for p in opts.trace_propagation_targets] == [
+        "api\\.example\\.com",
+        "internal",
+    ]
     assert opts.propagate_to_all is False
     assert opts.trace_ignore_status_codes == frozenset({404, 500, 501, 502, 520, 521})
     assert opts.org_id == "12"
@@ -87,11 +90,19 @@ def test_environment_variables_are_read_once_at_init(monkeypatch: pytest.MonkeyP
     opts = client.options
     assert opts.dsn is not None and opts.dsn.public_key == "abc"
     assert opts.traces_sample_rate == 0.25
-    assert (opts.environment, opts.release, opts.debug, opts.org_id) == ("staging", "app@9", True, "7")
+    assert (opts.environment, opts.release, opts.debug, opts.org_id) == (
+        "staging",
+        "app@9",
+        True,
+        "7",
+    )
     monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "0.75")
     assert stm.get_client().options.traces_sample_rate == 0.25  # read once
     # Explicit options win over the environment.
-    assert stm.init(traces_sample_rate=1.0, instrument_http_clients=False).options.traces_sample_rate == 1.0
+    assert (
+        stm.init(traces_sample_rate=1.0, instrument_http_clients=False).options.traces_sample_rate
+        == 1.0
+    )
 
 
 def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -108,7 +108,9 @@ def test_429_default_60s(headers: dict[str, str]) -> None:
 
 def test_429_header_wins_over_retry_after() -> None:
     rl = RateLimits()
-    rl.update_from_response(429, {"X-Sentry-Rate-Limits": "5:transaction", "Retry-After": "100"}, NOW)
+    rl.update_from_response(
+        429, {"X-Sentry-Rate-Limits": "5:transaction", "Retry-After": "100"}, NOW
+    )
     assert rl.is_limited("transaction", NOW + 4)
     assert not rl.is_limited("error", NOW + 1)
     assert not rl.is_limited("transaction", NOW + 6)

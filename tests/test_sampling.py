@@ -66,7 +66,9 @@ def test_sampler_takes_precedence_and_gets_sentry_sdk_keys() -> None:
 
     init(traces_sample_rate=0.0, traces_sampler=sampler)
     kept = stm.start_transaction(
-        "keep", op="task", headers=incoming("-0", sample_rate="0.25", sample_rand="0.5"),
+        "keep",
+        op="task",
+        headers=incoming("-0", sample_rate="0.25", sample_rand="0.5"),
         custom_sampling_context={"tenant": "acme"},
     )
     dropped = stm.start_transaction("drop", headers=incoming("-1"))
@@ -145,13 +147,24 @@ def test_incoming_dsc_is_taken_as_received() -> None:
     tx = stm.start_transaction(
         "t",
         headers=incoming(
-            "-1", trace_id=TRACE, public_key="theirs", sample_rate="0.5",
-            sample_rand="0.250000", sampled="true", release="app%401.2.3", custom="kept",
+            "-1",
+            trace_id=TRACE,
+            public_key="theirs",
+            sample_rate="0.5",
+            sample_rand="0.250000",
+            sampled="true",
+            release="app%401.2.3",
+            custom="kept",
         ),
     )
     assert tx.propagation_context.dsc() == {
-        "trace_id": TRACE, "public_key": "theirs", "sample_rate": "0.5",
-        "sample_rand": "0.250000", "sampled": "true", "release": "app@1.2.3", "custom": "kept",
+        "trace_id": TRACE,
+        "public_key": "theirs",
+        "sample_rate": "0.5",
+        "sample_rand": "0.250000",
+        "sampled": "true",
+        "release": "app@1.2.3",
+        "custom": "kept",
     }
 
 
@@ -192,10 +205,16 @@ def test_rate_zero_is_not_deferred() -> None:
 @pytest.mark.parametrize(
     ("theirs", "ours", "strict", "continued"),
     [
-        ("1", "1", False, True), (None, "1", False, True), ("1", None, False, True),
-        (None, None, False, True), ("1", "2", False, False),
-        ("1", "1", True, True), (None, "1", True, False), ("1", None, True, False),
-        (None, None, True, True), ("1", "2", True, False),
+        ("1", "1", False, True),
+        (None, "1", False, True),
+        ("1", None, False, True),
+        (None, None, False, True),
+        ("1", "2", False, False),
+        ("1", "1", True, True),
+        (None, "1", True, False),
+        ("1", None, True, False),
+        (None, None, True, True),
+        ("1", "2", True, False),
     ],
 )
 def test_strict_trace_continuation_matrix(

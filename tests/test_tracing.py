@@ -39,7 +39,9 @@ def test_ids_have_the_right_shape_and_are_unique() -> None:
         assert event_id[16] in "89ab"  # RFC 4122 variant
 
 
-def test_ids_never_all_zero_even_when_the_generator_says_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ids_never_all_zero_even_when_the_generator_says_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     values = iter([0, 0, 5])
     monkeypatch.setattr(_ids, "_bits", lambda n: next(values))
     assert _ids.new_span_id() == "0000000000000005"
@@ -184,11 +186,22 @@ def test_set_tag_truncates_and_sanitizes() -> None:
 @pytest.mark.parametrize(
     ("code", "status"),
     [
-        (200, "ok"), (301, "ok"), (400, "invalid_argument"), (401, "unauthenticated"),
-        (403, "permission_denied"), (404, "not_found"), (405, "invalid_argument"),
-        (409, "already_exists"), (413, "failed_precondition"), (429, "resource_exhausted"),
-        (499, "cancelled"), (500, "internal_error"), (501, "unimplemented"),
-        (502, "internal_error"), (503, "unavailable"), (504, "deadline_exceeded"),
+        (200, "ok"),
+        (301, "ok"),
+        (400, "invalid_argument"),
+        (401, "unauthenticated"),
+        (403, "permission_denied"),
+        (404, "not_found"),
+        (405, "invalid_argument"),
+        (409, "already_exists"),
+        (413, "failed_precondition"),
+        (429, "resource_exhausted"),
+        (499, "cancelled"),
+        (500, "internal_error"),
+        (501, "unimplemented"),
+        (502, "internal_error"),
+        (503, "unavailable"),
+        (504, "deadline_exceeded"),
         (600, "unknown"),
     ],
 )

@@ -1,5 +1,8 @@
 """The background transport against a real local HTTP "Sentry" (127.0.0.1 only)."""
 
+# The sentry_server fixture is imported, then requested by name:
+# ruff: noqa: F401, F811
+
 from __future__ import annotations
 
 import gc
@@ -25,7 +28,7 @@ from sentry_tracing_mw._transport import Pending, Transport, uwsgi_threads_disab
 from sentry_tracing_mw._version import VERSION
 
 from .payload_checks import sample_dsc, sample_error, sample_transaction
-from .sentry_server import SentryServer, sentry_server  # noqa: F401
+from .sentry_server import SentryServer, sentry_server
 
 SDK = {"name": "sentry.python.tracemw", "version": VERSION}
 SENT_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -52,7 +55,7 @@ def error_pending() -> Pending:
 
 
 @pytest.fixture
-def make_transport(sentry_server: SentryServer) -> Iterator[MakeTransport]:  # noqa: F811
+def make_transport(sentry_server: SentryServer) -> Iterator[MakeTransport]:
     made: list[Transport] = []
 
     def make(dsn: str | None = None, **kwargs: Any) -> Transport:
@@ -66,7 +69,9 @@ def make_transport(sentry_server: SentryServer) -> Iterator[MakeTransport]:  # n
         t.close(timeout=1.0)
 
 
-def test_delivers_envelopes_with_headers(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_delivers_envelopes_with_headers(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     t = make_transport()
     tx, err = tx_pending(spans=3), error_pending()
     assert t.submit(tx)
@@ -89,7 +94,10 @@ def test_delivers_envelopes_with_headers(sentry_server: SentryServer, make_trans
     assert env_tx.headers["sdk"] == SDK
     assert env_tx.headers["trace"]["trace_id"] == tx_payload["contexts"]["trace"]["trace_id"]
     assert [it.type for it in env_tx.items] == ["transaction"]
-    assert env_tx.items[0].headers == {"type": "transaction", "length": len(env_tx.items[0].payload)}
+    assert env_tx.items[0].headers == {
+        "type": "transaction",
+        "length": len(env_tx.items[0].payload),
+    }
     assert env_err.items[0].type == "event"
     assert env_err.headers["event_id"] == err_payload["event_id"]
     assert len(sentry_server.transactions()[0]["spans"]) == 3
@@ -97,7 +105,7 @@ def test_delivers_envelopes_with_headers(sentry_server: SentryServer, make_trans
 
 
 def test_keep_alive_and_no_trace_header_when_dsc_none(
-    sentry_server: SentryServer,  # noqa: F811
+    sentry_server: SentryServer,
     make_transport: MakeTransport,
 ) -> None:
     t = make_transport()
@@ -113,12 +121,14 @@ def test_keep_alive_and_no_trace_header_when_dsc_none(
     sentry_server.validate = False  # error without a trace header is deliberately incomplete
 
 
-def test_worker_thread_identity(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_worker_thread_identity(sentry_server: SentryServer, make_transport: MakeTransport) -> None:
     seen: dict[str, Any] = {}
 
     def hook() -> None:
         thread = threading.current_thread()
-        seen.update(name=thread.name, daemon=thread.daemon, suppressed=SUPPRESS_INSTRUMENTATION.get())
+        seen.update(
+            name=thread.name, daemon=thread.daemon, suppressed=SUPPRESS_INSTRUMENTATION.get()
+        )
 
     t = make_transport()
     assert t.submit(tx_pending(hook=hook))
@@ -128,7 +138,7 @@ def test_worker_thread_identity(sentry_server: SentryServer, make_transport: Mak
 
 
 def test_prepare_errors_and_drops(
-    sentry_server: SentryServer,  # noqa: F811
+    sentry_server: SentryServer,
     make_transport: MakeTransport,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -152,7 +162,9 @@ def test_prepare_errors_and_drops(
     }
 
 
-def test_down_then_reported_exactly_once(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_down_then_reported_exactly_once(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     t = make_transport()
     sentry_server.go_down()
     for _ in range(3):
@@ -179,24 +191,34 @@ def test_down_then_reported_exactly_once(sentry_server: SentryServer, make_trans
     assert len(sentry_server.transactions()) == 1
 
 
-def test_client_report_piggybacks_when_due(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_client_report_piggybacks_when_due(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     reports = ClientReports()
     t = make_transport(reports=reports)
     reports.record_transaction("sample_rate", 4)
     t.submit(tx_pending())
     assert t.flush(5)
     assert [it.type for it in sentry_server.envelopes()[0].items] == ["transaction"]
-    assert sentry_server.client_reports() == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 5}
+    assert sentry_server.client_reports() == {
+        ("sample_rate", "transaction"): 1,
+        ("sample_rate", "span"): 5,
+    }
     sentry_server.clear()
     reports.record("sample_rate", "transaction", 2)
     reports._last_take -= 31.0  # the clock: 30 s have passed
     t.submit(tx_pending())
     assert sentry_server.wait_for(1)
-    assert [it.type for it in sentry_server.envelopes()[0].items] == ["transaction", "client_report"]
+    assert [it.type for it in sentry_server.envelopes()[0].items] == [
+        "transaction",
+        "client_report",
+    ]
     assert sentry_server.client_reports() == {("sample_rate", "transaction"): 2}
 
 
-def test_client_reports_disabled(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_client_reports_disabled(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     reports = ClientReports()
     t = make_transport(reports=reports, send_client_reports=False)
     reports.record("sample_rate", "transaction", 2)
@@ -207,7 +229,9 @@ def test_client_reports_disabled(sentry_server: SentryServer, make_transport: Ma
     assert len(sentry_server.received) == 1
 
 
-def test_hanging_sentry_does_not_block(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_hanging_sentry_does_not_block(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.hang()
     t = make_transport(read_timeout=10.0)
     t0 = time.perf_counter()
@@ -225,7 +249,9 @@ def test_hanging_sentry_does_not_block(sentry_server: SentryServer, make_transpo
     assert t.submit(tx_pending()) is False  # closed
 
 
-def test_429_retry_after_drops_before_io(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_429_retry_after_drops_before_io(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.respond(429, {"Retry-After": "30"})
     t = make_transport()
     gate = threading.Event()
@@ -247,7 +273,9 @@ def test_429_retry_after_drops_before_io(sentry_server: SentryServer, make_trans
     }
 
 
-def test_category_limit_lets_errors_flow(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_category_limit_lets_errors_flow(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.respond(429, {"X-Sentry-Rate-Limits": "60:transaction:key"})
     t = make_transport()
     t.submit(tx_pending())
@@ -261,7 +289,9 @@ def test_category_limit_lets_errors_flow(sentry_server: SentryServer, make_trans
     assert ("ratelimit_backoff", "transaction") in t.reports.snapshot()
 
 
-def test_rate_limit_header_on_200(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_rate_limit_header_on_200(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.respond(200, {"X-Sentry-Rate-Limits": "60:error:organization"})
     t = make_transport()
     t.submit(tx_pending())
@@ -273,7 +303,7 @@ def test_rate_limit_header_on_200(sentry_server: SentryServer, make_transport: M
 @pytest.mark.parametrize("status", [413, 500, 400, 403])
 def test_error_status_is_send_error(
     status: int,
-    sentry_server: SentryServer,  # noqa: F811
+    sentry_server: SentryServer,
     make_transport: MakeTransport,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -293,20 +323,28 @@ def test_error_status_is_send_error(
     assert not t.rate_limits.is_limited("transaction", time.monotonic())
 
 
-def test_reset_mid_response_is_network_error(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_reset_mid_response_is_network_error(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.reset()
     t = make_transport()
     t.submit(tx_pending(spans=1))
     assert t.flush(5)
-    assert t.reports.snapshot() == {("network_error", "transaction"): 1, ("network_error", "span"): 2}
+    assert t.reports.snapshot() == {
+        ("network_error", "transaction"): 1,
+        ("network_error", "span"): 2,
+    }
     sentry_server.respond(200)
     t.submit(tx_pending())
     assert t.flush(5)
     assert len(sentry_server.transactions()) == 1  # recovered on a fresh connection
-    assert sentry_server.client_reports() == {("network_error", "transaction"): 1, ("network_error", "span"): 2}
+    assert sentry_server.client_reports() == {
+        ("network_error", "transaction"): 1,
+        ("network_error", "span"): 2,
+    }
 
 
-def test_queue_byte_bound(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_queue_byte_bound(sentry_server: SentryServer, make_transport: MakeTransport) -> None:
     t = make_transport(queue_size=1000, queue_bytes=10_000)
     started, gate = threading.Event(), threading.Event()
 
@@ -327,10 +365,15 @@ def test_queue_byte_bound(sentry_server: SentryServer, make_transport: MakeTrans
     gate.set()
     assert t.flush(5)
     assert t.submit(big) is False
-    assert t.reports.snapshot() == {("queue_overflow", "transaction"): 11, ("queue_overflow", "span"): 11}
+    assert t.reports.snapshot() == {
+        ("queue_overflow", "transaction"): 11,
+        ("queue_overflow", "span"): 11,
+    }
 
 
-def test_flood_bounded_memory_exact_overflow(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_flood_bounded_memory_exact_overflow(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     sentry_server.go_down()
     t = make_transport(queue_size=1000)
     payload = sample_transaction(10)
@@ -361,7 +404,9 @@ def test_flood_bounded_memory_exact_overflow(sentry_server: SentryServer, make_t
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_fork_child_gets_fresh_worker(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_fork_child_gets_fresh_worker(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     t = make_transport()
     t.submit(tx_pending())
     assert t.flush(5)  # the parent's worker and pooled connection exist now
@@ -383,7 +428,9 @@ def test_fork_child_gets_fresh_worker(sentry_server: SentryServer, make_transpor
     assert sentry_server.wait_for(3)
 
 
-def test_explicit_http_proxy_is_used(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_explicit_http_proxy_is_used(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     t = make_transport("http://public@sentry.invalid:9000/1", http_proxy=sentry_server.url)
     t.submit(tx_pending())
     assert t.flush(5)
@@ -392,7 +439,16 @@ def test_explicit_http_proxy_is_used(sentry_server: SentryServer, make_transport
 
 
 def test_proxy_selection_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+    for var in (
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(var, raising=False)
     https = Dsn.parse("https://k@o1.ingest.example.com/1")
     http = Dsn.parse("http://k@sentry.local:9000/1")
@@ -401,7 +457,10 @@ def test_proxy_selection_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HTTP_PROXY", "http://plain:8080")
     assert _transport._select_proxy(https, None, None) == "http://proxy:3128"
     assert _transport._select_proxy(http, None, None) == "http://plain:8080"
-    assert _transport._select_proxy(https, "http://explicit:1", "http://explicit:2") == "http://explicit:2"
+    assert (
+        _transport._select_proxy(https, "http://explicit:1", "http://explicit:2")
+        == "http://explicit:2"
+    )
     assert _transport._select_proxy(https, "http://explicit:1", None) == "http://explicit:1"
     assert _transport._select_proxy(http, "", None) is None
     monkeypatch.setenv("NO_PROXY", "example.com,localhost")
@@ -409,7 +468,9 @@ def test_proxy_selection_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert _transport._select_proxy(http, None, None) == "http://plain:8080"
 
 
-def test_flush_and_close_edge_cases(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_flush_and_close_edge_cases(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
     t = make_transport()
     t0 = time.monotonic()
     assert t.flush(1)
@@ -421,7 +482,7 @@ def test_flush_and_close_edge_cases(sentry_server: SentryServer, make_transport:
     assert t.submit(tx_pending()) is False
 
 
-def test_submit_is_cheap(sentry_server: SentryServer, make_transport: MakeTransport) -> None:  # noqa: F811
+def test_submit_is_cheap(sentry_server: SentryServer, make_transport: MakeTransport) -> None:
     sentry_server.go_down()
     t = make_transport(queue_size=200_000)
     gate = threading.Event()

@@ -37,8 +37,9 @@ def _no_outgoing_headers() -> Iterator[None]:
 
 def _json(start_response: Any, data: Any, status: str = "200 OK") -> list[bytes]:
     body = json.dumps(data).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body)))])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
     return [body]
 
 
@@ -111,6 +112,20 @@ def _call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
     return status[-1], body
 
 
+def wait_transactions(
+    server: SentryServer, n: int, events: int = 0, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """Wait until ``n`` transactions (and ``events`` error events) arrived; return them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        txs = server.transactions()
+        if len(txs) >= n and len(server.events()) >= events:
+            return txs
+        if time.monotonic() > deadline:
+            return txs
+        time.sleep(0.02)
+
+
 def _init(server: SentryServer, **options: Any) -> None:
     options.setdefault("traces_sample_rate", 1.0)
     stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
@@ -118,8 +133,7 @@ def _init(server: SentryServer, **options: Any) -> None:
 
 def _one_tx(server: SentryServer, n: int = 1) -> list[dict[str, Any]]:
     assert stm.flush(5)
-    assert server.wait_for(n, 5)
-    txs = server.transactions()
+    txs = wait_transactions(server, n)
     assert len(txs) == n, [t["transaction"] for t in txs]
     return txs
 
@@ -134,9 +148,14 @@ def test_real_server_transaction_shape_and_privacy(sentry_server: SentryServer) 
         resp = requests.get(
             f"{base}/users/42?page=2&token=s3cret&password=hunter2",
             headers={
-                "Authorization": "Bearer abc", "Cookie": "session=1", "X-Api-Key": "k",
-                "X-Forwarded-For": "1.2.3.4", "X-Real-IP": "1.2.3.4",
-                "Proxy-Authorization": "Basic x", "Set-Cookie": "a=b", "X-Custom": "kept",
+                "Authorization": "Bearer abc",
+                "Cookie": "session=1",
+                "X-Api-Key": "k",
+                "X-Forwarded-For": "1.2.3.4",
+                "X-Real-IP": "1.2.3.4",
+                "Proxy-Authorization": "Basic x",
+                "Set-Cookie": "a=b",
+                "X-Custom": "kept",
             },
             timeout=5,
         )
@@ -158,8 +177,15 @@ def test_real_server_transaction_shape_and_privacy(sentry_server: SentryServer) 
     assert req["query_string"] == "page=2&token=[Filtered]&password=[Filtered]"
     headers = {k.lower(): v for k, v in req["headers"].items()}
     assert headers["x-custom"] == "kept"
-    for name in ("authorization", "cookie", "x-api-key", "x-forwarded-for", "x-real-ip",
-                 "proxy-authorization", "set-cookie"):
+    for name in (
+        "authorization",
+        "cookie",
+        "x-api-key",
+        "x-forwarded-for",
+        "x-real-ip",
+        "proxy-authorization",
+        "set-cookie",
+    ):
         assert name not in headers
     assert "REMOTE_ADDR" not in req.get("env", {})
     assert "cookies" not in req
@@ -170,8 +196,11 @@ def test_send_default_pii_keeps_headers_ip_and_query(sentry_server: SentryServer
     _init(sentry_server, send_default_pii=True)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
-        requests.get(f"{base}/x?token=s3cret", headers={"Authorization": "Bearer abc",
-                                                      "X-Forwarded-For": "1.2.3.4"}, timeout=5)
+        requests.get(
+            f"{base}/x?token=s3cret",
+            headers={"Authorization": "Bearer abc", "X-Forwarded-For": "1.2.3.4"},
+            timeout=5,
+        )
     (tx,) = _one_tx(sentry_server)
     req = tx["request"]
     headers = {k.lower(): v for k, v in req["headers"].items()}
@@ -277,7 +306,7 @@ def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: Sent
         app(_environ("/boom"), lambda s, h, e=None: None)
     assert info.value is raised[0]
     assert CURRENT_SPAN.get() is None
-    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
     (tx,) = sentry_server.transactions()
     (event,) = sentry_server.events()
     assert tx["contexts"]["trace"]["status"] == "internal_error"
@@ -298,7 +327,7 @@ def test_exception_mid_stream(sentry_server: SentryServer) -> None:
     with pytest.raises(RuntimeError, match="mid-stream"):
         next(it)
     result.close()  # type: ignore[attr-defined]
-    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
     (tx,) = sentry_server.transactions()
     (event,) = sentry_server.events()
     assert tx["contexts"]["trace"]["status"] == "internal_error"
@@ -359,8 +388,11 @@ def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None
         "sentry-transaction=checkout,other=vendor"
     )
     with run_wsgi(app) as base:
-        out = requests.get(f"{base}/headers", timeout=5, headers={
-            "sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1", "baggage": baggage}).json()
+        out = requests.get(
+            f"{base}/headers",
+            timeout=5,
+            headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1", "baggage": baggage},
+        ).json()
     (tx,) = _one_tx(sentry_server)
     trace = tx["contexts"]["trace"]
     assert trace["trace_id"] == TRACE_ID
@@ -369,8 +401,12 @@ def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None
     assert "sentry-transaction=checkout" in out["baggage"]
     (env,) = [e for e in sentry_server.envelopes() if any(e.items_of("transaction"))]
     assert env.headers["trace"] == {
-        "trace_id": TRACE_ID, "public_key": "upstream", "sample_rate": "0.5",
-        "sample_rand": "0.25", "sampled": "true", "environment": "up",
+        "trace_id": TRACE_ID,
+        "public_key": "upstream",
+        "sample_rate": "0.5",
+        "sample_rand": "0.25",
+        "sampled": "true",
+        "environment": "up",
         "transaction": "checkout",
     }
 
@@ -378,8 +414,9 @@ def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None
 def test_negative_upstream_decision_sends_nothing(sentry_server: SentryServer) -> None:
     _init(sentry_server)
     app = TracingMiddleware(plain_app)
-    out = json.loads(_call(app, _environ(
-        "/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"))[1])
+    out = json.loads(
+        _call(app, _environ("/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"))[1]
+    )
     assert out["sentry-trace"].startswith(TRACE_ID) and out["sentry-trace"].endswith("-0")
     stm.flush(5)
     assert sentry_server.transactions() == []
@@ -398,8 +435,9 @@ def test_traces_sampler_receives_the_environ(sentry_server: SentryServer) -> Non
     seen: list[Any] = []
 
     def sampler(ctx: Any) -> float:
-        seen.append((ctx["wsgi_environ"]["PATH_INFO"], ctx["transaction_context"]["name"],
-                     ctx.get("route")))
+        seen.append(
+            (ctx["wsgi_environ"]["PATH_INFO"], ctx["transaction_context"]["name"], ctx.get("route"))
+        )
         return 1.0 if ctx["wsgi_environ"]["PATH_INFO"] == "/yes" else 0.0
 
     _init(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
@@ -421,8 +459,9 @@ def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
     with run_wsgi(app) as base:
 
         def call(trace_id: str) -> str:
-            out = requests.get(f"{base}/span", timeout=5, headers={
-                "sentry-trace": f"{trace_id}-{PARENT_ID}-1"}).json()
+            out = requests.get(
+                f"{base}/span", timeout=5, headers={"sentry-trace": f"{trace_id}-{PARENT_ID}-1"}
+            ).json()
             return str(out["trace_id"])
 
         with ThreadPoolExecutor(8) as pool:
@@ -456,8 +495,7 @@ def test_no_span_left_current_on_a_reused_server_thread(sentry_server: SentrySer
 
     with run_wsgi(outer, threaded=False) as base:  # one thread serves every request
         for path in ("/stream", "/headers", "/boom", "/x"):
-            requests.request("HEAD" if path == "/headers" else "GET", f"{base}{path}",
-                             timeout=5)
+            requests.request("HEAD" if path == "/headers" else "GET", f"{base}{path}", timeout=5)
     assert len(observed) == 10  # /boom raised: no "returned" nor close
     assert all(span is None and ctx is None for _, span, ctx in observed), observed
 
@@ -476,8 +514,14 @@ def test_nested_middlewares_make_one_transaction(sentry_server: SentryServer) ->
 def test_odd_environ_is_served(sentry_server: SentryServer) -> None:
     _init(sentry_server)
     app = TracingMiddleware(plain_app)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/caf\xc3\xa9", "SERVER_PORT": 8080,
-               "HTTP_X_NUMBER": 5, "HTTP_SENTRY_TRACE": "garbage", "HTTP_BAGGAGE": "%%%"}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/caf\xc3\xa9",
+        "SERVER_PORT": 8080,
+        "HTTP_X_NUMBER": 5,
+        "HTTP_SENTRY_TRACE": "garbage",
+        "HTTP_BAGGAGE": "%%%",
+    }
     status, body = _call(app, environ)
     assert status.startswith("200")
     (tx,) = _one_tx(sentry_server)
@@ -488,8 +532,9 @@ def test_odd_environ_is_served(sentry_server: SentryServer) -> None:
 def test_without_init_the_middleware_initializes_from_kwargs(
     sentry_server: SentryServer,
 ) -> None:
-    app = TracingMiddleware(plain_app, dsn=sentry_server.dsn, traces_sample_rate=1.0,
-                            instrument_http_clients=False)
+    app = TracingMiddleware(
+        plain_app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False
+    )
     assert stm.is_initialized()
     _call(app, _environ("/kw"))
     (tx,) = _one_tx(sentry_server)
@@ -501,8 +546,9 @@ def test_untraced_requests_run_in_parallel_threads() -> None:
     results: list[str] = []
 
     def worker() -> None:
-        out = json.loads(_call(app, _environ(
-            "/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}"))[1])
+        out = json.loads(
+            _call(app, _environ("/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}"))[1]
+        )
         results.append(out["sentry-trace"][:32])
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

@@ -416,7 +416,9 @@ def _prepare_span_v2(
         raise EnvelopeError(f"{where}: not a JSON object")
     attrs_raw = raw.get("attributes")
     attrs = (
-        {str(k): _attr_value(v) for k, v in attrs_raw.items()} if isinstance(attrs_raw, dict) else {}
+        {str(k): _attr_value(v) for k, v in attrs_raw.items()}
+        if isinstance(attrs_raw, dict)
+        else {}
     )
     trace_id = _trace_id(raw.get("trace_id"))
     span_id = _span_id(raw.get("span_id"))
@@ -460,9 +462,7 @@ def _prepare_span_v2(
         rate = _sample_rate(attrs.get("sentry.sample_rate"))
         if rate is None and isinstance(dsc, dict):
             rate = _sample_rate(dsc.get("sample_rate"))
-        service = _service(
-            attrs.get("sentry.release"), None, attrs.get("service.name"), project
-        )
+        service = _service(attrs.get("sentry.release"), None, attrs.get("service.name"), project)
         segment = out.segments[key] = _Segment(trace_id, segment_id, service, rate, [])
     segment.spans.append(row)
 
@@ -495,8 +495,7 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
                 spans = [payload]  # a single (v1) span
             else:
                 raise EnvelopeError(
-                    f"{where}: expected {{'version': 2, 'items': [...]}} "
-                    f"({SPAN_V2_CONTENT_TYPE})"
+                    f"{where}: expected {{'version': 2, 'items': [...]}} ({SPAN_V2_CONTENT_TYPE})"
                 )
             for i, raw in enumerate(spans):
                 _prepare_span_v2(raw, f"{where} span {i}", headers, project, out)
@@ -646,8 +645,13 @@ class Store:
             cur = db.execute(
                 "INSERT INTO envelopes(received, project, headers, item_types, size) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (now, prepared.project, _json(prepared.headers),
-                 _json(prepared.item_types), prepared.size),
+                (
+                    now,
+                    prepared.project,
+                    _json(prepared.headers),
+                    _json(prepared.item_types),
+                    prepared.size,
+                ),
             )
             env_id = int(cur.lastrowid or 0)
             result = IngestResult(env_id, ignored=list(prepared.ignored))
@@ -663,16 +667,25 @@ class Store:
                     "INSERT OR REPLACE INTO errors(event_id, trace_id, span_id, "
                     "transaction_name, level, title, timestamp, received, project, event) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (err.event_id, err.trace_id, err.span_id, err.transaction, err.level,
-                     err.title, err.timestamp, now, prepared.project, _json(err.event)),
+                    (
+                        err.event_id,
+                        err.trace_id,
+                        err.span_id,
+                        err.transaction,
+                        err.level,
+                        err.title,
+                        err.timestamp,
+                        now,
+                        prepared.project,
+                        _json(err.event),
+                    ),
                 )
                 result.errors += 1
             for rep in prepared.reports:
                 db.execute(
                     "INSERT INTO client_reports(received, timestamp, project, reason, "
                     "category, quantity) VALUES (?, ?, ?, ?, ?, ?)",
-                    (now, rep.timestamp, prepared.project, rep.reason, rep.category,
-                     rep.quantity),
+                    (now, rep.timestamp, prepared.project, rep.reason, rep.category, rep.quantity),
                 )
                 result.client_reports += 1
         return result
@@ -684,9 +697,22 @@ class Store:
             "op, description, status, start_ts, end_ts, origin, tags, data, segment_name) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (unit_id, r.span_id, r.trace_id, r.parent_span_id, int(r.is_root), r.op,
-                 r.description, r.status, r.start, r.end, r.origin, _json(r.tags),
-                 _json(r.data), r.segment_name)
+                (
+                    unit_id,
+                    r.span_id,
+                    r.trace_id,
+                    r.parent_span_id,
+                    int(r.is_root),
+                    r.op,
+                    r.description,
+                    r.status,
+                    r.start,
+                    r.end,
+                    r.origin,
+                    _json(r.tags),
+                    _json(r.data),
+                    r.segment_name,
+                )
                 for r in rows
             ],
         )
@@ -701,10 +727,25 @@ class Store:
             "description, status, start_ts, end_ts, duration_ms, service, project, sample_rate, "
             "complete, received, envelope_id, event) "
             "VALUES (?, 'transaction', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-            (tx.event_id, tx.trace_id, root.span_id, root.parent_span_id, tx.name, root.op,
-             root.description, root.status, root.start, root.end,
-             (root.end - root.start) * 1000.0, tx.service, project, tx.sample_rate, now,
-             env_id, _json(tx.event)),
+            (
+                tx.event_id,
+                tx.trace_id,
+                root.span_id,
+                root.parent_span_id,
+                tx.name,
+                root.op,
+                root.description,
+                root.status,
+                root.start,
+                root.end,
+                (root.end - root.start) * 1000.0,
+                tx.service,
+                project,
+                tx.sample_rate,
+                now,
+                env_id,
+                _json(tx.event),
+            ),
         )
         self._insert_spans(db, tx.event_id, [root, *tx.spans])
 
@@ -746,9 +787,26 @@ class Store:
             "description, status, start_ts, end_ts, duration_ms, service, project, sample_rate, "
             "complete, received, envelope_id, event) "
             "VALUES (?, 'segment', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (unit_id, seg.trace_id, seg.segment_id, fields[0], name[:200], fields[1], fields[2],
-             fields[3], start, end, (end - start) * 1000.0, service, project, rate,
-             int(root is not None), received, first_env, _json(event)),
+            (
+                unit_id,
+                seg.trace_id,
+                seg.segment_id,
+                fields[0],
+                name[:200],
+                fields[1],
+                fields[2],
+                fields[3],
+                start,
+                end,
+                (end - start) * 1000.0,
+                service,
+                project,
+                rate,
+                int(root is not None),
+                received,
+                first_env,
+                _json(event),
+            ),
         )
 
     # reading ------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def _bar(start: float, end: float, t0: float, total: float, width: int) -> str:
     if total <= 0:
         return "█" * width
     a = int((start - t0) / total * width)
-    b = int(round((end - t0) / total * width))
+    b = round((end - t0) / total * width)
     a = min(max(a, 0), width - 1)
     b = min(max(b, a + 1), width)
     return "·" * a + "█" * (b - a) + "·" * (width - b)
@@ -306,7 +306,7 @@ def render_trace(
             marks.append("[segment root not received]")
         for err in errors_by_span.get(node.span_id, []):
             marks.append(f"[ERROR {_short(err.get('title'), 60)}]")
-        text = _short(lead + label, label_width)
+        text = lead + _short(label, max(label_width - len(lead), 16))
         lines.append(
             f"{text:<{label_width}} {node.status:<16} {_fmt_ms(node.duration_ms):>8} "
             f"|{_bar(node.start, node.end, t0, total, bar_width)}|"
@@ -314,9 +314,10 @@ def render_trace(
         )
         if node.is_unit_root and not node.synthetic:
             for g0, g1 in find_gaps(node):
-                gap_lead = prefix_of[id(node)] if depth else "   "
-                gap = _short(
-                    f"{gap_lead}~ missing instrumentation (not covered by any span)", label_width
+                gap_lead = prefix_of[id(node)] + ("│  " if node.children else "   ")
+                gap = gap_lead + _short(
+                    "~ missing instrumentation (not covered by any span)",
+                    max(label_width - len(gap_lead), 16),
                 )
                 lines.append(
                     f"{gap:<{label_width}} {'':<16} {_fmt_ms((g1 - g0) * 1000):>8} "

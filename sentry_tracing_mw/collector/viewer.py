@@ -228,8 +228,21 @@ def _tree_json(
 
 def _unit_summary(unit: dict[str, Any]) -> dict[str, Any]:
     keep = (
-        "id", "kind", "trace_id", "span_id", "parent_span_id", "name", "op", "status",
-        "start_ts", "end_ts", "duration_ms", "service", "project", "sample_rate", "complete",
+        "id",
+        "kind",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "op",
+        "status",
+        "start_ts",
+        "end_ts",
+        "duration_ms",
+        "service",
+        "project",
+        "sample_rate",
+        "complete",
         "received",
     )
     return {k: unit.get(k) for k in keep}
@@ -267,8 +280,15 @@ def transaction_view(store: Store, unit_id: str) -> dict[str, Any] | None:
             "event": {
                 k: event.get(k)
                 for k in (
-                    "release", "environment", "server_name", "tags", "request", "measurements",
-                    "sdk", "transaction_info", "contexts",
+                    "release",
+                    "environment",
+                    "server_name",
+                    "tags",
+                    "request",
+                    "measurements",
+                    "sdk",
+                    "transaction_info",
+                    "contexts",
                 )
                 if event.get(k) is not None
             },
@@ -277,9 +297,9 @@ def transaction_view(store: Store, unit_id: str) -> dict[str, Any] | None:
             "trace_units": len(trace_units),
         }
     )
-    view["errors"] = [e for e in view["errors"] if any(
-        r["span_id"] == e.get("span_id") for r in view["rows"]
-    )]
+    view["errors"] = [
+        e for e in view["errors"] if any(r["span_id"] == e.get("span_id") for r in view["rows"])
+    ]
     return view
 
 
@@ -289,15 +309,15 @@ def trace_view(store: Store, trace_id: str) -> dict[str, Any] | None:
     units = store.units_of_trace(clean)
     if not units:
         matches = store.find_traces(clean, limit=2) if len(clean) >= 6 else []
-        if len(matches) != 1:
+        if len(matches) == 1:
+            clean = matches[0]
+            units = store.units_of_trace(clean)
+        elif not store.errors_of_trace(clean):
             return None
-        clean = matches[0]
-        units = store.units_of_trace(clean)
     spans = store.spans_of_units([u["id"] for u in units])
     view = _tree_json(store, clean, units, spans)
     unit_rows = {r["unit_id"]: r for r in view["rows"] if r["is_unit_root"]}
     view["units"] = [
-        dict(_unit_summary(u), orphan=bool(unit_rows.get(u["id"], {}).get("orphan")))
-        for u in units
+        dict(_unit_summary(u), orphan=bool(unit_rows.get(u["id"], {}).get("orphan"))) for u in units
     ]
     return view

@@ -106,8 +106,13 @@ def _abandon(out: Outgoing) -> None:
     span = out.span
     if span is None or span._end is not None:
         return
-    exc = sys.exc_info()[1]
-    fail(span, exc if exc is not None else ConnectionAbortedError(), _TIMEOUTS)
+    exc = sys.exc_info()[1]  # closed while handling an error (e.g. a failed body upload)
+    if exc is not None:
+        fail(span, exc, _TIMEOUTS)
+        return
+    if span._status is None:
+        span._status = "cancelled"
+    finish(span)
 
 
 def install() -> Callable[[], None]:
@@ -129,10 +134,10 @@ def install() -> Callable[[], None]:
         skip_accept_encoding: bool = False,
     ) -> None:
         stale = self._stm_outgoing  # type: ignore[attr-defined]
-        if stale is not None:
+        orig_putrequest(self, method, url, skip_host, skip_accept_encoding)
+        if stale is not None:  # only after a request that never reached endheaders()
             self._stm_outgoing = None  # type: ignore[attr-defined]
             _abandon(stale)
-        orig_putrequest(self, method, url, skip_host, skip_accept_encoding)
         if CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None:
             return
         if not enabled:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import ChainMap
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import Token
 from typing import Any
 
@@ -452,9 +452,9 @@ def _exception_from_frames() -> BaseException | None:
 _hooks_installed = False
 
 
-def _install_hooks() -> None:
-    """Connect the exception signal, the ORM and template hooks, the tag library (once
-    per process; the tag library on every middleware start, engines may be new)."""
+def _install_hooks(tag_library: bool = True) -> None:
+    """Connect the exception signal, the ORM and template hooks (once per process) and
+    register the tag library (on every middleware start: engines may be new)."""
     global _hooks_installed
     if not _hooks_installed:
         _hooks_installed = True
@@ -478,6 +478,8 @@ def _install_hooks() -> None:
             install_templates()
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting templates failed")
+    if not tag_library:
+        return
     try:
         from ._templates import register_tag_library
 
@@ -510,5 +512,3 @@ def context_processor(request: Any) -> Mapping[str, Any]:
     """Django context processor adding ``sentry_trace_meta`` (``sentry-sdk``'s name)."""
     return {"sentry_trace_meta": _TRACE_META}
 
-
-_ = Awaitable  # re-exported typing helper kept for subclasses' annotations

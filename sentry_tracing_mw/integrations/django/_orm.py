@@ -1,0 +1,93 @@
+"""ORM query spans through ``connection.execute_wrappers`` on every database connection.
+
+The wrapper is installed on connections that exist when the middleware starts and on every
+new one (``connection_created``). It is inserted first in the list, so it times the whole
+query and never disturbs ``with connection.execute_wrapper(...)`` blocks (they pop the
+last entry). With no sampled span current it costs one ContextVar read per query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..._context import CURRENT_SPAN
+
+__all__ = ["QueryWrapper", "install_orm", "instrument_connection"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+_ORIGIN = "auto.db.django"
+
+
+class QueryWrapper:
+    """A Django execute wrapper recording each query as a ``db`` span."""
+
+    __slots__ = ("_name", "_vendor")
+
+    def __init__(self, vendor: str, name: str) -> None:
+        self._vendor = vendor
+        self._name = name
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: Any,
+        params: Any,
+        many: bool,
+        context: Any,
+    ) -> Any:
+        parent = CURRENT_SPAN.get()
+        if parent is None:
+            return execute(sql, params, many, context)
+        if not parent._recording:
+            tx = parent._tx
+            if tx is not None:
+                tx._n_children += 1  # counted in the client report of dropped spans
+            return execute(sql, params, many, context)
+        try:
+            span = parent.start_child(
+                "db", sql if isinstance(sql, str) else str(sql), origin=_ORIGIN
+            )
+            span._data = {"db.system": self._vendor, "db.name": self._name}
+        except Exception:
+            logger.debug("starting a db span failed", exc_info=True)
+            return execute(sql, params, many, context)
+        try:
+            return execute(sql, params, many, context)
+        except BaseException:
+            span._status = "internal_error"
+            raise
+        finally:
+            span.finish()
+
+
+def instrument_connection(connection: Any) -> None:
+    """Install the query wrapper on one ``DatabaseWrapper`` (idempotent)."""
+    wrappers = getattr(connection, "execute_wrappers", None)
+    if not isinstance(wrappers, list):
+        return
+    for wrapper in wrappers:
+        if type(wrapper) is QueryWrapper:
+            return
+    name = connection.settings_dict.get("NAME") or ""
+    wrappers.insert(0, QueryWrapper(str(connection.vendor), str(name)))
+
+
+def _on_connection_created(sender: Any, connection: Any = None, **kwargs: Any) -> None:
+    try:
+        if connection is not None:
+            instrument_connection(connection)
+    except Exception:
+        logger.exception("sentry_tracing_mw: instrumenting a database connection failed")
+
+
+def install_orm() -> None:
+    """Instrument existing connections (this thread's) and every future one."""
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_on_connection_created, dispatch_uid="sentry_tracing_mw.orm")
+    for connection in connections.all(initialized_only=True):
+        instrument_connection(connection)

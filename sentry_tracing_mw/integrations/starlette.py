@@ -1,0 +1,467 @@
+"""Starlette and FastAPI: ``app.add_middleware(TracingMiddleware, **options)``.
+
+A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What it adds:
+
+* Route names with every mount prefix, set while Starlette routes the request, before
+  the view runs. The app gets a copy of the scope that writes every change through to
+  the original and watches routing: Starlette and FastAPI record the matched route and
+  the mount's child scope in the scope (``scope["route"] = ...``, ``scope.update(...)``)
+  at each level, so following those writes gives the full template without a second
+  walk over the routes and without patching the router.
+* Unmatched requests are named ``"GET 404"`` / ``"POST 405"`` (one name per method and
+  status), never the raw path.
+* Exceptions that an app's exception handler turns into a 5xx response are captured
+  (the handlers Starlette puts in the scope are wrapped, once per handler table).
+* Each ``BackgroundTask`` run while a request transaction is open becomes a child span
+  (op ``function``); the transaction ends when they finish, after the response was sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.routing import Host, Match, Mount
+
+from .._client import get_client
+from .._context import CURRENT_SPAN
+from .._tracing import Transaction
+from . import asgi
+from .asgi import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["TracingMiddleware"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+_ORIGIN_STARLETTE = "auto.http.starlette"
+_ORIGIN_FASTAPI = "auto.http.fastapi"
+_HANDLERS_KEY = "starlette.exception_handlers"
+_MAX_DEPTH = 32
+
+
+def dotted_name(obj: Any) -> str | None:
+    """``module.qualname`` of a function or class (``partial(<function m.f>)`` for partials).
+
+    The shape of ``sentry-sdk``'s endpoint / function_name transaction style.
+    """
+    prefix = suffix = ""
+    if isinstance(obj, functools.partial):
+        prefix, suffix = "partial(<function ", ">)"
+        obj = obj.func
+    else:
+        pm = getattr(obj, "_partialmethod", None) or getattr(obj, "__partialmethod__", None)
+        if isinstance(pm, functools.partialmethod):
+            prefix, suffix = "partialmethod(<function ", ">)"
+            obj = pm.func
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(name, str):
+        return None
+    module = getattr(obj, "__module__", None)
+    if isinstance(module, str):
+        name = f"{module}.{name}"
+    return f"{prefix}{name}{suffix}"
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or (
+        callable(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    )
+
+
+def _effective_context(scope: Mapping[str, Any], route: Any) -> Any:
+    """FastAPI >= 0.137 keeps an included route's prefixed path in scope["fastapi"]."""
+    fastapi_scope = dict.get(scope, "fastapi") if isinstance(scope, dict) else None
+    if not isinstance(fastapi_scope, dict):
+        return None
+    ctx = fastapi_scope.get("effective_route_context")
+    if ctx is None or (route is not None and getattr(ctx, "original_route", None) is not route):
+        return None
+    return ctx
+
+
+class _RoutingScope(dict[str, Any]):
+    """The scope handed to the app: every change is written through to the server's
+    scope, and routing writes name the request's transaction."""
+
+    __slots__ = ("_base", "_mw", "_prefix", "_routes", "_tx", "_method", "_named")
+
+    def __init__(self, base: Scope, mw: TracingMiddleware, tx: Transaction, method: str) -> None:
+        dict.__init__(self, base)
+        self._base = base
+        self._mw = mw
+        self._tx = tx
+        self._method = method
+        self._prefix = ""
+        self._routes: Any = None  # routes of the router being matched; None = the app's
+        self._named = False
+
+    # -- write-through mutations ---------------------------------------------------------
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == _HANDLERS_KEY:
+            value = self._mw._wrapped_handlers(value)
+        dict.__setitem__(self, key, value)
+        self._base[key] = value
+        if key == "route":
+            self._on_route(value)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        if not isinstance(other, Mapping):
+            other = dict(other)
+        dict.update(self, other, **kwargs)
+        self._base.update(other, **kwargs)
+        if other:
+            self._on_child(other)
+
+    def __ior__(self, other: Any) -> _RoutingScope:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        value = dict.setdefault(self, key, default)
+        if key not in self._base:
+            self._base[key] = value
+        return value
+
+    def __delitem__(self, key: str) -> None:
+        dict.__delitem__(self, key)
+        self._base.pop(key, None)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = dict.pop(self, key, *default)
+        self._base.pop(key, None)
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = dict.popitem(self)
+        self._base.pop(key, None)
+        return key, value
+
+    def clear(self) -> None:
+        dict.clear(self)
+        self._base.clear()
+
+    # -- routing -------------------------------------------------------------------------
+    def _name(self, name: str, source: str) -> None:
+        self._tx.set_name(name, source)
+        self._named = True
+
+    def _on_route(self, route: Any) -> None:
+        try:
+            if not isinstance(route, (Mount, Host)):
+                self._leaf(route)
+        except Exception:
+            logger.debug("naming the transaction from the route failed", exc_info=True)
+
+    def _on_child(self, child: Mapping[str, Any]) -> None:
+        try:
+            if "root_path" in child and "endpoint" in child:
+                self._mount(child["endpoint"], child["root_path"])
+                return
+            route = child.get("route")
+            if route is not None:
+                self._on_route(route)
+                return
+            endpoint = child.get("endpoint")
+            if endpoint is None:
+                return
+            current = dict.get(self, "route")
+            if isinstance(current, Host):
+                if current.app is endpoint:
+                    self._routes = current.routes
+                return
+            if current is not None and getattr(current, "endpoint", None) is endpoint:
+                return  # named when scope["route"] was set
+            for cand in self._current_routes():  # Starlette versions without scope["route"]
+                if isinstance(cand, Host) and cand.app is endpoint:
+                    self._routes = cand.routes
+                    return
+                if getattr(cand, "endpoint", None) is endpoint and self._method_allowed(
+                    getattr(cand, "methods", None)
+                ):
+                    self._leaf(cand)
+                    return
+        except Exception:
+            logger.debug("naming the transaction from the route failed", exc_info=True)
+
+    def _current_routes(self) -> Iterable[Any]:
+        routes = self._routes
+        if routes is None:
+            routes = getattr(dict.get(self, "app"), "routes", None) or getattr(
+                self._mw.app, "routes", None
+            )
+        return routes or ()
+
+    def _method_allowed(self, methods: Any) -> bool:
+        return not methods or dict.get(self, "type") != "http" or self._method in methods
+
+    def _mount(self, app: Any, root_path: Any) -> None:
+        mount = dict.get(self, "route")
+        if not (isinstance(mount, Mount) and mount.app is app):
+            mount = None
+            for cand in self._current_routes():
+                if isinstance(cand, Mount) and cand.app is app:
+                    mount = cand
+                    break
+        if mount is None:
+            # Not found (e.g. a mount inside a FastAPI included router): FastAPI may know it.
+            ctx = _effective_context(self, None)
+            path = getattr(ctx, "path", None) if ctx is not None else None
+            if not isinstance(path, str):
+                return
+            self._prefix += path
+            self._routes = getattr(app, "routes", None) or ()
+            return
+        self._prefix += mount.path
+        routes = mount.routes
+        self._routes = routes
+        if not routes and not self._named:
+            # A leaf app (static files, a mounted WSGI app): name the mount; an inner
+            # integration (Flask, Django) may rename it with its own route.
+            if self._mw._endpoint_style:
+                name = self._mw._endpoint_name(type(app)) or self._prefix + "/{path}"
+                self._tx.set_name(name, "component")
+            else:
+                self._tx.set_name(self._prefix + "/{path}", "route")
+
+    def _leaf(self, route: Any) -> None:
+        ctx = _effective_context(self, route)
+        src = ctx if ctx is not None else route
+        if not self._method_allowed(getattr(src, "methods", None)):
+            return  # a partial match: "POST 405" once the status is known
+        if self._mw._endpoint_style:
+            endpoint = getattr(src, "endpoint", None)
+            name = self._mw._endpoint_name(endpoint) if endpoint is not None else None
+            if name:
+                self._name(name, "component")
+            return
+        path = getattr(src, "path", None)
+        if isinstance(path, str):
+            self._name(self._prefix + path, "route")
+
+    def _late_name(self) -> bool:
+        """At response start: an included route FastAPI resolved without scope["route"]."""
+        ctx = _effective_context(self, None)
+        if ctx is None:
+            return False
+        self._leaf(ctx.original_route)
+        return self._named
+
+
+class TracingMiddleware(asgi.TracingMiddleware):
+    """Trace a Starlette or FastAPI app: ``app.add_middleware(TracingMiddleware, **options)``.
+
+    Options: any ``init()`` option (used only when ``init()`` was not called) plus
+    ``transaction_style`` (``"route"``/``"url"`` or ``"endpoint"``/``"function_name"``),
+    ``ignore_paths`` and ``http_methods_to_capture``.
+    """
+
+    origin = _ORIGIN_STARLETTE
+    name_unmatched = True
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._endpoint_style = self.config.transaction_style == "endpoint"
+        self._origins: dict[type, str] = {}
+        self._names: dict[Any, str | None] = {}
+        self._handlers: dict[tuple[int, int], tuple[Any, Any, int, int, tuple[Any, Any]]] = {}
+        _instrument_background_tasks()
+
+    # -- hooks ---------------------------------------------------------------------------
+    def request_origin(self, scope: Scope) -> str:
+        """``auto.http.fastapi`` for FastAPI apps, else ``auto.http.starlette``."""
+        kind = type(scope.get("app"))
+        origin = self._origins.get(kind)
+        if origin is None:
+            fastapi = any(
+                (getattr(c, "__module__", "") or "").split(".", 1)[0] == "fastapi"
+                for c in kind.__mro__
+            )
+            origin = self._origins[kind] = _ORIGIN_FASTAPI if fastapi else _ORIGIN_STARLETTE
+        return origin
+
+    def app_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
+        """A watching copy of the scope that names the transaction while routing."""
+        if isinstance(scope, _RoutingScope):
+            return scope  # an outer Starlette integration is already watching
+        return _RoutingScope(scope, self, tx, method)
+
+    def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
+        """Nothing named the request by the time it responds: ``"GET 404"`` style."""
+        if isinstance(scope, _RoutingScope) and code != 404 and code != 405:
+            if scope._late_name():
+                return
+        tx.set_name(f"{method} {code}", "route")
+
+    def resolve_route(self, scope: Scope) -> str | None:
+        """The route template for ``traces_sampler``: walks the routes with ``matches()``."""
+        routes = getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
+        if not routes:
+            return None
+        probe = dict(scope)
+        prefix = ""
+        for _ in range(_MAX_DEPTH):
+            found: Any = None
+            child: Any = None
+            for route in routes:
+                match, child = route.matches(probe)
+                if match is Match.FULL:
+                    found = route
+                    break
+            if found is None:
+                return None
+            probe.update(child)
+            if isinstance(found, (Mount, Host)):
+                if isinstance(found, Mount):
+                    prefix += found.path
+                routes = found.routes
+                if not routes:
+                    return prefix + "/{path}" if isinstance(found, Mount) else None
+                continue
+            path = getattr(found, "path", None)
+            if isinstance(path, str):
+                return prefix + path
+            sub = getattr(found, "effective_route_contexts", None)  # FastAPI included router
+            if sub is not None:
+                for ctx in sub():
+                    if ctx.matches(probe)[0] is Match.FULL and isinstance(ctx.path, str):
+                        return prefix + str(ctx.path)
+            return None
+        return None
+
+    async def name_only(
+        self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
+    ) -> None:
+        """An outer middleware owns the transaction: name it from the route only."""
+        if tx is None or isinstance(scope, _RoutingScope):
+            await self.app(scope, receive, send)
+            return
+        method = str(scope.get("method") or "GET").upper()
+        try:
+            inner: Scope = _RoutingScope(scope, self, tx, method)
+        except Exception:
+            logger.exception("sentry_tracing_mw: preparing the request scope failed")
+            await self.app(scope, receive, send)
+            return
+
+        async def naming_send(message: Message) -> None:
+            if message.get("type") == "http.response.start" and tx._source == "url":
+                try:
+                    self.name_on_response(tx, inner, method, int(message["status"]))
+                except Exception:
+                    logger.debug("naming an unmatched request failed", exc_info=True)
+            await send(message)
+
+        await self.app(inner, receive, naming_send)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _endpoint_name(self, endpoint: Any) -> str | None:
+        try:
+            return self._names[endpoint]
+        except KeyError:
+            name = self._names[endpoint] = dotted_name(endpoint)
+            return name
+        except TypeError:  # unhashable endpoint
+            return dotted_name(endpoint)
+
+    def _wrapped_handlers(self, value: Any) -> Any:
+        """The exception/status handler tables with 5xx-capturing wrappers (cached)."""
+        try:
+            exc_handlers, status_handlers = value
+            key = (id(exc_handlers), id(status_handlers))
+            cached = self._handlers.get(key)
+            if (
+                cached is not None
+                and cached[0] is exc_handlers
+                and cached[1] is status_handlers
+                and cached[2] == len(exc_handlers)
+                and cached[3] == len(status_handlers)
+            ):
+                return cached[4]
+            wrapped = (
+                {k: _capturing(h) for k, h in exc_handlers.items()},
+                {k: _capturing(h) for k, h in status_handlers.items()},
+            )
+            self._handlers[key] = (
+                exc_handlers, status_handlers, len(exc_handlers), len(status_handlers), wrapped
+            )
+            return wrapped
+        except Exception:
+            logger.debug("wrapping the exception handlers failed", exc_info=True)
+            return value
+
+
+def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
+    try:
+        code = getattr(response, "status_code", None)
+        if not isinstance(code, int) or code < 500:
+            return
+        scope = getattr(conn, "scope", None)
+        tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
+        span = CURRENT_SPAN.get() or tx
+        get_client().capture_exception(exc, span=span, mechanism="starlette", handled=False)
+    except Exception:
+        logger.debug("capturing a handled exception failed", exc_info=True)
+
+
+def _capturing(handler: Any) -> Any:
+    """Wrap an exception handler: a 5xx response it returns is captured as an error."""
+    if getattr(handler, "_stm_capturing", False) or not callable(handler):
+        return handler
+    if _is_async(handler):
+
+        async def async_handler(conn: Any, exc: Exception) -> Any:
+            response = await handler(conn, exc)
+            _capture_handled(conn, exc, response)
+            return response
+
+        async_handler._stm_capturing = True  # type: ignore[attr-defined]
+        return async_handler
+
+    def sync_handler(conn: Any, exc: Exception) -> Any:
+        response = handler(conn, exc)
+        _capture_handled(conn, exc, response)
+        return response
+
+    sync_handler._stm_capturing = True  # type: ignore[attr-defined]
+    return sync_handler
+
+
+_ORIGINAL_TASK_CALL: Callable[..., Any] | None = None
+
+
+def _instrument_background_tasks() -> None:
+    """Make each ``BackgroundTask`` run during a request a child span (idempotent)."""
+    global _ORIGINAL_TASK_CALL
+    if _ORIGINAL_TASK_CALL is not None:
+        return
+    original = BackgroundTask.__call__
+    if getattr(original, "_stm_traced", False):
+        return
+    _ORIGINAL_TASK_CALL = original
+
+    async def traced_call(self: BackgroundTask) -> None:
+        parent = CURRENT_SPAN.get()
+        tx = parent._tx if parent is not None else None
+        if parent is None or tx is None or tx._end is not None:
+            await original(self)
+            return
+        try:
+            name = getattr(self.func, "__qualname__", None) or getattr(
+                self.func, "__name__", None
+            ) or repr(self.func)
+            span = parent.start_child("function", str(name), origin=_ORIGIN_STARLETTE)
+        except Exception:
+            logger.debug("starting a background task span failed", exc_info=True)
+            await original(self)
+            return
+        with span:
+            await original(self)
+
+    traced_call._stm_traced = True  # type: ignore[attr-defined]
+    BackgroundTask.__call__ = traced_call  # type: ignore[method-assign]

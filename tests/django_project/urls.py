@@ -1,0 +1,50 @@
+"""URLconf covering the naming table: path, re_path, include (nested), i18n, CBVs."""
+
+from __future__ import annotations
+
+from django.conf.urls.i18n import i18n_patterns
+from django.urls import include, path, re_path
+
+from . import views
+
+items = [
+    path("items/<slug:slug>/", views.ok),
+    re_path(r"^legacy/(?P<code>[A-Z]{3})/$", views.ok),
+]
+
+deep = [
+    path("leaf/<int:leaf_id>/", views.ok),
+]
+
+urlpatterns = [
+    path("", views.index),
+    path("users/<int:pk>/", views.ok),
+    path("users/<int:pk>/posts/<uuid:post>/", views.ok),
+    re_path(r"^articles/(?P<year>[0-9]{4})/$", views.ok),
+    re_path(r"^articles/(?P<year>[0-9]{4})/(?P<month>[0-9]{2})/$", views.ok),
+    re_path(r"^unnamed/([0-9]+)/$", views.ok),
+    re_path(r"^optional/(?:page-(?P<page>[0-9]+)/)?$", views.ok),
+    re_path(r"^slash/?$", views.ok),
+    path("api/v1/", include(items)),
+    re_path(r"^reapi/(?P<version>v[0-9])/", include(items)),
+    path("outer/<int:org>/", include([path("inner/", include(deep))])),
+    path("cbv/<int:pk>/", views.UserView.as_view()),
+    path("only-get/", views.only_get),
+    path("error/", views.error),
+    path("aerror/", views.aerror),
+    path("missing/<int:pk>/", views.raise404),
+    path("stream/", views.stream),
+    path("stream-orm/", views.stream_orm),
+    path("astream/", views.astream),
+    path("stream-error/", views.stream_error),
+    path("file/", views.file_response),
+    path("orm/", views.orm),
+    path("aorm/", views.aorm),
+    path("async/<int:pk>/", views.aok),
+    path("template/", views.template),
+    path("meta/", views.meta_tag),
+    path("health/", views.ok),
+    path("trace-header/", views.trace_header),
+]
+
+urlpatterns += i18n_patterns(path("shop/<slug:slug>/", views.ok))

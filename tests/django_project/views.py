@@ -1,0 +1,131 @@
+"""Views for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.views import View
+from django.views.decorators.http import require_GET
+
+from .models import Item
+
+
+def ok(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("index")
+
+
+class UserView(View):
+    def get(self, request: HttpRequest, pk: int) -> HttpResponse:
+        return HttpResponse(f"user {pk}")
+
+
+@require_GET
+def only_get(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("get only")
+
+
+def error(request: HttpRequest) -> HttpResponse:
+    raise ValueError("boom from a view")
+
+
+def raise404(request: HttpRequest, pk: int) -> HttpResponse:
+    raise Http404("no such thing")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        for i in range(3):
+            time.sleep(0.1)
+            yield f"chunk{i}\n".encode()
+
+    return StreamingHttpResponse(body())
+
+
+def stream_orm(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        yield b"start\n"
+        yield f"{Item.objects.count()}\n".encode()
+
+    return StreamingHttpResponse(body())
+
+
+async def astream(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(3):
+            await asyncio.sleep(0.1)
+            yield f"chunk{i}\n".encode()
+
+    return StreamingHttpResponse(body())
+
+
+def stream_error(request: HttpRequest) -> StreamingHttpResponse:
+    def body() -> Iterator[bytes]:
+        yield b"start\n"
+        raise RuntimeError("boom mid-stream")
+
+    return StreamingHttpResponse(body())
+
+
+class _SlowFile(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        time.sleep(0.1)
+        return super().read(size)
+
+
+def file_response(request: HttpRequest) -> FileResponse:
+    response = FileResponse(_SlowFile(b"x" * 30), filename="f.bin")
+    response.block_size = 10
+    return response
+
+
+def orm(request: HttpRequest) -> HttpResponse:
+    Item.objects.create(name="sync")
+    count = Item.objects.filter(name="sync").count()
+    return HttpResponse(str(count))
+
+
+async def aorm(request: HttpRequest) -> HttpResponse:
+    await Item.objects.acreate(name="async")
+    count = await Item.objects.filter(name="async").acount()
+    return HttpResponse(str(count))
+
+
+async def aok(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return HttpResponse("async ok")
+
+
+async def aerror(request: HttpRequest) -> HttpResponse:
+    raise KeyError("boom from an async view")
+
+
+def template(request: HttpRequest) -> HttpResponse:
+    return render(request, "page.html", {"title": "hello"})
+
+
+def meta_tag(request: HttpRequest) -> HttpResponse:
+    return render(request, "meta.html")
+
+
+def trace_header(request: HttpRequest) -> HttpResponse:
+    """Exposes the request's trace context in a response header."""
+    import sentry_tracing_mw as stm
+
+    response = HttpResponse("")
+    response["X-Sentry-Trace"] = stm.get_trace_headers()["sentry-trace"]
+    return response

@@ -1,0 +1,360 @@
+"""The generic ASGI middleware: lifecycle, propagation, lifespan and shutdown flush."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw.integrations.asgi import TracingMiddleware
+
+from .asgi_apps import raw_asgi_app
+from .sentry_server import SentryServer
+from .servers import free_port, run_asgi
+
+TRACE = "771a43a4192642f0b136d5159a501700"
+PARENT = "b0e6f15b45c36b12"
+BAGGAGE = (
+    f"sentry-trace_id={TRACE},sentry-public_key=upstream,sentry-sample_rate=1.0,"
+    "sentry-sample_rand=0.25,sentry-sampled=true,sentry-environment=up,other=keep"
+)
+
+
+async def call(
+    app: Any, method: str = "GET", path: str = "/plain", headers: dict[str, str] | None = None,
+    query: bytes = b"", kind: str = "http",
+) -> tuple[int, bytes]:
+    """Drive an ASGI app directly (no server): returns (status, body)."""
+    scope = {
+        "type": kind, "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": query, "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("10.1.2.3", 50000), "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+def one_tx(server: SentryServer) -> dict[str, Any]:
+    assert stm.flush(5)
+    txs = server.transactions()
+    assert len(txs) == 1, [t["transaction"] for t in txs]
+    return txs[0]
+
+
+def test_http_transaction_status_and_request_data(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(raw_asgi_app)
+    status, body = asyncio.run(call(
+        app, path="/plain", query=b"a=1&token=secret",
+        headers={"Authorization": "Bearer x", "Cookie": "c=1", "X-Forwarded-For": "1.1.1.1",
+                 "X-Real-IP": "1.1.1.2", "X-Api-Key": "k", "Accept": "text/plain",
+                 "Host": "example.org"},
+    ))
+    assert (status, body) == (200, b"True")  # the app saw a current span
+    tx = one_tx(sentry_server)
+    assert tx["transaction"] == "/plain"
+    assert tx["transaction_info"] == {"source": "url"}
+    trace = tx["contexts"]["trace"]
+    assert (trace["op"], trace["origin"], trace["status"]) == ("http.server", "auto.http.asgi", "ok")
+    assert trace["data"]["http.response.status_code"] == 200
+    assert tx["contexts"]["response"] == {"status_code": 200}
+    assert tx["tags"]["http.status_code"] == "200"
+    req = tx["request"]
+    assert req["method"] == "GET"
+    assert req["url"] == "http://example.org/plain"
+    assert req["query_string"] == "a=1&token=[Filtered]"
+    assert req["headers"] == {"Accept": "text/plain", "Host": "example.org"}
+    assert "REMOTE_ADDR" not in req.get("env", {})
+    assert "cookies" not in req
+
+
+def test_request_data_with_pii(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, send_default_pii=True)
+    app = TracingMiddleware(raw_asgi_app)
+    asyncio.run(call(app, headers={"Authorization": "Bearer x", "Cookie": "c=1"},
+                     query=b"token=secret"))
+    req = one_tx(sentry_server)["request"]
+    assert req["headers"]["Authorization"] == "Bearer x"
+    assert req["cookies"] == "c=1"
+    assert req["query_string"] == "token=secret"
+    assert req["env"]["REMOTE_ADDR"] == "10.1.2.3"
+
+
+def test_app_renames_and_unmatched_keeps_url(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(raw_asgi_app)
+    asyncio.run(call(app, path="/rename"))
+    asyncio.run(call(app, path="/missing"))
+    assert stm.flush(5)
+    by_name = {t["transaction"]: t for t in sentry_server.transactions()}
+    assert by_name["renamed-by-app"]["transaction_info"]["source"] == "custom"
+    missing = by_name["/missing"]
+    assert missing["transaction_info"]["source"] == "url"
+    assert missing["contexts"]["trace"]["status"] == "not_found"
+
+
+def test_streamed_body_duration(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(raw_asgi_app)
+    with run_asgi(app) as url:
+        r = httpx.get(url + "/stream", timeout=10)
+    assert r.status_code == 200 and len(r.content) == 6 * 65536
+    tx = one_tx(sentry_server)
+    assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
+
+
+def test_exception_linked_and_reraised_unchanged(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(raw_asgi_app)
+    with pytest.raises(KeyError) as info:
+        asyncio.run(call(app, path="/error"))
+    assert info.value.args == ("raw boom",)
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["trace_id"] == tx["contexts"]["trace"]["trace_id"]
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+    exc = event["exception"]["values"][-1]
+    assert exc["type"] == "KeyError"
+    assert exc["mechanism"]["handled"] is False
+
+
+def test_ignore_paths_and_untraced_methods_get_own_trace(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(stm.get_trace_headers()["sentry-trace"].split("-")[0])
+        await raw_asgi_app(scope, receive, send)
+
+    mw = TracingMiddleware(app, ignore_paths=["/health", "/static/*"])
+    for method, path in [("GET", "/health"), ("GET", "/static/a.css"), ("HEAD", "/plain"),
+                         ("OPTIONS", "/plain"), ("HEAD", "/plain")]:
+        asyncio.run(call(mw, method=method, path=path))
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+    assert len(set(seen)) == len(seen) == 5  # every request its own trace
+
+
+def test_methods_to_capture_option(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    mw = TracingMiddleware(raw_asgi_app, http_methods_to_capture=("HEAD",))
+    asyncio.run(call(mw, method="GET"))
+    asyncio.run(call(mw, method="HEAD"))
+    tx = one_tx(sentry_server)
+    assert tx["request"]["method"] == "HEAD"
+
+
+@pytest.mark.parametrize("style", ["sentry", "traceparent"])
+def test_continues_incoming_trace(sentry_server: SentryServer, style: str) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)  # the parent decides
+    if style == "sentry":
+        headers = {"sentry-trace": f"{TRACE}-{PARENT}-1", "baggage": BAGGAGE}
+    else:
+        headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
+    asyncio.run(call(TracingMiddleware(raw_asgi_app), headers=headers))
+    assert stm.flush(5)
+    (tx,) = sentry_server.transactions()
+    trace = tx["contexts"]["trace"]
+    assert (trace["trace_id"], trace["parent_span_id"]) == (TRACE, PARENT)
+    dsc = sentry_server.envelopes()[0].headers["trace"]
+    assert dsc["trace_id"] == TRACE
+    if style == "sentry":
+        assert dsc["public_key"] == "upstream" and dsc["environment"] == "up"
+
+
+def test_websocket_one_transaction(sentry_server: SentryServer) -> None:
+    from starlette.testclient import TestClient
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(TracingMiddleware(raw_asgi_app)) as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text("hi")
+            assert ws.receive_text() == "echo:hi"
+    tx = one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["op"] == "websocket.server"
+    assert tx["contexts"]["trace"]["status"] == "ok"
+    assert tx["transaction"] == "/ws"
+
+
+def _lifespan_run(app: Any) -> list[str]:
+    """Run a full lifespan cycle; returns the messages the app sent."""
+    sent: list[str] = []
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        if inbox:
+            return inbox.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send))
+    return sent
+
+
+def test_lifespan_passthrough_identical() -> None:
+    from starlette.applications import Starlette
+
+    calls: list[str] = []
+
+    async def lifespan(app: Any) -> Any:
+        calls.append("startup")
+        yield
+        calls.append("shutdown")
+
+    from contextlib import asynccontextmanager
+
+    bare = _lifespan_run(Starlette(lifespan=asynccontextmanager(lifespan)))
+    assert calls == ["startup", "shutdown"]
+    calls.clear()
+    traced = _lifespan_run(TracingMiddleware(Starlette(lifespan=asynccontextmanager(lifespan))))
+    assert calls == ["startup", "shutdown"]
+    assert traced == bare == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_app_without_lifespan_support_behaves_the_same() -> None:
+    error = RuntimeError("no lifespan here")
+
+    async def http_only(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise error
+        await raw_asgi_app(scope, receive, send)
+
+    with pytest.raises(RuntimeError) as info:
+        _lifespan_run(TracingMiddleware(http_only))
+    assert info.value is error
+    # uvicorn's "auto" lifespan mode: serves requests as without us.
+    with run_asgi(TracingMiddleware(http_only)) as url:
+        assert httpx.get(url + "/plain", timeout=5).status_code == 200
+
+
+SHUTDOWN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import uvicorn
+    import sentry_tracing_mw as stm
+    from sentry_tracing_mw.integrations.asgi import TracingMiddleware
+    from tests.asgi_apps import raw_asgi_app
+
+    stm.init(dsn=sys.argv[1], traces_sample_rate=1.0, shutdown_timeout=10)
+    app = TracingMiddleware(raw_asgi_app)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+                lifespan="on")
+    """
+)
+
+
+def test_lifespan_shutdown_flushes_queued_transactions(sentry_server: SentryServer) -> None:
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SHUTDOWN_SCRIPT, sentry_server.dsn, str(port)], cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/warmup", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+                time.sleep(0.05)
+        assert sentry_server.wait_for(1, timeout=5)
+        sentry_server.hang()  # the next envelope blocks the worker; later ones stay queued
+        httpx.get(f"http://127.0.0.1:{port}/first", timeout=5)
+        assert sentry_server.wait_hanging(5)
+        httpx.get(f"http://127.0.0.1:{port}/queued", timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        threading.Timer(0.5, sentry_server.release).start()
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert sentry_server.wait_for(3, timeout=5)
+    names = sorted(t["transaction"] for t in sentry_server.transactions())
+    assert names == ["/first", "/queued", "/warmup"]
+
+
+def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(raw_asgi_app)
+    with run_asgi(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert sentry_server.wait_for(1, timeout=10)
+    tx = one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["status"] == "cancelled"
+    assert sentry_server.events() == []
+
+
+def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    seen: list[tuple[str, str]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            span = stm.get_current_span()
+            assert span is not None
+            await asyncio.sleep(0.05)
+            assert stm.get_current_span() is span  # nobody else's span leaked in
+            seen.append((scope["path"], span.trace_id))
+        await raw_asgi_app(scope, receive, send)
+
+    with run_asgi(TracingMiddleware(app)) as url:
+        async def many() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                await asyncio.gather(*(client.get(f"/r{i}") for i in range(10)))
+
+        asyncio.run(many())
+    assert len({trace for _, trace in seen}) == 10
+    assert stm.flush(5)
+    txs = sentry_server.transactions()
+    assert {t["transaction"]: t["contexts"]["trace"]["trace_id"] for t in txs} == dict(seen)
+
+
+def test_nested_generic_around_generic_is_one_transaction(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = TracingMiddleware(TracingMiddleware(raw_asgi_app))
+    asyncio.run(call(app, path="/plain"))
+    one_tx(sentry_server)
+
+
+def test_unsampled_sends_nothing_but_propagates(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)
+    status, _ = asyncio.run(call(TracingMiddleware(raw_asgi_app)))
+    assert status == 200
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+

@@ -1,0 +1,685 @@
+"""Django integration through Django's test clients (sync and async) and the real local Sentry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .django_project import create_tables, setup
+
+setup()
+
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+
+import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
+from sentry_tracing_mw.integrations.django import TracingMiddleware  # noqa: E402
+from sentry_tracing_mw.integrations.django._naming import route_to_name  # noqa: E402
+
+from .sentry_server import SentryServer  # noqa: E402
+
+TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PARENT_ID = "b7ad6b7169203331"
+ROOT = Path(__file__).resolve().parent.parent
+
+# path -> expected route name (source "route")
+NAME_TABLE = [
+    ("/", "/"),
+    ("/users/3/", "/users/{pk}/"),
+    ("/users/3/posts/6ba7b810-9dad-11d1-80b4-00c04fd430c8/", "/users/{pk}/posts/{post}/"),
+    ("/articles/2020/", "/articles/{year}/"),
+    ("/articles/2020/02/", "/articles/{year}/{month}/"),
+    ("/unnamed/12/", "/unnamed/{var}/"),
+    ("/optional/", "/optional/page-{page}/"),
+    ("/optional/page-3/", "/optional/page-{page}/"),
+    ("/slash/", "/slash/"),
+    ("/api/v1/items/abc/", "/api/v1/items/{slug}/"),
+    ("/api/v1/legacy/ABC/", "/api/v1/legacy/{code}/"),
+    ("/reapi/v1/items/abc/", "/reapi/{version}/items/{slug}/"),
+    ("/reapi/v2/legacy/XYZ/", "/reapi/{version}/legacy/{code}/"),
+    ("/outer/4/inner/leaf/5/", "/outer/{org}/inner/leaf/{leaf_id}/"),
+    ("/cbv/3/", "/cbv/{pk}/"),
+    ("/en/shop/socks/", "/en/shop/{slug}/"),
+    ("/de/shop/socken/", "/de/shop/{slug}/"),
+    ("/missing/7/", "/missing/{pk}/"),
+]
+# Routes sentry-sdk names wrongly (so no parity is expected): it drops the trailing slash
+# after an optional group, caches names per pattern object (an include() list used under two
+# prefixes, or an i18n prefix, gets the first name it saw forever).
+SDK_WRONG = {
+    "/optional/",
+    "/optional/page-3/",
+    "/reapi/v1/items/abc/",
+    "/reapi/v2/legacy/XYZ/",
+    "/de/shop/socken/",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tables() -> None:
+    create_tables()
+
+
+@pytest.fixture(autouse=True)
+def _no_outgoing_headers() -> Iterator[None]:
+    token = SUPPRESS_INSTRUMENTATION.set(True)
+    yield
+    SUPPRESS_INSTRUMENTATION.reset(token)
+
+
+def _init(server: SentryServer, **options: Any) -> None:
+    options.setdefault("traces_sample_rate", 1.0)
+    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+
+
+def _client() -> Client:
+    return Client(raise_request_exception=False)
+
+
+def _transactions(server: SentryServer, n: int) -> list[dict[str, Any]]:
+    assert stm.flush(5)
+    assert server.wait_for(n, 5)
+    txs = server.transactions()
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return txs
+
+
+def _trace(tx: dict[str, Any]) -> dict[str, Any]:
+    return tx["contexts"]["trace"]  # type: ignore[no-any-return]
+
+
+def _duration(tx: dict[str, Any]) -> float:
+    return float(tx["timestamp"]) - float(tx["start_timestamp"])
+
+
+# -- naming -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "expected"), NAME_TABLE)
+def test_route_names(sentry_server: SentryServer, path: str, expected: str) -> None:
+    _init(sentry_server)
+    response = _client().get(path)
+    assert response.status_code in (200, 404)
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["transaction"] == expected
+    assert tx["transaction_info"] == {"source": "route"}
+    trace = _trace(tx)
+    assert trace["op"] == "http.server"
+    assert trace["origin"] == "auto.http.django"
+    code = response.status_code
+    assert trace["status"] == ("ok" if code == 200 else "not_found")
+    assert trace["data"]["http.response.status_code"] == code
+    assert tx["tags"]["http.status_code"] == str(code)
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ("", "/"),
+        (r"^a/(?P<x>(?:foo|bar))/(?P<y>\d+)/$", "/a/{x}/{y}/"),
+        (r"^a/(\d+)/(\w+)/$", "/a/{var}/{var}/"),
+        (r"^a/(?:(?P<n>\d+)/)?$", "/a/{n}/"),
+        (r"^a/(?:x|y)/b/$", "/a/{var}/b/"),
+        (r"^a/[0-9]+/b\.json$", "/a/{var}/b.json"),
+        (r"^(?i)caps/(?=x)x/$", "/caps/x/"),
+        (r"\Astrict/\Z", "/strict/"),
+        ("en/items/<slug:slug>/<path:rest>", "/en/items/{slug}/{rest}"),
+        (r"^v(?P<v>[12])/" + "things/<int:pk>/", "/v{v}/things/{pk}/"),
+        ("a//b/", "/a/b/"),
+        (r"^a/(?P<x>[^/)]+)/$", "/a/{x}/"),
+    ],
+)
+def test_route_conversion(route: str, expected: str) -> None:
+    assert route_to_name(route) == expected
+
+
+def test_endpoint_style(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    with override_settings(SENTRY_TRANSACTION_STYLE="endpoint"):
+        client = _client()
+        client.get("/users/3/")
+        client.get("/cbv/3/")
+        client.get("/nope/")
+    txs = _transactions(sentry_server, 3)
+    names = [(t["transaction"], t["transaction_info"]["source"]) for t in txs]
+    assert names == [
+        ("tests.django_project.views.ok", "component"),
+        ("tests.django_project.views.UserView", "component"),
+        ("GET 404", "route"),
+    ]
+
+
+def test_unmatched_requests_get_method_and_status(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    client = _client()
+    assert client.get("/no/such/page").status_code == 404
+    assert client.post("/no/such/page").status_code == 404
+    assert client.post("/only-get/").status_code == 405  # matched route, view says 405
+    assert client.get("/users/3").status_code == 301  # APPEND_SLASH redirect, no route
+    txs = _transactions(sentry_server, 4)
+    got = [(t["transaction"], t["transaction_info"]["source"], _trace(t)["status"]) for t in txs]
+    assert got == [
+        ("GET 404", "route", "not_found"),
+        ("POST 404", "route", "not_found"),
+        ("/only-get/", "route", "invalid_argument"),
+        ("GET 301", "route", "ok"),
+    ]
+    assert all("/no/such" not in t["transaction"] for t in txs)
+
+
+def test_name_set_before_the_view_runs(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    seen: list[str] = []
+
+    from django.urls import path
+
+    def view(request: Any, pk: int) -> Any:
+        from django.http import HttpResponse
+
+        span = stm.get_current_span()
+        assert span is not None and span.containing_transaction is not None
+        seen.append(span.containing_transaction.name)
+        return HttpResponse("ok")
+
+    with override_settings(ROOT_URLCONF=(path("early/<int:pk>/", view),)):
+        _client().get("/early/1/")
+    assert seen == ["/early/{pk}/"]
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["transaction"] == "/early/{pk}/"
+
+
+# -- traces, sampling, methods ------------------------------------------------------------
+
+
+def test_continues_incoming_trace(sentry_server: SentryServer) -> None:
+    _init(sentry_server, traces_sample_rate=0.0)
+    _client().get(
+        "/users/1/",
+        HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-1",
+        HTTP_BAGGAGE=f"sentry-trace_id={TRACE_ID},sentry-sample_rate=0.5,"
+        "sentry-sample_rand=0.25,sentry-environment=upstream,sentry-sampled=true,"
+        "sentry-public_key=public",
+    )
+    (tx,) = _transactions(sentry_server, 1)
+    trace = _trace(tx)
+    assert trace["trace_id"] == TRACE_ID
+    assert trace["parent_span_id"] == PARENT_ID
+    env = sentry_server.envelopes()[0]
+    assert env.headers["trace"]["environment"] == "upstream"  # frozen upstream DSC
+
+
+def test_traceparent_fallback(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    # flags 00 means "deferred" (protocol §9): our own rate decides; the trace continues
+    _client().get("/users/1/", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-00")
+    _client().get("/users/2/", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-01")
+    txs = _transactions(sentry_server, 2)
+    assert [_trace(t)["trace_id"] for t in txs] == [TRACE_ID, TRACE_ID]
+    assert [_trace(t)["parent_span_id"] for t in txs] == [PARENT_ID, PARENT_ID]
+
+
+def test_negative_upstream_decision_is_inherited(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    _client().get("/users/1/", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0")
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+
+
+def test_untraced_methods_get_their_own_trace(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    client = _client()
+    first = client.head("/trace-header/")["X-Sentry-Trace"]
+    second = client.options("/trace-header/")["X-Sentry-Trace"]
+    third = client.get("/trace-header/")["X-Sentry-Trace"]
+    ids = {h.split("-")[0] for h in (first, second, third)}
+    assert len(ids) == 3
+    (tx,) = _transactions(sentry_server, 1)
+    assert _trace(tx)["trace_id"] == third.split("-")[0]
+    continued = client.head("/trace-header/", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-1")
+    assert continued["X-Sentry-Trace"].startswith(TRACE_ID + "-")
+
+
+def test_http_methods_to_capture_and_ignore_paths(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    with override_settings(
+        SENTRY_HTTP_METHODS_TO_CAPTURE=["POST"], SENTRY_IGNORE_PATHS=["/health/", "/api/*"]
+    ):
+        client = _client()
+        client.get("/users/1/")
+        client.post("/health/")
+        client.post("/api/v1/items/x/")
+        client.post("/users/2/")
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["transaction"] == "/users/{pk}/"
+    assert tx["request"]["method"] == "POST"
+
+
+def test_traces_sampler_gets_environ_and_route(sentry_server: SentryServer) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def sampler(ctx: Any) -> float:
+        seen.append((ctx.get("route"), ctx["wsgi_environ"]["PATH_INFO"]))
+        return 1.0 if ctx.get("route") == "/users/{pk}/" else 0.0
+
+    _init(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
+    client = _client()
+    client.get("/users/1/")
+    client.get("/articles/2020/")
+    client.get("/nope/")
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["transaction"] == "/users/{pk}/"
+    assert seen == [
+        ("/users/{pk}/", "/users/1/"),
+        ("/articles/{year}/", "/articles/2020/"),
+        (None, "/nope/"),
+    ]
+
+
+def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
+    _init(sentry_server, traces_sample_rate=0.0)
+    client = _client()
+    assert client.get("/orm/").status_code == 200
+    assert client.get("/template/").status_code == 200
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def test_configured_from_settings(sentry_server: SentryServer) -> None:
+    with override_settings(
+        SENTRY_DSN=sentry_server.dsn,
+        SENTRY_TRACES_SAMPLE_RATE=1.0,
+        SENTRY_ENVIRONMENT="django-settings",
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+        SENTRY_BEFORE_SEND_TRANSACTION="tests.test_django.tag_transaction",
+    ):
+        _client().get("/users/5/")
+    assert stm.is_initialized()
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["environment"] == "django-settings"
+    assert tx["tags"]["from_settings"] == "yes"
+
+
+def tag_transaction(event: dict[str, Any]) -> dict[str, Any]:
+    event.setdefault("tags", {})["from_settings"] = "yes"
+    return event
+
+
+def test_settings_ignored_with_a_warning_after_init(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    _init(sentry_server, environment="from-init")
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        with override_settings(SENTRY_DSN="http://other@127.0.0.1:1/2", SENTRY_RELEASE="x"):
+            _client().get("/users/5/")
+    assert any("release" in r.getMessage() and "dsn" in r.getMessage() for r in caplog.records)
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["environment"] == "from-init"
+    assert "release" not in tx
+
+
+def test_invalid_setting_raises_configuration_error() -> None:
+    with override_settings(SENTRY_TRANSACTION_STYLE="bogus"):
+        with pytest.raises(stm.ConfigurationError, match="transaction_style"):
+            _client().get("/users/1/")
+
+
+# -- request data -------------------------------------------------------------------------
+
+_SECRET_HEADERS = {
+    "HTTP_AUTHORIZATION": "Bearer abc",
+    "HTTP_COOKIE": "sessionid=s3cr3t",
+    "HTTP_X_FORWARDED_FOR": "10.1.2.3",
+    "HTTP_X_REAL_IP": "10.1.2.4",
+    "HTTP_X_API_KEY": "k",
+    "HTTP_PROXY_AUTHORIZATION": "Basic x",
+    "HTTP_X_CUSTOM": "visible",
+}
+
+
+def test_request_data_without_pii(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    _client().get("/users/1/?page=2&token=abc", **_SECRET_HEADERS)  # type: ignore[arg-type]
+    (tx,) = _transactions(sentry_server, 1)
+    req = tx["request"]
+    assert req["method"] == "GET"
+    assert req["url"] == "http://testserver/users/1/"
+    assert req["query_string"] == "page=2&token=[Filtered]"
+    lowered = {k.lower(): v for k, v in req["headers"].items()}
+    assert lowered["x-custom"] == "visible"
+    for name in (
+        "authorization",
+        "cookie",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-api-key",
+        "proxy-authorization",
+    ):
+        assert name not in lowered
+    assert "REMOTE_ADDR" not in req.get("env", {})
+    assert "cookies" not in req
+    assert "s3cr3t" not in json.dumps(tx)
+
+
+def test_request_data_with_pii(sentry_server: SentryServer) -> None:
+    _init(sentry_server, send_default_pii=True)
+    _client().get("/users/1/", **_SECRET_HEADERS)  # type: ignore[arg-type]
+    (tx,) = _transactions(sentry_server, 1)
+    req = tx["request"]
+    lowered = {k.lower(): v for k, v in req["headers"].items()}
+    assert lowered["authorization"] == "Bearer abc"
+    assert lowered["x-forwarded-for"] == "10.1.2.3"
+    assert req["env"]["REMOTE_ADDR"] == "127.0.0.1"
+    assert req["cookies"] == "sessionid=s3cr3t"
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/stream/", "/file/"])
+def test_streamed_body_is_timed(sentry_server: SentryServer, path: str) -> None:
+    _init(sentry_server)
+    response = _client().get(path)
+    assert response.streaming
+    body = b"".join(response.streaming_content)
+    assert body
+    (tx,) = _transactions(sentry_server, 1)
+    assert tx["transaction"] == path
+    assert _duration(tx) >= 0.3
+    assert _trace(tx)["status"] == "ok"
+
+
+def test_stream_abandoned_by_the_server_is_cancelled(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    response = _client().get("/stream/")
+    next(iter(response.streaming_content))
+    response.close()  # what a WSGI server does when the client goes away
+    (tx,) = _transactions(sentry_server, 1)
+    assert _trace(tx)["status"] == "cancelled"
+
+
+def test_error_in_a_streamed_body(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    response = _client().get("/stream-error/")
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2, 5)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert _trace(tx)["status"] == "internal_error"
+    assert event["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
+
+
+def test_view_exception_captured_once(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    response = _client().get("/error/")
+    assert response.status_code == 500
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2, 5)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["transaction"] == "/error/"
+    assert _trace(tx)["status"] == "internal_error"
+    (exc,) = event["exception"]["values"]
+    assert exc["type"] == "ValueError"
+    assert exc["mechanism"] == {"type": "django", "handled": False}
+    assert event["contexts"]["trace"]["trace_id"] == _trace(tx)["trace_id"]
+    assert event["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
+
+
+def test_http404_is_not_an_error(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    assert _client().get("/missing/3/").status_code == 404
+    assert stm.flush(5)
+    assert sentry_server.wait_for(1, 5)
+    assert sentry_server.events() == []
+
+
+def test_async_view_exception_captured_once(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+
+    async def go() -> int:
+        response = await AsyncClient(raise_request_exception=False).get("/aerror/")
+        return int(response.status_code)
+
+    assert asyncio.run(go()) == 500
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2, 5)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["transaction"] == "/aerror/"
+    assert _trace(tx)["status"] == "internal_error"
+    assert event["exception"]["values"][0]["type"] == "KeyError"
+    assert event["exception"]["values"][0]["mechanism"]["type"] == "django"
+    assert event["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
+
+
+def test_async_requests_run_without_thread_hop(sentry_server: SentryServer) -> None:
+    from asgiref.sync import iscoroutinefunction
+    from django.core.handlers.asgi import ASGIHandler
+
+    _init(sentry_server)
+    handler = ASGIHandler()
+    ours = [
+        m
+        for m in handler._view_middleware
+        if getattr(m, "__func__", None) is TracingMiddleware._process_view_async
+    ]
+    assert len(ours) == 1 and iscoroutinefunction(ours[0])
+
+    async def go() -> list[int]:
+        client = AsyncClient()
+        codes = []
+        for path in ("/async/4/", "/users/5/", "/astream/"):
+            response = await client.get(path)
+            if response.streaming:
+                async for _ in response.streaming_content:
+                    pass
+            codes.append(response.status_code)
+        return codes
+
+    assert asyncio.run(go()) == [200, 200, 200]
+    txs = _transactions(sentry_server, 3)
+    assert [t["transaction"] for t in txs] == ["/async/{pk}/", "/users/{pk}/", "/astream/"]
+    assert _duration(txs[2]) >= 0.3
+    assert all(t["request"]["url"].startswith("http://testserver/") for t in txs)
+
+
+# -- child spans --------------------------------------------------------------------------
+
+
+def _db_spans(tx: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in tx["spans"] if s.get("op") == "db"]
+
+
+def test_orm_spans_sync(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    assert _client().get("/orm/").status_code == 200
+    (tx,) = _transactions(sentry_server, 1)
+    spans = _db_spans(tx)
+    descriptions = [s["description"] for s in spans]
+    assert any(d.startswith("INSERT INTO") for d in descriptions), descriptions
+    assert any("COUNT(*)" in d for d in descriptions), descriptions
+    for span in spans:
+        assert "%s" in span["description"] or "INSERT" not in span["description"]
+        assert "'sync'" not in span["description"] and '"sync"' not in span["description"]
+        assert span["data"]["db.system"] == "sqlite"
+        assert span["data"]["db.name"].endswith("db.sqlite3")
+        assert span["parent_span_id"] == _trace(tx)["span_id"]
+        assert span["origin"] == "auto.db.django"
+        assert span["trace_id"] == _trace(tx)["trace_id"]
+
+
+def test_orm_spans_async(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+
+    async def go() -> None:
+        client = AsyncClient()
+        r1 = await client.get("/aorm/")
+        r2 = await client.get("/async/1/")
+        assert r1.status_code == r2.status_code == 200
+
+    asyncio.run(go())
+    first, second = _transactions(sentry_server, 2)
+    assert first["transaction"] == "/aorm/"
+    descriptions = [s["description"] for s in _db_spans(first)]
+    assert any(d.startswith("INSERT INTO") for d in descriptions), descriptions
+    assert all(s["parent_span_id"] == _trace(first)["span_id"] for s in _db_spans(first))
+    assert _db_spans(second) == []
+
+
+def test_orm_in_a_streamed_body_lands_in_the_transaction(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    response = _client().get("/stream-orm/")
+    b"".join(response.streaming_content)
+    (tx,) = _transactions(sentry_server, 1)
+    assert any("COUNT(*)" in s["description"] for s in _db_spans(tx))
+
+
+def test_orm_outside_requests_makes_no_spans(sentry_server: SentryServer) -> None:
+    from .django_project.models import Item
+
+    _init(sentry_server)
+    _client().get("/users/1/")  # installs the hooks
+    Item.objects.create(name="outside")
+    with stm.start_transaction("manual", op="task") as tx:
+        assert Item.objects.filter(name="outside").count() >= 1
+    (sent,) = _transactions(sentry_server, 2)[1:]
+    assert sent["transaction"] == "manual"
+    assert len(_db_spans(sent)) == 1
+    assert tx.name == "manual"
+
+
+def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> None:
+    from django.db import connection
+
+    from .django_project.models import Item
+
+    _init(sentry_server)
+    _client().get("/users/1/")
+    seen: list[str] = []
+
+    def mine(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    before = list(connection.execute_wrappers)
+    with connection.execute_wrapper(mine):
+        Item.objects.count()
+    assert connection.execute_wrappers == before
+    assert len(seen) == 1
+
+
+def test_template_spans_and_context_processor(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    response = _client().get("/template/")
+    html = response.content.decode()
+    (tx,) = _transactions(sentry_server, 1)
+    spans = [s for s in tx["spans"] if s.get("op") == "template.render"]
+    by_name = {s["description"]: s for s in spans}
+    assert set(by_name) == {"page.html", "part.html"}
+    assert by_name["page.html"]["parent_span_id"] == _trace(tx)["span_id"]
+    assert by_name["part.html"]["parent_span_id"] == by_name["page.html"]["span_id"]
+    meta = re.search(r'<meta name="sentry-trace" content="([^"]+)">', html)
+    assert meta is not None, html
+    assert meta.group(1).startswith(_trace(tx)["trace_id"] + "-")
+
+
+def test_template_tag_renders_trace_meta(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    html = _client().get("/meta/").content.decode()
+    (tx,) = _transactions(sentry_server, 1)
+    trace = re.search(r'<meta name="sentry-trace" content="([^"]+)">', html)
+    baggage = re.search(r'<meta name="baggage" content="([^"]+)">', html)
+    assert trace is not None and baggage is not None, html
+    assert re.fullmatch(r"[0-9a-f]{32}-[0-9a-f]{16}-1", trace.group(1))
+    trace_id, span_id, _ = trace.group(1).split("-")
+    assert trace_id == _trace(tx)["trace_id"]
+    # the span current while rendering: the template span, a child of the transaction
+    assert span_id in {s["span_id"] for s in tx["spans"]}
+    assert f"sentry-trace_id={trace_id}" in baggage.group(1).replace("&#x27;", "'")
+
+
+# -- interop: name parity with sentry-sdk -------------------------------------------------
+
+_SDK_SCRIPT = r"""
+import json, os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_project.settings"
+import django
+from django.conf import settings
+import sentry_sdk
+from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.transport import Transport
+
+names = []
+
+class Capture(Transport):
+    def capture_envelope(self, envelope):
+        for item in envelope.items:
+            if item.type == "transaction":
+                event = item.payload.json
+                names.append([event["transaction"], event["transaction_info"]["source"]])
+    def flush(self, timeout, callback=None):
+        pass
+
+style = sys.argv[1]
+sentry_sdk.init(dsn="http://k@127.0.0.1:9/1", transport=Capture, traces_sample_rate=1.0,
+                integrations=[DjangoIntegration(transaction_style=style)],
+                default_integrations=False, auto_enabling_integrations=False)
+settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "sentry_tracing_mw" not in m]
+django.setup()
+from django.core.wsgi import get_wsgi_application
+from werkzeug.test import Client
+client = Client(get_wsgi_application())
+for path in sys.argv[2:]:
+    client.get(path).close()
+print(json.dumps(names))
+"""
+
+
+def _sdk_names(style: str, paths: list[str]) -> list[list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _SDK_SCRIPT, style, *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("style", "sdk_style"), [("route", "url"), ("endpoint", "function_name")])
+def test_name_parity_with_sentry_sdk(
+    sentry_server: SentryServer, style: str, sdk_style: str
+) -> None:
+    paths = [p for p, _ in NAME_TABLE if p not in SDK_WRONG]
+    theirs = _sdk_names(sdk_style, paths)
+    _init(sentry_server)
+    with override_settings(SENTRY_TRANSACTION_STYLE=style):
+        client = _client()
+        for path in paths:
+            client.get(path)
+    ours = [
+        [t["transaction"], t["transaction_info"]["source"]]
+        for t in _transactions(sentry_server, len(paths))
+    ]
+    assert [n for n, _ in ours] == [n for n, _ in theirs]
+    expected_source = "route" if style == "route" else "component"
+    assert {s for _, s in ours} == {expected_source}
+    assert {s for _, s in theirs} == {expected_source}

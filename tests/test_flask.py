@@ -1,0 +1,482 @@
+"""The Flask integration: route names, settings, errors, templates, servers, parity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION
+from sentry_tracing_mw.integrations.flask import FlaskTracing
+from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+from .flask_apps import NAMED_ROUTES, STREAM_SECONDS, create_app
+from .sentry_server import SentryServer
+from .test_wsgi import wait_transactions
+from .servers import free_port, run_wsgi
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PARENT_ID = "b7ad6b7169203331"
+
+
+@pytest.fixture(autouse=True)
+def _no_outgoing_headers() -> Iterator[None]:
+    """The test thread's own HTTP calls must not carry trace headers."""
+    token = SUPPRESS_INSTRUMENTATION.set(True)
+    yield
+    SUPPRESS_INSTRUMENTATION.reset(token)
+
+
+def traced_app(server: SentryServer | None = None, **options: Any) -> Flask:
+    """The test app with FlaskTracing configured through app.config."""
+    app = create_app()
+    if server is not None:
+        app.config["SENTRY_DSN"] = server.dsn
+    app.config["SENTRY_TRACES_SAMPLE_RATE"] = 1.0
+    app.config["SENTRY_INSTRUMENT_HTTP_CLIENTS"] = False
+    FlaskTracing(app, **options)
+    return app
+
+
+def sent(server: SentryServer, n: int) -> list[dict[str, Any]]:
+    assert stm.flush(5)
+    txs = wait_transactions(server, n)
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return txs
+
+
+def by_name(txs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["transaction"]: t for t in txs}
+
+
+# -- names ---------------------------------------------------------------------------------
+
+
+def test_route_names_through_test_client(sentry_server: SentryServer) -> None:
+    client = traced_app(sentry_server).test_client()
+    for path in NAMED_ROUTES:
+        assert client.get(path).status_code == 200
+    assert client.get("/nope").status_code == 404
+    assert client.get("/submit").status_code == 405
+    assert client.post("/users/1").status_code == 405
+    assert client.put("/nowhere/at/all").status_code == 404
+    txs = by_name(sent(sentry_server, len(NAMED_ROUTES) + 4))
+    for url_name, _ in NAMED_ROUTES.values():
+        tx = txs[url_name]
+        assert tx["transaction_info"] == {"source": "route"}
+        assert tx["contexts"]["trace"]["origin"] == "auto.http.flask"
+        assert tx["contexts"]["trace"]["op"] == "http.server"
+        assert tx["contexts"]["trace"]["status"] == "ok"
+    assert txs["GET 404"]["contexts"]["trace"]["status"] == "not_found"
+    assert txs["GET 404"]["transaction_info"] == {"source": "route"}
+    assert txs["PUT 404"]["request"]["url"].endswith("/nowhere/at/all")
+    assert txs["GET 405"]["contexts"]["trace"]["status"] == "invalid_argument"
+    assert txs["POST 405"]["tags"]["http.status_code"] == "405"
+
+
+def test_endpoint_style(sentry_server: SentryServer) -> None:
+    app = create_app()
+    app.config.update(
+        SENTRY_DSN=sentry_server.dsn,
+        SENTRY_TRACES_SAMPLE_RATE=1.0,
+        SENTRY_TRANSACTION_STYLE="endpoint",
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+    )
+    FlaskTracing(app)
+    client = app.test_client()
+    for path in NAMED_ROUTES:
+        client.get(path)
+    client.get("/nope")
+    txs = by_name(sent(sentry_server, len(NAMED_ROUTES) + 1))
+    for _, endpoint in NAMED_ROUTES.values():
+        assert txs[endpoint]["transaction_info"] == {"source": "component"}
+    assert txs["GET 404"]["transaction_info"] == {"source": "route"}
+
+
+def test_named_before_the_view_runs(sentry_server: SentryServer) -> None:
+    client = traced_app(sentry_server).test_client()
+    out = client.get("/trace").get_json()
+    assert out["name"] == "/trace" and out["source"] == "route"
+    assert "sentry-transaction=%2Ftrace" in out["headers"]["baggage"]
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/trace"
+
+
+def test_app_can_rename_with_set_transaction_name(sentry_server: SentryServer) -> None:
+    traced_app(sentry_server).test_client().get("/custom")
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "custom-name"
+    assert tx["transaction_info"] == {"source": "custom"}
+
+
+def test_script_name_mount_prefix_on_a_real_server(sentry_server: SentryServer) -> None:
+    inner = traced_app(sentry_server)
+    outer = DispatcherMiddleware(Flask("root"), {"/mount": inner})
+    with run_wsgi(outer) as base:
+        assert requests.get(f"{base}/mount/api/v1/items/x", timeout=5).text == "x"
+        assert requests.get(f"{base}/mount/users/3", timeout=5).status_code == 200
+    txs = by_name(sent(sentry_server, 2))
+    assert set(txs) == {"/mount/api/v1/items/<slug>", "/mount/users/<int:user_id>"}
+
+
+def test_traces_sampler_gets_the_route_before_the_view(sentry_server: SentryServer) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def sampler(ctx: Any) -> float:
+        seen.append((ctx["wsgi_environ"]["PATH_INFO"], ctx["route"]))
+        return 1.0 if ctx["route"] == "/users/<int:user_id>" else 0.0
+
+    app = create_app()
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sampler=sampler, instrument_http_clients=False)
+    client = app.test_client()
+    client.get("/users/5")
+    client.get("/api/v1/items/q")
+    client.get("/nope")
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/users/<int:user_id>"
+    assert seen == [
+        ("/users/5", "/users/<int:user_id>"),
+        ("/api/v1/items/q", "/api/v1/items/<slug>"),
+        ("/nope", None),
+    ]
+
+
+def test_head_untraced_with_distinct_traces(sentry_server: SentryServer) -> None:
+    app = traced_app(sentry_server)
+    seen: list[str] = []
+
+    @app.route("/record", methods=["GET", "OPTIONS"])
+    def record() -> str:
+        seen.append(stm.get_trace_headers()["sentry-trace"][:32])
+        return "ok"
+
+    client = app.test_client()
+    assert client.head("/record").status_code == 200
+    assert client.head("/record").status_code == 200
+    with run_wsgi(app) as base:
+        for method in ("HEAD", "HEAD", "OPTIONS", "GET"):
+            assert requests.request(method, f"{base}/record", timeout=5).status_code == 200
+    assert len(seen) == 6 and len(set(seen)) == 6
+    (tx,) = sent(sentry_server, 1)  # only the GET
+    assert tx["contexts"]["trace"]["trace_id"] == seen[-1]
+    assert tx["request"]["method"] == "GET"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_exception_turned_into_500_is_captured_once(sentry_server: SentryServer) -> None:
+    client = traced_app(sentry_server).test_client()
+    assert client.get("/boom").status_code == 500
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["transaction"] == "/boom"
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["trace_id"] == tx["contexts"]["trace"]["trace_id"]
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+    exc = event["exception"]["values"][-1]
+    assert exc["type"] == "ValueError" and exc["value"] == "boom from flask"
+    assert exc["mechanism"] == {"type": "flask", "handled": False}
+    assert event["transaction"] == "/boom"
+
+
+def test_propagated_exception_is_reraised_and_captured_once(sentry_server: SentryServer) -> None:
+    app = traced_app(sentry_server)
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(ValueError, match="boom from flask"):
+        app.test_client().get("/boom")
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    time.sleep(0.2)
+    assert len(sentry_server.events()) == 1
+    (tx,) = sentry_server.transactions()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+
+
+def test_abort_is_not_an_error_event(sentry_server: SentryServer) -> None:
+    traced_app(sentry_server).test_client().get("/forbidden")
+    (tx,) = sent(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "permission_denied"
+    assert sentry_server.events() == []
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_config_and_kwargs(sentry_server: SentryServer) -> None:
+    app = create_app()
+    app.config.update(
+        SENTRY_DSN=sentry_server.dsn,
+        SENTRY_TRACES_SAMPLE_RATE=0.0,
+        SENTRY_IGNORE_PATHS=["/health"],
+        SENTRY_RELEASE="cfg@1",
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+    )
+    FlaskTracing(app, traces_sample_rate=1.0)  # kwargs win over app.config
+    client = app.test_client()
+    assert client.get("/health").data == b"untraced"
+    client.get("/users/1")
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/users/<int:user_id>"
+    assert tx["release"] == "cfg@1"
+
+
+def test_init_options_ignored_with_a_warning_after_init(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app = create_app()
+    app.config["SENTRY_RELEASE"] = "ignored@1"
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        FlaskTracing(app, transaction_style="endpoint")
+    assert "ignoring options release" in caplog.text
+    app.test_client().get("/users/1")
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "get_user"  # middleware options still apply
+    assert "release" not in tx
+
+
+def test_invalid_option_fails_at_construction() -> None:
+    with pytest.raises(stm.ConfigurationError, match="transaction_style"):
+        FlaskTracing(transaction_style="path")
+    app = create_app()
+    app.config["SENTRY_TRACES_SAMPLE_RATE"] = 2
+    with pytest.raises(stm.ConfigurationError, match="traces_sample_rate"):
+        FlaskTracing(app)
+
+
+def test_init_app_for_several_apps_and_idempotent(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracing = FlaskTracing(
+        dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False
+    )
+    first, second = create_app(), create_app()
+    tracing.init_app(first)
+    tracing.init_app(second)
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        tracing.init_app(first)
+    assert "already traced" in caplog.text
+    first.test_client().get("/users/1")
+    second.test_client().get("/api/v1/items/z")
+    assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "/api/v1/items/<slug>"}
+
+
+def test_wsgi_app_wrappers_and_direct_wsgi_app_serving(sentry_server: SentryServer) -> None:
+    app = traced_app(sentry_server)
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    app.test_client().get("/users/1")
+    with run_wsgi(app.wsgi_app) as base:  # served like Connexion does
+        requests.get(f"{base}/api/v1/items/y", timeout=5)
+    assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "/api/v1/items/<slug>"}
+
+
+def test_generic_middleware_outside_flask_makes_one_transaction(
+    sentry_server: SentryServer,
+) -> None:
+    app = traced_app(sentry_server)
+    outer = TracingMiddleware(app)
+    with run_wsgi(outer) as base:
+        requests.get(f"{base}/users/9", timeout=5)
+        requests.get(f"{base}/nope", timeout=5)
+    txs = by_name(sent(sentry_server, 2))
+    assert set(txs) == {"/users/<int:user_id>", "GET 404"}  # the inner one names it
+    assert txs["/users/<int:user_id>"]["contexts"]["trace"]["origin"] == "auto.http.wsgi"
+
+
+# -- templates ------------------------------------------------------------------------------
+
+
+def test_sentry_trace_meta_jinja_global(sentry_server: SentryServer) -> None:
+    text = traced_app(sentry_server).test_client().get("/meta").get_data(as_text=True)
+    (tx,) = sent(sentry_server, 1)
+    trace = tx["contexts"]["trace"]
+    expected = f'<meta name="sentry-trace" content="{trace["trace_id"]}-{trace["span_id"]}-1">'
+    a, b = text.split("\nB:")
+    assert a.startswith("A:" + expected)
+    assert b.startswith(expected)
+    assert '<meta name="baggage" content="sentry-trace_id=' in b
+    assert "&lt;" not in text
+
+
+# -- real servers ---------------------------------------------------------------------------
+
+
+def test_streamed_response_on_werkzeug_server(sentry_server: SentryServer) -> None:
+    app = traced_app(sentry_server)
+    with run_wsgi(app) as base:
+        resp = requests.get(
+            f"{base}/stream", timeout=5, headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1"}
+        )
+    assert resp.text == "chunk\n" * 3
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/stream"
+    assert tx["timestamp"] - tx["start_timestamp"] >= STREAM_SECONDS
+    assert tx["contexts"]["trace"]["trace_id"] == TRACE_ID
+    assert tx["contexts"]["trace"]["parent_span_id"] == PARENT_ID
+
+
+@pytest.fixture
+def gunicorn(sentry_server: SentryServer) -> Iterator[str]:
+    """``tests.flask_apps:gunicorn_app`` under gunicorn (sync worker, 1 worker)."""
+    port = free_port()
+    env = {**os.environ, "SENTRY_DSN": sentry_server.dsn, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            "-k",
+            "sync",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "3",
+            "--log-level",
+            "warning",
+            "tests.flask_apps:gunicorn_app",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{base}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    raise RuntimeError(f"gunicorn did not start: {out}") from None
+                time.sleep(0.1)
+        sentry_server.wait_for(1, 5)
+        sentry_server.clear()
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None:
+    resp = requests.get(
+        f"{gunicorn}/users/7",
+        timeout=5,
+        headers={
+            "sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1",
+            "baggage": f"sentry-trace_id={TRACE_ID},sentry-sample_rand=0.5,sentry-sampled=true",
+        },
+    )
+    assert resp.json() == {"user_id": 7}
+    assert requests.get(f"{gunicorn}/stream", timeout=5).text == "chunk\n" * 3
+    download = requests.get(f"{gunicorn}/download", timeout=5)
+    assert download.content == (ROOT / "tests" / "flask_apps.py").read_bytes()
+    assert requests.get(f"{gunicorn}/boom", timeout=5).status_code == 500
+    assert requests.get(f"{gunicorn}/nope", timeout=5).status_code == 404
+    wait_transactions(sentry_server, 5, events=1, timeout=10)  # sent by the worker
+    txs = by_name(sentry_server.transactions())
+    assert set(txs) == {"/users/<int:user_id>", "/stream", "/download", "/boom", "GET 404"}
+    users = txs["/users/<int:user_id>"]["contexts"]["trace"]
+    assert (users["trace_id"], users["parent_span_id"]) == (TRACE_ID, PARENT_ID)
+    stream = txs["/stream"]
+    assert stream["timestamp"] - stream["start_timestamp"] >= STREAM_SECONDS
+    assert txs["/download"]["contexts"]["trace"]["status"] == "ok"
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["span_id"] == txs["/boom"]["contexts"]["trace"]["span_id"]
+    assert txs["GET 404"]["contexts"]["trace"]["status"] == "not_found"
+
+
+# -- name parity with sentry-sdk ----------------------------------------------------------
+
+_SDK_SCRIPT = r"""
+import json, sys
+from urllib.parse import urlsplit
+import sentry_sdk
+from sentry_sdk.transport import Transport
+from sentry_sdk.integrations.flask import FlaskIntegration
+from tests.flask_apps import create_app
+
+class Capture(Transport):
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.events = []
+    def capture_envelope(self, envelope):
+        for item in envelope.items:
+            if item.type == "transaction":
+                self.events.append(item.payload.json)
+
+paths = json.loads(sys.argv[1])
+out = {}
+for style in ("url", "endpoint"):
+    transport = Capture()
+    sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=transport,
+                    traces_sample_rate=1.0, default_integrations=False,
+                    integrations=[FlaskIntegration(transaction_style=style)])
+    client = create_app().test_client()
+    for path in paths:
+        client.get(path)
+    sentry_sdk.flush()
+    out[style] = {urlsplit(e["request"]["url"]).path: [e["transaction"],
+                  e["transaction_info"]["source"]] for e in transport.events}
+print(json.dumps(out))
+"""
+
+
+def test_name_parity_with_sentry_sdk(sentry_server: SentryServer) -> None:
+    paths = [*NAMED_ROUTES, "/boom", "/stream", "/meta"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _SDK_SCRIPT, json.dumps(paths)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for style in ("url", "endpoint"):
+        sentry_server.clear()
+        app = create_app()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+        FlaskTracing(app, transaction_style=style)
+        client = app.test_client()
+        for path in paths:
+            client.get(path)
+        ours = {
+            t["request"]["url"].split("localhost", 1)[1]: [
+                t["transaction"],
+                t["transaction_info"]["source"],
+            ]
+            for t in sent(sentry_server, len(paths))
+        }
+        assert set(theirs[style]) == set(paths)
+        assert ours == theirs[style], style

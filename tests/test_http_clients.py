@@ -1,0 +1,646 @@
+"""Outgoing HTTP instrumentation against a real recording server on 127.0.0.1.
+
+Every client (urllib.request, http.client, urllib3, requests, httpx sync and async) is
+checked on the raw header bytes the server received: injection, no duplicate headers,
+baggage merging, target filtering, DSN exclusion, span timing, errors and redirects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import requests
+import urllib3
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._client import get_client
+from sentry_tracing_mw._context import PROPAGATION_CONTEXT
+from sentry_tracing_mw._propagation import extract
+from sentry_tracing_mw._tracing import Span, Transaction
+from sentry_tracing_mw.integrations import http_clients
+
+from .recording_server import RecordingServer, recording_server, running  # noqa: F401
+from .servers import free_port
+
+OnHeaders = Callable[[], None]
+
+
+# --------------------------------------------------------------------------- client adapters
+
+
+class Client:
+    """One HTTP client library behind a common test interface."""
+
+    name = ""
+    origin = "auto.http.stdlib"
+    follows_redirects = True
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class UrllibClient(Client):
+    name = "urllib"
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        req = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            on_headers()
+            return b"".join(iter(lambda: resp.read(4), b""))
+
+
+class HttpClientClient(Client):
+    name = "http.client"
+    follows_redirects = False
+
+    def _conn(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout), target
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        conn, target = self._conn(url, timeout)
+        try:
+            conn.request("GET", target, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        conn, target = self._conn(url, 5)
+        try:
+            conn.request("GET", target)
+            resp = conn.getresponse()
+            on_headers()
+            return b"".join(iter(lambda: resp.read1(8), b""))
+        finally:
+            conn.close()
+
+
+class Urllib3Client(Client):
+    name = "urllib3"
+
+    def _pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(retries=urllib3.Retry(total=5, connect=0, read=0, redirect=5,
+                                                         status=0))
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        with self._pool() as pool:
+            resp = pool.request("GET", url, headers=headers, timeout=timeout)
+            return resp.status, resp.data
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        with self._pool() as pool:
+            resp = pool.request("GET", url, preload_content=False, timeout=5)
+            on_headers()
+            data = b"".join(resp.stream(4))
+            resp.release_conn()
+            return data
+
+
+class RequestsClient(Client):
+    name = "requests"
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        with requests.Session() as session:
+            resp = session.get(url, headers=headers, timeout=timeout)
+            return resp.status_code, resp.content
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        with requests.Session() as session, session.get(url, stream=True, timeout=5) as resp:
+            on_headers()
+            return b"".join(resp.iter_content(4))
+
+
+class HttpxClient(Client):
+    name = "httpx"
+    origin = "auto.http.httpx"
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+            resp = client.get(url, headers=headers)
+            return resp.status_code, resp.content
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        with httpx.Client() as client, client.stream("GET", url) as resp:
+            on_headers()
+            return b"".join(resp.iter_raw(4))
+
+
+class AsyncHttpxClient(Client):
+    name = "httpx-async"
+    origin = "auto.http.httpx"
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+            ) -> tuple[int, bytes]:
+        async def run() -> tuple[int, bytes]:
+            async with httpx.AsyncClient(follow_redirects=True, timeout=timeout) as client:
+                resp = await client.get(url, headers=headers)
+                return resp.status_code, resp.content
+
+        return asyncio.run(run())
+
+    def stream(self, url: str, on_headers: OnHeaders) -> bytes:
+        async def run() -> bytes:
+            async with httpx.AsyncClient() as client, client.stream("GET", url) as resp:
+                on_headers()
+                return b"".join([chunk async for chunk in resp.aiter_raw(4)])
+
+        return asyncio.run(run())
+
+
+CLIENTS = [UrllibClient(), HttpClientClient(), Urllib3Client(), RequestsClient(), HttpxClient(),
+           AsyncHttpxClient()]
+FOLLOWING = [c for c in CLIENTS if c.follows_redirects]
+TRACE_HEADERS = ("sentry-trace", "baggage", "traceparent", "tracestate")
+
+
+@pytest.fixture(params=CLIENTS, ids=repr)
+def client(request: pytest.FixtureRequest) -> Client:
+    return request.param  # type: ignore[no-any-return]
+
+
+@contextmanager
+def propagation_context(headers: dict[str, str]) -> Iterator[Any]:
+    """Run with a continued trace but no current span (what untraced requests get)."""
+    ctx = get_client().continue_trace(extract(headers))
+    token = PROPAGATION_CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        PROPAGATION_CONTEXT.reset(token)
+
+
+def http_spans(tx: Transaction) -> list[Span]:
+    return sorted((s for s in tx.spans if s.op == "http.client"), key=lambda s: s.start_timestamp)
+
+
+def baggage_keys(value: str) -> list[str]:
+    return [m.split("=", 1)[0].strip() for m in value.split(",")]
+
+
+# --------------------------------------------------------------------------- injection
+
+
+def test_injects_replaces_and_merges(
+    client: Client, recording_server: RecordingServer, sentry_server: Any
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, release="app@1.0")
+    caller = {
+        "sentry-trace": "a" * 32 + "-" + "b" * 16 + "-0",
+        "traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-01",
+        "tracestate": "vendor=old",
+        "baggage": "own=1,sentry-trace_id=" + "e" * 32 + ",other=2",
+    }
+    with stm.start_transaction("outgoing", op="test") as tx:
+        status, body = client.get(recording_server.url + "/echo?token=s3cret&a=1", caller)
+    assert status == 200
+    (rec,) = recording_server.received("/echo")
+    assert body == rec.raw
+    (span,) = http_spans(tx)
+    assert rec.header("sentry-trace") == f"{tx.trace_id}-{span.span_id}-1"
+    assert rec.header("traceparent") == f"00-{tx.trace_id}-{span.span_id}-03"
+    assert rec.values("tracestate") == []
+    baggage = rec.header("baggage")
+    assert baggage is not None
+    keys = baggage_keys(baggage)
+    assert keys[:2] == ["own", "other"]
+    assert len(keys) == len(set(keys))
+    assert f"sentry-trace_id={tx.trace_id}" in baggage
+    assert "sentry-sampled=true" in baggage and "sentry-release=app%401.0" in baggage
+    assert "e" * 32 not in baggage
+
+    assert span.origin == client.origin
+    assert span.description == f"GET {recording_server.url}/echo"
+    assert span.status == "ok"
+    assert span.parent_span_id == tx.span_id
+    assert dict(span.data) == {
+        "http.method": "GET",
+        "url": f"{recording_server.url}/echo",
+        "server.address": "127.0.0.1",
+        "http.response.status_code": 200,
+    }
+    assert stm.flush(5)
+    assert sentry_server.wait_for(1)
+    (event,) = sentry_server.transactions()
+    (sent,) = [s for s in event["spans"] if s["op"] == "http.client"]
+    assert sent["span_id"] == span.span_id
+    assert sent["parent_span_id"] == event["contexts"]["trace"]["span_id"]
+    assert "http.query" not in sent["data"] and "s3cret" not in str(event)
+
+
+def test_nothing_current_leaves_request_untouched(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    stm.init(traces_sample_rate=1.0)
+    caller = {"sentry-trace": "a" * 32 + "-" + "b" * 16, "baggage": "own=1"}
+    client.get(recording_server.url + "/echo", caller)
+    (rec,) = recording_server.received("/echo")
+    assert rec.values("sentry-trace") == [caller["sentry-trace"]]
+    assert rec.values("baggage") == ["own=1"]
+    assert rec.values("traceparent") == []
+
+
+def test_unsampled_continued_trace_propagates_without_span(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    stm.init(traces_sample_rate=1.0)
+    trace_id, parent = "1" * 32, "2" * 16
+    incoming = {
+        "sentry-trace": f"{trace_id}-{parent}-0",
+        "baggage": f"vendor=v1,sentry-trace_id={trace_id},sentry-sample_rate=0.25,"
+        "sentry-sample_rand=0.500000,sentry-sampled=false",
+        "traceparent": f"00-{trace_id}-{parent}-02",
+        "tracestate": "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7",
+    }
+    with propagation_context(incoming) as ctx:
+        client.get(recording_server.url + "/echo", {"baggage": "own=1,vendor=mine"})
+    (rec,) = recording_server.received("/echo")
+    assert rec.header("sentry-trace") == f"{trace_id}-{ctx.span_id}-0"
+    assert rec.header("traceparent") == f"00-{trace_id}-{ctx.span_id}-02"
+    assert rec.header("tracestate") == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    baggage = rec.header("baggage") or ""
+    assert baggage_keys(baggage)[:2] == ["own", "vendor"]
+    assert "vendor=mine" in baggage and "vendor=v1" not in baggage
+    assert "sentry-sampled=false" in baggage and "sentry-sample_rate=0.25" in baggage
+
+
+def test_deferred_trace_and_unsampled_transaction(recording_server: RecordingServer) -> None:
+    client = RequestsClient()
+    stm.init()  # no rate: tracing without performance
+    with propagation_context({"sentry-trace": "3" * 32 + "-" + "4" * 16}) as ctx:
+        client.get(recording_server.url + "/echo")
+    assert recording_server.received()[-1].header("sentry-trace") == f"{'3' * 32}-{ctx.span_id}"
+    assert "sentry-sampled" not in (recording_server.received()[-1].header("baggage") or "")
+
+    stm.init(traces_sample_rate=0.0)
+    with stm.start_transaction("zero") as tx:
+        client.get(recording_server.url + "/echo")
+    assert tx.spans == ()
+    assert recording_server.received()[-1].header("sentry-trace") == (
+        f"{tx.trace_id}-{tx.span_id}-0"
+    )
+    assert recording_server.received()[-1].header("traceparent") == (
+        f"00-{tx.trace_id}-{tx.span_id}-02"
+    )
+
+
+def test_traceparent_disabled_keeps_callers(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0, propagate_traceparent=False)
+    theirs = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
+    for client in (RequestsClient(), HttpxClient()):
+        recording_server.clear()
+        with stm.start_transaction("t") as tx:
+            client.get(recording_server.url + "/echo", {"traceparent": theirs})
+        (rec,) = recording_server.received()
+        assert rec.values("traceparent") == [theirs]
+        assert (rec.header("sentry-trace") or "").startswith(tx.trace_id)
+
+
+# --------------------------------------------------------------------------- targets and DSN
+
+
+def test_propagation_targets(client: Client, recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0, trace_propagation_targets=[r"127\.0\.0\.1:\d+/allowed"])
+    with stm.start_transaction("t") as tx:
+        client.get(recording_server.url + "/allowed/x")
+        client.get(recording_server.url + "/other/x?to=/allowed")
+    allowed, other = recording_server.received()
+    assert allowed.header("sentry-trace") is not None and allowed.header("baggage") is not None
+    for name in TRACE_HEADERS:
+        assert other.values(name) == []
+    assert len(http_spans(tx)) == 2  # spans are made either way
+
+
+def test_never_toward_dsn(client: Client, recording_server: RecordingServer) -> None:
+    stm.init(dsn=f"http://key@127.0.0.1:{recording_server.port}/1", traces_sample_rate=1.0)
+    with running() as other, stm.start_transaction("t") as tx:
+        client.get(recording_server.url + "/echo")
+        client.get(other.url + "/echo")
+        (to_other,) = other.received()
+    (to_dsn,) = recording_server.received("/echo")
+    for name in TRACE_HEADERS:
+        assert to_dsn.values(name) == []
+    assert to_other.header("sentry-trace") is not None
+    assert len(http_spans(tx)) == 2
+
+
+def test_transport_requests_carry_no_trace_headers(
+    recording_server: RecordingServer, sentry_server: Any
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction("t"):
+        RequestsClient().get(recording_server.url + "/echo")
+        stm.capture_exception(ValueError("boom"))
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2)
+    assert recording_server.received()[0].header("sentry-trace") is not None
+    for rec in sentry_server.received:
+        assert not {k.lower() for k in rec.headers} & set(TRACE_HEADERS)
+
+
+# --------------------------------------------------------------------------- span lifetime
+
+
+def test_span_ends_with_the_body(client: Client, recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    seen_before_body: list[int] = []
+    with stm.start_transaction("t") as tx:
+        body = client.stream(recording_server.url + "/stream?chunks=3&delay=0.12",
+                             lambda: seen_before_body.append(len(http_spans(tx))))
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"
+    assert seen_before_body == [0]  # headers arrived, span still open
+    (span,) = http_spans(tx)
+    assert span.timestamp is not None
+    assert span.timestamp - span.start_timestamp >= 0.3
+    assert span.status == "ok"
+
+
+def test_head_and_status_codes(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        requests.head(recording_server.url + "/echo", timeout=5)
+        RequestsClient().get(recording_server.url + "/status/404")
+        HttpxClient().get(recording_server.url + "/status/503")
+        UrllibClient().get(recording_server.url + "/status/500")
+    assert [(s.data["http.response.status_code"], s.status) for s in http_spans(tx)] == [
+        (200, "ok"), (404, "not_found"), (503, "unavailable"), (500, "internal_error")
+    ]
+    assert http_spans(tx)[0].description == f"HEAD {recording_server.url}/echo"
+
+
+def test_query_and_fragment_only_with_pii(recording_server: RecordingServer) -> None:
+    url = recording_server.url + "/echo?a=1&token=s3cret#frag"
+    for pii in (False, True):
+        stm.init(traces_sample_rate=1.0, send_default_pii=pii)
+        with stm.start_transaction("t") as tx:
+            HttpxClient().get(url)
+            RequestsClient().get(url)
+        httpx_span, requests_span = http_spans(tx)
+        if pii:
+            assert httpx_span.data["http.query"] == "a=1&token=s3cret"
+            assert httpx_span.data["http.fragment"] == "frag"
+            assert requests_span.data["http.query"] == "a=1&token=s3cret"
+        else:
+            for span in (httpx_span, requests_span):
+                assert "http.query" not in span.data and "http.fragment" not in span.data
+        assert httpx_span.description == f"GET {recording_server.url}/echo"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _raised(fn: Callable[[], object]) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("no exception")
+
+
+@pytest.mark.parametrize("kind", ["refused", "timeout"])
+def test_errors_keep_the_exception(
+    client: Client, kind: str, recording_server: RecordingServer
+) -> None:
+    if kind == "refused":
+        url, timeout, status = f"http://127.0.0.1:{free_port()}/x", 5.0, "internal_error"
+    else:
+        url, timeout, status = recording_server.url + "/slow?delay=1.5", 0.3, "deadline_exceeded"
+    http_clients.uninstrument()
+    plain = _raised(lambda: client.get(url, timeout=timeout))
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        traced = _raised(lambda: client.get(url, timeout=timeout))
+    assert type(traced) is type(plain)
+    spans = http_spans(tx)
+    assert spans and all(s.status == status for s in spans)
+    assert all(s.timestamp is not None for s in spans)
+
+
+def test_http_client_raises_the_socket_error_itself() -> None:
+    stm.init(traces_sample_rate=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", free_port(), timeout=5)
+    with stm.start_transaction("t") as tx, pytest.raises(ConnectionRefusedError):
+        conn.request("GET", "/")
+    (span,) = http_spans(tx)
+    assert span.status == "internal_error" and span.data["error.type"] == "ConnectionRefusedError"
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+@pytest.mark.parametrize("client", FOLLOWING, ids=repr)
+def test_redirects_one_span_per_request(client: Client, recording_server: RecordingServer
+                                        ) -> None:
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        status, _ = client.get(recording_server.url + "/redirect/2", {"baggage": "own=1"})
+    assert status == 200
+    received = recording_server.received()
+    assert [r.path for r in received] == ["/redirect/2", "/redirect/1", "/echo"]
+    spans = http_spans(tx)
+    assert [s.description for s in spans] == [
+        f"GET {recording_server.url}{p}" for p in ("/redirect/2", "/redirect/1", "/echo")
+    ]
+    assert [s.data["http.response.status_code"] for s in spans] == [302, 302, 200]
+    for rec, span in zip(received, spans):
+        assert rec.header("sentry-trace") == f"{tx.trace_id}-{span.span_id}-1"
+        assert rec.header("traceparent") == f"00-{tx.trace_id}-{span.span_id}-03"
+        baggage = rec.header("baggage") or ""
+        assert baggage.startswith("own=1,sentry-") and baggage.count("own=1") == 1
+
+
+@pytest.mark.parametrize("client", FOLLOWING, ids=repr)
+def test_redirect_to_non_target_gets_no_headers(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    stm.init(traces_sample_rate=1.0, trace_propagation_targets=[r"//127\.0\.0\.1:"])
+    target = f"http://localhost:{recording_server.port}/echo"
+    with stm.start_transaction("t") as tx:
+        client.get(f"{recording_server.url}/redirect-to?url={target}", {"baggage": "own=1"})
+    first, second = recording_server.received()
+    assert first.header("sentry-trace") is not None
+    assert second.path == "/echo"
+    for name in ("sentry-trace", "traceparent", "tracestate"):
+        assert second.values(name) == []
+    assert second.values("baggage") == ["own=1"]
+    assert len(http_spans(tx)) == 2
+
+
+# --------------------------------------------------------------------------- retries, limits
+
+
+def test_retries_never_grow_baggage(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    session = requests.Session()
+    retry = urllib3.Retry(total=2, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
+    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+    headers = {"baggage": "own=1", "sentry-trace": "x"}
+    with stm.start_transaction("t") as tx:
+        resp = session.get(recording_server.url + "/status/503", headers=headers, timeout=5)
+        with httpx.Client() as client:
+            request = client.build_request("GET", recording_server.url + "/echo",
+                                           headers={"baggage": "own=2"})
+            client.send(request).read()
+            client.send(request).read()
+    session.close()
+    assert resp.status_code == 503
+    retried = recording_server.received("/status")
+    assert len(retried) == 3
+    bags = [r.header("baggage") for r in retried]
+    assert len(set(bags)) == 1 and (bags[0] or "").startswith("own=1,sentry-")
+    assert len({r.header("sentry-trace") for r in retried}) == 3  # one span per attempt
+    resent = recording_server.received("/echo")
+    assert [r.header("baggage") for r in resent][0] == [r.header("baggage") for r in resent][1]
+    assert (resent[0].header("baggage") or "").startswith("own=2,sentry-")
+    assert len(http_spans(tx)) == 5
+    assert headers == {"baggage": "own=1", "sentry-trace": "x"}  # caller's dict untouched
+
+
+def test_baggage_size_limit(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    own = ",".join(f"k{i}={'v' * 200}" for i in range(60))  # ~12 KB
+    with stm.start_transaction("t") as tx:
+        RequestsClient().get(recording_server.url + "/echo", {"baggage": own})
+    baggage = recording_server.received()[0].header("baggage") or ""
+    assert len(baggage.encode()) <= 8192
+    assert baggage.startswith("k0=") and f"sentry-trace_id={tx.trace_id}" in baggage
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_async_httpx_spans_parented_under_concurrency(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    results: list[tuple[Transaction, str]] = []
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        with stm.start_transaction(f"task {i}") as tx:
+            await asyncio.sleep(0.001 * (i % 7))
+            resp = await client.get(f"{recording_server.url}/slow?delay=0.05&i={i}")
+            sent = resp.content.decode("latin-1")
+        results.append((tx, sent))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.gather(*(one(client, i) for i in range(50)))
+
+    asyncio.run(main())
+    assert len(results) == 50
+    assert len({tx.trace_id for tx, _ in results}) == 50
+    for tx, sent in results:
+        (span,) = http_spans(tx)
+        assert span.parent_span_id == tx.span_id
+        assert f"sentry-trace: {tx.trace_id}-{span.span_id}-1\r\n" in sent
+        assert f"i={tx.name.split()[1]} " in sent
+
+
+# --------------------------------------------------------------------------- install / uninstall
+
+
+def _patched() -> dict[str, Any]:
+    conn = http.client.HTTPConnection.__dict__
+    names = ("putrequest", "putheader", "endheaders", "getresponse", "close")
+    found = {name: conn[name] for name in names}
+    found["_close_conn"] = http.client.HTTPResponse.__dict__["_close_conn"]
+    found["httpx"] = httpx.HTTPTransport.__dict__["handle_request"]
+    found["httpx-async"] = httpx.AsyncHTTPTransport.__dict__["handle_async_request"]
+    return found
+
+
+def test_uninstrument_restores_originals(recording_server: RecordingServer) -> None:
+    http_clients.uninstrument()
+    originals = _patched()
+    http_clients.instrument()
+    http_clients.instrument()
+    assert http_clients.is_instrumented()
+    patched = _patched()
+    assert all(patched[k] is not originals[k] for k in originals)
+    assert all(patched[k].__wrapped__ is originals[k] for k in originals)
+    http_clients.uninstrument()
+    http_clients.uninstrument()
+    assert _patched() == originals
+    assert not hasattr(http.client.HTTPConnection, "_stm_outgoing")
+    with stm.start_transaction("t", sampled=True) as tx:
+        RequestsClient().get(recording_server.url + "/echo")
+        HttpxClient().get(recording_server.url + "/echo")
+    assert tx.spans == ()
+    assert all(r.values("sentry-trace") == [] for r in recording_server.received())
+    http_clients.instrument()
+
+
+def test_instrument_is_idempotent_across_threads(recording_server: RecordingServer) -> None:
+    http_clients.uninstrument()
+    originals = _patched()
+    barrier = threading.Barrier(16)
+
+    def race() -> None:
+        barrier.wait()
+        http_clients.instrument()
+
+    threads = [threading.Thread(target=race) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    patched = _patched()
+    assert all(patched[k].__wrapped__ is originals[k] for k in originals)
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        Urllib3Client().get(recording_server.url + "/echo")
+    (rec,) = recording_server.received()
+    assert len(rec.values("sentry-trace")) == 1 and len(http_spans(tx)) == 1
+
+
+def test_connections_created_before_instrumenting_are_covered(
+    recording_server: RecordingServer,
+) -> None:
+    http_clients.uninstrument()
+    conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=5)
+    session = requests.Session()
+    session.get(recording_server.url + "/warm", timeout=5)  # pooled connection exists now
+    client = httpx.Client()
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        conn.request("GET", "/a")
+        conn.getresponse().read()
+        session.get(recording_server.url + "/b", timeout=5)
+        client.get(recording_server.url + "/c")
+    conn.close()
+    session.close()
+    client.close()
+    assert len(http_spans(tx)) == 3
+    for path in ("/a", "/b", "/c"):
+        (rec,) = recording_server.received(path)
+        assert (rec.header("sentry-trace") or "").startswith(tx.trace_id)
