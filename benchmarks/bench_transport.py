@@ -143,7 +143,7 @@ def bench_handoff(repeats: int = 31, batch: int = 2000) -> tuple[float, float]:
         queue_bytes=1 << 40,
     )
     gate = threading.Event()
-    t.submit(Pending("transaction", lambda: (gate.wait(), None)[1]))  # type: ignore[arg-type,func-returns-value]
+    t.submit(Pending("transaction", lambda: (gate.wait(), None)[1]))
     time.sleep(0.05)
     submit_only: list[float] = []
     with_create: list[float] = []

@@ -245,7 +245,9 @@ class Transport:
         with self._cond:
             if self._closed:
                 return not self._queue
-            if self._send_reports and self.reports.pending():
+            # Items still queued may record drops while they are processed (user hooks,
+            # send errors): send the reports after them whenever anything is in flight.
+            if self._send_reports and (self.reports.pending() or self._done < self._enqueued):
                 self._queue.append(_SEND_REPORTS)
                 self._enqueued += 1
             target = self._enqueued

@@ -341,3 +341,58 @@ async def raw_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+SDK_SCRIPT = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import sentry_sdk
+from sentry_sdk.integrations.fastapi import FastApiIntegration
+from sentry_sdk.integrations.starlette import StarletteIntegration
+from sentry_sdk.transport import Transport
+
+got = []
+
+class Capture(Transport):
+    def capture_envelope(self, envelope):
+        for item in envelope.items:
+            if item.type == "transaction":
+                p = item.payload.json
+                got.append((p["transaction"], p["transaction_info"]["source"]))
+
+kind, style, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sentry_sdk.init(
+    dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0, transport=Capture(),
+    auto_enabling_integrations=False, default_integrations=False,
+    integrations=[StarletteIntegration(transaction_style=style),
+                  FastApiIntegration(transaction_style=style)],
+)
+from starlette.testclient import TestClient
+from tests import asgi_apps
+app = getattr(asgi_apps, kind + "_app")(traced=False)
+out = []
+with TestClient(app, raise_server_exceptions=False) as client:
+    for method, path, headers in cases:
+        got.clear()
+        client.request(method, path, headers=headers)
+        sentry_sdk.flush(2)
+        out.append(got[0] if got else None)
+print(json.dumps(out))
+"""
+
+
+def sdk_names(
+    kind: str, style: str, cases: list[tuple[str, str, dict[str, str]]]
+) -> list[tuple[str, str] | None]:
+    """(name, source) that sentry-sdk gives each request, run in a fresh subprocess."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", SDK_SCRIPT, kind, style, json.dumps(cases)],
+        cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+        timeout=60, check=True,
+    )
+    return [tuple(x) if x else None for x in json.loads(out.stdout.strip().splitlines()[-1])]

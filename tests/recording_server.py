@@ -5,7 +5,7 @@ exactly (duplicate header lines included). Keep-alive, Content-Length and chunke
 bodies are supported. Paths:
 
 * ``/echo...`` (and anything unknown): 200, the body is the raw request header block;
-* ``/redirect/N``: 302 to ``/redirect/N-1``, ``/redirect/0`` to ``/echo``;
+* ``/redirect/N``: 302 to ``/redirect/N-1``, ``/redirect/1`` to ``/echo`` (N+1 requests);
   ``/redirect-to?url=...``: 302 to that URL;
 * ``/stream?chunks=N&delay=S``: a chunked body of N chunks, S seconds apart;
 * ``/status/CODE``: that status with a short body;
@@ -131,7 +131,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return False
         if path.startswith("/redirect/"):
             n = int(path.rsplit("/", 1)[1])
-            location = f"/redirect/{n - 1}" if n > 0 else "/echo"
+            location = f"/redirect/{n - 1}" if n > 1 else "/echo"
             self._send(sock, 302, b"moved", {"Location": location})
             return True
         if path == "/redirect-to":
@@ -183,7 +183,9 @@ class RecordingServer:
         self.requests: list[RecordedRequest] = []
         self.stopping = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def _record(self, rec: RecordedRequest) -> None:

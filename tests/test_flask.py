@@ -70,11 +70,11 @@ def by_name(txs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_route_names_through_test_client(sentry_server: SentryServer) -> None:
     client = traced_app(sentry_server).test_client()
     for path in NAMED_ROUTES:
-        assert client.get(path).status_code == 200
-    assert client.get("/nope").status_code == 404
-    assert client.get("/submit").status_code == 405
-    assert client.post("/users/1").status_code == 405
-    assert client.put("/nowhere/at/all").status_code == 404
+        assert client.get(path, buffered=True).status_code == 200
+    assert client.get("/nope", buffered=True).status_code == 404
+    assert client.get("/submit", buffered=True).status_code == 405
+    assert client.post("/users/1", buffered=True).status_code == 405
+    assert client.put("/nowhere/at/all", buffered=True).status_code == 404
     txs = by_name(sent(sentry_server, len(NAMED_ROUTES) + 4))
     for url_name, _ in NAMED_ROUTES.values():
         tx = txs[url_name]
@@ -100,8 +100,8 @@ def test_endpoint_style(sentry_server: SentryServer) -> None:
     FlaskTracing(app)
     client = app.test_client()
     for path in NAMED_ROUTES:
-        client.get(path)
-    client.get("/nope")
+        client.get(path, buffered=True)
+    client.get("/nope", buffered=True)
     txs = by_name(sent(sentry_server, len(NAMED_ROUTES) + 1))
     for _, endpoint in NAMED_ROUTES.values():
         assert txs[endpoint]["transaction_info"] == {"source": "component"}
@@ -110,7 +110,7 @@ def test_endpoint_style(sentry_server: SentryServer) -> None:
 
 def test_named_before_the_view_runs(sentry_server: SentryServer) -> None:
     client = traced_app(sentry_server).test_client()
-    out = client.get("/trace").get_json()
+    out = client.get("/trace", buffered=True).get_json()
     assert out["name"] == "/trace" and out["source"] == "route"
     assert "sentry-transaction=%2Ftrace" in out["headers"]["baggage"]
     (tx,) = sent(sentry_server, 1)
@@ -118,7 +118,7 @@ def test_named_before_the_view_runs(sentry_server: SentryServer) -> None:
 
 
 def test_app_can_rename_with_set_transaction_name(sentry_server: SentryServer) -> None:
-    traced_app(sentry_server).test_client().get("/custom")
+    traced_app(sentry_server).test_client().get("/custom", buffered=True)
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "custom-name"
     assert tx["transaction_info"] == {"source": "custom"}
@@ -144,9 +144,9 @@ def test_traces_sampler_gets_the_route_before_the_view(sentry_server: SentryServ
     app = create_app()
     FlaskTracing(app, dsn=sentry_server.dsn, traces_sampler=sampler, instrument_http_clients=False)
     client = app.test_client()
-    client.get("/users/5")
-    client.get("/api/v1/items/q")
-    client.get("/nope")
+    client.get("/users/5", buffered=True)
+    client.get("/api/v1/items/q", buffered=True)
+    client.get("/nope", buffered=True)
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "/users/<int:user_id>"
     assert seen == [
@@ -166,8 +166,8 @@ def test_head_untraced_with_distinct_traces(sentry_server: SentryServer) -> None
         return "ok"
 
     client = app.test_client()
-    assert client.head("/record").status_code == 200
-    assert client.head("/record").status_code == 200
+    assert client.head("/record", buffered=True).status_code == 200
+    assert client.head("/record", buffered=True).status_code == 200
     with run_wsgi(app) as base:
         for method in ("HEAD", "HEAD", "OPTIONS", "GET"):
             assert requests.request(method, f"{base}/record", timeout=5).status_code == 200
@@ -182,7 +182,7 @@ def test_head_untraced_with_distinct_traces(sentry_server: SentryServer) -> None
 
 def test_exception_turned_into_500_is_captured_once(sentry_server: SentryServer) -> None:
     client = traced_app(sentry_server).test_client()
-    assert client.get("/boom").status_code == 500
+    assert client.get("/boom", buffered=True).status_code == 500
     assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
     (tx,) = sentry_server.transactions()
     (event,) = sentry_server.events()
@@ -200,7 +200,7 @@ def test_propagated_exception_is_reraised_and_captured_once(sentry_server: Sentr
     app = traced_app(sentry_server)
     app.config["PROPAGATE_EXCEPTIONS"] = True
     with pytest.raises(ValueError, match="boom from flask"):
-        app.test_client().get("/boom")
+        app.test_client().get("/boom", buffered=True)
     assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
     time.sleep(0.2)
     assert len(sentry_server.events()) == 1
@@ -209,7 +209,7 @@ def test_propagated_exception_is_reraised_and_captured_once(sentry_server: Sentr
 
 
 def test_abort_is_not_an_error_event(sentry_server: SentryServer) -> None:
-    traced_app(sentry_server).test_client().get("/forbidden")
+    traced_app(sentry_server).test_client().get("/forbidden", buffered=True)
     (tx,) = sent(sentry_server, 1)
     assert tx["contexts"]["trace"]["status"] == "permission_denied"
     assert sentry_server.events() == []
@@ -229,8 +229,8 @@ def test_config_and_kwargs(sentry_server: SentryServer) -> None:
     )
     FlaskTracing(app, traces_sample_rate=1.0)  # kwargs win over app.config
     client = app.test_client()
-    assert client.get("/health").data == b"untraced"
-    client.get("/users/1")
+    assert client.get("/health", buffered=True).data == b"untraced"
+    client.get("/users/1", buffered=True)
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "/users/<int:user_id>"
     assert tx["release"] == "cfg@1"
@@ -245,7 +245,7 @@ def test_init_options_ignored_with_a_warning_after_init(
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         FlaskTracing(app, transaction_style="endpoint")
     assert "ignoring options release" in caplog.text
-    app.test_client().get("/users/1")
+    app.test_client().get("/users/1", buffered=True)
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "get_user"  # middleware options still apply
     assert "release" not in tx
@@ -272,15 +272,15 @@ def test_init_app_for_several_apps_and_idempotent(
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         tracing.init_app(first)
     assert "already traced" in caplog.text
-    first.test_client().get("/users/1")
-    second.test_client().get("/api/v1/items/z")
+    first.test_client().get("/users/1", buffered=True)
+    second.test_client().get("/api/v1/items/z", buffered=True)
     assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "/api/v1/items/<slug>"}
 
 
 def test_wsgi_app_wrappers_and_direct_wsgi_app_serving(sentry_server: SentryServer) -> None:
     app = traced_app(sentry_server)
     app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
-    app.test_client().get("/users/1")
+    app.test_client().get("/users/1", buffered=True)
     with run_wsgi(app.wsgi_app) as base:  # served like Connexion does
         requests.get(f"{base}/api/v1/items/y", timeout=5)
     assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "/api/v1/items/<slug>"}
@@ -303,7 +303,7 @@ def test_generic_middleware_outside_flask_makes_one_transaction(
 
 
 def test_sentry_trace_meta_jinja_global(sentry_server: SentryServer) -> None:
-    text = traced_app(sentry_server).test_client().get("/meta").get_data(as_text=True)
+    text = traced_app(sentry_server).test_client().get("/meta", buffered=True).get_data(as_text=True)
     (tx,) = sent(sentry_server, 1)
     trace = tx["contexts"]["trace"]
     expected = f'<meta name="sentry-trace" content="{trace["trace_id"]}-{trace["span_id"]}-1">'
@@ -394,7 +394,8 @@ def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None
         timeout=5,
         headers={
             "sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1",
-            "baggage": f"sentry-trace_id={TRACE_ID},sentry-sample_rand=0.5,sentry-sampled=true",
+            "baggage": f"sentry-trace_id={TRACE_ID},sentry-public_key=up,sentry-sample_rand=0.5,"
+                   "sentry-sampled=true",
         },
     )
     assert resp.json() == {"user_id": 7}
@@ -444,7 +445,7 @@ for style in ("url", "endpoint"):
                     integrations=[FlaskIntegration(transaction_style=style)])
     client = create_app().test_client()
     for path in paths:
-        client.get(path)
+        client.get(path, buffered=True)
     sentry_sdk.flush()
     out[style] = {urlsplit(e["request"]["url"]).path: [e["transaction"],
                   e["transaction_info"]["source"]] for e in transport.events}
@@ -470,7 +471,7 @@ def test_name_parity_with_sentry_sdk(sentry_server: SentryServer) -> None:
         FlaskTracing(app, transaction_style=style)
         client = app.test_client()
         for path in paths:
-            client.get(path)
+            client.get(path, buffered=True)
         ours = {
             t["request"]["url"].split("localhost", 1)[1]: [
                 t["transaction"],
@@ -480,3 +481,20 @@ def test_name_parity_with_sentry_sdk(sentry_server: SentryServer) -> None:
         }
         assert set(theirs[style]) == set(paths)
         assert ours == theirs[style], style
+
+
+def test_send_file_keeps_the_servers_file_wrapper(sentry_server: SentryServer) -> None:
+    from gunicorn.http.wsgi import FileWrapper
+    from werkzeug.test import EnvironBuilder
+
+    app = traced_app(sentry_server)
+    environ = EnvironBuilder(path="/download").get_environ()
+    environ["wsgi.file_wrapper"] = FileWrapper
+    result = app(environ, lambda s, h, e=None: None)
+    assert isinstance(result, FileWrapper)  # gunicorn can use sendfile()
+    tx = environ["sentry_tracing_mw.transaction"]
+    assert tx.name == "/download" and tx.timestamp is None
+    result.close()
+    assert tx.timestamp is not None
+    (sent_tx,) = sent(sentry_server, 1)
+    assert sent_tx["contexts"]["trace"]["status"] == "ok"

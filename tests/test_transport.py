@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from sentry_tracing_mw import _transport
@@ -36,7 +36,7 @@ SENT_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 MakeTransport = Callable[..., Transport]
 
 
-def tx_pending(spans: int = 0, hook: Callable[[], None] | None = None) -> Pending:
+def tx_pending(spans: int = 0, hook: Callable[[], object] | None = None) -> Pending:
     payload = sample_transaction(spans)
     dsc = sample_dsc(payload["contexts"]["trace"]["trace_id"])
 

@@ -87,7 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
         + (f"\n  rate limits {', '.join(r.header() for r in limits)}" if limits else ""),
         flush=True,
     )
-    collector.serve_forever()
+    try:
+        collector.serve_forever()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
     return 0
 
 

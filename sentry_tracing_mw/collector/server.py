@@ -181,6 +181,8 @@ class _App:
         self.store = store
         self.key = key
         self.rate_limits = tuple(rate_limits)
+        #: responses by status code since start (accepted and rejected envelopes)
+        self.responses: dict[int, int] = {}
 
     # -- ingestion ----------------------------------------------------------------------
 
@@ -255,16 +257,19 @@ class _App:
                 self._ingest, raw, request.headers.get("content-encoding"), project, key
             )
         except _Reject as exc:
+            self.responses[exc.status] = self.responses.get(exc.status, 0) + 1
             if exc.status != 429:
                 logger.warning("rejected envelope (%s): %s", exc.status, exc.message)
             return JSONResponse(
                 {"detail": exc.message}, exc.status, headers={**_CORS, **exc.headers}
             )
         except Exception as exc:  # the server keeps serving whatever happens
+            self.responses[500] = self.responses.get(500, 0) + 1
             logger.exception("failed to store an envelope")
             return JSONResponse(
                 {"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500, headers=_CORS
             )
+        self.responses[200] = self.responses.get(200, 0) + 1
         body = {"id": event_id, "stored": result.as_dict()}
         return JSONResponse(body, 200, headers={**_CORS, **headers})
 
@@ -358,6 +363,7 @@ class _App:
                 "counts": self.store.counts(),
                 "client_reports": self.store.client_report_totals(),
                 "rate_limits": [r.header() for r in self.rate_limits],
+                "responses": {str(k): v for k, v in sorted(self.responses.items())},
             }
 
         return await self._json(stats)
@@ -383,7 +389,9 @@ def create_app(
         Route("/api/ui/stats", app.ui_stats, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
-    return Starlette(routes=routes)
+    starlette = Starlette(routes=routes)
+    starlette.state.collector = app
+    return starlette
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -424,6 +432,12 @@ class Collector:
         """Base URL (also the trace viewer's address)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def responses(self) -> dict[int, int]:
+        """Envelope responses by HTTP status since start."""
+        counts: dict[int, int] = self.app.state.collector.responses
+        return counts
 
     def dsn(self, project_id: int | str = 1) -> str:
         """The DSN apps should use to send here."""

@@ -251,6 +251,10 @@ class TracingMiddleware:
     ) -> None:
         complete = False
         disconnected = False
+        body_read = False  # the app received the whole request body
+        ahead: list[Message] = []  # messages read ahead by the disconnect watcher
+        watcher: asyncio.Future[None] | None = None
+        watch_tried = False
         try:
             inner = self.app_scope(scope, tx, method)
         except Exception:
@@ -258,12 +262,41 @@ class TracingMiddleware:
             inner = scope
         name_on_response = self.name_on_response
 
+        async def watch() -> None:
+            # Servers may drop sends to a gone client silently (ASGI < 2.4), so an app
+            # streaming without reading again would look complete. Once no request body
+            # is pending, read ahead for http.disconnect; the app gets every message.
+            nonlocal disconnected
+            message = await receive()
+            ahead.append(message)
+            if message.get("type") == "http.request" and not message.get("more_body", False):
+                message = await receive()
+                ahead.append(message)
+            if message.get("type") == "http.disconnect" and not complete:
+                disconnected = True
+
+        def start_watch() -> None:
+            nonlocal watcher, watch_tried
+            watch_tried = True
+            if not body_read:
+                for name, value in scope.get("headers") or ():
+                    if name == b"transfer-encoding" or (
+                        name == b"content-length" and value.strip() not in (b"0", b"")
+                    ):
+                        return  # a body the app did not read: don't touch it
+            try:
+                watcher = asyncio.ensure_future(watch())
+            except Exception:
+                logger.debug("cannot watch for client disconnects", exc_info=True)
+
         async def traced_send(message: Message) -> None:
             nonlocal complete, disconnected
             kind = message.get("type")
             if kind == "http.response.body":
                 if not message.get("more_body", False):
                     complete = True
+                elif not watch_tried and not disconnected:
+                    start_watch()
             elif kind == "http.response.start":
                 try:
                     code = int(message["status"])
@@ -285,9 +318,18 @@ class TracingMiddleware:
                 raise
 
         async def traced_receive() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message.get("type") == "http.disconnect" and not complete:
+            nonlocal disconnected, body_read
+            if watcher is not None and not ahead and not watcher.done():
+                try:
+                    await asyncio.shield(watcher)
+                except Exception:
+                    pass
+            message = ahead.pop(0) if ahead else await receive()
+            kind = message.get("type")
+            if kind == "http.request":
+                if not message.get("more_body", False):
+                    body_read = True
+            elif kind == "http.disconnect" and not complete:
                 disconnected = True
             return message
 
@@ -295,10 +337,15 @@ class TracingMiddleware:
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
-            _fail(client, tx, exc, disconnected and not complete)
+            _fail(client, tx, exc, disconnected)
             raise
         finally:
             CURRENT_SPAN.reset(token)
-            if disconnected and not complete and tx._status in (None, "ok"):
+            if watcher is not None:
+                if not watcher.done():
+                    watcher.cancel()
+                elif not watcher.cancelled():
+                    watcher.exception()  # retrieved: no "never retrieved" warning
+            if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
             tx.finish()

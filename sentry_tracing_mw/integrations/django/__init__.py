@@ -179,7 +179,7 @@ class _AsyncBody:
     async def __anext__(self) -> bytes:
         token = CURRENT_SPAN.set(self._state.tx)
         try:
-            return await anext(self._it)  # type: ignore[no-any-return]
+            return await anext(self._it)
         except StopAsyncIteration:
             self.done = True
             raise
@@ -204,7 +204,7 @@ class TracingMiddleware:
         if self._async:
             markcoroutinefunction(self)
             # Django adapts a sync process_view with sync_to_async (a thread hop): avoid it.
-            self.process_view = self._process_view_async  # type: ignore[method-assign]
+            self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
         options = _settings_options()
         self.config, init_options = split_options(options)
         self._endpoint = self.config.transaction_style == "endpoint"
@@ -250,9 +250,7 @@ class TracingMiddleware:
             self._respond(request, state, response)
         return response
 
-    def process_view(
-        self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
-    ) -> None:
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Name the transaction before the view runs."""
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
@@ -511,4 +509,3 @@ _TRACE_META = _TraceMeta()
 def context_processor(request: Any) -> Mapping[str, Any]:
     """Django context processor adding ``sentry_trace_meta`` (``sentry-sdk``'s name)."""
     return {"sentry_trace_meta": _TRACE_META}
-

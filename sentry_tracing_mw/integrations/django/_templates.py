@@ -25,9 +25,7 @@ def _wrap_render(original: Callable[..., Any]) -> Callable[..., Any]:
         if parent is None or not parent._recording:
             return original(self, context)
         try:
-            span = parent.start_child(
-                "template.render", self.name or "<string>", origin=_ORIGIN
-            )
+            span = parent.start_child("template.render", self.name or "<string>", origin=_ORIGIN)
             token = CURRENT_SPAN.set(span)
         except Exception:
             logger.debug("starting a template span failed", exc_info=True)

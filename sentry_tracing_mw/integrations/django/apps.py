@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class SentryTracingConfig(AppConfig):
+class SentryTracingConfig(AppConfig):  # type: ignore[misc]
     """App config (label ``sentry_tracing_mw``)."""
 
     name = "sentry_tracing_mw.integrations.django"

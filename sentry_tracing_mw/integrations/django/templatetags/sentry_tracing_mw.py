@@ -10,7 +10,9 @@ from ...._api import trace_meta_tags
 register = template.Library()
 
 
-@register.simple_tag
 def sentry_trace_meta() -> SafeString:
     """The ``sentry-trace`` and ``baggage`` ``<meta>`` tags of the current span."""
     return mark_safe(trace_meta_tags())
+
+
+register.simple_tag(sentry_trace_meta)

@@ -1,0 +1,575 @@
+"""The local collector end to end: real server, real SDKs, real SQLite."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._envelope import gzip_compress, serialize_envelope
+from sentry_tracing_mw.collector import Collector, parse_rate_limit
+from sentry_tracing_mw.collector.show import show
+from sentry_tracing_mw.collector.store import parse_timestamp
+from sentry_tracing_mw.collector.viewer import percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+SPAN_V2 = "application/vnd.sentry.items.span.v2+json"
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "traces.sqlite3")
+
+
+@pytest.fixture
+def collector(db: str) -> Iterator[Collector]:
+    c = Collector(db, port=0).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def hexid(n: int, width: int) -> str:
+    return f"{n:0{width}x}"
+
+
+def tx_payload(
+    trace_id: str,
+    span_id: str,
+    name: str,
+    start: float,
+    duration: float,
+    *,
+    parent: str | None = None,
+    spans: list[dict[str, Any]] | None = None,
+    status: str = "ok",
+    release: str | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    trace: dict[str, Any] = {"trace_id": trace_id, "span_id": span_id, "op": "http.server",
+                             "status": status}
+    if parent:
+        trace["parent_span_id"] = parent
+    payload: dict[str, Any] = {
+        "type": "transaction",
+        "event_id": event_id or os.urandom(16).hex(),
+        "transaction": name,
+        "transaction_info": {"source": "route"},
+        "start_timestamp": start,
+        "timestamp": start + duration,
+        "contexts": {"trace": trace},
+        "spans": spans or [],
+        "platform": "python",
+    }
+    if release:
+        payload["release"] = release
+    return payload
+
+
+def child(trace_id: str, span_id: str, parent: str, op: str, desc: str, start: float,
+          duration: float) -> dict[str, Any]:
+    return {"trace_id": trace_id, "span_id": span_id, "parent_span_id": parent, "op": op,
+            "description": desc, "start_timestamp": start, "timestamp": start + duration,
+            "status": "ok", "tags": {"k": "v"}, "data": {"rows": 3}}
+
+
+def tx_envelope(payload: dict[str, Any], sample_rate: str | None = "1.0") -> bytes:
+    headers: dict[str, Any] = {"event_id": payload["event_id"],
+                               "sent_at": "2025-01-01T00:00:00.000000Z"}
+    trace = {"trace_id": payload["contexts"]["trace"]["trace_id"], "public_key": "public"}
+    if sample_rate is not None:
+        trace["sample_rate"] = sample_rate
+    headers["trace"] = trace
+    body = json.dumps(payload).encode()
+    return serialize_envelope(headers, [({"type": "transaction"}, body)])
+
+
+def post(collector: Collector, body: bytes, *, encoding: str | None = "gzip", key: str = "public",
+         project: str = "1", headers: dict[str, str] | None = None,
+         query: str = "") -> httpx.Response:
+    h = {"Content-Type": "application/x-sentry-envelope"}
+    if key:
+        h["X-Sentry-Auth"] = f"Sentry sentry_version=7, sentry_client=test/1, sentry_key={key}"
+    if encoding == "gzip":
+        body = gzip_compress(body)
+    elif encoding == "deflate":
+        body = zlib.compress(body)
+    if encoding:
+        h["Content-Encoding"] = encoding
+    h.update(headers or {})
+    url = f"{collector.url}/api/{project}/envelope/{query}"
+    return httpx.post(url, content=body, headers=h, timeout=10)
+
+
+def ui(collector: Collector, path: str, **params: Any) -> Any:
+    res = httpx.get(f"{collector.url}/api/ui/{path}", params=params, timeout=10)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def wait_units(collector: Collector, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while collector.store.counts()["units"] < n:
+        assert time.monotonic() < deadline, collector.store.counts()
+        time.sleep(0.02)
+
+
+# -- unit-level helpers ----------------------------------------------------------------------
+
+
+def test_parse_timestamp_and_rate_limit_and_percentile() -> None:
+    assert parse_timestamp(1735732800.5) == 1735732800.5
+    assert parse_timestamp("2025-01-01T12:00:00.123Z") == pytest.approx(1735732800.123)
+    assert parse_timestamp("2025-01-01T12:00:00.1234567+00:00") == pytest.approx(1735732800.123456)
+    assert parse_timestamp("nope") is None and parse_timestamp(float("nan")) is None
+    assert parse_timestamp(True) is None
+    rl = parse_rate_limit("60:transaction;error")
+    assert rl.seconds == 60 and rl.categories == {"transaction", "error"}
+    assert rl.header() == "60:error;transaction:key"
+    assert parse_rate_limit("30").categories == frozenset()
+    with pytest.raises(ValueError):
+        parse_rate_limit("soon:transaction")
+    assert percentile([1, 2, 3, 4], 0.75) == pytest.approx(3.25)
+    assert percentile([5], 0.95) == 5 and percentile([], 0.5) == 0
+
+
+# -- real SDKs ----------------------------------------------------------------------------
+
+
+def _service_calls(dsn: str, fail: bool = False) -> str:
+    """Three services of one trace via the real package: storefront -> pricing, inventory."""
+    stm.init(dsn=dsn, traces_sample_rate=1.0, release="storefront@1.0")
+    with stm.start_transaction("GET /checkout/{cart_id}", op="http.server", source="route") as tx:
+        with stm.start_span("db", "SELECT * FROM carts"):
+            time.sleep(0.002)
+        with stm.start_span("http.client", "POST http://pricing/price"):
+            to_pricing = stm.get_trace_headers()
+            time.sleep(0.01)
+        with stm.start_span("http.client", "GET http://inventory/stock"):
+            to_inventory = stm.get_trace_headers()
+            time.sleep(0.01)
+        if fail:
+            with stm.start_span("function", "charge"):
+                try:
+                    raise RuntimeError("card declined")
+                except RuntimeError as exc:
+                    stm.capture_exception(exc)
+            tx.set_status("internal_error")
+        trace_id = tx.trace_id
+    assert stm.flush(5)
+    for release, headers, name in (
+        ("pricing@1.0", to_pricing, "POST /price"),
+        ("inventory@1.0", to_inventory, "GET /stock"),
+    ):
+        stm.init(dsn=dsn, traces_sample_rate=1.0, release=release)
+        with stm.continue_trace(headers, name=name, op="http.server"):
+            with stm.start_span("db", "SELECT qty"):
+                time.sleep(0.002)
+        assert stm.flush(5)
+    return trace_id
+
+
+def test_real_package_transactions_are_stitched_across_services(collector: Collector) -> None:
+    trace_id = _service_calls(collector.dsn(), fail=True)
+    stm.close()
+    wait_units(collector, 3)
+    view = ui(collector, f"trace/{trace_id}")
+    units = {u["service"]: u for u in view["units"]}
+    assert set(units) == {"storefront", "pricing", "inventory"}
+    assert not any(u["orphan"] for u in view["units"])
+    rows = view["rows"]
+    by_desc = {r["description"]: r for r in rows}
+    pricing_call = by_desc["POST http://pricing/price"]
+    # the downstream transaction hangs right under the http.client span that caused it
+    idx = rows.index(pricing_call)
+    assert rows[idx + 1]["is_unit_root"] and rows[idx + 1]["unit"]["service"] == "pricing"
+    assert rows[idx + 1]["depth"] == pricing_call["depth"] + 1
+    assert [c["id"] for c in pricing_call["child_units"]] == [units["pricing"]["id"]]
+    # the error is linked to the span that was active
+    charge = by_desc["charge"]
+    assert [e["title"] for e in charge["errors"]] == ["RuntimeError: card declined"]
+    # transaction view: the http.client span links to the child, and the child links back up
+    tx_view = ui(collector, f"transaction/{units['storefront']['id']}")
+    assert tx_view["transaction"]["status"] == "internal_error"
+    assert tx_view["trace_units"] == 3
+    link = next(r for r in tx_view["rows"] if r["description"] == "GET http://inventory/stock")
+    assert link["child_units"][0]["service"] == "inventory"
+    down = ui(collector, f"transaction/{units['inventory']['id']}")
+    assert down["parent"]["unit_id"] == units["storefront"]["id"]
+    assert down["parent"]["span"]["span_id"] == link["span_id"]
+    assert down["orphan"] is False
+
+
+def test_sentry_sdk_transaction_and_streamed_spans(collector: Collector) -> None:
+    code = textwrap.dedent(
+        f"""
+        import time, sentry_sdk
+        from sentry_sdk import traces
+        sentry_sdk.init(dsn={collector.dsn()!r}, traces_sample_rate=1.0, release="legacy@2")
+        with sentry_sdk.start_transaction(name="nightly-job", op="task") as tx:
+            with tx.start_child(op="db", description="VACUUM"):
+                time.sleep(0.005)
+        sentry_sdk.flush(5)
+        sentry_sdk.get_client().close()
+        sentry_sdk.init(dsn={collector.dsn(2)!r}, traces_sample_rate=1.0, release="node-ish@11",
+                        trace_lifecycle="stream")
+        with traces.start_span(name="GET /items") as seg:
+            with traces.start_span(name="SELECT items", attributes={{"sentry.op": "db"}}):
+                time.sleep(0.005)
+        sentry_sdk.flush(5)
+        print(seg.trace_id)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SENTRY_DSN": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    stream_trace = out.stdout.strip().splitlines()[-1]
+    wait_units(collector, 2)
+    summary = {r["name"]: r for r in ui(collector, "summary")["rows"]}
+    assert summary["nightly-job"]["services"] == ["legacy"]
+    assert summary["nightly-job"]["ops"] == ["task"]
+    assert summary["GET /items"]["services"] == ["node-ish"]
+    job = ui(collector, "transactions", exact_name="nightly-job")["rows"][0]
+    assert job["kind"] == "transaction" and job["duration_ms"] >= 5  # ISO timestamps parsed
+    seg = ui(collector, f"trace/{stream_trace}")
+    assert [u["kind"] for u in seg["units"]] == ["segment"]
+    assert seg["units"][0]["complete"] is True
+    assert [(r["description"], r["depth"]) for r in seg["rows"]] == [
+        ("GET /items", 0),
+        ("SELECT items", 1),
+    ]
+    assert seg["rows"][1]["op"] == "db"
+
+
+def test_client_reports_and_rate_limit_backoff_seen_by_the_app(db: str) -> None:
+    limited = Collector(db, port=0, rate_limits=[parse_rate_limit("60:transaction")]).start()
+    try:
+        stm.init(dsn=limited.dsn(), traces_sample_rate=1.0)
+        with stm.start_transaction("first", op="task"):
+            pass
+        stm.flush(5)
+        with stm.start_transaction("second", op="task"):  # dropped by the app's backoff
+            pass
+        stm.flush(5)
+        stm.close()
+        assert limited.responses.get(429) == 1  # the second one was never sent
+        totals = {(r["reason"], r["category"]): r["quantity"]
+                  for r in limited.store.client_report_totals()}
+        assert totals.get(("ratelimit_backoff", "transaction")) == 1
+        assert limited.store.counts()["units"] == 0
+        # an error event is not limited; a mixed envelope keeps its unlimited items
+        event_id = os.urandom(16).hex()
+        err = json.dumps({"event_id": event_id, "message": "hello",
+                          "contexts": {"trace": {"trace_id": hexid(7, 32), "span_id": hexid(7, 16)}}})
+        res = post(limited, serialize_envelope({"event_id": event_id},
+                                               [({"type": "event"}, err.encode())]))
+        assert res.status_code == 200, res.text
+        payload = tx_payload(hexid(8, 32), hexid(8, 16), "mixed", time.time(), 0.01)
+        report = json.dumps({"discarded_events": [
+            {"reason": "sample_rate", "category": "transaction", "quantity": 4}]}).encode()
+        body = serialize_envelope({"event_id": payload["event_id"]}, [
+            ({"type": "transaction"}, json.dumps(payload).encode()),
+            ({"type": "client_report"}, report)])
+        res = post(limited, body)
+        assert res.status_code == 200
+        assert res.headers["X-Sentry-Rate-Limits"] == "60:transaction:key"
+        assert res.json()["stored"]["client_reports"] == 1
+        res = post(limited, tx_envelope(payload))
+        assert res.status_code == 429
+        assert res.headers["Retry-After"] == "60"
+        assert res.headers["X-Sentry-Rate-Limits"] == "60:transaction:key"
+        assert "rate limited" in res.json()["detail"]
+        assert limited.store.counts()["units"] == 0
+    finally:
+        limited.stop()
+
+
+def test_envelope_forms_and_key_check(collector: Collector) -> None:
+    now = time.time()
+    for i, (encoding, kwargs) in enumerate([
+        ("gzip", {}),
+        ("deflate", {}),
+        (None, {}),
+        (None, {"key": "", "query": "?sentry_key=public&sentry_version=7"}),
+    ]):
+        payload = tx_payload(hexid(100 + i, 32), hexid(100 + i, 16), f"form-{i}", now, 0.01)
+        res = post(collector, tx_envelope(payload), encoding=encoding, **kwargs)
+        assert res.status_code == 200, res.text
+        assert res.json() == {"id": payload["event_id"], "stored": {
+            "envelope_id": i + 1, "transactions": 1, "spans": 1, "errors": 0,
+            "client_reports": 0, "ignored_item_types": []}}
+    # authentication through the envelope's dsn header only
+    payload = tx_payload(hexid(120, 32), hexid(120, 16), "dsn-auth", now, 0.01)
+    body = serialize_envelope({"event_id": payload["event_id"], "dsn": collector.dsn()},
+                              [({"type": "transaction"}, json.dumps(payload).encode())])
+    assert post(collector, body, key="").status_code == 200
+    before = collector.store.counts()
+    bad = tx_payload(hexid(130, 32), hexid(130, 16), "bad", now, 0.01)
+    for kwargs, body in [
+        ({"key": "wrong"}, tx_envelope(bad)),
+        ({"key": ""}, tx_envelope(bad)),
+        ({"key": "", "query": "?sentry_key=wrong"}, tx_envelope(bad)),
+        ({"query": "?sentry_key=other"}, tx_envelope(bad)),  # header and query disagree
+        ({"key": ""}, serialize_envelope(
+            {"event_id": bad["event_id"], "dsn": "http://wrong@127.0.0.1/1"},
+            [({"type": "transaction"}, json.dumps(bad).encode())])),
+    ]:
+        res = post(collector, body, **kwargs)
+        assert res.status_code == 403, (kwargs, res.text)
+        assert res.json()["detail"]
+    assert collector.store.counts() == before
+    # unknown item types are accepted and ignored
+    res = post(collector, serialize_envelope({}, [({"type": "statsd"}, b"a:1|c"),
+                                                  ({"type": "profile_chunk"}, b"{}")]))
+    assert res.status_code == 200
+    assert res.json()["stored"]["ignored_item_types"] == ["statsd", "profile_chunk"]
+
+
+def test_span_v2_segments_arrive_in_pieces_and_stitch_under_a_transaction(
+    collector: Collector,
+) -> None:
+    trace_id, now = hexid(0xABC, 32), time.time()
+    call = hexid(0xA2, 16)
+    head = tx_payload(trace_id, hexid(0xA1, 16), "GET /front", now, 0.2,
+                      spans=[child(trace_id, call, hexid(0xA1, 16), "http.client",
+                                   "GET http://node/api", now + 0.01, 0.15)], release="front@1")
+    assert post(collector, tx_envelope(head)).status_code == 200
+    seg_id = hexid(0xB1, 16)
+
+    def v2(span_id: str, parent: str | None, name: str, start: float, dur: float,
+           segment: bool, op: str) -> dict[str, Any]:
+        span: dict[str, Any] = {
+            "trace_id": trace_id, "span_id": span_id, "name": name, "status": "ok",
+            "is_segment": segment, "start_timestamp": start, "end_timestamp": start + dur,
+            "attributes": {
+                "sentry.op": {"type": "string", "value": op},
+                "sentry.segment.id": {"type": "string", "value": seg_id},
+                "sentry.segment.name": {"type": "string", "value": "GET /api"},
+                "sentry.release": {"type": "string", "value": "node-api@11"},
+                "db.rows": {"type": "integer", "value": 3},
+            },
+        }
+        if parent:
+            span["parent_span_id"] = parent
+        return span
+
+    def send(*spans: dict[str, Any]) -> httpx.Response:
+        payload = json.dumps({"version": 2, "items": list(spans)}).encode()
+        return post(collector, serialize_envelope(
+            {"trace": {"trace_id": trace_id, "public_key": "public", "sample_rate": "0.5"}},
+            [({"type": "span", "content_type": SPAN_V2, "item_count": len(spans)}, payload)]),
+            project="2")
+
+    # children first (root not yet received), then the segment root in another envelope
+    res = send(v2(hexid(0xB2, 16), seg_id, "SELECT 1", now + 0.03, 0.02, False, "db"),
+               v2(hexid(0xB3, 16), hexid(0xB2, 16), "fetch row", now + 0.035, 0.005, False,
+                  "function"))
+    assert res.status_code == 200 and res.json()["stored"]["spans"] == 2
+    partial = ui(collector, f"trace/{trace_id}")
+    seg_unit = next(u for u in partial["units"] if u["kind"] == "segment")
+    assert seg_unit["complete"] is False
+    assert any(r["synthetic"] for r in partial["rows"])
+    res = send(v2(seg_id, call, "GET /api", now + 0.02, 0.12, True, "http.server"))
+    assert res.status_code == 200
+    full = ui(collector, f"trace/{trace_id}")
+    seg_unit = next(u for u in full["units"] if u["kind"] == "segment")
+    assert seg_unit["complete"] is True and seg_unit["sample_rate"] == 0.5
+    assert seg_unit["service"] == "node-api" and seg_unit["parent_span_id"] == call
+    assert [(r["description"], r["depth"]) for r in full["rows"]] == [
+        ("GET /front", 0),
+        ("GET http://node/api", 1),
+        ("GET /api", 2),
+        ("SELECT 1", 3),
+        ("fetch row", 4),
+    ]
+    assert full["rows"][3]["data"]["db.rows"] == 3
+    summary = {r["name"]: r for r in ui(collector, "summary")["rows"]}
+    assert summary["GET /api"]["extrapolated_count"] == 2.0
+
+
+def _three_transaction_trace(collector: Collector, trace_id: str, now: float) -> None:
+    a, a_call = hexid(0xA1, 16), hexid(0xA2, 16)
+    b, b_call = hexid(0xB1, 16), hexid(0xB2, 16)
+    c = hexid(0xC1, 16)
+    storefront = tx_payload(trace_id, a, "GET /checkout", now, 0.3, release="storefront@1", spans=[
+        child(trace_id, a_call, a, "http.client", "POST http://pricing/price", now + 0.01, 0.2)])
+    pricing = tx_payload(trace_id, b, "POST /price", now + 0.02, 0.15, parent=a_call,
+                         release="pricing@1", spans=[
+                             child(trace_id, b_call, b, "http.client", "GET http://tax/rate",
+                                   now + 0.03, 0.1)])
+    tax = tx_payload(trace_id, c, "GET /rate", now + 0.04, 0.05, parent=b_call, release="tax@1",
+                     status="internal_error")
+    orphan = tx_payload(trace_id, hexid(0xD1, 16), "task.email", now + 0.31, 0.02,
+                        parent=hexid(0xDEAD, 16), release="worker@1")
+    for payload in (tax, orphan, pricing, storefront):  # arrival order does not matter
+        assert post(collector, tx_envelope(payload)).status_code == 200
+
+
+def test_show_stitches_three_transactions_and_marks_the_orphan(
+    collector: Collector, db: str
+) -> None:
+    trace_id = hexid(0x5EED, 32)
+    _three_transaction_trace(collector, trace_id, time.time())
+    out = subprocess.run(
+        [sys.executable, "-m", "sentry_tracing_mw.collector", "show", trace_id[:12], "--db", db],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"trace {trace_id}") and "4 transactions" in lines[0]
+    assert "1 orphan" in lines[0]
+    tree = [ln for ln in lines[1:] if "missing instrumentation" not in ln]
+    assert tree[0].startswith("[storefront] transaction GET /checkout (http.server)")
+    assert tree[1].startswith("└─ http.client POST http://pricing/price")
+    assert tree[2].startswith("   └─ [pricing] transaction POST /price")
+    assert tree[3].startswith("      └─ http.client GET http://tax/rate")
+    assert tree[4].startswith("         └─ [tax] transaction GET /rate")
+    assert "internal_error" in tree[4]
+    assert tree[5].startswith("[worker] transaction task.email")
+    assert "[ORPHAN transaction: parent 000000000000dead not found]" in tree[5]
+    for line in tree[:6]:  # every row has a duration bar scaled to the trace
+        assert line.count("|") == 2 and "█" in line
+    # bars are scaled to the whole trace (330 ms over 30 columns)
+    bars = [line.split("|")[1] for line in tree[:6]]
+    assert bars[0] == "█" * 27 + "···"  # 0-300 ms
+    assert bars[4] == "···" + "█" * 5 + "·" * 22  # tax: 40-90 ms
+    assert bars[5] == "·" * 28 + "██"  # the orphan, 310-330 ms
+    # without an id: a list of recent traces and the latest tree
+    newer = hexid(0x5EEE, 32)
+    post(collector, tx_envelope(tx_payload(newer, hexid(0xE1, 16), "GET /later", time.time(),
+                                           0.01)))
+    buf = io.StringIO()
+    assert show(db, None, buf) == 0
+    text = buf.getvalue()
+    assert text.startswith("recent traces (2 shown")
+    assert text.index(newer) < text.index(trace_id)
+    assert f"latest trace:\ntrace {newer}" in text
+    buf = io.StringIO()
+    assert show(db, "ffffffff", buf) == 1 and "not found" in buf.getvalue()
+    assert show(db + ".missing", None, io.StringIO()) == 1
+
+
+def test_viewer_api_aggregates_filters_and_gaps(collector: Collector) -> None:
+    now = time.time()
+    durations = [0.010, 0.020, 0.030, 0.040, 0.100]
+    rates = ["1.0", "0.5", "0.25", None, "0.1"]
+    statuses = ["ok", "ok", "cancelled", "internal_error", "unknown"]
+    for i, (dur, rate, status) in enumerate(zip(durations, rates, statuses, strict=True)):
+        payload = tx_payload(hexid(200 + i, 32), hexid(200 + i, 16), "GET /items", now - 10,
+                             dur, status=status)
+        assert post(collector, tx_envelope(payload, sample_rate=rate)).status_code == 200
+    old = tx_payload(hexid(300, 32), hexid(300, 16), "GET /old", now - 7200, 0.5)
+    assert post(collector, tx_envelope(old)).status_code == 200
+    rows = {r["name"]: r for r in ui(collector, "summary")["rows"]}
+    items = rows["GET /items"]
+    assert items["count"] == 5
+    assert items["avg_ms"] == pytest.approx(40.0)
+    assert items["p75_ms"] == pytest.approx(40.0)
+    assert items["p95_ms"] == pytest.approx(88.0)
+    assert items["failure_rate"] == pytest.approx(0.2)  # only internal_error fails
+    assert items["extrapolated_count"] == pytest.approx(1 + 2 + 4 + 1 + 10)
+    hour = ui(collector, "summary", window="1h")
+    assert {r["name"] for r in hour["rows"]} == {"GET /items"}
+    assert hour["rows"][0]["tpm"] == pytest.approx(5 / 60)
+    assert ui(collector, "summary", status="failed")["rows"][0]["count"] == 1
+    assert ui(collector, "summary", min_duration="35")["rows"][0]["count"] == 2
+    assert [r["name"] for r in ui(collector, "summary", name="old")["rows"]] == ["GET /old"]
+    assert httpx.get(f"{collector.url}/api/ui/summary?window=soon").status_code == 400
+    assert httpx.get(f"{collector.url}/api/ui/transaction/nope").status_code == 404
+    # gaps: a 100 ms transaction with spans covering only 0-20 ms and 90-100 ms
+    trace_id, root = hexid(400, 32), hexid(400, 16)
+    gappy = tx_payload(trace_id, root, "GET /gappy", now, 0.1, spans=[
+        child(trace_id, hexid(401, 16), root, "db", "a", now, 0.02),
+        child(trace_id, hexid(402, 16), root, "db", "b", now + 0.09, 0.01),
+        child(trace_id, hexid(403, 16), root, "db", "tiny gap after a", now + 0.021, 0.002),
+    ])
+    assert post(collector, tx_envelope(gappy)).status_code == 200
+    view = ui(collector, f"transaction/{gappy['event_id']}")
+    assert [(round(g["start"] - now, 3), round(g["end"] - now, 3)) for g in view["gaps"]] == [
+        (0.023, 0.09)
+    ]
+    detail = next(r for r in view["rows"] if r["description"] == "a")
+    assert detail["tags"] == {"k": "v"} and detail["data"] == {"rows": 3}
+    assert view["orphan"] is False and view["parent"] is None
+    # the static page and its assets are served locally
+    page = httpx.get(collector.url + "/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    for ref in re.findall(r'(?:src|href)="([^"]*)"', page.text):
+        assert ref.startswith(("/", "#", "data:")), ref  # no CDN, nothing remote
+    for asset in ("app.js", "style.css"):
+        res = httpx.get(f"{collector.url}/static/{asset}")
+        assert res.status_code == 200 and "://" not in res.text.replace("location.protocol", "")
+
+
+def test_data_survives_a_restart(db: str) -> None:
+    first = Collector(db, port=0).start()
+    trace_id = hexid(0x777, 32)
+    try:
+        _three_transaction_trace(first, trace_id, time.time())
+        port = first.port
+    finally:
+        first.stop()
+    assert os.path.exists(db)
+    second = Collector(db, port=port).start()  # the port is free again right away
+    try:
+        view = ui(second, f"trace/{trace_id}")
+        assert len(view["units"]) == 4
+        assert sum(u["orphan"] for u in view["units"]) == 1
+        payload = tx_payload(hexid(0x778, 32), hexid(0x778, 16), "after", time.time(), 0.01)
+        assert post(second, tx_envelope(payload)).status_code == 200
+        assert second.store.counts()["units"] == 5
+    finally:
+        second.stop()
+
+
+def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
+    db = tmp_path / "cli.sqlite3"
+    bad = subprocess.run(
+        [sys.executable, "-m", "sentry_tracing_mw.collector", "--rate-limit", "x:y", "--db",
+         str(db)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert bad.returncode == 2 and "--rate-limit" in bad.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentry_tracing_mw.collector", "--port", "0", "--db", str(db),
+         "--key", "sekrit", "--rate-limit", "30:error"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(5)]
+        assert banner[0].startswith("sentry-tracing-mw collector on http://127.0.0.1:")
+        dsn = banner[1].split()[-1]
+        assert dsn.startswith("http://sekrit@127.0.0.1:") and dsn.endswith("/1")
+        assert "30:error:key" in banner[4]
+        stm.init(dsn=dsn, traces_sample_rate=1.0)
+        with stm.start_transaction("from-cli-test", op="task"):
+            pass
+        assert stm.flush(5)
+        stm.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "stored 1 transaction(s); 'from-cli-test'" in err
+    out = subprocess.run([sys.executable, "-m", "sentry_tracing_mw.collector", "show", "--db",
+                          str(db)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert "from-cli-test" in out.stdout

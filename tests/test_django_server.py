@@ -1,0 +1,238 @@
+"""Django through real servers on 127.0.0.1: werkzeug (WSGI handler) and uvicorn (ASGI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from .django_project import create_tables, setup
+
+setup()
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
+from sentry_tracing_mw.integrations import asgi as generic_asgi  # noqa: E402
+from sentry_tracing_mw.integrations import wsgi as generic_wsgi  # noqa: E402
+
+from .sentry_server import SentryServer  # noqa: E402
+from .servers import run_asgi, run_wsgi  # noqa: E402
+
+TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PARENT_ID = "b7ad6b7169203331"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tables() -> None:
+    create_tables()
+
+
+@pytest.fixture(autouse=True)
+def _no_outgoing_headers() -> Iterator[None]:
+    token = SUPPRESS_INSTRUMENTATION.set(True)
+    yield
+    SUPPRESS_INSTRUMENTATION.reset(token)
+
+
+def _init(server: SentryServer, **options: Any) -> None:
+    options.setdefault("traces_sample_rate", 1.0)
+    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+
+
+def _wait(server: SentryServer, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stm.flush(1)
+        if len(server.accepted()) >= n:
+            break
+        time.sleep(0.02)
+    assert server.wait_for(n, 1)
+
+
+def _trace(tx: dict[str, Any]) -> dict[str, Any]:
+    return tx["contexts"]["trace"]  # type: ignore[no-any-return]
+
+
+def _duration(tx: dict[str, Any]) -> float:
+    return float(tx["timestamp"]) - float(tx["start_timestamp"])
+
+
+def _by_name(server: SentryServer) -> dict[str, dict[str, Any]]:
+    return {t["transaction"]: t for t in server.transactions()}
+
+
+def test_wsgi_server(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    with run_wsgi(get_wsgi_application()) as base:
+        r = requests.get(
+            f"{base}/users/3/", timeout=5, headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1"}
+        )
+        assert r.status_code == 200
+        r = requests.get(f"{base}/stream/", timeout=5)
+        assert r.text == "chunk0\nchunk1\nchunk2\n"
+        r = requests.get(f"{base}/file/", timeout=5)
+        assert r.content == b"x" * 30
+        assert requests.get(f"{base}/error/", timeout=5).status_code == 500
+        assert requests.get(f"{base}/orm/", timeout=5).status_code == 200
+        assert requests.get(f"{base}/nowhere/", timeout=5).status_code == 404
+        _wait(sentry_server, 7)
+    txs = _by_name(sentry_server)
+    assert set(txs) == {"/users/{pk}/", "/stream/", "/file/", "/error/", "/orm/", "GET 404"}
+    assert _trace(txs["/users/{pk}/"])["trace_id"] == TRACE_ID
+    assert _trace(txs["/users/{pk}/"])["parent_span_id"] == PARENT_ID
+    assert _duration(txs["/stream/"]) >= 0.3
+    assert _duration(txs["/file/"]) >= 0.3
+    assert _trace(txs["/error/"])["status"] == "internal_error"
+    assert any(s["op"] == "db" for s in txs["/orm/"]["spans"])
+    assert txs["/users/{pk}/"]["request"]["url"].startswith("http://127.0.0.1:")
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["span_id"] == _trace(txs["/error/"])["span_id"]
+    assert all(_trace(t)["origin"] == "auto.http.django" for t in txs.values())
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous")
+def test_asgi_server(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    with run_asgi(get_asgi_application()) as base:
+        r = requests.get(
+            f"{base}/async/3/", timeout=5, headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1"}
+        )
+        assert r.status_code == 200
+        assert requests.get(f"{base}/aorm/", timeout=5).status_code == 200
+        assert requests.get(f"{base}/astream/", timeout=5).text == "chunk0\nchunk1\nchunk2\n"
+        assert requests.get(f"{base}/stream/", timeout=5).text == "chunk0\nchunk1\nchunk2\n"
+        assert requests.get(f"{base}/aerror/", timeout=5).status_code == 500
+        assert requests.get(f"{base}/users/1/", timeout=5).status_code == 200
+        _wait(sentry_server, 7)
+    txs = _by_name(sentry_server)
+    assert set(txs) == {
+        "/async/{pk}/",
+        "/aorm/",
+        "/astream/",
+        "/stream/",
+        "/aerror/",
+        "/users/{pk}/",
+    }
+    assert _trace(txs["/async/{pk}/"])["trace_id"] == TRACE_ID
+    db = [s for s in txs["/aorm/"]["spans"] if s["op"] == "db"]
+    assert db and all(s["parent_span_id"] == _trace(txs["/aorm/"])["span_id"] for s in db)
+    assert _duration(txs["/astream/"]) >= 0.3
+    assert _duration(txs["/stream/"]) >= 0.3
+    assert _trace(txs["/aerror/"])["status"] == "internal_error"
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][0]["type"] == "KeyError"
+    assert event["contexts"]["trace"]["span_id"] == _trace(txs["/aerror/"])["span_id"]
+    assert all(t["request"]["url"].startswith("http://127.0.0.1:") for t in txs.values())
+
+
+def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
+    _init(sentry_server)
+    with run_asgi(get_asgi_application()) as base:
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"GET /astream/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200" in sock.recv(4096)
+        _wait(sentry_server, 1)
+    (tx,) = sentry_server.transactions()
+    assert _trace(tx)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_nested_generic_middleware_owns_one_transaction(
+    sentry_server: SentryServer, kind: str
+) -> None:
+    _init(sentry_server)
+    if kind == "wsgi":
+        server = run_wsgi(generic_wsgi.TracingMiddleware(get_wsgi_application()))
+    else:
+        server = run_asgi(generic_asgi.TracingMiddleware(get_asgi_application()))
+    with server as base:
+        assert requests.get(f"{base}/users/9/", timeout=5).status_code == 200
+        assert requests.get(f"{base}/error/", timeout=5).status_code == 500
+        _wait(sentry_server, 3)
+        time.sleep(0.2)
+        stm.flush(2)
+    txs = sentry_server.transactions()
+    assert sorted(t["transaction"] for t in txs) == ["/error/", "/users/{pk}/"]
+    assert {_trace(t)["origin"] for t in txs} == {f"auto.http.{kind}"}
+    assert all(t["transaction_info"]["source"] == "route" for t in txs)
+    (event,) = sentry_server.events()
+    error_tx = next(t for t in txs if t["transaction"] == "/error/")
+    assert event["contexts"]["trace"]["span_id"] == _trace(error_tx)["span_id"]
+
+
+# -- interop: a sentry-sdk instrumented client calls us ----------------------------------
+
+_CLIENT_SCRIPT = r"""
+import json, sys
+import requests
+import sentry_sdk
+from sentry_sdk.transport import Transport
+
+spans = []
+
+class Capture(Transport):
+    def capture_envelope(self, envelope):
+        for item in envelope.items:
+            if item.type == "transaction":
+                spans.extend(item.payload.json.get("spans", []))
+    def flush(self, timeout, callback=None):
+        pass
+
+sentry_sdk.init(dsn="http://theirkey@127.0.0.1:9/42", transport=Capture,
+                traces_sample_rate=float(sys.argv[2]), release="client@1")
+with sentry_sdk.start_transaction(name="client-job", op="task") as tx:
+    r = requests.get(sys.argv[1], timeout=5)
+http = [s["span_id"] for s in spans if s.get("op") == "http.client"]
+print(json.dumps({"trace_id": tx.trace_id, "sampled": tx.sampled, "http_span": http,
+                  "sentry_trace": r.headers.get("X-Sentry-Trace")}))
+"""
+
+
+@pytest.mark.parametrize("rate", ["1.0", "0"])
+def test_sentry_sdk_client_interop(sentry_server: SentryServer, rate: str) -> None:
+    _init(sentry_server, traces_sample_rate=0.5)
+    with run_wsgi(get_wsgi_application()) as base:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLIENT_SCRIPT, f"{base}/trace-header/", rate],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        stm.flush(5)
+    ours_trace_id, our_span_id, flag = info["sentry_trace"].split("-")
+    assert ours_trace_id == info["trace_id"]
+    if rate == "0":
+        assert info["sampled"] is False and flag == "0"
+        time.sleep(0.2)
+        assert stm.flush(5)
+        assert sentry_server.transactions() == []
+        return
+    assert flag == "1"
+    _wait(sentry_server, 1)
+    (tx,) = sentry_server.transactions()
+    assert _trace(tx)["trace_id"] == info["trace_id"]
+    assert [_trace(tx)["parent_span_id"]] == info["http_span"]  # sentry-sdk's http.client span
+    assert _trace(tx)["span_id"] == our_span_id
+    dsc = sentry_server.envelopes()[0].headers["trace"]
+    assert dsc["public_key"] == "theirkey"
+    assert dsc["release"] == "client@1"
+    assert dsc["trace_id"] == info["trace_id"]

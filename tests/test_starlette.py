@@ -1,0 +1,346 @@
+"""Starlette integration: route names, lifecycle, background tasks, errors, nesting, parity."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw.integrations import asgi as generic_asgi
+
+from . import asgi_apps
+from .asgi_apps import STARLETTE_NAMES, starlette_app
+from .sentry_server import SentryServer
+from .servers import run_asgi
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+STATUS = {200: "ok", 404: "not_found", 405: "invalid_argument"}
+
+
+def by_name(server: SentryServer, n: int) -> dict[str, dict[str, Any]]:
+    assert stm.flush(5)
+    assert server.wait_for(n, timeout=5)
+    txs = server.transactions()
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return {t["transaction"]: t for t in txs}
+
+
+@pytest.fixture
+def client(sentry_server: SentryServer) -> Iterator[TestClient]:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_route_names_test_client(sentry_server: SentryServer, client: TestClient) -> None:
+    for method, path, headers, expected in STARLETTE_NAMES:
+        sentry_server.clear()
+        r = client.request(method, path, headers=headers)
+        assert stm.flush(5)
+        (tx,) = sentry_server.transactions()
+        assert tx["transaction"] == expected, path
+        assert tx["transaction_info"]["source"] == "route"
+        trace = tx["contexts"]["trace"]
+        assert trace["origin"] == "auto.http.starlette"
+        assert trace["status"] == STATUS[r.status_code]
+        assert tx["tags"]["http.status_code"] == str(r.status_code)
+
+
+def test_route_names_uvicorn(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with run_asgi(starlette_app()) as url, httpx.Client(base_url=url, timeout=5) as http:
+        for method, path, headers, _ in STARLETTE_NAMES:
+            http.request(method, path, headers=headers)
+        got = by_name(sentry_server, len(STARLETTE_NAMES))  # two are "GET 404"
+    assert set(got) == {expected for *_, expected in STARLETTE_NAMES}
+
+
+def test_endpoint_style(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app(transaction_style="endpoint")) as c:
+        for path in ("/users/1", "/sub/things/2", "/class-view", "/nope"):
+            c.get(path)
+    got = by_name(sentry_server, 4)
+    assert got["tests.asgi_apps._users"]["transaction_info"]["source"] == "component"
+    assert {"tests.asgi_apps._thing", "tests.asgi_apps.ClassView", "GET 404"} < set(got)
+
+
+def test_named_before_the_view_runs(sentry_server: SentryServer, client: TestClient) -> None:
+    body = client.get("/users/5").json()
+    baggage = unquote(body["trace"]["baggage"])
+    assert "sentry-transaction=/users/{user_id:int}" in baggage
+
+
+def test_scope_changes_reach_outer_middleware(sentry_server: SentryServer) -> None:
+    """Routing writes go through to the server's scope (outer user middleware sees them)."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    seen: dict[str, Any] = {}
+
+    class Outer(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            response = await call_next(request)
+            seen["route"] = getattr(request.scope.get("route"), "path", None)
+            seen["params"] = dict(request.scope.get("path_params") or {})
+            return response
+
+    app = starlette_app()
+    app.add_middleware(Outer)  # outside ours
+    with TestClient(app) as c:
+        r = c.get("/api/v1/items/zz")
+    assert r.headers["x-user-mw"] == "1"  # the inner user middleware ran
+    assert seen == {"route": "/items/{slug}", "params": {"slug": "zz"}}
+
+
+def test_background_tasks_are_child_spans_and_do_not_delay(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    asgi_apps.BG_DONE.clear()
+    with run_asgi(starlette_app()) as url:
+        start = time.monotonic()
+        r = httpx.get(url + "/bg", timeout=5)
+        received = time.monotonic()
+        assert r.text == "bg"
+        tx = by_name(sentry_server, 1)["/bg"]
+    assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
+    assert received - start < 0.25
+    assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
+    spans = {s["description"]: s for s in tx["spans"]}
+    assert set(spans) == {"bg_sleep", "bg_sync"}
+    for span in spans.values():
+        assert span["op"] == "function"
+        assert span["parent_span_id"] == tx["contexts"]["trace"]["span_id"]
+        assert span["timestamp"] <= tx["timestamp"]
+    assert spans["bg_sleep"]["timestamp"] - spans["bg_sleep"]["start_timestamp"] >= 0.29
+
+
+def test_single_background_task(sentry_server: SentryServer, client: TestClient) -> None:
+    client.get("/bg-one")
+    tx = by_name(sentry_server, 1)["/bg-one"]
+    assert [s["description"] for s in tx["spans"]] == ["bg_sync"]
+
+
+def test_streaming_and_file_responses(sentry_server: SentryServer, client: TestClient) -> None:
+    r = client.get("/stream")
+    assert r.content == b"x" * 60
+    f = client.get("/file")
+    assert f.content == b"file-body\n" * 100
+    got = by_name(sentry_server, 2)
+    stream = got["/stream"]
+    assert stream["timestamp"] - stream["start_timestamp"] >= 0.3
+    assert got["/file"]["contexts"]["trace"]["status"] == "ok"
+
+
+def test_unhandled_exception(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app()) as c, pytest.raises(ValueError, match="boom"):
+        c.get("/error")
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["transaction"] == "/error"
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+    assert event["exception"]["values"][-1]["type"] == "ValueError"
+
+
+def test_exceptions_handled_into_5xx_are_captured_once(
+    sentry_server: SentryServer, client: TestClient
+) -> None:
+    assert client.get("/handled").status_code == 500
+    assert client.get("/http503").status_code == 503
+    assert client.get("/client-error").status_code == 418
+    assert client.get("/http403").status_code == 403
+    assert stm.flush(5) and sentry_server.wait_for(6)
+    events = sentry_server.events()
+    assert sorted(e["exception"]["values"][-1]["type"] for e in events) == [
+        "HTTPException", "HandledError"
+    ]
+    txs = {t["transaction"]: t for t in sentry_server.transactions()}
+    handled = next(e for e in events if e["exception"]["values"][-1]["type"] == "HandledError")
+    trace = txs["/handled"]["contexts"]["trace"]
+    assert handled["contexts"]["trace"]["trace_id"] == trace["trace_id"]
+    assert trace["status"] == "internal_error"
+
+
+def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("x")
+        assert ws.receive_text() == "echo:x"
+    tx = by_name(sentry_server, 1)["/ws"]
+    assert tx["contexts"]["trace"]["op"] == "websocket.server"
+    assert tx["transaction_info"]["source"] == "route"
+
+
+def test_traces_sampler_gets_route(sentry_server: SentryServer) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def sampler(ctx: Any) -> float:
+        seen.append((ctx["route"], ctx["asgi_scope"]["path"]))
+        return 1.0
+
+    stm.init(dsn=sentry_server.dsn, traces_sampler=sampler)
+    with TestClient(starlette_app()) as c:
+        for path in ("/users/3", "/sub/deeper/a/leaf/4", "/api/v1/items/q", "/nope"):
+            c.get(path)
+    assert seen == [
+        ("/users/{user_id:int}", "/users/3"),
+        ("/sub/deeper/{name}/leaf/{leaf_id}", "/sub/deeper/a/leaf/4"),
+        ("/api/v1/items/{slug}", "/api/v1/items/q"),
+        (None, "/nope"),
+    ]
+
+
+def test_privacy_rules(sentry_server: SentryServer, client: TestClient) -> None:
+    client.get("/plain?password=x&q=1", headers={"Authorization": "a", "Cookie": "b=1",
+                                                  "X-Forwarded-For": "1.2.3.4"})
+    req = by_name(sentry_server, 1)["/plain"]["request"]
+    assert req["query_string"] == "password=[Filtered]&q=1"
+    assert not {"Authorization", "Cookie", "X-Forwarded-For"} & set(req["headers"])
+    assert req["url"] == "http://testserver/plain"
+
+
+def test_client_disconnect_mid_stream(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with run_asgi(starlette_app()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        tx = by_name(sentry_server, 1)["/endless"]
+    assert tx["contexts"]["trace"]["status"] == "cancelled"
+    assert sentry_server.events() == []
+
+
+def test_lifespan_runs_once_with_middleware(sentry_server: SentryServer) -> None:
+    calls: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        calls.append("startup")
+        yield
+        calls.append("shutdown")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app(lifespan=lifespan)) as c:
+        c.get("/plain")
+        assert calls == ["startup"]
+    assert calls == ["startup", "shutdown"]
+    assert len(sentry_server.transactions()) == 1  # flushed at shutdown, no explicit flush
+
+
+def test_generic_asgi_around_starlette_is_one_transaction(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = generic_asgi.TracingMiddleware(starlette_app())
+    with TestClient(app) as c:
+        c.get("/sub/things/9")
+        c.get("/nope")
+    got = by_name(sentry_server, 2)
+    assert set(got) == {"/sub/things/{thing_id}", "GET 404"}
+    assert got["GET 404"]["contexts"]["trace"]["origin"] == "auto.http.asgi"  # outer owns it
+
+
+def test_sub_app_with_its_own_middleware_is_one_transaction(sentry_server: SentryServer) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    inner = starlette_app()  # has our middleware
+    outer = Starlette(routes=[Mount("/outer/{tenant}", app=inner),
+                              Route("/x", lambda r: Response("x"))])
+    outer.add_middleware(TracingMiddleware)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(outer) as c:
+        assert c.get("/outer/acme/sub/things/1").status_code == 200
+    got = by_name(sentry_server, 1)
+    assert list(got) == ["/outer/{tenant}/sub/things/{thing_id}"]
+
+
+# sentry-sdk names these exactly as we do; for the others it loses mount prefixes
+# ("generic Starlette request" for anything under a Mount in url style), names unmatched
+# requests after the raw URL (source url), names a 405 after the route, and names
+# class-based endpoints after Starlette's ExceptionMiddleware in endpoint style.
+PARITY = {
+    "url": ["/users/42", "/host-route", "/class-view"],
+    "endpoint": ["/users/42", "/api/v1/items/abc", "/sub/things/7", "/sub/deeper/x/leaf/3",
+                 "/host-route"],
+}
+
+
+@pytest.mark.parametrize("style", ["url", "endpoint"])
+def test_name_parity_with_sentry_sdk(sentry_server: SentryServer, style: str) -> None:
+    cases = [(m, p, h) for m, p, h, _ in STARLETTE_NAMES if m == "GET"]
+    theirs = asgi_apps.sdk_names("starlette", style, cases)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    ours: list[tuple[str, str]] = []
+    with TestClient(starlette_app(transaction_style=style)) as c:
+        for method, path, headers in cases:
+            sentry_server.clear()
+            c.request(method, path, headers=headers)
+            assert stm.flush(5)
+            (tx,) = sentry_server.transactions()
+            ours.append((tx["transaction"], tx["transaction_info"]["source"]))
+    compared = 0
+    for (_, path, _), mine, sdk in zip(cases, ours, theirs):
+        if path in PARITY[style]:
+            assert mine == sdk, path
+            compared += 1
+        elif style == "url" and path.startswith(("/sub/", "/api/v1/items")):
+            assert sdk == ("generic Starlette request", "route")  # sentry-sdk loses it
+            assert mine[0].startswith("/" + path.split("/")[1] + "/")  # we keep the prefix
+    assert compared == len(PARITY[style])
+
+
+def test_unsampled_request_still_named_for_propagation(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)
+    with TestClient(starlette_app()) as c:
+        body = c.get("/users/8").json()
+    assert "sentry-sampled=false" in body["trace"]["baggage"]
+    assert "sentry-transaction=/users/{user_id:int}" in unquote(body["trace"]["baggage"])
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+
+
+def test_instrumentation_failure_does_not_break_requests(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentry_tracing_mw.integrations import starlette as integration
+
+    def broken(self: Any, route: Any) -> None:
+        raise RuntimeError("instrumentation bug")
+
+    monkeypatch.setattr(integration._RoutingScope, "_leaf", broken)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app()) as c:
+        assert c.get("/users/2").status_code == 200
+    assert list(by_name(sentry_server, 1)) == ["GET 200"]
+
+
+def test_direct_asgi_call_leaves_no_span() -> None:
+    stm.init(traces_sample_rate=1.0)
+    app = starlette_app()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as http:
+            r = await http.get("/users/1")
+            assert r.status_code == 200
+        assert stm.get_current_span() is None
+
+    asyncio.run(go())
