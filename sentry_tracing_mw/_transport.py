@@ -6,14 +6,17 @@ building the payload, JSON, gzip and HTTP all happen on the worker (protocol §2
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import socket
+import ssl
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -173,6 +176,8 @@ class Transport:
         self._queue_size = max(1, queue_size)
         self._queue_bytes = max(1, queue_bytes)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._ca_certs = ca_certs
         self._path = urlsplit(dsn.envelope_url).path
         self._headers = {
@@ -199,7 +204,7 @@ class Transport:
         self._closed = False
         self._worker: threading.Thread | None = None
         self._pool: urllib3.PoolManager | None = None
-        self._conn_pool: urllib3.HTTPConnectionPool | None = None
+        self._conn: http.client.HTTPConnection | None = None
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: new lock, empty queue, no worker, no pooled sockets."""
@@ -361,13 +366,58 @@ class Transport:
         return urllib3.PoolManager(**options)
 
     def _clear_pool(self) -> None:
-        self._conn_pool = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover
+                pass
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
                 pool.clear()
             except Exception:  # pragma: no cover
                 pass
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        dsn = self.dsn
+        if dsn.scheme == "https":
+            context = ssl.create_default_context(cafile=self._ca_certs)
+            return http.client.HTTPSConnection(
+                dsn.host, dsn.port, timeout=self._connect_timeout, context=context
+            )
+        return http.client.HTTPConnection(dsn.host, dsn.port, timeout=self._connect_timeout)
+
+    def _post_direct(self, body: bytes) -> tuple[int, Mapping[str, str]]:
+        """One keep-alive connection (the worker is the only user), verified TLS."""
+        for attempt in (0, 1):
+            conn = self._conn
+            reused = conn is not None
+            if conn is None:
+                conn = self._conn = self._new_connection()
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                    sock = conn.sock
+                    if sock is not None:
+                        sock.settimeout(self._read_timeout)
+                        # headers and body go out in two writes: avoid Nagle/delayed-ACK stalls
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._clear_pool()
+                if reused and attempt == 0:
+                    continue  # the server closed an idle keep-alive connection: retry once
+                raise
+            except Exception:
+                self._clear_pool()
+                raise
+            if response.will_close:
+                self._clear_pool()
+            return response.status, response.headers  # type: ignore[return-value]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _process(self, pending: Pending) -> None:
         category = pending.category
@@ -443,23 +493,8 @@ class Transport:
     def _post(self, body: bytes) -> str:
         """POST one envelope: "ok", "ratelimited" (429), "send_error" or "network_error"."""
         try:
-            conn_pool = self._conn_pool
-            if conn_pool is None and not self._proxy:
-                # direct: skip PoolManager's per-request URL routing (~100 µs each)
-                conn_pool = self._get_pool().connection_from_url(self.dsn.envelope_url)
-                self._conn_pool = conn_pool
-            if conn_pool is not None:
-                response = conn_pool.urlopen(
-                    "POST",
-                    self._path,
-                    body=body,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    preload_content=True,
-                )
+            if not self._proxy:
+                status, headers = self._post_direct(body)
             else:
                 response = self._get_pool().request(
                     "POST",
@@ -471,8 +506,7 @@ class Transport:
                     redirect=False,
                     preload_content=True,
                 )
-            status = response.status
-            headers = response.headers
+                status, headers = response.status, response.headers
         except Exception as exc:
             if not self._failing:
                 logger.warning("sentry_tracing_mw: sending to Sentry failed: %s", exc)

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import BackgroundTasks as FastAPIBackgroundTasks
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.endpoints import HTTPEndpoint
@@ -237,7 +238,7 @@ def starlette_app(traced: bool = True, lifespan: Any = None, **options: Any) -> 
 
 def fastapi_app(traced: bool = True, flask_app: Any = None, **options: Any) -> Any:
     """The FastAPI test app (APIRouter prefixes, nested routers, a mounted sub-app)."""
-    from fastapi import APIRouter, BackgroundTasks as FBackgroundTasks, FastAPI
+    from fastapi import APIRouter, FastAPI
 
     app = FastAPI()
 
@@ -250,7 +251,7 @@ def fastapi_app(traced: bool = True, flask_app: Any = None, **options: Any) -> A
         return {"x": x}
 
     @app.get("/bg")
-    async def with_bg(background_tasks: FBackgroundTasks) -> dict[str, str]:
+    async def with_bg(background_tasks: FastAPIBackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(bg_sleep)
         return {"ok": "bg"}
 
@@ -392,7 +393,11 @@ def sdk_names(
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
         [sys.executable, "-c", SDK_SCRIPT, kind, style, json.dumps(cases)],
-        cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
-        timeout=60, check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return [tuple(x) if x else None for x in json.loads(out.stdout.strip().splitlines()[-1])]

@@ -32,16 +32,27 @@ BAGGAGE = (
 
 
 async def call(
-    app: Any, method: str = "GET", path: str = "/plain", headers: dict[str, str] | None = None,
-    query: bytes = b"", kind: str = "http",
+    app: Any,
+    method: str = "GET",
+    path: str = "/plain",
+    headers: dict[str, str] | None = None,
+    query: bytes = b"",
+    kind: str = "http",
 ) -> tuple[int, bytes]:
     """Drive an ASGI app directly (no server): returns (status, body)."""
     scope = {
-        "type": kind, "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
-        "query_string": query, "root_path": "",
+        "type": kind,
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "client": ("10.1.2.3", 50000), "server": ("testserver", 80),
+        "client": ("10.1.2.3", 50000),
+        "server": ("testserver", 80),
     }
     sent: list[dict[str, Any]] = []
 
@@ -67,18 +78,32 @@ def one_tx(server: SentryServer) -> dict[str, Any]:
 def test_http_transaction_status_and_request_data(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)
-    status, body = asyncio.run(call(
-        app, path="/plain", query=b"a=1&token=secret",
-        headers={"Authorization": "Bearer x", "Cookie": "c=1", "X-Forwarded-For": "1.1.1.1",
-                 "X-Real-IP": "1.1.1.2", "X-Api-Key": "k", "Accept": "text/plain",
-                 "Host": "example.org"},
-    ))
+    status, body = asyncio.run(
+        call(
+            app,
+            path="/plain",
+            query=b"a=1&token=secret",
+            headers={
+                "Authorization": "Bearer x",
+                "Cookie": "c=1",
+                "X-Forwarded-For": "1.1.1.1",
+                "X-Real-IP": "1.1.1.2",
+                "X-Api-Key": "k",
+                "Accept": "text/plain",
+                "Host": "example.org",
+            },
+        )
+    )
     assert (status, body) == (200, b"True")  # the app saw a current span
     tx = one_tx(sentry_server)
     assert tx["transaction"] == "/plain"
     assert tx["transaction_info"] == {"source": "url"}
     trace = tx["contexts"]["trace"]
-    assert (trace["op"], trace["origin"], trace["status"]) == ("http.server", "auto.http.asgi", "ok")
+    assert (trace["op"], trace["origin"], trace["status"]) == (
+        "http.server",
+        "auto.http.asgi",
+        "ok",
+    )
     assert trace["data"]["http.response.status_code"] == 200
     assert tx["contexts"]["response"] == {"status_code": 200}
     assert tx["tags"]["http.status_code"] == "200"
@@ -94,8 +119,9 @@ def test_http_transaction_status_and_request_data(sentry_server: SentryServer) -
 def test_request_data_with_pii(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, send_default_pii=True)
     app = TracingMiddleware(raw_asgi_app)
-    asyncio.run(call(app, headers={"Authorization": "Bearer x", "Cookie": "c=1"},
-                     query=b"token=secret"))
+    asyncio.run(
+        call(app, headers={"Authorization": "Bearer x", "Cookie": "c=1"}, query=b"token=secret")
+    )
     req = one_tx(sentry_server)["request"]
     assert req["headers"]["Authorization"] == "Bearer x"
     assert req["cookies"] == "c=1"
@@ -153,8 +179,13 @@ def test_ignore_paths_and_untraced_methods_get_own_trace(sentry_server: SentrySe
         await raw_asgi_app(scope, receive, send)
 
     mw = TracingMiddleware(app, ignore_paths=["/health", "/static/*"])
-    for method, path in [("GET", "/health"), ("GET", "/static/a.css"), ("HEAD", "/plain"),
-                         ("OPTIONS", "/plain"), ("HEAD", "/plain")]:
+    for method, path in [
+        ("GET", "/health"),
+        ("GET", "/static/a.css"),
+        ("HEAD", "/plain"),
+        ("OPTIONS", "/plain"),
+        ("HEAD", "/plain"),
+    ]:
         asyncio.run(call(mw, method=method, path=path))
     assert stm.flush(5)
     assert sentry_server.transactions() == []
@@ -276,7 +307,8 @@ def test_lifespan_shutdown_flushes_queued_transactions(sentry_server: SentryServ
     port = free_port()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SHUTDOWN_SCRIPT, sentry_server.dsn, str(port)], cwd=root,
+        [sys.executable, "-c", SHUTDOWN_SCRIPT, sentry_server.dsn, str(port)],
+        cwd=root,
         env={**os.environ, "PYTHONPATH": root},
     )
     try:
@@ -333,6 +365,7 @@ def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
         await raw_asgi_app(scope, receive, send)
 
     with run_asgi(TracingMiddleware(app)) as url:
+
         async def many() -> None:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 await asyncio.gather(*(client.get(f"/r{i}") for i in range(10)))
@@ -357,4 +390,3 @@ def test_unsampled_sends_nothing_but_propagates(sentry_server: SentryServer) -> 
     assert status == 200
     assert stm.flush(5)
     assert sentry_server.transactions() == []
-

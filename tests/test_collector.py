@@ -64,8 +64,12 @@ def tx_payload(
     release: str | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    trace: dict[str, Any] = {"trace_id": trace_id, "span_id": span_id, "op": "http.server",
-                             "status": status}
+    trace: dict[str, Any] = {
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "op": "http.server",
+        "status": status,
+    }
     if parent:
         trace["parent_span_id"] = parent
     payload: dict[str, Any] = {
@@ -84,16 +88,28 @@ def tx_payload(
     return payload
 
 
-def child(trace_id: str, span_id: str, parent: str, op: str, desc: str, start: float,
-          duration: float) -> dict[str, Any]:
-    return {"trace_id": trace_id, "span_id": span_id, "parent_span_id": parent, "op": op,
-            "description": desc, "start_timestamp": start, "timestamp": start + duration,
-            "status": "ok", "tags": {"k": "v"}, "data": {"rows": 3}}
+def child(
+    trace_id: str, span_id: str, parent: str, op: str, desc: str, start: float, duration: float
+) -> dict[str, Any]:
+    return {
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "op": op,
+        "description": desc,
+        "start_timestamp": start,
+        "timestamp": start + duration,
+        "status": "ok",
+        "tags": {"k": "v"},
+        "data": {"rows": 3},
+    }
 
 
 def tx_envelope(payload: dict[str, Any], sample_rate: str | None = "1.0") -> bytes:
-    headers: dict[str, Any] = {"event_id": payload["event_id"],
-                               "sent_at": "2025-01-01T00:00:00.000000Z"}
+    headers: dict[str, Any] = {
+        "event_id": payload["event_id"],
+        "sent_at": "2025-01-01T00:00:00.000000Z",
+    }
     trace = {"trace_id": payload["contexts"]["trace"]["trace_id"], "public_key": "public"}
     if sample_rate is not None:
         trace["sample_rate"] = sample_rate
@@ -102,9 +118,16 @@ def tx_envelope(payload: dict[str, Any], sample_rate: str | None = "1.0") -> byt
     return serialize_envelope(headers, [({"type": "transaction"}, body)])
 
 
-def post(collector: Collector, body: bytes, *, encoding: str | None = "gzip", key: str = "public",
-         project: str = "1", headers: dict[str, str] | None = None,
-         query: str = "") -> httpx.Response:
+def post(
+    collector: Collector,
+    body: bytes,
+    *,
+    encoding: str | None = "gzip",
+    key: str = "public",
+    project: str = "1",
+    headers: dict[str, str] | None = None,
+    query: str = "",
+) -> httpx.Response:
     h = {"Content-Type": "application/x-sentry-envelope"}
     if key:
         h["X-Sentry-Auth"] = f"Sentry sentry_version=7, sentry_client=test/1, sentry_key={key}"
@@ -239,7 +262,10 @@ def test_sentry_sdk_transaction_and_streamed_spans(collector: Collector) -> None
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "SENTRY_DSN": ""},
     )
     assert out.returncode == 0, out.stderr
@@ -273,23 +299,40 @@ def test_client_reports_and_rate_limit_backoff_seen_by_the_app(db: str) -> None:
         stm.flush(5)
         stm.close()
         assert limited.responses.get(429) == 1  # the second one was never sent
-        totals = {(r["reason"], r["category"]): r["quantity"]
-                  for r in limited.store.client_report_totals()}
+        totals = {
+            (r["reason"], r["category"]): r["quantity"]
+            for r in limited.store.client_report_totals()
+        }
         assert totals.get(("ratelimit_backoff", "transaction")) == 1
         assert limited.store.counts()["units"] == 0
         # an error event is not limited; a mixed envelope keeps its unlimited items
         event_id = os.urandom(16).hex()
-        err = json.dumps({"event_id": event_id, "message": "hello",
-                          "contexts": {"trace": {"trace_id": hexid(7, 32), "span_id": hexid(7, 16)}}})
-        res = post(limited, serialize_envelope({"event_id": event_id},
-                                               [({"type": "event"}, err.encode())]))
+        err = json.dumps(
+            {
+                "event_id": event_id,
+                "message": "hello",
+                "contexts": {"trace": {"trace_id": hexid(7, 32), "span_id": hexid(7, 16)}},
+            }
+        )
+        res = post(
+            limited, serialize_envelope({"event_id": event_id}, [({"type": "event"}, err.encode())])
+        )
         assert res.status_code == 200, res.text
         payload = tx_payload(hexid(8, 32), hexid(8, 16), "mixed", time.time(), 0.01)
-        report = json.dumps({"discarded_events": [
-            {"reason": "sample_rate", "category": "transaction", "quantity": 4}]}).encode()
-        body = serialize_envelope({"event_id": payload["event_id"]}, [
-            ({"type": "transaction"}, json.dumps(payload).encode()),
-            ({"type": "client_report"}, report)])
+        report = json.dumps(
+            {
+                "discarded_events": [
+                    {"reason": "sample_rate", "category": "transaction", "quantity": 4}
+                ]
+            }
+        ).encode()
+        body = serialize_envelope(
+            {"event_id": payload["event_id"]},
+            [
+                ({"type": "transaction"}, json.dumps(payload).encode()),
+                ({"type": "client_report"}, report),
+            ],
+        )
         res = post(limited, body)
         assert res.status_code == 200
         assert res.headers["X-Sentry-Rate-Limits"] == "60:transaction:key"
@@ -306,22 +349,34 @@ def test_client_reports_and_rate_limit_backoff_seen_by_the_app(db: str) -> None:
 
 def test_envelope_forms_and_key_check(collector: Collector) -> None:
     now = time.time()
-    for i, (encoding, kwargs) in enumerate([
-        ("gzip", {}),
-        ("deflate", {}),
-        (None, {}),
-        (None, {"key": "", "query": "?sentry_key=public&sentry_version=7"}),
-    ]):
+    for i, (encoding, kwargs) in enumerate(
+        [
+            ("gzip", {}),
+            ("deflate", {}),
+            (None, {}),
+            (None, {"key": "", "query": "?sentry_key=public&sentry_version=7"}),
+        ]
+    ):
         payload = tx_payload(hexid(100 + i, 32), hexid(100 + i, 16), f"form-{i}", now, 0.01)
         res = post(collector, tx_envelope(payload), encoding=encoding, **kwargs)
         assert res.status_code == 200, res.text
-        assert res.json() == {"id": payload["event_id"], "stored": {
-            "envelope_id": i + 1, "transactions": 1, "spans": 1, "errors": 0,
-            "client_reports": 0, "ignored_item_types": []}}
+        assert res.json() == {
+            "id": payload["event_id"],
+            "stored": {
+                "envelope_id": i + 1,
+                "transactions": 1,
+                "spans": 1,
+                "errors": 0,
+                "client_reports": 0,
+                "ignored_item_types": [],
+            },
+        }
     # authentication through the envelope's dsn header only
     payload = tx_payload(hexid(120, 32), hexid(120, 16), "dsn-auth", now, 0.01)
-    body = serialize_envelope({"event_id": payload["event_id"], "dsn": collector.dsn()},
-                              [({"type": "transaction"}, json.dumps(payload).encode())])
+    body = serialize_envelope(
+        {"event_id": payload["event_id"], "dsn": collector.dsn()},
+        [({"type": "transaction"}, json.dumps(payload).encode())],
+    )
     assert post(collector, body, key="").status_code == 200
     before = collector.store.counts()
     bad = tx_payload(hexid(130, 32), hexid(130, 16), "bad", now, 0.01)
@@ -330,17 +385,25 @@ def test_envelope_forms_and_key_check(collector: Collector) -> None:
         ({"key": ""}, tx_envelope(bad)),
         ({"key": "", "query": "?sentry_key=wrong"}, tx_envelope(bad)),
         ({"query": "?sentry_key=other"}, tx_envelope(bad)),  # header and query disagree
-        ({"key": ""}, serialize_envelope(
-            {"event_id": bad["event_id"], "dsn": "http://wrong@127.0.0.1/1"},
-            [({"type": "transaction"}, json.dumps(bad).encode())])),
+        (
+            {"key": ""},
+            serialize_envelope(
+                {"event_id": bad["event_id"], "dsn": "http://wrong@127.0.0.1/1"},
+                [({"type": "transaction"}, json.dumps(bad).encode())],
+            ),
+        ),
     ]:
         res = post(collector, body, **kwargs)
         assert res.status_code == 403, (kwargs, res.text)
         assert res.json()["detail"]
     assert collector.store.counts() == before
     # unknown item types are accepted and ignored
-    res = post(collector, serialize_envelope({}, [({"type": "statsd"}, b"a:1|c"),
-                                                  ({"type": "profile_chunk"}, b"{}")]))
+    res = post(
+        collector,
+        serialize_envelope(
+            {}, [({"type": "statsd"}, b"a:1|c"), ({"type": "profile_chunk"}, b"{}")]
+        ),
+    )
     assert res.status_code == 200
     assert res.json()["stored"]["ignored_item_types"] == ["statsd", "profile_chunk"]
 
@@ -350,17 +413,45 @@ def test_span_v2_segments_arrive_in_pieces_and_stitch_under_a_transaction(
 ) -> None:
     trace_id, now = hexid(0xABC, 32), time.time()
     call = hexid(0xA2, 16)
-    head = tx_payload(trace_id, hexid(0xA1, 16), "GET /front", now, 0.2,
-                      spans=[child(trace_id, call, hexid(0xA1, 16), "http.client",
-                                   "GET http://node/api", now + 0.01, 0.15)], release="front@1")
+    head = tx_payload(
+        trace_id,
+        hexid(0xA1, 16),
+        "GET /front",
+        now,
+        0.2,
+        spans=[
+            child(
+                trace_id,
+                call,
+                hexid(0xA1, 16),
+                "http.client",
+                "GET http://node/api",
+                now + 0.01,
+                0.15,
+            )
+        ],
+        release="front@1",
+    )
     assert post(collector, tx_envelope(head)).status_code == 200
     seg_id = hexid(0xB1, 16)
 
-    def v2(span_id: str, parent: str | None, name: str, start: float, dur: float,
-           segment: bool, op: str) -> dict[str, Any]:
+    def v2(
+        span_id: str,
+        parent: str | None,
+        name: str,
+        start: float,
+        dur: float,
+        segment: bool,
+        op: str,
+    ) -> dict[str, Any]:
         span: dict[str, Any] = {
-            "trace_id": trace_id, "span_id": span_id, "name": name, "status": "ok",
-            "is_segment": segment, "start_timestamp": start, "end_timestamp": start + dur,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "name": name,
+            "status": "ok",
+            "is_segment": segment,
+            "start_timestamp": start,
+            "end_timestamp": start + dur,
             "attributes": {
                 "sentry.op": {"type": "string", "value": op},
                 "sentry.segment.id": {"type": "string", "value": seg_id},
@@ -375,15 +466,20 @@ def test_span_v2_segments_arrive_in_pieces_and_stitch_under_a_transaction(
 
     def send(*spans: dict[str, Any]) -> httpx.Response:
         payload = json.dumps({"version": 2, "items": list(spans)}).encode()
-        return post(collector, serialize_envelope(
-            {"trace": {"trace_id": trace_id, "public_key": "public", "sample_rate": "0.5"}},
-            [({"type": "span", "content_type": SPAN_V2, "item_count": len(spans)}, payload)]),
-            project="2")
+        return post(
+            collector,
+            serialize_envelope(
+                {"trace": {"trace_id": trace_id, "public_key": "public", "sample_rate": "0.5"}},
+                [({"type": "span", "content_type": SPAN_V2, "item_count": len(spans)}, payload)],
+            ),
+            project="2",
+        )
 
     # children first (root not yet received), then the segment root in another envelope
-    res = send(v2(hexid(0xB2, 16), seg_id, "SELECT 1", now + 0.03, 0.02, False, "db"),
-               v2(hexid(0xB3, 16), hexid(0xB2, 16), "fetch row", now + 0.035, 0.005, False,
-                  "function"))
+    res = send(
+        v2(hexid(0xB2, 16), seg_id, "SELECT 1", now + 0.03, 0.02, False, "db"),
+        v2(hexid(0xB3, 16), hexid(0xB2, 16), "fetch row", now + 0.035, 0.005, False, "function"),
+    )
     assert res.status_code == 200 and res.json()["stored"]["spans"] == 2
     partial = ui(collector, f"trace/{trace_id}")
     seg_unit = next(u for u in partial["units"] if u["kind"] == "segment")
@@ -411,16 +507,46 @@ def _three_transaction_trace(collector: Collector, trace_id: str, now: float) ->
     a, a_call = hexid(0xA1, 16), hexid(0xA2, 16)
     b, b_call = hexid(0xB1, 16), hexid(0xB2, 16)
     c = hexid(0xC1, 16)
-    storefront = tx_payload(trace_id, a, "GET /checkout", now, 0.3, release="storefront@1", spans=[
-        child(trace_id, a_call, a, "http.client", "POST http://pricing/price", now + 0.01, 0.2)])
-    pricing = tx_payload(trace_id, b, "POST /price", now + 0.02, 0.15, parent=a_call,
-                         release="pricing@1", spans=[
-                             child(trace_id, b_call, b, "http.client", "GET http://tax/rate",
-                                   now + 0.03, 0.1)])
-    tax = tx_payload(trace_id, c, "GET /rate", now + 0.04, 0.05, parent=b_call, release="tax@1",
-                     status="internal_error")
-    orphan = tx_payload(trace_id, hexid(0xD1, 16), "task.email", now + 0.31, 0.02,
-                        parent=hexid(0xDEAD, 16), release="worker@1")
+    storefront = tx_payload(
+        trace_id,
+        a,
+        "GET /checkout",
+        now,
+        0.3,
+        release="storefront@1",
+        spans=[
+            child(trace_id, a_call, a, "http.client", "POST http://pricing/price", now + 0.01, 0.2)
+        ],
+    )
+    pricing = tx_payload(
+        trace_id,
+        b,
+        "POST /price",
+        now + 0.02,
+        0.15,
+        parent=a_call,
+        release="pricing@1",
+        spans=[child(trace_id, b_call, b, "http.client", "GET http://tax/rate", now + 0.03, 0.1)],
+    )
+    tax = tx_payload(
+        trace_id,
+        c,
+        "GET /rate",
+        now + 0.04,
+        0.05,
+        parent=b_call,
+        release="tax@1",
+        status="internal_error",
+    )
+    orphan = tx_payload(
+        trace_id,
+        hexid(0xD1, 16),
+        "task.email",
+        now + 0.31,
+        0.02,
+        parent=hexid(0xDEAD, 16),
+        release="worker@1",
+    )
     for payload in (tax, orphan, pricing, storefront):  # arrival order does not matter
         assert post(collector, tx_envelope(payload)).status_code == 200
 
@@ -432,7 +558,10 @@ def test_show_stitches_three_transactions_and_marks_the_orphan(
     _three_transaction_trace(collector, trace_id, time.time())
     out = subprocess.run(
         [sys.executable, "-m", "sentry_tracing_mw.collector", "show", trace_id[:12], "--db", db],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -456,8 +585,9 @@ def test_show_stitches_three_transactions_and_marks_the_orphan(
     assert bars[5] == "·" * 28 + "██"  # the orphan, 310-330 ms
     # without an id: a list of recent traces and the latest tree
     newer = hexid(0x5EEE, 32)
-    post(collector, tx_envelope(tx_payload(newer, hexid(0xE1, 16), "GET /later", time.time(),
-                                           0.01)))
+    post(
+        collector, tx_envelope(tx_payload(newer, hexid(0xE1, 16), "GET /later", time.time(), 0.01))
+    )
     buf = io.StringIO()
     assert show(db, None, buf) == 0
     text = buf.getvalue()
@@ -475,8 +605,9 @@ def test_viewer_api_aggregates_filters_and_gaps(collector: Collector) -> None:
     rates = ["1.0", "0.5", "0.25", None, "0.1"]
     statuses = ["ok", "ok", "cancelled", "internal_error", "unknown"]
     for i, (dur, rate, status) in enumerate(zip(durations, rates, statuses, strict=True)):
-        payload = tx_payload(hexid(200 + i, 32), hexid(200 + i, 16), "GET /items", now - 10,
-                             dur, status=status)
+        payload = tx_payload(
+            hexid(200 + i, 32), hexid(200 + i, 16), "GET /items", now - 10, dur, status=status
+        )
         assert post(collector, tx_envelope(payload, sample_rate=rate)).status_code == 200
     old = tx_payload(hexid(300, 32), hexid(300, 16), "GET /old", now - 7200, 0.5)
     assert post(collector, tx_envelope(old)).status_code == 200
@@ -498,11 +629,18 @@ def test_viewer_api_aggregates_filters_and_gaps(collector: Collector) -> None:
     assert httpx.get(f"{collector.url}/api/ui/transaction/nope").status_code == 404
     # gaps: a 100 ms transaction with spans covering only 0-20 ms and 90-100 ms
     trace_id, root = hexid(400, 32), hexid(400, 16)
-    gappy = tx_payload(trace_id, root, "GET /gappy", now, 0.1, spans=[
-        child(trace_id, hexid(401, 16), root, "db", "a", now, 0.02),
-        child(trace_id, hexid(402, 16), root, "db", "b", now + 0.09, 0.01),
-        child(trace_id, hexid(403, 16), root, "db", "tiny gap after a", now + 0.021, 0.002),
-    ])
+    gappy = tx_payload(
+        trace_id,
+        root,
+        "GET /gappy",
+        now,
+        0.1,
+        spans=[
+            child(trace_id, hexid(401, 16), root, "db", "a", now, 0.02),
+            child(trace_id, hexid(402, 16), root, "db", "b", now + 0.09, 0.01),
+            child(trace_id, hexid(403, 16), root, "db", "tiny gap after a", now + 0.021, 0.002),
+        ],
+    )
     assert post(collector, tx_envelope(gappy)).status_code == 200
     view = ui(collector, f"transaction/{gappy['event_id']}")
     assert [(round(g["start"] - now, 3), round(g["end"] - now, 3)) for g in view["gaps"]] == [
@@ -545,13 +683,39 @@ def test_data_survives_a_restart(db: str) -> None:
 def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
     db = tmp_path / "cli.sqlite3"
     bad = subprocess.run(
-        [sys.executable, "-m", "sentry_tracing_mw.collector", "--rate-limit", "x:y", "--db",
-         str(db)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "sentry_tracing_mw.collector",
+            "--rate-limit",
+            "x:y",
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "--rate-limit" in bad.stderr
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sentry_tracing_mw.collector", "--port", "0", "--db", str(db),
-         "--key", "sekrit", "--rate-limit", "30:error"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sentry_tracing_mw.collector",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--key",
+            "sekrit",
+            "--rate-limit",
+            "30:error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
         assert proc.stdout is not None
@@ -570,6 +734,11 @@ def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "stored 1 transaction(s); 'from-cli-test'" in err
-    out = subprocess.run([sys.executable, "-m", "sentry_tracing_mw.collector", "show", "--db",
-                          str(db)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "sentry_tracing_mw.collector", "show", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert "from-cli-test" in out.stdout

@@ -43,9 +43,16 @@ def transaction(n: int) -> dict[str, Any]:
         "start_timestamp": now,
         "timestamp": now + 0.01,
         "contexts": {"trace": {"trace_id": trace_id, "span_id": span_id, "op": "task"}},
-        "spans": [{"trace_id": trace_id, "span_id": f"{n + 1:08x}{0xABC:08x}",
-                   "parent_span_id": span_id, "op": "db", "start_timestamp": now,
-                   "timestamp": now + 0.001}],
+        "spans": [
+            {
+                "trace_id": trace_id,
+                "span_id": f"{n + 1:08x}{0xABC:08x}",
+                "parent_span_id": span_id,
+                "op": "db",
+                "start_timestamp": now,
+                "timestamp": now + 0.001,
+            }
+        ],
     }
 
 
@@ -56,8 +63,13 @@ def envelope(payload: dict[str, Any], *extra: tuple[dict[str, Any], bytes]) -> b
     )
 
 
-def send(c: Collector, body: bytes, encoding: str | None = "gzip",
-         headers: dict[str, str] | None = None, client: httpx.Client | None = None) -> httpx.Response:
+def send(
+    c: Collector,
+    body: bytes,
+    encoding: str | None = "gzip",
+    headers: dict[str, str] | None = None,
+    client: httpx.Client | None = None,
+) -> httpx.Response:
     h = {"X-Sentry-Auth": AUTH, "Content-Type": "application/x-sentry-envelope"}
     if encoding:
         h["Content-Encoding"] = encoding
@@ -93,7 +105,7 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("garbage", os.urandom(4096), None, 400, "header"),
     ("garbage labelled gzip", b"this is not gzip at all", "gzip", 400, "gzip"),
     ("truncated gzip", gzip_compress(GOOD)[:-20], "gzip", 400, "truncated"),
-    ("gzip with trailing garbage", gzip_compress(GOOD) + b"XXXX", "gzip", 400, "garbage"),
+    ("gzip with trailing garbage", gzip_compress(GOOD) + b"XXXX", "gzip", 400, "gzip body"),
     ("gzip bomb", _gzip_bomb(), "gzip", 413, "exceeds"),
     ("deflate garbage", b"\x78\x9c garbage", "deflate", 400, "deflate"),
     ("unsupported encoding", GOOD, "br", 415, "Content-Encoding"),
@@ -102,49 +114,135 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("empty gzip body", gzip_compress(b""), "gzip", 400, "empty"),
     ("non-JSON envelope header", b"{not json}\n" + GOOD.split(b"\n", 1)[1], None, 400, "JSON"),
     ("envelope header not an object", b"[1,2]\n", None, 400, "object"),
-    ("non-JSON item header",
-     GOOD.split(b"\n", 1)[0] + b"\n{type: transaction}\n{}\n", None, 400, "JSON"),
+    (
+        "non-JSON item header",
+        GOOD.split(b"\n", 1)[0] + b"\n{type: transaction}\n{}\n",
+        None,
+        400,
+        "JSON",
+    ),
     ("item header without type", b'{}\n{"length":2}\n{}\n', None, 400, "type"),
-    ("length longer than body",
-     b'{}\n{"type":"transaction","length":99999}\n' + _body, None, 400, "end of file"),
-    ("length shorter than payload",
-     b'{}\n{"type":"transaction","length":10}\n' + _body + b"\n", None, 400, "newline"),
+    (
+        "length longer than body",
+        b'{}\n{"type":"transaction","length":99999}\n' + _body,
+        None,
+        400,
+        "end of file",
+    ),
+    (
+        "length shorter than payload",
+        b'{}\n{"type":"transaction","length":10}\n' + _body + b"\n",
+        None,
+        400,
+        "newline",
+    ),
     ("negative length", b'{}\n{"type":"event","length":-1}\n{}\n', None, 400, "negative"),
     ("CRLF framing", GOOD.replace(b"\n", b"\r\n"), None, 400, "carriage return"),
     ("blank line between items", GOOD.replace(b"}\n{", b"}\n\n{", 1), None, 400, "blank"),
-    ("huge envelope header",
-     json.dumps({"pad": "x" * 200_000}).encode() + b"\n", None, 400, "longer than"),
-    ("huge item header",
-     b'{}\n' + json.dumps({"type": "event", "pad": "x" * 200_000}).encode() + b"\n{}\n",
-     None, 400, "longer than"),
-    ("transaction payload not JSON",
-     serialize_envelope({}, [({"type": "transaction"}, b"{oops")]), None, 400, "not JSON"),
-    ("transaction without contexts.trace",
-     serialize_envelope({}, [({"type": "transaction"}, json.dumps(
-         {k: v for k, v in _tx.items() if k != "contexts"}).encode())]), None, 400,
-     "contexts.trace"),
-    ("transaction with bad trace id",
-     serialize_envelope({}, [({"type": "transaction"}, json.dumps(
-         dict(_tx, contexts={"trace": {"trace_id": "xyz", "span_id": "1" * 16}})).encode())]),
-     None, 400, "trace_id"),
-    ("transaction ending before it starts",
-     serialize_envelope({}, [({"type": "transaction"}, json.dumps(
-         dict(_tx, timestamp=_tx["start_timestamp"] - 1)).encode())]), None, 400, "before"),
-    ("valid transaction followed by a bad span item (all or nothing)",
-     envelope(transaction(3), ({"type": "span"}, b'{"version":2,"items":[{"span_id":1}]}')),
-     None, 400, "span"),
-    ("valid transaction followed by a bad client report",
-     envelope(transaction(4), ({"type": "client_report"},
-                               b'{"discarded_events":[{"reason":"x"}]}')), None, 400, "reason"),
-    ("span item of the wrong shape",
-     serialize_envelope({}, [({"type": "span"}, b"[1,2,3]")]), None, 400, "version"),
-    ("dsn header that is not a DSN",
-     serialize_envelope({"dsn": 42}, [({"type": "transaction"}, _body)]), None, 400, "dsn"),
+    (
+        "huge envelope header",
+        json.dumps({"pad": "x" * 200_000}).encode() + b"\n",
+        None,
+        400,
+        "longer than",
+    ),
+    (
+        "huge item header",
+        b"{}\n" + json.dumps({"type": "event", "pad": "x" * 200_000}).encode() + b"\n{}\n",
+        None,
+        400,
+        "longer than",
+    ),
+    (
+        "transaction payload not JSON",
+        serialize_envelope({}, [({"type": "transaction"}, b"{oops")]),
+        None,
+        400,
+        "not JSON",
+    ),
+    (
+        "transaction without contexts.trace",
+        serialize_envelope(
+            {},
+            [
+                (
+                    {"type": "transaction"},
+                    json.dumps({k: v for k, v in _tx.items() if k != "contexts"}).encode(),
+                )
+            ],
+        ),
+        None,
+        400,
+        "contexts.trace",
+    ),
+    (
+        "transaction with bad trace id",
+        serialize_envelope(
+            {},
+            [
+                (
+                    {"type": "transaction"},
+                    json.dumps(
+                        dict(_tx, contexts={"trace": {"trace_id": "xyz", "span_id": "1" * 16}})
+                    ).encode(),
+                )
+            ],
+        ),
+        None,
+        400,
+        "trace_id",
+    ),
+    (
+        "transaction ending before it starts",
+        serialize_envelope(
+            {},
+            [
+                (
+                    {"type": "transaction"},
+                    json.dumps(dict(_tx, timestamp=_tx["start_timestamp"] - 1)).encode(),
+                )
+            ],
+        ),
+        None,
+        400,
+        "before",
+    ),
+    (
+        "valid transaction followed by a bad span item (all or nothing)",
+        envelope(transaction(3), ({"type": "span"}, b'{"version":2,"items":[{"span_id":1}]}')),
+        None,
+        400,
+        "span",
+    ),
+    (
+        "valid transaction followed by a bad client report",
+        envelope(
+            transaction(4), ({"type": "client_report"}, b'{"discarded_events":[{"reason":"x"}]}')
+        ),
+        None,
+        400,
+        "reason",
+    ),
+    (
+        "span item of the wrong shape",
+        serialize_envelope({}, [({"type": "span"}, b"[1,2,3]")]),
+        None,
+        400,
+        "version",
+    ),
+    (
+        "dsn header that is not a DSN",
+        serialize_envelope({"dsn": 42}, [({"type": "transaction"}, _body)]),
+        None,
+        400,
+        "dsn",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "encoding", "status", "message"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("body", "encoding", "status", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_malformed_bodies_are_rejected_and_change_nothing(
     collector: Collector, body: bytes, encoding: str | None, status: int, message: str
 ) -> None:
@@ -165,27 +263,37 @@ def test_oversized_and_lying_bodies(collector: Collector) -> None:
     # a Content-Length over the limit is refused before the body is read
     with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: " + AUTH.encode()
-            + f"\r\nContent-Length: {MAX_BODY * 4}\r\n\r\n".encode() + b"{}\n"
+            b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: "
+            + AUTH.encode()
+            + f"\r\nContent-Length: {MAX_BODY * 4}\r\n\r\n".encode()
+            + b"{}\n"
         )
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
     # a body shorter than its Content-Length, then the client goes away
     with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: " + AUTH.encode()
-            + b"\r\nContent-Length: 5000\r\n\r\n" + GOOD[:100]
+            b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: "
+            + AUTH.encode()
+            + b"\r\nContent-Length: 5000\r\n\r\n"
+            + GOOD[:100]
         )
     # huge HTTP headers are refused by the HTTP layer
     res = send(collector, GOOD, None, headers={"X-Junk": "j" * 200_000})
     assert 400 <= res.status_code < 500
     # wrong key, unknown project path, non-POST
-    assert send(collector, GOOD, None, headers={"X-Sentry-Auth": "Sentry sentry_key=nope"}
-                ).status_code == 403
+    assert (
+        send(collector, GOOD, None, headers={"X-Sentry-Auth": "Sentry sentry_key=nope"}).status_code
+        == 403
+    )
     res = httpx.post(collector.url + "/api/1/envelope/", content=GOOD, timeout=10)
     assert res.status_code == 403 and "missing sentry_key" in res.json()["detail"]
-    assert httpx.post(collector.url + "/api/a-b/envelope/", content=GOOD,
-                      headers={"X-Sentry-Auth": AUTH}, timeout=10).status_code in (404, 405)
+    assert httpx.post(
+        collector.url + "/api/a-b/envelope/",
+        content=GOOD,
+        headers={"X-Sentry-Auth": AUTH},
+        timeout=10,
+    ).status_code in (404, 405)
     assert httpx.get(collector.url + "/api/1/envelope/", timeout=10).status_code == 405
     assert collector.store.counts() == before
     assert_still_serving(collector)

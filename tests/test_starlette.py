@@ -169,7 +169,8 @@ def test_exceptions_handled_into_5xx_are_captured_once(
     assert stm.flush(5) and sentry_server.wait_for(6)
     events = sentry_server.events()
     assert sorted(e["exception"]["values"][-1]["type"] for e in events) == [
-        "HTTPException", "HandledError"
+        "HTTPException",
+        "HandledError",
     ]
     txs = {t["transaction"]: t for t in sentry_server.transactions()}
     handled = next(e for e in events if e["exception"]["values"][-1]["type"] == "HandledError")
@@ -207,8 +208,10 @@ def test_traces_sampler_gets_route(sentry_server: SentryServer) -> None:
 
 
 def test_privacy_rules(sentry_server: SentryServer, client: TestClient) -> None:
-    client.get("/plain?password=x&q=1", headers={"Authorization": "a", "Cookie": "b=1",
-                                                  "X-Forwarded-For": "1.2.3.4"})
+    client.get(
+        "/plain?password=x&q=1",
+        headers={"Authorization": "a", "Cookie": "b=1", "X-Forwarded-For": "1.2.3.4"},
+    )
     req = by_name(sentry_server, 1)["/plain"]["request"]
     assert req["query_string"] == "password=[Filtered]&q=1"
     assert not {"Authorization", "Cookie", "X-Forwarded-For"} & set(req["headers"])
@@ -262,8 +265,9 @@ def test_sub_app_with_its_own_middleware_is_one_transaction(sentry_server: Sentr
     from sentry_tracing_mw.integrations.starlette import TracingMiddleware
 
     inner = starlette_app()  # has our middleware
-    outer = Starlette(routes=[Mount("/outer/{tenant}", app=inner),
-                              Route("/x", lambda r: Response("x"))])
+    outer = Starlette(
+        routes=[Mount("/outer/{tenant}", app=inner), Route("/x", lambda r: Response("x"))]
+    )
     outer.add_middleware(TracingMiddleware)
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with TestClient(outer) as c:
@@ -278,8 +282,13 @@ def test_sub_app_with_its_own_middleware_is_one_transaction(sentry_server: Sentr
 # class-based endpoints after Starlette's ExceptionMiddleware in endpoint style.
 PARITY = {
     "url": ["/users/42", "/host-route", "/class-view"],
-    "endpoint": ["/users/42", "/api/v1/items/abc", "/sub/things/7", "/sub/deeper/x/leaf/3",
-                 "/host-route"],
+    "endpoint": [
+        "/users/42",
+        "/api/v1/items/abc",
+        "/sub/things/7",
+        "/sub/deeper/x/leaf/3",
+        "/host-route",
+    ],
 }
 
 
@@ -297,7 +306,7 @@ def test_name_parity_with_sentry_sdk(sentry_server: SentryServer, style: str) ->
             (tx,) = sentry_server.transactions()
             ours.append((tx["transaction"], tx["transaction_info"]["source"]))
     compared = 0
-    for (_, path, _), mine, sdk in zip(cases, ours, theirs):
+    for (_, path, _), mine, sdk in zip(cases, ours, theirs, strict=True):
         if path in PARITY[style]:
             assert mine == sdk, path
             compared += 1
@@ -337,8 +346,9 @@ def test_direct_asgi_call_leaves_no_span() -> None:
     app = starlette_app()
 
     async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as http:
             r = await http.get("/users/1")
             assert r.status_code == 200
         assert stm.get_current_span() is None

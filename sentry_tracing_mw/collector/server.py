@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -263,6 +263,9 @@ class _App:
             return JSONResponse(
                 {"detail": exc.message}, exc.status, headers={**_CORS, **exc.headers}
             )
+        except ClientDisconnect:
+            logger.info("client went away before sending the whole body")
+            return Response(status_code=400)
         except Exception as exc:  # the server keeps serving whatever happens
             self.responses[500] = self.responses.get(500, 0) + 1
             logger.exception("failed to store an envelope")

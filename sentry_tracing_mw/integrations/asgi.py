@@ -19,7 +19,6 @@ from typing import Any
 
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from .._propagation import ASGI_GETTER
 from .._request import request_info
 from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
@@ -38,6 +37,41 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SCOPE_KEY = "sentry_tracing_mw.transaction"
 
 _FINAL_BODY = frozenset({"http.response.pathsend", "http.response.zerocopy"})
+_TRACE_HEADERS = {
+    b"sentry-trace": "sentry-trace",
+    b"baggage": "baggage",
+    b"traceparent": "traceparent",
+    b"tracestate": "tracestate",
+}
+
+
+class _TraceHeadersGetter:
+    """Reads the trace headers picked out of the scope in one pass (see ``_trace_headers``)."""
+
+    __slots__ = ()
+
+    def get(self, carrier: dict[str, str] | None, key: str) -> str | None:
+        return carrier.get(key) if carrier else None
+
+
+_GETTER = _TraceHeadersGetter()
+
+
+def _trace_headers(scope: Scope) -> dict[str, str] | None:
+    """The propagation headers of a request (repeats joined with ","), None when absent."""
+    found: dict[str, str] | None = None
+    for item in scope.get("headers") or ():
+        name = _TRACE_HEADERS.get(item[0])
+        if name is None:
+            continue
+        value = item[1].decode("latin-1")
+        if found is None:
+            found = {name: value}
+        elif name in found:
+            found[name] += "," + value
+        else:
+            found[name] = value
+    return found
 
 
 def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
@@ -213,8 +247,8 @@ class TracingMiddleware:
                 client,
                 method=method,
                 path=str(path),
-                carrier=scope,
-                getter=ASGI_GETTER,
+                carrier=_trace_headers(scope),
+                getter=_GETTER,
                 peer=str(peer[0]) if peer else None,
                 request=scope,
                 request_key="asgi_scope",
@@ -300,7 +334,8 @@ class TracingMiddleware:
             elif kind == "http.response.start":
                 try:
                     code = int(message["status"])
-                    tx.set_http_status(code)
+                    if tx._recording:
+                        tx.set_http_status(code)  # data and tags nobody sends otherwise
                     if tx._source == "url":
                         name_on_response(tx, inner, method, code)
                 except Exception:

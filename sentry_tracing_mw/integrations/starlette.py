@@ -70,7 +70,7 @@ def _is_async(fn: Any) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or (
-        callable(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
     )
 
 
@@ -89,7 +89,7 @@ class _RoutingScope(dict[str, Any]):
     """The scope handed to the app: every change is written through to the server's
     scope, and routing writes name the request's transaction."""
 
-    __slots__ = ("_base", "_mw", "_prefix", "_routes", "_tx", "_method", "_named")
+    __slots__ = ("_base", "_method", "_mw", "_named", "_prefix", "_routes", "_tx")
 
     def __init__(self, base: Scope, mw: TracingMiddleware, tx: Transaction, method: str) -> None:
         dict.__init__(self, base)
@@ -111,7 +111,7 @@ class _RoutingScope(dict[str, Any]):
             self._on_route(value)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
-        if not isinstance(other, Mapping):
+        if type(other) is not dict and not isinstance(other, Mapping):
             other = dict(other)
         dict.update(self, other, **kwargs)
         self._base.update(other, **kwargs)
@@ -268,6 +268,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
         super().__init__(app, **options)
         self._endpoint_style = self.config.transaction_style == "endpoint"
         self._origins: dict[type, str] = {}
+        self._last_kind: type | None = None
+        self._last_origin = _ORIGIN_STARLETTE
         self._names: dict[Any, str | None] = {}
         self._handlers: dict[tuple[int, int], tuple[Any, Any, int, int, tuple[Any, Any]]] = {}
         _instrument_background_tasks()
@@ -276,6 +278,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
     def request_origin(self, scope: Scope) -> str:
         """``auto.http.fastapi`` for FastAPI apps, else ``auto.http.starlette``."""
         kind = type(scope.get("app"))
+        if kind is self._last_kind:
+            return self._last_origin
         origin = self._origins.get(kind)
         if origin is None:
             fastapi = any(
@@ -283,6 +287,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
                 for c in kind.__mro__
             )
             origin = self._origins[kind] = _ORIGIN_FASTAPI if fastapi else _ORIGIN_STARLETTE
+        self._last_kind, self._last_origin = kind, origin
         return origin
 
     def app_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
@@ -293,9 +298,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
 
     def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
         """Nothing named the request by the time it responds: ``"GET 404"`` style."""
-        if isinstance(scope, _RoutingScope) and code != 404 and code != 405:
-            if scope._late_name():
-                return
+        if isinstance(scope, _RoutingScope) and code not in (404, 405) and scope._late_name():
+            return
         tx.set_name(f"{method} {code}", "route")
 
     def resolve_route(self, scope: Scope) -> str | None:
@@ -388,7 +392,11 @@ class TracingMiddleware(asgi.TracingMiddleware):
                 {k: _capturing(h) for k, h in status_handlers.items()},
             )
             self._handlers[key] = (
-                exc_handlers, status_handlers, len(exc_handlers), len(status_handlers), wrapped
+                exc_handlers,
+                status_handlers,
+                len(exc_handlers),
+                len(status_handlers),
+                wrapped,
             )
             return wrapped
         except Exception:
@@ -452,9 +460,11 @@ def _instrument_background_tasks() -> None:
             await original(self)
             return
         try:
-            name = getattr(self.func, "__qualname__", None) or getattr(
-                self.func, "__name__", None
-            ) or repr(self.func)
+            name = (
+                getattr(self.func, "__qualname__", None)
+                or getattr(self.func, "__name__", None)
+                or repr(self.func)
+            )
             span = parent.start_child("function", str(name), origin=_ORIGIN_STARLETTE)
         except Exception:
             logger.debug("starting a background task span failed", exc_info=True)

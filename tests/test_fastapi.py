@@ -1,0 +1,181 @@
+"""FastAPI through the Starlette integration: names, origin, lifecycle, nesting, parity."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+
+import sentry_tracing_mw as stm
+
+from . import asgi_apps
+from .asgi_apps import FASTAPI_NAMES, fastapi_app
+from .sentry_server import SentryServer
+from .servers import run_asgi
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def txs_by_name(server: SentryServer, n: int) -> dict[str, dict[str, Any]]:
+    assert stm.flush(5)
+    assert server.wait_for(n, timeout=5)
+    txs = server.transactions()
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return {t["transaction"]: t for t in txs}
+
+
+@pytest.fixture
+def client(sentry_server: SentryServer) -> Iterator[TestClient]:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(fastapi_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_route_names(sentry_server: SentryServer, client: TestClient) -> None:
+    for method, path, headers, expected in FASTAPI_NAMES:
+        sentry_server.clear()
+        client.request(method, path, headers=headers)
+        assert stm.flush(5)
+        (tx,) = sentry_server.transactions()
+        assert (tx["transaction"], tx["transaction_info"]["source"]) == (expected, "route")
+        assert tx["contexts"]["trace"]["origin"] == "auto.http.fastapi"
+
+
+def test_route_names_uvicorn_and_sync_views(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with run_asgi(fastapi_app()) as url, httpx.Client(base_url=url, timeout=5) as http:
+        for method, path, headers, _ in FASTAPI_NAMES:
+            http.request(method, path, headers=headers)
+        assert http.get("/sync/3").json() == {"x": 3}
+        got = txs_by_name(sentry_server, len(FASTAPI_NAMES) + 1)
+    assert set(got) == {e for *_, e in FASTAPI_NAMES} | {"/sync/{x}"}
+
+
+def test_endpoint_style(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(fastapi_app(transaction_style="endpoint")) as c:
+        c.get("/users/1")
+        c.get("/api/v1/nested/deep/2")
+    got = txs_by_name(sentry_server, 2)
+    prefix = "tests.asgi_apps.fastapi_app.<locals>."
+    assert set(got) == {prefix + "get_user", prefix + "deep"}
+    assert got[prefix + "deep"]["transaction_info"]["source"] == "component"
+
+
+def test_named_before_the_view_runs(client: TestClient) -> None:
+    from urllib.parse import unquote
+
+    body = client.get("/users/5").json()
+    assert "sentry-transaction=/users/{user_id}" in unquote(body["trace"]["baggage"])
+
+
+def test_background_task(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    asgi_apps.BG_DONE.clear()
+    with run_asgi(fastapi_app()) as url:
+        r = httpx.get(url + "/bg", timeout=5)
+        received = time.monotonic()
+        assert r.json() == {"ok": "bg"}
+        tx = txs_by_name(sentry_server, 1)["/bg"]
+    assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
+    (span,) = tx["spans"]
+    assert (span["op"], span["description"]) == ("function", "bg_sleep")
+    assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
+
+
+def test_error_and_stream(sentry_server: SentryServer, client: TestClient) -> None:
+    assert client.get("/error").status_code == 500
+    assert client.get("/stream").content == b"x" * 60
+    assert stm.flush(5) and sentry_server.wait_for(3)
+    (event,) = sentry_server.events()
+    txs = {t["transaction"]: t for t in sentry_server.transactions()}
+    assert txs["/error"]["contexts"]["trace"]["status"] == "internal_error"
+    assert event["contexts"]["trace"]["span_id"] == txs["/error"]["contexts"]["trace"]["span_id"]
+    stream = txs["/stream"]
+    assert stream["timestamp"] - stream["start_timestamp"] >= 0.3
+
+
+def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("a")
+        assert ws.receive_text() == "echo:a"
+    tx = txs_by_name(sentry_server, 1)["/ws"]
+    assert tx["contexts"]["trace"]["op"] == "websocket.server"
+
+
+def _flask() -> Flask:
+    app = Flask("mounted")
+
+    @app.route("/users/<int:user_id>")
+    def user(user_id: int) -> str:
+        span = stm.get_current_span()
+        return "traced" if span is not None else "untraced"
+
+    return app
+
+
+@pytest.mark.parametrize("wrapper", ["flask_tracing", "generic_wsgi"])
+def test_flask_mounted_in_fastapi_is_one_transaction(
+    sentry_server: SentryServer, wrapper: str
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    flask_app = _flask()
+    wsgi: Any = flask_app
+    if wrapper == "flask_tracing":
+        from sentry_tracing_mw.integrations.flask import FlaskTracing
+
+        FlaskTracing(flask_app)
+    else:
+        from sentry_tracing_mw.integrations.wsgi import TracingMiddleware as WSGITracing
+
+        wsgi = WSGITracing(flask_app)
+    with run_asgi(fastapi_app(flask_app=wsgi)) as url:
+        r = httpx.get(url + "/flask/users/3", timeout=5)
+        assert r.text == "traced"
+        got = txs_by_name(sentry_server, 1)
+    (name,) = got
+    tx = got[name]
+    assert tx["contexts"]["trace"]["origin"] == "auto.http.fastapi"  # the outermost owns it
+    if wrapper == "flask_tracing":
+        assert name == "/flask/users/<int:user_id>"  # the inner one named it
+    else:
+        assert name == "/flask/{path}"  # the generic WSGI middleware has no route to give
+
+
+PARITY = {
+    "url": ["/users/42", "/api/v1/items/abc", "/api/v1/nested/deep/9"],
+    "endpoint": ["/users/42", "/api/v1/items/abc", "/api/v1/nested/deep/9", "/sub/things/7"],
+}
+
+
+@pytest.mark.parametrize("style", ["url", "endpoint"])
+def test_name_parity_with_sentry_sdk(sentry_server: SentryServer, style: str) -> None:
+    cases = [(m, p, h) for m, p, h, _ in FASTAPI_NAMES if m == "GET"]
+    theirs = asgi_apps.sdk_names("fastapi", style, cases)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    ours = []
+    with TestClient(fastapi_app(transaction_style=style)) as c:
+        for method, path, headers in cases:
+            sentry_server.clear()
+            c.request(method, path, headers=headers)
+            assert stm.flush(5)
+            (tx,) = sentry_server.transactions()
+            ours.append((tx["transaction"], tx["transaction_info"]["source"]))
+    results = dict(zip([p for _, p, _ in cases], zip(ours, theirs, strict=True), strict=True))
+    for path in PARITY[style]:
+        assert results[path][0] == results[path][1], path
+    if style == "url":
+        # sentry-sdk drops the mount prefix of app.mount("/sub", FastAPI()); we keep it.
+        assert results["/sub/things/7"] == (
+            ("/sub/things/{thing_id}", "route"),
+            ("/things/{thing_id}", "route"),
+        )
