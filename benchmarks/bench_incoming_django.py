@@ -38,7 +38,7 @@ TRACE_ID = "771a43a4192642f0b136d5159a501700"
 urlpatterns: list[Any] = []
 
 
-def _view(request: Any, id: int) -> Any:  # noqa: A002
+def _view(request: Any, id: int) -> Any:
     from django.http import HttpResponse
 
     return HttpResponse(b"user")

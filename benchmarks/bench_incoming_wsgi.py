@@ -12,7 +12,10 @@ configuration runs in a fresh subprocess:
   serializes and gzips on a worker thread, then discards
 
 Requests run in batches; after each batch the client is flushed (untimed), so nothing is
-dropped by a full queue. Reported: median µs per request and overhead vs bare.
+dropped by a full queue. Reported per configuration: the median latency of one request on
+the request thread (the transport worker runs concurrently) and the process CPU per request
+(every thread, so serialization/gzip/POST on the worker counts), each with its overhead vs
+bare, as the median over interleaved rounds.
 
 Run: ``python benchmarks/bench_incoming_wsgi.py [--requests 6000] [--rounds 3]``.
 Budget: ours sampled <= 25 µs, unsampled <= 5 µs above bare.
@@ -94,12 +97,23 @@ def environs(n: int, sampled: bool) -> list[dict[str, Any]]:
     """``n`` fresh environs; every second one continues an incoming trace."""
     flag = "1" if sampled else "0"
     base = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/users/42", "SCRIPT_NAME": "",
-        "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000",
-        "HTTP_USER_AGENT": "bench", "HTTP_ACCEPT": "*/*", "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/users/42",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "bench",
+        "HTTP_ACCEPT": "*/*",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
     }
     out = []
     for i in range(n):
@@ -170,17 +184,23 @@ def child(config: str, port: int, n: int) -> dict[str, Any]:
         import sentry_tracing_mw as stm
         from sentry_tracing_mw.integrations.flask import FlaskTracing
 
-        FlaskTracing(app, dsn=f"http://public@127.0.0.1:{port}/1",
-                     traces_sample_rate=1.0 if sampled else 0.0,
-                     instrument_http_clients=False)
+        FlaskTracing(
+            app,
+            dsn=f"http://public@127.0.0.1:{port}/1",
+            traces_sample_rate=1.0 if sampled else 0.0,
+            instrument_http_clients=False,
+        )
         flush = lambda: stm.flush(10)  # noqa: E731
     elif config.startswith("sdk"):
         import sentry_sdk
         from sentry_sdk.integrations.flask import FlaskIntegration
 
-        sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=_sdk_transport(),
-                        traces_sample_rate=1.0 if sampled else 0.0,
-                        integrations=[FlaskIntegration(transaction_style="url")])
+        sentry_sdk.init(
+            dsn="http://public@127.0.0.1:9/1",
+            transport=_sdk_transport(),
+            traces_sample_rate=1.0 if sampled else 0.0,
+            integrations=[FlaskIntegration(transaction_style="url")],
+        )
         flush = lambda: sentry_sdk.flush(10)  # noqa: E731
 
     def run(n: int, times: list[float] | None) -> None:
@@ -202,8 +222,10 @@ def child(config: str, port: int, n: int) -> dict[str, Any]:
 
     run(500, None)  # warm-up
     times: list[float] = []
+    cpu = time.process_time()
     run(n, times)
-    return {"median_us": statistics.median(times) * 1e6}
+    cpu = time.process_time() - cpu  # every thread of this process: the workers too
+    return {"median_us": statistics.median(times) * 1e6, "cpu_us": cpu / n * 1e6}
 
 
 def main() -> None:
@@ -217,33 +239,58 @@ def main() -> None:
         print(json.dumps(child(args.child, args.port, args.requests)))
         return
 
-    sink = subprocess.Popen([sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE,
-                            text=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert sink.stdout is not None
         port = int(sink.stdout.readline())
         results: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         for _ in range(args.rounds):
             for config in CONFIGS:  # interleaved, so drifts hit every configuration alike
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", config, "--port", str(port),
-                     "--requests", str(args.requests)],
-                    capture_output=True, text=True, env=env, timeout=300, check=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        config,
+                        "--port",
+                        str(port),
+                        "--requests",
+                        str(args.requests),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=300,
+                    check=True,
                 )
                 data = json.loads(out.stdout.strip().splitlines()[-1])
                 results[config].append(data["median_us"])
+                cpu[config].append(data["cpu_us"])
     finally:
         sink.kill()
         sink.wait()
 
     bare = statistics.median(results["bare"])
-    print(f"{'config':<10} {'median µs/req':>14} {'overhead µs':>12}   rounds")
+    bare_cpu = statistics.median(cpu["bare"])
+    print(
+        f"{'config':<10} {'median µs/req':>14} {'overhead':>9} {'CPU µs/req':>11} "
+        f"{'overhead':>9}   rounds (median µs/req)"
+    )
     for config in CONFIGS:
         med = statistics.median(results[config])
+        med_cpu = statistics.median(cpu[config])
         rounds = ", ".join(f"{v:.1f}" for v in results[config])
         over = "" if config == "bare" else f"{med - bare:+.1f}"
-        print(f"{config:<10} {med:>14.1f} {over:>12}   [{rounds}]")
+        over_cpu = "" if config == "bare" else f"{med_cpu - bare_cpu:+.1f}"
+        print(f"{config:<10} {med:>14.1f} {over:>9} {med_cpu:>11.1f} {over_cpu:>9}   [{rounds}]")
+    print(
+        "median: latency of one request on the request thread (workers run concurrently);"
+        "\nCPU: process CPU per request incl. the transport worker (serialize/gzip/post)."
+    )
 
 
 if __name__ == "__main__":

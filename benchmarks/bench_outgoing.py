@@ -111,8 +111,9 @@ def _setup(config: str) -> Callable[[], Any]:
     if config == "sentry-sdk":
         import sentry_sdk
 
-        sentry_sdk.init(traces_sample_rate=1.0, send_client_reports=False,
-                        auto_session_tracking=False)
+        sentry_sdk.init(
+            traces_sample_rate=1.0, send_client_reports=False, auto_session_tracking=False
+        )
         return lambda: sentry_sdk.start_transaction(name="bench", op="bench")
     if config == "otel":
         from opentelemetry import trace
@@ -179,14 +180,17 @@ def _apply(patches: Patches) -> None:
 
 
 def _measure(
-    run_batch: Callable[[], float], batch: Callable[[], Any], on: Patches, off: Patches,
+    run_batch: Callable[[], float],
+    batch: Callable[[], Any],
+    on: Patches,
+    off: Patches,
     calls: int,
 ) -> dict[str, float]:
     """Alternate instrumented / plain batches; the added cost is the median pair difference."""
     on_times, off_times, diffs = [], [], []
     for i in range(max(1, calls // (2 * BATCH))):
         pair = {}
-        for state in (("on", "off") if i % 2 else ("off", "on")):
+        for state in ("on", "off") if i % 2 else ("off", "on"):
             _apply(on if state == "on" else off)
             with batch():
                 pair[state] = run_batch()
@@ -261,9 +265,20 @@ def worker(config: str, client: str, port: int, calls: int) -> dict[str, Any]:
 
 def _run_worker(config: str, client: str, port: int, calls: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", config, client, "--port", str(port),
-         "--calls", str(calls)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            config,
+            client,
+            "--port",
+            str(port),
+            "--calls",
+            str(calls),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{config}/{client} failed:\n{out.stderr[-3000:]}")
@@ -306,8 +321,10 @@ def main() -> None:
     def med(key: tuple[str, str], field: str) -> float:
         return statistics.median(r[field] for r in runs[key])
 
-    print(f"added client CPU per call (µs), median of {args.repeat} workers x "
-          f"{args.calls} calls; in brackets: the plain call's own CPU")
+    print(
+        f"added client CPU per call (µs), median of {args.repeat} workers x "
+        f"{args.calls} calls; in brackets: the plain call's own CPU"
+    )
     print(f"{'client':<12}" + "".join(f"{c:>16}" for c in configs))
     for client in clients:
         row = f"{client:<12}"
@@ -316,8 +333,14 @@ def main() -> None:
             row += f"{med(key, 'added_us'):>9.1f} ({med(key, 'off_us'):>4.0f})"
         print(row)
     if args.json:
-        print(json.dumps({f"{c}/{k}": {f: med((c, k), f) for f in ("added_us", "off_us", "on_us")}
-                          for (c, k) in runs}))
+        print(
+            json.dumps(
+                {
+                    f"{c}/{k}": {f: med((c, k), f) for f in ("added_us", "off_us", "on_us")}
+                    for (c, k) in runs
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

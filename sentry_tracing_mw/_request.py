@@ -8,6 +8,7 @@ credentials, forwarding headers, client IPs or sensitive query values are kept.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -64,6 +65,7 @@ def filter_query(query: str, send_default_pii: bool) -> str:
     return "&".join(parts)
 
 
+@functools.lru_cache(maxsize=1024)
 def _header_kept(name: str) -> bool:
     low = name.lower()
     return low not in SENSITIVE_HEADERS and not _SENSITIVE_HEADER_PART.search(low)

@@ -12,8 +12,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, jsonify, render_template_string, request
-from flask import send_file, stream_with_context
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    jsonify,
+    render_template_string,
+    request,
+    send_file,
+    stream_with_context,
+)
 
 import sentry_tracing_mw as stm
 
@@ -63,8 +72,11 @@ def create_app() -> Flask:
         tx = span.containing_transaction if span is not None else None
         return jsonify(
             headers=stm.get_trace_headers(),
-            received={k: v for k, v in request.headers.items()
-                      if k.lower() in ("sentry-trace", "baggage", "traceparent")},
+            received={
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() in ("sentry-trace", "baggage", "traceparent")
+            },
             name=tx.name if tx is not None else None,
             source=tx.source if tx is not None else None,
             trace_id=span.trace_id if span is not None else None,
@@ -100,9 +112,7 @@ def create_app() -> Flask:
 
     @app.route("/meta")
     def meta() -> str:
-        return render_template_string(
-            "A:{{ sentry_trace_meta }}\nB:{{ sentry_trace_meta() }}\n"
-        )
+        return render_template_string("A:{{ sentry_trace_meta }}\nB:{{ sentry_trace_meta() }}\n")
 
     @app.route("/custom")
     def custom() -> str:

@@ -24,9 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-
-__all__ = ["RecordedRequest", "RecordingServer", "header_values", "recording_server"]
+__all__ = ["RecordedRequest", "RecordingServer", "header_values", "running"]
 
 _MAX_HEAD = 256 * 1024
 
@@ -89,8 +87,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 method, target, _version = lines[0].decode("latin-1").split(" ", 2)
                 length = header_values(raw, "content-length")
                 chunked = "chunked" in ",".join(header_values(raw, "transfer-encoding")).lower()
-                body, buffer = self._read_body(sock, buffer, int(length[0]) if length else 0,
-                                               chunked)
+                body, buffer = self._read_body(
+                    sock, buffer, int(length[0]) if length else 0, chunked
+                )
                 rec = RecordedRequest(method, target, raw, body)
                 owner._record(rec)
                 if not self._respond(sock, rec, raw):
@@ -147,8 +146,9 @@ class _Handler(socketserver.BaseRequestHandler):
         if path == "/stream":
             n = int(query.get("chunks", "3"))
             delay = float(query.get("delay", "0.1"))
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n")
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             for i in range(n):
                 time.sleep(delay)
                 data = f"chunk {i}\n".encode()
@@ -160,8 +160,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
     @staticmethod
     def _send(sock: socket.socket, status: int, body: bytes, headers: dict[str, str]) -> None:
-        lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}",
-                 "Content-Type: application/octet-stream"]
+        lines = [
+            f"HTTP/1.1 {status} X",
+            f"Content-Length: {len(body)}",
+            "Content-Type: application/octet-stream",
+        ]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
@@ -216,10 +219,3 @@ def running() -> Iterator[RecordingServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def recording_server() -> Iterator[RecordingServer]:
-    """A running :class:`RecordingServer`."""
-    with running() as server:
-        yield server

@@ -88,7 +88,8 @@ def _by_name(transactions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _http_span(tx: dict[str, Any], target: str) -> dict[str, Any]:
     (span,) = [
-        s for s in tx["spans"]
+        s
+        for s in tx["spans"]
         if s["op"] == "http.client" and s.get("description", "").endswith(target)
     ]
     return span
@@ -199,7 +200,9 @@ def _sdk_service(dsn: str, rate: float, downstream: str) -> Iterator[str]:
         env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, "-c", _SDK_SERVICE, str(port), dsn, str(rate), downstream],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -210,8 +213,11 @@ def _sdk_service(dsn: str, rate: float, downstream: str) -> Iterator[str]:
                 break
             except requests.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sentry-sdk service did not start: {proc.stderr.read()!r}"
-                                       if proc.stderr else "sentry-sdk service did not start")
+                    raise RuntimeError(
+                        f"sentry-sdk service did not start: {proc.stderr.read()!r}"
+                        if proc.stderr
+                        else "sentry-sdk service did not start"
+                    )
                 time.sleep(0.1)
         yield base
     finally:
@@ -232,9 +238,7 @@ def test_chain_through_sentry_sdk(sentry_server: Any, head_rate: float) -> None:
     switch: list[float] = [1.0 - head_rate]
     with ExitStack() as stack:
         tail = stack.enter_context(run_wsgi(_flask_service("c", None, switch)))
-        middle = stack.enter_context(
-            _sdk_service(sentry_server.dsn, 1.0 - head_rate, f"{tail}/c")
-        )
+        middle = stack.enter_context(_sdk_service(sentry_server.dsn, 1.0 - head_rate, f"{tail}/c"))
         head = stack.enter_context(run_wsgi(_flask_service("a", f"{middle}/mid", switch)))
         answer = requests.get(f"{head}/a", timeout=15).json()
         requests.get(f"{middle}/flush", timeout=10)
@@ -264,9 +268,13 @@ def test_chain_through_sentry_sdk(sentry_server: Any, head_rate: float) -> None:
     assert sdk["got"]["sentry-trace"] == f"{trace_id}-{a_span['span_id']}-1"
     sdk_spans = [s for s in sdk_tx["spans"] if s["op"] == "http.client"]
     assert ours["/c"]["contexts"]["trace"]["parent_span_id"] in {s["span_id"] for s in sdk_spans}
-    assert c["got"]["sentry-trace"].split("-")[1] == (
-        ours["/c"]["contexts"]["trace"]["parent_span_id"]
+    assert (
+        c["got"]["sentry-trace"].split("-")[1]
+        == (ours["/c"]["contexts"]["trace"]["parent_span_id"])
     )
-    dscs = [env.headers.get("trace") for env in sentry_server.envelopes()
-            if any(True for _ in env.items_of("transaction"))]
+    dscs = [
+        env.headers.get("trace")
+        for env in sentry_server.envelopes()
+        if any(True for _ in env.items_of("transaction"))
+    ]
     assert all(d and d["trace_id"] == trace_id and d["sampled"] == "true" for d in dscs)

@@ -26,8 +26,8 @@ from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
 
 from .flask_apps import NAMED_ROUTES, STREAM_SECONDS, create_app
 from .sentry_server import SentryServer
-from .test_wsgi import wait_transactions
 from .servers import free_port, run_wsgi
+from .test_wsgi import wait_transactions
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
@@ -303,7 +303,9 @@ def test_generic_middleware_outside_flask_makes_one_transaction(
 
 
 def test_sentry_trace_meta_jinja_global(sentry_server: SentryServer) -> None:
-    text = traced_app(sentry_server).test_client().get("/meta", buffered=True).get_data(as_text=True)
+    text = (
+        traced_app(sentry_server).test_client().get("/meta", buffered=True).get_data(as_text=True)
+    )
     (tx,) = sent(sentry_server, 1)
     trace = tx["contexts"]["trace"]
     expected = f'<meta name="sentry-trace" content="{trace["trace_id"]}-{trace["span_id"]}-1">'
@@ -395,7 +397,7 @@ def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None
         headers={
             "sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1",
             "baggage": f"sentry-trace_id={TRACE_ID},sentry-public_key=up,sentry-sample_rand=0.5,"
-                   "sentry-sampled=true",
+            "sentry-sampled=true",
         },
     )
     assert resp.json() == {"user_id": 7}

@@ -29,7 +29,7 @@ from sentry_tracing_mw._propagation import extract
 from sentry_tracing_mw._tracing import Span, Transaction
 from sentry_tracing_mw.integrations import http_clients
 
-from .recording_server import RecordingServer, recording_server, running  # noqa: F401
+from .recording_server import RecordingServer, running
 from .servers import free_port
 
 OnHeaders = Callable[[], None]
@@ -45,8 +45,9 @@ class Client:
     origin = "auto.http.stdlib"
     follows_redirects = True
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         raise NotImplementedError
 
     def stream(self, url: str, on_headers: OnHeaders) -> bytes:
@@ -59,8 +60,9 @@ class Client:
 class UrllibClient(Client):
     name = "urllib"
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         req = urllib.request.Request(url, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -84,8 +86,9 @@ class HttpClientClient(Client):
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout), target
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         conn, target = self._conn(url, timeout)
         try:
             conn.request("GET", target, headers=headers or {})
@@ -109,11 +112,13 @@ class Urllib3Client(Client):
     name = "urllib3"
 
     def _pool(self) -> urllib3.PoolManager:
-        return urllib3.PoolManager(retries=urllib3.Retry(total=5, connect=0, read=0, redirect=5,
-                                                         status=0))
+        return urllib3.PoolManager(
+            retries=urllib3.Retry(total=5, connect=0, read=0, redirect=5, status=0)
+        )
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         with self._pool() as pool:
             resp = pool.request("GET", url, headers=headers, timeout=timeout)
             return resp.status, resp.data
@@ -130,8 +135,9 @@ class Urllib3Client(Client):
 class RequestsClient(Client):
     name = "requests"
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         with requests.Session() as session:
             resp = session.get(url, headers=headers, timeout=timeout)
             return resp.status_code, resp.content
@@ -146,8 +152,9 @@ class HttpxClient(Client):
     name = "httpx"
     origin = "auto.http.httpx"
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         with httpx.Client(follow_redirects=True, timeout=timeout) as client:
             resp = client.get(url, headers=headers)
             return resp.status_code, resp.content
@@ -162,8 +169,9 @@ class AsyncHttpxClient(Client):
     name = "httpx-async"
     origin = "auto.http.httpx"
 
-    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-            ) -> tuple[int, bytes]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+    ) -> tuple[int, bytes]:
         async def run() -> tuple[int, bytes]:
             async with httpx.AsyncClient(follow_redirects=True, timeout=timeout) as client:
                 resp = await client.get(url, headers=headers)
@@ -180,10 +188,22 @@ class AsyncHttpxClient(Client):
         return asyncio.run(run())
 
 
-CLIENTS = [UrllibClient(), HttpClientClient(), Urllib3Client(), RequestsClient(), HttpxClient(),
-           AsyncHttpxClient()]
+CLIENTS = [
+    UrllibClient(),
+    HttpClientClient(),
+    Urllib3Client(),
+    RequestsClient(),
+    HttpxClient(),
+    AsyncHttpxClient(),
+]
 FOLLOWING = [c for c in CLIENTS if c.follows_redirects]
 TRACE_HEADERS = ("sentry-trace", "baggage", "traceparent", "tracestate")
+
+
+@pytest.fixture
+def recording_server() -> Iterator[RecordingServer]:
+    with running() as server:
+        yield server
 
 
 @pytest.fixture(params=CLIENTS, ids=repr)
@@ -377,8 +397,10 @@ def test_span_ends_with_the_body(client: Client, recording_server: RecordingServ
     stm.init(traces_sample_rate=1.0)
     seen_before_body: list[int] = []
     with stm.start_transaction("t") as tx:
-        body = client.stream(recording_server.url + "/stream?chunks=3&delay=0.12",
-                             lambda: seen_before_body.append(len(http_spans(tx))))
+        body = client.stream(
+            recording_server.url + "/stream?chunks=3&delay=0.12",
+            lambda: seen_before_body.append(len(http_spans(tx))),
+        )
     assert body == b"chunk 0\nchunk 1\nchunk 2\n"
     assert seen_before_body == [0]  # headers arrived, span still open
     (span,) = http_spans(tx)
@@ -395,7 +417,10 @@ def test_head_and_status_codes(recording_server: RecordingServer) -> None:
         HttpxClient().get(recording_server.url + "/status/503")
         UrllibClient().get(recording_server.url + "/status/500")
     assert [(s.data["http.response.status_code"], s.status) for s in http_spans(tx)] == [
-        (200, "ok"), (404, "not_found"), (503, "unavailable"), (500, "internal_error")
+        (200, "ok"),
+        (404, "not_found"),
+        (503, "unavailable"),
+        (500, "internal_error"),
     ]
     assert http_spans(tx)[0].description == f"HEAD {recording_server.url}/echo"
 
@@ -461,8 +486,7 @@ def test_http_client_raises_the_socket_error_itself() -> None:
 
 
 @pytest.mark.parametrize("client", FOLLOWING, ids=repr)
-def test_redirects_one_span_per_request(client: Client, recording_server: RecordingServer
-                                        ) -> None:
+def test_redirects_one_span_per_request(client: Client, recording_server: RecordingServer) -> None:
     stm.init(traces_sample_rate=1.0)
     with stm.start_transaction("t") as tx:
         status, _ = client.get(recording_server.url + "/redirect/2", {"baggage": "own=1"})
@@ -474,7 +498,7 @@ def test_redirects_one_span_per_request(client: Client, recording_server: Record
         f"GET {recording_server.url}{p}" for p in ("/redirect/2", "/redirect/1", "/echo")
     ]
     assert [s.data["http.response.status_code"] for s in spans] == [302, 302, 200]
-    for rec, span in zip(received, spans):
+    for rec, span in zip(received, spans, strict=True):
         assert rec.header("sentry-trace") == f"{tx.trace_id}-{span.span_id}-1"
         assert rec.header("traceparent") == f"00-{tx.trace_id}-{span.span_id}-03"
         baggage = rec.header("baggage") or ""
@@ -510,8 +534,9 @@ def test_retries_never_grow_baggage(recording_server: RecordingServer) -> None:
     with stm.start_transaction("t") as tx:
         resp = session.get(recording_server.url + "/status/503", headers=headers, timeout=5)
         with httpx.Client() as client:
-            request = client.build_request("GET", recording_server.url + "/echo",
-                                           headers={"baggage": "own=2"})
+            request = client.build_request(
+                "GET", recording_server.url + "/echo", headers={"baggage": "own=2"}
+            )
             client.send(request).read()
             client.send(request).read()
     session.close()
@@ -522,7 +547,8 @@ def test_retries_never_grow_baggage(recording_server: RecordingServer) -> None:
     assert len(set(bags)) == 1 and (bags[0] or "").startswith("own=1,sentry-")
     assert len({r.header("sentry-trace") for r in retried}) == 3  # one span per attempt
     resent = recording_server.received("/echo")
-    assert [r.header("baggage") for r in resent][0] == [r.header("baggage") for r in resent][1]
+    first, second = (r.header("baggage") for r in resent)
+    assert first == second
     assert (resent[0].header("baggage") or "").startswith("own=2,sentry-")
     assert len(http_spans(tx)) == 5
     assert headers == {"baggage": "own=1", "sentry-trace": "x"}  # caller's dict untouched

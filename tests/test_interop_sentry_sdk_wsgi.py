@@ -63,8 +63,13 @@ def _no_outgoing_headers() -> Iterator[None]:
 
 
 def _run_client(url: str, rate: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", _CLIENT_SCRIPT, url, str(rate)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLIENT_SCRIPT, url, str(rate)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
@@ -82,8 +87,7 @@ def _baggage_dsc(baggage: str) -> dict[str, str]:
 def test_continues_a_sampled_sentry_sdk_trace(sentry_server: SentryServer) -> None:
     # Our own rate is 0: the transaction is only sent because we inherit sentry-sdk's decision.
     app = create_app()
-    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=0.0,
-                 instrument_http_clients=False)
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
     with run_wsgi(app) as base:
         out = _run_client(f"{base}/trace", 1.0)
     assert out["sampled"] is True
@@ -111,8 +115,7 @@ def test_continues_a_sampled_sentry_sdk_trace(sentry_server: SentryServer) -> No
 
 def test_negative_sentry_sdk_decision_sends_nothing(sentry_server: SentryServer) -> None:
     app = create_app()
-    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0,
-                 instrument_http_clients=False)
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
     with run_wsgi(app) as base:
         out = _run_client(f"{base}/trace", 0.0)
     assert out["sampled"] is False and out["events"] == []

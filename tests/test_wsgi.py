@@ -257,7 +257,7 @@ def test_file_wrapper_fast_path_is_kept_and_ends_on_close(sentry_server: SentryS
 
     def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        wrapper = environ["wsgi.file_wrapper"](open(__file__, "rb"))
+        wrapper = environ["wsgi.file_wrapper"](open(__file__, "rb"))  # noqa: SIM115
         opened.append(wrapper)
         return wrapper  # type: ignore[no-any-return]
 
@@ -522,7 +522,7 @@ def test_odd_environ_is_served(sentry_server: SentryServer) -> None:
         "HTTP_SENTRY_TRACE": "garbage",
         "HTTP_BAGGAGE": "%%%",
     }
-    status, body = _call(app, environ)
+    status, _ = _call(app, environ)
     assert status.startswith("200")
     (tx,) = _one_tx(sentry_server)
     assert tx["transaction"] == "/café"

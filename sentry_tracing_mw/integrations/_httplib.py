@@ -35,6 +35,10 @@ _NAME_LENGTHS = frozenset({7, 10, 11, 12})
 _ALWAYS_OURS = frozenset({"sentry-trace", "baggage"})
 _W3C = frozenset({"traceparent", "tracestate"})
 
+_PREFIXES = {
+    name: name.encode() + b": " for name in ("sentry-trace", "baggage", "traceparent", "tracestate")
+}
+
 _Conn = http.client.HTTPConnection
 _Resp = http.client.HTTPResponse
 _CONN_METHODS = ("putrequest", "putheader", "endheaders", "getresponse", "close")
@@ -79,26 +83,28 @@ def _begin(conn: http.client.HTTPConnection, method: str, url: str) -> Outgoing 
     inject = propagates(opts, scheme, host, port, lambda: base + target)
     span: Span | None = None
     if parent is not None:
-        path, _, query = target.partition("?")
-        fragment = ""
-        if "#" in query:
-            query, _, fragment = query.partition("#")
-        elif "#" in path:
+        path, _, rest = target.partition("?")
+        if "#" in path:
             path, _, fragment = path.partition("#")
+            rest = "#" + fragment
         span = start_span(
             parent,
             method=method,
             base=base,
             path=path,
             host=host,
-            query=query,
-            fragment=fragment,
             origin=ORIGIN,
+            query_fragment=(lambda: _split_fragment(rest)) if rest else None,
         )
     if span is None and not inject:
         return None
     span_id = span._span_id if span is not None else parent._span_id if parent else None
     return Outgoing(ctx, span, span_id, inject)
+
+
+def _split_fragment(rest: str) -> tuple[str, str]:
+    query, _, fragment = rest.partition("#")
+    return query, fragment
 
 
 def _abandon(out: Outgoing) -> None:
@@ -176,8 +182,15 @@ def install() -> Callable[[], None]:
         except Exception:
             logger.exception("sentry_tracing_mw: building trace headers failed")
             headers = {"baggage": own} if own else {}
-        for name, value in headers.items():
-            orig_putheader(conn, name, value)
+        output = getattr(conn, "_output", None)
+        try:
+            for name, value in headers.items():
+                if output is None or (own is not None and name == "baggage"):
+                    orig_putheader(conn, name, value)  # validated: may hold the caller's text
+                else:  # values we formatted ourselves: skip http.client's re-validation
+                    output(_PREFIXES[name] + value.encode("latin-1"))
+        except Exception:
+            logger.exception("sentry_tracing_mw: writing trace headers failed")
 
     def endheaders(
         self: http.client.HTTPConnection,
@@ -264,7 +277,7 @@ def install() -> Callable[[], None]:
     setattr(_Resp, _SPAN, None)
     for name, fn in wrappers.items():
         setattr(_Conn, name, fn)
-    _Resp._close_conn = _close_conn  # type: ignore[method-assign]
+    setattr(_Resp, "_close_conn", _close_conn)  # noqa: B010 (private: not in the stubs)
 
     def undo() -> None:
         enabled.clear()  # a wrapper someone else chained on top of stays inert
@@ -274,10 +287,13 @@ def install() -> Callable[[], None]:
                 setattr(_Conn, name, originals[name])
             else:
                 kept = True
-                logger.warning("sentry_tracing_mw: HTTPConnection.%s was re-patched by "
-                               "someone else; leaving it in place", name)
+                logger.warning(
+                    "sentry_tracing_mw: HTTPConnection.%s was re-patched by "
+                    "someone else; leaving it in place",
+                    name,
+                )
         if _Resp.__dict__.get("_close_conn") is _close_conn:
-            _Resp._close_conn = orig_close_conn  # type: ignore[method-assign]
+            setattr(_Resp, "_close_conn", orig_close_conn)  # noqa: B010
         else:
             kept = True
         if not kept:

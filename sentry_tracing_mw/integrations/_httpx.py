@@ -63,17 +63,67 @@ def _strip_injected(request: httpx.Request, injected: tuple[str, ...]) -> None:
             del headers[BAGGAGE_HEADER]
 
 
+_OURS = {
+    SENTRY_TRACE_HEADER.encode(): SENTRY_TRACE_HEADER,
+    BAGGAGE_HEADER.encode(): BAGGAGE_HEADER,
+    TRACEPARENT_HEADER.encode(): TRACEPARENT_HEADER,
+    TRACESTATE_HEADER.encode(): TRACESTATE_HEADER,
+}
+_NAMES = {name: name.encode() for name in _OURS.values()}
+_W3C = frozenset({TRACEPARENT_HEADER, TRACESTATE_HEADER})
+
+
 def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> None:
+    """Set our headers on the request (replacing the caller's, merging its baggage)."""
+    headers = request.headers
+    items = getattr(headers, "_list", None)
+    if not isinstance(items, list):
+        _inject_public(request, ctx, span_id)
+        return
+    w3c = ctx._client.options.propagate_traceparent
+    kept = []
+    bags: list[bytes] | None = None
+    for item in items:  # (raw name, lowercase name, value), httpx's internal layout
+        name = _OURS.get(item[1])
+        if name is None or (not w3c and name in _W3C):
+            kept.append(item)
+        elif name == BAGGAGE_HEADER:
+            if bags is None:
+                bags = []
+            bags.append(item[2])
+    own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
+    extensions = request.extensions
+    injected = extensions.get(_INJECTED)
+    if injected is not None and own == injected[2]:
+        own = injected[3] or None  # re-sent request: start again from the caller's baggage
+    values = ctx.headers(span_id, own)
+    for name, value in values.items():
+        raw = _NAMES[name]
+        kept.append((raw, raw, value.encode("utf-8", "surrogateescape")))
+    items[:] = kept
+    extensions[_INJECTED] = (
+        values[SENTRY_TRACE_HEADER],
+        values.get(TRACEPARENT_HEADER, ""),
+        values.get(BAGGAGE_HEADER, ""),
+        own or "",
+    )
+
+
+def _inject_public(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> None:
+    """Same as _inject through the public Headers API (slower; other httpx layouts)."""
     headers = request.headers
     own = headers.get(BAGGAGE_HEADER)
     extensions = request.extensions
     injected = extensions.get(_INJECTED)
     if injected is not None and own == injected[2]:
-        own = injected[3]  # re-sent request: start again from the caller's own baggage
+        own = injected[3]
     values = ctx.headers(span_id, own or None)
-    if TRACEPARENT_HEADER in values and TRACESTATE_HEADER not in values:
-        if TRACESTATE_HEADER in headers:
-            del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
+    if (
+        TRACEPARENT_HEADER in values
+        and TRACESTATE_HEADER not in values
+        and TRACESTATE_HEADER in headers
+    ):
+        del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
     for name, value in values.items():
         headers[name] = value
     extensions[_INJECTED] = (
@@ -97,16 +147,14 @@ def _prepare(request: httpx.Request) -> Span | None:
     inject = propagates(ctx._client.options, scheme, host, port, lambda: _full_url(url))
     span: Span | None = None
     if parent is not None:
-        query = url.query
         span = start_span(
             parent,
             method=request.method,
             base=f"{scheme}://{netloc(scheme, host, port)}",
             path=url.path,
             host=host,
-            query=query.decode("ascii", "replace") if query else "",
-            fragment=url.fragment,
             origin=ORIGIN,
+            query_fragment=lambda: (url.query.decode("ascii", "replace"), url.fragment),
         )
     if inject:
         span_id = span._span_id if span is not None else parent._span_id if parent else None
@@ -199,7 +247,7 @@ def install() -> Callable[[], None]:
     enabled = [True]
 
     def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        if CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None or not enabled:
+        if (CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None) or not enabled:
             return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
             span = _prepare(request)
@@ -219,7 +267,7 @@ def install() -> Callable[[], None]:
     async def handle_async_request(
         self: httpx.AsyncHTTPTransport, request: httpx.Request
     ) -> httpx.Response:
-        if CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None or not enabled:
+        if (CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None) or not enabled:
             return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
             span = _prepare(request)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
+from .._request import filter_query
 
 if TYPE_CHECKING:
     from .._options import Options
@@ -162,11 +163,14 @@ def start_span(
     base: str,
     path: str,
     host: str,
-    query: str,
-    fragment: str,
     origin: str,
+    query_fragment: Callable[[], tuple[str, str]] | None = None,
 ) -> Span | None:
-    """An ``http.client`` child of ``parent``; None when it would not be recorded."""
+    """An ``http.client`` child of ``parent``; None when it would not be recorded.
+
+    ``query_fragment`` is only called with ``send_default_pii`` (``http.query`` and
+    ``http.fragment`` are personal data).
+    """
     if not parent._recording:
         return None
     url = base + path
@@ -174,11 +178,10 @@ def start_span(
     if not child._recording:
         return None
     data: dict[str, object] = {"http.method": method, "url": url, "server.address": host}
-    if query or fragment:
+    if query_fragment is not None:
         tx = parent._tx
         if tx is not None and tx._client.options.send_default_pii:
-            from .._request import filter_query
-
+            query, fragment = query_fragment()
             if query:
                 data["http.query"] = filter_query(query, True)
             if fragment:

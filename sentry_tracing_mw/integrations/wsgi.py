@@ -17,7 +17,7 @@ from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._propagation import WSGI_GETTER
 from .._request import request_info
-from .._tracing import Transaction
+from .._tracing import Transaction, http_status_to_span_status
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
 __all__ = ["ENVIRON_KEY", "TracingMiddleware", "environ_request_info", "wsgi_str"]
@@ -26,6 +26,8 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 #: The request's transaction, for inner integrations that only name it.
 ENVIRON_KEY = "sentry_tracing_mw.transaction"
+
+_CONTENT_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -42,16 +44,28 @@ def wsgi_str(value: str) -> str:
         return value
 
 
+_CACHE_LIMIT = 1024
+#: environ key -> header name (``HTTP_X_API_KEY`` -> ``X-Api-Key``); bounded.
+_HEADER_NAMES: dict[str, str] = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+
+
+def _header_name(key: str) -> str:
+    name = _HEADER_NAMES.get(key)
+    if name is None:
+        name = key[5:].replace("_", "-").title()
+        if len(_HEADER_NAMES) < _CACHE_LIMIT:
+            _HEADER_NAMES[key] = name
+    return name
+
+
 def environ_request_info(environ: dict[str, Any], pii: bool) -> dict[str, Any]:
     """The event `request` interface from a WSGI environ (or Django `request.META`)."""
     headers = []
     for key, value in environ.items():
-        if key.startswith("HTTP_") and isinstance(value, str):
-            headers.append((key[5:].replace("_", "-").title(), wsgi_str(value)))
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        value = environ.get(key)
-        if value and isinstance(value, str):
-            headers.append((key.replace("_", "-").title(), value))
+        if (key[:5] == "HTTP_" or key in _CONTENT_KEYS) and type(value) is str:
+            if key[0] == "C" and not value:
+                continue
+            headers.append((_header_name(key), value if value.isascii() else wsgi_str(value)))
     scheme = environ.get("wsgi.url_scheme") or "http"
     host = environ.get("HTTP_HOST")
     port = str(environ.get("SERVER_PORT") or "")
@@ -91,9 +105,11 @@ class _Body:
 
     __slots__ = ("_client", "_done", "_iter", "_result", "_tx")
 
-    def __init__(self, result: Iterable[bytes], tx: Transaction, client: Client) -> None:
+    def __init__(
+        self, result: Iterable[bytes], it: Iterator[bytes], tx: Transaction, client: Client
+    ) -> None:
         self._result = result
-        self._iter: Iterator[bytes] | None = None
+        self._iter = it
         self._tx = tx
         self._client = client
         self._done = False
@@ -102,12 +118,9 @@ class _Body:
         return self
 
     def __next__(self) -> bytes:
-        it = self._iter
         token = CURRENT_SPAN.set(self._tx)
         try:
-            if it is None:
-                it = self._iter = iter(self._result)
-            return next(it)
+            return next(self._iter)
         except StopIteration:
             self._done = True
             self._tx.finish()
@@ -171,20 +184,27 @@ class TracingMiddleware:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get(ENVIRON_KEY) is not None or active_request_transaction() is not None:
+        if environ.get(ENVIRON_KEY) is not None or (
+            CURRENT_SPAN.get() is not None and active_request_transaction() is not None
+        ):
             return self.app(environ, start_response)  # an outer middleware owns the request
+        path_info = environ.get("PATH_INFO") or ""
         ignore = self.config.ignore_paths
-        if ignore is not None and ignore.match(wsgi_str(str(environ.get("PATH_INFO") or ""))):
+        if ignore is not None and ignore.match(wsgi_str(str(path_info))):
             return self._untraced(environ, start_response, None)
+        script = environ.get("SCRIPT_NAME")
+        path = f"{script}{path_info}" if script else path_info
+        if type(path) is not str or not path.isascii():
+            path = wsgi_str(str(path))
         client = get_client()
-        method = str(environ.get("REQUEST_METHOD") or "GET").upper()
+        method = environ.get("REQUEST_METHOD") or "GET"
+        if type(method) is not str or not method.isupper():
+            method = str(method).upper()
         try:
             tx, ctx = start_request(
                 client,
                 method=method,
-                path=wsgi_str(
-                    str(environ.get("SCRIPT_NAME") or "") + str(environ.get("PATH_INFO") or "")
-                ),
+                path=path,
                 carrier=environ,
                 getter=WSGI_GETTER,
                 peer=environ.get("REMOTE_ADDR"),
@@ -229,7 +249,10 @@ class TracingMiddleware:
         ) -> Callable[[bytes], object]:
             try:
                 code = int(status[:3])
-                tx.set_http_status(code)
+                if tx._recording:
+                    tx.set_http_status(code)
+                else:  # nothing is sent: keep the status, skip the data and tag
+                    tx._status = http_status_to_span_status(code)
                 if name_unmatched and tx._source == "url":
                     tx.set_name(f"{method} {code}", "route")
             except Exception:
@@ -241,15 +264,16 @@ class TracingMiddleware:
         token = CURRENT_SPAN.set(tx)
         try:
             result = self.app(environ, traced_start_response)
+            wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(wrapper, type) and isinstance(result, wrapper):
+                patched = _finish_on_close(result, tx)
+                if patched is not None:
+                    return patched  # type: ignore[no-any-return]
+            it = iter(result)
         except BaseException as exc:
             _fail(client, tx, exc)
             tx.finish()
             raise
         finally:
             CURRENT_SPAN.reset(token)
-        wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(wrapper, type) and isinstance(result, wrapper):
-            patched = _finish_on_close(result, tx)
-            if patched is not None:
-                return patched  # type: ignore[no-any-return]
-        return _Body(result, tx, client)
+        return _Body(result, it, tx, client)

@@ -104,7 +104,7 @@ def _settings_options() -> dict[str, Any]:
 class _State:
     """Per-request state, stored on the request object."""
 
-    __slots__ = ("body", "client", "exc", "method", "owned", "tx")
+    __slots__ = ("body", "client", "exc", "match", "method", "owned", "tx")
 
     def __init__(self, tx: Transaction, client: Client, method: str, owned: bool) -> None:
         self.tx = tx
@@ -112,6 +112,7 @@ class _State:
         self.method = method
         self.owned = owned
         self.exc: BaseException | None = None
+        self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
 
     def finish(self) -> None:
@@ -254,14 +255,14 @@ class TracingMiddleware:
         """Name the transaction before the view runs."""
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
-            self._name(request, state.tx)
+            self._name(request, state)
 
     async def _process_view_async(
         self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
-            self._name(request, state.tx)
+            self._name(request, state)
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         """Remember the view's exception; it is captured if Django answers with a 500."""
@@ -281,7 +282,7 @@ class TracingMiddleware:
         try:
             meta = request.META
             outer = active_request_transaction()
-            scope = getattr(request, "scope", None)
+            scope = request.__dict__.get("scope")  # ASGIRequest only (no AttributeError cost)
             if outer is None:
                 outer = meta.get(_OUTER_KEY) if scope is None else scope.get(_OUTER_KEY)
             if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
@@ -345,15 +346,18 @@ class TracingMiddleware:
                 return route_name(route), "route"
         return endpoint_name(match.func), "component"
 
-    def _name(self, request: Any, tx: Transaction) -> bool:
-        """Name ``tx`` from ``request.resolver_match``; False when there is none."""
+    def _name(self, request: Any, state: _State) -> bool:
+        """Name the transaction from ``request.resolver_match``; False when there is none."""
         match = request.resolver_match
         if match is None:
             return False
+        if match is state.match:
+            return True  # named from this very match already
+        state.match = match
         try:
             name, source = self._match_name(match)
             if name is not None:
-                tx.set_name(name, source)
+                state.tx.set_name(name, source)
         except Exception:
             logger.debug("naming the transaction failed", exc_info=True)
         return True
@@ -363,7 +367,7 @@ class TracingMiddleware:
         try:
             tx = state.tx
             status = response.status_code
-            if not self._name(request, tx) and tx._source == "url":
+            if not self._name(request, state) and tx._source == "url":
                 self._name_unmatched(request, tx, state.method, status)
             if not state.owned:
                 return
