@@ -334,9 +334,10 @@ def test_streamed_response_on_werkzeug_server(sentry_server: SentryServer) -> No
 
 
 @pytest.fixture
-def gunicorn(sentry_server: SentryServer) -> Iterator[str]:
+def gunicorn(sentry_server: SentryServer, tmp_path: Path) -> Iterator[str]:
     """``tests.flask_apps:gunicorn_app`` under gunicorn (sync worker, 1 worker)."""
     port = free_port()
+    log = (tmp_path / "gunicorn.log").open("wb")  # a file never blocks the server
     env = {**os.environ, "SENTRY_DSN": sentry_server.dsn, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [
@@ -358,7 +359,7 @@ def gunicorn(sentry_server: SentryServer) -> Iterator[str]:
         cwd=ROOT,
         env=env,
         start_new_session=True,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -370,7 +371,7 @@ def gunicorn(sentry_server: SentryServer) -> Iterator[str]:
                 break
             except requests.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    out = (tmp_path / "gunicorn.log").read_text(errors="replace")
                     raise RuntimeError(f"gunicorn did not start: {out}") from None
                 time.sleep(0.1)
         sentry_server.wait_for(1, 5)
@@ -386,8 +387,7 @@ def gunicorn(sentry_server: SentryServer) -> Iterator[str]:
             except ProcessLookupError:
                 pass
             proc.wait(5)
-        if proc.stdout:
-            proc.stdout.close()
+        log.close()
 
 
 def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None:

@@ -87,7 +87,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
         """The URL rule (with mount prefix) this request will match, for ``traces_sampler``."""
         app = self.flask_app
         try:
-            adapter = app.create_url_adapter(app.request_class(environ))
+            adapter = app.create_url_adapter(app.request_class(environ, populate_request=False))
             if adapter is None:
                 return None
             rule, _ = adapter.match(return_rule=True)
