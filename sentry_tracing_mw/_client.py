@@ -128,6 +128,9 @@ class Client:
                 rand = new_sample_rand()
             if dsc is not None:
                 dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
+        if dsc is not None and "public_key" not in dsc and self.options.public_key:
+            # Relay cannot use a DSC without a public key; fill in ours (never replace theirs).
+            dsc = {**dsc, "public_key": self.options.public_key}
         return PropagationContext(
             self,
             incoming.trace_id,
@@ -205,11 +208,15 @@ class Client:
     # -- transactions -------------------------------------------------------------
     def _finish_transaction(self, tx: Transaction) -> None:
         transport = self.transport
-        if transport is None:
-            return
         if not tx._recording:
-            if tx._ctx.sampled is False:
-                self.reports.record_transaction("sample_rate", tx._n_children)
+            ctx = tx._ctx
+            if ctx.transaction is tx and ctx._dsc is None:
+                ctx.transaction = None  # break the tx <-> context cycle (no GC needed)
+            if transport is not None and ctx.sampled is False:
+                if self.reports.record_unsampled(tx._n_children):
+                    transport.send_reports_if_due()
+            return
+        if transport is None:
             return
         status = tx._response_status
         if status is not None and status in self.options.trace_ignore_status_codes:
@@ -235,6 +242,9 @@ class Client:
             self.reports.record_transaction("event_processor", n)
             return None
         event: dict[str, Any] | None = transaction_event(tx, self.options)
+        dsc = tx._ctx.dsc()  # freezes the DSC (name and all) before the cycle is broken
+        if tx._ctx.transaction is tx:
+            tx._ctx.transaction = None
         hook = self.options.before_send_transaction
         if hook is not None:
             try:
@@ -249,7 +259,7 @@ class Client:
                 logger.error("before_send_transaction must return a dict or None")
                 self.reports.record_transaction("before_send", n)
                 return None
-        return event, tx._ctx.dsc()
+        return event, dsc
 
     # -- errors ---------------------------------------------------------------------
     def capture_exception(

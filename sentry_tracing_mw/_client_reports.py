@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from typing import Any
 
 from ._ratelimits import KNOWN_CATEGORIES
@@ -35,6 +36,9 @@ VALID_REASONS = frozenset(
 FLUSH_INTERVAL = 30.0
 #: Entries per report; keeps the item well under its 4 KiB limit (the rest waits).
 MAX_ENTRIES = 40
+_FOLD_EVERY = 256
+_UNSAMPLED_TX = ("sample_rate", "transaction")
+_UNSAMPLED_SPANS = ("sample_rate", "span")
 
 
 class ClientReports:
@@ -43,19 +47,23 @@ class ClientReports:
     Clocks: ``due(now)`` takes ``time.monotonic()`` values.
     """
 
-    __slots__ = ("__weakref__", "_last_take", "_lock", "_pending", "_total")
+    __slots__ = ("__weakref__", "_last_take", "_lock", "_pending", "_total", "_unsampled")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], int] = {}
         self._total: dict[tuple[str, str], int] = {}
         self._last_take = time.monotonic()
+        # Span counts of unsampled transactions: appended lock-free on the request path
+        # (deque.append is atomic) and folded into the counts in batches.
+        self._unsampled: deque[int] = deque()
         _instances.add(self)
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: a fresh lock; the parent reports what was pending."""
         self._lock = threading.Lock()
         self._pending = {}
+        self._unsampled = deque()
         self._last_take = time.monotonic()
 
     def record(self, reason: str, category: str, quantity: int = 1) -> None:
@@ -77,16 +85,48 @@ class ClientReports:
                 self._pending[key] = self._pending.get(key, 0) + qty
                 self._total[key] = self._total.get(key, 0) + qty
 
+    def record_unsampled(self, span_count: int) -> bool:
+        """Count an unsampled transaction (``sample_rate``) without taking the lock.
+
+        Returns True every ``_FOLD_EVERY`` calls, after folding the batch into the counts,
+        so the caller can check whether a report is due.
+        """
+        unsampled = self._unsampled
+        unsampled.append(span_count)
+        if len(unsampled) >= _FOLD_EVERY:
+            self._fold()
+            return True
+        return False
+
+    def _fold(self) -> None:
+        """Move queued unsampled counts into the totals (safe against concurrent appends)."""
+        unsampled = self._unsampled
+        transactions = spans = 0
+        while True:
+            try:
+                count = unsampled.popleft()
+            except IndexError:
+                break
+            transactions += 1
+            spans += max(0, count) + 1
+        if not transactions:
+            return
+        with self._lock:
+            for key, qty in ((_UNSAMPLED_TX, transactions), (_UNSAMPLED_SPANS, spans)):
+                self._pending[key] = self._pending.get(key, 0) + qty
+                self._total[key] = self._total.get(key, 0) + qty
+
     def pending(self) -> bool:
         """True when counts wait to be sent."""
-        return bool(self._pending)
+        return bool(self._pending) or bool(self._unsampled)
 
     def due(self, now: float) -> bool:
         """True when counts are pending and the last report is ``FLUSH_INTERVAL`` old."""
-        return bool(self._pending) and now - self._last_take >= FLUSH_INTERVAL
+        return self.pending() and now - self._last_take >= FLUSH_INTERVAL
 
     def take(self) -> dict[str, Any] | None:
         """Atomically read and reset; the ``client_report`` payload, or None when empty."""
+        self._fold()
         with self._lock:
             self._last_take = time.monotonic()
             if not self._pending:
@@ -127,6 +167,7 @@ class ClientReports:
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         """Cumulative counts recorded since creation (not reset by ``take()``)."""
+        self._fold()
         with self._lock:
             return dict(self._total)
 

@@ -492,7 +492,6 @@ class Transaction(Span):
     ) -> None:
         self._ctx = ctx
         self._client = client
-        self._tx = self
         self._span_id = new_span_id()
         self._parent_span_id = ctx.parent_span_id
         self._op = op
@@ -515,6 +514,11 @@ class Transaction(Span):
         self._request: dict[str, Any] | None = None
         self._response_status: int | None = None
         ctx.transaction = self
+
+    @property  # type: ignore[override]
+    def _tx(self) -> Transaction:
+        """A transaction is its own transaction (a property: no self-reference cycle)."""
+        return self
 
     @property
     def name(self) -> str:
@@ -553,10 +557,22 @@ class Transaction(Span):
 
     def set_http_status(self, code: int) -> None:
         """Set the response status: span status, data, tag and response context."""
-        super().set_http_status(code)
-        if self._data and "http.response.status_code" in self._data:
-            self._response_status = self._data["http.response.status_code"]
-            self.set_tag("http.status_code", str(self._response_status))
+        try:
+            code = int(code)
+        except (TypeError, ValueError):
+            logger.debug("ignoring invalid HTTP status %r", code)
+            return
+        self._response_status = code
+        self._status = http_status_to_span_status(code)
+        if self._recording:  # data and tags only matter for an event that is sent
+            data = self._data
+            if data is None:
+                data = self._data = {}
+            data["http.response.status_code"] = code
+            tags = self._tags
+            if tags is None:
+                tags = self._tags = {}
+            tags["http.status_code"] = str(code)
 
     def finish(self, end_timestamp: float | None = None) -> None:
         """End the transaction; a sampled one is handed to the transport."""

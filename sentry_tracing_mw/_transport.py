@@ -24,7 +24,7 @@ from urllib.request import getproxies, proxy_bypass
 
 import urllib3
 
-from ._client_reports import ClientReports
+from ._client_reports import FLUSH_INTERVAL, ClientReports
 from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
@@ -242,6 +242,20 @@ class Transport:
         _record(self.reports, "queue_overflow", pending.category, pending.span_count)
         return False
 
+    def send_reports_if_due(self) -> None:
+        """Queue a client-report envelope when counts have waited ``FLUSH_INTERVAL``."""
+        if not self._send_reports or not self.reports.due(time.monotonic()):
+            return
+        with self._cond:
+            if self._closed or _SEND_REPORTS in self._queue:
+                return
+            self._queue.append(_SEND_REPORTS)
+            self._enqueued += 1
+            if self._worker is None:
+                self._ensure_worker()
+            elif self._idle:
+                self._cond.notify()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent or dropped, then send client reports."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -303,7 +317,11 @@ class Transport:
             with cond:
                 while not self._queue and not self._stop:
                     self._idle = True
-                    cond.wait()
+                    if not cond.wait(FLUSH_INTERVAL) and self._send_reports:
+                        # idle for a while: counts may be waiting (e.g. unsampled traffic)
+                        if self.reports.due(time.monotonic()):
+                            self._queue.append(_SEND_REPORTS)
+                            self._enqueued += 1
                 self._idle = False
                 if self._stop:
                     self._queue.clear()
