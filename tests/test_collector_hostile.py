@@ -278,9 +278,14 @@ def test_oversized_and_lying_bodies(collector: Collector) -> None:
             + b"\r\nContent-Length: 5000\r\n\r\n"
             + GOOD[:100]
         )
-    # huge HTTP headers are refused by the HTTP layer
-    res = send(collector, GOOD, None, headers={"X-Junk": "j" * 200_000})
-    assert 400 <= res.status_code < 500
+    # huge HTTP headers are refused by the HTTP layer: a 4xx, or a reset when the server
+    # closes while the client is still sending (either way nothing is stored)
+    try:
+        res = send(collector, GOOD, None, headers={"X-Junk": "j" * 200_000})
+    except httpx.TransportError:
+        pass
+    else:
+        assert 400 <= res.status_code < 500
     # wrong key, unknown project path, non-POST
     assert (
         send(collector, GOOD, None, headers={"X-Sentry-Auth": "Sentry sentry_key=nope"}).status_code
