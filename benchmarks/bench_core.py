@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sentry_tracing_mw as stm  # noqa: E402
-from sentry_tracing_mw._client import get_client  # noqa: E402
-from sentry_tracing_mw._event import transaction_event  # noqa: E402
-from sentry_tracing_mw._propagation import DICT_GETTER, extract  # noqa: E402
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._client import get_client
+from sentry_tracing_mw._event import transaction_event
+from sentry_tracing_mw._propagation import DICT_GETTER, extract
 
 INCOMING = {
     "sentry-trace": "771a43a4192642f0b136d5159a501700-a0cfbde2bdff3adc-1",

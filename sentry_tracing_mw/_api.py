@@ -136,9 +136,7 @@ def get_trace_headers() -> dict[str, str]:
 def trace_meta_tags() -> str:
     """``<meta>`` tags that let a browser SDK continue the current trace."""
     headers = get_trace_headers()
-    tags = [
-        f'<meta name="sentry-trace" content="{html.escape(headers["sentry-trace"])}">'
-    ]
+    tags = [f'<meta name="sentry-trace" content="{html.escape(headers["sentry-trace"])}">']
     if "baggage" in headers:
         tags.append(f'<meta name="baggage" content="{html.escape(headers["baggage"])}">')
     return "\n".join(tags)
@@ -193,9 +191,9 @@ def trace(
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 parent = CURRENT_SPAN.get()
                 if parent is None:
-                    return await fn(*args, **kwargs)  # type: ignore[misc]
+                    return await fn(*args, **kwargs)
                 with parent.start_child(op, name):
-                    return await fn(*args, **kwargs)  # type: ignore[misc]
+                    return await fn(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 

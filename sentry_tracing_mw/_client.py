@@ -194,10 +194,10 @@ class Client:
                 sample_rand=ctx.sample_rand,
                 context=context,
             )
-        if decision and parent_sampled and self._inherited_cap is not None:
-            if not self._inherited_cap.take():
-                logger.debug("max_inherited_sampled_per_second reached: not sampling")
-                decision = False
+        cap = self._inherited_cap
+        if decision and parent_sampled and cap is not None and not cap.take():
+            logger.debug("max_inherited_sampled_per_second reached: not sampling")
+            decision = False
         ctx.sampled = decision
         ctx.sample_rate = rate
         recording = decision is True and (sampled is not None or opts.tracing_enabled)
@@ -212,9 +212,12 @@ class Client:
             ctx = tx._ctx
             if ctx.transaction is tx and ctx._dsc is None:
                 ctx.transaction = None  # break the tx <-> context cycle (no GC needed)
-            if transport is not None and ctx.sampled is False:
-                if self.reports.record_unsampled(tx._n_children):
-                    transport.send_reports_if_due()
+            if (
+                transport is not None
+                and ctx.sampled is False
+                and self.reports.record_unsampled(tx._n_children)
+            ):
+                transport.send_reports_if_due()
             return
         if transport is None:
             return
@@ -224,8 +227,9 @@ class Client:
             return
         n = len(tx._spans)
         transport.submit(
-            Pending("transaction", functools.partial(self._prepare_transaction, tx), n,
-                    1024 + 400 * n)
+            Pending(
+                "transaction", functools.partial(self._prepare_transaction, tx), n, 1024 + 400 * n
+            )
         )
 
     def _is_ignored(self, name: str) -> bool:
@@ -259,6 +263,7 @@ class Client:
                 logger.error("before_send_transaction must return a dict or None")
                 self.reports.record_transaction("before_send", n)
                 return None
+        assert event is not None
         return event, dsc
 
     # -- errors ---------------------------------------------------------------------
@@ -384,8 +389,11 @@ def init(**options: Any) -> Client:
         )
     if opts.instrument_http_clients:
         _instrument_clients()
-    logger.debug("initialized (dsn %s, sample rate %s)", "set" if opts.dsn else "none",
-                 opts.traces_sample_rate)
+    logger.debug(
+        "initialized (dsn %s, sample rate %s)",
+        "set" if opts.dsn else "none",
+        opts.traces_sample_rate,
+    )
     return client
 
 
@@ -410,4 +418,3 @@ def _close_at_exit() -> None:
 
 
 atexit.register(_close_at_exit)
-

@@ -25,8 +25,4 @@ PROPAGATION_CONTEXT: ContextVar[PropagationContext | None] = ContextVar(
 
 #: True inside our own machinery (the transport's worker thread): outgoing HTTP calls made
 #: there are never traced and never given trace headers.
-SUPPRESS_INSTRUMENTATION: ContextVar[bool] = ContextVar(
-    "sentry_tracing_mw.suppress", default=False
-)
-
-
+SUPPRESS_INSTRUMENTATION: ContextVar[bool] = ContextVar("sentry_tracing_mw.suppress", default=False)

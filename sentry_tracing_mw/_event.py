@@ -47,10 +47,22 @@ _SENSITIVE_KEY = re.compile(
 )
 _SAFE_KEYS = frozenset(
     {
-        "http.response.status_code", "http.request.method", "http.method", "url",
-        "server.address", "http.query", "http.fragment", "db.system", "db.name",
-        "thread.id", "thread.name", "http.route", "network.protocol.version",
-        "db.operation", "template.name", "route",
+        "http.response.status_code",
+        "http.request.method",
+        "http.method",
+        "url",
+        "server.address",
+        "http.query",
+        "http.fragment",
+        "db.system",
+        "db.name",
+        "thread.id",
+        "thread.name",
+        "http.route",
+        "network.protocol.version",
+        "db.operation",
+        "template.name",
+        "route",
     }
 )
 _MEASUREMENT_UNIT = re.compile(r"[A-Za-z0-9_]{0,15}")

@@ -70,8 +70,9 @@ class Options:
 
 
 _OPTION_NAMES = frozenset(
-    name for name in Options.__dataclass_fields__ if name not in {"public_key", "dsn_host",
-                                                                   "propagate_to_all"}
+    name
+    for name in Options.__dataclass_fields__
+    if name not in {"public_key", "dsn_host", "propagate_to_all"}
 )
 
 
@@ -155,8 +156,10 @@ def _status_codes(name: str, value: Any) -> frozenset[int]:
     for item in value:
         if isinstance(item, range):
             codes.update(item)
-        elif isinstance(item, tuple) and len(item) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) for x in item
+        elif (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
         ):
             codes.update(range(item[0], item[1] + 1))
         elif isinstance(item, int) and not isinstance(item, bool):
@@ -174,7 +177,9 @@ def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, Iterable):
-        raise _fail("trust_incoming_traces", value, "expected True, False, CIDR networks or a callable")
+        raise _fail(
+            "trust_incoming_traces", value, "expected True, False, CIDR networks or a callable"
+        )
     nets: list[Network] = []
     for item in value:
         try:
@@ -195,7 +200,8 @@ def _release(value: Any) -> str | None:
         or any(c in release for c in "\n\r\t/\\")
     ):
         raise _fail(
-            "release", value,
+            "release",
+            value,
             "must be 1-200 characters without newline, tab, '/' or '\\' and not '.', '..', "
             "' ' or 'latest'",
         )
@@ -223,7 +229,7 @@ def _env_rate(environ: Mapping[str, str]) -> float | None:
 
 
 def _env_bool(raw: str | None) -> bool:
-    return bool(raw) and raw.strip().lower() in {"1", "true", "yes", "on", "t", "y"}
+    return raw is not None and raw.strip().lower() in {"1", "true", "yes", "on", "t", "y"}
 
 
 def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Options:

@@ -25,18 +25,44 @@ FILTERED = "[Filtered]"
 #: Header names (lowercase) removed from events unless ``send_default_pii``.
 SENSITIVE_HEADERS = frozenset(
     {
-        "authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key",
-        "x-forwarded-for", "x-real-ip", "forwarded", "x-client-ip", "cf-connecting-ip",
-        "true-client-ip", "x-cluster-client-ip", "x-csrftoken", "x-csrf-token",
-        "x-xsrf-token", "x-auth-token", "x-amz-security-token",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+        "x-api-key",
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "x-client-ip",
+        "cf-connecting-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-csrftoken",
+        "x-csrf-token",
+        "x-xsrf-token",
+        "x-auth-token",
+        "x-amz-security-token",
     }
 )
-_SENSITIVE_HEADER_PART = re.compile(r"token|secret|passw|api[-_]?key|auth|session|cookie",
-                                    re.IGNORECASE)
+_SENSITIVE_HEADER_PART = re.compile(
+    r"token|secret|passw|api[-_]?key|auth|session|cookie", re.IGNORECASE
+)
 _SENSITIVE_QUERY_KEYS = frozenset(
     {
-        "token", "access_token", "password", "passwd", "secret", "api_key", "apikey", "auth",
-        "session", "sessionid", "signature", "sig", "code", "key",
+        "token",
+        "access_token",
+        "password",
+        "passwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "auth",
+        "session",
+        "sessionid",
+        "signature",
+        "sig",
+        "code",
+        "key",
     }
 )
 _SENSITIVE_QUERY_PART = re.compile(r"token|secret|password", re.IGNORECASE)

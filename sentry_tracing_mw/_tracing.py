@@ -49,17 +49,37 @@ SOURCES = frozenset({"custom", "url", "route", "view", "component", "task"})
 
 SPAN_STATUSES = frozenset(
     {
-        "ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found",
-        "already_exists", "permission_denied", "resource_exhausted", "failed_precondition",
-        "aborted", "out_of_range", "unimplemented", "internal_error", "unavailable",
-        "data_loss", "unauthenticated",
+        "ok",
+        "cancelled",
+        "unknown",
+        "invalid_argument",
+        "deadline_exceeded",
+        "not_found",
+        "already_exists",
+        "permission_denied",
+        "resource_exhausted",
+        "failed_precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal_error",
+        "unavailable",
+        "data_loss",
+        "unauthenticated",
     }
 )
 
 _HTTP_STATUS = {
-    401: "unauthenticated", 403: "permission_denied", 404: "not_found", 409: "already_exists",
-    413: "failed_precondition", 429: "resource_exhausted", 499: "cancelled",
-    501: "unimplemented", 503: "unavailable", 504: "deadline_exceeded",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    409: "already_exists",
+    413: "failed_precondition",
+    429: "resource_exhausted",
+    499: "cancelled",
+    501: "unimplemented",
+    503: "unavailable",
+    504: "deadline_exceeded",
 }
 _TAG_KEY_BAD = re.compile(r"[^a-zA-Z0-9_.:-]")
 _perf = time.perf_counter
@@ -91,10 +111,10 @@ class PropagationContext:
         "_baggage",
         "_client",
         "_dsc",
+        "_span_id",
         "parent_span_id",
         "random",
         "sample_rand",
-        "_span_id",
         "sample_rate",
         "sampled",
         "third_party",
@@ -180,6 +200,7 @@ class PropagationContext:
         span_id = span_id or self.span_id
         sampled = self.sampled
         headers = {SENTRY_TRACE_HEADER: format_sentry_trace(self.trace_id, span_id, sampled)}
+        baggage: str | None
         if own_baggage:
             baggage = format_baggage(self.dsc(), own=own_baggage, forwarded=self.third_party)
         else:
@@ -372,13 +393,9 @@ class Span:
         if tx is None:
             return _DetachedSpan(self._context(), self._span_id, op, description, origin)
         recording = tx._recording
-        if recording:
-            if tx._n_children >= tx._max_spans:
-                recording = False
-                tx._client.reports.record("buffer_overflow", "span")
-            elif tx._end is not None:
-                recording = False
-                tx._client.reports.record("buffer_overflow", "span")
+        if recording and (tx._n_children >= tx._max_spans or tx._end is not None):
+            recording = False
+            tx._client.reports.record("buffer_overflow", "span")
         tx._n_children += 1
         return Span(tx, self._span_id, op, description, recording, origin)
 
@@ -515,8 +532,8 @@ class Transaction(Span):
         self._response_status: int | None = None
         ctx.transaction = self
 
-    @property  # type: ignore[override]
-    def _tx(self) -> Transaction:
+    @property
+    def _tx(self) -> Transaction:  # type: ignore[override]
         """A transaction is its own transaction (a property: no self-reference cycle)."""
         return self
 

@@ -317,11 +317,14 @@ class Transport:
             with cond:
                 while not self._queue and not self._stop:
                     self._idle = True
-                    if not cond.wait(FLUSH_INTERVAL) and self._send_reports:
-                        # idle for a while: counts may be waiting (e.g. unsampled traffic)
-                        if self.reports.due(time.monotonic()):
-                            self._queue.append(_SEND_REPORTS)
-                            self._enqueued += 1
+                    # idle for a while: counts may be waiting (e.g. unsampled traffic)
+                    if (
+                        not cond.wait(FLUSH_INTERVAL)
+                        and self._send_reports
+                        and self.reports.due(time.monotonic())
+                    ):
+                        self._queue.append(_SEND_REPORTS)
+                        self._enqueued += 1
                 self._idle = False
                 if self._stop:
                     self._queue.clear()

@@ -29,9 +29,7 @@ __all__ = [
 
 logger = logging.getLogger("sentry_tracing_mw")
 
-DEFAULT_METHODS = frozenset(
-    {"GET", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"}
-)
+DEFAULT_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"})
 _MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_methods_to_capture"})
 _STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
 _SERVER_OPS = frozenset({"http.server", "websocket.server"})
