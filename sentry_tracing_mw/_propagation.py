@@ -621,12 +621,12 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
         elif len(_VALID_RATES) < _CACHE_LIMIT:
             _VALID_RATES.add(rate)
     rand = dsc.get("sample_rand")
-    if (
-        rand is not None
-        and _CANONICAL_RAND_RE.fullmatch(rand) is None
-        and parse_sample_rand(rand) is None
-    ):
-        del dsc["sample_rand"]
+    if rand is not None and _CANONICAL_RAND_RE.fullmatch(rand) is None:
+        number = parse_sample_rand(rand)
+        if number is None:
+            del dsc["sample_rand"]
+        else:  # valid ("1e-3", "0.5"): envelopes need exactly 6 decimals (protocol §10.2)
+            dsc["sample_rand"] = format_sample_rand(number)
     sampled = dsc.get("sampled")
     if sampled is not None and sampled != "true" and sampled != "false":
         del dsc["sampled"]

@@ -120,19 +120,24 @@ def start_request(
     op: str = "http.server",
     route: Callable[[], str | None] | None = None,
 ) -> tuple[Transaction | None, PropagationContext]:
-    """Continue the incoming trace and, when ``capture``, start the request transaction."""
-    incoming = extract(carrier, getter)
+    """Continue the incoming trace and, when ``capture``, start the request transaction.
+
+    ``carrier`` None means the caller already knows there are no trace headers.
+    """
+    incoming = extract(carrier, getter) if carrier is not None else None
     if incoming is not None and client._trust is not True and not client.trusts(peer, request):
         incoming = None
     ctx = client.continue_trace(incoming)
     if not capture:
         return None, ctx
-    extra: dict[str, Any] = {request_key: request}
-    if client.options.traces_sampler is not None and route is not None:
-        try:
-            extra["route"] = route()
-        except Exception:
-            logger.debug("resolving the route for traces_sampler failed", exc_info=True)
+    extra: dict[str, Any] | None = None
+    if client.options.traces_sampler is not None:  # the sampling context is only for it
+        extra = {request_key: request}
+        if route is not None:
+            try:
+                extra["route"] = route()
+            except Exception:
+                logger.debug("resolving the route for traces_sampler failed", exc_info=True)
     tx = client.start_transaction(
         path or "/", op=op, source="url", origin=origin, ctx=ctx, sampling_extra=extra
     )

@@ -255,7 +255,9 @@ class TracingMiddleware:
                 capture=websocket or method in self.config.methods,
                 origin=self.request_origin(scope),
                 op="websocket.server" if websocket else "http.server",
-                route=lambda: self.resolve_route(scope),
+                route=(lambda: self.resolve_route(scope))
+                if client.options.traces_sampler is not None
+                else None,
             )
             if tx is not None:
                 scope[SCOPE_KEY] = tx

@@ -103,7 +103,7 @@ def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
 class _Body:
     """Wraps the response iterable: the transaction ends when it is exhausted or closed."""
 
-    __slots__ = ("_client", "_done", "_iter", "_result", "_tx")
+    __slots__ = ("_client", "_done", "_iter", "_plain", "_result", "_tx")
 
     def __init__(
         self, result: Iterable[bytes], it: Iterator[bytes], tx: Transaction, client: Client
@@ -113,11 +113,20 @@ class _Body:
         self._tx = tx
         self._client = client
         self._done = False
+        # A list or tuple runs no app code while it is iterated: no context switch needed.
+        self._plain = type(result) is list or type(result) is tuple
 
     def __iter__(self) -> _Body:
         return self
 
     def __next__(self) -> bytes:
+        if self._plain:
+            try:
+                return next(self._iter)
+            except StopIteration:
+                self._done = True
+                self._tx.finish()
+                raise
         token = CURRENT_SPAN.set(self._tx)
         try:
             return next(self._iter)
@@ -205,14 +214,19 @@ class TracingMiddleware:
                 client,
                 method=method,
                 path=path,
-                carrier=environ,
+                # no trace header at all (the common case at a trace's head): skip parsing
+                carrier=environ
+                if "HTTP_SENTRY_TRACE" in environ or "HTTP_TRACEPARENT" in environ
+                else None,
                 getter=WSGI_GETTER,
                 peer=environ.get("REMOTE_ADDR"),
                 request=environ,
                 request_key="wsgi_environ",
                 capture=method in self.config.methods,
                 origin=self.origin,
-                route=lambda: self.resolve_route(environ),
+                route=(lambda: self.resolve_route(environ))
+                if client.options.traces_sampler is not None
+                else None,
             )
             if tx is not None:
                 environ[ENVIRON_KEY] = tx
