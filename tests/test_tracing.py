@@ -14,13 +14,18 @@ import sentry_tracing_mw as stm
 from sentry_tracing_mw import _ids, _tracing
 from sentry_tracing_mw._client import get_client
 from sentry_tracing_mw._event import transaction_event
+from sentry_tracing_mw._serialize import dumps
+from tests.payload_checks import _relay_check
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 def _event(tx: stm.Transaction) -> dict[str, Any]:
-    return transaction_event(tx, get_client().options)
+    """The transaction's event payload, checked by sentry-relay's normalizer."""
+    event = transaction_event(tx, get_client().options)
+    _relay_check(dumps(event), f"transaction {tx.name!r}")
+    return event
 
 
 # -- ids ------------------------------------------------------------------------------------
