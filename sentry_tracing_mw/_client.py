@@ -121,12 +121,27 @@ class Client:
         parent_sampled = incoming.parent_sampled
         rate = parse_sample_rate(dsc.get("sample_rate")) if dsc else None
         rand = parse_sample_rand(dsc.get("sample_rand")) if dsc else None
+        recorded = dsc.get("sampled") if dsc else None
+        if (
+            rand is not None
+            and rate is not None
+            and recorded is not None
+            and (rand < rate) is not (recorded == "true")
+        ):
+            # An inconsistent upstream DSC (hostile or buggy): its sample_rand cannot have
+            # made its decision. Drop it; a consistent one is backfilled below.
+            dsc = {k: v for k, v in dsc.items() if k != "sample_rand"}  # type: ignore[union-attr]
+            rand = None
         if rand is None:
             if parent_sampled is not None and rate is not None:
                 rand = new_sample_rand(0.0, rate) if parent_sampled else new_sample_rand(rate, 1.0)
             else:
                 rand = new_sample_rand()
-            if dsc is not None:
+            # Backfilled only when it reproduces the DSC's recorded decision: no value fits
+            # an empty interval (rate 0 and sampled), so the DSC then goes without one.
+            if dsc is not None and (
+                rate is None or recorded is None or (rand < rate) is (recorded == "true")
+            ):
                 dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
         if dsc is not None and "public_key" not in dsc and self.options.public_key:
             # Relay cannot use a DSC without a public key; fill in ours (never replace theirs).

@@ -39,6 +39,7 @@ class Dsn:
         if not isinstance(value, str):
             raise ConfigurationError(f"dsn: expected a string, got {type(value).__name__}")
         raw = value.strip()
+        value = _redacted(value)  # error messages never show a secret key
         if not raw:
             raise ConfigurationError("dsn: empty string")
         if any(c in raw for c in " \t\r\n"):
@@ -99,6 +100,16 @@ class Dsn:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = f":{self.port}" if self.port is not None else ""
         return f"{self.scheme}://{cred}@{host}{port}{self.path}/{self.project_id}"
+
+
+def _redacted(value: str) -> str:
+    """The DSN for messages: a secret key (``key:secret@host``) shown as ``***``."""
+    head, at, tail = value.rpartition("@")
+    scheme, sep, userinfo = head.rpartition("//")
+    public, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return value
+    return f"{scheme}{sep}{public}:***@{tail}"
 
 
 def _split_hostport(hostport: str, value: str) -> tuple[str, int | None]:

@@ -69,12 +69,17 @@ _MEASUREMENT_UNIT = re.compile(r"[A-Za-z0-9_]{0,15}")
 _MEASUREMENT_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
 
 
-def scrub_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy span data with the values of sensitive-looking keys replaced by ``[Filtered]``."""
+def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
+    """Copy span data with the values of sensitive-looking keys replaced by ``[Filtered]``.
+
+    Nested mappings (``set_data("params", {"password": ...})``) are scrubbed too.
+    """
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key):
+        if isinstance(key, str) and key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key):
             out[key] = FILTERED
+        elif isinstance(value, Mapping) and depth < 8:
+            out[key] = scrub_data(value, depth + 1)
         else:
             out[key] = value
     return out

@@ -55,7 +55,17 @@ class Options:
     org_id: str | None = None
     strict_trace_continuation: bool = False
     max_inherited_sampled_per_second: float | None = None
+    """Cap (token bucket, one second of burst) on transactions sampled only because an
+    upstream said so (``sentry-trace: ...-1``). None = no cap, as ``sentry-sdk``. Dropped
+    decisions propagate ``-0``, keep the frozen DSC and are client-reported (``sample_rate``).
+    Recommended for public endpoints: a small multiple of the traffic you expect to be
+    sampled, e.g. ``traces_sample_rate * peak requests/s * 2`` (see docs/operations.md)."""
     trust_incoming_traces: bool | tuple[Network, ...] | Callable[[Any], Any] = True
+    """Whose incoming trace headers are continued: True (everyone), False (nobody: every
+    request starts a new trace), CIDR networks matched against the connection's peer address
+    (``REMOTE_ADDR`` / ``scope["client"]``, never ``X-Forwarded-For``), or a callable given
+    the WSGI environ / ASGI scope. Recommended for public endpoints: False, or your own
+    networks (e.g. ``["10.0.0.0/8"]``) when internal services call this one."""
     debug: bool = False
     instrument_http_clients: bool = True
     propagate_traceparent: bool = True

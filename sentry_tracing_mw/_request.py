@@ -67,6 +67,9 @@ _SENSITIVE_QUERY_KEYS = frozenset(
 )
 _SENSITIVE_QUERY_PART = re.compile(r"token|secret|password", re.IGNORECASE)
 _MAX_HEADER_VALUE = 2048
+#: Request headers kept in an event (the first ones sent): a hostile request with thousands
+#: of header lines must not cost more than a bounded amount per request.
+MAX_HEADERS = 200
 _MAX_QUERY = 4096
 
 
@@ -114,6 +117,8 @@ def request_info(
     kept: dict[str, str] = {}
     cookies: str | None = None
     for name, value in headers:
+        if len(kept) >= MAX_HEADERS:
+            break
         if send_default_pii:
             if name.lower() == "cookie":
                 cookies = value

@@ -537,12 +537,12 @@ class Transport:
             # a connection that failed mid-way must not be reused
             self._clear_pool()
             return "network_error"
-        self._failing = False
         try:
             self.rate_limits.update_from_response(status, headers, time.monotonic())
         except Exception:  # pragma: no cover - parser is total
             logger.debug("sentry_tracing_mw: bad rate-limit headers", exc_info=True)
         if 200 <= status < 300:
+            self._failing = False
             return "ok"
         if status == 429:
             logger.info("sentry_tracing_mw: rate limited by Sentry (429)")
@@ -550,5 +550,8 @@ class Transport:
         if status == 413:
             logger.error("sentry_tracing_mw: envelope rejected by Sentry as too large (413)")
         else:
-            logger.warning("sentry_tracing_mw: Sentry answered HTTP %d; envelope dropped", status)
+            # one warning per outage, not one per envelope (a 5xx storm would flood the logs)
+            log = logger.debug if self._failing else logger.warning
+            log("sentry_tracing_mw: Sentry answered HTTP %d; envelope dropped", status)
+            self._failing = True
         return "send_error"

@@ -28,3 +28,15 @@ def _isolate_client() -> Iterator[None]:
     reset_client()
     assert CURRENT_SPAN.get() is None, "a test left a span current"
     PROPAGATION_CONTEXT.set(None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier (``@pytest.mark.slow``) runs only with ``SENTRY_TRACING_MW_SLOW=1``."""
+    import os
+
+    if os.environ.get("SENTRY_TRACING_MW_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow tier: set SENTRY_TRACING_MW_SLOW=1 (tox -e slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

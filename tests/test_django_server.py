@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import django
 import pytest
 import requests
 
@@ -148,7 +149,13 @@ def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentrySer
             assert b"200" in sock.recv(4096)
         _wait(sentry_server, 1)
     (tx,) = sentry_server.transactions()
-    assert _trace(tx)["status"] == "cancelled"
+    if django.VERSION >= (5, 0):
+        assert _trace(tx)["status"] == "cancelled"
+    else:
+        # Django 4.2's ASGI handler ignores http.disconnect while streaming: it produces
+        # and "sends" the whole body, so the transaction ends normally after all of it.
+        assert _trace(tx)["status"] == "ok"
+        assert _duration(tx) >= 0.3
 
 
 @pytest.mark.parametrize("kind", ["wsgi", "asgi"])

@@ -367,7 +367,7 @@ def gunicorn(sentry_server: SentryServer, tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                requests.get(f"{base}/health", timeout=1)
+                requests.get(f"{base}/health", timeout=(1, 10))  # a busy machine boots slowly
                 break
             except requests.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:

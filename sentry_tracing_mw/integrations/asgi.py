@@ -19,7 +19,7 @@ from typing import Any
 
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from .._request import request_info
+from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
@@ -60,17 +60,25 @@ _GETTER = _TraceHeadersGetter()
 def _trace_headers(scope: Scope) -> dict[str, str] | None:
     """The propagation headers of a request (repeats joined with ","), None when absent."""
     found: dict[str, str] | None = None
+    repeats: dict[str, list[bytes]] | None = None  # joined once: += would be quadratic
     for item in scope.get("headers") or ():
         name = _TRACE_HEADERS.get(item[0])
         if name is None:
             continue
-        value = item[1].decode("latin-1")
         if found is None:
-            found = {name: value}
+            found = {name: item[1].decode("latin-1")}
         elif name in found:
-            found[name] += "," + value
+            if repeats is None:
+                repeats = {}
+            values = repeats.get(name)
+            if values is None:
+                values = repeats[name] = [found[name].encode("latin-1")]
+            values.append(item[1])
         else:
-            found[name] = value
+            found[name] = item[1].decode("latin-1")
+    if repeats is not None and found is not None:
+        for name, values in repeats.items():
+            found[name] = b",".join(values).decode("latin-1")
     return found
 
 
@@ -79,6 +87,10 @@ def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
     headers: list[tuple[str, str]] = []
     host = ""
     for item in scope.get("headers") or ():
+        if len(headers) >= MAX_HEADERS:  # the rest is not sent: only look for Host
+            if not host and item[0] == b"host":
+                host = bytes(item[1]).decode("latin-1")
+            continue
         try:
             name = item[0].decode("latin-1")
             value = item[1].decode("latin-1")

@@ -264,7 +264,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
     origin = _ORIGIN_STARLETTE
     name_unmatched = True
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
+    def __init__(self, app: ASGIApp | None = None, /, **options: Any) -> None:
+        # ``app`` positional-only: matches Starlette's middleware factory protocol, so
+        # ``app.add_middleware(TracingMiddleware, ...)`` type-checks under mypy --strict.
+        # Starlette < 0.41.3 builds middleware as ``cls(app=app, **options)``: accept that too.
+        if app is None:
+            app = options.pop("app", None)
+            if app is None:
+                raise TypeError("TracingMiddleware() missing the ASGI app to wrap")
         super().__init__(app, **options)
         self._endpoint_style = self.config.transaction_style == "endpoint"
         self._origins: dict[type, str] = {}

@@ -16,7 +16,7 @@ from typing import Any
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._propagation import WSGI_GETTER
-from .._request import request_info
+from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction, http_status_to_span_status
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
@@ -60,8 +60,10 @@ def _header_name(key: str) -> str:
 
 def environ_request_info(environ: dict[str, Any], pii: bool) -> dict[str, Any]:
     """The event `request` interface from a WSGI environ (or Django `request.META`)."""
-    headers = []
+    headers: list[tuple[str, str]] = []
     for key, value in environ.items():
+        if len(headers) >= MAX_HEADERS:
+            break
         if (key[:5] == "HTTP_" or key in _CONTENT_KEYS) and type(value) is str:
             if key[0] == "C" and not value:
                 continue

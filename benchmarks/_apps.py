@@ -1,0 +1,385 @@
+"""The benchmark apps and the tracer configurations, shared by every benchmark.
+
+One route, ``/users/<id>``, returning a tiny text body, in Flask, Django, Starlette and
+FastAPI. ``install(framework, config, dsn)`` builds the app with one tracer configuration
+and returns it with a ``flush`` callable:
+
+* ``bare``: no tracing;
+* ``ours-1.0`` / ``ours-0.0``: sentry-tracing-mw, the DSN pointing at the discarding sink
+  (another process), so sampled transactions are serialized, gzipped and POSTed by the real
+  transport on its worker thread;
+* ``sdk-1.0`` / ``sdk-0.0``: sentry-sdk with its framework integration (and its default
+  integrations) and a transport that, on a worker thread as sentry-sdk's HTTP transport
+  does, serializes each envelope and gzips it at sentry-sdk's default level 9, then
+  discards it (no network: generous to sentry-sdk);
+* ``otel-on`` / ``otel-off``: OpenTelemetry SDK with the framework's instrumentation,
+  ``ALWAYS_ON`` / ``TraceIdRatioBased(0)`` sampler, a ``BatchSpanProcessor`` and an exporter
+  that encodes the spans to OTLP protobuf bytes and discards them.
+
+This module is also Django's URLconf.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+FRAMEWORKS = ("flask", "django", "starlette", "fastapi")
+CONFIGS = ("bare", "ours-1.0", "ours-0.0", "sdk-1.0", "sdk-0.0", "otel-on", "otel-off")
+ASGI = ("starlette", "fastapi")
+
+TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PARENT_ID = "b0e6f15b45c36b12"
+
+
+def sampled(config: str) -> bool:
+    """Whether the configuration samples (and so what incoming decision it is sent)."""
+    return config in ("bare", "ours-1.0", "sdk-1.0", "otel-on")
+
+
+def incoming_headers(is_sampled: bool, i: int = 0) -> dict[str, str]:
+    """The sentry-trace + baggage an upstream Sentry SDK sends, with the given decision."""
+    trace_id = f"{i:08x}{TRACE_ID[8:]}"
+    flag, rate, word = ("1", "1.0", "true") if is_sampled else ("0", "0.0", "false")
+    return {
+        "sentry-trace": f"{trace_id}-{PARENT_ID}-{flag}",
+        "baggage": (
+            f"sentry-trace_id={trace_id},sentry-public_key=public,sentry-sample_rate={rate},"
+            f"sentry-sample_rand=0.5,sentry-sampled={word},sentry-environment=production,"
+            "sentry-release=upstream%401.0,sentry-transaction=%2Fcheckout"
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- the apps
+
+urlpatterns: list[Any] = []  # Django URLconf (this module)
+
+
+def _django_view(request: Any, id: int) -> Any:
+    from django.http import HttpResponse
+
+    return HttpResponse(b"user", content_type="text/plain")
+
+
+def make_flask() -> Any:
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.route("/users/<int:user_id>")
+    def get_user(user_id: int) -> str:
+        return "user"
+
+    return app
+
+
+def make_django(middleware: list[str]) -> Any:
+    import django
+    from django.conf import settings
+    from django.urls import path
+
+    urlpatterns[:] = [path("users/<int:id>", _django_view)]
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=middleware,
+        INSTALLED_APPS=[],
+        DATABASES={},
+        USE_I18N=False,
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def make_starlette() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    async def user(request: Request) -> Response:
+        return PlainTextResponse("user")
+
+    return Starlette(routes=[Route("/users/{id:int}", user)])
+
+
+def make_fastapi() -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+
+    @app.get("/users/{user_id}", response_class=PlainTextResponse)
+    async def get_user(user_id: int) -> str:
+        return "user"
+
+    return app
+
+
+# --------------------------------------------------------------------------- rival plumbing
+
+
+def sdk_transport() -> Any:
+    """A sentry-sdk transport doing the worker-side work of its HTTP transport minus I/O."""
+    import gzip
+    import io
+    import queue
+    import threading
+
+    from sentry_sdk.transport import Transport
+
+    class SerializeGzipDiscard(Transport):
+        def __init__(self, options: Any = None) -> None:
+            super().__init__(options)
+            self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            self._pending = 0
+            self._cond = threading.Condition()
+            threading.Thread(target=self._run, daemon=True, name="bench-sdk-transport").start()
+
+        def _run(self) -> None:
+            while True:
+                envelope = self._queue.get()
+                buf = io.BytesIO()
+                envelope.serialize_into(buf)
+                gzip.compress(buf.getvalue(), 9)
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+        def capture_envelope(self, envelope: Any) -> None:
+            with self._cond:
+                self._pending += 1
+            self._queue.put(envelope)
+
+        def flush(self, timeout: float, callback: Any = None) -> None:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    return SerializeGzipDiscard
+
+
+def otel_provider(on: bool, batch: bool = True) -> Any:
+    """An OpenTelemetry tracer provider, made global, with an encode-and-discard exporter."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, TraceIdRatioBased
+
+    class EncodeAndDiscard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    provider = TracerProvider(sampler=ALWAYS_ON if on else TraceIdRatioBased(0.0))
+    processor = BatchSpanProcessor if batch else SimpleSpanProcessor
+    provider.add_span_processor(processor(EncodeAndDiscard()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+# --------------------------------------------------------------------------- install
+
+
+def install(framework: str, config: str, dsn: str) -> tuple[Any, Callable[[], object]]:
+    """Build ``framework``'s app under ``config``; return (WSGI/ASGI callable, flush)."""
+    flush: Callable[[], object] = lambda: None  # noqa: E731
+    rate = 1.0 if sampled(config) else 0.0
+    middleware: list[str] = []
+
+    if config.startswith("ours"):
+        import sentry_tracing_mw as stm
+
+        stm.init(dsn=dsn, traces_sample_rate=rate)
+        flush = lambda: stm.flush(30)  # noqa: E731
+        middleware = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
+    elif config.startswith("sdk"):
+        import sentry_sdk
+        from sentry_sdk.integrations.django import DjangoIntegration
+        from sentry_sdk.integrations.fastapi import FastApiIntegration
+        from sentry_sdk.integrations.flask import FlaskIntegration
+        from sentry_sdk.integrations.starlette import StarletteIntegration
+
+        integration: Any = {
+            "flask": lambda: [FlaskIntegration(transaction_style="url")],
+            "django": lambda: [DjangoIntegration(transaction_style="url")],
+            "starlette": lambda: [StarletteIntegration(transaction_style="url")],
+            "fastapi": lambda: [
+                StarletteIntegration(),
+                FastApiIntegration(transaction_style="url"),
+            ],
+        }[framework]()
+        sentry_sdk.init(
+            dsn="http://public@127.0.0.1:9/1",
+            transport=sdk_transport(),
+            traces_sample_rate=rate,
+            integrations=integration,
+        )
+        flush = lambda: sentry_sdk.flush(30)  # noqa: E731
+    elif config.startswith("otel"):
+        provider = otel_provider(config == "otel-on")
+        flush = lambda: provider.force_flush(30_000)  # noqa: E731
+
+    if framework == "flask":
+        app = make_flask()
+        if config.startswith("ours"):
+            from sentry_tracing_mw.integrations.flask import FlaskTracing
+
+            FlaskTracing(app)
+        elif config.startswith("otel"):
+            from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+            FlaskInstrumentor().instrument_app(app)
+        return app, flush
+    if framework == "django":
+        make_django(middleware)
+        if config.startswith("otel"):
+            from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+            DjangoInstrumentor().instrument()
+        from django.core.wsgi import get_wsgi_application
+
+        return get_wsgi_application(), flush
+    if framework in ASGI:
+        app = make_starlette() if framework == "starlette" else make_fastapi()
+        if config.startswith("ours"):
+            from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+            app.add_middleware(TracingMiddleware)
+        elif config.startswith("otel"):
+            if framework == "starlette":
+                from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+
+                StarletteInstrumentor.instrument_app(app)
+            else:
+                from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+                FastAPIInstrumentor.instrument_app(app)
+        return app, flush
+    raise SystemExit(f"unknown framework {framework!r}")
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def wsgi_environs(n: int, is_sampled: bool, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` fresh environs for GET /users/<id>; every second one continues a trace."""
+    import io
+
+    base = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "bench/1.0",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    out = []
+    for k in range(start, start + n):
+        env = dict(base)
+        env["PATH_INFO"] = f"/users/{k % 1000}"
+        env["wsgi.input"] = io.BytesIO(b"")
+        if k % 2:
+            for name, value in incoming_headers(is_sampled, k).items():
+                env["HTTP_" + name.upper().replace("-", "_")] = value
+        out.append(env)
+    return out
+
+
+def call_wsgi(app: Any, env: dict[str, Any]) -> None:
+    result = app(env, _start_response)
+    try:
+        for _ in result:
+            pass
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
+def asgi_scopes(n: int, is_sampled: bool, start: int = 0) -> list[dict[str, Any]]:
+    base_headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"bench/1.0"),
+        (b"accept", b"*/*"),
+    ]
+    out = []
+    for k in range(start, start + n):
+        headers = list(base_headers)
+        if k % 2:
+            headers += [
+                (a.encode(), b.encode()) for a, b in incoming_headers(is_sampled, k).items()
+            ]
+        path = f"/users/{k % 1000}"
+        out.append(
+            {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": path,
+                "raw_path": path.encode(),
+                "query_string": b"",
+                "root_path": "",
+                "headers": headers,
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8000),
+                "state": {},
+            }
+        )
+    return out
+
+
+_REQUEST = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _receive() -> dict[str, Any]:
+    return _REQUEST
+
+
+async def _send(message: dict[str, Any]) -> None:
+    return None
+
+
+async def call_asgi(app: Any, scope: dict[str, Any]) -> None:
+    await app(scope, _receive, _send)
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+def served_app() -> Any:
+    """The app a real server imports: framework/config/DSN from BENCH_* environment vars."""
+    framework = os.environ["BENCH_FRAMEWORK"]
+    config = os.environ["BENCH_CONFIG"]
+    app, _ = install(framework, config, os.environ.get("BENCH_DSN", ""))
+    return app

@@ -1,0 +1,312 @@
+"""In-process per-request overhead: Flask, Django, Starlette, FastAPI; ours vs sentry-sdk vs OTel.
+
+Each app is driven directly through its WSGI/ASGI callable (no sockets) with
+``GET /users/<id>``; every second request carries an incoming ``sentry-trace`` + ``baggage``
+whose decision matches the configuration (``-1`` for sampled runs, ``-0`` for unsampled
+ones). The configurations are those of ``_apps.py``; each runs in a fresh process, in
+interleaved rounds.
+
+Per process: a warm-up, then requests in batches of 100; each request is timed on the
+request thread (``perf_counter``) while the tracer's worker thread runs concurrently in the
+same process; after each batch the tracer is flushed (outside the timed requests, so no
+queue overflows and drops nothing). Reported per process: the median and the mean wall time
+of one request (the mean includes the occasional wait for the GIL held by the worker), the
+request thread's CPU per request, and the process CPU per request (every thread, flushes included: the worker's serializing,
+gzipping and POSTing shows here). Across rounds: median (min–max) of those.
+
+    python benchmarks/bench_incoming.py [--quick] [--frameworks flask,django] [--rounds N]
+    python benchmarks/bench_incoming.py --profile flask ours-1.0   # cProfile of one config
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import _apps
+import _harness as h
+
+BATCH = 100
+OURS, UNSAMPLED = "ours-1.0", "ours-0.0"
+METRICS = ("median_us", "thread_cpu_us", "cpu_us", "mean_us")
+RIVALS = {"sdk-1.0": OURS, "otel-on": OURS, "sdk-0.0": UNSAMPLED, "otel-off": UNSAMPLED}
+
+
+def measure(framework: str, config: str, dsn: str, requests: int, warmup: int) -> dict[str, Any]:
+    """In this process: install the configuration, run, return per-request figures."""
+    app, flush = _apps.install(framework, config, dsn)
+    is_sampled = _apps.sampled(config)
+    perf = time.perf_counter_ns
+    tcpu = time.thread_time_ns
+    times: list[int] = []
+    thread_cpu = [0]
+
+    if framework in _apps.ASGI:
+        loop = asyncio.new_event_loop()
+        call = _apps.call_asgi
+
+        async def batch(scopes: list[dict[str, Any]], record: bool) -> None:
+            for scope in scopes:
+                c0 = tcpu()
+                t0 = perf()
+                await call(app, scope)
+                if record:
+                    times.append(perf() - t0)
+                    thread_cpu[0] += tcpu() - c0
+
+        def run(n: int, record: bool) -> None:
+            for start in range(0, n, BATCH):
+                loop.run_until_complete(batch(_apps.asgi_scopes(BATCH, is_sampled, start), record))
+                flush()
+
+    else:
+        call_wsgi = _apps.call_wsgi
+
+        def run(n: int, record: bool) -> None:
+            for start in range(0, n, BATCH):
+                for env in _apps.wsgi_environs(BATCH, is_sampled, start):
+                    c0 = tcpu()
+                    t0 = perf()
+                    call_wsgi(app, env)
+                    if record:
+                        times.append(perf() - t0)
+                        thread_cpu[0] += tcpu() - c0
+                flush()
+
+    run(warmup, False)
+    gc.collect()
+    cpu0 = time.process_time()
+    run(requests, True)
+    cpu = time.process_time() - cpu0
+    return {
+        "median_us": statistics.median(times) / 1000,
+        "mean_us": statistics.fmean(times) / 1000,
+        "thread_cpu_us": thread_cpu[0] / len(times) / 1000,
+        "cpu_us": cpu / len(times) * 1e6,
+        "requests": len(times),
+    }
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    return measure(spec["framework"], spec["config"], spec["dsn"], spec["requests"], spec["warmup"])
+
+
+def profile(framework: str, config: str, requests: int) -> None:
+    """cProfile of one configuration (sink started here), top functions by own time."""
+    import cProfile
+    import pstats
+
+    with h.Sink() as sink:
+        app, flush = _apps.install(framework, config, sink.dsn)
+        is_sampled = _apps.sampled(config)
+        prof = cProfile.Profile()
+        if framework in _apps.ASGI:
+            loop = asyncio.new_event_loop()
+
+            async def go(scopes: list[dict[str, Any]]) -> None:
+                for s in scopes:
+                    await _apps.call_asgi(app, s)
+
+            loop.run_until_complete(go(_apps.asgi_scopes(500, is_sampled)))
+            flush()
+            scopes = _apps.asgi_scopes(requests, is_sampled)
+            prof.enable()
+            loop.run_until_complete(go(scopes))
+            prof.disable()
+        else:
+            for env in _apps.wsgi_environs(500, is_sampled):
+                _apps.call_wsgi(app, env)
+            flush()
+            envs = _apps.wsgi_environs(requests, is_sampled)
+            prof.enable()
+            for env in envs:
+                _apps.call_wsgi(app, env)
+            prof.disable()
+        flush()
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
+def run(quick: bool, frameworks: list[str] | None = None, rounds: int | None = None) -> h.Section:
+    frameworks = frameworks or list(_apps.FRAMEWORKS)
+    rounds = rounds or (1 if quick else 3)
+    requests, warmup = (400, 200) if quick else (3000, 500)
+    load_start = h.loadavg()
+    t0 = time.monotonic()
+    keys = [(f, c) for f in frameworks for c in _apps.CONFIGS]
+    with h.Sink() as sink:
+        results = h.interleaved(
+            keys,
+            rounds,
+            lambda key: h.run_child(
+                "bench_incoming.py",
+                {
+                    "framework": key[0],
+                    "config": key[1],
+                    "dsn": sink.dsn,
+                    "requests": requests,
+                    "warmup": warmup,
+                },
+            ),
+            progress=lambda m: h.log(f"incoming {m}"),
+        )
+    elapsed = time.monotonic() - t0
+    return report(results, frameworks, rounds, requests, warmup, load_start, elapsed)
+
+
+def report(
+    results: dict[Any, list[dict[str, Any]]],
+    frameworks: list[str],
+    rounds: int,
+    requests: int,
+    warmup: int,
+    load_start: str,
+    elapsed: float,
+) -> h.Section:
+    parts = [
+        f"{rounds} round(s) × {requests} timed requests (after {warmup} warm-up) per "
+        "configuration and framework, each configuration in a fresh process, rounds interleaved. "
+        "Figures: median (min–max) over rounds of each process's value. *wall*: median wall time "
+        "of one request on the request thread; *thread CPU*: the request thread's CPU per request "
+        "(insensitive to preemption by other processes); *process CPU*: CPU of all threads per "
+        "request (the transport / exporter worker included, flushes too); *mean wall*: includes "
+        "waits for the GIL held by the worker and preemption, so it is noisy on a loaded machine. "
+        "Overheads are over *bare* in the same column; *ratio*: that tracer's overhead divided by "
+        "ours for the same sampling decision (sampled: ours-1.0, unsampled: ours-0.0).",
+    ]
+    targets: list[tuple[str, str, bool | None]] = []
+    summary_rows = []
+    for fw in frameworks:
+        stat = {
+            c: {m: h.Stat.of(r[m] for r in results[(fw, c)]) for m in METRICS}
+            for c in _apps.CONFIGS
+        }
+        bare = stat["bare"]
+        over = {c: {m: stat[c][m].median - bare[m].median for m in bare} for c in _apps.CONFIGS}
+        rows = []
+        for c in _apps.CONFIGS:
+            cells: list[object] = [f"`{c}`"]
+            for m in ("median_us", "thread_cpu_us", "cpu_us"):
+                cells.append(stat[c][m].fmt())
+                cells.append("" if c == "bare" else f"{over[c][m]:+.1f}")
+            cells.append(stat[c]["mean_us"].fmt())
+            if c in RIVALS:
+                ours = RIVALS[c]
+                cells.append(h.ratio(over[c]["median_us"], over[ours]["median_us"]))
+                cells.append(h.ratio(over[c]["cpu_us"], over[ours]["cpu_us"]))
+            else:
+                cells += ["", ""]
+            rows.append(cells)
+        parts.append(f"### {fw}\n")
+        parts.append(
+            h.md_table(
+                [
+                    "config",
+                    "wall µs",
+                    "overhead",
+                    "thread CPU µs",
+                    "overhead",
+                    "process CPU µs",
+                    "overhead",
+                    "mean wall µs",
+                    "ratio (wall)",
+                    "ratio (process CPU)",
+                ],
+                rows,
+            )
+        )
+        s, u = over[OURS]["median_us"], over[UNSAMPLED]["median_us"]
+        sdk, otel = over["sdk-1.0"]["median_us"], over["otel-on"]["median_us"]
+        summary_rows.append(
+            [
+                fw,
+                f"{bare['median_us'].median:.1f}",
+                f"{s:+.1f}",
+                f"{u:+.1f}",
+                f"{sdk:+.1f}",
+                f"{over['sdk-0.0']['median_us']:+.1f}",
+                f"{otel:+.1f}",
+                f"{over['otel-off']['median_us']:+.1f}",
+                h.ratio(sdk, s),
+                h.ratio(otel, s),
+            ]
+        )
+        targets.append(
+            (
+                f"{fw}: sampled overhead ≤ 1/8 of sentry-sdk's (median)",
+                f"ours {s:+.1f} µs vs sentry-sdk {sdk:+.1f} µs ({h.ratio(sdk, s)})",
+                s <= sdk / 8,
+            )
+        )
+        targets.append(
+            (
+                f"{fw}: sampled overhead ≤ 1/5 of OpenTelemetry's (median)",
+                f"ours {s:+.1f} µs vs OTel {otel:+.1f} µs ({h.ratio(otel, s)})",
+                s <= otel / 5,
+            )
+        )
+        targets.append((f"{fw}: unsampled overhead ≤ 5 µs (median)", f"{u:+.1f} µs", u <= 5.0))
+        cs, csdk, cotel = over[OURS]["cpu_us"], over["sdk-1.0"]["cpu_us"], over["otel-on"]["cpu_us"]
+        targets.append(
+            (
+                f"{fw}: sampled overhead ≤ 1/8 of sentry-sdk's, ≤ 1/5 of OTel's (process CPU, worker included; informative)",
+                f"ours {cs:+.1f} µs, sentry-sdk {csdk:+.1f} µs ({h.ratio(csdk, cs)}), OTel {cotel:+.1f} µs ({h.ratio(cotel, cs)})",
+                cs <= csdk / 8 and cs <= cotel / 5,
+            )
+        )
+    summary = h.md_table(
+        [
+            "framework",
+            "bare µs",
+            "ours 1.0",
+            "ours 0.0",
+            "sdk 1.0",
+            "sdk 0.0",
+            "OTel on",
+            "OTel off",
+            "sdk/ours (sampled)",
+            "OTel/ours (sampled)",
+        ],
+        summary_rows,
+    )
+    body = (
+        "Summary, overhead over bare in µs per request (median wall time on the request thread):\n\n"
+        + summary
+        + "\n\n"
+        + "\n\n".join(parts)
+    )
+    return h.Section(
+        "Incoming requests, in-process", body, targets, elapsed, load_start, h.loadavg()
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--frameworks", default=",".join(_apps.FRAMEWORKS))
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", nargs=2, metavar=("FRAMEWORK", "CONFIG"))
+    parser.add_argument("--requests", type=int, default=5000, help="with --profile")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.profile:
+        profile(args.profile[0], args.profile[1], args.requests)
+        return
+    section = run(args.quick, args.frameworks.split(","), args.rounds)
+    print(f"## {section.title}\n\n{section.body}\n")
+    for target, measured, met in section.targets:
+        print(f"- {'met' if met else 'MISSED'}: {target}: {measured}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

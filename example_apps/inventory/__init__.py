@@ -1,0 +1,1 @@
+"""The inventory service: Django + SQLite, reserves stock for a cart (see README.md)."""

@@ -1,0 +1,1 @@
+"""The pricing service: FastAPI (async), quotes a cart with coupons and tax (see README.md)."""

@@ -1,0 +1,1 @@
+"""The storefront: Flask, renders a checkout by calling pricing and inventory (see README.md)."""

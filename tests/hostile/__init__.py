@@ -1,0 +1,1 @@
+"""Hostile-input corpus and helpers shared by the hardening tests."""

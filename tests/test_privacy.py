@@ -1,0 +1,211 @@
+"""Privacy (issue 8; protocol §6.8): planted secrets never leave the process by default.
+
+Every integration (generic WSGI and ASGI, Flask, Django under WSGI and ASGI, Starlette,
+FastAPI) runs behind a real server with outgoing HTTP instrumented. The test client plants
+secrets in cookies, ``Authorization``, ``X-Api-Key``, ``X-Forwarded-For`` / ``X-Real-Ip``,
+sensitive query keys and the request body; the views put secrets in local variables of a
+failing frame, in span data under sensitive-looking keys, and in the query string, userinfo
+and headers of outgoing calls. The raw (decoded) envelope bytes the local Sentry receives
+must contain none of them. With ``send_default_pii=True`` exactly what the README promises
+appears (cookies, credential and forwarding headers, the client IP, the query verbatim,
+local variables, ``http.query`` of outgoing calls) and nothing else. Finally the DSN's
+secret key never appears in any log record, whatever Sentry answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.django_project import setup
+
+setup()
+
+import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
+
+from .hostile import apps, privacy_apps  # noqa: E402
+from .hostile.checks import capture_logs  # noqa: E402
+from .hostile.privacy_apps import SECRETS  # noqa: E402
+from .recording_server import running  # noqa: E402
+from .sentry_server import SentryServer  # noqa: E402
+from .servers import run_asgi, run_wsgi  # noqa: E402
+
+S = SECRETS
+FILTERED = "[Filtered]"
+SPAN_SECRETS = ("span-password", "span-api-key", "span-token", "span-nested")
+#: Never sent, even with send_default_pii (bodies and outgoing credentials are not captured).
+NEVER = ("body", "out-auth", "out-userinfo", *SPAN_SECRETS)
+
+
+@pytest.fixture(autouse=True)
+def _setup() -> Iterator[None]:
+    from django.test import override_settings
+
+    token = SUPPRESS_INSTRUMENTATION.set(True)  # the test's own client calls stay untraced
+    try:
+        with override_settings(ROOT_URLCONF="tests.hostile.privacy_urls"), running() as target:
+            privacy_apps.TARGET["url"] = target.url
+            yield
+    finally:
+        SUPPRESS_INSTRUMENTATION.reset(token)
+        stm.close()  # uninstrument http clients before the next test
+
+
+def _serve(kind: str, app: Any) -> Any:
+    return run_wsgi(app) if kind in apps.WSGI_KINDS else run_asgi(app, proxy_headers=False)
+
+
+def _drive(base: str) -> None:
+    r = requests.post(
+        f"{base}/page?{privacy_apps.page_query()}",
+        data=f"user=alice&note={S['body']}".encode(),
+        headers={**privacy_apps.request_headers(), "Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{base}/boom", timeout=10).status_code == 500
+    r = requests.get(f"{base}/call", headers=privacy_apps.request_headers(), timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def _collect(server: SentryServer, kind: str, pii: bool) -> tuple[str, list[dict[str, Any]]]:
+    stm.init(
+        dsn=server.dsn,
+        traces_sample_rate=1.0,
+        send_default_pii=pii,
+        instrument_http_clients=True,
+    )
+    with _serve(kind, privacy_apps.build(kind)) as base:
+        _drive(base)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stm.flush(2)
+            if len(server.transactions()) >= 3 and server.events():
+                break
+            time.sleep(0.05)
+    blob = "\n".join(r.body.decode("utf-8", "replace") for r in server.received if r.body)
+    return blob, server.transactions()
+
+
+def _by_name(txs: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    (tx,) = [t for t in txs if t["request"]["url"].endswith(suffix)]
+    return tx
+
+
+def _check_flows(server: SentryServer, txs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data did flow (so an absent secret means filtered, not lost)."""
+    assert len(txs) == 3, [t["transaction"] for t in txs]
+    (event,) = server.events()
+    assert event["exception"]["values"][-1]["type"] == "ValueError"
+    call = _by_name(txs, "/call")
+    http = [s for s in call["spans"] if s["op"] == "http.client"]
+    assert len(http) >= 2, call["spans"]
+    page = _by_name(txs, "/page")
+    (child,) = [s for s in page["spans"] if s.get("description") == "sensitive data"]
+    assert child["data"] == {
+        "password": FILTERED,
+        "api_key": FILTERED,
+        "rows": 3,
+        "params": {"user": "alice", "nested": {"secret": FILTERED}},
+    }
+    assert page["contexts"]["trace"]["data"]["auth_token"] == FILTERED
+    assert page["request"]["method"] == "POST"
+    return event
+
+
+@pytest.mark.parametrize("kind", apps.INTEGRATIONS)
+def test_no_secret_leaves_by_default(sentry_server: SentryServer, kind: str) -> None:
+    blob, txs = _collect(sentry_server, kind, pii=False)
+    leaked = {name: value for name, value in S.items() if value in blob}
+    assert not leaked, leaked
+    event = _check_flows(sentry_server, txs)
+    page = _by_name(txs, "/page")
+    request = page["request"]
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert not {"authorization", "x-api-key", "cookie", "x-forwarded-for", "x-real-ip"} & set(
+        headers
+    )
+    assert "cookies" not in request
+    assert "REMOTE_ADDR" not in request.get("env", {})
+    assert "REMOTE_ADDR" not in blob and "127.0.0.1, " not in blob
+    assert request["query_string"] == f"token={FILTERED}&password={FILTERED}&page=2"
+    frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
+    assert frames and all("vars" not in f for f in frames)
+    call = _by_name(txs, "/call")
+    for span in call["spans"]:
+        if span["op"] == "http.client":
+            assert "http.query" not in span.get("data", {})
+            assert "?" not in span["description"] and "?" not in span["data"]["url"]
+
+
+@pytest.mark.parametrize("kind", apps.INTEGRATIONS)
+def test_send_default_pii_turns_on_exactly_what_the_docs_say(
+    sentry_server: SentryServer, kind: str
+) -> None:
+    blob, txs = _collect(sentry_server, kind, pii=True)
+    event = _check_flows(sentry_server, txs)
+    request = _by_name(txs, "/page")["request"]
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert S["cookie"] in request["cookies"]
+    assert headers["authorization"] == f"Bearer {S['authorization']}"
+    assert headers["x-api-key"] == S["x-api-key"]
+    assert S["forwarded-ip"] in headers["x-forwarded-for"]
+    assert headers["x-real-ip"] == S["real-ip"]
+    assert request["env"]["REMOTE_ADDR"] == "127.0.0.1"
+    assert request["query_string"] == privacy_apps.page_query()
+    frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
+    assert any(f.get("vars", {}).get("secret_local") == repr(S["local"]) for f in frames)
+    http = [s for s in _by_name(txs, "/call")["spans"] if s["op"] == "http.client"]
+    assert all(S["out-query"] in s["data"]["http.query"] for s in http), http
+    leaked = {name: S[name] for name in NEVER if S[name] in blob}
+    assert not leaked, leaked
+
+
+# --------------------------------------------------------------------------- DSN secret
+
+DSN_SECRET = "dsn7SECRETkey"
+
+
+def test_dsn_secret_is_never_logged(sentry_server: SentryServer) -> None:
+    dsn = f"http://public:{DSN_SECRET}@127.0.0.1:{sentry_server.port}/1"
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    with capture_logs("", "sentry_tracing_mw", "urllib3") as records:
+        stm.init(dsn=dsn, debug=True, traces_sample_rate=1.0, shutdown_timeout=1.0)
+        from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+        with run_wsgi(TracingMiddleware(privacy_apps.wsgi_app)) as base:
+            phases = [
+                lambda: None,
+                lambda: sentry_server.respond(429, {"Retry-After": "1"}),
+                lambda: sentry_server.respond(500),
+                sentry_server.go_down,
+                lambda: (sentry_server.come_back(), sentry_server.respond(200)),
+            ]
+            for phase in phases:
+                phase()
+                _drive(base)
+                stm.flush(3)
+                time.sleep(1.05)  # let a 429's Retry-After run out
+        stm.close()
+    assert len(records) > 10  # debug logging did log (requests, failures, drops)
+    assert any("429" in r.getMessage() or "rate" in r.getMessage().lower() for r in records)
+    texts = []
+    for record in records:
+        text = formatter.format(record)
+        texts.append(text)
+        assert DSN_SECRET not in text, text
+    assert sentry_server.accepted()  # the last phase delivered with the secret in the auth
+    assert DSN_SECRET in sentry_server.accepted()[-1].headers.get("X-Sentry-Auth", "")
+
+
+def test_invalid_dsn_error_hides_the_secret() -> None:
+    with pytest.raises(stm.ConfigurationError) as info:
+        stm.init(dsn=f"https://public:{DSN_SECRET}@o1.ingest.sentry.io/not-a-number")
+    assert DSN_SECRET not in str(info.value)
+    assert "public" in str(info.value)
