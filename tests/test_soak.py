@@ -52,7 +52,7 @@ def check(result: dict[str, Any], duration: float) -> None:
 
 @pytest.mark.timeout(400)
 def test_soak_two_minutes_wsgi(tmp_path: Path) -> None:
-    check(run_soak(tmp_path, "--duration", "120", "--server", "wsgi"), 120)
+    check(run_soak(tmp_path, "--duration", "120", "--server", "wsgi", "--rate", "80"), 120)
 
 
 @pytest.mark.slow
