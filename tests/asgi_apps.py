@@ -33,6 +33,8 @@ from starlette.websockets import WebSocket
 
 import sentry_tracing_mw as stm
 
+from .servers import answer_lifespan
+
 #: (method, path, headers) -> expected name under our url/route style.
 STARLETTE_NAMES: list[tuple[str, str, dict[str, str], str]] = [
     ("GET", "/users/42", {}, "/users/{user_id:int}"),
@@ -302,13 +304,8 @@ def fastapi_app(traced: bool = True, flask_app: Any = None, **options: Any) -> A
 async def raw_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A framework-free ASGI app for the generic middleware tests."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
@@ -350,20 +347,10 @@ warnings.simplefilter("ignore")
 import sentry_sdk
 from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.starlette import StarletteIntegration
-from sentry_sdk.transport import Transport
-
-got = []
-
-class Capture(Transport):
-    def capture_envelope(self, envelope):
-        for item in envelope.items:
-            if item.type == "transaction":
-                p = item.payload.json
-                got.append((p["transaction"], p["transaction_info"]["source"]))
 
 kind, style, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 sentry_sdk.init(
-    dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0, transport=Capture(),
+    dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0, transport=Capture,
     auto_enabling_integrations=False, default_integrations=False,
     integrations=[StarletteIntegration(transaction_style=style),
                   FastApiIntegration(transaction_style=style)],
@@ -374,10 +361,11 @@ app = getattr(asgi_apps, kind + "_app")(traced=False)
 out = []
 with TestClient(app, raise_server_exceptions=False) as client:
     for method, path, headers in cases:
-        got.clear()
+        transactions.clear()
         client.request(method, path, headers=headers)
         sentry_sdk.flush(2)
-        out.append(got[0] if got else None)
+        p = transactions[0] if transactions else None
+        out.append([p["transaction"], p["transaction_info"]["source"]] if p else None)
 print(json.dumps(out))
 """
 
@@ -387,17 +375,9 @@ def sdk_names(
 ) -> list[tuple[str, str] | None]:
     """(name, source) that sentry-sdk gives each request, run in a fresh subprocess."""
     import json
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", SDK_SCRIPT, kind, style, json.dumps(cases)],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": root},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [tuple(x) if x else None for x in json.loads(out.stdout.strip().splitlines()[-1])]
+    from .sdk_peer import run_sdk_script
+
+    return [
+        tuple(x) if x else None for x in run_sdk_script(SDK_SCRIPT, kind, style, json.dumps(cases))
+    ]

@@ -7,7 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 import sentry_tracing_mw._client as client_module
-from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from sentry_tracing_mw._context import (
+    CURRENT_SPAN,
+    PROPAGATION_CONTEXT,
+    SUPPRESS_INSTRUMENTATION,
+)
 
 from .sentry_server import sentry_server  # noqa: F401  (fixture re-export)
 
@@ -28,6 +32,15 @@ def _isolate_client() -> Iterator[None]:
     reset_client()
     assert CURRENT_SPAN.get() is None, "a test left a span current"
     PROPAGATION_CONTEXT.set(None)
+
+
+@pytest.fixture
+def no_outgoing_headers() -> Iterator[None]:
+    """The test thread's own HTTP calls carry no trace headers (another test may have
+    instrumented http.client): use with ``pytest.mark.usefixtures("no_outgoing_headers")``."""
+    token = SUPPRESS_INSTRUMENTATION.set(True)
+    yield
+    SUPPRESS_INSTRUMENTATION.reset(token)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

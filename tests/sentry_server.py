@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import sentry_tracing_mw as stm
 from sentry_tracing_mw._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 
 from .payload_checks import check_envelope, check_with_shared_validator
@@ -279,6 +280,27 @@ class SentryServer:
         for raw in bodies:
             check_envelope(raw)
         check_with_shared_validator(bodies)
+
+
+def init_traced(server: SentryServer, **options: Any) -> None:
+    """``stm.init`` at ``server``: every transaction sampled unless the options say otherwise,
+    HTTP clients not instrumented."""
+    options.setdefault("traces_sample_rate", 1.0)
+    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+
+
+def flushed_transactions(server: SentryServer, n: int) -> list[dict[str, Any]]:
+    """Flush the client, wait for ``n`` envelopes and assert exactly ``n`` transactions came."""
+    assert stm.flush(5)
+    assert server.wait_for(n, timeout=5)
+    txs = server.transactions()
+    assert len(txs) == n, [t["transaction"] for t in txs]
+    return txs
+
+
+def transactions_by_name(server: SentryServer, n: int) -> dict[str, dict[str, Any]]:
+    """:func:`flushed_transactions`, keyed by transaction name."""
+    return {t["transaction"]: t for t in flushed_transactions(server, n)}
 
 
 @pytest.fixture

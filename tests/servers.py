@@ -1,16 +1,52 @@
-"""Real HTTP servers on 127.0.0.1 for tests: threaded WSGI (werkzeug) and uvicorn (ASGI)."""
+"""Real HTTP servers on 127.0.0.1 for tests: threaded WSGI (werkzeug), uvicorn (ASGI) and
+gunicorn (a subprocess with sync workers)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "run_asgi", "run_wsgi"]
+import requests
+
+__all__ = [
+    "answer_lifespan",
+    "free_port",
+    "run_asgi",
+    "run_gunicorn",
+    "run_wsgi",
+    "wsgi_body",
+]
+
+
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan scope for a bare test app: startup, then shutdown, then return."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def wsgi_body(result: Any) -> bytes:
+    """Join a WSGI app's response iterable and close it, as a server does."""
+    try:
+        return b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
 
 def free_port() -> int:
@@ -58,3 +94,65 @@ def run_asgi(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def run_gunicorn(
+    app: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    ready_path: str,
+    workers: int = 1,
+    preload: bool = False,
+) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` (``module:attr``) with gunicorn's sync workers in a new session.
+
+    Yields (base URL, master pid) once ``ready_path`` answers; the output goes to
+    ``log_path`` (a file never blocks the server). On exit the whole process group gets
+    SIGTERM, then SIGKILL if it does not stop in time.
+    """
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "gunicorn",
+        "-w", str(workers), "-k", "sync",
+        "-b", f"127.0.0.1:{port}",
+        "--graceful-timeout", "5",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    if preload:
+        cmd.append("--preload")
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [*cmd, app],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + ready_path, timeout=(1, 10))  # a busy machine boots slowly
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = log_path.read_text(errors="replace")
+                    raise RuntimeError(f"gunicorn did not start: {out}") from None
+                time.sleep(0.1)
+        yield base, proc.pid
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+        log.close()

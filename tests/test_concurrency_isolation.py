@@ -39,7 +39,7 @@ from .django_project import setup
 from .payload_checks import check_with_shared_validator
 from .recording_server import RecordingServer, running
 from .sentry_server import SentryServer
-from .servers import run_asgi, run_wsgi
+from .servers import run_asgi, run_wsgi, wsgi_body
 
 setup()
 
@@ -118,12 +118,7 @@ def wsgi_app() -> Callable[..., Any]:
 
     def outer(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         result = traced(environ, start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+        body = wsgi_body(result)
         State.after_request("wsgi")
         return [body]
 

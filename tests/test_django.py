@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +18,11 @@ setup()
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
-from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
 from sentry_tracing_mw.integrations.django import TracingMiddleware  # noqa: E402
 from sentry_tracing_mw.integrations.django._naming import route_to_name  # noqa: E402
 
-from .sentry_server import SentryServer  # noqa: E402
+from .sdk_peer import run_sdk_script  # noqa: E402
+from .sentry_server import SentryServer, flushed_transactions, init_traced  # noqa: E402
 
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
@@ -70,28 +66,11 @@ def _tables() -> None:
     create_tables()
 
 
-@pytest.fixture(autouse=True)
-def _no_outgoing_headers() -> Iterator[None]:
-    token = SUPPRESS_INSTRUMENTATION.set(True)
-    yield
-    SUPPRESS_INSTRUMENTATION.reset(token)
-
-
-def _init(server: SentryServer, **options: Any) -> None:
-    options.setdefault("traces_sample_rate", 1.0)
-    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
 
 
 def _client() -> Client:
     return Client(raise_request_exception=False)
-
-
-def _transactions(server: SentryServer, n: int) -> list[dict[str, Any]]:
-    assert stm.flush(5)
-    assert server.wait_for(n, 5)
-    txs = server.transactions()
-    assert len(txs) == n, [t["transaction"] for t in txs]
-    return txs
 
 
 def _trace(tx: dict[str, Any]) -> dict[str, Any]:
@@ -107,10 +86,10 @@ def _duration(tx: dict[str, Any]) -> float:
 
 @pytest.mark.parametrize(("path", "expected"), NAME_TABLE)
 def test_route_names(sentry_server: SentryServer, path: str, expected: str) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get(path)
     assert response.status_code in (200, 404)
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == expected
     assert tx["transaction_info"] == {"source": "route"}
     trace = _trace(tx)
@@ -144,13 +123,13 @@ def test_route_conversion(route: str, expected: str) -> None:
 
 
 def test_endpoint_style(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     with override_settings(SENTRY_TRANSACTION_STYLE="endpoint"):
         client = _client()
         client.get("/users/3/")
         client.get("/cbv/3/")
         client.get("/nope/")
-    txs = _transactions(sentry_server, 3)
+    txs = flushed_transactions(sentry_server, 3)
     names = [(t["transaction"], t["transaction_info"]["source"]) for t in txs]
     assert names == [
         ("tests.django_project.views.ok", "component"),
@@ -160,13 +139,13 @@ def test_endpoint_style(sentry_server: SentryServer) -> None:
 
 
 def test_unmatched_requests_get_method_and_status(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     client = _client()
     assert client.get("/no/such/page").status_code == 404
     assert client.post("/no/such/page").status_code == 404
     assert client.post("/only-get/").status_code == 405  # matched route, view says 405
     assert client.get("/users/3").status_code == 301  # APPEND_SLASH redirect, no route
-    txs = _transactions(sentry_server, 4)
+    txs = flushed_transactions(sentry_server, 4)
     got = [(t["transaction"], t["transaction_info"]["source"], _trace(t)["status"]) for t in txs]
     assert got == [
         ("GET 404", "route", "not_found"),
@@ -178,7 +157,7 @@ def test_unmatched_requests_get_method_and_status(sentry_server: SentryServer) -
 
 
 def test_name_set_before_the_view_runs(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     seen: list[str] = []
 
     from django.urls import path
@@ -194,7 +173,7 @@ def test_name_set_before_the_view_runs(sentry_server: SentryServer) -> None:
     with override_settings(ROOT_URLCONF=(path("early/<int:pk>/", view),)):
         _client().get("/early/1/")
     assert seen == ["/early/{pk}/"]
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/early/{pk}/"
 
 
@@ -202,7 +181,7 @@ def test_name_set_before_the_view_runs(sentry_server: SentryServer) -> None:
 
 
 def test_continues_incoming_trace(sentry_server: SentryServer) -> None:
-    _init(sentry_server, traces_sample_rate=0.0)
+    init_traced(sentry_server, traces_sample_rate=0.0)
     _client().get(
         "/users/1/",
         HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-1",
@@ -210,7 +189,7 @@ def test_continues_incoming_trace(sentry_server: SentryServer) -> None:
         "sentry-sample_rand=0.25,sentry-environment=upstream,sentry-sampled=true,"
         "sentry-public_key=public",
     )
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     trace = _trace(tx)
     assert trace["trace_id"] == TRACE_ID
     assert trace["parent_span_id"] == PARENT_ID
@@ -219,38 +198,38 @@ def test_continues_incoming_trace(sentry_server: SentryServer) -> None:
 
 
 def test_traceparent_fallback(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     # flags 00 means "deferred" (protocol §9): our own rate decides; the trace continues
     _client().get("/users/1/", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-00")
     _client().get("/users/2/", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-01")
-    txs = _transactions(sentry_server, 2)
+    txs = flushed_transactions(sentry_server, 2)
     assert [_trace(t)["trace_id"] for t in txs] == [TRACE_ID, TRACE_ID]
     assert [_trace(t)["parent_span_id"] for t in txs] == [PARENT_ID, PARENT_ID]
 
 
 def test_negative_upstream_decision_is_inherited(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     _client().get("/users/1/", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0")
     assert stm.flush(5)
     assert sentry_server.transactions() == []
 
 
 def test_untraced_methods_get_their_own_trace(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     client = _client()
     first = client.head("/trace-header/")["X-Sentry-Trace"]
     second = client.options("/trace-header/")["X-Sentry-Trace"]
     third = client.get("/trace-header/")["X-Sentry-Trace"]
     ids = {h.split("-")[0] for h in (first, second, third)}
     assert len(ids) == 3
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert _trace(tx)["trace_id"] == third.split("-")[0]
     continued = client.head("/trace-header/", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-1")
     assert continued["X-Sentry-Trace"].startswith(TRACE_ID + "-")
 
 
 def test_http_methods_to_capture_and_ignore_paths(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     with override_settings(
         SENTRY_HTTP_METHODS_TO_CAPTURE=["POST"], SENTRY_IGNORE_PATHS=["/health/", "/api/*"]
     ):
@@ -259,7 +238,7 @@ def test_http_methods_to_capture_and_ignore_paths(sentry_server: SentryServer) -
         client.post("/health/")
         client.post("/api/v1/items/x/")
         client.post("/users/2/")
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/users/{pk}/"
     assert tx["request"]["method"] == "POST"
 
@@ -271,12 +250,12 @@ def test_traces_sampler_gets_environ_and_route(sentry_server: SentryServer) -> N
         seen.append((ctx.get("route"), ctx["wsgi_environ"]["PATH_INFO"]))
         return 1.0 if ctx.get("route") == "/users/{pk}/" else 0.0
 
-    _init(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
+    init_traced(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
     client = _client()
     client.get("/users/1/")
     client.get("/articles/2020/")
     client.get("/nope/")
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/users/{pk}/"
     assert seen == [
         ("/users/{pk}/", "/users/1/"),
@@ -286,7 +265,7 @@ def test_traces_sampler_gets_environ_and_route(sentry_server: SentryServer) -> N
 
 
 def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
-    _init(sentry_server, traces_sample_rate=0.0)
+    init_traced(sentry_server, traces_sample_rate=0.0)
     client = _client()
     assert client.get("/orm/").status_code == 200
     assert client.get("/template/").status_code == 200
@@ -307,7 +286,7 @@ def test_configured_from_settings(sentry_server: SentryServer) -> None:
     ):
         _client().get("/users/5/")
     assert stm.is_initialized()
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["environment"] == "django-settings"
     assert tx["tags"]["from_settings"] == "yes"
 
@@ -320,12 +299,12 @@ def tag_transaction(event: dict[str, Any]) -> dict[str, Any]:
 def test_settings_ignored_with_a_warning_after_init(
     sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _init(sentry_server, environment="from-init")
+    init_traced(sentry_server, environment="from-init")
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         with override_settings(SENTRY_DSN="http://other@127.0.0.1:1/2", SENTRY_RELEASE="x"):
             _client().get("/users/5/")
     assert any("release" in r.getMessage() and "dsn" in r.getMessage() for r in caplog.records)
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["environment"] == "from-init"
     assert "release" not in tx
 
@@ -350,9 +329,9 @@ _SECRET_HEADERS = {
 
 
 def test_request_data_without_pii(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     _client().get("/users/1/?page=2&token=abc", **_SECRET_HEADERS)  # type: ignore[arg-type]
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     req = tx["request"]
     assert req["method"] == "GET"
     assert req["url"] == "http://testserver/users/1/"
@@ -374,9 +353,9 @@ def test_request_data_without_pii(sentry_server: SentryServer) -> None:
 
 
 def test_request_data_with_pii(sentry_server: SentryServer) -> None:
-    _init(sentry_server, send_default_pii=True)
+    init_traced(sentry_server, send_default_pii=True)
     _client().get("/users/1/", **_SECRET_HEADERS)  # type: ignore[arg-type]
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     req = tx["request"]
     lowered = {k.lower(): v for k, v in req["headers"].items()}
     assert lowered["authorization"] == "Bearer abc"
@@ -390,28 +369,28 @@ def test_request_data_with_pii(sentry_server: SentryServer) -> None:
 
 @pytest.mark.parametrize("path", ["/stream/", "/file/"])
 def test_streamed_body_is_timed(sentry_server: SentryServer, path: str) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get(path)
     assert response.streaming
     body = b"".join(response.streaming_content)
     assert body
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == path
     assert _duration(tx) >= 0.3
     assert _trace(tx)["status"] == "ok"
 
 
 def test_stream_abandoned_by_the_server_is_cancelled(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get("/stream/")
     next(iter(response.streaming_content))
     response.close()  # what a WSGI server does when the client goes away
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert _trace(tx)["status"] == "cancelled"
 
 
 def test_error_in_a_streamed_body(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get("/stream-error/")
     with pytest.raises(RuntimeError, match="mid-stream"):
         b"".join(response.streaming_content)
@@ -425,7 +404,7 @@ def test_error_in_a_streamed_body(sentry_server: SentryServer) -> None:
 
 
 def test_view_exception_captured_once(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get("/error/")
     assert response.status_code == 500
     assert stm.flush(5)
@@ -442,7 +421,7 @@ def test_view_exception_captured_once(sentry_server: SentryServer) -> None:
 
 
 def test_http404_is_not_an_error(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     assert _client().get("/missing/3/").status_code == 404
     assert stm.flush(5)
     assert sentry_server.wait_for(1, 5)
@@ -450,7 +429,7 @@ def test_http404_is_not_an_error(sentry_server: SentryServer) -> None:
 
 
 def test_async_view_exception_captured_once(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
 
     async def go() -> int:
         response = await AsyncClient(raise_request_exception=False).get("/aerror/")
@@ -472,7 +451,7 @@ def test_async_requests_run_without_thread_hop(sentry_server: SentryServer) -> N
     from asgiref.sync import iscoroutinefunction
     from django.core.handlers.asgi import ASGIHandler
 
-    _init(sentry_server)
+    init_traced(sentry_server)
     handler = ASGIHandler()
     ours = [
         m
@@ -493,7 +472,7 @@ def test_async_requests_run_without_thread_hop(sentry_server: SentryServer) -> N
         return codes
 
     assert asyncio.run(go()) == [200, 200, 200]
-    txs = _transactions(sentry_server, 3)
+    txs = flushed_transactions(sentry_server, 3)
     assert [t["transaction"] for t in txs] == ["/async/{pk}/", "/users/{pk}/", "/astream/"]
     assert _duration(txs[2]) >= 0.3
     assert all(t["request"]["url"].startswith("http://testserver/") for t in txs)
@@ -507,9 +486,9 @@ def _db_spans(tx: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_orm_spans_sync(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     assert _client().get("/orm/").status_code == 200
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     spans = _db_spans(tx)
     descriptions = [s["description"] for s in spans]
     assert any(d.startswith("INSERT INTO") for d in descriptions), descriptions
@@ -525,7 +504,7 @@ def test_orm_spans_sync(sentry_server: SentryServer) -> None:
 
 
 def test_orm_spans_async(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
 
     async def go() -> None:
         client = AsyncClient()
@@ -534,7 +513,7 @@ def test_orm_spans_async(sentry_server: SentryServer) -> None:
         assert r1.status_code == r2.status_code == 200
 
     asyncio.run(go())
-    first, second = _transactions(sentry_server, 2)
+    first, second = flushed_transactions(sentry_server, 2)
     assert first["transaction"] == "/aorm/"
     descriptions = [s["description"] for s in _db_spans(first)]
     assert any(d.startswith("INSERT INTO") for d in descriptions), descriptions
@@ -543,22 +522,22 @@ def test_orm_spans_async(sentry_server: SentryServer) -> None:
 
 
 def test_orm_in_a_streamed_body_lands_in_the_transaction(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get("/stream-orm/")
     b"".join(response.streaming_content)
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     assert any("COUNT(*)" in s["description"] for s in _db_spans(tx))
 
 
 def test_orm_outside_requests_makes_no_spans(sentry_server: SentryServer) -> None:
     from .django_project.models import Item
 
-    _init(sentry_server)
+    init_traced(sentry_server)
     _client().get("/users/1/")  # installs the hooks
     Item.objects.create(name="outside")
     with stm.start_transaction("manual", op="task") as tx:
         assert Item.objects.filter(name="outside").count() >= 1
-    (sent,) = _transactions(sentry_server, 2)[1:]
+    (sent,) = flushed_transactions(sentry_server, 2)[1:]
     assert sent["transaction"] == "manual"
     assert len(_db_spans(sent)) == 1
     assert tx.name == "manual"
@@ -569,7 +548,7 @@ def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> Non
 
     from .django_project.models import Item
 
-    _init(sentry_server)
+    init_traced(sentry_server)
     _client().get("/users/1/")
     seen: list[str] = []
 
@@ -585,10 +564,10 @@ def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> Non
 
 
 def test_template_spans_and_context_processor(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     response = _client().get("/template/")
     html = response.content.decode()
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     spans = [s for s in tx["spans"] if s.get("op") == "template.render"]
     by_name = {s["description"]: s for s in spans}
     assert set(by_name) == {"page.html", "part.html"}
@@ -600,9 +579,9 @@ def test_template_spans_and_context_processor(sentry_server: SentryServer) -> No
 
 
 def test_template_tag_renders_trace_meta(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     html = _client().get("/meta/").content.decode()
-    (tx,) = _transactions(sentry_server, 1)
+    (tx,) = flushed_transactions(sentry_server, 1)
     trace = re.search(r'<meta name="sentry-trace" content="([^"]+)">', html)
     baggage = re.search(r'<meta name="baggage" content="([^"]+)">', html)
     assert trace is not None and baggage is not None, html
@@ -623,18 +602,6 @@ import django
 from django.conf import settings
 import sentry_sdk
 from sentry_sdk.integrations.django import DjangoIntegration
-from sentry_sdk.transport import Transport
-
-names = []
-
-class Capture(Transport):
-    def capture_envelope(self, envelope):
-        for item in envelope.items:
-            if item.type == "transaction":
-                event = item.payload.json
-                names.append([event["transaction"], event["transaction_info"]["source"]])
-    def flush(self, timeout, callback=None):
-        pass
 
 style = sys.argv[1]
 sentry_sdk.init(dsn="http://k@127.0.0.1:9/1", transport=Capture, traces_sample_rate=1.0,
@@ -647,21 +614,12 @@ from werkzeug.test import Client
 client = Client(get_wsgi_application())
 for path in sys.argv[2:]:
     client.get(path).close()
-print(json.dumps(names))
+print(json.dumps([[t["transaction"], t["transaction_info"]["source"]] for t in transactions]))
 """
 
 
 def _sdk_names(style: str, paths: list[str]) -> list[list[str]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _SDK_SCRIPT, style, *paths],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_sdk_script(_SDK_SCRIPT, style, *paths)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("style", "sdk_style"), [("route", "url"), ("endpoint", "function_name")])
@@ -670,14 +628,14 @@ def test_name_parity_with_sentry_sdk(
 ) -> None:
     paths = [p for p, _ in NAME_TABLE if p not in SDK_WRONG]
     theirs = _sdk_names(sdk_style, paths)
-    _init(sentry_server)
+    init_traced(sentry_server)
     with override_settings(SENTRY_TRANSACTION_STYLE=style):
         client = _client()
         for path in paths:
             client.get(path)
     ours = [
         [t["transaction"], t["transaction_info"]["source"]]
-        for t in _transactions(sentry_server, len(paths))
+        for t in flushed_transactions(sentry_server, len(paths))
     ]
     assert [n for n, _ in ours] == [n for n, _ in theirs]
     expected_source = "route" if style == "route" else "component"

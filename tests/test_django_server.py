@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +20,11 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
-from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
 from sentry_tracing_mw.integrations import asgi as generic_asgi  # noqa: E402
 from sentry_tracing_mw.integrations import wsgi as generic_wsgi  # noqa: E402
 
-from .sentry_server import SentryServer  # noqa: E402
+from .sdk_peer import run_sdk_script  # noqa: E402
+from .sentry_server import SentryServer, init_traced  # noqa: E402
 from .servers import run_asgi, run_wsgi  # noqa: E402
 
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
@@ -42,16 +37,7 @@ def _tables() -> None:
     create_tables()
 
 
-@pytest.fixture(autouse=True)
-def _no_outgoing_headers() -> Iterator[None]:
-    token = SUPPRESS_INSTRUMENTATION.set(True)
-    yield
-    SUPPRESS_INSTRUMENTATION.reset(token)
-
-
-def _init(server: SentryServer, **options: Any) -> None:
-    options.setdefault("traces_sample_rate", 1.0)
-    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
+pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
 
 
 def _wait(server: SentryServer, n: int) -> None:
@@ -77,7 +63,7 @@ def _by_name(server: SentryServer) -> dict[str, dict[str, Any]]:
 
 
 def test_wsgi_server(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     with run_wsgi(get_wsgi_application()) as base:
         r = requests.get(
             f"{base}/users/3/", timeout=5, headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1"}
@@ -107,7 +93,7 @@ def test_wsgi_server(sentry_server: SentryServer) -> None:
 
 @pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous")
 def test_asgi_server(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     with run_asgi(get_asgi_application()) as base:
         r = requests.get(
             f"{base}/async/3/", timeout=5, headers={"sentry-trace": f"{TRACE_ID}-{PARENT_ID}-1"}
@@ -141,7 +127,7 @@ def test_asgi_server(sentry_server: SentryServer) -> None:
 
 
 def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     with run_asgi(get_asgi_application()) as base:
         host, port = urlsplit(base).hostname, urlsplit(base).port
         with socket.create_connection((host, port), timeout=5) as sock:
@@ -162,7 +148,7 @@ def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentrySer
 def test_nested_generic_middleware_owns_one_transaction(
     sentry_server: SentryServer, kind: str
 ) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     if kind == "wsgi":
         server = run_wsgi(generic_wsgi.TracingMiddleware(get_wsgi_application()))
     else:
@@ -188,22 +174,12 @@ _CLIENT_SCRIPT = r"""
 import json, sys
 import requests
 import sentry_sdk
-from sentry_sdk.transport import Transport
-
-spans = []
-
-class Capture(Transport):
-    def capture_envelope(self, envelope):
-        for item in envelope.items:
-            if item.type == "transaction":
-                spans.extend(item.payload.json.get("spans", []))
-    def flush(self, timeout, callback=None):
-        pass
 
 sentry_sdk.init(dsn="http://theirkey@127.0.0.1:9/42", transport=Capture,
                 traces_sample_rate=float(sys.argv[2]), release="client@1")
 with sentry_sdk.start_transaction(name="client-job", op="task") as tx:
     r = requests.get(sys.argv[1], timeout=5)
+spans = [s for t in transactions for s in t.get("spans", [])]
 http = [s["span_id"] for s in spans if s.get("op") == "http.client"]
 print(json.dumps({"trace_id": tx.trace_id, "sampled": tx.sampled, "http_span": http,
                   "sentry_trace": r.headers.get("X-Sentry-Trace")}))
@@ -212,18 +188,9 @@ print(json.dumps({"trace_id": tx.trace_id, "sampled": tx.sampled, "http_span": h
 
 @pytest.mark.parametrize("rate", ["1.0", "0"])
 def test_sentry_sdk_client_interop(sentry_server: SentryServer, rate: str) -> None:
-    _init(sentry_server, traces_sample_rate=0.5)
+    init_traced(sentry_server, traces_sample_rate=0.5)
     with run_wsgi(get_wsgi_application()) as base:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CLIENT_SCRIPT, f"{base}/trace-header/", rate],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert proc.returncode == 0, proc.stderr
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        info = run_sdk_script(_CLIENT_SCRIPT, f"{base}/trace-header/", rate)
         stm.flush(5)
     ours_trace_id, our_span_id, flag = info["sentry_trace"].split("-")
     assert ours_trace_id == info["trace_id"]

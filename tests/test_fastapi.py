@@ -15,7 +15,7 @@ import sentry_tracing_mw as stm
 
 from . import asgi_apps
 from .asgi_apps import FASTAPI_NAMES, fastapi_app
-from .sentry_server import SentryServer
+from .sentry_server import SentryServer, transactions_by_name
 from .servers import run_asgi
 
 with warnings.catch_warnings():
@@ -23,14 +23,6 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def txs_by_name(server: SentryServer, n: int) -> dict[str, dict[str, Any]]:
-    assert stm.flush(5)
-    assert server.wait_for(n, timeout=5)
-    txs = server.transactions()
-    assert len(txs) == n, [t["transaction"] for t in txs]
-    return {t["transaction"]: t for t in txs}
 
 
 @pytest.fixture
@@ -56,7 +48,7 @@ def test_route_names_uvicorn_and_sync_views(sentry_server: SentryServer) -> None
         for method, path, headers, _ in FASTAPI_NAMES:
             http.request(method, path, headers=headers)
         assert http.get("/sync/3").json() == {"x": 3}
-        got = txs_by_name(sentry_server, len(FASTAPI_NAMES) + 1)
+        got = transactions_by_name(sentry_server, len(FASTAPI_NAMES) + 1)
     assert set(got) == {e for *_, e in FASTAPI_NAMES} | {"/sync/{x}"}
 
 
@@ -65,7 +57,7 @@ def test_endpoint_style(sentry_server: SentryServer) -> None:
     with TestClient(fastapi_app(transaction_style="endpoint")) as c:
         c.get("/users/1")
         c.get("/api/v1/nested/deep/2")
-    got = txs_by_name(sentry_server, 2)
+    got = transactions_by_name(sentry_server, 2)
     prefix = "tests.asgi_apps.fastapi_app.<locals>."
     assert set(got) == {prefix + "get_user", prefix + "deep"}
     assert got[prefix + "deep"]["transaction_info"]["source"] == "component"
@@ -85,7 +77,7 @@ def test_background_task(sentry_server: SentryServer) -> None:
         r = httpx.get(url + "/bg", timeout=5)
         received = time.monotonic()
         assert r.json() == {"ok": "bg"}
-        tx = txs_by_name(sentry_server, 1)["/bg"]
+        tx = transactions_by_name(sentry_server, 1)["/bg"]
     assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
     (span,) = tx["spans"]
     assert (span["op"], span["description"]) == ("function", "bg_sleep")
@@ -108,7 +100,7 @@ def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
     with client.websocket_connect("/ws") as ws:
         ws.send_text("a")
         assert ws.receive_text() == "echo:a"
-    tx = txs_by_name(sentry_server, 1)["/ws"]
+    tx = transactions_by_name(sentry_server, 1)["/ws"]
     assert tx["contexts"]["trace"]["op"] == "websocket.server"
 
 
@@ -141,7 +133,7 @@ def test_flask_mounted_in_fastapi_is_one_transaction(
     with run_asgi(fastapi_app(flask_app=wsgi)) as url:
         r = httpx.get(url + "/flask/users/3", timeout=5)
         assert r.text == "traced"
-        got = txs_by_name(sentry_server, 1)
+        got = transactions_by_name(sentry_server, 1)
     (name,) = got
     tx = got[name]
     assert tx["contexts"]["trace"]["origin"] == "auto.http.fastapi"  # the outermost owns it

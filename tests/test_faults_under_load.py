@@ -40,7 +40,7 @@ from sentry_tracing_mw.integrations import wsgi as generic_wsgi
 
 from .payload_checks import check_with_shared_validator
 from .sentry_server import SentryServer
-from .servers import free_port, run_asgi, run_wsgi
+from .servers import answer_lifespan, free_port, run_asgi, run_wsgi
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
@@ -68,13 +68,8 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
 
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     path = scope["path"]
     with stm.start_span("app.work", f"render {path}"):
         await asyncio.sleep(0)

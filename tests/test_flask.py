@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +17,13 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import sentry_tracing_mw as stm
-from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION
 from sentry_tracing_mw.integrations.flask import FlaskTracing
 from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
 
 from .flask_apps import NAMED_ROUTES, STREAM_SECONDS, create_app
+from .sdk_peer import run_sdk_script
 from .sentry_server import SentryServer
-from .servers import free_port, run_wsgi
+from .servers import run_gunicorn, run_wsgi
 from .test_wsgi import wait_transactions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +31,7 @@ TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
 
 
-@pytest.fixture(autouse=True)
-def _no_outgoing_headers() -> Iterator[None]:
-    """The test thread's own HTTP calls must not carry trace headers."""
-    token = SUPPRESS_INSTRUMENTATION.set(True)
-    yield
-    SUPPRESS_INSTRUMENTATION.reset(token)
+pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
 
 
 def traced_app(server: SentryServer | None = None, **options: Any) -> Flask:
@@ -336,58 +328,17 @@ def test_streamed_response_on_werkzeug_server(sentry_server: SentryServer) -> No
 @pytest.fixture
 def gunicorn(sentry_server: SentryServer, tmp_path: Path) -> Iterator[str]:
     """``tests.flask_apps:gunicorn_app`` under gunicorn (sync worker, 1 worker)."""
-    port = free_port()
-    log = (tmp_path / "gunicorn.log").open("wb")  # a file never blocks the server
     env = {**os.environ, "SENTRY_DSN": sentry_server.dsn, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            "1",
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--graceful-timeout",
-            "3",
-            "--log-level",
-            "warning",
-            "tests.flask_apps:gunicorn_app",
-        ],
+    with run_gunicorn(
+        "tests.flask_apps:gunicorn_app",
         cwd=ROOT,
         env=env,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(f"{base}/health", timeout=(1, 10))  # a busy machine boots slowly
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = (tmp_path / "gunicorn.log").read_text(errors="replace")
-                    raise RuntimeError(f"gunicorn did not start: {out}") from None
-                time.sleep(0.1)
+        log_path=tmp_path / "gunicorn.log",
+        ready_path="/health",
+    ) as (base, _):
         sentry_server.wait_for(1, 5)
         sentry_server.clear()
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
-        log.close()
 
 
 def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None:
@@ -425,24 +376,14 @@ _SDK_SCRIPT = r"""
 import json, sys
 from urllib.parse import urlsplit
 import sentry_sdk
-from sentry_sdk.transport import Transport
 from sentry_sdk.integrations.flask import FlaskIntegration
 from tests.flask_apps import create_app
-
-class Capture(Transport):
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.events = []
-    def capture_envelope(self, envelope):
-        for item in envelope.items:
-            if item.type == "transaction":
-                self.events.append(item.payload.json)
 
 paths = json.loads(sys.argv[1])
 out = {}
 for style in ("url", "endpoint"):
-    transport = Capture()
-    sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=transport,
+    transactions.clear()
+    sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=Capture,
                     traces_sample_rate=1.0, default_integrations=False,
                     integrations=[FlaskIntegration(transaction_style=style)])
     client = create_app().test_client()
@@ -450,22 +391,14 @@ for style in ("url", "endpoint"):
         client.get(path, buffered=True)
     sentry_sdk.flush()
     out[style] = {urlsplit(e["request"]["url"]).path: [e["transaction"],
-                  e["transaction_info"]["source"]] for e in transport.events}
+                  e["transaction_info"]["source"]] for e in transactions}
 print(json.dumps(out))
 """
 
 
 def test_name_parity_with_sentry_sdk(sentry_server: SentryServer) -> None:
     paths = [*NAMED_ROUTES, "/boom", "/stream", "/meta"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _SDK_SCRIPT, json.dumps(paths)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    theirs = run_sdk_script(_SDK_SCRIPT, json.dumps(paths))
     for style in ("url", "endpoint"):
         sentry_server.clear()
         app = create_app()

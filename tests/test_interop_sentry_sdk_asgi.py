@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from typing import Any
 from urllib.parse import unquote
@@ -15,6 +11,7 @@ import pytest
 import sentry_tracing_mw as stm
 
 from .asgi_apps import fastapi_app
+from .sdk_peer import run_sdk_script
 from .sentry_server import SentryServer
 from .servers import run_asgi
 
@@ -26,15 +23,6 @@ CLIENT = textwrap.dedent(
     warnings.simplefilter("ignore")
     import requests
     import sentry_sdk
-    from sentry_sdk.transport import Transport
-
-    events = []
-
-    class Capture(Transport):
-        def capture_envelope(self, envelope):
-            for item in envelope.items:
-                if item.type == "transaction":
-                    events.append(item.payload.json)
 
     sentry_sdk.init(dsn="http://0123456789abcdef0123456789abcdef@127.0.0.1:9/42",
                     traces_sample_rate=float(sys.argv[2]),
@@ -43,6 +31,7 @@ CLIENT = textwrap.dedent(
         r = requests.get(sys.argv[1] + "/users/11", timeout=5)
     sentry_sdk.flush(2)
     body = r.json()
+    events = transactions
     spans = [s for e in events for s in e.get("spans", []) if s.get("op") == "http.client"]
     print(json.dumps({
         "status": r.status_code,
@@ -55,17 +44,7 @@ CLIENT = textwrap.dedent(
 
 
 def run_client(url: str, rate: str) -> dict[str, Any]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", CLIENT, url, rate],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": root},
-    )
-    assert out.returncode == 0, out.stderr
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_sdk_script(CLIENT, url, rate)
     return result
 
 

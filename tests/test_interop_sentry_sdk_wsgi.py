@@ -7,10 +7,6 @@ sentry-sdk transaction, calling with ``requests``; sentry-sdk's stdlib integrati
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -18,10 +14,10 @@ from urllib.parse import unquote
 import pytest
 
 import sentry_tracing_mw as stm
-from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION
 from sentry_tracing_mw.integrations.flask import FlaskTracing
 
 from .flask_apps import create_app
+from .sdk_peer import run_sdk_script
 from .sentry_server import SentryServer
 from .servers import run_wsgi
 from .test_wsgi import wait_transactions
@@ -32,46 +28,23 @@ _CLIENT_SCRIPT = r"""
 import json, sys
 import requests
 import sentry_sdk
-from sentry_sdk.transport import Transport
-
-class Capture(Transport):
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.events = []
-    def capture_envelope(self, envelope):
-        for item in envelope.items:
-            if item.type == "transaction":
-                self.events.append(item.payload.json)
 
 url, rate = sys.argv[1], float(sys.argv[2])
 sentry_sdk.init(dsn="http://sdkkey@127.0.0.1:9/7", transport=Capture,
                 traces_sample_rate=rate, release="client@1.2", environment="interop")
-transport = sentry_sdk.get_client().transport
 with sentry_sdk.start_transaction(name="client-job", op="task") as tx:
     resp = requests.get(url, timeout=5)
 sentry_sdk.flush()
 print(json.dumps({"trace_id": tx.trace_id, "sampled": tx.sampled, "response": resp.json(),
-                  "events": transport.events}))
+                  "events": transactions}))
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_outgoing_headers() -> Iterator[None]:
-    token = SUPPRESS_INSTRUMENTATION.set(True)
-    yield
-    SUPPRESS_INSTRUMENTATION.reset(token)
+pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
 
 
 def _run_client(url: str, rate: float) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CLIENT_SCRIPT, url, str(rate)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = run_sdk_script(_CLIENT_SCRIPT, url, str(rate))
     return out
 
 

@@ -10,9 +10,6 @@ the pid of the worker that served them.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,7 +21,7 @@ import pytest
 import requests
 
 from .sentry_server import SentryServer
-from .servers import free_port
+from .servers import run_gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -68,56 +65,23 @@ def gunicorn(
     """gunicorn (sync workers) serving the app module; yields (base URL, master pid, preload)."""
     preload: bool = request.param
     (tmp_path / "prefork_app.py").write_text(APP_MODULE)
-    port = free_port()
-    log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("wb")
     env = {
         **os.environ,
         "STM_PREFORK_DSN": sentry_server.dsn,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
     }
-    cmd = [
-        sys.executable, "-m", "gunicorn",
-        "-w", str(WORKERS), "-k", "sync",
-        "-b", f"127.0.0.1:{port}",
-        "--graceful-timeout", "5",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    if preload:
-        cmd.append("--preload")
-    proc = subprocess.Popen(
-        [*cmd, "prefork_app:app"],
+    with run_gunicorn(
+        "prefork_app:app",
         cwd=tmp_path,
         env=env,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/ready", timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()}") from None
-                time.sleep(0.1)
+        log_path=tmp_path / "gunicorn.log",
+        ready_path="/ready",
+        workers=WORKERS,
+        preload=preload,
+    ) as (base, master):
         assert sentry_server.wait_for(1, 10)
         sentry_server.clear()
-        yield base, proc.pid, preload
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
-        log.close()
+        yield base, master, preload
 
 
 def test_every_worker_delivers_its_transactions(

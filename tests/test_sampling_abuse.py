@@ -27,7 +27,7 @@ from sentry_tracing_mw.integrations import asgi as generic_asgi
 from sentry_tracing_mw.integrations import wsgi as generic_wsgi
 
 from .sentry_server import SentryServer
-from .servers import run_asgi, run_wsgi
+from .servers import answer_lifespan, run_asgi, run_wsgi
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
@@ -46,13 +46,8 @@ def _wsgi_plain(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
 
 async def _asgi_plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     await send(
         {
             "type": "http.response.start",

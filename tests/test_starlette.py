@@ -22,7 +22,7 @@ from sentry_tracing_mw.integrations import asgi as generic_asgi
 
 from . import asgi_apps
 from .asgi_apps import STARLETTE_NAMES, starlette_app
-from .sentry_server import SentryServer
+from .sentry_server import SentryServer, flushed_transactions, transactions_by_name
 from .servers import run_asgi
 
 with warnings.catch_warnings():
@@ -32,14 +32,6 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 STATUS = {200: "ok", 404: "not_found", 405: "invalid_argument"}
-
-
-def by_name(server: SentryServer, n: int) -> dict[str, dict[str, Any]]:
-    assert stm.flush(5)
-    assert server.wait_for(n, timeout=5)
-    txs = server.transactions()
-    assert len(txs) == n, [t["transaction"] for t in txs]
-    return {t["transaction"]: t for t in txs}
 
 
 @pytest.fixture
@@ -68,7 +60,7 @@ def test_route_names_uvicorn(sentry_server: SentryServer) -> None:
     with run_asgi(starlette_app()) as url, httpx.Client(base_url=url, timeout=5) as http:
         for method, path, headers, _ in STARLETTE_NAMES:
             http.request(method, path, headers=headers)
-        got = by_name(sentry_server, len(STARLETTE_NAMES))  # two are "GET 404"
+        got = transactions_by_name(sentry_server, len(STARLETTE_NAMES))  # two are "GET 404"
     assert set(got) == {expected for *_, expected in STARLETTE_NAMES}
 
 
@@ -77,7 +69,7 @@ def test_endpoint_style(sentry_server: SentryServer) -> None:
     with TestClient(starlette_app(transaction_style="endpoint")) as c:
         for path in ("/users/1", "/sub/things/2", "/class-view", "/nope"):
             c.get(path)
-    got = by_name(sentry_server, 4)
+    got = transactions_by_name(sentry_server, 4)
     assert got["tests.asgi_apps._users"]["transaction_info"]["source"] == "component"
     assert {"tests.asgi_apps._thing", "tests.asgi_apps.ClassView", "GET 404"} < set(got)
 
@@ -129,7 +121,7 @@ def test_background_tasks_are_child_spans_and_do_not_delay(sentry_server: Sentry
         r = httpx.get(url + "/bg", timeout=5)
         received = time.monotonic()
         assert r.text == "bg"
-        tx = by_name(sentry_server, 1)["/bg"]
+        tx = transactions_by_name(sentry_server, 1)["/bg"]
     assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
     assert received - start < 0.25
     assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
@@ -144,7 +136,7 @@ def test_background_tasks_are_child_spans_and_do_not_delay(sentry_server: Sentry
 
 def test_single_background_task(sentry_server: SentryServer, client: TestClient) -> None:
     client.get("/bg-one")
-    tx = by_name(sentry_server, 1)["/bg-one"]
+    tx = transactions_by_name(sentry_server, 1)["/bg-one"]
     assert [s["description"] for s in tx["spans"]] == ["bg_sync"]
 
 
@@ -153,7 +145,7 @@ def test_streaming_and_file_responses(sentry_server: SentryServer, client: TestC
     assert r.content == b"x" * 60
     f = client.get("/file")
     assert f.content == b"file-body\n" * 100
-    got = by_name(sentry_server, 2)
+    got = transactions_by_name(sentry_server, 2)
     stream = got["/stream"]
     assert stream["timestamp"] - stream["start_timestamp"] >= 0.3
     assert got["/file"]["contexts"]["trace"]["status"] == "ok"
@@ -196,7 +188,7 @@ def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
     with client.websocket_connect("/ws") as ws:
         ws.send_text("x")
         assert ws.receive_text() == "echo:x"
-    tx = by_name(sentry_server, 1)["/ws"]
+    tx = transactions_by_name(sentry_server, 1)["/ws"]
     assert tx["contexts"]["trace"]["op"] == "websocket.server"
     assert tx["transaction_info"]["source"] == "route"
 
@@ -225,7 +217,7 @@ def test_privacy_rules(sentry_server: SentryServer, client: TestClient) -> None:
         "/plain?password=x&q=1",
         headers={"Authorization": "a", "Cookie": "b=1", "X-Forwarded-For": "1.2.3.4"},
     )
-    req = by_name(sentry_server, 1)["/plain"]["request"]
+    req = transactions_by_name(sentry_server, 1)["/plain"]["request"]
     assert req["query_string"] == "password=[Filtered]&q=1"
     assert not {"Authorization", "Cookie", "X-Forwarded-For"} & set(req["headers"])
     assert req["url"] == "http://testserver/plain"
@@ -238,7 +230,7 @@ def test_client_disconnect_mid_stream(sentry_server: SentryServer) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        tx = by_name(sentry_server, 1)["/endless"]
+        tx = transactions_by_name(sentry_server, 1)["/endless"]
     assert tx["contexts"]["trace"]["status"] == "cancelled"
     assert sentry_server.events() == []
 
@@ -266,7 +258,7 @@ def test_generic_asgi_around_starlette_is_one_transaction(sentry_server: SentryS
     with TestClient(app) as c:
         c.get("/sub/things/9")
         c.get("/nope")
-    got = by_name(sentry_server, 2)
+    got = transactions_by_name(sentry_server, 2)
     assert set(got) == {"/sub/things/{thing_id}", "GET 404"}
     assert got["GET 404"]["contexts"]["trace"]["origin"] == "auto.http.asgi"  # outer owns it
 
@@ -285,7 +277,7 @@ def test_sub_app_with_its_own_middleware_is_one_transaction(sentry_server: Sentr
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with TestClient(outer) as c:
         assert c.get("/outer/acme/sub/things/1").status_code == 200
-    got = by_name(sentry_server, 1)
+    got = transactions_by_name(sentry_server, 1)
     assert list(got) == ["/outer/{tenant}/sub/things/{thing_id}"]
 
 
@@ -300,18 +292,10 @@ def test_constructed_the_way_every_starlette_release_does(sentry_server: SentryS
     for mw in (keyword, positional):
         with TestClient(mw) as c:
             assert c.get("/users/3").status_code == 200
-    got = [t["transaction"] for t in by_name_list(sentry_server, 2)]
+    got = [t["transaction"] for t in flushed_transactions(sentry_server, 2)]
     assert got == ["tests.asgi_apps._users"] * 2, got  # options reached both
     with pytest.raises(TypeError, match="ASGI app"):
         TracingMiddleware(transaction_style="endpoint")
-
-
-def by_name_list(server: SentryServer, n: int) -> list[dict[str, Any]]:
-    assert stm.flush(5)
-    assert server.wait_for(n, timeout=5)
-    txs = server.transactions()
-    assert len(txs) == n, [t["transaction"] for t in txs]
-    return txs
 
 
 # sentry-sdk names these exactly as we do; for the others it loses mount prefixes
@@ -382,7 +366,7 @@ def test_instrumentation_failure_does_not_break_requests(
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with TestClient(starlette_app()) as c:
         assert c.get("/users/2").status_code == 200
-    assert list(by_name(sentry_server, 1)) == ["GET 200"]
+    assert list(transactions_by_name(sentry_server, 1)) == ["GET 200"]
 
 
 def test_direct_asgi_call_leaves_no_span() -> None:

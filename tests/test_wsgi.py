@@ -16,23 +16,17 @@ import pytest
 import requests
 
 import sentry_tracing_mw as stm
-from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
+from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
 
-from .sentry_server import SentryServer
-from .servers import run_wsgi
+from .sentry_server import SentryServer, init_traced
+from .servers import run_wsgi, wsgi_body
 
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
 
 
-@pytest.fixture(autouse=True)
-def _no_outgoing_headers() -> Iterator[None]:
-    """The test thread's own HTTP calls must not carry trace headers (another suite may
-    have instrumented http.client)."""
-    token = SUPPRESS_INSTRUMENTATION.set(True)
-    yield
-    SUPPRESS_INSTRUMENTATION.reset(token)
+pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
 
 
 def _json(start_response: Any, data: Any, status: str = "200 OK") -> list[bytes]:
@@ -103,12 +97,7 @@ def _call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
         return lambda data: None
 
     result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+    body = wsgi_body(result)
     return status[-1], body
 
 
@@ -126,11 +115,6 @@ def wait_transactions(
         time.sleep(0.02)
 
 
-def _init(server: SentryServer, **options: Any) -> None:
-    options.setdefault("traces_sample_rate", 1.0)
-    stm.init(dsn=server.dsn, instrument_http_clients=False, **options)
-
-
 def _one_tx(server: SentryServer, n: int = 1) -> list[dict[str, Any]]:
     assert stm.flush(5)
     txs = wait_transactions(server, n)
@@ -142,7 +126,7 @@ def _one_tx(server: SentryServer, n: int = 1) -> list[dict[str, Any]]:
 
 
 def test_real_server_transaction_shape_and_privacy(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
         resp = requests.get(
@@ -193,7 +177,7 @@ def test_real_server_transaction_shape_and_privacy(sentry_server: SentryServer) 
 
 
 def test_send_default_pii_keeps_headers_ip_and_query(sentry_server: SentryServer) -> None:
-    _init(sentry_server, send_default_pii=True)
+    init_traced(sentry_server, send_default_pii=True)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
         requests.get(
@@ -211,7 +195,7 @@ def test_send_default_pii_keeps_headers_ip_and_query(sentry_server: SentryServer
 
 
 def test_error_status_and_set_transaction_name_hook(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     assert _call(app, _environ("/missing"))[0].startswith("404")
     assert _call(app, _environ("/named"))[0].startswith("200")
@@ -229,7 +213,7 @@ def test_set_transaction_name_outside_a_transaction_is_harmless() -> None:
 
 
 def test_script_name_is_part_of_the_url_name(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     _call(app, _environ("/things/3", SCRIPT_NAME="/mount"))
     (tx,) = _one_tx(sentry_server)
@@ -241,7 +225,7 @@ def test_script_name_is_part_of_the_url_name(sentry_server: SentryServer) -> Non
 
 
 def test_streamed_body_is_part_of_the_transaction(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
         resp = requests.get(f"{base}/stream", timeout=5)
@@ -252,7 +236,7 @@ def test_streamed_body_is_part_of_the_transaction(sentry_server: SentryServer) -
 
 
 def test_file_wrapper_fast_path_is_kept_and_ends_on_close(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     opened: list[FileWrapper] = []
 
     def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -277,7 +261,7 @@ def test_file_wrapper_fast_path_is_kept_and_ends_on_close(sentry_server: SentryS
 
 
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
         port = int(base.rsplit(":", 1)[1])
@@ -293,7 +277,7 @@ def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) 
 
 
 def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     raised: list[BaseException] = []
 
     def app_raises(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -319,7 +303,7 @@ def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: Sent
 
 
 def test_exception_mid_stream(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     result = app(_environ("/stream-fail"), lambda s, h, e=None: None)
     it = iter(result)
@@ -338,7 +322,7 @@ def test_exception_mid_stream(sentry_server: SentryServer) -> None:
 
 
 def test_ignore_paths_skip_tracing(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app, ignore_paths=["/health", "/static/*"])
     assert _call(app, _environ("/health"))[0].startswith("200")
     assert _call(app, _environ("/static/app.js"))[0].startswith("200")
@@ -350,7 +334,7 @@ def test_ignore_paths_skip_tracing(sentry_server: SentryServer) -> None:
 def test_head_and_options_untraced_but_each_gets_its_own_trace(
     sentry_server: SentryServer,
 ) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     seen: list[str] = []
     with run_wsgi(app) as base:
@@ -367,7 +351,7 @@ def test_head_and_options_untraced_but_each_gets_its_own_trace(
 
 
 def test_http_methods_to_capture(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app, http_methods_to_capture=["head"])
     _call(app, _environ("/a", "HEAD"))
     _call(app, _environ("/b", "GET"))
@@ -380,7 +364,7 @@ def test_http_methods_to_capture(sentry_server: SentryServer) -> None:
 
 
 def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     baggage = (
         f"sentry-trace_id={TRACE_ID},sentry-public_key=upstream,sentry-sample_rate=0.5,"
@@ -412,7 +396,7 @@ def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None
 
 
 def test_negative_upstream_decision_sends_nothing(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     out = json.loads(
         _call(app, _environ("/headers", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"))[1]
@@ -423,7 +407,7 @@ def test_negative_upstream_decision_sends_nothing(sentry_server: SentryServer) -
 
 
 def test_traceparent_fallback(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     _call(app, _environ("/tp", HTTP_TRACEPARENT=f"00-{TRACE_ID}-{PARENT_ID}-01"))
     (tx,) = _one_tx(sentry_server)
@@ -440,7 +424,7 @@ def test_traces_sampler_receives_the_environ(sentry_server: SentryServer) -> Non
         )
         return 1.0 if ctx["wsgi_environ"]["PATH_INFO"] == "/yes" else 0.0
 
-    _init(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
+    init_traced(sentry_server, traces_sample_rate=None, traces_sampler=sampler)
     app = TracingMiddleware(plain_app)
     _call(app, _environ("/yes"))
     _call(app, _environ("/no"))
@@ -453,7 +437,7 @@ def test_traces_sampler_receives_the_environ(sentry_server: SentryServer) -> Non
 
 
 def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     ids = [f"{i:032x}" for i in range(1, 9)]
     with run_wsgi(app) as base:
@@ -472,7 +456,7 @@ def test_concurrent_requests_are_isolated(sentry_server: SentryServer) -> None:
 
 
 def test_no_span_left_current_on_a_reused_server_thread(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     traced = TracingMiddleware(plain_app)
     observed: list[tuple[str, object, object]] = []
 
@@ -505,7 +489,7 @@ def test_no_span_left_current_on_a_reused_server_thread(sentry_server: SentrySer
 
 
 def test_nested_middlewares_make_one_transaction(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(TracingMiddleware(TracingMiddleware(plain_app)))
     with run_wsgi(app) as base:
         requests.get(f"{base}/stream", timeout=5)
@@ -516,7 +500,7 @@ def test_nested_middlewares_make_one_transaction(sentry_server: SentryServer) ->
 
 
 def test_odd_environ_is_served(sentry_server: SentryServer) -> None:
-    _init(sentry_server)
+    init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     environ = {
         "REQUEST_METHOD": "GET",

@@ -315,9 +315,10 @@ class IngestResult:
         }
 
 
-def _span_from_event(raw: Any, where: str, default_trace: str, root: bool) -> _SpanRow:
-    if not isinstance(raw, dict):
-        raise EnvelopeError(f"{where}: not a JSON object")
+def _span_ids(
+    raw: dict[str, Any], where: str, default_trace: str | None = None
+) -> tuple[str, str, str | None]:
+    """A span's validated (trace id, span id, parent span id or None)."""
     trace_id = _trace_id(raw.get("trace_id", default_trace))
     span_id = _span_id(raw.get("span_id"))
     if trace_id is None:
@@ -328,6 +329,13 @@ def _span_from_event(raw: Any, where: str, default_trace: str, root: bool) -> _S
     parent_id = _span_id(parent) if parent is not None else None
     if parent is not None and parent_id is None:
         raise EnvelopeError(f"{where}: invalid parent_span_id {parent!r}")
+    return trace_id, span_id, parent_id
+
+
+def _span_from_event(raw: Any, where: str, default_trace: str, root: bool) -> _SpanRow:
+    if not isinstance(raw, dict):
+        raise EnvelopeError(f"{where}: not a JSON object")
+    trace_id, span_id, parent_id = _span_ids(raw, where, default_trace)
     tags = raw.get("tags")
     data = raw.get("data")
     return _SpanRow(
@@ -420,16 +428,7 @@ def _prepare_span_v2(
         if isinstance(attrs_raw, dict)
         else {}
     )
-    trace_id = _trace_id(raw.get("trace_id"))
-    span_id = _span_id(raw.get("span_id"))
-    if trace_id is None:
-        raise EnvelopeError(f"{where}: missing or invalid trace_id")
-    if span_id is None:
-        raise EnvelopeError(f"{where}: missing or invalid span_id")
-    parent = raw.get("parent_span_id")
-    parent_id = _span_id(parent) if parent is not None else None
-    if parent is not None and parent_id is None:
-        raise EnvelopeError(f"{where}: invalid parent_span_id {parent!r}")
+    trace_id, span_id, parent_id = _span_ids(raw, where)
     is_segment = raw.get("is_segment") is True
     segment_id = _span_id(attrs.get("sentry.segment.id")) or _span_id(raw.get("segment_id"))
     if segment_id is None:

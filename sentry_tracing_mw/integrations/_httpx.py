@@ -166,12 +166,29 @@ def _prepare(request: httpx.Request) -> Span | None:
     return span
 
 
-class _SyncStream(httpx.SyncByteStream):
+class _EndsSpan:
+    """The span of a response body stream, ended once: by the end of the body, its failure
+    or the stream's close."""
+
+    _span: Span | None
+
+    def _end(self) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            finish(span)
+
+    def _fail(self, exc: BaseException) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            fail(span, exc, _TIMEOUTS)
+
+
+class _SyncStream(_EndsSpan, httpx.SyncByteStream):
     """Ends the span at the end of the body or on close."""
 
     def __init__(self, inner: httpx.SyncByteStream, span: Span) -> None:
         self._inner = inner
-        self._span: Span | None = span
+        self._span = span
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -179,16 +196,9 @@ class _SyncStream(httpx.SyncByteStream):
         except GeneratorExit:
             raise  # the reader stopped early; close() ends the span
         except BaseException as exc:
-            span, self._span = self._span, None
-            if span is not None:
-                fail(span, exc, _TIMEOUTS)
+            self._fail(exc)
             raise
         self._end()
-
-    def _end(self) -> None:
-        span, self._span = self._span, None
-        if span is not None:
-            finish(span)
 
     def close(self) -> None:
         try:
@@ -197,12 +207,12 @@ class _SyncStream(httpx.SyncByteStream):
             self._end()
 
 
-class _AsyncStream(httpx.AsyncByteStream):
+class _AsyncStream(_EndsSpan, httpx.AsyncByteStream):
     """Ends the span at the end of the body or on aclose."""
 
     def __init__(self, inner: httpx.AsyncByteStream, span: Span) -> None:
         self._inner = inner
-        self._span: Span | None = span
+        self._span = span
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -211,16 +221,9 @@ class _AsyncStream(httpx.AsyncByteStream):
         except GeneratorExit:
             raise
         except BaseException as exc:
-            span, self._span = self._span, None
-            if span is not None:
-                fail(span, exc, _TIMEOUTS)
+            self._fail(exc)
             raise
         self._end()
-
-    def _end(self) -> None:
-        span, self._span = self._span, None
-        if span is not None:
-            finish(span)
 
     async def aclose(self) -> None:
         try:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request  # module level: FastAPI resolves annotations here
 
+from ..servers import answer_lifespan, wsgi_body
 from .corpus import Case
 
 INTEGRATIONS = ("wsgi", "flask", "django_wsgi", "django_asgi", "asgi", "starlette", "fastapi")
@@ -103,13 +104,8 @@ def _scope_pairs(scope: dict[str, Any]) -> list[tuple[str, Any]]:
 
 async def echo_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     body = digest(_scope_pairs(scope))
     await send(
         {
@@ -226,12 +222,7 @@ def call_wsgi(app: Any, case: Case, environ: dict[str, Any] | None = None) -> tu
     environ = wsgi_environ(case) if environ is None else dict(environ)
     environ["wsgi.input"] = io.BytesIO(b"")
     result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+    body = wsgi_body(result)
     return int(status[-1][:3]), body
 
 

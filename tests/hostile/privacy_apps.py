@@ -18,6 +18,8 @@ from starlette.requests import Request  # module level: FastAPI resolves annotat
 
 import sentry_tracing_mw as stm
 
+from ..servers import answer_lifespan
+
 SECRETS = {
     "cookie": "ck7SECRETcookie",
     "authorization": "az7SECRETauth",
@@ -167,13 +169,8 @@ def django_call(request: Any) -> Any:
 
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     path = scope["path"]
     if path == "/page":
         more = True
