@@ -6,11 +6,8 @@ building the payload, JSON, gzip and HTTP all happen on the worker (protocol §2
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
-import socket
-import ssl
 import threading
 import time
 import uuid
@@ -28,6 +25,7 @@ from ._client_reports import FLUSH_INTERVAL, ClientReports
 from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
+from ._http import HTTPConnection, StaleConnectionError
 from ._ratelimits import RateLimits
 from ._serialize import dumps
 
@@ -204,7 +202,7 @@ class Transport:
         self._closed = False
         self._worker: threading.Thread | None = None
         self._pool: urllib3.PoolManager | None = None
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: HTTPConnection | None = None
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: new lock, empty queue, no worker, no pooled sockets."""
@@ -400,45 +398,26 @@ class Transport:
             except Exception:  # pragma: no cover
                 pass
 
-    def _new_connection(self) -> http.client.HTTPConnection:
-        dsn = self.dsn
-        if dsn.scheme == "https":
-            context = ssl.create_default_context(cafile=self._ca_certs)
-            return http.client.HTTPSConnection(
-                dsn.host, dsn.port, timeout=self._connect_timeout, context=context
-            )
-        return http.client.HTTPConnection(dsn.host, dsn.port, timeout=self._connect_timeout)
-
     def _post_direct(self, body: bytes) -> tuple[int, Mapping[str, str]]:
-        """One keep-alive connection (the worker is the only user), verified TLS."""
-        for attempt in (0, 1):
-            conn = self._conn
-            reused = conn is not None
-            if conn is None:
-                conn = self._conn = self._new_connection()
-            try:
-                if conn.sock is None:
-                    conn.connect()
-                    sock = conn.sock
-                    if sock is not None:
-                        sock.settimeout(self._read_timeout)
-                        # headers and body go out in two writes: avoid Nagle/delayed-ACK stalls
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.request("POST", self._path, body=body, headers=self._headers)
-                response = conn.getresponse()
-                response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._clear_pool()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle keep-alive connection: retry once
-                raise
-            except Exception:
-                self._clear_pool()
-                raise
-            if response.will_close:
-                self._clear_pool()
-            return response.status, response.headers  # type: ignore[return-value]
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One keep-alive connection (the worker is its only user), verified TLS."""
+        conn = self._conn
+        if conn is None:
+            dsn = self.dsn
+            conn = self._conn = HTTPConnection(
+                dsn.scheme,
+                dsn.host,
+                dsn.port,
+                self._path,
+                self._headers,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                ca_certs=self._ca_certs,
+            )
+        try:
+            return conn.post(body)
+        except StaleConnectionError:
+            # the server closed an idle keep-alive connection: one retry on a new one
+            return conn.post(body)
 
     def _process(self, pending: Pending) -> None:
         category = pending.category
