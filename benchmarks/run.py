@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and write ``docs/benchmarks.md``.
 
-    python3 benchmarks/run.py            # full run (~25 min on an idle 2-core machine)
+    python3 benchmarks/run.py            # full run (~20 min on a 2-core machine)
     python3 benchmarks/run.py --quick    # development run (< 2 min): fewer rounds and requests
 
 Sections: in-process incoming requests (Flask, Django, Starlette, FastAPI: bare, ours,
