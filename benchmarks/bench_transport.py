@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any
 
+from _harness import SINK_SERVER
+
 from sentry_tracing_mw._client_reports import ClientReports
 from sentry_tracing_mw._dsn import Dsn
 from sentry_tracing_mw._transport import Pending, Transport
@@ -25,46 +27,10 @@ from sentry_tracing_mw._version import VERSION
 
 SDK = {"name": "sentry.python.tracemw", "version": VERSION}
 
-# A minimal keep-alive HTTP/1.1 sink: parses only the request head and Content-Length, so
-# the measurement is dominated by the transport, not by http.server's header parsing.
-DISCARD_SERVER = r"""
-import socket, threading
 
-RESP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+# The same discarding keep-alive sink the whole suite uses (see _harness.py).
+DISCARD_SERVER = SINK_SERVER
 
-def handle(conn):
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = b""
-    with conn:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                key, _, value = line.partition(b":")
-                if key.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(buf) < length:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            buf = buf[length:]
-            conn.sendall(RESP)
-
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 0))
-srv.listen(64)
-print(srv.getsockname()[1], flush=True)
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=handle, args=(c,), daemon=True).start()
-"""
 
 
 def transaction(spans: int = 10) -> tuple[dict[str, Any], dict[str, str]]:
