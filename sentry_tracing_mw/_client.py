@@ -21,8 +21,8 @@ from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, transaction_event
 from ._ids import new_sample_rand, new_trace_id
 from ._options import Options, build_options
-from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
-from ._sampling import SamplingContext, TokenBucket, decide
+from ._propagation import IncomingTrace, parse_incoming_baggage
+from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._tracing import PropagationContext, Span, Transaction
 from ._transport import Pending, Transport, uwsgi_threads_disabled
 
@@ -65,6 +65,12 @@ class Client:
         self._ignore_exact = frozenset(exact)
         self._ignore_patterns = tuple(patterns)
         self._trust = options.trust_incoming_traces
+        self._org_id = options.org_id
+        # What may need an incoming baggage at the start of a request: a sampler (parent
+        # rate) and strict continuation (their org id). Without them it is parsed lazily.
+        self._may_defer_baggage = (
+            options.traces_sampler is None and not options.strict_trace_continuation
+        )
         self._closed = False
 
     # -- incoming traces --------------------------------------------------------
@@ -97,7 +103,28 @@ class Client:
         return not (self.options.strict_trace_continuation and theirs != ours)
 
     def continue_trace(self, incoming: IncomingTrace | None) -> PropagationContext:
-        """The propagation context for a unit of work: continued from ``incoming`` or new."""
+        """The propagation context for a unit of work: continued from ``incoming`` or new.
+
+        An ``incoming`` with unparsed baggage (``extract(..., lazy=True)``) stays unparsed
+        when nothing at the start of the request needs it: the parent made the decision,
+        no ``traces_sampler`` wants the parent's rate and no org check applies.
+        """
+        if incoming is not None and incoming.baggage is not None:
+            if (
+                incoming.parent_sampled is not None
+                and self._may_defer_baggage
+                and (self._org_id is None or "sentry-org_id" not in incoming.baggage)
+            ):
+                return PropagationContext(
+                    self,
+                    incoming.trace_id,
+                    parent_span_id=incoming.parent_span_id,
+                    sampled=incoming.parent_sampled,
+                    tracestate=incoming.tracestate,
+                    random=incoming.random,
+                    pending=incoming,
+                )
+            incoming = parse_incoming_baggage(incoming)
         if incoming is not None and not self._org_allows(incoming):
             logger.debug("org_id mismatch: starting a new trace instead of continuing")
             incoming = None
@@ -108,49 +135,22 @@ class Client:
             ctx._span_id = None
             ctx.parent_span_id = None
             ctx.sampled = None
-            ctx.sample_rate = None
-            ctx.sample_rand = new_sample_rand()
+            ctx._sample_rate = None
+            ctx._sample_rand = new_sample_rand()
             ctx._dsc = None
             ctx._baggage = None
-            ctx.third_party = ()
+            ctx._third_party = ()
             ctx.tracestate = None
             ctx.random = True
             ctx.transaction = None
+            ctx._pending = None
             return ctx
-        dsc = incoming.dsc
-        parent_sampled = incoming.parent_sampled
-        rate = parse_sample_rate(dsc.get("sample_rate")) if dsc else None
-        rand = parse_sample_rand(dsc.get("sample_rand")) if dsc else None
-        recorded = dsc.get("sampled") if dsc else None
-        if (
-            rand is not None
-            and rate is not None
-            and recorded is not None
-            and (rand < rate) is not (recorded == "true")
-        ):
-            # An inconsistent upstream DSC (hostile or buggy): its sample_rand cannot have
-            # made its decision. Drop it; a consistent one is backfilled below.
-            dsc = {k: v for k, v in dsc.items() if k != "sample_rand"}  # type: ignore[union-attr]
-            rand = None
-        if rand is None:
-            if parent_sampled is not None and rate is not None:
-                rand = new_sample_rand(0.0, rate) if parent_sampled else new_sample_rand(rate, 1.0)
-            else:
-                rand = new_sample_rand()
-            # Backfilled only when it reproduces the DSC's recorded decision: no value fits
-            # an empty interval (rate 0 and sampled), so the DSC then goes without one.
-            if dsc is not None and (
-                rate is None or recorded is None or (rand < rate) is (recorded == "true")
-            ):
-                dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
-        if dsc is not None and "public_key" not in dsc and self.options.public_key:
-            # Relay cannot use a DSC without a public key; fill in ours (never replace theirs).
-            dsc = {**dsc, "public_key": self.options.public_key}
+        rate, rand, dsc = continued_sampling(incoming, self.options.public_key)
         return PropagationContext(
             self,
             incoming.trace_id,
             parent_span_id=incoming.parent_span_id,
-            sampled=parent_sampled,
+            sampled=incoming.parent_sampled,
             sample_rate=rate,
             sample_rand=rand,
             dsc=dsc,
@@ -183,10 +183,19 @@ class Client:
         elif sampler is None:
             # Fast path (no sampler): inherit the parent's decision, else use the rate.
             if parent_sampled is not None:
-                decision, rate = parent_sampled, ctx.sample_rate
-            else:
-                rate = opts.traces_sample_rate
-                decision = None if rate is None else ctx.sample_rand < rate
+                # The parent's rate stays as it is: reading it may parse the baggage.
+                decision = parent_sampled
+                cap = self._inherited_cap
+                if decision and cap is not None and not cap.take():
+                    logger.debug("max_inherited_sampled_per_second reached: not sampling")
+                    decision = False
+                ctx.sampled = decision
+                recording = decision and opts.tracing_enabled
+                return Transaction(
+                    self, ctx, name, op=op, source=source, origin=origin, recording=recording
+                )
+            rate = opts.traces_sample_rate
+            decision = None if rate is None else ctx.sample_rand < rate
         elif not opts.tracing_enabled:  # pragma: no cover - a sampler enables tracing
             decision, rate = parent_sampled, ctx.sample_rate
         else:

@@ -36,6 +36,7 @@ __all__ = [
     "format_sentry_trace",
     "format_traceparent",
     "parse_baggage",
+    "parse_incoming_baggage",
     "parse_sample_rand",
     "parse_sample_rate",
     "parse_sentry_trace",
@@ -607,6 +608,23 @@ class IncomingTrace(NamedTuple):
     third_party: tuple[str, ...]
     tracestate: str | None
     random: bool
+    #: The raw ``baggage`` while it is still unparsed (``extract(..., lazy=True)``); then
+    #: ``dsc`` and ``third_party`` are empty until :func:`parse_incoming_baggage`.
+    baggage: str | None = None
+
+
+def parse_incoming_baggage(incoming: IncomingTrace) -> IncomingTrace:
+    """``incoming`` with its deferred ``baggage`` parsed into ``dsc`` and ``third_party``."""
+    raw = incoming.baggage
+    if raw is None:
+        return incoming
+    try:
+        sentry, third_party = _parse_baggage(raw)
+        dsc = _sanitize_dsc(sentry, incoming.trace_id) if sentry else None
+    except Exception:
+        _logger.debug("ignoring an incoming baggage that could not be read", exc_info=True)
+        dsc, third_party = None, ()
+    return _new_tuple(IncomingTrace, (*incoming[:3], dsc, third_party, *incoming[5:7], None))
 
 
 def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
@@ -637,7 +655,7 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
     return dsc
 
 
-def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
+def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | None:
     get = getter.get
     sentry_trace = parse_sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
     raw_traceparent = get(carrier, TRACEPARENT_HEADER)
@@ -658,24 +676,34 @@ def _extract(carrier: Any, getter: Getter[Any]) -> IncomingTrace | None:
     baggage = get(carrier, BAGGAGE_HEADER)
     dsc: dict[str, str] | None = None
     third_party: tuple[str, ...] = ()
+    raw: str | None = None
     if baggage and len(baggage) <= _MAX_INCOMING_BAGGAGE_CHARS:
-        sentry, third_party = _parse_baggage(baggage)
-        if sentry:
-            dsc = _sanitize_dsc(sentry, trace_id)
+        if lazy:
+            raw = baggage
+        else:
+            sentry, third_party = _parse_baggage(baggage)
+            if sentry:
+                dsc = _sanitize_dsc(sentry, trace_id)
     return _new_tuple(
         IncomingTrace,
-        (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random),
+        (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random, raw),
     )
 
 
 @overload
-def extract(carrier: Mapping[str, str]) -> IncomingTrace | None: ...
+def extract(carrier: Mapping[str, str], *, lazy: bool = ...) -> IncomingTrace | None: ...
 @overload
-def extract(carrier: C, getter: Getter[C]) -> IncomingTrace | None: ...
-def extract(carrier: Any, getter: Getter[Any] = DICT_GETTER) -> IncomingTrace | None:
-    """Read the incoming trace headers from ``carrier``; None when no valid trace header."""
+def extract(carrier: C, getter: Getter[C], *, lazy: bool = ...) -> IncomingTrace | None: ...
+def extract(
+    carrier: Any, getter: Getter[Any] = DICT_GETTER, *, lazy: bool = False
+) -> IncomingTrace | None:
+    """Read the incoming trace headers from ``carrier``; None when no valid trace header.
+
+    ``lazy`` leaves the baggage unparsed in ``IncomingTrace.baggage`` (see
+    :func:`parse_incoming_baggage`): most requests that inherit a decision never need it.
+    """
     try:
-        return _extract(carrier, getter)
+        return _extract(carrier, getter, lazy)
     except Exception:
         _logger.debug("ignoring incoming trace headers that could not be read", exc_info=True)
         return None

@@ -15,7 +15,10 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["SamplingContext", "TokenBucket", "decide"]
+from ._ids import new_sample_rand
+from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
+
+__all__ = ["SamplingContext", "TokenBucket", "continued_sampling", "decide"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -83,6 +86,47 @@ def decide(
     if sample_rate is not None:
         return sample_rand < sample_rate, sample_rate
     return None, None
+
+
+def continued_sampling(
+    incoming: IncomingTrace, public_key: str | None
+) -> tuple[float | None, float, dict[str, str] | None]:
+    """``(sample_rate, sample_rand, dsc)`` for a trace continued from a parsed ``incoming``.
+
+    The upstream ``sample_rand`` is kept when it is consistent with the upstream decision;
+    otherwise one is drawn that reproduces the parent's decision at its rate, and it is
+    backfilled into the DSC only when it reproduces the DSC's recorded decision. A DSC
+    without a public key gets ours (Relay cannot use it otherwise).
+    """
+    dsc = incoming.dsc
+    parent_sampled = incoming.parent_sampled
+    rate = parse_sample_rate(dsc.get("sample_rate")) if dsc else None
+    rand = parse_sample_rand(dsc.get("sample_rand")) if dsc else None
+    recorded = dsc.get("sampled") if dsc else None
+    if (
+        rand is not None
+        and rate is not None
+        and recorded is not None
+        and (rand < rate) is not (recorded == "true")
+    ):
+        # An inconsistent upstream DSC (hostile or buggy): its sample_rand cannot have
+        # made its decision. Drop it; a consistent one is backfilled below.
+        dsc = {k: v for k, v in dsc.items() if k != "sample_rand"}  # type: ignore[union-attr]
+        rand = None
+    if rand is None:
+        if parent_sampled is not None and rate is not None:
+            rand = new_sample_rand(0.0, rate) if parent_sampled else new_sample_rand(rate, 1.0)
+        else:
+            rand = new_sample_rand()
+        # Backfilled only when it reproduces the DSC's recorded decision: no value fits
+        # an empty interval (rate 0 and sampled), so the DSC then goes without one.
+        if dsc is not None and (
+            rate is None or recorded is None or (rand < rate) is (recorded == "true")
+        ):
+            dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
+    if dsc is not None and "public_key" not in dsc and public_key:
+        dsc = {**dsc, "public_key": public_key}
+    return rate, rand, dsc
 
 
 class TokenBucket:

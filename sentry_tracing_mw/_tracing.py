@@ -22,12 +22,15 @@ from ._propagation import (
     SENTRY_TRACE_HEADER,
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
+    IncomingTrace,
     format_baggage,
     format_sample_rand,
     format_sample_rate,
     format_sentry_trace,
     format_traceparent,
+    parse_incoming_baggage,
 )
+from ._sampling import continued_sampling
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -104,20 +107,24 @@ class PropagationContext:
 
     ``sampled`` is the decision propagated downstream (None = deferred). The dynamic
     sampling context is frozen on first use: taken as received from upstream, or built
-    from this service's values when it is the head.
+    from this service's values when it is the head. A continued trace may hold its
+    upstream ``baggage`` unparsed (``pending``): ``sample_rate``, ``sample_rand``,
+    ``third_party`` and the DSC are then worked out on first use, which a request that
+    inherits its decision and calls nothing downstream never needs.
     """
 
     __slots__ = (
         "_baggage",
         "_client",
         "_dsc",
+        "_pending",
+        "_sample_rand",
+        "_sample_rate",
         "_span_id",
+        "_third_party",
         "parent_span_id",
         "random",
-        "sample_rand",
-        "sample_rate",
         "sampled",
-        "third_party",
         "trace_id",
         "tracestate",
         "transaction",
@@ -136,20 +143,75 @@ class PropagationContext:
         third_party: tuple[str, ...] = (),
         tracestate: str | None = None,
         random: bool = True,
+        pending: IncomingTrace | None = None,
     ) -> None:
         self._client = client
         self.trace_id = trace_id
         self._span_id: str | None = None
         self.parent_span_id = parent_span_id
         self.sampled = sampled
-        self.sample_rate = sample_rate
-        self.sample_rand = sample_rand
+        self._sample_rate = sample_rate
+        self._sample_rand = sample_rand
         self._dsc = dsc
         self._baggage: str | None = None
-        self.third_party = third_party
+        self._third_party = third_party
         self.tracestate = tracestate
         self.random = random
         self.transaction: Transaction | None = None
+        self._pending = pending
+
+    def _resolve(self) -> None:
+        """Parse the pending upstream baggage into the sampling values and the DSC."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        incoming = parse_incoming_baggage(pending)
+        rate, rand, dsc = continued_sampling(incoming, self._client.options.public_key)
+        self._sample_rate = rate
+        self._sample_rand = rand
+        self._third_party = incoming.third_party
+        if self._dsc is None:
+            self._dsc = dsc
+
+    @property
+    def sample_rate(self) -> float | None:
+        """The rate behind ``sampled`` (None when unknown or deferred)."""
+        if self._pending is not None:
+            self._resolve()
+        return self._sample_rate
+
+    @sample_rate.setter
+    def sample_rate(self, value: float | None) -> None:
+        if self._pending is not None:
+            self._resolve()
+        self._sample_rate = value
+
+    @property
+    def sample_rand(self) -> float:
+        """The trace's random value in [0, 1) that every sampling decision compares with."""
+        if self._pending is not None:
+            self._resolve()
+        return self._sample_rand
+
+    @sample_rand.setter
+    def sample_rand(self, value: float) -> None:
+        if self._pending is not None:
+            self._resolve()
+        self._sample_rand = value
+
+    @property
+    def third_party(self) -> tuple[str, ...]:
+        """Upstream baggage members of other vendors, forwarded downstream."""
+        if self._pending is not None:
+            self._resolve()
+        return self._third_party
+
+    @third_party.setter
+    def third_party(self, value: tuple[str, ...]) -> None:
+        if self._pending is not None:
+            self._resolve()
+        self._third_party = value
 
     @property
     def span_id(self) -> str:
@@ -162,10 +224,14 @@ class PropagationContext:
     @property
     def frozen(self) -> bool:
         """True once the DSC has left the process (or came frozen from upstream)."""
+        if self._pending is not None:
+            self._resolve()
         return self._dsc is not None
 
     def dsc(self) -> dict[str, str]:
         """The dynamic sampling context, frozen on first call (protocol §11)."""
+        if self._pending is not None:
+            self._resolve()
         dsc = self._dsc
         if dsc is None:
             dsc = self._dsc = self._build_dsc()

@@ -27,6 +27,7 @@ from sentry_tracing_mw._propagation import (
     format_sentry_trace,
     format_traceparent,
     parse_baggage,
+    parse_incoming_baggage,
     parse_sentry_trace,
     parse_traceparent,
     parse_tracestate,
@@ -175,6 +176,37 @@ def test_dsc_from_any_incoming_headers_is_valid(
     assert 0.0 <= ctx.sample_rand < 1.0
     if ctx.sample_rate is not None:
         assert 0.0 <= ctx.sample_rate <= 1.0 and math.isfinite(ctx.sample_rate)
+
+
+@PROPS
+@given(incoming_headers(), st.sampled_from([None, 0.0, 0.5, 1.0]))
+def test_lazy_baggage_gives_the_same_trace_as_eager_parsing(
+    headers: dict[str, str], rate: float | None
+) -> None:
+    """Middlewares extract lazily; once used, the context equals the eagerly parsed one."""
+    client = _client_for(rate)
+    eager = extract(headers)
+    lazy = extract(headers, lazy=True)
+    if eager is None:
+        assert lazy is None
+        return
+    assert lazy is not None
+    assert lazy.dsc is None and lazy.third_party == ()
+    assert parse_incoming_baggage(lazy) == eager
+    a = client.continue_trace(eager)
+    b = client.continue_trace(lazy)
+    assert (a.trace_id, a.parent_span_id, a.sampled) == (b.trace_id, b.parent_span_id, b.sampled)
+    assert a.third_party == b.third_party
+    assert a.sample_rate == b.sample_rate
+    dsc_a, dsc_b = a.dsc(), b.dsc()
+    _invariant(dsc_b)
+    # sample_rand is drawn afresh when upstream sent none (or an inconsistent one)
+    assert {k: v for k, v in dsc_a.items() if k != "sample_rand"} == {
+        k: v for k, v in dsc_b.items() if k != "sample_rand"
+    }
+    if eager.dsc is not None and eager.dsc.get("sample_rand") == dsc_a.get("sample_rand"):
+        assert dsc_b.get("sample_rand") == dsc_a.get("sample_rand")
+        assert a.sample_rand == b.sample_rand
 
 
 @PROPS

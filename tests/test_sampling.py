@@ -9,6 +9,7 @@ import pytest
 
 import sentry_tracing_mw as stm
 from sentry_tracing_mw._client import get_client
+from sentry_tracing_mw._propagation import extract
 from sentry_tracing_mw._sampling import TokenBucket
 
 TRACE = "771a43a4192642f0b136d5159a501700"
@@ -217,8 +218,9 @@ def test_rate_zero_is_not_deferred() -> None:
         ("1", "2", True, False),
     ],
 )
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_strict_trace_continuation_matrix(
-    theirs: str | None, ours: str | None, strict: bool, continued: bool
+    theirs: str | None, ours: str | None, strict: bool, continued: bool, lazy: bool
 ) -> None:
     kw: dict[str, Any] = {"strict_trace_continuation": strict, "traces_sample_rate": 1.0}
     dsn = f"https://key@o{ours}.ingest.sentry.io/7" if ours else "https://key@example.com/7"
@@ -226,7 +228,13 @@ def test_strict_trace_continuation_matrix(
     dsc = {"trace_id": TRACE, "public_key": "k"}
     if theirs:
         dsc["org_id"] = theirs
-    tx = stm.start_transaction("t", headers=incoming("-1", **dsc))
+    if lazy:  # as the middlewares do: the baggage is parsed only when something needs it
+        client = get_client()
+        found = extract(incoming("-1", **dsc), lazy=True)
+        assert found is not None and found.dsc is None and found.baggage
+        tx = client.start_transaction("t", ctx=client.continue_trace(found))
+    else:
+        tx = stm.start_transaction("t", headers=incoming("-1", **dsc))
     assert (tx.trace_id == TRACE) is continued
     if not continued:
         assert tx.parent_span_id is None

@@ -124,7 +124,7 @@ def start_request(
 
     ``carrier`` None means the caller already knows there are no trace headers.
     """
-    incoming = extract(carrier, getter) if carrier is not None else None
+    incoming = extract(carrier, getter, lazy=True) if carrier is not None else None
     if incoming is not None and client._trust is not True and not client.trusts(peer, request):
         incoming = None
     ctx = client.continue_trace(incoming)
