@@ -390,3 +390,31 @@ def test_unsampled_sends_nothing_but_propagates(sentry_server: SentryServer) -> 
     assert status == 200
     assert stm.flush(5)
     assert sentry_server.transactions() == []
+
+
+def test_unsampled_request_still_captures_errors_but_not_disconnects(
+    sentry_server: SentryServer,
+) -> None:
+    """Error events do not depend on sampling; a send to a gone client is no app error."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)
+    app = TracingMiddleware(raw_asgi_app)
+    with pytest.raises(KeyError):
+        asyncio.run(call(app, path="/error"))
+    assert stm.flush(5)
+    assert sentry_server.wait_for(1)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "KeyError"
+    assert sentry_server.transactions() == []
+
+    async def gone(message: dict[str, Any]) -> None:
+        raise ConnectionResetError("client went away")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/plain", "headers": []}
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(app(scope, receive, gone))
+    assert stm.flush(5)
+    assert len(sentry_server.events()) == 1  # nothing new
+    assert stm.get_current_span() is None

@@ -406,6 +406,52 @@ def test_negative_upstream_decision_sends_nothing(sentry_server: SentryServer) -
     assert sentry_server.transactions() == []
 
 
+@pytest.mark.parametrize("path", ["/boom", "/stream-fail"])
+def test_unsampled_request_still_captures_errors(sentry_server: SentryServer, path: str) -> None:
+    """Error events do not depend on the transaction's sampling decision."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
+    app = TracingMiddleware(plain_app)
+    result = None
+    with pytest.raises((KeyError, RuntimeError)):
+        result = app(_environ(path, HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"), _noop)
+        for _ in result:
+            pass
+    if result is not None:
+        result.close()  # type: ignore[attr-defined]
+    assert CURRENT_SPAN.get() is None
+    assert stm.flush(5)
+    wait_transactions(sentry_server, 0, events=1)
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
+    assert sentry_server.transactions() == []
+
+
+def test_unsampled_streaming_body_runs_in_the_requests_trace(sentry_server: SentryServer) -> None:
+    """A generator body (app code running after the app returned) sees the request's trace."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
+    seen: list[str] = []
+
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for _ in range(2):
+            seen.append(stm.get_trace_headers()["sentry-trace"])
+            yield b"x"
+
+    app = TracingMiddleware(streaming)
+    status, body = _call(app, _environ("/s", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-0"))
+    assert status == "200 OK" and body == b"xx" and len(seen) == 2
+    assert all(h.startswith(TRACE_ID) and h.endswith("-0") for h in seen), seen
+    assert CURRENT_SPAN.get() is None
+    list_app = TracingMiddleware(plain_app)  # a list body: the transaction ends at once
+    out = json.loads(_call(list_app, _environ("/headers"))[1])
+    assert out["sentry-trace"].endswith("-0")
+    assert CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None
+
+
+def _noop(status: str, headers: Any, exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
 def test_traceparent_fallback(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     app = TracingMiddleware(plain_app)

@@ -297,6 +297,9 @@ class TracingMiddleware:
         client: Client,
         method: str,
     ) -> None:
+        if not tx._recording:
+            await self._unrecorded(scope, receive, send, tx, client, method)
+            return
         complete = False
         disconnected = False
         body_read = False  # the app received the whole request body
@@ -397,4 +400,40 @@ class TracingMiddleware:
                     watcher.exception()  # retrieved: no "never retrieved" warning
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
+            tx.finish()
+
+    async def _unrecorded(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tx: Transaction,
+        client: Client,
+        method: str,
+    ) -> None:
+        """An unsampled request: its trace is current and errors are captured, but no
+        status, timing or disconnect is watched (nothing of it is sent)."""
+        try:
+            inner = self.app_scope(scope, tx, method)
+        except Exception:
+            logger.exception("sentry_tracing_mw: preparing the request scope failed")
+            inner = scope
+        send_failed = False
+
+        async def unrecorded_send(message: Message) -> None:
+            nonlocal send_failed
+            try:
+                await send(message)
+            except OSError:  # the client went away: not an application error
+                send_failed = True
+                raise
+
+        token = CURRENT_SPAN.set(tx)
+        try:
+            await self.app(inner, receive, unrecorded_send)
+        except BaseException as exc:
+            _fail(client, tx, exc, send_failed)
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
             tx.finish()

@@ -17,7 +17,7 @@ from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._propagation import WSGI_GETTER
 from .._request import MAX_HEADERS, request_info
-from .._tracing import Transaction, http_status_to_span_status
+from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
 __all__ = ["ENVIRON_KEY", "TracingMiddleware", "environ_request_info", "wsgi_str"]
@@ -258,6 +258,8 @@ class TracingMiddleware:
         client: Client,
         method: str,
     ) -> Iterable[bytes]:
+        if not tx._recording:
+            return self._unrecorded(environ, start_response, tx, client)
         name_unmatched = self.name_unmatched
 
         def traced_start_response(
@@ -265,10 +267,7 @@ class TracingMiddleware:
         ) -> Callable[[bytes], object]:
             try:
                 code = int(status[:3])
-                if tx._recording:
-                    tx.set_http_status(code)
-                else:  # nothing is sent: keep the status, skip the data and tag
-                    tx._status = http_status_to_span_status(code)
+                tx.set_http_status(code)
                 if name_unmatched and tx._source == "url":
                     tx.set_name(f"{method} {code}", "route")
             except Exception:
@@ -288,6 +287,39 @@ class TracingMiddleware:
             it = iter(result)
         except BaseException as exc:
             _fail(client, tx, exc)
+            tx.finish()
+            raise
+        finally:
+            CURRENT_SPAN.reset(token)
+        return _Body(result, it, tx, client)
+
+    def _unrecorded(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        tx: Transaction,
+        client: Client,
+    ) -> Iterable[bytes]:
+        """An unsampled request: its trace is current, but nothing is timed or sent.
+
+        No status wrapper (the status is never sent); a list or tuple body runs no app
+        code, so the transaction ends at once; any other body keeps the trace current
+        while it runs (a streaming body may still call downstream services).
+        """
+        token = CURRENT_SPAN.set(tx)
+        try:
+            result = self.app(environ, start_response)
+            if type(result) is list or type(result) is tuple:
+                tx.finish()
+                return result
+            wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(wrapper, type) and isinstance(result, wrapper):
+                patched = _finish_on_close(result, tx)
+                if patched is not None:
+                    return patched  # type: ignore[no-any-return]
+            it = iter(result)
+        except BaseException as exc:
+            _fail(client, tx, exc)  # errors are captured whatever the sampling decision
             tx.finish()
             raise
         finally:
