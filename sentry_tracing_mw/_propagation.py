@@ -170,6 +170,12 @@ def _trimmed_id(value: str, pattern: re.Pattern[str]) -> str | None:
 
 def parse_sentry_trace(value: str | None) -> SentryTrace | None:
     """Parse ``sentry-trace``; None unless both ids are valid (first of comma-joined values)."""
+    if type(value) is str and _SENTRY_TRACE_RE.fullmatch(value) is not None:  # the usual
+        trace_id = value[:32]
+        span_id = value[33:49]
+        if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+            return None
+        return _new_tuple(SentryTrace, (trace_id, span_id, _SAMPLED_FLAG[value[50:]]))
     if not isinstance(value, str):
         return None
     if "," in value:
