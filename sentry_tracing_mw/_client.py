@@ -19,7 +19,7 @@ from typing import Any
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, transaction_event
-from ._ids import new_sample_rand, new_trace_id
+from ._ids import new_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
@@ -136,7 +136,7 @@ class Client:
             ctx.parent_span_id = None
             ctx.sampled = None
             ctx._sample_rate = None
-            ctx._sample_rand = new_sample_rand()
+            ctx._sample_rand = None  # drawn when first needed (see sample_rand)
             ctx._dsc = None
             ctx._baggage = None
             ctx._third_party = ()
@@ -191,11 +191,14 @@ class Client:
                     decision = False
                 ctx.sampled = decision
                 recording = decision and opts.tracing_enabled
-                return Transaction(
-                    self, ctx, name, op=op, source=source, origin=origin, recording=recording
-                )
+                return Transaction(self, ctx, name, op, source, origin, recording)
             rate = opts.traces_sample_rate
-            decision = None if rate is None else ctx.sample_rand < rate
+            if rate is None:
+                decision = None
+            elif rate >= 1.0 or rate <= 0.0:  # any sample_rand gives this decision
+                decision = rate >= 1.0
+            else:
+                decision = ctx.sample_rand < rate
         elif not opts.tracing_enabled:  # pragma: no cover - a sampler enables tracing
             decision, rate = parent_sampled, ctx.sample_rate
         else:
@@ -222,12 +225,12 @@ class Client:
         if decision and parent_sampled and cap is not None and not cap.take():
             logger.debug("max_inherited_sampled_per_second reached: not sampling")
             decision = False
+        if ctx._pending is not None:
+            ctx._resolve()
         ctx.sampled = decision
-        ctx.sample_rate = rate
+        ctx._sample_rate = rate
         recording = decision is True and (sampled is not None or opts.tracing_enabled)
-        return Transaction(
-            self, ctx, name, op=op, source=source, origin=origin, recording=recording
-        )
+        return Transaction(self, ctx, name, op, source, origin, recording)
 
     # -- transactions -------------------------------------------------------------
     def _finish_transaction(self, tx: Transaction) -> None:

@@ -30,7 +30,7 @@ def new_trace_id() -> str:
     value = _bits(128)
     while not value:  # pragma: no cover - probability 2**-128
         value = _bits(128)
-    return f"{value:032x}"
+    return "%032x" % value  # noqa: UP031 - faster than an f-string here
 
 
 def new_span_id() -> str:
@@ -38,7 +38,7 @@ def new_span_id() -> str:
     value = _bits(64)
     while not value:  # pragma: no cover - probability 2**-64
         value = _bits(64)
-    return f"{value:016x}"
+    return "%016x" % value  # noqa: UP031 - faster than an f-string here
 
 
 def new_event_id() -> str:

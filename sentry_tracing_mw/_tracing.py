@@ -16,7 +16,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT_SPAN
-from ._ids import new_span_id
+from ._ids import new_sample_rand, new_span_id
 from ._propagation import (
     BAGGAGE_HEADER,
     SENTRY_TRACE_HEADER,
@@ -138,7 +138,7 @@ class PropagationContext:
         parent_span_id: str | None = None,
         sampled: bool | None = None,
         sample_rate: float | None = None,
-        sample_rand: float = 0.0,
+        sample_rand: float | None = 0.0,
         dsc: dict[str, str] | None = None,
         third_party: tuple[str, ...] = (),
         tracestate: str | None = None,
@@ -192,7 +192,10 @@ class PropagationContext:
         """The trace's random value in [0, 1) that every sampling decision compares with."""
         if self._pending is not None:
             self._resolve()
-        return self._sample_rand
+        rand = self._sample_rand
+        if rand is None:  # a new trace whose decision did not need it: drawn on first use
+            rand = self._sample_rand = new_sample_rand()
+        return rand
 
     @sample_rand.setter
     def sample_rand(self, value: float) -> None:
@@ -567,7 +570,6 @@ class Transaction(Span):
         client: Client,
         ctx: PropagationContext,
         name: str,
-        *,
         op: str | None,
         source: str,
         origin: str,
