@@ -273,6 +273,32 @@ def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
     assert sentry_server.transactions() == []
 
 
+def test_unsampled_requests_still_capture_errors(sentry_server: SentryServer) -> None:
+    """Error events do not depend on the sampling decision; nothing else is sent."""
+    init_traced(sentry_server, traces_sample_rate=0.0)
+    assert _client().get("/error/").status_code == 500
+    response = _client().get("/stream-error/")
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert stm.flush(5)
+    assert sentry_server.wait_for(2, 5)
+    types = sorted(e["exception"]["values"][-1]["type"] for e in sentry_server.events())
+    assert types == ["RuntimeError", "ValueError"]
+    assert sentry_server.transactions() == []
+
+
+def test_unsampled_streamed_body_runs_in_the_requests_trace(sentry_server: SentryServer) -> None:
+    init_traced(sentry_server, traces_sample_rate=0.0)
+    trace_id = "771a43a4192642f0b136d5159a501700"
+    response = _client().get("/stream-trace/", HTTP_SENTRY_TRACE=f"{trace_id}-b7ad6b7169203331-0")
+    lines = b"".join(response.streaming_content).decode().split()
+    response.close()
+    assert len(lines) == 2
+    assert all(line.startswith(trace_id) and line.endswith("-0") for line in lines), lines
+    assert stm.get_current_span() is None
+
+
 # -- settings -----------------------------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ from django.shortcuts import render
 from django.views import View
 from django.views.decorators.http import require_GET
 
+import sentry_tracing_mw as stm
+
 from .models import Item
 
 
@@ -129,3 +131,13 @@ def trace_header(request: HttpRequest) -> HttpResponse:
     response = HttpResponse("")
     response["X-Sentry-Trace"] = stm.get_trace_headers()["sentry-trace"]
     return response
+
+
+def stream_trace(request: HttpRequest) -> StreamingHttpResponse:
+    """A streamed body reporting the trace it runs in, chunk by chunk."""
+
+    def body() -> Iterator[bytes]:
+        for _ in range(2):
+            yield (stm.get_trace_headers().get("sentry-trace", "none") + "\n").encode()
+
+    return StreamingHttpResponse(body())

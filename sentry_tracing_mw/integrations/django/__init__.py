@@ -367,6 +367,9 @@ class TracingMiddleware:
         try:
             tx = state.tx
             status = response.status_code
+            if not tx._recording and state.owned:
+                self._respond_unrecorded(state, response, status)
+                return
             if not self._name(request, state) and tx._source == "url":
                 self._name_unmatched(request, tx, state.method, status)
             if not state.owned:
@@ -388,6 +391,24 @@ class TracingMiddleware:
                 state.finish()
         except Exception:
             logger.exception("sentry_tracing_mw: finishing the request transaction failed")
+            state.tx.finish()
+
+    def _respond_unrecorded(self, state: _State, response: Any, status: int) -> None:
+        """An unsampled request: nothing is sent but errors, so no name or status work; a
+        streamed body keeps the trace current while it runs."""
+        if status >= 500 and state.exc is not None:
+            state.fail(state.exc)  # errors are captured whatever the sampling decision
+        closers = getattr(response, "_resource_closers", None)
+        if response.streaming and isinstance(closers, list):
+            if getattr(response, "file_to_stream", None) is None:
+                content = response.streaming_content
+                if response.is_async:
+                    state.body = _AsyncBody(content, state)
+                else:
+                    state.body = _SyncBody(content, state)
+                response.streaming_content = state.body
+            closers.append(state.finish)
+        else:
             state.tx.finish()
 
     def _name_unmatched(self, request: Any, tx: Transaction, method: str, status: int) -> None:
