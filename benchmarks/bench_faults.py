@@ -7,9 +7,14 @@ The traced app runs in its own process (werkzeug's threaded WSGI server, or uvic
 load generator in another (keep-alive ``http.client`` clients), and the fake Sentry
 (``tests/sentry_server.py``) in this one. For each round and each mode -- healthy, down
 (closed port), hang (requests held), 429 (``Retry-After: 1``), 500, reset (connection reset
-mid-response) -- the load runs against the app; Sentry is healed and drained before the
-next mode. Reported per mode: p50 and p99 latency (median over rounds), errors, and p99
-relative to the healthy run. The target is p99 within 10% of healthy.
+mid-response) -- the load runs against the app; then Sentry is healed, the app is given
+time to deliver again (its transport may still be backing off) and Sentry is drained before
+the next mode. The order of the modes rotates from round to round, so no mode always runs
+first or right after the same neighbour. Reported per mode (median over rounds): p50 and
+p99 latency, p99 relative to the healthy run (the target is within 10%), the app process's
+CPU time per request (its worker thread included: what a fault costs the app, much less
+noisy than a tail latency on a shared machine), the requests Sentry received during the
+load and the drain after it, and errors (summed).
 """
 
 from __future__ import annotations
@@ -174,6 +179,33 @@ def heal(server: Any, mode: str) -> None:
         server.respond(200)
 
 
+def recover(base: str, server: Any, limit: float = 90.0) -> None:
+    """Request the app until Sentry gets a transaction again.
+
+    After a fault the transport's backoff window (up to 60 s) may still be open: without
+    this the next mode would start while events are still dropped unsent.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    start = len(server.received)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+        try:
+            conn.request("GET", "/recover")
+            conn.getresponse().read()
+        finally:
+            conn.close()
+        time.sleep(0.2)
+        for rec in server.received[start:]:
+            envelope = rec.envelope if rec.status == 200 else None
+            if envelope is not None and any(True for _ in envelope.items_of("transaction")):
+                return
+    raise RuntimeError("the app did not deliver to Sentry again after the fault")
+
+
 def drain(server: Any, quiet: float = 1.0, limit: float = 30.0) -> None:
     """Wait until Sentry received nothing new for ``quiet`` seconds (the app's queue is empty)."""
     deadline = time.monotonic() + limit
@@ -188,6 +220,8 @@ def drain(server: Any, quiet: float = 1.0, limit: float = 30.0) -> None:
 
 
 def bench_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    import psutil
+
     from tests.sentry_server import SentryServer
     from tests.servers import free_port
 
@@ -203,26 +237,37 @@ def bench_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     try:
         assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+        proc = psutil.Process(app.pid)
         time.sleep(0.5)
         run_load(base, min(1000, args.requests), args.concurrency)  # warm-up
         drain(sentry)
+        sentry.received.clear()
         for r in range(args.rounds):
-            for mode in MODES:
+            for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
                 apply(sentry, mode)
+                cpu = proc.cpu_times()
                 try:
                     result = run_load(base, args.requests, args.concurrency)
                 finally:
                     heal(sentry, mode)
+                used = proc.cpu_times()
+                drain(sentry)
+                posts = len(sentry.received)
+                recover(base, sentry)
                 drain(sentry)
                 sentry.received.clear()  # keep this process small
                 lat = result["latencies"]
+                cpu_s = (used.user - cpu.user) + (used.system - cpu.system)
                 runs[mode].append(
                     {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
-                     "errors": result["errors"], "n": len(lat)}
+                     "errors": result["errors"], "n": len(lat),
+                     "cpu_us": cpu_s * 1e6 / max(1, len(lat)), "posts": posts}
                 )  # fmt: skip
                 print(
                     f"[{kind}] round {r + 1} {mode:8s} p50={runs[mode][-1]['p50']:.2f} ms "
-                    f"p99={runs[mode][-1]['p99']:.2f} ms errors={result['errors']}",
+                    f"p99={runs[mode][-1]['p99']:.2f} ms "
+                    f"cpu={runs[mode][-1]['cpu_us']:.0f} us/req posts={posts} "
+                    f"errors={result['errors']}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -242,6 +287,8 @@ def bench_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(statistics.median(x["p50"] for x in items), 3),
             "p99_ms": round(p99, 3),
             "p99_vs_healthy": round(p99 / healthy_p99, 3),
+            "app_cpu_us_per_request": round(statistics.median(x["cpu_us"] for x in items), 1),
+            "sentry_requests": statistics.median(x["posts"] for x in items),
             "errors": sum(x["errors"] for x in items),
             "requests": sum(x["n"] for x in items),
         }
@@ -268,13 +315,17 @@ def main() -> int:
         return 0
 
     results = {kind: bench_server(kind, args) for kind in args.servers.split(",")}
-    print(f"{'server':6s} {'mode':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/healthy':>12s} errors")
+    print(
+        f"{'server':6s} {'mode':8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/healthy':>12s} "
+        f"{'CPU us/req':>11s} {'Sentry reqs':>11s} errors"
+    )
     worst = 0.0
     for kind, summary in results.items():
         for mode, row in summary.items():
             print(
                 f"{kind:6s} {mode:8s} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-                f"{row['p99_vs_healthy']:12.3f} {row['errors']}"
+                f"{row['p99_vs_healthy']:12.3f} {row['app_cpu_us_per_request']:11.0f} "
+                f"{row['sentry_requests']:11.0f} {row['errors']}"
             )
             worst = max(worst, row["p99_vs_healthy"])
     print(f"worst p99 ratio vs healthy: {worst:.3f} (target <= 1.10)")

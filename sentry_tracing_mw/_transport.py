@@ -2,6 +2,14 @@
 
 The request thread only pays for :meth:`Transport.submit` (a lock and a deque append);
 building the payload, JSON, gzip and HTTP all happen on the worker (protocol §2, §14, §15).
+
+Backoff: after ``_BACKOFF_AFTER`` consecutive failed sends (network errors, 5xx) events are
+dropped for a window (1 s, doubling per further failure, at most 60 s) without being built,
+serialized or sent, and counted in client reports with the reason of the failure
+(``network_error`` or ``send_error``). The first event after the window is a probe; a
+delivery or any answer below 500 ends the backoff. Client-report envelopes are always tried
+(at most one per ``flush()`` or per report interval), so a flush after an outage delivers
+the counts at once.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 WORKER_NAME = "sentry_tracing_mw.transport"
 _NEVER = float("inf")
+#: Consecutive failed sends (network errors, 5xx) before events are dropped unsent.
+_BACKOFF_AFTER = 3
+#: First backoff window in seconds; doubles with every further failure up to the cap.
+_BACKOFF_BASE = 1.0
+_BACKOFF_MAX = 60.0
 
 
 @dataclass(slots=True)
@@ -149,6 +162,11 @@ if hasattr(os, "register_at_fork"):
 class Transport:
     """Sends events to one DSN from a lazily started daemon worker thread."""
 
+    # Backoff tuning (module docstring); instance attributes may override them in tests.
+    _backoff_after = _BACKOFF_AFTER
+    _backoff_base = _BACKOFF_BASE
+    _backoff_max = _BACKOFF_MAX
+
     def __init__(
         self,
         dsn: Dsn,
@@ -203,6 +221,9 @@ class Transport:
         self._worker: threading.Thread | None = None
         self._pool: urllib3.PoolManager | None = None
         self._conn: HTTPConnection | None = None
+        self._failures = 0  # consecutive failed sends (network errors, 5xx)
+        self._backoff_until = 0.0  # monotonic time; events before it are dropped unsent
+        self._backoff_reason = "network_error"  # client-report reason for those drops
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: new lock, empty queue, no worker, no pooled sockets."""
@@ -221,8 +242,12 @@ class Transport:
 
     def submit(self, pending: Pending) -> bool:
         """Queue ``pending`` without blocking; False (and a client report) when dropped."""
-        if self.rate_limits.is_limited(pending.category, time.monotonic()):
+        now = time.monotonic()
+        if self.rate_limits.is_limited(pending.category, now):
             _record(self.reports, "ratelimit_backoff", pending.category, pending.span_count)
+            return False
+        if now < self._backoff_until:
+            _record(self.reports, self._backoff_reason, pending.category, pending.span_count)
             return False
         size = pending.size_hint
         with self._cond:
@@ -421,8 +446,12 @@ class Transport:
 
     def _process(self, pending: Pending) -> None:
         category = pending.category
-        if self.rate_limits.is_limited(category, time.monotonic()):
+        now = time.monotonic()
+        if self.rate_limits.is_limited(category, now):
             _record(self.reports, "ratelimit_backoff", category, pending.span_count)
+            return
+        if now < self._backoff_until:  # queued before the window opened: drop it unbuilt
+            _record(self.reports, self._backoff_reason, category, pending.span_count)
             return
         try:
             prepared = pending.prepare()
@@ -470,6 +499,21 @@ class Transport:
             if outcome != "ratelimited":
                 _record(self.reports, outcome, category, pending.span_count)
 
+    def _note_failure(self, reason: str) -> None:
+        """Count a failed send; from ``_backoff_after`` in a row on, open a backoff window."""
+        self._failures += 1
+        excess = self._failures - self._backoff_after
+        if excess < 0:
+            return
+        delay = min(self._backoff_max, self._backoff_base * 2.0 ** min(excess, 30))
+        self._backoff_reason = reason
+        self._backoff_until = time.monotonic() + delay
+        logger.debug(
+            "sentry_tracing_mw: %d failed sends in a row; dropping events for %.1f s",
+            self._failures,
+            delay,
+        )
+
     def _take_report(self) -> dict[str, Any] | None:
         if self.rate_limits.is_limited("internal", time.monotonic()):
             return None
@@ -515,11 +559,18 @@ class Transport:
                 logger.debug("sentry_tracing_mw: sending to Sentry failed: %s", exc)
             # a connection that failed mid-way must not be reused
             self._clear_pool()
+            self._note_failure("network_error")
             return "network_error"
         try:
             self.rate_limits.update_from_response(status, headers, time.monotonic())
         except Exception:  # pragma: no cover - parser is total
             logger.debug("sentry_tracing_mw: bad rate-limit headers", exc_info=True)
+        if status >= 500:
+            self._note_failure("send_error")
+        elif self._failures:
+            # Sentry answered: it is reachable again (429 and 4xx keep their own handling)
+            self._failures = 0
+            self._backoff_until = 0.0
         if 200 <= status < 300:
             self._failing = False
             return "ok"

@@ -376,6 +376,7 @@ def test_flood_bounded_memory_exact_overflow(
 ) -> None:
     sentry_server.go_down()
     t = make_transport(queue_size=1000)
+    t._backoff_after = 10**9  # the queue bound, not the backoff, is under test here
     payload = sample_transaction(10)
     dsc = sample_dsc(payload["contexts"]["trace"]["trace_id"])
     proc = psutil.Process()
@@ -510,3 +511,159 @@ def test_uwsgi_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert uwsgi_threads_disabled() is False
     fake.opt = {"threads": b"0"}  # type: ignore[attr-defined]
     assert uwsgi_threads_disabled() is True
+
+
+# -- backoff after repeated failures (5xx, network errors) ----------------------------------
+
+
+def fail(server: SentryServer, mode: str) -> None:
+    if mode == "500":
+        server.respond(500)
+    elif mode == "503":
+        server.respond(503)
+    elif mode == "reset":
+        server.reset()
+    else:
+        server.go_down()
+
+
+def heal(server: SentryServer, mode: str) -> None:
+    if mode == "down":
+        server.come_back()
+    else:
+        server.respond(200)
+
+
+BACKOFF_REASON = {"500": "send_error", "503": "send_error", "reset": "network_error"}
+
+
+@pytest.mark.parametrize("mode", ["500", "503", "reset", "down"])
+def test_backoff_after_repeated_failures_drops_unbuilt(
+    mode: str, sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    fail(sentry_server, mode)
+    t = make_transport(send_client_reports=False)  # flush() sends no report probes here
+    t._backoff_base = 30.0  # the window outlasts the test
+    built = [0]
+
+    def count() -> None:
+        built[0] += 1
+
+    accepted = 0
+    for _ in range(200):  # one at a time: the worker sees each failure before the next
+        accepted += t.submit(tx_pending(spans=2, hook=count))
+        assert t.flush(5)
+    assert t.submit(error_pending()) is False  # every category waits out the window
+    # Three sends failed, then nothing was built, serialized or sent: the rest was dropped
+    # on submit (the request thread never woke the worker).
+    assert built[0] == accepted == 3
+    if mode != "down":
+        assert len(sentry_server.received) == 3  # no reconnect storm either
+    reason = BACKOFF_REASON.get(mode, "network_error")
+    assert t.reports.snapshot() == {
+        (reason, "transaction"): 200,
+        (reason, "span"): 600,
+        (reason, "error"): 1,
+    }
+
+
+def test_backoff_drops_of_queued_items_and_exact_reports_after_recovery(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    sentry_server.respond(500)
+    t = make_transport(queue_size=5000)
+    t._backoff_base = 30.0
+    gate = threading.Event()
+    built = [0]
+
+    def count() -> None:
+        built[0] += 1
+        gate.wait(5)
+
+    for _ in range(500):  # all queued before the first failure is seen
+        assert t.submit(tx_pending(spans=1, hook=count))
+    gate.set()
+    assert t.flush(5)
+    assert built[0] == 3  # queued items after the third failure were dropped unbuilt
+    expected = {("send_error", "transaction"): 500, ("send_error", "span"): 1000}
+    assert t.reports.snapshot() == expected
+    sentry_server.respond(200)
+    # The window (30 s) is still open, but a flush always tries its client report: it is
+    # delivered at once, and that success ends the backoff.
+    assert t.flush(5)
+    assert sentry_server.client_reports() == expected
+    assert not t.reports.pending()
+    assert t.submit(tx_pending())
+    assert t.flush(5)
+    assert len(sentry_server.transactions()) == 1
+    assert sentry_server.client_reports() == expected  # not reported twice
+
+
+@pytest.mark.parametrize("mode", ["500", "reset", "down"])
+def test_backoff_window_grows_caps_and_resets(
+    mode: str, sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    fail(sentry_server, mode)
+    t = make_transport(send_client_reports=False)  # no report probes: only events send
+    t._backoff_base, t._backoff_max = 0.2, 0.5
+
+    def window() -> float:
+        return t._backoff_until - time.monotonic()
+
+    def wait_out() -> None:
+        time.sleep(max(0.0, window()) + 0.02)
+
+    for _ in range(2):
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+    assert window() <= 0  # two failures: no backoff yet
+    assert t.submit(tx_pending())
+    assert t.flush(5)
+    assert 0.1 < window() <= 0.2
+    assert t.submit(tx_pending()) is False
+    wait_out()
+    assert t.submit(tx_pending())  # the probe after the window...
+    assert t.flush(5)
+    assert 0.3 < window() <= 0.4  # ... failed: the window doubled
+    wait_out()
+    assert t.submit(tx_pending())
+    assert t.flush(5)
+    assert 0.4 < window() <= 0.5  # capped
+    heal(sentry_server, mode)
+    wait_out()
+    assert t.submit(tx_pending(spans=1))
+    assert t.flush(5)
+    assert sentry_server.wait_for(1)
+    assert window() <= 0 and t._failures == 0
+    for _ in range(2):  # the count restarted: two new failures do not back off
+        fail(sentry_server, mode)
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+    assert window() <= 0
+    reason = BACKOFF_REASON.get(mode, "network_error")
+    assert t.reports.snapshot() == {(reason, "transaction"): 8, (reason, "span"): 8}
+
+
+@pytest.mark.parametrize("status", [400, 403, 413])
+def test_4xx_never_backs_off(
+    status: int, sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    sentry_server.respond(status)
+    t = make_transport(send_client_reports=False)
+    for _ in range(10):
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+    assert len(sentry_server.received) == 10
+    assert t.reports.snapshot() == {("send_error", "transaction"): 10, ("send_error", "span"): 10}
+
+
+def test_an_answer_below_500_ends_the_failure_streak(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    t = make_transport(send_client_reports=False)
+    for status in (500, 500, 413, 500, 500, 429, 500, 500):
+        sentry_server.respond(status, {"Retry-After": "0"} if status == 429 else None)
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+    assert t._backoff_until == 0.0
+    assert len(sentry_server.received) == 8
