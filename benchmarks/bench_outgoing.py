@@ -1,10 +1,12 @@
 """Outgoing HTTP calls: client time added per call by each tracer, inside a sampled transaction.
 
-Clients: requests, urllib3, httpx (sync) and httpx (async), against the keep-alive sink in a
-separate process on 127.0.0.1. Configurations, each in a fresh process:
+Clients: requests, urllib3, httpx (sync) and httpx (async), against a keep-alive sink in a
+separate process on 127.0.0.1; the DSN is another sink (trace headers never go to the DSN's
+host and port, so a shared one would leave header injection out of the measurement).
+Configurations, each in a fresh process:
 
-* ``ours``: ``sentry_tracing_mw.init(traces_sample_rate=1.0)`` (DSN: the sink), calls inside
-  a sampled transaction: an ``http.client`` span each, plus sentry-trace/baggage/traceparent;
+* ``ours``: ``sentry_tracing_mw.init(traces_sample_rate=1.0)``, calls inside a sampled
+  transaction: an ``http.client`` span each, plus sentry-trace/baggage/traceparent;
 * ``ours-idle``: instrumented, but no transaction and no trace current (the fast path);
 * ``sentry-sdk``: ``sentry_sdk.init(traces_sample_rate=1.0)`` with its default integrations
   (stdlib, httpx) and the serialize-and-discard transport, inside a sampled transaction;
@@ -204,13 +206,19 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
     load_start = h.loadavg()
     t0 = time.monotonic()
     keys = [(client, config) for client in CLIENTS for config in CONFIGS]
-    with h.Sink() as sink:
+    with h.Sink() as sink, h.Sink() as target:
         results = h.interleaved(
             keys,
             rounds,
             lambda k: h.run_child(
                 "bench_outgoing.py",
-                {"client": k[0], "config": k[1], "url": sink.url, "dsn": sink.dsn, "calls": calls},
+                {
+                    "client": k[0],
+                    "config": k[1],
+                    "url": target.url,
+                    "dsn": sink.dsn,
+                    "calls": calls,
+                },
             ),
             progress=lambda m: h.log(f"outgoing {m}"),
         )

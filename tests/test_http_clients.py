@@ -149,31 +149,41 @@ class RequestsClient(Client):
 
 
 class HttpxClient(Client):
+    """httpx.Client."""
+
     name = "httpx"
     origin = "auto.http.httpx"
+
+    def _transport(self, cls: type[Any]) -> Any:
+        return cls()
+
+    def _client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(transport=self._transport(httpx.HTTPTransport), **kwargs)
 
     def get(
         self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
     ) -> tuple[int, bytes]:
-        with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+        with self._client(follow_redirects=True, timeout=timeout) as client:
             resp = client.get(url, headers=headers)
             return resp.status_code, resp.content
 
     def stream(self, url: str, on_headers: OnHeaders) -> bytes:
-        with httpx.Client() as client, client.stream("GET", url) as resp:
+        with self._client() as client, client.stream("GET", url) as resp:
             on_headers()
             return b"".join(resp.iter_raw(4))
 
 
-class AsyncHttpxClient(Client):
+class AsyncHttpxClient(HttpxClient):
     name = "httpx-async"
-    origin = "auto.http.httpx"
+
+    def _async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self._transport(httpx.AsyncHTTPTransport), **kwargs)
 
     def get(
         self, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
     ) -> tuple[int, bytes]:
         async def run() -> tuple[int, bytes]:
-            async with httpx.AsyncClient(follow_redirects=True, timeout=timeout) as client:
+            async with self._async_client(follow_redirects=True, timeout=timeout) as client:
                 resp = await client.get(url, headers=headers)
                 return resp.status_code, resp.content
 
@@ -181,7 +191,7 @@ class AsyncHttpxClient(Client):
 
     def stream(self, url: str, on_headers: OnHeaders) -> bytes:
         async def run() -> bytes:
-            async with httpx.AsyncClient() as client, client.stream("GET", url) as resp:
+            async with self._async_client() as client, client.stream("GET", url) as resp:
                 on_headers()
                 return b"".join([chunk async for chunk in resp.aiter_raw(4)])
 
@@ -473,6 +483,31 @@ def test_errors_keep_the_exception(
     assert all(s.timestamp is not None for s in spans)
 
 
+@pytest.mark.parametrize("client", [HttpxClient(), AsyncHttpxClient()], ids=repr)
+def test_httpx_body_timeout_fails_the_span(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    stm.init(traces_sample_rate=1.0)
+    url = recording_server.url + "/stream?chunks=2&delay=0.6"  # headers now, body late
+    with stm.start_transaction("t") as tx:
+        exc = _raised(lambda: client.get(url, timeout=0.25))
+    assert isinstance(exc, httpx.ReadTimeout)
+    (span,) = http_spans(tx)
+    assert span.status == "deadline_exceeded" and span.data["error.type"] == "ReadTimeout"
+
+
+def test_httpx_span_ok_inside_an_unrelated_except_block(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx, httpx.Client() as client:
+        try:
+            client.get(f"http://127.0.0.1:{free_port()}/x")
+        except httpx.ConnectError:
+            client.get(recording_server.url + "/echo").read()  # the usual fallback pattern
+    failed, fallback = http_spans(tx)
+    assert failed.status == "internal_error"
+    assert fallback.status == "ok" and "error.type" not in fallback.data
+
+
 def test_http_client_raises_the_socket_error_itself() -> None:
     stm.init(traces_sample_rate=1.0)
     conn = http.client.HTTPConnection("127.0.0.1", free_port(), timeout=5)
@@ -554,6 +589,43 @@ def test_retries_never_grow_baggage(recording_server: RecordingServer) -> None:
     assert headers == {"baggage": "own=1", "sentry-trace": "x"}  # caller's dict untouched
 
 
+def test_httpx_request_object_left_as_built(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    transport = httpx.HTTPTransport()
+    with stm.start_transaction("t") as tx, httpx.Client(transport=transport) as client:
+        request = client.build_request(
+            "POST", recording_server.url + "/echo", headers={"x-own": "1"}, content=b"payload"
+        )
+        before = list(request.headers.raw)
+        response = client.send(request)
+        response.read()
+    assert response.request is request
+    assert list(request.headers.raw) == before  # nothing of ours left on the request
+    (rec,) = recording_server.received()
+    (span,) = http_spans(tx)
+    assert rec.body == b"payload"
+    assert rec.values("x-own") == ["1"]
+    assert rec.values("sentry-trace") == [f"{tx.trace_id}-{span.span_id}-1"]
+    assert len(rec.values("baggage")) == 1 and len(rec.values("traceparent")) == 1
+    assert rec.raw.endswith(b"\r\n\r\n") and rec.raw.count(b"\r\n\r\n") == 1
+
+
+def test_http_client_multi_value_baggage_is_merged(recording_server: RecordingServer) -> None:
+    stm.init(traces_sample_rate=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=5)
+    with stm.start_transaction("t") as tx:
+        conn.putrequest("GET", "/echo")
+        conn.putheader("Baggage", "a=1", "b=2")  # one header line folded over two
+        conn.putheader("TE", "trailers")  # not ours, though it starts like one
+        conn.endheaders()
+        conn.getresponse().read()
+    conn.close()
+    (rec,) = recording_server.received()
+    (baggage,) = rec.values("baggage")
+    assert baggage.startswith("a=1,b=2,sentry-") and f"sentry-trace_id={tx.trace_id}" in baggage
+    assert rec.values("te") == ["trailers"] and len(rec.values("sentry-trace")) == 1
+
+
 def test_baggage_size_limit(recording_server: RecordingServer) -> None:
     stm.init(traces_sample_rate=1.0)
     own = ",".join(f"k{i}={'v' * 200}" for i in range(60))  # ~12 KB
@@ -597,7 +669,7 @@ def test_async_httpx_spans_parented_under_concurrency(recording_server: Recordin
 
 def _patched() -> dict[str, Any]:
     conn = http.client.HTTPConnection.__dict__
-    names = ("putrequest", "putheader", "endheaders", "getresponse", "close")
+    names = ("putrequest", "endheaders", "getresponse", "close")
     found = {name: conn[name] for name in names}
     found["_close_conn"] = http.client.HTTPResponse.__dict__["_close_conn"]
     found["httpx"] = httpx.HTTPTransport.__dict__["handle_request"]

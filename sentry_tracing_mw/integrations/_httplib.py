@@ -1,12 +1,12 @@
 """``http.client`` instrumentation; ``urllib.request``, ``urllib3`` and ``requests`` use it.
 
 Hooks (class level, so connections and subclasses created earlier are covered):
-``putrequest`` decides span and propagation, ``putheader`` holds back the caller's own
-``sentry-trace`` / ``traceparent`` / ``tracestate`` / ``baggage`` (ours replace them; the
-caller's baggage members are merged), ``endheaders`` writes our headers, ``getresponse``
-records the status and ``HTTPResponse._close_conn`` (EOF or close) ends the span.
-Connection failures and timeouts end the span with a status; the exception is re-raised
-unchanged. Nothing is allocated when no trace is current.
+``putrequest`` decides span and propagation, ``endheaders`` takes the caller's own
+``sentry-trace`` / ``traceparent`` / ``tracestate`` / ``baggage`` lines out of the header
+block (ours replace them; the caller's baggage members are merged) and adds ours,
+``getresponse`` records the status and ``HTTPResponse._close_conn`` (EOF or close) ends the
+span. Connection failures and timeouts end the span with a status; the exception is
+re-raised unchanged. Nothing is allocated when no trace is current.
 """
 
 from __future__ import annotations
@@ -18,46 +18,45 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from .._tracing import Span
-from .http_clients import Outgoing, current, fail, finish, netloc, propagates, start_span
+from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
+from .._tracing import PropagationContext, Span, Transaction
+from .http_clients import OP, ROUTES, add_query, fail, finish, header_lines, matches, route
 
 __all__ = ["ORIGIN", "install"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
 ORIGIN = "auto.http.stdlib"
-_STATE = "_stm_outgoing"  # HTTPConnection: the request in flight (Outgoing | None)
+_STATE = "_stm_outgoing"  # HTTPConnection: the request in flight (_Outgoing | None)
 _SPAN = "_stm_span"  # HTTPResponse: the span that ends with the body
 
 _TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError,)
-_NAME_LENGTHS = frozenset({7, 10, 11, 12})
-_ALWAYS_OURS = frozenset({"sentry-trace", "baggage"})
-_W3C = frozenset({"traceparent", "tracestate"})
-
-_PREFIXES = {
-    name: name.encode() + b": " for name in ("sentry-trace", "baggage", "traceparent", "tracestate")
-}
+# First byte of a header line (either case) that may name one of our headers: s, b, t.
+_FIRST = frozenset(b"sSbBtT")
+_ALWAYS_OURS = frozenset({b"sentry-trace", b"baggage"})
+_W3C = frozenset({b"traceparent", b"tracestate"})
 
 _Conn = http.client.HTTPConnection
 _Resp = http.client.HTTPResponse
-_CONN_METHODS = ("putrequest", "putheader", "endheaders", "getresponse", "close")
+_CONN_METHODS = ("putrequest", "endheaders", "getresponse", "close")
+
+# What putrequest decided: (trace, span or None, span id for the headers, inject headers).
+_Outgoing = tuple[PropagationContext, Span | None, str | None, bool]
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("latin-1")
-    return str(value)
-
-
-def _begin(conn: http.client.HTTPConnection, method: str, url: str) -> Outgoing | None:
+def _begin(
+    conn: http.client.HTTPConnection, parent: Span | None, method: str, url: str
+) -> _Outgoing | None:
     """Decide span and headers for a request that ``putrequest`` just started."""
-    found = current()
-    if found is None:
-        return None
-    parent, ctx = found
+    if parent is None:
+        found = PROPAGATION_CONTEXT.get()
+        if found is None:
+            return None
+        ctx = found
+    elif type(parent) is Transaction:
+        ctx = parent._ctx
+    else:
+        ctx = parent._context()
     opts = ctx._client.options
     scheme = "https" if conn.default_port == 443 else "http"
     tunnel = getattr(conn, "_tunnel_host", None)
@@ -79,37 +78,36 @@ def _begin(conn: http.client.HTTPConnection, method: str, url: str) -> Outgoing 
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-    base = f"{scheme}://{netloc(scheme, host, port)}"
-    inject = propagates(opts, scheme, host, port, lambda: base + target)
+    found_route = ROUTES.get((scheme, host, port))
+    if found_route is None or found_route[0] is not opts:
+        found_route = route(opts, scheme, host, port)
+    base, inject = found_route[1], found_route[2]
+    if inject is None:
+        inject = matches(opts, base + target)
     span: Span | None = None
-    if parent is not None:
-        path, _, rest = target.partition("?")
-        if "#" in path:
-            path, _, fragment = path.partition("#")
-            rest = "#" + fragment
-        span = start_span(
-            parent,
-            method=method,
-            base=base,
-            path=path,
-            host=host,
-            origin=ORIGIN,
-            query_fragment=(lambda: _split_fragment(rest)) if rest else None,
-        )
+    if parent is not None and parent._recording:
+        path = target
+        rest = ""
+        if "?" in target or "#" in target:
+            cut = min(i for i in (target.find("?"), target.find("#")) if i >= 0)
+            path, rest = target[:cut], target[cut:]
+        full = base + path
+        child = parent.start_child(OP, f"{method} {full}", origin=ORIGIN)
+        if child._recording:
+            child._data = {"http.method": method, "url": full, "server.address": host}
+            if rest and opts.send_default_pii:
+                query, _, fragment = rest.partition("#")
+                add_query(child, query[1:], fragment)
+            span = child
     if span is None and not inject:
         return None
     span_id = span._span_id if span is not None else parent._span_id if parent else None
-    return Outgoing(ctx, span, span_id, inject)
+    return ctx, span, span_id, inject
 
 
-def _split_fragment(rest: str) -> tuple[str, str]:
-    query, _, fragment = rest.partition("#")
-    return query, fragment
-
-
-def _abandon(out: Outgoing) -> None:
+def _abandon(out: _Outgoing) -> None:
     """A request ended without a response (connection closed or reused)."""
-    span = out.span
+    span = out[1]
     if span is None or span._end is not None:
         return
     exc = sys.exc_info()[1]  # closed while handling an error (e.g. a failed body upload)
@@ -121,16 +119,63 @@ def _abandon(out: Outgoing) -> None:
     finish(span)
 
 
+def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str | None]:
+    """The header block without the caller's trace headers, and the caller's baggage."""
+    kept = buffer[:1]  # the request line
+    own: list[str] = []
+    for line in buffer[1:]:
+        if line and line[0] in _FIRST:
+            name = line.partition(b":")[0].strip().lower()
+            if name in _ALWAYS_OURS or (w3c and name in _W3C):
+                if name == b"baggage":
+                    value = line.partition(b":")[2].decode("latin-1")
+                    own.extend(v.strip() for v in value.split("\r\n") if v.strip())
+                continue
+        kept.append(line)
+    return kept, ",".join(own) or None
+
+
+def _inject(
+    conn: http.client.HTTPConnection,
+    ctx: PropagationContext,
+    span_id: str | None,
+    putheader: Callable[..., None],
+) -> None:
+    """Write our trace headers into the header block (before ``endheaders`` sends it)."""
+    buffer = getattr(conn, "_buffer", None)
+    if type(buffer) is not list:  # not http.client's layout: add ours, merge nothing
+        for name, value in ctx.headers(span_id).items():
+            putheader(conn, name, value)
+        return
+    own = None
+    for line in buffer:
+        if line and line[0] in _FIRST:  # maybe the caller's own trace header
+            kept, own = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
+            buffer[:] = kept
+            break
+    if own is None:
+        lines = header_lines(ctx, span_id)
+        if lines is not None:
+            buffer.append(lines[:-2])  # http.client ends each buffered line itself
+            return
+    headers = ctx.headers(span_id, own)
+    for name, value in headers.items():
+        putheader(conn, name, value)  # validated: may hold forwarded or the caller's text
+
+
 def install() -> Callable[[], None]:
     """Patch ``HTTPConnection`` and ``HTTPResponse``; returns the undo function."""
     originals: dict[str, Any] = {name: _Conn.__dict__[name] for name in _CONN_METHODS}
     orig_putrequest = originals["putrequest"]
-    orig_putheader = originals["putheader"]
+    orig_putheader = _Conn.putheader
     orig_endheaders = originals["endheaders"]
     orig_getresponse = originals["getresponse"]
     orig_close = originals["close"]
     orig_close_conn = _Resp.__dict__["_close_conn"]
     enabled = [True]
+    get_span = CURRENT_SPAN.get
+    get_context = PROPAGATION_CONTEXT.get
+    suppressed = SUPPRESS_INSTRUMENTATION.get
 
     def putrequest(
         self: http.client.HTTPConnection,
@@ -144,53 +189,16 @@ def install() -> Callable[[], None]:
         if stale is not None:  # only after a request that never reached endheaders()
             self._stm_outgoing = None  # type: ignore[attr-defined]
             _abandon(stale)
-        if CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None:
-            return
-        if not enabled:
+        parent = get_span()
+        if (parent is None and get_context() is None) or not enabled or suppressed():
             return
         try:
-            out = _begin(self, method, url)
+            out = _begin(self, parent, method, url)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an http.client request failed")
             return
         if out is not None:
             self._stm_outgoing = out  # type: ignore[attr-defined]
-
-    def putheader(self: http.client.HTTPConnection, header: Any, *values: Any) -> None:
-        out = self._stm_outgoing  # type: ignore[attr-defined]
-        if out is None or not out.inject or len(header) not in _NAME_LENGTHS:
-            return orig_putheader(self, header, *values)  # type: ignore[no-any-return]
-        try:
-            name = _text(header).lower()
-            if name in _ALWAYS_OURS:
-                if name == "baggage":
-                    own = out.own_baggage
-                    if own is None:
-                        own = out.own_baggage = []
-                    own.extend(t for t in map(_text, values) if t)
-                return None
-            if name in _W3C and out.traceparent:
-                return None
-        except Exception:
-            logger.exception("sentry_tracing_mw: inspecting an outgoing header failed")
-        return orig_putheader(self, header, *values)  # type: ignore[no-any-return]
-
-    def inject(conn: http.client.HTTPConnection, out: Outgoing) -> None:
-        own = ",".join(out.own_baggage) if out.own_baggage else None
-        try:
-            headers = out.headers(own)
-        except Exception:
-            logger.exception("sentry_tracing_mw: building trace headers failed")
-            headers = {"baggage": own} if own else {}
-        output = getattr(conn, "_output", None)
-        try:
-            for name, value in headers.items():
-                if output is None or (own is not None and name == "baggage"):
-                    orig_putheader(conn, name, value)  # validated: may hold the caller's text
-                else:  # values we formatted ourselves: skip http.client's re-validation
-                    output(_PREFIXES[name] + value.encode("latin-1"))
-        except Exception:
-            logger.exception("sentry_tracing_mw: writing trace headers failed")
 
     def endheaders(
         self: http.client.HTTPConnection,
@@ -203,9 +211,12 @@ def install() -> Callable[[], None]:
             return orig_endheaders(  # type: ignore[no-any-return]
                 self, message_body, encode_chunked=encode_chunked
             )
-        if out.inject:
-            inject(self, out)
-        span = out.span
+        ctx, span, span_id, inject = out
+        if inject:
+            try:
+                _inject(self, ctx, span_id, orig_putheader)
+            except Exception:
+                logger.exception("sentry_tracing_mw: writing trace headers failed")
         if span is None:
             self._stm_outgoing = None  # type: ignore[attr-defined]
             return orig_endheaders(  # type: ignore[no-any-return]
@@ -225,7 +236,7 @@ def install() -> Callable[[], None]:
         if out is None:
             return orig_getresponse(self)  # type: ignore[no-any-return]
         self._stm_outgoing = None  # type: ignore[attr-defined]
-        span = out.span
+        span = out[1]
         try:
             response: http.client.HTTPResponse = orig_getresponse(self)
         except BaseException as exc:
@@ -234,9 +245,15 @@ def install() -> Callable[[], None]:
             raise
         if span is not None:
             try:
-                span.set_http_status(response.status)
+                status = response.status
+                data = span._data
+                if type(status) is int and 0 <= status < 400 and data is not None:
+                    data["http.response.status_code"] = status  # set_http_status, inlined
+                    span._status = "ok"
+                else:
+                    span.set_http_status(status)
                 if response.fp is None or response.length == 0:
-                    finish(span)  # no body to wait for
+                    span.finish()  # no body to wait for
                 else:
                     response._stm_span = span  # type: ignore[attr-defined]
             except Exception:
@@ -264,7 +281,6 @@ def install() -> Callable[[], None]:
 
     wrappers: dict[str, Any] = {
         "putrequest": putrequest,
-        "putheader": putheader,
         "endheaders": endheaders,
         "getresponse": getresponse,
         "close": close,

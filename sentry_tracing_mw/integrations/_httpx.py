@@ -4,31 +4,32 @@
 one request goes on the wire: every redirect hop and every retry a wrapping transport makes
 is its own span with its own headers, and clients (and subclasses) created before
 ``instrument()`` are covered. The response stream is wrapped so that the span ends when the
-body has been read to the end or the response closed.
+response is closed, which httpx does as soon as the body has been read to the end.
 
-Headers are set on the request object (what was sent stays visible on
-``response.request``); re-sending the same request never grows ``baggage``. When a hop goes
-to a URL that must not receive trace headers (a redirect to another host), headers this
-module put on an earlier hop are taken off again.
+Trace headers are added to httpx's header list only while the transport sends the request
+(replacing the caller's ``sentry-trace`` / ``traceparent``, merging its ``baggage``), then
+the caller's headers are put back: re-sending the same request never grows ``baggage``, and
+a redirect hop to a URL that must not get trace headers carries none of ours.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 
-from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
 from .._propagation import (
     BAGGAGE_HEADER,
     SENTRY_TRACE_HEADER,
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
 )
-from .._tracing import PropagationContext, Span
-from .http_clients import current, fail, finish, netloc, propagates, start_span
+from .._tracing import PropagationContext, Span, Transaction
+from .http_clients import OP, ROUTES, add_query, fail, finish, matches, route
 
 __all__ = ["ORIGIN", "install"]
 
@@ -36,8 +37,21 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 ORIGIN = "auto.http.httpx"
 _TIMEOUTS: tuple[type[BaseException], ...] = (httpx.TimeoutException, TimeoutError)
-# Request extension: (our sentry-trace, our traceparent, our baggage, the caller's baggage).
-_INJECTED = "sentry_tracing_mw.injected"
+
+_NAMES = {
+    name: name.encode()
+    for name in (SENTRY_TRACE_HEADER, BAGGAGE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER)
+}
+_OURS = frozenset(_NAMES.values())
+_W3C = frozenset({_NAMES[TRACEPARENT_HEADER], _NAMES[TRACESTATE_HEADER]})
+
+# Request extension, only while the transport sends the request (httpx copies extensions
+# per request): how to put the caller's header list back.
+_SAVED = "sentry_tracing_mw.saved"
+
+# How to put the caller's headers back: the length of httpx's header list before ours were
+# appended, a copy of that list, or the caller's ``Headers`` object.
+_Saved = int | list[Any] | httpx.Headers
 
 
 def _full_url(url: httpx.URL) -> str:
@@ -46,159 +60,143 @@ def _full_url(url: httpx.URL) -> str:
     return str(url)
 
 
-def _strip_injected(request: httpx.Request, injected: tuple[str, ...]) -> None:
-    """Take off headers an earlier hop of this request got from us."""
-    headers = request.headers
-    sentry_trace, traceparent, baggage, own = injected
-    if headers.get(SENTRY_TRACE_HEADER) == sentry_trace:
-        del headers[SENTRY_TRACE_HEADER]
-    if traceparent and headers.get(TRACEPARENT_HEADER) == traceparent:
-        del headers[TRACEPARENT_HEADER]
-        if TRACESTATE_HEADER in headers:
-            del headers[TRACESTATE_HEADER]
-    if baggage and headers.get(BAGGAGE_HEADER) == baggage:
-        if own:
-            headers[BAGGAGE_HEADER] = own
-        else:
-            del headers[BAGGAGE_HEADER]
-
-
-_OURS = {
-    SENTRY_TRACE_HEADER.encode(): SENTRY_TRACE_HEADER,
-    BAGGAGE_HEADER.encode(): BAGGAGE_HEADER,
-    TRACEPARENT_HEADER.encode(): TRACEPARENT_HEADER,
-    TRACESTATE_HEADER.encode(): TRACESTATE_HEADER,
-}
-_NAMES = {name: name.encode() for name in _OURS.values()}
-_W3C = frozenset({TRACEPARENT_HEADER, TRACESTATE_HEADER})
-
-
-def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> None:
-    """Set our headers on the request (replacing the caller's, merging its baggage)."""
-    headers = request.headers
-    items = getattr(headers, "_list", None)
-    if not isinstance(items, list):
-        _inject_public(request, ctx, span_id)
-        return
-    w3c = ctx._client.options.propagate_traceparent
-    kept = []
-    bags: list[bytes] | None = None
-    for item in items:  # (raw name, lowercase name, value), httpx's internal layout
-        name = _OURS.get(item[1])
-        if name is None or (not w3c and name in _W3C):
-            kept.append(item)
-        elif name == BAGGAGE_HEADER:
-            if bags is None:
-                bags = []
-            bags.append(item[2])
-    own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
-    extensions = request.extensions
-    injected = extensions.get(_INJECTED)
-    if injected is not None and own == injected[2]:
-        own = injected[3] or None  # re-sent request: start again from the caller's baggage
-    values = ctx.headers(span_id, own)
-    for name, value in values.items():
-        raw = _NAMES[name]
-        kept.append((raw, raw, value.encode("utf-8", "surrogateescape")))
-    items[:] = kept
-    extensions[_INJECTED] = (
-        values[SENTRY_TRACE_HEADER],
-        values.get(TRACEPARENT_HEADER, ""),
-        values.get(BAGGAGE_HEADER, ""),
-        own or "",
-    )
-
-
-def _inject_public(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> None:
-    """Same as _inject through the public Headers API (slower; other httpx layouts)."""
-    headers = request.headers
-    own = headers.get(BAGGAGE_HEADER)
-    extensions = request.extensions
-    injected = extensions.get(_INJECTED)
-    if injected is not None and own == injected[2]:
-        own = injected[3]
-    values = ctx.headers(span_id, own or None)
-    if (
-        TRACEPARENT_HEADER in values
-        and TRACESTATE_HEADER not in values
-        and TRACESTATE_HEADER in headers
-    ):
-        del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
-    for name, value in values.items():
-        headers[name] = value
-    extensions[_INJECTED] = (
-        values[SENTRY_TRACE_HEADER],
-        values.get(TRACEPARENT_HEADER, ""),
-        values.get(BAGGAGE_HEADER, ""),
-        own or "",
-    )
-
-
-def _prepare(request: httpx.Request) -> Span | None:
-    """Start the span and set the headers for one request on the wire."""
-    found = current()
-    if found is None:
-        return None
-    parent, ctx = found
+def _prepare(request: httpx.Request, parent: Span | None) -> Span | None:
+    """Start the span and add the trace headers for one request on the wire."""
+    if parent is None:
+        found = PROPAGATION_CONTEXT.get()
+        if found is None:
+            return None
+        ctx = found
+    elif type(parent) is Transaction:
+        ctx = parent._ctx
+    else:
+        ctx = parent._context()
+    opts = ctx._client.options
     url = request.url
-    scheme = url.scheme
-    host = url.host
-    port = url.port
-    inject = propagates(ctx._client.options, scheme, host, port, lambda: _full_url(url))
+    ref = getattr(url, "_uri_reference", None)  # httpx's parsed URL: no property calls
+    if ref is not None:
+        scheme, host, port, path = ref.scheme, ref.host, ref.port, ref.path or "/"
+        if host[:4] == "xn--":
+            host = url.host  # IDNA: the readable form
+    else:
+        scheme, host, port = url.scheme, url.host, url.port
+        path = url.raw_path.partition(b"?")[0].decode("ascii")
+    found_route = ROUTES.get((scheme, host, port))
+    if found_route is None or found_route[0] is not opts:
+        found_route = route(opts, scheme, host, port)
+    inject = found_route[2]
+    if inject is None:
+        inject = matches(opts, _full_url(url))
     span: Span | None = None
-    if parent is not None:
-        span = start_span(
-            parent,
-            method=request.method,
-            base=f"{scheme}://{netloc(scheme, host, port)}",
-            path=url.path,
-            host=host,
-            origin=ORIGIN,
-            query_fragment=lambda: (url.query.decode("ascii", "replace"), url.fragment),
-        )
+    if parent is not None and parent._recording:
+        full = found_route[1] + path
+        method = request.method
+        child = parent.start_child(OP, f"{method} {full}", origin=ORIGIN)
+        if child._recording:
+            child._data = {"http.method": method, "url": full, "server.address": host}
+            if opts.send_default_pii:
+                add_query(child, url.query.decode("ascii", "replace"), url.fragment)
+            span = child
     if inject:
         span_id = span._span_id if span is not None else parent._span_id if parent else None
-        _inject(request, ctx, span_id)
-    else:
-        injected = request.extensions.get(_INJECTED)
-        if injected is not None:
-            _strip_injected(request, injected)
+        request.extensions[_SAVED] = _inject(request, ctx, span_id)
     return span
 
 
-class _EndsSpan:
-    """The span of a response body stream, ended once: by the end of the body, its failure
-    or the stream's close."""
+def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> _Saved:
+    """Add our headers (replacing the caller's, merging its baggage); returns what undoes it."""
+    items = getattr(request.headers, "_list", None)
+    if type(items) is not list:
+        return _inject_public(request, ctx, span_id)
+    saved: _Saved = len(items)
+    w3c = ctx._client.options.propagate_traceparent
+    own = None
+    for item in items:  # (raw name, lowercase name, value), httpx's internal layout
+        if item[1] in _OURS:
+            saved = items[:]
+            kept = []
+            bags: list[bytes] = []
+            for item in saved:
+                name = item[1]
+                if name not in _OURS or (not w3c and name in _W3C):
+                    kept.append(item)
+                elif name == b"baggage":
+                    bags.append(item[2])
+            own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
+            items[:] = kept
+            break
+    for name, value in ctx.headers(span_id, own).items():
+        raw = _NAMES[name]
+        items.append((raw, raw, value.encode("utf-8", "surrogateescape")))
+    return saved
 
+
+def _inject_public(
+    request: httpx.Request, ctx: PropagationContext, span_id: str | None
+) -> httpx.Headers:
+    """Same as _inject through the public Headers API (slower; other httpx layouts)."""
+    saved = request.headers
+    headers = saved.copy()
+    values = ctx.headers(span_id, headers.get(BAGGAGE_HEADER) or None)
+    if TRACEPARENT_HEADER in values and TRACESTATE_HEADER in headers:
+        del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
+    for name, value in values.items():
+        headers[name] = value
+    request.headers = headers
+    return saved
+
+
+def _sent(request: httpx.Request) -> None:
+    """After the transport call: take our extension off, put the caller's headers back."""
+    try:
+        saved = request.extensions.pop(_SAVED, None)
+        if saved is None:
+            return
+        if type(saved) is int:
+            del request.headers._list[saved:]
+        elif isinstance(saved, list):
+            request.headers._list[:] = saved
+        else:
+            request.headers = saved
+    except Exception:
+        logger.exception("sentry_tracing_mw: restoring an httpx request failed")
+
+
+class _ClosesSpan:
+    """A response stream that ends its span when closed (httpx closes a response once its
+    body has been read to the end, and when reading it fails). Built without ``__init__``."""
+
+    __slots__ = ("_inner", "_request", "_span")
+    _inner: Any
+    _request: httpx.Request
     _span: Span | None
 
     def _end(self) -> None:
-        span, self._span = self._span, None
-        if span is not None:
-            finish(span)
-
-    def _fail(self, exc: BaseException) -> None:
-        span, self._span = self._span, None
-        if span is not None:
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        exc = sys.exc_info()[1]  # closed while an error propagates: did reading this fail?
+        if exc is not None and (
+            not isinstance(exc, Exception)  # cancelled
+            or (
+                isinstance(exc, httpx.TransportError)
+                and getattr(exc, "_request", None) is self._request
+            )
+        ):
             fail(span, exc, _TIMEOUTS)
+            return
+        try:
+            span.finish()
+        except Exception:
+            logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
 
-class _SyncStream(_EndsSpan, httpx.SyncByteStream):
-    """Ends the span at the end of the body or on close."""
-
-    def __init__(self, inner: httpx.SyncByteStream, span: Span) -> None:
-        self._inner = inner
-        self._span = span
+class _SyncStream(_ClosesSpan, httpx.SyncByteStream):
+    __slots__ = ()
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._inner
-        except GeneratorExit:
-            raise  # the reader stopped early; close() ends the span
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-        self._end()
+        return iter(self._inner)
 
     def close(self) -> None:
         try:
@@ -207,84 +205,92 @@ class _SyncStream(_EndsSpan, httpx.SyncByteStream):
             self._end()
 
 
-class _AsyncStream(_EndsSpan, httpx.AsyncByteStream):
-    """Ends the span at the end of the body or on aclose."""
+class _AsyncStream(_ClosesSpan, httpx.AsyncByteStream):
+    __slots__ = ()
 
-    def __init__(self, inner: httpx.AsyncByteStream, span: Span) -> None:
-        self._inner = inner
-        self._span = span
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inner.__aiter__()  # type: ignore[no-any-return]
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            self._fail(exc)
-            raise
+    def aclose(self) -> Any:  # the inner stream's awaitable: no coroutine of our own
         self._end()
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._end()
+        return self._inner.aclose()
 
 
-def _track(response: httpx.Response, span: Span, stream_type: type[Any]) -> None:
+def _track(
+    request: httpx.Request, response: httpx.Response, span: Span, stream_type: type[_ClosesSpan]
+) -> None:
+    """Record the status; end the span when the response is closed (never raises)."""
     try:
-        span.set_http_status(response.status_code)
-        response.stream = stream_type(response.stream, span)
+        status = response.status_code
+        data = span._data
+        if type(status) is int and 0 <= status < 400 and data is not None:
+            data["http.response.status_code"] = status  # set_http_status, inlined
+            span._status = "ok"
+        else:
+            span.set_http_status(status)
+        stream = stream_type.__new__(stream_type)
+        stream._inner = response.stream
+        stream._request = request
+        stream._span = span
+        response.stream = stream  # type: ignore[assignment]
     except Exception:
         logger.exception("sentry_tracing_mw: tracking an httpx response failed")
         finish(span)
 
 
 def install() -> Callable[[], None]:
-    """Patch the httpx transports; returns the undo function."""
+    """Patch the httpx transports; returns the undo."""
     sync_cls = httpx.HTTPTransport
     async_cls = httpx.AsyncHTTPTransport
     orig_sync = sync_cls.__dict__["handle_request"]
     orig_async = async_cls.__dict__["handle_async_request"]
     enabled = [True]
+    get_span = CURRENT_SPAN.get
+    get_context = PROPAGATION_CONTEXT.get
+    suppressed = SUPPRESS_INSTRUMENTATION.get
 
     def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-        if (CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None) or not enabled:
+        parent = get_span()
+        if (parent is None and get_context() is None) or not enabled or suppressed():
             return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
-            span = _prepare(request)
+            span = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
             span = None
-        if span is None:
-            return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
             response: httpx.Response = orig_sync(self, request)
         except BaseException as exc:
-            fail(span, exc, _TIMEOUTS)
+            if span is not None:
+                fail(span, exc, _TIMEOUTS)
+            _sent(request)
             raise
-        _track(response, span, _SyncStream)
+        _sent(request)
+        if span is not None:
+            _track(request, response, span, _SyncStream)
         return response
 
     async def handle_async_request(
         self: httpx.AsyncHTTPTransport, request: httpx.Request
     ) -> httpx.Response:
-        if (CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None) or not enabled:
+        parent = get_span()
+        if (parent is None and get_context() is None) or not enabled or suppressed():
             return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
-            span = _prepare(request)
+            span = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
             span = None
-        if span is None:
-            return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
             response: httpx.Response = await orig_async(self, request)
         except BaseException as exc:
-            fail(span, exc, _TIMEOUTS)
+            if span is not None:
+                fail(span, exc, _TIMEOUTS)
+            _sent(request)
             raise
-        _track(response, span, _AsyncStream)
+        _sent(request)
+        if span is not None:
+            _track(request, response, span, _AsyncStream)
         return response
 
     handle_request.__wrapped__ = orig_sync  # type: ignore[attr-defined]

@@ -6,7 +6,8 @@
   use underneath): one span per request written to the wire, headers injected just before
   the header block is sent (``_httplib``);
 * ``httpx.HTTPTransport`` / ``httpx.AsyncHTTPTransport``: the layer that sends each request
-  on the wire, so every redirect hop httpx follows is its own span with its own headers
+  on the wire, so every redirect hop httpx follows is its own span with its own headers,
+  and httpcore's HTTP/1.1 connections, whose serialized header block gets our lines
   (``_httpx``).
 
 Each request becomes an ``http.client`` child of the current span when a recording span
@@ -23,7 +24,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
 from .._request import filter_query
 
 if TYPE_CHECKING:
@@ -87,39 +87,45 @@ def is_instrumented() -> bool:
 
 # --------------------------------------------------------------------------- shared helpers
 
-
-class Outgoing:
-    """What instrumentation decided for one request: its span and the headers to send."""
-
-    __slots__ = ("ctx", "inject", "own_baggage", "span", "span_id", "traceparent")
-
-    def __init__(
-        self, ctx: PropagationContext, span: Span | None, span_id: str | None, inject: bool
-    ) -> None:
-        self.ctx = ctx
-        self.span = span
-        self.span_id = span_id
-        self.inject = inject
-        self.traceparent = inject and ctx._client.options.propagate_traceparent
-        self.own_baggage: list[str] | None = None
-
-    def headers(self, own_baggage: str | None) -> dict[str, str]:
-        """The trace headers for this request (``own_baggage``: the caller's, merged)."""
-        return self.ctx.headers(self.span_id, own_baggage)
+# (scheme, host, port) -> (options, base URL, propagate); see ``route``.
+ROUTES: dict[tuple[str, str, int | None], tuple[Options, str, bool | None]] = {}
+_MAX_ROUTES = 1024
 
 
-def current() -> tuple[Span | None, PropagationContext] | None:
-    """The current span (if any) and the trace it belongs to; None when nothing to do."""
-    span = CURRENT_SPAN.get()
-    if span is None:
-        ctx = PROPAGATION_CONTEXT.get()
-        if ctx is None:
-            return None
+def route(
+    opts: Options, scheme: str, host: str, port: int | None
+) -> tuple[Options, str, bool | None]:
+    """``(opts, base, propagate)`` for requests to ``scheme://host:port``, cached in ROUTES.
+
+    ``base`` is ``scheme://host[:port]`` (the prefix of span descriptions); ``propagate`` is
+    False toward the DSN's host and port, True when every URL is a target, None when each
+    full URL has to be matched (``matches``). Callers look ROUTES up first and call this
+    when the entry is missing or was made for other options.
+    """
+    key = (scheme, host, port)
+    found = ROUTES.get(key)
+    if found is not None and found[0] is opts:
+        return found
+    base = f"{scheme}://{netloc(scheme, host, port)}"
+    propagate: bool | None
+    if opts.dsn is not None and _is_dsn_target(opts, host, port, scheme):
+        propagate = False
+    elif opts.propagate_to_all:
+        propagate = True
+    elif not opts.trace_propagation_targets:
+        propagate = False
     else:
-        ctx = span._context()
-    if SUPPRESS_INSTRUMENTATION.get():
-        return None
-    return span, ctx
+        propagate = None
+    found = (opts, base, propagate)
+    if len(ROUTES) >= _MAX_ROUTES:
+        ROUTES.clear()
+    ROUTES[key] = found
+    return found
+
+
+def matches(opts: Options, url: str) -> bool:
+    """Whether ``url`` matches one of ``trace_propagation_targets`` (``re.search``)."""
+    return any(pattern.search(url) for pattern in opts.trace_propagation_targets)
 
 
 def _is_dsn_target(opts: Options, host: str, port: int | None, scheme: str) -> bool:
@@ -132,21 +138,6 @@ def _is_dsn_target(opts: Options, host: str, port: int | None, scheme: str) -> b
     return port == dsn_port
 
 
-def propagates(
-    opts: Options, scheme: str, host: str, port: int | None, full_url: Callable[[], str]
-) -> bool:
-    """Whether trace headers may go to this URL (targets matched, never the DSN)."""
-    if opts.dsn is not None and _is_dsn_target(opts, host, port, scheme):
-        return False
-    if opts.propagate_to_all:
-        return True
-    patterns = opts.trace_propagation_targets
-    if not patterns:
-        return False
-    url = full_url()
-    return any(p.search(url) for p in patterns)
-
-
 def netloc(scheme: str, host: str, port: int | None) -> str:
     """``host[:port]`` with IPv6 brackets, the scheme's default port left out."""
     if ":" in host and not host.startswith("["):
@@ -156,38 +147,55 @@ def netloc(scheme: str, host: str, port: int | None) -> str:
     return f"{host}:{port}"
 
 
-def start_span(
-    parent: Span,
-    *,
-    method: str,
-    base: str,
-    path: str,
-    host: str,
-    origin: str,
-    query_fragment: Callable[[], tuple[str, str]] | None = None,
-) -> Span | None:
-    """An ``http.client`` child of ``parent``; None when it would not be recorded.
+# The last trace that made a call: (context, its sampled flag, our header lines split
+# around the span id, or None when a value cannot go on the wire verbatim). One entry: the
+# cache holds at most one context alive and costs a miss when concurrent traces alternate.
+_PLACEHOLDER = "\x00" * 16
+_template: tuple[PropagationContext | None, bool | None, list[str] | None] = (None, None, None)
 
-    ``query_fragment`` is only called with ``send_default_pii`` (``http.query`` and
-    ``http.fragment`` are personal data).
+
+def header_lines(ctx: PropagationContext, span_id: str | None) -> bytes | None:
+    """Our trace headers for a call made while ``span_id`` is active, as wire lines.
+
+    One ``name: value`` line (CRLF-terminated) for each of ``ctx.headers(span_id)``,
+    without calling ``headers()`` again for the same trace: its values only vary with the
+    span id and the sampling decision (the DSC is frozen on first use). None when a value
+    holds a character that a header line cannot carry verbatim (forwarded text): use
+    ``ctx.headers()`` and the client's own validation then.
     """
-    if not parent._recording:
+    cached = _template
+    if cached[0] is not ctx or cached[1] is not ctx.sampled:
+        cached = _cache_template(ctx)
+    parts = cached[2]
+    if parts is None:
         return None
-    url = base + path
-    child = parent.start_child(OP, f"{method} {url}", origin=origin)
-    if not child._recording:
-        return None
-    data: dict[str, object] = {"http.method": method, "url": url, "server.address": host}
-    if query_fragment is not None:
-        tx = parent._tx
-        if tx is not None and tx._client.options.send_default_pii:
-            query, fragment = query_fragment()
-            if query:
-                data["http.query"] = filter_query(query, True)
-            if fragment:
-                data["http.fragment"] = fragment
-    child._data = data
-    return child
+    return (span_id or ctx.span_id).join(parts).encode("ascii")
+
+
+def _cache_template(
+    ctx: PropagationContext,
+) -> tuple[PropagationContext, bool | None, list[str] | None]:
+    global _template
+    sampled = ctx.sampled
+    headers = ctx.headers(_PLACEHOLDER)
+    text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    parts: list[str] | None = text.split(_PLACEHOLDER)
+    values = "".join(headers.values()).replace(_PLACEHOLDER, "")
+    if not values.isascii() or any(c in values for c in "\r\n\x00"):
+        parts = None
+    cached = (ctx, sampled, parts)
+    _template = cached
+    return cached
+
+
+def add_query(span: Span, query: str, fragment: str) -> None:
+    """Record ``http.query`` / ``http.fragment`` (only with ``send_default_pii``)."""
+    data = span._data
+    if data is not None:
+        if query:
+            data["http.query"] = filter_query(query, True)
+        if fragment:
+            data["http.fragment"] = fragment
 
 
 def fail(span: Span, exc: BaseException, timeouts: tuple[type[BaseException], ...]) -> None:
