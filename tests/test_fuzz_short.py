@@ -56,9 +56,13 @@ def test_fuzz_short(tmp_path: Path) -> None:
     assert runs > 1000  # the target really ran (every seed plus mutations)
 
 
+_LONG_MINUTES = int(os.environ.get("SENTRY_TRACING_MW_FUZZ_MINUTES", "10"))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(60 * _LONG_MINUTES + 300)  # the suite's 120 s default would cut it short
 def test_fuzz_long(tmp_path: Path) -> None:
-    minutes = int(os.environ.get("SENTRY_TRACING_MW_FUZZ_MINUTES", "10"))
+    minutes = _LONG_MINUTES
     out, runs = _fuzz(tmp_path, seconds=60 * minutes, max_len=8192)
     cov = re.findall(r"cov: (\d+)", out)
     print(f"fuzz: {runs} executions, coverage {cov[-1] if cov else '?'} edges, no crash")
