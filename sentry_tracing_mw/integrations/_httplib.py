@@ -19,8 +19,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
-from .._tracing import PropagationContext, Span, Transaction
-from .http_clients import OP, ROUTES, add_query, fail, finish, header_lines, matches, route
+from .._tracing import PropagationContext, Span
+from .http_clients import (
+    add_query,
+    fail,
+    finish,
+    header_lines,
+    matches,
+    route,
+    start_client_span,
+    trace_context,
+)
 
 __all__ = ["ORIGIN", "install"]
 
@@ -48,15 +57,9 @@ def _begin(
     conn: http.client.HTTPConnection, parent: Span | None, method: str, url: str
 ) -> _Outgoing | None:
     """Decide span and headers for a request that ``putrequest`` just started."""
-    if parent is None:
-        found = PROPAGATION_CONTEXT.get()
-        if found is None:
-            return None
-        ctx = found
-    elif type(parent) is Transaction:
-        ctx = parent._ctx
-    else:
-        ctx = parent._context()
+    ctx = trace_context(parent)
+    if ctx is None:
+        return None
     opts = ctx._client.options
     scheme = "https" if conn.default_port == 443 else "http"
     tunnel = getattr(conn, "_tunnel_host", None)
@@ -78,10 +81,7 @@ def _begin(
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-    found_route = ROUTES.get((scheme, host, port))
-    if found_route is None or found_route[0] is not opts:
-        found_route = route(opts, scheme, host, port)
-    base, inject = found_route[1], found_route[2]
+    _, base, inject = route(opts, scheme, host, port)
     if inject is None:
         inject = matches(opts, base + target)
     span: Span | None = None
@@ -91,14 +91,10 @@ def _begin(
         if "?" in target or "#" in target:
             cut = min(i for i in (target.find("?"), target.find("#")) if i >= 0)
             path, rest = target[:cut], target[cut:]
-        full = base + path
-        child = parent.start_child(OP, f"{method} {full}", origin=ORIGIN)
-        if child._recording:
-            child._data = {"http.method": method, "url": full, "server.address": host}
-            if rest and opts.send_default_pii:
-                query, _, fragment = rest.partition("#")
-                add_query(child, query[1:], fragment)
-            span = child
+        span = start_client_span(parent, method, base + path, host, ORIGIN)
+        if span is not None and rest and opts.send_default_pii:
+            query, _, fragment = rest.partition("#")
+            add_query(span, query[1:], fragment)
     if span is None and not inject:
         return None
     span_id = span._span_id if span is not None else parent._span_id if parent else None

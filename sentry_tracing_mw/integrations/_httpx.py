@@ -28,8 +28,8 @@ from .._propagation import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
 )
-from .._tracing import PropagationContext, Span, Transaction
-from .http_clients import OP, ROUTES, add_query, fail, finish, matches, route
+from .._tracing import PropagationContext, Span
+from .http_clients import add_query, fail, finish, matches, route, start_client_span, trace_context
 
 __all__ = ["ORIGIN", "install"]
 
@@ -62,15 +62,9 @@ def _full_url(url: httpx.URL) -> str:
 
 def _prepare(request: httpx.Request, parent: Span | None) -> Span | None:
     """Start the span and add the trace headers for one request on the wire."""
-    if parent is None:
-        found = PROPAGATION_CONTEXT.get()
-        if found is None:
-            return None
-        ctx = found
-    elif type(parent) is Transaction:
-        ctx = parent._ctx
-    else:
-        ctx = parent._context()
+    ctx = trace_context(parent)
+    if ctx is None:
+        return None
     opts = ctx._client.options
     url = request.url
     ref = getattr(url, "_uri_reference", None)  # httpx's parsed URL: no property calls
@@ -81,22 +75,12 @@ def _prepare(request: httpx.Request, parent: Span | None) -> Span | None:
     else:
         scheme, host, port = url.scheme, url.host, url.port
         path = url.raw_path.partition(b"?")[0].decode("ascii")
-    found_route = ROUTES.get((scheme, host, port))
-    if found_route is None or found_route[0] is not opts:
-        found_route = route(opts, scheme, host, port)
-    inject = found_route[2]
+    _, base, inject = route(opts, scheme, host, port)
     if inject is None:
         inject = matches(opts, _full_url(url))
-    span: Span | None = None
-    if parent is not None and parent._recording:
-        full = found_route[1] + path
-        method = request.method
-        child = parent.start_child(OP, f"{method} {full}", origin=ORIGIN)
-        if child._recording:
-            child._data = {"http.method": method, "url": full, "server.address": host}
-            if opts.send_default_pii:
-                add_query(child, url.query.decode("ascii", "replace"), url.fragment)
-            span = child
+    span = start_client_span(parent, request.method, base + path, host, ORIGIN)
+    if span is not None and opts.send_default_pii:
+        add_query(span, url.query.decode("ascii", "replace"), url.fragment)
     if inject:
         span_id = span._span_id if span is not None else parent._span_id if parent else None
         request.extensions[_SAVED] = _inject(request, ctx, span_id)

@@ -6,8 +6,7 @@
   use underneath): one span per request written to the wire, headers injected just before
   the header block is sent (``_httplib``);
 * ``httpx.HTTPTransport`` / ``httpx.AsyncHTTPTransport``: the layer that sends each request
-  on the wire, so every redirect hop httpx follows is its own span with its own headers,
-  and httpcore's HTTP/1.1 connections, whose serialized header block gets our lines
+  on the wire, so every redirect hop httpx follows is its own span with its own headers
   (``_httpx``).
 
 Each request becomes an ``http.client`` child of the current span when a recording span
@@ -24,11 +23,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._context import PROPAGATION_CONTEXT
 from .._request import filter_query
+from .._tracing import PropagationContext, Span, Transaction
 
 if TYPE_CHECKING:
     from .._options import Options
-    from .._tracing import PropagationContext, Span
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
@@ -99,8 +99,7 @@ def route(
 
     ``base`` is ``scheme://host[:port]`` (the prefix of span descriptions); ``propagate`` is
     False toward the DSN's host and port, True when every URL is a target, None when each
-    full URL has to be matched (``matches``). Callers look ROUTES up first and call this
-    when the entry is missing or was made for other options.
+    full URL has to be matched (``matches``).
     """
     key = (scheme, host, port)
     found = ROUTES.get(key)
@@ -121,6 +120,28 @@ def route(
         ROUTES.clear()
     ROUTES[key] = found
     return found
+
+
+def trace_context(parent: Span | None) -> PropagationContext | None:
+    """The trace an outgoing request belongs to: its parent span's, else the request's."""
+    if parent is None:
+        return PROPAGATION_CONTEXT.get()
+    if type(parent) is Transaction:
+        return parent._ctx
+    return parent._context()
+
+
+def start_client_span(
+    parent: Span | None, method: str, url: str, host: str, origin: str
+) -> Span | None:
+    """A recording ``http.client`` child of ``parent`` for ``method url``, or None."""
+    if parent is None or not parent._recording:
+        return None
+    child = parent.start_child(OP, f"{method} {url}", origin=origin)
+    if not child._recording:
+        return None
+    child._data = {"http.method": method, "url": url, "server.address": host}
+    return child
 
 
 def matches(opts: Options, url: str) -> bool:
