@@ -306,11 +306,7 @@ class TracingMiddleware:
         ahead: list[Message] = []  # messages read ahead by the disconnect watcher
         watcher: asyncio.Future[None] | None = None
         watch_tried = False
-        try:
-            inner = self.app_scope(scope, tx, method)
-        except Exception:
-            logger.exception("sentry_tracing_mw: preparing the request scope failed")
-            inner = scope
+        inner = self._inner_scope(scope, tx, method)
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -402,6 +398,14 @@ class TracingMiddleware:
                 tx._status = "cancelled"
             tx.finish()
 
+    def _inner_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
+        """``app_scope``, never raising (the server's scope when it fails)."""
+        try:
+            return self.app_scope(scope, tx, method)
+        except Exception:
+            logger.exception("sentry_tracing_mw: preparing the request scope failed")
+            return scope
+
     async def _unrecorded(
         self,
         scope: Scope,
@@ -413,11 +417,7 @@ class TracingMiddleware:
     ) -> None:
         """An unsampled request: its trace is current and errors are captured, but no
         status, timing or disconnect is watched (nothing of it is sent)."""
-        try:
-            inner = self.app_scope(scope, tx, method)
-        except Exception:
-            logger.exception("sentry_tracing_mw: preparing the request scope failed")
-            inner = scope
+        inner = self._inner_scope(scope, tx, method)
         send_failed = False
 
         async def unrecorded_send(message: Message) -> None:

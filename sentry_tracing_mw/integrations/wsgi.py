@@ -276,22 +276,7 @@ class TracingMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
-        token = CURRENT_SPAN.set(tx)
-        try:
-            result = self.app(environ, traced_start_response)
-            wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(wrapper, type) and isinstance(result, wrapper):
-                patched = _finish_on_close(result, tx)
-                if patched is not None:
-                    return patched  # type: ignore[no-any-return]
-            it = iter(result)
-        except BaseException as exc:
-            _fail(client, tx, exc)
-            tx.finish()
-            raise
-        finally:
-            CURRENT_SPAN.reset(token)
-        return _Body(result, it, tx, client)
+        return self._run(environ, traced_start_response, tx, client, recorded=True)
 
     def _unrecorded(
         self,
@@ -306,11 +291,23 @@ class TracingMiddleware:
         code, so the transaction ends at once; any other body keeps the trace current
         while it runs (a streaming body may still call downstream services).
         """
+        return self._run(environ, start_response, tx, client, recorded=False)
+
+    def _run(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        tx: Transaction,
+        client: Client,
+        *,
+        recorded: bool,
+    ) -> Iterable[bytes]:
+        """Call the app with ``tx`` current; the transaction ends with the body."""
         token = CURRENT_SPAN.set(tx)
         try:
             result = self.app(environ, start_response)
-            if type(result) is list or type(result) is tuple:
-                tx.finish()
+            if not recorded and (type(result) is list or type(result) is tuple):
+                tx.finish()  # nothing to time, and iterating it runs no app code
                 return result
             wrapper = environ.get("wsgi.file_wrapper")
             if isinstance(wrapper, type) and isinstance(result, wrapper):

@@ -367,48 +367,33 @@ class TracingMiddleware:
         try:
             tx = state.tx
             status = response.status_code
-            if not tx._recording and state.owned:
-                self._respond_unrecorded(state, response, status)
-                return
-            if not self._name(request, state) and tx._source == "url":
+            recording = tx._recording
+            # An unsampled request sends nothing but errors: no name or status work for it.
+            if (recording or not state.owned) and (
+                not self._name(request, state) and tx._source == "url"
+            ):
                 self._name_unmatched(request, tx, state.method, status)
             if not state.owned:
                 return
-            tx.set_http_status(status)
+            if recording:
+                tx.set_http_status(status)
             if status >= 500 and state.exc is not None:
-                state.fail(state.exc)  # captured once: the client marks the exception
-            if response.streaming and getattr(response, "file_to_stream", None) is None:
-                content = response.streaming_content
+                state.fail(state.exc)  # captured once, whatever the sampling decision
+            streaming = response.streaming
+            if streaming and getattr(response, "file_to_stream", None) is None:
+                content = response.streaming_content  # runs app code: keep the trace current
                 if response.is_async:
                     state.body = _AsyncBody(content, state)
                 else:
                     state.body = _SyncBody(content, state)
                 response.streaming_content = state.body
             closers = getattr(response, "_resource_closers", None)
-            if isinstance(closers, list):
-                closers.append(state.finish)
-            else:  # not an HttpResponseBase: nothing will tell us when it is sent
+            if isinstance(closers, list) and (recording or streaming):
+                closers.append(state.finish)  # ends when the body has been sent
+            else:  # unsampled and built, or no closers: nothing to wait for
                 state.finish()
         except Exception:
             logger.exception("sentry_tracing_mw: finishing the request transaction failed")
-            state.tx.finish()
-
-    def _respond_unrecorded(self, state: _State, response: Any, status: int) -> None:
-        """An unsampled request: nothing is sent but errors, so no name or status work; a
-        streamed body keeps the trace current while it runs."""
-        if status >= 500 and state.exc is not None:
-            state.fail(state.exc)  # errors are captured whatever the sampling decision
-        closers = getattr(response, "_resource_closers", None)
-        if response.streaming and isinstance(closers, list):
-            if getattr(response, "file_to_stream", None) is None:
-                content = response.streaming_content
-                if response.is_async:
-                    state.body = _AsyncBody(content, state)
-                else:
-                    state.body = _SyncBody(content, state)
-                response.streaming_content = state.body
-            closers.append(state.finish)
-        else:
             state.tx.finish()
 
     def _name_unmatched(self, request: Any, tx: Transaction, method: str, status: int) -> None:
