@@ -177,23 +177,15 @@ class Client:
         parent_sampled = ctx.sampled
         sampler = opts.traces_sampler
         decision: bool | None
-        rate: float | None
+        rate: float | None = None
+        inherited = False  # the parent's rate is kept as is: reading it may parse the baggage
         if sampled is not None:
             decision, rate = sampled, (1.0 if sampled else 0.0)
         elif sampler is None:
             # Fast path (no sampler): inherit the parent's decision, else use the rate.
             if parent_sampled is not None:
-                # The parent's rate stays as it is: reading it may parse the baggage.
-                decision = parent_sampled
-                cap = self._inherited_cap
-                if decision and cap is not None and not cap.take():
-                    logger.debug("max_inherited_sampled_per_second reached: not sampling")
-                    decision = False
-                ctx.sampled = decision
-                recording = decision and opts.tracing_enabled
-                return Transaction(self, ctx, name, op, source, origin, recording)
-            rate = opts.traces_sample_rate
-            if rate is None:
+                decision, inherited = parent_sampled, True
+            elif (rate := opts.traces_sample_rate) is None:
                 decision = None
             elif rate >= 1.0 or rate <= 0.0:  # any sample_rand gives this decision
                 decision = rate >= 1.0
@@ -225,10 +217,11 @@ class Client:
         if decision and parent_sampled and cap is not None and not cap.take():
             logger.debug("max_inherited_sampled_per_second reached: not sampling")
             decision = False
-        if ctx._pending is not None:
-            ctx._resolve()
         ctx.sampled = decision
-        ctx._sample_rate = rate
+        if not inherited:
+            if ctx._pending is not None:
+                ctx._resolve()
+            ctx._sample_rate = rate
         recording = decision is True and (sampled is not None or opts.tracing_enabled)
         return Transaction(self, ctx, name, op, source, origin, recording)
 

@@ -181,12 +181,6 @@ class PropagationContext:
             self._resolve()
         return self._sample_rate
 
-    @sample_rate.setter
-    def sample_rate(self, value: float | None) -> None:
-        if self._pending is not None:
-            self._resolve()
-        self._sample_rate = value
-
     @property
     def sample_rand(self) -> float:
         """The trace's random value in [0, 1) that every sampling decision compares with."""
@@ -197,24 +191,12 @@ class PropagationContext:
             rand = self._sample_rand = new_sample_rand()
         return rand
 
-    @sample_rand.setter
-    def sample_rand(self, value: float) -> None:
-        if self._pending is not None:
-            self._resolve()
-        self._sample_rand = value
-
     @property
     def third_party(self) -> tuple[str, ...]:
         """Upstream baggage members of other vendors, forwarded downstream."""
         if self._pending is not None:
             self._resolve()
         return self._third_party
-
-    @third_party.setter
-    def third_party(self, value: tuple[str, ...]) -> None:
-        if self._pending is not None:
-            self._resolve()
-        self._third_party = value
 
     @property
     def span_id(self) -> str:
