@@ -159,26 +159,6 @@ def run_load(base: str, requests: int, concurrency: int) -> dict[str, Any]:
     return result
 
 
-def apply(server: Any, mode: str) -> None:
-    {
-        "healthy": lambda: None,
-        "down": server.go_down,
-        "hang": server.hang,
-        "429": lambda: server.respond(429, {"Retry-After": "1"}),
-        "500": lambda: server.respond(500),
-        "reset": server.reset,
-    }[mode]()
-
-
-def heal(server: Any, mode: str) -> None:
-    if mode == "down":
-        server.come_back()
-    elif mode == "hang":
-        server.release()
-    else:
-        server.respond(200)
-
-
 def recover(base: str, server: Any, limit: float = 90.0) -> None:
     """Request the app until Sentry gets a transaction again.
 
@@ -244,12 +224,12 @@ def bench_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         sentry.received.clear()
         for r in range(args.rounds):
             for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
-                apply(sentry, mode)
+                sentry.fault(mode)
                 cpu = proc.cpu_times()
                 try:
                     result = run_load(base, args.requests, args.concurrency)
                 finally:
-                    heal(sentry, mode)
+                    sentry.heal(mode)
                 used = proc.cpu_times()
                 drain(sentry)
                 posts = len(sentry.received)

@@ -202,6 +202,29 @@ class SentryServer:
         """Reset the connection mid-response (SO_LINGER 0)."""
         self.mode = "reset"
 
+    def fault(self, mode: str) -> None:
+        """Break in one of the named ways: ``down``, ``hang``, ``reset``, ``429`` or any 5xx
+        status as text (``healthy`` changes nothing)."""
+        if mode == "down":
+            self.go_down()
+        elif mode == "hang":
+            self.hang()
+        elif mode == "reset":
+            self.reset()
+        elif mode == "429":
+            self.respond(429, {"Retry-After": "1"})
+        elif mode != "healthy":
+            self.respond(int(mode))
+
+    def heal(self, mode: str) -> None:
+        """Undo ``fault(mode)``: back up, hung requests released, answering 200."""
+        if mode == "down":
+            self.come_back()
+        elif mode == "hang":
+            self.release()
+        else:
+            self.respond(200)
+
     # -- inspection -------------------------------------------------------------------------
 
     @property

@@ -135,28 +135,6 @@ def percentile(values: list[float], q: float) -> float:
 # -- faults --------------------------------------------------------------------------------------
 
 
-def break_sentry(server: SentryServer, mode: str) -> None:
-    if mode == "down":
-        server.go_down()
-    elif mode == "hang":
-        server.hang()
-    elif mode == "429":
-        server.respond(429, {"Retry-After": "1"})
-    elif mode == "500":
-        server.respond(500)
-    elif mode == "reset":
-        server.reset()
-
-
-def heal_sentry(server: SentryServer, mode: str) -> None:
-    if mode == "down":
-        server.come_back()
-    elif mode == "hang":
-        server.release()
-    else:
-        server.respond(200)
-
-
 EXPECTED_REASONS = {
     "healthy": set(),
     "down": {"network_error", "queue_overflow"},
@@ -211,11 +189,11 @@ def test_app_is_unaffected_and_losses_are_accounted(
         gc.collect()
         rss_before = psutil.Process().memory_info().rss
 
-        break_sentry(sentry_server, mode)
+        sentry_server.fault(mode)
         try:
             produced, latencies, problems = run_load(base)
         finally:
-            heal_sentry(sentry_server, mode)
+            sentry_server.heal(mode)
         rss_after = psutil.Process().memory_info().rss
         sent, reasons, rejected = account(sentry_server, produced)
 

@@ -516,24 +516,6 @@ def test_uwsgi_detection(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- backoff after repeated failures (5xx, network errors) ----------------------------------
 
 
-def fail(server: SentryServer, mode: str) -> None:
-    if mode == "500":
-        server.respond(500)
-    elif mode == "503":
-        server.respond(503)
-    elif mode == "reset":
-        server.reset()
-    else:
-        server.go_down()
-
-
-def heal(server: SentryServer, mode: str) -> None:
-    if mode == "down":
-        server.come_back()
-    else:
-        server.respond(200)
-
-
 BACKOFF_REASON = {"500": "send_error", "503": "send_error", "reset": "network_error"}
 
 
@@ -541,7 +523,7 @@ BACKOFF_REASON = {"500": "send_error", "503": "send_error", "reset": "network_er
 def test_backoff_after_repeated_failures_drops_unbuilt(
     mode: str, sentry_server: SentryServer, make_transport: MakeTransport
 ) -> None:
-    fail(sentry_server, mode)
+    sentry_server.fault(mode)
     t = make_transport(send_client_reports=False)  # flush() sends no report probes here
     t._backoff_base = 30.0  # the window outlasts the test
     built = [0]
@@ -603,7 +585,7 @@ def test_backoff_drops_of_queued_items_and_exact_reports_after_recovery(
 def test_backoff_window_grows_caps_and_resets(
     mode: str, sentry_server: SentryServer, make_transport: MakeTransport
 ) -> None:
-    fail(sentry_server, mode)
+    sentry_server.fault(mode)
     t = make_transport(send_client_reports=False)  # no report probes: only events send
     t._backoff_base, t._backoff_max = 0.2, 0.5
 
@@ -629,14 +611,14 @@ def test_backoff_window_grows_caps_and_resets(
     assert t.submit(tx_pending())
     assert t.flush(5)
     assert 0.4 < window() <= 0.5  # capped
-    heal(sentry_server, mode)
+    sentry_server.heal(mode)
     wait_out()
     assert t.submit(tx_pending(spans=1))
     assert t.flush(5)
     assert sentry_server.wait_for(1)
     assert window() <= 0 and t._failures == 0
     for _ in range(2):  # the count restarted: two new failures do not back off
-        fail(sentry_server, mode)
+        sentry_server.fault(mode)
         assert t.submit(tx_pending())
         assert t.flush(5)
     assert window() <= 0
