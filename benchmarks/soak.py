@@ -6,11 +6,15 @@ Three processes: this one serves the traced app (Flask on werkzeug's threaded se
 Starlette on uvicorn) with tracing on (rate 1.0, outgoing calls instrumented, an error
 every 50th request, half the requests continuing an incoming trace); a local Sentry sink
 (accepts envelopes and downstream calls, keeps nothing); a load generator at a fixed rate.
-Every ``--interval`` seconds (default 10) the server's RSS and tracemalloc's traced size are
-sampled. After a warm-up (default: the first quarter, at most 60 s) a least-squares line is
-fitted to each series; the slope is reported in MB/min. Exit status 1 when a slope exceeds
-its threshold (``--max-rss-slope`` 2.0 MB/min, ``--max-traced-slope`` 0.25 MB/min), or when
-requests failed, or when the sink received fewer transactions than requests served.
+Every ``--interval`` seconds (default 10) the server's RSS and its count of allocated
+Python memory blocks (``sys.getallocatedblocks()``: every object and buffer the interpreter
+holds, at no cost per allocation) are sampled; ``--tracemalloc`` samples traced bytes
+instead (it more than doubles the app's CPU per request, so use a lower ``--rate``), and
+``--top N`` implies it. After a warm-up (default: the first quarter, at most 60 s) a
+least-squares line is fitted to each series. Exit status 1 when a slope exceeds its
+threshold (``--max-rss-slope`` 2.0 MB/min, ``--max-blocks-slope`` 1000 blocks/min or
+``--max-traced-slope`` 0.25 MB/min), when requests failed, or when the sink received fewer
+transactions than requests served.
 """
 
 from __future__ import annotations
@@ -266,6 +270,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=None, help="seconds excluded from the fit")
     parser.add_argument("--max-rss-slope", type=float, default=2.0, help="MB/min")
     parser.add_argument("--max-traced-slope", type=float, default=0.25, help="MB/min")
+    parser.add_argument("--max-blocks-slope", type=float, default=1000.0, help="blocks/min")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="sample traced bytes (costs CPU per request)"
+    )
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument(
         "--top", type=int, default=0, help="print the N source lines whose memory grew most"
@@ -303,7 +311,9 @@ def main() -> int:
             time.sleep(0.05)
         sink_url = f"http://127.0.0.1:{int(port_file.read_text())}"
 
-        tracemalloc.start(1)
+        traced_mode = args.tracemalloc or args.top > 0
+        if traced_mode:
+            tracemalloc.start(1)
         stm.init(
             dsn=f"http://public@{sink_url[7:]}/1",
             traces_sample_rate=1.0,
@@ -329,6 +339,7 @@ def main() -> int:
             text=True,
         )
         proc = psutil.Process()
+        heap_key = "traced_mb" if traced_mode else "blocks"
         started = time.monotonic()
         samples: list[dict[str, float]] = []
         baseline_snapshot = None
@@ -337,19 +348,23 @@ def main() -> int:
             if args.top and baseline_snapshot is None and elapsed >= warmup:
                 baseline_snapshot = tracemalloc.take_snapshot()
             rss = proc.memory_info().rss / 2**20
-            traced = tracemalloc.get_traced_memory()[0] / 2**20
+            heap = (
+                round(tracemalloc.get_traced_memory()[0] / 2**20, 3)
+                if traced_mode
+                else sys.getallocatedblocks()
+            )
             transport = stm.get_client().transport
             queued = transport.queued() if transport is not None else 0
             samples.append(
                 {
                     "t": round(elapsed, 1),
                     "rss_mb": round(rss, 2),
-                    "traced_mb": round(traced, 3),
+                    heap_key: heap,
                     "queued": queued,
                 }
             )
             print(
-                f"[soak] t={elapsed:6.0f}s rss={rss:7.2f} MB traced={traced:7.3f} MB "
+                f"[soak] t={elapsed:6.0f}s rss={rss:7.2f} MB {heap_key}={heap} "
                 f"queued={queued}",
                 file=sys.stderr,
                 flush=True,
@@ -383,14 +398,18 @@ def main() -> int:
 
     fit = [s for s in samples if s["t"] >= warmup]
     rss_slope = slope_per_min([(s["t"], s["rss_mb"]) for s in fit])
-    traced_slope = slope_per_min([(s["t"], s["traced_mb"]) for s in fit])
+    heap_slope = slope_per_min([(s["t"], s[heap_key]) for s in fit])
     served = stats["ok"] + stats["errors_expected"]
     problems = []
     if rss_slope > args.max_rss_slope:
         problems.append(f"RSS grows {rss_slope:.3f} MB/min (> {args.max_rss_slope})")
-    if traced_slope > args.max_traced_slope:
+    if traced_mode and heap_slope > args.max_traced_slope:
         problems.append(
-            f"traced memory grows {traced_slope:.3f} MB/min (> {args.max_traced_slope})"
+            f"traced memory grows {heap_slope:.3f} MB/min (> {args.max_traced_slope})"
+        )
+    if not traced_mode and heap_slope > args.max_blocks_slope:
+        problems.append(
+            f"allocated blocks grow {heap_slope:.0f}/min (> {args.max_blocks_slope:.0f})"
         )
     backlog = max((s["queued"] for s in fit), default=0)
     if backlog > 200:
@@ -414,9 +433,10 @@ def main() -> int:
         "rss_start_mb": fit[0]["rss_mb"] if fit else None,
         "rss_end_mb": samples[-1]["rss_mb"],
         "rss_slope_mb_per_min": round(rss_slope, 4),
-        "traced_start_mb": fit[0]["traced_mb"] if fit else None,
-        "traced_end_mb": samples[-1]["traced_mb"],
-        "traced_slope_mb_per_min": round(traced_slope, 4),
+        "heap_metric": heap_key,
+        "heap_start": fit[0][heap_key] if fit else None,
+        "heap_end": samples[-1][heap_key],
+        "heap_slope_per_min": round(heap_slope, 4),
         "max_queued": backlog,
         "samples": samples,
         "problems": problems,
