@@ -316,7 +316,7 @@ def machine() -> dict[str, str]:
         "cores": cores,
         "memory": mem,
         "OS": f"{platform.system()} {platform.release()} ({platform.machine()})",
-        "Python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "load average at start (1/5/15 min)": loadavg(),
     }
 
