@@ -88,8 +88,11 @@ def _begin(
     if parent is not None and parent._recording:
         path = target
         rest = ""
-        if "?" in target or "#" in target:
-            cut = min(i for i in (target.find("?"), target.find("#")) if i >= 0)
+        cut = target.find("?")
+        fragment_at = target.find("#")
+        if fragment_at >= 0 and (cut < 0 or fragment_at < cut):
+            cut = fragment_at
+        if cut >= 0:
             path, rest = target[:cut], target[cut:]
         span = start_client_span(parent, method, base + path, host, ORIGIN)
         if span is not None and rest and opts.send_default_pii:

@@ -9,7 +9,8 @@ response is closed, which httpx does as soon as the body has been read to the en
 Trace headers are added to httpx's header list only while the transport sends the request
 (replacing the caller's ``sentry-trace`` / ``traceparent``, merging its ``baggage``), then
 the caller's headers are put back: re-sending the same request never grows ``baggage``, and
-a redirect hop to a URL that must not get trace headers carries none of ours.
+a redirect hop to a URL that must not get trace headers carries none of ours. The header
+values come from the per-trace cache shared with ``http.client`` (``header_items``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from .._propagation import (
     TRACESTATE_HEADER,
 )
 from .._tracing import PropagationContext, Span
-from .http_clients import add_query, fail, finish, matches, route, start_client_span, trace_context
+from .http_clients import (
+    add_query,
+    fail,
+    finish,
+    header_items,
+    matches,
+    route,
+    start_client_span,
+    trace_context,
+)
 
 __all__ = ["ORIGIN", "install"]
 
@@ -45,10 +55,6 @@ _NAMES = {
 _OURS = frozenset(_NAMES.values())
 _W3C = frozenset({_NAMES[TRACEPARENT_HEADER], _NAMES[TRACESTATE_HEADER]})
 
-# Request extension, only while the transport sends the request (httpx copies extensions
-# per request): how to put the caller's header list back.
-_SAVED = "sentry_tracing_mw.saved"
-
 # How to put the caller's headers back: the length of httpx's header list before ours were
 # appended, a copy of that list, or the caller's ``Headers`` object.
 _Saved = int | list[Any] | httpx.Headers
@@ -60,11 +66,12 @@ def _full_url(url: httpx.URL) -> str:
     return str(url)
 
 
-def _prepare(request: httpx.Request, parent: Span | None) -> Span | None:
-    """Start the span and add the trace headers for one request on the wire."""
+def _prepare(request: httpx.Request, parent: Span | None) -> tuple[Span | None, _Saved | None]:
+    """Start the span and add the trace headers for one request on the wire; returns the
+    span and what puts the caller's headers back (None: nothing was added)."""
     ctx = trace_context(parent)
     if ctx is None:
-        return None
+        return None, None
     opts = ctx._client.options
     url = request.url
     ref = getattr(url, "_uri_reference", None)  # httpx's parsed URL: no property calls
@@ -81,10 +88,10 @@ def _prepare(request: httpx.Request, parent: Span | None) -> Span | None:
     span = start_client_span(parent, request.method, base + path, host, ORIGIN)
     if span is not None and opts.send_default_pii:
         add_query(span, url.query.decode("ascii", "replace"), url.fragment)
-    if inject:
-        span_id = span._span_id if span is not None else parent._span_id if parent else None
-        request.extensions[_SAVED] = _inject(request, ctx, span_id)
-    return span
+    if not inject:
+        return span, None
+    span_id = span._span_id if span is not None else parent._span_id if parent else None
+    return span, _inject(request, ctx, span_id)
 
 
 def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> _Saved:
@@ -93,11 +100,11 @@ def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None
     if type(items) is not list:
         return _inject_public(request, ctx, span_id)
     saved: _Saved = len(items)
-    w3c = ctx._client.options.propagate_traceparent
     own = None
     for item in items:  # (raw name, lowercase name, value), httpx's internal layout
         if item[1] in _OURS:
             saved = items[:]
+            w3c = ctx._client.options.propagate_traceparent
             kept = []
             bags: list[bytes] = []
             for item in saved:
@@ -109,6 +116,11 @@ def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None
             own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
             items[:] = kept
             break
+    if own is None:
+        cached = header_items(ctx, span_id)
+        if cached is not None:
+            items.extend([(name, name, value) for name, value in cached])
+            return saved
     for name, value in ctx.headers(span_id, own).items():
         raw = _NAMES[name]
         items.append((raw, raw, value.encode("utf-8", "surrogateescape")))
@@ -130,13 +142,10 @@ def _inject_public(
     return saved
 
 
-def _sent(request: httpx.Request) -> None:
-    """After the transport call: take our extension off, put the caller's headers back."""
+def _restore(request: httpx.Request, saved: _Saved) -> None:
+    """After the transport call: put the caller's headers back."""
     try:
-        saved = request.extensions.pop(_SAVED, None)
-        if saved is None:
-            return
-        if type(saved) is int:
+        if isinstance(saved, int):
             del request.headers._list[saved:]
         elif isinstance(saved, list):
             request.headers._list[:] = saved
@@ -238,18 +247,20 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
-            span = _prepare(request, parent)
+            span, saved = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span = None
+            span = saved = None
         try:
             response: httpx.Response = orig_sync(self, request)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            _sent(request)
+            if saved is not None:
+                _restore(request, saved)
             raise
-        _sent(request)
+        if saved is not None:
+            _restore(request, saved)
         if span is not None:
             _track(request, response, span, _SyncStream)
         return response
@@ -261,18 +272,20 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
-            span = _prepare(request, parent)
+            span, saved = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span = None
+            span = saved = None
         try:
             response: httpx.Response = await orig_async(self, request)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            _sent(request)
+            if saved is not None:
+                _restore(request, saved)
             raise
-        _sent(request)
+        if saved is not None:
+            _restore(request, saved)
         if span is not None:
             _track(request, response, span, _AsyncStream)
         return response

@@ -169,10 +169,25 @@ def netloc(scheme: str, host: str, port: int | None) -> str:
 
 
 # The last trace that made a call: (context, its sampled flag, our header lines split
-# around the span id, or None when a value cannot go on the wire verbatim). One entry: the
-# cache holds at most one context alive and costs a miss when concurrent traces alternate.
+# around the span id, our headers as (raw name, value before the span id, value after it
+# or None) byte triples; both None when a value cannot go on the wire verbatim). One entry:
+# the cache holds at most one context alive and costs a miss when concurrent traces
+# alternate.
 _PLACEHOLDER = "\x00" * 16
-_template: tuple[PropagationContext | None, bool | None, list[str] | None] = (None, None, None)
+_Template = tuple[
+    PropagationContext | None,
+    bool | None,
+    list[str] | None,
+    list[tuple[bytes, bytes, bytes | None]] | None,
+]
+_template: _Template = (None, None, None, None)
+
+
+def _current_template(ctx: PropagationContext) -> _Template:
+    cached = _template
+    if cached[0] is not ctx or cached[1] is not ctx.sampled:
+        cached = _cache_template(ctx)
+    return cached
 
 
 def header_lines(ctx: PropagationContext, span_id: str | None) -> bytes | None:
@@ -184,27 +199,40 @@ def header_lines(ctx: PropagationContext, span_id: str | None) -> bytes | None:
     holds a character that a header line cannot carry verbatim (forwarded text): use
     ``ctx.headers()`` and the client's own validation then.
     """
-    cached = _template
-    if cached[0] is not ctx or cached[1] is not ctx.sampled:
-        cached = _cache_template(ctx)
-    parts = cached[2]
+    parts = _current_template(ctx)[2]
     if parts is None:
         return None
     return (span_id or ctx.span_id).join(parts).encode("ascii")
 
 
-def _cache_template(
-    ctx: PropagationContext,
-) -> tuple[PropagationContext, bool | None, list[str] | None]:
+def header_items(ctx: PropagationContext, span_id: str | None) -> list[tuple[bytes, bytes]] | None:
+    """``ctx.headers(span_id)`` as ``(lowercase name, value)`` bytes, from the same cache as
+    ``header_lines`` (None when a value cannot go on the wire verbatim)."""
+    values = _current_template(ctx)[3]
+    if values is None:
+        return None
+    sid = (span_id or ctx.span_id).encode("ascii")
+    return [
+        (name, before if after is None else before + sid + after) for name, before, after in values
+    ]
+
+
+def _cache_template(ctx: PropagationContext) -> _Template:
     global _template
     sampled = ctx.sampled
     headers = ctx.headers(_PLACEHOLDER)
     text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
     parts: list[str] | None = text.split(_PLACEHOLDER)
-    values = "".join(headers.values()).replace(_PLACEHOLDER, "")
-    if not values.isascii() or any(c in values for c in "\r\n\x00"):
-        parts = None
-    cached = (ctx, sampled, parts)
+    values: list[tuple[bytes, bytes, bytes | None]] | None = [
+        (name.encode(), before.encode(), after.encode() if found else None)
+        for name, (before, found, after) in (
+            (name, value.partition(_PLACEHOLDER)) for name, value in headers.items()
+        )
+    ]
+    joined = "".join(headers.values()).replace(_PLACEHOLDER, "")
+    if not joined.isascii() or any(c in joined for c in "\r\n\x00"):
+        parts = values = None
+    cached = (ctx, sampled, parts, values)
     _template = cached
     return cached
 
