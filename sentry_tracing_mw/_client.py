@@ -139,6 +139,7 @@ class Client:
             ctx._sample_rand = None  # drawn when first needed (see sample_rand)
             ctx._dsc = None
             ctx._baggage = None
+            ctx._ours = None
             ctx._third_party = ()
             ctx.tracestate = None
             ctx.random = True

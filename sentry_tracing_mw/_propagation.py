@@ -35,6 +35,7 @@ __all__ = [
     "format_sample_rate",
     "format_sentry_trace",
     "format_traceparent",
+    "merge_baggage",
     "parse_baggage",
     "parse_incoming_baggage",
     "parse_sample_rand",
@@ -42,6 +43,7 @@ __all__ = [
     "parse_sentry_trace",
     "parse_traceparent",
     "parse_tracestate",
+    "sentry_members",
 ]
 
 _logger = logging.getLogger("sentry_tracing_mw")
@@ -127,6 +129,7 @@ _KNOWN_SENTRY_KEYS = {
 # Small memo tables for percent-coding; the same release/transaction values repeat.
 _CACHE_LIMIT = 512
 _CACHEABLE_CHARS = 256
+_OWN_CACHE: dict[str, tuple[tuple[str, str], ...]] = {}
 _UNQUOTE_CACHE: dict[str, str] = {}
 # Raw baggage member -> (DSC key, decoded value), for members whose values repeat a lot.
 _MEMBER_CACHE: dict[str, tuple[str, str]] = {}
@@ -382,19 +385,49 @@ def format_baggage(
     the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS by dropping forwarded
     members (last first), then the app's own; the Sentry members are always kept.
     """
-    parts = [
-        f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()
-    ]
+    return merge_baggage(sentry_members(sentry), len(sentry), own, forwarded)
+
+
+def sentry_members(sentry: Mapping[str, str]) -> str:
+    """The DSC as ``sentry-`` baggage members (values percent-encoded), comma-joined."""
+    return ",".join(
+        [f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()]
+    )
+
+
+def _own_members(own: str) -> tuple[tuple[str, str], ...]:
+    """The app's own non-``sentry-`` members as (key, member), first of each key."""
+    cached = _OWN_CACHE.get(own)
+    if cached is not None:
+        return cached
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for member in _MEMBER_RE.findall(own):
+        key = _member_key(member)
+        if not key.startswith(_SENTRY_PREFIX) and key not in seen:
+            seen.add(key)
+            found.append((key, member))
+    members = tuple(found)
+    if len(own) <= _CACHEABLE_CHARS:  # an app's own baggage tends to repeat call after call
+        if len(_OWN_CACHE) >= _CACHE_LIMIT:
+            _OWN_CACHE.clear()
+        _OWN_CACHE[own] = members
+    return members
+
+
+def merge_baggage(
+    ours: str, count: int, own: str | None = None, forwarded: Sequence[str] = ()
+) -> str:
+    """``format_baggage`` with the Sentry part already formatted (``sentry_members``):
+    ``ours`` holds ``count`` members (0 when empty)."""
     if not own and not forwarded:
-        return ",".join(parts)
+        return ours
     extra: list[str] = []
     seen: set[str] = set()
     if own:
-        for member in _MEMBER_RE.findall(own):
-            key = _member_key(member)
-            if not key.startswith(_SENTRY_PREFIX) and key not in seen:
-                seen.add(key)
-                extra.append(member)
+        for key, member in _own_members(own):
+            seen.add(key)
+            extra.append(member)
     for member in forwarded:
         if not isinstance(member, str) or "," in member:
             continue
@@ -404,10 +437,9 @@ def format_baggage(
             seen.add(key)
             extra.append(member)
     if not extra:
-        return ",".join(parts)
-    ours = ",".join(parts)
-    used = _utf8_len(ours) if parts else -1  # -1: no leading comma when there is no DSC
-    slots = MAX_BAGGAGE_MEMBERS - len(parts)
+        return ours
+    used = _utf8_len(ours) if count else -1  # -1: no leading comma when there is no DSC
+    slots = MAX_BAGGAGE_MEMBERS - count
     keep = 0
     for member in extra:
         used += _utf8_len(member) + 1
@@ -416,7 +448,7 @@ def format_baggage(
         keep += 1
     if keep < len(extra):
         del extra[keep:]
-    if parts:
+    if count:
         extra.append(ours)
     return ",".join(extra)
 

@@ -23,12 +23,13 @@ from ._propagation import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
     IncomingTrace,
-    format_baggage,
     format_sample_rand,
     format_sample_rate,
     format_sentry_trace,
     format_traceparent,
+    merge_baggage,
     parse_incoming_baggage,
+    sentry_members,
 )
 from ._sampling import continued_sampling
 
@@ -117,6 +118,7 @@ class PropagationContext:
         "_baggage",
         "_client",
         "_dsc",
+        "_ours",
         "_pending",
         "_sample_rand",
         "_sample_rate",
@@ -154,6 +156,7 @@ class PropagationContext:
         self._sample_rand = sample_rand
         self._dsc = dsc
         self._baggage: str | None = None
+        self._ours: tuple[str, int] | None = None
         self._third_party = third_party
         self.tracestate = tracestate
         self.random = random
@@ -251,13 +254,15 @@ class PropagationContext:
         span_id = span_id or self.span_id
         sampled = self.sampled
         headers = {SENTRY_TRACE_HEADER: format_sentry_trace(self.trace_id, span_id, sampled)}
-        baggage: str | None
-        if own_baggage:
-            baggage = format_baggage(self.dsc(), own=own_baggage, forwarded=self.third_party)
-        else:
-            baggage = self._baggage
-            if baggage is None:
-                baggage = self._baggage = format_baggage(self.dsc(), forwarded=self.third_party)
+        baggage = self._baggage
+        if baggage is None or own_baggage:
+            ours = self._ours
+            if ours is None:  # the DSC is frozen from here on: format its members once
+                dsc = self.dsc()
+                ours = self._ours = (sentry_members(dsc), len(dsc))
+            baggage = merge_baggage(*ours, own_baggage, self.third_party)
+            if not own_baggage:
+                self._baggage = baggage
         if baggage:
             headers[BAGGAGE_HEADER] = baggage
         if self._client.options.propagate_traceparent:
