@@ -6,20 +6,23 @@ Three processes: this one serves the traced app (Flask on werkzeug's threaded se
 Starlette on uvicorn) with tracing on (rate 1.0, outgoing calls instrumented, an error
 every 50th request, half the requests continuing an incoming trace); a local Sentry sink
 (accepts envelopes and downstream calls, keeps nothing); a load generator at a fixed rate.
-Every ``--interval`` seconds (default 10) the server's RSS and its count of allocated
-Python memory blocks (``sys.getallocatedblocks()``: every object and buffer the interpreter
-holds, at no cost per allocation) are sampled; ``--tracemalloc`` samples traced bytes
-instead (it more than doubles the app's CPU per request, so use a lower ``--rate``), and
-``--top N`` implies it. After a warm-up (default: the first quarter, at most 60 s) a
-least-squares line is fitted to each series. Exit status 1 when a slope exceeds its
-threshold (``--max-rss-slope`` 2.0 MB/min, ``--max-blocks-slope`` 1000 blocks/min or
-``--max-traced-slope`` 0.25 MB/min), when requests failed, or when the sink received fewer
-transactions than requests served.
+Every ``--interval`` seconds (default 10) the server's RSS and, after a ``gc.collect()``,
+its count of allocated Python memory blocks (``sys.getallocatedblocks()``: every object
+and buffer the interpreter holds, at no cost per allocation) are sampled; ``--tracemalloc``
+samples traced bytes instead (it more than doubles the app's CPU per request, so use a
+lower ``--rate``), and ``--top N`` implies it. After a warm-up (default: the first quarter,
+at most 60 s) a least-squares line is fitted to each series. Exit status 1 when a slope
+exceeds its threshold (``--max-rss-slope`` 2.0 MB/min, ``--max-blocks-slope`` 1000
+blocks/min or ``--max-traced-slope`` 0.25 MB/min), when requests failed, or when the sink
+received fewer transactions than requests served. The load generator retries a request
+once on a new connection when the server closed the idle keep-alive one first (counted as
+``reconnects``; uvicorn closes it after an app exception).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -103,7 +106,7 @@ def run_load(base: str, duration: float, rate: float, concurrency: int) -> None:
 
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    stats = {"requests": 0, "ok": 0, "errors_expected": 0, "failed": 0}
+    stats = {"requests": 0, "ok": 0, "errors_expected": 0, "failed": 0, "reconnects": 0}
     lock = threading.Lock()
     interval = concurrency / rate
     deadline = time.monotonic() + duration
@@ -130,21 +133,35 @@ def run_load(base: str, duration: float, rate: float, concurrency: int) -> None:
                     f"sentry-trace_id={trace},sentry-sample_rate=1.0,sentry-sampled=true"
                 )
             kind = "failed"
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
-                if resp.status == 200 and body == f"done {i}".encode():
-                    kind = "ok"
-                elif resp.status == 500 and path.startswith("/fail/"):
-                    kind = "errors_expected"
-                if resp.will_close:
+            reconnected = False
+            for attempt in (1, 2):
+                reused = conn.sock is not None
+                try:
+                    conn.request("GET", path, headers=headers)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    if resp.status == 200 and body == f"done {i}".encode():
+                        kind = "ok"
+                    elif resp.status == 500 and path.startswith("/fail/"):
+                        kind = "errors_expected"
+                    if resp.will_close:
+                        conn.close()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                     conn.close()
-            except (OSError, http.client.HTTPException):
-                conn.close()
+                    # The server closed the idle keep-alive connection before reading this
+                    # request (uvicorn does after an app raised, even when the 500 response
+                    # did not say "Connection: close"): retry once on a new connection, as
+                    # every pooling client does for an idempotent request.
+                    if attempt == 1 and reused:
+                        reconnected = True
+                        continue
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                break
             with lock:
                 stats["requests"] += 1
                 stats[kind] += 1
+                stats["reconnects"] += reconnected
         conn.close()
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
@@ -348,6 +365,7 @@ def main() -> int:
             if args.top and baseline_snapshot is None and elapsed >= warmup:
                 baseline_snapshot = tracemalloc.take_snapshot()
             rss = proc.memory_info().rss / 2**20
+            gc.collect()  # count what is still reachable, not cyclic garbage awaiting the GC
             heap = (
                 round(tracemalloc.get_traced_memory()[0] / 2**20, 3)
                 if traced_mode
