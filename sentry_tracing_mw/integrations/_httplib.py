@@ -276,7 +276,10 @@ def install() -> Callable[[], None]:
         try:
             orig_close_conn(self)
         finally:
-            finish(span)
+            try:
+                span.finish()
+            except Exception:
+                logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
     wrappers: dict[str, Any] = {
         "putrequest": putrequest,
