@@ -95,36 +95,45 @@ def _prepare(request: httpx.Request, parent: Span | None) -> tuple[Span | None, 
 
 
 def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> _Saved:
-    """Add our headers (replacing the caller's, merging its baggage); returns what undoes it."""
+    """Add our headers (replacing the caller's, merging its baggage); returns what undoes it.
+
+    The header list is changed only once our values are known, so a failure leaves the
+    caller's request as it was.
+    """
     items = getattr(request.headers, "_list", None)
     if type(items) is not list:
         return _inject_public(request, ctx, span_id)
-    saved: _Saved = len(items)
-    own = None
     for item in items:  # (raw name, lowercase name, value), httpx's internal layout
         if item[1] in _OURS:
-            saved = items[:]
-            w3c = ctx._client.options.propagate_traceparent
-            kept = []
-            bags: list[bytes] = []
-            for item in saved:
-                name = item[1]
-                if name not in _OURS or (not w3c and name in _W3C):
-                    kept.append(item)
-                elif name == b"baggage":
-                    bags.append(item[2])
-            own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
-            items[:] = kept
             break
-    if own is None:
+    else:  # the usual case: the caller set no trace headers, ours are appended
         cached = header_items(ctx, span_id)
-        if cached is not None:
-            items.extend([(name, name, value) for name, value in cached])
-            return saved
-    for name, value in ctx.headers(span_id, own).items():
-        raw = _NAMES[name]
-        items.append((raw, raw, value.encode("utf-8", "surrogateescape")))
-    return saved
+        if cached is None:  # a value that needs the careful encoding
+            cached = [
+                (_NAMES[name], value.encode("utf-8", "surrogateescape"))
+                for name, value in ctx.headers(span_id).items()
+            ]
+        saved = len(items)
+        items.extend([(name, name, value) for name, value in cached])
+        return saved
+    w3c = ctx._client.options.propagate_traceparent
+    kept = []
+    bags: list[bytes] = []
+    for item in items:
+        name = item[1]
+        if name not in _OURS or (not w3c and name in _W3C):
+            kept.append(item)
+        elif name == b"baggage":
+            bags.append(item[2])
+    own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
+    values = ctx.headers(span_id, own)
+    saved_list = items[:]
+    kept.extend(
+        (_NAMES[name], _NAMES[name], value.encode("utf-8", "surrogateescape"))
+        for name, value in values.items()
+    )
+    items[:] = kept
+    return saved_list
 
 
 def _inject_public(
