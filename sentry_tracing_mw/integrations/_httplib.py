@@ -26,6 +26,7 @@ from .http_clients import (
     finish,
     header_lines,
     matches,
+    record_status,
     route,
     start_client_span,
     trace_context,
@@ -244,13 +245,7 @@ def install() -> Callable[[], None]:
             raise
         if span is not None:
             try:
-                status = response.status
-                data = span._data
-                if type(status) is int and 0 <= status < 400 and data is not None:
-                    data["http.response.status_code"] = status  # set_http_status, inlined
-                    span._status = "ok"
-                else:
-                    span.set_http_status(status)
+                record_status(span, response.status)
                 if response.fp is None or response.length == 0:
                     span.finish()  # no body to wait for
                 else:

@@ -36,6 +36,7 @@ from .http_clients import (
     finish,
     header_items,
     matches,
+    record_status,
     route,
     start_client_span,
     trace_context,
@@ -223,13 +224,7 @@ def _track(
 ) -> None:
     """Record the status; end the span when the response is closed (never raises)."""
     try:
-        status = response.status_code
-        data = span._data
-        if type(status) is int and 0 <= status < 400 and data is not None:
-            data["http.response.status_code"] = status  # set_http_status, inlined
-            span._status = "ok"
-        else:
-            span.set_http_status(status)
+        record_status(span, response.status_code)
         stream = stream_type.__new__(stream_type)
         stream._inner = response.stream
         stream._request = request

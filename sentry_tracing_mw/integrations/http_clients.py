@@ -144,6 +144,17 @@ def start_client_span(
     return child
 
 
+def record_status(span: Span, status: int) -> None:
+    """Record the response status on a client span (``set_http_status`` with the usual
+    success case first)."""
+    data = span._data
+    if type(status) is int and 0 <= status < 400 and data is not None:
+        data["http.response.status_code"] = status
+        span._status = "ok"
+    else:
+        span.set_http_status(status)
+
+
 def matches(opts: Options, url: str) -> bool:
     """Whether ``url`` matches one of ``trace_propagation_targets`` (``re.search``)."""
     return any(pattern.search(url) for pattern in opts.trace_propagation_targets)
