@@ -259,7 +259,9 @@ class TracingMiddleware:
         method: str,
     ) -> Iterable[bytes]:
         if not tx._recording:
-            return self._unrecorded(environ, start_response, tx, client)
+            # Unsampled: the trace is current, but nothing is timed or sent, so no status
+            # wrapper; a list or tuple body ends the transaction at once (see _run).
+            return self._run(environ, start_response, tx, client, recorded=False)
         name_unmatched = self.name_unmatched
 
         def traced_start_response(
@@ -277,21 +279,6 @@ class TracingMiddleware:
             return start_response(status, headers, exc_info)
 
         return self._run(environ, traced_start_response, tx, client, recorded=True)
-
-    def _unrecorded(
-        self,
-        environ: dict[str, Any],
-        start_response: StartResponse,
-        tx: Transaction,
-        client: Client,
-    ) -> Iterable[bytes]:
-        """An unsampled request: its trace is current, but nothing is timed or sent.
-
-        No status wrapper (the status is never sent); a list or tuple body runs no app
-        code, so the transaction ends at once; any other body keeps the trace current
-        while it runs (a streaming body may still call downstream services).
-        """
-        return self._run(environ, start_response, tx, client, recorded=False)
 
     def _run(
         self,
