@@ -225,6 +225,9 @@ def install(framework: str, config: str, dsn: str) -> tuple[Any, Callable[[], ob
         }[framework]()
         sentry_sdk.init(
             dsn="http://public@127.0.0.1:9/1",
+            # Only the framework's integration (plus sentry-sdk's defaults): with every
+            # framework in one environment, auto-enabling would add the others' integrations.
+            auto_enabling_integrations=False,
             transport=sdk_transport(),
             traces_sample_rate=rate,
             integrations=integration,

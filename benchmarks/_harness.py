@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -56,11 +57,15 @@ REQUIRED = {
 VERSIONED = (
     "sentry-tracing-mw",
     "sentry-sdk",
+    "opentelemetry-api",
     "opentelemetry-sdk",
     "opentelemetry-instrumentation-flask",
     "opentelemetry-instrumentation-django",
     "opentelemetry-instrumentation-starlette",
     "opentelemetry-instrumentation-fastapi",
+    "opentelemetry-instrumentation-requests",
+    "opentelemetry-instrumentation-urllib3",
+    "opentelemetry-instrumentation-httpx",
     "opentelemetry-exporter-otlp-proto-common",
     "flask",
     "werkzeug",
@@ -72,6 +77,7 @@ VERSIONED = (
     "httpx",
     "gunicorn",
     "uvicorn",
+    "psutil",
 )
 
 
@@ -226,12 +232,17 @@ def interleaved(
     run: Callable[[Any], dict[str, Any]],
     progress: Callable[[str], None] | None = None,
 ) -> dict[Any, list[dict[str, Any]]]:
-    """Run every key once per round; the order rotates each round. Returns key -> results."""
+    """Run every key once per round, in a new order each round. Returns key -> results.
+
+    The order is a seeded shuffle per round (reproducible), so no configuration always runs
+    next to the same neighbours or at the same point of a drifting machine's day.
+    """
     out: dict[Any, list[dict[str, Any]]] = {k: [] for k in keys}
     keys = list(keys)
+    shuffler = random.Random(20261122)
     for r in range(rounds):
-        shift = r % len(keys) if keys else 0
-        order = keys[shift:] + keys[:shift]
+        order = keys[:]
+        shuffler.shuffle(order)
         for key in order:
             if progress is not None:
                 progress(f"round {r + 1}/{rounds}: {key}")
@@ -312,6 +323,7 @@ def machine() -> dict[str, str]:
     except AttributeError:
         pass
     return {
+        "code": code_revision(),
         "CPU": cpu_model(),
         "cores": cores,
         "memory": mem,
@@ -319,6 +331,30 @@ def machine() -> dict[str, str]:
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "load average at start (1/5/15 min)": loadavg(),
     }
+
+
+def code_revision() -> str:
+    """The git commit measured, marked when the work tree had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def versions() -> dict[str, str]:

@@ -98,8 +98,11 @@ def main() -> None:
         "format outgoing headers (own baggage)": 3.0,
     }
     if args.json:
-        print(json.dumps({k: {"median_us": v[0], "min_us": v[1], "max_us": v[2]}
-                          for k, v in results.items()}))
+        print(
+            json.dumps(
+                {k: {"median_us": v[0], "min_us": v[1], "max_us": v[2]} for k, v in results.items()}
+            )
+        )
         return
     print(f"{'benchmark':42} {'median µs':>10} {'min':>8} {'max':>8} {'budget':>7}")
     for name, (med, lo, hi) in results.items():

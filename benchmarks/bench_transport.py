@@ -32,7 +32,6 @@ SDK = {"name": "sentry.python.tracemw", "version": VERSION}
 DISCARD_SERVER = SINK_SERVER
 
 
-
 def transaction(spans: int = 10) -> tuple[dict[str, Any], dict[str, str]]:
     """A realistic finished transaction payload and its DSC."""
     trace_id = uuid.uuid4().hex

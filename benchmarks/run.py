@@ -93,7 +93,7 @@ def _core(quick: bool) -> h.Section:
             cwd=h.ROOT,
             timeout=900,
         )
-        text = out.stdout.strip() or out.stderr.strip()[-2000:]
+        text = out.stdout.strip("\n").rstrip() or out.stderr.strip()[-2000:]
         parts.append(
             f"`python benchmarks/{script} {' '.join(args)}`".replace(" `", "`")
             + f"\n\n```\n{text}\n```"
@@ -174,7 +174,7 @@ def render(
         "- *bare*: the same app without any tracing. *ours-1.0*: sentry-tracing-mw with "
         "`traces_sample_rate=1.0`, its real transport POSTing gzipped envelopes to the sink. "
         "*ours-0.0*: rate 0.0 and incoming `sentry-trace` ending in `-0`. *sdk-1.0 / sdk-0.0*: "
-        "sentry-sdk with its framework integration and default integrations; its transport "
+        "sentry-sdk with its framework integration and its default (not auto-enabling) integrations; its transport "
         "serializes and gzips (level 9, its default) each envelope on a worker thread and discards "
         "it, which is less work than its real HTTP transport. *otel-on / otel-off*: OpenTelemetry "
         "SDK, the framework's instrumentation, `ALWAYS_ON` / `TraceIdRatioBased(0)`, a "
@@ -213,6 +213,9 @@ def main() -> None:
         command += f" --only {args.only}"
     if args.no_wrk:
         command += " --no-wrk"
+    default_output = os.path.join(h.ROOT, "docs", "benchmarks.md")
+    if os.path.abspath(args.output) != os.path.abspath(default_output):
+        command += f" --output {os.path.relpath(args.output, h.ROOT)}"
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     machine = h.machine()
     versions = h.versions()

@@ -382,8 +382,7 @@ def main() -> int:
                 }
             )
             print(
-                f"[soak] t={elapsed:6.0f}s rss={rss:7.2f} MB {heap_key}={heap} "
-                f"queued={queued}",
+                f"[soak] t={elapsed:6.0f}s rss={rss:7.2f} MB {heap_key}={heap} queued={queued}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -422,9 +421,7 @@ def main() -> int:
     if rss_slope > args.max_rss_slope:
         problems.append(f"RSS grows {rss_slope:.3f} MB/min (> {args.max_rss_slope})")
     if traced_mode and heap_slope > args.max_traced_slope:
-        problems.append(
-            f"traced memory grows {heap_slope:.3f} MB/min (> {args.max_traced_slope})"
-        )
+        problems.append(f"traced memory grows {heap_slope:.3f} MB/min (> {args.max_traced_slope})")
     if not traced_mode and heap_slope > args.max_blocks_slope:
         problems.append(
             f"allocated blocks grow {heap_slope:.0f}/min (> {args.max_blocks_slope:.0f})"
