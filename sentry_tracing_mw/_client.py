@@ -48,6 +48,7 @@ class Client:
                 send_client_reports=options.send_client_reports,
                 http_proxy=options.http_proxy,
                 https_proxy=options.https_proxy,
+                ca_certs=options.ca_certs,
             )
         cap = options.max_inherited_sampled_per_second
         self._inherited_cap = None if cap is None else TokenBucket(cap)

@@ -52,6 +52,9 @@ class Options:
     send_client_reports: bool = True
     http_proxy: str | None = None
     https_proxy: str | None = None
+    ca_certs: str | None = None
+    """A PEM file of CA certificates that verify the Sentry server's HTTPS certificate
+    (a self-hosted Sentry behind a private CA). None: the system's trust store."""
     org_id: str | None = None
     strict_trace_continuation: bool = False
     max_inherited_sampled_per_second: float | None = None
@@ -122,6 +125,13 @@ def _opt_str(name: str, value: Any) -> str | None:
     if not isinstance(value, str):
         raise _fail(name, value, "expected a string")
     return value
+
+
+def _ca_certs(value: Any) -> str | None:
+    path = _opt_str("ca_certs", os.fspath(value) if isinstance(value, os.PathLike) else value)
+    if path is not None and not os.path.isfile(path):
+        raise _fail("ca_certs", value, "no such file (expected a PEM file of CA certificates)")
+    return path
 
 
 def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
@@ -329,6 +339,7 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         send_client_reports=flag("send_client_reports", True),
         http_proxy=_opt_str("http_proxy", kwargs.get("http_proxy")),
         https_proxy=_opt_str("https_proxy", kwargs.get("https_proxy")),
+        ca_certs=_ca_certs(kwargs.get("ca_certs")),
         org_id=org_id,
         strict_trace_continuation=flag("strict_trace_continuation", False),
         max_inherited_sampled_per_second=None if cap is None else float(cap),
