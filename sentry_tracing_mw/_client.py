@@ -18,7 +18,7 @@ from typing import Any
 
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from ._event import SDK_INFO, error_event, transaction_event
+from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
 from ._ids import new_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, parse_incoming_baggage
@@ -250,7 +250,10 @@ class Client:
         n = len(tx._spans)
         transport.submit(
             Pending(
-                "transaction", functools.partial(self._prepare_transaction, tx), n, 1024 + 400 * n
+                "transaction",
+                functools.partial(self._prepare_transaction, tx),
+                n,
+                1024 + 400 * n + tx._extra_bytes,
             )
         )
 
@@ -320,7 +323,12 @@ class Client:
         transport = self.transport
         if transport is not None:
             transport.submit(
-                Pending("error", functools.partial(self._prepare_error, event, ctx.dsc()), 0, 8192)
+                Pending(
+                    "error",
+                    functools.partial(self._prepare_error, event, ctx.dsc()),
+                    0,
+                    error_event_bytes(event),
+                )
             )
         return event_id
 

@@ -14,7 +14,7 @@ import re
 import sys
 import sysconfig
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +252,73 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
             current = None
     chain.reverse()  # Sentry wants the oldest first and the raised exception last
     return chain
+
+
+#: Sentry's limit for one event or transaction item (protocol §17).
+MAX_ITEM_BYTES = 1024 * 1024
+_SHRUNK_TEXT = 1024
+
+
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 3] + "..."
+    return value
+
+
+def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tuple[bytes, int]:
+    """Make an event whose serialized form exceeds :data:`MAX_ITEM_BYTES` fit in it.
+
+    First long span texts and frame variables are clipped; then, for a transaction, the
+    last spans are left out. Returns the new bytes and the number of spans left out (for
+    the client report). ``payload`` is edited in place.
+    """
+    spans = payload.get("spans")
+    if isinstance(spans, list):
+        for span in spans:
+            if isinstance(span, dict):
+                if "description" in span:
+                    span["description"] = _clip(span["description"], _SHRUNK_TEXT)
+                data = span.get("data")
+                if isinstance(data, dict):
+                    for key, value in data.items():
+                        data[key] = _clip(value, _SHRUNK_TEXT)
+    exception = payload.get("exception")
+    values = exception.get("values") if isinstance(exception, dict) else None
+    for exc in values if isinstance(values, list) else ():
+        stack = exc.get("stacktrace") if isinstance(exc, dict) else None
+        frames = stack.get("frames") if isinstance(stack, dict) else None
+        for frame in frames if isinstance(frames, list) else ():
+            if isinstance(frame, dict):
+                frame.pop("vars", None)
+    data = dumps(payload)
+    dropped = 0
+    while len(data) > MAX_ITEM_BYTES and isinstance(spans, list) and spans:
+        # keep the share of spans that fits, with a margin; at least one span less per round
+        keep = min(len(spans) - 1, int(len(spans) * MAX_ITEM_BYTES * 0.9 / len(data)))
+        dropped += len(spans) - keep
+        del spans[keep:]
+        data = dumps(payload)
+    return data, dropped
+
+
+def error_event_bytes(event: Mapping[str, Any]) -> int:
+    """A size estimate of an error event, for the transport queue's byte bound.
+
+    Counts what grows: exception values, frames and (with ``send_default_pii``) their
+    local variables (each repr at most 512 characters).
+    """
+    size = 2048
+    try:
+        for exc in event.get("exception", {}).get("values", ()):
+            size += 256 + len(exc.get("value") or "")
+            for frame in (exc.get("stacktrace") or {}).get("frames", ()):
+                size += 320 + len(frame.get("context_line") or "")
+                frame_vars = frame.get("vars")
+                if frame_vars:
+                    size += sum(len(k) + len(v) + 8 for k, v in frame_vars.items())
+    except Exception:  # an event edited into an odd shape: a generous flat estimate
+        return 65536
+    return size
 
 
 def _exception_value(exc: BaseException) -> str:

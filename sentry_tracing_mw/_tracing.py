@@ -86,6 +86,23 @@ _HTTP_STATUS = {
     504: "deadline_exceeded",
 }
 _TAG_KEY_BAD = re.compile(r"[^a-zA-Z0-9_.:-]")
+#: Longest span description or string/bytes data value kept (longer ones end in "...");
+#: it keeps one span far below Sentry's 1 MiB item limit and bounds what a queued
+#: transaction holds.
+MAX_TEXT = 8192
+#: Texts up to this length are covered by the per-span allowance of the queue's byte count.
+_SMALL_TEXT = 256
+
+
+def _large_text(tx: Transaction | None, value: Any) -> Any:
+    """Clip a long str/bytes to MAX_TEXT and count its size against ``tx``'s byte budget."""
+    if len(value) > MAX_TEXT:
+        value = value[: MAX_TEXT - 3] + ("..." if isinstance(value, str) else b"...")
+    if tx is not None:
+        tx._extra_bytes += len(value)
+    return value
+
+
 _perf = time.perf_counter
 
 
@@ -308,6 +325,8 @@ class Span:
         self._span_id = new_span_id()
         self._parent_span_id = parent_span_id
         self._op = op
+        if description is not None and len(description) > _SMALL_TEXT:
+            description = _large_text(tx, description)
         self._description = description
         self._origin = origin
         self._status: str | None = None
@@ -418,6 +437,13 @@ class Span:
         data = self._data
         if data is None:
             data = self._data = {}
+        kind = type(value)
+        if (kind is str or kind is bytes) and len(value) > _SMALL_TEXT:
+            value = _large_text(self._tx, value)
+        elif kind is dict or kind is list or kind is tuple:
+            tx = self._tx
+            if tx is not None:  # a rough size: what a queued transaction may hold
+                tx._extra_bytes += 64 * len(value)
         data[str(key)] = value
 
     def set_status(self, status: str) -> None:
@@ -541,6 +567,7 @@ class Transaction(Span):
     __slots__ = (
         "_client",
         "_ctx",
+        "_extra_bytes",
         "_max_spans",
         "_measurements",
         "_n_children",
@@ -581,6 +608,7 @@ class Transaction(Span):
         self._source = source
         self._spans: list[Span] = []
         self._n_children = 0
+        self._extra_bytes = 0
         self._max_spans = client.options.max_spans
         self._measurements: dict[str, dict[str, Any]] | None = None
         self._request: dict[str, Any] | None = None

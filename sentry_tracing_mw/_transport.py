@@ -33,6 +33,7 @@ from ._client_reports import FLUSH_INTERVAL, ClientReports
 from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
+from ._event import MAX_ITEM_BYTES, shrink_event
 from ._http import HTTPConnection, StaleConnectionError
 from ._ratelimits import RateLimits
 from ._serialize import dumps
@@ -478,6 +479,15 @@ class Transport:
                 headers["trace"] = dsc
             item_type = "transaction" if category == "transaction" else "event"
             data = dumps(payload)
+            if len(data) > MAX_ITEM_BYTES:  # Sentry would reject the whole item (413)
+                data, dropped = shrink_event(payload, dumps)
+                if dropped:
+                    self.reports.record("buffer_overflow", "span", dropped)
+                    logger.debug("left %d spans out of an oversized %s", dropped, category)
+                if len(data) > MAX_ITEM_BYTES:
+                    _record(self.reports, "send_error", category, pending.span_count)
+                    logger.warning("sentry_tracing_mw: dropping a %s over 1 MiB", category)
+                    return
             # the same bytes serialize_envelope() gives, without its generic overhead
             parts = [dumps(headers), b"\n", _ITEM_HEADER[item_type], b"%d}\n" % len(data), data]
             parts.append(b"\n")

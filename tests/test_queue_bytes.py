@@ -1,0 +1,103 @@
+"""The transport queue's byte bound holds for what events really carry (big span texts,
+many spans, error frames), and long span texts are clipped so an item stays far below
+Sentry's 1 MiB item limit (protocol §17)."""
+
+from __future__ import annotations
+
+import gc
+
+import psutil
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw._event import error_event_bytes
+from sentry_tracing_mw._tracing import MAX_TEXT
+
+from .sentry_server import SentryServer
+
+MiB = 1024 * 1024
+
+
+def test_long_span_texts_are_clipped_on_the_wire(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("clip") as tx:
+        with tx.start_child("db", "SELECT " + "x" * 50_000) as span:
+            span.set_data("blob", "y" * 50_000)
+            span.set_data("raw", b"z" * 50_000)
+            span.set_data("short", "kept as is")
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    (span_json,) = event["spans"]
+    assert len(span_json["description"]) == MAX_TEXT
+    assert span_json["description"].endswith("...")
+    assert span_json["description"].startswith("SELECT xxx")
+    assert len(span_json["data"]["blob"]) == MAX_TEXT
+    assert span_json["data"]["blob"].endswith("...")
+    assert span_json["data"]["short"] == "kept as is"
+    assert len(span_json["data"]["raw"]) <= MAX_TEXT
+
+
+def test_queue_byte_bound_counts_real_span_sizes(sentry_server: SentryServer) -> None:
+    """With Sentry hanging, transactions of 100 spans with 8 KiB texts each (~1.6 MiB queued
+    apiece) overflow a 4 MiB byte bound after a few; the count of drops is exact and memory
+    stays bounded whatever the flood."""
+    sentry_server.hang()
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    transport = client.transport
+    assert transport is not None
+    transport._queue_bytes = 4 * MiB
+    proc = psutil.Process()
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    produced = 60
+    for i in range(produced):
+        with stm.start_transaction(f"big{i}") as tx:
+            for _ in range(100):
+                with tx.start_child("db", "SELECT " + "q" * 9000) as span:
+                    span.set_data("blob", "b" * 9000)
+    assert sentry_server.wait_hanging()
+    gc.collect()
+    growth = (proc.memory_info().rss - rss0) / MiB
+    queued = transport.queued()
+    overflow = client.reports.snapshot().get(("queue_overflow", "transaction"), 0)
+    assert transport._bytes <= 4 * MiB
+    # at most the bound's worth is held (about 2 transactions), plus the one being sent
+    assert queued <= 3
+    assert overflow >= produced - queued - 1
+    assert overflow + queued + 1 >= produced  # every transaction is queued, in flight or counted
+    assert growth < 40, f"RSS grew {growth:.1f} MiB under a 4 MiB queue bound"
+    sentry_server.release()
+
+
+def test_error_size_estimate_grows_with_frames_and_locals() -> None:
+    small = {"exception": {"values": [{"value": "boom", "stacktrace": {"frames": [{}]}}]}}
+    frames = [{"context_line": "x = 1", "vars": {"a": "'" + "v" * 500 + "'"}}] * 100
+    big = {"exception": {"values": [{"value": "e" * 8000, "stacktrace": {"frames": frames}}]}}
+    assert error_event_bytes(small) < 4096
+    assert error_event_bytes(big) > 8000 + 100 * 500
+    assert error_event_bytes({"exception": "not a mapping"}) == 65536
+
+
+def test_oversized_transaction_is_shrunk_to_fit_and_left_out_spans_reported(
+    sentry_server: SentryServer,
+) -> None:
+    """1,000 spans of ~16 KiB texts serialize to ~16 MiB: the worker clips the texts, then
+    leaves out the spans that still do not fit, counts them, and the item is accepted."""
+    client = stm.init(
+        dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False
+    )
+    with stm.start_transaction("huge") as tx:
+        for i in range(1000):
+            with tx.start_child("db", f"SELECT {i} " + "q" * 9000) as span:
+                span.set_data("blob", "b" * 9000)
+    assert stm.flush(10)
+    (event,) = sentry_server.transactions()
+    kept = len(event["spans"])
+    assert 0 < kept < 1000
+    assert all(len(s["description"]) <= 1024 for s in event["spans"])
+    assert event["spans"][0]["description"].startswith("SELECT 0 ")
+    dropped = client.reports.snapshot().get(("buffer_overflow", "span"), 0)
+    assert dropped == 1000 - kept
+    raw = sentry_server.accepted()[0]
+    assert raw.envelope is not None
+    (item,) = raw.envelope.items_of("transaction")
+    assert len(item.payload) <= 1024 * 1024
