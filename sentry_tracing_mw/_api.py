@@ -158,7 +158,12 @@ def capture_exception(exc: BaseException | None = None) -> str | None:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until queued events are sent; False when ``timeout`` passed first."""
+    """Block until every queued event is handled; False when ``timeout`` passed first.
+
+    Handled means sent, or dropped and counted for a client report (Sentry unreachable,
+    rate limited, rejected): True says nothing is left in the queue, not that Sentry
+    accepted everything.
+    """
     return get_client().flush(timeout)
 
 
