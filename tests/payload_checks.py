@@ -125,8 +125,12 @@ def _relay_check(payload: bytes, where: str) -> None:
     )
 
 
-def check_envelope(raw: bytes) -> None:
-    """Assert a received body (gzip/zlib/identity) is a valid envelope of ours."""
+def check_envelope(raw: bytes, *, require_trace: bool = True) -> None:
+    """Assert a received body (gzip/zlib/identity) is a valid envelope of ours.
+
+    ``require_trace=False`` accepts an event without a ``trace`` (DSC) envelope header, for
+    transport tests that hand the transport no DSC on purpose; nothing else is relaxed.
+    """
     env = parse_envelope(_decode(raw))
     sent_at = env.headers.get("sent_at")
     if sent_at is not None:
@@ -142,8 +146,13 @@ def check_envelope(raw: bytes) -> None:
             assert _HEX32.match(body.get("event_id", "")), f"{where}: bad event_id"
             assert env.headers.get("event_id") == body["event_id"], f"{where}: event_id mismatch"
             trace = env.headers.get("trace")
-            assert isinstance(trace, dict) and trace.get("public_key"), f"{where}: no trace header"
-            assert all(isinstance(v, str) for v in trace.values()), f"{where}: non-str DSC value"
+            if trace is not None or require_trace or item.type == "transaction":
+                assert isinstance(trace, dict) and trace.get("public_key"), (
+                    f"{where}: no trace header"
+                )
+                assert all(isinstance(v, str) for v in trace.values()), (
+                    f"{where}: non-str DSC value"
+                )
             if item.type == "transaction":
                 assert body.get("type") == "transaction"
                 assert trace.get("trace_id") == body["contexts"]["trace"]["trace_id"]
@@ -162,30 +171,88 @@ def check_envelope(raw: bytes) -> None:
             raise AssertionError(f"{where}: unexpected item type")
 
 
-def check_with_shared_validator(paths_or_bodies: Iterable[bytes | str | os.PathLike[str]]) -> None:
-    """Run the shared validator once over all bodies; warn (never fail) when it is absent."""
-    inputs = list(paths_or_bodies)
-    if not inputs:
-        return
-    if not VALIDATOR.is_file():
-        warnings.warn(f"shared validator not found at {VALIDATOR}; check skipped", stacklevel=2)
-        return
-    with tempfile.TemporaryDirectory(prefix="stm-envelopes-") as tmp:
+class SharedValidatorRun:
+    """The shared validator over many bodies in ONE subprocess, started at once.
+
+    The bodies are written to a temporary directory and ``validate_envelope.py
+    --require-relay`` runs over it in the background, so a caller can check the same bodies
+    in-process meanwhile; :meth:`wait` asserts the result. Without ``../shared`` (a
+    checkout without the shared directory) it warns and checks nothing.
+    """
+
+    def __init__(self, paths_or_bodies: Iterable[bytes | str | os.PathLike[str]]) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        inputs = list(paths_or_bodies)
+        if not inputs:
+            return
+        if not VALIDATOR.is_file():
+            warnings.warn(f"shared validator not found at {VALIDATOR}; check skipped", stacklevel=3)
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="stm-envelopes-")
         for i, entry in enumerate(inputs):
             data = entry if isinstance(entry, bytes) else Path(entry).read_bytes()
-            (Path(tmp) / f"{i:05d}.envelope").write_bytes(data)
-        proc = subprocess.run(
-            [sys.executable, str(VALIDATOR), "--require-relay", "--quiet", tmp],
-            capture_output=True,
+            (Path(self._tmp.name) / f"{i:05d}.envelope").write_bytes(data)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(VALIDATOR), "--require-relay", "--quiet", self._tmp.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        if proc.returncode != 0:
-            verbose = subprocess.run(
-                [sys.executable, str(VALIDATOR), "--require-relay", tmp],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            print(verbose.stdout[-20000:], verbose.stderr[-5000:])
-        assert proc.returncode == 0, f"shared validator failed:\n{proc.stdout}\n{proc.stderr}"
+
+    def cancel(self) -> None:
+        """Stop the run (the caller already failed) and remove the files."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.communicate()
+            self._proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def wait(self, timeout: float = 120) -> None:
+        """Wait for the run; assert it passed (the verbose report is printed if not)."""
+        proc, tmp = self._proc, self._tmp
+        if proc is None or tmp is None:
+            return
+        try:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+            if proc.returncode != 0:
+                verbose = subprocess.run(
+                    [sys.executable, str(VALIDATOR), "--require-relay", tmp.name],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+                print(verbose.stdout[-20000:], verbose.stderr[-5000:])
+            assert proc.returncode == 0, f"shared validator failed:\n{stdout}\n{stderr}"
+        finally:
+            self._proc = None
+            self._tmp = None
+            tmp.cleanup()
+
+
+def check_with_shared_validator(paths_or_bodies: Iterable[bytes | str | os.PathLike[str]]) -> None:
+    """Run the shared validator once over all bodies; warn (never fail) when it is absent."""
+    SharedValidatorRun(paths_or_bodies).wait()
+
+
+def check_all(bodies: list[bytes]) -> None:
+    """Every body through :func:`check_envelope` (our checks and sentry-relay's normalizer)
+    and through the shared validator in one batched run alongside."""
+    run = SharedValidatorRun(bodies)
+    try:
+        for i, raw in enumerate(bodies):
+            try:
+                check_envelope(raw)
+            except AssertionError as exc:
+                raise AssertionError(f"received body {i} of {len(bodies)}: {exc}") from exc
+    except BaseException:
+        run.cancel()
+        raise
+    run.wait()

@@ -2,12 +2,20 @@
 
 It decodes envelopes with the package's own parser and can answer 200, any status with
 headers, hang, reset the connection, act as an HTTP forward proxy (records absolute-URI
-requests) or go down (closed port) and come back on the same port.
+requests) or go down (closed port) and come back on the same port. With an
+``ssl.SSLContext`` it serves HTTPS (``https://`` URL and DSN) and counts failed handshakes.
+
+The ``sentry_server`` fixture's teardown fails the test when a received body did not parse
+as an envelope (a transport bug Sentry would answer with 400), unless the test declared
+exactly how many with :meth:`SentryServer.expect_malformed`; and, unless the test set
+``validate = False``, every parsed body must pass our checks, sentry-relay's normalizer
+and the shared validator (:func:`~tests.payload_checks.check_all`).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -21,10 +29,11 @@ import pytest
 import sentry_tracing_mw as stm
 from sentry_tracing_mw._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 
-from .payload_checks import check_envelope, check_with_shared_validator
+from .payload_checks import check_all
 
 MAX_BODY = 200 * 1024 * 1024
 HANG_LIMIT = 30.0
+HANDSHAKE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -117,11 +126,33 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     owner: SentryServer
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """TLS: the handshake runs on the connection's own thread (a failing client never
+        stalls the accept loop); a failed handshake is counted, not raised."""
+        context = self.owner.ssl_context
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            tls = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.owner._tls_failed(exc)
+            return
+        try:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
 
 class SentryServer:
     """Controllable fake Sentry; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.tls_failures: list[str] = []  # failed TLS handshakes (their errors)
+        self._malformed_expected = 0
         self.mode = "ok"  # ok | status | hang | reset
         self.status = 200
         self.response_headers: dict[str, str] = {}
@@ -228,12 +259,26 @@ class SentryServer:
     # -- inspection -------------------------------------------------------------------------
 
     @property
+    def scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def dsn(self) -> str:
-        return f"http://public@127.0.0.1:{self.port}/1"
+        return f"{self.scheme}://public@127.0.0.1:{self.port}/1"
+
+    def _tls_failed(self, exc: BaseException) -> None:
+        with self._cond:
+            self.tls_failures.append(f"{type(exc).__name__}: {exc}")
+            self._cond.notify_all()
+
+    def wait_tls_failures(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait until ``n`` TLS handshakes failed."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.tls_failures) >= n, timeout)
 
     def _record(self, rec: Received) -> None:
         with self._cond:
@@ -297,12 +342,32 @@ class SentryServer:
         with self._cond:
             self.received.clear()
 
+    def expect_malformed(self, n: int) -> None:
+        """Declare that exactly ``n`` received bodies are meant not to parse (a test posting
+        garbage on purpose); any other count fails :meth:`check_parsed`."""
+        self._malformed_expected = n
+
+    def malformed(self) -> list[Received]:
+        """Received bodies that did not parse as envelopes (answered 400)."""
+        with self._cond:
+            return [r for r in self.received if r.envelope is None]
+
+    def check_parsed(self) -> None:
+        """Assert every received body parsed, but for the count of :meth:`expect_malformed`."""
+        bad = self.malformed()
+        assert len(bad) == self._malformed_expected, (
+            f"{len(bad)} received bodies did not parse as envelopes "
+            f"(expected {self._malformed_expected}): "
+            + "; ".join(f"{r.path}: {r.error} (first bytes {r.raw[:40]!r})" for r in bad[:5])
+        )
+
     def validate_all(self) -> None:
-        """Check every well-formed body received (own checks plus the shared validator)."""
-        bodies = [r.raw for r in self.received if r.envelope is not None]
-        for raw in bodies:
-            check_envelope(raw)
-        check_with_shared_validator(bodies)
+        """Every body received must parse (:meth:`check_parsed`), and every parsed one pass
+        our checks, sentry-relay's normalizer and the shared validator (one batched run)."""
+        self.check_parsed()
+        with self._cond:
+            bodies = [r.raw for r in self.received if r.envelope is not None]
+        check_all(bodies)
 
 
 def init_traced(server: SentryServer, **options: Any) -> None:
@@ -326,13 +391,20 @@ def transactions_by_name(server: SentryServer, n: int) -> dict[str, dict[str, An
     return {t["transaction"]: t for t in flushed_transactions(server, n)}
 
 
-@pytest.fixture
-def sentry_server() -> Iterator[SentryServer]:
-    """A running :class:`SentryServer`; teardown validates everything it received."""
-    server = SentryServer()
+def serve_and_validate(server: SentryServer) -> Iterator[SentryServer]:
+    """Fixture body: yield ``server``, stop it, then check what it received (every body
+    parsed; unless ``server.validate`` is False, every envelope fully validated)."""
     try:
         yield server
     finally:
         server.stop()
     if server.validate:
         server.validate_all()
+    else:
+        server.check_parsed()
+
+
+@pytest.fixture
+def sentry_server() -> Iterator[SentryServer]:
+    """A running :class:`SentryServer`; teardown validates everything it received."""
+    yield from serve_and_validate(SentryServer())
