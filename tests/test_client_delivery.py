@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
+import psutil
 import pytest
 
 import sentry_tracing_mw as stm
+from sentry_tracing_mw._transport import WORKER_NAME
 from tests.sentry_server import SentryServer
 
 
@@ -180,6 +184,38 @@ def test_same_exception_is_captured_once(sentry_server: SentryServer) -> None:
     assert len(sentry_server.events()) == 1
 
 
+def test_before_send_runs_on_the_worker_thread_with_the_event_only(
+    sentry_server: SentryServer,
+) -> None:
+    returned = threading.Event()
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any], bool]] = []
+
+    def hook(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        # Had capture_exception() run the hook itself, this would wait out its 5 s in vain.
+        after_return = returned.wait(5)
+        calls.append((threading.current_thread().name, args, kwargs, after_return))
+        event = args[0]
+        if event["exception"]["values"][-1]["value"] == "drop":
+            return None
+        event["tags"] = {"edited": "yes"}
+        return event
+
+    init(sentry_server, before_send=hook)
+    kept = stm.capture_exception(RuntimeError("keep"))
+    stm.capture_exception(RuntimeError("drop"))
+    returned.set()
+    assert stm.flush(5)
+    assert len(calls) == 2
+    for thread, args, kwargs, after_return in calls:
+        assert thread == WORKER_NAME != threading.current_thread().name
+        assert after_return  # ran after capture_exception() had returned
+        assert kwargs == {} and len(args) == 1 and isinstance(args[0], dict)  # no hint
+    assert calls[0][1][0]["event_id"] == kept
+    (event,) = sentry_server.events()
+    assert event["event_id"] == kept and event["tags"] == {"edited": "yes"}
+    assert sentry_server.client_reports() == {("before_send", "error"): 1}
+
+
 def test_before_send_drops_errors(sentry_server: SentryServer) -> None:
     init(sentry_server, before_send=lambda event: None)
     stm.capture_exception(RuntimeError("dropped"))
@@ -227,7 +263,6 @@ def test_hung_sentry_never_delays_process_exit_beyond_shutdown_timeout(
     sentry_server: SentryServer,
 ) -> None:
     sentry_server.hang()
-    sentry_server.validate = False
     script = textwrap.dedent(
         f"""
         import sentry_tracing_mw as stm
@@ -241,8 +276,11 @@ def test_hung_sentry_never_delays_process_exit_beyond_shutdown_timeout(
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
     elapsed = time.monotonic() - started
+    assert sentry_server.wait_hanging(0)  # the child's worker was held by Sentry
     sentry_server.release()
     assert elapsed < 1.0 + 3.0  # shutdown_timeout plus interpreter start-up slack
+    # The held envelope is recorded once released; the fixture then validates it.
+    assert sentry_server.wait_requests(1)
 
 
 @pytest.mark.parametrize("pii", [False, True])
@@ -256,3 +294,51 @@ def test_span_data_with_sensitive_keys_is_scrubbed(sentry_server: SentryServer, 
     assert stm.flush(5)
     data = sentry_server.transactions()[0]["spans"][0]["data"]
     assert data == {"password": "[Filtered]", "api_key": "[Filtered]", "rows": 3}
+
+
+FLOOD = 100_000
+
+
+@pytest.mark.parametrize("outage", ["down", "hang"])
+def test_flood_through_the_public_api_is_exactly_accounted(
+    sentry_server: SentryServer, outage: str
+) -> None:
+    """100,000 transactions (one child span each) through ``init()`` with the transport's
+    defaults while Sentry is down (backoff drops them on submit) or hanging (the queue
+    fills and overflows). Counted from what Sentry receives once it is back, not from
+    submit(): every transaction was delivered or reported dropped, exactly once."""
+    sentry_server.fault(outage)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    proc = psutil.Process()
+    gc.collect()
+    rss_before = proc.memory_info().rss
+    started = time.monotonic()
+    produced = 0
+    for _ in range(FLOOD):
+        with stm.start_transaction("flood", op="task") as tx:
+            with tx.start_child("db.query", "SELECT 1"):
+                pass
+        produced += 1
+    rss_growth = proc.memory_info().rss - rss_before
+    sentry_server.heal(outage)
+
+    deadline = time.monotonic() + 15
+    while True:
+        assert stm.flush(5)
+        sent = len(sentry_server.transactions())
+        reports = sentry_server.client_reports()
+        dropped = {r: n for (r, category), n in reports.items() if category == "transaction"}
+        if sent + sum(dropped.values()) >= produced or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert produced == FLOOD
+    assert sent + sum(dropped.values()) == produced, (sent, dropped)
+    # each dropped transaction is also reported as its 2 spans (root + child)
+    spans = {r: n for (r, category), n in reports.items() if category == "span"}
+    assert spans == {r: 2 * n for r, n in dropped.items()}, (spans, dropped)
+    assert set(dropped) <= {"network_error", "queue_overflow"}, dropped
+    assert dropped.get("network_error" if outage == "down" else "queue_overflow", 0) > 0
+    event_ids = [t["event_id"] for t in sentry_server.transactions()]
+    assert len(set(event_ids)) == len(event_ids)  # nothing delivered twice
+    assert rss_growth < 50 * 1024 * 1024, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
+    assert time.monotonic() - started < 20
