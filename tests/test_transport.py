@@ -229,6 +229,53 @@ def test_client_report_piggybacks_when_due(
     assert sentry_server.client_reports() == {("sample_rate", "transaction"): 2}
 
 
+# What the failed POST itself is reported as (a 429'd envelope is counted by Sentry).
+FAILED_SEND_REASON = {"500": "send_error", "413": "send_error", "reset": "network_error"}
+
+
+@pytest.mark.parametrize("fault", ["500", "413", "reset", "429"])
+def test_report_on_a_failed_envelope_is_put_back_and_reported_once(
+    fault: str, sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    reports = ClientReports()
+    t = make_transport(reports=reports)
+    reports.record_transaction("sample_rate", 4)
+    reports.record("before_send", "error", 2)
+    before = {
+        ("sample_rate", "transaction"): 1,
+        ("sample_rate", "span"): 5,
+        ("before_send", "error"): 2,
+    }
+    reports._last_take -= 31.0  # the clock: a report is due, it rides on the next envelope
+    sentry_server.fault(fault)
+    assert t.submit(tx_pending(spans=2))
+    assert sentry_server.wait_requests(1)
+    (failed,) = sentry_server.received
+    assert failed.status != 200 and failed.envelope is not None
+    assert [it.type for it in failed.envelope.items] == ["transaction", "client_report"]
+    rode = failed.envelope.items[1].json()["discarded_events"]
+    assert {(e["reason"], e["category"]): e["quantity"] for e in rode} == before
+
+    sentry_server.heal(fault)
+    expected = dict(before)
+    if fault in FAILED_SEND_REASON:
+        reason = FAILED_SEND_REASON[fault]
+        expected.update({(reason, "transaction"): 1, (reason, "span"): 3})
+    deadline = time.monotonic() + 5  # a 429's Retry-After (1 s) holds reports back
+    while True:
+        assert t.flush(5)
+        if sentry_server.client_reports() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sentry_server.client_reports() == expected  # every drop once: none lost, none twice
+    assert not reports.pending()
+    reports._last_take -= 31.0  # due again: nothing left to ride along
+    assert t.submit(tx_pending())
+    assert t.flush(5)
+    assert sentry_server.client_reports() == expected
+    assert [it.type for it in sentry_server.envelopes()[-1].items] == ["transaction"]
+
+
 def test_client_reports_disabled(
     sentry_server: SentryServer, make_transport: MakeTransport
 ) -> None:
