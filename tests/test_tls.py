@@ -1,0 +1,109 @@
+"""HTTPS to a real TLS "Sentry" on 127.0.0.1 (certificates made in-process by trustme).
+
+With the default trust store a self-signed Sentry is refused (certificate verification
+fails, the event is counted as ``network_error`` and nothing is delivered); with
+``init(ca_certs=<the CA's PEM>)`` the same Sentry is trusted and gets a valid envelope; the
+host name is still checked against the certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+import sentry_tracing_mw as stm
+
+from .sentry_server import SentryServer, serve_and_validate
+
+StartServer = Callable[..., SentryServer]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_pem(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "sentry-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def start_tls_sentry(ca: trustme.CA) -> Iterator[StartServer]:
+    """Start a fake Sentry serving HTTPS with a certificate for ``names`` from ``ca``;
+    teardown validates what it received like the ``sentry_server`` fixture."""
+    running: list[Iterator[SentryServer]] = []
+
+    def start(*names: str) -> SentryServer:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(*(names or ("127.0.0.1", "localhost"))).configure_cert(context)
+        steps = serve_and_validate(SentryServer(ssl_context=context))
+        running.append(steps)
+        return next(steps)
+
+    yield start
+    for steps in running:
+        with pytest.raises(StopIteration):
+            next(steps)
+
+
+def send_one(dsn: str, **options: object) -> stm.Client:
+    client = stm.init(dsn=dsn, traces_sample_rate=1.0, instrument_http_clients=False, **options)
+    with stm.start_transaction("tls", op="task") as tx:
+        with tx.start_child("db.query", "SELECT 1"):
+            pass
+    assert stm.flush(5)  # handled: sent, or dropped and counted
+    return client
+
+
+def assert_refused(
+    server: SentryServer, client: stm.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.wait_tls_failures(1)  # the client gave up during the handshake
+    assert server.received == []
+    assert client.reports.snapshot() == {
+        ("network_error", "transaction"): 1,
+        ("network_error", "span"): 2,
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sentry_tracing_mw"]
+    assert any("CERTIFICATE_VERIFY_FAILED" in m for m in warnings), warnings
+
+
+def test_default_trust_store_refuses_an_unknown_ca(
+    start_tls_sentry: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_tls_sentry()
+    assert server.dsn.startswith("https://public@127.0.0.1:")
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        client = send_one(server.dsn)
+    assert_refused(server, client, caplog)
+
+
+def test_ca_certs_option_trusts_the_sentry(start_tls_sentry: StartServer, ca_pem: str) -> None:
+    server = start_tls_sentry()
+    client = send_one(server.dsn, ca_certs=ca_pem)
+    stm.capture_exception(RuntimeError("over TLS"))
+    assert stm.flush(5)
+    assert server.wait_for(2)
+    assert server.tls_failures == []
+    assert client.reports.snapshot() == {}
+    assert len(server.transactions()) == 1 and len(server.events()) == 1
+    assert {rec.path for rec in server.received} == {"/api/1/envelope/"}
+    assert len({rec.extra["client"] for rec in server.received}) == 1  # kept alive over TLS
+    # the envelopes are validated (relay normalizer, shared validator) at teardown
+
+
+def test_ca_certs_still_checks_the_host_name(
+    start_tls_sentry: StartServer, ca_pem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_tls_sentry("sentry.example")  # trusted CA, another host's certificate
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        client = send_one(server.dsn, ca_certs=ca_pem)
+    assert_refused(server, client, caplog)
