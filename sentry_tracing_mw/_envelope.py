@@ -164,26 +164,46 @@ def parse_envelope(data: bytes) -> Envelope:
         raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}")
 
 
+#: Most gzip members accepted in one body (RFC 1952 allows concatenated members; clients send
+#: one). Each member costs a fresh decompressor, so a body of many tiny members is refused.
+MAX_GZIP_MEMBERS = 64
+#: Compressed input is fed to zlib in slices of this size: what zlib copies into
+#: ``unused_data`` at the end of a member is then at most one slice, never the whole rest of
+#: the body (which made many concatenated members quadratic).
+_INFLATE_SLICE = 64 * 1024
+
+
 def _inflate(data: bytes, wbits: int, max_size: int, name: str) -> bytes:
     out: list[bytes] = []
     total = 0
-    remaining = data
+    view = memoryview(data)
+    size = len(view)
+    pos = 0
+    members = 0
     while True:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise EnvelopeError(
+                f"invalid {name} body: more than {MAX_GZIP_MEMBERS} concatenated gzip members"
+            )
         d = zlib.decompressobj(wbits)
-        try:
-            chunk = d.decompress(remaining, max_size - total + 1)
-        except zlib.error as exc:
-            raise EnvelopeError(f"invalid {name} body: {exc}")
-        total += len(chunk)
-        if total > max_size:
-            raise EnvelopeError(f"decompressed body exceeds the limit of {max_size} bytes")
-        out.append(chunk)
+        while pos < size and not d.eof:
+            piece = view[pos : pos + _INFLATE_SLICE]
+            pos += len(piece)
+            try:
+                chunk = d.decompress(piece, max_size - total + 1)
+            except zlib.error as exc:
+                raise EnvelopeError(f"invalid {name} body: {exc}")
+            total += len(chunk)
+            if total > max_size:
+                raise EnvelopeError(f"decompressed body exceeds the limit of {max_size} bytes")
+            out.append(chunk)
         if not d.eof:
             raise EnvelopeError(f"truncated {name} body")
-        remaining = d.unused_data
+        pos -= len(d.unused_data)  # input after this stream, handed back
         # gzip allows concatenated members; anything else after the stream is garbage
-        if not remaining or wbits != 31 + 16:
-            if remaining and remaining.strip(b"\x00"):
+        if pos >= size or wbits != 31 + 16:
+            if pos < size and bytes(view[pos:]).strip(b"\x00"):
                 raise EnvelopeError(f"trailing garbage after {name} stream")
             return b"".join(out)
 

@@ -3,6 +3,7 @@ is stored, and the server keeps serving; 50 concurrent uploads are all stored.""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -16,7 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from sentry_tracing_mw._envelope import gzip_compress, serialize_envelope
+from sentry_tracing_mw._envelope import (
+    MAX_GZIP_MEMBERS,
+    EnvelopeError,
+    decode_body,
+    gzip_compress,
+    serialize_envelope,
+)
 from sentry_tracing_mw.collector import Collector
 from sentry_tracing_mw.collector.server import MAX_BODY
 
@@ -350,4 +357,28 @@ def test_fifty_concurrent_clients_are_all_stored(collector: Collector) -> None:
     assert after["units"] == before["units"] + 2 * n
     assert after["spans"] == before["spans"] + 4 * n
     assert collector.responses.get(500) is None
+    assert_still_serving(collector)
+
+
+def test_many_gzip_members_are_refused_quickly(collector: Collector) -> None:
+    empty = gzip.compress(b"", mtime=0)
+    parts = (GOOD[:100], GOOD[100:200], GOOD[200:])  # concatenated members are still fine
+    assert decode_body(b"".join(gzip.compress(p) for p in parts), "gzip", MAX_BODY) == GOOD
+    assert decode_body(empty * MAX_GZIP_MEMBERS, "gzip", MAX_BODY) == b""
+    with pytest.raises(EnvelopeError, match="members"):
+        decode_body(empty * (MAX_GZIP_MEMBERS + 1), "gzip", MAX_BODY)
+    with pytest.raises(EnvelopeError, match="exceeds"):  # the size limit still holds
+        decode_body(gzip.compress(b"x" * 5000) * 3, "gzip", 12_000)
+    # 160,000 empty members (3.2 MB) used to cost seconds of CPU (quadratic copying)
+    before = collector.store.counts()
+    started = time.perf_counter()
+    res = send(collector, empty * 160_000, "gzip")
+    elapsed = time.perf_counter() - started
+    assert res.status_code == 400 and "members" in res.json()["detail"], res.text
+    assert elapsed < 2.0, elapsed
+    started = time.perf_counter()
+    with pytest.raises(EnvelopeError):
+        decode_body(empty * 160_000, "gzip", MAX_BODY)
+    assert time.perf_counter() - started < 0.5
+    assert collector.store.counts() == before
     assert_still_serving(collector)
