@@ -26,6 +26,7 @@ from sentry_tracing_mw._envelope import (
 )
 from sentry_tracing_mw.collector import Collector
 from sentry_tracing_mw.collector.server import MAX_BODY
+from sentry_tracing_mw.collector.store import MAX_JSON_DEPTH
 
 AUTH = "Sentry sentry_version=7, sentry_client=test/1, sentry_key=public"
 
@@ -99,6 +100,18 @@ def assert_still_serving(c: Collector) -> None:
 GOOD = envelope(transaction(1))
 _tx = transaction(2)
 _body = json.dumps(_tx).encode()
+
+
+def _tx_envelope(payload: dict[str, Any], nested: str | None = None) -> bytes:
+    """A transaction envelope; ``nested`` (raw JSON text) replaces the string ``"@@"``."""
+    body = json.dumps(payload)
+    if nested is not None:
+        body = body.replace('"@@"', nested)
+    return serialize_envelope({}, [({"type": "transaction"}, body.encode())])
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
 
 
 def _gzip_bomb() -> bytes:
@@ -237,6 +250,52 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         400,
         "version",
     ),
+    # nesting: Python parses ~1000 levels but cannot store or show that deep
+    (
+        "transaction nested 300 deep",
+        _tx_envelope(dict(_tx, extra="@@"), _nested(300)),
+        None,
+        400,
+        f"nested deeper than {MAX_JSON_DEPTH} levels",
+    ),
+    (
+        "transaction contexts nested 970 deep",
+        _tx_envelope(dict(_tx, contexts=dict(_tx["contexts"], x={"v": "@@"})), _nested(970)),
+        None,
+        400,
+        "invalid envelope",  # too deep, or (depending on the Python) not even parsed
+    ),
+    (
+        "error event nested 300 deep",
+        serialize_envelope(
+            {},
+            [
+                (
+                    {"type": "event"},
+                    json.dumps({"event_id": "a" * 32, "extra": "@@"})
+                    .replace('"@@"', _nested(300))
+                    .encode(),
+                )
+            ],
+        ),
+        None,
+        400,
+        "item 0 (event): JSON nested deeper",
+    ),
+    (
+        "envelope header nested 300 deep",
+        ('{"x":' + _nested(300) + "}").encode() + b"\n" + GOOD.split(b"\n", 1)[1],
+        None,
+        400,
+        "envelope header: JSON nested deeper",
+    ),
+    (
+        "item header nested 300 deep",
+        b"{}\n" + ('{"type":"event","x":' + _nested(300) + "}").encode() + b"\n{}\n",
+        None,
+        400,
+        "item 0: header nested deeper",
+    ),
     (
         "dsn header that is not a DSN",
         serialize_envelope({"dsn": 42}, [({"type": "transaction"}, _body)]),
@@ -358,6 +417,30 @@ def test_fifty_concurrent_clients_are_all_stored(collector: Collector) -> None:
     assert after["spans"] == before["spans"] + 4 * n
     assert collector.responses.get(500) is None
     assert_still_serving(collector)
+
+
+def _depth_payload(levels: int) -> bytes:
+    """A transaction whose JSON nests exactly ``levels`` deep (payload, contexts, x, lists)."""
+    payload = dict(transaction(77), contexts=dict(transaction(77)["contexts"], x="@@"))
+    return _tx_envelope(payload, _nested(levels - 2))
+
+
+def test_nesting_limit_and_what_passes_it_can_be_viewed(collector: Collector) -> None:
+    before = collector.store.counts()
+    res = send(collector, _depth_payload(MAX_JSON_DEPTH + 1), None)
+    assert res.status_code == 400 and "nested deeper" in res.json()["detail"], res.text
+    assert collector.store.counts() == before
+    body = _depth_payload(MAX_JSON_DEPTH)
+    res = send(collector, body, None)
+    assert res.status_code == 200, res.text
+    event_id = json.loads(body.split(b"\n")[2])["event_id"]
+    view = httpx.get(f"{collector.url}/api/ui/transaction/{event_id}", timeout=10)
+    assert view.status_code == 200, view.text
+    nested = view.json()["event"]["contexts"]["x"]
+    depth = 0
+    while isinstance(nested, list):
+        depth, nested = depth + 1, nested[0] if nested else None
+    assert depth == MAX_JSON_DEPTH - 2
 
 
 def test_many_gzip_members_are_refused_quickly(collector: Collector) -> None:

@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 from . import viewer
-from .store import CATEGORY_OF_ITEM, Store, prepare_envelope
+from .store import CATEGORY_OF_ITEM, MAX_JSON_DEPTH, Store, json_too_deep, prepare_envelope
 
 __all__ = [
     "MAX_BODY",
@@ -168,7 +168,11 @@ def _decode_and_parse(raw: bytes, encoding: str | None) -> Envelope:
         envelope = parse_envelope(body)
     except EnvelopeError as exc:
         raise _Reject(400, f"malformed envelope: {exc}")
+    if json_too_deep(envelope.headers):
+        raise _Reject(400, f"envelope header: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     for index, item in enumerate(envelope.items):
+        if json_too_deep(item.headers):
+            raise _Reject(400, f"item {index}: header nested deeper than {MAX_JSON_DEPTH} levels")
         if len(json.dumps(item.headers, default=str)) > MAX_HEADER:
             raise _Reject(400, f"item {index}: header longer than {MAX_HEADER} bytes")
     return envelope

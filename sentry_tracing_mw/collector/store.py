@@ -27,9 +27,11 @@ from .._envelope import Envelope, EnvelopeError
 
 __all__ = [
     "CATEGORY_OF_ITEM",
+    "MAX_JSON_DEPTH",
     "IngestResult",
     "PreparedEnvelope",
     "Store",
+    "json_too_deep",
     "parse_timestamp",
     "prepare_envelope",
 ]
@@ -137,6 +139,11 @@ CATEGORY_OF_ITEM = {
 SPAN_V2_CONTENT_TYPE = "application/vnd.sentry.items.span.v2+json"
 MAX_SPANS_PER_ITEM = 1000
 
+#: Deepest JSON nesting accepted in an item payload or header (about serde_json's recursion
+#: limit of 128, which Relay parses with). Python's own encoder and decoder give up near
+#: 1000 levels, so deeper data could be parsed but neither stored nor shown.
+MAX_JSON_DEPTH = 128
+
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _FRACTION = re.compile(r"\.(\d+)")
@@ -170,6 +177,26 @@ def parse_timestamp(value: Any) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether decoded JSON nests arrays/objects deeper than ``limit`` (top level is 1)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _check_depth(value: Any, where: str) -> None:
+    if json_too_deep(value):
+        raise EnvelopeError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _trace_id(value: Any) -> str | None:
@@ -466,6 +493,9 @@ def _prepare_span_v2(
     segment.spans.append(row)
 
 
+_DECODED_TYPES = frozenset({"transaction", "event", "span", "client_report"})
+
+
 def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnvelope:
     """Validate every item we store and convert it to rows; ``EnvelopeError`` if unusable."""
     out = PreparedEnvelope(
@@ -475,23 +505,25 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
         item_types=[it.type for it in envelope.items],
     )
     headers = envelope.headers
+    _check_depth(headers, "envelope header")
     for index, item in enumerate(envelope.items):
         kind = item.type
         where = f"item {index} ({kind})"
+        decoded = item.json() if kind in _DECODED_TYPES else None
+        _check_depth(decoded, where)
         if kind == "transaction":
-            payload = _load_object(item.json(), where)
+            payload = _load_object(decoded, where)
             out.transactions.append(_prepare_transaction(payload, where, headers, project))
         elif kind == "event":
-            payload = _load_object(item.json(), where)
+            payload = _load_object(decoded, where)
             out.errors.append(_prepare_error(payload, where, headers))
         elif kind == "span":
-            payload = item.json()
-            if isinstance(payload, dict) and isinstance(payload.get("items"), list):
-                spans = payload["items"]
+            if isinstance(decoded, dict) and isinstance(decoded.get("items"), list):
+                spans = decoded["items"]
                 if len(spans) > MAX_SPANS_PER_ITEM:
                     raise EnvelopeError(f"{where}: more than {MAX_SPANS_PER_ITEM} spans")
-            elif isinstance(payload, dict) and "span_id" in payload:
-                spans = [payload]  # a single (v1) span
+            elif isinstance(decoded, dict) and "span_id" in decoded:
+                spans = [decoded]  # a single (v1) span
             else:
                 raise EnvelopeError(
                     f"{where}: expected {{'version': 2, 'items': [...]}} ({SPAN_V2_CONTENT_TYPE})"
@@ -499,7 +531,7 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
             for i, raw in enumerate(spans):
                 _prepare_span_v2(raw, f"{where} span {i}", headers, project, out)
         elif kind == "client_report":
-            payload = _load_object(item.json(), where)
+            payload = _load_object(decoded, where)
             out.reports.extend(_prepare_report(payload, where))
         else:
             out.ignored.append(kind)
