@@ -24,6 +24,7 @@ from sentry_tracing_mw._envelope import gzip_compress, serialize_envelope
 from sentry_tracing_mw.collector import Collector, parse_rate_limit
 from sentry_tracing_mw.collector.show import show
 from sentry_tracing_mw.collector.store import parse_timestamp
+from sentry_tracing_mw.collector.tree import format_time, render_trace
 from sentry_tracing_mw.collector.viewer import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +173,39 @@ def test_parse_timestamp_and_rate_limit_and_percentile() -> None:
         parse_rate_limit("soon:transaction")
     assert percentile([1, 2, 3, 4], 0.75) == pytest.approx(3.25)
     assert percentile([5], 0.95) == 5 and percentile([], 0.5) == 0
+
+
+def test_show_formats_times_no_datetime_can_hold() -> None:
+    # milliseconds taken for seconds: year 33658 (the store refuses these now; rows of older
+    # versions and other callers of render_trace still must not crash it)
+    assert format_time(1e12).startswith("<invalid time")
+    assert format_time(1735732800.0) == "2025-01-01 12:00:00 UTC"
+    unit = {
+        "id": "u1",
+        "kind": "transaction",
+        "span_id": "1" * 16,
+        "parent_span_id": None,
+        "name": "GET /ms",
+        "op": "http.server",
+        "status": "ok",
+        "start_ts": 1e12,
+        "end_ts": 1e12 + 1,
+        "service": "svc",
+    }
+    span = {
+        "unit_id": "u1",
+        "span_id": "1" * 16,
+        "parent_span_id": None,
+        "op": "http.server",
+        "description": "GET /ms",
+        "status": "ok",
+        "start_ts": 1e12,
+        "end_ts": 1e12 + 1,
+        "is_root": 1,
+    }
+    text = render_trace("a" * 32, [unit], [span])
+    assert text.startswith(f"trace {'a' * 32}  <invalid time 1000000000000.0>  1000ms")
+    assert "[svc] transaction GET /ms" in text
 
 
 # -- real SDKs ----------------------------------------------------------------------------

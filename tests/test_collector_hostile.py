@@ -1,12 +1,16 @@
 """The collector under hostile input: every malformed body gets a 4xx with a message, nothing
-is stored, and the server keeps serving; 50 concurrent uploads are all stored."""
+is stored, and the server keeps serving; 50 concurrent uploads are all stored; rows written by
+older versions (before timestamps and nesting were checked) never break the viewer or show."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 import zlib
@@ -26,7 +30,9 @@ from sentry_tracing_mw._envelope import (
 )
 from sentry_tracing_mw.collector import Collector
 from sentry_tracing_mw.collector.server import MAX_BODY
+from sentry_tracing_mw.collector.show import show
 from sentry_tracing_mw.collector.store import MAX_JSON_DEPTH
+from sentry_tracing_mw.collector.viewer import json_safe
 
 AUTH = "Sentry sentry_version=7, sentry_client=test/1, sentry_key=public"
 
@@ -112,6 +118,22 @@ def _tx_envelope(payload: dict[str, Any], nested: str | None = None) -> bytes:
 
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
+
+
+def _with_span(**changes: Any) -> dict[str, Any]:
+    return dict(_tx, spans=[dict(_tx["spans"][0], **changes)])
+
+
+_now = _tx["start_timestamp"]
+_span_v2 = {
+    "trace_id": "f" * 32,
+    "span_id": "e" * 16,
+    "is_segment": True,
+    "name": "GET /late",
+    "status": "ok",
+    "start_timestamp": _now,
+    "end_timestamp": 1e20,
+}
 
 
 def _gzip_bomb() -> bytes:
@@ -249,6 +271,53 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         None,
         400,
         "version",
+    ),
+    # timestamps: Relay drops a transaction before 1970; past year 9999 is no date at all
+    # (0 .. 1e306 made an infinite duration that broke every viewer page)
+    (
+        "transaction from 1970 to 1e306 (infinite duration)",
+        _tx_envelope(dict(_tx, start_timestamp=0, timestamp=1e306)),
+        None,
+        400,
+        "timestamp 1e+306 is out of range",
+    ),
+    (
+        "millisecond timestamps",
+        _tx_envelope(dict(_tx, start_timestamp=_now * 1000, timestamp=_now * 1000 + 10)),
+        None,
+        400,
+        "milliseconds",
+    ),
+    (
+        "start_timestamp before 1970",
+        _tx_envelope(dict(_tx, start_timestamp=-1)),
+        None,
+        400,
+        "start_timestamp -1.0 is out of range",
+    ),
+    (
+        "RFC 3339 timestamp in year 1",
+        _tx_envelope(dict(_tx, start_timestamp="0001-01-01T00:00:00Z")),
+        None,
+        400,
+        "out of range",
+    ),
+    (
+        "span ending in year 33658",
+        _tx_envelope(_with_span(timestamp=1e12)),
+        None,
+        400,
+        "span 0: timestamp 1000000000000.0 is out of range",
+    ),
+    (
+        "streamed span ending after year 9999",
+        serialize_envelope(
+            {},
+            [({"type": "span"}, json.dumps({"version": 2, "items": [_span_v2]}).encode())],
+        ),
+        None,
+        400,
+        "end_timestamp 1e+20 is out of range",
     ),
     # nesting: Python parses ~1000 levels but cannot store or show that deep
     (
@@ -465,3 +534,95 @@ def test_many_gzip_members_are_refused_quickly(collector: Collector) -> None:
     assert time.perf_counter() - started < 0.5
     assert collector.store.counts() == before
     assert_still_serving(collector)
+
+
+def test_json_safe_makes_anything_encodable() -> None:
+    deep: list[Any] = []
+    cur = deep
+    for _ in range(5000):
+        cur.append([])
+        cur = cur[0]
+    value = {"inf": math.inf, "nan": math.nan, "ok": 1.5, "deep": deep, "set": {1}, 3: (1, 2)}
+    safe = json_safe(value)
+    text = json.dumps(safe, allow_nan=False)
+    assert safe["inf"] is None and safe["nan"] is None and safe["ok"] == 1.5
+    assert safe["3"] == [1, 2] and safe["set"] == "{1}"
+    assert "nested deeper than" in text
+
+
+def test_rows_stored_by_older_versions_never_break_the_viewer_or_show(tmp_path: Path) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    payloads = [transaction(500 + i) for i in range(4)]
+    first = Collector(db, port=0).start()
+    try:
+        for p in payloads:
+            assert send(first, envelope(p), None).status_code == 200
+    finally:
+        first.stop()
+    ids = [p["event_id"] for p in payloads]
+    traces = [p["contexts"]["trace"]["trace_id"] for p in payloads]
+    deep_event = '{"contexts":{"x":' + _nested(990) + "}}"
+    # what older versions let in, written the way they wrote it
+    with sqlite3.connect(db) as conn:
+        conn.execute(  # 0 .. 1e306: an infinite duration
+            "UPDATE units SET start_ts = 0, end_ts = 1e306, duration_ms = ? WHERE id = ?",
+            (math.inf, ids[0]),
+        )
+        conn.execute("UPDATE spans SET start_ts = 0, end_ts = 1e306 WHERE unit_id = ?", (ids[0],))
+        conn.execute(  # milliseconds taken for seconds (year 33658)
+            "UPDATE units SET start_ts = 1e12, end_ts = 1e12 + 1, duration_ms = 1000 WHERE id = ?",
+            (ids[1],),
+        )
+        conn.execute(
+            "UPDATE spans SET start_ts = 1e12, end_ts = 1e12 + 0.5 WHERE unit_id = ?", (ids[1],)
+        )
+        conn.execute(  # JSON too deep to encode again; span JSON that does not decode
+            "UPDATE units SET event = ? WHERE id = ?", (deep_event, ids[2])
+        )
+        conn.execute(
+            "UPDATE spans SET tags = ?, data = '[1,' WHERE unit_id = ?",
+            ("[" * 100_000, ids[2]),
+        )
+        conn.execute(  # an error with an impossible timestamp and a deep payload
+            "INSERT INTO errors(event_id, trace_id, span_id, transaction_name, level, title, "
+            "timestamp, received, project, event) VALUES (?, ?, ?, 'x', 'error', 'boom', ?, ?, "
+            "'1', ?)",
+            (
+                "e" * 32,
+                traces[3],
+                payloads[3]["contexts"]["trace"]["span_id"],
+                -math.inf,
+                time.time(),
+                deep_event,
+            ),
+        )
+    second = Collector(db, port=0).start()
+    try:
+        paths = [
+            "summary",
+            "summary?window=all",
+            "summary?window=all&status=failed&min_duration=1",
+            "transactions?window=all",
+            "traces",
+            "stats",
+            f"error/{'e' * 32}",
+            *(f"transaction/{i}" for i in ids),
+            *(f"trace/{t}" for t in traces),
+            *(f"transactions?window=all&exact_name=tx-{500 + i}" for i in range(4)),
+        ]
+        for path in paths:
+            res = httpx.get(f"{second.url}/api/ui/{path}", timeout=10)
+            assert res.status_code == 200, (path, res.text[:300])
+            json.loads(res.text)  # strict JSON: no Infinity or NaN
+        view = httpx.get(f"{second.url}/api/ui/transaction/{ids[0]}", timeout=10).json()
+        assert math.isfinite(view["duration_ms"]) and view["transaction"]["start_ts"] == 0
+        assert second.responses.get(500) is None
+    finally:
+        second.stop()
+    for trace_id in (None, *traces):
+        out = io.StringIO()
+        assert show(db, trace_id, out) == 0
+        assert out.getvalue()
+    out = io.StringIO()
+    show(db, traces[1], out)
+    assert "9999-12-31 23:59:59 UTC" in out.getvalue()  # clamped to the latest time shown

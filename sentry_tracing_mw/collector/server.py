@@ -318,7 +318,13 @@ class _App:
             return JSONResponse({"detail": str(exc)}, 400)
         if data is None:
             return JSONResponse({"detail": "not found"}, 404)
-        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        try:
+            return JSONResponse(data, headers=headers)
+        except (ValueError, RecursionError, OverflowError, TypeError) as exc:
+            # a stored value JSON cannot carry (e.g. infinity): show the rest, never fail
+            logger.warning("viewer response repaired for JSON (%s: %s)", type(exc).__name__, exc)
+            return JSONResponse(await run_in_threadpool(viewer.json_safe, data), headers=headers)
 
     def _filters(self, request: Request) -> dict[str, Any]:
         q = request.query_params

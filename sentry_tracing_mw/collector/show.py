@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 from typing import TextIO
 
 from .store import Store
-from .tree import render_trace
+from .tree import format_time, render_trace
 
 __all__ = ["show"]
 
 
 def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return format_time(ts, "%Y-%m-%d %H:%M:%S", local=True)
 
 
 def show(db: str, trace_id: str | None, out: TextIO, *, limit: int = 10) -> int:

@@ -28,6 +28,7 @@ from .._envelope import Envelope, EnvelopeError
 __all__ = [
     "CATEGORY_OF_ITEM",
     "MAX_JSON_DEPTH",
+    "MAX_TIMESTAMP",
     "IngestResult",
     "PreparedEnvelope",
     "Store",
@@ -139,6 +140,11 @@ CATEGORY_OF_ITEM = {
 SPAN_V2_CONTENT_TYPE = "application/vnd.sentry.items.span.v2+json"
 MAX_SPANS_PER_ITEM = 1000
 
+#: Latest accepted timestamp: 9999-12-31T23:59:59Z (what a ``datetime`` can show). The
+#: earliest is the epoch: Relay drops a transaction whose timestamps are before 1970
+#: ("timestamp is too stale"). Beyond these, a timestamp is a bug (often milliseconds sent as
+#: seconds) and would make durations overflow to infinity, which JSON cannot carry.
+MAX_TIMESTAMP = 253402300799.0
 #: Deepest JSON nesting accepted in an item payload or header (about serde_json's recursion
 #: limit of 128, which Relay parses with). Python's own encoder and decoder give up near
 #: 1000 levels, so deeper data could be parsed but neither stored nor shown.
@@ -177,6 +183,10 @@ def parse_timestamp(value: Any) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def _timestamp_in_range(value: float | None) -> float | None:
+    return value if value is not None and 0.0 <= value <= MAX_TIMESTAMP else None
 
 
 def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -381,6 +391,14 @@ def _span_from_event(raw: Any, where: str, default_trace: str, root: bool) -> _S
     )
 
 
+def _out_of_range(where: str, key: str, value: float) -> EnvelopeError:
+    hint = " (milliseconds? timestamps are seconds)" if value > MAX_TIMESTAMP else ""
+    return EnvelopeError(
+        f"{where}: {key} {value!r} is out of range: seconds since the epoch from 0 "
+        f"(1970-01-01) to {MAX_TIMESTAMP:.0f} (9999-12-31){hint}"
+    )
+
+
 def _timed(row: _SpanRow, raw: dict[str, Any], where: str, end_key: str = "timestamp") -> None:
     start = parse_timestamp(raw.get("start_timestamp"))
     end = parse_timestamp(raw.get(end_key))
@@ -388,7 +406,11 @@ def _timed(row: _SpanRow, raw: dict[str, Any], where: str, end_key: str = "times
         raise EnvelopeError(f"{where}: missing or invalid start_timestamp")
     if end is None:
         raise EnvelopeError(f"{where}: missing or invalid {end_key}")
-    if end < start:
+    if _timestamp_in_range(start) is None:
+        raise _out_of_range(where, "start_timestamp", start)
+    if _timestamp_in_range(end) is None:
+        raise _out_of_range(where, end_key, end)
+    if end < start:  # like Relay: no tolerance ("end timestamp is smaller than start timestamp")
         raise EnvelopeError(f"{where}: {end_key} is before start_timestamp")
     row.start, row.end = start, end
 
@@ -566,7 +588,9 @@ def _prepare_error(payload: dict[str, Any], where: str, headers: dict[str, Any])
         transaction=name[:200] if isinstance(name, str) else None,
         level=level if isinstance(level, str) else "error",
         title=title[:500],
-        timestamp=parse_timestamp(payload.get("timestamp")),
+        # an impossible timestamp is dropped, not the error (Relay moves one too far in the
+        # future to the receive time)
+        timestamp=_timestamp_in_range(parse_timestamp(payload.get("timestamp"))),
         event=payload,
     )
 
@@ -575,7 +599,7 @@ def _prepare_report(payload: dict[str, Any], where: str) -> list[_Report]:
     discarded = payload.get("discarded_events", [])
     if not isinstance(discarded, list):
         raise EnvelopeError(f"{where}: 'discarded_events' is not a list")
-    ts = parse_timestamp(payload.get("timestamp"))
+    ts = _timestamp_in_range(parse_timestamp(payload.get("timestamp")))
     out: list[_Report] = []
     for i, entry in enumerate(discarded):
         if not isinstance(entry, dict):
@@ -873,17 +897,21 @@ class Store:
                 )
             )
         for row in out:
-            row["tags"] = json.loads(row["tags"])
-            row["data"] = json.loads(row["data"])
+            _sane_times(row)
+            row["tags"] = _stored_object(row["tags"], "span tags")
+            row["data"] = _stored_object(row["data"], "span data")
         return out
 
     def errors_of_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """Error events of a trace (without their full payload)."""
-        return self.query(
+        rows = self.query(
             "SELECT event_id, trace_id, span_id, transaction_name, level, title, timestamp, "
             "received, project FROM errors WHERE trace_id = ? ORDER BY timestamp",
             (trace_id.lower(),),
         )
+        for row in rows:
+            row["timestamp"] = _stored_timestamp(row["timestamp"])
+        return rows
 
     def error(self, event_id: str) -> dict[str, Any] | None:
         """One error event with its payload."""
@@ -891,7 +919,8 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        row["event"] = json.loads(row["event"])
+        row["timestamp"] = _stored_timestamp(row["timestamp"])
+        row["event"] = _stored_object(row["event"], "event")
         return row
 
     def children_of_spans(self, trace_id: str, span_ids: Sequence[str]) -> dict[str, list[Any]]:
@@ -904,6 +933,7 @@ class Store:
             (trace_id,),
         ):
             if row["parent_span_id"] in wanted:
+                row["duration_ms"] = _clamp(row["duration_ms"], MAX_TIMESTAMP * 1000.0)
                 out.setdefault(row["parent_span_id"], []).append(row)
         return out
 
@@ -921,7 +951,7 @@ class Store:
 
     def recent_traces(self, limit: int = 10) -> list[dict[str, Any]]:
         """The most recently received traces with a summary each."""
-        return self.query(
+        rows = self.query(
             "SELECT trace_id, COUNT(*) AS units, MIN(start_ts) AS start_ts, "
             "MAX(end_ts) AS end_ts, MAX(received) AS received, "
             "GROUP_CONCAT(DISTINCT service) AS services, "
@@ -929,6 +959,7 @@ class Store:
             "AS failed FROM units GROUP BY trace_id ORDER BY received DESC LIMIT ?",
             (limit,),
         )
+        return [_sane_times(row) for row in rows]
 
     def root_unit_of_trace(self, trace_id: str) -> dict[str, Any] | None:
         """The head unit of a trace (no parent), else its earliest unit."""
@@ -959,11 +990,12 @@ class Store:
             clauses.append("duration_ms >= ?")
             params.append(min_duration_ms)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self.query(
+        rows = self.query(
             "SELECT id, kind, trace_id, name, op, status, start_ts, end_ts, duration_ms, service, "
             f"project, sample_rate, received FROM units {where} ORDER BY end_ts DESC",
             params,
         )
+        return [_sane_times(row) for row in rows]
 
     def client_report_totals(self) -> list[dict[str, Any]]:
         """Client report quantities summed by reason and category."""
@@ -974,6 +1006,82 @@ class Store:
 
 
 def _decode_unit(row: dict[str, Any]) -> dict[str, Any]:
-    row["event"] = json.loads(row["event"])
+    _sane_times(row)
+    row["event"] = _stored_object(row["event"], "event")
     row["complete"] = bool(row["complete"])
     return row
+
+
+# -- reading rows written before the checks above existed --------------------------------
+#
+# Older versions stored timestamps out of range (durations of infinity, which JSON cannot
+# carry) and JSON too deep to encode again. Reads repair such values so one bad row can
+# neither fail a viewer page nor ``show``.
+
+_TOO_DEEP = f"<not shown: nested deeper than {MAX_JSON_DEPTH} levels>"
+
+
+def _clamp(value: Any, high: float) -> float:
+    """``value`` as a float within [0, high]; NaN and non-numbers become 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if number != number:
+        return 0.0
+    return min(max(number, 0.0), high)
+
+
+def _sane_times(row: dict[str, Any]) -> dict[str, Any]:
+    """Clamp a row's ``start_ts``/``end_ts`` into range (end not before start) and keep its
+    ``duration_ms`` finite (recomputed when the times had to be repaired)."""
+    if "start_ts" in row and "end_ts" in row:
+        start = _clamp(row["start_ts"], MAX_TIMESTAMP)
+        end = max(_clamp(row["end_ts"], MAX_TIMESTAMP), start)
+        if start != row["start_ts"] or end != row["end_ts"]:
+            row["start_ts"], row["end_ts"] = start, end
+            if "duration_ms" in row:
+                row["duration_ms"] = (end - start) * 1000.0
+    if "duration_ms" in row:
+        duration = row["duration_ms"]
+        if not isinstance(duration, int | float) or not 0.0 <= duration <= MAX_TIMESTAMP * 1000:
+            row["duration_ms"] = _clamp(duration, MAX_TIMESTAMP * 1000.0)
+    return row
+
+
+def _stored_timestamp(value: Any) -> float | None:
+    if not isinstance(value, int | float):
+        return None
+    return _timestamp_in_range(float(value))
+
+
+def _prune_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Replace what lies deeper than ``limit`` levels by a note (in place; iterative)."""
+    if not isinstance(value, dict | list):
+        return value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        keys = list(node.keys()) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            child = node[key]
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    node[key] = _TOO_DEEP
+                else:
+                    stack.append((child, depth + 1))
+    return value
+
+
+def _stored_object(text: Any, what: str) -> dict[str, Any]:
+    """A JSON object column decoded for reading; never raises."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {"_collector": f"the stored {what} could not be decoded"}
+    if not isinstance(value, dict):
+        note = f"the stored {what} is not a JSON object"
+        return {"_collector": note, "value": _prune_depth(value, MAX_JSON_DEPTH - 1)}
+    if isinstance(text, str) and text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        _prune_depth(value)
+    return value

@@ -9,6 +9,7 @@ parent is nowhere in the trace is an *orphan* (shown at the top level, marked).
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "build_forest",
     "find_gaps",
     "flatten",
+    "format_time",
     "is_failure",
     "render_trace",
 ]
@@ -217,7 +219,19 @@ def find_gaps(root: Node) -> list[tuple[float, float]]:
 # -- text rendering (the ``show`` command) ---------------------------------------------
 
 
+def format_time(ts: float, fmt: str = "%Y-%m-%d %H:%M:%S UTC", *, local: bool = False) -> str:
+    """``ts`` (epoch seconds) formatted, in UTC unless ``local``; never raises (a value no
+    ``datetime`` can hold, such as milliseconds taken for seconds, is shown as a number)."""
+    try:
+        tz = None if local else datetime.timezone.utc
+        return datetime.datetime.fromtimestamp(ts, tz).strftime(fmt)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return f"<invalid time {ts!r}>"
+
+
 def _fmt_ms(ms: float) -> str:
+    if not math.isfinite(ms):
+        return "?"
     if ms >= 10000:
         return f"{ms / 1000:.1f}s"
     if ms >= 100:
@@ -226,8 +240,10 @@ def _fmt_ms(ms: float) -> str:
 
 
 def _bar(start: float, end: float, t0: float, total: float, width: int) -> str:
-    if total <= 0:
+    if not total > 0 or not math.isfinite(total):
         return "█" * width
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return "░" * width
     a = int((start - t0) / total * width)
     b = round((end - t0) / total * width)
     a = min(max(a, 0), width - 1)
@@ -265,9 +281,7 @@ def render_trace(
             errors_by_span.setdefault(err["span_id"], []).append(err)
     n_orphans = sum(1 for n, _ in rows if n.orphan and n.is_unit_root)
     services = sorted({str(u.get("service")) for u in units})
-    when = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S UTC"
-    )
+    when = format_time(t0)
     head = (
         f"trace {trace_id}  {when}  {_fmt_ms(total * 1000)}  "
         f"{len(units)} transaction{'s' if len(units) != 1 else ''}"

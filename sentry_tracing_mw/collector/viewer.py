@@ -12,6 +12,7 @@ from .tree import Node, build_forest, find_gaps, flatten, is_failure
 
 __all__ = [
     "WINDOWS",
+    "json_safe",
     "percentile",
     "summary",
     "trace_view",
@@ -40,6 +41,40 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     if lo == hi:
         return float(sorted_values[lo])
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+def json_safe(value: Any, max_depth: int = 256) -> Any:
+    """A copy of ``value`` that strict JSON can carry: non-finite floats become ``None``,
+    anything nested deeper than ``max_depth`` a note, unknown types their ``str``.
+
+    The viewer's last resort when a response cannot be encoded (the store already repairs
+    the rows it knows to be bad); iterative, so any depth is fine.
+    """
+    holder: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, holder, 0, 1)]
+    while stack:
+        node, parent, key, depth = stack.pop()
+        out: Any
+        if node is None or isinstance(node, str | bool | int):
+            out = node
+        elif isinstance(node, float):
+            out = node if math.isfinite(node) else None
+        elif isinstance(node, dict | list | tuple):
+            if depth > max_depth:
+                out = f"<not shown: nested deeper than {max_depth} levels>"
+            elif isinstance(node, dict):
+                out = {}
+                for k, v in node.items():
+                    out[str(k)] = None
+                    stack.append((v, out, str(k), depth + 1))
+            else:
+                out = [None] * len(node)
+                for i, v in enumerate(node):
+                    stack.append((v, out, i, depth + 1))
+        else:
+            out = str(node)
+        parent[key] = out
+    return holder[0]
 
 
 def _status_matches(status: str, wanted: str | None) -> bool:
