@@ -24,7 +24,7 @@ from sentry_tracing_mw._envelope import gzip_compress, serialize_envelope
 from sentry_tracing_mw.collector import Collector, parse_rate_limit
 from sentry_tracing_mw.collector.show import show
 from sentry_tracing_mw.collector.store import parse_timestamp
-from sentry_tracing_mw.collector.tree import format_time, render_trace
+from sentry_tracing_mw.collector.tree import format_time, is_failure, render_trace
 from sentry_tracing_mw.collector.viewer import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -776,3 +776,29 @@ def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert "from-cli-test" in out.stdout
+
+
+def test_one_failure_definition_for_trace_list_viewer_and_show(
+    collector: Collector, db: str
+) -> None:
+    # Sentry's failure rate: every status but ok, cancelled and unknown (unset is unknown)
+    statuses = ["ok", "cancelled", "unknown", "unset", "internal_error", "not_found", "error"]
+    now = time.time()
+    trace_of: dict[str, str] = {}
+    for i, status in enumerate(statuses):
+        trace_of[status] = trace_id = hexid(0x5A0 + i, 32)
+        payload = tx_payload(trace_id, hexid(0x5A0 + i, 16), f"GET /{status}", now, 0.01)
+        payload["contexts"]["trace"]["status"] = status
+        assert post(collector, tx_envelope(payload)).status_code == 200
+    failed_in_list = {r["trace_id"]: r["failed"] for r in ui(collector, "traces")["rows"]}
+    rates = {r["name"]: r["failure_rate"] for r in ui(collector, "summary")["rows"]}
+    for status in statuses:
+        expected = int(is_failure(status))
+        assert failed_in_list[trace_of[status]] == expected, status
+        assert rates[f"GET /{status}"] == expected, status
+    assert [is_failure(s) for s in statuses] == [False] * 4 + [True] * 3
+    buf = io.StringIO()
+    assert show(db, None, buf, limit=len(statuses)) == 0
+    listed = {ln.split()[0]: ln for ln in buf.getvalue().splitlines()[1 : len(statuses) + 1]}
+    for status in statuses:
+        assert ("1 failed" in listed[trace_of[status]]) is is_failure(status), status

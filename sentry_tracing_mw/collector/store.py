@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .._envelope import Envelope, EnvelopeError
+from .tree import FAILED_EXCLUDED
 
 __all__ = [
     "CATEGORY_OF_ITEM",
@@ -951,13 +952,15 @@ class Store:
 
     def recent_traces(self, limit: int = 10) -> list[dict[str, Any]]:
         """The most recently received traces with a summary each."""
+        # the same failure definition as the viewer's (tree.is_failure)
+        excluded = sorted(FAILED_EXCLUDED)
         rows = self.query(
             "SELECT trace_id, COUNT(*) AS units, MIN(start_ts) AS start_ts, "
             "MAX(end_ts) AS end_ts, MAX(received) AS received, "
             "GROUP_CONCAT(DISTINCT service) AS services, "
-            "SUM(CASE WHEN status NOT IN ('ok', 'cancelled', 'unknown') THEN 1 ELSE 0 END) "
+            f"SUM(CASE WHEN status NOT IN ({','.join('?' * len(excluded))}) THEN 1 ELSE 0 END) "
             "AS failed FROM units GROUP BY trace_id ORDER BY received DESC LIMIT ?",
-            (limit,),
+            (*excluded, limit),
         )
         return [_sane_times(row) for row in rows]
 

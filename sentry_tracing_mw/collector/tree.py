@@ -25,7 +25,9 @@ __all__ = [
     "render_trace",
 ]
 
-#: Statuses that do not count as failures (Sentry's failure_rate definition).
+#: Statuses that do not count as failures: Sentry's failure_rate counts every status but ok,
+#: cancelled and unknown; ``unset`` (OpenTelemetry's "no status") is taken as unknown. The one
+#: definition shared by the viewer, ``show`` and the store's trace list (app.js mirrors it).
 FAILED_EXCLUDED = frozenset({"ok", "cancelled", "unknown", "unset"})
 
 #: A gap counts as missing instrumentation above this share of its transaction...
@@ -35,7 +37,7 @@ GAP_MIN_MS = 5.0
 
 
 def is_failure(status: str | None) -> bool:
-    """Sentry's failure definition: any status but ok, cancelled and unknown."""
+    """Sentry's failure definition: any status but ok, cancelled and unknown (or unset)."""
     return (status or "unknown") not in FAILED_EXCLUDED
 
 
