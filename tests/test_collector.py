@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -776,6 +777,17 @@ def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert "from-cli-test" in out.stdout
+
+
+def test_database_is_in_wal_mode(collector: Collector, db: str) -> None:
+    payload = tx_payload(hexid(0x3A1, 32), hexid(0x3A1, 16), "GET /wal", time.time(), 0.01)
+    assert post(collector, tx_envelope(payload)).status_code == 200
+    conn = sqlite3.connect(db)
+    try:  # WAL is a property of the file: any new connection sees it
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+    assert os.path.exists(db + "-wal")
 
 
 def test_one_failure_definition_for_trace_list_viewer_and_show(
