@@ -133,7 +133,9 @@
 
   async function renderName(name) {
     setNav("nav-list");
-    const data = await api("/api/ui/transactions?" + query({ exact_name: name, window: state.filters.window }));
+    const f = state.filters;  // the list's filters still apply (not the name search: exact name here)
+    const data = await api("/api/ui/transactions?" + query({ exact_name: name, window: f.window,
+      status: f.status, min_duration: f.min_duration }));
     const body = el("tbody", {});
     for (const row of data.rows) {
       body.append(el("tr", { class: "tx-row", "data-id": row.id, onclick: () => go("#/tx/" + row.id) },
@@ -149,7 +151,8 @@
     view.replaceChildren(
       el("p", {}, el("a", { href: "#/", text: "← all transactions" })),
       el("h1", { text: name }),
-      el("p", { class: "muted", text: `${data.total} transactions (newest first, window ${state.filters.window})` }),
+      el("p", { class: "muted", id: "tx-list-filters", text: `${data.total} transactions (newest first, window ${f.window}` +
+        (f.status ? `, status ${f.status}` : "") + (f.min_duration ? `, at least ${f.min_duration} ms` : "") + ")" }),
       el("table", { class: "grid", id: "tx-list" }, el("thead", {}, el("tr", {},
         ...["Time", "Event", "Trace", "Service", "Status", "Sample rate", "Duration"].map((t) =>
           el("th", { class: t === "Duration" || t === "Sample rate" ? "num" : null, text: t })))), body));
