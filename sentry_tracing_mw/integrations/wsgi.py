@@ -103,9 +103,14 @@ def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
 
 
 class _Body:
-    """Wraps the response iterable: the transaction ends when it is exhausted or closed."""
+    """Wraps the response iterable: the transaction ends when it is exhausted or closed.
 
-    __slots__ = ("_client", "_done", "_iter", "_plain", "_result", "_tx")
+    Iteration is a generator (no Python-level ``__next__`` per chunk, no StopIteration
+    object at the end); the transaction is current while the app's iterable produces a
+    chunk and not while the server writes it.
+    """
+
+    __slots__ = ("_client", "_done", "_iter", "_result", "_tx")
 
     def __init__(
         self, result: Iterable[bytes], it: Iterator[bytes], tx: Transaction, client: Client
@@ -115,34 +120,36 @@ class _Body:
         self._tx = tx
         self._client = client
         self._done = False
-        # A list or tuple runs no app code while it is iterated: no context switch needed.
-        self._plain = type(result) is list or type(result) is tuple
 
-    def __iter__(self) -> _Body:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._plain:
-            try:
-                return next(self._iter)
-            except StopIteration:
-                self._done = True
-                self._tx.finish()
-                raise
-        token = CURRENT_SPAN.set(self._tx)
+    def __iter__(self) -> Iterator[bytes]:
+        tx = self._tx
+        it = self._iter
+        if type(self._result) is list or type(self._result) is tuple:
+            yield from it  # iterating a list runs no app code: no context switch needed
+            self._done = True
+            tx.finish()
+            return
+        current = CURRENT_SPAN
+        token = current.set(tx)
+        held = True  # the transaction is current (set by us, not yet reset)
         try:
-            return next(self._iter)
-        except StopIteration:
-            self._done = True
-            self._tx.finish()
-            raise
+            for chunk in it:
+                current.reset(token)
+                held = False
+                yield chunk
+                token = current.set(tx)
+                held = True
         except BaseException as exc:
-            self._done = True
-            _fail(self._client, self._tx, exc)
-            self._tx.finish()
-            raise
-        finally:
-            CURRENT_SPAN.reset(token)
+            if held:  # raised by the app's iterable (not GeneratorExit at our yield)
+                current.reset(token)
+                held = False
+                self._done = True
+                _fail(self._client, tx, exc)
+                tx.finish()
+            raise  # a close() mid-body ends the transaction in close()
+        current.reset(token)
+        self._done = True
+        tx.finish()
 
     def close(self) -> None:
         try:
