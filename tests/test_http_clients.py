@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,12 +26,13 @@ import urllib3
 
 import sentry_tracing_mw as stm
 from sentry_tracing_mw._client import get_client
-from sentry_tracing_mw._context import PROPAGATION_CONTEXT
+from sentry_tracing_mw._context import PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
 from sentry_tracing_mw._propagation import extract
 from sentry_tracing_mw._tracing import Span, Transaction
 from sentry_tracing_mw.integrations import http_clients
 
 from .recording_server import RecordingServer, running
+from .sentry_server import SentryServer
 from .servers import free_port
 
 OnHeaders = Callable[[], None]
@@ -398,6 +401,122 @@ def test_transport_requests_carry_no_trace_headers(
     assert recording_server.received()[0].header("sentry-trace") is not None
     for rec in sentry_server.received:
         assert not {k.lower() for k in rec.headers} & set(TRACE_HEADERS)
+
+
+@dataclass
+class ProxiedRequest:
+    method: str
+    target: str  # as sent to the proxy: absolute form
+    headers: list[tuple[str, str]]  # every header line, duplicates included
+
+
+_HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "te"}
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """Records each request, forwards it to the absolute URL it names, relays the answer."""
+
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def _forward(self) -> None:
+        SUPPRESS_INSTRUMENTATION.set(True)  # the proxy's own http.client calls
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        with self.server.lock:
+            self.server.received.append(
+                ProxiedRequest(self.command, self.path, list(self.headers.items()))
+            )
+        target = urlsplit(self.path)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=10)
+        try:
+            path = target.path + (f"?{target.query}" if target.query else "")
+            conn.request(self.command, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in _HOP_BY_HOP | {"content-length", "transfer-encoding"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.lock = threading.Lock()
+        self.received: list[ProxiedRequest] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextmanager
+def forwarding_proxy() -> Iterator[_ProxyServer]:
+    """A recording HTTP forward proxy on 127.0.0.1 (plain HTTP, absolute-form requests)."""
+    proxy = _ProxyServer()
+    thread = threading.Thread(
+        target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(5)
+
+
+def test_transport_requests_through_a_proxy_carry_no_trace_headers(
+    recording_server: RecordingServer, sentry_server: SentryServer
+) -> None:
+    """Through a proxy the transport's POSTs go through urllib3 and the instrumented
+    http.client (without one it writes to its own socket): still no trace headers, while
+    the app's own request through the same proxy gets them."""
+    with forwarding_proxy() as proxy:
+        stm.init(
+            dsn=sentry_server.dsn,
+            http_proxy=proxy.url,
+            instrument_http_clients=True,
+            traces_sample_rate=1.0,
+        )
+        with stm.start_transaction("t") as tx:
+            stm.capture_exception(ValueError("boom"))  # starts the worker inside the trace
+            control = urllib3.ProxyManager(proxy.url)
+            assert control.request("GET", recording_server.url + "/echo").status == 200
+            control.clear()
+        assert stm.flush(5)
+        assert sentry_server.wait_for(2)  # the error and the transaction, forwarded
+    with proxy.lock:
+        received = list(proxy.received)
+    posts = [r for r in received if r.method == "POST"]
+    for rec in posts:
+        sent = {name.lower() for name, _ in rec.headers}
+        assert "x-sentry-auth" in sent
+        assert not sent & set(TRACE_HEADERS), rec.headers
+    assert [r.target for r in posts] == [sentry_server.url + "/api/1/envelope/"] * 2
+    # The control: the app's request through the same proxy is traced and carries headers.
+    (get,) = [r for r in received if r.method == "GET"]
+    assert get.target == recording_server.url + "/echo"
+    trace_values = [v for name, v in get.headers if name.lower() == "sentry-trace"]
+    assert len(trace_values) == 1 and trace_values[0].startswith(tx.trace_id + "-")
+    assert recording_server.received("/echo")[0].header("sentry-trace") == trace_values[0]
+    assert {s.description for s in http_spans(tx)} == {f"GET {recording_server.url}/echo"}
 
 
 # --------------------------------------------------------------------------- span lifetime
