@@ -8,6 +8,7 @@ captured (the traceback must still be alive) and serialized later on the worker.
 from __future__ import annotations
 
 import linecache
+import logging
 import math
 import os
 import re
@@ -170,12 +171,29 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         measurements = _measurements(tx._measurements)
         if measurements:
             event["measurements"] = measurements
-    if tx._request is not None:
-        event["request"] = tx._request
+    request = _request_of(tx)
+    if request is not None:
+        event["request"] = request
     return event
 
 
+def _request_of(tx: Transaction) -> dict[str, Any] | None:
+    """The transaction's request interface, built now if the integration deferred it."""
+    request = tx._request
+    if request is None or type(request) is dict:
+        return request
+    try:
+        built = request()  # type: ignore[operator]
+    except Exception:
+        logger.exception("sentry_tracing_mw: building the request data failed")
+        built = None
+    tx._request = built
+    return built
+
+
 # -- error events -----------------------------------------------------------------
+
+logger = logging.getLogger("sentry_tracing_mw")
 
 _STDLIB_PATHS = tuple(
     {
@@ -385,8 +403,9 @@ def error_event(
     if tx is not None:
         event["transaction"] = (tx._name or "<unlabeled transaction>")[:200]
         event["transaction_info"] = {"source": tx._source}
-        if tx._request is not None:
-            event["request"] = tx._request
+        request = _request_of(tx)
+        if request is not None:
+            event["request"] = request
     if options.release:
         event["release"] = options.release
     if options.server_name:

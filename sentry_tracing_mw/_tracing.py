@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -611,7 +611,9 @@ class Transaction(Span):
         self._extra_bytes = 0
         self._max_spans = client.options.max_spans
         self._measurements: dict[str, dict[str, Any]] | None = None
-        self._request: dict[str, Any] | None = None
+        #: The event's ``request`` interface, or a callable that builds it (deferred by
+        #: the integrations to the transport worker; see ``_event._request_of``).
+        self._request: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
         self._response_status: int | None = None
         ctx.transaction = self
 

@@ -13,6 +13,7 @@ uvicorn re-raises SIGTERM after a graceful shutdown, so atexit handlers never ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -80,6 +81,30 @@ def _trace_headers(scope: Scope) -> dict[str, str] | None:
         for name, values in repeats.items():
             found[name] = b",".join(values).decode("latin-1")
     return found
+
+
+_REQUEST_SCOPE_KEYS = (
+    "type",
+    "method",
+    "scheme",
+    "server",
+    "client",
+    "path",
+    "root_path",
+    "query_string",
+)
+
+
+def deferred_asgi_request_info(scope: Scope, pii: bool) -> Callable[[], dict[str, Any]]:
+    """``asgi_request_info`` of a snapshot of ``scope`` as it is now, to be built later.
+
+    Routers edit the scope in place (``root_path``, ``path``), so the values are copied
+    at the start of the request; the transport worker builds the request interface.
+    """
+    snapshot = {key: scope.get(key) for key in _REQUEST_SCOPE_KEYS}
+    headers = scope.get("headers")
+    snapshot["headers"] = list(headers) if headers else []
+    return functools.partial(asgi_request_info, snapshot, pii)
 
 
 def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
@@ -274,7 +299,7 @@ class TracingMiddleware:
             if tx is not None:
                 scope[SCOPE_KEY] = tx
                 if tx._recording:
-                    tx._request = asgi_request_info(scope, client.options.send_default_pii)
+                    tx._request = deferred_asgi_request_info(scope, client.options.send_default_pii)
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             await self.app(scope, receive, send)

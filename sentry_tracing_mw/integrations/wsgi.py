@@ -8,8 +8,9 @@ sent: when the iterable is exhausted or closed (``wsgi.file_wrapper`` keeps its 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +21,13 @@ from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
-__all__ = ["ENVIRON_KEY", "TracingMiddleware", "environ_request_info", "wsgi_str"]
+__all__ = [
+    "ENVIRON_KEY",
+    "TracingMiddleware",
+    "deferred_request_info",
+    "environ_request_info",
+    "wsgi_str",
+]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -88,6 +95,23 @@ def environ_request_info(environ: dict[str, Any], pii: bool) -> dict[str, Any]:
         server_port=port or None,
         peer=environ.get("REMOTE_ADDR"),
     )
+
+
+#: Environ entries a deferred request snapshot leaves out: streams (a request body must not
+#: stay alive in the transport queue) and server objects.
+_UNSENT_KEYS = ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper")
+
+
+def deferred_request_info(environ: Mapping[str, Any], pii: bool) -> Callable[[], dict[str, Any]]:
+    """``environ_request_info`` of a snapshot of ``environ``, to be built later.
+
+    The request thread only copies the environ (a C-level dict copy); the transport worker
+    builds the event's request interface when it builds the event.
+    """
+    snapshot = dict(environ)
+    for key in _UNSENT_KEYS:
+        snapshot.pop(key, None)
+    return functools.partial(environ_request_info, snapshot, pii)
 
 
 def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
@@ -240,7 +264,7 @@ class TracingMiddleware:
             if tx is not None:
                 environ[ENVIRON_KEY] = tx
                 if tx._recording:
-                    tx._request = environ_request_info(environ, client.options.send_default_pii)
+                    tx._request = deferred_request_info(environ, client.options.send_default_pii)
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             return self.app(environ, start_response)
