@@ -94,7 +94,8 @@ async def _worker(
                 writer.close()
                 writer = None
         except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors[0] += 1
+            if start_at <= clock() < end_at:  # warm-up failures are not the measured run's
+                errors[0] += 1
             if writer is not None:
                 writer.close()
             writer = None
