@@ -248,14 +248,20 @@ class Client:
             self.reports.record_transaction("event_processor", len(tx._spans))
             return
         n = len(tx._spans)
-        transport.submit(
+        if not transport.submit(
             Pending(
                 "transaction",
                 functools.partial(self._prepare_transaction, tx),
                 n,
                 1024 + 400 * n + tx._extra_bytes,
             )
-        )
+        ):
+            # Dropped (and counted): let go of what it holds now, not at the next GC run
+            # (a transaction and its context refer to each other).
+            tx._request = None
+            tx._spans = []
+            if tx._ctx.transaction is tx:
+                tx._ctx.transaction = None
 
     def _is_ignored(self, name: str) -> bool:
         if name in self._ignore_exact:

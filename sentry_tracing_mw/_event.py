@@ -280,7 +280,15 @@ _SHRUNK_TEXT = 1024
 def _clip(value: Any, limit: int) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return value[: limit - 3] + "..."
+    if isinstance(value, bytes) and len(value) > limit:
+        return value[: limit - 3] + b"..."
     return value
+
+
+def _clip_data(data: Any) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            data[key] = _clip(value, _SHRUNK_TEXT)
 
 
 def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tuple[bytes, int]:
@@ -296,10 +304,11 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
             if isinstance(span, dict):
                 if "description" in span:
                     span["description"] = _clip(span["description"], _SHRUNK_TEXT)
-                data = span.get("data")
-                if isinstance(data, dict):
-                    for key, value in data.items():
-                        data[key] = _clip(value, _SHRUNK_TEXT)
+                _clip_data(span.get("data"))
+    contexts = payload.get("contexts")
+    trace = contexts.get("trace") if isinstance(contexts, dict) else None
+    if isinstance(trace, dict):
+        _clip_data(trace.get("data"))
     exception = payload.get("exception")
     values = exception.get("values") if isinstance(exception, dict) else None
     for exc in values if isinstance(values, list) else ():
@@ -311,12 +320,22 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
     data = dumps(payload)
     dropped = 0
     while len(data) > MAX_ITEM_BYTES and isinstance(spans, list) and spans:
-        # keep the share of spans that fits, with a margin; at least one span less per round
+        # keep the share of spans that fits, with a margin; at least one span less per
+        # round. The latest-started spans go first: a parent starts before its children,
+        # so the kept spans still form a tree (parents finish last, so "last in the list"
+        # would drop them first and orphan the rest).
         keep = min(len(spans) - 1, int(len(spans) * MAX_ITEM_BYTES * 0.9 / len(data)))
+        order = sorted(range(len(spans)), key=lambda i: _start_of(spans[i]))
+        kept = set(order[:keep])
         dropped += len(spans) - keep
-        del spans[keep:]
+        spans[:] = [span for i, span in enumerate(spans) if i in kept]
         data = dumps(payload)
     return data, dropped
+
+
+def _start_of(span: Any) -> float:
+    start = span.get("start_timestamp") if isinstance(span, dict) else None
+    return float(start) if isinstance(start, int | float) else math.inf
 
 
 def error_event_bytes(event: Mapping[str, Any]) -> int:

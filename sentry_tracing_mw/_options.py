@@ -13,6 +13,7 @@ import math
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,9 +130,17 @@ def _opt_str(name: str, value: Any) -> str | None:
 
 def _ca_certs(value: Any) -> str | None:
     path = _opt_str("ca_certs", os.fspath(value) if isinstance(value, os.PathLike) else value)
-    if path is not None and not os.path.isfile(path):
+    if path is None:
+        return None
+    if not os.path.isfile(path):
         raise _fail("ca_certs", value, "no such file (expected a PEM file of CA certificates)")
-    return path
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise _fail(
+            "ca_certs", value, f"not a usable PEM file of CA certificates ({exc})"
+        ) from None
+    return os.path.abspath(path)
 
 
 def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:

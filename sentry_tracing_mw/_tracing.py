@@ -325,8 +325,8 @@ class Span:
         self._span_id = new_span_id()
         self._parent_span_id = parent_span_id
         self._op = op
-        if description is not None and len(description) > _SMALL_TEXT:
-            description = _large_text(tx, description)
+        if type(description) is str and len(description) > _SMALL_TEXT:
+            description = _large_text(tx if recording else None, description)
         self._description = description
         self._origin = origin
         self._status: str | None = None
@@ -437,14 +437,30 @@ class Span:
         data = self._data
         if data is None:
             data = self._data = {}
+        key = str(key)
         kind = type(value)
         if (kind is str or kind is bytes) and len(value) > _SMALL_TEXT:
-            value = _large_text(self._tx, value)
+            value = _large_text(self._tx if self._recording else None, value)
+            if key in data:
+                self._uncount(data[key])
         elif kind is dict or kind is list or kind is tuple:
             tx = self._tx
-            if tx is not None:  # a rough size: what a queued transaction may hold
+            if tx is not None and self._recording:  # rough: what a queued tx may hold
                 tx._extra_bytes += 64 * len(value)
-        data[str(key)] = value
+                if key in data:
+                    self._uncount(data[key])
+        data[key] = value
+
+    def _uncount(self, old: Any) -> None:
+        """Take an overwritten data value back out of the transaction's size estimate."""
+        tx = self._tx
+        if tx is None or not self._recording:
+            return
+        kind = type(old)
+        if (kind is str or kind is bytes) and len(old) > _SMALL_TEXT:
+            tx._extra_bytes -= len(old)
+        elif kind is dict or kind is list or kind is tuple:
+            tx._extra_bytes -= 64 * len(old)
 
     def set_status(self, status: str) -> None:
         """Set the span status; must be one of the 17 canonical values."""

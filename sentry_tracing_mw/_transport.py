@@ -463,6 +463,7 @@ class Transport:
         if prepared is None:
             return
         report: dict[str, Any] | None = None
+        span_count = pending.span_count  # less the spans a shrink left out (reported already)
         try:
             payload, dsc = prepared
             event_id = payload.get("event_id")
@@ -483,9 +484,10 @@ class Transport:
                 data, dropped = shrink_event(payload, dumps)
                 if dropped:
                     self.reports.record("buffer_overflow", "span", dropped)
+                    span_count = max(0, span_count - dropped)
                     logger.debug("left %d spans out of an oversized %s", dropped, category)
                 if len(data) > MAX_ITEM_BYTES:
-                    _record(self.reports, "send_error", category, pending.span_count)
+                    _record(self.reports, "send_error", category, span_count)
                     logger.warning("sentry_tracing_mw: dropping a %s over 1 MiB", category)
                     return
             # the same bytes serialize_envelope() gives, without its generic overhead
@@ -498,7 +500,7 @@ class Transport:
             body = gzip_compress(b"".join(parts))
         except Exception:
             logger.exception("sentry_tracing_mw: serializing the %s event failed", category)
-            _record(self.reports, "internal_sdk_error", category, pending.span_count)
+            _record(self.reports, "internal_sdk_error", category, span_count)
             if report is not None:
                 self.reports.restore(report)
             return
@@ -507,7 +509,7 @@ class Transport:
             if report is not None:
                 self.reports.restore(report)
             if outcome != "ratelimited":
-                _record(self.reports, outcome, category, pending.span_count)
+                _record(self.reports, outcome, category, span_count)
 
     def _note_failure(self, reason: str) -> None:
         """Count a failed send; from ``_backoff_after`` in a row on, open a backoff window."""

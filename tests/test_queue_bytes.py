@@ -101,3 +101,102 @@ def test_oversized_transaction_is_shrunk_to_fit_and_left_out_spans_reported(
     assert raw.envelope is not None
     (item,) = raw.envelope.items_of("transaction")
     assert len(item.payload) <= 1024 * 1024
+
+
+def test_descriptions_of_any_type_are_accepted() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("any") as tx:
+        with tx.start_child("db", 123) as a:  # type: ignore[arg-type]
+            pass
+        with tx.start_child("db", object()) as b:  # type: ignore[arg-type]
+            pass
+    assert a.description == 123
+    assert b.description is not None
+
+
+def test_size_estimate_counts_what_is_kept_once() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False, max_spans=10)
+    with stm.start_transaction("est") as tx:
+        with tx.start_child("db", "q") as span:
+            for _ in range(5000):  # the same key over and over: one value is kept
+                span.set_data("last_row", "r" * 9000)
+            span.set_data("rows", list(range(100)))
+            span.set_data("rows", [1])
+        base = tx._extra_bytes
+        assert MAX_TEXT <= base <= MAX_TEXT + 64 * 2
+        for _ in range(50):  # 9 beyond max_spans: not recorded, not counted
+            with tx.start_child("db", "x" * 9000):
+                pass
+        assert tx._extra_bytes == base + 9 * MAX_TEXT
+
+
+def test_left_out_spans_are_not_reported_twice_when_the_send_fails(
+    sentry_server: SentryServer,
+) -> None:
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    sentry_server.respond(500)
+    with stm.start_transaction("huge") as tx:
+        for i in range(1000):
+            with tx.start_child("db", f"SELECT {i} " + "q" * 9000):
+                pass
+    assert stm.flush(10)
+    totals = client.reports.snapshot()
+    left_out = totals.get(("buffer_overflow", "span"), 0)
+    assert left_out > 0
+    assert totals.get(("send_error", "transaction")) == 1
+    # every span of the 1,001 (the transaction counts as one) is reported exactly once
+    assert left_out + totals.get(("send_error", "span"), 0) == 1001
+    sentry_server.respond(200)
+
+
+def test_shrinking_keeps_the_span_tree_and_clips_the_transactions_own_data(
+    sentry_server: SentryServer,
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("tree") as tx:
+        tx.set_data("blob", "t" * 9000)
+        for i in range(30):
+            with tx.start_child("http.server", f"outer {i}") as outer:
+                for j in range(30):
+                    with outer.start_child("db", f"SELECT {i} {j} " + "q" * 9000):
+                        pass
+    assert stm.flush(10)
+    (event,) = sentry_server.transactions()
+    ids = {s["span_id"] for s in event["spans"]} | {event["contexts"]["trace"]["span_id"]}
+    assert 0 < len(event["spans"]) < 930
+    assert all(s["parent_span_id"] in ids for s in event["spans"]), "a kept span lost its parent"
+    assert len(event["contexts"]["trace"]["data"]["blob"]) <= 1024
+
+
+def test_request_snapshot_counts_against_the_byte_bound(sentry_server: SentryServer) -> None:
+    """A queued request transaction holds its request's headers until the worker builds the
+    event: they count, so big headers fill the byte bound and no more is held."""
+    from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+    def app(environ: dict, start_response: object) -> list[bytes]:  # type: ignore[type-arg]
+        start_response("200 OK", [])  # type: ignore[operator]
+        return [b"ok"]
+
+    sentry_server.hang()
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    transport = client.transport
+    assert transport is not None
+    transport._queue_bytes = 2 * MiB
+    traced = TracingMiddleware(app)
+    for i in range(40):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/r/{i}",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            **{f"HTTP_X_BIG_{k}": "h" * 8000 for k in range(25)},  # ~200 KB of headers
+        }
+        for _ in traced(environ, lambda status, headers, exc_info=None: None):
+            pass
+    assert sentry_server.wait_hanging()
+    overflow = client.reports.snapshot().get(("queue_overflow", "transaction"), 0)
+    assert transport._bytes <= 2 * MiB
+    assert transport.queued() <= 11
+    assert overflow >= 40 - transport.queued() - 1
+    sentry_server.release()

@@ -107,3 +107,12 @@ def test_ca_certs_still_checks_the_host_name(
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         client = send_one(server.dsn, ca_certs=ca_pem)
     assert_refused(server, client, caplog)
+
+
+def test_ca_certs_must_be_a_usable_pem_file(tmp_path: Path) -> None:
+    garbage = tmp_path / "not-a-ca.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(stm.ConfigurationError, match=r"ca_certs.*not a usable PEM"):
+        stm.init(dsn="https://public@127.0.0.1:9/1", ca_certs=str(garbage))
+    with pytest.raises(stm.ConfigurationError, match=r"ca_certs.*no such file"):
+        stm.init(dsn="https://public@127.0.0.1:9/1", ca_certs=str(tmp_path / "missing.pem"))

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from itertools import chain
 from typing import Any
 
 from .._client import Client, get_client
@@ -95,16 +96,22 @@ _REQUEST_SCOPE_KEYS = (
 )
 
 
-def deferred_asgi_request_info(scope: Scope, pii: bool) -> Callable[[], dict[str, Any]]:
-    """``asgi_request_info`` of a snapshot of ``scope`` as it is now, to be built later.
+def defer_asgi_request_info(tx: Transaction, scope: Scope, pii: bool) -> None:
+    """Give ``tx`` the request interface of ``scope`` as it is now, built later.
 
     Routers edit the scope in place (``root_path``, ``path``), so the values are copied
-    at the start of the request; the transport worker builds the request interface.
+    at the start of the request and the headers counted against the transport queue's
+    byte bound; the transport worker builds the request interface.
     """
     snapshot = {key: scope.get(key) for key in _REQUEST_SCOPE_KEYS}
     headers = scope.get("headers")
-    snapshot["headers"] = list(headers) if headers else []
-    return functools.partial(asgi_request_info, snapshot, pii)
+    headers = list(headers) if headers else []
+    snapshot["headers"] = headers
+    try:
+        tx._extra_bytes += sum(map(len, chain.from_iterable(headers)))
+    except TypeError:  # not (name, value) byte pairs: a generous flat estimate
+        tx._extra_bytes += 64 * len(headers)
+    tx._request = functools.partial(asgi_request_info, snapshot, pii)
 
 
 def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
@@ -299,7 +306,7 @@ class TracingMiddleware:
             if tx is not None:
                 scope[SCOPE_KEY] = tx
                 if tx._recording:
-                    tx._request = deferred_asgi_request_info(scope, client.options.send_default_pii)
+                    defer_asgi_request_info(tx, scope, client.options.send_default_pii)
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             await self.app(scope, receive, send)

@@ -24,7 +24,7 @@ from ._common import active_request_transaction, ensure_client, split_options, s
 __all__ = [
     "ENVIRON_KEY",
     "TracingMiddleware",
-    "deferred_request_info",
+    "defer_request_info",
     "environ_request_info",
     "wsgi_str",
 ]
@@ -102,16 +102,22 @@ def environ_request_info(environ: dict[str, Any], pii: bool) -> dict[str, Any]:
 _UNSENT_KEYS = ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper")
 
 
-def deferred_request_info(environ: Mapping[str, Any], pii: bool) -> Callable[[], dict[str, Any]]:
-    """``environ_request_info`` of a snapshot of ``environ``, to be built later.
+def defer_request_info(tx: Transaction, environ: Mapping[str, Any], pii: bool) -> None:
+    """Give ``tx`` the request interface of ``environ``, built later from a snapshot.
 
-    The request thread only copies the environ (a C-level dict copy); the transport worker
-    builds the event's request interface when it builds the event.
+    The request thread only copies the environ (a C-level dict copy) and counts its text
+    against the transport queue's byte bound; the transport worker builds the event's
+    request interface (``environ_request_info``) when it builds the event.
     """
     snapshot = dict(environ)
     for key in _UNSENT_KEYS:
         snapshot.pop(key, None)
-    return functools.partial(environ_request_info, snapshot, pii)
+    size = 0
+    for value in snapshot.values():
+        if type(value) is str:
+            size += len(value)
+    tx._extra_bytes += size
+    tx._request = functools.partial(environ_request_info, snapshot, pii)
 
 
 def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
@@ -264,7 +270,7 @@ class TracingMiddleware:
             if tx is not None:
                 environ[ENVIRON_KEY] = tx
                 if tx._recording:
-                    tx._request = deferred_request_info(environ, client.options.send_default_pii)
+                    defer_request_info(tx, environ, client.options.send_default_pii)
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             return self.app(environ, start_response)

@@ -64,7 +64,7 @@ from ..._options import _OPTION_NAMES
 from ..._propagation import WSGI_GETTER
 from ..._tracing import PropagationContext, Transaction
 from .._common import active_request_transaction, ensure_client, split_options, start_request
-from ..wsgi import deferred_request_info
+from ..wsgi import defer_request_info
 from ._naming import endpoint_name, route_name
 
 __all__ = ["TracingMiddleware", "context_processor"]
@@ -320,7 +320,7 @@ class TracingMiddleware:
             if tx._recording:
                 if scope is not None:
                     meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
-                tx._request = deferred_request_info(meta, client.options.send_default_pii)
+                defer_request_info(tx, meta, client.options.send_default_pii)
             state = _State(tx, client, method, True)
             request.__dict__[_STATE_ATTR] = state
             return state, CURRENT_SPAN.set(tx), None
