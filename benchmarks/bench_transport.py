@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from typing import Any
 
-from _harness import SINK_SERVER
+from _harness import Sink
 
 from sentry_tracing_mw._client_reports import ClientReports
 from sentry_tracing_mw._dsn import Dsn
@@ -29,10 +27,6 @@ from sentry_tracing_mw._transport import Pending, Transport
 from sentry_tracing_mw._version import VERSION
 
 SDK = {"name": "sentry.python.tracemw", "version": VERSION}
-
-
-# The same discarding keep-alive sink the whole suite uses (see _harness.py).
-DISCARD_SERVER = SINK_SERVER
 
 
 def transaction(spans: int = 10) -> tuple[dict[str, Any], dict[str, str]]:
@@ -141,15 +135,10 @@ def bench_throughput(count: int) -> tuple[float, float, int]:
 
     Returns (wall-clock tx/s, this process's CPU µs per transaction, transactions lost).
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+    with Sink() as sink:
         reports = ClientReports()
         t = Transport(
-            Dsn.parse(f"http://public@127.0.0.1:{port}/1"),
+            Dsn.parse(sink.dsn),
             reports=reports,
             sdk_info=SDK,
             queue_size=count + 10,
@@ -170,9 +159,6 @@ def bench_throughput(count: int) -> tuple[float, float, int]:
         lost = sum(reports.snapshot().values())
         assert ok, "flush timed out"
         return count / elapsed, cpu / count * 1e6, lost
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def _client(dsn: str, count: int) -> Any:
@@ -240,13 +226,8 @@ def bench_worker(count: int) -> tuple[float, float, int]:
 
     Returns (wall-clock tx/s, this process's CPU µs per transaction, transactions lost).
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DISCARD_SERVER], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        client = _client(f"http://public@127.0.0.1:{port}/1", count)
+    with Sink() as sink:
+        client = _client(sink.dsn, count)
         transport = client.transport
         for tx in _unfinished_transactions(20):  # warm-up: thread, connection, caches
             tx.finish()
@@ -268,9 +249,6 @@ def bench_worker(count: int) -> tuple[float, float, int]:
         client.close(5)
         assert ok, "flush timed out"
         return count / elapsed, cpu / count * 1e6, lost
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def main() -> None:
