@@ -94,13 +94,22 @@ MAX_TEXT = 8192
 _SMALL_TEXT = 256
 
 
-def _large_text(tx: Transaction | None, value: Any) -> Any:
-    """Clip a long str/bytes to MAX_TEXT and count its size against ``tx``'s byte budget."""
+def _clip_text(value: Any) -> Any:
+    """A str/bytes clipped to MAX_TEXT (ending in "...")."""
     if len(value) > MAX_TEXT:
-        value = value[: MAX_TEXT - 3] + ("..." if isinstance(value, str) else b"...")
-    if tx is not None:
-        tx._extra_bytes += len(value)
+        return value[: MAX_TEXT - 3] + ("..." if isinstance(value, str) else b"...")
     return value
+
+
+def _held_size(value: Any) -> int:
+    """What a data value adds to a queued transaction beyond the per-span allowance."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        n = len(value)
+        return n if n > _SMALL_TEXT else 0
+    if kind is dict or kind is list or kind is tuple:
+        return 64 * len(value)  # rough: containers are not walked
+    return 0
 
 
 _perf = time.perf_counter
@@ -326,7 +335,9 @@ class Span:
         self._parent_span_id = parent_span_id
         self._op = op
         if type(description) is str and len(description) > _SMALL_TEXT:
-            description = _large_text(tx if recording else None, description)
+            description = _clip_text(description)
+            if recording and tx is not None:
+                tx._extra_bytes += len(description)
         self._description = description
         self._origin = origin
         self._status: str | None = None
@@ -439,28 +450,12 @@ class Span:
             data = self._data = {}
         key = str(key)
         kind = type(value)
-        if (kind is str or kind is bytes) and len(value) > _SMALL_TEXT:
-            value = _large_text(self._tx if self._recording else None, value)
-            if key in data:
-                self._uncount(data[key])
-        elif kind is dict or kind is list or kind is tuple:
-            tx = self._tx
-            if tx is not None and self._recording:  # rough: what a queued tx may hold
-                tx._extra_bytes += 64 * len(value)
-                if key in data:
-                    self._uncount(data[key])
-        data[key] = value
-
-    def _uncount(self, old: Any) -> None:
-        """Take an overwritten data value back out of the transaction's size estimate."""
+        if (kind is str or kind is bytes) and len(value) > MAX_TEXT:
+            value = _clip_text(value)
         tx = self._tx
-        if tx is None or not self._recording:
-            return
-        kind = type(old)
-        if (kind is str or kind is bytes) and len(old) > _SMALL_TEXT:
-            tx._extra_bytes -= len(old)
-        elif kind is dict or kind is list or kind is tuple:
-            tx._extra_bytes -= 64 * len(old)
+        if tx is not None and self._recording:  # what a queued transaction will hold
+            tx._extra_bytes += _held_size(value) - _held_size(data.get(key))
+        data[key] = value
 
     def set_status(self, status: str) -> None:
         """Set the span status; must be one of the 17 canonical values."""
@@ -624,7 +619,7 @@ class Transaction(Span):
         self._source = source
         self._spans: list[Span] = []
         self._n_children = 0
-        self._extra_bytes = 0
+        self._extra_bytes: int = 0
         self._max_spans = client.options.max_spans
         self._measurements: dict[str, dict[str, Any]] | None = None
         #: The event's ``request`` interface, or a callable that builds it (deferred by
