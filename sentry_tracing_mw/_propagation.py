@@ -37,6 +37,7 @@ __all__ = [
     "format_traceparent",
     "merge_baggage",
     "parse_baggage",
+    "parse_dsc",
     "parse_incoming_baggage",
     "parse_sample_rand",
     "parse_sample_rate",
@@ -173,12 +174,18 @@ def _trimmed_id(value: str, pattern: re.Pattern[str]) -> str | None:
 
 def parse_sentry_trace(value: str | None) -> SentryTrace | None:
     """Parse ``sentry-trace``; None unless both ids are valid (first of comma-joined values)."""
+    parts = _sentry_trace(value)
+    return None if parts is None else _new_tuple(SentryTrace, parts)
+
+
+def _sentry_trace(value: str | None) -> tuple[str, str, bool | None] | None:
+    """``parse_sentry_trace`` as a plain tuple (trace id, span id, sampled)."""
     if type(value) is str and _SENTRY_TRACE_RE.fullmatch(value) is not None:  # the usual
         trace_id = value[:32]
         span_id = value[33:49]
         if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
             return None
-        return _new_tuple(SentryTrace, (trace_id, span_id, _SAMPLED_FLAG[value[50:]]))
+        return trace_id, span_id, _SAMPLED_FLAG[value[50:]]
     if not isinstance(value, str):
         return None
     if "," in value:
@@ -195,7 +202,7 @@ def parse_sentry_trace(value: str | None) -> SentryTrace | None:
     span_id = text[33:49]
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
-    return _new_tuple(SentryTrace, (trace_id, span_id, _SAMPLED_FLAG[text[50:]]))
+    return trace_id, span_id, _SAMPLED_FLAG[text[50:]]
 
 
 def format_sentry_trace(trace_id: str, span_id: str, sampled: bool | None) -> str:
@@ -657,12 +664,74 @@ def parse_incoming_baggage(incoming: IncomingTrace) -> IncomingTrace:
     if raw is None:
         return incoming
     try:
-        sentry, third_party = _parse_baggage(raw)
-        dsc = _sanitize_dsc(sentry, incoming.trace_id) if sentry else None
+        dsc, third_party = parse_dsc(raw, incoming.trace_id)
     except Exception:
         _logger.debug("ignoring an incoming baggage that could not be read", exc_info=True)
         dsc, third_party = None, ()
     return _new_tuple(IncomingTrace, (*incoming[:3], dsc, third_party, *incoming[5:7], None))
+
+
+# Baggage shape -> (trace id position, sample_rand position, DSC, third-party members).
+_SHAPE_CACHE: dict[str, tuple[int, int, dict[str, str], tuple[str, ...]]] = {}
+_SHAPE_CACHE_LIMIT = 256
+_MAX_SHAPE_CHARS = 2048
+_TRACE_ID_KEY = _SENTRY_PREFIX + "trace_id="
+_SAMPLE_RAND_KEY = _SENTRY_PREFIX + "sample_rand="
+
+
+def parse_dsc(baggage: str | None, trace_id: str) -> tuple[dict[str, str] | None, tuple[str, ...]]:
+    """The sanitized DSC (None when absent or from another trace) and the third-party
+    members of an incoming ``baggage`` that came with a trace header for ``trace_id``.
+
+    Within one upstream service the baggage differs from trace to trace only in its
+    ``sentry-trace_id`` and ``sentry-sample_rand`` values. With those two values cut out,
+    the rest (its shape) is the key of a small memo of finished results. A shape is only
+    memoized when the parser took exactly those two cut-out values (canonical, at member
+    boundaries, the first of their keys), so a hit gives what a full parse would.
+    """
+    if not isinstance(baggage, str) or not baggage or len(baggage) > _MAX_INCOMING_BAGGAGE_CHARS:
+        return None, ()
+    i = baggage.find(trace_id)
+    k = baggage.find(_SAMPLE_RAND_KEY) + 19
+    j = i + 32
+    m = k + 8
+    n = len(baggage)
+    if (
+        i >= 16
+        and k >= 19
+        and m <= n <= _MAX_SHAPE_CHARS
+        and baggage.startswith(_TRACE_ID_KEY, i - 16)
+        and (i == 16 or baggage[i - 17] == ",")
+        and (j == n or baggage[j] == ",")
+        and (k == 19 or baggage[k - 20] == ",")
+        and (m == n or baggage[m] == ",")
+    ):
+        rand = baggage[k:m]
+        if _CANONICAL_RAND_RE.fullmatch(rand) is not None:
+            shape = (
+                baggage[:i] + baggage[j:k] + baggage[m:]
+                if i < k
+                else baggage[:k] + baggage[m:i] + baggage[j:]
+            )
+            hit = _SHAPE_CACHE.get(shape)
+            if hit is not None and hit[0] == i and hit[1] == k:
+                dsc = hit[2].copy()
+                dsc["trace_id"] = trace_id
+                dsc["sample_rand"] = rand
+                return dsc, hit[3]
+            sentry, third_party = _parse_baggage(baggage)
+            found = _sanitize_dsc(sentry, trace_id) if sentry else None
+            if (
+                found is not None
+                and found.get("trace_id") == trace_id
+                and found.get("sample_rand") == rand
+            ):
+                if len(_SHAPE_CACHE) >= _SHAPE_CACHE_LIMIT:
+                    _SHAPE_CACHE.clear()
+                _SHAPE_CACHE[shape] = (i, k, found.copy(), third_party)
+            return found, third_party
+    sentry, third_party = _parse_baggage(baggage)
+    return (_sanitize_dsc(sentry, trace_id) if sentry else None), third_party
 
 
 def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
@@ -695,7 +764,7 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
 
 def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | None:
     get = getter.get
-    sentry_trace = parse_sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
+    sentry_trace = _sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
     raw_traceparent = get(carrier, TRACEPARENT_HEADER)
     traceparent = parse_traceparent(raw_traceparent) if raw_traceparent else None
     if sentry_trace is not None:
@@ -719,9 +788,7 @@ def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | N
         if lazy:
             raw = baggage
         else:
-            sentry, third_party = _parse_baggage(baggage)
-            if sentry:
-                dsc = _sanitize_dsc(sentry, trace_id)
+            dsc, third_party = parse_dsc(baggage, trace_id)
     return _new_tuple(
         IncomingTrace,
         (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random, raw),

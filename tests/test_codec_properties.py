@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +21,18 @@ from sentry_tracing_mw._envelope import EnvelopeError, parse_envelope, serialize
 from sentry_tracing_mw._errors import ConfigurationError
 from sentry_tracing_mw._options import build_options
 from sentry_tracing_mw._propagation import (
+    _SHAPE_CACHE,
+    _SHAPE_CACHE_LIMIT,
     MAX_BAGGAGE_BYTES,
     MAX_BAGGAGE_MEMBERS,
+    _parse_baggage,
+    _sanitize_dsc,
     extract,
     format_baggage,
     format_sentry_trace,
     format_traceparent,
     parse_baggage,
+    parse_dsc,
     parse_incoming_baggage,
     parse_sentry_trace,
     parse_traceparent,
@@ -396,3 +402,159 @@ def test_dsn_parser_total_and_secret_never_in_errors(value: str) -> None:
     assert dsn.envelope_url.endswith(f"/api/{dsn.project_id}/envelope/")
     assert dsn.project_id.isdigit() and dsn.public_key
     assert Dsn.parse(str(dsn)) == dsn
+
+
+# --------------------------------------------------------------------------- DSC shape memo
+
+
+def _full_parse(baggage: str, trace_id: str) -> tuple[dict[str, str] | None, tuple[str, ...]]:
+    """The reference: a full parse and sanitize, no shape memo."""
+    sentry, third_party = _parse_baggage(baggage)
+    return (_sanitize_dsc(sentry, trace_id) if sentry else None), third_party
+
+
+_hex32 = st.text("0123456789abcdef", min_size=32, max_size=32).filter(lambda t: t != "0" * 32)
+# Sometimes one of the fixed members' values, so a varying value can shadow a fixed one.
+_rand = st.sampled_from(["0.123456", "0.654321", "0.111111"]) | st.integers(0, 999_999).map(
+    lambda n: f"0.{n:06d}"
+)
+_member = st.one_of(
+    st.sampled_from(
+        [
+            "sentry-sample_rate=0.5",
+            "sentry-sampled=true",
+            "sentry-sampled=maybe",
+            "sentry-release=app%401.0",
+            "sentry-trace_id=771a43a4192642f0b136d5159a501700",
+            "sentry-sample_rand=0.5",
+            "sentry-sample_rand=0.123456",
+            " sentry-sample_rand=0.654321",
+            "sentry-sample_rand=0.111111;prop",
+            "sentry-public_key=abc",
+            "other=1",
+            "sentry-trace_id=",
+            "",
+            " ",
+        ]
+    ),
+    garbage,
+)
+
+
+# Where the two varying values sit: as the usual members, or in places a parser must not
+# mistake for them (inside another member, with OWS or properties, repeated).
+_TRACE_SLOTS = [
+    "sentry-trace_id={}",
+    " sentry-trace_id={}",
+    "sentry-trace_id={} ",
+    "sentry-trace_id={};p=1",
+    "x=sentry-trace_id={}",
+    "other={}",
+    "sentry-trace_id={}{}",
+]
+_RAND_SLOTS = [
+    "sentry-sample_rand={}",
+    " sentry-sample_rand={}",
+    "sentry-sample_rand={} ",
+    "sentry-sample_rand={};p=1",
+    "x=sentry-sample_rand={}",
+    "sentry-sample_rand={}1",
+    "sentry-release={}",
+]
+
+
+@PROPS
+@given(
+    st.lists(_member, max_size=6),
+    st.lists(_member, max_size=6),
+    st.lists(_member, max_size=6),
+    st.booleans(),
+    st.sampled_from([0, 0, 0, 178, 179, 181]),
+    st.lists(st.sampled_from(_TRACE_SLOTS), min_size=1, max_size=2),
+    st.lists(st.sampled_from(_RAND_SLOTS), min_size=1, max_size=2),
+    st.tuples(_hex32, _rand),
+    st.tuples(_hex32, _rand),
+)
+def test_parse_dsc_shape_memo_gives_a_full_parse(
+    head: list[str],
+    middle: list[str],
+    tail: list[str],
+    rand_first: bool,
+    padding: int,
+    trace_slots: list[str],
+    rand_slots: list[str],
+    first: tuple[str, str],
+    second: tuple[str, str],
+) -> None:
+    """Baggages of one shape (only the trace id and sample_rand values differ): each one,
+    whether the memo answers it or not, equals a full parse."""
+
+    def baggage(trace_id: str, rand: str) -> str:
+        a = [slot.format(trace_id, "") for slot in trace_slots]
+        b = [slot.format(rand) for slot in rand_slots]
+        if rand_first:
+            a, b = b, a
+        # Past 180 members a parser stops reading: the varying members may fall beyond.
+        pad = ["sentry-sampled=true", *(f"k{n}=v" for n in range(1, padding))][:padding]
+        return ",".join([*pad, *head, *a, *middle, *b, *tail])
+
+    _SHAPE_CACHE.clear()
+    for trace_id, rand in (first, second, first):
+        value = baggage(trace_id, rand)
+        assert parse_dsc(value, trace_id) == _full_parse(value, trace_id)
+        # The same text read with another trace header: never the memo's trace.
+        assert parse_dsc(value, second[0]) == _full_parse(value, second[0])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # the first "sentry-sample_rand=" text is inside another member's value
+        "x=sentry-sample_rand={rand},sentry-trace_id={tid},sentry-sample_rand=0.123456",
+        "x=1;sentry-sample_rand={rand},sentry-trace_id={tid},sentry-sample_rand=0.123456",
+        # the trace id text also sits in another member, before the real one
+        "y=sentry-trace_id={tid},sentry-trace_id={tid},sentry-sample_rand={rand}",
+        # the varying members lie past the 180 members a parser reads
+        "sentry-sampled=true,"
+        + ",".join(f"k{n}=v" for n in range(179))
+        + ",sentry-trace_id={tid},sentry-sample_rand={rand}",
+        "sentry-trace_id={tid},"
+        + ",".join(f"k{n}=v" for n in range(179))
+        + ",sentry-sample_rand={rand}",
+        # not canonical: "0.1234567" is read as "0.123456"
+        "sentry-trace_id={tid},sentry-sample_rand={rand}7",
+        "sentry-trace_id={tid},sentry-sample_rand={rand}e-1",
+    ],
+)
+def test_parse_dsc_memo_is_not_fooled(template: str) -> None:
+    """Shapes whose cut-out text is not what the parser reads are never answered wrongly."""
+    _SHAPE_CACHE.clear()
+    for tid, rand in ((TID, "0.123456"), ("b" * 32, "0.999999"), (TID, "0.500000")):
+        value = template.format(tid=tid, rand=rand)
+        assert parse_dsc(value, tid) == _full_parse(value, tid), value
+
+
+def test_parse_dsc_memo_is_used_and_bounded() -> None:
+    """The usual upstream baggage is answered from the memo, and the memo stays bounded."""
+    _SHAPE_CACHE.clear()
+    template = "sentry-trace_id={},sentry-sample_rand={},sentry-sampled=true,sentry-release=r{}"
+    tid2 = "a" * 32
+    value = template.format(TID, "0.250000", 1)
+    assert parse_dsc(value, TID) == _full_parse(value, TID)
+    assert len(_SHAPE_CACHE) == 1
+    again = template.format(tid2, "0.999999", 1)
+    dsc, _ = parse_dsc(again, tid2)
+    assert dsc == {
+        "trace_id": tid2,
+        "sample_rand": "0.999999",
+        "sampled": "true",
+        "release": "r1",
+    }
+    assert len(_SHAPE_CACHE) == 1  # a hit adds nothing
+    dsc["release"] = "changed"  # callers own the dict they get
+    assert parse_dsc(again, tid2)[0] == {**dsc, "release": "r1"}
+    for n in range(3 * _SHAPE_CACHE_LIMIT):
+        parse_dsc(template.format(TID, "0.250000", n), TID)
+        assert len(_SHAPE_CACHE) <= _SHAPE_CACHE_LIMIT
+    assert parse_dsc(None, TID) == (None, ())
+    assert parse_dsc("x" * 70_000, TID) == (None, ())
