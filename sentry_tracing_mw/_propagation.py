@@ -45,6 +45,7 @@ __all__ = [
     "parse_traceparent",
     "parse_tracestate",
     "sentry_members",
+    "sentry_part",
 ]
 
 _logger = logging.getLogger("sentry_tracing_mw")
@@ -389,17 +390,78 @@ def format_baggage(
     """Build the outgoing ``baggage``: app's own members, forwarded members, then ours.
 
     Existing ``sentry-`` members in ``own`` are replaced, keys are never duplicated and
-    the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS by dropping forwarded
-    members (last first), then the app's own; the Sentry members are always kept.
+    the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS: the Sentry members
+    come first (see ``sentry_part``), then the app's own, then forwarded ones; a member
+    that does not fit in what is left is dropped.
     """
-    return merge_baggage(sentry_members(sentry), len(sentry), own, forwarded)
+    return merge_baggage(*sentry_part(sentry), own, forwarded)
 
 
 def sentry_members(sentry: Mapping[str, str]) -> str:
-    """The DSC as ``sentry-`` baggage members (values percent-encoded), comma-joined."""
-    return ",".join(
-        [f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()]
+    """The DSC as ``sentry-`` baggage members (values percent-encoded), comma-joined,
+    within the outgoing limits (see ``sentry_part``)."""
+    return sentry_part(sentry)[0]
+
+
+# The DSC keys a downstream service needs most, in the order they are kept when the
+# Sentry members alone would break the outgoing limits (unknown keys come last).
+_SENTRY_KEY_PRIORITY = {
+    k: i
+    for i, k in enumerate(
+        (
+            "trace_id",
+            "public_key",
+            "sample_rate",
+            "sample_rand",
+            "sampled",
+            "org_id",
+            "environment",
+            "release",
+            "transaction",
+            "replay_id",
+            "user_segment",
+        )
     )
+}
+
+
+def sentry_part(sentry: Mapping[str, str]) -> tuple[str, int]:
+    """The DSC's ``sentry-`` members, comma-joined, and how many there are.
+
+    Values are percent-encoded. An upstream DSC can be made of anything, so when its
+    members alone would break MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS, members are kept
+    by priority (trace and sampling keys first, unknown keys last) as long as they fit;
+    the others are dropped (protocol §10.1: never an oversized header).
+    """
+    members = [
+        f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()
+    ]
+    text = ",".join(members)
+    if len(members) <= MAX_BAGGAGE_MEMBERS and _utf8_len(text) <= MAX_BAGGAGE_BYTES:
+        return text, len(members)
+    rank = _SENTRY_KEY_PRIORITY.get
+    last = len(_SENTRY_KEY_PRIORITY)
+    order = sorted(
+        range(len(members)), key=lambda i: (rank(members[i][7:].partition("=")[0], last), i)
+    )
+    kept: list[int] = []
+    used = -1  # no comma before the first member
+    for i in order:
+        size = _utf8_len(members[i]) + 1
+        if used + size <= MAX_BAGGAGE_BYTES:
+            used += size
+            kept.append(i)
+            if len(kept) == MAX_BAGGAGE_MEMBERS:
+                break
+    _logger.debug(
+        "outgoing baggage: %d of %d Sentry members left out (over %d bytes / %d members)",
+        len(members) - len(kept),
+        len(members),
+        MAX_BAGGAGE_BYTES,
+        MAX_BAGGAGE_MEMBERS,
+    )
+    kept.sort()
+    return ",".join([members[i] for i in kept]), len(kept)
 
 
 def _own_members(own: str) -> tuple[tuple[str, str], ...]:
@@ -447,14 +509,18 @@ def merge_baggage(
         return ours
     used = _utf8_len(ours) if count else -1  # -1: no leading comma when there is no DSC
     slots = MAX_BAGGAGE_MEMBERS - count
-    keep = 0
-    for member in extra:
-        used += _utf8_len(member) + 1
-        if used > MAX_BAGGAGE_BYTES or keep >= slots:
-            break
-        keep += 1
-    if keep < len(extra):
-        del extra[keep:]
+    if used + 1 + _utf8_len(",".join(extra)) > MAX_BAGGAGE_BYTES or len(extra) > slots:
+        # Over a limit: keep members in order while they fit (a member too big for what
+        # is left is dropped, smaller ones after it may still go).
+        kept: list[str] = []
+        for member in extra:
+            if len(kept) >= slots:
+                break
+            size = _utf8_len(member) + 1
+            if used + size <= MAX_BAGGAGE_BYTES:
+                used += size
+                kept.append(member)
+        extra = kept
     if count:
         extra.append(ours)
     return ",".join(extra)

@@ -29,7 +29,7 @@ from ._propagation import (
     format_traceparent,
     merge_baggage,
     parse_incoming_baggage,
-    sentry_members,
+    sentry_part,
 )
 from ._sampling import continued_sampling
 
@@ -285,7 +285,7 @@ class PropagationContext:
             ours = self._ours
             if ours is None:  # the DSC is frozen from here on: format its members once
                 dsc = self.dsc()
-                ours = self._ours = (sentry_members(dsc), len(dsc))
+                ours = self._ours = sentry_part(dsc)
             baggage = merge_baggage(*ours, own_baggage, self.third_party)
             if not own_baggage:
                 self._baggage = baggage

@@ -524,10 +524,40 @@ class TestFormatBaggage:
         assert len(members) == MAX_BAGGAGE_MEMBERS
         assert members[:55] == own.split(",")[:55]
 
-    def test_sentry_members_never_dropped(self) -> None:
-        dsc = {"transaction": "t" * 9000}
-        header = format_baggage(dsc, own="a=1", forwarded=["b=2"])
-        assert header == format_baggage(dsc)
+    def test_sentry_members_never_make_way_for_others(self) -> None:
+        dsc = {"trace_id": "a" * 32, "transaction": "t" * 8000}
+        header = format_baggage(dsc, own="a=1," + "b" * 300 + "=1", forwarded=["c=2"])
+        assert header.endswith(format_baggage(dsc))
+        assert header.startswith("a=1,c=2,sentry-")  # the big own member alone is dropped
+        assert len(header) <= MAX_BAGGAGE_BYTES
+
+    def test_oversized_upstream_dsc_is_trimmed_by_priority(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An upstream DSC too big for one header: the trace and sampling keys stay, huge
+        and unknown members go; never an oversized header (protocol §10.1)."""
+        dsc = {
+            "trace_id": "a" * 32,
+            "transaction": "t" * 20_000,
+            **{f"k{i}": "v" * 200 for i in range(170)},
+            "public_key": "p" * 32,
+            "sample_rate": "0.5",
+            "sample_rand": "0.250000",
+            "sampled": "true",
+        }
+        with caplog.at_level(logging.DEBUG, logger="sentry_tracing_mw"):
+            header = format_baggage(dsc, own="own=1", forwarded=["fwd=2"])
+        members = header.split(",")
+        assert len(header.encode()) <= MAX_BAGGAGE_BYTES
+        assert len(members) <= MAX_BAGGAGE_MEMBERS
+        kept = parse_baggage(header).sentry
+        for key in ("trace_id", "public_key", "sample_rate", "sample_rand", "sampled"):
+            assert kept[key] == dsc[key]
+        assert "transaction" not in kept  # 20,000 bytes can never fit
+        assert "k0" in kept and "k169" not in kept  # unknown keys fill what is left, in order
+        assert "Sentry members left out" in caplog.text
+        many = {f"k{i}": "v" for i in range(100)}
+        assert len(format_baggage(many).split(",")) == MAX_BAGGAGE_MEMBERS
 
 
 # --------------------------------------------------------------------------- sample rand / rate
