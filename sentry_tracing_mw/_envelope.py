@@ -42,9 +42,10 @@ class Item:
         return value if isinstance(value, str) else ""
 
     def json(self) -> Any:
-        """Decode the payload as JSON (``EnvelopeError`` when it is not valid JSON)."""
+        """Decode the payload as JSON (``EnvelopeError`` when it is not valid JSON:
+        ``NaN`` and ``Infinity`` are not JSON)."""
         try:
-            return json.loads(self.payload.decode("utf-8"))
+            return json.loads(self.payload.decode("utf-8"), parse_constant=_not_json)
         except Exception as exc:
             raise EnvelopeError(f"item of type {self.type!r}: payload is not JSON: {exc}")
 
@@ -81,6 +82,23 @@ def serialize_item(headers: dict[str, Any], payload: bytes) -> bytes:
     return b"".join((dumps(hdr), b"\n", payload, b"\n"))
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all distinct (a duplicate ``sent_at`` gets an envelope
+    rejected by Sentry, protocol §4)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return value
+
+
 def _parse_header(line: bytes, what: str) -> dict[str, Any]:
     if not line:
         raise EnvelopeError(f"{what}: blank line where a header is expected")
@@ -89,7 +107,9 @@ def _parse_header(line: bytes, what: str) -> dict[str, Any]:
     if line != line.strip():
         raise EnvelopeError(f"{what}: leading or trailing whitespace in header line")
     try:
-        value = json.loads(line.decode("utf-8"))
+        value = json.loads(
+            line.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json
+        )
     except Exception as exc:
         raise EnvelopeError(f"{what}: header is not valid JSON: {exc}")
     if not isinstance(value, dict):

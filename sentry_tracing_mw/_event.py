@@ -68,6 +68,29 @@ _SAFE_KEYS = frozenset(
 )
 _MEASUREMENT_UNIT = re.compile(r"[A-Za-z0-9_]{0,15}")
 _MEASUREMENT_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
+# protocol §6.4: "auto" or "manual", then up to three "."-separated parts, <= 128 chars.
+_ORIGIN = re.compile(r"(?:auto|manual)(?:\.[A-Za-z0-9_]+){0,3}")
+_VALID_ORIGINS = {"manual", "auto"}
+_UNLABELED = "<unlabeled transaction>"
+
+
+def _origin(value: object) -> str:
+    """``value`` when it is a valid trace origin, else ``"manual"`` (with a debug log)."""
+    if value in _VALID_ORIGINS:
+        return value  # type: ignore[return-value]
+    if type(value) is str and len(value) <= 128 and _ORIGIN.fullmatch(value) is not None:
+        if len(_VALID_ORIGINS) < 256:
+            _VALID_ORIGINS.add(value)
+        return value
+    logging.getLogger("sentry_tracing_mw").debug(
+        "invalid span origin %r: sending 'manual' (expected auto|manual[.part]{0,3})", value
+    )
+    return "manual"
+
+
+def _tx_name(name: str) -> str:
+    """The event's ``transaction``: the name (200 chars at most), never blank."""
+    return _UNLABELED if not name or name.isspace() else name[:200]
 
 
 def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
@@ -112,7 +135,7 @@ def _span_json(span: Span, base: float, trace_id: str) -> dict[str, Any]:
         "start_timestamp": base + span._start,
         "timestamp": base + (span._end if span._end is not None else span._start),
         "status": span._status or "ok",
-        "origin": span._origin,
+        "origin": _origin(span._origin),
         "same_process_as_parent": True,
     }
     if span._op is not None:
@@ -137,7 +160,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         "span_id": tx._span_id,
         "op": (tx._op or "default")[:128],
         "status": tx._status or "ok",
-        "origin": tx._origin,
+        "origin": _origin(tx._origin),
     }
     if tx._parent_span_id:
         trace["parent_span_id"] = tx._parent_span_id
@@ -152,7 +175,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         "type": "transaction",
         "event_id": new_event_id(),
         "platform": "python",
-        "transaction": (tx._name or "<unlabeled transaction>")[:200],
+        "transaction": _tx_name(tx._name),
         "transaction_info": {"source": tx._source},
         "start_timestamp": base + tx._start,
         "timestamp": base + end,
@@ -420,7 +443,7 @@ def error_event(
     if tx is None:
         tx = ctx.transaction
     if tx is not None:
-        event["transaction"] = (tx._name or "<unlabeled transaction>")[:200]
+        event["transaction"] = _tx_name(tx._name)
         event["transaction_info"] = {"source": tx._source}
         request = _request_of(tx)
         if request is not None:

@@ -290,16 +290,21 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
+        or not math.isfinite(timeout)
         or timeout < 0
     ):
-        raise _fail("shutdown_timeout", timeout, "expected a non-negative number of seconds")
+        raise _fail("shutdown_timeout", timeout, "expected a finite number of seconds >= 0")
 
     cap = kwargs.get("max_inherited_sampled_per_second")
     if cap is not None and (
-        isinstance(cap, bool) or not isinstance(cap, int | float) or math.isnan(cap) or cap < 0
+        isinstance(cap, bool)
+        or not isinstance(cap, int | float)
+        or not math.isfinite(cap)
+        or cap < 0
     ):
-        raise _fail("max_inherited_sampled_per_second", cap, "expected a number >= 0 or None")
+        raise _fail(
+            "max_inherited_sampled_per_second", cap, "expected a finite number >= 0, or None"
+        )
 
     org_id = kwargs.get("org_id")
     if org_id is not None:
@@ -328,8 +333,18 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         traces_sampler=_callable("traces_sampler", kwargs.get("traces_sampler")),
         trace_propagation_targets=patterns,
         propagate_to_all=propagate_to_all,
-        environment=_environment(kwargs.get("environment") or env.get("SENTRY_ENVIRONMENT")),
-        release=_release(kwargs.get("release") or env.get("SENTRY_RELEASE") or None),
+        # An explicit argument is validated as given (an empty one is an error); an
+        # environment variable that is set but empty counts as unset.
+        environment=_environment(
+            kwargs["environment"]
+            if kwargs.get("environment") is not None
+            else env.get("SENTRY_ENVIRONMENT") or None
+        ),
+        release=_release(
+            kwargs["release"]
+            if kwargs.get("release") is not None
+            else env.get("SENTRY_RELEASE") or None
+        ),
         server_name=server_name,
         send_default_pii=flag("send_default_pii", False),
         before_send_transaction=_callable(

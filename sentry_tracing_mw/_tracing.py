@@ -469,7 +469,8 @@ class Span:
         try:
             code = int(code)
         except (TypeError, ValueError):
-            logger.debug("ignoring invalid HTTP status %r", code)
+            logger.debug("invalid HTTP status %r: span status 'unknown'", code)
+            self._status = "unknown"  # protocol §7: unparsable -> unknown
             return
         data = self._data
         if data is None:
@@ -673,7 +674,8 @@ class Transaction(Span):
         try:
             code = int(code)
         except (TypeError, ValueError):
-            logger.debug("ignoring invalid HTTP status %r", code)
+            logger.debug("invalid HTTP status %r: transaction status 'unknown'", code)
+            self._status = "unknown"  # protocol §7: unparsable -> unknown
             return
         self._response_status = code
         self._status = http_status_to_span_status(code)

@@ -359,3 +359,24 @@ def test_dumps_long_repr_truncated() -> None:
 )
 def test_dumps_never_fails(obj: Any) -> None:
     json.loads(dumps(obj).decode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"sent_at":"2025-01-01T00:00:00Z","sent_at":"2025-01-01T00:00:01Z"}\n',
+        b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","x":NaN}\n',
+        b'{}\n{"type":"event","type":"transaction","length":2}\n{}\n',
+        b'{}\n{"type":"event","length":-Infinity}\n{}\n',
+    ],
+)
+def test_parser_rejects_duplicate_header_keys_and_non_json_numbers(raw: bytes) -> None:
+    """Sentry rejects a duplicate ``sent_at`` (protocol §4); NaN/Infinity are not JSON."""
+    with pytest.raises(EnvelopeError, match=r"duplicate key|not valid JSON"):
+        parse_envelope(raw)
+
+
+def test_item_json_rejects_nan() -> None:
+    env = parse_envelope(b'{}\n{"type":"event","length":11}\n{"a":NaN }\n')
+    with pytest.raises(EnvelopeError, match="NaN is not valid JSON"):
+        env.items[0].json()

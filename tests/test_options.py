@@ -31,6 +31,10 @@ from sentry_tracing_mw._options import build_options
         ("max_spans", -1),
         ("max_spans", 1.5),
         ("shutdown_timeout", -1),
+        ("shutdown_timeout", float("inf")),
+        ("environment", ""),
+        ("release", ""),
+        ("max_inherited_sampled_per_second", float("inf")),
         ("send_default_pii", "yes"),
         ("environment", "a/b"),
         ("environment", "x" * 65),
@@ -127,3 +131,10 @@ def test_init_twice_replaces_and_closes_the_old_client() -> None:
     second = stm.init(dsn="http://key@127.0.0.1:9/2", instrument_http_clients=False)
     assert stm.get_client() is second
     assert first._closed is True
+
+
+def test_empty_environment_variables_count_as_unset() -> None:
+    """``SENTRY_ENVIRONMENT=`` (set but empty) is the default, not an error."""
+    opts = build_options(environ={"SENTRY_ENVIRONMENT": "", "SENTRY_RELEASE": ""})
+    assert opts.environment == "production"
+    assert opts.release is None

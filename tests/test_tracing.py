@@ -16,6 +16,7 @@ from sentry_tracing_mw._client import get_client
 from sentry_tracing_mw._event import transaction_event
 from sentry_tracing_mw._serialize import dumps
 from tests.payload_checks import _relay_check
+from tests.sentry_server import SentryServer
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -376,3 +377,46 @@ def test_trace_decorator_sync_and_async_without_current_span_is_transparent() ->
         ("db", "custom"),
         ("function", plain.__wrapped__.__qualname__),  # type: ignore[attr-defined]
     ]
+
+
+# -- what a user may pass that an event cannot carry verbatim --------------------------
+
+
+def test_invalid_origins_and_blank_names_still_give_valid_envelopes(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An origin outside ``auto|manual[.part]{0,3}`` goes out as ``manual`` (debug log); a
+    blank name as ``<unlabeled transaction>``. The fixture's teardown runs every received
+    envelope through Relay's normalizer and the shared validator."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    with caplog.at_level("DEBUG", logger="sentry_tracing_mw"):
+        with stm.start_transaction("   ", op="task", origin="my-origin") as tx:
+            with tx.start_child("db", "q", origin="auto.db.sqlalchemy.extra.more"):
+                pass
+            with tx.start_child("db", "q2", origin="auto.db.sqlalchemy"):
+                pass
+            with tx.start_child("db", "q3", origin=None):  # type: ignore[arg-type]
+                pass
+        assert stm.flush(10)
+    assert sentry_server.wait_for(1)
+    (event,) = sentry_server.transactions()
+    assert event["transaction"] == "<unlabeled transaction>"
+    assert event["contexts"]["trace"]["origin"] == "manual"
+    origins = [span["origin"] for span in event["spans"]]
+    assert origins == ["manual", "auto.db.sqlalchemy", "manual"]
+    assert "invalid span origin 'my-origin'" in caplog.text
+
+
+def test_unparsable_http_status_sets_unknown() -> None:
+    """protocol §7: an unparsable status maps to ``unknown`` (not left as it was)."""
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("t") as tx:
+        span = tx.start_child("http.client")
+        span.set_status("ok")
+        span.set_http_status("abc")  # type: ignore[arg-type]
+        assert span._status == "unknown"
+        span.finish()
+        tx.set_status("ok")
+        tx.set_http_status(None)  # type: ignore[arg-type]
+        assert tx._status == "unknown"
+    assert _event(tx)["contexts"]["trace"]["status"] == "unknown"
