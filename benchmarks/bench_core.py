@@ -11,7 +11,9 @@ headers <= 3 µs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import random
 import statistics
 import sys
 import timeit
@@ -34,6 +36,24 @@ INCOMING = {
         "sentry-release=app%401.2.3,sentry-transaction=%2Fusers%2F%7Bid%7D,sentry-org_id=42"
     ),
 }
+
+
+def _incoming_variants(n: int) -> list[dict[str, str]]:
+    """``n`` copies of INCOMING, each with its own trace id and sample_rand."""
+    rng = random.Random(1)
+    out = []
+    for _ in range(n):
+        trace_id = f"{rng.getrandbits(128):032x}"
+        rand = f"0.{rng.randrange(1_000_000):06d}"
+        out.append(
+            {
+                "sentry-trace": trace_id + INCOMING["sentry-trace"][32:],
+                "baggage": INCOMING["baggage"]
+                .replace("771a43a4192642f0b136d5159a501700", trace_id)
+                .replace("0.250000", rand),
+            }
+        )
+    return out
 
 
 def measure(fn: Callable[[], object], number: int, repeat: int) -> tuple[float, float, float]:
@@ -70,17 +90,19 @@ def main() -> None:
             pass
 
     results["unsampled tx"] = measure(unsampled, number, repeat)
-    sentry_trace, baggage = INCOMING["sentry-trace"], INCOMING["baggage"]
+    # Every request continues another trace: a new trace id and sample_rand each time.
+    carriers = itertools.cycle(_incoming_variants(1000))
 
     def parse_pair() -> object:
-        parsed = parse_sentry_trace(sentry_trace)
-        return parsed and parse_dsc(baggage, parsed.trace_id)
+        headers = next(carriers)
+        parsed = parse_sentry_trace(headers["sentry-trace"])
+        return parsed and parse_dsc(headers["baggage"], parsed.trace_id)
 
     results["parse sentry-trace + baggage"] = measure(parse_pair, number, repeat)
     # The whole incoming side from a header dict: four case-insensitive lookups (also
     # traceparent and tracestate), the pair parsed and the DSC sanitized.
     results["extract from a header dict"] = measure(
-        lambda: extract(INCOMING, DICT_GETTER), number, repeat
+        lambda: extract(next(carriers), DICT_GETTER), number, repeat
     )
     # What a middleware pays per request: the baggage is kept raw until the DSC is needed
     # (an outgoing call, an envelope, an org check or a traces_sampler).
