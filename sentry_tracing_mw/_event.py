@@ -82,7 +82,7 @@ def _origin(value: object) -> str:
         if len(_VALID_ORIGINS) < 256:
             _VALID_ORIGINS.add(value)
         return value
-    logging.getLogger("sentry_tracing_mw").debug(
+    logger.debug(
         "invalid span origin %r: sending 'manual' (expected auto|manual[.part]{0,3})", value
     )
     return "manual"

@@ -765,6 +765,7 @@ def parse_dsc(baggage: str | None, trace_id: str) -> tuple[dict[str, str] | None
     if (
         i >= 16
         and k >= 19
+        and len(trace_id) == 32
         and m <= n <= _MAX_SHAPE_CHARS
         and baggage.startswith(_TRACE_ID_KEY, i - 16)
         and (i == 16 or baggage[i - 17] == ",")
