@@ -76,12 +76,13 @@ _UNLABELED = "<unlabeled transaction>"
 
 def _origin(value: object) -> str:
     """``value`` when it is a valid trace origin, else ``"manual"`` (with a debug log)."""
-    if value in _VALID_ORIGINS:
-        return value  # type: ignore[return-value]
-    if type(value) is str and len(value) <= 128 and _ORIGIN.fullmatch(value) is not None:
-        if len(_VALID_ORIGINS) < 256:
-            _VALID_ORIGINS.add(value)
-        return value
+    if isinstance(value, str):
+        if value in _VALID_ORIGINS:
+            return value
+        if len(value) <= 128 and _ORIGIN.fullmatch(value) is not None:
+            if len(_VALID_ORIGINS) < 256:
+                _VALID_ORIGINS.add(value)
+            return value
     logger.debug(
         "invalid span origin %r: sending 'manual' (expected auto|manual[.part]{0,3})", value
     )
