@@ -44,7 +44,6 @@ __all__ = [
     "parse_sentry_trace",
     "parse_traceparent",
     "parse_tracestate",
-    "sentry_members",
     "sentry_part",
 ]
 
@@ -397,12 +396,6 @@ def format_baggage(
     return merge_baggage(*sentry_part(sentry), own, forwarded)
 
 
-def sentry_members(sentry: Mapping[str, str]) -> str:
-    """The DSC as ``sentry-`` baggage members (values percent-encoded), comma-joined,
-    within the outgoing limits (see ``sentry_part``)."""
-    return sentry_part(sentry)[0]
-
-
 # The DSC keys a downstream service needs most, in the order they are kept when the
 # Sentry members alone would break the outgoing limits (unknown keys come last).
 _SENTRY_KEY_PRIORITY = {
@@ -487,7 +480,7 @@ def _own_members(own: str) -> tuple[tuple[str, str], ...]:
 def merge_baggage(
     ours: str, count: int, own: str | None = None, forwarded: Sequence[str] = ()
 ) -> str:
-    """``format_baggage`` with the Sentry part already formatted (``sentry_members``):
+    """``format_baggage`` with the Sentry part already formatted (``sentry_part``):
     ``ours`` holds ``count`` members (0 when empty)."""
     if not own and not forwarded:
         return ours
