@@ -755,6 +755,8 @@ def parse_dsc(baggage: str | None, trace_id: str) -> tuple[dict[str, str] | None
     j = i + 32
     m = k + 8
     n = len(baggage)
+    shape: str | None = None
+    rand = ""
     if (
         i >= 16
         and k >= 19
@@ -765,33 +767,31 @@ def parse_dsc(baggage: str | None, trace_id: str) -> tuple[dict[str, str] | None
         and (j == n or baggage[j] == ",")
         and (k == 19 or baggage[k - 20] == ",")
         and (m == n or baggage[m] == ",")
+        and _CANONICAL_RAND_RE.fullmatch(rand := baggage[k:m]) is not None
     ):
-        rand = baggage[k:m]
-        if _CANONICAL_RAND_RE.fullmatch(rand) is not None:
-            shape = (
-                baggage[:i] + baggage[j:k] + baggage[m:]
-                if i < k
-                else baggage[:k] + baggage[m:i] + baggage[j:]
-            )
-            hit = _SHAPE_CACHE.get(shape)
-            if hit is not None and hit[0] == i and hit[1] == k:
-                dsc = hit[2].copy()
-                dsc["trace_id"] = trace_id
-                dsc["sample_rand"] = rand
-                return dsc, hit[3]
-            sentry, third_party = _parse_baggage(baggage)
-            found = _sanitize_dsc(sentry, trace_id) if sentry else None
-            if (
-                found is not None
-                and found.get("trace_id") == trace_id
-                and found.get("sample_rand") == rand
-            ):
-                if len(_SHAPE_CACHE) >= _SHAPE_CACHE_LIMIT:
-                    _SHAPE_CACHE.clear()
-                _SHAPE_CACHE[shape] = (i, k, found.copy(), third_party)
-            return found, third_party
+        shape = (
+            baggage[:i] + baggage[j:k] + baggage[m:]
+            if i < k
+            else baggage[:k] + baggage[m:i] + baggage[j:]
+        )
+        hit = _SHAPE_CACHE.get(shape)
+        if hit is not None and hit[0] == i and hit[1] == k:
+            dsc = hit[2].copy()
+            dsc["trace_id"] = trace_id
+            dsc["sample_rand"] = rand
+            return dsc, hit[3]
     sentry, third_party = _parse_baggage(baggage)
-    return (_sanitize_dsc(sentry, trace_id) if sentry else None), third_party
+    found = _sanitize_dsc(sentry, trace_id) if sentry else None
+    if (
+        shape is not None
+        and found is not None
+        and found.get("trace_id") == trace_id
+        and found.get("sample_rand") == rand
+    ):
+        if len(_SHAPE_CACHE) >= _SHAPE_CACHE_LIMIT:
+            _SHAPE_CACHE.clear()
+        _SHAPE_CACHE[shape] = (i, k, found.copy(), third_party)
+    return found, third_party
 
 
 def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
