@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from contextvars import copy_context
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import _client as _clients
 from ._client import get_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import DICT_GETTER, Getter, extract
@@ -50,19 +51,19 @@ def start_transaction(
     origin: str = "manual",
 ) -> Transaction:
     """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
-    client = get_client()
+    client = _clients._client or get_client()  # the call only before init()
     if source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
     ctx = client.continue_trace(extract(headers, getter) if headers is not None else None)
-    return client.start_transaction(
+    return client._start_transaction(
         name,
-        op=op,
-        source=source,
-        origin=origin,
-        ctx=ctx,
-        sampled=sampled,
-        sampling_extra=dict(custom_sampling_context) if custom_sampling_context else None,
+        op,
+        source,
+        origin,
+        ctx,
+        sampled,
+        dict(custom_sampling_context) if custom_sampling_context else None,
     )
 
 

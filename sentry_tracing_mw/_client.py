@@ -19,7 +19,7 @@ from typing import Any
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
-from ._ids import new_trace_id
+from ._ids import new_trace_id, pop_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
@@ -132,7 +132,10 @@ class Client:
         if incoming is None:
             ctx = PropagationContext.__new__(PropagationContext)
             ctx._client = self
-            ctx.trace_id = new_trace_id()
+            try:  # a drawn id without a Python call (see _ids)
+                ctx.trace_id = pop_trace_id()
+            except IndexError:
+                ctx.trace_id = new_trace_id()
             ctx._span_id = None
             ctx.parent_span_id = None
             ctx.sampled = None
@@ -173,6 +176,19 @@ class Client:
         sampling_extra: dict[str, Any] | None = None,
     ) -> Transaction:
         """Start a transaction in ``ctx`` (a new trace when None) and make the decision."""
+        return self._start_transaction(name, op, source, origin, ctx, sampled, sampling_extra)
+
+    def _start_transaction(
+        self,
+        name: str,
+        op: str | None,
+        source: str,
+        origin: str,
+        ctx: PropagationContext | None,
+        sampled: bool | None,
+        sampling_extra: dict[str, Any] | None,
+    ) -> Transaction:
+        """``start_transaction`` with positional arguments (the per-request hot path)."""
         if ctx is None:
             ctx = self.continue_trace(None)
         opts = self.options
@@ -196,24 +212,17 @@ class Client:
         elif not opts.tracing_enabled:  # pragma: no cover - a sampler enables tracing
             decision, rate = parent_sampled, ctx.sample_rate
         else:
-
-            def context() -> SamplingContext:
-                data: dict[str, Any] = {
-                    "transaction_context": {"name": name, "op": op, "source": source},
-                    "parent_sampled": parent_sampled,
-                    "parent_sample_rate": ctx.sample_rate if parent_sampled is not None else None,
-                }
-                if sampling_extra:
-                    data.update(sampling_extra)
-                return SamplingContext(data)
-
             decision, rate = decide(
                 sampler=sampler,
                 sample_rate=opts.traces_sample_rate,
                 parent_sampled=parent_sampled,
                 parent_sample_rate=ctx.sample_rate,
                 sample_rand=ctx.sample_rand,
-                context=context,
+                # A partial, not a closure: a closure would make cells of these names on
+                # every call, sampler or not.
+                context=functools.partial(
+                    _sampling_context, name, op, source, ctx, parent_sampled, sampling_extra
+                ),
             )
         cap = self._inherited_cap
         if decision and parent_sampled and cap is not None and not cap.take():
@@ -376,6 +385,25 @@ _lock = threading.Lock()
 _client: Client | None = None
 _default: Client | None = None
 _initialized = False
+
+
+def _sampling_context(
+    name: str,
+    op: str | None,
+    source: str,
+    ctx: PropagationContext,
+    parent_sampled: bool | None,
+    extra: dict[str, Any] | None,
+) -> SamplingContext:
+    """What ``traces_sampler`` receives (built only when there is one)."""
+    data: dict[str, Any] = {
+        "transaction_context": {"name": name, "op": op, "source": source},
+        "parent_sampled": parent_sampled,
+        "parent_sample_rate": ctx.sample_rate if parent_sampled is not None else None,
+    }
+    if extra:
+        data.update(extra)
+    return SamplingContext(data)
 
 
 def get_client() -> Client:

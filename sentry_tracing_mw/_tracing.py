@@ -16,7 +16,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT_SPAN
-from ._ids import new_sample_rand, new_span_id
+from ._ids import new_sample_rand, new_span_id, pop_span_id
 from ._propagation import (
     BAGGAGE_HEADER,
     SENTRY_TRACE_HEADER,
@@ -331,7 +331,10 @@ class Span:
         origin: str = "manual",
     ) -> None:
         self._tx = tx
-        self._span_id = new_span_id()
+        try:  # a drawn id without a Python call (see _ids)
+            self._span_id = pop_span_id()
+        except IndexError:
+            self._span_id = new_span_id()
         self._parent_span_id = parent_span_id
         self._op = op
         if type(description) is str and len(description) > _SMALL_TEXT:
@@ -603,7 +606,10 @@ class Transaction(Span):
     ) -> None:
         self._ctx = ctx
         self._client = client
-        self._span_id = new_span_id()
+        try:  # a drawn id without a Python call (see _ids)
+            self._span_id = pop_span_id()
+        except IndexError:
+            self._span_id = new_span_id()
         self._parent_span_id = ctx.parent_span_id
         self._op = op
         self._description = None

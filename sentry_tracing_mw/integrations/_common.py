@@ -138,9 +138,7 @@ def start_request(
                 extra["route"] = route()
             except Exception:
                 logger.debug("resolving the route for traces_sampler failed", exc_info=True)
-    tx = client.start_transaction(
-        path or "/", op=op, source="url", origin=origin, ctx=ctx, sampling_extra=extra
-    )
+    tx = client._start_transaction(path or "/", op, "url", origin, ctx, None, extra)
     return tx, ctx
 
 
