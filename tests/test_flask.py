@@ -269,6 +269,34 @@ def test_init_app_for_several_apps_and_idempotent(
     assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "/api/v1/items/<slug>"}
 
 
+def test_init_app_after_the_app_served_requests_still_names_routes(
+    sentry_server: SentryServer,
+) -> None:
+    # Flask closes its setup methods after the first request; naming then uses the
+    # request_started signal instead of a url_value_preprocessor.
+    app = create_app()
+    assert app.test_client().get("/users/1", buffered=True).status_code == 200
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    client = app.test_client()
+    client.get("/users/2", buffered=True)
+    client.get("/nope", buffered=True)
+    assert set(by_name(sent(sentry_server, 2))) == {"/users/<int:user_id>", "GET 404"}
+
+
+def test_app_url_value_preprocessors_still_run_and_see_the_values(
+    sentry_server: SentryServer,
+) -> None:
+    seen: list[tuple[str | None, Any]] = []
+    app = create_app()
+    app.url_value_preprocessor(lambda endpoint, values: seen.append((endpoint, values)))
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app.url_value_preprocessor(lambda endpoint, values: seen.append((endpoint, dict(values or {}))))
+    assert app.test_client().get("/users/7", buffered=True).status_code == 200
+    assert [values for _, values in seen] == [{"user_id": 7}, {"user_id": 7}]
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/users/<int:user_id>"
+
+
 def test_wsgi_app_wrappers_and_direct_wsgi_app_serving(sentry_server: SentryServer) -> None:
     app = traced_app(sentry_server)
     app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +49,57 @@ def test_ids_have_the_right_shape_and_are_unique() -> None:
 def test_ids_never_all_zero_even_when_the_generator_says_zero(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    values = iter([0, 0, 5])
+    # Whole batches of zeros are drawn again; zero ids inside a batch are left out.
+    values = iter([0, 0, 5, 0, 7 << 64])
     monkeypatch.setattr(_ids, "_bits", lambda n: next(values))
+    monkeypatch.setattr(_ids, "_span_ids", [])
+    monkeypatch.setattr(_ids, "pop_span_id", _ids._span_ids.pop)
     assert _ids.new_span_id() == "0000000000000005"
+    assert _ids._span_ids == []  # the 63 zero ids of that batch were dropped
+    monkeypatch.setattr(_ids, "_trace_ids", [])
+    monkeypatch.setattr(_ids, "pop_trace_id", _ids._trace_ids.pop)
+    assert _ids.new_trace_id() == "0000000000000007" + "0" * 16
+    assert _ids._trace_ids == []
+
+
+def test_ids_are_unique_across_threads() -> None:
+    drawn: list[list[str]] = [[] for _ in range(4)]
+
+    def take(out: list[str]) -> None:
+        for _ in range(5000):
+            out.append(_ids.new_span_id())
+            out.append(_ids.new_trace_id())
+
+    threads = [threading.Thread(target=take, args=(out,)) for out in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ids = [i for out in drawn for i in out]
+    assert len(ids) == 40000
+    assert len(set(ids)) == 40000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_repeats_the_parents_ids() -> None:
+    _ids.new_span_id()  # the pools now hold drawn ids the child inherits
+    _ids.new_trace_id()
+    assert _ids._span_ids and _ids._trace_ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, (_ids.new_span_id() + _ids.new_trace_id()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = _ids.new_span_id() + _ids.new_trace_id()
+    assert len(child) == 48
+    assert child != parent
+    assert child[:16] != parent[:16] and child[16:] != parent[16:]
 
 
 def test_reseed_after_fork_changes_the_sequence() -> None:
