@@ -96,17 +96,15 @@ class FlaskTracingMiddleware(TracingMiddleware):
         return _prefix(environ) + rule.rule
 
     # -- hooks (registered on this middleware's Flask app) --------------------------------
-    def on_url_values(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
+    def on_request_started(self, *_: Any, **__: Any) -> None:
         """Name the transaction from the matched URL rule, before the view runs.
 
-        Registered as the app's first-level ``url_value_preprocessor``: Flask calls it right
-        after ``request_started``, for matched and unmatched requests alike, directly (a
-        signal costs a receiver lookup and coroutine checks per request). It changes nothing.
+        Installed as the app's ``url_value_preprocessor`` (called as ``(endpoint, values)``,
+        changing nothing): Flask calls it directly right after ``request_started``, for
+        matched and unmatched requests alike, where a signal would cost a receiver lookup
+        and coroutine checks per request. The ``request_started`` receiver (``(sender,
+        **extra)``) when the app's setup is already closed.
         """
-        self.on_request_started(None)
-
-    def on_request_started(self, sender: Any, **_: Any) -> None:
-        """Name the transaction from the matched URL rule (also usable as a signal receiver)."""
         try:
             req = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
@@ -166,7 +164,7 @@ class FlaskTracing:
         middleware = FlaskTracingMiddleware(app.wsgi_app, app, **self.options_for(app))
         app.wsgi_app = middleware  # type: ignore[method-assign]
         try:
-            app.url_value_preprocessor(middleware.on_url_values)
+            app.url_value_preprocessor(middleware.on_request_started)
         except AssertionError:  # init_app after the app served a request: setup is closed
             request_started.connect(middleware.on_request_started, app, weak=False)
         got_request_exception.connect(middleware.on_exception, app, weak=False)
