@@ -49,8 +49,8 @@ def _incoming_variants(n: int) -> list[dict[str, str]]:
             {
                 "sentry-trace": trace_id + INCOMING["sentry-trace"][32:],
                 "baggage": INCOMING["baggage"]
-                .replace("771a43a4192642f0b136d5159a501700", trace_id)
-                .replace("0.250000", rand),
+                .replace(INCOMING["sentry-trace"][:32], trace_id)
+                .replace("sentry-sample_rand=0.250000", f"sentry-sample_rand={rand}"),
             }
         )
     return out

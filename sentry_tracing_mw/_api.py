@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from contextvars import copy_context
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _client as _clients
 from ._client import get_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import DICT_GETTER, Getter, extract
@@ -51,7 +50,7 @@ def start_transaction(
     origin: str = "manual",
 ) -> Transaction:
     """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
-    client = _clients._client or get_client()  # the call only before init()
+    client = get_client()
     if source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
