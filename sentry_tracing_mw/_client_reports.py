@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -47,23 +48,41 @@ class ClientReports:
     Clocks: ``due(now)`` takes ``time.monotonic()`` values.
     """
 
-    __slots__ = ("__weakref__", "_last_take", "_lock", "_pending", "_total", "_unsampled")
+    __slots__ = (
+        "__weakref__",
+        "_children",
+        "_fold_ticks",
+        "_folded",
+        "_last_take",
+        "_lock",
+        "_pending",
+        "_total",
+        "_unsampled",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], int] = {}
         self._total: dict[tuple[str, str], int] = {}
         self._last_take = time.monotonic()
-        # Span counts of unsampled transactions: appended lock-free on the request path
-        # (deque.append is atomic) and folded into the counts in batches.
-        self._unsampled: deque[int] = deque()
+        self._new_unsampled_counters()
         _instances.add(self)
+
+    def _new_unsampled_counters(self) -> None:
+        # Unsampled transactions are counted lock-free on the request path: ``next()`` of
+        # an itertools.count is atomic. ``_fold`` reads it with one more ``next()`` (under
+        # the lock) and subtracts its own ticks. Span counts of their children (rare) go
+        # to a deque (``append`` is atomic too).
+        self._unsampled = itertools.count()
+        self._fold_ticks = 0
+        self._folded = 0
+        self._children: deque[int] = deque()
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: a fresh lock; the parent reports what was pending."""
         self._lock = threading.Lock()
         self._pending = {}
-        self._unsampled = deque()
+        self._new_unsampled_counters()
         self._last_take = time.monotonic()
 
     def record(self, reason: str, category: str, quantity: int = 1) -> None:
@@ -88,37 +107,42 @@ class ClientReports:
     def record_unsampled(self, span_count: int) -> bool:
         """Count an unsampled transaction (``sample_rate``) without taking the lock.
 
-        Returns True every ``_FOLD_EVERY`` calls, after folding the batch into the counts,
-        so the caller can check whether a report is due.
+        Returns True every ``_FOLD_EVERY`` calls, so the caller can check whether a report
+        is due.
         """
-        unsampled = self._unsampled
-        unsampled.append(span_count)
-        if len(unsampled) >= _FOLD_EVERY:
-            self._fold()
-            return True
-        return False
+        if span_count > 0:
+            self._children.append(span_count)
+        return not next(self._unsampled) % _FOLD_EVERY
 
     def _fold(self) -> None:
-        """Move queued unsampled counts into the totals (safe against concurrent appends)."""
-        unsampled = self._unsampled
-        transactions = spans = 0
-        while True:
-            try:
-                count = unsampled.popleft()
-            except IndexError:
-                break
-            transactions += 1
-            spans += max(0, count) + 1
-        if not transactions:
-            return
+        """Move the unsampled counts into the totals (safe against concurrent records)."""
+        children = self._children
         with self._lock:
+            recorded = next(self._unsampled) - self._fold_ticks
+            self._fold_ticks += 1
+            transactions = recorded - self._folded
+            self._folded = recorded
+            spans = transactions
+            while True:
+                try:
+                    spans += children.popleft()
+                except IndexError:
+                    break
             for key, qty in ((_UNSAMPLED_TX, transactions), (_UNSAMPLED_SPANS, spans)):
-                self._pending[key] = self._pending.get(key, 0) + qty
-                self._total[key] = self._total.get(key, 0) + qty
+                if qty:
+                    self._pending[key] = self._pending.get(key, 0) + qty
+                    self._total[key] = self._total.get(key, 0) + qty
 
     def pending(self) -> bool:
         """True when counts wait to be sent."""
-        return bool(self._pending) or bool(self._unsampled)
+        return bool(self._pending) or self._has_unsampled()
+
+    def _has_unsampled(self) -> bool:
+        """Whether unsampled transactions were recorded since the last fold."""
+        with self._lock:
+            recorded = next(self._unsampled) - self._fold_ticks
+            self._fold_ticks += 1
+            return recorded > self._folded
 
     def due(self, now: float) -> bool:
         """True when counts are pending and the last report is ``FLUSH_INTERVAL`` old."""

@@ -120,3 +120,36 @@ def test_thread_safe_and_fast() -> None:
         r.record("queue_overflow", "transaction")
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 20e-6
+
+
+def test_unsampled_counts_are_exact_under_concurrent_folds() -> None:
+    # record_unsampled takes no lock; take(), snapshot() and pending() fold concurrently.
+    r = ClientReports()
+
+    def work(children: int) -> None:
+        for i in range(5_000):
+            r.record_unsampled(children if i % 10 == 0 else 0)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    taken: list[dict[tuple[str, str], int]] = []
+    for t in threads:
+        t.start()
+    for _ in range(200):
+        r.pending()
+        r.snapshot()
+        p = r.take()
+        if p:
+            taken.append(entries(p))
+    for t in threads:
+        t.join()
+    p = r.take()
+    if p:
+        taken.append(entries(p))
+    assert not r.pending()
+    assert sum(d.get(("sample_rate", "transaction"), 0) for d in taken) == 20_000
+    # 20,000 transactions, 500 per thread with 0+1+2+3 children.
+    assert sum(d.get(("sample_rate", "span"), 0) for d in taken) == 20_000 + 500 * 6
+    assert r.snapshot()[("sample_rate", "transaction")] == 20_000
+    r.record_unsampled(0)
+    assert r.pending()
+    assert entries(r.take()) == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 1}

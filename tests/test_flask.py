@@ -272,8 +272,7 @@ def test_init_app_for_several_apps_and_idempotent(
 def test_init_app_after_the_app_served_requests_still_names_routes(
     sentry_server: SentryServer,
 ) -> None:
-    # Flask closes its setup methods after the first request; naming then uses the
-    # request_started signal instead of a url_value_preprocessor.
+    # Flask closes its setup methods after the first request; naming must not need them.
     app = create_app()
     assert app.test_client().get("/users/1", buffered=True).status_code == 200
     FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
@@ -295,6 +294,27 @@ def test_app_url_value_preprocessors_still_run_and_see_the_values(
     assert [values for _, values in seen] == [{"user_id": 7}, {"user_id": 7}]
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "/users/<int:user_id>"
+
+
+def test_before_request_functions_see_the_route_name(sentry_server: SentryServer) -> None:
+    import sentry_tracing_mw as stm
+
+    seen: list[tuple[str, str]] = []
+    app = create_app()
+
+    @app.before_request
+    def before() -> None:
+        span = stm.get_current_span()
+        assert span is not None and span.containing_transaction is not None
+        tx = span.containing_transaction
+        seen.append((tx.name, tx.source))
+
+    FlaskTracing(app, dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    client = app.test_client()
+    client.get("/users/3", buffered=True)
+    client.get("/nope", buffered=True)
+    assert seen == [("/users/<int:user_id>", "route"), ("GET 404", "route")]
+    sent(sentry_server, 2)
 
 
 def test_wsgi_app_wrappers_and_direct_wsgi_app_serving(sentry_server: SentryServer) -> None:

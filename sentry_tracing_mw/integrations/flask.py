@@ -17,10 +17,16 @@ and ``{{ sentry_trace_meta() }}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, got_request_exception, request, request_started
+from flask import Flask, got_request_exception, request
 from markupsafe import Markup
+
+try:  # the request context's context variable: one lookup instead of the proxy's walk
+    from flask.globals import _cv_request
+except ImportError:  # pragma: no cover - a Flask without it: the proxy
+    _cv_request = None  # type: ignore[assignment]
 
 from .._api import trace_meta_tags
 from .._client import get_client
@@ -99,14 +105,17 @@ class FlaskTracingMiddleware(TracingMiddleware):
     def on_request_started(self, *_: Any, **__: Any) -> None:
         """Name the transaction from the matched URL rule, before the view runs.
 
-        Installed as the app's ``url_value_preprocessor`` (called as ``(endpoint, values)``,
-        changing nothing): Flask calls it directly right after ``request_started``, for
-        matched and unmatched requests alike, where a signal would cost a receiver lookup
-        and coroutine checks per request. The ``request_started`` receiver (``(sender,
-        **extra)``) when the app's setup is already closed.
+        Called first thing in the app's ``preprocess_request`` (see ``FlaskTracing``):
+        right after ``request_started``, for matched and unmatched requests alike, before
+        the app's ``url_value_preprocessor`` and ``before_request`` functions. A signal
+        receiver would cost a receiver lookup and coroutine checks per request, a
+        ``url_value_preprocessor`` two ``request`` proxy lookups in Flask's own loop.
         """
         try:
-            req = request._get_current_object()  # type: ignore[attr-defined]
+            try:
+                req = _cv_request.get().request
+            except (AttributeError, LookupError):
+                req = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
             tx = environ.get(ENVIRON_KEY) or active_request_transaction()
             if tx is None:
@@ -133,6 +142,17 @@ class FlaskTracingMiddleware(TracingMiddleware):
             get_client().capture_exception(exception, span=tx, mechanism="flask", handled=False)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
+
+
+def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) -> Callable[[], Any]:
+    """``app.preprocess_request`` that names the transaction first (an instance attribute:
+    Flask's ``full_dispatch_request`` calls ``self.preprocess_request()`` per request)."""
+
+    def preprocess_request() -> Any:
+        name()
+        return original()
+
+    return preprocess_request
 
 
 class FlaskTracing:
@@ -163,10 +183,9 @@ class FlaskTracing:
             return
         middleware = FlaskTracingMiddleware(app.wsgi_app, app, **self.options_for(app))
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        try:
-            app.url_value_preprocessor(middleware.on_request_started)
-        except AssertionError:  # init_app after the app served a request: setup is closed
-            request_started.connect(middleware.on_request_started, app, weak=False)
+        app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
+            app.preprocess_request, middleware.on_request_started
+        )
         got_request_exception.connect(middleware.on_exception, app, weak=False)
         app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
         app.extensions[EXTENSION_KEY] = middleware
