@@ -84,26 +84,15 @@ def _trace_headers(scope: Scope) -> dict[str, str] | None:
     return found
 
 
-_REQUEST_SCOPE_KEYS = (
-    "type",
-    "method",
-    "scheme",
-    "server",
-    "client",
-    "path",
-    "root_path",
-    "query_string",
-)
-
-
 def defer_asgi_request_info(tx: Transaction, scope: Scope, pii: bool) -> None:
     """Give ``tx`` the request interface of ``scope`` as it is now, built later.
 
-    Routers edit the scope in place (``root_path``, ``path``), so the values are copied
-    at the start of the request and the headers counted against the transport queue's
-    byte bound; the transport worker builds the request interface.
+    Routers edit the scope in place (``root_path``, ``path``), so the scope is copied
+    (shallow, as it is at the start of the request: no request body is in it) and the
+    headers counted against the transport queue's byte bound; the transport worker builds
+    the request interface from the keys it sends.
     """
-    snapshot = {key: scope.get(key) for key in _REQUEST_SCOPE_KEYS}
+    snapshot = dict(scope)  # a C-level copy; the worker reads the keys it needs
     headers = scope.get("headers")
     headers = list(headers) if headers else []
     snapshot["headers"] = headers
