@@ -184,6 +184,46 @@ def test_exceptions_handled_into_5xx_are_captured_once(
     assert trace["status"] == "internal_error"
 
 
+def test_exception_handler_added_at_runtime_is_called_and_captured(
+    sentry_server: SentryServer,
+) -> None:
+    # The wrapped handler tables are cached per request; a handler added to the app's
+    # ExceptionMiddleware after the first request must still run (and its 5xx be captured).
+    from starlette.applications import Starlette
+    from starlette.middleware.exceptions import ExceptionMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    class Late(Exception):
+        pass
+
+    async def ok(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def late(request: Request) -> Response:
+        raise Late("late")
+
+    async def on_late(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("late handler", status_code=503)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/ok", ok), Route("/late", late)])
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/ok").status_code == 200
+        layer: Any = app.middleware_stack
+        while not isinstance(layer, ExceptionMiddleware):
+            layer = layer.app
+        layer.add_exception_handler(Late, on_late)
+        r = c.get("/late")
+    assert (r.status_code, r.text) == (503, "late handler")
+    assert stm.flush(5) and sentry_server.wait_for(3)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"].endswith("Late")
+
+
 def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
     with client.websocket_connect("/ws") as ws:
         ws.send_text("x")

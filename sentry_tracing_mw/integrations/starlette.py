@@ -41,6 +41,7 @@ _ORIGIN_STARLETTE = "auto.http.starlette"
 _ORIGIN_FASTAPI = "auto.http.fastapi"
 _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
+_WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
 
 
 def dotted_name(obj: Any) -> str | None:
@@ -103,6 +104,10 @@ class _RoutingScope(dict[str, Any]):
 
     # -- write-through mutations ---------------------------------------------------------
     def __setitem__(self, key: str, value: Any) -> None:
+        if key not in _WATCHED_KEYS:  # most writes: just write through
+            dict.__setitem__(self, key, value)
+            self._base[key] = value
+            return
         if key == _HANDLERS_KEY:
             value = self._mw._wrapped_handlers(value)
         dict.__setitem__(self, key, value)
@@ -279,6 +284,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._last_origin = _ORIGIN_STARLETTE
         self._names: dict[Any, str | None] = {}
         self._handlers: dict[tuple[int, int], tuple[Any, Any, int, int, tuple[Any, Any]]] = {}
+        self._last_handlers: tuple[tuple[Any, Any], tuple[Any, Any], int, int] | None = None
         _instrument_background_tasks()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -382,6 +388,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
 
     def _wrapped_handlers(self, value: Any) -> Any:
         """The exception/status handler tables with 5xx-capturing wrappers (cached)."""
+        last = self._last_handlers  # one app, one pair of tables: the usual case
+        if (
+            last is not None
+            and last[0] == value  # the same two tables (element identity)
+            and len(value[0]) == last[2]  # and no handler added or removed since
+            and len(value[1]) == last[3]
+        ):
+            return last[1]
         try:
             exc_handlers, status_handlers = value
             key = (id(exc_handlers), id(status_handlers))
@@ -393,6 +407,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
                 and cached[2] == len(exc_handlers)
                 and cached[3] == len(status_handlers)
             ):
+                self._last_handlers = (value, cached[4], cached[2], cached[3])
                 return cached[4]
             wrapped = (
                 {k: _capturing(h) for k, h in exc_handlers.items()},
@@ -405,6 +420,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
                 len(status_handlers),
                 wrapped,
             )
+            self._last_handlers = (value, wrapped, len(exc_handlers), len(status_handlers))
             return wrapped
         except Exception:
             logger.debug("wrapping the exception handlers failed", exc_info=True)
