@@ -93,18 +93,18 @@ def test_entries_capped_rest_waits() -> None:
     assert r.take() is None
 
 
-def test_thread_safe_and_fast() -> None:
-    r = ClientReports()
-
-    def work() -> None:
-        for _ in range(10_000):
-            r.record("sample_rate", "span")
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
+def take_while_running(
+    r: ClientReports, threads: list[threading.Thread], rounds: int, also_fold: bool = False
+) -> list[dict[tuple[str, str], int]]:
+    """Run ``threads`` while taking reports (and, with ``also_fold``, reading pending and
+    snapshot too); every report taken, the final one after the threads ended included."""
     taken: list[dict[tuple[str, str], int]] = []
     for t in threads:
         t.start()
-    for _ in range(50):
+    for _ in range(rounds):
+        if also_fold:
+            r.pending()
+            r.snapshot()
         p = r.take()
         if p:
             taken.append(entries(p))
@@ -113,6 +113,17 @@ def test_thread_safe_and_fast() -> None:
     p = r.take()
     if p:
         taken.append(entries(p))
+    return taken
+
+
+def test_thread_safe_and_fast() -> None:
+    r = ClientReports()
+
+    def work() -> None:
+        for _ in range(10_000):
+            r.record("sample_rate", "span")
+
+    taken = take_while_running(r, [threading.Thread(target=work) for _ in range(8)], 50)
     assert sum(d.get(("sample_rate", "span"), 0) for d in taken) == 80_000
     n = 100_000
     t0 = time.perf_counter()
@@ -131,20 +142,7 @@ def test_unsampled_counts_are_exact_under_concurrent_folds() -> None:
             r.record_unsampled(children if i % 10 == 0 else 0)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    taken: list[dict[tuple[str, str], int]] = []
-    for t in threads:
-        t.start()
-    for _ in range(200):
-        r.pending()
-        r.snapshot()
-        p = r.take()
-        if p:
-            taken.append(entries(p))
-    for t in threads:
-        t.join()
-    p = r.take()
-    if p:
-        taken.append(entries(p))
+    taken = take_while_running(r, threads, 200, also_fold=True)
     assert not r.pending()
     assert sum(d.get(("sample_rate", "transaction"), 0) for d in taken) == 20_000
     # 20,000 transactions, 500 per thread with 0+1+2+3 children.
