@@ -104,15 +104,12 @@ class _RoutingScope(dict[str, Any]):
 
     # -- write-through mutations ---------------------------------------------------------
     def __setitem__(self, key: str, value: Any) -> None:
-        if key not in _WATCHED_KEYS:  # most writes: just write through
-            dict.__setitem__(self, key, value)
-            self._base[key] = value
-            return
-        if key == _HANDLERS_KEY:
+        watched = key in _WATCHED_KEYS  # most writes are not: one set lookup
+        if watched and key == _HANDLERS_KEY:
             value = self._mw._wrapped_handlers(value)
         dict.__setitem__(self, key, value)
         self._base[key] = value
-        if key == "route":
+        if watched and key == "route":
             self._on_route(value)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -388,15 +385,15 @@ class TracingMiddleware(asgi.TracingMiddleware):
 
     def _wrapped_handlers(self, value: Any) -> Any:
         """The exception/status handler tables with 5xx-capturing wrappers (cached)."""
-        last = self._last_handlers  # one app, one pair of tables: the usual case
-        if (
-            last is not None
-            and last[0] == value  # the same two tables (element identity)
-            and len(value[0]) == last[2]  # and no handler added or removed since
-            and len(value[1]) == last[3]
-        ):
-            return last[1]
         try:
+            last = self._last_handlers  # one app, one pair of tables: the usual case
+            if (
+                last is not None
+                and last[0] == value  # the same two tables (element identity)
+                and len(value[0]) == last[2]  # and no handler added or removed since
+                and len(value[1]) == last[3]
+            ):
+                return last[1]
             exc_handlers, status_handlers = value
             key = (id(exc_handlers), id(status_handlers))
             cached = self._handlers.get(key)
