@@ -14,6 +14,11 @@ of one request (the mean includes the occasional wait for the GIL held by the wo
 request thread's CPU per request, and the process CPU per request (every thread, flushes included: the worker's serializing,
 gzipping and POSTing shows here). Across rounds: median (min–max) of those.
 
+Then ours is measured paired with bare (``paired``): one process per framework, decision
+and round builds both apps and alternates batches of them; the median over pairs of the
+difference is the overhead the budgets are checked against (no process-to-process speed
+difference in it).
+
     python benchmarks/bench_incoming.py [--quick] [--frameworks flask,django] [--rounds N]
     python benchmarks/bench_incoming.py --profile flask ours-1.0   # cProfile of one config
 """
