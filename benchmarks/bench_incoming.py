@@ -129,28 +129,32 @@ def paired(framework: str, config: str, dsn: str, pairs: int, warmup: int) -> di
                 times.append(perf() - t0)
             return times
 
-        def batch(app: Any, start: int) -> tuple[float, float]:
-            scopes = _apps.asgi_scopes(BATCH, is_sampled, start)
-            c0 = tcpu()
-            times = loop.run_until_complete(run_batch(app, scopes))
-            cpu = (tcpu() - c0) / BATCH / 1000
-            stm.flush(30)
-            return statistics.median(times) / 1000, cpu
+        make_inputs = _apps.asgi_scopes
+
+        def timed(app: Any, scopes: list[dict[str, Any]]) -> list[int]:
+            return loop.run_until_complete(run_batch(app, scopes))
 
     else:
         call_wsgi = _apps.call_wsgi
 
-        def batch(app: Any, start: int) -> tuple[float, float]:
-            envs = _apps.wsgi_environs(BATCH, is_sampled, start)
+        make_inputs = _apps.wsgi_environs
+
+        def timed(app: Any, envs: list[dict[str, Any]]) -> list[int]:
             times = []
-            c0 = tcpu()
             for env in envs:
                 t0 = perf()
                 call_wsgi(app, env)
                 times.append(perf() - t0)
-            cpu = (tcpu() - c0) / BATCH / 1000
-            stm.flush(30)
-            return statistics.median(times) / 1000, cpu
+            return times
+
+    def batch(app: Any, start: int) -> tuple[float, float]:
+        """One batch: (median wall µs, thread CPU µs) per request; flushed after."""
+        inputs = make_inputs(BATCH, is_sampled, start)
+        c0 = tcpu()
+        times = timed(app, inputs)
+        cpu = (tcpu() - c0) / BATCH / 1000
+        stm.flush(30)
+        return statistics.median(times) / 1000, cpu
 
     wall: list[float] = []
     cpu: list[float] = []

@@ -118,8 +118,7 @@ class ClientReports:
         """Move the unsampled counts into the totals (safe against concurrent records)."""
         children = self._children
         with self._lock:
-            recorded = next(self._unsampled) - self._fold_ticks
-            self._fold_ticks += 1
+            recorded = self._recorded()
             transactions = recorded - self._folded
             self._folded = recorded
             spans = transactions
@@ -140,9 +139,14 @@ class ClientReports:
     def _has_unsampled(self) -> bool:
         """Whether unsampled transactions were recorded since the last fold."""
         with self._lock:
-            recorded = next(self._unsampled) - self._fold_ticks
-            self._fold_ticks += 1
-            return recorded > self._folded
+            return self._recorded() > self._folded
+
+    def _recorded(self) -> int:
+        """Unsampled transactions recorded so far (under the lock: reading ticks the
+        counter once more, which is subtracted)."""
+        recorded = next(self._unsampled) - self._fold_ticks
+        self._fold_ticks += 1
+        return recorded
 
     def due(self, now: float) -> bool:
         """True when counts are pending and the last report is ``FLUSH_INTERVAL`` old."""
