@@ -58,10 +58,25 @@ def free_port() -> int:
 
 @contextmanager
 def run_wsgi(app: Any, *, threaded: bool = True) -> Iterator[str]:
-    """Serve a WSGI app with werkzeug's threaded server; yields the base URL."""
+    """Serve a WSGI app with werkzeug's threaded server; yields the base URL.
+
+    On exit it waits (up to 5 s) until every request has been handled completely, the body
+    iterable's ``close()`` included. A client has the whole response before the server thread
+    closes the iterable, and werkzeug's request threads are daemons that ``server_close()``
+    does not join, so without this wait a test could flush before the last transaction ended.
+    """
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, app, threaded=threaded)
+    in_flight = _InFlight()
+    handler = server.RequestHandlerClass
+
+    class _Tracked(handler):  # type: ignore[misc, valid-type]
+        def run_wsgi(self) -> None:
+            with in_flight:
+                super().run_wsgi()
+
+    server.RequestHandlerClass = _Tracked
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -70,6 +85,28 @@ def run_wsgi(app: Any, *, threaded: bool = True) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+        in_flight.wait_idle(5)
+
+
+class _InFlight:
+    """Counts requests being handled; ``wait_idle`` blocks until none is."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0, timeout)
 
 
 @contextmanager
