@@ -116,14 +116,19 @@ class Client:
                 and self._may_defer_baggage
                 and (self._org_id is None or "sentry-org_id" not in incoming.baggage)
             ):
+                # Positional: this runs for every continued request.
                 return PropagationContext(
                     self,
                     incoming.trace_id,
-                    parent_span_id=incoming.parent_span_id,
-                    sampled=incoming.parent_sampled,
-                    tracestate=incoming.tracestate,
-                    random=incoming.random,
-                    pending=incoming,
+                    incoming.parent_span_id,
+                    incoming.parent_sampled,
+                    None,  # sample_rate, sample_rand, dsc, third_party: from the baggage
+                    0.0,
+                    None,
+                    (),
+                    incoming.tracestate,
+                    incoming.random,
+                    incoming,
                 )
             incoming = parse_incoming_baggage(incoming)
         if incoming is not None and not self._org_allows(incoming):

@@ -162,7 +162,6 @@ class PropagationContext:
         self,
         client: Client,
         trace_id: str,
-        *,
         parent_span_id: str | None = None,
         sampled: bool | None = None,
         sample_rate: float | None = None,
