@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import operator
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,8 @@ _SPAN = "_stm_span"  # HTTPResponse: the span that ends with the body
 _TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError,)
 # First byte of a header line (either case) that may name one of our headers: s, b, t.
 _FIRST = frozenset(b"sSbBtT")
+_FIRST_BYTES = frozenset(bytes((c,)) for c in _FIRST)
+_head = operator.itemgetter(slice(0, 1))  # a line's first byte as bytes (b"" when empty)
 _ALWAYS_OURS = frozenset({b"sentry-trace", b"baggage"})
 _W3C = frozenset({b"traceparent", b"tracestate"})
 
@@ -148,11 +151,9 @@ def _inject(
             putheader(conn, name, value)
         return
     own = None
-    for line in buffer:
-        if line and line[0] in _FIRST:  # maybe the caller's own trace header
-            kept, own = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
-            buffer[:] = kept
-            break
+    if not _FIRST_BYTES.isdisjoint(map(_head, buffer)):  # maybe the caller's trace header
+        kept, own = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
+        buffer[:] = kept
     if own is None:
         lines = header_lines(ctx, span_id)
         if lines is not None:
