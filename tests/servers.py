@@ -85,7 +85,9 @@ def run_wsgi(app: Any, *, threaded: bool = True) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-        in_flight.wait_idle(5)
+        idle = in_flight.wait_idle(5)
+    # (after the finally: only when the test body itself passed)
+    assert idle, "the WSGI server was still handling a request 5 s after shutdown"
 
 
 class _InFlight:
@@ -104,9 +106,9 @@ class _InFlight:
             self._count -= 1
             self._idle.notify_all()
 
-    def wait_idle(self, timeout: float) -> None:
+    def wait_idle(self, timeout: float) -> bool:
         with self._idle:
-            self._idle.wait_for(lambda: self._count == 0, timeout)
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
 
 
 @contextmanager
@@ -131,6 +133,7 @@ def run_asgi(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+    assert not thread.is_alive(), "uvicorn did not shut down within 10 s"
 
 
 @contextmanager

@@ -384,7 +384,7 @@ def gunicorn(sentry_server: SentryServer, tmp_path: Path) -> Iterator[str]:
         log_path=tmp_path / "gunicorn.log",
         ready_path="/health",
     ) as (base, _):
-        sentry_server.wait_for(1, 5)
+        assert sentry_server.wait_for(1, 15)  # the readiness probe's /health transaction
         sentry_server.clear()
         yield base
 

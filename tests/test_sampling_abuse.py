@@ -270,14 +270,15 @@ def test_forced_sampling_flood_stays_within_budget(
         trace = tx["contexts"]["trace"]
         assert trace["parent_span_id"] == UPSTREAM_PARENT
         assert tx.get("release") != "upstream@1.2.3"  # the event itself describes this service
-    # The budget: at most CAP per second after a one-second burst, in every window.
+    # The budget: at most CAP per second plus one burst of CAP, in every window. (A window
+    # right after a stall of the flood may hold a refilled burst, so "CAP per second after
+    # the first second" would only hold on a machine that never pauses the flood.)
     starts = [tx["start_timestamp"] for _, tx in got.values()]
     assert sent <= CAP * elapsed + CAP + 1, (sent, elapsed)
-    assert max_in_window(starts, 1.0) <= 2 * CAP + 3
-    later = [s for s in starts if s >= min(starts) + 1.0]  # after the initial burst
-    # (+3: a transaction's start timestamp is taken just after the bucket's decision, and a
-    # busy machine can delay a few threads between the two)
-    assert max_in_window(later, 1.0) <= CAP + 3
+    for width in (1.0, 2.0, 4.0):
+        # (+3: a transaction's start timestamp is taken just after the bucket's decision,
+        # and a busy machine can delay a few threads between the two)
+        assert max_in_window(starts, width) <= CAP * width + CAP + 3, width
     # ... and the cap admits about what it allows (not a blanket "drop everything").
     assert sent >= CAP * seconds * 0.6, (sent, seconds)
 

@@ -117,13 +117,12 @@ def test_background_tasks_are_child_spans_and_do_not_delay(sentry_server: Sentry
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     asgi_apps.BG_DONE.clear()
     with run_asgi(starlette_app()) as url:
-        start = time.monotonic()
         r = httpx.get(url + "/bg", timeout=5)
         received = time.monotonic()
         assert r.text == "bg"
         tx = transactions_by_name(sentry_server, 1)["/bg"]
+    # the response arrived before the background tasks (0.3 s) finished: not delayed
     assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
-    assert received - start < 0.25
     assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
     spans = {s["description"]: s for s in tx["spans"]}
     assert set(spans) == {"bg_sleep", "bg_sync"}

@@ -294,18 +294,20 @@ def test_hanging_sentry_does_not_block(
 ) -> None:
     sentry_server.hang()
     t = make_transport(read_timeout=10.0)
+    # Bounds far below the 10 s the worker is stuck for: "does not block", not "is fast"
+    # (that is the benchmarks' job), so a loaded machine passes too.
     t0 = time.perf_counter()
     assert t.submit(tx_pending())
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 0.5
     assert sentry_server.wait_hanging(5)
     t0 = time.perf_counter()
     for _ in range(50):
         t.submit(tx_pending())
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 1.0
     assert t.flush(0.2) is False
     t0 = time.monotonic()
     t.close(timeout=0.5)
-    assert time.monotonic() - t0 < 0.5 + 0.25
+    assert time.monotonic() - t0 < 0.5 + 1.5
     assert t.submit(tx_pending()) is False  # closed
 
 
@@ -645,7 +647,7 @@ def test_backoff_window_grows_caps_and_resets(
 ) -> None:
     sentry_server.fault(mode)
     t = make_transport(send_client_reports=False)  # no report probes: only events send
-    t._backoff_base, t._backoff_max = 0.2, 0.5
+    t._backoff_base, t._backoff_max = 0.5, 1.25
 
     def window() -> float:
         return t._backoff_until - time.monotonic()
@@ -653,22 +655,25 @@ def test_backoff_window_grows_caps_and_resets(
     def wait_out() -> None:
         time.sleep(max(0.0, window()) + 0.02)
 
+    def failing_send_opens(delay: float) -> None:
+        """One more failed send sets the window to ``delay`` from when the worker saw it
+        (between these two clock reads: no bound on how fast this machine is)."""
+        before = time.monotonic()
+        assert t.submit(tx_pending())
+        assert t.flush(5)
+        after = time.monotonic()
+        assert before + delay <= t._backoff_until <= after + delay
+
     for _ in range(2):
         assert t.submit(tx_pending())
         assert t.flush(5)
     assert window() <= 0  # two failures: no backoff yet
-    assert t.submit(tx_pending())
-    assert t.flush(5)
-    assert 0.1 < window() <= 0.2
+    failing_send_opens(0.5)
     assert t.submit(tx_pending()) is False
     wait_out()
-    assert t.submit(tx_pending())  # the probe after the window...
-    assert t.flush(5)
-    assert 0.3 < window() <= 0.4  # ... failed: the window doubled
+    failing_send_opens(1.0)  # the probe after the window failed: the window doubled
     wait_out()
-    assert t.submit(tx_pending())
-    assert t.flush(5)
-    assert 0.4 < window() <= 0.5  # capped
+    failing_send_opens(1.25)  # capped
     sentry_server.heal(mode)
     wait_out()
     assert t.submit(tx_pending(spans=1))
