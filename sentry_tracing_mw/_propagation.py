@@ -101,8 +101,14 @@ _TRACESTATE_MEMBER_RE = re.compile(
 _MAX_TRACESTATE_MEMBER_CHARS = 256 + 1 + 256
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Visible US-ASCII plus SP/HTAB: what a forwarded third-party member may contain.
-_PRINTABLE_RE = re.compile(r"[\t\x20-\x7e]*")
+# A whole baggage member by the W3C grammar (protocol §10.1): key OWS "=" OWS value, then
+# properties; a value is printable US-ASCII but space, DQUOTE, ",", ";" and backslash.
+# Only members that match are forwarded as third-party members.
+_VALUE = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+_BAGGAGE_MEMBER_RE = re.compile(
+    rf"{_TOKEN_RE.pattern}[ \t]*=[ \t]*{_VALUE}"
+    rf"(?:[ \t]*;[ \t]*{_TOKEN_RE.pattern}(?:[ \t]*=[ \t]*{_VALUE})?)*"
+)
 _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 _URL_SAFE_RE = re.compile(r"[A-Za-z0-9_.~\-]*")
 
@@ -306,8 +312,7 @@ def _parse_baggage(value: str) -> tuple[dict[str, str], tuple[str, ...]]:
     sentry: dict[str, str] = {}
     parts = value.split(",")
     if len(parts) > _MAX_INCOMING_BAGGAGE_MEMBERS:  # only non-empty members count
-        parts = [p for p in filter(None, parts) if p.strip(" \t")]
-        del parts[_MAX_INCOMING_BAGGAGE_MEMBERS:]
+        parts = _within_member_cap(parts)
     third_party: list[str] | None = None
     seen: set[str] | None = None
     cache = _MEMBER_CACHE
@@ -333,7 +338,7 @@ def _parse_baggage(value: str) -> tuple[dict[str, str], tuple[str, ...]]:
                 if seen is None or third_party is None:
                     seen = set()
                     third_party = []
-                if key not in seen and _PRINTABLE_RE.fullmatch(text) is not None:
+                if key not in seen and _BAGGAGE_MEMBER_RE.fullmatch(text) is not None:
                     seen.add(key)
                     third_party.append(text)
                 continue
@@ -351,6 +356,26 @@ def _parse_baggage(value: str) -> tuple[dict[str, str], tuple[str, ...]]:
                 cache.clear()
             cache[member] = (dsc_key, decoded)
     return sentry, (tuple(third_party) if third_party else ())
+
+
+def _within_member_cap(parts: list[str]) -> list[str]:
+    """The non-empty members of an oversized baggage, at most 180 (W3C's maximum): the
+    ``sentry-`` members wherever they stand (the DSC must survive), then the first
+    third-party members that fit, in their original order."""
+    parts = [p for p in filter(None, parts) if p.strip(" \t")]
+    if len(parts) <= _MAX_INCOMING_BAGGAGE_MEMBERS:
+        return parts
+    is_sentry = [p.lstrip(" \t").startswith(_SENTRY_PREFIX) for p in parts]
+    room = max(0, _MAX_INCOMING_BAGGAGE_MEMBERS - sum(is_sentry))
+    kept: list[str] = []
+    for part, sentry in zip(parts, is_sentry, strict=True):
+        if sentry:
+            if len(kept) < _MAX_INCOMING_BAGGAGE_MEMBERS:
+                kept.append(part)
+        elif room:
+            room -= 1
+            kept.append(part)
+    return kept
 
 
 def parse_baggage(value: str | None) -> Baggage:
@@ -609,6 +634,11 @@ class _DictGetter:
     def get(self, carrier: Mapping[str, str], key: str) -> str | None:
         try:
             value: object = carrier.get(key)
+            if value is not None:
+                return value if type(value) is str else _as_text(value)
+            # A WSGI environ or Django's request.META (sentry-sdk's continue_trace takes
+            # those too): "HTTP_SENTRY_TRACE" for "sentry-trace".
+            value = carrier.get(_WSGI_KEYS.get(key) or "HTTP_" + key.upper().replace("-", "_"))
             if value is not None:
                 return value if type(value) is str else _as_text(value)
             try:

@@ -386,6 +386,28 @@ class TestParseBaggage:
         baggage = parse_baggage("a=\x00,b=é,c=ok")
         assert baggage.third_party == ("c=ok",)
 
+    @pytest.mark.parametrize("member", ["x=a b", 'x="q"', "x=a\\b", "x=v;", "x=v;p q"])
+    def test_third_party_outside_the_w3c_grammar_not_forwarded(self, member: str) -> None:
+        baggage = parse_baggage(f"{member},sentry-ok=1,y=v;p=1;flag")
+        assert baggage.sentry == {"ok": "1"}
+        assert baggage.third_party == ("y=v;p=1;flag",)
+
+    def test_sentry_members_survive_the_member_cap(self) -> None:
+        # 178 third-party members first: the DSC behind them is still read whole, and the
+        # third-party members kept are the first ones that fit beside it (180 in all).
+        dsc = {
+            "trace_id": "771a43a4192642f0b136d5159a501700",
+            "public_key": "49d0f7386ad645858ae85020e393bef3",
+            "sample_rate": "0.5",
+            "sample_rand": "0.250000",
+            "sampled": "true",
+        }
+        others = [f"v{i}=x" for i in range(178)]
+        value = ",".join(others + [f"sentry-{k}={v}" for k, v in dsc.items()])
+        baggage = parse_baggage(value)
+        assert baggage.sentry == dsc
+        assert baggage.third_party == tuple(others[:175])
+
     def test_member_limit(self) -> None:
         members = [f"sentry-k{i}=v" for i in range(200)]
         baggage = parse_baggage(",".join(members))
