@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from contextvars import copy_context
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._client import close as _close_client
 from ._client import get_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from ._propagation import DICT_GETTER, Getter, extract
+from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
 from ._tracing import SOURCES, PropagationContext, Span, Transaction
 
 __all__ = [
@@ -54,6 +55,9 @@ def start_transaction(
     if source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
+    if headers is not None and getter is DICT_GETTER and isinstance(headers, list | tuple):
+        # (name, value) pairs, str or bytes (ASGI-style): read them as a scope's headers
+        headers, getter = {"headers": headers}, ASGI_GETTER
     ctx = client.continue_trace(extract(headers, getter) if headers is not None else None)
     return client._start_transaction(
         name,
@@ -168,8 +172,8 @@ def flush(timeout: float | None = None) -> bool:
 
 
 def close(timeout: float | None = None) -> None:
-    """Flush and stop the current client's transport."""
-    get_client().close(timeout)
+    """Flush and stop the client; ``is_initialized()`` is False until ``init()`` again."""
+    _close_client(timeout)
 
 
 @overload

@@ -26,7 +26,7 @@ from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._tracing import PropagationContext, Span, Transaction
 from ._transport import Pending, Transport, uwsgi_threads_disabled
 
-__all__ = ["Client", "get_client", "init", "is_initialized"]
+__all__ = ["Client", "close", "get_client", "init", "is_initialized"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -335,7 +335,10 @@ class Client:
             span = CURRENT_SPAN.get()
         ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
         if ctx is None:
+            # No request, no span: start the context's trace and keep it (as
+            # get_trace_headers() does), so later errors and calls here share it (§16).
             ctx = self.continue_trace(None)
+            PROPAGATION_CONTEXT.set(ctx)
         event = error_event(
             exc, options=opts, ctx=ctx, span=span, mechanism=mechanism, handled=handled
         )
@@ -437,8 +440,13 @@ def _configure_logging(debug: bool) -> None:
         logger.addHandler(handler)
 
 
-def init(**options: Any) -> Client:
-    """Configure the process-wide client (see the API contract for every option)."""
+def init(dsn: Any = None, **options: Any) -> Client:
+    """Configure the process-wide client (see the API contract for every option).
+
+    ``dsn`` may be given positionally, as ``sentry_sdk.init("https://...")`` users do.
+    """
+    if dsn is not None:
+        options["dsn"] = dsn
     opts = build_options(**options)
     client = Client(opts)
     global _client, _initialized
@@ -464,6 +472,20 @@ def init(**options: Any) -> Client:
         opts.traces_sample_rate,
     )
     return client
+
+
+def close(timeout: float | None = None) -> None:
+    """Flush and close the process client; the process is then no longer initialized.
+
+    Until the next ``init()`` the send-nothing default client is current (traces are still
+    propagated), and the next middleware to start calls ``init()`` with its own options.
+    """
+    global _client, _initialized
+    with _lock:
+        client, _client = _client, None
+        _initialized = False
+    if client is not None:
+        client.close(timeout)
 
 
 def _instrument_clients() -> None:

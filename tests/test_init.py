@@ -12,6 +12,8 @@ import pytest
 import sentry_tracing_mw as stm
 from sentry_tracing_mw.integrations import http_clients
 
+from .sentry_server import SentryServer
+
 
 @pytest.fixture
 def restore_instrumentation() -> Iterator[None]:
@@ -79,3 +81,46 @@ def test_debug_option_logs_to_the_package_logger(caplog: pytest.LogCaptureFixtur
         assert not any("very-secret" in r.getMessage() for r in caplog.records)
     finally:
         logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_instrumentation")
+def test_dsn_may_be_given_positionally(sentry_server: SentryServer) -> None:
+    client = stm.init(sentry_server.dsn, traces_sample_rate=1.0)  # sentry_sdk.init("...")
+    assert client.options.dsn is not None and str(client.options.dsn) == sentry_server.dsn
+    with stm.start_transaction("positional"):
+        pass
+    assert stm.flush(5)
+    assert [t["transaction"] for t in sentry_server.transactions()] == ["positional"]
+    with pytest.raises(stm.ConfigurationError, match="dsn"):
+        stm.init("not a dsn")
+
+
+@pytest.mark.usefixtures("restore_instrumentation")
+def test_close_ends_initialization_and_the_next_middleware_inits_again(
+    sentry_server: SentryServer,
+) -> None:
+    from flask import Flask
+
+    from sentry_tracing_mw.integrations.flask import FlaskTracing
+
+    stm.init(dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0)
+    assert stm.is_initialized()
+    stm.close()
+    assert not stm.is_initialized()
+    # A test suite that closes between tests: the next app's own settings are used, not a
+    # closed client's (which would drop everything silently).
+    app = Flask("after_close")
+    app.config.update(SENTRY_DSN=sentry_server.dsn, SENTRY_TRACES_SAMPLE_RATE=1.0)
+
+    @app.route("/after")
+    def after() -> str:
+        return "ok"
+
+    FlaskTracing(app)
+    assert stm.is_initialized()
+    assert app.test_client().get("/after").data == b"ok"
+    assert stm.flush(5)
+    assert [t["transaction"] for t in sentry_server.transactions()] == ["/after"]
+    stm.close()
+    stm.close()  # idempotent, and fine with nothing initialized
+    assert not stm.is_initialized()

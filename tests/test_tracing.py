@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
 import threading
@@ -340,6 +341,54 @@ def test_start_span_without_transaction_is_non_recording_but_carries_the_trace()
         headers = stm.get_trace_headers()
         assert headers["sentry-trace"].startswith(span.trace_id)
     assert stm.get_current_span() is None
+
+
+def test_errors_outside_any_span_share_one_trace_with_the_trace_headers(
+    sentry_server: SentryServer,
+) -> None:
+    # protocol §16: without a span, the propagation context's ids, kept (not one new trace
+    # per event); run in a copy so the context's trace does not outlive the test.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+
+    def outside() -> str:
+        for n in range(2):
+            try:
+                raise ValueError(n)
+            except ValueError as exc:
+                assert stm.capture_exception(exc)
+        return stm.get_trace_headers()["sentry-trace"]
+
+    header = contextvars.copy_context().run(outside)
+    assert stm.flush(5)
+    events = sentry_server.events()
+    assert len(events) == 2
+    traces = {e["contexts"]["trace"]["trace_id"] for e in events}
+    spans = {e["contexts"]["trace"]["span_id"] for e in events}
+    assert traces == {header[:32]} and spans == {header[33:49]}
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        pytest.param(lambda st, bg: {"HTTP_SENTRY_TRACE": st, "HTTP_BAGGAGE": bg}, id="environ"),
+        pytest.param(lambda st, bg: [("sentry-trace", st), ("baggage", bg)], id="str-pairs"),
+        pytest.param(
+            lambda st, bg: [(b"Sentry-Trace", st.encode()), (b"baggage", bg.encode())],
+            id="bytes-pairs",
+        ),
+        pytest.param(lambda st, bg: {"Sentry-Trace": st, "BAGGAGE": bg}, id="mixed-case"),
+    ],
+)
+def test_continue_trace_reads_environs_and_header_pairs(carrier: Any) -> None:
+    # sentry-sdk's continue_trace(environ_or_headers) habit: request.META / environ work too.
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    trace_id, parent = "5" * 32, "6" * 16
+    baggage = f"sentry-trace_id={trace_id},sentry-sample_rate=0.5,sentry-sampled=false,v=1"
+    tx = stm.continue_trace(carrier(f"{trace_id}-{parent}-0", baggage), name="job", op="task")
+    assert (tx.trace_id, tx.parent_span_id, tx.sampled) == (trace_id, parent, False)
+    headers = tx.propagation_context.headers(tx.span_id)
+    assert "sentry-sample_rate=0.5" in headers["baggage"] and "v=1" in headers["baggage"]
+    tx.finish()
 
 
 # -- context -------------------------------------------------------------------------------
