@@ -356,6 +356,59 @@ def test_sentry_trace_meta_jinja_global(sentry_server: SentryServer) -> None:
     assert "&lt;" not in text
 
 
+def test_unread_test_client_responses_are_sent_and_streams_wait_for_their_body(
+    sentry_server: SentryServer,
+) -> None:
+    # The usual test-client habit: client.get(), check the status, flush. A complete
+    # (not streamed) response ends its transaction when wsgi_app returns, so it is sent
+    # although nobody read or closed the body; a streamed one still ends with its body.
+    app = traced_app(sentry_server)
+    client = app.test_client()
+    resp = client.get("/users/7")
+    assert resp.status_code == 200
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/users/<int:user_id>"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
+    sentry_server.clear()
+
+    streamed = client.get("/stream")
+    assert streamed.status_code == 200
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []  # its body (app code) has not run yet
+    assert streamed.data == b"chunk\n" * 3
+    streamed.close()
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/stream"
+    assert tx["timestamp"] - tx["start_timestamp"] >= STREAM_SECONDS
+    sentry_server.clear()
+
+    download = client.get("/download")  # send_file: a file body, ends when closed
+    assert download.status_code == 200
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []
+    download.close()
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/download"
+
+
+def test_generic_middleware_sends_a_list_body_without_a_reader(
+    sentry_server: SentryServer,
+) -> None:
+    from werkzeug.test import Client
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"made"]
+
+    resp = Client(TracingMiddleware(plain)).get("/things")
+    assert resp.status_code == 201
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/things"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 201
+
+
 # -- real servers ---------------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from .._api import trace_meta_tags
 from .._client import get_client
 from .._options import _OPTION_NAMES
 from ._common import _MIDDLEWARE_OPTIONS, active_request_transaction, split_options
-from .wsgi import ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
+from .wsgi import COMPLETE_BODY_KEY, ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
 
 __all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
 
@@ -83,6 +83,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
     origin = "auto.http.flask"
     name_unmatched = True
+    complete_body_key = COMPLETE_BODY_KEY  # set by the app's process_response (see below)
 
     def __init__(self, app: WSGIApp, flask_app: Flask, **options: Any) -> None:
         super().__init__(app, **options)
@@ -155,6 +156,28 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     return preprocess_request
 
 
+def _marking_process_response(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``app.process_response`` that marks a response that is not streamed (an instance
+    attribute, like ``preprocess_request``): the transaction then ends when ``wsgi_app``
+    returns, as nothing of the app runs while the body is sent, and a response nobody
+    reads (a test client's) is still sent to Sentry."""
+
+    def process_response(response: Any) -> Any:
+        response = original(response)
+        try:
+            if getattr(response, "is_streamed", True) is False:
+                if _cv_request is not None:
+                    environ = _cv_request.get().request.environ
+                else:  # pragma: no cover - a Flask without it
+                    environ = request.environ
+                environ[COMPLETE_BODY_KEY] = True
+        except Exception:
+            logger.debug("marking a complete Flask response failed", exc_info=True)
+        return response
+
+    return process_response
+
+
 class FlaskTracing:
     """Trace a Flask app: ``FlaskTracing(app, **options)`` or ``FlaskTracing().init_app(app)``.
 
@@ -185,6 +208,9 @@ class FlaskTracing:
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
             app.preprocess_request, middleware.on_request_started
+        )
+        app.process_response = _marking_process_response(  # type: ignore[method-assign, assignment]
+            app.process_response
         )
         got_request_exception.connect(middleware.on_exception, app, weak=False)
         app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()

@@ -2,8 +2,11 @@
 
 Wrap any WSGI app with :class:`TracingMiddleware`. The transaction is named from the raw
 path with source ``url`` (the honest source); apps can rename it with
-``sentry_tracing_mw.set_transaction_name``. It ends when the response body has been fully
-sent: when the iterable is exhausted or closed (``wsgi.file_wrapper`` keeps its fast path).
+``sentry_tracing_mw.set_transaction_name``. It ends when no app code can run for the request
+any more: when the app returns a body that is already complete (a list or tuple, or a
+response its framework integration knows is not streamed, as Flask's), else when the body
+iterable is exhausted or closed (streamed bodies; ``wsgi.file_wrapper`` keeps its fast path).
+A complete body thus needs no reader: a test client's unread response is still sent.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 #: The request's transaction, for inner integrations that only name it.
 ENVIRON_KEY = "sentry_tracing_mw.transaction"
+#: Set to True in the environ by a framework hook when the response body is complete (not
+#: streamed): iterating it runs no app code (see ``TracingMiddleware.complete_body_key``).
+COMPLETE_BODY_KEY = "sentry_tracing_mw.complete_body"
 
 _CONTENT_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
@@ -221,6 +227,10 @@ class TracingMiddleware:
     origin = "auto.http.wsgi"
     #: Framework integrations name unmatched requests "GET 404"; the generic one keeps the URL.
     name_unmatched = False
+    #: Integrations whose framework marks complete bodies set this to ``COMPLETE_BODY_KEY``
+    #: (only an integration that calls the framework directly: nothing in between may wrap
+    #: the body in code of its own).
+    complete_body_key: str | None = None
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
         self.app = app
@@ -297,8 +307,8 @@ class TracingMiddleware:
     ) -> Iterable[bytes]:
         if not tx._recording:
             # Unsampled: the trace is current, but nothing is timed or sent, so no status
-            # wrapper; a list or tuple body ends the transaction at once (see _run).
-            return self._run(environ, start_response, tx, client, recorded=False)
+            # wrapper.
+            return self._run(environ, start_response, tx, client)
         name_unmatched = self.name_unmatched
 
         def traced_start_response(
@@ -315,7 +325,7 @@ class TracingMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
-        return self._run(environ, traced_start_response, tx, client, recorded=True)
+        return self._run(environ, traced_start_response, tx, client)
 
     def _run(
         self,
@@ -323,15 +333,18 @@ class TracingMiddleware:
         start_response: StartResponse,
         tx: Transaction,
         client: Client,
-        *,
-        recorded: bool,
     ) -> Iterable[bytes]:
         """Call the app with ``tx`` current; the transaction ends with the body."""
         token = CURRENT_SPAN.set(tx)
         try:
             result = self.app(environ, start_response)
-            if not recorded and (type(result) is list or type(result) is tuple):
-                tx.finish()  # nothing to time, and iterating it runs no app code
+            key = self.complete_body_key
+            if (
+                type(result) is list
+                or type(result) is tuple
+                or (key is not None and environ.get(key) is True)
+            ):
+                tx.finish()  # a complete body: iterating it runs no app code
                 return result
             wrapper = environ.get("wsgi.file_wrapper")
             if isinstance(wrapper, type) and isinstance(result, wrapper):
