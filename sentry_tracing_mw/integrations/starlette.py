@@ -42,6 +42,7 @@ _ORIGIN_FASTAPI = "auto.http.fastapi"
 _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
+_dict_setitem = dict.__setitem__
 
 
 def dotted_name(obj: Any) -> str | None:
@@ -104,12 +105,18 @@ class _RoutingScope(dict[str, Any]):
 
     # -- write-through mutations ---------------------------------------------------------
     def __setitem__(self, key: str, value: Any) -> None:
-        watched = key in _WATCHED_KEYS  # most writes are not: one set lookup
-        if watched and key == _HANDLERS_KEY:
-            value = self._mw._wrapped_handlers(value)
-        dict.__setitem__(self, key, value)
+        if key in _WATCHED_KEYS:  # most writes are not: one set lookup
+            self._set_watched(key, value)
+            return
+        _dict_setitem(self, key, value)
         self._base[key] = value
-        if watched and key == "route":
+
+    def _set_watched(self, key: str, value: Any) -> None:
+        if key == _HANDLERS_KEY:
+            value = self._mw._wrapped_handlers(value)
+        _dict_setitem(self, key, value)
+        self._base[key] = value
+        if key == "route":
             self._on_route(value)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
