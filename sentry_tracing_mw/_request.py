@@ -117,13 +117,16 @@ def request_info(
     kept: dict[str, str] = {}
     cookies: str | None = None
     for name, value in headers:
-        if len(kept) >= MAX_HEADERS:
-            break
         if send_default_pii:
             if name.lower() == "cookie":
-                cookies = value
-            kept[name] = value[:_MAX_HEADER_VALUE]
-        elif _header_kept(name):
+                cookies = value if cookies is None else f"{cookies}; {value}"
+        elif not _header_kept(name):
+            continue
+        before = kept.get(name)
+        if before is not None:  # a repeated header (ASGI lists each): merged per HTTP rules
+            sep = "; " if name.lower() == "cookie" else ","
+            kept[name] = f"{before}{sep}{value}"[:_MAX_HEADER_VALUE]
+        elif len(kept) < MAX_HEADERS:
             kept[name] = value[:_MAX_HEADER_VALUE]
     info: dict[str, Any] = {
         "method": method,

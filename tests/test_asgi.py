@@ -163,6 +163,9 @@ def test_exception_linked_and_reraised_unchanged(sentry_server: SentryServer) ->
     (tx,) = sentry_server.transactions()
     (event,) = sentry_server.events()
     assert tx["contexts"]["trace"]["status"] == "internal_error"
+    # no response had started: the server answers 500, and the transaction says so
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+    assert tx["contexts"]["response"] == {"status_code": 500}
     assert event["contexts"]["trace"]["trace_id"] == tx["contexts"]["trace"]["trace_id"]
     assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
     exc = event["exception"]["values"][-1]

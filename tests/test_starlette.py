@@ -163,6 +163,70 @@ def test_unhandled_exception(sentry_server: SentryServer) -> None:
     assert event["exception"]["values"][-1]["type"] == "ValueError"
 
 
+def test_unhandled_exception_records_the_500_sent_outside_the_middleware(
+    sentry_server: SentryServer,
+) -> None:
+    # Starlette's ServerErrorMiddleware (outside ours) answers 500: the transaction says
+    # so (data, tag, response context) as for any other response. With the app's own 500
+    # handler the response is that handler's, which we cannot see: no code is made up.
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    async def boom(request: Request) -> Response:
+        raise ValueError("boom")
+
+    async def h500(request: Request, exc: Exception) -> Response:
+        return Response("custom", status_code=503)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    plain = Starlette(routes=[Route("/boom", boom)])
+    plain.add_middleware(TracingMiddleware)
+    custom = Starlette(routes=[Route("/custom", boom)], exception_handlers={500: h500})
+    custom.add_middleware(TracingMiddleware)
+    with run_asgi(plain) as url:
+        assert httpx.get(url + "/boom", timeout=5).status_code == 500
+    with run_asgi(custom) as url:
+        assert httpx.get(url + "/custom", timeout=5).status_code == 503
+    got = transactions_by_name(sentry_server, 2)
+    sent = got["/boom"]
+    assert sent["contexts"]["trace"]["status"] == "internal_error"
+    assert sent["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+    assert sent["tags"]["http.status_code"] == "500"
+    assert sent["contexts"]["response"] == {"status_code": 500}
+    handled = got["/custom"]
+    assert handled["contexts"]["trace"]["status"] == "internal_error"
+    assert "http.response.status_code" not in handled["contexts"]["trace"].get("data", {})
+
+
+def test_repeated_request_headers_are_merged(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(starlette_app()) as c:
+        headers = [("X-Dup", "one"), ("x-dup", "two"), ("Accept", "text/html")]
+        assert c.get("/plain", headers=headers).status_code == 200
+    tx = transactions_by_name(sentry_server, 1)["/plain"]
+    assert tx["request"]["headers"]["X-Dup"] == "one,two"
+    assert tx["request"]["headers"]["Accept"] == "text/html"
+
+
+def test_unmatched_websocket_is_named_like_an_unmatched_request(
+    sentry_server: SentryServer, client: TestClient
+) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    for path in ("/nope/1", "/nope/2"):
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect(path) as ws:
+            ws.receive_text()
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    txs = sentry_server.transactions()
+    assert [t["transaction"] for t in txs] == ["GET 404", "GET 404"]  # never the raw path
+    for tx in txs:
+        assert tx["transaction_info"]["source"] == "route"
+        assert tx["contexts"]["trace"]["op"] == "websocket.server"
+        assert tx["contexts"]["trace"]["status"] == "not_found"
+
+
 def test_exceptions_handled_into_5xx_are_captured_once(
     sentry_server: SentryServer, client: TestClient
 ) -> None:

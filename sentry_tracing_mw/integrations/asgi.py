@@ -203,6 +203,11 @@ class TracingMiddleware:
         if self.name_unmatched:
             tx.set_name(f"{method} {code}", "route")
 
+    def unhandled_status(self, scope: Scope) -> int | None:
+        """The status sent for an exception that left the app before any response started:
+        the server's 500 (None when something outside us answers in a way we cannot see)."""
+        return 500
+
     async def name_only(
         self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
     ) -> None:
@@ -377,6 +382,15 @@ class TracingMiddleware:
             elif kind == "websocket.accept":
                 if tx._status is None:
                     tx._status = "ok"
+            elif kind == "websocket.close":
+                if tx._status is None and tx._source == "url" and self.name_unmatched:
+                    # Closed before accept while no route named it: the router found
+                    # none (the handshake is a GET): "GET 404", not the raw path.
+                    try:
+                        name_on_response(tx, inner, method, 404)
+                        tx._status = "not_found"
+                    except Exception:
+                        logger.debug("naming an unmatched websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:
                 complete = True
             try:
@@ -407,6 +421,13 @@ class TracingMiddleware:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
             _fail(client, tx, exc, disconnected)
+            if (
+                tx._response_status is None
+                and not disconnected
+                and isinstance(exc, Exception)
+                and scope.get("type") == "http"
+            ):
+                self._unhandled_response(tx, scope)
             raise
         finally:
             CURRENT_SPAN.reset(token)
@@ -418,6 +439,17 @@ class TracingMiddleware:
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
             tx.finish()
+
+    def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
+        """Record the response the server (or the framework's error middleware) sends for
+        an exception that left the app: status code, tag and response context."""
+        try:
+            code = self.unhandled_status(scope)
+            if code is not None:
+                tx.set_http_status(code)
+                tx._status = "internal_error"  # the exception's status, whatever the code
+        except Exception:
+            logger.debug("recording the error response failed", exc_info=True)
 
     def _inner_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
         """``app_scope``, never raising (the server's scope when it fails)."""

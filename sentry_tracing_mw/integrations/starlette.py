@@ -319,6 +319,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return
         tx.set_name(f"{method} {code}", "route")
 
+    def unhandled_status(self, scope: Scope) -> int | None:
+        """500, as Starlette's ``ServerErrorMiddleware`` answers, unless the app has its own
+        500 / ``Exception`` handler (its response is sent outside this middleware)."""
+        handlers = getattr(scope.get("app"), "exception_handlers", None)
+        if isinstance(handlers, Mapping) and (500 in handlers or Exception in handlers):
+            return None
+        return 500
+
     def resolve_route(self, scope: Scope) -> str | None:
         """The route template for ``traces_sampler``: walks the routes with ``matches()``."""
         routes = getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
