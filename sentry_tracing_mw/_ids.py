@@ -22,6 +22,7 @@ __all__ = [
     "pop_span_id",
     "pop_trace_id",
     "reseed",
+    "trace_sample_rand",
 ]
 
 _rng = random.Random(os.urandom(32))
@@ -110,3 +111,23 @@ def new_sample_rand(low: float = 0.0, high: float = 1.0) -> float:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=reseed)
+
+
+def trace_sample_rand(trace_id: str, low: float = 0.0, high: float = 1.0) -> float:
+    """The ``sample_rand`` that the trace id itself gives, in ``[low, high)`` (6 decimals).
+
+    Protocol §12.2's recommended derivation, as ``sentry-sdk`` does it: a generator seeded
+    with the trace id draws an integer in ``[low, high)`` scaled by 10**6. Used to backfill
+    a continued trace that came without one, so every service continuing it (ours, other
+    replicas, ``sentry-sdk`` siblings) gets the same value and makes the same decision.
+    An empty interval gives its lower end (clamped into ``[0, 1)``).
+    """
+    lo = int(low * 1_000_000)
+    hi = int(high * 1_000_000)
+    value = lo
+    if low < high:
+        try:
+            value = random.Random(trace_id).randrange(lo, hi)
+        except ValueError:  # an interval narrower than the 10**-6 grid
+            value = lo
+    return min(max(value, 0), 999_999) / 1_000_000

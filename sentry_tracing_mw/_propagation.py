@@ -114,6 +114,7 @@ _URL_SAFE_RE = re.compile(r"[A-Za-z0-9_.~\-]*")
 
 _DECIMAL_CHARS = "0123456789.eE+-"
 _CANONICAL_RAND_RE = re.compile(r"0\.[0-9]{6}")
+_PLAIN_RAND_RE = re.compile(r"0\.[0-9]{1,24}")  # kept as received (bounded length)
 _VALID_RATES: set[str] = set()  # sample_rate strings already known to be valid
 
 _KNOWN_SENTRY_KEYS = {
@@ -840,7 +841,10 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
         number = parse_sample_rand(rand)
         if number is None:
             del dsc["sample_rand"]
-        else:  # valid ("1e-3", "0.5"): envelopes need exactly 6 decimals (protocol §10.2)
+        elif _PLAIN_RAND_RE.fullmatch(rand) is None:
+            # Valid but exotic ("1e-3", ".5", "0"): 6 decimals, as envelopes carry it. A
+            # plain decimal ("0.5" from Java, full precision from JavaScript) stays exactly
+            # as received: the DSC is frozen, and siblings must see the same value.
             dsc["sample_rand"] = format_sample_rand(number)
     sampled = dsc.get("sampled")
     if sampled is not None and sampled != "true" and sampled != "false":

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._ids import new_sample_rand
+from ._ids import trace_sample_rand
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
 __all__ = ["SamplingContext", "TokenBucket", "continued_sampling", "decide"]
@@ -90,13 +90,17 @@ def decide(
 
 def continued_sampling(
     incoming: IncomingTrace, public_key: str | None
-) -> tuple[float | None, float, dict[str, str] | None]:
+) -> tuple[float | None, float | None, dict[str, str] | None]:
     """``(sample_rate, sample_rand, dsc)`` for a trace continued from a parsed ``incoming``.
 
+    ``sample_rand`` None (no upstream DSC at all): derived from the trace id on first use.
+
     The upstream ``sample_rand`` is kept when it is consistent with the upstream decision;
-    otherwise one is drawn that reproduces the parent's decision at its rate, and it is
-    backfilled into the DSC only when it reproduces the DSC's recorded decision. A DSC
-    without a public key gets ours (Relay cannot use it otherwise).
+    otherwise one is derived from the trace id (protocol §12.2, as ``sentry-sdk`` does)
+    that reproduces the parent's decision at its rate, and it is backfilled into the DSC
+    only when it reproduces the DSC's recorded decision (an envelope whose DSC contradicts
+    itself is rejected by the checker). A DSC without a public key gets ours (Relay cannot
+    use it otherwise).
     """
     dsc = incoming.dsc
     parent_sampled = incoming.parent_sampled
@@ -113,11 +117,20 @@ def continued_sampling(
         # made its decision. Drop it; a consistent one is backfilled below.
         dsc = {k: v for k, v in dsc.items() if k != "sample_rand"}  # type: ignore[union-attr]
         rand = None
-    if rand is None:
+    if rand is None and dsc is None:
+        # No DSC to backfill: the context derives it from the trace id if it is ever
+        # needed (a Python generator seeded per trace costs microseconds).
+        return rate, None, None
+    if rand is None:  # derived from the trace id: every service continuing it agrees
+        trace_id = incoming.trace_id
         if parent_sampled is not None and rate is not None:
-            rand = new_sample_rand(0.0, rate) if parent_sampled else new_sample_rand(rate, 1.0)
+            rand = (
+                trace_sample_rand(trace_id, 0.0, rate)
+                if parent_sampled
+                else trace_sample_rand(trace_id, rate, 1.0)
+            )
         else:
-            rand = new_sample_rand()
+            rand = trace_sample_rand(trace_id)
         # Backfilled only when it reproduces the DSC's recorded decision: no value fits
         # an empty interval (rate 0 and sampled), so the DSC then goes without one.
         if dsc is not None and (

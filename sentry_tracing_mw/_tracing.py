@@ -16,7 +16,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT_SPAN
-from ._ids import new_sample_rand, new_span_id, pop_span_id
+from ._ids import new_sample_rand, new_span_id, pop_span_id, trace_sample_rand
 from ._propagation import (
     BAGGAGE_HEADER,
     SENTRY_TRACE_HEADER,
@@ -215,8 +215,11 @@ class PropagationContext:
         if self._pending is not None:
             self._resolve()
         rand = self._sample_rand
-        if rand is None:  # a new trace whose decision did not need it: drawn on first use
-            rand = self._sample_rand = new_sample_rand()
+        if rand is None:  # drawn on first use: most requests never need it
+            if self.parent_span_id is None:  # a new trace (our own): any random value
+                rand = self._sample_rand = new_sample_rand()
+            else:  # continued without one: the trace id's, as every service derives it
+                rand = self._sample_rand = trace_sample_rand(self.trace_id)
         return rand
 
     @property

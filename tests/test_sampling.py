@@ -117,6 +117,74 @@ def test_backfill_reproduces_the_recorded_decision() -> None:
         assert dsc["sample_rate"] == "0.3" and len(dsc["sample_rand"]) == 8
 
 
+def _sdk_generate_sample_rand() -> Any:
+    """sentry-sdk's own backfill (a test peer): the oracle for our values, when present."""
+    from sentry_sdk import tracing_utils
+
+    found = getattr(tracing_utils, "_generate_sample_rand", None)
+    if found is None:  # pragma: no cover - a sentry-sdk without it
+        pytest.skip("this sentry-sdk has no _generate_sample_rand")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("flag", "dsc", "interval"),
+    [
+        ("-1", {"sample_rate": "0.3"}, (0.0, 0.3)),  # reproduce "sampled" at 0.3
+        ("-0", {"sample_rate": "0.3"}, (0.3, 1.0)),  # reproduce "not sampled" at 0.3
+        ("", {"environment": "up"}, (0.0, 1.0)),  # deferred (a TwP upstream)
+        ("-1", {}, (0.0, 1.0)),  # sentry-trace alone (an old SDK)
+    ],
+)
+def test_backfilled_sample_rand_comes_from_the_trace_id_like_sentry_sdk(
+    flag: str, dsc: dict[str, str], interval: tuple[float, float]
+) -> None:
+    # protocol §12.2: every service continuing a trace that came without a sample_rand
+    # derives the same one from the trace id, so replicas and sentry-sdk siblings agree.
+    init(traces_sample_rate=0.5)
+    generate = _sdk_generate_sample_rand()
+    for trace_id in (TRACE, "0af7651916cd43dd8448eb211c80319c", "f" * 32):
+        headers = incoming(flag, **dsc)
+        headers["sentry-trace"] = headers["sentry-trace"].replace(TRACE, trace_id)
+        rands = {
+            stm.start_transaction("t", headers=headers).propagation_context.sample_rand
+            for _ in range(5)
+        }
+        assert rands == {generate(trace_id, interval=interval)}
+        (rand,) = rands
+        assert interval[0] <= rand < interval[1]
+
+
+def test_identical_deferred_requests_get_the_same_decision() -> None:
+    # An upstream DSC whose sample_rand contradicts its own decision cannot be kept (the
+    # envelope's DSC would contradict itself); the one derived instead is the same for
+    # every copy of the request, so the decision is too.
+    init(traces_sample_rate=0.5)
+    headers = incoming(sample_rate="0.3", sample_rand="0.900000", sampled="true")
+    decisions = {stm.start_transaction("t", headers=headers).sampled for _ in range(8)}
+    assert len(decisions) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("0.12345678912345", "0.12345678912345"),  # JavaScript: full precision
+        ("0.5", "0.5"),  # Java
+        ("0.250000", "0.250000"),
+        ("1e-3", "0.001000"),  # valid but exotic forms get the envelope's 6 decimals
+        (".5", "0.500000"),
+        ("0", "0.000000"),
+    ],
+)
+def test_incoming_sample_rand_is_frozen_as_received(sent: str, kept: str) -> None:
+    init(traces_sample_rate=1.0)
+    tx = stm.start_transaction(
+        "t", headers=incoming("-1", sample_rate="0.9", sample_rand=sent, sampled="true")
+    )
+    assert tx.propagation_context.dsc()["sample_rand"] == kept
+    assert f"sentry-sample_rand={kept}" in tx.propagation_context.headers(tx.span_id)["baggage"]
+
+
 def test_head_dsc_is_frozen_on_first_use() -> None:
     init(traces_sample_rate=1.0, release="app@1.2.3", environment="staging")
     tx = stm.start_transaction("/users/{id}", source="route")

@@ -388,7 +388,7 @@ def test_continues_sentry_trace_and_baggage(sentry_server: SentryServer) -> None
         "trace_id": TRACE_ID,
         "public_key": "upstream",
         "sample_rate": "0.5",
-        "sample_rand": "0.250000",  # envelopes carry 6 decimals (protocol §12.2)
+        "sample_rand": "0.25",  # frozen: a plain decimal passes exactly as received
         "sampled": "true",
         "environment": "up",
         "transaction": "checkout",

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from typing import Any
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_RAND = re.compile(r"0\.[0-9]{6}")
+# 6 decimals when we made or reformatted it; a plain decimal from upstream stays as received
+_RAND = re.compile(r"0\.[0-9]{1,24}")
 
 
 def assert_valid_dsc(dsc: Any, trace_id: str | None = None) -> None:
