@@ -11,8 +11,9 @@ Input layout: the first byte picks the parser, the rest is split on ``\\n`` into
 9. a whole hop: ``extract`` -> ``continue_trace`` -> DSC and outgoing headers
 
 Besides "never raises", each target checks invariants (a DSC with string values and a valid
-trace id, ``sample_rand`` with 6 decimals, outgoing headers that parse back, rate limits
-that are finite and never shrink); a violation raises ``AssertionError`` = a crash.
+trace id, ``sample_rand`` with 6 decimals or a plain decimal kept as received, outgoing
+headers that parse back, rate limits that are finite and never shrink); a violation raises
+``AssertionError`` = a crash.
 
 Run (see fuzz/README.md)::
 
@@ -37,7 +38,8 @@ with atheris.instrument_imports(include=["sentry_tracing_mw"]):
 
 HEADERS = ("sentry-trace", "traceparent", "tracestate", "baggage")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_RAND = re.compile(r"0\.[0-9]{6}")
+# 6 decimals when we made or reformatted it; a plain decimal from upstream stays as received
+_RAND = re.compile(r"0\.[0-9]{1,24}")
 _CLIENT = Client(
     build_options(
         dsn="http://0123456789abcdef0123456789abcdef@127.0.0.1:9/1",
