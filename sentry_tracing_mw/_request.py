@@ -67,6 +67,7 @@ _SENSITIVE_QUERY_KEYS = frozenset(
 )
 _SENSITIVE_QUERY_PART = re.compile(r"token|secret|password", re.IGNORECASE)
 _MAX_HEADER_VALUE = 2048
+_MAX_COOKIES = 8192  # the event's cookies string (PII only), however many Cookie headers came
 #: Request headers kept in an event (the first ones sent): a hostile request with thousands
 #: of header lines must not cost more than a bounded amount per request.
 MAX_HEADERS = 200
@@ -115,11 +116,11 @@ def request_info(
 ) -> dict[str, Any]:
     """The event ``request`` interface for an incoming request."""
     kept: dict[str, str] = {}
-    cookies: str | None = None
+    cookies: list[str] = []
     for name, value in headers:
         if send_default_pii:
             if name.lower() == "cookie":
-                cookies = value if cookies is None else f"{cookies}; {value}"
+                cookies.append(value)
         elif not _header_kept(name):
             continue
         before = kept.get(name)
@@ -143,8 +144,8 @@ def request_info(
     if send_default_pii:
         if peer:
             env["REMOTE_ADDR"] = peer
-        if cookies:
-            info["cookies"] = cookies
+        if cookies:  # HTTP/2 clients may split them over several headers
+            info["cookies"] = "; ".join(cookies)[:_MAX_COOKIES]
     if env:
         info["env"] = env
     return info

@@ -129,6 +129,21 @@ def test_request_data_with_pii(sentry_server: SentryServer) -> None:
     assert req["env"]["REMOTE_ADDR"] == "10.1.2.3"
 
 
+def test_split_cookie_headers_are_joined_and_bounded() -> None:
+    # HTTP/2 clients may send one Cookie header per cookie; many of them (hostile or not)
+    # still give one bounded cookies string (PII only) and a bounded Cookie header value.
+    from sentry_tracing_mw.integrations.asgi import asgi_request_info
+
+    few = {"type": "http", "headers": [(b"cookie", b"a=1"), (b"cookie", b"b=2")]}
+    assert asgi_request_info(few, True)["cookies"] == "a=1; b=2"
+    assert asgi_request_info(few, True)["headers"]["Cookie"] == "a=1; b=2"
+    assert "cookies" not in asgi_request_info(few, False)
+    many = {"type": "http", "headers": [(b"cookie", b"c%d=%s" % (i, b"x" * 8000)) for i in range(300)]}
+    info = asgi_request_info(many, True)
+    assert info["cookies"].startswith("c0=x") and len(info["cookies"]) <= 8192
+    assert len(info["headers"]["Cookie"]) <= 2048
+
+
 def test_app_renames_and_unmatched_keeps_url(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)

@@ -391,6 +391,39 @@ def test_unread_test_client_responses_are_sent_and_streams_wait_for_their_body(
     assert tx["transaction"] == "/download"
 
 
+def test_a_wsgi_app_wrapped_before_us_keeps_the_body_lifecycle(
+    sentry_server: SentryServer,
+) -> None:
+    # app.wsgi_app wrapped by a middleware whose body runs code of its own, then traced:
+    # Flask marks its response complete, but the middleware's body is not, so the
+    # transaction still ends with the body (its span and its error are in it).
+    app = create_app()
+    inner = app.wsgi_app
+
+    def post_mw(environ: dict[str, Any], start_response: Any) -> Any:
+        result = inner(environ, start_response)
+
+        def body() -> Any:
+            with stm.start_span("mw.post", "after the app"):
+                yield from result
+            raise RuntimeError("post-processing failed")
+
+        return body()
+
+    app.wsgi_app = post_mw  # type: ignore[method-assign]
+    app.config.update(SENTRY_DSN=sentry_server.dsn, SENTRY_TRACES_SAMPLE_RATE=1.0)
+    app.config["SENTRY_INSTRUMENT_HTTP_CLIENTS"] = False
+    FlaskTracing(app)
+    with pytest.raises(RuntimeError, match="post-processing"):
+        app.test_client().get("/users/7").get_data()
+    (tx,) = sent(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert [s["op"] for s in tx["spans"]] == ["mw.post"]
+    assert [e["exception"]["values"][-1]["type"] for e in sentry_server.events()] == [
+        "RuntimeError"
+    ]
+
+
 def test_generic_middleware_sends_a_list_body_without_a_reader(
     sentry_server: SentryServer,
 ) -> None:

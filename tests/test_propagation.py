@@ -419,6 +419,18 @@ class TestParseBaggage:
         assert len(baggage.sentry) == 180
         assert "late" not in baggage.sentry
 
+    @pytest.mark.parametrize(
+        "shape", ['a={ws}"', 'a=b{ws}"', 'a=b;c={ws}"', 'a=b;c{ws}"', 'a{ws}=b"', "a= {ws};c"]
+    )
+    def test_member_grammar_is_linear_on_hostile_whitespace(self, shape: str) -> None:
+        # OWS around an empty value made a failing match quadratic: 3.7 s for one 64 KiB
+        # member. The bound catches that on any machine (linear: a few ms).
+        value = "sentry-a=1," + shape.format(ws=" \t" * 32_000)
+        assert len(value) <= 65536
+        elapsed = _timed(lambda: parse_baggage(value))
+        assert elapsed < 0.5, elapsed
+        assert parse_baggage(value).sentry == {"a": "1"}
+
     def test_oversized_header_ignored(self) -> None:
         value = "sentry-trace_id=" + TID + ",other=" + "x" * 65536
         assert len(value) > 65536

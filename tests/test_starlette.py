@@ -210,6 +210,41 @@ def test_repeated_request_headers_are_merged(sentry_server: SentryServer) -> Non
     assert tx["request"]["headers"]["Accept"] == "text/html"
 
 
+def test_websocket_turned_away_before_routing_is_not_a_404(sentry_server: SentryServer) -> None:
+    # A middleware (auth, rate limits) closing the handshake before the router ran: the
+    # router found nothing because it never looked, so this is not "GET 404".
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    class Reject:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+
+    async def ws(websocket: Any) -> None:  # pragma: no cover - never reached
+        await websocket.accept()
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[WebSocketRoute("/ws/{room}", ws)])
+    app.add_middleware(Reject)
+    app.add_middleware(TracingMiddleware)  # outermost
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(app) as c:
+        with pytest.raises(WebSocketDisconnect), c.websocket_connect("/ws/room1") as sock:
+            sock.receive_text()
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["transaction"] != "GET 404"
+    assert tx["contexts"]["trace"]["status"] != "not_found"
+
+
 def test_unmatched_websocket_is_named_like_an_unmatched_request(
     sentry_server: SentryServer, client: TestClient
 ) -> None:

@@ -203,6 +203,11 @@ class TracingMiddleware:
         if self.name_unmatched:
             tx.set_name(f"{method} {code}", "route")
 
+    def routed(self, scope: Scope) -> bool:
+        """Whether the framework's router has seen this request (a websocket closed before
+        that was turned away by a middleware, not by the router)."""
+        return True
+
     def unhandled_status(self, scope: Scope) -> int | None:
         """The status sent for an exception that left the app before any response started:
         the server's 500 (None when something outside us answers in a way we cannot see)."""
@@ -384,11 +389,12 @@ class TracingMiddleware:
                     tx._status = "ok"
             elif kind == "websocket.close":
                 if tx._status is None and tx._source == "url" and self.name_unmatched:
-                    # Closed before accept while no route named it: the router found
-                    # none (the handshake is a GET): "GET 404", not the raw path.
+                    # Closed before accept while no route named it: if the router ran,
+                    # it found none (the handshake is a GET): "GET 404", not the raw path.
                     try:
-                        name_on_response(tx, inner, method, 404)
-                        tx._status = "not_found"
+                        if self.routed(inner):
+                            name_on_response(tx, inner, method, 404)
+                            tx._status = "not_found"
                     except Exception:
                         logger.debug("naming an unmatched websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:

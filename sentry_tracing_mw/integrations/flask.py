@@ -83,12 +83,17 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
     origin = "auto.http.flask"
     name_unmatched = True
-    complete_body_key = COMPLETE_BODY_KEY  # set by the app's process_response (see below)
+    #: Marked by the app's process_response (see ``_marking_process_response``).
+    complete_body_key: str | None = COMPLETE_BODY_KEY
 
     def __init__(self, app: WSGIApp, flask_app: Flask, **options: Any) -> None:
         super().__init__(app, **options)
         self.flask_app = flask_app
         self._endpoint_style = self.config.transaction_style == "endpoint"
+        if getattr(app, "__self__", None) is not flask_app:
+            # app.wsgi_app was already wrapped (a WSGI middleware between us and Flask
+            # may run code of its own over the body): end with the body, as for any app.
+            self.complete_body_key = None
 
     def resolve_route(self, environ: dict[str, Any]) -> str | None:
         """The URL rule (with mount prefix) this request will match, for ``traces_sampler``."""

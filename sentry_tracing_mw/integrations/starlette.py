@@ -319,6 +319,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return
         tx.set_name(f"{method} {code}", "route")
 
+    def routed(self, scope: Scope) -> bool:
+        """Starlette's router marks the scope (``scope["router"]``) when it starts."""
+        return "router" in scope
+
     def unhandled_status(self, scope: Scope) -> int | None:
         """500, as Starlette's ``ServerErrorMiddleware`` answers, unless the app has its own
         500 / ``Exception`` handler (its response is sent outside this middleware)."""
