@@ -86,27 +86,26 @@ def new_event_id() -> str:
     return f"{(_bits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
-def new_sample_rand(low: float = 0.0, high: float = 1.0) -> float:
-    """A value in ``[low, high)`` on the 6-decimal grid used by ``sample_rand``.
-
-    Values are multiples of 1e-6 so that the 6-decimal string form is exact and the
-    decision ``sample_rand < rate`` made here is the one every downstream service makes.
-    An empty interval (rate 0 with a sampled parent) gives the grid value nearest ``low``.
-    """
-    if low <= 0.0 and high >= 1.0:  # the common case: a new trace
+def new_sample_rand() -> float:
+    """A random value in ``[0, 1)`` on the 6-decimal grid used by ``sample_rand`` (a new
+    trace's own; multiples of 1e-6, so the 6-decimal string form is exact)."""
+    value = _bits(20)
+    while value >= 1_000_000:
         value = _bits(20)
-        while value >= 1_000_000:
-            value = _bits(20)
-        return value / 1_000_000
+    return value / 1_000_000
+
+
+def _grid(low: float, high: float) -> tuple[int, int]:
+    """``[lo, hi)`` in millionths: every ``n / 10**6`` for ``lo <= n < hi`` lies in
+    ``[low, high)``, so a value drawn there reproduces the decision ``value < rate`` that
+    the interval stands for (``hi <= lo``: the interval holds no grid value)."""
     lo = max(0, min(999_999, int(low * 1_000_000)))
     while lo < 999_999 and lo / 1_000_000 < low:
         lo += 1
     hi = max(lo, min(1_000_000, int(high * 1_000_000) + 1))
     while hi > lo and (hi - 1) / 1_000_000 >= high:
         hi -= 1
-    if hi <= lo:
-        return lo / 1_000_000
-    return (lo + _rng.randrange(hi - lo)) / 1_000_000
+    return lo, hi
 
 
 if hasattr(os, "register_at_fork"):
@@ -117,17 +116,13 @@ def trace_sample_rand(trace_id: str, low: float = 0.0, high: float = 1.0) -> flo
     """The ``sample_rand`` that the trace id itself gives, in ``[low, high)`` (6 decimals).
 
     Protocol §12.2's recommended derivation, as ``sentry-sdk`` does it: a generator seeded
-    with the trace id draws an integer in ``[low, high)`` scaled by 10**6. Used to backfill
-    a continued trace that came without one, so every service continuing it (ours, other
-    replicas, ``sentry-sdk`` siblings) gets the same value and makes the same decision.
-    An empty interval gives its lower end (clamped into ``[0, 1)``).
+    with the trace id draws an integer in the interval scaled by 10**6 (the same value as
+    ``sentry-sdk`` for any rate of up to 6 decimals). Used to backfill a continued trace
+    that came without one, so every service continuing it (ours, other replicas,
+    ``sentry-sdk`` siblings) gets the same value and makes the same decision. An empty
+    interval (rate 0 with a sampled parent) gives the grid value nearest ``low``.
     """
-    lo = int(low * 1_000_000)
-    hi = int(high * 1_000_000)
-    value = lo
-    if low < high:
-        try:
-            value = random.Random(trace_id).randrange(lo, hi)
-        except ValueError:  # an interval narrower than the 10**-6 grid
-            value = lo
-    return min(max(value, 0), 999_999) / 1_000_000
+    lo, hi = _grid(low, high)
+    if hi <= lo:
+        return lo / 1_000_000
+    return random.Random(trace_id).randrange(lo, hi) / 1_000_000

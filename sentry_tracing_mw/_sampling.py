@@ -122,15 +122,10 @@ def continued_sampling(
         # needed (a Python generator seeded per trace costs microseconds).
         return rate, None, None
     if rand is None:  # derived from the trace id: every service continuing it agrees
-        trace_id = incoming.trace_id
+        low, high = 0.0, 1.0
         if parent_sampled is not None and rate is not None:
-            rand = (
-                trace_sample_rand(trace_id, 0.0, rate)
-                if parent_sampled
-                else trace_sample_rand(trace_id, rate, 1.0)
-            )
-        else:
-            rand = trace_sample_rand(trace_id)
+            low, high = (0.0, rate) if parent_sampled else (rate, 1.0)
+        rand = trace_sample_rand(incoming.trace_id, low, high)
         # Backfilled only when it reproduces the DSC's recorded decision: no value fits
         # an empty interval (rate 0 and sampled), so the DSC then goes without one.
         if dsc is not None and (

@@ -114,8 +114,9 @@ def test_reseed_after_fork_changes_the_sequence() -> None:
 @pytest.mark.parametrize("rate", [0.0, 1e-7, 0.1, 0.25, 0.3, 0.5, 0.7, 0.999999, 1.0])
 def test_sample_rand_backfill_intervals_reproduce_the_decision(rate: float) -> None:
     for _ in range(500):
-        below = _ids.new_sample_rand(0.0, rate)
-        above = _ids.new_sample_rand(rate, 1.0)
+        trace_id = _ids.new_trace_id()
+        below = _ids.trace_sample_rand(trace_id, 0.0, rate)
+        above = _ids.trace_sample_rand(trace_id, rate, 1.0)
         assert 0.0 <= below < 1.0 and 0.0 <= above < 1.0
         if rate > 0:
             assert below < rate
