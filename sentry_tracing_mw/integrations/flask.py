@@ -214,9 +214,10 @@ class FlaskTracing:
         app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
             app.preprocess_request, middleware.on_request_started
         )
-        app.process_response = _marking_process_response(  # type: ignore[method-assign, assignment]
-            app.process_response
-        )
+        if middleware.complete_body_key is not None:  # else nobody reads the mark
+            app.process_response = _marking_process_response(  # type: ignore[method-assign, assignment]
+                app.process_response
+            )
         got_request_exception.connect(middleware.on_exception, app, weak=False)
         app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
         app.extensions[EXTENSION_KEY] = middleware
