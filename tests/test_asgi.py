@@ -144,6 +144,32 @@ def test_split_cookie_headers_are_joined_and_bounded() -> None:
     assert len(info["headers"]["Cookie"]) <= 2048
 
 
+def test_trace_headers_read_the_same_through_every_header_shape() -> None:
+    # The one-pass dict read (unique names in a list) and the general loop (repeats,
+    # tuples, odd pairs) must give the same propagation headers.
+    from sentry_tracing_mw.integrations.asgi import _GETTER, _joined_trace_headers, _trace_headers
+
+    def read(headers: Any) -> dict[str, str] | None:
+        carrier = _trace_headers({"headers": headers})
+        if carrier is None:
+            return None
+        names = ("sentry-trace", "baggage", "traceparent", "tracestate")
+        return {n: v for n in names if (v := _GETTER.get(carrier, n)) is not None}
+
+    st = b"0123456789abcdef0123456789abcdef-0123456789abcdef-1"
+    plain = [(b"host", b"h"), (b"sentry-trace", st), (b"baggage", b"a=1")]
+    assert read(plain) == {"sentry-trace": st.decode(), "baggage": "a=1"}
+    assert read(tuple(plain)) == read(plain) == read([list(p) for p in plain])
+    assert read([(b"host", b"h"), (b"accept", b"*/*")]) is None
+    assert read([(b"accept", b"a"), (b"accept", b"b")]) is None  # repeats, none of ours
+    assert read([]) is None and read(None) is None
+    repeated = [*plain, (b"baggage", b"b=2"), (b"accept", b"x")]
+    assert read(repeated) == {"sentry-trace": st.decode(), "baggage": "a=1,b=2"}
+    assert read(repeated) == _joined_trace_headers(repeated)
+    assert read([(b"baggage", b"\xe9")]) == {"baggage": "\xe9"}  # latin-1, as the loop
+    assert read([(b"x",), (b"sentry-trace", st)]) == {"sentry-trace": st.decode()}  # odd pair
+
+
 def test_app_renames_and_unmatched_keeps_url(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)

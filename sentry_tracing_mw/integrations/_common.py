@@ -107,7 +107,6 @@ def active_request_transaction() -> Transaction | None:
 
 def start_request(
     client: Client,
-    *,
     method: str,
     path: str,
     carrier: Any,
@@ -122,7 +121,8 @@ def start_request(
 ) -> tuple[Transaction | None, PropagationContext]:
     """Continue the incoming trace and, when ``capture``, start the request transaction.
 
-    ``carrier`` None means the caller already knows there are no trace headers.
+    ``carrier`` None means the caller already knows there are no trace headers. Called
+    once per request: integrations pass the arguments by position (cheaper than keywords).
     """
     incoming = extract(carrier, getter, lazy=True) if carrier is not None else None
     if incoming is not None and client._trust is not True and not client.trusts(peer, request):

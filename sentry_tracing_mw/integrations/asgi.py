@@ -45,25 +45,52 @@ _TRACE_HEADERS = {
     b"traceparent": "traceparent",
     b"tracestate": "tracestate",
 }
+_RAW_NAMES = {name: raw for raw, name in _TRACE_HEADERS.items()}
 
 
-class _TraceHeadersGetter:
-    """Reads the trace headers picked out of the scope in one pass (see ``_trace_headers``)."""
+class _TracePick(dict[bytes, Any]):
+    """A request's headers by raw name (unique names), read through ``_GETTER``."""
 
     __slots__ = ()
 
-    def get(self, carrier: dict[str, str] | None, key: str) -> str | None:
-        return carrier.get(key) if carrier else None
+
+class _TraceHeadersGetter:
+    """Reads the trace headers picked out of the scope (see ``_trace_headers``)."""
+
+    __slots__ = ()
+
+    def get(self, carrier: dict[Any, Any] | None, key: str) -> str | None:
+        if not carrier:
+            return None
+        if type(carrier) is _TracePick:
+            value = carrier.get(_RAW_NAMES[key])
+            return None if value is None else value.decode("latin-1")
+        return carrier.get(key)  # type: ignore[no-any-return]
 
 
 _GETTER = _TraceHeadersGetter()
 
 
-def _trace_headers(scope: Scope) -> dict[str, str] | None:
+def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
     """The propagation headers of a request (repeats joined with ","), None when absent."""
+    headers = scope.get("headers")
+    if type(headers) is list:
+        # The usual shape: one C-level pass; names are unique unless the dict is shorter.
+        try:
+            by_name = _TracePick(headers)
+        except (TypeError, ValueError):  # not (name, value) pairs: the general loop below
+            pass
+        else:
+            if len(by_name) == len(headers):
+                return None if by_name.keys().isdisjoint(_TRACE_HEADERS) else by_name
+    return _joined_trace_headers(headers)
+
+
+def _joined_trace_headers(headers: Any) -> dict[str, str] | None:
+    """``_trace_headers`` for any iterable of pairs, repeated names joined with ","."""
     found: dict[str, str] | None = None
     repeats: dict[str, list[bytes]] | None = None  # joined once: += would be quadratic
-    for item in scope.get("headers") or ():
+    for item in headers or ():
         name = _TRACE_HEADERS.get(item[0])
         if name is None:
             continue
@@ -222,18 +249,92 @@ class TracingMiddleware:
     # -- dispatch ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
-        if kind == "http" or kind == "websocket":
-            owner = scope.get(SCOPE_KEY)
-            if owner is None:
-                owner = active_request_transaction()
-                if owner is None:
-                    await self._request(scope, receive, send, kind == "websocket")
-                    return
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        owner = scope.get(SCOPE_KEY)
+        if owner is not None or (owner := active_request_transaction()) is not None:
             await self.name_only(scope, receive, send, owner)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
+            return
+        # The request's owner: one coroutine for the whole unsampled path (each await of
+        # a helper coroutine costs a frame per request).
+        path = scope.get("path") or "/"
+        ignore = self.config.ignore_paths
+        if ignore is not None and ignore.match(path):
+            token = PROPAGATION_CONTEXT.set(None)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                PROPAGATION_CONTEXT.reset(token)
+            return
+        client = get_client()
+        websocket = kind == "websocket"
+        method = "GET" if websocket else str(scope.get("method") or "GET").upper()
+        try:
+            peer = scope.get("client")
+            tx, ctx = start_request(
+                client,
+                method,
+                str(path),
+                _trace_headers(scope),
+                _GETTER,
+                str(peer[0]) if peer else None,
+                scope,
+                "asgi_scope",
+                websocket or method in self.config.methods,
+                self.request_origin(scope),
+                "websocket.server" if websocket else "http.server",
+                (lambda: self.resolve_route(scope))
+                if client.options.traces_sampler is not None
+                else None,
+            )
+            if tx is not None:
+                scope[SCOPE_KEY] = tx
+                if tx._recording:
+                    defer_asgi_request_info(tx, scope, client.options.send_default_pii)
+        except Exception:
+            logger.exception("sentry_tracing_mw: starting the request transaction failed")
             await self.app(scope, receive, send)
+            return
+        if tx is None:
+            token = PROPAGATION_CONTEXT.set(ctx)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                PROPAGATION_CONTEXT.reset(token)
+            return
+        try:
+            inner = self.app_scope(scope, tx, method)
+        except Exception:
+            logger.exception("sentry_tracing_mw: preparing the request scope failed")
+            inner = scope
+        if tx._recording:
+            await self._traced(scope, inner, receive, send, tx, client, method)
+            return
+        # Unsampled: the trace is current and errors are captured, but no status, timing
+        # or disconnect is watched (nothing of it is sent).
+        send_failed = False
+
+        async def unrecorded_send(message: Message) -> None:
+            nonlocal send_failed
+            try:
+                await send(message)
+            except OSError:  # the client went away: not an application error
+                send_failed = True
+                raise
+
+        span_token = CURRENT_SPAN.set(tx)
+        try:
+            await self.app(inner, receive, unrecorded_send)
+        except BaseException as exc:
+            _fail(client, tx, exc, send_failed)
+            raise
+        finally:
+            CURRENT_SPAN.reset(span_token)
+            tx.finish()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         flushed = False
@@ -272,72 +373,23 @@ class TracingMiddleware:
             if shutting_down:
                 await flush()
 
-    async def _request(self, scope: Scope, receive: Receive, send: Send, websocket: bool) -> None:
-        path = scope.get("path") or "/"
-        ignore = self.config.ignore_paths
-        if ignore is not None and ignore.match(path):
-            token = PROPAGATION_CONTEXT.set(None)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                PROPAGATION_CONTEXT.reset(token)
-            return
-        client = get_client()
-        method = "GET" if websocket else str(scope.get("method") or "GET").upper()
-        try:
-            peer = scope.get("client")
-            tx, ctx = start_request(
-                client,
-                method=method,
-                path=str(path),
-                carrier=_trace_headers(scope),
-                getter=_GETTER,
-                peer=str(peer[0]) if peer else None,
-                request=scope,
-                request_key="asgi_scope",
-                capture=websocket or method in self.config.methods,
-                origin=self.request_origin(scope),
-                op="websocket.server" if websocket else "http.server",
-                route=(lambda: self.resolve_route(scope))
-                if client.options.traces_sampler is not None
-                else None,
-            )
-            if tx is not None:
-                scope[SCOPE_KEY] = tx
-                if tx._recording:
-                    defer_asgi_request_info(tx, scope, client.options.send_default_pii)
-        except Exception:
-            logger.exception("sentry_tracing_mw: starting the request transaction failed")
-            await self.app(scope, receive, send)
-            return
-        if tx is None:
-            token = PROPAGATION_CONTEXT.set(ctx)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                PROPAGATION_CONTEXT.reset(token)
-            return
-        await self._traced(scope, receive, send, tx, client, method)
-
     async def _traced(
         self,
         scope: Scope,
+        inner: Scope,
         receive: Receive,
         send: Send,
         tx: Transaction,
         client: Client,
         method: str,
     ) -> None:
-        if not tx._recording:
-            await self._unrecorded(scope, receive, send, tx, client, method)
-            return
+        """A sampled request: status, timing and client disconnects are recorded."""
         complete = False
         disconnected = False
         body_read = False  # the app received the whole request body
         ahead: list[Message] = []  # messages read ahead by the disconnect watcher
         watcher: asyncio.Future[None] | None = None
         watch_tried = False
-        inner = self._inner_scope(scope, tx, method)
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -456,43 +508,3 @@ class TracingMiddleware:
                 tx._status = "internal_error"  # the exception's status, whatever the code
         except Exception:
             logger.debug("recording the error response failed", exc_info=True)
-
-    def _inner_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
-        """``app_scope``, never raising (the server's scope when it fails)."""
-        try:
-            return self.app_scope(scope, tx, method)
-        except Exception:
-            logger.exception("sentry_tracing_mw: preparing the request scope failed")
-            return scope
-
-    async def _unrecorded(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        tx: Transaction,
-        client: Client,
-        method: str,
-    ) -> None:
-        """An unsampled request: its trace is current and errors are captured, but no
-        status, timing or disconnect is watched (nothing of it is sent)."""
-        inner = self._inner_scope(scope, tx, method)
-        send_failed = False
-
-        async def unrecorded_send(message: Message) -> None:
-            nonlocal send_failed
-            try:
-                await send(message)
-            except OSError:  # the client went away: not an application error
-                send_failed = True
-                raise
-
-        token = CURRENT_SPAN.set(tx)
-        try:
-            await self.app(inner, receive, unrecorded_send)
-        except BaseException as exc:
-            _fail(client, tx, exc, send_failed)
-            raise
-        finally:
-            CURRENT_SPAN.reset(token)
-            tx.finish()

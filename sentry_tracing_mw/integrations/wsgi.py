@@ -261,19 +261,20 @@ class TracingMiddleware:
         try:
             tx, ctx = start_request(
                 client,
-                method=method,
-                path=path,
+                method,
+                path,
                 # no trace header at all (the common case at a trace's head): skip parsing
-                carrier=environ
+                environ
                 if "HTTP_SENTRY_TRACE" in environ or "HTTP_TRACEPARENT" in environ
                 else None,
-                getter=WSGI_GETTER,
-                peer=environ.get("REMOTE_ADDR"),
-                request=environ,
-                request_key="wsgi_environ",
-                capture=method in self.config.methods,
-                origin=self.origin,
-                route=(lambda: self.resolve_route(environ))
+                WSGI_GETTER,
+                environ.get("REMOTE_ADDR"),
+                environ,
+                "wsgi_environ",
+                method in self.config.methods,
+                self.origin,
+                "http.server",
+                (lambda: self.resolve_route(environ))
                 if client.options.traces_sampler is not None
                 else None,
             )

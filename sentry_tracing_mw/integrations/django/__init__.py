@@ -300,16 +300,17 @@ class TracingMiddleware:
                 carrier_request, key = scope, "asgi_scope"
             tx, ctx = start_request(
                 client,
-                method=method,
-                path=request.path,
-                carrier=meta,
-                getter=WSGI_GETTER,
-                peer=meta.get("REMOTE_ADDR"),
-                request=carrier_request,
-                request_key=key,
-                capture=method in self.config.methods,
-                origin=_ORIGIN,
-                route=(
+                method,
+                request.path,
+                meta,
+                WSGI_GETTER,
+                meta.get("REMOTE_ADDR"),
+                carrier_request,
+                key,
+                method in self.config.methods,
+                _ORIGIN,
+                "http.server",
+                (
                     (lambda: self.resolve_route(request))
                     if client.options.traces_sampler is not None
                     else None
