@@ -210,12 +210,13 @@ class Transport:
     # -- state -----------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[Pending | _Control] = deque()
         self._bytes = 0
         self._enqueued = 0  # items ever put in the queue (flush targets)
         self._done = 0  # items the worker finished with
-        self._idle = False  # worker is waiting on the condition
+        self._idle = False  # worker is waiting on the condition and nobody woke it yet
         self._wake_at = _NEVER  # smallest ``_done`` value a flush() caller waits for
         self._stop = False
         self._closed = False
@@ -251,7 +252,7 @@ class Transport:
             _record(self.reports, self._backoff_reason, pending.category, pending.span_count)
             return False
         size = pending.size_hint
-        with self._cond:
+        with self._lock:  # the condition's lock: a C-level context manager
             if self._closed:
                 return False
             if len(self._queue) < self._queue_size and self._bytes + size <= self._queue_bytes:
@@ -262,6 +263,9 @@ class Transport:
                     self._ensure_worker()
                 elif self._idle:
                     self._cond.notify()
+                    # Woken: until it runs (it may wait for the GIL), later submits need
+                    # not notify again; it re-checks the queue before it waits.
+                    self._idle = False
                 return True
         _record(self.reports, "queue_overflow", pending.category, pending.span_count)
         return False
@@ -279,6 +283,7 @@ class Transport:
                 self._ensure_worker()
             elif self._idle:
                 self._cond.notify()
+                self._idle = False
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent or dropped, then send client reports."""
@@ -299,6 +304,7 @@ class Transport:
             self._ensure_worker()
             if self._idle:
                 self._cond.notify()
+                self._idle = False
             while self._done < target:
                 self._wake_at = min(self._wake_at, target)
                 if deadline is None:
