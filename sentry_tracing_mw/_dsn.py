@@ -16,6 +16,9 @@ USER_AGENT = f"{SDK_NAME}/{VERSION}"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ORG_RE = re.compile(r"^o(\d+)\.")
+# Keys go verbatim into the X-Sentry-Auth header (``key=value`` pairs split on commas):
+# printable ASCII without the pair separators, quotes, backslash and userinfo delimiters.
+_KEY_RE = re.compile(r'[!#-+\--9;-?A-\[\]-~]+')
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,17 @@ class Dsn:
         public = unquote(public)
         if not public:
             raise ConfigurationError(f"dsn {value!r}: no public key")
+        if not _KEY_RE.fullmatch(public):
+            raise ConfigurationError(
+                f"dsn {value!r}: the public key may only hold visible ASCII characters "
+                "other than , \" \\ : @ (it is sent in the X-Sentry-Auth header)"
+            )
         secret_key = unquote(secret) if sep and secret else None
+        if secret_key is not None and not _KEY_RE.fullmatch(secret_key):
+            raise ConfigurationError(
+                f"dsn {value!r}: the secret key may only hold visible ASCII characters "
+                "other than , \" \\ : @ (it is sent in the X-Sentry-Auth header)"
+            )
         host, port = _split_hostport(hostport, value)
         path_all = parts.path
         if parts.query or parts.fragment:
@@ -71,7 +84,7 @@ class Dsn:
         prefix, _, project_id = path_all.rstrip("/").rpartition("/")
         if not project_id:
             raise ConfigurationError(f"dsn {value!r}: no project id in the path")
-        if not project_id.isdigit():
+        if not (project_id.isascii() and project_id.isdigit()):
             raise ConfigurationError(f"dsn {value!r}: project id {project_id!r} is not numeric")
         m = _ORG_RE.match(host)
         org_id = m.group(1) if m else None

@@ -98,6 +98,16 @@ def test_frozen_and_roundtrip() -> None:
         ("https://k@[::1/1", "IPv6"),
         ("https://k@h/1?x=1", "query"),
         ("https://k@h /1", "whitespace"),
+        # Keys go into the X-Sentry-Auth header: no decoded CR/LF (header injection), no
+        # pair separators or quotes, nothing outside ASCII (latin-1 failures at send time).
+        ("https://k%0D%0AX-Injected:%201@h/1", "public key"),
+        ("https://k%0Ay@h/1", "public key"),
+        ("https://k,ey@h/1", "public key"),
+        ("https://k%40y@h/1", "public key"),
+        ("https://k%E2%82%ACy@h/1", "public key"),
+        ("https://k:s%0D%0Ax@h/1", "secret key"),
+        ("https://k:s%22@h/1", "secret key"),
+        ("https://k@h/\uff15", "not numeric"),  # a fullwidth digit is not a project id
     ],
 )
 def test_invalid(value: str, fragment: str) -> None:
