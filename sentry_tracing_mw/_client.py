@@ -299,8 +299,9 @@ class Client:
             try:
                 event = hook(event)  # type: ignore[arg-type]
             except Exception:
-                logger.exception("before_send_transaction raised; sending the event unchanged")
-                event = transaction_event(tx, self.options)
+                # A failing filter must not let unfiltered data out (as sentry-sdk does).
+                logger.exception("before_send_transaction raised; the transaction is dropped")
+                event = None
             if event is None:
                 self.reports.record_transaction("before_send", n)
                 return None
@@ -308,6 +309,10 @@ class Client:
                 logger.error("before_send_transaction must return a dict or None")
                 self.reports.record_transaction("before_send", n)
                 return None
+            spans = event.get("spans")
+            removed = n - (len(spans) if isinstance(spans, list) else 0)
+            if removed > 0:  # spans the hook dropped one by one (protocol §15)
+                self.reports.record("before_send", "span", removed)
         assert event is not None
         return event, dsc
 
@@ -363,8 +368,9 @@ class Client:
             try:
                 result = hook(event)
             except Exception:
-                logger.exception("before_send raised; sending the event unchanged")
-                result = event
+                # A failing filter must not let unfiltered data out (as sentry-sdk does).
+                logger.exception("before_send raised; the error event is dropped")
+                result = None
             if not isinstance(result, dict):
                 self.reports.record("before_send", "error")
                 return None

@@ -8,6 +8,8 @@ path free of parsing.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import ipaddress
 import math
 import os
@@ -118,6 +120,34 @@ def _callable(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise _fail(name, value, "expected a callable or None")
     return value
+
+
+def _event_hook(name: str, value: Any) -> Any:
+    """A ``before_send``-style hook, called with the event only.
+
+    ``sentry-sdk``'s hooks take ``(event, hint)``: one that needs a second positional
+    argument gets an empty hint dict, so it filters instead of raising on every event.
+    """
+    hook = _callable(name, value)
+    if hook is None:
+        return None
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # no signature to read (some builtins): as given
+        return hook
+    try:
+        signature.bind(None)
+    except TypeError:
+        try:
+            signature.bind(None, None)
+        except TypeError:
+            raise _fail(name, value, "expected a callable taking the event (or event, hint)")
+        return functools.partial(_with_hint, hook)
+    return hook
+
+
+def _with_hint(hook: Callable[[Any, Any], Any], event: Any) -> Any:
+    return hook(event, {})
 
 
 def _opt_str(name: str, value: Any) -> str | None:
@@ -347,10 +377,10 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         ),
         server_name=server_name,
         send_default_pii=flag("send_default_pii", False),
-        before_send_transaction=_callable(
+        before_send_transaction=_event_hook(
             "before_send_transaction", kwargs.get("before_send_transaction")
         ),
-        before_send=_callable("before_send", kwargs.get("before_send")),
+        before_send=_event_hook("before_send", kwargs.get("before_send")),
         sample_rate=_rate("sample_rate", kwargs.get("sample_rate", 1.0), allow_none=False) or 0.0,
         ignore_transactions=_ignore_names(
             "ignore_transactions", kwargs.get("ignore_transactions", ())

@@ -93,6 +93,68 @@ def test_before_send_transaction_edits_and_drops(sentry_server: SentryServer) ->
     assert sentry_server.client_reports()[("before_send", "transaction")] == 1
 
 
+def test_spans_a_hook_removes_are_reported(sentry_server: SentryServer) -> None:
+    # protocol §15: spans dropped one by one (here by before_send_transaction) are counted.
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        event["spans"] = event["spans"][:1] if event["transaction"] == "trim" else []
+        return event
+
+    init(sentry_server, before_send_transaction=hook)
+    for name in ("trim", "trim", "empty"):
+        with stm.start_transaction(name) as tx:
+            for i in range(3):
+                with tx.start_child("child", str(i)):
+                    pass
+    assert stm.flush(5)
+    assert [len(e["spans"]) for e in sentry_server.transactions()] == [1, 1, 0]
+    reports = sentry_server.client_reports()
+    assert reports[("before_send", "span")] == 2 + 2 + 3
+    assert ("before_send", "transaction") not in reports
+
+
+def test_sentry_sdk_style_hooks_get_an_empty_hint(sentry_server: SentryServer) -> None:
+    seen: list[Any] = []
+
+    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+        seen.append(hint)
+        return None  # filters: nothing may go out
+
+    def before_send_transaction(event: dict[str, Any], hint: Any) -> dict[str, Any] | None:
+        seen.append(hint)
+        return None if event["transaction"] == "secret" else event
+
+    init(sentry_server, before_send=before_send, before_send_transaction=before_send_transaction)
+    stm.capture_exception(RuntimeError("filtered"))
+    with stm.start_transaction("secret"):
+        pass
+    with stm.start_transaction("public"):
+        pass
+    assert stm.flush(5)
+    assert seen == [{}, {}, {}]
+    assert sentry_server.events() == []
+    assert [e["transaction"] for e in sentry_server.transactions()] == ["public"]
+    with pytest.raises(stm.ConfigurationError, match="before_send"):
+        stm.init(dsn=sentry_server.dsn, before_send=lambda a, b, c: None)
+
+
+def test_a_raising_hook_drops_the_event(sentry_server: SentryServer) -> None:
+    # A filter that fails must not let the unfiltered event out (sentry-sdk drops it too).
+    def broken(event: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("bug in the hook")
+
+    init(sentry_server, before_send=broken, before_send_transaction=broken)
+    stm.capture_exception(RuntimeError("private"))
+    with stm.start_transaction("private") as tx:
+        with tx.start_child("child"):
+            pass
+    assert stm.flush(5)
+    assert sentry_server.events() == [] and sentry_server.transactions() == []
+    reports = sentry_server.client_reports()
+    assert reports[("before_send", "error")] == 1
+    assert reports[("before_send", "transaction")] == 1
+    assert reports[("before_send", "span")] == 2
+
+
 def test_ignore_transactions_and_status_codes(sentry_server: SentryServer) -> None:
     init(
         sentry_server,
