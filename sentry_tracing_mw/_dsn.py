@@ -18,7 +18,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ORG_RE = re.compile(r"^o(\d+)\.")
 # Keys go verbatim into the X-Sentry-Auth header (``key=value`` pairs split on commas):
 # printable ASCII without the pair separators, quotes, backslash and userinfo delimiters.
-_KEY_RE = re.compile(r'[!#-+\--9;-?A-\[\]-~]+')
+_KEY_RE = re.compile(r"[!#-+\--9;-?A-\[\]-~]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +69,13 @@ class Dsn:
         if not _KEY_RE.fullmatch(public):
             raise ConfigurationError(
                 f"dsn {value!r}: the public key may only hold visible ASCII characters "
-                "other than , \" \\ : @ (it is sent in the X-Sentry-Auth header)"
+                'other than , " \\ : @ (it is sent in the X-Sentry-Auth header)'
             )
         secret_key = unquote(secret) if sep and secret else None
         if secret_key is not None and not _KEY_RE.fullmatch(secret_key):
             raise ConfigurationError(
                 f"dsn {value!r}: the secret key may only hold visible ASCII characters "
-                "other than , \" \\ : @ (it is sent in the X-Sentry-Auth header)"
+                'other than , " \\ : @ (it is sent in the X-Sentry-Auth header)'
             )
         host, port = _split_hostport(hostport, value)
         path_all = parts.path
