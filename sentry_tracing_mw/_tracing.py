@@ -101,14 +101,79 @@ def _clip_text(value: Any) -> Any:
     return value
 
 
+#: A container data value is copied when set, keeping at most this many values in all
+#: (nested ones included) and this depth: what a queued transaction holds stays bounded,
+#: and the app may change its own object while the transport still holds the copy.
+MAX_DATA_ITEMS = 1000
+MAX_DATA_DEPTH = 10
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+class _Bounded:
+    """The copy of one container value and what it holds (see ``_bounded``)."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self) -> None:
+        self.budget = MAX_DATA_ITEMS
+        self.held = 0
+
+    def copy(self, value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is str or kind is bytes:
+            value = _clip_text(value)
+            self.held += len(value)
+            return value
+        if not isinstance(value, _CONTAINERS):
+            self.held += 16
+            return value
+        if depth >= MAX_DATA_DEPTH:
+            self.held += 16
+            return "[MaxDepth]"
+        self.held += 64
+        out: Any
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if self.budget <= 0:
+                    break
+                self.budget -= 1
+                out[key if type(key) is not str else _clip_text(key)] = self.copy(item, depth + 1)
+            return out
+        out = []
+        for item in value:
+            if self.budget <= 0:
+                break
+            self.budget -= 1
+            out.append(self.copy(item, depth + 1))
+        return out  # sets and tuples are sent as JSON arrays anyway
+
+
+def _bounded(value: Any) -> tuple[Any, int]:
+    """A bounded copy of a container value and the bytes it holds."""
+    bounded = _Bounded()
+    try:
+        return bounded.copy(value, 0), bounded.held
+    except Exception:  # a container whose iteration fails: keep its repr only
+        text = _clip_text(_safe_repr(value))
+        return text, len(text)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return "<unrepresentable>"
+
+
 def _held_size(value: Any) -> int:
     """What a data value adds to a queued transaction beyond the per-span allowance."""
     kind = type(value)
     if kind is str or kind is bytes:
         n = len(value)
         return n if n > _SMALL_TEXT else 0
-    if kind is dict or kind is list or kind is tuple:
-        return 64 * len(value)  # rough: containers are not walked
+    if isinstance(value, _CONTAINERS):
+        return _bounded(value)[1]  # copies made by set_data: small and bounded
     return 0
 
 
@@ -455,11 +520,17 @@ class Span:
             data = self._data = {}
         key = str(key)
         kind = type(value)
-        if (kind is str or kind is bytes) and len(value) > MAX_TEXT:
-            value = _clip_text(value)
+        held = 0
+        if kind is str or kind is bytes:
+            if len(value) > MAX_TEXT:
+                value = _clip_text(value)
+            if len(value) > _SMALL_TEXT:
+                held = len(value)
+        elif isinstance(value, _CONTAINERS):
+            value, held = _bounded(value)
         tx = self._tx
         if tx is not None and self._recording:  # what a queued transaction will hold
-            tx._extra_bytes += _held_size(value) - _held_size(data.get(key))
+            tx._extra_bytes += held - _held_size(data.get(key))
         data[key] = value
 
     def set_status(self, status: str) -> None:

@@ -200,3 +200,61 @@ def test_request_snapshot_counts_against_the_byte_bound(sentry_server: SentrySer
     assert transport.queued() <= 11
     assert overflow >= 40 - transport.queued() - 1
     sentry_server.release()
+
+
+def test_container_data_is_copied_bounded_and_counted(sentry_server: SentryServer) -> None:
+    """Strings inside lists and dicts are clipped and counted like top-level ones (a list of
+    one 200 KB string used to be held whole and counted as 64 bytes), containers are cut at
+    MAX_DATA_ITEMS values and MAX_DATA_DEPTH levels, and the app may change its own object
+    after set_data without changing what is sent."""
+    from sentry_tracing_mw._tracing import MAX_DATA_DEPTH, MAX_DATA_ITEMS
+
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    mine = {"rows": ["x" * 200_000], "ids": list(range(5 * MAX_DATA_ITEMS))}
+    nested: list[object] = []
+    level = nested
+    for _ in range(3 * MAX_DATA_DEPTH):
+        inner: list[object] = []
+        level.append(inner)
+        level = inner
+    with stm.start_transaction("containers") as tx:
+        with tx.start_child("db") as span:
+            span.set_data("params", mine)
+            span.set_data("deep", nested)
+            span.set_data("tags", {"a", "b"})
+        held = tx._extra_bytes
+        mine["rows"].append("added later")
+        mine["new"] = "added later"
+    assert MAX_TEXT <= held < MAX_TEXT + 64 * 1024  # the clipped string, counted
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    data = event["spans"][0]["data"]
+    assert data["params"]["rows"] == ["x" * (MAX_TEXT - 3) + "..."]
+    assert "new" not in data["params"]
+    assert len(data["params"]["ids"]) == MAX_DATA_ITEMS - 3  # "rows", its string, "ids"
+    depth, level = 0, data["deep"]
+    while isinstance(level, list) and level:
+        depth, level = depth + 1, level[0]
+    assert depth == MAX_DATA_DEPTH and level == "[MaxDepth]"
+    assert sorted(data["tags"]) == ["a", "b"]
+    assert client.reports.snapshot() == {}
+
+
+def test_queue_byte_bound_holds_for_strings_inside_containers(
+    sentry_server: SentryServer,
+) -> None:
+    sentry_server.hang()
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    transport = client.transport
+    assert transport is not None
+    transport._queue_bytes = 1 * MiB
+    for i in range(300):
+        with stm.start_transaction(f"t{i}") as tx:
+            for _ in range(10):
+                with tx.start_child("db") as span:
+                    span.set_data("blob", ["y" * 200_000, {"k": "z" * 200_000}])
+    assert sentry_server.wait_hanging()
+    assert transport._bytes <= 1 * MiB
+    assert transport.queued() <= 8  # about 160 KiB held per transaction
+    assert client.reports.snapshot().get(("queue_overflow", "transaction"), 0) >= 290
+    sentry_server.release()
