@@ -126,6 +126,39 @@ def test_asgi_server(sentry_server: SentryServer) -> None:
     assert all(t["request"]["url"].startswith("http://127.0.0.1:") for t in txs.values())
 
 
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_asgi_error_inside_a_streamed_body_ends_the_transaction(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    # Django's ASGI handler re-raises an error from the body and never calls
+    # response.close(): the body wrapper itself must end the transaction.
+    init_traced(sentry_server, traces_sample_rate=rate)
+    with run_asgi(get_asgi_application()) as base:
+        for path in ("/stream-error/", "/astream-error/"):
+            with pytest.raises(requests.RequestException):
+                _ = requests.get(f"{base}{path}", timeout=5).content
+        deadline = time.monotonic() + 5
+        want = 2 if rate == 0.0 else 4
+        while len(sentry_server.events()) + len(sentry_server.transactions()) < want:
+            assert time.monotonic() < deadline, "the error events and transactions never came"
+            stm.flush(1)
+            time.sleep(0.02)
+    events = sentry_server.events()
+    assert len(events) == 2
+    if rate == 0.0:
+        assert stm.flush(5)
+        assert sentry_server.transactions() == []
+        reports = sentry_server.client_reports()
+        assert reports[("sample_rate", "transaction")] == 2  # both finished, and counted
+        return
+    txs = _by_name(sentry_server)
+    assert set(txs) == {"/stream-error/", "/astream-error/"}
+    for tx in txs.values():
+        assert _trace(tx)["status"] == "internal_error"
+    linked = {e["contexts"]["trace"]["span_id"] for e in events}
+    assert linked == {_trace(tx)["span_id"] for tx in txs.values()}
+
+
 def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     with run_asgi(get_asgi_application()) as base:

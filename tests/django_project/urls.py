@@ -37,6 +37,7 @@ urlpatterns = [
     path("stream-orm/", views.stream_orm),
     path("astream/", views.astream),
     path("stream-error/", views.stream_error),
+    path("astream-error/", views.astream_error),
     path("stream-trace/", views.stream_trace),
     path("file/", views.file_response),
     path("orm/", views.orm),

@@ -84,6 +84,14 @@ def stream_error(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+async def astream_error(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"start\n"
+        raise RuntimeError("boom mid-async-stream")
+
+    return StreamingHttpResponse(body())
+
+
 class _SlowFile(io.BytesIO):
     def read(self, size: int | None = -1) -> bytes:
         time.sleep(0.1)

@@ -159,6 +159,9 @@ class _SyncBody:
         except BaseException as exc:
             self.done = True
             self._state.fail(exc)
+            # The response ends here: Django's ASGI handler re-raises without closing it,
+            # so no closer would end the transaction (a later close() is a no-op).
+            self._state.tx.finish()
             raise
         finally:
             CURRENT_SPAN.reset(token)
@@ -187,6 +190,9 @@ class _AsyncBody:
         except BaseException as exc:
             self.done = True
             self._state.fail(exc)
+            # The response ends here: Django's ASGI handler re-raises without closing it,
+            # so no closer would end the transaction (a later close() is a no-op).
+            self._state.tx.finish()
             raise
         finally:
             CURRENT_SPAN.reset(token)
