@@ -47,6 +47,13 @@ urlpatterns = [
     path("meta/", views.meta_tag),
     path("health/", views.ok),
     path("trace-header/", views.trace_header),
+    # path() text is literal, whatever regex syntax it holds
+    path("c++/<int:pk>/", views.ok),
+    path("wiki/(main)/<slug:s>/", views.ok),
+    path("price$/", views.ok),
+    path("opt[1]/", views.ok),
+    path("star*/", views.ok),
+    re_path(r"^mixed/(?P<v>[0-9]+)/", include([path("a+b/<int:n>/", views.ok)])),
 ]
 
 urlpatterns += i18n_patterns(path("shop/<slug:slug>/", views.ok))

@@ -343,14 +343,14 @@ class TracingMiddleware:
             match = get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info)
         except Resolver404:
             return None
-        return self._match_name(match)[0]
+        return self._match_name(match, getattr(request, "urlconf", None))[0]
 
     # -- naming -------------------------------------------------------------------------
-    def _match_name(self, match: Any) -> tuple[str | None, str]:
+    def _match_name(self, match: Any, urlconf: Any = None) -> tuple[str | None, str]:
         if not self._endpoint:
             route = match.route
             if isinstance(route, str):
-                return route_name(route), "route"
+                return route_name(route, urlconf), "route"
         return endpoint_name(match.func), "component"
 
     def _name(self, request: Any, state: _State) -> bool:
@@ -362,7 +362,7 @@ class TracingMiddleware:
             return True  # named from this very match already
         state.match = match
         try:
-            name, source = self._match_name(match)
+            name, source = self._match_name(match, getattr(request, "urlconf", None))
             if name is not None:
                 state.tx.set_name(name, source)
         except Exception:

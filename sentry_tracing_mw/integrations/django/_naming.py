@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["endpoint_name", "route_name"]
 
 _CACHE_MAX = 4096
-_route_cache: dict[str, str] = {}
+_route_cache: dict[tuple[str, Any], str] = {}
 _endpoint_cache: dict[Any, str] = {}
 
 _CONVERTER = re.compile(r"<(?:[^>:]+:)?([^>]+)>")
@@ -153,14 +153,68 @@ def route_to_name(route: str) -> str:
     return name
 
 
-def route_name(route: str) -> str:
-    """Cached :func:`route_to_name`."""
-    name = _route_cache.get(route)
+#: Characters a ``path()`` route means literally but a regex does not.
+_REGEX_SYNTAX = frozenset("()[]{}?*+^$\\|")
+_typed_cache: dict[int, tuple[Any, dict[str, str]]] = {}
+
+
+def route_name(route: str, urlconf: Any = None) -> str:
+    """Cached :func:`route_to_name`.
+
+    ``ResolverMatch.route`` joins ``path()`` text (literal) and ``re_path()`` regexes into
+    one string, so ``path("c++/<int:pk>/")`` would read as a regex. A route holding regex
+    syntax is looked up in the patterns of ``urlconf`` (the request's; None: the
+    project's, walked once per URLconf), where each part's kind is known.
+    """
+    key = (route, urlconf if urlconf is None or type(urlconf) is str else id(urlconf))
+    name = _route_cache.get(key)
     if name is None:
-        name = route_to_name(route)
+        name = None
+        if not _REGEX_SYNTAX.isdisjoint(route):
+            try:
+                from django.urls import get_resolver
+
+                name = _typed_names(get_resolver(urlconf)).get(route)
+            except Exception:  # no Django URLconf to read: the regex reading below
+                name = None
+        if name is None:
+            name = route_to_name(route)
         if len(_route_cache) < _CACHE_MAX:
-            _route_cache[route] = name
+            _route_cache[key] = name
     return name
+
+
+def _typed_names(root: Any) -> dict[str, str]:
+    """Every route string of a URLconf (as Django joins them) -> its name, each part read
+    as what it is: ``path()`` text literally, regexes as regexes (built once per URLconf)."""
+    cached = _typed_cache.get(id(root))
+    if cached is not None and cached[0] is root:
+        return cached[1]
+    names: dict[str, str] = {}
+    try:
+        _walk(getattr(root, "url_patterns", ()), "", "", names, 0)
+    except Exception:  # a URLconf that cannot be listed: regex reading only
+        names = {}
+    if len(_typed_cache) < 64:
+        _typed_cache[id(root)] = (root, names)
+    return names
+
+
+def _walk(patterns: Any, route: str, name: str, out: dict[str, str], depth: int) -> None:
+    if depth > 32 or len(out) >= 100_000:
+        return
+    for entry in patterns:
+        pattern = getattr(entry, "pattern", None)
+        text = str(pattern)
+        joined_route = route + text.removeprefix("^") if route else text
+        part = _CONVERTER.sub(r"{\1}", text) if hasattr(pattern, "_route") else _convert(text)
+        joined_name = name + part
+        children = getattr(entry, "url_patterns", None) if hasattr(entry, "urlconf_name") else None
+        if children is None:
+            full = _SLASHES.sub("/", joined_name)
+            out.setdefault(joined_route, full if full.startswith("/") else "/" + full)
+        else:
+            _walk(children, joined_route, joined_name, out, depth + 1)
 
 
 def _qualname(func: Any) -> str | None:
