@@ -341,10 +341,29 @@ def test_settings_ignored_with_a_warning_after_init(
     assert "release" not in tx
 
 
-def test_invalid_setting_raises_configuration_error() -> None:
-    with override_settings(SENTRY_TRANSACTION_STYLE="bogus"):
-        with pytest.raises(stm.ConfigurationError, match="transaction_style"):
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("SENTRY_TRANSACTION_STYLE", "bogus", "transaction_style"),
+        ("SENTRY_IGNORE_PATHS", 5, "ignore_paths"),
+        ("SENTRY_IGNORE_PATHS", [5], "ignore_paths"),
+        ("SENTRY_HTTP_METHODS_TO_CAPTURE", 5, "http_methods_to_capture"),
+        ("SENTRY_HTTP_METHODS_TO_CAPTURE", {"GET": 1}, "http_methods_to_capture"),
+        ("SENTRY_TRACES_SAMPLER", "no_such_module.sampler", "SENTRY_TRACES_SAMPLER"),
+    ],
+)
+def test_invalid_setting_raises_configuration_error(setting: str, value: Any, named: str) -> None:
+    with override_settings(**{setting: value}):
+        with pytest.raises(stm.ConfigurationError, match=named):
             _client().get("/users/1/")
+
+
+def test_ignore_paths_none_means_none_ignored(sentry_server: SentryServer) -> None:
+    init_traced(sentry_server)
+    with override_settings(SENTRY_IGNORE_PATHS=None):
+        assert _client().get("/health/").status_code == 200
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["transaction"] == "/health/"
 
 
 # -- request data -------------------------------------------------------------------------

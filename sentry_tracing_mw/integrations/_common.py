@@ -44,7 +44,7 @@ class MiddlewareConfig:
     def __init__(
         self,
         transaction_style: str = "route",
-        ignore_paths: Iterable[str] = (),
+        ignore_paths: Iterable[str] | None = (),
         http_methods_to_capture: Iterable[str] | None = None,
     ) -> None:
         style = _STYLES.get(transaction_style) if isinstance(transaction_style, str) else None
@@ -54,14 +54,25 @@ class MiddlewareConfig:
                 "(alias 'url') or 'endpoint' (alias 'function_name')"
             )
         self.transaction_style = style
-        if isinstance(ignore_paths, str):
+        if ignore_paths is None:  # same as the default: no path is ignored
+            ignore_paths = ()
+        elif isinstance(ignore_paths, str):
             ignore_paths = (ignore_paths,)
+        elif not _iterable(ignore_paths):
+            raise ConfigurationError(
+                f"invalid option ignore_paths={ignore_paths!r}: expected a list of globs"
+            )
         self.ignore_paths = compile_ignore_paths(ignore_paths)
         if http_methods_to_capture is None:
             self.methods = DEFAULT_METHODS
         else:
             if isinstance(http_methods_to_capture, str):
                 http_methods_to_capture = (http_methods_to_capture,)
+            elif not _iterable(http_methods_to_capture):
+                raise ConfigurationError(
+                    f"invalid option http_methods_to_capture={http_methods_to_capture!r}: "
+                    "expected a list of HTTP method names"
+                )
             methods = []
             for method in http_methods_to_capture:
                 if not isinstance(method, str) or not method.strip():
@@ -71,6 +82,14 @@ class MiddlewareConfig:
                     )
                 methods.append(method.strip().upper())
             self.methods = frozenset(methods)
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return not isinstance(value, (bytes, Mapping))
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[MiddlewareConfig, dict[str, Any]]:

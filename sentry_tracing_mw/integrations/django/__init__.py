@@ -60,6 +60,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from ..._api import trace_meta_tags
 from ..._client import Client, get_client
 from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ..._errors import ConfigurationError
 from ..._options import _OPTION_NAMES
 from ..._propagation import WSGI_GETTER
 from ..._tracing import PropagationContext, Transaction
@@ -96,7 +97,12 @@ def _settings_options() -> dict[str, Any]:
             continue
         value = getattr(settings, attr)
         if name in _CALLABLE_OPTIONS and isinstance(value, str):
-            value = import_string(value)
+            try:
+                value = import_string(value)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"invalid setting {attr}={value!r}: cannot import it ({exc})"
+                ) from None
         options[name] = value
     return options
 
