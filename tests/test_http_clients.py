@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -602,6 +603,53 @@ def test_errors_keep_the_exception(
     assert all(s.timestamp is not None for s in spans)
 
 
+def _answer_garbage(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(b"HTTP/1.1 400 Not TLS\r\n\r\n")
+
+
+@pytest.mark.parametrize("client", [c for c in CLIENTS if c.name != "http.client"], ids=repr)
+@pytest.mark.parametrize("kind", ["refused", "tls-error", "tls-timeout"])
+def test_https_connection_failures_get_a_span(client: Client, kind: str) -> None:
+    # urllib3 (requests) connects an HTTPS pool before http.client's putrequest: a refused
+    # connection or a failed / hung TLS handshake must still give a span with a status.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts TCP (kernel backlog) and never answers the TLS hello
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen(8)
+    threading.Thread(target=_answer_garbage, args=(garbage,), daemon=True).start()
+    try:
+        port = {
+            "refused": free_port(),
+            "tls-error": garbage.getsockname()[1],
+            "tls-timeout": silent.getsockname()[1],
+        }[kind]
+        url = f"https://127.0.0.1:{port}/secure?q=1"
+        status = "deadline_exceeded" if kind == "tls-timeout" else "internal_error"
+        http_clients.uninstrument()
+        plain = _raised(lambda: client.get(url, timeout=0.5))
+        stm.init(traces_sample_rate=1.0)
+        with stm.start_transaction("t") as tx:
+            traced = _raised(lambda: client.get(url, timeout=0.5))
+    finally:
+        silent.close()
+        garbage.close()
+    assert type(traced) is type(plain)
+    spans = http_spans(tx)  # one per attempt (urllib3 retries a TLS error by default)
+    assert spans
+    for span in spans:
+        assert span.status == status, (span.status, span.data)
+        assert span.description == f"GET https://127.0.0.1:{port}/secure"
+        assert span.timestamp is not None and span.data["error.type"]
+
+
 @pytest.mark.parametrize("client", [HttpxClient(), AsyncHttpxClient()], ids=repr)
 def test_httpx_body_timeout_fails_the_span(
     client: Client, recording_server: RecordingServer
@@ -793,6 +841,7 @@ def _patched() -> dict[str, Any]:
     found["_close_conn"] = http.client.HTTPResponse.__dict__["_close_conn"]
     found["httpx"] = httpx.HTTPTransport.__dict__["handle_request"]
     found["httpx-async"] = httpx.AsyncHTTPTransport.__dict__["handle_async_request"]
+    found["urllib3"] = urllib3.connectionpool.HTTPSConnectionPool.__dict__["_validate_conn"]
     return found
 
 

@@ -55,6 +55,17 @@ def instrument() -> None:
 
         undo.append(_httplib.install())
         try:
+            import urllib3  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            from . import _urllib3
+
+            try:
+                undo.append(_urllib3.install())
+            except Exception:
+                logger.exception("sentry_tracing_mw: instrumenting urllib3 failed")
+        try:
             import httpx  # noqa: F401
         except ImportError:
             pass

@@ -1,0 +1,110 @@
+"""``urllib3`` (and so ``requests``): a span for HTTPS requests that fail before ``http.client``.
+
+An HTTPS pool connects (TCP, proxy tunnel, TLS handshake) in ``_validate_conn`` before it
+calls ``putrequest``, where the ``http.client`` hook starts the span: a refused connection
+or a handshake timeout would leave no span at all. ``HTTPSConnectionPool._validate_conn``
+is wrapped; when it raises inside a recording span, an ``http.client`` span for the
+request (method and URL read from the calling ``_make_request``) ends with the error's
+status, and the exception goes on unchanged. Plain HTTP pools connect inside
+``http.client`` (already covered), so they are not touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._context import CURRENT_SPAN, SUPPRESS_INSTRUMENTATION
+from ._httplib import ORIGIN
+from .http_clients import fail, route, start_client_span
+
+__all__ = ["install"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+
+def _request_of(frame: FrameType | None) -> tuple[str, str] | None:
+    """``(method, url)`` of the ``_make_request`` (or ``urlopen``) call that validated."""
+    for _ in range(3):
+        if frame is None:
+            return None
+        local = frame.f_locals
+        method, url = local.get("method"), local.get("url")
+        if isinstance(method, str) and isinstance(url, str):
+            return method, url
+        frame = frame.f_back
+    return None
+
+
+def _failed(pool: Any, exc: BaseException, caller: FrameType | None) -> None:
+    """Record the failed request as an ended span (never raises)."""
+    try:
+        parent = CURRENT_SPAN.get()
+        if parent is None or not parent._recording or SUPPRESS_INSTRUMENTATION.get():
+            return
+        request = _request_of(caller)
+        if request is None:
+            return
+        method, url = request
+        opts = parent._context()._client.options
+        if url[:1] == "/":
+            scheme = str(getattr(pool, "scheme", "https") or "https")
+            host = str(getattr(pool, "host", "") or "")
+            port = getattr(pool, "port", None)
+            path = url
+        else:  # absolute form (through a proxy)
+            parts = urlsplit(url)
+            scheme, host = parts.scheme or "https", parts.hostname or ""
+            port = parts.port
+            path = parts.path or "/"
+        _, base, _ = route(opts, scheme, host, port if isinstance(port, int) else None)
+        full = base + path.partition("?")[0].partition("#")[0]
+        span = start_client_span(parent, method.upper(), full, host, ORIGIN)
+        if span is not None:
+            fail(span, exc, _timeouts(exc))
+    except Exception:
+        logger.debug("recording a failed HTTPS connection failed", exc_info=True)
+
+
+def _timeouts(exc: BaseException) -> tuple[type[BaseException], ...]:
+    """What counts as a timeout: urllib3's ``NewConnectionError`` (a refused or unreachable
+    host) subclasses its ``ConnectTimeoutError`` for old callers, but is no timeout."""
+    from urllib3.exceptions import NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    if isinstance(exc, NewConnectionError):
+        return ()
+    return (TimeoutError, Urllib3Timeout)
+
+
+def install() -> Callable[[], None]:
+    """Wrap ``HTTPSConnectionPool._validate_conn``; returns the undo function."""
+    from urllib3.connectionpool import HTTPSConnectionPool
+
+    original = HTTPSConnectionPool.__dict__["_validate_conn"]
+
+    def _validate_conn(self: Any, conn: Any) -> None:
+        try:
+            original(self, conn)
+        except BaseException as exc:
+            _failed(self, exc, sys._getframe(1))
+            raise
+
+    _validate_conn.__wrapped__ = original  # type: ignore[attr-defined]
+    _validate_conn.__doc__ = original.__doc__
+    HTTPSConnectionPool._validate_conn = _validate_conn  # type: ignore[method-assign]
+
+    def undo() -> None:
+        if HTTPSConnectionPool.__dict__.get("_validate_conn") is _validate_conn:
+            HTTPSConnectionPool._validate_conn = original  # type: ignore[method-assign]
+        else:
+            logger.warning(
+                "sentry_tracing_mw: HTTPSConnectionPool._validate_conn was re-patched by "
+                "someone else; leaving it in place"
+            )
+
+    return undo
