@@ -143,6 +143,11 @@ class _Handler(socketserver.BaseRequestHandler):
             time.sleep(float(query.get("delay", "1")))
             self._send(sock, 200, raw, {})
             return True
+        if path == "/truncated":  # half of the announced body, then close or stall
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+            if query.get("then") == "stall":
+                time.sleep(float(query.get("delay", "1.5")))
+            return False
         if path == "/stream":
             n = int(query.get("chunks", "3"))
             delay = float(query.get("delay", "0.1"))

@@ -603,6 +603,40 @@ def test_errors_keep_the_exception(
     assert all(s.timestamp is not None for s in spans)
 
 
+@pytest.mark.parametrize("then", ["close", "stall"])
+def test_body_read_failure_fails_the_span(
+    client: Client, then: str, recording_server: RecordingServer
+) -> None:
+    # Headers arrive, then the body breaks off (connection closed) or stalls past the
+    # read timeout: the span ends with the failure's status, not "ok".
+    url = f"{recording_server.url}/truncated?then={then}"
+    status = "deadline_exceeded" if then == "stall" else "internal_error"
+    http_clients.uninstrument()
+    plain = _raised(lambda: client.get(url, timeout=0.5))
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        traced = _raised(lambda: client.get(url, timeout=0.5))
+    assert type(traced) is type(plain)
+    spans = http_spans(tx)
+    assert spans
+    for span in spans:
+        assert span.status == status, (span.status, span.data, repr(traced))
+        assert span.data["http.response.status_code"] == 200 and span.data["error.type"]
+
+
+def test_body_read_inside_an_unrelated_except_block_stays_ok(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        try:
+            raise LookupError("the caller's own, handled")
+        except LookupError:
+            client.get(recording_server.url + "/echo")  # read to the end while handling it
+    (span,) = http_spans(tx)
+    assert span.status == "ok" and "error.type" not in span.data
+
+
 def _answer_garbage(listener: socket.socket) -> None:
     while True:
         try:

@@ -16,6 +16,7 @@ import logging
 import operator
 import sys
 from collections.abc import Callable
+from sys import exc_info
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,6 +121,20 @@ def _abandon(out: _Outgoing) -> None:
     if span._status is None:
         span._status = "cancelled"
     finish(span)
+
+
+def _body_failed(span: Span, exc: BaseException) -> None:
+    """End ``span`` for a body whose reading failed: a timeout anywhere in the chain
+    (urllib3 wraps socket timeouts) is ``deadline_exceeded``, else ``internal_error``."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            break
+        if isinstance(cause, TimeoutError) or type(cause).__name__.endswith("TimeoutError"):
+            fail(span, exc, (type(exc),))
+            return
+        cause = cause.__cause__ or cause.__context__
+    fail(span, exc, ())
 
 
 def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str | None]:
@@ -250,7 +265,10 @@ def install() -> Callable[[], None]:
                 if response.fp is None or response.length == 0:
                     span.finish()  # no body to wait for
                 else:
-                    response._stm_span = span  # type: ignore[attr-defined]
+                    ambient = exc_info()[1]  # an exception the caller is handling now
+                    response._stm_span = (  # type: ignore[attr-defined]
+                        span if ambient is None else (span, ambient)
+                    )
             except Exception:
                 logger.exception("sentry_tracing_mw: tracking an http.client response failed")
                 finish(span)
@@ -272,10 +290,21 @@ def install() -> Callable[[], None]:
         try:
             orig_close_conn(self)
         finally:
-            try:
-                span.finish()
-            except Exception:
-                logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
+            ambient = None
+            if type(span) is tuple:
+                span, ambient = span
+            failure = exc_info()[1]  # closed because reading the body failed?
+            if failure is not None and failure is not ambient:
+                _body_failed(span, failure)
+            elif self.length and sys._getframe(1).f_code.co_name != "close":
+                # The server closed before the announced length: http.client reads that
+                # as EOF without raising (urllib3 raises later, after the span ended).
+                fail(span, http.client.IncompleteRead(b"", self.length), ())
+            else:
+                try:
+                    span.finish()
+                except Exception:
+                    logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
     wrappers: dict[str, Any] = {
         "putrequest": putrequest,
