@@ -891,13 +891,36 @@ def test_uninstrument_restores_originals(recording_server: RecordingServer) -> N
     http_clients.uninstrument()
     http_clients.uninstrument()
     assert _patched() == originals
-    assert not hasattr(http.client.HTTPConnection, "_stm_outgoing")
+    # the inert class defaults stay for threads still inside a wrapper
+    assert http.client.HTTPConnection._stm_outgoing is None  # type: ignore[attr-defined]
     with stm.start_transaction("t", sampled=True) as tx:
         RequestsClient().get(recording_server.url + "/echo")
         HttpxClient().get(recording_server.url + "/echo")
     assert tx.spans == ()
     assert all(r.values("sentry-trace") == [] for r in recording_server.received())
     http_clients.instrument()
+
+
+def test_a_wrapper_held_across_uninstrument_keeps_working(
+    recording_server: RecordingServer,
+) -> None:
+    # A thread already inside a wrapper (or a library that kept a bound one) when another
+    # thread uninstruments must not fail: the wrappers' class defaults stay.
+    stm.init(traces_sample_rate=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", int(recording_server.url.rsplit(":", 1)[1]))
+    putrequest, getresponse = conn.putrequest, conn.getresponse
+    http_clients.uninstrument()
+    try:
+        with stm.start_transaction("t"):
+            putrequest("GET", "/echo")
+            conn.endheaders()
+            response = getresponse()
+            assert response.status == 200
+            response.read()
+            response.close()
+        conn.close()
+    finally:
+        http_clients.instrument()
 
 
 def test_instrument_is_idempotent_across_threads(recording_server: RecordingServer) -> None:

@@ -324,12 +324,10 @@ def install() -> Callable[[], None]:
 
     def undo() -> None:
         enabled.clear()  # a wrapper someone else chained on top of stays inert
-        kept = False
         for name, fn in wrappers.items():
             if _Conn.__dict__.get(name) is fn:
                 setattr(_Conn, name, originals[name])
             else:
-                kept = True
                 logger.warning(
                     "sentry_tracing_mw: HTTPConnection.%s was re-patched by "
                     "someone else; leaving it in place",
@@ -337,11 +335,7 @@ def install() -> Callable[[], None]:
                 )
         if _Resp.__dict__.get("_close_conn") is _close_conn:
             setattr(_Resp, "_close_conn", orig_close_conn)  # noqa: B010
-        else:
-            kept = True
-        if not kept:
-            for cls, attr in ((_Conn, _STATE), (_Resp, _SPAN)):
-                if attr in cls.__dict__:
-                    delattr(cls, attr)
+        # The class defaults (_stm_outgoing, _stm_span = None) stay: a thread already inside
+        # a wrapper, or code that kept a bound wrapper, still reads them after this.
 
     return undo
