@@ -98,14 +98,19 @@ class HTTPConnection:
         """POST ``body``; the status and the response headers (names lowercased).
 
         Raises ``StaleConnectionError`` when a reused connection turned out to be closed
-        before any response byte arrived, ``OSError`` for every other failure. The
-        connection is closed after any failure.
+        before any response byte arrived, or reset, ``OSError`` for every other failure.
+        The connection is closed after any failure.
         """
         reused = self._sock is not None
         sock = self._sock if self._sock is not None else self._connect()
         try:
             sock.sendall(b"".join((self._head, b"%d\r\n\r\n" % len(body), body)))
             status, headers = self._read_response(reused)
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            self.close()
+            if reused:  # an idle connection the server (or a proxy) reset: safe to retry
+                raise StaleConnectionError(f"reused connection reset ({exc})") from exc
+            raise
         except BaseException:
             self.close()
             raise

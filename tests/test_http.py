@@ -149,6 +149,57 @@ def test_stale_keep_alive_connection_is_reported_as_retryable() -> None:
         assert conn.post(b"c")[0] == 200  # a fresh connection
 
 
+def test_reset_idle_keep_alive_connection_is_retryable() -> None:
+    # Load balancers often reset (RST, not FIN) idle keep-alive connections: the next
+    # post on it must be reported as retryable, not as a lost event.
+    import struct
+    import time
+
+    def handler(conn: socket.socket, received: list[bytes]) -> None:
+        received.append(read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(0.05)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with scripted(handler) as (port, received):
+        conn = connection(port)
+        assert conn.post(b"a")[0] == 200
+        time.sleep(0.3)  # the server has reset the idle connection
+        with pytest.raises(StaleConnectionError):
+            conn.post(b"b")
+        assert conn.post(b"c")[0] == 200  # a fresh connection
+    assert len(received) == 2
+
+
+def test_transport_retries_once_on_a_reset_idle_connection() -> None:
+    import struct
+    import time
+
+    import sentry_tracing_mw as stm
+
+    def handler(conn: socket.socket, received: list[bytes]) -> None:
+        received.append(read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(0.05)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with scripted(handler) as (port, received):
+        client = stm.init(
+            dsn=f"http://k@127.0.0.1:{port}/1",
+            traces_sample_rate=1.0,
+            instrument_http_clients=False,
+            send_client_reports=False,
+        )
+        for i in range(4):
+            with stm.start_transaction(f"t{i}"):
+                pass
+            assert stm.flush(5)
+            time.sleep(0.3)  # each send finds the previous connection reset
+        assert client.reports.snapshot() == {}
+        assert len(received) == 4
+        stm.close()
+
+
 @pytest.mark.parametrize(
     "response",
     [
