@@ -94,10 +94,12 @@ def parse_rate_limits(header: str) -> list[tuple[float, frozenset[str]]]:
         if not limit:
             continue
         fields = limit.split(":")
+        if len(fields) < 2:  # the grammar needs "retry_after:categories": not a limit
+            continue
         seconds = _parse_seconds(fields[0])
         if seconds is None:
             continue
-        raw = fields[1].strip() if len(fields) > 1 else ""
+        raw = fields[1].strip()
         if not raw:
             out.append((seconds, frozenset((ALL,))))
             continue

@@ -40,7 +40,10 @@ def test_empty_categories_mean_all() -> None:
 
 def test_minimal_and_extra_fields() -> None:
     assert limits("10:").is_limited("error", NOW + 5)
-    assert limits("10").is_limited("error", NOW + 5)
+    # no ":" at all is not a quota_limit (§14 grammar; sentry-sdk skips it too): a
+    # malformed header must not stop every category
+    assert not limits("10").is_limited("error", NOW + 5)
+    assert not limits("60, 10 ,abc").is_limited("transaction", NOW + 5)
     rl = limits("10:metric_bucket:organization:reason:custom;spans:extra:more")
     assert rl.is_limited("metric_bucket", NOW + 5)
     assert not rl.is_limited("error", NOW + 5)
