@@ -341,6 +341,22 @@ def test_settings_ignored_with_a_warning_after_init(
     assert "release" not in tx
 
 
+def test_handlers_built_from_the_same_settings_warn_nothing(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each Django handler (a test Client, the WSGI app and an ASGI app in one process)
+    # builds the middleware again from the same settings: nothing is ignored, no warning.
+    settings = {"SENTRY_DSN": sentry_server.dsn, "SENTRY_TRACES_SAMPLE_RATE": 1.0}
+    with override_settings(**settings), caplog.at_level(logging.WARNING, "sentry_tracing_mw"):
+        for _ in range(3):
+            assert _client().get("/users/5/").status_code == 200
+    assert not [r for r in caplog.records if "already called" in r.getMessage()]
+    with override_settings(**settings, SENTRY_RELEASE="other"):
+        with caplog.at_level(logging.WARNING, "sentry_tracing_mw"):
+            _client().get("/users/5/")
+    assert any("ignoring options" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "named"),
     [

@@ -34,6 +34,7 @@ _MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_meth
 _STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
 _SERVER_OPS = frozenset({"http.server", "websocket.server"})
 _init_lock = threading.Lock()
+_auto_init: tuple[Client, dict[str, Any]] | None = None  # the client ensure_client made
 
 
 class MiddlewareConfig:
@@ -100,17 +101,31 @@ def split_options(options: Mapping[str, Any]) -> tuple[MiddlewareConfig, dict[st
 
 
 def ensure_client(init_options: Mapping[str, Any], where: str) -> None:
-    """Call ``init()`` with these options unless it was called already (then warn if any)."""
+    """Call ``init()`` with these options unless it was called already (then warn if any,
+    unless they are the very options that client was made with: a second middleware or
+    Django handler built from the same settings ignores nothing)."""
+    global _auto_init
     with _init_lock:
         if is_initialized():
-            if init_options:
+            if init_options and not (
+                _auto_init is not None
+                and _auto_init[0] is get_client()
+                and _same_options(_auto_init[1], init_options)
+            ):
                 logger.warning(
                     "%s: init() was already called; ignoring options %s",
                     where,
                     ", ".join(sorted(init_options)),
                 )
             return
-        init(**init_options)
+        _auto_init = (init(**init_options), dict(init_options))
+
+
+def _same_options(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    try:
+        return a.keys() == b.keys() and all(a[k] is b[k] or a[k] == b[k] for k in a)
+    except Exception:  # values that refuse comparison
+        return False
 
 
 def active_request_transaction() -> Transaction | None:
