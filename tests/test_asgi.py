@@ -214,6 +214,21 @@ def test_exception_linked_and_reraised_unchanged(sentry_server: SentryServer) ->
     assert exc["mechanism"]["handled"] is False
 
 
+def test_untraced_method_still_reports_errors_ignored_path_does_not(
+    sentry_server: SentryServer,
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with pytest.raises(KeyError):  # OPTIONS is not traced by default: its error is reported
+        asyncio.run(call(TracingMiddleware(raw_asgi_app), method="OPTIONS", path="/error"))
+    with pytest.raises(KeyError):  # an ignored path: nothing at all
+        asyncio.run(call(TracingMiddleware(raw_asgi_app, ignore_paths=["/error"]), path="/error"))
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    assert stm.flush(1) and sentry_server.transactions() == []
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "KeyError"
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "asgi", "handled": False}
+
+
 def test_ignore_paths_and_untraced_methods_get_own_trace(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     seen: list[str] = []

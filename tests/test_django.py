@@ -382,6 +382,23 @@ def test_ignore_paths_none_means_none_ignored(sentry_server: SentryServer) -> No
     assert tx["transaction"] == "/health/"
 
 
+def test_untraced_method_still_reports_errors_ignored_path_does_not(
+    sentry_server: SentryServer,
+) -> None:
+    init_traced(sentry_server)
+    assert _client().head("/error/").status_code == 500  # HEAD: not traced, still an error
+    assert _client().options("/error/").status_code == 500
+    with override_settings(SENTRY_IGNORE_PATHS=["/error/"]):
+        assert _client().get("/error/").status_code == 500  # ignored: nothing
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    assert stm.flush(1) and sentry_server.transactions() == []
+    events = sentry_server.events()
+    assert len(events) == 2
+    for event in events:
+        assert event["exception"]["values"][-1]["value"] == "boom from a view"
+        assert event["exception"]["values"][-1]["mechanism"]["type"] == "django"
+
+
 # -- request data -------------------------------------------------------------------------
 
 _SECRET_HEADERS = {

@@ -200,6 +200,23 @@ def test_propagated_exception_is_reraised_and_captured_once(sentry_server: Sentr
     assert tx["contexts"]["trace"]["status"] == "internal_error"
 
 
+def test_untraced_method_still_reports_errors_ignored_path_does_not(
+    sentry_server: SentryServer,
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app = create_app()
+    app.config["SENTRY_IGNORE_PATHS"] = ["/boom"]
+    FlaskTracing(app)
+    other = create_app()
+    FlaskTracing(other)
+    assert app.test_client().get("/boom").status_code == 500  # ignored: nothing
+    assert other.test_client().head("/boom").status_code == 500  # untraced: reported
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    assert stm.flush(1) and sentry_server.transactions() == []
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "flask", "handled": False}
+
+
 def test_abort_is_not_an_error_event(sentry_server: SentryServer) -> None:
     traced_app(sentry_server).test_client().get("/forbidden", buffered=True)
     (tx,) = sent(sentry_server, 1)

@@ -302,6 +302,28 @@ def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: Sent
     assert event["transaction"] == "/boom"
 
 
+def test_untraced_method_still_reports_errors_ignored_path_does_not(
+    sentry_server: SentryServer,
+) -> None:
+    # HEAD is not traced by default, but its errors are still errors (sentry-sdk reports
+    # them too); an ignored path is left alone entirely.
+    init_traced(sentry_server)
+
+    def app_raises(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise KeyError(environ["PATH_INFO"])
+
+    app = TracingMiddleware(app_raises, ignore_paths=["/health"])
+    for method, path in (("HEAD", "/boom"), ("GET", "/health")):
+        with pytest.raises(KeyError):
+            app(_environ(path, method=method), lambda s, h, e=None: None)
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    assert stm.flush(1) and sentry_server.transactions() == []
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["value"] == "'/boom'"
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "wsgi", "handled": False}
+    assert "transaction" not in event
+
+
 def test_exception_mid_stream(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     app = TracingMiddleware(plain_app)

@@ -299,12 +299,8 @@ class TracingMiddleware:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
             await self.app(scope, receive, send)
             return
-        if tx is None:
-            token = PROPAGATION_CONTEXT.set(ctx)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                PROPAGATION_CONTEXT.reset(token)
+        if tx is None:  # a method that is not traced: propagation and errors only
+            await self._untraced(scope, receive, send, ctx, client)
             return
         try:
             inner = self.app_scope(scope, tx, method)
@@ -335,6 +331,32 @@ class TracingMiddleware:
         finally:
             CURRENT_SPAN.reset(span_token)
             tx.finish()
+
+    async def _untraced(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
+    ) -> None:
+        send_failed = False
+
+        async def untraced_send(message: Message) -> None:
+            nonlocal send_failed
+            try:
+                await send(message)
+            except OSError:  # the client went away: not an application error
+                send_failed = True
+                raise
+
+        token = PROPAGATION_CONTEXT.set(ctx)
+        try:
+            await self.app(scope, receive, untraced_send)
+        except Exception as exc:
+            if not send_failed:
+                try:
+                    client.capture_exception(exc, mechanism="asgi", handled=False)
+                except Exception:
+                    logger.exception("sentry_tracing_mw: capturing an exception failed")
+            raise
+        finally:
+            PROPAGATION_CONTEXT.reset(token)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         flushed = False

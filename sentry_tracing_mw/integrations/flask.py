@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - a Flask without it: the proxy
 
 from .._api import trace_meta_tags
 from .._client import get_client
+from .._context import PROPAGATION_CONTEXT
 from .._options import _OPTION_NAMES
 from ._common import _MIDDLEWARE_OPTIONS, active_request_transaction, split_options
 from .wsgi import COMPLETE_BODY_KEY, ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
@@ -145,6 +146,8 @@ class FlaskTracingMiddleware(TracingMiddleware):
         """Capture an exception Flask turns into a 500 response (once)."""
         try:
             tx = request.environ.get(ENVIRON_KEY) or active_request_transaction()
+            if tx is None and PROPAGATION_CONTEXT.get() is None:
+                return  # an ignored path: no tracing, no error events (as every integration)
             get_client().capture_exception(exception, span=tx, mechanism="flask", handled=False)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")

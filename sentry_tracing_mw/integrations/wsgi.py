@@ -217,6 +217,14 @@ def _finish_on_close(result: Any, tx: Transaction) -> Any:
     return result
 
 
+def _capture_untraced(exc: Exception) -> None:
+    """Report an exception from a request whose method is not traced (never raises)."""
+    try:
+        get_client().capture_exception(exc, mechanism="wsgi", handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: capturing an exception failed")
+
+
 class TracingMiddleware:
     """Trace every request of a WSGI app (``app = TracingMiddleware(app, **options)``).
 
@@ -295,6 +303,10 @@ class TracingMiddleware:
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
             return self.app(environ, start_response)
+        except Exception as exc:
+            if ctx is not None:  # an untraced method, not an ignored path: still an error
+                _capture_untraced(exc)
+            raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
 

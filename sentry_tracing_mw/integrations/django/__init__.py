@@ -437,6 +437,11 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
         state = None if request is None else request.__dict__.get(_STATE_ATTR)
         tx = state.tx if state is not None else active_request_transaction()
         if tx is None:
+            # A method that is not traced still reports its errors (its trace context is
+            # current); an ignored path (no context) reports nothing.
+            exc = sys.exc_info()[1]
+            if isinstance(exc, Exception) and PROPAGATION_CONTEXT.get() is not None:
+                get_client().capture_exception(exc, mechanism="django", handled=False)
             return
         exc = sys.exc_info()[1]
         if exc is None and state is not None:
