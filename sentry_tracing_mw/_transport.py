@@ -545,7 +545,8 @@ class Transport:
             return
         try:
             item = ({"type": "client_report"}, dumps(report))
-            body = gzip_compress(serialize_envelope({}, [item]))
+            # sent_at is recommended on every envelope (§4); no event, so no DSC
+            body = gzip_compress(serialize_envelope({"sent_at": _sent_at()}, [item]))
         except Exception:  # pragma: no cover - plain dict of str/int
             logger.exception("sentry_tracing_mw: serializing a client report failed")
             return

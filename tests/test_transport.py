@@ -196,7 +196,8 @@ def test_down_then_reported_exactly_once(
     assert sentry_server.wait_for(1)
     assert sentry_server.client_reports() == expected
     env = sentry_server.envelopes()[0]
-    assert env.headers == {} and [it.type for it in env.items] == ["client_report"]
+    assert list(env.headers) == ["sent_at"] and env.headers["sent_at"].endswith("Z")
+    assert [it.type for it in env.items] == ["client_report"]
     assert t.flush(5)
     t.submit(tx_pending())
     assert t.flush(5)
