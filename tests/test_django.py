@@ -54,6 +54,7 @@ NAME_TABLE = [
     ("/opt[1]/", "/opt[1]/"),
     ("/star*/", "/star*/"),
     ("/mixed/12/a+b/3/", "/mixed/{v}/a+b/{n}/"),
+    ("/twice/4/4/", "/twice/{a}/{var}/"),
 ]
 # Routes sentry-sdk names wrongly (so no parity is expected): it drops the trailing slash
 # after an optional group, caches names per pattern object (an include() list used under two

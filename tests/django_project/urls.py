@@ -54,6 +54,7 @@ urlpatterns = [
     path("opt[1]/", views.ok),
     path("star*/", views.ok),
     re_path(r"^mixed/(?P<v>[0-9]+)/", include([path("a+b/<int:n>/", views.ok)])),
+    re_path(r"^twice/(?P<a>[0-9]+)/(?P=a)/$", views.ok),
 ]
 
 urlpatterns += i18n_patterns(path("shop/<slug:slug>/", views.ok))

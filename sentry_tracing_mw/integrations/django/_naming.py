@@ -123,7 +123,9 @@ def _convert(text: str) -> str:
                 elif inner.startswith("?:"):
                     body = inner[2:]
                     out.append("{var}" if _has_top_level_alternation(body) else _convert(body))
-                # lookarounds, flags, comments, back-references: nothing in the path
+                elif inner.startswith("?P="):
+                    out.append("{var}")  # a back-reference matches a path segment again
+                # lookarounds, flags, comments: nothing in the path
             else:
                 out.append("{var}")
         elif c == "[":
