@@ -65,7 +65,7 @@ class _TraceHeadersGetter:
         if type(carrier) is _TracePick:
             value = carrier.get(_RAW_NAMES[key])
             return None if value is None else value.decode("latin-1")
-        return carrier.get(key)  # type: ignore[no-any-return]
+        return carrier.get(key)
 
 
 _GETTER = _TraceHeadersGetter()
