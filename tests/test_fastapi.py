@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import WebSocket  # module level: FastAPI resolves the annotations here
 from flask import Flask
 
 import sentry_tracing_mw as stm
@@ -102,6 +103,40 @@ def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
         assert ws.receive_text() == "echo:a"
     tx = transactions_by_name(sentry_server, 1)["/ws"]
     assert tx["contexts"]["trace"]["op"] == "websocket.server"
+
+
+def test_traces_sampler_gets_the_route_of_router_websockets(sentry_server: SentryServer) -> None:
+    from fastapi import APIRouter, FastAPI
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    seen: list[tuple[str, Any]] = []
+
+    def sampler(ctx: Any) -> float:
+        seen.append((ctx["asgi_scope"]["type"], ctx.get("route")))
+        return 1.0
+
+    stm.init(dsn=sentry_server.dsn, traces_sampler=sampler)
+    app = FastAPI()
+    router = APIRouter(prefix="/chat")
+
+    @router.websocket("/rooms/{room}")
+    async def room(websocket: WebSocket, room: str) -> None:
+        await websocket.accept()
+        await websocket.send_text(room)
+        await websocket.close()
+
+    @router.get("/rooms/{room}")
+    async def room_http(room: str) -> str:
+        return room
+
+    app.include_router(router)
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app) as c:
+        assert c.get("/chat/rooms/1").status_code == 200
+        with c.websocket_connect("/chat/rooms/1") as ws:
+            assert ws.receive_text() == "1"
+    assert seen == [("http", "/chat/rooms/{room}"), ("websocket", "/chat/rooms/{room}")]
 
 
 def _flask() -> Flask:

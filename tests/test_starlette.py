@@ -210,7 +210,7 @@ def test_repeated_request_headers_are_merged(sentry_server: SentryServer) -> Non
     assert tx["request"]["headers"]["Accept"] == "text/html"
 
 
-def test_websocket_turned_away_before_routing_is_not_a_404(sentry_server: SentryServer) -> None:
+def test_websocket_turned_away_before_routing_is_a_403(sentry_server: SentryServer) -> None:
     # A middleware (auth, rate limits) closing the handshake before the router ran: the
     # router found nothing because it never looked, so this is not "GET 404".
     from starlette.applications import Starlette
@@ -241,8 +241,11 @@ def test_websocket_turned_away_before_routing_is_not_a_404(sentry_server: Sentry
         with pytest.raises(WebSocketDisconnect), c.websocket_connect("/ws/room1") as sock:
             sock.receive_text()
     (tx,) = flushed_transactions(sentry_server, 1)
-    assert tx["transaction"] != "GET 404"
-    assert tx["contexts"]["trace"]["status"] != "not_found"
+    # the server answers the handshake 403: named like a request turned away with 403,
+    # never after the raw path (one name per room)
+    assert tx["transaction"] == "GET 403"
+    assert tx["transaction_info"] == {"source": "route"}
+    assert tx["contexts"]["trace"]["status"] == "permission_denied"
 
 
 def test_unmatched_websocket_is_named_like_an_unmatched_request(

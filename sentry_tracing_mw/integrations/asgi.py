@@ -463,12 +463,16 @@ class TracingMiddleware:
                     tx._status = "ok"
             elif kind == "websocket.close":
                 if tx._status is None and tx._source == "url" and self.name_unmatched:
-                    # Closed before accept while no route named it: if the router ran,
-                    # it found none (the handshake is a GET): "GET 404", not the raw path.
+                    # Closed before accept while no route named it (the handshake is a GET
+                    # the server answers 403): if the router ran, it found no route
+                    # ("GET 404"); else a middleware turned it away ("GET 403").
                     try:
                         if self.routed(inner):
                             name_on_response(tx, inner, method, 404)
                             tx._status = "not_found"
+                        else:
+                            name_on_response(tx, inner, method, 403)
+                            tx._status = "permission_denied"
                     except Exception:
                         logger.debug("naming an unmatched websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:

@@ -362,8 +362,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
             sub = getattr(found, "effective_route_contexts", None)  # FastAPI included router
             if sub is not None:
                 for ctx in sub():
-                    if ctx.matches(probe)[0] is Match.FULL and isinstance(ctx.path, str):
-                        return prefix + str(ctx.path)
+                    if ctx.matches(probe)[0] is Match.FULL:
+                        # a websocket route's context has no path: its route has the whole
+                        path = ctx.path or getattr(ctx.starlette_route, "path", None)
+                        return prefix + path if isinstance(path, str) and path else None
             return None
         return None
 
