@@ -229,7 +229,9 @@ def _inflate(data: bytes, wbits: int, max_size: int, name: str) -> bytes:
 
 
 def decode_body(data: bytes, content_encoding: str | None, max_size: int) -> bytes:
-    """Undo ``Content-Encoding`` (gzip, deflate as zlib or raw, identity) within ``max_size``."""
+    """Undo ``Content-Encoding`` (gzip, deflate as zlib or raw, br, identity) within
+    ``max_size``. ``br`` needs the ``brotli`` module (the ``collector`` extra has it):
+    sentry-sdk sends ``br`` whenever it can import ``brotli``."""
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     body = bytes(data)
     for coding in reversed(codings):
@@ -245,11 +247,46 @@ def decode_body(data: bytes, content_encoding: str | None, max_size: int) -> byt
                 if "exceeds" in str(exc):
                     raise
                 body = _inflate(body, -15, max_size, "deflate")
+        elif coding == "br":
+            body = _unbrotli(body, max_size)
         else:
             raise EnvelopeError(f"unsupported Content-Encoding {coding!r}")
     if len(body) > max_size:
         raise EnvelopeError(f"body exceeds the limit of {max_size} bytes")
     return body
+
+
+_BROTLI_STEP = 1 << 16
+
+
+def _unbrotli(data: bytes, max_size: int) -> bytes:
+    """Brotli-decode ``data``, never holding more than ``max_size`` bytes of output."""
+    try:
+        import brotli
+    except ImportError:
+        raise EnvelopeError("unsupported Content-Encoding 'br' (the brotli module is missing)")
+    decoder = brotli.Decompressor()
+    if not hasattr(decoder, "can_accept_more_data"):  # brotli < 1.2: no output bound
+        raise EnvelopeError("unsupported Content-Encoding 'br' (needs brotli >= 1.2)")
+    out: list[bytes] = []
+    total = 0
+    try:
+        chunk = decoder.process(data, output_buffer_limit=_BROTLI_STEP)
+        while True:
+            total += len(chunk)
+            if total > max_size:
+                raise EnvelopeError(f"body exceeds the limit of {max_size} bytes")
+            out.append(chunk)
+            if decoder.is_finished():
+                break
+            if decoder.can_accept_more_data():  # all input used, stream not complete
+                raise EnvelopeError("invalid br body: truncated")
+            chunk = decoder.process(b"", output_buffer_limit=_BROTLI_STEP)
+            if not chunk and not decoder.is_finished() and not decoder.can_accept_more_data():
+                raise EnvelopeError("invalid br body: no progress")
+    except brotli.error as exc:
+        raise EnvelopeError(f"invalid br body: {exc}")
+    return b"".join(out)
 
 
 def gzip_compress(data: bytes, level: int = 3) -> bytes:

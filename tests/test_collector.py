@@ -137,6 +137,10 @@ def post(
         body = gzip_compress(body)
     elif encoding == "deflate":
         body = zlib.compress(body)
+    elif encoding == "br":
+        import brotli
+
+        body = brotli.compress(body)
     if encoding:
         h["Content-Encoding"] = encoding
     h.update(headers or {})
@@ -388,6 +392,7 @@ def test_envelope_forms_and_key_check(collector: Collector) -> None:
         [
             ("gzip", {}),
             ("deflate", {}),
+            ("br", {}),  # sentry-sdk's choice whenever it can import brotli
             (None, {}),
             (None, {"key": "", "query": "?sentry_key=public&sentry_version=7"}),
         ]

@@ -150,7 +150,8 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
     ("gzip with trailing garbage", gzip_compress(GOOD) + b"XXXX", "gzip", 400, "gzip body"),
     ("gzip bomb", _gzip_bomb(), "gzip", 413, "exceeds"),
     ("deflate garbage", b"\x78\x9c garbage", "deflate", 400, "deflate"),
-    ("unsupported encoding", GOOD, "br", 415, "Content-Encoding"),
+    ("unsupported encoding", GOOD, "zstd", 415, "Content-Encoding"),
+    ("br garbage", b"not brotli at all", "br", 400, "invalid br"),
     ("unknown encoding", GOOD, "rot13", 415, "Content-Encoding"),
     ("empty body", b"", None, 400, "empty"),
     ("empty gzip body", gzip_compress(b""), "gzip", 400, "empty"),
@@ -372,6 +373,59 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         400,
         "dsn",
     ),
+    (
+        "dsn header for another project",
+        serialize_envelope(
+            {"dsn": "http://public@127.0.0.1:1/7"}, [({"type": "transaction"}, _body)]
+        ),
+        None,
+        403,
+        "project '7'",
+    ),
+    # JSON that is valid syntax but no value a store can hold (they used to give 500s or a
+    # stored row that broke the trace's viewer pages for good)
+    (
+        "lone surrogate in a tag value",
+        _tx_envelope(dict(_tx, tags={"path": "@@"}), nested='"\\ud800"'),
+        None,
+        400,
+        "surrogate",
+    ),
+    (
+        "lone surrogate in the transaction name",
+        _tx_envelope(dict(_tx, transaction="@@"), nested='"a\\udc00b"'),
+        None,
+        400,
+        "surrogate",
+    ),
+    (
+        "start_timestamp beyond any float",
+        _tx_envelope(dict(_tx, start_timestamp="@@"), nested="1" + "0" * 400),
+        None,
+        400,
+        "start_timestamp",
+    ),
+    (
+        "span start beyond any float",
+        _tx_envelope(_with_span(start_timestamp="@@"), nested="1" + "0" * 400),
+        None,
+        400,
+        "start_timestamp",
+    ),
+    (
+        "client report quantity beyond any count",
+        envelope(
+            transaction(5),
+            (
+                {"type": "client_report"},
+                b'{"discarded_events":[{"reason":"x","category":"error","quantity":'
+                + b"1" + b"0" * 30 + b"}]}",
+            ),
+        ),
+        None,
+        400,
+        "quantity",
+    ),
 ]
 
 
@@ -388,6 +442,45 @@ def test_malformed_bodies_are_rejected_and_change_nothing(
     assert message.lower() in detail.lower(), detail
     assert collector.store.counts() == before
     assert_still_serving(collector)
+
+
+def test_escaped_surrogate_pairs_are_text(collector: Collector) -> None:
+    # sentry-sdk dumps with ensure_ascii: an emoji arrives as a surrogate-pair escape
+    payload = transaction(40)
+    body = json.dumps(dict(payload, transaction="@@")).replace('"@@"', '"cart \\ud83d\\uded2"')
+    res = send(collector, serialize_envelope({}, [({"type": "transaction"}, body.encode())]), None)
+    assert res.status_code == 200, res.text
+    view = httpx.get(f"{collector.url}/api/ui/transaction/{payload['event_id']}", timeout=10)
+    assert view.status_code == 200 and "cart \U0001f6d2" in view.text
+
+
+@pytest.mark.parametrize("limit", ["inf", "nan", "1e309", "-inf", "1e300"])
+def test_list_parameters_must_be_finite(collector: Collector, limit: str) -> None:
+    res = httpx.get(f"{collector.url}/api/ui/transactions", params={"limit": limit}, timeout=10)
+    assert res.status_code == 400 and "finite" in res.json()["detail"]
+    assert_still_serving(collector)
+
+
+def test_event_ids_the_first_one_stays(collector: Collector) -> None:
+    # Sentry deduplicates by event id and keeps the first event: a reused id must not
+    # replace (and so erase) another trace's transaction.
+    first, second = transaction(41), transaction(42)
+    second["event_id"] = first["event_id"]
+    assert send(collector, envelope(first), None).status_code == 200
+    res = send(collector, envelope(second), None)
+    assert res.status_code == 200 and res.json()["stored"]["transactions"] == 0
+    unit = collector.store.unit(first["event_id"])
+    assert unit is not None and unit["trace_id"] == first["contexts"]["trace"]["trace_id"]
+    # the envelope header's event_id wins over the payload's (protocol §4)
+    third = transaction(43)
+    header_id = os.urandom(16).hex()
+    body = serialize_envelope(
+        {"event_id": header_id}, [({"type": "transaction"}, json.dumps(third).encode())]
+    )
+    res = send(collector, body, None)
+    assert res.status_code == 200 and res.json()["id"] == header_id
+    assert collector.store.unit(header_id) is not None
+    assert collector.store.unit(third["event_id"]) is None
 
 
 def test_oversized_and_lying_bodies(collector: Collector) -> None:

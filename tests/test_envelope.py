@@ -232,6 +232,20 @@ def test_identity(encoding: str | None) -> None:
         decode_body(b"abcd", encoding, 3)
 
 
+def test_brotli_bounded_and_checked() -> None:
+    import brotli
+
+    data = b'{"event_id":"x"}\n{"type":"transaction"}\n{}\n'
+    assert decode_body(brotli.compress(data), "br", 10_000) == data
+    bomb = brotli.compress(b"\x00" * (64 * 1024 * 1024))  # a few hundred bytes
+    with pytest.raises(EnvelopeError, match="exceeds"):
+        decode_body(bomb, "br", 1_000_000)
+    with pytest.raises(EnvelopeError, match="invalid br"):
+        decode_body(brotli.compress(data)[:-3], "br", 10_000)
+    with pytest.raises(EnvelopeError, match="invalid br"):
+        decode_body(b"not brotli", "br", 10_000)
+
+
 def test_deflate_zlib_and_raw() -> None:
     data = b"hello world" * 50
     assert decode_body(zlib.compress(data), "deflate", 10_000) == data

@@ -1,6 +1,6 @@
 """The collector's HTTP side: a Starlette app served by uvicorn.
 
-``POST /api/<project_id>/envelope/`` takes Sentry envelopes (plain, gzip or deflate), checks
+``POST /api/<project_id>/envelope/`` takes Sentry envelopes (plain, gzip, deflate or br), checks
 the key, parses them with the package's own envelope parser and stores them; ``/`` serves the
 trace viewer and ``/api/ui/...`` its JSON.
 """
@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -115,18 +116,26 @@ def _auth_key(request: Request) -> str | None:
     return next(iter(keys)) if keys else None
 
 
-def _dsn_key(headers: dict[str, Any]) -> str | None:
+def _dsn_key(headers: dict[str, Any], project: str) -> str | None:
+    """The key of the envelope's ``dsn`` header; its project must be the URL's (§1: auth
+    forms that disagree on project or key are rejected)."""
     dsn = headers.get("dsn")
     if dsn is None:
         return None
     if not isinstance(dsn, str):
         raise _Reject(400, "envelope header 'dsn' is not a string")
     try:
-        user = urlsplit(dsn).username
+        parts = urlsplit(dsn)
+        user = parts.username
     except ValueError:
         user = None
     if not user:
         raise _Reject(400, f"envelope header 'dsn' has no public key: {dsn[:200]!r}")
+    dsn_project = parts.path.rstrip("/").rpartition("/")[2]
+    if dsn_project and dsn_project != project:
+        raise _Reject(
+            403, f"the envelope's dsn is for project {dsn_project[:64]!r}, not {project!r}"
+        )
     return user.partition(":")[0]
 
 
@@ -220,7 +229,7 @@ class _App:
 
     def _ingest(self, raw: bytes, encoding: str | None, project: str, key: str | None) -> Any:
         envelope = _decode_and_parse(raw, encoding)
-        dsn_key = _dsn_key(envelope.headers)
+        dsn_key = _dsn_key(envelope.headers, project)
         if key is not None and dsn_key is not None and key != dsn_key:
             raise _Reject(403, "the envelope's dsn key differs from the request's sentry_key")
         if key is None and dsn_key is None:
@@ -305,9 +314,12 @@ class _App:
         if value is None or value == "":
             return None
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            raise _Reject(400, f"{name} must be a number, not {value[:50]!r}")
+            number = math.nan
+        if not math.isfinite(number) or abs(number) > 1e15:
+            raise _Reject(400, f"{name} must be a finite number, not {value[:50]!r}")
+        return number
 
     async def _json(self, fn: Any, *args: Any, **kwargs: Any) -> Response:
         try:

@@ -159,12 +159,18 @@ _FRACTION = re.compile(r"\.(\d+)")
 # -- value helpers --------------------------------------------------------------------
 
 
+_MAX_QUANTITY = 2**53  # counts beyond this are not counts (and overflow SQLite's INTEGER)
+
+
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from a number or an RFC 3339 string (what SDKs send), else ``None``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float (e.g. 10**400)
+            return None
         return number if math.isfinite(number) else None
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
@@ -208,6 +214,19 @@ def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 def _check_depth(value: Any, where: str) -> None:
     if json_too_deep(value):
         raise EnvelopeError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _may_hold_surrogates(raw: bytes) -> bool:
+    return b"\\ud" in raw or b"\\uD" in raw
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse a lone surrogate escape (``"\\ud800"``): valid JSON syntax, but no text that
+    UTF-8 (SQLite, the viewer's responses) can carry; Relay refuses it too."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeError(f"{where}: a string holds a lone surrogate (not valid Unicode)")
 
 
 def _trace_id(value: Any) -> str | None:
@@ -431,10 +450,7 @@ def _prepare_transaction(
         raise EnvelopeError(f"{where}: missing contexts.trace")
     root = _span_from_event(trace, f"{where} contexts.trace", "", True)
     _timed(root, payload, where)
-    event_id = payload.get("event_id") or env_headers.get("event_id")
-    if not isinstance(event_id, str) or not _HEX32.fullmatch(event_id.replace("-", "").lower()):
-        raise EnvelopeError(f"{where}: missing or invalid event_id")
-    event_id = event_id.replace("-", "").lower()
+    event_id = _event_id(payload, env_headers, where)
     raw_spans = payload.get("spans") or []
     if not isinstance(raw_spans, list):
         raise EnvelopeError(f"{where}: 'spans' is not a list")
@@ -529,11 +545,14 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
     )
     headers = envelope.headers
     _check_depth(headers, "envelope header")
+    _check_text(headers, "envelope header")
     for index, item in enumerate(envelope.items):
         kind = item.type
         where = f"item {index} ({kind})"
         decoded = item.json() if kind in _DECODED_TYPES else None
         _check_depth(decoded, where)
+        if decoded is not None and _may_hold_surrogates(item.payload):
+            _check_text(decoded, where)
         if kind == "transaction":
             payload = _load_object(decoded, where)
             out.transactions.append(_prepare_transaction(payload, where, headers, project))
@@ -561,10 +580,17 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
     return out
 
 
-def _prepare_error(payload: dict[str, Any], where: str, headers: dict[str, Any]) -> _Error:
-    event_id = payload.get("event_id") or headers.get("event_id")
+def _event_id(payload: dict[str, Any], headers: dict[str, Any], where: str) -> str:
+    """The item's event id: the envelope header's when it has one (§4: it wins over the
+    payload's), else the payload's; 32 lowercase hex characters."""
+    event_id = headers.get("event_id") or payload.get("event_id")
     if not isinstance(event_id, str) or not _HEX32.fullmatch(event_id.replace("-", "").lower()):
         raise EnvelopeError(f"{where}: missing or invalid event_id")
+    return event_id.replace("-", "").lower()
+
+
+def _prepare_error(payload: dict[str, Any], where: str, headers: dict[str, Any]) -> _Error:
+    event_id = _event_id(payload, headers, where)
     contexts = payload.get("contexts")
     trace = contexts.get("trace") if isinstance(contexts, dict) else None
     trace = trace if isinstance(trace, dict) else {}
@@ -583,7 +609,7 @@ def _prepare_error(payload: dict[str, Any], where: str, headers: dict[str, Any])
     name = payload.get("transaction")
     level = payload.get("level")
     return _Error(
-        event_id=event_id.replace("-", "").lower(),
+        event_id=event_id,
         trace_id=_trace_id(trace.get("trace_id")),
         span_id=_span_id(trace.get("span_id")),
         transaction=name[:200] if isinstance(name, str) else None,
@@ -608,7 +634,7 @@ def _prepare_report(payload: dict[str, Any], where: str) -> list[_Report]:
         reason, category, qty = entry.get("reason"), entry.get("category"), entry.get("quantity")
         if not isinstance(reason, str) or not isinstance(category, str):
             raise EnvelopeError(f"{where}: discarded_events[{i}] needs reason and category")
-        if isinstance(qty, bool) or not isinstance(qty, int) or qty < 0:
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= _MAX_QUANTITY:
             raise EnvelopeError(f"{where}: discarded_events[{i}] has an invalid quantity")
         out.append(_Report(ts, reason[:64], category[:64], qty))
     return out
@@ -712,15 +738,15 @@ class Store:
             env_id = int(cur.lastrowid or 0)
             result = IngestResult(env_id, ignored=list(prepared.ignored))
             for tx in prepared.transactions:
-                self._write_transaction(db, tx, prepared.project, now, env_id)
-                result.transactions += 1
-                result.spans += len(tx.spans) + 1
+                if self._write_transaction(db, tx, prepared.project, now, env_id):
+                    result.transactions += 1
+                    result.spans += len(tx.spans) + 1
             for segment in prepared.segments.values():
                 self._write_segment(db, segment, prepared.project, now, env_id)
                 result.spans += len(segment.spans)
             for err in prepared.errors:
-                db.execute(
-                    "INSERT OR REPLACE INTO errors(event_id, trace_id, span_id, "
+                cur = db.execute(  # the first event with an id is kept, as Sentry does
+                    "INSERT OR IGNORE INTO errors(event_id, trace_id, span_id, "
                     "transaction_name, level, title, timestamp, received, project, event) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -736,7 +762,7 @@ class Store:
                         _json(err.event),
                     ),
                 )
-                result.errors += 1
+                result.errors += cur.rowcount > 0
             for rep in prepared.reports:
                 db.execute(
                     "INSERT INTO client_reports(received, timestamp, project, reason, "
@@ -775,8 +801,15 @@ class Store:
 
     def _write_transaction(
         self, db: sqlite3.Connection, tx: _Transaction, project: str, now: float, env_id: int
-    ) -> None:
+    ) -> bool:
+        """Store ``tx``; False when a transaction with its event id is stored already (the
+        first one is kept, as Sentry deduplicates by event id: a resend changes nothing and
+        a reused id cannot replace another trace's transaction)."""
         root = tx.root
+        if db.execute(
+            "SELECT 1 FROM units WHERE id = ? AND kind = 'transaction'", (tx.event_id,)
+        ).fetchone():
+            return False
         db.execute("DELETE FROM spans WHERE unit_id = ?", (tx.event_id,))
         db.execute(
             "INSERT OR REPLACE INTO units(id, kind, trace_id, span_id, parent_span_id, name, op, "
@@ -804,6 +837,7 @@ class Store:
             ),
         )
         self._insert_spans(db, tx.event_id, [root, *tx.spans])
+        return True
 
     def _write_segment(
         self, db: sqlite3.Connection, seg: _Segment, project: str, now: float, env_id: int
