@@ -719,3 +719,91 @@ def test_rows_stored_by_older_versions_never_break_the_viewer_or_show(tmp_path: 
     out = io.StringIO()
     show(db, traces[1], out)
     assert "9999-12-31 23:59:59 UTC" in out.getvalue()  # clamped to the latest time shown
+
+
+def _auth_head(length: int) -> bytes:
+    return (
+        b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\n"
+        b"X-Sentry-Auth: Sentry sentry_version=7, sentry_key=public\r\n"
+        b"Content-Length: %d\r\n\r\n" % length
+    )
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bytes:
+    """What the server sent before closing ``sock`` (fails if it is still open)."""
+    sock.settimeout(within)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"still open after {within} s; got {data[:200]!r}")
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_slow_clients_are_cut_off(collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slowloris: a head or body trickling in would hold its connection forever (1,000 of
+    them locked everyone out with 503s); the server now drops them, and others are served."""
+    from sentry_tracing_mw.collector import server
+
+    monkeypatch.setattr(server, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "BODY_IDLE_TIMEOUT", 0.5)
+    heads = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", collector.port), timeout=5)
+        sock.sendall(b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\n")  # never finished
+        heads.append(sock)
+    body = socket.create_connection(("127.0.0.1", collector.port), timeout=5)
+    body.sendall(_auth_head(1000) + b"{}\n")  # 3 of 1000 bytes, then nothing
+    try:
+        assert_still_serving(collector)
+        for sock in heads:
+            assert _closed_by_server(sock, 5) == b""
+        answer = _closed_by_server(body, 5)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    finally:
+        for sock in [*heads, body]:
+            sock.close()
+    assert_still_serving(collector)
+
+
+def test_bodies_in_flight_share_one_memory_budget(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many concurrent large uploads: each may be under MAX_BODY, but together they are
+    held to one budget (503 with Retry-After beyond it), so memory stays bounded."""
+    from sentry_tracing_mw.collector import server
+
+    app_budget = None
+    for route in collector.app.routes:  # the one _App behind the envelope route
+        owner = getattr(getattr(route, "endpoint", None), "__self__", None)
+        if isinstance(getattr(owner, "budget", None), server._BodyBudget):
+            app_budget = owner.budget
+    assert app_budget is not None
+    monkeypatch.setattr(app_budget, "limit", 1_000_000)
+    size = 400_000
+    socks = []
+    try:
+        for _ in range(2):  # 800 KB held: within the budget
+            sock = socket.create_connection(("127.0.0.1", collector.port), timeout=5)
+            sock.sendall(_auth_head(size) + b"x" * (size - 1))
+            socks.append(sock)
+        deadline = time.monotonic() + 5
+        while app_budget.held < 2 * (size - 1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app_budget.held >= 2 * (size - 1)
+        third = socket.create_connection(("127.0.0.1", collector.port), timeout=5)
+        socks.append(third)
+        third.sendall(_auth_head(size) + b"x" * (size - 1))
+        answer = third.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 5" in answer.lower()
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while app_budget.held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app_budget.held == 0  # given back when the uploads ended
+    assert_still_serving(collector)

@@ -48,6 +48,14 @@ MAX_BODY = 20 * 1024 * 1024
 #: Largest accepted envelope or item header line (bytes of JSON).
 MAX_HEADER = 64 * 1024
 
+#: Seconds a connection may take to send a complete request head (slow clients are closed).
+HEAD_TIMEOUT = 10.0
+#: Seconds a body may pause between two chunks, and take in all.
+BODY_IDLE_TIMEOUT = 15.0
+BODY_TIMEOUT = 60.0
+#: Bytes of request bodies held at once across all connections; more is answered 503.
+MAX_BODIES_IN_FLIGHT = 3 * MAX_BODY
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _CORS = {
@@ -139,7 +147,23 @@ def _dsn_key(headers: dict[str, Any], project: str) -> str | None:
     return user.partition(":")[0]
 
 
-async def _read_body(request: Request) -> bytes:
+class _BodyBudget:
+    """Bytes of request bodies held by all connections together (one event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise _Reject(
+                503, "too many bodies being uploaded at once; retry later", {"Retry-After": "5"}
+            )
+        self.held += n
+
+
+async def _read_body(request: Request, budget: _BodyBudget) -> bytes:
+    """The whole body within MAX_BODY, the shared budget and the body timeouts."""
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -150,12 +174,25 @@ async def _read_body(request: Request) -> bytes:
             raise _Reject(413, f"body of {declared} bytes exceeds the limit of {MAX_BODY} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > MAX_BODY:
-            raise _Reject(413, f"body exceeds the limit of {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    deadline = time.monotonic() + BODY_TIMEOUT
+    stream = request.stream().__aiter__()
+    try:
+        while True:
+            wait = min(BODY_IDLE_TIMEOUT, deadline - time.monotonic())
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.0))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise _Reject(408, "the body arrived too slowly")
+            total += len(chunk)
+            if total > MAX_BODY:
+                raise _Reject(413, f"body exceeds the limit of {MAX_BODY} bytes")
+            budget.take(len(chunk))
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        budget.held -= sum(map(len, chunks))
 
 
 def _decode_and_parse(raw: bytes, encoding: str | None) -> Envelope:
@@ -187,6 +224,43 @@ def _decode_and_parse(raw: bytes, encoding: str | None) -> Envelope:
     return envelope
 
 
+def _head_timeout_protocol() -> Any:
+    """uvicorn's h11 protocol, closing a connection whose request head is not complete
+    within HEAD_TIMEOUT (uvicorn has no such timeout: slow heads would hold connections
+    until ``limit_concurrency`` turns every other client away)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11Protocol(H11Protocol):
+        _stm_timer: asyncio.TimerHandle | None = None
+
+        def _stm_arm(self) -> None:
+            if self._stm_timer is not None:
+                self._stm_timer.cancel()
+            self._stm_timer = self.loop.call_later(HEAD_TIMEOUT, self._stm_expired)
+
+        def _stm_expired(self) -> None:
+            self._stm_timer = None
+            cycle = self.cycle
+            if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()  # no request head completed in time
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._stm_arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._stm_arm()  # the next request head (keep-alive) gets its own time
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._stm_timer is not None:
+                self._stm_timer.cancel()
+                self._stm_timer = None
+            super().connection_lost(exc)
+
+    return HeadTimeoutH11Protocol
+
+
 class _App:
     """Request handlers bound to one store, key and rate-limit set."""
 
@@ -196,6 +270,7 @@ class _App:
         self.rate_limits = tuple(rate_limits)
         #: responses by status code since start (accepted and rejected envelopes)
         self.responses: dict[int, int] = {}
+        self.budget = _BodyBudget(MAX_BODIES_IN_FLIGHT)
 
     # -- ingestion ----------------------------------------------------------------------
 
@@ -265,7 +340,7 @@ class _App:
                 raise _Reject(404, f"invalid project id {project[:64]!r}")
             key = _auth_key(request)
             self._check_key(key)  # reject a wrong key before reading the body
-            raw = await _read_body(request)
+            raw = await _read_body(request, self.budget)
             event_id, result, headers = await run_in_threadpool(
                 self._ingest, raw, request.headers.get("content-encoding"), project, key
             )
@@ -480,6 +555,7 @@ class Collector:
             lifespan="off",
             timeout_graceful_shutdown=3,
             limit_concurrency=1000,
+            http=_head_timeout_protocol(),
         )
         return uvicorn.Server(config)
 
