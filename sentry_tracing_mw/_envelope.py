@@ -228,11 +228,16 @@ def _inflate(data: bytes, wbits: int, max_size: int, name: str) -> bytes:
             return b"".join(out)
 
 
+_MAX_CODINGS = 4
+
+
 def decode_body(data: bytes, content_encoding: str | None, max_size: int) -> bytes:
     """Undo ``Content-Encoding`` (gzip, deflate as zlib or raw, br, identity) within
     ``max_size``. ``br`` needs the ``brotli`` module (the ``collector`` extra has it):
     sentry-sdk sends ``br`` whenever it can import ``brotli``."""
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    if len(codings) > _MAX_CODINGS:  # each layer is a full pass over the body
+        raise EnvelopeError(f"more than {_MAX_CODINGS} stacked Content-Encodings")
     body = bytes(data)
     for coding in reversed(codings):
         if coding in ("identity", ""):

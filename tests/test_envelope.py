@@ -232,6 +232,18 @@ def test_identity(encoding: str | None) -> None:
         decode_body(b"abcd", encoding, 3)
 
 
+def test_stacked_encodings_are_bounded() -> None:
+    data = b'{"event_id":"x"}\n'
+    body = data
+    for _ in range(4):
+        body = gzip.compress(body)
+    assert decode_body(body, "gzip, gzip, gzip, gzip", 10_000) == data
+    with pytest.raises(EnvelopeError, match="stacked"):
+        decode_body(gzip.compress(body), ", ".join(["gzip"] * 5), 10_000)
+    with pytest.raises(EnvelopeError, match="stacked"):
+        decode_body(data, ", ".join(["identity"] * 2500), 10_000)
+
+
 def test_brotli_bounded_and_checked() -> None:
     import brotli
 
