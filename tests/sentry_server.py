@@ -366,8 +366,21 @@ class SentryServer:
         our checks, sentry-relay's normalizer and the shared validator (one batched run)."""
         self.check_parsed()
         with self._cond:
-            bodies = [r.raw for r in self.received if r.envelope is not None]
+            # gzip/deflate/identity as sent (the checks decode them, so our compression is
+            # checked too); a peer SDK's br body (sentry-sdk with brotli installed) decoded
+            bodies = [
+                r.body if _encoding(r) == "br" and r.body is not None else r.raw
+                for r in self.received
+                if r.envelope is not None
+            ]
         check_all(bodies)
+
+
+def _encoding(rec: Received) -> str:
+    for name, value in rec.headers.items():
+        if name.lower() == "content-encoding":
+            return value.strip().lower()
+    return ""
 
 
 def init_traced(server: SentryServer, **options: Any) -> None:
