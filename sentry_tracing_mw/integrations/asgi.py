@@ -501,7 +501,6 @@ class TracingMiddleware:
             return message
 
         token = CURRENT_SPAN.set(tx)
-        deferred = False  # the error response is recorded (and tx finished) outside us
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
@@ -512,7 +511,7 @@ class TracingMiddleware:
                 and isinstance(exc, Exception)
                 and scope.get("type") == "http"
             ):
-                deferred = self._unhandled_response(tx, scope, inner)
+                self._unhandled_response(tx, scope)
             raise
         finally:
             CURRENT_SPAN.reset(token)
@@ -523,26 +522,15 @@ class TracingMiddleware:
                     watcher.exception()  # retrieved: no "never retrieved" warning
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
-            if not deferred:
-                tx.finish()
+            tx.finish()
 
-    def _unhandled_response(self, tx: Transaction, scope: Scope, inner: Scope) -> bool:
+    def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
         """Record the response the server (or the framework's error middleware) sends for
-        an exception that left the app: status code, tag and response context. True when
-        a framework error handler outside us will record it and end the transaction."""
+        an exception that left the app: status code, tag and response context."""
         try:
-            code = self.unhandled_status(inner)
+            code = self.unhandled_status(scope)
             if code is not None:
                 tx.set_http_status(code)
                 tx._status = "internal_error"  # the exception's status, whatever the code
-                return False
-            return self.defer_error_response(tx, scope, inner)
         except Exception:
             logger.debug("recording the error response failed", exc_info=True)
-            return False
-
-    def defer_error_response(self, tx: Transaction, scope: Scope, inner: Scope) -> bool:
-        """An error response we cannot see (``unhandled_status`` None): a framework may
-        hand ``tx`` to the handler that builds it, which then records the status and ends
-        ``tx``; True if it did. Here: nothing to hand over."""
-        return False

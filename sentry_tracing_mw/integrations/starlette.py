@@ -18,7 +18,6 @@ A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -26,7 +25,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.background import BackgroundTask
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import Host, Match, Mount
 
 from .._client import get_client
@@ -42,7 +40,6 @@ logger = logging.getLogger("sentry_tracing_mw")
 _ORIGIN_STARLETTE = "auto.http.starlette"
 _ORIGIN_FASTAPI = "auto.http.fastapi"
 _HANDLERS_KEY = "starlette.exception_handlers"
-_ERROR_TX_KEY = "sentry_tracing_mw.error_response"  # a transaction the error handler ends
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
 _dict_setitem = dict.__setitem__
@@ -94,12 +91,11 @@ class _RoutingScope(dict[str, Any]):
     """The scope handed to the app: every change is written through to the server's
     scope, and routing writes name the request's transaction."""
 
-    __slots__ = ("_base", "_method", "_mw", "_named", "_owner", "_prefix", "_routes", "_tx")
+    __slots__ = ("_base", "_method", "_mw", "_named", "_prefix", "_routes", "_tx")
 
     def __init__(self, base: Scope, mw: TracingMiddleware, tx: Transaction, method: str) -> None:
         dict.__init__(self, base)
         self._base = base
-        self._owner = dict.get(self, "app")  # the app whose middleware stack holds us
         self._mw = mw
         self._tx = tx
         self._method = method
@@ -330,29 +326,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
     def unhandled_status(self, scope: Scope) -> int | None:
         """500, as Starlette's ``ServerErrorMiddleware`` answers, unless the app has its own
         500 / ``Exception`` handler (its response is sent outside this middleware)."""
-        handlers = getattr(_owner_app(scope), "exception_handlers", None)
+        handlers = getattr(scope.get("app"), "exception_handlers", None)
         if isinstance(handlers, Mapping) and (500 in handlers or Exception in handlers):
             return None
         return 500
-
-    def defer_error_response(self, tx: Transaction, scope: Scope, inner: Scope) -> bool:
-        """The app's 500 / ``Exception`` handler answers (in ``ServerErrorMiddleware``,
-        outside us): its wrapper records the status it returns and ends ``tx``; the request
-        task's end ends it too, should the handler never run."""
-        stack = getattr(_owner_app(inner), "middleware_stack", None)
-        if not isinstance(stack, ServerErrorMiddleware) or stack.debug or stack.handler is None:
-            return False
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            return False
-        if task is None:
-            return False
-        if not getattr(stack.handler, "_stm_recording", False):
-            stack.handler = _recording_error_handler(stack.handler)
-        scope[_ERROR_TX_KEY] = tx
-        task.add_done_callback(lambda _task: tx.finish())
-        return True
 
     def resolve_route(self, scope: Scope) -> str | None:
         """The route template for ``traces_sampler``: walks the routes with ``matches()``."""
@@ -466,57 +443,6 @@ class TracingMiddleware(asgi.TracingMiddleware):
         except Exception:
             logger.debug("wrapping the exception handlers failed", exc_info=True)
             return value
-
-
-def _owner_app(scope: Scope) -> Any:
-    """The app whose middleware stack holds the tracing middleware (a mounted sub-app may
-    have replaced ``scope["app"]`` since)."""
-    if isinstance(scope, _RoutingScope):
-        return scope._owner
-    return scope.get("app")
-
-
-def _record_error_response(conn: Any, response: Any) -> None:
-    """The app's error handler answered: record its status on the deferred transaction."""
-    try:
-        scope = getattr(conn, "scope", None)
-        tx = scope.pop(_ERROR_TX_KEY, None) if isinstance(scope, dict) else None
-        if tx is None:
-            return
-        code = getattr(response, "status_code", None)
-        if isinstance(code, int):
-            tx.set_http_status(code)
-            tx._status = "internal_error"  # the exception's status, whatever the code
-        tx.finish()
-    except Exception:
-        logger.debug("recording the error handler's response failed", exc_info=True)
-
-
-def _recording_error_handler(handler: Any) -> Any:
-    """Wrap ``ServerErrorMiddleware``'s handler (sync or async, as it was)."""
-    if _is_async(handler):
-
-        async def async_handler(conn: Any, exc: Exception) -> Any:
-            response = None
-            try:
-                response = await handler(conn, exc)
-                return response
-            finally:
-                _record_error_response(conn, response)
-
-        async_handler._stm_recording = True  # type: ignore[attr-defined]
-        return async_handler
-
-    def sync_handler(conn: Any, exc: Exception) -> Any:
-        response = None
-        try:
-            response = handler(conn, exc)
-            return response
-        finally:
-            _record_error_response(conn, response)
-
-    sync_handler._stm_recording = True  # type: ignore[attr-defined]
-    return sync_handler
 
 
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
