@@ -406,6 +406,15 @@ def test_unread_test_client_responses_are_sent_and_streams_wait_for_their_body(
     download.close()
     (tx,) = sent(sentry_server, 1)
     assert tx["transaction"] == "/download"
+    sentry_server.clear()
+
+    # 404, 405, abort() and routing redirects: Flask renders the HTTPException through
+    # force_type (a ClosingIterator body that looks streamed), complete all the same
+    for path, code in (("/nowhere", 404), ("/submit", 405), ("/forbidden", 403)):
+        assert client.get(path).status_code == code
+    names = by_name(sent(sentry_server, 3))
+    assert set(names) == {"GET 404", "GET 405", "/forbidden"}
+    assert names["/forbidden"]["contexts"]["trace"]["status"] == "permission_denied"
 
 
 def test_a_wsgi_app_wrapped_before_us_keeps_the_body_lifecycle(

@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask, got_request_exception, request
 from markupsafe import Markup
+from werkzeug.wsgi import ClosingIterator
 
 try:  # the request context's context variable: one lookup instead of the proxy's walk
     from flask.globals import _cv_request
@@ -164,6 +165,13 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     return preprocess_request
 
 
+def _http_exception_body(response: Any) -> bool:
+    """A 404/405/abort()/routing-redirect response: Flask turns the HTTPException (a WSGI
+    app) into a response through ``force_type``, whose body is a ``ClosingIterator`` over
+    the exception's rendered page; it looks streamed but is complete."""
+    return type(response.response) is ClosingIterator and response.status_code >= 300
+
+
 def _marking_process_response(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``app.process_response`` that marks a response that is not streamed (an instance
     attribute, like ``preprocess_request``): the transaction then ends when ``wsgi_app``
@@ -173,7 +181,7 @@ def _marking_process_response(original: Callable[[Any], Any]) -> Callable[[Any],
     def process_response(response: Any) -> Any:
         response = original(response)
         try:
-            if getattr(response, "is_streamed", True) is False:
+            if getattr(response, "is_streamed", True) is False or _http_exception_body(response):
                 if _cv_request is not None:
                     environ = _cv_request.get().request.environ
                 else:  # pragma: no cover - a Flask without it
