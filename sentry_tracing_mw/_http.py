@@ -10,6 +10,7 @@ read-to-close bodies. TLS is verified with the default context. Proxies go throu
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from collections.abc import Mapping
@@ -101,16 +102,21 @@ class HTTPConnection:
         before any response byte arrived, or reset, ``OSError`` for every other failure.
         The connection is closed after any failure.
         """
-        reused = self._sock is not None
-        sock = self._sock if self._sock is not None else self._connect()
+        sock = self._sock
+        if sock is not None and _dropped(sock):
+            self.close()  # closed or reset while idle (a proxy, a load balancer): reconnect
+            sock = None
+        reused = sock is not None
+        if sock is None:
+            sock = self._connect()
         try:
-            sock.sendall(b"".join((self._head, b"%d\r\n\r\n" % len(body), body)))
+            try:
+                sock.sendall(b"".join((self._head, b"%d\r\n\r\n" % len(body), body)))
+            except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+                if reused:  # refused before the request was whole: safe to send again
+                    raise StaleConnectionError(f"reused connection reset ({exc})") from exc
+                raise
             status, headers = self._read_response(reused)
-        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-            self.close()
-            if reused:  # an idle connection the server (or a proxy) reset: safe to retry
-                raise StaleConnectionError(f"reused connection reset ({exc})") from exc
-            raise
         except BaseException:
             self.close()
             raise
@@ -123,7 +129,12 @@ class HTTPConnection:
         assert reader is not None
         buffer = _Buffer(reader)
         while True:
-            line = buffer.line()
+            try:
+                line = buffer.line()
+            except (ConnectionResetError, ConnectionAbortedError) as exc:
+                if reused and not buffer.seen:  # reset before any response byte
+                    raise StaleConnectionError(f"reused connection reset ({exc})") from exc
+                raise
             if not line:
                 if reused:
                     raise StaleConnectionError("connection closed before the response")
@@ -192,19 +203,31 @@ class HTTPConnection:
         headers["connection"] = "close"
 
 
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket was closed or reset by the other side: it is
+    readable (EOF or an error) while no response is due (urllib3 checks the same way)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Buffer:
     """Line and byte reads over a raw socket reader (one response at a time)."""
 
-    __slots__ = ("_data", "_reader")
+    __slots__ = ("_data", "_reader", "seen")
 
     def __init__(self, reader: socket.SocketIO) -> None:
         self._reader = reader
         self._data = b""
+        self.seen = False  # any byte of the response arrived
 
     def _fill(self) -> bool:
         chunk = self._reader.read(65536)
         if not chunk:
             return False
+        self.seen = True
         self._data += chunk
         return True
 
