@@ -138,7 +138,7 @@ class _Bounded:
                 if self.budget <= 0:
                     break
                 self.budget -= 1
-                out[key if type(key) is not str else _clip_text(key)] = self.copy(item, depth + 1)
+                out[self.key(key)] = self.copy(item, depth + 1)
             return out
         out = []
         for item in value:
@@ -147,6 +147,20 @@ class _Bounded:
             self.budget -= 1
             out.append(self.copy(item, depth + 1))
         return out  # sets and tuples are sent as JSON arrays anyway
+
+    def key(self, key: Any) -> Any:
+        """A dict key, clipped and counted like a value (JSON keys are text anyway)."""
+        kind = type(key)
+        if kind is str or kind is bytes:
+            key = _clip_text(key)
+            self.held += len(key)
+            return key
+        if kind is int or kind is float or kind is bool or key is None:
+            self.held += 16
+            return key
+        text = _clip_text(_safe_repr(key))  # a tuple or object key: its repr, bounded
+        self.held += len(text)
+        return text
 
 
 def _bounded(value: Any) -> tuple[Any, int]:

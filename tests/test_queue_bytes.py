@@ -258,3 +258,15 @@ def test_queue_byte_bound_holds_for_strings_inside_containers(
     assert transport.queued() <= 8  # about 160 KiB held per transaction
     assert client.reports.snapshot().get(("queue_overflow", "transaction"), 0) >= 290
     sentry_server.release()
+
+
+def test_container_keys_are_clipped_and_counted_like_values() -> None:
+    from sentry_tracing_mw._tracing import _bounded
+
+    many = {f"{i:08d}" + "k" * 20_000: 1 for i in range(1000)}
+    copy, held = _bounded(many)
+    assert all(len(k) == MAX_TEXT for k in copy) and held >= 1000 * MAX_TEXT
+    copy, held = _bounded({b"b" * 50_000_000: 1, ("t",) * 10_000: 2, 7: 3})
+    keys = list(copy)
+    assert len(keys[0]) == MAX_TEXT and isinstance(keys[1], str) and len(keys[1]) <= MAX_TEXT
+    assert keys[2] == 7 and held >= 2 * MAX_TEXT - 64
