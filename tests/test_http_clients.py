@@ -637,6 +637,27 @@ def test_body_read_inside_an_unrelated_except_block_stays_ok(
     assert span.status == "ok" and "error.type" not in span.data
 
 
+def test_error_response_body_read_in_its_except_block_is_not_a_failure(
+    recording_server: RecordingServer,
+) -> None:
+    # urllib raises HTTPError for a 404 after the response arrived; reading the error body
+    # in the except block (the usual pattern) is a normal read, not a failed one.
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        try:
+            urllib.request.urlopen(recording_server.url + "/status/404", timeout=5)
+        except urllib.error.HTTPError as exc:
+            assert exc.read() == b"status"
+        try:
+            raise ValueError("the caller's own")
+        except ValueError:
+            with urllib.request.urlopen(recording_server.url + "/echo", timeout=5) as resp:
+                resp.read()
+    missing, fine = http_spans(tx)
+    assert missing.status == "not_found" and "error.type" not in missing.data
+    assert fine.status == "ok" and "error.type" not in fine.data
+
+
 def _answer_garbage(listener: socket.socket) -> None:
     while True:
         try:

@@ -123,6 +123,28 @@ def _abandon(out: _Outgoing) -> None:
     finish(span)
 
 
+#: Modules a failure to read a response body is raised in (innermost Python frame).
+_IO_MODULES = frozenset({"socket", "ssl", "http.client", "urllib3.response"})
+
+
+def _raised_reading(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) was raised reading from the connection, not by
+    the caller's own code: ``except HTTPError as e: e.read()`` reads a body while handling
+    an exception that has nothing to do with that body."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            return False
+        tb = cause.__traceback__
+        if tb is not None:
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb.tb_frame.f_globals.get("__name__") in _IO_MODULES:
+                return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _body_failed(span: Span, exc: BaseException) -> None:
     """End ``span`` for a body whose reading failed: a timeout anywhere in the chain
     (urllib3 wraps socket timeouts) is ``deadline_exceeded``, else ``internal_error``."""
@@ -267,7 +289,7 @@ def install() -> Callable[[], None]:
                 else:
                     ambient = exc_info()[1]  # an exception the caller is handling now
                     response._stm_span = (  # type: ignore[attr-defined]
-                        span if ambient is None else (span, ambient)
+                        span if ambient is None else (span, id(ambient))  # id: not kept alive
                     )
             except Exception:
                 logger.exception("sentry_tracing_mw: tracking an http.client response failed")
@@ -294,7 +316,7 @@ def install() -> Callable[[], None]:
             if type(span) is tuple:
                 span, ambient = span
             failure = exc_info()[1]  # closed because reading the body failed?
-            if failure is not None and failure is not ambient:
+            if failure is not None and id(failure) != ambient and _raised_reading(failure):
                 _body_failed(span, failure)
             elif self.length and sys._getframe(1).f_code.co_name != "close":
                 # The server closed before the announced length: http.client reads that
