@@ -377,6 +377,25 @@ def test_propagation_targets(client: Client, recording_server: RecordingServer) 
     assert len(http_spans(tx)) == 2  # spans are made either way
 
 
+def test_kept_alive_connection_follows_new_options(recording_server: RecordingServer) -> None:
+    # The destination worked out for a kept-alive connection belongs to the options it
+    # was worked out with: a new init() (other targets, or the DSN now on that host) wins.
+    host = recording_server.url.rsplit("/", 1)[-1]
+    with requests.Session() as session:
+        stm.init(traces_sample_rate=1.0)
+        with stm.start_transaction("t"):
+            session.get(recording_server.url + "/echo")
+        stm.init(traces_sample_rate=1.0, trace_propagation_targets=["nowhere.invalid"])
+        with stm.start_transaction("t"):
+            session.get(recording_server.url + "/echo")
+        stm.init(dsn=f"http://k@{host}/1", traces_sample_rate=1.0)
+        with stm.start_transaction("t"):
+            session.get(recording_server.url + "/echo")
+    first, second, third = [r for r in recording_server.received() if r.path == "/echo"]
+    assert first.header("sentry-trace") is not None
+    assert second.values("sentry-trace") == [] and third.values("sentry-trace") == []
+
+
 def test_never_toward_dsn(client: Client, recording_server: RecordingServer) -> None:
     stm.init(dsn=f"http://key@127.0.0.1:{recording_server.port}/1", traces_sample_rate=1.0)
     with running() as other, stm.start_transaction("t") as tx:

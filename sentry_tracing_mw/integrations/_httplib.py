@@ -40,6 +40,7 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 ORIGIN = "auto.http.stdlib"
 _STATE = "_stm_outgoing"  # HTTPConnection: the request in flight (_Outgoing | None)
+_ROUTE = "_stm_route"  # HTTPConnection: (options, host, base URL, inject) of its destination
 _SPAN = "_stm_span"  # HTTPResponse: the span that ends with the body
 
 _TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError,)
@@ -66,27 +67,35 @@ def _begin(
     if ctx is None:
         return None
     opts = ctx._client.options
-    scheme = "https" if conn.default_port == 443 else "http"
-    tunnel = getattr(conn, "_tunnel_host", None)
-    host: str
-    port: int | None
-    if tunnel:
-        host, port = tunnel, getattr(conn, "_tunnel_port", None)
-    else:
-        host, port = conn.host, conn.port
     target = url
-    if url[:1] != "/" and "://" in url:  # absolute form (plain HTTP through a proxy)
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower() or scheme
-        host = parts.hostname or host
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-    _, base, inject = route(opts, scheme, host, port)
+    host: str
+    known = conn._stm_route  # type: ignore[attr-defined]
+    if known is not None and known[0] is opts and url[:1] == "/":
+        # a kept-alive connection: its destination was worked out for an earlier request
+        _, host, base, inject = known
+    else:
+        scheme = "https" if conn.default_port == 443 else "http"
+        tunnel = getattr(conn, "_tunnel_host", None)
+        port: int | None
+        if tunnel:
+            host, port = tunnel, getattr(conn, "_tunnel_port", None)
+        else:
+            host, port = conn.host, conn.port
+        if url[:1] != "/" and "://" in url:  # absolute form (plain HTTP through a proxy)
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower() or scheme
+            host = parts.hostname or host
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            _, base, inject = route(opts, scheme, host, port)
+        else:  # host and tunnel are fixed for the connection's life: remember them
+            _, base, inject = route(opts, scheme, host, port)
+            conn._stm_route = (opts, host, base, inject)  # type: ignore[attr-defined]
     if inject is None:
         inject = matches(opts, base + target)
     span: Span | None = None
@@ -339,6 +348,7 @@ def install() -> Callable[[], None]:
         wrappers[name].__doc__ = fn.__doc__
     _close_conn.__wrapped__ = orig_close_conn  # type: ignore[attr-defined]
     setattr(_Conn, _STATE, None)
+    setattr(_Conn, _ROUTE, None)
     setattr(_Resp, _SPAN, None)
     for name, fn in wrappers.items():
         setattr(_Conn, name, fn)
