@@ -603,6 +603,19 @@ def _raised(fn: Callable[[], object]) -> BaseException:
     raise AssertionError("no exception")
 
 
+def _plain_then_traced(
+    client: Client, url: str, timeout: float
+) -> tuple[BaseException, BaseException, Transaction]:
+    """The exception ``client.get`` raises uninstrumented, then instrumented inside a
+    sampled transaction (returned for its spans)."""
+    http_clients.uninstrument()
+    plain = _raised(lambda: client.get(url, timeout=timeout))
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        traced = _raised(lambda: client.get(url, timeout=timeout))
+    return plain, traced, tx
+
+
 @pytest.mark.parametrize("kind", ["refused", "timeout"])
 def test_errors_keep_the_exception(
     client: Client, kind: str, recording_server: RecordingServer
@@ -611,11 +624,7 @@ def test_errors_keep_the_exception(
         url, timeout, status = f"http://127.0.0.1:{free_port()}/x", 5.0, "internal_error"
     else:
         url, timeout, status = recording_server.url + "/slow?delay=1.5", 0.3, "deadline_exceeded"
-    http_clients.uninstrument()
-    plain = _raised(lambda: client.get(url, timeout=timeout))
-    stm.init(traces_sample_rate=1.0)
-    with stm.start_transaction("t") as tx:
-        traced = _raised(lambda: client.get(url, timeout=timeout))
+    plain, traced, tx = _plain_then_traced(client, url, timeout)
     assert type(traced) is type(plain)
     spans = http_spans(tx)
     assert spans and all(s.status == status for s in spans)
@@ -630,11 +639,7 @@ def test_body_read_failure_fails_the_span(
     # read timeout: the span ends with the failure's status, not "ok".
     url = f"{recording_server.url}/truncated?then={then}"
     status = "deadline_exceeded" if then == "stall" else "internal_error"
-    http_clients.uninstrument()
-    plain = _raised(lambda: client.get(url, timeout=0.5))
-    stm.init(traces_sample_rate=1.0)
-    with stm.start_transaction("t") as tx:
-        traced = _raised(lambda: client.get(url, timeout=0.5))
+    plain, traced, tx = _plain_then_traced(client, url, 0.5)
     assert type(traced) is type(plain)
     spans = http_spans(tx)
     assert spans
@@ -707,11 +712,7 @@ def test_https_connection_failures_get_a_span(client: Client, kind: str) -> None
         }[kind]
         url = f"https://127.0.0.1:{port}/secure?q=1"
         status = "deadline_exceeded" if kind == "tls-timeout" else "internal_error"
-        http_clients.uninstrument()
-        plain = _raised(lambda: client.get(url, timeout=0.5))
-        stm.init(traces_sample_rate=1.0)
-        with stm.start_transaction("t") as tx:
-            traced = _raised(lambda: client.get(url, timeout=0.5))
+        plain, traced, tx = _plain_then_traced(client, url, 0.5)
     finally:
         silent.close()
         garbage.close()

@@ -17,6 +17,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from .._client import Client, get_client
@@ -46,6 +47,7 @@ _TRACE_HEADERS = {
     b"tracestate": "tracestate",
 }
 _RAW_NAMES = {name: raw for raw, name in _TRACE_HEADERS.items()}
+_first = itemgetter(0)
 
 
 class _TracePick(dict[bytes, Any]):
@@ -75,14 +77,21 @@ def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
     """The propagation headers of a request (repeats joined with ","), None when absent."""
     headers = scope.get("headers")
     if type(headers) is list:
-        # The usual shape: one C-level pass; names are unique unless the dict is shorter.
+        # The usual shape, in C-level passes only (thousands of repeated headers cost
+        # little more than a few): a dict of the pairs (names are unique unless it is
+        # shorter), and for a repeated trace header the join of its values.
         try:
             by_name = _TracePick(headers)
-        except (TypeError, ValueError):  # not (name, value) pairs: the general loop below
+            if by_name.keys().isdisjoint(_TRACE_HEADERS):
+                return None
+            if len(by_name) != len(headers):
+                names = list(map(_first, headers))
+                for raw in _TRACE_HEADERS:
+                    if raw in by_name and names.count(raw) > 1:
+                        by_name[raw] = b",".join([v for n, v in headers if n == raw])
+            return by_name
+        except (TypeError, ValueError, IndexError):  # not (name, bytes) pairs: the loop
             pass
-        else:
-            if len(by_name) == len(headers):
-                return None if by_name.keys().isdisjoint(_TRACE_HEADERS) else by_name
     return _joined_trace_headers(headers)
 
 
@@ -177,6 +186,21 @@ def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
 
 
 _asgi_request_info = asgi_request_info  # backwards-compatible private alias
+
+
+def _watched_send(send: Send) -> tuple[Send, list[bool]]:
+    """``send`` and a flag set when sending failed: the client went away, which makes the
+    exception the app then raises no application error."""
+    gone = [False]
+
+    async def watched_send(message: Message) -> None:
+        try:
+            await send(message)
+        except OSError:
+            gone[0] = True
+            raise
+
+    return watched_send, gone
 
 
 def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
@@ -312,21 +336,12 @@ class TracingMiddleware:
             return
         # Unsampled: the trace is current and errors are captured, but no status, timing
         # or disconnect is watched (nothing of it is sent).
-        send_failed = False
-
-        async def unrecorded_send(message: Message) -> None:
-            nonlocal send_failed
-            try:
-                await send(message)
-            except OSError:  # the client went away: not an application error
-                send_failed = True
-                raise
-
+        unrecorded_send, gone = _watched_send(send)
         span_token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, receive, unrecorded_send)
         except BaseException as exc:
-            _fail(client, tx, exc, send_failed)
+            _fail(client, tx, exc, gone[0])
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
@@ -335,21 +350,12 @@ class TracingMiddleware:
     async def _untraced(
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
     ) -> None:
-        send_failed = False
-
-        async def untraced_send(message: Message) -> None:
-            nonlocal send_failed
-            try:
-                await send(message)
-            except OSError:  # the client went away: not an application error
-                send_failed = True
-                raise
-
+        untraced_send, gone = _watched_send(send)
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
             await self.app(scope, receive, untraced_send)
         except Exception as exc:
-            if not send_failed:
+            if not gone[0]:
                 try:
                     client.capture_exception(exc, mechanism="asgi", handled=False)
                 except Exception:

@@ -18,6 +18,7 @@ read to the end or the response closed.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Callable
@@ -45,7 +46,8 @@ _installed: list[Callable[[], None]] | None = None
 
 
 def instrument() -> None:
-    """Patch ``http.client`` and ``httpx`` (when importable). Idempotent, thread-safe."""
+    """Patch ``http.client`` (and urllib3's HTTPS connect, ``httpx``, when importable).
+    Idempotent, thread-safe."""
     global _installed
     with _lock:
         if _installed is not None:
@@ -54,28 +56,15 @@ def instrument() -> None:
         from . import _httplib
 
         undo.append(_httplib.install())
-        try:
-            import urllib3  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            from . import _urllib3
-
+        for library, module in (("urllib3", "._urllib3"), ("httpx", "._httpx")):
             try:
-                undo.append(_urllib3.install())
-            except Exception:
-                logger.exception("sentry_tracing_mw: instrumenting urllib3 failed")
-        try:
-            import httpx  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            from . import _httpx
-
+                importlib.import_module(library)
+            except ImportError:
+                continue  # not installed: nothing to instrument
             try:
-                undo.append(_httpx.install())
+                undo.append(importlib.import_module(module, __package__).install())
             except Exception:
-                logger.exception("sentry_tracing_mw: instrumenting httpx failed")
+                logger.exception("sentry_tracing_mw: instrumenting %s failed", library)
         _installed = undo
 
 
