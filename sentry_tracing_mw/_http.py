@@ -207,6 +207,10 @@ def _dropped(sock: socket.socket) -> bool:
     """Whether an idle keep-alive socket was closed or reset by the other side: it is
     readable (EOF or an error) while no response is due (urllib3 checks the same way)."""
     try:
+        if hasattr(select, "poll"):  # select() cannot watch descriptors >= FD_SETSIZE (1024)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True

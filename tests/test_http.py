@@ -253,3 +253,29 @@ def test_refused_and_timeout_raise_oserror() -> None:
         )
         with pytest.raises(OSError):
             conn.post(b"a")
+
+
+def test_idle_check_works_for_descriptors_above_select_limit() -> None:
+    # A busy server process has thousands of open descriptors: the idle-connection check
+    # must not take every high-numbered keep-alive socket for a dropped one (select()
+    # refuses descriptors >= 1024), which would reconnect for every envelope.
+    import os
+    import resource
+
+    from sentry_tracing_mw._http import _dropped
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1600:
+        if hard != resource.RLIM_INFINITY and hard <= 1600:
+            pytest.skip(f"descriptor limit {hard} is below the 1500 this test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1601, hard))
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 1500)
+    sock = socket.socket(fileno=high)
+    try:
+        assert not _dropped(sock)  # idle and open
+        b.close()
+        assert _dropped(sock)  # the other side went away
+    finally:
+        sock.close()
+        a.close()
