@@ -6,13 +6,14 @@ import functools
 import html
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import copy_context
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._client import ExcInfo, get_client
 from ._client import close as _close_client
-from ._client import get_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
 from ._tracing import SOURCES, PropagationContext, Span, Transaction
@@ -96,9 +97,18 @@ def set_transaction_name(name: str, source: str = "custom") -> None:
 
 
 def start_span(
-    op: str | None = None, description: str | None = None, *, origin: str = "manual"
+    op: str | None = None,
+    description: str | None = None,
+    *,
+    origin: str = "manual",
+    name: str | None = None,
 ) -> Span:
-    """Start a child of the current span; a non-recording span when none is current."""
+    """Start a child of the current span; a non-recording span when none is current.
+
+    ``name`` is ``sentry-sdk``'s newer spelling of ``description``.
+    """
+    if name is not None and description is None:
+        description = name
     parent = CURRENT_SPAN.get()
     if parent is not None:
         return parent.start_child(op, description, origin=origin)
@@ -146,11 +156,13 @@ def trace_meta_tags() -> str:
     return "\n".join(tags)
 
 
-def capture_exception(exc: BaseException | None = None) -> str | None:
-    """Send an error event linked to the current span; returns its event id."""
-    if exc is None:
-        import sys
+def capture_exception(exc: BaseException | ExcInfo | None = None) -> str | None:
+    """Send an error event linked to the current span; returns its event id.
 
+    ``exc`` is an exception, an ``sys.exc_info()`` tuple (as ``sentry-sdk`` accepts) or
+    None for the exception being handled; None is returned when there is nothing to send.
+    """
+    if exc is None:
         exc = sys.exc_info()[1]
         if exc is None:
             return None
@@ -180,7 +192,11 @@ def close(timeout: float | None = None) -> None:
 def trace(func: Callable[P, R]) -> Callable[P, R]: ...
 @overload
 def trace(
-    func: None = None, *, op: str = "function", description: str | None = None
+    func: None = None,
+    *,
+    op: str = "function",
+    description: str | None = None,
+    name: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -189,8 +205,15 @@ def trace(
     *,
     op: str = "function",
     description: str | None = None,
+    name: str | None = None,
 ) -> Any:
-    """Decorate a sync or async function: a child span while a span is current."""
+    """Decorate a sync or async function: a child span while a span is current.
+
+    The span's description is ``description`` (or ``sentry-sdk``'s ``name``), else the
+    function's qualified name.
+    """
+    if description is None:
+        description = name
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = description or getattr(fn, "__qualname__", None) or repr(fn)

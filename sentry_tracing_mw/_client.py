@@ -14,7 +14,8 @@ import logging
 import random
 import re
 import threading
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeAlias
 
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
@@ -25,6 +26,9 @@ from ._propagation import IncomingTrace, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._tracing import PropagationContext, Span, Transaction
 from ._transport import Pending, Transport, uwsgi_threads_disabled
+
+#: What ``sys.exc_info()`` returns.
+ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 __all__ = ["Client", "close", "get_client", "init", "is_initialized"]
 
@@ -257,6 +261,15 @@ class Client:
             return
         if transport is None:
             return
+        if self._closed:
+            # Started before init() replaced this client: the current client sends it.
+            current = get_client()
+            if current is not self and not current._closed:
+                tx._client = current
+                current._finish_transaction(tx)
+            else:
+                logger.debug("transaction %r finished after close(): not sent", tx._name)
+            return
         status = tx._response_status
         if status is not None and status in self.options.trace_ignore_status_codes:
             self.reports.record_transaction("event_processor", len(tx._spans))
@@ -319,13 +332,23 @@ class Client:
     # -- errors ---------------------------------------------------------------------
     def capture_exception(
         self,
-        exc: BaseException,
+        exc: BaseException | ExcInfo,
         *,
         span: Span | None = None,
         mechanism: str = "generic",
         handled: bool = True,
     ) -> str | None:
-        """Send an error event linked to ``span`` (default: the current span)."""
+        """Send an error event linked to ``span`` (default: the current span).
+
+        ``exc`` is an exception or a ``sys.exc_info()`` tuple (as ``sentry-sdk`` accepts);
+        anything else sends nothing and returns None.
+        """
+        if not isinstance(exc, BaseException):
+            value = exc[1] if isinstance(exc, tuple) and len(exc) == 3 else None
+            if not isinstance(value, BaseException):
+                logger.debug("capture_exception: %r is not an exception", type(exc))
+                return None
+            exc = value
         if getattr(exc, _CAPTURED_MARK, False):
             return None
         try:
@@ -399,6 +422,8 @@ _lock = threading.Lock()
 _client: Client | None = None
 _default: Client | None = None
 _initialized = False
+#: init() patched the HTTP clients (a later init() without that option restores them).
+_instrumented_by_init = False
 
 
 def _sampling_context(
@@ -470,8 +495,11 @@ def init(dsn: Any = None, **options: Any) -> Client:
             "uWSGI is running without --enable-threads: sentry_tracing_mw cannot start its "
             "transport thread and nothing will be sent. Add --enable-threads (or threads = N)."
         )
+    global _instrumented_by_init
     if opts.instrument_http_clients:
-        _instrument_clients()
+        _instrumented_by_init = _instrument_clients(True) or _instrumented_by_init
+    elif _instrumented_by_init:  # the replacing client asks for unpatched clients
+        _instrumented_by_init = not _instrument_clients(False)
     logger.debug(
         "initialized (dsn %s, sample rate %s)",
         "set" if opts.dsn else "none",
@@ -494,15 +522,21 @@ def close(timeout: float | None = None) -> None:
         client.close(timeout)
 
 
-def _instrument_clients() -> None:
+def _instrument_clients(on: bool) -> bool:
+    """Patch (``on``) or restore the HTTP clients; True when that was done."""
     try:
         from .integrations import http_clients
     except ImportError:  # pragma: no cover - the module always exists in a full install
-        return
+        return False
     try:
-        http_clients.instrument()
+        if on:
+            http_clients.instrument()
+        else:
+            http_clients.uninstrument()
     except Exception:
-        logger.exception("instrumenting HTTP clients failed")
+        logger.exception("%s HTTP clients failed", "instrumenting" if on else "restoring")
+        return False
+    return True
 
 
 def _close_at_exit() -> None:

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._dsn import Dsn
 from ._errors import ConfigurationError
@@ -156,6 +157,31 @@ def _opt_str(name: str, value: Any) -> str | None:
     if not isinstance(value, str):
         raise _fail(name, value, "expected a string")
     return value
+
+
+_PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
+
+
+def _proxy(name: str, value: Any) -> str | None:
+    """A proxy URL (``scheme://[user:pass@]host[:port]``, scheme defaulting to http), or
+    ``""`` for no proxy; credentials are redacted from the error message."""
+    url = _opt_str(name, value)
+    if not url:
+        return url
+    shown = re.sub(r"//[^@/]*@", "//[redacted]@", url)
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        port = parts.port  # out of range or not a number: ValueError
+        host = parts.hostname
+    except ValueError as exc:
+        raise _fail(name, shown, f"not a proxy URL ({exc})") from None
+    if parts.scheme not in _PROXY_SCHEMES:
+        raise _fail(name, shown, "expected a proxy URL with scheme http, https or socks*")
+    if not host or not url.isprintable() or any(c.isspace() for c in url):
+        raise _fail(name, shown, "expected a proxy URL like http://proxy.example:3128")
+    if port == 0:
+        raise _fail(name, shown, "port 0 is not a proxy port")
+    return url
 
 
 def _ca_certs(value: Any) -> str | None:
@@ -391,8 +417,8 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         max_spans=max_spans,
         shutdown_timeout=float(timeout),
         send_client_reports=flag("send_client_reports", True),
-        http_proxy=_opt_str("http_proxy", kwargs.get("http_proxy")),
-        https_proxy=_opt_str("https_proxy", kwargs.get("https_proxy")),
+        http_proxy=_proxy("http_proxy", kwargs.get("http_proxy")),
+        https_proxy=_proxy("https_proxy", kwargs.get("https_proxy")),
         ca_certs=_ca_certs(kwargs.get("ca_certs")),
         org_id=org_id,
         strict_trace_continuation=flag("strict_trace_continuation", False),

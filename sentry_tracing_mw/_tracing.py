@@ -570,9 +570,17 @@ class Span:
 
     # -- children -------------------------------------------------------------
     def start_child(
-        self, op: str | None = None, description: str | None = None, *, origin: str = "manual"
+        self,
+        op: str | None = None,
+        description: str | None = None,
+        *,
+        origin: str = "manual",
+        name: str | None = None,
     ) -> Span:
-        """Start a child span (not current until entered with ``with``)."""
+        """Start a child span (not current until entered with ``with``); ``name`` is
+        ``sentry-sdk``'s newer spelling of ``description``."""
+        if name is not None and description is None:
+            description = name
         tx = self._tx
         if tx is None:
             return _DetachedSpan(self._context(), self._span_id, op, description, origin)

@@ -21,6 +21,7 @@ def reset_client() -> None:
     client = client_module._client
     client_module._client = None
     client_module._initialized = False
+    client_module._instrumented_by_init = False  # each test decides its own patching
     if client is not None:
         client.close(timeout=0.5)
 

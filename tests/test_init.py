@@ -124,3 +124,47 @@ def test_close_ends_initialization_and_the_next_middleware_inits_again(
     stm.close()
     stm.close()  # idempotent, and fine with nothing initialized
     assert not stm.is_initialized()
+
+
+@pytest.mark.usefixtures("restore_instrumentation")
+def test_a_later_init_without_client_instrumentation_restores_the_clients() -> None:
+    http_clients.uninstrument()
+    stm.init()
+    assert http_clients.is_instrumented()
+    stm.init(instrument_http_clients=False)  # the replacing client's option applies
+    assert not http_clients.is_instrumented()
+    stm.init(instrument_http_clients=False)
+    assert not http_clients.is_instrumented()
+    # Patching the user did by hand is theirs: init() restores only what init() patched.
+    http_clients.instrument()
+    stm.init(instrument_http_clients=False)
+    assert http_clients.is_instrumented()
+
+
+@pytest.mark.usefixtures("restore_instrumentation")
+def test_a_transaction_open_across_a_second_init_is_sent_by_the_new_client(
+    sentry_server: SentryServer,
+) -> None:
+    stm.init(dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0)
+    tx = stm.start_transaction("in-flight", op="http.server")
+    with tx.start_child("db", "query"):
+        pass
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)  # closes the first client
+    tx.finish()
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    assert event["transaction"] == "in-flight"
+    assert [s["description"] for s in event["spans"]] == ["query"]
+
+
+@pytest.mark.usefixtures("restore_instrumentation")
+def test_a_transaction_finished_after_close_is_not_sent_and_does_not_fail(
+    sentry_server: SentryServer,
+) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    tx = stm.start_transaction("late")
+    stm.close()
+    tx.finish()  # nothing current to send it: dropped without an exception
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    assert stm.flush(5)
+    assert sentry_server.transactions() == []

@@ -44,6 +44,11 @@ from sentry_tracing_mw._options import build_options
         ("org_id", "abc"),
         ("max_inherited_sampled_per_second", -5),
         ("trust_incoming_traces", ["not-a-network"]),
+        ("http_proxy", "://bad"),
+        ("http_proxy", "not a url"),
+        ("http_proxy", "http://:99999"),
+        ("https_proxy", "ftp://proxy:21"),
+        ("https_proxy", "http://proxy\n:3128"),
         ("dsn", "not a dsn"),
         ("dsn", "ftp://key@host/1"),
         ("dsn", 42),
@@ -138,3 +143,17 @@ def test_empty_environment_variables_count_as_unset() -> None:
     opts = build_options(environ={"SENTRY_ENVIRONMENT": "", "SENTRY_RELEASE": ""})
     assert opts.environment == "production"
     assert opts.release is None
+
+
+@pytest.mark.parametrize(
+    "proxy", ["", "http://proxy:3128", "proxy:3128", "socks5h://u:p@h:1080", "http://[::1]:8080"]
+)
+def test_valid_proxy_urls_are_accepted(proxy: str) -> None:
+    opts = build_options(dsn="http://k@127.0.0.1:9/1", http_proxy=proxy, https_proxy=proxy)
+    assert opts.http_proxy == proxy
+
+
+def test_proxy_credentials_are_not_shown_in_the_error() -> None:
+    with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
+        stm.init(http_proxy="http://user:hunter2@:0")
+    assert "hunter2" not in str(info.value)

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import os
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -519,3 +520,40 @@ def test_unparsable_http_status_sets_unknown() -> None:
         tx.set_http_status(None)  # type: ignore[arg-type]
         assert tx._status == "unknown"
     assert _event(tx)["contexts"]["trace"]["status"] == "unknown"
+
+
+def test_capture_exception_accepts_an_exc_info_tuple(sentry_server: SentryServer) -> None:
+    # sentry-sdk's capture_exception(sys.exc_info()) idiom.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+
+    def outside() -> tuple[str | None, str | None]:
+        try:
+            raise KeyError("from exc_info")
+        except KeyError:
+            event_id = stm.capture_exception(sys.exc_info())
+        nothing = stm.capture_exception((None, None, None))  # exc_info() outside an except
+        return event_id, nothing
+
+    event_id, nothing = contextvars.copy_context().run(outside)
+    assert event_id is not None and nothing is None
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["event_id"] == event_id
+    assert event["exception"]["values"][-1]["type"] == "KeyError"
+
+
+def test_sentry_sdk_name_keyword_is_the_description(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+
+    @stm.trace(op="fn", name="named work")
+    def work() -> None:
+        pass
+
+    with stm.start_transaction("named") as tx:
+        with stm.start_span(op="db", name="SELECT 1"):
+            work()
+        with tx.start_child(op="cache", name="get k"):
+            pass
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    assert sorted(s["description"] for s in event["spans"]) == ["SELECT 1", "get k", "named work"]
