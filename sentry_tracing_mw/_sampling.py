@@ -125,11 +125,17 @@ def continued_sampling(
         low, high = 0.0, 1.0
         if parent_sampled is not None and rate is not None:
             low, high = (0.0, rate) if parent_sampled else (rate, 1.0)
+        if low >= high:  # no value reproduces the decision (rate 0 and sampled, ...)
+            low, high = 0.0, 1.0
         rand = trace_sample_rand(incoming.trace_id, low, high)
-        # Backfilled only when it reproduces the DSC's recorded decision: no value fits
-        # an empty interval (rate 0 and sampled), so the DSC then goes without one.
+        # Backfilled only when it reproduces the parent's decision and the DSC's recorded
+        # one: with an empty interval the DSC goes without one, as sentry-sdk leaves it.
         if dsc is not None and (
-            rate is None or recorded is None or (rand < rate) is (recorded == "true")
+            rate is None
+            or (
+                (parent_sampled is None or (rand < rate) is parent_sampled)
+                and (recorded is None or (rand < rate) is (recorded == "true"))
+            )
         ):
             dsc = {**dsc, "sample_rand": format_sample_rand(rand)}
     if dsc is not None and "public_key" not in dsc and public_key:

@@ -117,6 +117,23 @@ def test_backfill_reproduces_the_recorded_decision() -> None:
         assert dsc["sample_rate"] == "0.3" and len(dsc["sample_rand"]) == 8
 
 
+@pytest.mark.parametrize(("flag", "rate"), [("-1", "0"), ("-0", "1"), ("-0", "1.0")])
+def test_no_sample_rand_is_backfilled_when_none_reproduces_the_decision(
+    flag: str, rate: str
+) -> None:
+    # protocol §12.2: sampled at rate 0 (or not sampled at rate 1) leaves no interval, and
+    # sentry-sdk then leaves sample_rand unset; a made-up 0.000000 / 0.999999 would make
+    # the forwarded DSC contradict the decision (§10.2 invariant).
+    init(traces_sample_rate=1.0)
+    tx = stm.start_transaction("t", headers=incoming(flag, sample_rate=rate, trace_id=TRACE))
+    assert tx.sampled is (flag == "-1")
+    dsc = tx.propagation_context.dsc()
+    assert "sample_rand" not in dsc and dsc["sample_rate"] == rate
+    with tx:
+        assert "sentry-sample_rand" not in stm.get_trace_headers()["baggage"]
+    assert 0.0 <= tx.propagation_context.sample_rand < 1.0  # still one to decide with
+
+
 def _sdk_generate_sample_rand() -> Any:
     """sentry-sdk's own backfill (a test peer): the oracle for our values, when present."""
     from sentry_sdk import tracing_utils
