@@ -341,7 +341,7 @@ class Client:
         """Send an error event linked to ``span`` (default: the current span).
 
         ``exc`` is an exception or a ``sys.exc_info()`` tuple (as ``sentry-sdk`` accepts);
-        anything else sends nothing and returns None.
+        anything else sends nothing and returns None, as does a client without a DSN.
         """
         if not isinstance(exc, BaseException):
             value = exc[1] if isinstance(exc, tuple) and len(exc) == 3 else None
@@ -349,6 +349,9 @@ class Client:
                 logger.debug("capture_exception: %r is not an exception", type(exc))
                 return None
             exc = value
+        transport = self.transport
+        if transport is None or self._closed:
+            return None  # no DSN (or closed): nothing will be sent, so no event id
         if getattr(exc, _CAPTURED_MARK, False):
             return None
         try:
@@ -371,16 +374,14 @@ class Client:
             exc, options=opts, ctx=ctx, span=span, mechanism=mechanism, handled=handled
         )
         event_id: str = event["event_id"]
-        transport = self.transport
-        if transport is not None:
-            transport.submit(
-                Pending(
-                    "error",
-                    functools.partial(self._prepare_error, event, ctx.dsc()),
-                    0,
-                    error_event_bytes(event),
-                )
+        transport.submit(
+            Pending(
+                "error",
+                functools.partial(self._prepare_error, event, ctx.dsc()),
+                0,
+                error_event_bytes(event),
             )
+        )
         return event_id
 
     def _prepare_error(

@@ -557,3 +557,13 @@ def test_sentry_sdk_name_keyword_is_the_description(sentry_server: SentryServer)
     assert stm.flush(5)
     (event,) = sentry_server.transactions()
     assert sorted(s["description"] for s in event["spans"]) == ["SELECT 1", "get k", "named work"]
+
+
+def test_capture_exception_without_a_dsn_returns_no_event_id() -> None:
+    # Nothing will be sent, so there is no event id to hand out (as sentry-sdk's
+    # non-recording client); the same after close().
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    assert stm.capture_exception(ValueError("nowhere")) is None
+    stm.init(dsn="http://k@127.0.0.1:9/1", instrument_http_clients=False)
+    stm.close()
+    assert stm.capture_exception(ValueError("closed")) is None
