@@ -726,3 +726,20 @@ def test_name_parity_with_sentry_sdk(
     expected_source = "route" if style == "route" else "component"
     assert {s for _, s in ours} == {expected_source}
     assert {s for _, s in theirs} == {expected_source}
+
+
+def test_a_failing_child_span_end_never_fails_the_view(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: ending an ORM or template span raises; the view's response stands.
+    from sentry_tracing_mw._tracing import Span
+
+    init_traced(sentry_server)
+
+    def broken_finish(self: Span, end_timestamp: float | None = None) -> None:
+        raise RuntimeError("instrumentation bug")
+
+    monkeypatch.setattr(Span, "finish", broken_finish)
+    assert _client().get("/orm/").status_code == 200
+    response = _client().get("/template/")
+    assert response.status_code == 200 and "<meta" in response.content.decode()

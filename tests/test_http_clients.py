@@ -306,6 +306,27 @@ def test_nothing_current_leaves_request_untouched(
     assert rec.values("traceparent") == []
 
 
+def test_failing_trace_headers_leave_the_callers_headers(
+    client: Client, recording_server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: building our headers raises; the caller's own trace headers and
+    # baggage still go out as the caller set them, and the call succeeds.
+    from sentry_tracing_mw._tracing import PropagationContext
+
+    def broken(self: PropagationContext, *args: object) -> dict[str, str]:
+        raise RuntimeError("instrumentation bug")
+
+    stm.init(traces_sample_rate=1.0)
+    monkeypatch.setattr(PropagationContext, "headers", broken)
+    caller = {"sentry-trace": "a" * 32 + "-" + "b" * 16, "baggage": "own=1"}
+    with stm.start_transaction("outgoing", op="test"):
+        status, _ = client.get(recording_server.url + "/echo", caller)
+    assert status == 200
+    (rec,) = recording_server.received("/echo")
+    assert rec.values("sentry-trace") == [caller["sentry-trace"]]
+    assert rec.values("baggage") == ["own=1"]
+
+
 def test_unsampled_continued_trace_propagates_without_span(
     client: Client, recording_server: RecordingServer
 ) -> None:

@@ -523,3 +523,19 @@ def test_direct_asgi_call_leaves_no_span() -> None:
         assert stm.get_current_span() is None
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("broken", ["__enter__", "__exit__"])
+def test_a_failing_background_task_span_never_skips_the_task(
+    sentry_server: SentryServer, client: TestClient, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    # Fault injection: starting or ending the task's span raises; the task still runs once.
+    from sentry_tracing_mw._tracing import Span
+
+    def fail(self: Span, *args: object) -> None:
+        raise RuntimeError("instrumentation bug")
+
+    asgi_apps.BG_DONE.clear()
+    monkeypatch.setattr(Span, broken, fail)
+    assert client.get("/bg").text == "bg"  # the test client waits for the tasks
+    assert len(asgi_apps.BG_DONE) == 1

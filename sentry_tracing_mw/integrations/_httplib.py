@@ -197,15 +197,20 @@ def _inject(
             putheader(conn, name, value)
         return
     own = None
+    kept = None
     if not _FIRST_BYTES.isdisjoint(map(_head, buffer)):  # maybe the caller's trace header
         kept, own = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
-        buffer[:] = kept
+    # The caller's headers are replaced only once ours are known: a failure leaves them.
     if own is None:
         lines = header_lines(ctx, span_id)
         if lines is not None:
+            if kept is not None:
+                buffer[:] = kept
             buffer.append(lines[:-2])  # http.client ends each buffered line itself
             return
     headers = ctx.headers(span_id, own)
+    if kept is not None:
+        buffer[:] = kept
     for name, value in headers.items():
         putheader(conn, name, value)  # validated: may hold forwarded or the caller's text
 

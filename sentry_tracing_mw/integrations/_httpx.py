@@ -215,7 +215,10 @@ class _AsyncStream(_ClosesSpan, httpx.AsyncByteStream):
         return self._inner.__aiter__()  # type: ignore[no-any-return]
 
     def aclose(self) -> Any:  # the inner stream's awaitable: no coroutine of our own
-        self._end()
+        try:
+            self._end()
+        except Exception:  # the stream is closed whatever ending the span does
+            logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
         return self._inner.aclose()
 
 

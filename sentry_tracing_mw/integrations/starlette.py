@@ -29,7 +29,7 @@ from starlette.routing import Host, Match, Mount
 
 from .._client import get_client
 from .._context import CURRENT_SPAN
-from .._tracing import Transaction
+from .._tracing import Span, Transaction
 from . import asgi
 from .asgi import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
 
@@ -484,6 +484,17 @@ def _capturing(handler: Any) -> Any:
 _ORIGINAL_TASK_CALL: Callable[..., Any] | None = None
 
 
+def _task_span(task: BackgroundTask) -> Span | None:
+    """A child span for ``task`` when it runs during a request's unfinished transaction."""
+    parent = CURRENT_SPAN.get()
+    tx = parent._tx if parent is not None else None
+    if parent is None or tx is None or tx._end is not None:
+        return None
+    func = task.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return parent.start_child("function", str(name), origin=_ORIGIN_STARLETTE)
+
+
 def _instrument_background_tasks() -> None:
     """Make each ``BackgroundTask`` run during a request a child span (idempotent)."""
     global _ORIGINAL_TASK_CALL
@@ -495,24 +506,27 @@ def _instrument_background_tasks() -> None:
     _ORIGINAL_TASK_CALL = original
 
     async def traced_call(self: BackgroundTask) -> None:
-        parent = CURRENT_SPAN.get()
-        tx = parent._tx if parent is not None else None
-        if parent is None or tx is None or tx._end is not None:
-            await original(self)
-            return
         try:
-            name = (
-                getattr(self.func, "__qualname__", None)
-                or getattr(self.func, "__name__", None)
-                or repr(self.func)
-            )
-            span = parent.start_child("function", str(name), origin=_ORIGIN_STARLETTE)
+            span = _task_span(self)
+            if span is not None:
+                span.__enter__()
         except Exception:
             logger.debug("starting a background task span failed", exc_info=True)
+            span = None
+        if span is None:
             await original(self)
             return
-        with span:
+        failed: BaseException | None = None
+        try:
             await original(self)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            try:  # the task's own outcome stands whatever ending the span does
+                span.__exit__(type(failed) if failed else None, failed, None)
+            except Exception:
+                logger.exception("sentry_tracing_mw: ending a background task span failed")
 
     traced_call._stm_traced = True  # type: ignore[attr-defined]
     BackgroundTask.__call__ = traced_call  # type: ignore[method-assign]

@@ -60,7 +60,10 @@ class QueryWrapper:
             span._status = "internal_error"
             raise
         finally:
-            span.finish()
+            try:
+                span.finish()
+            except Exception:
+                logger.exception("sentry_tracing_mw: ending a db span failed")
 
 
 def instrument_connection(connection: Any) -> None:

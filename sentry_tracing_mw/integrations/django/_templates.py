@@ -37,7 +37,10 @@ def _wrap_render(original: Callable[..., Any]) -> Callable[..., Any]:
             raise
         finally:
             CURRENT_SPAN.reset(token)
-            span.finish()
+            try:
+                span.finish()
+            except Exception:
+                logger.exception("sentry_tracing_mw: ending a template span failed")
 
     setattr(render, _MARK, True)
     return render
