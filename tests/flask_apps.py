@@ -147,6 +147,11 @@ def _gunicorn_app() -> Flask:
     app = create_app()
     app.config["SENTRY_TRACES_SAMPLE_RATE"] = float(os.environ.get("STM_TEST_RATE", "1.0"))
     app.config["SENTRY_INSTRUMENT_HTTP_CLIENTS"] = False
+
+    @app.route("/bigfile")
+    def bigfile() -> Response:  # a file larger than the socket buffers (sendfile)
+        return send_file(os.environ["STM_TEST_BIG_FILE"], mimetype="application/octet-stream")
+
     FlaskTracing(app)  # SENTRY_DSN comes from the environment
     return app
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from .test_wsgi import wait_transactions
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
+BIG_FILE_SIZE = 64 << 20
 
 
 pytestmark = pytest.mark.usefixtures("no_outgoing_headers")  # the test thread's own calls
@@ -488,7 +491,15 @@ def test_streamed_response_on_werkzeug_server(sentry_server: SentryServer) -> No
 @pytest.fixture
 def gunicorn(sentry_server: SentryServer, tmp_path: Path) -> Iterator[str]:
     """``tests.flask_apps:gunicorn_app`` under gunicorn (sync worker, 1 worker)."""
-    env = {**os.environ, "SENTRY_DSN": sentry_server.dsn, "PYTHONPATH": str(ROOT)}
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(BIG_FILE_SIZE)  # sparse: instant, yet more than any socket buffer
+    env = {
+        **os.environ,
+        "SENTRY_DSN": sentry_server.dsn,
+        "PYTHONPATH": str(ROOT),
+        "STM_TEST_BIG_FILE": str(big),
+    }
     with run_gunicorn(
         "tests.flask_apps:gunicorn_app",
         cwd=ROOT,
@@ -528,6 +539,30 @@ def test_gunicorn_end_to_end(sentry_server: SentryServer, gunicorn: str) -> None
     (event,) = sentry_server.events()
     assert event["contexts"]["trace"]["span_id"] == txs["/boom"]["contexts"]["trace"]["span_id"]
     assert txs["GET 404"]["contexts"]["trace"]["status"] == "not_found"
+
+
+def test_gunicorn_sendfile_download_cut_short_is_cancelled(
+    sentry_server: SentryServer, gunicorn: str
+) -> None:
+    # gunicorn sends a send_file() body with socket.sendfile(); a client that goes away
+    # mid-file leaves the file's position short of its end: status cancelled, as a
+    # streamed body gets. A whole download stays ok.
+    host, port = gunicorn.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(b"GET /bigfile HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST: sendfile() fails in the worker
+    wait_transactions(sentry_server, 1, timeout=10)
+    (cut,) = sentry_server.transactions()
+    assert cut["transaction"] == "/bigfile"
+    assert cut["contexts"]["trace"]["status"] == "cancelled"
+    sentry_server.clear()
+    with requests.get(f"{gunicorn}/bigfile", timeout=10, stream=True) as whole:
+        assert sum(len(c) for c in whole.iter_content(1 << 20)) == BIG_FILE_SIZE
+    wait_transactions(sentry_server, 1, timeout=10)
+    (full,) = sentry_server.transactions()
+    assert full["contexts"]["trace"]["status"] == "ok"
 
 
 # -- name parity with sentry-sdk ----------------------------------------------------------

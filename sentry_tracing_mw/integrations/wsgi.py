@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -199,11 +200,46 @@ class _Body:
             tx.finish()
 
 
-def _finish_on_close(result: Any, tx: Transaction) -> Any:
+def _position(result: Any) -> int | None:
+    """The position of a file body's file (None: not a file that tells one)."""
+    try:
+        return int(result.filelike.tell())
+    except Exception:
+        return None
+
+
+def _stopped_early(result: Any, start: int) -> bool:
+    """A file body closed part-way: the server stopped sending (the client went away).
+
+    Servers send a ``wsgi.file_wrapper`` by reading blocks (werkzeug, wsgiref: a complete
+    body leaves the file at its end) or with ``socket.sendfile()`` (gunicorn seeks back to
+    the start after a complete send); a failed send leaves the file where it stopped.
+    """
+    try:
+        filelike = result.filelike
+        size = os.fstat(filelike.fileno()).st_size
+        return bool(start < filelike.tell() < size)
+    except Exception:  # not a regular file (a pipe, BytesIO): unknown, so not cancelled
+        return False
+
+
+def _finish_on_close(result: Any, tx: Transaction, has_body: bool) -> Any:
     """Keep a ``wsgi.file_wrapper`` object (sendfile fast path) and end on its close()."""
     original = getattr(result, "close", None)
+    start = _position(result) if has_body and tx._recording else None
 
     def close() -> None:
+        try:
+            if (
+                start is not None
+                and tx._response_status == 200  # a whole file (not 206, 304)
+                and tx._status in (None, "ok")
+                and tx._end is None
+                and _stopped_early(result, start)
+            ):
+                tx._status = "cancelled"
+        except Exception:
+            logger.debug("checking a file body failed", exc_info=True)
         try:
             if original is not None:
                 original()
@@ -361,7 +397,7 @@ class TracingMiddleware:
                 return result
             wrapper = environ.get("wsgi.file_wrapper")
             if isinstance(wrapper, type) and isinstance(result, wrapper):
-                patched = _finish_on_close(result, tx)
+                patched = _finish_on_close(result, tx, environ.get("REQUEST_METHOD") != "HEAD")
                 if patched is not None:
                     return patched  # type: ignore[no-any-return]
             it = iter(result)
