@@ -9,6 +9,7 @@ path free of parsing.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import ipaddress
 import math
@@ -181,6 +182,8 @@ def _proxy(name: str, value: Any) -> str | None:
         raise _fail(name, shown, "expected a proxy URL like http://proxy.example:3128")
     if port == 0:
         raise _fail(name, shown, "port 0 is not a proxy port")
+    if parts.scheme.startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise _fail(name, shown, "a SOCKS proxy needs PySocks (pip install pysocks)")
     return url
 
 
