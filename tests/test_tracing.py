@@ -84,9 +84,11 @@ def test_ids_are_unique_across_threads() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_never_repeats_the_parents_ids() -> None:
-    _ids.new_span_id()  # the pools now hold drawn ids the child inherits
-    _ids.new_trace_id()
-    assert _ids._span_ids and _ids._trace_ids
+    for pool, new in ((_ids._span_ids, _ids.new_span_id), (_ids._trace_ids, _ids.new_trace_id)):
+        new()
+        if not pool:  # that took the last drawn id: the next call draws a batch
+            new()
+    assert _ids._span_ids and _ids._trace_ids  # the pools hold drawn ids the child inherits
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
