@@ -13,7 +13,9 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -871,6 +873,57 @@ def test_httpx_request_object_left_as_built(recording_server: RecordingServer) -
     assert rec.values("sentry-trace") == [f"{tx.trace_id}-{span.span_id}-1"]
     assert len(rec.values("baggage")) == 1 and len(rec.values("traceparent")) == 1
     assert rec.raw.endswith(b"\r\n\r\n") and rec.raw.count(b"\r\n\r\n") == 1
+
+
+def test_httpx_request_sent_concurrently_is_never_changed(
+    recording_server: RecordingServer,
+) -> None:
+    # One Request object sent from several threads and tasks at once (each in its own
+    # transaction): every send carries its own trace's headers once, and the caller's
+    # request never keeps any of ours, so a later send outside a trace carries none.
+    stm.init(traces_sample_rate=1.0)
+    request = httpx.Request(
+        "GET", recording_server.url + "/echo", headers={"baggage": "own=1", "x-own": "1"}
+    )
+    before = list(request.headers.raw)
+    sync_client = httpx.Client()
+    barrier = threading.Barrier(8)
+
+    def in_thread() -> str:
+        with stm.start_transaction("t") as tx:
+            barrier.wait(5)
+            for _ in range(5):
+                sync_client.send(request).read()
+        return tx.trace_id
+
+    async def in_task(async_client: httpx.AsyncClient) -> str:
+        with stm.start_transaction("a") as tx:
+            for _ in range(5):
+                await (await async_client.send(request)).aread()
+        return tx.trace_id
+
+    async def tasks() -> list[str]:
+        async with httpx.AsyncClient() as async_client:
+            return await asyncio.gather(*(in_task(async_client) for _ in range(8)))
+
+    with ThreadPoolExecutor(8) as pool:
+        traces = list(pool.map(lambda _: in_thread(), range(8)))
+    traces += asyncio.run(tasks())
+    assert list(request.headers.raw) == before
+    sync_client.send(request).read()  # no trace current: nothing of ours on the wire
+    sync_client.close()
+    received = recording_server.received("/echo")
+    assert len(received) == 16 * 5 + 1
+    for rec in received[:-1]:
+        (sentry_trace,) = rec.values("sentry-trace")
+        (baggage,) = rec.values("baggage")
+        assert baggage.startswith("own=1,sentry-") and baggage.count("own=1") == 1
+        assert sentry_trace[:32] in traces and len(rec.values("traceparent")) == 1
+    assert Counter(r.values("sentry-trace")[0][:32] for r in received[:-1]) == dict.fromkeys(
+        traces, 5
+    )
+    last = received[-1]
+    assert last.values("sentry-trace") == [] and last.values("baggage") == ["own=1"]
 
 
 def test_http_client_multi_value_baggage_is_merged(recording_server: RecordingServer) -> None:

@@ -9,12 +9,15 @@ response is closed, which httpx does as soon as the body has been read to the en
 Trace headers are added to httpx's header list only while the transport sends the request
 (replacing the caller's ``sentry-trace`` / ``traceparent``, merging its ``baggage``), then
 the caller's headers are put back: re-sending the same request never grows ``baggage``, and
-a redirect hop to a URL that must not get trace headers carries none of ours. The header
-values come from the per-trace cache shared with ``http.client`` (``header_items``).
+a redirect hop to a URL that must not get trace headers carries none of ours. A request
+object that is already being sent (the same object sent from several threads or tasks at
+once) is not touched: the transport gets a copy that carries the headers. The header values
+come from the per-trace cache shared with ``http.client`` (``header_items``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -55,10 +58,11 @@ _NAMES = {
 }
 _OURS = frozenset(_NAMES.values())
 _W3C = frozenset({_NAMES[TRACEPARENT_HEADER], _NAMES[TRACESTATE_HEADER]})
+_SENDING = "_stm_sending"  # in a Request's __dict__ while our headers are in its list
 
 # How to put the caller's headers back: the length of httpx's header list before ours were
-# appended, a copy of that list, or the caller's ``Headers`` object.
-_Saved = int | list[Any] | httpx.Headers
+# appended, or a copy of that list.
+_Saved = int | list[Any]
 
 
 def _full_url(url: httpx.URL) -> str:
@@ -67,12 +71,15 @@ def _full_url(url: httpx.URL) -> str:
     return str(url)
 
 
-def _prepare(request: httpx.Request, parent: Span | None) -> tuple[Span | None, _Saved | None]:
+def _prepare(
+    request: httpx.Request, parent: Span | None
+) -> tuple[Span | None, httpx.Request, _Saved | None]:
     """Start the span and add the trace headers for one request on the wire; returns the
-    span and what puts the caller's headers back (None: nothing was added)."""
+    span, the request to send (``request``, or a copy with the headers when ``request`` is
+    already being sent) and what puts the caller's headers back (None: nothing to undo)."""
     ctx = trace_context(parent)
     if ctx is None:
-        return None, None
+        return None, request, None
     opts = ctx._client.options
     url = request.url
     ref = getattr(url, "_uri_reference", None)  # httpx's parsed URL: no property calls
@@ -90,20 +97,29 @@ def _prepare(request: httpx.Request, parent: Span | None) -> tuple[Span | None, 
     if span is not None and opts.send_default_pii:
         add_query(span, url.query.decode("ascii", "replace"), url.fragment)
     if not inject:
-        return span, None
+        return span, request, None
     span_id = span._span_id if span is not None else parent._span_id if parent else None
-    return span, _inject(request, ctx, span_id)
+    fields = getattr(request, "__dict__", None)
+    if (
+        type(request) is httpx.Request
+        and type(fields) is dict
+        and type(getattr(request.headers, "_list", None)) is list
+    ):
+        token = span if span is not None else object()  # unique to this send
+        if fields.setdefault(_SENDING, token) is token:  # atomic: one sender owns it
+            try:
+                return span, request, _inject(request, ctx, span_id)
+            except BaseException:
+                fields.pop(_SENDING, None)
+                raise
+    return span, _with_trace_headers(request, ctx, span_id), None
 
 
 def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> _Saved:
-    """Add our headers (replacing the caller's, merging its baggage); returns what undoes it.
-
-    The header list is changed only once our values are known, so a failure leaves the
-    caller's request as it was.
-    """
-    items = getattr(request.headers, "_list", None)
-    if type(items) is not list:
-        return _inject_public(request, ctx, span_id)
+    """Add our headers to ``request`` (replacing the caller's, merging its baggage);
+    returns what undoes it. The header list is changed only once our values are known, so
+    a failure leaves the caller's request as it was."""
+    items = request.headers._list
     for item in items:  # (raw name, lowercase name, value), httpx's internal layout
         if item[1] in _OURS:
             break
@@ -117,6 +133,15 @@ def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None
         saved = len(items)
         items.extend([(name, name, value) for name, value in cached])
         return saved
+    replaced = _replaced(items, ctx, span_id)
+    saved_list = items[:]
+    items[:] = replaced
+    return saved_list
+
+
+def _replaced(items: list[Any], ctx: PropagationContext, span_id: str | None) -> list[Any]:
+    """httpx's header list with the caller's trace headers replaced by ours (the caller's
+    baggage members merged into ours)."""
     w3c = ctx._client.options.propagate_traceparent
     kept = []
     bags: list[bytes] = []
@@ -127,42 +152,65 @@ def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None
         elif name == b"baggage":
             bags.append(item[2])
     own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
-    values = ctx.headers(span_id, own)
-    saved_list = items[:]
     kept.extend(
         (_NAMES[name], _NAMES[name], value.encode("utf-8", "surrogateescape"))
-        for name, value in values.items()
+        for name, value in ctx.headers(span_id, own).items()
     )
-    items[:] = kept
-    return saved_list
+    return kept
 
 
-def _inject_public(
+def _restore(request: httpx.Request, saved: _Saved) -> None:
+    """After the transport call: put the caller's headers back; the request is free."""
+    try:
+        if isinstance(saved, int):
+            del request.headers._list[saved:]
+        else:
+            request.headers._list[:] = saved
+    except Exception:
+        logger.exception("sentry_tracing_mw: restoring an httpx request failed")
+    request.__dict__.pop(_SENDING, None)
+
+
+def _with_trace_headers(
     request: httpx.Request, ctx: PropagationContext, span_id: str | None
-) -> httpx.Headers:
-    """Same as _inject through the public Headers API (slower; other httpx layouts)."""
-    saved = request.headers
-    headers = saved.copy()
+) -> httpx.Request:
+    """A copy of ``request`` with our headers (replacing the caller's trace headers,
+    merging its baggage): for a request another send is using now."""
+    headers = request.headers
+    items = getattr(headers, "_list", None)
+    if type(items) is not list or type(request) is not httpx.Request:
+        return _with_trace_headers_public(request, ctx, span_id)
+    # A snapshot (one C-level copy): the other send may put the caller's headers back now.
+    return _copy(request, headers, _replaced(items[:], ctx, span_id))
+
+
+def _copy(request: httpx.Request, headers: httpx.Headers, items: list[Any]) -> httpx.Request:
+    """``request`` with another header list, without re-parsing anything (httpx's layout:
+    a ``Request`` keeps its fields in ``__dict__``, ``Headers`` its ``_list``)."""
+    copied = httpx.Headers.__new__(httpx.Headers)
+    copied.__dict__.update(headers.__dict__)
+    copied._list = items
+    sent = httpx.Request.__new__(httpx.Request)
+    sent.__dict__.update(request.__dict__)
+    sent.__dict__.pop(_SENDING, None)
+    sent.headers = copied
+    return sent
+
+
+def _with_trace_headers_public(
+    request: httpx.Request, ctx: PropagationContext, span_id: str | None
+) -> httpx.Request:
+    """Same as _with_trace_headers through the public API (other httpx layouts, subclasses
+    of ``Request``): a shallow copy of the request with a copy of its headers."""
+    headers = request.headers.copy()
     values = ctx.headers(span_id, headers.get(BAGGAGE_HEADER) or None)
     if TRACEPARENT_HEADER in values and TRACESTATE_HEADER in headers:
         del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
     for name, value in values.items():
         headers[name] = value
-    request.headers = headers
-    return saved
-
-
-def _restore(request: httpx.Request, saved: _Saved) -> None:
-    """After the transport call: put the caller's headers back."""
-    try:
-        if isinstance(saved, int):
-            del request.headers._list[saved:]
-        elif isinstance(saved, list):
-            request.headers._list[:] = saved
-        else:
-            request.headers = saved
-    except Exception:
-        logger.exception("sentry_tracing_mw: restoring an httpx request failed")
+    sent = copy.copy(request)
+    sent.headers = headers
+    return sent
 
 
 class _ClosesSpan:
@@ -254,12 +302,12 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
-            span, saved = _prepare(request, parent)
+            span, sent, saved = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span = saved = None
+            span, sent, saved = None, request, None
         try:
-            response: httpx.Response = orig_sync(self, request)
+            response: httpx.Response = orig_sync(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
@@ -279,12 +327,12 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
-            span, saved = _prepare(request, parent)
+            span, sent, saved = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span = saved = None
+            span, sent, saved = None, request, None
         try:
-            response: httpx.Response = await orig_async(self, request)
+            response: httpx.Response = await orig_async(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
