@@ -31,7 +31,7 @@ import sentry_tracing_mw as stm
 from sentry_tracing_mw._client import get_client
 from sentry_tracing_mw._context import PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
 from sentry_tracing_mw._propagation import extract
-from sentry_tracing_mw._tracing import Span, Transaction
+from sentry_tracing_mw._tracing import Span, Transaction, http_status_to_span_status
 from sentry_tracing_mw.integrations import http_clients
 
 from .recording_server import RecordingServer, running
@@ -682,6 +682,88 @@ def test_body_read_inside_an_unrelated_except_block_stays_ok(
             client.get(recording_server.url + "/echo")  # read to the end while handling it
     (span,) = http_spans(tx)
     assert span.status == "ok" and "error.type" not in span.data
+
+
+def test_a_response_closed_while_another_request_fails_stays_ok(
+    recording_server: RecordingServer,
+) -> None:
+    # The second request's URLError propagates while the first response is closed (the
+    # with block exits): that failure is not the first body's.
+    stm.init(traces_sample_rate=1.0)
+    refused = f"http://127.0.0.1:{free_port()}/x"
+    with stm.start_transaction("t") as tx:
+        with pytest.raises(urllib.error.URLError):
+            with urllib.request.urlopen(recording_server.url + "/echo", timeout=5) as first:
+                first.read(4)
+                urllib.request.urlopen(refused, timeout=5)
+    ok, failed = sorted(http_spans(tx), key=lambda s: not (s.description or "").endswith("/echo"))
+    assert ok.description == f"GET {recording_server.url}/echo"
+    assert ok.status == "ok" and "error.type" not in ok.data
+    assert failed.status == "internal_error"
+
+
+@pytest.mark.parametrize("how", ["readlines", "lines", "read1"])
+def test_body_read_by_lines_or_read1_ends_the_span(
+    recording_server: RecordingServer, how: str
+) -> None:
+    # readline()/read1() never close a Content-Length response at its end (read() does):
+    # the span still ends when the last byte is read, without close() or GC.
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        response = urllib.request.urlopen(recording_server.url + "/echo", timeout=5)
+        if how == "readlines":
+            body = b"".join(response.readlines())
+        elif how == "lines":
+            body = b"".join(line for line in response)
+        else:
+            body = b"".join(iter(lambda: response.read1(7), b""))
+        (span,) = http_spans(tx)
+        assert span.timestamp is not None and span.status == "ok"
+    assert body.startswith(b"GET /echo")
+    response.close()
+    assert len(http_spans(tx)) == 1
+
+
+def test_credentials_given_as_the_host_stay_out_of_the_span(
+    recording_server: RecordingServer,
+) -> None:
+    # HTTPConnection("user:pass@host") (urllib passes URL credentials so): the span names
+    # the host only. The socket is connected beforehand: no name lookup of that "host".
+    stm.init(traces_sample_rate=1.0)
+    conn = http.client.HTTPConnection(f"bob:hunter2@127.0.0.1:{recording_server.port}")
+    conn.sock = socket.create_connection(("127.0.0.1", recording_server.port), timeout=5)
+    with stm.start_transaction("t") as tx:
+        conn.request("GET", "/echo")
+        conn.getresponse().read()
+    conn.close()
+    (span,) = http_spans(tx)
+    assert span.description == f"GET {recording_server.url}/echo"
+    assert span.data["server.address"] == "127.0.0.1"
+    assert "hunter2" not in str(span.data)
+
+
+def test_response_not_ready_keeps_the_request_waiting(recording_server: RecordingServer) -> None:
+    # Two requests on one connection; asking for the second response before the first was
+    # read raises ResponseNotReady: the second request still gets its span, ended by its
+    # own response (200, ok), not failed by the caller's early call. OPTIONS * is named
+    # after the server (the URL's empty path).
+    stm.init(traces_sample_rate=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=5)
+    with stm.start_transaction("t") as tx:
+        conn.request("GET", "/echo")
+        first = conn.getresponse()
+        conn.request("OPTIONS", "*")
+        with pytest.raises(http.client.ResponseNotReady):
+            conn.getresponse()
+        first.read()
+        second = conn.getresponse()
+        second.read()
+    conn.close()
+    spans = http_spans(tx)
+    assert [(s.description, s.status) for s in spans] == [
+        (f"GET {recording_server.url}/echo", "ok"),
+        (f"OPTIONS {recording_server.url}", http_status_to_span_status(second.status)),
+    ]
 
 
 def test_error_response_body_read_in_its_except_block_is_not_a_failure(

@@ -5,7 +5,7 @@ Hooks (class level, so connections and subclasses created earlier are covered):
 ``sentry-trace`` / ``traceparent`` / ``tracestate`` / ``baggage`` lines out of the header
 block (ours replace them; the caller's baggage members are merged) and adds ours,
 ``getresponse`` records the status and ``HTTPResponse._close_conn`` (EOF or close) ends the
-span. Connection failures and timeouts end the span with a status; the exception is
+span, or ``readline`` / ``read1`` when they read the last announced byte (they never close). Connection failures and timeouts end the span with a status; the exception is
 re-raised unchanged. Nothing is allocated when no trace is current.
 """
 
@@ -81,6 +81,8 @@ def _begin(
             host, port = tunnel, getattr(conn, "_tunnel_port", None)
         else:
             host, port = conn.host, conn.port
+        if "@" in host:  # "user:pass@host" given as the host: never in a span
+            host = host.rpartition("@")[2]
         if url[:1] != "/" and "://" in url:  # absolute form (plain HTTP through a proxy)
             parts = urlsplit(url)
             scheme = parts.scheme.lower() or scheme
@@ -108,6 +110,8 @@ def _begin(
             cut = fragment_at
         if cut >= 0:
             path, rest = target[:cut], target[cut:]
+        elif path == "*":  # OPTIONS * (the server as a whole): the URL's empty path
+            path = ""
         span = start_client_span(parent, method, base + path, host, ORIGIN)
         if span is not None and rest and opts.send_default_pii:
             query, _, fragment = rest.partition("#")
@@ -134,22 +138,30 @@ def _abandon(out: _Outgoing) -> None:
 
 #: Modules a failure to read a response body is raised in (innermost Python frame).
 _IO_MODULES = frozenset({"socket", "ssl", "http.client", "urllib3.response"})
+_HTTPLIB_FILE = http.client.__file__
 
 
-def _raised_reading(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) was raised reading from the connection, not by
-    the caller's own code: ``except HTTPError as e: e.read()`` reads a body while handling
-    an exception that has nothing to do with that body."""
+def _raised_reading(exc: BaseException, response: http.client.HTTPResponse) -> bool:
+    """Whether ``exc`` (or what it wraps) was raised reading ``response``'s body: raised in
+    the I/O modules, with one of ``response``'s own methods on the way. Not the caller's
+    code (``except HTTPError as e: e.read()`` reads a body while handling an exception
+    that has nothing to do with it), nor another request's failure while this response is
+    closed (``with urlopen(a) as r: urlopen(b)`` failing)."""
     cause: BaseException | None = exc
     for _ in range(4):
         if cause is None:
             return False
         tb = cause.__traceback__
-        if tb is not None:
-            while tb.tb_next is not None:
-                tb = tb.tb_next
-            if tb.tb_frame.f_globals.get("__name__") in _IO_MODULES:
-                return True
+        mine = False
+        while tb is not None:
+            frame = tb.tb_frame
+            if not mine and frame.f_code.co_filename == _HTTPLIB_FILE:
+                mine = frame.f_locals.get("self") is response
+            if tb.tb_next is None:
+                if mine and frame.f_globals.get("__name__") in _IO_MODULES:
+                    return True
+                break
+            tb = tb.tb_next
         cause = cause.__cause__ or cause.__context__
     return False
 
@@ -291,6 +303,10 @@ def install() -> Callable[[], None]:
         span = out[1]
         try:
             response: http.client.HTTPResponse = orig_getresponse(self)
+        except http.client.ResponseNotReady:
+            # The previous response is still being read: this request waits for a retry.
+            self._stm_outgoing = out  # type: ignore[attr-defined]
+            raise
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
@@ -315,6 +331,8 @@ def install() -> Callable[[], None]:
         if out is not None:
             self._stm_outgoing = None  # type: ignore[attr-defined]
             _abandon(out)
+        if self._stm_route is not None:  # type: ignore[attr-defined]
+            self._stm_route = None  # type: ignore[attr-defined]  # set_tunnel() may follow
         orig_close(self)
 
     def _close_conn(self: http.client.HTTPResponse) -> None:
@@ -330,7 +348,7 @@ def install() -> Callable[[], None]:
             if type(span) is tuple:
                 span, ambient = span
             failure = exc_info()[1]  # closed because reading the body failed?
-            if failure is not None and id(failure) != ambient and _raised_reading(failure):
+            if failure is not None and id(failure) != ambient and _raised_reading(failure, self):
                 _body_failed(span, failure)
             elif self.length and sys._getframe(1).f_code.co_name != "close":
                 # The server closed before the announced length: http.client reads that
@@ -342,6 +360,41 @@ def install() -> Callable[[], None]:
                 except Exception:
                     logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
+    orig_readline = _Resp.__dict__["readline"]
+    orig_read1 = _Resp.__dict__["read1"]
+
+    def _ended(self: http.client.HTTPResponse) -> None:
+        """The announced length was read by readline()/read1(), which (unlike read())
+        never close the response at its end: the span ends here."""
+        span = self._stm_span  # type: ignore[attr-defined]
+        self._stm_span = None  # type: ignore[attr-defined]
+        if type(span) is tuple:
+            span = span[0]
+        finish(span)
+
+    def readline(self: http.client.HTTPResponse, limit: int = -1) -> bytes:
+        line: bytes = orig_readline(self, limit)
+        if self._stm_span is not None and self.length == 0:  # type: ignore[attr-defined]
+            _ended(self)
+        return line
+
+    def read1(self: http.client.HTTPResponse, n: int = -1) -> bytes:
+        data: bytes = orig_read1(self, n)
+        if self._stm_span is not None and self.length == 0:  # type: ignore[attr-defined]
+            _ended(self)
+        return data
+
+    response_wrappers: dict[str, Any] = {
+        "_close_conn": _close_conn,
+        "readline": readline,
+        "read1": read1,
+    }
+    response_originals: dict[str, Any] = {
+        "_close_conn": orig_close_conn,
+        "readline": orig_readline,
+        "read1": orig_read1,
+    }
+
     wrappers: dict[str, Any] = {
         "putrequest": putrequest,
         "endheaders": endheaders,
@@ -351,13 +404,16 @@ def install() -> Callable[[], None]:
     for name, fn in originals.items():
         wrappers[name].__wrapped__ = fn
         wrappers[name].__doc__ = fn.__doc__
-    _close_conn.__wrapped__ = orig_close_conn  # type: ignore[attr-defined]
+    for name, fn in response_wrappers.items():
+        fn.__wrapped__ = response_originals[name]
+        fn.__doc__ = response_originals[name].__doc__
     setattr(_Conn, _STATE, None)
     setattr(_Conn, _ROUTE, None)
     setattr(_Resp, _SPAN, None)
     for name, fn in wrappers.items():
         setattr(_Conn, name, fn)
-    setattr(_Resp, "_close_conn", _close_conn)  # noqa: B010 (private: not in the stubs)
+    for name, fn in response_wrappers.items():
+        setattr(_Resp, name, fn)
 
     def undo() -> None:
         enabled.clear()  # a wrapper someone else chained on top of stays inert
@@ -370,8 +426,9 @@ def install() -> Callable[[], None]:
                     "someone else; leaving it in place",
                     name,
                 )
-        if _Resp.__dict__.get("_close_conn") is _close_conn:
-            setattr(_Resp, "_close_conn", orig_close_conn)  # noqa: B010
+        for name, fn in response_wrappers.items():
+            if _Resp.__dict__.get(name) is fn:
+                setattr(_Resp, name, response_originals[name])
         # The class defaults (_stm_outgoing, _stm_span = None) stay: a thread already inside
         # a wrapper, or code that kept a bound wrapper, still reads them after this.
 
