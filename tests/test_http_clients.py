@@ -960,52 +960,73 @@ def test_httpx_request_object_left_as_built(recording_server: RecordingServer) -
 def test_httpx_request_sent_concurrently_is_never_changed(
     recording_server: RecordingServer,
 ) -> None:
-    # One Request object sent from several threads and tasks at once (each in its own
-    # transaction): every send carries its own trace's headers once, and the caller's
-    # request never keeps any of ours, so a later send outside a trace carries none.
+    # One Request object sent from several threads and tasks at once, each in its own
+    # continued trace with its own third-party baggage member: every send carries its own
+    # trace's headers and members once (never another send's), and the caller's request
+    # never keeps any of ours, so a later send outside a trace carries none.
     stm.init(traces_sample_rate=1.0)
     request = httpx.Request(
-        "GET", recording_server.url + "/echo", headers={"baggage": "own=1", "x-own": "1"}
+        "GET", recording_server.url + "/slow?delay=0.01", headers={"baggage": "own=1"}
     )
     before = list(request.headers.raw)
     sync_client = httpx.Client()
     barrier = threading.Barrier(8)
 
-    def in_thread() -> str:
-        with stm.start_transaction("t") as tx:
+    def incoming(n: int) -> dict[str, str]:
+        return {"sentry-trace": f"{n + 1:032x}-{'b' * 16}-1", "baggage": f"user=u{n}"}
+
+    def in_thread(n: int) -> None:
+        with stm.start_transaction("t", headers=incoming(n)):
             barrier.wait(5)
             for _ in range(5):
                 sync_client.send(request).read()
-        return tx.trace_id
 
-    async def in_task(async_client: httpx.AsyncClient) -> str:
-        with stm.start_transaction("a") as tx:
+    async def in_task(async_client: httpx.AsyncClient, n: int) -> None:
+        with stm.start_transaction("a", headers=incoming(n)):
             for _ in range(5):
                 await (await async_client.send(request)).aread()
-        return tx.trace_id
 
-    async def tasks() -> list[str]:
+    async def tasks() -> None:
         async with httpx.AsyncClient() as async_client:
-            return await asyncio.gather(*(in_task(async_client) for _ in range(8)))
+            await asyncio.gather(*(in_task(async_client, n) for n in range(8, 16)))
 
     with ThreadPoolExecutor(8) as pool:
-        traces = list(pool.map(lambda _: in_thread(), range(8)))
-    traces += asyncio.run(tasks())
+        list(pool.map(in_thread, range(8)))
+    asyncio.run(tasks())
     assert list(request.headers.raw) == before
     sync_client.send(request).read()  # no trace current: nothing of ours on the wire
     sync_client.close()
-    received = recording_server.received("/echo")
+    received = recording_server.received("/slow")
     assert len(received) == 16 * 5 + 1
+    per_trace: Counter[int] = Counter()
     for rec in received[:-1]:
         (sentry_trace,) = rec.values("sentry-trace")
         (baggage,) = rec.values("baggage")
-        assert baggage.startswith("own=1,sentry-") and baggage.count("own=1") == 1
-        assert sentry_trace[:32] in traces and len(rec.values("traceparent")) == 1
-    assert Counter(r.values("sentry-trace")[0][:32] for r in received[:-1]) == dict.fromkeys(
-        traces, 5
-    )
+        n = int(sentry_trace[:32], 16) - 1
+        per_trace[n] += 1
+        members = [m.split("=")[0] + "=" + m.split("=")[1] for m in baggage.split(",")]
+        assert members[:2] == ["own=1", f"user=u{n}"], baggage
+        assert sum(m.startswith("user=") for m in members) == 1
+        assert len(rec.values("traceparent")) == 1
+    assert per_trace == dict.fromkeys(range(16), 5)
     last = received[-1]
     assert last.values("sentry-trace") == [] and last.values("baggage") == ["own=1"]
+
+
+def test_httpx_request_subclass_keeps_its_body(recording_server: RecordingServer) -> None:
+    class MyRequest(httpx.Request):
+        pass
+
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx, httpx.Client() as client:
+        request = MyRequest("POST", recording_server.url + "/echo", content=b"payload")
+        response = client.send(request)
+        response.read()
+    assert response.request is request and "sentry-trace" not in request.headers
+    (rec,) = recording_server.received("/echo")
+    (span,) = http_spans(tx)
+    assert rec.body == b"payload"
+    assert rec.values("sentry-trace") == [f"{tx.trace_id}-{span.span_id}-1"]
 
 
 def test_http_client_multi_value_baggage_is_merged(recording_server: RecordingServer) -> None:

@@ -5,8 +5,9 @@ Hooks (class level, so connections and subclasses created earlier are covered):
 ``sentry-trace`` / ``traceparent`` / ``tracestate`` / ``baggage`` lines out of the header
 block (ours replace them; the caller's baggage members are merged) and adds ours,
 ``getresponse`` records the status and ``HTTPResponse._close_conn`` (EOF or close) ends the
-span, or ``readline`` / ``read1`` when they read the last announced byte (they never close). Connection failures and timeouts end the span with a status; the exception is
-re-raised unchanged. Nothing is allocated when no trace is current.
+span, or ``readline`` / ``read1`` when they read the last announced byte (they never close).
+Connection failures and timeouts end the span with a status; the exception is re-raised
+unchanged. Nothing is allocated when no trace is current.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ come from the per-trace cache shared with ``http.client`` (``header_items``).
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -58,11 +57,9 @@ _NAMES = {
 }
 _OURS = frozenset(_NAMES.values())
 _W3C = frozenset({_NAMES[TRACEPARENT_HEADER], _NAMES[TRACESTATE_HEADER]})
-_SENDING = "_stm_sending"  # in a Request's __dict__ while our headers are in its list
-
-# How to put the caller's headers back: the length of httpx's header list before ours were
-# appended, or a copy of that list.
-_Saved = int | list[Any]
+_SENDING = "_stm_sending"  # in a Request's __dict__ while our headers are in it
+#: A send's token: the caller's own header list, while the request carries ours.
+_Sending = tuple[list[Any]]
 
 
 def _full_url(url: httpx.URL) -> str:
@@ -73,7 +70,7 @@ def _full_url(url: httpx.URL) -> str:
 
 def _prepare(
     request: httpx.Request, parent: Span | None
-) -> tuple[Span | None, httpx.Request, _Saved | None]:
+) -> tuple[Span | None, httpx.Request, _Sending | None]:
     """Start the span and add the trace headers for one request on the wire; returns the
     span, the request to send (``request``, or a copy with the headers when ``request`` is
     already being sent) and what puts the caller's headers back (None: nothing to undo)."""
@@ -100,26 +97,29 @@ def _prepare(
         return span, request, None
     span_id = span._span_id if span is not None else parent._span_id if parent else None
     fields = getattr(request, "__dict__", None)
-    if (
-        type(request) is httpx.Request
-        and type(fields) is dict
-        and type(getattr(request.headers, "_list", None)) is list
-    ):
-        token = span if span is not None else object()  # unique to this send
-        if fields.setdefault(_SENDING, token) is token:  # atomic: one sender owns it
-            try:
-                return span, request, _inject(request, ctx, span_id)
-            except BaseException:
-                fields.pop(_SENDING, None)
-                raise
-    return span, _with_trace_headers(request, ctx, span_id), None
+    headers = request.headers
+    items = getattr(headers, "_list", None)
+    if type(fields) is not dict or type(items) is not list:
+        return span, _with_headers_public(request, ctx, span_id), None
+    token = (items,)  # unique to this send; holds the caller's own header list
+    owner = fields.setdefault(_SENDING, token)  # atomic: one send at a time owns it
+    if owner is not token:
+        # Being sent by another thread or task right now: its headers are in the request
+        # until it puts the caller's back, so build ours on the caller's own list (the
+        # owner's token) and hand the transport a copy.
+        return span, _copy(request, headers, _with_ours(owner[0], ctx, span_id)), None
+    try:
+        # A new list: the caller's own stays untouched, for the restore and for copies.
+        headers._list = _with_ours(items, ctx, span_id)
+    except BaseException:
+        del fields[_SENDING]
+        raise
+    return span, request, token
 
 
-def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None) -> _Saved:
-    """Add our headers to ``request`` (replacing the caller's, merging its baggage);
-    returns what undoes it. The header list is changed only once our values are known, so
-    a failure leaves the caller's request as it was."""
-    items = request.headers._list
+def _with_ours(items: list[Any], ctx: PropagationContext, span_id: str | None) -> list[Any]:
+    """A new httpx header list: ``items`` with our trace headers (the caller's trace
+    headers replaced, its baggage members merged into ours)."""
     for item in items:  # (raw name, lowercase name, value), httpx's internal layout
         if item[1] in _OURS:
             break
@@ -130,18 +130,7 @@ def _inject(request: httpx.Request, ctx: PropagationContext, span_id: str | None
                 (_NAMES[name], value.encode("utf-8", "surrogateescape"))
                 for name, value in ctx.headers(span_id).items()
             ]
-        saved = len(items)
-        items.extend([(name, name, value) for name, value in cached])
-        return saved
-    replaced = _replaced(items, ctx, span_id)
-    saved_list = items[:]
-    items[:] = replaced
-    return saved_list
-
-
-def _replaced(items: list[Any], ctx: PropagationContext, span_id: str | None) -> list[Any]:
-    """httpx's header list with the caller's trace headers replaced by ours (the caller's
-    baggage members merged into ours)."""
+        return items + [(name, name, value) for name, value in cached]
     w3c = ctx._client.options.propagate_traceparent
     kept = []
     bags: list[bytes] = []
@@ -159,57 +148,50 @@ def _replaced(items: list[Any], ctx: PropagationContext, span_id: str | None) ->
     return kept
 
 
-def _restore(request: httpx.Request, saved: _Saved) -> None:
-    """After the transport call: put the caller's headers back; the request is free."""
+def _restore(request: httpx.Request, token: _Sending) -> None:
+    """After the transport call: the caller's own header list goes back, then the request
+    is free for the next send (in that order: a send starting in between copies)."""
     try:
-        if isinstance(saved, int):
-            del request.headers._list[saved:]
-        else:
-            request.headers._list[:] = saved
+        request.headers._list = token[0]
     except Exception:
         logger.exception("sentry_tracing_mw: restoring an httpx request failed")
-    request.__dict__.pop(_SENDING, None)
-
-
-def _with_trace_headers(
-    request: httpx.Request, ctx: PropagationContext, span_id: str | None
-) -> httpx.Request:
-    """A copy of ``request`` with our headers (replacing the caller's trace headers,
-    merging its baggage): for a request another send is using now."""
-    headers = request.headers
-    items = getattr(headers, "_list", None)
-    if type(items) is not list or type(request) is not httpx.Request:
-        return _with_trace_headers_public(request, ctx, span_id)
-    # A snapshot (one C-level copy): the other send may put the caller's headers back now.
-    return _copy(request, headers, _replaced(items[:], ctx, span_id))
+    fields = request.__dict__
+    if fields.get(_SENDING) is token:
+        del fields[_SENDING]
 
 
 def _copy(request: httpx.Request, headers: httpx.Headers, items: list[Any]) -> httpx.Request:
-    """``request`` with another header list, without re-parsing anything (httpx's layout:
-    a ``Request`` keeps its fields in ``__dict__``, ``Headers`` its ``_list``)."""
-    copied = httpx.Headers.__new__(httpx.Headers)
+    """``request`` (any ``Request`` subclass) with another header list, without re-parsing
+    anything or pickling (httpx's ``__getstate__`` drops the body stream): a ``Request``
+    keeps its fields in ``__dict__``, ``Headers`` its ``_list``."""
+    copied = object.__new__(type(headers))
     copied.__dict__.update(headers.__dict__)
     copied._list = items
-    sent = httpx.Request.__new__(httpx.Request)
+    sent = object.__new__(type(request))
     sent.__dict__.update(request.__dict__)
     sent.__dict__.pop(_SENDING, None)
     sent.headers = copied
     return sent
 
 
-def _with_trace_headers_public(
+def _with_headers_public(
     request: httpx.Request, ctx: PropagationContext, span_id: str | None
 ) -> httpx.Request:
-    """Same as _with_trace_headers through the public API (other httpx layouts, subclasses
-    of ``Request``): a shallow copy of the request with a copy of its headers."""
+    """Our headers through the public ``Headers`` API, on a copy of the request (another
+    httpx layout); the request as it is when it cannot be copied so."""
     headers = request.headers.copy()
     values = ctx.headers(span_id, headers.get(BAGGAGE_HEADER) or None)
     if TRACEPARENT_HEADER in values and TRACESTATE_HEADER in headers:
         del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
     for name, value in values.items():
         headers[name] = value
-    sent = copy.copy(request)
-    sent.headers = headers
+    try:
+        sent = object.__new__(type(request))
+        sent.__dict__.update(request.__dict__)
+        sent.headers = headers
+    except Exception:  # no __dict__: sent without our headers rather than changed
+        logger.debug("cannot copy an httpx request of type %s", type(request).__name__)
+        return request
     return sent
 
 
