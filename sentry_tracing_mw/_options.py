@@ -163,28 +163,47 @@ def _opt_str(name: str, value: Any) -> str | None:
 _PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
 
 
+def _redacted(url: str) -> str:
+    """``url`` without its credentials (with or without a scheme), for messages."""
+    if "@" not in url:
+        return url
+    head, sep, _ = url.partition("://")
+    return (head + sep if sep else "") + "[redacted]@" + url.rpartition("@")[2]
+
+
 def _proxy(name: str, value: Any) -> str | None:
     """A proxy URL (``scheme://[user:pass@]host[:port]``, scheme defaulting to http), or
     ``""`` for no proxy; credentials are redacted from the error message."""
     url = _opt_str(name, value)
     if not url:
         return url
-    shown = re.sub(r"//[^@/]*@", "//[redacted]@", url)
+    shown = _redacted(url)
     try:
         parts = urlsplit(url if "://" in url else "http://" + url)
         port = parts.port  # out of range or not a number: ValueError
         host = parts.hostname
-    except ValueError as exc:
-        raise _fail(name, shown, f"not a proxy URL ({exc})") from None
+    except ValueError:  # the parser's own message may quote a password: not shown
+        raise _fail(name, shown, "not a proxy URL (its host or port does not parse)") from None
     if parts.scheme not in _PROXY_SCHEMES:
         raise _fail(name, shown, "expected a proxy URL with scheme http, https or socks*")
     if not host or not url.isprintable() or any(c.isspace() for c in url):
         raise _fail(name, shown, "expected a proxy URL like http://proxy.example:3128")
     if port == 0:
         raise _fail(name, shown, "port 0 is not a proxy port")
-    if parts.scheme.startswith("socks") and importlib.util.find_spec("socks") is None:
-        raise _fail(name, shown, "a SOCKS proxy needs PySocks (pip install pysocks)")
     return url
+
+
+def _check_socks(dsn: Dsn | None, http_proxy: str | None, https_proxy: str | None) -> None:
+    """The proxy the transport will use (as ``_transport._select_proxy`` picks an explicit
+    one) cannot be SOCKS without PySocks: urllib3 needs it, and sending around the proxy
+    is not what was asked for."""
+    if dsn is None:
+        return
+    name, url = "http_proxy", http_proxy
+    if dsn.scheme == "https" and https_proxy is not None:
+        name, url = "https_proxy", https_proxy
+    if url and url.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise _fail(name, _redacted(url), "a SOCKS proxy needs PySocks (pip install pysocks)")
 
 
 def _ca_certs(value: Any) -> str | None:
@@ -386,6 +405,9 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
     def flag(name: str, default: bool) -> bool:
         return _bool(name, kwargs.get(name, default))
 
+    http_proxy = _proxy("http_proxy", kwargs.get("http_proxy"))
+    https_proxy = _proxy("https_proxy", kwargs.get("https_proxy"))
+    _check_socks(dsn, http_proxy, https_proxy)
     return Options(
         dsn=dsn,
         traces_sample_rate=rate,
@@ -420,8 +442,8 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         max_spans=max_spans,
         shutdown_timeout=float(timeout),
         send_client_reports=flag("send_client_reports", True),
-        http_proxy=_proxy("http_proxy", kwargs.get("http_proxy")),
-        https_proxy=_proxy("https_proxy", kwargs.get("https_proxy")),
+        http_proxy=http_proxy,
+        https_proxy=https_proxy,
         ca_certs=_ca_certs(kwargs.get("ca_certs")),
         org_id=org_id,
         strict_trace_continuation=flag("strict_trace_continuation", False),

@@ -158,11 +158,26 @@ def test_proxy_credentials_are_not_shown_in_the_error() -> None:
 
 
 def test_socks_proxy_needs_pysocks_at_init() -> None:
-    # Without PySocks urllib3 cannot use it: refused at init rather than bypassed at send.
+    # Without PySocks urllib3 cannot use it: refused at init rather than bypassed at send,
+    # but only when it is the proxy that would be used (a DSN, and not overridden).
     import importlib.util
 
+    dsn = "https://k@sentry.example/1"
     if importlib.util.find_spec("socks") is not None:
-        assert build_options(https_proxy="socks5h://h:1080").https_proxy == "socks5h://h:1080"
+        assert build_options(dsn=dsn, https_proxy="socks5h://h:1080").https_proxy
         return
-    with pytest.raises(stm.ConfigurationError, match="PySocks"):
-        stm.init(https_proxy="socks5h://u:p@h:1080")
+    with pytest.raises(stm.ConfigurationError, match=r"https_proxy.*PySocks") as info:
+        stm.init(dsn=dsn, https_proxy="socks5h://u:hunter2@h:1080")
+    assert "hunter2" not in str(info.value) and "socks5h://[redacted]@h:1080" in str(info.value)
+    assert build_options(https_proxy="socks5h://h:1080").https_proxy  # no DSN: never used
+    unused = build_options(dsn=dsn, http_proxy="socks5://h:1", https_proxy="http://p:3128")
+    assert unused.http_proxy == "socks5://h:1"  # the https DSN goes through https_proxy
+
+
+@pytest.mark.parametrize(
+    "proxy", ["user:hunter2@proxy:99999", "http://u:hunter2/x@proxy:3128", "http://u:hunter2@:1"]
+)
+def test_proxy_credentials_never_appear_in_the_error(proxy: str) -> None:
+    with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
+        stm.init(http_proxy=proxy)
+    assert "hunter2" not in str(info.value) and "[redacted]@" in str(info.value)
