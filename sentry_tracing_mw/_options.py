@@ -193,15 +193,22 @@ def _proxy(name: str, value: Any) -> str | None:
     return url
 
 
+def explicit_proxy(
+    dsn: Dsn, http_proxy: str | None, https_proxy: str | None
+) -> tuple[str, str | None]:
+    """The proxy option that applies to ``dsn`` (its name, its value): ``https_proxy`` for
+    an https DSN when set, else ``http_proxy``; a None value defers to the environment."""
+    if dsn.scheme == "https" and https_proxy is not None:
+        return "https_proxy", https_proxy
+    return "http_proxy", http_proxy
+
+
 def _check_socks(dsn: Dsn | None, http_proxy: str | None, https_proxy: str | None) -> None:
-    """The proxy the transport will use (as ``_transport._select_proxy`` picks an explicit
-    one) cannot be SOCKS without PySocks: urllib3 needs it, and sending around the proxy
-    is not what was asked for."""
+    """The proxy option the transport will use cannot be SOCKS without PySocks: urllib3
+    needs it, and sending around the proxy is not what was asked for."""
     if dsn is None:
         return
-    name, url = "http_proxy", http_proxy
-    if dsn.scheme == "https" and https_proxy is not None:
-        name, url = "https_proxy", https_proxy
+    name, url = explicit_proxy(dsn, http_proxy, https_proxy)
     if url and url.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
         raise _fail(name, _redacted(url), "a SOCKS proxy needs PySocks (pip install pysocks)")
 

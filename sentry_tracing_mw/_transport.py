@@ -35,6 +35,7 @@ from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
 from ._http import HTTPConnection, StaleConnectionError
+from ._options import explicit_proxy
 from ._ratelimits import RateLimits
 from ._serialize import dumps
 
@@ -104,10 +105,7 @@ def _record(reports: ClientReports, reason: str, category: str, span_count: int)
 
 def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> str | None:
     """Explicit options first, then the ``*_PROXY`` environment honoring ``NO_PROXY``."""
-    if dsn.scheme == "https":
-        explicit = https_proxy if https_proxy is not None else http_proxy
-    else:
-        explicit = http_proxy
+    explicit = explicit_proxy(dsn, http_proxy, https_proxy)[1]
     if explicit is not None:
         return explicit or None
     try:

@@ -107,7 +107,10 @@ def _prepare(
         # Being sent by another thread or task right now: its headers are in the request
         # until it puts the caller's back, so build ours on the caller's own list (the
         # owner's token) and hand the transport a copy.
-        return span, _copy(request, headers, _with_ours(owner[0], ctx, span_id)), None
+        copied = object.__new__(type(headers))
+        copied.__dict__.update(headers.__dict__)
+        copied._list = _with_ours(owner[0], ctx, span_id)
+        return span, _copy(request, copied), None
     try:
         # A new list: the caller's own stays untouched, for the restore and for copies.
         headers._list = _with_ours(items, ctx, span_id)
@@ -160,17 +163,14 @@ def _restore(request: httpx.Request, token: _Sending) -> None:
         del fields[_SENDING]
 
 
-def _copy(request: httpx.Request, headers: httpx.Headers, items: list[Any]) -> httpx.Request:
-    """``request`` (any ``Request`` subclass) with another header list, without re-parsing
+def _copy(request: httpx.Request, headers: httpx.Headers) -> httpx.Request:
+    """``request`` (any ``Request`` subclass) with other headers, without re-parsing
     anything or pickling (httpx's ``__getstate__`` drops the body stream): a ``Request``
-    keeps its fields in ``__dict__``, ``Headers`` its ``_list``."""
-    copied = object.__new__(type(headers))
-    copied.__dict__.update(headers.__dict__)
-    copied._list = items
+    keeps its fields in ``__dict__``."""
     sent = object.__new__(type(request))
     sent.__dict__.update(request.__dict__)
     sent.__dict__.pop(_SENDING, None)
-    sent.headers = copied
+    sent.headers = headers
     return sent
 
 
@@ -186,13 +186,10 @@ def _with_headers_public(
     for name, value in values.items():
         headers[name] = value
     try:
-        sent = object.__new__(type(request))
-        sent.__dict__.update(request.__dict__)
-        sent.headers = headers
+        return _copy(request, headers)
     except Exception:  # no __dict__: sent without our headers rather than changed
         logger.debug("cannot copy an httpx request of type %s", type(request).__name__)
         return request
-    return sent
 
 
 class _ClosesSpan:
@@ -284,20 +281,20 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return orig_sync(self, request)  # type: ignore[no-any-return]
         try:
-            span, sent, saved = _prepare(request, parent)
+            span, sent, token = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span, sent, saved = None, request, None
+            span, sent, token = None, request, None
         try:
             response: httpx.Response = orig_sync(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            if saved is not None:
-                _restore(request, saved)
+            if token is not None:
+                _restore(request, token)
             raise
-        if saved is not None:
-            _restore(request, saved)
+        if token is not None:
+            _restore(request, token)
         if span is not None:
             _track(request, response, span, _SyncStream)
         return response
@@ -309,20 +306,20 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return await orig_async(self, request)  # type: ignore[no-any-return]
         try:
-            span, sent, saved = _prepare(request, parent)
+            span, sent, token = _prepare(request, parent)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span, sent, saved = None, request, None
+            span, sent, token = None, request, None
         try:
             response: httpx.Response = await orig_async(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            if saved is not None:
-                _restore(request, saved)
+            if token is not None:
+                _restore(request, token)
             raise
-        if saved is not None:
-            _restore(request, saved)
+        if token is not None:
+            _restore(request, token)
         if span is not None:
             _track(request, response, span, _AsyncStream)
         return response
