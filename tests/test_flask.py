@@ -628,3 +628,50 @@ def test_send_file_keeps_the_servers_file_wrapper(sentry_server: SentryServer) -
     assert tx.timestamp is not None
     (sent_tx,) = sent(sentry_server, 1)
     assert sent_tx["contexts"]["trace"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_finished_transactions_are_not_kept_alive_by_the_environ(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    """A caller that keeps the environ after the response (a test client's response, a
+    server's request log, a benchmark's batch) does not keep the transaction alive: with
+    complete, streamed and file bodies alike it leaves the environ when it ends."""
+    import gc
+
+    from werkzeug.test import EnvironBuilder
+
+    from sentry_tracing_mw._tracing import Transaction
+
+    app = create_app()
+    app.config["SENTRY_DSN"] = sentry_server.dsn
+    app.config["SENTRY_TRACES_SAMPLE_RATE"] = rate
+    app.config["SENTRY_INSTRUMENT_HTTP_CLIENTS"] = False
+    FlaskTracing(app)
+    kept: list[dict[str, Any]] = []
+
+    def serve(path: str) -> None:
+        environ = EnvironBuilder(path=path).get_environ()
+        kept.append(environ)
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    for path in ["/users/1", "/stream", "/download", "/nope"]:
+        serve(path)
+    assert stm.flush(5)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, Transaction)] == []
+    assert len(kept) == 4
+    if rate:
+        assert {t["transaction"] for t in wait_transactions(sentry_server, 4)} == {
+            "/users/<int:user_id>",
+            "/stream",
+            "/download",
+            "GET 404",
+        }

@@ -539,3 +539,56 @@ def test_a_failing_background_task_span_never_skips_the_task(
     monkeypatch.setattr(Span, broken, fail)
     assert client.get("/bg").text == "bg"  # the test client waits for the tasks
     assert len(asgi_apps.BG_DONE) == 1
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_finished_transactions_are_not_kept_alive_by_the_scope(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    """A caller that keeps the scope after the response (a test harness, a server's
+    request log) does not keep the transaction alive: it leaves the scope when it ends."""
+    import gc
+
+    from sentry_tracing_mw._tracing import Transaction
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+    app = starlette_app()
+    kept: list[dict[str, Any]] = []
+
+    async def serve(path: str) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        kept.append(scope)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    async def main() -> None:
+        for path in ["/users/1", "/plain", "/nope"]:
+            await serve(path)
+
+    asyncio.run(main())
+    assert stm.flush(5)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, Transaction)] == []
+    assert len(kept) == 3
+    if rate:
+        names = {t["transaction"] for t in flushed_transactions(sentry_server, 3)}
+        assert names == {"/users/{user_id:int}", "/plain", "GET 404"}

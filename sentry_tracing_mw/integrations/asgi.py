@@ -203,6 +203,14 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
     return watched_send, gone
 
 
+def _end(tx: Transaction, scope: Scope) -> None:
+    """Finish the request transaction and drop it from the scope (a caller that keeps the
+    scope after the response does not keep the transaction alive)."""
+    if scope.get(SCOPE_KEY) is tx:
+        del scope[SCOPE_KEY]
+    tx.finish()
+
+
 def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
@@ -345,7 +353,7 @@ class TracingMiddleware:
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
-            tx.finish()
+            _end(tx, scope)
 
     async def _untraced(
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
@@ -528,7 +536,7 @@ class TracingMiddleware:
                     watcher.exception()  # retrieved: no "never retrieved" warning
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
-            tx.finish()
+            _end(tx, scope)
 
     def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
         """Record the response the server (or the framework's error middleware) sends for
