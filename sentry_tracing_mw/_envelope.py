@@ -296,6 +296,14 @@ def _unbrotli(data: bytes, max_size: int) -> bytes:
 
 def gzip_compress(data: bytes, level: int = 3) -> bytes:
     """Gzip ``data`` in one call (zlib with a gzip wrapper; level 3: ~35% cheaper than 6
-    for a few percent more bytes on JSON)."""
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    for a few percent more bytes on JSON).
+
+    The window and hash table are sized to the data: zlib's default (32 KiB window, 128 KiB
+    of tables cleared per stream) costs ~30 µs before the first byte, several times the
+    compression itself for a typical transaction of a few KiB. A window larger than the
+    data finds no longer match: on transaction JSON from 36 B to 700 KB the output is
+    as small as with the defaults.
+    """
+    wbits = max(9, min(15, (len(data) - 1).bit_length()))
+    c = zlib.compressobj(level, zlib.DEFLATED, 16 + wbits, max(1, wbits - 7))
     return c.compress(data) + c.flush()

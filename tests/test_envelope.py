@@ -225,6 +225,24 @@ def test_gzip_compress_roundtrip() -> None:
     assert decode_body(packed, "gzip", len(data)) == data
 
 
+@pytest.mark.parametrize(
+    "size", [0, 1, 255, 256, 257, 511, 512, 513, 4097, 32767, 32768, 32769, 300_000]
+)
+def test_gzip_window_sized_to_the_data_round_trips_and_compresses_as_well(size: int) -> None:
+    import random
+    import zlib
+
+    rng = random.Random(size)
+    words = [b"span", b"db", b"SELECT", b"http.client", b"trace_id", b'":"', b","]
+    data = b"".join(rng.choice(words) for _ in range(size))[:size]
+    packed = gzip_compress(data)
+    assert gzip.decompress(packed) == data
+    assert decode_body(packed, "gzip", max(1, len(data))) == data or not data
+    reference = zlib.compressobj(3, zlib.DEFLATED, 31)
+    default_size = len(reference.compress(data) + reference.flush())
+    assert len(packed) <= default_size * 1.02 + 8
+
+
 @pytest.mark.parametrize("encoding", [None, "", "identity"])
 def test_identity(encoding: str | None) -> None:
     assert decode_body(b"abc", encoding, 3) == b"abc"
