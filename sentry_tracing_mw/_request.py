@@ -12,11 +12,13 @@ import functools
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit
 
 __all__ = [
     "SENSITIVE_HEADERS",
     "compile_ignore_paths",
     "filter_query",
+    "origin_form",
     "request_info",
 ]
 
@@ -75,6 +77,10 @@ _MAX_QUERY = 4096
 
 
 def _sensitive_query_key(key: str) -> bool:
+    """Whether a query key (as sent: ``%74oken`` and ``api%5Fkey`` are the apps' ``token``
+    and ``api_key``) names a secret."""
+    if "%" in key or "+" in key:
+        key = unquote_plus(key, errors="replace")
     low = key.lower()
     return low in _SENSITIVE_QUERY_KEYS or bool(_SENSITIVE_QUERY_PART.search(low))
 
@@ -86,13 +92,29 @@ def filter_query(query: str, send_default_pii: bool) -> str:
     parts = []
     for part in query[:_MAX_QUERY].split("&"):
         key, sep, _ = part.partition("=")
-        if sep and _sensitive_query_key(key.replace("+", " ").split("%", 1)[0] or key):
+        if sep and _sensitive_query_key(key):
             parts.append(f"{key}={FILTERED}")
         elif sep:
             parts.append(part)
         else:
             parts.append(part)
     return "&".join(parts)
+
+
+def _without_userinfo(host: str) -> str:
+    """A Host value without ``user:pass@`` (invalid in Host, but clients send it)."""
+    return host.rpartition("@")[2] if "@" in host else host
+
+
+def origin_form(path: str) -> str:
+    """The path of an absolute-form request target (``GET http://user:pw@host/p``: servers
+    may pass it on as the path), so no authority or credentials get into the URL."""
+    if path[:1] == "/" or "://" not in path:
+        return path
+    try:
+        return urlsplit(path).path or "/"
+    except ValueError:
+        return "/"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -123,14 +145,20 @@ def request_info(
                 cookies.append(value)
         elif not _header_kept(name):
             continue
+        elif "@" in value and name.lower() == "host":
+            value = _without_userinfo(value)
         before = kept.get(name)
         if before is not None:  # a repeated header (ASGI lists each): merged per HTTP rules
             sep = "; " if name.lower() == "cookie" else ","
             kept[name] = f"{before}{sep}{value}"[:_MAX_HEADER_VALUE]
         elif len(kept) < MAX_HEADERS:
             kept[name] = value[:_MAX_HEADER_VALUE]
+    if "@" in host:
+        host = _without_userinfo(host)
+    if path[:1] != "/":
+        path = origin_form(path)
     info: dict[str, Any] = {
-        "method": method,
+        "method": method if method.isupper() else method.upper(),
         "url": f"{scheme}://{host}{path}",
         "headers": kept,
     }

@@ -209,3 +209,79 @@ def test_invalid_dsn_error_hides_the_secret() -> None:
         stm.init(dsn=f"https://public:{DSN_SECRET}@o1.ingest.sentry.io/not-a-number")
     assert DSN_SECRET not in str(info.value)
     assert "public" in str(info.value)
+
+
+def _raw(base: str, request_line: str, host: str, body: bytes = b"") -> bytes:
+    """Send one raw HTTP/1.1 request (what a client library would refuse to send)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    port = urlsplit(base).port
+    assert port is not None
+    head = (
+        f"{request_line}\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode("latin-1") + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("kind", apps.INTEGRATIONS)
+def test_encoded_query_keys_absolute_targets_and_host_userinfo_stay_private(
+    sentry_server: SentryServer, kind: str
+) -> None:
+    """``%74oken=`` is the app's ``token=``; an absolute-form target or a Host header with
+    ``user:pass@`` puts no credentials (and no second authority) into ``request.url``; a
+    lowercase method is sent upper-case (protocol §6.8)."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    query = "%74oken=PCT-SECRET-1&pass%77ord=PCT-SECRET-2&api%5Fkey=PCT-SECRET-3&page=2"
+    with _serve(kind, privacy_apps.build(kind)) as base:
+        authority = base.split("://", 1)[1]
+        replies = [
+            _raw(base, f"POST {base}/page?{query} HTTP/1.1", f"user:HOST-SECRET@{authority}"),
+            _raw(base, f"POST http://user:ABS-SECRET@{authority}/page HTTP/1.1", authority),
+            _raw(base, "post /page HTTP/1.1", authority, b"x"),
+        ]
+        assert all(r.startswith(b"HTTP/1.1 ") for r in replies), replies
+        deadline = time.monotonic() + 10
+        while len(sentry_server.transactions()) < 2 and time.monotonic() < deadline:
+            stm.flush(2)
+            time.sleep(0.05)
+        stm.flush(2)
+    txs = sentry_server.transactions()
+    assert len(txs) >= 2, [t["request"] for t in txs]  # a server may refuse one outright
+    blob = "\n".join(r.body.decode("utf-8", "replace") for r in sentry_server.received if r.body)
+    for secret in ("PCT-SECRET", "HOST-SECRET", "ABS-SECRET"):
+        assert secret not in blob
+    for tx in txs:
+        request = tx["request"]
+        assert request["method"] == "POST"
+        assert request["url"] == f"http://{authority}/page", request
+    (with_query,) = [t for t in txs if t["request"].get("query_string")]
+    assert with_query["request"]["query_string"] == (
+        f"%74oken={FILTERED}&pass%77ord={FILTERED}&api%5Fkey={FILTERED}&page=2"
+    )
+
+
+def test_request_info_cleans_what_servers_pass_through() -> None:
+    from sentry_tracing_mw._request import filter_query, request_info
+
+    info = request_info(
+        method="get",
+        scheme="http",
+        host="user:pw@example.com:8080",
+        path="http://user:pw@example.com:8080/a/b",
+        query="",
+        headers=[("Host", "user:pw@example.com:8080")],
+        send_default_pii=False,
+    )
+    assert info["url"] == "http://example.com:8080/a/b"
+    assert info["method"] == "GET"
+    assert info["headers"] == {"Host": "example.com:8080"}
+    assert filter_query("a+token=1&%70asswd=2&%ZZ=3&k%65y=4&page=5", False) == (
+        f"a+token={FILTERED}&%70asswd={FILTERED}&%ZZ=3&k%65y={FILTERED}&page=5"
+    )

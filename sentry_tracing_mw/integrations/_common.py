@@ -15,7 +15,7 @@ from .._client import Client, get_client, init, is_initialized
 from .._context import CURRENT_SPAN
 from .._errors import ConfigurationError
 from .._propagation import Getter, extract
-from .._request import compile_ignore_paths
+from .._request import compile_ignore_paths, origin_form
 from .._tracing import PropagationContext, Transaction
 
 __all__ = [
@@ -172,7 +172,9 @@ def start_request(
                 extra["route"] = route()
             except Exception:
                 logger.debug("resolving the route for traces_sampler failed", exc_info=True)
-    tx = client._start_transaction(path or "/", op, "url", origin, ctx, None, extra)
+    if path[:1] != "/":  # "" or an absolute-form target a server passed on as the path
+        path = origin_form(path) if path else "/"
+    tx = client._start_transaction(path, op, "url", origin, ctx, None, extra)
     return tx, ctx
 
 
