@@ -15,6 +15,7 @@ from .django_project import create_tables, setup
 
 setup()
 
+from django.conf import settings  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
@@ -262,13 +263,58 @@ def test_traces_sampler_gets_environ_and_route(sentry_server: SentryServer) -> N
     client.get("/users/1/")
     client.get("/articles/2020/")
     client.get("/nope/")
+    client.get("/de/shop/x/")  # another language than the active one: resolved in it
     (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/users/{pk}/"
     assert seen == [
         ("/users/{pk}/", "/users/1/"),
         ("/articles/{year}/", "/articles/2020/"),
         (None, "/nope/"),
+        ("/de/shop/{slug}/", "/de/shop/x/"),
     ]
+    seen.clear()
+    with override_settings(SENTRY_TRANSACTION_STYLE="endpoint"):
+        _client().get("/users/1/")  # the route template, whatever the name style
+    assert seen == [("/users/{pk}/", "/users/1/")]
+
+
+class _RaisingMiddleware:
+    """A middleware after ours that fails before Django resolves the URL."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if request.path_info != "/nope/" and "boom" in request.GET:
+            raise RuntimeError("middleware boom")
+        if "boom" in request.GET:
+            raise KeyError("unrouted boom")
+        return self.get_response(request)
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_error_before_url_resolution_is_named_like_its_transaction(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    """The error event of a request a later middleware failed carries the route name (as
+    sentry-sdk's does), not the raw path; an unrouted one gets "GET 500"."""
+    init_traced(sentry_server, traces_sample_rate=rate)
+    middleware = [*settings.MIDDLEWARE, f"{__name__}._RaisingMiddleware"]
+    with override_settings(MIDDLEWARE=middleware):
+        client = _client()
+        assert client.get("/users/3/?boom=1").status_code == 500
+        assert client.get("/nope/?boom=1").status_code == 500
+    assert stm.flush(5)
+    assert sentry_server.wait_for(4 if rate else 2, 5)
+    errors = {e["exception"]["values"][-1]["type"]: e for e in sentry_server.events()}
+    assert errors["RuntimeError"]["transaction"] == "/users/{pk}/"
+    assert errors["RuntimeError"]["transaction_info"] == {"source": "route"}
+    assert errors["KeyError"]["transaction"] == "GET 500"
+    if rate:
+        names = sorted(t["transaction"] for t in sentry_server.transactions())
+        assert names == ["/users/{pk}/", "GET 500"]
+        for envelope in sentry_server.envelopes():
+            assert envelope.headers["trace"].get("transaction") in ("/users/{pk}/", "GET 500")
 
 
 def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:

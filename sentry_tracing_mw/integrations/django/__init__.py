@@ -110,13 +110,16 @@ def _settings_options() -> dict[str, Any]:
 class _State:
     """Per-request state, stored on the request object."""
 
-    __slots__ = ("body", "client", "exc", "match", "method", "owned", "tx")
+    __slots__ = ("body", "client", "exc", "match", "method", "mw", "owned", "tx")
 
-    def __init__(self, tx: Transaction, client: Client, method: str, owned: bool) -> None:
+    def __init__(
+        self, tx: Transaction, client: Client, method: str, owned: bool, mw: TracingMiddleware
+    ) -> None:
         self.tx = tx
         self.client = client
         self.method = method
         self.owned = owned
+        self.mw = mw
         self.exc: BaseException | None = None
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
@@ -129,11 +132,17 @@ class _State:
             tx._status = "cancelled"
         tx.finish()
 
-    def fail(self, exc: BaseException) -> None:
-        """Record an exception that escaped the view or the body (never raises)."""
+    def fail(self, exc: BaseException, request: Any = None) -> None:
+        """Record an exception that escaped the view or the body (never raises).
+
+        A request not named yet (a middleware after ours raised before URL resolution) is
+        named first, so the error event carries the route name its transaction will have.
+        """
         try:
             tx = self.tx
             if isinstance(exc, Exception):
+                if request is not None and tx._source == "url":
+                    self.mw._name_for_error(request, self)
                 tx._status = "internal_error"
                 self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
             elif tx._status in (None, "ok"):
@@ -233,7 +242,7 @@ class TracingMiddleware:
             response = self.get_response(request)
         except BaseException as exc:
             if state is not None and state.owned:
-                state.fail(exc)
+                state.fail(exc, request)
                 state.tx.finish()
             raise
         finally:
@@ -251,7 +260,7 @@ class TracingMiddleware:
             response = await self.get_response(request)
         except BaseException as exc:
             if state is not None and state.owned:
-                state.fail(exc)
+                state.fail(exc, request)
                 state.tx.finish()
             raise
         finally:
@@ -298,7 +307,7 @@ class TracingMiddleware:
             if outer is None:
                 outer = meta.get(_OUTER_KEY) if scope is None else scope.get(_OUTER_KEY)
             if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
-                state = _State(outer, get_client(), request.method or "GET", False)
+                state = _State(outer, get_client(), request.method or "GET", False, self)
                 request.__dict__[_STATE_ATTR] = state
                 return state, None, None
             ignore = self.config.ignore_paths
@@ -334,7 +343,7 @@ class TracingMiddleware:
                 if scope is not None:
                     meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
                 defer_request_info(tx, meta, client.options.send_default_pii)
-            state = _State(tx, client, method, True)
+            state = _State(tx, client, method, True, self)
             request.__dict__[_STATE_ATTR] = state
             return state, CURRENT_SPAN.set(tx), None
         except Exception:
@@ -342,14 +351,12 @@ class TracingMiddleware:
             return None, None, None
 
     def resolve_route(self, request: Any) -> str | None:
-        """The route name before the view runs (one URLconf walk; for ``traces_sampler``)."""
-        from django.urls import Resolver404, get_resolver
-
-        try:
-            match = get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info)
-        except Resolver404:
-            return None
-        return self._match_name(match, getattr(request, "urlconf", None))[0]
+        """The route template before the view runs (one URLconf walk; for
+        ``traces_sampler``), whatever the transaction style."""
+        urlconf = getattr(request, "urlconf", None)
+        match = _resolve(request, urlconf)
+        route = getattr(match, "route", None)
+        return route_name(route, urlconf) if isinstance(route, str) else None
 
     # -- naming -------------------------------------------------------------------------
     def _match_name(self, match: Any, urlconf: Any = None) -> tuple[str | None, str]:
@@ -391,7 +398,7 @@ class TracingMiddleware:
             if recording:
                 tx.set_http_status(status)
             if status >= 500 and state.exc is not None:
-                state.fail(state.exc)  # captured once, whatever the sampling decision
+                state.fail(state.exc, request)  # captured once, whatever the sampling
             streaming = response.streaming
             if streaming and getattr(response, "file_to_stream", None) is None:
                 content = response.streaming_content  # runs app code: keep the trace current
@@ -409,18 +416,19 @@ class TracingMiddleware:
             logger.exception("sentry_tracing_mw: finishing the request transaction failed")
             state.tx.finish()
 
+    def _name_for_error(self, request: Any, state: _State) -> None:
+        """Name a request that raised before Django resolved its URL (as its response will)."""
+        try:
+            if not self._name(request, state) and state.tx._source == "url":
+                self._name_unmatched(request, state.tx, state.method, 500)
+        except Exception:
+            logger.debug("naming a failed request failed", exc_info=True)
+
     def _name_unmatched(self, request: Any, tx: Transaction, method: str, status: int) -> None:
         if status != 404:
             # A middleware answered before URL resolution: name it after its route.
             try:
-                from django.urls import Resolver404, get_resolver
-
-                try:
-                    match = get_resolver(getattr(request, "urlconf", None)).resolve(
-                        request.path_info
-                    )
-                except Resolver404:
-                    match = None
+                match = _resolve(request, getattr(request, "urlconf", None))
                 if match is not None:
                     name, source = self._match_name(match)
                     if name is not None:
@@ -429,6 +437,25 @@ class TracingMiddleware:
             except Exception:
                 logger.debug("resolving an unmatched request failed", exc_info=True)
         tx.set_name(f"{method} {status}", "route")
+
+
+def _resolve(request: Any, urlconf: Any) -> Any:
+    """``request.path_info`` resolved as Django will resolve it (None: no route), in the
+    language its path names (``i18n_patterns``: ``LocaleMiddleware`` has not run yet)."""
+    from django.conf import settings
+    from django.urls import Resolver404, get_resolver
+    from django.utils import translation
+
+    path = request.path_info
+    resolver = get_resolver(urlconf)
+    language = translation.get_language_from_path(path) if settings.USE_I18N else None
+    try:
+        if language and language != translation.get_language():
+            with translation.override(language):
+                return resolver.resolve(path)
+        return resolver.resolve(path)
+    except Resolver404:
+        return None
 
 
 def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> None:
@@ -453,7 +480,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
             return
         if state is not None:
             state.exc = exc
-            state.fail(exc)
+            state.fail(exc, request)
         else:
             tx._status = "internal_error"
             tx._client.capture_exception(exc, span=tx, mechanism="django", handled=False)
