@@ -675,3 +675,47 @@ def test_finished_transactions_are_not_kept_alive_by_the_environ(
             "/download",
             "GET 404",
         }
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_errors_before_preprocess_request_are_named_after_the_route(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    """A ``request_started`` receiver or a session backend that fails (before Flask's
+    ``preprocess_request``, where we name requests) still gives the route name to the
+    transaction and its error event; an unmatched URL gets "GET 500"."""
+    from flask import request, request_started
+    from flask.sessions import SecureCookieSessionInterface
+
+    class DownSessions(SecureCookieSessionInterface):
+        def open_session(self, app: Any, request: Any) -> Any:
+            if request.args.get("session"):
+                raise ConnectionError("session store down")
+            return super().open_session(app, request)
+
+    app = create_app()
+    app.session_interface = DownSessions()
+
+    def receiver(sender: Any, **_: Any) -> None:
+        if request.args.get("signal"):
+            raise PermissionError("receiver failed")
+
+    request_started.connect(receiver, app)
+    app.config["SENTRY_DSN"] = sentry_server.dsn
+    app.config["SENTRY_TRACES_SAMPLE_RATE"] = rate
+    app.config["SENTRY_INSTRUMENT_HTTP_CLIENTS"] = False
+    FlaskTracing(app)
+    client = app.test_client()
+    for query in ("/users/7?signal=1", "/users/7?session=1", "/nope?session=1"):
+        response = client.get(query)
+        assert response.status_code == 500
+        response.close()
+    assert stm.flush(5)
+    assert sentry_server.wait_for(6 if rate else 3, 5)
+    errors = {e["exception"]["values"][-1]["type"]: e for e in sentry_server.events()}
+    assert errors["PermissionError"]["transaction"] == "/users/<int:user_id>"
+    assert errors["ConnectionError"]["transaction_info"] == {"source": "route"}
+    names = sorted(e["transaction"] for e in sentry_server.events())
+    assert names == ["/users/<int:user_id>", "/users/<int:user_id>", "GET 500"]
+    if rate:
+        assert sorted(t["transaction"] for t in sentry_server.transactions()) == names

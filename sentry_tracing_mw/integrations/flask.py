@@ -33,6 +33,7 @@ from .._api import trace_meta_tags
 from .._client import get_client
 from .._context import PROPAGATION_CONTEXT
 from .._options import _OPTION_NAMES
+from .._tracing import Transaction
 from ._common import _MIDDLEWARE_OPTIONS, active_request_transaction, split_options
 from .wsgi import COMPLETE_BODY_KEY, ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
 
@@ -99,6 +100,11 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
     def resolve_route(self, environ: dict[str, Any]) -> str | None:
         """The URL rule (with mount prefix) this request will match, for ``traces_sampler``."""
+        rule = self._match_rule(environ)
+        return None if rule is None else _prefix(environ) + rule.rule
+
+    def _match_rule(self, environ: dict[str, Any]) -> Any:
+        """The URL rule this request matches (None: unmatched), outside Flask's routing."""
         app = self.flask_app
         try:
             adapter = app.create_url_adapter(app.request_class(environ, populate_request=False))
@@ -107,7 +113,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
             rule, _ = adapter.match(return_rule=True)
         except Exception:  # unmatched (NotFound, MethodNotAllowed, redirects) or broken
             return None
-        return _prefix(environ) + rule.rule
+        return rule
 
     # -- hooks (registered on this middleware's Flask app) --------------------------------
     def on_request_started(self, *_: Any, **__: Any) -> None:
@@ -134,21 +140,38 @@ class FlaskTracingMiddleware(TracingMiddleware):
                 if isinstance(code, int):
                     tx.set_name(f"{req.method} {code}", "route")
                 return
-            if self._endpoint_style:
-                tx.set_name(rule.endpoint, "component")
-            elif environ.get("SCRIPT_NAME"):
-                tx.set_name(_prefix(environ) + rule.rule, "route")
-            else:
-                tx.set_name(rule.rule, "route")
+            self._name_rule(tx, rule, environ)
         except Exception:
             logger.exception("sentry_tracing_mw: naming the Flask transaction failed")
 
+    def _name_rule(self, tx: Transaction, rule: Any, environ: dict[str, Any]) -> None:
+        if self._endpoint_style:
+            tx.set_name(rule.endpoint, "component")
+        elif environ.get("SCRIPT_NAME"):
+            tx.set_name(_prefix(environ) + rule.rule, "route")
+        else:
+            tx.set_name(rule.rule, "route")
+
     def on_exception(self, sender: Any, exception: BaseException, **_: Any) -> None:
-        """Capture an exception Flask turns into a 500 response (once)."""
+        """Capture an exception Flask turns into a 500 response (once).
+
+        A request that failed before ``preprocess_request`` named it (a ``request_started``
+        receiver, the session interface before URL matching) is named first: after its
+        route when it has one, else ``"GET 500"`` as its response will name it.
+        """
         try:
-            tx = request.environ.get(ENVIRON_KEY) or active_request_transaction()
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            tx = req.environ.get(ENVIRON_KEY) or active_request_transaction()
             if tx is None and PROPAGATION_CONTEXT.get() is None:
                 return  # an ignored path: no tracing, no error events (as every integration)
+            if tx is not None and tx._source == "url":
+                rule = req.url_rule
+                if rule is None and req.routing_exception is None:
+                    rule = self._match_rule(req.environ)  # failed before URL matching
+                if rule is not None:
+                    self._name_rule(tx, rule, req.environ)
+                else:
+                    tx.set_name(f"{req.method} 500", "route")
             get_client().capture_exception(exception, span=tx, mechanism="flask", handled=False)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
