@@ -592,3 +592,47 @@ def test_finished_transactions_are_not_kept_alive_by_the_scope(
     if rate:
         names = {t["transaction"] for t in flushed_transactions(sentry_server, 3)}
         assert names == {"/users/{user_id:int}", "/plain", "GET 404"}
+
+
+class _FailingBeforeRouting(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if "boom" in request.query_params:
+            raise RuntimeError("middleware boom")
+        return await call_next(request)
+
+
+def _failing_pure_asgi(app: Any) -> Any:
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and b"crash" in scope.get("query_string", b""):
+            raise KeyError("pure middleware boom")
+        await app(scope, receive, send)
+
+    return middleware
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_middleware_failing_before_routing_is_not_named_after_the_raw_path(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    """Issue 4: never the raw path. A user middleware that raises before the router runs
+    gives "GET 500" (route) to the transaction and its error event."""
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+    app = starlette_app(traced=False)
+    app.add_middleware(_FailingBeforeRouting)
+    app.add_middleware(_failing_pure_asgi)
+    app.add_middleware(TracingMiddleware)  # outermost
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for n in (1, 2):
+            assert client.get(f"/users/{n}?boom=1").status_code == 500
+        assert client.get("/users/3?crash=1").status_code == 500
+        assert client.get("/users/4").status_code == 200
+    assert stm.flush(5)
+    assert sentry_server.wait_for(7 if rate else 3, 5)
+    events = sentry_server.events()
+    assert sorted(e["transaction"] for e in events) == ["GET 500"] * 3
+    assert all(e["transaction_info"] == {"source": "route"} for e in events)
+    if rate:
+        names = sorted(t["transaction"] for t in sentry_server.transactions())
+        assert names == ["/users/{user_id:int}", "GET 500", "GET 500", "GET 500"]

@@ -349,6 +349,7 @@ class TracingMiddleware:
         try:
             await self.app(inner, receive, unrecorded_send)
         except BaseException as exc:
+            self._name_failed(tx, inner, method)
             _fail(client, tx, exc, gone[0])
             raise
         finally:
@@ -518,6 +519,7 @@ class TracingMiddleware:
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
+            self._name_failed(tx, inner, method)
             _fail(client, tx, exc, disconnected)
             if (
                 tx._response_status is None
@@ -537,6 +539,16 @@ class TracingMiddleware:
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
             _end(tx, scope)
+
+    def _name_failed(self, tx: Transaction, scope: Scope, method: str) -> None:
+        """An exception left the app before anything named the request (a middleware
+        failed before routing): ``"GET 500"``, never the raw path (framework integrations;
+        the generic middleware keeps the URL)."""
+        if tx._source == "url" and self.name_unmatched:
+            try:
+                self.name_on_response(tx, scope, method, 500)
+            except Exception:
+                logger.debug("naming a failed request failed", exc_info=True)
 
     def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
         """Record the response the server (or the framework's error middleware) sends for
