@@ -331,6 +331,32 @@ class Transport:
                 worker.join(max(0.0, deadline - time.monotonic()))
             if not worker.is_alive():
                 self._clear_pool()
+            else:  # still sending: what waits behind that send is dropped now, and said so
+                with self._cond:
+                    self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Empty the queue on close, with a warning that counts what it held (the client
+        reports that would count it can no longer be sent). Called with the lock held."""
+        transactions = spans = events = 0
+        for item in self._queue:
+            if isinstance(item, Pending):
+                if item.category == "transaction":
+                    transactions += 1
+                    spans += item.span_count + 1
+                else:
+                    events += 1
+        self._queue.clear()
+        self._bytes = 0
+        self._done = self._enqueued
+        if transactions or events:
+            logger.warning(
+                "sentry_tracing_mw: closed with %d transaction(s) (%d span(s)) and %d error "
+                "event(s) still queued after shutdown_timeout; they are dropped",
+                transactions,
+                spans,
+                events,
+            )
 
     def queued(self) -> int:
         """Items waiting in the queue (for tests and debugging)."""
@@ -355,9 +381,7 @@ class Transport:
                         self._enqueued += 1
                 self._idle = False
                 if self._stop:
-                    self._queue.clear()
-                    self._bytes = 0
-                    self._done = self._enqueued
+                    self._drop_queued()
                     cond.notify_all()
                     break
                 item = self._queue.popleft()

@@ -407,3 +407,60 @@ def test_flood_through_the_public_api_is_exactly_accounted(
     assert len(set(event_ids)) == len(event_ids)  # nothing delivered twice
     assert rss_growth < 50 * 1024 * 1024, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
     assert time.monotonic() - started < 20
+
+
+def test_close_that_times_out_says_what_it_drops(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing is lost silently: a close() that reaches its timeout behind a slow Sentry
+    logs how many transactions and spans were still queued (no report can carry them)."""
+    import logging
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[int] = []
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            release.wait(5)
+            received.append(1)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stm.init(
+            dsn=f"http://public@127.0.0.1:{server.server_address[1]}/1",
+            traces_sample_rate=1.0,
+            instrument_http_clients=False,
+            send_client_reports=False,
+        )
+        n = 12
+        for i in range(n):
+            with stm.start_transaction(f"job{i}", op="task") as tx:
+                tx.start_child("db", "q").finish()
+        with caplog.at_level(logging.WARNING, "sentry_tracing_mw"):
+            started = time.monotonic()
+            stm.close(timeout=0.5)
+            assert time.monotonic() - started < 3
+        release.set()
+        (record,) = [r for r in caplog.records if "still queued" in r.getMessage()]
+        match = re.search(r"(\d+) transaction\(s\) \((\d+) span\(s\)\)", record.getMessage())
+        assert match is not None
+        dropped, spans = int(match[1]), int(match[2])
+        assert dropped in (n - 1, n)  # the one being sent when close() gave up is not queued
+        assert spans == 2 * dropped
+        time.sleep(0.3)
+        assert len(received) <= n - dropped
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
