@@ -26,7 +26,13 @@ from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import active_request_transaction, ensure_client, split_options, start_request
 
-__all__ = ["SCOPE_KEY", "TracingMiddleware", "asgi_request_info"]
+__all__ = [
+    "SCOPE_KEY",
+    "TracingMiddleware",
+    "answer_lifespan",
+    "asgi_request_info",
+    "flush_client",
+]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -186,6 +192,34 @@ def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
 
 
 _asgi_request_info = asgi_request_info  # backwards-compatible private alias
+
+
+async def flush_client() -> None:
+    """Flush the process client within ``shutdown_timeout``, off the event loop (never
+    raises). For lifespan shutdown: uvicorn re-raises SIGTERM after its graceful shutdown,
+    so atexit handlers never run there."""
+    try:
+        client = get_client()
+        if client.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, client.flush, client.options.shutdown_timeout)
+    except Exception:
+        logger.debug("flush on lifespan shutdown failed", exc_info=True)
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """The lifespan protocol for an app that has none (Django's ASGI handler refuses the
+    scope): startup completes at once, shutdown completes once the client is flushed."""
+    while True:
+        message = await receive()
+        kind = message.get("type")
+        if kind == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif kind == "lifespan.shutdown":
+            await flush_client()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _watched_send(send: Send) -> tuple[Send, list[bool]]:
@@ -381,14 +415,7 @@ class TracingMiddleware:
             if flushed:
                 return
             flushed = True
-            try:
-                client = get_client()
-                if client.transport is None:
-                    return
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, client.flush, client.options.shutdown_timeout)
-            except Exception:
-                logger.debug("flush on lifespan shutdown failed", exc_info=True)
+            await flush_client()
 
         async def lifespan_send(message: Message) -> None:
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):

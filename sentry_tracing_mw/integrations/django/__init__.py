@@ -48,6 +48,7 @@ its ``process_view`` hook is async too). Behaviour:
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections import ChainMap
@@ -505,6 +506,26 @@ def _exception_from_frames() -> BaseException | None:
 _hooks_installed = False
 
 
+def _answer_asgi_lifespan() -> None:
+    """Let Django's ASGI handler answer the lifespan scope (it refuses it otherwise), so a
+    server's shutdown flushes the client: uvicorn re-raises SIGTERM after its graceful
+    shutdown, and atexit handlers never run there. Every other scope goes to Django."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    from ..asgi import Receive, Scope, Send, answer_lifespan
+
+    original = ASGIHandler.__call__
+
+    @functools.wraps(original)
+    async def __call__(self: ASGIHandler, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope.get("type") == "lifespan":
+            await answer_lifespan(receive, send)
+            return None
+        return await original(self, scope, receive, send)
+
+    ASGIHandler.__call__ = __call__
+
+
 def _install_hooks(tag_library: bool = True) -> None:
     """Connect the exception signal, the ORM and template hooks (once per process) and
     register the tag library (on every middleware start: engines may be new)."""
@@ -531,6 +552,10 @@ def _install_hooks(tag_library: bool = True) -> None:
             install_templates()
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting templates failed")
+        try:
+            _answer_asgi_lifespan()
+        except Exception:
+            logger.exception("sentry_tracing_mw: answering the ASGI lifespan scope failed")
     if not tag_library:
         return
     try:
