@@ -240,8 +240,11 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
 def _end(tx: Transaction, scope: Scope) -> None:
     """Finish the request transaction and drop it from the scope (a caller that keeps the
     scope after the response does not keep the transaction alive)."""
-    if scope.get(SCOPE_KEY) is tx:
-        del scope[SCOPE_KEY]
+    try:
+        if scope.get(SCOPE_KEY) is tx:
+            del scope[SCOPE_KEY]
+    except Exception:  # a scope that refuses: the transaction just lives as long as it
+        pass
     tx.finish()
 
 

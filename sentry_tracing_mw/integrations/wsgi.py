@@ -134,8 +134,11 @@ def _end(tx: Transaction, environ: dict[str, Any]) -> None:
     cyclic garbage): a transaction left in it would live until the next GC collection and
     make those collections more frequent.
     """
-    if environ.get(ENVIRON_KEY) is tx:
-        del environ[ENVIRON_KEY]
+    try:
+        if environ.get(ENVIRON_KEY) is tx:
+            del environ[ENVIRON_KEY]
+    except Exception:  # a environ that refuses: the transaction just lives as long as it
+        pass
     tx.finish()
 
 
