@@ -76,13 +76,23 @@ MAX_HEADERS = 200
 _MAX_QUERY = 4096
 
 
+#: Where a query key's name ends: ``api_key[]``, ``key[0]``, ``auth[user]``, ``sig\x00``.
+_KEY_NAME_END = re.compile(r"[\[\]\s\x00-\x1f\x7f]")
+
+
 def _sensitive_query_key(key: str) -> bool:
-    """Whether a query key (as sent: ``%74oken`` and ``api%5Fkey`` are the apps' ``token``
-    and ``api_key``) names a secret."""
+    """Whether a query key (as sent: ``%74oken`` and ``api%5Fkey%5B%5D`` are the apps'
+    ``token`` and ``api_key[]``) names a secret, itself or as the name of an array."""
     if "%" in key or "+" in key:
         key = unquote_plus(key, errors="replace")
     low = key.lower()
-    return low in _SENSITIVE_QUERY_KEYS or bool(_SENSITIVE_QUERY_PART.search(low))
+    if low in _SENSITIVE_QUERY_KEYS or _SENSITIVE_QUERY_PART.search(low):
+        return True
+    name = low.strip()
+    end = _KEY_NAME_END.search(name)
+    if end is not None:
+        name = name[: end.start()]
+    return name != low and name in _SENSITIVE_QUERY_KEYS
 
 
 def filter_query(query: str, send_default_pii: bool) -> str:
@@ -106,15 +116,22 @@ def _without_userinfo(host: str) -> str:
     return host.rpartition("@")[2] if "@" in host else host
 
 
+#: ``scheme://user:pass@`` inside a text (a URL in a path or header): the credentials.
+_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
 def origin_form(path: str) -> str:
-    """The path of an absolute-form request target (``GET http://user:pw@host/p``: servers
-    may pass it on as the path), so no authority or credentials get into the URL."""
-    if path[:1] == "/" or "://" not in path:
-        return path
-    try:
-        return urlsplit(path).path or "/"
-    except ValueError:
-        return "/"
+    """A request path fit for an event: the path of an absolute-form request target
+    (``GET http://user:pw@host/p``: servers may pass it on as the path, after a root
+    path too), and never the credentials of a URL inside it."""
+    if path[:1] != "/" and "://" in path:
+        try:
+            return urlsplit(path).path or "/"
+        except ValueError:
+            return "/"
+    if "@" in path and "://" in path:
+        return _URL_USERINFO.sub(r"\1", path)
+    return path
 
 
 @functools.lru_cache(maxsize=1024)
@@ -145,8 +162,12 @@ def request_info(
                 cookies.append(value)
         elif not _header_kept(name):
             continue
-        elif "@" in value and name.lower() == "host":
-            value = _without_userinfo(value)
+        elif "@" in value:  # Host: user:pw@h (X-Forwarded-Host too); Referer: a URL's
+            low = name.lower()
+            if low == "host" or low.endswith("-host"):
+                value = _without_userinfo(value)
+            elif "://" in value:
+                value = _URL_USERINFO.sub(r"\1", value)
         before = kept.get(name)
         if before is not None:  # a repeated header (ASGI lists each): merged per HTTP rules
             sep = "; " if name.lower() == "cookie" else ","
@@ -155,7 +176,7 @@ def request_info(
             kept[name] = value[:_MAX_HEADER_VALUE]
     if "@" in host:
         host = _without_userinfo(host)
-    if path[:1] != "/":
+    if path[:1] != "/" or "@" in path:
         path = origin_form(path)
     info: dict[str, Any] = {
         "method": method if method.isupper() else method.upper(),

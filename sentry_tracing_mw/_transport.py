@@ -103,6 +103,19 @@ def _record(reports: ClientReports, reason: str, category: str, span_count: int)
         reports.record(reason, category)
 
 
+def _warn_dropped(dropped: tuple[int, int, int], in_flight: bool) -> None:
+    transactions, spans, events = dropped
+    if transactions or events:
+        logger.warning(
+            "sentry_tracing_mw: closed with %d transaction(s) (%d span(s)) and %d error "
+            "event(s) still queued after shutdown_timeout; they are dropped%s",
+            transactions,
+            spans,
+            events,
+            " (one more envelope was still being sent)" if in_flight else "",
+        )
+
+
 def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> str | None:
     """Explicit options first, then the ``*_PROXY`` environment honoring ``NO_PROXY``."""
     explicit = explicit_proxy(dsn, http_proxy, https_proxy)[1]
@@ -333,11 +346,12 @@ class Transport:
                 self._clear_pool()
             else:  # still sending: what waits behind that send is dropped now, and said so
                 with self._cond:
-                    self._drop_queued()
+                    dropped = self._drop_queued()
+                _warn_dropped(dropped, True)
 
-    def _drop_queued(self) -> None:
-        """Empty the queue on close, with a warning that counts what it held (the client
-        reports that would count it can no longer be sent). Called with the lock held."""
+    def _drop_queued(self) -> tuple[int, int, int]:
+        """Empty the queue on close (lock held); returns the transactions, spans and error
+        events it held, for a warning: no client report can carry them any more."""
         transactions = spans = events = 0
         for item in self._queue:
             if isinstance(item, Pending):
@@ -349,14 +363,7 @@ class Transport:
         self._queue.clear()
         self._bytes = 0
         self._done = self._enqueued
-        if transactions or events:
-            logger.warning(
-                "sentry_tracing_mw: closed with %d transaction(s) (%d span(s)) and %d error "
-                "event(s) still queued after shutdown_timeout; they are dropped",
-                transactions,
-                spans,
-                events,
-            )
+        return transactions, spans, events
 
     def queued(self) -> int:
         """Items waiting in the queue (for tests and debugging)."""
@@ -381,8 +388,9 @@ class Transport:
                         self._enqueued += 1
                 self._idle = False
                 if self._stop:
-                    self._drop_queued()
+                    dropped = self._drop_queued()
                     cond.notify_all()
+                    _warn_dropped(dropped, False)
                     break
                 item = self._queue.popleft()
                 self._bytes -= item.size_hint

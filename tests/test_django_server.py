@@ -306,3 +306,46 @@ def test_asgi_shutdown_under_uvicorn_flushes_queued_transactions(
     assert sentry_server.wait_for(3, timeout=5)
     names = sorted(t["transaction"] for t in sentry_server.transactions())
     assert names == ["/articles/{year}/", "/users/{pk}/", "/users/{pk}/"]
+
+
+def test_lifespan_under_an_outer_generic_middleware_flushes_once(
+    sentry_server: SentryServer,
+) -> None:
+    """Django's answered lifespan flushes; the generic ASGI middleware around it sees that
+    and does not wait for a hanging Sentry a second time."""
+    import asyncio
+
+    init_traced(sentry_server, shutdown_timeout=1.0)
+    app = generic_asgi.TracingMiddleware(get_asgi_application())
+    with stm.start_transaction("first", op="task"):
+        pass
+    assert stm.flush(5)
+    sentry_server.hang()
+    with stm.start_transaction("stuck", op="task"):
+        pass
+    assert sentry_server.wait_hanging(5)
+    with stm.start_transaction("queued", op="task"):
+        pass
+    sent: list[dict[str, Any]] = []
+
+    async def lifespan() -> float:
+        messages = asyncio.Queue[dict[str, Any]]()
+        for kind in ("lifespan.startup", "lifespan.shutdown"):
+            messages.put_nowait({"type": kind})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        started = time.monotonic()
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, messages.get, send)
+        return time.monotonic() - started
+
+    try:
+        elapsed = asyncio.run(lifespan())
+    finally:
+        sentry_server.release()
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert 0.9 < elapsed < 1.8, elapsed  # one shutdown_timeout, not two

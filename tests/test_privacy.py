@@ -285,3 +285,21 @@ def test_request_info_cleans_what_servers_pass_through() -> None:
     assert filter_query("a+token=1&%70asswd=2&%ZZ=3&k%65y=4&page=5", False) == (
         f"a+token={FILTERED}&%70asswd={FILTERED}&%ZZ=3&k%65y={FILTERED}&page=5"
     )
+    # array-style names (forms, jQuery's $.param) and names ending in odd bytes
+    query = "api_key%5B%5D=1&key%5B0%5D=2&auth%5Buser%5D=3&api_key[]=4&sig%00=5&keyboard=6"
+    assert filter_query(query, False) == (
+        f"api_key%5B%5D={FILTERED}&key%5B0%5D={FILTERED}&auth%5Buser%5D={FILTERED}"
+        f"&api_key[]={FILTERED}&sig%00={FILTERED}&keyboard=6"
+    )
+    # an absolute-form target behind a root path; URLs with credentials in other headers
+    info = request_info(
+        method="GET",
+        scheme="http",
+        host="example.com",
+        path="/apihttp://alice:pw@internal.example/x",
+        query="",
+        headers=[("Referer", "https://bob:pw@example.com/from"), ("X-Forwarded-Host", "c:pw@h")],
+        send_default_pii=False,
+    )
+    assert "pw" not in repr(info), info
+    assert info["headers"] == {"Referer": "https://example.com/from", "X-Forwarded-Host": "h"}

@@ -610,12 +610,14 @@ def _failing_pure_asgi(app: Any) -> Any:
     return middleware
 
 
+@pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("rate", [1.0, 0.0])
 def test_middleware_failing_before_routing_is_not_named_after_the_raw_path(
-    sentry_server: SentryServer, rate: float
+    sentry_server: SentryServer, rate: float, nested: bool
 ) -> None:
     """Issue 4: never the raw path. A user middleware that raises before the router runs
-    gives "GET 500" (route) to the transaction and its error event."""
+    gives "GET 500" (route) to the transaction and its error event, also when a generic
+    ASGI middleware outside owns the transaction."""
     from sentry_tracing_mw.integrations.starlette import TracingMiddleware
 
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
@@ -623,7 +625,8 @@ def test_middleware_failing_before_routing_is_not_named_after_the_raw_path(
     app.add_middleware(_FailingBeforeRouting)
     app.add_middleware(_failing_pure_asgi)
     app.add_middleware(TracingMiddleware)  # outermost
-    with TestClient(app, raise_server_exceptions=False) as client:
+    served: Any = generic_asgi.TracingMiddleware(app) if nested else app
+    with TestClient(served, raise_server_exceptions=False) as client:
         for n in (1, 2):
             assert client.get(f"/users/{n}?boom=1").status_code == 500
         assert client.get("/users/3?crash=1").status_code == 500

@@ -172,7 +172,7 @@ def start_request(
                 extra["route"] = route()
             except Exception:
                 logger.debug("resolving the route for traces_sampler failed", exc_info=True)
-    if path[:1] != "/":  # "" or an absolute-form target a server passed on as the path
+    if path[:1] != "/" or "@" in path:  # "", an absolute-form target, URL credentials
         path = origin_form(path) if path else "/"
     tx = client._start_transaction(path, op, "url", origin, ctx, None, extra)
     return tx, ctx

@@ -45,6 +45,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: The request's transaction in the scope, for inner integrations that only name it.
 SCOPE_KEY = "sentry_tracing_mw.transaction"
 
+#: Set in a lifespan scope by an app that flushed the client on shutdown.
+_FLUSHED_KEY = "sentry_tracing_mw.flushed"
 _FINAL_BODY = frozenset({"http.response.pathsend", "http.response.zerocopy"})
 _TRACE_HEADERS = {
     b"sentry-trace": "sentry-trace",
@@ -208,9 +210,10 @@ async def flush_client() -> None:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
 
 
-async def answer_lifespan(receive: Receive, send: Send) -> None:
+async def answer_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
     """The lifespan protocol for an app that has none (Django's ASGI handler refuses the
-    scope): startup completes at once, shutdown completes once the client is flushed."""
+    scope): startup completes at once, shutdown completes once the client is flushed (and
+    marks the scope so that an outer middleware does not wait a second time)."""
     while True:
         message = await receive()
         kind = message.get("type")
@@ -218,6 +221,10 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif kind == "lifespan.shutdown":
             await flush_client()
+            try:
+                scope[_FLUSHED_KEY] = True
+            except Exception:
+                pass
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -386,7 +393,8 @@ class TracingMiddleware:
         try:
             await self.app(inner, receive, unrecorded_send)
         except BaseException as exc:
-            self._name_failed(tx, inner, method)
+            if isinstance(exc, Exception):
+                self._name_failed(tx, inner, method)
             _fail(client, tx, exc, gone[0])
             raise
         finally:
@@ -415,7 +423,7 @@ class TracingMiddleware:
 
         async def flush() -> None:
             nonlocal flushed
-            if flushed:
+            if flushed or scope.get(_FLUSHED_KEY):  # an inner app flushed already
                 return
             flushed = True
             await flush_client()
@@ -549,7 +557,8 @@ class TracingMiddleware:
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
-            self._name_failed(tx, inner, method)
+            if isinstance(exc, Exception) and not disconnected:
+                self._name_failed(tx, inner, method)
             _fail(client, tx, exc, disconnected)
             if (
                 tx._response_status is None

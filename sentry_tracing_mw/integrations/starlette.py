@@ -392,7 +392,11 @@ class TracingMiddleware(asgi.TracingMiddleware):
                     logger.debug("naming an unmatched request failed", exc_info=True)
             await send(message)
 
-        await self.app(inner, receive, naming_send)
+        try:
+            await self.app(inner, receive, naming_send)
+        except Exception:
+            self._name_failed(tx, inner, method)  # before the owner captures the error
+            raise
 
     # -- helpers -------------------------------------------------------------------------
     def _endpoint_name(self, endpoint: Any) -> str | None:

@@ -519,7 +519,7 @@ def _answer_asgi_lifespan() -> None:
     @functools.wraps(original)
     async def __call__(self: ASGIHandler, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope.get("type") == "lifespan":
-            await answer_lifespan(receive, send)
+            await answer_lifespan(scope, receive, send)
             return None
         return await original(self, scope, receive, send)
 
