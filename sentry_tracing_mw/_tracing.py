@@ -630,16 +630,15 @@ class Span:
         held = self._tokens
         if held is not None:
             if isinstance(held, list):
-                token = held.pop()
+                _reset_own(held)
                 if not held:
                     self._tokens = None
             else:
-                token = held
                 self._tokens = None
-            try:
-                CURRENT_SPAN.reset(token)
-            except ValueError:  # token from another context (odd async usage)
-                CURRENT_SPAN.set(None)
+                try:
+                    CURRENT_SPAN.reset(held)
+                except (ValueError, RuntimeError):  # entered in another context
+                    _restore(held)
         if exc_type is not None and self._status is None:
             self._status = "internal_error"
         self.finish()
@@ -649,6 +648,26 @@ class Span:
             f"<{type(self).__name__} op={self._op!r} description={self._description!r} "
             f"span_id={self._span_id} sampled={self._recording}>"
         )
+
+
+def _reset_own(tokens: list[Token[Span | None]]) -> None:
+    """Reset the newest token of ``tokens`` made in this context and drop it: tasks or
+    threads that enter one span at overlapping times each get their own current span back
+    (another's token would raise, and leave both without one)."""
+    for i in range(len(tokens) - 1, -1, -1):
+        try:
+            CURRENT_SPAN.reset(tokens[i])
+        except (ValueError, RuntimeError):  # another context's (or used) token
+            continue
+        del tokens[i]
+        return
+    _restore(tokens.pop())  # entered elsewhere, left here
+
+
+def _restore(token: Token[Span | None]) -> None:
+    """Without a token of this context: make current what that entry replaced."""
+    old = token.old_value
+    CURRENT_SPAN.set(None if old is Token.MISSING else old)
 
 
 class _DetachedSpan(Span):

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -569,3 +570,51 @@ def test_capture_exception_without_a_dsn_returns_no_event_id() -> None:
     stm.init(dsn="http://k@127.0.0.1:9/1", instrument_http_clients=False)
     stm.close()
     assert stm.capture_exception(ValueError("closed")) is None
+
+
+def test_one_span_entered_by_overlapping_tasks_and_threads_gives_each_its_own_span_back() -> None:
+    """``with span:`` keeps context tokens on the span; tasks or threads that enter the
+    same span at overlapping times must each find their own current span after the block
+    (not none at all, which would start a fresh trace for every later call)."""
+    import asyncio
+    import threading
+
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    after: dict[str, Any] = {}
+
+    async def task(shared: Any, name: str, wait_in: float, wait_out: float) -> None:
+        await asyncio.sleep(wait_in)
+        with shared:
+            assert stm.get_current_span() is shared
+            await asyncio.sleep(wait_out)
+        after[name] = stm.get_current_span()
+
+    async def main() -> Any:
+        with stm.start_transaction("req") as tx:
+            shared = tx.start_child("db", "pool")
+            await asyncio.gather(task(shared, "a", 0, 0.05), task(shared, "b", 0.01, 0.1))
+            return tx
+
+    tx = asyncio.run(main())
+    assert after == {"a": tx, "b": tx}
+
+    entered = threading.Barrier(2)
+    with stm.start_transaction("threads") as tx2:
+        shared = tx2.start_child("db", "pool")
+
+        def thread(name: str, first: bool) -> None:
+            with shared:
+                entered.wait(5)
+                if not first:
+                    time.sleep(0.05)
+            after[name] = stm.get_current_span()
+
+        workers = [
+            threading.Thread(target=stm.wrap_context(thread), args=(n, n == "c"))
+            for n in ("c", "d")
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(5)
+    assert after["c"] is tx2 and after["d"] is tx2
