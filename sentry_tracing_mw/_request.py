@@ -117,7 +117,9 @@ def _without_userinfo(host: str) -> str:
 
 
 #: ``scheme://user:pass@`` inside a text (a URL in a path or header): the credentials.
-_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+#: The scheme's length is bounded: unbounded, a long run of letters before ``://`` would be
+#: rescanned from every position (quadratic in a hostile path).
+_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://)[^/?#@\s]*@")
 
 
 def origin_form(path: str) -> str:

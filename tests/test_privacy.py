@@ -303,3 +303,22 @@ def test_request_info_cleans_what_servers_pass_through() -> None:
     )
     assert "pw" not in repr(info), info
     assert info["headers"] == {"Referer": "https://example.com/from", "X-Forwarded-Host": "h"}
+
+
+def test_credential_stripping_is_linear_in_hostile_paths_and_headers() -> None:
+    """A long run of letters before ``@...://`` must not be rescanned from every position."""
+    from sentry_tracing_mw._request import origin_form, request_info
+
+    hostile = "a" * 64_000 + "@x://"
+    started = time.monotonic()
+    assert origin_form("/" + hostile) == "/" + hostile
+    request_info(
+        method="GET",
+        scheme="http",
+        host="h",
+        path="/",
+        query="",
+        headers=[("Referer", hostile)],
+        send_default_pii=False,
+    )
+    assert time.monotonic() - started < 1.0  # quadratic took minutes at this size
