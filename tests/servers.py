@@ -196,3 +196,47 @@ def run_gunicorn(
                 pass
             proc.wait(5)
         log.close()
+
+
+def sigterm_with_queued_transactions(
+    sentry: Any, script: str, paths: tuple[str, str, str], env: dict[str, str] | None = None
+) -> list[str]:
+    """Serve from ``script`` (``python -c script DSN PORT``) and check its SIGTERM flush.
+
+    ``paths``: a warm-up request whose transaction arrives, then one whose envelope hangs
+    in the local Sentry (blocking the sender) and one that stays queued behind it. The
+    server gets SIGTERM and Sentry is released half a second later; returns the names of
+    the transactions Sentry received (sorted).
+    """
+    port = free_port()
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, sentry.dsn, str(port)],
+        cwd=root,
+        env={**(os.environ if env is None else env), "PYTHONPATH": root},
+    )
+    base = f"http://127.0.0.1:{port}"
+    warmup, first, queued = paths
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(base + warmup, timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no server"
+                time.sleep(0.05)
+        assert sentry.wait_for(1, timeout=5)
+        sentry.hang()  # the next envelope blocks the worker; later ones stay queued
+        requests.get(base + first, timeout=5)
+        assert sentry.wait_hanging(5)
+        requests.get(base + queued, timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        threading.Timer(0.5, sentry.release).start()
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert sentry.wait_for(3, timeout=5)
+    return sorted(t["transaction"] for t in sentry.transactions())

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
-import subprocess
-import sys
 import textwrap
-import threading
-import time
 from typing import Any
 
 import httpx
@@ -21,7 +15,7 @@ from sentry_tracing_mw.integrations.asgi import TracingMiddleware
 
 from .asgi_apps import raw_asgi_app
 from .sentry_server import SentryServer
-from .servers import free_port, run_asgi
+from .servers import run_asgi, sigterm_with_queued_transactions
 
 TRACE = "771a43a4192642f0b136d5159a501700"
 PARENT = "b0e6f15b45c36b12"
@@ -363,36 +357,9 @@ SHUTDOWN_SCRIPT = textwrap.dedent(
 
 
 def test_lifespan_shutdown_flushes_queued_transactions(sentry_server: SentryServer) -> None:
-    port = free_port()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SHUTDOWN_SCRIPT, sentry_server.dsn, str(port)],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": root},
+    names = sigterm_with_queued_transactions(
+        sentry_server, SHUTDOWN_SCRIPT, ("/warmup", "/first", "/queued")
     )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/warmup", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.05)
-        assert sentry_server.wait_for(1, timeout=5)
-        sentry_server.hang()  # the next envelope blocks the worker; later ones stay queued
-        httpx.get(f"http://127.0.0.1:{port}/first", timeout=5)
-        assert sentry_server.wait_hanging(5)
-        httpx.get(f"http://127.0.0.1:{port}/queued", timeout=5)
-        proc.send_signal(signal.SIGTERM)
-        threading.Timer(0.5, sentry_server.release).start()
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    assert sentry_server.wait_for(3, timeout=5)
-    names = sorted(t["transaction"] for t in sentry_server.transactions())
     assert names == ["/first", "/queued", "/warmup"]
 
 

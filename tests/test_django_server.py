@@ -265,46 +265,17 @@ def test_asgi_shutdown_under_uvicorn_flushes_queued_transactions(
     """Django's ASGI handler has no lifespan of its own and uvicorn re-raises SIGTERM after
     its graceful shutdown (no atexit): the lifespan shutdown we answer flushes the queue."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import threading
 
-    from .servers import free_port
+    from .servers import sigterm_with_queued_transactions
 
-    port = free_port()
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": root}
+    env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DJANGO_ASGI_SHUTDOWN_SCRIPT, sentry_server.dsn, str(port)],
-        cwd=root,
-        env=env,
+    names = sigterm_with_queued_transactions(
+        sentry_server,
+        DJANGO_ASGI_SHUTDOWN_SCRIPT,
+        ("/users/1/", "/users/2/", "/articles/2020/"),
+        env,
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(f"{base}/users/1/", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no server"
-                time.sleep(0.05)
-        assert sentry_server.wait_for(1, timeout=5)
-        sentry_server.hang()  # the next envelope blocks the worker; later ones stay queued
-        requests.get(f"{base}/users/2/", timeout=5)
-        assert sentry_server.wait_hanging(5)
-        requests.get(f"{base}/articles/2020/", timeout=5)
-        proc.send_signal(signal.SIGTERM)
-        threading.Timer(0.5, sentry_server.release).start()
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    assert sentry_server.wait_for(3, timeout=5)
-    names = sorted(t["transaction"] for t in sentry_server.transactions())
     assert names == ["/articles/{year}/", "/users/{pk}/", "/users/{pk}/"]
 
 

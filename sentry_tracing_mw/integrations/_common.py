@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from .._client import Client, get_client, init, is_initialized
@@ -20,15 +20,20 @@ from .._tracing import PropagationContext, Transaction
 
 __all__ = [
     "DEFAULT_METHODS",
+    "REQUEST_TX_KEY",
     "MiddlewareConfig",
     "active_request_transaction",
     "ensure_client",
+    "finish_request",
     "split_options",
     "start_request",
 ]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
+#: The WSGI environ / ASGI scope key where the owner middleware keeps the request's
+#: transaction, for inner integrations that only name it.
+REQUEST_TX_KEY = "sentry_tracing_mw.transaction"
 DEFAULT_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"})
 _MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_methods_to_capture"})
 _STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
@@ -137,6 +142,18 @@ def active_request_transaction() -> Transaction | None:
     if tx is None or tx._end is not None or tx._op not in _SERVER_OPS:
         return None
     return tx
+
+
+def finish_request(tx: Transaction, carrier: MutableMapping[str, Any]) -> None:
+    """Finish the request transaction and take it out of the environ / scope: a caller
+    that keeps those after the response (a test client's response, a server's request
+    log, a benchmark's batch) does not keep the transaction alive."""
+    try:
+        if carrier.get(REQUEST_TX_KEY) is tx:
+            del carrier[REQUEST_TX_KEY]
+    except Exception:  # a carrier that refuses: the transaction lives as long as it
+        pass
+    tx.finish()
 
 
 def start_request(

@@ -24,7 +24,14 @@ from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
-from ._common import active_request_transaction, ensure_client, split_options, start_request
+from ._common import (
+    REQUEST_TX_KEY,
+    active_request_transaction,
+    ensure_client,
+    finish_request,
+    split_options,
+    start_request,
+)
 
 __all__ = [
     "SCOPE_KEY",
@@ -43,7 +50,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The request's transaction in the scope, for inner integrations that only name it.
-SCOPE_KEY = "sentry_tracing_mw.transaction"
+SCOPE_KEY = REQUEST_TX_KEY
 
 #: Set in a lifespan scope by an app that flushed the client on shutdown.
 _FLUSHED_KEY = "sentry_tracing_mw.flushed"
@@ -244,17 +251,6 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
     return watched_send, gone
 
 
-def _end(tx: Transaction, scope: Scope) -> None:
-    """Finish the request transaction and drop it from the scope (a caller that keeps the
-    scope after the response does not keep the transaction alive)."""
-    try:
-        if scope.get(SCOPE_KEY) is tx:
-            del scope[SCOPE_KEY]
-    except Exception:  # a scope that refuses: the transaction just lives as long as it
-        pass
-    tx.finish()
-
-
 def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
@@ -399,7 +395,7 @@ class TracingMiddleware:
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
-            _end(tx, scope)
+            finish_request(tx, scope)
 
     async def _untraced(
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
@@ -577,7 +573,7 @@ class TracingMiddleware:
                     watcher.exception()  # retrieved: no "never retrieved" warning
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
-            _end(tx, scope)
+            finish_request(tx, scope)
 
     def _name_failed(self, tx: Transaction, scope: Scope, method: str) -> None:
         """An exception left the app before anything named the request (a middleware

@@ -23,7 +23,14 @@ from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._propagation import WSGI_GETTER
 from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
-from ._common import active_request_transaction, ensure_client, split_options, start_request
+from ._common import (
+    REQUEST_TX_KEY,
+    active_request_transaction,
+    ensure_client,
+    finish_request,
+    split_options,
+    start_request,
+)
 
 __all__ = [
     "ENVIRON_KEY",
@@ -36,7 +43,7 @@ __all__ = [
 logger = logging.getLogger("sentry_tracing_mw")
 
 #: The request's transaction, for inner integrations that only name it.
-ENVIRON_KEY = "sentry_tracing_mw.transaction"
+ENVIRON_KEY = REQUEST_TX_KEY
 #: Set to True in the environ by a framework hook when the response body is complete (not
 #: streamed): iterating it runs no app code (see ``TracingMiddleware.complete_body_key``).
 COMPLETE_BODY_KEY = "sentry_tracing_mw.complete_body"
@@ -127,21 +134,6 @@ def defer_request_info(tx: Transaction, environ: Mapping[str, Any], pii: bool) -
     tx._request = functools.partial(environ_request_info, snapshot, pii)
 
 
-def _end(tx: Transaction, environ: dict[str, Any]) -> None:
-    """Finish the request transaction and drop it from the environ.
-
-    Frameworks keep the environ alive after the response (Flask's request context is
-    cyclic garbage): a transaction left in it would live until the next GC collection and
-    make those collections more frequent.
-    """
-    try:
-        if environ.get(ENVIRON_KEY) is tx:
-            del environ[ENVIRON_KEY]
-    except Exception:  # a environ that refuses: the transaction just lives as long as it
-        pass
-    tx.finish()
-
-
 def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
     """Record an unhandled exception on the transaction (never raises)."""
     try:
@@ -185,7 +177,7 @@ class _Body:
         if type(self._result) is list or type(self._result) is tuple:
             yield from it  # iterating a list runs no app code: no context switch needed
             self._done = True
-            _end(tx, self._environ)
+            finish_request(tx, self._environ)
             return
         current = CURRENT_SPAN
         token = current.set(tx)
@@ -203,11 +195,11 @@ class _Body:
                 held = False
                 self._done = True
                 _fail(self._client, tx, exc)
-                _end(tx, self._environ)
+                finish_request(tx, self._environ)
             raise  # a close() mid-body ends the transaction in close()
         current.reset(token)
         self._done = True
-        _end(tx, self._environ)
+        finish_request(tx, self._environ)
 
     def close(self) -> None:
         try:
@@ -218,7 +210,7 @@ class _Body:
             tx = self._tx
             if not self._done and tx._end is None and tx._status in (None, "ok"):
                 tx._status = "cancelled"  # the server stopped sending: client went away
-            _end(tx, self._environ)
+            finish_request(tx, self._environ)
 
 
 def _position(result: Any) -> int | None:
@@ -266,7 +258,7 @@ def _finish_on_close(result: Any, tx: Transaction, environ: dict[str, Any]) -> A
             if original is not None:
                 original()
         finally:
-            _end(tx, environ)
+            finish_request(tx, environ)
 
     try:
         result.close = close
@@ -415,7 +407,7 @@ class TracingMiddleware:
                 or type(result) is tuple
                 or (key is not None and environ.get(key) is True)
             ):
-                _end(tx, environ)  # a complete body: iterating it runs no app code
+                finish_request(tx, environ)  # a complete body: iterating it runs no app code
                 return result
             wrapper = environ.get("wsgi.file_wrapper")
             if isinstance(wrapper, type) and isinstance(result, wrapper):
@@ -425,7 +417,7 @@ class TracingMiddleware:
             it = iter(result)
         except BaseException as exc:
             _fail(client, tx, exc)  # errors are captured whatever the sampling decision
-            _end(tx, environ)
+            finish_request(tx, environ)
             raise
         finally:
             CURRENT_SPAN.reset(token)
