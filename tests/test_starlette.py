@@ -572,9 +572,10 @@ def test_finished_transactions_are_not_kept_alive_by_the_scope(
             "server": ("testserver", 80),
         }
         kept.append(scope)
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
 
         async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             pass
