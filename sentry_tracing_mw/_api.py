@@ -16,7 +16,7 @@ from ._client import ExcInfo, get_client
 from ._client import close as _close_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
-from ._tracing import SOURCES, PropagationContext, Span, Transaction
+from ._tracing import SOURCES, PropagationContext, Span, Transaction, names
 
 __all__ = [
     "capture_exception",
@@ -53,9 +53,10 @@ def start_transaction(
 ) -> Transaction:
     """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
     client = get_client()
-    if source not in SOURCES:
+    if type(source) is not str or source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
+    name, op = names(name, op)
     if headers is not None and getter is DICT_GETTER and isinstance(headers, list | tuple):
         # (name, value) pairs, str or bytes (ASGI-style): read them as a scope's headers
         headers, getter = {"headers": headers}, ASGI_GETTER
@@ -90,7 +91,7 @@ def set_transaction_name(name: str, source: str = "custom") -> None:
     if tx is None:
         logger.debug("set_transaction_name(%r): no current transaction", name)
         return
-    if source not in SOURCES:
+    if type(source) is not str or source not in SOURCES:
         logger.debug("invalid transaction source %r; using 'custom'", source)
         source = "custom"
     tx.set_name(name, source)

@@ -24,7 +24,7 @@ from ._ids import new_trace_id, pop_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
-from ._tracing import PropagationContext, Span, Transaction
+from ._tracing import PropagationContext, Span, Transaction, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
 
 #: What ``sys.exc_info()`` returns.
@@ -185,6 +185,7 @@ class Client:
         sampling_extra: dict[str, Any] | None = None,
     ) -> Transaction:
         """Start a transaction in ``ctx`` (a new trace when None) and make the decision."""
+        name, op = names(name, op)
         return self._start_transaction(name, op, source, origin, ctx, sampled, sampling_extra)
 
     def _start_transaction(
@@ -352,9 +353,9 @@ class Client:
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
-        if getattr(exc, _CAPTURED_MARK, False):
-            return None
-        try:
+        try:  # an exception class may refuse attributes (a raising __getattr__, slots)
+            if getattr(exc, _CAPTURED_MARK, False):
+                return None
             setattr(exc, _CAPTURED_MARK, True)
         except Exception:
             pass

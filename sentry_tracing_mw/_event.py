@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._ids import new_event_id
+from ._serialize import json_int
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ def _measurements(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, entry in raw.items():
         value = entry.get("value")
         unit = entry.get("unit") or ""
+        if type(value) is int:
+            value = json_int(value)  # Sentry keeps 64 bits: wider as a float, else left out
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)

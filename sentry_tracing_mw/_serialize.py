@@ -8,13 +8,26 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_REPR", "dumps"]
+__all__ = ["INT_END", "INT_MIN", "MAX_DEPTH", "MAX_REPR", "dumps", "json_int"]
 
 MAX_DEPTH = 20
 MAX_REPR = 512
 _CIRCULAR = "[Circular]"
 _TOO_DEEP = "[MaxDepth]"
 _UNREPRESENTABLE = "<unrepresentable>"
+#: Sentry stores integers as 64-bit (i64 or u64) and zeroes wider ones without a word.
+INT_MIN = -(2**63)
+INT_END = 2**64
+
+
+def json_int(value: int) -> int | float | str:
+    """An int as Sentry can keep it: as is within 64 bits, else a float, else a marker."""
+    if INT_MIN <= value < INT_END:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return f"<int of {value.bit_length()} bits>"
 
 
 def _safe_repr(obj: Any) -> str:
@@ -58,7 +71,8 @@ def _key(key: Any) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     if isinstance(key, int):
-        return str(int(key))
+        value = json_int(int(key))
+        return value if type(value) is str else repr(value)
     if isinstance(key, float):
         return _float_key(key)
     if isinstance(key, bytes):
@@ -77,7 +91,7 @@ def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
     if isinstance(obj, str):
         return _clean_str(str(obj))
     if isinstance(obj, int):
-        return int(obj)
+        return json_int(int(obj))
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else None
     if depth >= MAX_DEPTH:

@@ -8,7 +8,9 @@ the negative decision downstream.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +34,7 @@ from ._propagation import (
     sentry_part,
 )
 from ._sampling import continued_sampling
+from ._serialize import INT_END, INT_MIN, json_int
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -126,7 +129,7 @@ class _Bounded:
             return value
         if not isinstance(value, _CONTAINERS):
             self.held += 16
-            return value
+            return json_int(value) if kind is int else value
         if depth >= MAX_DATA_DEPTH:
             self.held += 16
             return "[MaxDepth]"
@@ -155,7 +158,10 @@ class _Bounded:
             key = _clip_text(key)
             self.held += len(key)
             return key
-        if kind is int or kind is float or kind is bool or key is None:
+        if (kind is int and INT_MIN <= key < INT_END) or kind is float or kind is bool:
+            self.held += 16
+            return key
+        if key is None:
             self.held += 16
             return key
         text = _clip_text(_safe_repr(key))  # a tuple or object key: its repr, bounded
@@ -178,6 +184,60 @@ def _safe_repr(value: Any) -> str:
         return repr(value)
     except Exception:
         return "<unrepresentable>"
+
+
+def _text(value: Any) -> str:
+    """``value`` as text for a name, op or description given as something else: ``str()``,
+    else its ``repr``, else a marker; clipped to MAX_TEXT."""
+    try:
+        text = str(value)
+    except Exception:  # a raising __str__, an int too long to print
+        text = _safe_repr(value)
+    if type(text) is not str:  # pragma: no cover - str() returns str
+        text = "<unrepresentable>"
+    return _clip_text(text)  # type: ignore[no-any-return]
+
+
+_MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def _timestamp(value: Any) -> float | None:
+    """A user's end timestamp as seconds since the epoch (a number, or a ``datetime`` as
+    ``sentry-sdk`` accepts; naive means UTC); None when unusable."""
+    try:
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            value = value.timestamp()
+        seconds = float(value)
+    except Exception:
+        seconds = math.nan
+    if not 0.0 <= seconds <= _MAX_TIMESTAMP:  # NaN, infinite, before 1970, after 9999
+        logger.debug("ignoring invalid end timestamp %r: using the current time", value)
+        return None
+    return seconds
+
+
+def names(name: Any, op: Any) -> tuple[str, str | None]:
+    """A transaction's name and op as given to the public API, as text."""
+    if type(name) is not str:
+        name = _text(name)
+    if op is not None and type(op) is not str:
+        op = _text(op)
+    return name, op
+
+
+def _http_code(value: Any) -> int | None:
+    """An HTTP status given as something else than a 3-digit int (a str, a float), or None
+    when it is not one (an HTTP status has three digits)."""
+    try:
+        code = int(value)
+    except Exception:  # not a number, inf, NaN
+        code = -1
+    if 0 <= code <= 999:
+        return code
+    logger.debug("invalid HTTP status %r: status 'unknown'", value)
+    return None
 
 
 def _held_size(value: Any) -> int:
@@ -513,13 +573,19 @@ class Span:
 
     # -- mutation -------------------------------------------------------------
     def set_tag(self, key: str, value: Any) -> None:
-        """Set a tag; key and value are truncated to 200 characters."""
-        key = str(key)[:200]
+        """Set a tag; key and value are truncated to 200 characters. A tag whose key or
+        value is empty (Sentry refuses those) or cannot be made text is ignored."""
+        try:
+            key = (key if type(key) is str else str(key))[:200]
+            text = value if isinstance(value, str) else str(value)
+        except Exception:  # a raising __str__, an int too long to print
+            logger.debug("ignoring a tag whose key or value cannot be made text")
+            return
         if _TAG_KEY_BAD.search(key):
             key = _TAG_KEY_BAD.sub("_", key.replace(" ", "-"))
-        if not key:
+        if not key or not text:
+            logger.debug("ignoring tag %r with an empty key or value", key)
             return
-        text = value if isinstance(value, str) else str(value)
         if "\n" in text or "\r" in text:
             text = text.replace("\r", " ").replace("\n", " ")
         tags = self._tags
@@ -529,13 +595,16 @@ class Span:
 
     def set_data(self, key: str, value: Any) -> None:
         """Attach structured data to the span."""
+        if type(key) is not str:
+            key = _text(key)
         data = self._data
         if data is None:
             data = self._data = {}
-        key = str(key)
         kind = type(value)
         held = 0
-        if kind is str or kind is bytes:
+        if kind is int:
+            value = json_int(value)
+        elif kind is str or kind is bytes:
             if len(value) > MAX_TEXT:
                 value = _clip_text(value)
             if len(value) > _SMALL_TEXT:
@@ -549,19 +618,18 @@ class Span:
 
     def set_status(self, status: str) -> None:
         """Set the span status; must be one of the 17 canonical values."""
-        if status not in SPAN_STATUSES:
+        if type(status) is not str or status not in SPAN_STATUSES:
             logger.debug("ignoring invalid span status %r", status)
             return
         self._status = status
 
     def set_http_status(self, code: int) -> None:
         """Set ``http.response.status_code`` data and the matching span status."""
-        try:
-            code = int(code)
-        except (TypeError, ValueError):
-            logger.debug("invalid HTTP status %r: span status 'unknown'", code)
-            self._status = "unknown"  # protocol §7: unparsable -> unknown
-            return
+        if type(code) is not int or not 0 <= code <= 999:
+            code = _http_code(code)  # type: ignore[assignment]
+            if code is None:
+                self._status = "unknown"  # protocol §7: unparsable -> unknown
+                return
         data = self._data
         if data is None:
             data = self._data = {}
@@ -581,6 +649,10 @@ class Span:
         ``sentry-sdk``'s newer spelling of ``description``."""
         if name is not None and description is None:
             description = name
+        if op is not None and type(op) is not str:
+            op = _text(op)
+        if description is not None and type(description) is not str:
+            description = _text(description)
         tx = self._tx
         if tx is None:
             return _DetachedSpan(self._context(), self._span_id, op, description, origin)
@@ -597,8 +669,8 @@ class Span:
         if self._end is not None:
             return
         end = _perf()
-        if end_timestamp is not None:
-            end = self._start + max(0.0, end_timestamp - self.start_timestamp)
+        if end_timestamp is not None and (seconds := _timestamp(end_timestamp)) is not None:
+            end = self._start + max(0.0, seconds - self.start_timestamp)
         self._end = end
         if not self._recording:
             return
@@ -761,7 +833,7 @@ class Transaction(Span):
 
     @name.setter
     def name(self, value: str) -> None:
-        self._name = str(value)
+        self._name = value if type(value) is str else _text(value)
 
     @property
     def source(self) -> str:
@@ -775,9 +847,9 @@ class Transaction(Span):
 
     def set_name(self, name: str, source: str | None = None) -> None:
         """Rename the transaction, optionally with a new source."""
-        self._name = str(name)
+        self._name = name if type(name) is str else _text(name)
         if source is not None:
-            if source in SOURCES:
+            if type(source) is str and source in SOURCES:
                 self._source = source
             else:
                 logger.debug("ignoring invalid transaction source %r", source)
@@ -787,16 +859,15 @@ class Transaction(Span):
         measurements = self._measurements
         if measurements is None:
             measurements = self._measurements = {}
-        measurements[str(name)] = {"value": value, "unit": unit}
+        measurements[name if type(name) is str else _text(name)] = {"value": value, "unit": unit}
 
     def set_http_status(self, code: int) -> None:
         """Set the response status: span status, data, tag and response context."""
-        try:
-            code = int(code)
-        except (TypeError, ValueError):
-            logger.debug("invalid HTTP status %r: transaction status 'unknown'", code)
-            self._status = "unknown"  # protocol §7: unparsable -> unknown
-            return
+        if type(code) is not int or not 0 <= code <= 999:
+            code = _http_code(code)  # type: ignore[assignment]
+            if code is None:
+                self._status = "unknown"  # protocol §7: unparsable -> unknown
+                return
         self._response_status = code
         self._status = http_status_to_span_status(code)
         if self._recording:  # data and tags only matter for an event that is sent
