@@ -32,6 +32,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _MATCH_ALL = (".*",)
 _RELEASE_FORBIDDEN = {".", "..", " ", "latest"}
+#: What Relay refuses in an environment (it then drops the value from every event).
+_ENVIRONMENT_FORBIDDEN = {".", "..", "none"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,7 @@ def _opt_str(name: str, value: Any) -> str | None:
 _PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """``url`` without its credentials (with or without a scheme), for messages."""
     if "@" not in url:
         return url
@@ -177,7 +180,7 @@ def _proxy(name: str, value: Any) -> str | None:
     url = _opt_str(name, value)
     if not url:
         return url
-    shown = _redacted(url)
+    shown = redacted_url(url)
     try:
         parts = urlsplit(url if "://" in url else "http://" + url)
         port = parts.port  # out of range or not a number: ValueError
@@ -210,7 +213,7 @@ def _check_socks(dsn: Dsn | None, http_proxy: str | None, https_proxy: str | Non
         return
     name, url = explicit_proxy(dsn, http_proxy, https_proxy)
     if url and url.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
-        raise _fail(name, _redacted(url), "a SOCKS proxy needs PySocks (pip install pysocks)")
+        raise _fail(name, redacted_url(url), "a SOCKS proxy needs PySocks (pip install pysocks)")
 
 
 def _ca_certs(value: Any) -> str | None:
@@ -311,13 +314,15 @@ def _release(value: Any) -> str | None:
         not release
         or len(release) > 200
         or release in _RELEASE_FORBIDDEN
-        or any(c in release for c in "\n\r\t/\\")
+        or "/" in release
+        or "\\" in release
+        or _CONTROL.search(release)
     ):
         raise _fail(
             "release",
             value,
-            "must be 1-200 characters without newline, tab, '/' or '\\' and not '.', '..', "
-            "' ' or 'latest'",
+            "must be 1-200 characters without control characters, '/' or '\\' and not '.', "
+            "'..', ' ' or 'latest'",
         )
     return release
 
@@ -326,8 +331,18 @@ def _environment(value: Any) -> str:
     env = _opt_str("environment", value)
     if env is None:
         return "production"
-    if not env or len(env) > 64 or any(c in env for c in "\n\r/"):
-        raise _fail("environment", value, "must be 1-64 characters without newline or '/'")
+    if (
+        not env
+        or len(env) > 64
+        or env.lower() in _ENVIRONMENT_FORBIDDEN
+        or "/" in env
+        or _CONTROL.search(env)
+    ):
+        raise _fail(
+            "environment",
+            value,
+            "must be 1-64 characters without control characters or '/' and not '.', '..' or 'none'",
+        )
     return env
 
 

@@ -35,7 +35,7 @@ from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
 from ._http import HTTPConnection, StaleConnectionError
-from ._options import explicit_proxy
+from ._options import explicit_proxy, redacted_url
 from ._ratelimits import RateLimits
 from ._serialize import dumps
 
@@ -435,7 +435,9 @@ class Transport:
 
                     return SOCKSProxyManager(proxy, **options)
                 except ImportError:
-                    logger.warning("SOCKS proxy %s needs PySocks; sending directly", proxy)
+                    logger.warning(
+                        "SOCKS proxy %s needs PySocks; sending directly", redacted_url(proxy)
+                    )
                     return urllib3.PoolManager(**options)
             proxy_headers = None
             if parts.username is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -41,6 +42,13 @@ from sentry_tracing_mw._options import build_options
         ("release", "latest"),
         ("release", "a/b"),
         ("release", "line\nbreak"),
+        # what Relay refuses and then drops from every event
+        ("environment", "none"),
+        ("environment", "None"),
+        ("environment", ".."),
+        ("environment", "a\x0cb"),
+        ("release", "1.0\x0cb"),
+        ("release", "a\x00b"),
         ("org_id", "abc"),
         ("max_inherited_sampled_per_second", -5),
         ("trust_incoming_traces", ["not-a-network"]),
@@ -155,6 +163,25 @@ def test_proxy_credentials_are_not_shown_in_the_error() -> None:
     with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
         stm.init(http_proxy="http://user:hunter2@:0")
     assert "hunter2" not in str(info.value)
+
+
+def test_socks_proxy_from_the_environment_is_logged_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The environment's proxy is not checked at init (it may never be used): without
+    # PySocks the transport sends directly and says so, without the credentials.
+    import importlib.util
+
+    if importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed: the SOCKS proxy is used")
+    monkeypatch.setenv("HTTP_PROXY", "socks5://alice:hunter2@127.0.0.1:1")
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        stm.init(dsn="http://k@127.0.0.1:1/1", traces_sample_rate=1.0)
+        with stm.start_transaction("t"):
+            pass
+        stm.flush(5)  # the first send makes the connection pool
+    assert "socks5://[redacted]@127.0.0.1:1" in caplog.text
+    assert "hunter2" not in caplog.text
 
 
 def test_socks_proxy_needs_pysocks_at_init() -> None:
