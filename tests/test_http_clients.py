@@ -830,6 +830,38 @@ def test_https_connection_failures_get_a_span(client: Client, kind: str) -> None
         assert span.timestamp is not None and span.data["error.type"]
 
 
+@pytest.mark.parametrize("library", ["requests", "urllib3"])
+@pytest.mark.parametrize("kind", ["proxy-refused", "connect-unanswered"])
+def test_https_through_a_failing_proxy_gets_a_span(library: str, kind: str) -> None:
+    # Through an HTTPS proxy urllib3 opens the tunnel (CONNECT, then TLS) before it
+    # validates the connection: a proxy that is down or never answers CONNECT must still
+    # give the request a span with a status, as without a proxy.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts TCP (kernel backlog) and never answers the CONNECT
+    try:
+        port = free_port() if kind == "proxy-refused" else silent.getsockname()[1]
+        proxy = f"http://user:secret@127.0.0.1:{port}"
+        target = f"https://127.0.0.1:{free_port()}/secure?q=1"
+        stm.init(traces_sample_rate=1.0)
+        with stm.start_transaction("t") as tx:
+            if library == "requests":
+                proxies = {"https": proxy}
+                exc = _raised(lambda: requests.get(target, proxies=proxies, timeout=0.5))
+            else:
+                pool = urllib3.ProxyManager(proxy, timeout=0.5, retries=False)
+                exc = _raised(lambda: pool.request("GET", target))
+    finally:
+        silent.close()
+    assert exc is not None
+    (span,) = http_spans(tx)
+    status = "internal_error" if kind == "proxy-refused" else "deadline_exceeded"
+    assert span.status == status, (span.status, span.data)
+    assert span.description == f"GET {target.partition('?')[0]}"  # the target, not the proxy
+    assert span.timestamp is not None and span.data["error.type"]
+    assert "secret" not in repr(span.data)
+
+
 @pytest.mark.parametrize("client", [HttpxClient(), AsyncHttpxClient()], ids=repr)
 def test_httpx_body_timeout_fails_the_span(
     client: Client, recording_server: RecordingServer

@@ -1,11 +1,12 @@
 """``urllib3`` (and so ``requests``): a span for HTTPS requests that fail before ``http.client``.
 
-An HTTPS pool connects (TCP, proxy tunnel, TLS handshake) in ``_validate_conn`` before it
-calls ``putrequest``, where the ``http.client`` hook starts the span: a refused connection
-or a handshake timeout would leave no span at all. ``HTTPSConnectionPool._validate_conn``
-is wrapped; when it raises inside a recording span, an ``http.client`` span for the
-request (method and URL read from the calling ``_make_request``) ends with the error's
-status, and the exception goes on unchanged. Plain HTTP pools connect inside
+An HTTPS pool connects (TCP, TLS handshake) in ``_validate_conn``, and through an HTTPS
+proxy opens the tunnel in ``_prepare_proxy`` first, before it calls ``putrequest``, where the
+``http.client`` hook starts the span: a refused connection, a proxy that is down or a
+handshake timeout would leave no span at all. Both ``HTTPSConnectionPool`` methods are
+wrapped; when one raises inside a recording span, an ``http.client`` span for the
+request (method and URL read from the calling ``_make_request`` or ``urlopen``) ends
+with the error's status, and the exception goes on unchanged. Plain HTTP pools connect inside
 ``http.client`` (already covered), so they are not touched.
 """
 
@@ -81,30 +82,47 @@ def _timeouts(exc: BaseException) -> tuple[type[BaseException], ...]:
     return (TimeoutError, Urllib3Timeout)
 
 
-def install() -> Callable[[], None]:
-    """Wrap ``HTTPSConnectionPool._validate_conn``; returns the undo function."""
-    from urllib3.connectionpool import HTTPSConnectionPool
+#: The pool methods that connect before ``putrequest``: TCP and TLS (``_validate_conn``),
+#: and the tunnel through an HTTPS proxy (``_prepare_proxy``, called by ``urlopen`` first).
+_CONNECTING = ("_validate_conn", "_prepare_proxy")
 
-    original = HTTPSConnectionPool.__dict__["_validate_conn"]
 
-    def _validate_conn(self: Any, conn: Any) -> None:
+def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    def connecting(self: Any, conn: Any) -> None:
         try:
             original(self, conn)
         except BaseException as exc:
             _failed(self, exc, sys._getframe(1))
             raise
 
-    _validate_conn.__wrapped__ = original  # type: ignore[attr-defined]
-    _validate_conn.__doc__ = original.__doc__
-    HTTPSConnectionPool._validate_conn = _validate_conn  # type: ignore[method-assign]
+    connecting.__wrapped__ = original  # type: ignore[attr-defined]
+    connecting.__name__ = original.__name__
+    connecting.__qualname__ = original.__qualname__
+    connecting.__doc__ = original.__doc__
+    return connecting
+
+
+def install() -> Callable[[], None]:
+    """Wrap the connecting methods of ``HTTPSConnectionPool``; returns the undo function."""
+    from urllib3.connectionpool import HTTPSConnectionPool
+
+    patched = {}
+    for name in _CONNECTING:
+        original = HTTPSConnectionPool.__dict__.get(name)
+        if original is not None:
+            patched[name] = (original, _wrap(original))
+    for name, (_, wrapper) in patched.items():
+        setattr(HTTPSConnectionPool, name, wrapper)
 
     def undo() -> None:
-        if HTTPSConnectionPool.__dict__.get("_validate_conn") is _validate_conn:
-            HTTPSConnectionPool._validate_conn = original  # type: ignore[method-assign]
-        else:
-            logger.warning(
-                "sentry_tracing_mw: HTTPSConnectionPool._validate_conn was re-patched by "
-                "someone else; leaving it in place"
-            )
+        for name, (original, wrapper) in patched.items():
+            if HTTPSConnectionPool.__dict__.get(name) is wrapper:
+                setattr(HTTPSConnectionPool, name, original)
+            else:
+                logger.warning(
+                    "sentry_tracing_mw: HTTPSConnectionPool.%s was re-patched by someone "
+                    "else; leaving it in place",
+                    name,
+                )
 
     return undo
