@@ -248,6 +248,38 @@ def test_websocket_turned_away_before_routing_is_a_403(sentry_server: SentryServ
     assert tx["contexts"]["trace"]["status"] == "permission_denied"
 
 
+@pytest.mark.parametrize("how", ["close", "denial"])
+def test_websocket_rejected_by_its_route_is_not_ok(sentry_server: SentryServer, how: str) -> None:
+    # The endpoint (an auth check) turns the handshake away: the client gets an HTTP
+    # response (403 for a close before accept) and never connects.
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    if how == "denial" and not hasattr(WebSocket, "send_denial_response"):
+        pytest.skip("this Starlette has no websocket denial responses")
+
+    async def ws(websocket: WebSocket) -> None:
+        if how == "close":
+            await websocket.close(code=1008)
+        else:
+            await websocket.send_denial_response(PlainTextResponse("no", status_code=403))
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[WebSocketRoute("/ws/{room}", ws)])
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app) as c:
+        with pytest.raises(Exception) as info, c.websocket_connect("/ws/room1") as sock:
+            sock.receive_text()
+    assert isinstance(info.value, WebSocketDisconnect) or "Denial" in type(info.value).__name__
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["transaction"] == "/ws/{room}"
+    assert tx["contexts"]["trace"]["status"] == "permission_denied"
+
+
 def test_unmatched_websocket_is_named_like_an_unmatched_request(
     sentry_server: SentryServer, client: TestClient
 ) -> None:

@@ -498,7 +498,8 @@ class TracingMiddleware:
                     complete = True
                 elif not watch_tried and not disconnected:
                     start_watch()
-            elif kind == "http.response.start":
+            elif kind == "http.response.start" or kind == "websocket.http.response.start":
+                # (the second: a websocket handshake answered with an HTTP response)
                 try:
                     code = int(message["status"])
                     if tx._recording:
@@ -510,18 +511,18 @@ class TracingMiddleware:
             elif kind == "websocket.accept":
                 if tx._status is None:
                     tx._status = "ok"
-            elif kind == "websocket.close":
-                if tx._status is None and tx._source == "url" and self.name_unmatched:
-                    # Closed before accept while no route named it (the handshake is a GET
-                    # the server answers 403): if the router ran, it found no route
-                    # ("GET 404"); else a middleware turned it away ("GET 403").
+            elif kind == "websocket.close" and tx._status is None:
+                # Closed before accept: the server answers the handshake (a GET) with 403.
+                tx._status = "permission_denied"
+                if tx._source == "url" and self.name_unmatched:
+                    # No route named it: if the router ran, it found no route ("GET 404");
+                    # else a middleware turned it away ("GET 403").
                     try:
                         if self.routed(inner):
                             name_on_response(tx, inner, method, 404)
                             tx._status = "not_found"
                         else:
                             name_on_response(tx, inner, method, 403)
-                            tx._status = "permission_denied"
                     except Exception:
                         logger.debug("naming an unmatched websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:
