@@ -7,6 +7,7 @@ captured (the traceback must still be alive) and serialized later on the worker.
 
 from __future__ import annotations
 
+import builtins
 import linecache
 import logging
 import math
@@ -282,6 +283,51 @@ def _frames(tb: TracebackType | None, with_locals: bool) -> list[dict[str, Any]]
     return frames
 
 
+_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", None)
+#: Most exceptions one event lists from an exception group's tree.
+_MAX_TREE = 50
+
+
+def _has_group(exc: BaseException) -> bool:
+    """Whether ``exc`` or its cause / context chain holds an exception group."""
+    return _GROUP is not None and any(isinstance(e, _GROUP) for e in _exception_chain(exc))
+
+
+def _exception_tree(exc: BaseException) -> list[tuple[BaseException, dict[str, Any]]]:
+    """``exc``, its causes and the members of exception groups, with the mechanism fields
+    that let Sentry rebuild the tree (``exception_id``, ``parent_id``, ``source``,
+    ``is_exception_group``), as ``sentry-sdk`` sends them: the root last."""
+    out: list[tuple[BaseException, dict[str, Any]]] = []
+    seen: set[int] = set()
+
+    def walk(item: BaseException, parent_id: int | None, source: str | None) -> None:
+        if id(item) in seen or len(out) >= _MAX_TREE:
+            return
+        seen.add(id(item))
+        exception_id = len(out)
+        fields: dict[str, Any] = {"exception_id": exception_id}
+        if parent_id is not None:
+            fields["parent_id"] = parent_id
+        if source is not None:
+            fields["source"] = source
+        group = _GROUP is not None and isinstance(item, _GROUP)
+        if group:
+            fields["is_exception_group"] = True
+        out.append((item, fields))
+        if item.__cause__ is not None:
+            walk(item.__cause__, exception_id, "__cause__")
+        elif item.__context__ is not None and not item.__suppress_context__:
+            walk(item.__context__, exception_id, "__context__")
+        if group:
+            for i, member in enumerate(getattr(item, "exceptions", ())):
+                if isinstance(member, BaseException):
+                    walk(member, exception_id, f"exceptions[{i}]")
+
+    walk(exc, None, None)
+    out.reverse()
+    return out
+
+
 def _exception_chain(exc: BaseException) -> list[BaseException]:
     chain: list[BaseException] = []
     seen: set[int] = set()
@@ -405,7 +451,8 @@ def error_event(
     """Build an error event (protocol §16) linked to ``span`` (or the request's trace)."""
     with_locals = options.send_default_pii
     values = []
-    chain = _exception_chain(exc)
+    tree = _exception_tree(exc) if _has_group(exc) else None
+    chain = [item for item, _ in tree] if tree is not None else _exception_chain(exc)
     for i, item in enumerate(chain):
         cls = type(item)
         entry: dict[str, Any] = {
@@ -416,7 +463,13 @@ def error_event(
         frames = _frames(item.__traceback__, with_locals)
         if frames:  # an exception that was never raised has no traceback
             entry["stacktrace"] = {"frames": frames}
-        if i == len(chain) - 1:
+        if tree is not None:
+            fields = tree[i][1]
+            if fields.get("is_exception_group"):  # its message, not "... (2 sub-exceptions)"
+                entry["value"] = _exception_value(getattr(item, "message", item))
+            kind = mechanism if fields["exception_id"] == 0 else "chained"  # as sentry-sdk
+            entry["mechanism"] = {"type": kind, "handled": handled, **fields}
+        elif i == len(chain) - 1:
             entry["mechanism"] = {"type": mechanism, "handled": handled}
         values.append(entry)
     trace: dict[str, Any] = {"trace_id": ctx.trace_id}

@@ -464,3 +464,51 @@ def test_close_that_times_out_says_what_it_drops(caplog: pytest.LogCaptureFixtur
         release.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in 3.11")
+def test_exception_group_members_are_sent_as_a_tree(sentry_server: SentryServer) -> None:
+    # A TaskGroup (or except*) failure raises an ExceptionGroup: its members, with their
+    # own causes, are what the user needs to see. Sent as sentry-sdk sends them: every
+    # exception with mechanism exception_id / parent_id / source, the group's flagged.
+    stm.init(dsn=sentry_server.dsn)
+
+    def fail(exc: BaseException) -> BaseException:
+        try:
+            raise exc
+        except BaseException as raised:
+            return raised
+
+    def with_cause() -> BaseException:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            try:
+                raise ValueError("outer") from inner
+            except ValueError as outer:
+                return outer
+
+    group = fail(ExceptionGroup("two failed", [with_cause(), fail(TypeError("t"))]))  # noqa: F821
+    assert stm.capture_exception(group)
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    (event,) = sentry_server.events()
+    values = event["exception"]["values"]
+    got = [
+        (
+            v["type"],
+            v["value"],
+            v["mechanism"]["exception_id"],
+            v["mechanism"].get("parent_id"),
+            v["mechanism"].get("source"),
+            v["mechanism"].get("is_exception_group", False),
+        )
+        for v in values
+    ]
+    assert got == [
+        ("TypeError", "t", 3, 0, "exceptions[1]", False),
+        ("KeyError", "'inner'", 2, 1, "__cause__", False),
+        ("ValueError", "outer", 1, 0, "exceptions[0]", False),
+        ("ExceptionGroup", "two failed", 0, None, None, True),
+    ]
+    assert [v["mechanism"]["type"] for v in values] == ["chained"] * 3 + ["generic"]
+    assert all(v["stacktrace"]["frames"] for v in values)  # each raised: its own frames
