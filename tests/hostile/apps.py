@@ -279,15 +279,15 @@ class AsgiCaller:
     """Calls an ASGI app in-process on one long-lived event loop."""
 
     def __init__(self) -> None:
-        self._runner = asyncio.Runner()
+        self._loop = asyncio.new_event_loop()  # (asyncio.Runner is 3.11+)
 
     def __call__(
         self, app: Any, case: Case, scope: dict[str, Any] | None = None
     ) -> tuple[int, bytes]:
-        return self._runner.run(_call_asgi(app, case, scope))
+        return self._loop.run_until_complete(_call_asgi(app, case, scope))
 
     def close(self) -> None:
-        self._runner.close()
+        self._loop.close()
 
 
 def prebuilt(kind: str, case: Case) -> dict[str, Any]:
