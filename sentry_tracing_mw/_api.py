@@ -68,8 +68,17 @@ def start_transaction(
         origin,
         ctx,
         sampled,
-        dict(custom_sampling_context) if custom_sampling_context else None,
+        _sampling_extra(custom_sampling_context),
     )
+
+
+def _sampling_extra(custom: Any) -> dict[str, Any] | None:
+    """``custom_sampling_context`` as a dict (a value that is not a mapping is ignored)."""
+    try:
+        return dict(custom) if custom else None
+    except Exception:
+        logger.debug("ignoring custom_sampling_context of type %s", type(custom).__name__)
+        return None
 
 
 def continue_trace(

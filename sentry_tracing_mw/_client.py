@@ -353,10 +353,11 @@ class Client:
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
-        try:  # an exception class may refuse attributes (a raising __getattr__, slots)
-            if getattr(exc, _CAPTURED_MARK, False):
+        try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
+            fields = object.__getattribute__(exc, "__dict__")
+            if fields.get(_CAPTURED_MARK):
                 return None
-            setattr(exc, _CAPTURED_MARK, True)
+            fields[_CAPTURED_MARK] = True
         except Exception:
             pass
         opts = self.options

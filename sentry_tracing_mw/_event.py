@@ -117,8 +117,8 @@ def _measurements(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, entry in raw.items():
         value = entry.get("value")
         unit = entry.get("unit") or ""
-        if type(value) is int:
-            value = json_int(value)  # Sentry keeps 64 bits: wider as a float, else left out
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = json_int(int(value))  # Sentry keeps 64 bits: wider as a float, else out
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)

@@ -306,20 +306,20 @@ def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
     return tuple(nets)
 
 
-def _release(value: Any) -> str | None:
-    release = _opt_str("release", value)
+def _release(value: Any, name: str = "release") -> str | None:
+    release = _opt_str(name, value)
     if release is None:
         return None
     if (
-        not release
+        not release.strip()  # Relay trims whitespace, then compares "latest" in any case
         or len(release) > 200
-        or release in _RELEASE_FORBIDDEN
+        or release.strip().lower() in _RELEASE_FORBIDDEN
         or "/" in release
         or "\\" in release
         or _CONTROL.search(release)
     ):
         raise _fail(
-            "release",
+            name,
             value,
             "must be 1-200 characters without control characters, '/' or '\\' and not '.', "
             "'..', ' ' or 'latest'",
@@ -327,19 +327,19 @@ def _release(value: Any) -> str | None:
     return release
 
 
-def _environment(value: Any) -> str:
-    env = _opt_str("environment", value)
+def _environment(value: Any, name: str = "environment") -> str:
+    env = _opt_str(name, value)
     if env is None:
         return "production"
     if (
-        not env
+        not env.strip()
         or len(env) > 64
-        or env.lower() in _ENVIRONMENT_FORBIDDEN
+        or env.strip().lower() in _ENVIRONMENT_FORBIDDEN
         or "/" in env
         or _CONTROL.search(env)
     ):
         raise _fail(
-            "environment",
+            name,
             value,
             "must be 1-64 characters without control characters or '/' and not '.', '..' or 'none'",
         )
@@ -438,15 +438,15 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         propagate_to_all=propagate_to_all,
         # An explicit argument is validated as given (an empty one is an error); an
         # environment variable that is set but empty counts as unset.
-        environment=_environment(
-            kwargs["environment"]
+        environment=(
+            _environment(kwargs["environment"])
             if kwargs.get("environment") is not None
-            else env.get("SENTRY_ENVIRONMENT") or None
+            else _environment(env.get("SENTRY_ENVIRONMENT") or None, "SENTRY_ENVIRONMENT")
         ),
-        release=_release(
-            kwargs["release"]
+        release=(
+            _release(kwargs["release"])
             if kwargs.get("release") is not None
-            else env.get("SENTRY_RELEASE") or None
+            else _release(env.get("SENTRY_RELEASE") or None, "SENTRY_RELEASE")
         ),
         server_name=server_name,
         send_default_pii=flag("send_default_pii", False),

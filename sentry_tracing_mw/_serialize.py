@@ -71,8 +71,10 @@ def _key(key: Any) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     if isinstance(key, int):
-        value = json_int(int(key))
-        return value if type(value) is str else repr(value)
+        try:
+            return str(int(key))  # a key is text: no 64-bit limit
+        except ValueError:  # too long to print
+            return str(json_int(int(key)))
     if isinstance(key, float):
         return _float_key(key)
     if isinstance(key, bytes):

@@ -187,12 +187,13 @@ def _safe_repr(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    """``value`` as text for a name, op or description given as something else: ``str()``,
-    else its ``repr``, else a marker; clipped to MAX_TEXT."""
+    """``value`` as text for a name, op or description given as something else: a str
+    subclass's own text (a ``(str, Enum)`` member's value), else ``str()``, else its
+    ``repr``, else a marker; clipped to MAX_TEXT."""
     try:
-        text = str(value)
+        text = str.__str__(value) if isinstance(value, str) else str(value)
     except Exception:  # a raising __str__, an int too long to print
-        text = _safe_repr(value)
+        text = str(json_int(int(value))) if isinstance(value, int) else _safe_repr(value)
     if type(text) is not str:  # pragma: no cover - str() returns str
         text = "<unrepresentable>"
     return _clip_text(text)  # type: ignore[no-any-return]
@@ -203,13 +204,9 @@ _MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
 
 def _timestamp(value: Any) -> float | None:
     """A user's end timestamp as seconds since the epoch (a number, or a ``datetime`` as
-    ``sentry-sdk`` accepts; naive means UTC); None when unusable."""
+    ``sentry-sdk`` accepts, naive meaning local time); None when unusable."""
     try:
-        if isinstance(value, datetime.datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=datetime.timezone.utc)
-            value = value.timestamp()
-        seconds = float(value)
+        seconds = float(value.timestamp() if isinstance(value, datetime.datetime) else value)
     except Exception:
         seconds = math.nan
     if not 0.0 <= seconds <= _MAX_TIMESTAMP:  # NaN, infinite, before 1970, after 9999
@@ -228,9 +225,11 @@ def names(name: Any, op: Any) -> tuple[str, str | None]:
 
 
 def _http_code(value: Any) -> int | None:
-    """An HTTP status given as something else than a 3-digit int (a str, a float), or None
-    when it is not one (an HTTP status has three digits)."""
+    """An HTTP status given as something else than a 3-digit int (``"404"``, a status line
+    ``"404 Not Found"``, a float), or None when it is not one (it has three digits)."""
     try:
+        if isinstance(value, (str, bytes)):
+            value = value.split(None, 1)[0] if value.strip() else value
         code = int(value)
     except Exception:  # not a number, inf, NaN
         code = -1
@@ -574,13 +573,9 @@ class Span:
     # -- mutation -------------------------------------------------------------
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag; key and value are truncated to 200 characters. A tag whose key or
-        value is empty (Sentry refuses those) or cannot be made text is ignored."""
-        try:
-            key = (key if type(key) is str else str(key))[:200]
-            text = value if isinstance(value, str) else str(value)
-        except Exception:  # a raising __str__, an int too long to print
-            logger.debug("ignoring a tag whose key or value cannot be made text")
-            return
+        value is empty (Sentry refuses those) is ignored."""
+        key = (key if type(key) is str else _text(key))[:200]
+        text = value if type(value) is str else _text(value)
         if _TAG_KEY_BAD.search(key):
             key = _TAG_KEY_BAD.sub("_", key.replace(" ", "-"))
         if not key or not text:

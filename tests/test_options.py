@@ -47,6 +47,9 @@ from sentry_tracing_mw._options import build_options
         ("environment", "None"),
         ("environment", ".."),
         ("environment", "a\x0cb"),
+        ("environment", " none"),  # Relay trims first
+        ("release", "Latest"),
+        ("release", "  "),
         ("release", "1.0\x0cb"),
         ("release", "a\x00b"),
         ("org_id", "abc"),
@@ -163,6 +166,17 @@ def test_proxy_credentials_are_not_shown_in_the_error() -> None:
     with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
         stm.init(http_proxy="http://user:hunter2@:0")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("SENTRY_ENVIRONMENT", "None"), ("SENTRY_RELEASE", "latest")]
+)
+def test_bad_environment_or_release_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(stm.ConfigurationError, match=rf"^invalid option {variable}="):
+        stm.init()
 
 
 def test_socks_proxy_from_the_environment_is_logged_without_its_password(

@@ -5,14 +5,20 @@ envelope with sentry-relay's normalizer and, where present, the shared validator
 from __future__ import annotations
 
 import datetime
+import enum
 import math
 import time
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 
 import sentry_tracing_mw as stm
 from tests.sentry_server import SentryServer, flushed_transactions
+
+
+class _Count(int):
+    pass
 
 
 class _BadStr:
@@ -39,7 +45,11 @@ def test_odd_values_never_raise_into_the_caller(sentry_server: SentryServer) -> 
         span.finish(end_timestamp="later")  # type: ignore[arg-type]
     (event,) = flushed_transactions(sentry_server, 1)
     assert event["transaction"] == "t" and event["transaction_info"] == {"source": "custom"}
-    assert "bad" not in event.get("tags", {}) and "huge" not in event.get("tags", {})
+    assert event["tags"] == {
+        "bad": "<BadStr>",  # its repr
+        "huge": f"<int of {(10**5000).bit_length()} bits>",
+        "_BadStr_": "v",
+    }
     assert event["contexts"]["trace"]["status"] == "unknown"  # the unparsable HTTP status
     assert event["contexts"]["trace"]["data"]["<BadStr>"] == 1
     (sent,) = event["spans"]
@@ -58,12 +68,14 @@ def test_integers_wider_than_64_bits(sentry_server: SentryServer) -> None:
         tx.set_data("nested", {"n": [-(2**70)], 2**80: "k"})
         tx.set_measurement("bytes", 2**64, "byte")
         tx.set_measurement("too_big", 10**400)
+        tx.set_measurement("too_big_too", _Count(10**400))
     (event,) = flushed_transactions(sentry_server, 1)
     data = event["contexts"]["trace"]["data"]
     assert data["max_u64"] == 2**64 - 1
     assert data["wide"] == float(2**64 + 1) and isinstance(data["wide"], float)
     assert data["huge"] == f"<int of {(10**5000).bit_length()} bits>"
     assert data["nested"] == {"n": [-float(2**70)], str(2**80): "k"}  # keys are text anyway
+    assert "bytes" in event["measurements"]
     assert event["measurements"] == {"bytes": {"value": float(2**64), "unit": "byte"}}
 
 
@@ -92,10 +104,11 @@ def test_impossible_http_status_is_unknown(sentry_server: SentryServer, code: An
     assert sent["status"] == "unknown" and "data" not in sent
 
 
-def test_http_status_given_as_text_is_read(sentry_server: SentryServer) -> None:
+@pytest.mark.parametrize("code", ["404", "404 Not Found", b"404", 404.0, HTTPStatus.NOT_FOUND])
+def test_http_status_given_as_text_is_read(sentry_server: SentryServer, code: Any) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with stm.start_transaction("t", op="http.server") as tx:
-        tx.set_http_status("404")  # type: ignore[arg-type]
+        tx.set_http_status(code)
     (event,) = flushed_transactions(sentry_server, 1)
     assert event["contexts"]["response"] == {"status_code": 404}
     assert event["contexts"]["trace"]["status"] == "not_found"
@@ -123,11 +136,13 @@ def test_datetime_end_timestamps_as_sentry_sdk_takes_them(sentry_server: SentryS
     span = tx.start_child("work")
     end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
     span.finish(end_timestamp=end)
-    tx.finish(end_timestamp=end.replace(tzinfo=None) + datetime.timedelta(seconds=1))  # UTC
+    local = datetime.datetime.now() + datetime.timedelta(seconds=3)  # naive: local time
+    tx.finish(end_timestamp=local)
     (event,) = flushed_transactions(sentry_server, 1)
     (sent,) = event["spans"]
     assert sent["timestamp"] == pytest.approx(end.timestamp(), abs=0.01)
-    assert event["timestamp"] == pytest.approx(end.timestamp() + 1, abs=0.01)
+    assert event["timestamp"] == pytest.approx(local.timestamp(), abs=0.01)
+    assert event["timestamp"] - event["start_timestamp"] == pytest.approx(3, abs=0.5)
 
 
 def test_names_and_ops_that_are_not_text(sentry_server: SentryServer) -> None:
@@ -161,10 +176,39 @@ def test_exception_classes_that_refuse_attributes_are_captured(
             raise TypeError("frozen")
 
     stm.init(dsn=sentry_server.dsn)
-    ids = [stm.capture_exception(Proxying("a")), stm.capture_exception(Frozen("b"))]
+    proxying, frozen = Proxying("a"), Frozen("b")
+    ids = [stm.capture_exception(proxying), stm.capture_exception(frozen)]
     assert all(ids)
+    assert stm.capture_exception(proxying) is None  # still captured once only
+    assert stm.capture_exception(frozen) is None
     assert stm.flush(5) and sentry_server.wait_for(2)
     events = sentry_server.events()
     assert sorted(e["event_id"] for e in events) == sorted(ids)
     names = sorted(e["exception"]["values"][-1]["type"].rpartition(".")[2] for e in events)
     assert names == ["Frozen", "Proxying"]
+
+
+class _Op(str, enum.Enum):
+    TASK = "queue.task"
+    DB = "db.query"
+
+
+def test_str_enum_members_are_sent_as_their_value(sentry_server: SentryServer) -> None:
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction(_Op.TASK, op=_Op.TASK) as tx:  # type: ignore[arg-type]
+        with tx.start_child(_Op.DB, _Op.DB):
+            pass
+        tx.set_tag(_Op.DB, _Op.TASK)
+    (event,) = flushed_transactions(sentry_server, 1)
+    assert event["transaction"] == "queue.task"
+    assert event["contexts"]["trace"]["op"] == "queue.task"
+    assert [(s["op"], s["description"]) for s in event["spans"]] == [("db.query", "db.query")]
+    assert event["tags"] == {"db.query": "queue.task"}
+
+
+def test_a_custom_sampling_context_that_is_no_mapping_is_ignored() -> None:
+    seen: list[Any] = []
+    stm.init(traces_sampler=lambda ctx: seen.append(dict(ctx)) or 1.0)
+    with stm.start_transaction("t", custom_sampling_context=[1, 2]):  # type: ignore[arg-type]
+        pass
+    assert seen and seen[0]["transaction_context"]["name"] == "t"
