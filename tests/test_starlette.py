@@ -250,6 +250,7 @@ def test_websocket_turned_away_before_routing_is_a_403(sentry_server: SentryServ
 
 @pytest.mark.parametrize("how", ["close", "denial"])
 def test_websocket_rejected_by_its_route_is_not_ok(sentry_server: SentryServer, how: str) -> None:
+    # (the server answers a close before accept with 403: recorded as that response)
     # The endpoint (an auth check) turns the handshake away: the client gets an HTTP
     # response (403 for a close before accept) and never connects.
     from starlette.applications import Starlette
@@ -278,6 +279,8 @@ def test_websocket_rejected_by_its_route_is_not_ok(sentry_server: SentryServer, 
     (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/ws/{room}"
     assert tx["contexts"]["trace"]["status"] == "permission_denied"
+    assert tx["contexts"]["response"] == {"status_code": 403}
+    assert tx["tags"]["http.status_code"] == "403"
 
 
 def test_unmatched_websocket_is_named_like_an_unmatched_request(

@@ -513,18 +513,17 @@ class TracingMiddleware:
                     tx._status = "ok"
             elif kind == "websocket.close" and tx._status is None:
                 # Closed before accept: the server answers the handshake (a GET) with 403.
-                tx._status = "permission_denied"
-                if tx._source == "url" and self.name_unmatched:
-                    # No route named it: if the router ran, it found no route ("GET 404");
-                    # else a middleware turned it away ("GET 403").
-                    try:
+                # Unnamed (framework integrations): if the router ran, it found no route
+                # ("GET 404", recorded as 404); else a middleware turned it away ("GET 403").
+                try:
+                    code = 403
+                    if tx._source == "url" and self.name_unmatched:
                         if self.routed(inner):
-                            name_on_response(tx, inner, method, 404)
-                            tx._status = "not_found"
-                        else:
-                            name_on_response(tx, inner, method, 403)
-                    except Exception:
-                        logger.debug("naming an unmatched websocket failed", exc_info=True)
+                            code = 404
+                        name_on_response(tx, inner, method, code)
+                    tx.set_http_status(code)
+                except Exception:
+                    logger.debug("recording a refused websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:
                 complete = True
             try:
