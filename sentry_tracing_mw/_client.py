@@ -22,7 +22,7 @@ from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
 from ._ids import new_trace_id, pop_trace_id
 from ._options import Options, build_options
-from ._propagation import IncomingTrace, parse_incoming_baggage
+from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._tracing import PropagationContext, Span, Transaction, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
@@ -243,6 +243,13 @@ class Client:
             if ctx._pending is not None:
                 ctx._resolve()
             ctx._sample_rate = rate
+            dsc = ctx._dsc
+            if dsc is not None and rate is not None and "sample_rate" not in dsc:
+                # Continued from a service that deferred (tracing without performance):
+                # the upstream DSC has no rate, so it gets the one this decision used, as
+                # sentry-sdk adds it (the server cannot extrapolate without one).
+                ctx._dsc = {**dsc, "sample_rate": format_sample_rate(rate)}
+                ctx._baggage = ctx._ours = None
         recording = decision is True and (sampled is not None or opts.tracing_enabled)
         return Transaction(self, ctx, name, op, source, origin, recording)
 

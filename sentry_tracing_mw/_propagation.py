@@ -760,7 +760,22 @@ def parse_incoming_baggage(incoming: IncomingTrace) -> IncomingTrace:
     except Exception:
         _logger.debug("ignoring an incoming baggage that could not be read", exc_info=True)
         dsc, third_party = None, ()
-    return _new_tuple(IncomingTrace, (*incoming[:3], dsc, third_party, *incoming[5:7], None))
+    sampled = _decision(incoming.parent_sampled, dsc)
+    return _new_tuple(
+        IncomingTrace, (*incoming[:2], sampled, dsc, third_party, *incoming[5:7], None)
+    )
+
+
+_RECORDED = {"true": True, "false": False}
+
+
+def _decision(parent_sampled: bool | None, dsc: dict[str, str] | None) -> bool | None:
+    """The parent's decision: the trace header's, else the one its Sentry DSC records (a
+    ``traceparent`` with the sampled bit clear, forwarded by a non-Sentry service between
+    two Sentry ones, still comes with the head's ``sentry-sampled``)."""
+    if parent_sampled is None and dsc:
+        return _RECORDED.get(dsc.get("sampled", ""))
+    return parent_sampled
 
 
 # Baggage shape -> (trace id position, sample_rand position, DSC, third-party members).
@@ -885,6 +900,7 @@ def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | N
             raw = baggage
         else:
             dsc, third_party = parse_dsc(baggage, trace_id)
+            parent_sampled = _decision(parent_sampled, dsc)
     return _new_tuple(
         IncomingTrace,
         (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random, raw),

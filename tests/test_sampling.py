@@ -373,3 +373,42 @@ def test_trust_incoming_traces_options() -> None:
     assert get_client().trusts(None, "ok") and not get_client().trusts(None, "no")
     init(trust_incoming_traces=False)
     assert not get_client().trusts("127.0.0.1")
+
+
+def test_decision_for_a_deferred_upstream_adds_the_rate_to_its_dsc() -> None:
+    # The upstream traced without performance (no sampled flag, a DSC without rate or
+    # decision): the DSC is taken as received, plus the rate this decision used, as
+    # sentry-sdk adds it (Relay cannot extrapolate without one).
+    init(traces_sample_rate=1.0)
+    headers = incoming(
+        trace_id=TRACE, public_key="49d0f7386ad645858ae85020e393bef3", release="js@1"
+    )
+    tx = stm.start_transaction("t", headers=headers)
+    assert tx.sampled is True
+    dsc = tx.propagation_context.dsc()
+    assert dsc["sample_rate"] == "1.0" and dsc["release"] == "js@1"
+    assert "sampled" not in dsc  # what the upstream sent is not edited
+    with tx:
+        baggage = stm.get_trace_headers()["baggage"]
+    assert "sentry-sample_rate=1.0" in baggage.split(",")
+    # A rate the upstream did send is never replaced.
+    init(traces_sampler=lambda ctx: 0.25)
+    tx = stm.start_transaction("t", headers=incoming("-1", trace_id=TRACE, sample_rate="0.5"))
+    assert tx.propagation_context.dsc()["sample_rate"] == "0.5"
+
+
+@pytest.mark.parametrize("recorded", ["true", "false"])
+def test_a_clear_traceparent_flag_defers_to_the_decision_in_the_dsc(recorded: str) -> None:
+    # An OpenTelemetry service between two Sentry ones forwards the head's baggage with
+    # its own traceparent, sampled bit clear: the head's recorded decision still holds.
+    init(traces_sample_rate=0.0 if recorded == "true" else 1.0)
+    headers = {
+        "traceparent": f"00-{TRACE}-{SPAN}-02",
+        "baggage": f"sentry-trace_id={TRACE},sentry-sample_rate=0.5,sentry-sampled={recorded}",
+    }
+    tx = stm.start_transaction("t", headers=headers)
+    assert tx.sampled is (recorded == "true")
+    assert tx.trace_id == TRACE and tx.parent_span_id == SPAN
+    # Without a recorded decision the clear flag stays a deferred one: our rate decides.
+    headers["baggage"] = f"sentry-trace_id={TRACE},sentry-sample_rate=0.5"
+    assert stm.start_transaction("t", headers=headers).sampled is (recorded != "true")
