@@ -919,6 +919,32 @@ def test_redirects_one_span_per_request(client: Client, recording_server: Record
         assert baggage.startswith("own=1,sentry-") and baggage.count("own=1") == 1
 
 
+def test_callers_own_tracestate_is_kept(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    # Vendor state the app adds without a traceparent of its own is not ours to drop
+    # (sentry-sdk never touches tracestate; OpenTelemetry's propagator keeps it).
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        client.get(recording_server.url + "/echo", {"tracestate": "app=2", "baggage": "own=1"})
+    (rec,) = recording_server.received("/echo")
+    (span,) = http_spans(tx)
+    assert rec.values("tracestate") == ["app=2"]
+    assert rec.header("traceparent") == f"00-{tx.trace_id}-{span.span_id}-03"
+    # Continuing a W3C trace with its own tracestate: the caller's still wins (one header).
+    recording_server.clear()
+    incoming = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "up=1"}
+    with stm.start_transaction("t", headers=incoming):
+        client.get(recording_server.url + "/echo", {"tracestate": "app=2"})
+    (rec,) = recording_server.received("/echo")
+    assert rec.values("tracestate") == ["app=2"]
+    recording_server.clear()
+    with stm.start_transaction("t", headers=incoming):
+        client.get(recording_server.url + "/echo")
+    (rec,) = recording_server.received("/echo")
+    assert rec.values("tracestate") == ["up=1"]
+
+
 @pytest.mark.parametrize("client", FOLLOWING, ids=repr)
 def test_redirect_to_non_target_gets_no_headers(
     client: Client, recording_server: RecordingServer

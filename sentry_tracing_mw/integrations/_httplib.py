@@ -22,12 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT, SUPPRESS_INSTRUMENTATION
+from .._propagation import TRACESTATE_HEADER
 from .._tracing import PropagationContext, Span
 from .http_clients import (
     add_query,
     fail,
     finish,
     header_lines,
+    keeps_callers_tracestate,
     matches,
     record_status,
     route,
@@ -181,10 +183,13 @@ def _body_failed(span: Span, exc: BaseException) -> None:
     fail(span, exc, ())
 
 
-def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str | None]:
-    """The header block without the caller's trace headers, and the caller's baggage."""
+def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str | None, bool]:
+    """The header block without the caller's trace headers, the caller's baggage, and
+    whether the caller's ``tracestate`` stays (see ``keeps_callers_tracestate``)."""
     kept = buffer[:1]  # the request line
     own: list[str] = []
+    states: list[bytes] = []
+    parent = False
     for line in buffer[1:]:
         if line and line[0] in _FIRST:
             name = line.partition(b":")[0].strip().lower()
@@ -192,9 +197,16 @@ def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str |
                 if name == b"baggage":
                     value = line.partition(b":")[2].decode("latin-1")
                     own.extend(v.strip() for v in value.split("\r\n") if v.strip())
+                elif name == b"tracestate":
+                    states.append(line)
+                elif name == b"traceparent":
+                    parent = True
                 continue
         kept.append(line)
-    return kept, ",".join(own) or None
+    keep_state = keeps_callers_tracestate(bool(states), parent)
+    if keep_state:
+        kept.extend(states)
+    return kept, ",".join(own) or None, keep_state
 
 
 def _inject(
@@ -211,10 +223,11 @@ def _inject(
         return
     own = None
     kept = None
+    keep_state = False
     if not _FIRST_BYTES.isdisjoint(map(_head, buffer)):  # maybe the caller's trace header
-        kept, own = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
+        kept, own, keep_state = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
     # The caller's headers are replaced only once ours are known: a failure leaves them.
-    if own is None:
+    if own is None and not keep_state:
         lines = header_lines(ctx, span_id)
         if lines is not None:
             if kept is not None:
@@ -222,6 +235,8 @@ def _inject(
             buffer.append(lines[:-2])  # http.client ends each buffered line itself
             return
     headers = ctx.headers(span_id, own)
+    if keep_state:
+        headers.pop(TRACESTATE_HEADER, None)  # the caller's stays
     if kept is not None:
         buffer[:] = kept
     for name, value in headers.items():

@@ -37,6 +37,7 @@ from .http_clients import (
     fail,
     finish,
     header_items,
+    keeps_callers_tracestate,
     matches,
     record_status,
     route,
@@ -137,16 +138,26 @@ def _with_ours(items: list[Any], ctx: PropagationContext, span_id: str | None) -
     w3c = ctx._client.options.propagate_traceparent
     kept = []
     bags: list[bytes] = []
+    states = []
+    parent = False
     for item in items:
         name = item[1]
         if name not in _OURS or (not w3c and name in _W3C):
             kept.append(item)
         elif name == b"baggage":
             bags.append(item[2])
+        elif name == b"tracestate":
+            states.append(item)
+        elif name == b"traceparent":
+            parent = True
     own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
+    values = ctx.headers(span_id, own)
+    if keeps_callers_tracestate(bool(states), parent):
+        kept.extend(states)
+        values.pop(TRACESTATE_HEADER, None)
     kept.extend(
         (_NAMES[name], _NAMES[name], value.encode("utf-8", "surrogateescape"))
-        for name, value in ctx.headers(span_id, own).items()
+        for name, value in values.items()
     )
     return kept
 
@@ -182,7 +193,10 @@ def _with_headers_public(
     headers = request.headers.copy()
     values = ctx.headers(span_id, headers.get(BAGGAGE_HEADER) or None)
     if TRACEPARENT_HEADER in values and TRACESTATE_HEADER in headers:
-        del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
+        if keeps_callers_tracestate(True, TRACEPARENT_HEADER in headers):
+            values.pop(TRACESTATE_HEADER, None)
+        else:
+            del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
     for name, value in values.items():
         headers[name] = value
     try:

@@ -155,6 +155,14 @@ def record_status(span: Span, status: int) -> None:
         span.set_http_status(status)
 
 
+def keeps_callers_tracestate(has_tracestate: bool, has_traceparent: bool) -> bool:
+    """Whether a ``tracestate`` the caller set on an outgoing request is kept (and ours,
+    when we continue a W3C trace, not added): yes unless the caller also set the
+    ``traceparent`` we replace, which that ``tracestate`` belonged to. Vendor state an app
+    adds on its own (as OpenTelemetry's propagator leaves it) is not ours to drop."""
+    return has_tracestate and not has_traceparent
+
+
 def matches(opts: Options, url: str) -> bool:
     """Whether ``url`` matches one of ``trace_propagation_targets`` (``re.search``)."""
     return any(pattern.search(url) for pattern in opts.trace_propagation_targets)
