@@ -288,11 +288,6 @@ _GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", Non
 _MAX_TREE = 50
 
 
-def _has_group(exc: BaseException) -> bool:
-    """Whether ``exc`` or its cause / context chain holds an exception group."""
-    return _GROUP is not None and any(isinstance(e, _GROUP) for e in _exception_chain(exc))
-
-
 def _exception_tree(exc: BaseException) -> list[tuple[BaseException, dict[str, Any]]]:
     """``exc``, its causes and the members of exception groups, with the mechanism fields
     that let Sentry rebuild the tree (``exception_id``, ``parent_id``, ``source``,
@@ -451,8 +446,11 @@ def error_event(
     """Build an error event (protocol §16) linked to ``span`` (or the request's trace)."""
     with_locals = options.send_default_pii
     values = []
-    tree = _exception_tree(exc) if _has_group(exc) else None
-    chain = [item for item, _ in tree] if tree is not None else _exception_chain(exc)
+    chain = _exception_chain(exc)
+    tree = None
+    if _GROUP is not None and any(isinstance(item, _GROUP) for item in chain):
+        tree = _exception_tree(exc)
+        chain = [item for item, _ in tree]
     for i, item in enumerate(chain):
         cls = type(item)
         entry: dict[str, Any] = {
