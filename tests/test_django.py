@@ -709,6 +709,24 @@ def test_template_spans_and_context_processor(sentry_server: SentryServer) -> No
     assert meta.group(1).startswith(_trace(tx)["trace_id"] + "-")
 
 
+def test_django6_template_partials_get_spans(sentry_server: SentryServer) -> None:
+    # render(request, "page.html#card") renders a PartialTemplate, which has its own render()
+    from django.template import base
+    from django.template.loader import render_to_string
+
+    from sentry_tracing_mw.integrations.django import _install_hooks
+
+    if not hasattr(base, "PartialTemplate"):
+        pytest.skip("template partials are new in Django 6")
+    init_traced(sentry_server)
+    _install_hooks()
+    with stm.start_transaction("t", op="test"):
+        assert render_to_string("partials.html#card", {"n": 2}) == "<b>2</b>"
+    (tx,) = flushed_transactions(sentry_server, 1)
+    (span,) = [s for s in tx["spans"] if s.get("op") == "template.render"]
+    assert span["description"] == "partials.html#card"
+
+
 def test_template_tag_renders_trace_meta(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     html = _client().get("/meta/").content.decode()

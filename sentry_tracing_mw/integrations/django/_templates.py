@@ -18,14 +18,26 @@ _MARK = "__sentry_tracing_mw__"
 LIBRARY_NAME = "sentry_tracing_mw"
 
 
-def _wrap_render(original: Callable[..., Any]) -> Callable[..., Any]:
+def _template_name(template: Any) -> str:
+    return template.name or "<string>"
+
+
+def _partial_name(partial: Any) -> str:
+    """A Django 6 partial as it is asked for: ``page.html#card``."""
+    origin = getattr(partial, "origin", None)
+    return f"{getattr(origin, 'template_name', None) or '<string>'}#{partial.name}"
+
+
+def _wrap_render(
+    original: Callable[..., Any], describe: Callable[[Any], str] = _template_name
+) -> Callable[..., Any]:
     @functools.wraps(original)
     def render(self: Any, context: Any) -> Any:
         parent = CURRENT_SPAN.get()
         if parent is None or not parent._recording:
             return original(self, context)
         try:
-            span = parent.start_child("template.render", self.name or "<string>", origin=_ORIGIN)
+            span = parent.start_child("template.render", describe(self), origin=_ORIGIN)
             token = CURRENT_SPAN.set(span)
         except Exception:
             logger.debug("starting a template span failed", exc_info=True)
@@ -48,12 +60,15 @@ def _wrap_render(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def install_templates() -> None:
     """Wrap ``django.template.base.Template.render`` (every Django-language render,
-    ``{% include %}`` included) once per process."""
-    from django.template.base import Template
+    ``{% include %}`` included) and Django 6's ``PartialTemplate.render``
+    (``render(request, "page.html#card")``) once per process."""
+    from django.template import base
 
-    if getattr(Template.render, _MARK, False):
-        return
-    Template.render = _wrap_render(Template.render)
+    if not getattr(base.Template.render, _MARK, False):
+        base.Template.render = _wrap_render(base.Template.render)
+    partial = getattr(base, "PartialTemplate", None)
+    if partial is not None and not getattr(partial.render, _MARK, False):
+        partial.render = _wrap_render(partial.render, _partial_name)
 
 
 def register_tag_library() -> None:
