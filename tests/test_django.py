@@ -407,7 +407,8 @@ def test_handlers_built_from_the_same_settings_warn_nothing(
 @pytest.mark.parametrize(
     ("setting", "value", "named"),
     [
-        ("SENTRY_TRANSACTION_STYLE", "bogus", "transaction_style"),
+        ("SENTRY_TRANSACTION_STYLE", "bogus", r"transaction_style.*SENTRY_TRANSACTION_STYLE\)$"),
+        ("SENTRY_TRACES_SAMPLE_RATE", "0.5", r"traces_sample_rate.*SENTRY_TRACES_SAMPLE_RATE\)$"),
         ("SENTRY_IGNORE_PATHS", 5, "ignore_paths"),
         ("SENTRY_IGNORE_PATHS", [5], "ignore_paths"),
         ("SENTRY_HTTP_METHODS_TO_CAPTURE", 5, "http_methods_to_capture"),

@@ -268,8 +268,12 @@ def test_invalid_option_fails_at_construction() -> None:
         FlaskTracing(transaction_style="path")
     app = create_app()
     app.config["SENTRY_TRACES_SAMPLE_RATE"] = 2
-    with pytest.raises(stm.ConfigurationError, match="traces_sample_rate"):
+    with pytest.raises(stm.ConfigurationError, match="traces_sample_rate") as info:
         FlaskTracing(app)
+    assert str(info.value).endswith("(the app.config key SENTRY_TRACES_SAMPLE_RATE)")
+    with pytest.raises(stm.ConfigurationError, match="traces_sample_rate") as info:
+        FlaskTracing(create_app(), traces_sample_rate=2)  # given in code: no config key
+    assert "SENTRY_" not in str(info.value)
 
 
 def test_init_app_for_several_apps_and_idempotent(

@@ -7,6 +7,7 @@ The lifecycle itself (status, streaming end, exceptions) lives in ``wsgi.py`` an
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -88,6 +89,20 @@ class MiddlewareConfig:
                     )
                 methods.append(method.strip().upper())
             self.methods = frozenset(methods)
+
+
+_OPTION_IN_MESSAGE = re.compile(r"invalid option ([a-z_]+)=")
+
+
+def settings_error(
+    exc: ConfigurationError, where: str, options: Iterable[str]
+) -> ConfigurationError:
+    """``exc`` naming the ``SENTRY_*`` setting its option came from (``where``: "Django
+    setting"), when the option is one of ``options`` (those read from settings)."""
+    found = _OPTION_IN_MESSAGE.match(str(exc))
+    if found is None or found.group(1) not in options:
+        return exc
+    return ConfigurationError(f"{exc} (the {where} SENTRY_{found.group(1).upper()})")
 
 
 def _iterable(value: Any) -> bool:

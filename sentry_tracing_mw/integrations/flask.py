@@ -32,9 +32,15 @@ except ImportError:  # pragma: no cover - a Flask without it: the proxy
 from .._api import trace_meta_tags
 from .._client import get_client
 from .._context import PROPAGATION_CONTEXT
+from .._errors import ConfigurationError
 from .._options import _OPTION_NAMES
 from .._tracing import Transaction
-from ._common import _MIDDLEWARE_OPTIONS, active_request_transaction, split_options
+from ._common import (
+    _MIDDLEWARE_OPTIONS,
+    active_request_transaction,
+    settings_error,
+    split_options,
+)
 from .wsgi import COMPLETE_BODY_KEY, ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
 
 __all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
@@ -243,7 +249,12 @@ class FlaskTracing:
         if EXTENSION_KEY in app.extensions:
             logger.warning("FlaskTracing: app %r is already traced; ignoring", app.name)
             return
-        middleware = FlaskTracingMiddleware(app.wsgi_app, app, **self.options_for(app))
+        options = self.options_for(app)
+        try:
+            middleware = FlaskTracingMiddleware(app.wsgi_app, app, **options)
+        except ConfigurationError as exc:
+            from_config = [name for name in options if name not in self.options]
+            raise settings_error(exc, "app.config key", from_config) from None
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
             app.preprocess_request, middleware.on_request_started

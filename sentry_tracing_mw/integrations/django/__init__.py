@@ -65,7 +65,13 @@ from ..._errors import ConfigurationError
 from ..._options import _OPTION_NAMES
 from ..._propagation import WSGI_GETTER
 from ..._tracing import PropagationContext, Transaction
-from .._common import active_request_transaction, ensure_client, split_options, start_request
+from .._common import (
+    active_request_transaction,
+    ensure_client,
+    settings_error,
+    split_options,
+    start_request,
+)
 from ..wsgi import defer_request_info
 from ._naming import endpoint_name, route_name
 
@@ -229,9 +235,12 @@ class TracingMiddleware:
             # Django adapts a sync process_view with sync_to_async (a thread hop): avoid it.
             self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
         options = _settings_options()
-        self.config, init_options = split_options(options)
+        try:
+            self.config, init_options = split_options(options)
+            ensure_client(init_options, "django TracingMiddleware")
+        except ConfigurationError as exc:
+            raise settings_error(exc, "Django setting", options) from None
         self._endpoint = self.config.transaction_style == "endpoint"
-        ensure_client(init_options, "django TracingMiddleware")
         _install_hooks()
 
     # -- entry points -----------------------------------------------------------------
