@@ -844,10 +844,13 @@ class Transaction(Span):
         """Rename the transaction, optionally with a new source."""
         self._name = name if type(name) is str else _text(name)
         if source is not None:
-            if type(source) is str and source in SOURCES:
-                self._source = source
-            else:
-                logger.debug("ignoring invalid transaction source %r", source)
+            try:  # (no type check on this per-request path: an unhashable one raises)
+                if source in SOURCES:
+                    self._source = source
+                    return
+            except TypeError:
+                pass
+            logger.debug("ignoring invalid transaction source %r", source)
 
     def set_measurement(self, name: str, value: float, unit: str = "") -> None:
         """Record a measurement, e.g. ``set_measurement("items", 3, "none")``."""
