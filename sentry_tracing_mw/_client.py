@@ -244,10 +244,16 @@ class Client:
                 ctx._resolve()
             ctx._sample_rate = rate
             dsc = ctx._dsc
-            if dsc is not None and rate is not None and "sample_rate" not in dsc:
+            if (
+                dsc is not None
+                and rate is not None
+                and "sample_rate" not in dsc
+                and "sampled" not in dsc
+            ):
                 # Continued from a service that deferred (tracing without performance):
                 # the upstream DSC has no rate, so it gets the one this decision used, as
-                # sentry-sdk adds it (the server cannot extrapolate without one).
+                # sentry-sdk adds it (the server cannot extrapolate without one). A DSC
+                # that records a decision is left as it is: the rate might contradict it.
                 ctx._dsc = {**dsc, "sample_rate": format_sample_rate(rate)}
                 ctx._baggage = ctx._ours = None
         recording = decision is True and (sampled is not None or opts.tracing_enabled)

@@ -760,22 +760,15 @@ def parse_incoming_baggage(incoming: IncomingTrace) -> IncomingTrace:
     except Exception:
         _logger.debug("ignoring an incoming baggage that could not be read", exc_info=True)
         dsc, third_party = None, ()
-    sampled = _decision(incoming.parent_sampled, dsc)
-    return _new_tuple(
-        IncomingTrace, (*incoming[:2], sampled, dsc, third_party, *incoming[5:7], None)
-    )
+    return _new_tuple(IncomingTrace, (*incoming[:3], dsc, third_party, *incoming[5:7], None))
 
 
 _RECORDED = {"true": True, "false": False}
 
 
-def _decision(parent_sampled: bool | None, dsc: dict[str, str] | None) -> bool | None:
-    """The parent's decision: the trace header's, else the one its Sentry DSC records (a
-    ``traceparent`` with the sampled bit clear, forwarded by a non-Sentry service between
-    two Sentry ones, still comes with the head's ``sentry-sampled``)."""
-    if parent_sampled is None and dsc:
-        return _RECORDED.get(dsc.get("sampled", ""))
-    return parent_sampled
+def _recorded_decision(dsc: dict[str, str] | None) -> bool | None:
+    """The decision a Sentry DSC records (``sentry-sampled``), if any."""
+    return _RECORDED.get(dsc.get("sampled", "")) if dsc else None
 
 
 # Baggage shape -> (trace id position, sample_rand position, DSC, third-party members).
@@ -895,12 +888,17 @@ def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | N
     dsc: dict[str, str] | None = None
     third_party: tuple[str, ...] = ()
     raw: str | None = None
+    # A traceparent with the sampled bit clear is a deferred decision, unless it comes with
+    # Sentry baggage recording the head's decision (a non-Sentry service between two
+    # Sentry ones forwards the head's baggage with a traceparent of its own).
+    deferred_w3c = sentry_trace is None and parent_sampled is None
     if baggage and len(baggage) <= _MAX_INCOMING_BAGGAGE_CHARS:
-        if lazy:
+        if lazy and not deferred_w3c:
             raw = baggage
         else:
             dsc, third_party = parse_dsc(baggage, trace_id)
-            parent_sampled = _decision(parent_sampled, dsc)
+            if deferred_w3c:
+                parent_sampled = _recorded_decision(dsc)
     return _new_tuple(
         IncomingTrace,
         (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random, raw),

@@ -412,3 +412,14 @@ def test_a_clear_traceparent_flag_defers_to_the_decision_in_the_dsc(recorded: st
     # Without a recorded decision the clear flag stays a deferred one: our rate decides.
     headers["baggage"] = f"sentry-trace_id={TRACE},sentry-sample_rate=0.5"
     assert stm.start_transaction("t", headers=headers).sampled is (recorded != "true")
+
+
+def test_a_flagless_sentry_trace_stays_deferred_whatever_its_baggage_records() -> None:
+    # Only a traceparent (an OpenTelemetry hop) takes the decision its Sentry baggage
+    # records; a sentry-trace without a flag is deferred to this service (protocol §8).
+    init(traces_sample_rate=1.0)
+    headers = incoming(trace_id=TRACE, sampled="false", sample_rand="0.500000")
+    tx = stm.start_transaction("t", headers=headers)
+    assert tx.sampled is True
+    # The recorded decision is kept, and no rate is added that would contradict it.
+    assert "sample_rate" not in tx.propagation_context.dsc()
