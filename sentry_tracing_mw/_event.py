@@ -231,6 +231,8 @@ _STDLIB_PATHS = tuple(
     }
 )
 _MAX_FRAMES = 100
+#: Frames one event sends in all for an exception group's tree (its members share them).
+_MAX_TREE_FRAMES = 300
 _MAX_VALUE = 8192
 _MAX_VARS = 50
 
@@ -252,7 +254,9 @@ def _safe_repr(value: Any) -> str:
     return text if len(text) <= 512 else text[:509] + "..."
 
 
-def _frames(tb: TracebackType | None, with_locals: bool) -> list[dict[str, Any]]:
+def _frames(
+    tb: TracebackType | None, with_locals: bool, limit: int = _MAX_FRAMES
+) -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
     while tb is not None:
         frame = tb.tb_frame
@@ -277,9 +281,9 @@ def _frames(tb: TracebackType | None, with_locals: bool) -> list[dict[str, Any]]
             }
         frames.append(entry)
         tb = tb.tb_next
-    if len(frames) > _MAX_FRAMES:
-        half = _MAX_FRAMES // 2
-        frames = frames[:half] + frames[-half:]
+    if len(frames) > limit:  # the outermost and the innermost frames
+        half = limit // 2
+        frames = frames[:half] + frames[len(frames) - (limit - half) :]
     return frames
 
 
@@ -451,6 +455,9 @@ def error_event(
     if _GROUP is not None and any(isinstance(item, _GROUP) for item in chain):
         tree = _exception_tree(exc)
         chain = [item for item, _ in tree]
+    limit = _MAX_FRAMES
+    if tree is not None:
+        limit = max(6, min(_MAX_FRAMES, _MAX_TREE_FRAMES // len(chain)))
     for i, item in enumerate(chain):
         cls = type(item)
         entry: dict[str, Any] = {
@@ -458,7 +465,7 @@ def error_event(
             "value": _exception_value(item),
             "module": cls.__module__,
         }
-        frames = _frames(item.__traceback__, with_locals)
+        frames = _frames(item.__traceback__, with_locals, limit)
         if frames:  # an exception that was never raised has no traceback
             entry["stacktrace"] = {"frames": frames}
         if tree is not None:

@@ -512,3 +512,34 @@ def test_exception_group_members_are_sent_as_a_tree(sentry_server: SentryServer)
     ]
     assert [v["mechanism"]["type"] for v in values] == ["chained"] * 3 + ["generic"]
     assert all(v["stacktrace"]["frames"] for v in values)  # each raised: its own frames
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in 3.11")
+def test_a_large_exception_group_still_fits_one_event(sentry_server: SentryServer) -> None:
+    # 60 tasks each failing 100 frames deep: the members share a frame budget, so the
+    # event stays far below Sentry's 1 MiB item limit instead of being dropped.
+    stm.init(dsn=sentry_server.dsn)
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        raise ValueError("bottom")
+
+    members = []
+    for _ in range(60):
+        try:
+            deep(100)
+        except ValueError as exc:
+            members.append(exc)
+    try:
+        raise ExceptionGroup("many", members)  # noqa: F821
+    except Exception as group:
+        assert stm.capture_exception(group)
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    (event,) = sentry_server.events()
+    values = event["exception"]["values"]
+    assert len(values) == 50 and values[-1]["type"] == "ExceptionGroup"
+    frames = sum(len(v.get("stacktrace", {}).get("frames", ())) for v in values)
+    assert frames <= 300
+    (envelope,) = sentry_server.accepted()
+    assert len(envelope.body) < 1024 * 1024
