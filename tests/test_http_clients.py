@@ -931,18 +931,19 @@ def test_callers_own_tracestate_is_kept(
     (span,) = http_spans(tx)
     assert rec.values("tracestate") == ["app=2"]
     assert rec.header("traceparent") == f"00-{tx.trace_id}-{span.span_id}-03"
-    # Continuing a W3C trace with its own tracestate: the caller's still wins (one header).
+    # Continuing a W3C trace with its own tracestate: one header, the caller's members
+    # first, then the upstream ones whose keys the caller did not set.
     recording_server.clear()
-    incoming = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "up=1"}
+    incoming = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "up=1,app=0"}
     with stm.start_transaction("t", headers=incoming):
-        client.get(recording_server.url + "/echo", {"tracestate": "app=2"})
+        client.get(recording_server.url + "/echo", {"TraceState": "app=2"})
     (rec,) = recording_server.received("/echo")
-    assert rec.values("tracestate") == ["app=2"]
+    assert rec.values("tracestate") == ["app=2,up=1"]
     recording_server.clear()
     with stm.start_transaction("t", headers=incoming):
         client.get(recording_server.url + "/echo")
     (rec,) = recording_server.received("/echo")
-    assert rec.values("tracestate") == ["up=1"]
+    assert rec.values("tracestate") == ["up=1,app=0"]
 
 
 @pytest.mark.parametrize("client", FOLLOWING, ids=repr)

@@ -26,10 +26,10 @@ from .._propagation import TRACESTATE_HEADER
 from .._tracing import PropagationContext, Span
 from .http_clients import (
     add_query,
+    callers_tracestate,
     fail,
     finish,
     header_lines,
-    keeps_callers_tracestate,
     matches,
     record_status,
     route,
@@ -183,12 +183,14 @@ def _body_failed(span: Span, exc: BaseException) -> None:
     fail(span, exc, ())
 
 
-def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str | None, bool]:
-    """The header block without the caller's trace headers, the caller's baggage, and
-    whether the caller's ``tracestate`` stays (see ``keeps_callers_tracestate``)."""
+def _callers_headers(
+    buffer: list[bytes], w3c: bool
+) -> tuple[list[bytes], str | None, list[str], bool]:
+    """The header block without the caller's trace headers, the caller's baggage, its
+    ``tracestate`` values and whether it set a ``traceparent``."""
     kept = buffer[:1]  # the request line
     own: list[str] = []
-    states: list[bytes] = []
+    states: list[str] = []
     parent = False
     for line in buffer[1:]:
         if line and line[0] in _FIRST:
@@ -198,15 +200,12 @@ def _callers_headers(buffer: list[bytes], w3c: bool) -> tuple[list[bytes], str |
                     value = line.partition(b":")[2].decode("latin-1")
                     own.extend(v.strip() for v in value.split("\r\n") if v.strip())
                 elif name == b"tracestate":
-                    states.append(line)
+                    states.append(line.partition(b":")[2].decode("latin-1"))
                 elif name == b"traceparent":
                     parent = True
                 continue
         kept.append(line)
-    keep_state = keeps_callers_tracestate(bool(states), parent)
-    if keep_state:
-        kept.extend(states)
-    return kept, ",".join(own) or None, keep_state
+    return kept, ",".join(own) or None, states, parent
 
 
 def _inject(
@@ -223,11 +222,14 @@ def _inject(
         return
     own = None
     kept = None
-    keep_state = False
+    state = None
     if not _FIRST_BYTES.isdisjoint(map(_head, buffer)):  # maybe the caller's trace header
-        kept, own, keep_state = _callers_headers(buffer, ctx._client.options.propagate_traceparent)
+        kept, own, states, parent = _callers_headers(
+            buffer, ctx._client.options.propagate_traceparent
+        )
+        state = callers_tracestate(states, parent, ctx.tracestate)
     # The caller's headers are replaced only once ours are known: a failure leaves them.
-    if own is None and not keep_state:
+    if own is None and state is None:
         lines = header_lines(ctx, span_id)
         if lines is not None:
             if kept is not None:
@@ -235,8 +237,8 @@ def _inject(
             buffer.append(lines[:-2])  # http.client ends each buffered line itself
             return
     headers = ctx.headers(span_id, own)
-    if keep_state:
-        headers.pop(TRACESTATE_HEADER, None)  # the caller's stays
+    if state is not None:
+        headers[TRACESTATE_HEADER] = state  # the caller's, with the continued trace's
     if kept is not None:
         buffer[:] = kept
     for name, value in headers.items():

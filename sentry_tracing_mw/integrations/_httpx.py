@@ -34,10 +34,10 @@ from .._propagation import (
 from .._tracing import PropagationContext, Span
 from .http_clients import (
     add_query,
+    callers_tracestate,
     fail,
     finish,
     header_items,
-    keeps_callers_tracestate,
     matches,
     record_status,
     route,
@@ -147,14 +147,14 @@ def _with_ours(items: list[Any], ctx: PropagationContext, span_id: str | None) -
         elif name == b"baggage":
             bags.append(item[2])
         elif name == b"tracestate":
-            states.append(item)
+            states.append(item[2].decode("latin-1"))
         elif name == b"traceparent":
             parent = True
     own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None
     values = ctx.headers(span_id, own)
-    if keeps_callers_tracestate(bool(states), parent):
-        kept.extend(states)
-        values.pop(TRACESTATE_HEADER, None)
+    state = callers_tracestate(states, parent, ctx.tracestate)
+    if state is not None:
+        values[TRACESTATE_HEADER] = state  # the caller's, with the continued trace's
     kept.extend(
         (_NAMES[name], _NAMES[name], value.encode("utf-8", "surrogateescape"))
         for name, value in values.items()
@@ -193,10 +193,12 @@ def _with_headers_public(
     headers = request.headers.copy()
     values = ctx.headers(span_id, headers.get(BAGGAGE_HEADER) or None)
     if TRACEPARENT_HEADER in values and TRACESTATE_HEADER in headers:
-        if keeps_callers_tracestate(True, TRACEPARENT_HEADER in headers):
-            values.pop(TRACESTATE_HEADER, None)
-        else:
-            del headers[TRACESTATE_HEADER]  # belonged to the traceparent we replace
+        state = callers_tracestate(
+            headers.get_list(TRACESTATE_HEADER), TRACEPARENT_HEADER in headers, ctx.tracestate
+        )
+        del headers[TRACESTATE_HEADER]  # the caller's own: belonged to a traceparent we replace
+        if state is not None:
+            values[TRACESTATE_HEADER] = state  # or kept, with the continued trace's
     for name, value in values.items():
         headers[name] = value
     try:

@@ -155,12 +155,29 @@ def record_status(span: Span, status: int) -> None:
         span.set_http_status(status)
 
 
-def keeps_callers_tracestate(has_tracestate: bool, has_traceparent: bool) -> bool:
-    """Whether a ``tracestate`` the caller set on an outgoing request is kept (and ours,
-    when we continue a W3C trace, not added): yes unless the caller also set the
-    ``traceparent`` we replace, which that ``tracestate`` belonged to. Vendor state an app
-    adds on its own (as OpenTelemetry's propagator leaves it) is not ours to drop."""
-    return has_tracestate and not has_traceparent
+_MAX_TRACESTATE_MEMBERS = 32  # W3C
+
+
+def callers_tracestate(
+    values: list[str], has_traceparent: bool, upstream: str | None
+) -> str | None:
+    """The ``tracestate`` to send for a request the caller gave ``tracestate`` ``values``:
+    None when the caller also set the ``traceparent`` we replace (its tracestate belonged
+    to that one, and ours goes instead); else the caller's members first, then those of
+    the trace we continue whose keys the caller did not set, 32 at most. Vendor state an
+    app adds on its own (as OpenTelemetry's propagator leaves it) is not ours to drop."""
+    if not values or has_traceparent:
+        return None
+    members: list[str] = []
+    keys: set[str] = set()
+    for member in ",".join([*values, upstream or ""]).split(","):
+        key = member.partition("=")[0].strip()
+        if len(members) >= _MAX_TRACESTATE_MEMBERS:
+            break
+        if key and key not in keys:  # each key once: the first (the caller's) wins
+            members.append(member.strip())
+            keys.add(key)
+    return ",".join(members) or None
 
 
 def matches(opts: Options, url: str) -> bool:
