@@ -514,14 +514,15 @@ class TracingMiddleware:
             elif kind == "websocket.close" and tx._status is None:
                 # Closed before accept: the server answers the handshake (a GET) with 403.
                 # Unnamed (framework integrations): if the router ran, it found no route
-                # ("GET 404", recorded as 404); else a middleware turned it away ("GET 403").
+                # ("GET 404", status not_found); else a middleware turned it away ("GET 403").
                 try:
-                    code = 403
+                    tx.set_http_status(403)
                     if tx._source == "url" and self.name_unmatched:
                         if self.routed(inner):
-                            code = 404
-                        name_on_response(tx, inner, method, code)
-                    tx.set_http_status(code)
+                            name_on_response(tx, inner, method, 404)
+                            tx._status = "not_found"
+                        else:
+                            name_on_response(tx, inner, method, 403)
                 except Exception:
                     logger.debug("recording a refused websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:
