@@ -283,6 +283,61 @@ def test_websocket_rejected_by_its_route_is_not_ok(sentry_server: SentryServer, 
     assert tx["tags"]["http.status_code"] == "403"
 
 
+def test_stream_on_a_server_that_refuses_a_second_concurrent_receive(
+    sentry_server: SentryServer,
+) -> None:
+    # Under ASGI < 2.4 Starlette's StreamingResponse listens for the disconnect itself.
+    # Granian answers a second receive() made while one is pending with http.disconnect:
+    # our disconnect watcher must not make one (it cut the stream short).
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = starlette_app()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"example.com")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def drive() -> None:
+        pending = 0
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal pending, delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if pending:  # granian's answer to a concurrent receive
+                return {"type": "http.disconnect"}
+            pending += 1
+            try:
+                await asyncio.sleep(3600)  # the client stays: until cancelled
+            finally:
+                pending -= 1
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(drive())
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert bodies and not bodies[-1].get("more_body", False)  # the whole stream
+    assert b"".join(m.get("body", b"") for m in bodies) == b"x" * 60
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "ok"
+
+
 def test_unmatched_websocket_is_named_like_an_unmatched_request(
     sentry_server: SentryServer, client: TestClient
 ) -> None:

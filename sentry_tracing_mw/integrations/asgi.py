@@ -461,6 +461,7 @@ class TracingMiddleware:
         ahead: list[Message] = []  # messages read ahead by the disconnect watcher
         watcher: asyncio.Future[None] | None = None
         watch_tried = False
+        receiving = 0  # the app's receive() calls waiting on the server
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -479,6 +480,11 @@ class TracingMiddleware:
         def start_watch() -> None:
             nonlocal watcher, watch_tried
             watch_tried = True
+            if receiving:
+                # The app listens for the disconnect itself (Starlette's StreamingResponse
+                # under ASGI < 2.4): its receive() reports it, and a second concurrent one
+                # is answered with a disconnect by some servers (granian).
+                return
             if not body_read:
                 for name, value in scope.get("headers") or ():
                     if name == b"transfer-encoding" or (
@@ -535,13 +541,20 @@ class TracingMiddleware:
                 raise
 
         async def traced_receive() -> Message:
-            nonlocal disconnected, body_read
+            nonlocal disconnected, body_read, receiving
             if watcher is not None and not ahead and not watcher.done():
                 try:
                     await asyncio.shield(watcher)
                 except Exception:
                     pass
-            message = ahead.pop(0) if ahead else await receive()
+            if ahead:
+                message = ahead.pop(0)
+            else:
+                receiving += 1
+                try:
+                    message = await receive()
+                finally:
+                    receiving -= 1
             kind = message.get("type")
             if kind == "http.request":
                 if not message.get("more_body", False):
