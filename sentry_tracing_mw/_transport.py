@@ -349,9 +349,12 @@ class Transport:
                     dropped = self._drop_queued()
                 _warn_dropped(dropped, True)
 
-    def _drop_queued(self) -> tuple[int, int, int]:
-        """Empty the queue on close (lock held); returns the transactions, spans and error
-        events it held, for a warning: no client report can carry them any more."""
+    def queued_counts(self) -> tuple[int, int, int]:
+        """The transactions, spans and error events waiting in the queue."""
+        with self._lock:
+            return self._queued_counts()
+
+    def _queued_counts(self) -> tuple[int, int, int]:
         transactions = spans = events = 0
         for item in self._queue:
             if isinstance(item, Pending):
@@ -360,10 +363,16 @@ class Transport:
                     spans += item.span_count + 1
                 else:
                     events += 1
+        return transactions, spans, events
+
+    def _drop_queued(self) -> tuple[int, int, int]:
+        """Empty the queue on close (lock held); returns the transactions, spans and error
+        events it held, for a warning: no client report can carry them any more."""
+        counts = self._queued_counts()
         self._queue.clear()
         self._bytes = 0
         self._done = self._enqueued
-        return transactions, spans, events
+        return counts
 
     def queued(self) -> int:
         """Items waiting in the queue (for tests and debugging)."""

@@ -363,6 +363,42 @@ def test_lifespan_shutdown_flushes_queued_transactions(sentry_server: SentryServ
     assert names == ["/first", "/queued", "/warmup"]
 
 
+def test_lifespan_flush_that_times_out_says_what_may_be_lost(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server may end the process right after lifespan shutdown (uvicorn, granian): what
+    # is still queued then is lost where no client report can count it, so it is logged.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, shutdown_timeout=0.3)
+    app = TracingMiddleware(raw_asgi_app)
+    sentry_server.hang()
+    try:
+        for path in ("/first", "/queued"):
+            with stm.start_transaction(path, op="task"):
+                pass
+        assert sentry_server.wait_hanging()  # the first is in flight, the second queued
+
+        async def lifespan() -> list[str]:
+            messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+            sent: list[str] = []
+
+            async def receive() -> dict[str, Any]:
+                return next(messages)
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message["type"])
+
+            await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+            return sent
+
+        with caplog.at_level("WARNING", logger="sentry_tracing_mw"):
+            sent = asyncio.run(lifespan())
+    finally:
+        sentry_server.release()
+    assert sent[-1] == "lifespan.shutdown.complete"
+    (record,) = [r for r in caplog.records if "lifespan shutdown" in r.getMessage()]
+    assert "1 transaction(s) (1 span(s)) and 0 error event(s)" in record.getMessage()
+
+
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)

@@ -209,10 +209,25 @@ async def flush_client() -> None:
     so atexit handlers never run there."""
     try:
         client = get_client()
-        if client.transport is None:
+        transport = client.transport
+        if transport is None:
             return
+        timeout = client.options.shutdown_timeout
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, client.flush, client.options.shutdown_timeout)
+        if await loop.run_in_executor(None, client.flush, timeout):
+            return
+        # The server may end the process right after lifespan (uvicorn re-raises SIGTERM):
+        # what is still queued is then lost, where no client report can count it.
+        transactions, spans, events = transport.queued_counts()
+        logger.warning(
+            "sentry_tracing_mw: lifespan shutdown: %d transaction(s) (%d span(s)) and %d "
+            "error event(s) still queued after shutdown_timeout=%ss; they are lost if the "
+            "process exits now (a larger shutdown_timeout gives Sentry more time)",
+            transactions,
+            spans,
+            events,
+            timeout,
+        )
     except Exception:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
 
