@@ -138,6 +138,15 @@ def test_split_cookie_headers_are_joined_and_bounded() -> None:
     assert len(info["headers"]["Cookie"]) <= 2048
 
 
+@pytest.mark.parametrize(("kind", "scheme"), [("http", "http"), ("websocket", "ws")])
+def test_scheme_left_out_by_the_server_is_the_asgi_default(kind: str, scheme: str) -> None:
+    # daphne sends websocket scopes without "scheme": the ASGI spec's default is "ws".
+    from sentry_tracing_mw.integrations.asgi import asgi_request_info
+
+    scope = {"type": kind, "path": "/ws/lobby", "headers": [(b"host", b"example.com")]}
+    assert asgi_request_info(scope, False)["url"] == f"{scheme}://example.com/ws/lobby"
+
+
 def test_trace_headers_read_the_same_through_every_header_shape() -> None:
     # The one-pass dict read (unique names in a list) and the general loop (repeats,
     # tuples, odd pairs) must give the same propagation headers.

@@ -171,7 +171,8 @@ def asgi_request_info(scope: Scope, pii: bool) -> dict[str, Any]:
         if name.lower() == "host":
             host = value
         headers.append((name.title(), value))
-    scheme = str(scope.get("scheme") or "http")
+    # The ASGI default when the server leaves it out (daphne for websockets).
+    scheme = str(scope.get("scheme") or ("ws" if scope.get("type") == "websocket" else "http"))
     server = scope.get("server")
     port = None
     if server and len(server) == 2 and server[1] is not None:
