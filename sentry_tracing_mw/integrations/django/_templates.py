@@ -28,13 +28,25 @@ def _partial_name(partial: Any) -> str:
     return f"{getattr(origin, 'template_name', None) or '<string>'}#{partial.name}"
 
 
+def _inline_partial(partial: Any, parent: Any) -> bool:
+    """A ``{% partial %}`` rendered inside its own template's render (often in a loop):
+    part of that template's span, not a span of its own."""
+    described = parent._description
+    if parent._op != "template.render" or not isinstance(described, str):
+        return False
+    name = getattr(getattr(partial, "origin", None), "template_name", None)
+    return isinstance(name, str) and (described == name or described.startswith(name + "#"))
+
+
 def _wrap_render(
-    original: Callable[..., Any], describe: Callable[[Any], str] = _template_name
+    original: Callable[..., Any],
+    describe: Callable[[Any], str] = _template_name,
+    inline: Callable[[Any, Any], bool] | None = None,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def render(self: Any, context: Any) -> Any:
         parent = CURRENT_SPAN.get()
-        if parent is None or not parent._recording:
+        if parent is None or not parent._recording or (inline is not None and inline(self, parent)):
             return original(self, context)
         try:
             span = parent.start_child("template.render", describe(self), origin=_ORIGIN)
@@ -68,7 +80,7 @@ def install_templates() -> None:
         base.Template.render = _wrap_render(base.Template.render)
     partial = getattr(base, "PartialTemplate", None)
     if partial is not None and not getattr(partial.render, _MARK, False):
-        partial.render = _wrap_render(partial.render, _partial_name)
+        partial.render = _wrap_render(partial.render, _partial_name, _inline_partial)
 
 
 def register_tag_library() -> None:
