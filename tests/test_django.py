@@ -409,6 +409,7 @@ def test_handlers_built_from_the_same_settings_warn_nothing(
     [
         ("SENTRY_TRANSACTION_STYLE", "bogus", r"transaction_style.*SENTRY_TRANSACTION_STYLE\)$"),
         ("SENTRY_TRACES_SAMPLE_RATE", "0.5", r"traces_sample_rate.*SENTRY_TRACES_SAMPLE_RATE\)$"),
+        ("SENTRY_DSN", "not a dsn", r"^dsn 'not a dsn'.*\(the Django setting SENTRY_DSN\)$"),
         ("SENTRY_IGNORE_PATHS", 5, "ignore_paths"),
         ("SENTRY_IGNORE_PATHS", [5], "ignore_paths"),
         ("SENTRY_HTTP_METHODS_TO_CAPTURE", 5, "http_methods_to_capture"),

@@ -91,7 +91,7 @@ class MiddlewareConfig:
             self.methods = frozenset(methods)
 
 
-_OPTION_IN_MESSAGE = re.compile(r"invalid option ([a-z_]+)=")
+_OPTION_IN_MESSAGE = re.compile(r"invalid option ([a-z_]+)=|(dsn)[ :]")
 
 
 def settings_error(
@@ -100,9 +100,10 @@ def settings_error(
     """``exc`` naming the ``SENTRY_*`` setting its option came from (``where``: "Django
     setting"), when the option is one of ``options`` (those read from settings)."""
     found = _OPTION_IN_MESSAGE.match(str(exc))
-    if found is None or found.group(1) not in options:
+    option = found and (found.group(1) or found.group(2))
+    if not option or option not in options:
         return exc
-    return ConfigurationError(f"{exc} (the {where} SENTRY_{found.group(1).upper()})")
+    return ConfigurationError(f"{exc} (the {where} SENTRY_{option.upper()})")
 
 
 def _iterable(value: Any) -> bool:
