@@ -349,10 +349,11 @@ class Transport:
                     dropped = self._drop_queued()
                 _warn_dropped(dropped, True)
 
-    def queued_counts(self) -> tuple[int, int, int]:
-        """The transactions, spans and error events waiting in the queue."""
+    def unsent(self) -> tuple[tuple[int, int, int], bool]:
+        """The transactions, spans and error events waiting in the queue, and whether one
+        more item (an envelope or client reports) is being sent."""
         with self._lock:
-            return self._queued_counts()
+            return self._queued_counts(), self._enqueued - self._done > len(self._queue)
 
     def _queued_counts(self) -> tuple[int, int, int]:
         transactions = spans = events = 0

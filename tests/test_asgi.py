@@ -378,7 +378,7 @@ def test_lifespan_flush_that_times_out_says_what_may_be_lost(
     # A server may end the process right after lifespan shutdown (uvicorn, granian): what
     # is still queued then is lost where no client report can count it, so it is logged.
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, shutdown_timeout=0.3)
-    app = TracingMiddleware(raw_asgi_app)
+    app = TracingMiddleware(TracingMiddleware(raw_asgi_app))  # nested: flushed once
     sentry_server.hang()
     try:
         for path in ("/first", "/queued"):
@@ -406,6 +406,58 @@ def test_lifespan_flush_that_times_out_says_what_may_be_lost(
     assert sent[-1] == "lifespan.shutdown.complete"
     (record,) = [r for r in caplog.records if "lifespan shutdown" in r.getMessage()]
     assert "1 transaction(s) (1 span(s)) and 0 error event(s)" in record.getMessage()
+    assert "one more envelope still being sent" in record.getMessage()
+
+
+def test_disconnect_seen_after_the_app_stops_listening(sentry_server: SentryServer) -> None:
+    # The app waits in receive() (with a timeout) while its stream starts, so the watch is
+    # skipped for it; when it stops listening, the watch starts in its place. The server
+    # (ASGI < 2.4, like uvicorn) drops sends to the gone client silently.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        pending = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"y", "more_body": True})
+        try:
+            await asyncio.wait_for(pending, 0.05)
+        except asyncio.TimeoutError:
+            pass
+        for _ in range(20):
+            await send({"type": "http.response.body", "body": b"y", "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def drive() -> None:
+        gone = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        chunks = 0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal chunks
+            chunks += bool(message.get("more_body"))
+            if chunks == 5:
+                gone.set()  # the client leaves once the app stopped listening: sends go nowhere
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                 "method": "GET", "path": "/peek", "headers": []}  # fmt: skip
+        await TracingMiddleware(app)(scope, receive, send)
+
+    asyncio.run(drive())
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    (tx,) = sentry_server.transactions()
+    assert tx["contexts"]["trace"]["status"] == "cancelled"
 
 
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:

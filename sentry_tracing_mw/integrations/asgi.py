@@ -219,16 +219,18 @@ async def flush_client() -> None:
             return
         # The server may end the process right after lifespan (uvicorn re-raises SIGTERM):
         # what is still queued is then lost, where no client report can count it.
-        transactions, spans, events = transport.queued_counts()
-        logger.warning(
-            "sentry_tracing_mw: lifespan shutdown: %d transaction(s) (%d span(s)) and %d "
-            "error event(s) still queued after shutdown_timeout=%ss; they are lost if the "
-            "process exits now (a larger shutdown_timeout gives Sentry more time)",
-            transactions,
-            spans,
-            events,
-            timeout,
-        )
+        (transactions, spans, events), in_flight = transport.unsent()
+        if transactions or events or in_flight:
+            logger.warning(
+                "sentry_tracing_mw: lifespan shutdown: %d transaction(s) (%d span(s)) and %d "
+                "error event(s) still queued after shutdown_timeout=%ss%s; they are lost if "
+                "the process exits now (a larger shutdown_timeout gives Sentry more time)",
+                transactions,
+                spans,
+                events,
+                timeout,
+                ", one more envelope still being sent" if in_flight else "",
+            )
     except Exception:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
 
@@ -439,6 +441,10 @@ class TracingMiddleware:
                 return
             flushed = True
             await flush_client()
+            try:
+                scope[_FLUSHED_KEY] = True  # an outer middleware does not wait again
+            except Exception:
+                pass
 
         async def lifespan_send(message: Message) -> None:
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
@@ -478,6 +484,7 @@ class TracingMiddleware:
         watcher: asyncio.Future[None] | None = None
         watch_tried = False
         receiving = 0  # the app's receive() calls waiting on the server
+        watch_skipped = False  # skipped while the app listened: retried if it stops
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -494,12 +501,14 @@ class TracingMiddleware:
                 disconnected = True
 
         def start_watch() -> None:
-            nonlocal watcher, watch_tried
+            nonlocal watcher, watch_tried, watch_skipped
             watch_tried = True
+            watch_skipped = False
             if receiving:
                 # The app listens for the disconnect itself (Starlette's StreamingResponse
                 # under ASGI < 2.4): its receive() reports it, and a second concurrent one
                 # is answered with a disconnect by some servers (granian).
+                watch_skipped = True
                 return
             if not body_read:
                 for name, value in scope.get("headers") or ():
@@ -569,8 +578,14 @@ class TracingMiddleware:
                 receiving += 1
                 try:
                     message = await receive()
-                finally:
+                except BaseException:
+                    # The app stopped listening (a timeout, a cancelled listener): watch
+                    # in its place if that was skipped for it.
                     receiving -= 1
+                    if watch_skipped and not receiving and not complete and not disconnected:
+                        start_watch()
+                    raise
+                receiving -= 1
             kind = message.get("type")
             if kind == "http.request":
                 if not message.get("more_body", False):
