@@ -423,6 +423,16 @@ def test_invalid_setting_raises_configuration_error(setting: str, value: Any, na
             _client().get("/users/1/")
 
 
+def test_bad_dsn_from_the_environment_is_not_blamed_on_a_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "not a dsn")
+    with override_settings(SENTRY_DSN=None):  # left None: the environment's is used
+        with pytest.raises(stm.ConfigurationError, match=r"^dsn 'not a dsn'") as info:
+            _client().get("/users/1/")
+    assert "Django setting" not in str(info.value)
+
+
 def test_ignore_paths_none_means_none_ignored(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     with override_settings(SENTRY_IGNORE_PATHS=None):

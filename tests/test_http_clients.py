@@ -946,6 +946,22 @@ def test_callers_own_tracestate_is_kept(
     assert rec.values("tracestate") == ["up=1,app=0"]
 
 
+def test_callers_tracestate_given_in_parts_to_http_client(recording_server: RecordingServer) -> None:
+    # putheader(name, *values) folds the parts into one header line: each member is
+    # read, so the caller's key wins once over the continued trace's.
+    stm.init(traces_sample_rate=1.0)
+    incoming = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "up=1,app=0"}
+    with stm.start_transaction("t", headers=incoming):
+        conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=5)
+        conn.putrequest("GET", "/echo")
+        conn.putheader("tracestate", "app=2", "up=9")
+        conn.endheaders()
+        conn.getresponse().read()
+        conn.close()
+    (rec,) = recording_server.received("/echo")
+    assert rec.values("tracestate") == ["app=2,up=9"]
+
+
 @pytest.mark.parametrize("client", FOLLOWING, ids=repr)
 def test_redirect_to_non_target_gets_no_headers(
     client: Client, recording_server: RecordingServer

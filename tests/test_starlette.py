@@ -353,7 +353,7 @@ def test_unmatched_websocket_is_named_like_an_unmatched_request(
         assert tx["transaction_info"]["source"] == "route"
         assert tx["contexts"]["trace"]["op"] == "websocket.server"
         assert tx["contexts"]["trace"]["status"] == "not_found"
-        assert tx["contexts"]["response"] == {"status_code": 403}  # what the server answers
+        assert tx["contexts"]["response"] == {"status_code": 404}  # as unmatched requests
 
 
 def test_exceptions_handled_into_5xx_are_captured_once(

@@ -95,13 +95,14 @@ _OPTION_IN_MESSAGE = re.compile(r"invalid option ([a-z_]+)=|(dsn)[ :]")
 
 
 def settings_error(
-    exc: ConfigurationError, where: str, options: Iterable[str]
+    exc: ConfigurationError, where: str, options: Mapping[str, Any]
 ) -> ConfigurationError:
     """``exc`` naming the ``SENTRY_*`` setting its option came from (``where``: "Django
-    setting"), when the option is one of ``options`` (those read from settings)."""
+    setting"), when the option is one of ``options`` (those read from settings) and set
+    there (a setting left None defers to the environment variable)."""
     found = _OPTION_IN_MESSAGE.match(str(exc))
     option = found and (found.group(1) or found.group(2))
-    if not option or option not in options:
+    if not option or options.get(option) is None:
         return exc
     return ConfigurationError(f"{exc} (the {where} SENTRY_{option.upper()})")
 

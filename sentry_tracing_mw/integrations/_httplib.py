@@ -199,8 +199,9 @@ def _callers_headers(
                 if name == b"baggage":
                     value = line.partition(b":")[2].decode("latin-1")
                     own.extend(v.strip() for v in value.split("\r\n") if v.strip())
-                elif name == b"tracestate":
-                    states.append(line.partition(b":")[2].decode("latin-1"))
+                elif name == b"tracestate":  # (values given in parts are folded lines)
+                    value = line.partition(b":")[2].decode("latin-1")  # putheader's encoding
+                    states.extend(v.strip() for v in value.split("\r\n") if v.strip())
                 elif name == b"traceparent":
                     parent = True
                 continue

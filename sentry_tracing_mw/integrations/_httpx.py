@@ -147,7 +147,7 @@ def _with_ours(items: list[Any], ctx: PropagationContext, span_id: str | None) -
         elif name == b"baggage":
             bags.append(item[2])
         elif name == b"tracestate":
-            states.append(item[2].decode("latin-1"))
+            states.append(item[2].decode("utf-8", "surrogateescape"))
         elif name == b"traceparent":
             parent = True
     own = b",".join(bags).decode("utf-8", "surrogateescape") if bags else None

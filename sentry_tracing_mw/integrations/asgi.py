@@ -544,16 +544,17 @@ class TracingMiddleware:
                     tx._status = "ok"
             elif kind == "websocket.close" and tx._status is None:
                 # Closed before accept: the server answers the handshake (a GET) with 403.
-                # Unnamed (framework integrations): if the router ran, it found no route
-                # ("GET 404", status not_found); else a middleware turned it away ("GET 403").
+                # Unnamed (framework integrations): if the router ran, it found no route,
+                # recorded as the 404 it is (named "GET 404", dropped by
+                # trace_ignore_status_codes={404} as unmatched requests are); else a
+                # middleware turned it away ("GET 403").
                 try:
-                    tx.set_http_status(403)
+                    code = 403
                     if tx._source == "url" and self.name_unmatched:
                         if self.routed(inner):
-                            name_on_response(tx, inner, method, 404)
-                            tx._status = "not_found"
-                        else:
-                            name_on_response(tx, inner, method, 403)
+                            code = 404
+                        name_on_response(tx, inner, method, code)
+                    tx.set_http_status(code)
                 except Exception:
                     logger.debug("recording a refused websocket failed", exc_info=True)
             elif kind in _FINAL_BODY:

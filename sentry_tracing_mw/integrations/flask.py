@@ -253,7 +253,7 @@ class FlaskTracing:
         try:
             middleware = FlaskTracingMiddleware(app.wsgi_app, app, **options)
         except ConfigurationError as exc:
-            from_config = [name for name in options if name not in self.options]
+            from_config = {k: v for k, v in options.items() if k not in self.options}
             raise settings_error(exc, "app.config key", from_config) from None
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
