@@ -198,7 +198,8 @@ def test_lazy_baggage_gives_the_same_trace_as_eager_parsing(
         assert lazy is None
         return
     assert lazy is not None
-    assert lazy.dsc is None and lazy.third_party == ()
+    if lazy.baggage is not None:  # left unparsed (a clear traceparent flag parses it now)
+        assert lazy.dsc is None and lazy.third_party == ()
     assert parse_incoming_baggage(lazy) == eager
     a = client.continue_trace(eager)
     b = client.continue_trace(lazy)
