@@ -289,8 +289,23 @@ def test_stream_on_a_server_that_refuses_a_second_concurrent_receive(
     # Under ASGI < 2.4 Starlette's StreamingResponse listens for the disconnect itself.
     # Granian answers a second receive() made while one is pending with http.disconnect:
     # our disconnect watcher must not make one (it cut the stream short).
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    async def chunks() -> Any:
+        for _ in range(6):
+            await asyncio.sleep(0.01)
+            yield b"x" * 10
+
+    async def stream(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/plain")
+
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
-    app = starlette_app()
+    app = Starlette(routes=[Route("/stream", stream)])  # no BaseHTTPMiddleware: it receives
+    app.add_middleware(TracingMiddleware)  # concurrently itself in old Starlette versions
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
