@@ -16,7 +16,7 @@ from ._client import ExcInfo, get_client
 from ._client import close as _close_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
-from ._tracing import SOURCES, PropagationContext, Span, Transaction, names
+from ._tracing import PropagationContext, Span, Transaction, names, valid_source
 
 __all__ = [
     "capture_exception",
@@ -53,10 +53,7 @@ def start_transaction(
 ) -> Transaction:
     """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
     client = get_client()
-    if type(source) is not str or source not in SOURCES:
-        logger.debug("invalid transaction source %r; using 'custom'", source)
-        source = "custom"
-    name, op = names(name, op)
+    name, op, source = names(name, op, source)
     if headers is not None and getter is DICT_GETTER and isinstance(headers, list | tuple):
         # (name, value) pairs, str or bytes (ASGI-style): read them as a scope's headers
         headers, getter = {"headers": headers}, ASGI_GETTER
@@ -100,10 +97,7 @@ def set_transaction_name(name: str, source: str = "custom") -> None:
     if tx is None:
         logger.debug("set_transaction_name(%r): no current transaction", name)
         return
-    if type(source) is not str or source not in SOURCES:
-        logger.debug("invalid transaction source %r; using 'custom'", source)
-        source = "custom"
-    tx.set_name(name, source)
+    tx.set_name(name, valid_source(source))
 
 
 def start_span(

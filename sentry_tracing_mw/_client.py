@@ -185,7 +185,7 @@ class Client:
         sampling_extra: dict[str, Any] | None = None,
     ) -> Transaction:
         """Start a transaction in ``ctx`` (a new trace when None) and make the decision."""
-        name, op = names(name, op)
+        name, op, source = names(name, op, source)
         return self._start_transaction(name, op, source, origin, ctx, sampled, sampling_extra)
 
     def _start_transaction(

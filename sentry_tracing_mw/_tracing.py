@@ -215,13 +215,22 @@ def _timestamp(value: Any) -> float | None:
     return seconds
 
 
-def names(name: Any, op: Any) -> tuple[str, str | None]:
-    """A transaction's name and op as given to the public API, as text."""
+def valid_source(source: Any) -> str:
+    """A transaction name source given to the public API, ``custom`` when invalid."""
+    if type(source) is not str or source not in SOURCES:
+        logger.debug("invalid transaction source %r; using 'custom'", source)
+        return "custom"
+    return source
+
+
+def names(name: Any, op: Any, source: Any) -> tuple[str, str | None, str]:
+    """A transaction's name, op and source as given to the public API: text, and a
+    valid source."""
     if type(name) is not str:
         name = _text(name)
     if op is not None and type(op) is not str:
         op = _text(op)
-    return name, op
+    return name, op, valid_source(source)
 
 
 def _http_code(value: Any) -> int | None:

@@ -153,13 +153,14 @@ def test_names_and_ops_that_are_not_text(sentry_server: SentryServer) -> None:
             pass
         with stm.start_span(_BadStr(), description=b"bytes"):  # type: ignore[arg-type]
             pass
-    with stm.get_client().start_transaction(None, op=_BadStr()):  # type: ignore[arg-type]
+    with stm.get_client().start_transaction(None, op=_BadStr(), source=5):  # type: ignore[arg-type]
         pass
     first, second = flushed_transactions(sentry_server, 2)
     assert first["transaction"] == "123" and first["contexts"]["trace"]["op"] == "7"
     ops = sorted((s["op"], s["description"]) for s in first["spans"])
     assert ops == [("404", "3.5"), ("<BadStr>", "b'bytes'")]
     assert second["transaction"] == "None" and second["contexts"]["trace"]["op"] == "<BadStr>"
+    assert second["transaction_info"] == {"source": "custom"}
 
 
 def test_exception_classes_that_refuse_attributes_are_captured(
