@@ -552,7 +552,11 @@ def test_no_span_left_current_on_a_reused_server_thread(sentry_server: SentrySer
         deadline = time.monotonic() + 5
         while len(observed) < 10 and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert len(observed) == 10  # /boom raised: no "returned" nor close
+    kinds = [where if where in ("before", "returned") else "close" for where, _, _ in observed]
+    assert kinds.count("before") == 4 and kinds.count("returned") == 3  # /boom raised
+    # werkzeug skips close() when draining the socket after the body meets a reset
+    # (the client has gone): up to one close per body, never required
+    assert 1 <= kinds.count("close") <= 3, observed
     assert all(span is None and ctx is None for _, span, ctx in observed), observed
 
 
