@@ -19,6 +19,8 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
+from numbers import Real
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,9 +109,12 @@ def _fail(name: str, value: Any, why: str) -> ConfigurationError:
 def _rate(name: str, value: Any, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, Real | Decimal):
         raise _fail(name, value, "expected a number between 0 and 1")
-    rate = float(value)
+    try:  # Fraction, Decimal, numpy numbers too (as sentry-sdk)
+        rate = float(value)
+    except Exception:
+        raise _fail(name, value, "expected a number between 0 and 1") from None
     if math.isnan(rate) or not 0.0 <= rate <= 1.0:
         raise _fail(name, value, "expected a number between 0 and 1")
     return rate
@@ -239,6 +244,8 @@ def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
     out: list[re.Pattern[str]] = []
     for item in value:
         if isinstance(item, re.Pattern):
+            if not isinstance(item.pattern, str):  # a bytes pattern never matches a URL
+                raise _fail(name, item, "compiled patterns must be of str, not bytes")
             out.append(item)
         elif isinstance(item, str):
             try:
@@ -260,6 +267,8 @@ def _ignore_names(name: str, value: Any) -> tuple[str | re.Pattern[str], ...]:
     for item in value:
         if not isinstance(item, str | re.Pattern):
             raise _fail(name, item, "entries must be strings or compiled patterns")
+        if isinstance(item, re.Pattern) and not isinstance(item.pattern, str):
+            raise _fail(name, item, "compiled patterns must be of str, not bytes")
         out.append(item)
     return tuple(out)
 
@@ -267,7 +276,7 @@ def _ignore_names(name: str, value: Any) -> tuple[str | re.Pattern[str], ...]:
 def _status_codes(name: str, value: Any) -> frozenset[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
-    if not isinstance(value, Iterable):
+    if not isinstance(value, Iterable) or isinstance(value, str | bytes):
         raise _fail(name, value, "expected status codes, ranges or (low, high) pairs")
     codes: set[int] = set()
     for item in value:
@@ -288,6 +297,11 @@ def _status_codes(name: str, value: Any) -> frozenset[int]:
     return frozenset(codes)
 
 
+_IP_OBJECTS = (
+    ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Address | ipaddress.IPv6Address
+)
+
+
 def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
     if isinstance(value, bool) or callable(value):
         return value  # type: ignore[no-any-return]
@@ -300,6 +314,9 @@ def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
     nets: list[Network] = []
     for item in value:
         try:
+            # text or ipaddress objects only: ip_network() also takes ints and packed bytes
+            if not isinstance(item, str | _IP_OBJECTS):
+                raise TypeError(item)
             nets.append(ipaddress.ip_network(item, strict=False))
         except (ValueError, TypeError):
             raise _fail("trust_incoming_traces", item, "not a valid CIDR network") from None

@@ -13,6 +13,8 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from numbers import Real
 from typing import Any
 
 from ._ids import trace_sample_rand
@@ -55,8 +57,15 @@ def _as_rate(value: Any) -> float | None:
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
         rate = float(value)
-        if not math.isnan(rate) and 0.0 <= rate <= 1.0:
-            return rate
+    elif isinstance(value, Real | Decimal):  # Fraction, Decimal, numpy: as sentry-sdk
+        try:
+            rate = float(value)
+        except Exception:
+            return None
+    else:
+        return None
+    if not math.isnan(rate) and 0.0 <= rate <= 1.0:
+        return rate
     return None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -55,6 +57,11 @@ from sentry_tracing_mw._options import build_options
         ("org_id", "abc"),
         ("max_inherited_sampled_per_second", -5),
         ("trust_incoming_traces", ["not-a-network"]),
+        ("trust_incoming_traces", [5]),  # ip_network() would take it as 0.0.0.5/32
+        ("trust_incoming_traces", [b"\x7f\x00\x00\x01"]),  # and this as 127.0.0.1/32
+        ("trace_propagation_targets", [re.compile(b"127")]),  # never matches a URL
+        ("ignore_transactions", [re.compile(b"/health")]),
+        ("traces_sample_rate", Decimal("1.5")),
         ("http_proxy", "://bad"),
         ("http_proxy", "not a url"),
         ("http_proxy", "http://:99999"),
@@ -76,6 +83,20 @@ def test_invalid_options_raise_configuration_error_naming_option_and_value(
     if option != "dsn":
         shown = value[0] if isinstance(value, list) else value  # the offending entry
         assert repr(shown)[:20] in message
+
+
+def test_a_status_code_string_is_refused_naming_the_whole_value() -> None:
+    with pytest.raises(stm.ConfigurationError, match=r"trace_ignore_status_codes='404'"):
+        stm.init(trace_ignore_status_codes="404")
+
+
+@pytest.mark.parametrize("rate", [Decimal("0.5"), Fraction(1, 2)])
+def test_decimal_and_fraction_rates_are_accepted(rate: Any) -> None:
+    # sentry-sdk accepts any real number or Decimal for its rates
+    stm.init(traces_sample_rate=rate, sample_rate=rate)
+    options = stm.get_client().options
+    assert options.traces_sample_rate == 0.5 and type(options.traces_sample_rate) is float
+    assert options.sample_rate == 0.5
 
 
 def test_valid_options_are_normalized() -> None:

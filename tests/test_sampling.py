@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -92,7 +94,21 @@ def test_boolean_sampler_results_map_to_rates(result: Any) -> None:
     assert tx.propagation_context.sample_rate == float(bool(result))
 
 
-@pytest.mark.parametrize("garbage", ["0.5", None, math.nan, -0.1, 1.5, object()])
+@pytest.mark.parametrize(
+    ("result", "rate"),
+    [(Decimal("1"), 1.0), (Fraction(1, 1), 1.0), (Decimal("0"), 0.0), (Fraction(0), 0.0)],
+)
+def test_decimal_and_fraction_sampler_results_are_rates(result: Any, rate: float) -> None:
+    # sentry-sdk takes any real number (and Decimal): such samplers must keep sampling
+    init(traces_sampler=lambda ctx: result)
+    tx = stm.start_transaction("d")
+    assert tx.sampled is (rate == 1.0)
+    assert tx.propagation_context.sample_rate == rate
+
+
+@pytest.mark.parametrize(
+    "garbage", ["0.5", None, math.nan, -0.1, 1.5, object(), Decimal("NaN"), Decimal("2")]
+)
 def test_garbage_sampler_results_mean_unsampled(garbage: Any) -> None:
     init(traces_sampler=lambda ctx: garbage)
     assert stm.start_transaction("g").sampled is False

@@ -372,6 +372,19 @@ def test_head_and_options_untraced_but_each_gets_its_own_trace(
     assert PROPAGATION_CONTEXT.get() is None
 
 
+def test_by_default_every_method_but_head_and_options_is_traced(
+    sentry_server: SentryServer,
+) -> None:
+    init_traced(sentry_server)
+    app = TracingMiddleware(plain_app)
+    methods = ("GET", "PROPFIND", "QUERY", "PURGE", "HEAD", "OPTIONS", "post")
+    for method in methods:
+        _call(app, _environ(f"/{method.lower()}", method))
+    assert stm.flush(5)
+    sent = sorted(tx["request"]["method"] for tx in sentry_server.transactions())
+    assert sent == ["GET", "POST", "PROPFIND", "PURGE", "QUERY"]
+
+
 def test_http_methods_to_capture(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     app = TracingMiddleware(plain_app, http_methods_to_capture=["head"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Container, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from .._client import Client, get_client, init, is_initialized
@@ -35,7 +35,26 @@ logger = logging.getLogger("sentry_tracing_mw")
 #: The WSGI environ / ASGI scope key where the owner middleware keeps the request's
 #: transaction, for inner integrations that only name it.
 REQUEST_TX_KEY = "sentry_tracing_mw.transaction"
-DEFAULT_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"})
+
+
+class AllMethodsExcept:
+    """Every HTTP method but a few (``in`` tests it), extension methods included."""
+
+    __slots__ = ("excluded",)
+
+    def __init__(self, excluded: frozenset[str]) -> None:
+        self.excluded = excluded
+
+    def __contains__(self, method: object) -> bool:
+        return method not in self.excluded
+
+    def __repr__(self) -> str:
+        return f"AllMethodsExcept({sorted(self.excluded)!r})"
+
+
+#: ``http_methods_to_capture``'s default: all but HEAD and OPTIONS (WebDAV's PROPFIND,
+#: QUERY, PURGE and other extension methods are traced too).
+DEFAULT_METHODS = AllMethodsExcept(frozenset({"HEAD", "OPTIONS"}))
 _MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_methods_to_capture"})
 _STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
 _SERVER_OPS = frozenset({"http.server", "websocket.server"})
@@ -71,7 +90,7 @@ class MiddlewareConfig:
             )
         self.ignore_paths = compile_ignore_paths(ignore_paths)
         if http_methods_to_capture is None:
-            self.methods = DEFAULT_METHODS
+            self.methods: Container[str] = DEFAULT_METHODS
         else:
             if isinstance(http_methods_to_capture, str):
                 http_methods_to_capture = (http_methods_to_capture,)
