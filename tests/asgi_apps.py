@@ -29,6 +29,7 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Host, Mount, Route, Router, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 import sentry_tracing_mw as stm
@@ -46,6 +47,10 @@ STARLETTE_NAMES: list[tuple[str, str, dict[str, str], str]] = [
     ("GET", "/nope", {}, "GET 404"),
     ("POST", "/users/42", {}, "POST 405"),
     ("GET", "/api/v1/missing", {}, "GET 404"),
+    # leaf apps under a Mount are named after the mount, as sentry-sdk names them
+    ("GET", "/static/__init__.py", {}, "/static"),
+    ("GET", "/raw/a/b", {}, "/raw"),
+    ("GET", "/empty/x", {}, "GET 404"),  # an empty router is no leaf app
 ]
 
 FASTAPI_NAMES: list[tuple[str, str, dict[str, str], str]] = [
@@ -197,6 +202,11 @@ class HeaderMiddleware(BaseHTTPMiddleware):
         return response
 
 
+async def raw_asgi_leaf(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A plain ASGI function mounted as a leaf app."""
+    await PlainTextResponse("raw")(scope, receive, send)
+
+
 def starlette_app(traced: bool = True, lifespan: Any = None, **options: Any) -> Starlette:
     """The Starlette test app (our middleware added unless ``traced=False``)."""
     sub = Starlette(
@@ -222,6 +232,9 @@ def starlette_app(traced: bool = True, lifespan: Any = None, **options: Any) -> 
         WebSocketRoute("/ws", _echo_ws),
         Mount("/api/v1", routes=[Route("/items/{slug}", _item)]),
         Mount("/sub", app=sub),
+        Mount("/static", app=StaticFiles(directory=os.path.dirname(__file__))),
+        Mount("/raw", app=raw_asgi_leaf),
+        Mount("/empty", routes=[]),
         Host("api.example.com", app=Router([Route("/host-route", _host_route)])),
     ]
     middleware = [Middleware(HeaderMiddleware)]

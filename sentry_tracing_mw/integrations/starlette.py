@@ -227,16 +227,18 @@ class _RoutingScope(dict[str, Any]):
             self._routes = getattr(app, "routes", None) or ()
             return
         self._prefix += mount.path
-        routes = mount.routes
-        self._routes = routes
-        if not routes and not self._named:
-            # A leaf app (static files, a mounted WSGI app): name the mount; an inner
-            # integration (Flask, Django) may rename it with its own route.
+        self._routes = mount.routes
+        leaf = _leaf_app(mount)
+        if leaf is not None and not self._named:
+            # A leaf app (static files, a mounted WSGI app): named after the mount, as
+            # sentry-sdk names it; an inner integration (Flask, Django) may rename it with
+            # its own route. An empty router is no leaf: its requests are "GET 404".
             if self._mw._endpoint_style:
-                name = self._mw._endpoint_name(type(app)) or self._prefix + "/{path}"
+                target = leaf if inspect.isroutine(leaf) or isinstance(leaf, type) else type(leaf)
+                name = self._mw._endpoint_name(target) or self._prefix or "/"
                 self._tx.set_name(name, "component")
             else:
-                self._tx.set_name(self._prefix + "/{path}", "route")
+                self._tx.set_name(self._prefix or "/", "route")
 
     def _leaf(self, route: Any) -> None:
         ctx = _effective_context(self, route)
@@ -260,6 +262,13 @@ class _RoutingScope(dict[str, Any]):
             return False
         self._leaf(ctx.original_route)
         return self._named
+
+
+def _leaf_app(mount: Any) -> Any:
+    """The app a ``Mount`` serves when it does no routing of its own (static files, a
+    mounted WSGI app, a plain ASGI function), else None (a router, even an empty one)."""
+    app = getattr(mount, "_base_app", None) or mount.app  # inside Mount(middleware=...)
+    return None if hasattr(app, "routes") else app
 
 
 class TracingMiddleware(asgi.TracingMiddleware):
@@ -354,7 +363,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
                     prefix += found.path
                 routes = found.routes
                 if not routes:
-                    return prefix + "/{path}" if isinstance(found, Mount) else None
+                    leaf = isinstance(found, Mount) and _leaf_app(found) is not None
+                    return (prefix or "/") if leaf else None
                 continue
             path = getattr(found, "path", None)
             if isinstance(path, str):
