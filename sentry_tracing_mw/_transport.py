@@ -244,12 +244,16 @@ class Transport:
         self._init_state()
         self._closed = closed
 
-    def _ensure_worker(self) -> None:
-        """Start the worker; the caller holds ``self._cond``."""
+    def _new_worker(self) -> threading.Thread | None:
+        """The worker to start, or None; the caller holds ``self._cond`` and starts it
+        after releasing it. Under gevent or eventlet a thread is a greenlet that
+        ``start()`` switches to at once: it must not find the lock held (a lock made
+        before monkey-patching, in a ``--preload`` master, blocks the whole process)."""
         if self._worker is None and not self._stop:
             worker = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
             self._worker = worker
-            worker.start()
+            return worker
+        return None
 
     # -- request-thread API ----------------------------------------------------------------
 
@@ -263,6 +267,8 @@ class Transport:
             _record(self.reports, self._backoff_reason, pending.category, pending.span_count)
             return False
         size = pending.size_hint
+        start = None
+        queued = False
         with self._lock:  # the condition's lock: a C-level context manager
             if self._closed:
                 return False
@@ -271,13 +277,17 @@ class Transport:
                 self._bytes += size
                 self._enqueued += 1
                 if self._worker is None:
-                    self._ensure_worker()
+                    start = self._new_worker()
                 elif self._idle:
                     self._cond.notify()
                     # Woken: until it runs (it may wait for the GIL), later submits need
                     # not notify again; it re-checks the queue before it waits.
                     self._idle = False
-                return True
+                queued = True
+        if queued:
+            if start is not None:
+                start.start()
+            return True
         _record(self.reports, "queue_overflow", pending.category, pending.span_count)
         return False
 
@@ -290,11 +300,12 @@ class Transport:
                 return
             self._queue.append(_SEND_REPORTS)
             self._enqueued += 1
-            if self._worker is None:
-                self._ensure_worker()
-            elif self._idle:
+            start = self._new_worker()
+            if start is None and self._idle:
                 self._cond.notify()
                 self._idle = False
+        if start is not None:
+            start.start()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent or dropped, then send client reports."""
@@ -312,7 +323,10 @@ class Transport:
             target = self._enqueued
             if self._done >= target:
                 return True
-            self._ensure_worker()
+            start = self._new_worker()
+        if start is not None:
+            start.start()
+        with self._cond:
             if self._idle:
                 self._cond.notify()
                 self._idle = False
@@ -338,10 +352,13 @@ class Transport:
             worker = self._worker
             self._cond.notify_all()
         if worker is not None and worker is not threading.current_thread():
-            if deadline is None:
-                worker.join()
-            else:
-                worker.join(max(0.0, deadline - time.monotonic()))
+            try:
+                if deadline is None:
+                    worker.join()
+                else:
+                    worker.join(max(0.0, deadline - time.monotonic()))
+            except RuntimeError:  # not started yet: its starter is about to; it sees _stop
+                pass
             if not worker.is_alive():
                 self._clear_pool()
             else:  # still sending: what waits behind that send is dropped now, and said so
@@ -384,6 +401,7 @@ class Transport:
     def _run(self) -> None:
         SUPPRESS_INSTRUMENTATION.set(True)
         cond = self._cond  # a fork replaces it; this thread then no longer exists anyway
+        dropped = (0, 0, 0)
         while True:
             with cond:
                 while not self._queue and not self._stop:
@@ -400,7 +418,6 @@ class Transport:
                 if self._stop:
                     dropped = self._drop_queued()
                     cond.notify_all()
-                    _warn_dropped(dropped, False)
                     break
                 item = self._queue.popleft()
                 self._bytes -= item.size_hint
@@ -416,6 +433,7 @@ class Transport:
                 if self._done >= self._wake_at:
                     self._wake_at = _NEVER
                     cond.notify_all()
+        _warn_dropped(dropped, False)  # logging, with no lock held (a handler may block)
         self._clear_pool()
 
     def _get_pool(self) -> urllib3.PoolManager:

@@ -146,8 +146,10 @@ def run_gunicorn(
     ready_path: str,
     workers: int = 1,
     preload: bool = False,
+    worker_class: str = "sync",
 ) -> Iterator[tuple[str, int]]:
-    """Serve ``app`` (``module:attr``) with gunicorn's sync workers in a new session.
+    """Serve ``app`` (``module:attr``) with gunicorn (sync workers unless ``worker_class``
+    says otherwise) in a new session.
 
     Yields (base URL, master pid) once ``ready_path`` answers; the output goes to
     ``log_path`` (a file never blocks the server). On exit the whole process group gets
@@ -156,7 +158,7 @@ def run_gunicorn(
     port = free_port()
     cmd = [
         sys.executable, "-m", "gunicorn",
-        "-w", str(workers), "-k", "sync",
+        "-w", str(workers), "-k", worker_class,
         "-b", f"127.0.0.1:{port}",
         "--graceful-timeout", "5",
         "--log-level", "warning",

@@ -58,12 +58,21 @@ APP_MODULE = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=[True, False], ids=["preload", "no-preload"])
+@pytest.fixture(
+    params=[("sync", True), ("sync", False), ("gevent", True), ("gevent", False)],
+    ids=["preload", "no-preload", "gevent-preload", "gevent"],
+)
 def gunicorn(
     request: pytest.FixtureRequest, sentry_server: SentryServer, tmp_path: Path
 ) -> Iterator[tuple[str, int, bool]]:
-    """gunicorn (sync workers) serving the app module; yields (base URL, master pid, preload)."""
-    preload: bool = request.param
+    """gunicorn serving the app module; yields (base URL, master pid, preload).
+
+    gevent workers monkey-patch after the fork: with ``--preload`` the client's locks
+    were made before, unpatched, and its worker thread is a greenlet.
+    """
+    worker_class: str
+    preload: bool
+    worker_class, preload = request.param
     (tmp_path / "prefork_app.py").write_text(APP_MODULE)
     env = {
         **os.environ,
@@ -78,6 +87,7 @@ def gunicorn(
         ready_path="/ready",
         workers=WORKERS,
         preload=preload,
+        worker_class=worker_class,
     ) as (base, master):
         assert sentry_server.wait_for(1, 10)
         sentry_server.clear()
