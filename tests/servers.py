@@ -21,6 +21,7 @@ import requests
 __all__ = [
     "answer_lifespan",
     "free_port",
+    "pipelined",
     "run_asgi",
     "run_gunicorn",
     "run_wsgi",
@@ -242,3 +243,41 @@ def sigterm_with_queued_transactions(
             proc.wait(5)
     assert sentry.wait_for(3, timeout=5)
     return sorted(t["transaction"] for t in sentry.transactions())
+
+
+def pipelined(base: str, requests_: list[tuple[str, str]], timeout: float = 10) -> list[Any]:
+    """Send every request on one connection in one write (HTTP/1.1 pipelining), then read
+    the responses in order: the server finds each next request already buffered when it
+    completes a response. Returns ``http.client.HTTPResponse`` objects, bodies read."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(
+            b"".join(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+                for method, path in requests_
+            )
+        )
+        fp = sock.makefile("rb")
+
+        class _Shared:  # the connection's one buffered reader; a response may not close it
+            def __getattr__(self, name: str) -> Any:
+                return getattr(fp, name)
+
+            def close(self) -> None:
+                pass
+
+        class _Sock:
+            def makefile(self, *_: Any, **__: Any) -> Any:
+                return _Shared()
+
+        out = []
+        for method, _ in requests_:
+            response = http.client.HTTPResponse(_Sock(), method=method)  # type: ignore[arg-type]
+            response.begin()
+            response.body = response.read()  # type: ignore[attr-defined]
+            out.append(response)
+        return out

@@ -25,7 +25,7 @@ from sentry_tracing_mw.integrations import wsgi as generic_wsgi  # noqa: E402
 
 from .sdk_peer import run_sdk_script  # noqa: E402
 from .sentry_server import SentryServer, init_traced  # noqa: E402
-from .servers import run_asgi, run_wsgi  # noqa: E402
+from .servers import pipelined, run_asgi, run_wsgi  # noqa: E402
 
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
@@ -124,6 +124,28 @@ def test_asgi_server(sentry_server: SentryServer) -> None:
     assert event["exception"]["values"][0]["type"] == "KeyError"
     assert event["contexts"]["trace"]["span_id"] == _trace(txs["/aerror/"])["span_id"]
     assert all(t["request"]["url"].startswith("http://127.0.0.1:") for t in txs.values())
+
+
+@pytest.mark.parametrize("outer", [False, True])
+def test_asgi_pipelined_requests_each_get_their_own_transaction(
+    sentry_server: SentryServer, outer: bool
+) -> None:
+    # uvicorn starts a buffered request inside the previous response's last send, so its
+    # task starts with a copy of that request's context
+    init_traced(sentry_server)
+    app = get_asgi_application()
+    if outer:
+        app = generic_asgi.TracingMiddleware(app)
+    paths = ["/astream/", "/users/1/", "/stream/", "/async/2/", "/users/3/"]
+    with run_asgi(app) as base:
+        responses = pipelined(base, [("GET", p) for p in paths])
+        assert [r.status for r in responses] == [200] * 5
+        _wait(sentry_server, 5)
+    txs = sentry_server.transactions()
+    assert sorted(t["transaction"] for t in txs) == sorted(
+        ["/astream/", "/users/{pk}/", "/stream/", "/async/{pk}/", "/users/{pk}/"]
+    )
+    assert len({_trace(t)["trace_id"] for t in txs}) == 5
 
 
 @pytest.mark.parametrize("rate", [1.0, 0.0])

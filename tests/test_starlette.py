@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import warnings
@@ -23,7 +24,7 @@ from sentry_tracing_mw.integrations import asgi as generic_asgi
 from . import asgi_apps
 from .asgi_apps import STARLETTE_NAMES, starlette_app
 from .sentry_server import SentryServer, flushed_transactions, transactions_by_name
-from .servers import run_asgi
+from .servers import pipelined, run_asgi
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -748,3 +749,32 @@ def test_middleware_failing_before_routing_is_not_named_after_the_raw_path(
     if rate:
         names = sorted(t["transaction"] for t in sentry_server.transactions())
         assert names == ["/users/{user_id:int}", "GET 500", "GET 500", "GET 500"]
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_pipelined_requests_each_get_their_own_trace(sentry_server: SentryServer, rate: float) -> None:
+    # uvicorn starts a buffered request inside the previous response's last send: its task
+    # starts with a copy of that request's context, whose transaction is still open
+    # (its background task runs). Each request must still get its own transaction.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+    paths = [("GET", "/bg-one"), ("GET", "/users/1"), ("HEAD", "/users/2"), ("GET", "/users/3")]
+    with run_asgi(starlette_app()) as url:
+        responses = pipelined(url, paths)
+        assert [r.status for r in responses] == [200, 200, 200, 200]
+        traces = [json.loads(r.body)["trace"] for r in responses if r.body.startswith(b"{")]
+        ids = [t["sentry-trace"].split("-")[:2] for t in traces]
+        if rate:
+            txs = flushed_transactions(sentry_server, 3)  # HEAD is not traced
+            assert sorted(t["transaction"] for t in txs) == [
+                "/bg-one",
+                "/users/{user_id:int}",
+                "/users/{user_id:int}",
+            ]
+            by_span = {t["contexts"]["trace"]["span_id"]: t for t in txs}
+            for trace_id, span_id in ids:  # each view ran inside its own transaction
+                assert by_span[span_id]["contexts"]["trace"]["trace_id"] == trace_id
+        else:
+            assert stm.flush(5)
+            assert sentry_server.transactions() == []
+    assert len(ids) == 2 and len({trace_id for trace_id, _ in ids}) == 2
+    assert all("sentry-transaction=/users/" in unquote(t["baggage"]) for t in traces)

@@ -26,7 +26,6 @@ from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import (
     REQUEST_TX_KEY,
-    active_request_transaction,
     ensure_client,
     finish_request,
     split_options,
@@ -54,7 +53,11 @@ SCOPE_KEY = REQUEST_TX_KEY
 
 #: Set in a lifespan scope by an app that flushed the client on shutdown.
 _FLUSHED_KEY = "sentry_tracing_mw.flushed"
-_FINAL_BODY = frozenset({"http.response.pathsend", "http.response.zerocopy"})
+#: Response body messages: the last one has no ``more_body`` (ASGI's zero-copy send
+#: extension has one too); a path send is always the whole body.
+_BODY = frozenset({"http.response.body", "http.response.zerocopysend"})
+_FINAL_BODY = frozenset({"http.response.pathsend"})
+_FINAL = _FINAL_BODY | _BODY
 _TRACE_HEADERS = {
     b"sentry-trace": "sentry-trace",
     b"baggage": "baggage",
@@ -261,12 +264,28 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
 
     async def watched_send(message: Message) -> None:
         try:
-            await send(message)
+            if message.get("more_body") or message.get("type") not in _FINAL:
+                await send(message)
+            else:
+                await _send_final(send, message)
         except OSError:
             gone[0] = True
             raise
 
     return watched_send, gone
+
+
+async def _send_final(send: Send, message: Message) -> None:
+    """Send a response's last message with no trace context current: a server may start
+    the connection's next request inside it (uvicorn, for a request already buffered),
+    and that request's task starts with a copy of the current context."""
+    span_token = CURRENT_SPAN.set(None)
+    token = PROPAGATION_CONTEXT.set(None)
+    try:
+        await send(message)
+    finally:
+        PROPAGATION_CONTEXT.reset(token)
+        CURRENT_SPAN.reset(span_token)
 
 
 def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
@@ -345,8 +364,12 @@ class TracingMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
+        # An outer middleware owns the request when the scope says so. Not the current
+        # span: a server may start a connection's next request inside the previous one's
+        # final send (uvicorn, for a request already buffered), so that request's task
+        # starts with a copy of the previous request's context.
         owner = scope.get(SCOPE_KEY)
-        if owner is not None or (owner := active_request_transaction()) is not None:
+        if owner is not None:
             await self.name_only(scope, receive, send, owner)
             return
         # The request's owner: one coroutine for the whole unsampled path (each await of
@@ -354,11 +377,13 @@ class TracingMiddleware:
         path = scope.get("path") or "/"
         ignore = self.config.ignore_paths
         if ignore is not None and ignore.match(path):
+            span_token = CURRENT_SPAN.set(None)
             token = PROPAGATION_CONTEXT.set(None)
             try:
                 await self.app(scope, receive, send)
             finally:
                 PROPAGATION_CONTEXT.reset(token)
+                CURRENT_SPAN.reset(span_token)
             return
         client = get_client()
         websocket = kind == "websocket"
@@ -419,6 +444,7 @@ class TracingMiddleware:
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
     ) -> None:
         untraced_send, gone = _watched_send(send)
+        span_token = CURRENT_SPAN.set(None)
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
             await self.app(scope, receive, untraced_send)
@@ -431,6 +457,7 @@ class TracingMiddleware:
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
+            CURRENT_SPAN.reset(span_token)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         flushed = False
@@ -524,7 +551,7 @@ class TracingMiddleware:
         async def traced_send(message: Message) -> None:
             nonlocal complete, disconnected
             kind = message.get("type")
-            if kind == "http.response.body":
+            if kind in _BODY:
                 if not message.get("more_body", False):
                     complete = True
                 elif not watch_tried and not disconnected:
@@ -560,7 +587,10 @@ class TracingMiddleware:
             elif kind in _FINAL_BODY:
                 complete = True
             try:
-                await send(message)
+                if complete:
+                    await _send_final(send, message)
+                else:
+                    await send(message)
             except OSError:
                 if not complete:
                     disconnected = True

@@ -312,10 +312,14 @@ class TracingMiddleware:
         """Start tracing ``request``; returns its state and the context tokens to reset."""
         try:
             meta = request.META
-            outer = active_request_transaction()
             scope = request.__dict__.get("scope")  # ASGIRequest only (no AttributeError cost)
-            if outer is None:
-                outer = meta.get(_OUTER_KEY) if scope is None else scope.get(_OUTER_KEY)
+            if scope is None:  # WSGI: also a WSGI app mounted in a traced ASGI app
+                outer = active_request_transaction() or meta.get(_OUTER_KEY)
+            else:
+                # ASGI: the scope only. The current span may be the previous request's on
+                # this connection (a server can start a request inside the previous one's
+                # last send, copying its context).
+                outer = scope.get(_OUTER_KEY)
             if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
                 state = _State(outer, get_client(), request.method or "GET", False, self)
                 request.__dict__[_STATE_ATTR] = state
