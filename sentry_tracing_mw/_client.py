@@ -79,6 +79,8 @@ class Client:
             options.traces_sampler is None and not options.strict_trace_continuation
         )
         self._closed = False
+        #: A shutdown flush (lifespan) used up shutdown_timeout: close() does not wait again.
+        self._shutdown_spent = False
 
     # -- incoming traces --------------------------------------------------------
     def trusts(self, peer: str | None, request: Any = None) -> bool:
@@ -426,12 +428,18 @@ class Client:
         return self.transport.flush(self.options.shutdown_timeout if timeout is None else timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush within ``shutdown_timeout`` and stop the worker."""
+        """Flush within ``shutdown_timeout`` and stop the worker.
+
+        After a shutdown flush that used up ``shutdown_timeout`` (an ASGI server's lifespan
+        shutdown, then its normal exit runs atexit), it does not wait a second time.
+        """
         if self._closed:
             return
         self._closed = True
+        if timeout is None:
+            timeout = 0.0 if self._shutdown_spent else self.options.shutdown_timeout
         if self.transport is not None:
-            self.transport.close(self.options.shutdown_timeout if timeout is None else timeout)
+            self.transport.close(timeout)
 
 
 # -- process-wide state -----------------------------------------------------------------

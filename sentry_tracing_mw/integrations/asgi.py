@@ -220,6 +220,7 @@ async def flush_client() -> None:
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, client.flush, timeout):
             return
+        client._shutdown_spent = True  # the exit's close() does not wait a second time
         # The server may end the process right after lifespan (uvicorn re-raises SIGTERM):
         # what is still queued is then lost, where no client report can count it.
         (transactions, spans, events), in_flight = transport.unsent()
