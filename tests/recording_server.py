@@ -144,7 +144,13 @@ class _Handler(socketserver.BaseRequestHandler):
             self._send(sock, 200, raw, {})
             return True
         if path == "/truncated":  # half of the announced body, then close or stall
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+            if query.get("chunked"):  # one chunk, then: close, stall or a garbage size
+                sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                sock.sendall(b"5\r\n12345\r\n")
+                if query.get("then") == "garbage":
+                    sock.sendall(b"zz\r\n12345\r\n0\r\n\r\n")
+            else:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
             if query.get("then") == "stall":
                 time.sleep(float(query.get("delay", "1.5")))
             return False

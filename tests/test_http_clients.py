@@ -654,13 +654,17 @@ def test_errors_keep_the_exception(
     assert all(s.timestamp is not None for s in spans)
 
 
-@pytest.mark.parametrize("then", ["close", "stall"])
+@pytest.mark.parametrize(
+    "then", ["close", "stall", "chunked-close", "chunked-stall", "chunked-garbage"]
+)
 def test_body_read_failure_fails_the_span(
     client: Client, then: str, recording_server: RecordingServer
 ) -> None:
-    # Headers arrive, then the body breaks off (connection closed) or stalls past the
-    # read timeout: the span ends with the failure's status, not "ok".
-    url = f"{recording_server.url}/truncated?then={then}"
+    # Headers arrive, then the body breaks off (connection closed), stalls past the read
+    # timeout or has a garbage chunk size: the span ends with the failure's status, not
+    # "ok". urllib3 reads chunked bodies from the socket itself, past http.client.
+    chunked, _, then = then.rpartition("-")
+    url = f"{recording_server.url}/truncated?then={then}&chunked={chunked}"
     status = "deadline_exceeded" if then == "stall" else "internal_error"
     plain, traced, tx = _plain_then_traced(client, url, 0.5)
     assert type(traced) is type(plain)
@@ -830,6 +834,99 @@ def test_https_connection_failures_get_a_span(client: Client, kind: str) -> None
         assert span.timestamp is not None and span.data["error.type"]
 
 
+def _slow_tls_server(listener: socket.socket, context: Any, delay: float) -> None:
+    """Waits ``delay`` before each TLS handshake, then answers one request."""
+    import ssl
+    import time
+
+    while True:
+        try:
+            raw, _ = listener.accept()
+        except OSError:
+            return
+        time.sleep(delay)
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except (OSError, ssl.SSLError):
+            pass
+
+
+@pytest.mark.parametrize("library", ["requests", "urllib3"])
+def test_https_span_covers_the_connection_made_for_it(library: str, tmp_path: Any) -> None:
+    # urllib3 (requests) connects an HTTPS pool, TLS handshake included, before
+    # http.client's putrequest starts the span: the span must still cover that time.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    threading.Thread(target=_slow_tls_server, args=(listener, context, 0.4), daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/secure"
+    stm.init(traces_sample_rate=1.0)
+    try:
+        with stm.start_transaction("t") as tx:
+            if library == "requests":
+                assert requests.get(url, verify=str(ca_file), timeout=5).text == "ok"
+            else:
+                with urllib3.PoolManager(ca_certs=str(ca_file), retries=False) as pool:
+                    assert pool.request("GET", url, timeout=5).data == b"ok"
+    finally:
+        listener.close()
+    (span,) = http_spans(tx)
+    assert span.status == "ok"
+    assert span.timestamp is not None and span.timestamp - span.start_timestamp >= 0.4
+
+
+def test_a_response_sent_before_the_whole_body_gives_the_span_its_status() -> None:
+    # The server answers 413 after the headers and closes: sending the body fails, yet the
+    # response is there to read (urllib3 1.26 reads it; so can an http.client caller).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    import time
+
+    def early() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig"
+            )
+            time.sleep(0.05)
+
+    threading.Thread(target=early, daemon=True).start()
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        conn = http.client.HTTPConnection("127.0.0.1", listener.getsockname()[1], timeout=5)
+        with pytest.raises(OSError):
+            conn.request("POST", "/upload", body=b"x" * (8 << 20))
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (413, b"big")
+        conn.close()
+    listener.close()
+    (span,) = http_spans(tx)
+    assert span.status == "failed_precondition", (span.status, span.data)
+    assert span.data["http.response.status_code"] == 413 and "error.type" not in span.data
+    assert span.timestamp is not None
+
+
 @pytest.mark.parametrize("library", ["requests", "urllib3"])
 @pytest.mark.parametrize("kind", ["proxy-refused", "connect-unanswered"])
 def test_https_through_a_failing_proxy_gets_a_span(library: str, kind: str) -> None:
@@ -919,9 +1016,7 @@ def test_redirects_one_span_per_request(client: Client, recording_server: Record
         assert baggage.startswith("own=1,sentry-") and baggage.count("own=1") == 1
 
 
-def test_callers_own_tracestate_is_kept(
-    client: Client, recording_server: RecordingServer
-) -> None:
+def test_callers_own_tracestate_is_kept(client: Client, recording_server: RecordingServer) -> None:
     # Vendor state the app adds without a traceparent of its own is not ours to drop
     # (sentry-sdk never touches tracestate; OpenTelemetry's propagator keeps it).
     stm.init(traces_sample_rate=1.0)
@@ -946,7 +1041,9 @@ def test_callers_own_tracestate_is_kept(
     assert rec.values("tracestate") == ["up=1,app=0"]
 
 
-def test_callers_tracestate_given_in_parts_to_http_client(recording_server: RecordingServer) -> None:
+def test_callers_tracestate_given_in_parts_to_http_client(
+    recording_server: RecordingServer,
+) -> None:
     # putheader(name, *values) folds the parts into one header line: each member is
     # read, so the caller's key wins once over the continued trace's.
     stm.init(traces_sample_rate=1.0)

@@ -12,6 +12,7 @@ unchanged. Nothing is allocated when no trace is current.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
 import operator
@@ -30,6 +31,7 @@ from .http_clients import (
     fail,
     finish,
     header_lines,
+    late_response,
     matches,
     record_status,
     route,
@@ -44,9 +46,13 @@ logger = logging.getLogger("sentry_tracing_mw")
 ORIGIN = "auto.http.stdlib"
 _STATE = "_stm_outgoing"  # HTTPConnection: the request in flight (_Outgoing | None)
 _ROUTE = "_stm_route"  # HTTPConnection: (options, host, base URL, inject) of its destination
+_STARTED = "_stm_started"  # HTTPConnection: when urllib3 began connecting for the next request
 _SPAN = "_stm_span"  # HTTPResponse: the span that ends with the body
 
 _TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError,)
+#: Sending the request failed because the server closed the connection: it may have
+#: answered first (a 413 before the whole body), which the caller can still read.
+_PEER_CLOSED = frozenset({errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.EPROTOTYPE})
 # First byte of a header line (either case) that may name one of our headers: s, b, t.
 _FIRST = frozenset(b"sSbBtT")
 _FIRST_BYTES = frozenset(bytes((c,)) for c in _FIRST)
@@ -116,6 +122,11 @@ def _begin(
         elif path == "*":  # OPTIONS * (the server as a whole): the URL's empty path
             path = ""
         span = start_client_span(parent, method, base + path, host, ORIGIN)
+        started = conn._stm_started  # type: ignore[attr-defined]
+        if started is not None:  # urllib3 connected for this request first (_urllib3)
+            conn._stm_started = None  # type: ignore[attr-defined]
+            if span is not None and started < span._start:
+                span._start = started
         if span is not None and rest and opts.send_default_pii:
             query, _, fragment = rest.partition("#")
             add_query(span, query[1:], fragment)
@@ -160,6 +171,9 @@ def _raised_reading(exc: BaseException, response: http.client.HTTPResponse) -> b
             frame = tb.tb_frame
             if not mine and frame.f_code.co_filename == _HTTPLIB_FILE:
                 mine = frame.f_locals.get("self") is response
+            elif not mine and frame.f_globals.get("__name__") == "urllib3.response":
+                # urllib3 reads chunked bodies from the socket itself, past http.client
+                mine = getattr(frame.f_locals.get("self"), "_fp", None) is response
             if tb.tb_next is None:
                 if mine and frame.f_globals.get("__name__") in _IO_MODULES:
                     return True
@@ -310,8 +324,10 @@ def install() -> Callable[[], None]:
                 self, message_body, encode_chunked=encode_chunked
             )
         except BaseException as exc:
-            self._stm_outgoing = None  # type: ignore[attr-defined]
             fail(span, exc, _TIMEOUTS)
+            if not (isinstance(exc, OSError) and exc.errno in _PEER_CLOSED):
+                self._stm_outgoing = None  # type: ignore[attr-defined]
+            # else kept: a response read next gives the (ended) span its outcome
             raise
 
     def getresponse(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
@@ -330,7 +346,9 @@ def install() -> Callable[[], None]:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
             raise
-        if span is not None:
+        if span is not None and span._end is not None:  # sending failed, yet it answered
+            late_response(span, response.status)
+        elif span is not None:
             try:
                 record_status(span, response.status)
                 if response.fp is None or response.length == 0:
@@ -428,6 +446,7 @@ def install() -> Callable[[], None]:
         fn.__doc__ = response_originals[name].__doc__
     setattr(_Conn, _STATE, None)
     setattr(_Conn, _ROUTE, None)
+    setattr(_Conn, _STARTED, None)
     setattr(_Resp, _SPAN, None)
     for name, fn in wrappers.items():
         setattr(_Conn, name, fn)

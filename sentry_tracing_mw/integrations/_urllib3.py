@@ -6,8 +6,9 @@ proxy opens the tunnel in ``_prepare_proxy`` first, before it calls ``putrequest
 handshake timeout would leave no span at all. Both ``HTTPSConnectionPool`` methods are
 wrapped; when one raises inside a recording span, an ``http.client`` span for the
 request (method and URL read from the calling ``_make_request`` or ``urlopen``) ends
-with the error's status, and the exception goes on unchanged. Plain HTTP pools connect inside
-``http.client`` (already covered), so they are not touched.
+with the error's status, and the exception goes on unchanged; when they succeed, the request's
+span is dated back to when they started, so it covers the connection made for it. Plain
+HTTP pools connect inside ``http.client`` (already covered), so they are not touched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from time import perf_counter
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,8 +43,8 @@ def _request_of(frame: FrameType | None) -> tuple[str, str] | None:
     return None
 
 
-def _failed(pool: Any, exc: BaseException, caller: FrameType | None) -> None:
-    """Record the failed request as an ended span (never raises)."""
+def _failed(pool: Any, exc: BaseException, caller: FrameType | None, started: float) -> None:
+    """Record the failed request as an ended span from ``started`` (never raises)."""
     try:
         parent = CURRENT_SPAN.get()
         if parent is None or not parent._recording or SUPPRESS_INSTRUMENTATION.get():
@@ -66,6 +68,7 @@ def _failed(pool: Any, exc: BaseException, caller: FrameType | None) -> None:
         full = base + path.partition("?")[0].partition("#")[0]
         span = start_client_span(parent, method.upper(), full, host, ORIGIN)
         if span is not None:
+            span._start = min(span._start, started)
             fail(span, exc, _timeouts(exc))
     except Exception:
         logger.debug("recording a failed HTTPS connection failed", exc_info=True)
@@ -89,11 +92,19 @@ _CONNECTING = ("_validate_conn", "_prepare_proxy")
 
 def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     def connecting(self: Any, conn: Any) -> None:
+        started = perf_counter()
         try:
             original(self, conn)
         except BaseException as exc:
-            _failed(self, exc, sys._getframe(1))
+            _failed(self, exc, sys._getframe(1), started)
             raise
+        # The span starts at putrequest, after this: it is dated back to include the
+        # connection (TCP, TLS handshake, proxy tunnel) made here for it.
+        try:
+            if conn._stm_started is None:
+                conn._stm_started = started
+        except Exception:
+            pass
 
     connecting.__wrapped__ = original  # type: ignore[attr-defined]
     connecting.__name__ = original.__name__

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -297,6 +298,20 @@ def fail(span: Span, exc: BaseException, timeouts: tuple[type[BaseException], ..
         span.finish()
     except Exception:
         logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
+
+
+def late_response(span: Span, status: int) -> None:
+    """A response read after sending the request failed (the server answered early and
+    closed, e.g. a 413 before the whole body arrived, which urllib3 1.26 and plain
+    ``http.client`` callers still read): the failed span takes the response's outcome
+    and ends now (never raises)."""
+    try:
+        if span._data is not None:
+            span._data.pop("error.type", None)
+        record_status(span, status)
+        span._end = time.perf_counter()
+    except Exception:
+        logger.exception("sentry_tracing_mw: recording an HTTP response failed")
 
 
 def finish(span: Span) -> None:
