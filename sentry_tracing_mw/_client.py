@@ -61,14 +61,12 @@ class Client:
         for item in options.ignore_transactions:
             if isinstance(item, str):
                 exact.add(item)
-                if not item:  # "" would match every name once anchored: only the empty one
-                    continue
-                try:  # as sentry-sdk: searched in the name, anchored at its end
-                    patterns.append(re.compile(item if item.endswith("$") else item + "$"))
+                try:  # also a regex matching the whole name
+                    patterns.append(re.compile(item))
                 except re.error:
                     pass
             else:
-                patterns.append(item)  # a compiled pattern: searched as given
+                patterns.append(item)
         self._ignore_exact = frozenset(exact)
         self._ignore_patterns = tuple(patterns)
         self._trust = options.trust_incoming_traces
@@ -311,7 +309,7 @@ class Client:
     def _is_ignored(self, name: str) -> bool:
         if name in self._ignore_exact:
             return True
-        return any(p.search(name) for p in self._ignore_patterns)
+        return any(p.fullmatch(name) for p in self._ignore_patterns)
 
     def _prepare_transaction(
         self, tx: Transaction
