@@ -891,6 +891,52 @@ def test_https_span_covers_the_connection_made_for_it(library: str, tmp_path: An
     assert span.timestamp is not None and span.timestamp - span.start_timestamp >= 0.4
 
 
+def test_a_kept_alive_https_connection_dates_no_later_span_back(tmp_path: Any) -> None:
+    # urllib3 validates a pooled connection before every request: the time noted there
+    # belongs to that request only, traced or not, never to a later one.
+    import ssl
+    import time
+
+    import trustme
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/"
+    stm.init(traces_sample_rate=1.0)
+    try:
+        with requests.Session() as session:
+            assert session.get(url, verify=str(ca_file), timeout=5).text == "ok"  # untraced
+            with stm.start_transaction("unsampled", sampled=False):
+                assert session.get(url, verify=str(ca_file), timeout=5).text == "ok"
+            time.sleep(0.3)
+            with stm.start_transaction("t") as tx:
+                assert session.get(url, verify=str(ca_file), timeout=5).text == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+    (span,) = http_spans(tx)
+    assert span.timestamp is not None and span.timestamp - span.start_timestamp < 0.25
+    assert span.start_timestamp >= tx.start_timestamp
+
+
 def test_a_response_sent_before_the_whole_body_gives_the_span_its_status() -> None:
     # The server answers 413 after the headers and closes: sending the body fails, yet the
     # response is there to read (urllib3 1.26 reads it; so can an http.client caller).

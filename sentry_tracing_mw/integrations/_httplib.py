@@ -69,9 +69,14 @@ _Outgoing = tuple[PropagationContext, Span | None, str | None, bool]
 
 
 def _begin(
-    conn: http.client.HTTPConnection, parent: Span | None, method: str, url: str
+    conn: http.client.HTTPConnection,
+    parent: Span | None,
+    method: str,
+    url: str,
+    started: float | None,
 ) -> _Outgoing | None:
-    """Decide span and headers for a request that ``putrequest`` just started."""
+    """Decide span and headers for a request that ``putrequest`` just started (``started``:
+    when urllib3 began connecting for it, else None)."""
     ctx = trace_context(parent)
     if ctx is None:
         return None
@@ -122,11 +127,8 @@ def _begin(
         elif path == "*":  # OPTIONS * (the server as a whole): the URL's empty path
             path = ""
         span = start_client_span(parent, method, base + path, host, ORIGIN)
-        started = conn._stm_started  # type: ignore[attr-defined]
-        if started is not None:  # urllib3 connected for this request first (_urllib3)
-            conn._stm_started = None  # type: ignore[attr-defined]
-            if span is not None and started < span._start:
-                span._start = started
+        if span is not None and started is not None and started < span._start:
+            span._start = started  # urllib3 connected for this request first (_urllib3)
         if span is not None and rest and opts.send_default_pii:
             query, _, fragment = rest.partition("#")
             add_query(span, query[1:], fragment)
@@ -282,6 +284,9 @@ def install() -> Callable[[], None]:
         skip_accept_encoding: bool = False,
     ) -> None:
         stale = self._stm_outgoing  # type: ignore[attr-defined]
+        started = self._stm_started  # type: ignore[attr-defined]
+        if started is not None:  # this request's only: never a later one's on the connection
+            self._stm_started = None  # type: ignore[attr-defined]
         orig_putrequest(self, method, url, skip_host, skip_accept_encoding)
         if stale is not None:  # only after a request that never reached endheaders()
             self._stm_outgoing = None  # type: ignore[attr-defined]
@@ -290,7 +295,7 @@ def install() -> Callable[[], None]:
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return
         try:
-            out = _begin(self, parent, method, url)
+            out = _begin(self, parent, method, url, started)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an http.client request failed")
             return

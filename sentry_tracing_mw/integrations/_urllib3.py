@@ -100,7 +100,7 @@ def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
             raise
         # The span starts at putrequest, after this: it is dated back to include the
         # connection (TCP, TLS handshake, proxy tunnel) made here for it.
-        try:
+        try:  # the earliest of the two (the tunnel first), taken by the next putrequest
             if conn._stm_started is None:
                 conn._stm_started = started
         except Exception:
