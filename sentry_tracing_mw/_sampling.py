@@ -55,14 +55,11 @@ def _as_rate(value: Any) -> float | None:
     """A sampler result as a rate in [0, 1], or None when it is garbage."""
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, int | float):
+    if not isinstance(value, Real | Decimal):  # Fraction, Decimal, numpy too: as sentry-sdk
+        return None
+    try:
         rate = float(value)
-    elif isinstance(value, Real | Decimal):  # Fraction, Decimal, numpy: as sentry-sdk
-        try:
-            rate = float(value)
-        except Exception:
-            return None
-    else:
+    except Exception:  # an int too large for a float, an odd Real
         return None
     if not math.isnan(rate) and 0.0 <= rate <= 1.0:
         return rate

@@ -255,6 +255,17 @@ class Transport:
             return worker
         return None
 
+    def _start(self, worker: threading.Thread) -> None:
+        """Start ``worker`` (no lock held); if the thread cannot start (a process out of
+        threads), the next submit, flush or close tries again, and the failure is logged."""
+        try:
+            worker.start()
+        except Exception:
+            with self._cond:
+                if self._worker is worker:
+                    self._worker = None
+            logger.exception("sentry_tracing_mw: cannot start the transport's sender thread")
+
     # -- request-thread API ----------------------------------------------------------------
 
     def submit(self, pending: Pending) -> bool:
@@ -286,7 +297,7 @@ class Transport:
                 queued = True
         if queued:
             if start is not None:
-                start.start()
+                self._start(start)
             return True
         _record(self.reports, "queue_overflow", pending.category, pending.span_count)
         return False
@@ -305,7 +316,7 @@ class Transport:
                 self._cond.notify()
                 self._idle = False
         if start is not None:
-            start.start()
+            self._start(start)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent or dropped, then send client reports."""
@@ -325,7 +336,7 @@ class Transport:
                 return True
             start = self._new_worker()
         if start is not None:
-            start.start()
+            self._start(start)
         with self._cond:
             if self._idle:
                 self._cond.notify()
@@ -359,12 +370,18 @@ class Transport:
                     worker.join(max(0.0, deadline - time.monotonic()))
             except RuntimeError:  # not started yet: its starter is about to; it sees _stop
                 pass
-            if not worker.is_alive():
+            alive = worker.is_alive()
+            if not alive:
                 self._clear_pool()
-            else:  # still sending: what waits behind that send is dropped now, and said so
-                with self._cond:
-                    dropped = self._drop_queued()
-                _warn_dropped(dropped, True)
+            # Still sending, or never ran (it could not start): what waits is dropped now,
+            # and said so.
+            with self._cond:
+                dropped = self._drop_queued() if alive or worker.ident is None else (0, 0, 0)
+            _warn_dropped(dropped, alive)
+        elif worker is None:  # never started (nothing queued, or it could not start)
+            with self._cond:
+                dropped = self._drop_queued()
+            _warn_dropped(dropped, False)
 
     def unsent(self) -> tuple[tuple[int, int, int], bool]:
         """The transactions, spans and error events waiting in the queue, and whether one

@@ -107,7 +107,18 @@ def test_decimal_and_fraction_sampler_results_are_rates(result: Any, rate: float
 
 
 @pytest.mark.parametrize(
-    "garbage", ["0.5", None, math.nan, -0.1, 1.5, object(), Decimal("NaN"), Decimal("2")]
+    "garbage",
+    [
+        "0.5",
+        None,
+        math.nan,
+        -0.1,
+        1.5,
+        object(),
+        Decimal("NaN"),
+        Decimal("2"),
+        pytest.param(10**400, id="int-too-large-for-a-float"),
+    ],
 )
 def test_garbage_sampler_results_mean_unsampled(garbage: Any) -> None:
     init(traces_sampler=lambda ctx: garbage)

@@ -134,6 +134,42 @@ def test_keep_alive_and_no_trace_header_when_dsc_none(
     sentry_server.validate = False  # done above; teardown still checks every body parsed
 
 
+def test_a_sender_thread_that_cannot_start_is_retried_and_drops_are_said(
+    sentry_server: SentryServer,
+    make_transport: MakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A process out of threads (a pids limit): submit() still returns at once, the failure
+    # is logged, the next submit tries again; close() says what it drops.
+    original = threading.Thread.start
+    refuse = [True]
+
+    def start(self: threading.Thread) -> None:
+        if refuse[0] and self.name == "sentry_tracing_mw.transport":
+            raise RuntimeError("can't start new thread")
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    t = make_transport()
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        assert t.submit(tx_pending())
+        assert any("cannot start" in r.getMessage() for r in caplog.records)
+        refuse[0] = False
+        assert t.submit(tx_pending())  # started now: both are sent
+        assert t.flush(5)
+        assert sentry_server.wait_for(2)
+        stuck = make_transport()
+        refuse[0] = True
+        assert stuck.submit(tx_pending(spans=2))
+        caplog.clear()
+        started = time.monotonic()
+        stuck.close(timeout=0.5)
+    assert time.monotonic() - started < 2
+    (record,) = [r for r in caplog.records if "still queued" in r.getMessage()]
+    assert "1 transaction(s) (3 span(s))" in record.getMessage()
+
+
 def test_worker_thread_identity(sentry_server: SentryServer, make_transport: MakeTransport) -> None:
     seen: dict[str, Any] = {}
 
