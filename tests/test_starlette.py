@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 import sentry_tracing_mw as stm
 from sentry_tracing_mw.integrations import asgi as generic_asgi
@@ -778,3 +778,38 @@ def test_pipelined_requests_each_get_their_own_trace(sentry_server: SentryServer
             assert sentry_server.transactions() == []
     assert len(ids) == 2 and len({trace_id for trace_id, _ in ids}) == 2
     assert all("sentry-transaction=/users/" in unquote(t["baggage"]) for t in traces)
+
+
+def test_an_app_called_in_process_continues_the_request_trace(sentry_server: SentryServer) -> None:
+    # A view calls another traced app in-process (httpx.ASGITransport): not a nested
+    # middleware (its own scope), so its own transaction, continuing the caller's trace
+    # as a child of the caller's current span; the caller keeps its own name.
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    async def inner_view(request: Request) -> Response:
+        return PlainTextResponse(request.path_params["x"])
+
+    inner = Starlette(routes=[Route("/inner/{x}", inner_view)])
+    inner.add_middleware(TracingMiddleware)
+
+    async def outer_view(request: Request) -> Response:
+        transport = httpx.ASGITransport(app=inner)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inner") as client:
+            with stm.start_span("call", "inner") as span:
+                text = (await client.get("/inner/7")).text
+        return JSONResponse({"text": text, "span": span.span_id})
+
+    outer = Starlette(routes=[Route("/outer", outer_view)])
+    outer.add_middleware(TracingMiddleware)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with TestClient(outer) as c:
+        body = c.get("/outer").json()
+    assert body["text"] == "7"
+    txs = {t["transaction"]: t for t in flushed_transactions(sentry_server, 2)}
+    assert set(txs) == {"/outer", "/inner/{x}"}
+    outer_trace, inner_trace = (txs[n]["contexts"]["trace"] for n in ("/outer", "/inner/{x}"))
+    assert inner_trace["trace_id"] == outer_trace["trace_id"]
+    assert inner_trace["parent_span_id"] == body["span"]

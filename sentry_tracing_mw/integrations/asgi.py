@@ -23,7 +23,7 @@ from typing import Any
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._request import MAX_HEADERS, request_info
-from .._tracing import Transaction
+from .._tracing import Span, Transaction
 from ._common import (
     REQUEST_TX_KEY,
     ensure_client,
@@ -111,6 +111,17 @@ def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
         except (TypeError, ValueError, IndexError):  # not (name, bytes) pairs: the loop
             pass
     return _joined_trace_headers(headers)
+
+
+def _in_process(parent: Span) -> dict[str, str] | None:
+    """The trace headers of ``parent``, for an app called in-process inside a traced
+    request or span (``httpx.ASGITransport``, a test client): its request continues that
+    trace as a child of ``parent`` (the scope tells a nested middleware apart)."""
+    try:
+        return parent._context().headers(parent._span_id)
+    except Exception:
+        logger.debug("continuing the current trace in-process failed", exc_info=True)
+        return None
 
 
 def _joined_trace_headers(headers: Any) -> dict[str, str] | None:
@@ -219,6 +230,7 @@ async def flush_client() -> None:
         timeout = client.options.shutdown_timeout
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, client.flush, timeout):
+            client._shutdown_spent = False
             return
         client._shutdown_spent = True  # the exit's close() does not wait a second time
         # The server may end the process right after lifespan (uvicorn re-raises SIGTERM):
@@ -391,11 +403,14 @@ class TracingMiddleware:
         method = "GET" if websocket else str(scope.get("method") or "GET").upper()
         try:
             peer = scope.get("client")
+            carrier = _trace_headers(scope)
+            if carrier is None and (parent := CURRENT_SPAN.get()) is not None:
+                carrier = _in_process(parent)
             tx, ctx = start_request(
                 client,
                 method,
                 str(path),
-                _trace_headers(scope),
+                carrier,
                 _GETTER,
                 str(peer[0]) if peer else None,
                 scope,
