@@ -133,7 +133,10 @@ def test_split_cookie_headers_are_joined_and_bounded() -> None:
     assert asgi_request_info(few, True)["cookies"] == "a=1; b=2"
     assert asgi_request_info(few, True)["headers"]["Cookie"] == "a=1; b=2"
     assert "cookies" not in asgi_request_info(few, False)
-    many = {"type": "http", "headers": [(b"cookie", b"c%d=%s" % (i, b"x" * 8000)) for i in range(300)]}
+    many = {
+        "type": "http",
+        "headers": [(b"cookie", b"c%d=%s" % (i, b"x" * 8000)) for i in range(300)],
+    }
     info = asgi_request_info(many, True)
     assert info["cookies"].startswith("c0=x") and len(info["cookies"]) <= 8192
     assert len(info["headers"]["Cookie"]) <= 2048
@@ -550,3 +553,40 @@ def test_unsampled_request_still_captures_errors_but_not_disconnects(
     assert stm.flush(5)
     assert len(sentry_server.events()) == 1  # nothing new
     assert stm.get_current_span() is None
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+@pytest.mark.parametrize("method", ["GET", "OPTIONS"])  # traced, untraced
+def test_a_responses_last_message_is_sent_with_no_trace_context(
+    sentry_server: SentryServer, rate: float, method: str
+) -> None:
+    # The server may start the connection's next request inside the last send (uvicorn,
+    # for a request already buffered): that request's task must not start with this
+    # request's span. Trailers, when announced, are the last message.
+    from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+    seen: list[tuple[str, bool, bool]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        kind = message["type"].rpartition(".")[2]
+        seen.append((kind, CURRENT_SPAN.get() is not None, PROPAGATION_CONTEXT.get() is not None))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": "/t", "headers": [], "asgi": {}}
+    asyncio.run(TracingMiddleware(app)(scope, receive, send))
+    traced = method == "GET"
+    assert seen == [
+        ("start", traced, not traced),
+        ("body", traced, not traced),
+        ("body", False, False),
+        ("trailers", False, False),
+    ]

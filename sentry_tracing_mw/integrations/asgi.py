@@ -57,7 +57,9 @@ _FLUSHED_KEY = "sentry_tracing_mw.flushed"
 #: extension has one too); a path send is always the whole body.
 _BODY = frozenset({"http.response.body", "http.response.zerocopysend"})
 _FINAL_BODY = frozenset({"http.response.pathsend"})
-_FINAL = _FINAL_BODY | _BODY
+#: Messages that can end a response: a body one without ``more_body``, trailers (sent
+#: after the body when the response start announced them) without ``more_trailers``.
+_FINAL = _FINAL_BODY | _BODY | {"http.response.trailers"}
 _TRACE_HEADERS = {
     b"sentry-trace": "sentry-trace",
     b"baggage": "baggage",
@@ -277,7 +279,11 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
 
     async def watched_send(message: Message) -> None:
         try:
-            if message.get("more_body") or message.get("type") not in _FINAL:
+            if (
+                message.get("more_body")
+                or message.get("more_trailers")
+                or message.get("type") not in _FINAL
+            ):
                 await send(message)
             else:
                 await _send_final(send, message)
@@ -603,7 +609,9 @@ class TracingMiddleware:
             elif kind in _FINAL_BODY:
                 complete = True
             try:
-                if complete:
+                if complete or (
+                    kind == "http.response.trailers" and not message.get("more_trailers")
+                ):
                     await _send_final(send, message)
                 else:
                     await send(message)
