@@ -15,7 +15,7 @@ import sentry_tracing_mw as stm
 from sentry_tracing_mw.integrations.asgi import TracingMiddleware
 
 from .asgi_apps import raw_asgi_app
-from .sentry_server import SentryServer
+from .sentry_server import SentryServer, flushed_transactions
 from .servers import run_asgi, sigterm_with_queued_transactions
 
 TRACE = "771a43a4192642f0b136d5159a501700"
@@ -590,3 +590,54 @@ def test_a_responses_last_message_is_sent_with_no_trace_context(
         ("body", False, False),
         ("trailers", False, False),
     ]
+
+
+def test_keep_alive_requests_after_a_large_upload_get_their_own_traces(
+    sentry_server: SentryServer,
+) -> None:
+    # A body over uvicorn's high-water mark pauses reading; the app's receive() resumes it
+    # inside the request's context, so the connection's later request tasks start with a
+    # copy of that context (the request's span current). They are still their own.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        span = stm.get_current_span()
+        body = f"{span.trace_id if span else None}".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def read_response(sock: socket.socket, data: bytes) -> tuple[str, bytes]:
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        return rest[:length].decode(), rest[length:]
+
+    big = b"x" * 100_000  # over the high-water mark (64 KiB), its last part under it
+    with run_asgi(TracingMiddleware(app), http="h11", loop="asyncio") as url:
+        port = int(url.rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+            )
+            seen = [read_response(sock, b"")[0]]
+            for path in (b"/second", b"/third"):
+                time.sleep(0.05)
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                seen.append(read_response(sock, b"")[0])
+        txs = flushed_transactions(sentry_server, 3)
+    assert len(set(seen)) == 3, seen
+    assert {t["contexts"]["trace"]["trace_id"] for t in txs} == set(seen)
+    assert all("parent_span_id" not in t["contexts"]["trace"] for t in txs)

@@ -752,7 +752,9 @@ def test_middleware_failing_before_routing_is_not_named_after_the_raw_path(
 
 
 @pytest.mark.parametrize("rate", [1.0, 0.0])
-def test_pipelined_requests_each_get_their_own_trace(sentry_server: SentryServer, rate: float) -> None:
+def test_pipelined_requests_each_get_their_own_trace(
+    sentry_server: SentryServer, rate: float
+) -> None:
     # uvicorn starts a buffered request inside the previous response's last send: its task
     # starts with a copy of that request's context, whose transaction is still open
     # (its background task runs). Each request must still get its own transaction.
@@ -780,10 +782,12 @@ def test_pipelined_requests_each_get_their_own_trace(sentry_server: SentryServer
     assert all("sentry-transaction=/users/" in unquote(t["baggage"]) for t in traces)
 
 
-def test_an_app_called_in_process_continues_the_request_trace(sentry_server: SentryServer) -> None:
+def test_an_app_called_in_process_keeps_its_own_name_and_trace(
+    sentry_server: SentryServer,
+) -> None:
     # A view calls another traced app in-process (httpx.ASGITransport): not a nested
-    # middleware (its own scope), so its own transaction, continuing the caller's trace
-    # as a child of the caller's current span; the caller keeps its own name.
+    # middleware (its own scope), so its own transaction and, unless the caller passes
+    # its trace headers, its own trace; the caller keeps its own name either way.
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -798,18 +802,24 @@ def test_an_app_called_in_process_continues_the_request_trace(sentry_server: Sen
     async def outer_view(request: Request) -> Response:
         transport = httpx.ASGITransport(app=inner)
         async with httpx.AsyncClient(transport=transport, base_url="http://inner") as client:
+            plain = (await client.get("/inner/7")).text
             with stm.start_span("call", "inner") as span:
-                text = (await client.get("/inner/7")).text
-        return JSONResponse({"text": text, "span": span.span_id})
+                linked = (await client.get("/inner/8", headers=stm.get_trace_headers())).text
+        return JSONResponse({"text": plain + linked, "span": span.span_id})
 
     outer = Starlette(routes=[Route("/outer", outer_view)])
     outer.add_middleware(TracingMiddleware)
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with TestClient(outer) as c:
         body = c.get("/outer").json()
-    assert body["text"] == "7"
-    txs = {t["transaction"]: t for t in flushed_transactions(sentry_server, 2)}
-    assert set(txs) == {"/outer", "/inner/{x}"}
-    outer_trace, inner_trace = (txs[n]["contexts"]["trace"] for n in ("/outer", "/inner/{x}"))
-    assert inner_trace["trace_id"] == outer_trace["trace_id"]
-    assert inner_trace["parent_span_id"] == body["span"]
+    assert body["text"] == "78"
+    txs = flushed_transactions(sentry_server, 3)
+    assert sorted(t["transaction"] for t in txs) == ["/inner/{x}", "/inner/{x}", "/outer"]
+    (outer_tx,) = [t["contexts"]["trace"] for t in txs if t["transaction"] == "/outer"]
+    plain, linked = sorted(
+        (t["contexts"]["trace"] for t in txs if t["transaction"] == "/inner/{x}"),
+        key=lambda trace: trace["trace_id"] == outer_tx["trace_id"],
+    )
+    assert plain["trace_id"] != outer_tx["trace_id"] and "parent_span_id" not in plain
+    assert linked["trace_id"] == outer_tx["trace_id"]
+    assert linked["parent_span_id"] == body["span"]

@@ -23,7 +23,7 @@ from typing import Any
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._request import MAX_HEADERS, request_info
-from .._tracing import Span, Transaction
+from .._tracing import Transaction
 from ._common import (
     REQUEST_TX_KEY,
     ensure_client,
@@ -113,17 +113,6 @@ def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
         except (TypeError, ValueError, IndexError):  # not (name, bytes) pairs: the loop
             pass
     return _joined_trace_headers(headers)
-
-
-def _in_process(parent: Span) -> dict[str, str] | None:
-    """The trace headers of ``parent``, for an app called in-process inside a traced
-    request or span (``httpx.ASGITransport``, a test client): its request continues that
-    trace as a child of ``parent`` (the scope tells a nested middleware apart)."""
-    try:
-        return parent._context().headers(parent._span_id)
-    except Exception:
-        logger.debug("continuing the current trace in-process failed", exc_info=True)
-        return None
 
 
 def _joined_trace_headers(headers: Any) -> dict[str, str] | None:
@@ -383,10 +372,10 @@ class TracingMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        # An outer middleware owns the request when the scope says so. Not the current
-        # span: a server may start a connection's next request inside the previous one's
-        # final send (uvicorn, for a request already buffered), so that request's task
-        # starts with a copy of the previous request's context.
+        # An outer middleware owns the request when the scope says so. Never the current
+        # span: a request's task may start with a copy of an earlier request's context on
+        # the same connection (uvicorn starts a buffered request inside the previous one's
+        # last send, and resumes reading inside an app's receive()).
         owner = scope.get(SCOPE_KEY)
         if owner is not None:
             await self.name_only(scope, receive, send, owner)
@@ -409,14 +398,11 @@ class TracingMiddleware:
         method = "GET" if websocket else str(scope.get("method") or "GET").upper()
         try:
             peer = scope.get("client")
-            carrier = _trace_headers(scope)
-            if carrier is None and (parent := CURRENT_SPAN.get()) is not None:
-                carrier = _in_process(parent)
             tx, ctx = start_request(
                 client,
                 method,
                 str(path),
-                carrier,
+                _trace_headers(scope),
                 _GETTER,
                 str(peer[0]) if peer else None,
                 scope,
