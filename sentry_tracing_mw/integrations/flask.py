@@ -1,7 +1,9 @@
 """Flask integration: ``FlaskTracing(app)`` or ``FlaskTracing().init_app(app)``.
 
-It wraps ``app.wsgi_app`` (so apps served through ``wsgi_app`` — Connexion, debug
-wrappers — are traced too) with the WSGI lifecycle middleware and names each transaction
+It wraps ``app.wsgi_app`` (so servers and wrappers that call ``app.wsgi_app`` are traced
+too; Connexion 3 keeps the ``wsgi_app`` it found when it built the app: wrap the Connexion
+app in ``sentry_tracing_mw.integrations.asgi.TracingMiddleware`` there) with the WSGI
+lifecycle middleware and names each transaction
 after its URL rule as soon as routing has happened, before the view runs:
 ``/users/<int:user_id>``, ``/api/v1/items/<slug>`` (blueprint prefixes and any
 ``SCRIPT_NAME`` mount prefix included), or ``"GET 404"`` when nothing matched.
