@@ -19,13 +19,12 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
-from numbers import Real
 from typing import Any
 from urllib.parse import urlsplit
 
 from ._dsn import Dsn
 from ._errors import ConfigurationError
+from ._sampling import as_rate
 
 __all__ = ["DEFAULT_OPTIONS", "Options", "build_options"]
 
@@ -109,13 +108,8 @@ def _fail(name: str, value: Any, why: str) -> ConfigurationError:
 def _rate(name: str, value: Any, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, Real | Decimal):
-        raise _fail(name, value, "expected a number between 0 and 1")
-    try:  # Fraction, Decimal, numpy numbers too (as sentry-sdk)
-        rate = float(value)
-    except Exception:
-        raise _fail(name, value, "expected a number between 0 and 1") from None
-    if math.isnan(rate) or not 0.0 <= rate <= 1.0:
+    rate = None if isinstance(value, bool) else as_rate(value)  # Fraction, Decimal too
+    if rate is None:
         raise _fail(name, value, "expected a number between 0 and 1")
     return rate
 

@@ -20,7 +20,7 @@ from typing import Any
 from ._ids import trace_sample_rand
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
-__all__ = ["SamplingContext", "TokenBucket", "continued_sampling", "decide"]
+__all__ = ["SamplingContext", "TokenBucket", "as_rate", "continued_sampling", "decide"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -51,8 +51,8 @@ class SamplingContext(Mapping[str, Any]):
         return f"SamplingContext({self._data!r})"
 
 
-def _as_rate(value: Any) -> float | None:
-    """A sampler result as a rate in [0, 1], or None when it is garbage."""
+def as_rate(value: Any) -> float | None:
+    """A sampler result (or a rate option) as a rate in [0, 1], or None when it is garbage."""
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if not isinstance(value, Real | Decimal):  # Fraction, Decimal, numpy too: as sentry-sdk
@@ -82,7 +82,7 @@ def decide(
         except Exception:
             logger.debug("traces_sampler raised; transaction not sampled", exc_info=True)
             return False, 0.0
-        rate = _as_rate(raw)
+        rate = as_rate(raw)
         if rate is None:
             logger.debug("traces_sampler returned %r, not a rate in [0, 1]; not sampled", raw)
             return False, 0.0

@@ -316,9 +316,9 @@ class TracingMiddleware:
             if scope is None:  # WSGI: also a WSGI app mounted in a traced ASGI app
                 outer = active_request_transaction() or meta.get(_OUTER_KEY)
             else:
-                # ASGI: the scope only. The current span may be the previous request's on
-                # this connection (a server can start a request inside the previous one's
-                # last send, copying its context).
+                # ASGI: the scope only. The current span may be an earlier request's on
+                # this connection (uvicorn starts a request inside the previous one's last
+                # send, and resumes reading inside an app's receive(), copying its context).
                 outer = scope.get(_OUTER_KEY)
             if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
                 state = _State(outer, get_client(), request.method or "GET", False, self)
