@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._ids import new_event_id
+from ._request import client_ip
 from ._serialize import json_int
 from ._version import VERSION
 
@@ -202,7 +203,15 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
     request = _request_of(tx)
     if request is not None:
         event["request"] = request
+        if options.send_default_pii:
+            _add_user_ip(event, request)
     return event
+
+
+def _add_user_ip(event: dict[str, Any], request: Mapping[str, Any]) -> None:
+    ip = client_ip(request)
+    if ip is not None:
+        event["user"] = {"ip_address": ip}
 
 
 def _request_of(tx: Transaction) -> dict[str, Any] | None:
@@ -254,6 +263,30 @@ def _safe_repr(value: Any) -> str:
     return text if len(text) <= 512 else text[:509] + "..."
 
 
+#: Source lines sent before and after a frame's line, as ``sentry-sdk`` sends them.
+_CONTEXT_LINES = 5
+_MAX_LINE = 512
+
+
+def _short_filename(module: str | None, path: str) -> str:
+    """A frame's ``filename`` as ``sentry-sdk`` gives it: relative to the directory its
+    top-level package sits in (``app.py``, ``mypkg/views.py``); ``abs_path`` keeps the path."""
+    if not module or path.startswith("<"):
+        return path
+    try:
+        if path.endswith(".pyc"):
+            path = path[:-1]
+        top = module.partition(".")[0]
+        if top == module:
+            return os.path.basename(path)
+        top_file = getattr(sys.modules.get(top), "__file__", None)
+        if not isinstance(top_file, str) or not top_file:
+            return path
+        return path.split(top_file.rsplit(os.sep, 2)[0], 1)[-1].lstrip(os.sep)
+    except Exception:
+        return path
+
+
 def _frames(
     tb: TracebackType | None, with_locals: bool, limit: int = _MAX_FRAMES
 ) -> list[dict[str, Any]]:
@@ -263,18 +296,27 @@ def _frames(
         code = frame.f_code
         filename = code.co_filename
         module = frame.f_globals.get("__name__")
+        if not isinstance(module, str):
+            module = None
         lineno = tb.tb_lineno
         entry: dict[str, Any] = {
-            "filename": filename,
+            "filename": _short_filename(module, filename),
             "abs_path": os.path.abspath(filename) if not filename.startswith("<") else filename,
             "function": code.co_name,
-            "module": module if isinstance(module, str) else None,
+            "module": module,
             "lineno": lineno,
-            "in_app": _in_app(filename, module if isinstance(module, str) else None),
+            "in_app": _in_app(filename, module),
         }
-        line = linecache.getline(filename, lineno, frame.f_globals)
-        if line:
-            entry["context_line"] = line.rstrip("\n")[:512]
+        lines = linecache.getlines(filename, frame.f_globals) if lineno else ()
+        if lineno is not None and 0 < lineno <= len(lines):
+            entry["pre_context"] = [
+                line.rstrip("\r\n")[:_MAX_LINE]
+                for line in lines[max(0, lineno - 1 - _CONTEXT_LINES) : lineno - 1]
+            ]
+            entry["context_line"] = lines[lineno - 1].rstrip("\r\n")[:_MAX_LINE]
+            entry["post_context"] = [
+                line.rstrip("\r\n")[:_MAX_LINE] for line in lines[lineno : lineno + _CONTEXT_LINES]
+            ]
         if with_locals:
             entry["vars"] = {
                 str(k): _safe_repr(v) for k, v in list(frame.f_locals.items())[:_MAX_VARS]
@@ -389,6 +431,8 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
         for frame in frames if isinstance(frames, list) else ():
             if isinstance(frame, dict):
                 frame.pop("vars", None)
+                frame.pop("pre_context", None)
+                frame.pop("post_context", None)
     data = dumps(payload)
     dropped = 0
     while len(data) > MAX_ITEM_BYTES and isinstance(spans, list) and spans:
@@ -422,6 +466,8 @@ def error_event_bytes(event: Mapping[str, Any]) -> int:
             size += 256 + len(exc.get("value") or "")
             for frame in (exc.get("stacktrace") or {}).get("frames", ()):
                 size += 320 + len(frame.get("context_line") or "")
+                for key in ("pre_context", "post_context"):
+                    size += sum(len(line) + 4 for line in frame.get(key) or ())
                 frame_vars = frame.get("vars")
                 if frame_vars:
                     size += sum(len(k) + len(v) + 8 for k, v in frame_vars.items())
@@ -430,11 +476,33 @@ def error_event_bytes(event: Mapping[str, Any]) -> int:
     return size
 
 
-def _exception_value(exc: BaseException) -> str:
+def _str(value: Any) -> str:
     try:
-        text = str(exc)
+        return str(value)
     except Exception:
-        text = "<unprintable exception>"
+        return _safe_repr(value)
+
+
+def _exception_value(exc: BaseException) -> str:
+    """The exception's message as ``sentry-sdk`` words it: its ``message`` or ``detail``
+    attribute when set (Django's ``ValidationError``, Starlette's ``HTTPException``), else
+    ``str()``; its notes (``add_note``) on lines after it."""
+    try:
+        given: Any = getattr(exc, "message", "") or getattr(exc, "detail", "")
+    except Exception:
+        given = ""
+    text = _str(given) if given else ""
+    if not text:
+        try:
+            text = str(exc)
+        except Exception:
+            text = "<unprintable exception>"
+    try:
+        notes = getattr(exc, "__notes__", None)
+    except Exception:
+        notes = None
+    if isinstance(notes, list) and notes:
+        text += "\n" + "\n".join(note for note in notes if isinstance(note, str))
     return text[:_MAX_VALUE]
 
 
@@ -460,21 +528,18 @@ def error_event(
         limit = max(6, min(_MAX_FRAMES, _MAX_TREE_FRAMES // len(chain)))
     for i, item in enumerate(chain):
         cls = type(item)
-        entry: dict[str, Any] = {
-            "type": cls.__qualname__,
-            "value": _exception_value(item),
-            "module": cls.__module__,
-        }
+        entry: dict[str, Any] = {"type": cls.__qualname__, "value": _exception_value(item)}
+        module = getattr(cls, "__module__", None)
+        if isinstance(module, str) and module not in ("builtins", "__builtins__"):
+            entry["module"] = module
         frames = _frames(item.__traceback__, with_locals, limit)
         if frames:  # an exception that was never raised has no traceback
             entry["stacktrace"] = {"frames": frames}
         if tree is not None:
             fields = tree[i][1]
-            if fields.get("is_exception_group"):  # its message, not "... (2 sub-exceptions)"
-                entry["value"] = _exception_value(getattr(item, "message", item))
             kind = mechanism if fields["exception_id"] == 0 else "chained"  # as sentry-sdk
             entry["mechanism"] = {"type": kind, "handled": handled, **fields}
-        elif i == len(chain) - 1:
+        else:  # each exception of a chain says how the one raised last was caught
             entry["mechanism"] = {"type": mechanism, "handled": handled}
         values.append(entry)
     trace: dict[str, Any] = {"trace_id": ctx.trace_id}
@@ -510,6 +575,8 @@ def error_event(
         request = _request_of(tx)
         if request is not None:
             event["request"] = request
+            if options.send_default_pii:
+                _add_user_ip(event, request)
     if options.release:
         event["release"] = options.release
     if options.server_name:

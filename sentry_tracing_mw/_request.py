@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 __all__ = [
     "SENSITIVE_HEADERS",
+    "client_ip",
     "compile_ignore_paths",
     "filter_query",
     "origin_form",
@@ -200,6 +202,39 @@ def request_info(
     if env:
         info["env"] = env
     return info
+
+
+def _ip(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text
+
+
+def client_ip(request: Mapping[str, Any]) -> str | None:
+    """The user's address for an event's ``user.ip_address`` (call it only with
+    ``send_default_pii``): the first ``X-Forwarded-For`` entry, else ``X-Real-IP``, else
+    the peer (``env.REMOTE_ADDR``), as ``sentry-sdk`` picks it; one that is not an IP
+    address is skipped."""
+    headers = request.get("headers")
+    if isinstance(headers, Mapping):
+        forwarded = real = None
+        for name, value in headers.items():
+            if not isinstance(name, str):
+                continue
+            low = name.lower()
+            if low == "x-forwarded-for" and isinstance(value, str):
+                forwarded = _ip(value.partition(",")[0])
+            elif low == "x-real-ip":
+                real = _ip(value)
+        if forwarded or real:
+            return forwarded or real
+    env = request.get("env")
+    return _ip(env.get("REMOTE_ADDR")) if isinstance(env, Mapping) else None
 
 
 def compile_ignore_paths(patterns: Iterable[str]) -> re.Pattern[str] | None:

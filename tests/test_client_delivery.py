@@ -185,7 +185,7 @@ def test_capture_exception_links_to_the_current_span(sentry_server: SentryServer
 
     with stm.start_transaction("/users/{id}", source="route") as tx:
         with tx.start_child("db.query", "SELECT") as span:
-            secret = "hunter2"  # noqa: F841  (a local that must not be sent)
+            secret = "hunter" + str(2)  # noqa: F841  (a local that must not be sent)
             try:
                 fail()
             except ValueError:
@@ -213,6 +213,60 @@ def test_capture_exception_links_to_the_current_span(sentry_server: SentryServer
     envelopes = sentry_server.envelopes()
     by_type = {env.items[0].headers["type"]: env for env in envelopes}
     assert by_type["event"].headers["trace"] == by_type["transaction"].headers["trace"]
+
+
+def _raise_with_context() -> None:
+    first = 1
+    second = 2
+    third = 3
+    fourth = 4
+    fifth = 5
+    raise KeyError(first + second + third + fourth + fifth)  # the raising line
+    sixth = 6  # noqa: F841  (after it)
+
+
+class _MessageError(Exception):
+    message = "human readable message"
+
+
+def test_error_event_fields_as_sentry_sdk_sends_them(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+    try:
+        try:
+            _raise_with_context()
+        except KeyError as exc:
+            raise ValueError("base") from exc
+    except ValueError as exc:
+        exc.add_note("note one")
+        stm.capture_exception(exc)
+    try:
+        raise _MessageError(17)
+    except _MessageError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    chained, by_message = sentry_server.events()
+    inner, outer = chained["exception"]["values"]
+    # 5 source lines around the raising line, and a filename relative to the package root
+    frame = inner["stacktrace"]["frames"][-1]
+    assert frame["context_line"].strip().endswith("# the raising line")
+    assert [line.strip() for line in frame["pre_context"]] == [
+        "first = 1",
+        "second = 2",
+        "third = 3",
+        "fourth = 4",
+        "fifth = 5",
+    ]
+    assert frame["post_context"][0].strip().startswith("sixth = 6")
+    assert len(frame["post_context"]) == 5
+    assert frame["filename"] == "tests/test_client_delivery.py"
+    assert frame["abs_path"] == __file__
+    # builtins carry no module; every exception of the chain has the mechanism
+    assert "module" not in inner and "module" not in outer
+    assert inner["mechanism"] == outer["mechanism"] == {"type": "generic", "handled": True}
+    assert outer["value"] == "base\nnote one"
+    (value,) = by_message["exception"]["values"]
+    assert value["value"] == "human readable message"
+    assert value["module"] == __name__
 
 
 def test_locals_only_with_send_default_pii(sentry_server: SentryServer) -> None:

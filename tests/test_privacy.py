@@ -158,6 +158,9 @@ def test_send_default_pii_turns_on_exactly_what_the_docs_say(
     assert S["forwarded-ip"] in headers["x-forwarded-for"]
     assert headers["x-real-ip"] == S["real-ip"]
     assert request["env"]["REMOTE_ADDR"] == "127.0.0.1"
+    # the user's address, as sentry-sdk picks it: the first X-Forwarded-For entry
+    assert _by_name(txs, "/page")["user"] == {"ip_address": S["forwarded-ip"]}
+    assert event["user"] == {"ip_address": "127.0.0.1"}  # /boom: no forwarding header
     assert request["query_string"] == privacy_apps.page_query()
     frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
     assert any(f.get("vars", {}).get("secret_local") == repr(S["local"]) for f in frames)
@@ -265,6 +268,22 @@ def test_encoded_query_keys_absolute_targets_and_host_userinfo_stay_private(
     assert with_query["request"]["query_string"] == (
         f"%74oken={FILTERED}&pass%77ord={FILTERED}&api%5Fkey={FILTERED}&page=2"
     )
+
+
+def test_user_ip_is_the_first_valid_forwarded_address_else_the_peer() -> None:
+    from sentry_tracing_mw._request import client_ip
+
+    def ip(headers: dict[str, str], peer: str | None = "127.0.0.1") -> str | None:
+        return client_ip({"headers": headers, "env": {"REMOTE_ADDR": peer} if peer else {}})
+
+    assert ip({"X-Forwarded-For": " 2001:db8::1 , 10.0.0.1"}) == "2001:db8::1"
+    assert ip({"x-forwarded-for": "203.0.113.9", "x-real-ip": "198.51.100.1"}) == "203.0.113.9"
+    assert ip({"X-Forwarded-For": "unknown, 10.0.0.1", "X-Real-Ip": "198.51.100.1"}) == (
+        "198.51.100.1"
+    )
+    assert ip({"X-Forwarded-For": "<script>", "X-Real-Ip": "1" * 500}) == "127.0.0.1"
+    assert ip({}, peer="not an ip") is None
+    assert ip({}, peer=None) is None
 
 
 def test_request_info_cleans_what_servers_pass_through() -> None:
