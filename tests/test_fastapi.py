@@ -82,6 +82,7 @@ def test_background_task(sentry_server: SentryServer) -> None:
     assert asgi_apps.BG_DONE and received < asgi_apps.BG_DONE[0]
     (span,) = tx["spans"]
     assert (span["op"], span["description"]) == ("function", "bg_sleep")
+    assert span["origin"] == tx["contexts"]["trace"]["origin"] == "auto.http.fastapi"
     assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
 
 

@@ -162,6 +162,11 @@ def test_unhandled_exception(sentry_server: SentryServer) -> None:
     assert tx["contexts"]["trace"]["status"] == "internal_error"
     assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
     assert event["exception"]["values"][-1]["type"] == "ValueError"
+    # as sentry-sdk names it, so `error.mechanism:starlette` searches keep working
+    assert event["exception"]["values"][-1]["mechanism"] == {
+        "type": "starlette",
+        "handled": False,
+    }
 
 
 def test_unhandled_exception_records_the_500_sent_outside_the_middleware(
@@ -387,6 +392,15 @@ def test_exceptions_handled_into_5xx_are_captured_once(
     ]
     txs = {t["transaction"]: t for t in sentry_server.transactions()}
     handled = next(e for e in events if e["exception"]["values"][-1]["type"] == "HandledError")
+    raised = next(e for e in events if e["exception"]["values"][-1]["type"] == "HTTPException")
+    # an HTTPException(5xx) is raised on purpose: handled, its detail as the message (as
+    # sentry-sdk sends it); an exception a handler turned into a 500 is not
+    assert raised["exception"]["values"][-1]["mechanism"] == {"type": "starlette", "handled": True}
+    assert raised["exception"]["values"][-1]["value"] == "down"  # not "503: down"
+    assert handled["exception"]["values"][-1]["mechanism"] == {
+        "type": "starlette",
+        "handled": False,
+    }
     trace = txs["/handled"]["contexts"]["trace"]
     assert handled["contexts"]["trace"]["trace_id"] == trace["trace_id"]
     assert trace["status"] == "internal_error"

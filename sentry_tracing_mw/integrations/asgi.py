@@ -296,7 +296,9 @@ async def _send_final(send: Send, message: Message) -> None:
         CURRENT_SPAN.reset(span_token)
 
 
-def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: bool) -> None:
+def _fail(
+    client: Client, tx: Transaction, exc: BaseException, disconnected: bool, mechanism: str
+) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
         if disconnected or isinstance(exc, asyncio.CancelledError):
@@ -307,7 +309,7 @@ def _fail(client: Client, tx: Transaction, exc: BaseException, disconnected: boo
             return
         tx._status = "internal_error"
         if isinstance(exc, Exception):
-            client.capture_exception(exc, span=tx, mechanism="asgi", handled=False)
+            client.capture_exception(exc, span=tx, mechanism=mechanism, handled=False)
     except Exception:
         logger.exception("sentry_tracing_mw: recording an exception failed")
 
@@ -321,6 +323,8 @@ class TracingMiddleware:
     """
 
     origin = "auto.http.asgi"
+    #: The ``mechanism.type`` of the errors it captures.
+    mechanism = "asgi"
     #: Framework integrations name unmatched requests "GET 404"; the generic one keeps the URL.
     name_unmatched = False
 
@@ -442,7 +446,7 @@ class TracingMiddleware:
         except BaseException as exc:
             if isinstance(exc, Exception):
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, gone[0])
+            _fail(client, tx, exc, gone[0], self.mechanism)
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
@@ -459,7 +463,7 @@ class TracingMiddleware:
         except Exception as exc:
             if not gone[0]:
                 try:
-                    client.capture_exception(exc, mechanism="asgi", handled=False)
+                    client.capture_exception(exc, mechanism=self.mechanism, handled=False)
                 except Exception:
                     logger.exception("sentry_tracing_mw: capturing an exception failed")
             raise
@@ -641,7 +645,7 @@ class TracingMiddleware:
         except BaseException as exc:
             if isinstance(exc, Exception) and not disconnected:
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, disconnected)
+            _fail(client, tx, exc, disconnected, self.mechanism)
             if (
                 tx._response_status is None
                 and not disconnected

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.routing import Host, Match, Mount
 
 from .._client import get_client
@@ -280,6 +281,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
     """
 
     origin = _ORIGIN_STARLETTE
+    mechanism = "starlette"  # as sentry-sdk's, for FastAPI too
     name_unmatched = True
 
     def __init__(self, app: ASGIApp | None = None, /, **options: Any) -> None:
@@ -467,7 +469,10 @@ def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
         scope = getattr(conn, "scope", None)
         tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
         span = CURRENT_SPAN.get() or tx
-        get_client().capture_exception(exc, span=span, mechanism="starlette", handled=False)
+        # A 5xx HTTPException was raised on purpose: handled, as sentry-sdk reports it.
+        get_client().capture_exception(
+            exc, span=span, mechanism="starlette", handled=isinstance(exc, HTTPException)
+        )
     except Exception:
         logger.debug("capturing a handled exception failed", exc_info=True)
 
@@ -506,7 +511,8 @@ def _task_span(task: BackgroundTask) -> Span | None:
         return None
     func = task.func
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    return parent.start_child("function", str(name), origin=_ORIGIN_STARLETTE)
+    origin = tx._origin if tx._origin == _ORIGIN_FASTAPI else _ORIGIN_STARLETTE
+    return parent.start_child("function", str(name), origin=origin)
 
 
 def _instrument_background_tasks() -> None:
