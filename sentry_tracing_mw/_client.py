@@ -56,19 +56,25 @@ class Client:
             )
         cap = options.max_inherited_sampled_per_second
         self._inherited_cap = None if cap is None else TokenBucket(cap)
+        # A str is a name, or a regex matching the whole name ("/health" never drops
+        # "/api/healthcheck"); a compiled pattern is searched (anchored as its author wrote
+        # it), as trace_propagation_targets are.
         exact: set[str] = set()
-        patterns: list[re.Pattern[str]] = []
+        whole: list[re.Pattern[str]] = []
+        searched: list[re.Pattern[str]] = []
         for item in options.ignore_transactions:
             if isinstance(item, str):
                 exact.add(item)
-                try:  # also a regex matching the whole name
-                    patterns.append(re.compile(item))
+                try:
+                    whole.append(re.compile(item))
                 except re.error:
                     pass
             else:
-                patterns.append(item)
+                searched.append(item)
         self._ignore_exact = frozenset(exact)
-        self._ignore_patterns = tuple(patterns)
+        self._ignore_whole = tuple(whole)
+        self._ignore_searched = tuple(searched)
+        self._ignoring = bool(exact or searched)
         self._trust = options.trust_incoming_traces
         self._org_id = options.org_id
         # What may need an incoming baggage at the start of a request: a sampler (parent
@@ -309,14 +315,16 @@ class Client:
     def _is_ignored(self, name: str) -> bool:
         if name in self._ignore_exact:
             return True
-        return any(p.fullmatch(name) for p in self._ignore_patterns)
+        return any(p.fullmatch(name) for p in self._ignore_whole) or any(
+            p.search(name) for p in self._ignore_searched
+        )
 
     def _prepare_transaction(
         self, tx: Transaction
     ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
         """Runs on the transport's worker thread."""
         n = len(tx._spans)
-        if (self._ignore_exact or self._ignore_patterns) and self._is_ignored(tx._name):
+        if self._ignoring and self._is_ignored(tx._name):
             self.reports.record_transaction("event_processor", n)
             return None
         event: dict[str, Any] | None = transaction_event(tx, self.options)

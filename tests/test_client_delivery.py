@@ -174,6 +174,18 @@ def test_ignore_transactions_and_status_codes(sentry_server: SentryServer) -> No
     assert sentry_server.client_reports()[("event_processor", "transaction")] == 4
 
 
+def test_ignore_transactions_compiled_patterns_are_searched(sentry_server: SentryServer) -> None:
+    # A compiled pattern is anchored as written (as trace_propagation_targets are searched);
+    # a string still has to match the whole name.
+    init(sentry_server, ignore_transactions=[re.compile("^rx"), re.compile(r"\.js$"), "health"])
+    for name in ("rx-1", "/app/main.js", "/api/health", "health", "/rx", "main.jsx"):
+        with stm.start_transaction(name):
+            pass
+    assert stm.flush(5)
+    sent = sorted(e["transaction"] for e in sentry_server.transactions())
+    assert sent == ["/api/health", "/rx", "main.jsx"]
+
+
 def test_capture_exception_links_to_the_current_span(sentry_server: SentryServer) -> None:
     init(sentry_server)
 
