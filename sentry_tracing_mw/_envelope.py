@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ class Item:
         """Decode the payload as JSON (``EnvelopeError`` when it is not valid JSON:
         ``NaN`` and ``Infinity`` are not JSON)."""
         try:
-            return json.loads(self.payload.decode("utf-8"), parse_constant=_not_json)
+            return json.loads(
+                self.payload.decode("utf-8"), parse_constant=_not_json, parse_float=_finite
+            )
         except Exception as exc:
             raise EnvelopeError(f"item of type {self.type!r}: payload is not JSON: {exc}")
 
@@ -86,6 +89,15 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused when no float holds it (``1e999``
+    would be stored as ``Infinity``, which is not JSON)."""
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text[:32]} does not fit a float")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are all distinct (a duplicate ``sent_at`` gets an envelope
     rejected by Sentry, protocol §4)."""
@@ -108,7 +120,10 @@ def _parse_header(line: bytes, what: str) -> dict[str, Any]:
         raise EnvelopeError(f"{what}: leading or trailing whitespace in header line")
     try:
         value = json.loads(
-            line.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json
+            line.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_not_json,
+            parse_float=_finite,
         )
     except Exception as exc:
         raise EnvelopeError(f"{what}: header is not valid JSON: {exc}")

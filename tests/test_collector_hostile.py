@@ -413,6 +413,20 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         "start_timestamp",
     ),
     (
+        "a number no float holds in extra data",
+        _tx_envelope(dict(_tx, extra={"n": "@@"}), nested="1e999"),
+        None,
+        400,
+        "float",
+    ),
+    (
+        "a number no float holds in a span's data",
+        _tx_envelope(_with_span(data={"n": "@@"}), nested="-2.5e400"),
+        None,
+        400,
+        "float",
+    ),
+    (
         "client report quantity beyond any count",
         envelope(
             transaction(5),
