@@ -194,6 +194,7 @@ def _text(value: Any) -> str:
         text = str.__str__(value) if isinstance(value, str) else str(value)
     except Exception:  # a raising __str__, an int too long to print
         text = str(json_int(int(value))) if isinstance(value, int) else _safe_repr(value)
+        logger.debug("a value's str() failed: sent as %s", text[:80])
     if type(text) is not str:  # pragma: no cover - str() returns str
         text = "<unrepresentable>"
     return _clip_text(text)  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import logging
 import math
 import time
 from http import HTTPStatus
@@ -29,7 +30,10 @@ class _BadStr:
         return "<BadStr>"
 
 
-def test_odd_values_never_raise_into_the_caller(sentry_server: SentryServer) -> None:
+def test_odd_values_never_raise_into_the_caller(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sentry_tracing_mw")
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with stm.start_transaction("t", op="task") as tx:
         span = tx.start_child("db", "q")
@@ -55,6 +59,10 @@ def test_odd_values_never_raise_into_the_caller(sentry_server: SentryServer) -> 
     (sent,) = event["spans"]
     assert sent["status"] == "unknown"
     assert sent["start_timestamp"] <= sent["timestamp"] <= event["timestamp"]
+    # each value replaced says so in a debug log (the README's promise)
+    logged = caplog.text
+    assert "str() failed: sent as <BadStr>" in logged
+    assert "str() failed: sent as <int of" in logged
 
 
 def test_integers_wider_than_64_bits(sentry_server: SentryServer) -> None:
