@@ -24,6 +24,7 @@ from ._ids import new_trace_id, pop_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
+from ._serialize import limit_depth
 from ._tracing import PropagationContext, Span, Transaction, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
 
@@ -350,6 +351,7 @@ class Client:
             removed = n - (len(spans) if isinstance(spans, list) else 0)
             if removed > 0:  # spans the hook dropped one by one (protocol §15)
                 self.reports.record("before_send", "span", removed)
+            event = limit_depth(event)
         assert event is not None
         return event, dsc
 
@@ -423,7 +425,7 @@ class Client:
             if not isinstance(result, dict):
                 self.reports.record("before_send", "error")
                 return None
-            event = result
+            event = limit_depth(result)
         return event, dsc
 
     # -- lifecycle --------------------------------------------------------------------

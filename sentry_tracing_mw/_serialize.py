@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INT_END", "INT_MIN", "MAX_DEPTH", "MAX_REPR", "dumps", "json_int"]
+__all__ = ["INT_END", "INT_MIN", "MAX_DEPTH", "MAX_REPR", "dumps", "json_int", "limit_depth"]
 
 MAX_DEPTH = 20
 MAX_REPR = 512
@@ -130,6 +130,43 @@ def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
     if isinstance(converted, str):
         return _clean_str(converted)
     return _sanitize(converted, depth + 1, path)
+
+
+def _too_deep(obj: Any) -> bool:
+    """Whether ``obj`` nests dicts or lists more than ``MAX_DEPTH`` deep (a cycle does)."""
+    seen: dict[int, int] = {}  # container id -> the least depth it was walked at
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            return True
+        ident = id(item)
+        if seen.get(ident, MAX_DEPTH) <= depth:
+            continue  # shared: its subtree was walked from higher up already
+        seen[ident] = depth
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def limit_depth(obj: Any) -> Any:
+    """``obj`` itself, or a JSON-safe copy with containers past ``MAX_DEPTH`` replaced by
+    ``"[MaxDepth]"`` (Sentry refuses a payload nested deeper than about 128 levels; how
+    deep ``json.dumps`` goes before a RecursionError depends on the Python version).
+
+    For payloads a user hook returned: the SDK's own payloads are shallow by construction.
+    """
+    try:
+        if not _too_deep(obj):
+            return obj
+        return _sanitize(obj, 0, set())
+    except Exception:  # a mapping that refuses to be walked: dumps() copes with it
+        return obj
 
 
 def dumps(obj: Any) -> bytes:

@@ -155,6 +155,28 @@ def test_a_raising_hook_drops_the_event(sentry_server: SentryServer) -> None:
     assert reports[("before_send", "span")] == 2
 
 
+def test_deep_data_from_hooks_is_capped_so_sentry_accepts_it(sentry_server: SentryServer) -> None:
+    # Sentry refuses a payload nested deeper than ~128 levels; json.dumps nests 300 levels
+    # without a RecursionError (5000 on Python 3.13). The fixture runs relay's normalizer.
+    def deep() -> Any:
+        value: Any = "leaf"
+        for _ in range(300):
+            value = {"k": value}
+        return value
+
+    def add_deep(event: dict[str, Any]) -> dict[str, Any]:
+        event["extra"] = {"deep": deep()}
+        return event
+
+    init(sentry_server, before_send=add_deep, before_send_transaction=add_deep)
+    with stm.start_transaction("deep"):
+        stm.capture_exception(ValueError("x"))
+    assert stm.flush(5)
+    for received in (*sentry_server.transactions(), *sentry_server.events()):
+        assert "[MaxDepth]" in str(received["extra"])
+    assert len(sentry_server.transactions()) == 1 and len(sentry_server.events()) == 1
+
+
 def test_ignore_transactions_and_status_codes(sentry_server: SentryServer) -> None:
     init(
         sentry_server,

@@ -21,7 +21,7 @@ from sentry_tracing_mw._envelope import (
     parse_envelope,
     serialize_envelope,
 )
-from sentry_tracing_mw._serialize import dumps
+from sentry_tracing_mw._serialize import MAX_DEPTH, dumps, limit_depth
 
 # -- serialize_envelope / parse_envelope ---------------------------------------------------
 
@@ -371,9 +371,29 @@ def test_dumps_cycles_and_depth() -> None:
     deep: Any = "leaf"
     for _ in range(5000):
         deep = [deep]
-    text = dumps(deep)
-    assert b"[MaxDepth]" in text
+    text = dumps(deep)  # never raises, however deep (how deep depends on the Python)
     json.loads(text)
+    # What a user hook returns is capped: Sentry refuses payloads over ~128 levels, and
+    # json.dumps nests 5000 levels without a RecursionError on Python 3.13.
+    for nested in (deep, {"a": {"b": deep}}, [a, lst, deep]):
+        text = dumps(limit_depth(nested))
+        assert b"[MaxDepth]" in text
+        assert _depth(json.loads(text)) <= MAX_DEPTH + 1
+    shallow = {"a": [1, {"b": "c"}], "d": ({"e": None},)}
+    assert limit_depth(shallow) is shallow  # nothing copied when nothing is too deep
+    assert json.loads(dumps(limit_depth({"cycle": a})))["cycle"]["self"] == "[Circular]"
+    shared: list[Any] = [1]
+    for _ in range(MAX_DEPTH - 2):
+        shared = [shared, shared]  # 2**18 paths, one object per level: walked fast
+    assert limit_depth(shared) is shared
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def test_dumps_surrogates_valid_utf8() -> None:
