@@ -11,8 +11,10 @@ import atexit
 import functools
 import ipaddress
 import logging
+import os
 import random
 import re
+import sys
 import threading
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -275,6 +277,11 @@ class Client:
             ctx = tx._ctx
             if ctx.transaction is tx and ctx._dsc is None:
                 ctx.transaction = None  # break the tx <-> context cycle (no GC needed)
+            if self._closed:  # init() replaced this client: the current one counts it
+                current = get_client()
+                if current is not self and not current._closed:
+                    current._finish_transaction(tx)
+                return
             if (
                 transport is not None
                 and ctx.sampled is False
@@ -521,6 +528,7 @@ def init(dsn: Any = None, **options: Any) -> Client:
     if old is not None:
         try:
             old.close()
+            old.reports.hand_over(client.reports)  # its drops (close's too) are sent
         except Exception:
             logger.exception("closing the previous client failed")
     _configure_logging(opts.debug)
@@ -583,3 +591,36 @@ def _close_at_exit() -> None:
 
 
 atexit.register(_close_at_exit)
+
+
+class _ForkedChild:
+    """The key ``multiprocessing``'s after-fork registry holds weakly."""
+
+
+_FORKED_CHILD = _ForkedChild()
+
+
+def _close_at_process_exit(_: object) -> None:
+    """In a ``multiprocessing`` child (fork start method), run after its bootstrap cleared
+    the inherited finalizers: close the client when the child ends. It ends with
+    ``os._exit``, so ``atexit`` never runs there."""
+    try:
+        import multiprocessing.util as mp_util
+
+        mp_util.Finalize(None, _close_at_exit, exitpriority=0)
+    except Exception:  # pragma: no cover - never break the child
+        logger.debug("cannot register the client's close in a multiprocessing child")
+
+
+def _after_fork_in_child() -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _client is None:  # not a multiprocessing child, or nothing to close
+        return
+    try:
+        mp_util.register_after_fork(_FORKED_CHILD, _close_at_process_exit)
+    except Exception:  # pragma: no cover - never break the child
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

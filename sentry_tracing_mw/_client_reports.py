@@ -61,7 +61,8 @@ class ClientReports:
     )
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may record a drop while its thread holds the lock.
+        self._lock = threading.RLock()
         self._pending: dict[tuple[str, str], int] = {}
         self._total: dict[tuple[str, str], int] = {}
         self._last_take = time.monotonic()
@@ -80,7 +81,7 @@ class ClientReports:
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: a fresh lock; the parent reports what was pending."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pending = {}
         self._new_unsampled_counters()
         self._last_take = time.monotonic()
@@ -192,6 +193,19 @@ class ClientReports:
                 ):
                     key = (reason, category)
                     self._pending[key] = self._pending.get(key, 0) + qty
+
+    def hand_over(self, other: ClientReports) -> None:
+        """Move the counts waiting to be sent to ``other`` (a client that replaces this
+        one sends them)."""
+        self._fold()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        with other._lock:
+            for key, qty in pending.items():
+                other._pending[key] = other._pending.get(key, 0) + qty
+                other._total[key] = other._total.get(key, 0) + qty
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         """Cumulative counts recorded since creation (not reset by ``take()``)."""

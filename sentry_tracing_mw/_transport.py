@@ -221,12 +221,15 @@ class Transport:
     # -- state -----------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that calls flush(), close() or sends an event may
+        # interrupt this thread while it holds the lock (see ``_interrupted``).
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue: deque[Pending | _Control] = deque()
         self._bytes = 0
         self._enqueued = 0  # items ever put in the queue (flush targets)
         self._done = 0  # items the worker finished with
+        self._first_dropped = _NEVER  # number of the first item close() dropped unsent
         self._idle = False  # worker is waiting on the condition and nobody woke it yet
         self._wake_at = _NEVER  # smallest ``_done`` value a flush() caller waits for
         self._stop = False
@@ -318,11 +321,17 @@ class Transport:
         if start is not None:
             self._start(start)
 
+    def _interrupted(self) -> bool:
+        """Whether this thread holds the lock already: a signal handler runs on a thread
+        inside ``submit`` or ``flush``. Waiting there would wait for that thread itself."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is sent or dropped, then send client reports."""
+        """Wait until everything queued so far is sent, then send client reports; False on
+        timeout or when ``close()`` dropped some of it."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        if threading.current_thread() is self._worker:
-            return False  # a hook on the worker must not wait for itself
+        if threading.current_thread() is self._worker or self._interrupted():
+            return False  # a hook on the worker must not wait for itself; nor a handler
         with self._cond:
             if self._closed:
                 return not self._queue
@@ -350,19 +359,24 @@ class Transport:
                     if remaining <= 0:
                         return False
                     self._cond.wait(remaining)
-            return True
+            return self._first_dropped > target
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout``, then stop the worker; never blocks past ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        if not self._closed:
+        interrupted = self._interrupted()  # the worker cannot finish while we hold the lock
+        if not self._closed and not interrupted:
             self.flush(timeout)
         with self._cond:
             self._closed = True
             self._stop = True
             worker = self._worker
             self._cond.notify_all()
-        if worker is not None and worker is not threading.current_thread():
+            if interrupted:
+                dropped = self._drop_queued()
+        if interrupted:
+            _warn_dropped(dropped, worker is not None and worker.is_alive())
+        elif worker is not None and worker is not threading.current_thread():
             try:
                 if deadline is None:
                     worker.join()
@@ -402,8 +416,14 @@ class Transport:
 
     def _drop_queued(self) -> tuple[int, int, int]:
         """Empty the queue on close (lock held); returns the transactions, spans and error
-        events it held, for a warning: no client report can carry them any more."""
+        events it held, for a warning. They are counted as ``queue_overflow`` too: a
+        client that ``init()`` replaces hands its counts to the new one."""
         counts = self._queued_counts()
+        if self._queue:
+            self._first_dropped = min(self._first_dropped, self._enqueued - len(self._queue) + 1)
+        for item in self._queue:
+            if isinstance(item, Pending):
+                _record(self.reports, "queue_overflow", item.category, item.span_count)
         self._queue.clear()
         self._bytes = 0
         self._done = self._enqueued

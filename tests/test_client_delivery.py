@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -411,6 +413,139 @@ def test_atexit_flushes_queued_transactions(sentry_server: SentryServer) -> None
     assert sentry_server.wait_for(1, timeout=5)
     names = sorted(e["transaction"] for e in sentry_server.transactions())
     assert names == [f"exit-{i}" for i in range(5)]
+
+
+def test_init_again_hands_the_old_clients_drops_to_the_new_one(
+    sentry_server: SentryServer,
+) -> None:
+    # The old client cannot send what waits in its queue (Sentry hangs): close() drops it,
+    # and the replacing client reports those drops (and the old one's) instead of losing them.
+    sentry_server.hang()
+    init(sentry_server, shutdown_timeout=0.3)
+    with stm.start_transaction("in-flight"):
+        pass
+    assert sentry_server.wait_hanging()
+    old = stm.get_client()
+    for i in range(3):
+        with stm.start_transaction(f"queued-{i}"):
+            with stm.start_span("db", "q"):
+                pass
+    unsampled = old.start_transaction("unsampled", sampled=False)
+    init(sentry_server)  # closes the old client: the 3 queued transactions are dropped
+    unsampled.finish()  # finished after the old client closed: the new one counts it
+    sentry_server.release()
+    assert stm.flush(10)
+    reports = sentry_server.client_reports()
+    assert reports[("queue_overflow", "transaction")] == 3
+    assert reports[("queue_overflow", "span")] == 6
+    assert reports[("sample_rate", "transaction")] == 1
+    assert sentry_server.wait_for(1)
+    assert [e["transaction"] for e in sentry_server.transactions()] == ["in-flight"]
+
+
+def test_flush_says_false_when_close_dropped_what_it_waited_for(
+    sentry_server: SentryServer,
+) -> None:
+    sentry_server.hang()
+    init(sentry_server)
+    client = stm.get_client()
+    for _ in range(5):
+        with stm.start_transaction("t"):
+            pass
+    assert sentry_server.wait_hanging()
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(client.flush(20)))
+    waiter.start()
+    time.sleep(0.2)
+    client.close(0.3)  # drops the 4 still queued
+    waiter.join(10)
+    sentry_server.release()
+    assert result == [False]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_multiprocessing_fork_children_send_what_they_traced(sentry_server: SentryServer) -> None:
+    # multiprocessing children end with os._exit: atexit never runs there.
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        import sentry_tracing_mw as stm
+
+        def work(i):
+            with stm.start_transaction(f"child-{{i}}"):
+                pass
+            return i
+
+        if __name__ == "__main__":
+            stm.init(dsn={sentry_server.dsn!r}, traces_sample_rate=1.0, shutdown_timeout=10.0,
+                     instrument_http_clients=False)
+            with stm.start_transaction("parent"):
+                pass
+            stm.flush(5)  # the parent's sender thread exists when it forks
+            ctx = mp.get_context("fork")
+            procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(20)
+            with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+                assert sorted(pool.map(work, range(100, 120))) == list(range(100, 120))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    names = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(names) < 24:
+        names = {e["transaction"] for e in sentry_server.transactions()}
+        time.sleep(0.05)
+    expected = {"parent"} | {f"child-{i}" for i in (0, 1, 2, *range(100, 120))}
+    assert names == expected, expected - names
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_flush_from_a_signal_handler_never_hangs(sentry_server: SentryServer) -> None:
+    # The handler runs on the main thread, which may hold the transport's or the client
+    # reports' lock at that moment: flush() must return within its timeout regardless.
+    # (Before the fix most runs of 4 s hung for good.) A live Sentry and a dead one (whose
+    # drops are counted under the reports' lock) run side by side.
+    script = textwrap.dedent(
+        """
+        import faulthandler, signal, sys, time
+        import sentry_tracing_mw as stm
+        faulthandler.dump_traceback_later(25, exit=True)
+        stm.init(dsn=sys.argv[1], traces_sample_rate=1.0, instrument_http_clients=False)
+        calls = [0]
+        busy = [False]
+        def handler(signum, frame):
+            if busy[0]:  # a signal during the handler's own flush: no nesting
+                return
+            busy[0] = True
+            calls[0] += 1
+            stm.flush(0.005)
+            if calls[0] % 50 == 0:
+                stm.capture_exception(ValueError("from a handler"))
+            busy[0] = False
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.001, 0.003)
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            with stm.start_transaction("t"):
+                pass
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert calls[0] > 100, calls
+        stm.flush(5)
+        """
+    )
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, dsn])
+        for dsn in (sentry_server.dsn, "http://public@127.0.0.1:9/1")
+    ]
+    codes = [p.wait(timeout=60) for p in procs]
+    assert codes == [0, 0]
+    assert time.monotonic() - started < 40
+    assert sentry_server.transactions()
 
 
 def test_hung_sentry_never_delays_process_exit_beyond_shutdown_timeout(
