@@ -12,6 +12,7 @@ import linecache
 import logging
 import math
 import os
+import platform
 import re
 import sys
 import sysconfig
@@ -41,6 +42,13 @@ SDK_INFO: dict[str, Any] = {
     "name": SDK_NAME,
     "version": VERSION,
     "packages": [{"name": "pypi:sentry-tracing-mw", "version": VERSION}],
+}
+
+#: The runtime context (``contexts.runtime``) every event carries, as sentry-sdk sends it.
+RUNTIME: dict[str, str] = {
+    "name": platform.python_implementation(),
+    "version": "{}.{}.{}".format(*sys.version_info[:3]),
+    "build": sys.version,
 }
 
 FILTERED = "[Filtered]"
@@ -174,7 +182,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         trace["description"] = tx._description
     if tx._data:
         trace["data"] = scrub_data(tx._data)
-    contexts: dict[str, Any] = {"trace": trace}
+    contexts: dict[str, Any] = {"trace": trace, "runtime": RUNTIME}
     if tx._response_status is not None:
         contexts["response"] = {"status_code": tx._response_status}
     event: dict[str, Any] = {
@@ -563,7 +571,7 @@ def error_event(
         "platform": "python",
         "timestamp": time.time(),
         "exception": {"values": values},
-        "contexts": {"trace": trace},
+        "contexts": {"trace": trace, "runtime": RUNTIME},
         "environment": options.environment,
         "sdk": SDK_INFO,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -54,6 +55,7 @@ def test_transaction_envelope_on_the_wire(sentry_server: SentryServer) -> None:
     assert item.headers["type"] == "transaction"
     assert item.headers["length"] == len(item.payload)
     assert payload["spans"][0]["description"] == "SELECT 1"
+    assert payload["contexts"]["runtime"]["name"] == platform.python_implementation()
 
 
 def test_unsampled_transactions_are_counted_not_sent(sentry_server: SentryServer) -> None:
@@ -302,6 +304,9 @@ def test_error_event_fields_as_sentry_sdk_sends_them(sentry_server: SentryServer
     assert outer["value"] == "base\nnote one"
     (value,) = by_message["exception"]["values"]
     assert value["value"] == "human readable message"
+    runtime = chained["contexts"]["runtime"]
+    assert runtime["name"] == platform.python_implementation()
+    assert runtime["version"] == platform.python_version()
     assert value["module"] == __name__
 
 
