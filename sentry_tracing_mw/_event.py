@@ -8,12 +8,14 @@ captured (the traceback must still be alive) and serialized later on the worker.
 from __future__ import annotations
 
 import builtins
+import itertools
 import linecache
 import logging
 import math
 import os
 import platform
 import re
+import reprlib
 import sys
 import sysconfig
 import time
@@ -182,7 +184,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         trace["description"] = tx._description
     if tx._data:
         trace["data"] = scrub_data(tx._data)
-    contexts: dict[str, Any] = {"trace": trace, "runtime": RUNTIME}
+    contexts: dict[str, Any] = {"trace": trace, "runtime": dict(RUNTIME)}
     if tx._response_status is not None:
         contexts["response"] = {"status_code": tx._response_status}
     event: dict[str, Any] = {
@@ -196,7 +198,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         "contexts": contexts,
         "spans": [_span_json(s, base, trace_id) for s in tx._spans],
         "environment": options.environment,
-        "sdk": SDK_INFO,
+        "sdk": _sdk_info(),
     }
     if options.release:
         event["release"] = options.release
@@ -263,17 +265,70 @@ def _in_app(filename: str, module: str | None) -> bool:
     return not real.startswith(_STDLIB_PATHS)
 
 
+class _VarRepr(reprlib.Repr):
+    """Bounded ``repr`` of a frame's local variable: strings are cut before they are
+    quoted, containers show their first 20 items (never sorted: a 200,000-key dict costs
+    no more than a small one), nesting stops at 3 levels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = _MAX_REPR
+        self.maxlong = 100
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 20
+        self.maxdeque = self.maxarray = self.maxdict = 20
+
+    def _items(self, items: Any, size: int, level: int, maxitems: int) -> str:
+        pieces = [self.repr1(item, level - 1) for item in itertools.islice(items, maxitems)]
+        if size > maxitems:
+            pieces.append("...")
+        return ", ".join(pieces)
+
+    def repr_dict(self, x: Any, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pairs = (
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in itertools.islice(x.items(), self.maxdict)
+        )
+        return "{" + ", ".join(pairs) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+    def repr_set(self, x: Any, level: int) -> str:
+        if not x:
+            return "set()"
+        if level <= 0:
+            return "{...}"
+        return "{" + self._items(iter(x), len(x), level, self.maxset) + "}"
+
+    def repr_frozenset(self, x: Any, level: int) -> str:
+        if not x:
+            return "frozenset()"
+        if level <= 0:
+            return "frozenset({...})"
+        return "frozenset({" + self._items(iter(x), len(x), level, self.maxfrozenset) + "})"
+
+
+_MAX_REPR = 512
+_var_repr = _VarRepr()
+
+
 def _safe_repr(value: Any) -> str:
     try:
-        text = repr(value)
+        text = _var_repr.repr(value)
     except Exception:
         return "<unrepresentable>"
-    return text if len(text) <= 512 else text[:509] + "..."
+    if type(text) is not str:
+        return "<unrepresentable>"
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
 #: Source lines sent before and after a frame's line, as ``sentry-sdk`` sends them.
 _CONTEXT_LINES = 5
 _MAX_LINE = 512
+_MAX_NAME = 256  # a function, module, type or variable name
+_MAX_PATH = 1024
 
 
 def _short_filename(module: str | None, path: str) -> str:
@@ -295,45 +350,69 @@ def _short_filename(module: str | None, path: str) -> str:
         return path
 
 
+def _source_lines(filename: str, frame: Any) -> list[str]:
+    """The frame's source file as lines ([] when unknown; an odd loader never breaks the
+    event)."""
+    try:
+        lines = linecache.getlines(filename, frame.f_globals)
+    except Exception:
+        return []
+    return lines if type(lines) is list else []
+
+
+def _line(line: Any) -> str:
+    return line.rstrip("\r\n")[:_MAX_LINE] if type(line) is str else ""
+
+
 def _frames(
-    tb: TracebackType | None, with_locals: bool, limit: int = _MAX_FRAMES
+    tb: TracebackType | None,
+    with_locals: bool,
+    limit: int = _MAX_FRAMES,
+    with_source: bool = True,
 ) -> list[dict[str, Any]]:
-    frames: list[dict[str, Any]] = []
+    tbs: list[TracebackType] = []
     while tb is not None:
+        tbs.append(tb)
+        tb = tb.tb_next
+    if len(tbs) > limit:  # the outermost and the innermost frames, decided before any work
+        half = limit // 2
+        tbs = tbs[:half] + tbs[len(tbs) - (limit - half) :]
+    frames: list[dict[str, Any]] = []
+    for tb in tbs:
         frame = tb.tb_frame
         code = frame.f_code
         filename = code.co_filename
+        if type(filename) is not str:
+            filename = "<unknown>"
         module = frame.f_globals.get("__name__")
-        if not isinstance(module, str):
+        if type(module) is not str:
             module = None
         lineno = tb.tb_lineno
         entry: dict[str, Any] = {
-            "filename": _short_filename(module, filename),
-            "abs_path": os.path.abspath(filename) if not filename.startswith("<") else filename,
-            "function": code.co_name,
-            "module": module,
+            "filename": _short_filename(module, filename)[:_MAX_PATH],
+            "abs_path": (os.path.abspath(filename) if not filename.startswith("<") else filename)[
+                :_MAX_PATH
+            ],
+            "function": str(code.co_name)[:_MAX_NAME],
+            "module": module[:_MAX_NAME] if module is not None else None,
             "lineno": lineno,
             "in_app": _in_app(filename, module),
         }
-        lines = linecache.getlines(filename, frame.f_globals) if lineno else ()
+        lines = _source_lines(filename, frame) if with_source and lineno else []
         if lineno is not None and 0 < lineno <= len(lines):
             entry["pre_context"] = [
-                line.rstrip("\r\n")[:_MAX_LINE]
-                for line in lines[max(0, lineno - 1 - _CONTEXT_LINES) : lineno - 1]
+                _line(line) for line in lines[max(0, lineno - 1 - _CONTEXT_LINES) : lineno - 1]
             ]
-            entry["context_line"] = lines[lineno - 1].rstrip("\r\n")[:_MAX_LINE]
+            entry["context_line"] = _line(lines[lineno - 1])
             entry["post_context"] = [
-                line.rstrip("\r\n")[:_MAX_LINE] for line in lines[lineno : lineno + _CONTEXT_LINES]
+                _line(line) for line in lines[lineno : lineno + _CONTEXT_LINES]
             ]
         if with_locals:
             entry["vars"] = {
-                str(k): _safe_repr(v) for k, v in list(frame.f_locals.items())[:_MAX_VARS]
+                str(k)[:_MAX_NAME]: _safe_repr(v)
+                for k, v in list(frame.f_locals.items())[:_MAX_VARS]
             }
         frames.append(entry)
-        tb = tb.tb_next
-    if len(frames) > limit:  # the outermost and the innermost frames
-        half = limit // 2
-        frames = frames[:half] + frames[len(frames) - (limit - half) :]
     return frames
 
 
@@ -433,15 +512,17 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
         _clip_data(trace.get("data"))
     exception = payload.get("exception")
     values = exception.get("values") if isinstance(exception, dict) else None
-    for exc in values if isinstance(values, list) else ():
-        stack = exc.get("stacktrace") if isinstance(exc, dict) else None
-        frames = stack.get("frames") if isinstance(stack, dict) else None
-        for frame in frames if isinstance(frames, list) else ():
-            if isinstance(frame, dict):
-                frame.pop("vars", None)
-                frame.pop("pre_context", None)
-                frame.pop("post_context", None)
+    frames = [
+        frame for exc in (values if isinstance(values, list) else ()) for frame in _frames_of(exc)
+    ]
+    for frame in frames:
+        frame.pop("vars", None)
     data = dumps(payload)
+    if len(data) > MAX_ITEM_BYTES and frames:  # then the source lines around each frame
+        for frame in frames:
+            frame.pop("pre_context", None)
+            frame.pop("post_context", None)
+        data = dumps(payload)
     dropped = 0
     while len(data) > MAX_ITEM_BYTES and isinstance(spans, list) and spans:
         # keep the share of spans that fits, with a margin; at least one span less per
@@ -457,9 +538,23 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
     return data, dropped
 
 
+def _frames_of(exc: Any) -> list[dict[str, Any]]:
+    stack = exc.get("stacktrace") if isinstance(exc, dict) else None
+    frames = stack.get("frames") if isinstance(stack, dict) else None
+    return [f for f in frames if isinstance(f, dict)] if isinstance(frames, list) else []
+
+
 def _start_of(span: Any) -> float:
     start = span.get("start_timestamp") if isinstance(span, dict) else None
     return float(start) if isinstance(start, int | float) else math.inf
+
+
+def _text_bytes(text: str) -> int:
+    """A JSON size bound for ``text`` without encoding it: ASCII as is (quotes and
+    backslashes escaped), else 3 bytes a character (UTF-8's most for one UTF-16 unit)."""
+    if text.isascii():
+        return len(text) + text.count('"') + text.count("\\")
+    return 3 * len(text)
 
 
 def error_event_bytes(event: Mapping[str, Any]) -> int:
@@ -471,14 +566,15 @@ def error_event_bytes(event: Mapping[str, Any]) -> int:
     size = 2048
     try:
         for exc in event.get("exception", {}).get("values", ()):
-            size += 256 + len(exc.get("value") or "")
+            size += 256 + _text_bytes(exc.get("value") or "")
             for frame in (exc.get("stacktrace") or {}).get("frames", ()):
-                size += 320 + len(frame.get("context_line") or "")
+                size += 320 + _text_bytes(frame.get("context_line") or "")
+                size += len(frame.get("abs_path") or "") + len(frame.get("filename") or "")
                 for key in ("pre_context", "post_context"):
-                    size += sum(len(line) + 4 for line in frame.get(key) or ())
+                    size += sum(_text_bytes(line) + 4 for line in frame.get(key) or ())
                 frame_vars = frame.get("vars")
                 if frame_vars:
-                    size += sum(len(k) + len(v) + 8 for k, v in frame_vars.items())
+                    size += sum(_text_bytes(k) + _text_bytes(v) + 8 for k, v in frame_vars.items())
     except Exception:  # an event edited into an odd shape: a generous flat estimate
         return 65536
     return size
@@ -494,24 +590,50 @@ def _str(value: Any) -> str:
 def _exception_value(exc: BaseException) -> str:
     """The exception's message as ``sentry-sdk`` words it: its ``message`` or ``detail``
     attribute when set (Django's ``ValidationError``, Starlette's ``HTTPException``), else
-    ``str()``; its notes (``add_note``) on lines after it."""
+    ``str()``; its notes (``add_note``) on lines after it. Never raises; at most 8 KiB."""
+    text = ""
     try:
         given: Any = getattr(exc, "message", "") or getattr(exc, "detail", "")
-    except Exception:
-        given = ""
-    text = _str(given) if given else ""
-    if not text:
+        if given:
+            text = given if type(given) is str else _str(given)
+    except Exception:  # a value whose truth or text raises (an array as ``detail``)
+        text = ""
+    if not text or type(text) is not str:
         try:
             text = str(exc)
         except Exception:
             text = "<unprintable exception>"
+    parts = [text[:_MAX_VALUE]]
     try:
-        notes = getattr(exc, "__notes__", None)
+        notes = exc.__dict__.get("__notes__") if hasattr(exc, "__dict__") else None
+        if type(notes) is list:  # a list, as add_note() makes it (not a subclass's iter)
+            size = len(parts[0])
+            for note in notes:
+                if size >= _MAX_VALUE:
+                    break
+                if type(note) is str:
+                    parts.append(note[: _MAX_VALUE - size])
+                    size += len(parts[-1]) + 1
     except Exception:
-        notes = None
-    if isinstance(notes, list) and notes:
-        text += "\n" + "\n".join(note for note in notes if isinstance(note, str))
-    return text[:_MAX_VALUE]
+        pass
+    return "\n".join(parts)[:_MAX_VALUE]
+
+
+def _type_name(cls: type) -> str:
+    """An exception type's name for the event (a metaclass may make it anything)."""
+    for attr in ("__qualname__", "__name__"):
+        try:
+            name = getattr(cls, attr, None)
+        except Exception:
+            continue
+        if type(name) is str and name:
+            return name[:_MAX_NAME]
+    return "Exception"
+
+
+def _sdk_info() -> dict[str, Any]:
+    """A copy of ``SDK_INFO`` per event: a hook that edits its event edits only that one."""
+    return {**SDK_INFO, "packages": [dict(p) for p in SDK_INFO["packages"]]}
 
 
 def error_event(
@@ -536,11 +658,14 @@ def error_event(
         limit = max(6, min(_MAX_FRAMES, _MAX_TREE_FRAMES // len(chain)))
     for i, item in enumerate(chain):
         cls = type(item)
-        entry: dict[str, Any] = {"type": cls.__qualname__, "value": _exception_value(item)}
-        module = getattr(cls, "__module__", None)
-        if isinstance(module, str) and module not in ("builtins", "__builtins__"):
-            entry["module"] = module
-        frames = _frames(item.__traceback__, with_locals, limit)
+        entry: dict[str, Any] = {"type": _type_name(cls), "value": _exception_value(item)}
+        try:
+            module = getattr(cls, "__module__", None)
+        except Exception:
+            module = None
+        if type(module) is str and module not in ("builtins", "__builtins__"):
+            entry["module"] = module[:_MAX_NAME]
+        frames = _frames(item.__traceback__, with_locals, limit, options.include_source_context)
         if frames:  # an exception that was never raised has no traceback
             entry["stacktrace"] = {"frames": frames}
         if tree is not None:
@@ -571,9 +696,9 @@ def error_event(
         "platform": "python",
         "timestamp": time.time(),
         "exception": {"values": values},
-        "contexts": {"trace": trace, "runtime": RUNTIME},
+        "contexts": {"trace": trace, "runtime": dict(RUNTIME)},
         "environment": options.environment,
-        "sdk": SDK_INFO,
+        "sdk": _sdk_info(),
     }
     if tx is None:
         tx = ctx.transaction

@@ -59,6 +59,8 @@ class Options:
     max_spans: int = 1000
     shutdown_timeout: float = 2.0
     send_client_reports: bool = True
+    #: Source lines around each frame of an error event (as sentry-sdk's option of the name).
+    include_source_context: bool = True
     http_proxy: str | None = None
     https_proxy: str | None = None
     ca_certs: str | None = None
@@ -475,6 +477,7 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
         max_spans=max_spans,
         shutdown_timeout=float(timeout),
         send_client_reports=flag("send_client_reports", True),
+        include_source_context=flag("include_source_context", True),
         http_proxy=http_proxy,
         https_proxy=https_proxy,
         ca_certs=_ca_certs(kwargs.get("ca_certs")),

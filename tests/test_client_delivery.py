@@ -310,6 +310,98 @@ def test_error_event_fields_as_sentry_sdk_sends_them(sentry_server: SentryServer
     assert value["module"] == __name__
 
 
+class _Falsy:
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+
+class _ArrayDetail(Exception):
+    detail = _Falsy()
+
+
+class _RaisingLoader:
+    def get_source(self, name: str) -> bytes:
+        return b"not text"  # linecache fails on it
+
+
+def test_odd_exceptions_and_frames_still_give_an_event(sentry_server: SentryServer) -> None:
+    init(sentry_server)
+    try:
+        raise _ArrayDetail("shown instead")
+    except _ArrayDetail as exc:
+        exc.__notes__ = ["n" * 5000] * 1000  # 5 MB of notes: only 8 KiB are joined
+        stm.capture_exception(exc)
+    code = compile("raise ValueError('from odd code')", "/nonexistent/odd.py", "exec")
+    try:
+        exec(code, {"__name__": "odd", "__loader__": _RaisingLoader()})
+    except ValueError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    detail, odd = sentry_server.events()
+    value = detail["exception"]["values"][-1]["value"]
+    assert value.startswith("shown instead\nnnn") and len(value) <= 8192
+    frame = odd["exception"]["values"][-1]["stacktrace"]["frames"][-1]
+    assert frame["module"] == "odd" and "context_line" not in frame
+
+
+def test_source_context_can_be_turned_off(sentry_server: SentryServer) -> None:
+    init(sentry_server, include_source_context=False)
+    try:
+        _raise_with_context()
+    except KeyError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    for frame in event["exception"]["values"][-1]["stacktrace"]["frames"]:
+        assert not {"pre_context", "context_line", "post_context"} & set(frame)
+
+
+def test_a_hook_editing_shared_parts_of_its_event_edits_only_that_event(
+    sentry_server: SentryServer,
+) -> None:
+    def scrub(event: dict[str, Any]) -> dict[str, Any]:
+        event["sdk"]["name"] = "edited"
+        event["sdk"]["packages"][0]["name"] = "edited"
+        event["contexts"]["runtime"]["name"] = "edited"
+        return event
+
+    init(sentry_server, before_send_transaction=scrub)
+    with stm.start_transaction("first"):
+        pass
+    assert stm.flush(5)  # the hook ran (on the worker) before the error below is built
+    stm.capture_exception(ValueError("x"))
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["sdk"]["name"] == "sentry.python.tracemw"
+    assert event["sdk"]["packages"][0]["name"] == "pypi:sentry-tracing-mw"
+    assert event["contexts"]["runtime"]["name"] == platform.python_implementation()
+
+
+def test_capturing_a_deep_recursion_with_large_locals_is_quick(
+    sentry_server: SentryServer,
+) -> None:
+    # Only the 100 frames sent are built; a local's repr is bounded before it is built.
+    init(sentry_server, send_default_pii=True)
+    big = {i: str(i) * 3 for i in range(200_000)}
+
+    def recurse(n: int, data: dict[int, str]) -> int:
+        return recurse(n + 1, data)
+
+    try:
+        recurse(0, big)
+    except RecursionError as exc:
+        started = time.perf_counter()
+        stm.capture_exception(exc)
+        elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, elapsed  # was over 30 s
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
+    assert len(frames) == 100
+    shown = frames[-1]["vars"]["data"]
+    assert shown.startswith("{0: '000', 1: '111'") and shown.endswith(", ...}")
+
+
 def test_locals_only_with_send_default_pii(sentry_server: SentryServer) -> None:
     init(sentry_server, send_default_pii=True)
     try:
