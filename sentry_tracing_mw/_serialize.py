@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INT_END", "INT_MIN", "MAX_DEPTH", "MAX_REPR", "dumps", "json_int", "limit_depth"]
+__all__ = [
+    "INT_END",
+    "INT_MIN",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_REPR",
+    "dumps",
+    "json_int",
+    "limit_depth",
+]
 
 MAX_DEPTH = 20
 MAX_REPR = 512
@@ -86,8 +96,13 @@ def _float_key(key: float) -> str:
     return repr(float(key)) if math.isfinite(key) else "null"
 
 
-def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
-    """Return a JSON-safe copy of ``obj`` (the slow path)."""
+def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = None) -> Any:
+    """Return a JSON-safe copy of ``obj`` (the slow path); ``budget`` (a one-item list) is
+    the number of values it may still hold."""
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return _TOO_BIG
     if obj is None or obj is True or obj is False:
         return obj
     if isinstance(obj, str):
@@ -105,8 +120,12 @@ def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
         path.add(ident)
         try:
             out: dict[str, Any] = {}
-            for k, v in list(obj.items()):
-                out[_key(k)] = _sanitize(v, depth + 1, path)
+            items = obj.items()
+            pairs = list(items) if budget is None else itertools.islice(items, budget[0] + 1)
+            for k, v in pairs:
+                out[_key(k)] = _sanitize(v, depth + 1, path, budget)
+                if budget is not None and budget[0] < 0:
+                    break
             return out
         except Exception:
             return _safe_repr(obj)
@@ -118,7 +137,10 @@ def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
             return _CIRCULAR
         path.add(ident)
         try:
-            return [_sanitize(v, depth + 1, path) for v in list(obj)]
+            out_list = []
+            for v in list(obj) if budget is None else itertools.islice(obj, budget[0] + 1):
+                out_list.append(_sanitize(v, depth + 1, path, budget))
+            return out_list
         except Exception:
             return _safe_repr(obj)
         finally:
@@ -129,43 +151,58 @@ def _sanitize(obj: Any, depth: int, path: set[int]) -> Any:
         return _UNREPRESENTABLE
     if isinstance(converted, str):
         return _clean_str(converted)
-    return _sanitize(converted, depth + 1, path)
+    return _sanitize(converted, depth + 1, path, budget)
 
 
-def _too_deep(obj: Any) -> bool:
-    """Whether ``obj`` nests dicts or lists more than ``MAX_DEPTH`` deep (a cycle does)."""
-    seen: dict[int, int] = {}  # container id -> the least depth it was walked at
+#: Values (containers and scalars) a payload from a user hook may hold; past it the rest
+#: of a container is left out (``"[MaxSize]"``): json.dumps expands a shared sub-object
+#: at every reference, in C, holding the GIL.
+MAX_NODES = 100_000
+_TOO_BIG = "[MaxSize]"
+_PLAIN = (dict, list, tuple)
+
+
+def _needs_copy(obj: Any) -> bool:
+    """Whether ``obj`` must go through ``_sanitize`` before ``json.dumps``: nested past
+    ``MAX_DEPTH``, over ``MAX_NODES`` values, a container referenced twice (a cycle or a
+    shared sub-object), or a container json would iterate through code of its own (a
+    subclass, a set)."""
+    seen: set[int] = set()
     stack: list[tuple[Any, int]] = [(obj, 0)]
+    nodes = 0
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
-            continue
-        if depth >= MAX_DEPTH:
+        nodes += 1
+        if nodes > MAX_NODES:
             return True
-        ident = id(item)
-        if seen.get(ident, MAX_DEPTH) <= depth:
-            continue  # shared: its subtree was walked from higher up already
-        seen[ident] = depth
+        kind = type(item)
+        if kind not in _PLAIN:
+            if isinstance(item, (dict, list, tuple, set, frozenset)):
+                return True
+            continue
+        if depth >= MAX_DEPTH or id(item) in seen:
+            return True
+        seen.add(id(item))
+        if nodes + len(stack) + len(item) > MAX_NODES:
+            return True
+        children: Any = dict.values(item) if kind is dict else item
         stack.extend((child, depth + 1) for child in children)
     return False
 
 
 def limit_depth(obj: Any) -> Any:
-    """``obj`` itself, or a JSON-safe copy with containers past ``MAX_DEPTH`` replaced by
-    ``"[MaxDepth]"`` (Sentry refuses a payload nested deeper than about 128 levels; how
-    deep ``json.dumps`` goes before a RecursionError depends on the Python version).
+    """``obj`` itself, or a JSON-safe copy bounded in depth (``"[MaxDepth]"`` past
+    ``MAX_DEPTH``: Sentry refuses a payload nested deeper than about 128 levels, and how
+    deep ``json.dumps`` goes before a RecursionError depends on the Python version) and in
+    size (``"[MaxSize]"`` past ``MAX_NODES`` values).
 
-    For payloads a user hook returned: the SDK's own payloads are shallow by construction.
+    For payloads a user hook returned: the SDK's own payloads are bounded by construction.
     """
     try:
-        if not _too_deep(obj):
+        if not _needs_copy(obj):
             return obj
-        return _sanitize(obj, 0, set())
-    except Exception:  # a mapping that refuses to be walked: dumps() copes with it
+        return _sanitize(obj, 0, set(), [MAX_NODES])
+    except Exception:  # a container that refuses to be walked: dumps() copes with it
         return obj
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import time
 import zlib
 from typing import Any
 
@@ -384,8 +385,36 @@ def test_dumps_cycles_and_depth() -> None:
     assert json.loads(dumps(limit_depth({"cycle": a})))["cycle"]["self"] == "[Circular]"
     shared: list[Any] = [1]
     for _ in range(MAX_DEPTH - 2):
-        shared = [shared, shared]  # 2**18 paths, one object per level: walked fast
-    assert limit_depth(shared) is shared
+        shared = [shared, shared]  # 2**18 paths, one object per level
+    assert b"[MaxSize]" in dumps(limit_depth(shared))  # what json.dumps would expand
+
+
+def test_limit_depth_bounds_what_json_would_expand_or_iterate_itself() -> None:
+    # A hook's shared sub-objects: json.dumps would write 10**8 leaves holding the GIL.
+    shared: Any = "leaf"
+    for _ in range(8):
+        shared = [shared] * 10
+    started = time.perf_counter()
+    text = dumps(limit_depth({"extra": shared}))
+    assert time.perf_counter() - started < 5
+    assert b"[MaxSize]" in text and len(text) < 2_000_000
+    flat = dumps(limit_depth({"x": list(range(1_000_000))}))
+    assert b"[MaxSize]" in flat and len(flat) < 1_000_000
+    # containers json iterates through code of their own: sets, subclasses
+    frozen: Any = frozenset({1})
+    for i in range(300):
+        frozen = frozenset({frozen, i})
+
+    class Sneaky(dict):  # type: ignore[type-arg]
+        def values(self) -> Any:
+            return []
+
+    sneaky: Any = "leaf"
+    for _ in range(300):
+        sneaky = Sneaky(k=sneaky)
+    for value in (frozen, sneaky, {"t": (("x",) * 3,) * 2}):
+        out = json.loads(dumps(limit_depth({"v": value})))
+        assert _depth(out) <= MAX_DEPTH + 1
 
 
 def _depth(value: Any) -> int:
