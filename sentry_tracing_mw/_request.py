@@ -207,7 +207,7 @@ def request_info(
 def _ip(value: Any) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
-    text = value.strip()
+    text = value.strip().partition("%")[0]  # no IPv6 zone id: Sentry refuses it
     try:
         ipaddress.ip_address(text)
     except ValueError:

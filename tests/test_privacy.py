@@ -282,6 +282,8 @@ def test_user_ip_is_the_first_valid_forwarded_address_else_the_peer() -> None:
         "198.51.100.1"
     )
     assert ip({"X-Forwarded-For": "<script>", "X-Real-Ip": "1" * 500}) == "127.0.0.1"
+    assert ip({"X-Forwarded-For": "fe80::1%eth0"}) == "fe80::1"  # Sentry refuses zone ids
+    assert ip({}, peer="fe80::2%lo") == "fe80::2"
     assert ip({}, peer="not an ip") is None
     assert ip({}, peer=None) is None
 
