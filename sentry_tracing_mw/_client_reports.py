@@ -53,6 +53,7 @@ class ClientReports:
         "_children",
         "_fold_ticks",
         "_folded",
+        "_forward",
         "_last_take",
         "_lock",
         "_pending",
@@ -66,6 +67,7 @@ class ClientReports:
         self._pending: dict[tuple[str, str], int] = {}
         self._total: dict[tuple[str, str], int] = {}
         self._last_take = time.monotonic()
+        self._forward: ClientReports | None = None  # the replacing client's, after hand_over
         self._new_unsampled_counters()
         _instances.add(self)
 
@@ -90,6 +92,9 @@ class ClientReports:
         """Count ``quantity`` discarded items of ``category`` for ``reason``."""
         if quantity <= 0 or reason not in VALID_REASONS or category not in KNOWN_CATEGORIES:
             return
+        if self._forward is not None:  # a late drop of a replaced client (a send it finished)
+            self._forward.record(reason, category, quantity)
+            return
         key = (reason, category)
         with self._lock:
             self._pending[key] = self._pending.get(key, 0) + quantity
@@ -98,6 +103,9 @@ class ClientReports:
     def record_transaction(self, reason: str, span_count: int) -> None:
         """Count a dropped transaction: ``transaction`` x1 and ``span`` x(span_count + 1)."""
         if reason not in VALID_REASONS:
+            return
+        if self._forward is not None:
+            self._forward.record_transaction(reason, span_count)
             return
         spans = max(0, span_count) + 1
         with self._lock:
@@ -115,8 +123,15 @@ class ClientReports:
             self._children.append(span_count)
         return not next(self._unsampled) % _FOLD_EVERY
 
+    def _interrupted(self) -> bool:
+        """This thread holds the lock already: a signal handler interrupted it there (the
+        counters may be half updated: leave them to the interrupted code)."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def _fold(self) -> None:
         """Move the unsampled counts into the totals (safe against concurrent records)."""
+        if self._interrupted():
+            return
         children = self._children
         with self._lock:
             recorded = self._recorded()
@@ -139,6 +154,8 @@ class ClientReports:
 
     def _has_unsampled(self) -> bool:
         """Whether unsampled transactions were recorded since the last fold."""
+        if self._interrupted():
+            return False
         with self._lock:
             return self._recorded() > self._folded
 
@@ -173,6 +190,9 @@ class ClientReports:
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Put back counts from a ``take()`` payload whose envelope was not delivered."""
+        if self._forward is not None:
+            self._forward.restore(payload)
+            return
         entries = payload.get("discarded_events") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
             return
@@ -200,8 +220,7 @@ class ClientReports:
         self._fold()
         with self._lock:
             pending, self._pending = self._pending, {}
-        if not pending:
-            return
+            self._forward = other
         with other._lock:
             for key, qty in pending.items():
                 other._pending[key] = other._pending.get(key, 0) + qty

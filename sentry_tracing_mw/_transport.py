@@ -298,6 +298,9 @@ class Transport:
                     # not notify again; it re-checks the queue before it waits.
                     self._idle = False
                 queued = True
+                if self._stop:  # a signal handler closed it while this submit ran
+                    self._drop_queued()  # (counted there)
+                    return False
         if queued:
             if start is not None:
                 self._start(start)
@@ -342,7 +345,7 @@ class Transport:
                 self._enqueued += 1
             target = self._enqueued
             if self._done >= target:
-                return True
+                return self._first_dropped > target
             start = self._new_worker()
         if start is not None:
             self._start(start)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import gzip
 import logging
@@ -500,6 +501,48 @@ def test_flood_bounded_memory_exact_overflow(
     assert accepted >= 1000
     assert elapsed < 10, f"{n} submits took {elapsed:.2f}s"
     t.close(timeout=2)
+
+
+def test_a_close_inside_a_submit_leaves_nothing_stranded(make_transport: MakeTransport) -> None:
+    # A signal handler that closes the transport may run inside submit() (the lock is
+    # reentrant): the item submit then queues must be dropped and counted, not stranded.
+    t = make_transport()
+
+    class Interrupting(collections.deque):  # type: ignore[type-arg]
+        fired = False
+
+        def __len__(self) -> int:
+            if not Interrupting.fired:
+                Interrupting.fired = True
+                t.close(0)  # what the handler does, on the thread that holds the lock
+            return super().__len__()
+
+    t._queue = Interrupting()
+    t._closed = False  # (close() in the first submit runs after its closed check)
+    assert t.submit(tx_pending(spans=2)) is False
+    assert t.queued() == 0
+    assert t.reports.snapshot()[("queue_overflow", "transaction")] == 1
+
+
+def test_drops_of_a_replaced_reports_go_to_its_successor() -> None:
+    old, new = ClientReports(), ClientReports()
+    old.record("network_error", "error")
+    old.hand_over(new)
+    old.record("send_error", "transaction")  # a send the old worker finished later
+    old.record_transaction("network_error", 2)
+    old.restore({"discarded_events": [{"reason": "send_error", "category": "span", "quantity": 4}]})
+    assert new.snapshot() == {
+        ("network_error", "error"): 1,
+        ("send_error", "transaction"): 1,
+        ("network_error", "transaction"): 1,
+        ("network_error", "span"): 3,
+    }
+    report = new.take()
+    assert report is not None
+    assert {(e["reason"], e["category"]): e["quantity"] for e in report["discarded_events"]}[
+        ("send_error", "span")
+    ] == 4
+    assert old.take() is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
