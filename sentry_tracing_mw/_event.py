@@ -213,15 +213,20 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
     request = _request_of(tx)
     if request is not None:
         event["request"] = request
-        if options.send_default_pii:
-            _add_user_ip(event, request)
+    if options.send_default_pii:
+        _add_user(event, tx, request)
     return event
 
 
-def _add_user_ip(event: dict[str, Any], request: Mapping[str, Any]) -> None:
-    ip = client_ip(request)
+def _add_user(event: dict[str, Any], tx: Transaction, request: Mapping[str, Any] | None) -> None:
+    """The event's ``user`` (PII only): who the integration found logged in, and the
+    address the request came from."""
+    user = dict(tx._user) if tx._user else {}
+    ip = client_ip(request) if request is not None else None
     if ip is not None:
-        event["user"] = {"ip_address": ip}
+        user["ip_address"] = ip
+    if user:
+        event["user"] = user
 
 
 def _request_of(tx: Transaction) -> dict[str, Any] | None:
@@ -708,8 +713,8 @@ def error_event(
         request = _request_of(tx)
         if request is not None:
             event["request"] = request
-            if options.send_default_pii:
-                _add_user_ip(event, request)
+        if options.send_default_pii:
+            _add_user(event, tx, request)
     if options.release:
         event["release"] = options.release
     if options.server_name:

@@ -783,6 +783,7 @@ class Transaction(Span):
         "_source",
         "_spans",
         "_start_wall",
+        "_user",
     )
 
     def __init__(
@@ -824,6 +825,8 @@ class Transaction(Span):
         #: the integrations to the transport worker; see ``_event._request_of``).
         self._request: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
         self._response_status: int | None = None
+        #: The event's ``user`` (id, username, email) an integration found, PII only.
+        self._user: dict[str, str] | None = None
         ctx.transaction = self
 
     @property

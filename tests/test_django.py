@@ -326,6 +326,32 @@ def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
     assert sentry_server.transactions() == []
 
 
+@pytest.mark.parametrize("pii", [True, False])
+def test_logged_in_user_is_on_events_with_pii_only(sentry_server: SentryServer, pii: bool) -> None:
+    init_traced(sentry_server, send_default_pii=pii)
+    middleware = [
+        "sentry_tracing_mw.integrations.django.TracingMiddleware",
+        "tests.django_project.views.LoggedInMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        assert _client().get("/whoami/?read=1").content == b"alice"
+        assert _client().get("/whoami/").content == b"user not read"
+        assert _client().get("/whoami/?fail=1").status_code == 500
+    assert stm.flush(5) and sentry_server.wait_for(4, 5)
+    by_query = {t["request"].get("query_string", ""): t for t in sentry_server.transactions()}
+    (event,) = sentry_server.events()
+    alice = {"id": "7", "username": "alice", "email": "alice@example.com"}
+    if pii:
+        assert by_query["read=1"]["user"] == {**alice, "ip_address": "127.0.0.1"}
+        assert event["user"] == {**alice, "ip_address": "127.0.0.1"}
+        assert by_query["fail=1"]["user"] == {**alice, "ip_address": "127.0.0.1"}
+        # never loaded by the app: not loaded for us either (no session query of ours)
+        assert by_query[""]["user"] == {"ip_address": "127.0.0.1"}
+    else:
+        for received in (*sentry_server.transactions(), event):
+            assert "user" not in received
+
+
 def test_unsampled_requests_still_capture_errors(sentry_server: SentryServer) -> None:
     """Error events do not depend on the sampling decision; nothing else is sent."""
     init_traced(sentry_server, traces_sample_rate=0.0)

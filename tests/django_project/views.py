@@ -149,3 +149,36 @@ def stream_trace(request: HttpRequest) -> StreamingHttpResponse:
             yield (stm.get_trace_headers().get("sentry-trace", "none") + "\n").encode()
 
     return StreamingHttpResponse(body())
+
+
+class _User:
+    """A logged-in user as ``django.contrib.auth`` gives one (the fields events read)."""
+
+    is_authenticated = True
+    pk = 7
+    email = "alice@example.com"
+
+    def get_username(self) -> str:
+        return "alice"
+
+
+class LoggedInMiddleware:
+    """Sets ``request.user`` lazily, as ``AuthenticationMiddleware`` does."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.utils.functional import SimpleLazyObject
+
+        request.user = SimpleLazyObject(_User)  # type: ignore[assignment]
+        return self.get_response(request)  # type: ignore[no-any-return]
+
+
+def whoami(request: HttpRequest) -> HttpResponse:
+    if request.GET.get("fail"):
+        assert request.user.is_authenticated
+        raise ValueError("logged in and failing")
+    if request.GET.get("read"):
+        return HttpResponse(request.user.get_username())  # type: ignore[union-attr]
+    return HttpResponse("user not read")

@@ -150,6 +150,8 @@ class _State:
             if isinstance(exc, Exception):
                 if request is not None and tx._source == "url":
                     self.mw._name_for_error(request, self)
+                if request is not None and self.client.options.send_default_pii:
+                    tx._user = user_info(request) or tx._user
                 tx._status = "internal_error"
                 self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
             elif tx._status in (None, "ok"):
@@ -411,6 +413,8 @@ class TracingMiddleware:
                 return
             if recording:
                 tx.set_http_status(status)
+                if state.client.options.send_default_pii:
+                    tx._user = user_info(request)
             if status >= 500 and state.exc is not None:
                 state.fail(state.exc, request)  # captured once, whatever the sampling
             streaming = response.streaming
@@ -451,6 +455,42 @@ class TracingMiddleware:
             except Exception:
                 logger.debug("resolving an unmatched request failed", exc_info=True)
         tx.set_name(f"{method} {status}", "route")
+
+
+def user_info(request: Any) -> dict[str, str] | None:
+    """The logged-in user of ``request`` for the event's ``user`` (id, username, email), as
+    sentry-sdk sends it with ``send_default_pii``; None when nobody is logged in, or when
+    the app never loaded the user: reading a lazy ``request.user`` would cost a session
+    and database query per request, which an async view may not even make."""
+    from django.utils.functional import LazyObject, empty
+
+    try:
+        found = request.__dict__
+        user = found.get("_acached_user") or found.get("_cached_user") or found.get("user")
+        if isinstance(user, LazyObject):
+            user = user.__dict__.get("_wrapped", empty)
+            if user is empty:
+                return None
+        if user is None or getattr(user, "is_authenticated", False) is not True:
+            return None
+    except Exception:
+        return None
+    info: dict[str, str] = {}
+    for key, read in _USER_FIELDS:
+        try:
+            value = read(user)
+        except Exception:
+            continue
+        if value is not None and value != "":
+            info[key] = str(value)[:200]
+    return info or None
+
+
+_USER_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("id", lambda user: user.pk),
+    ("username", lambda user: user.get_username()),
+    ("email", lambda user: user.email),
+)
 
 
 def _resolve(request: Any, urlconf: Any) -> Any:
