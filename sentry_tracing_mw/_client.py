@@ -354,11 +354,13 @@ class Client:
                 logger.error("before_send_transaction must return a dict or None")
                 self.reports.record_transaction("before_send", n)
                 return None
+            event = limit_depth(event)
             spans = event.get("spans")
+            if isinstance(spans, list) and not all(type(s) is dict for s in spans):
+                event["spans"] = spans = [s for s in spans if type(s) is dict]
             removed = n - (len(spans) if isinstance(spans, list) else 0)
             if removed > 0:  # spans the hook dropped one by one (protocol §15)
                 self.reports.record("before_send", "span", removed)
-            event = limit_depth(event)
         assert event is not None
         return event, dsc
 

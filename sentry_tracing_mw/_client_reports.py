@@ -92,26 +92,26 @@ class ClientReports:
         """Count ``quantity`` discarded items of ``category`` for ``reason``."""
         if quantity <= 0 or reason not in VALID_REASONS or category not in KNOWN_CATEGORIES:
             return
-        if self._forward is not None:  # a late drop of a replaced client (a send it finished)
-            self._forward.record(reason, category, quantity)
-            return
         key = (reason, category)
         with self._lock:
-            self._pending[key] = self._pending.get(key, 0) + quantity
-            self._total[key] = self._total.get(key, 0) + quantity
+            if self._forward is None:
+                self._pending[key] = self._pending.get(key, 0) + quantity
+                self._total[key] = self._total.get(key, 0) + quantity
+                return
+        self._successor().record(reason, category, quantity)  # a replaced client's late drop
 
     def record_transaction(self, reason: str, span_count: int) -> None:
         """Count a dropped transaction: ``transaction`` x1 and ``span`` x(span_count + 1)."""
         if reason not in VALID_REASONS:
             return
-        if self._forward is not None:
-            self._forward.record_transaction(reason, span_count)
-            return
         spans = max(0, span_count) + 1
         with self._lock:
-            for key, qty in (((reason, "transaction"), 1), ((reason, "span"), spans)):
-                self._pending[key] = self._pending.get(key, 0) + qty
-                self._total[key] = self._total.get(key, 0) + qty
+            if self._forward is None:
+                for key, qty in (((reason, "transaction"), 1), ((reason, "span"), spans)):
+                    self._pending[key] = self._pending.get(key, 0) + qty
+                    self._total[key] = self._total.get(key, 0) + qty
+                return
+        self._successor().record_transaction(reason, span_count)
 
     def record_unsampled(self, span_count: int) -> bool:
         """Count an unsampled transaction (``sample_rate``) without taking the lock.
@@ -191,7 +191,7 @@ class ClientReports:
     def restore(self, payload: dict[str, Any]) -> None:
         """Put back counts from a ``take()`` payload whose envelope was not delivered."""
         if self._forward is not None:
-            self._forward.restore(payload)
+            self._successor().restore(payload)
             return
         entries = payload.get("discarded_events") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
@@ -214,9 +214,21 @@ class ClientReports:
                     key = (reason, category)
                     self._pending[key] = self._pending.get(key, 0) + qty
 
+    def _successor(self) -> ClientReports:
+        """The reports that replaced these last (``init()`` may have run many times)."""
+        reports = self
+        for _ in range(1000):  # (a loop, not recursion; bounded even if someone made a cycle)
+            following = reports._forward
+            if following is None or following is self:
+                break
+            reports = following
+        return reports
+
     def hand_over(self, other: ClientReports) -> None:
         """Move the counts waiting to be sent to ``other`` (a client that replaces this
-        one sends them)."""
+        one sends them); later drops recorded here go there too."""
+        if other is self:
+            return
         self._fold()
         with self._lock:
             pending, self._pending = self._pending, {}

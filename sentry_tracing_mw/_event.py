@@ -8,14 +8,12 @@ captured (the traceback must still be alive) and serialized later on the worker.
 from __future__ import annotations
 
 import builtins
-import itertools
 import linecache
 import logging
 import math
 import os
 import platform
 import re
-import reprlib
 import sys
 import sysconfig
 import time
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ids import new_event_id
 from ._request import client_ip
-from ._serialize import json_int
+from ._serialize import bounded_repr, json_int
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -270,58 +268,13 @@ def _in_app(filename: str, module: str | None) -> bool:
     return not real.startswith(_STDLIB_PATHS)
 
 
-class _VarRepr(reprlib.Repr):
-    """Bounded ``repr`` of a frame's local variable: strings are cut before they are
-    quoted, containers show their first 20 items (never sorted: a 200,000-key dict costs
-    no more than a small one), nesting stops at 3 levels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxstring = self.maxother = _MAX_REPR
-        self.maxlong = 100
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 20
-        self.maxdeque = self.maxarray = self.maxdict = 20
-
-    def _items(self, items: Any, size: int, level: int, maxitems: int) -> str:
-        pieces = [self.repr1(item, level - 1) for item in itertools.islice(items, maxitems)]
-        if size > maxitems:
-            pieces.append("...")
-        return ", ".join(pieces)
-
-    def repr_dict(self, x: Any, level: int) -> str:
-        if not x:
-            return "{}"
-        if level <= 0:
-            return "{...}"
-        pairs = (
-            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
-            for k, v in itertools.islice(x.items(), self.maxdict)
-        )
-        return "{" + ", ".join(pairs) + (", ..." if len(x) > self.maxdict else "") + "}"
-
-    def repr_set(self, x: Any, level: int) -> str:
-        if not x:
-            return "set()"
-        if level <= 0:
-            return "{...}"
-        return "{" + self._items(iter(x), len(x), level, self.maxset) + "}"
-
-    def repr_frozenset(self, x: Any, level: int) -> str:
-        if not x:
-            return "frozenset()"
-        if level <= 0:
-            return "frozenset({...})"
-        return "frozenset({" + self._items(iter(x), len(x), level, self.maxfrozenset) + "})"
-
-
 _MAX_REPR = 512
-_var_repr = _VarRepr()
 
 
 def _safe_repr(value: Any) -> str:
+    """A local variable's bounded repr (see ``bounded_repr``), or a marker."""
     try:
-        text = _var_repr.repr(value)
+        text = bounded_repr(value)
     except Exception:
         return "<unrepresentable>"
     if type(text) is not str:

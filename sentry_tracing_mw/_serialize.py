@@ -15,6 +15,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
     "MAX_REPR",
+    "bounded_repr",
     "dumps",
     "json_int",
     "limit_depth",
@@ -40,10 +41,81 @@ def json_int(value: int) -> int | float | str:
         return f"<int of {value.bit_length()} bits>"
 
 
+#: Items of a container a bounded repr shows, and how deep it looks into nested ones.
+_REPR_ITEMS = 20
+_REPR_LEVELS = 3
+_SMALL_SCALARS = (int, float, bool, type(None))
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_OPEN_CLOSE = {
+    dict: ("{", "}"),
+    list: ("[", "]"),
+    tuple: ("(", ")"),
+    set: ("{", "}"),
+    frozenset: ("frozenset({", "})"),
+}
+
+
+def _small_and_flat(obj: Any) -> bool:
+    """A dict, list or tuple (exactly) of at most ``_REPR_ITEMS`` short scalars: the built-in
+    ``repr`` is bounded and fastest there."""
+    kind = type(obj)
+    if kind is dict:
+        if len(obj) > _REPR_ITEMS:
+            return False
+        values: Any = itertools.chain(dict.keys(obj), dict.values(obj))
+    elif kind is list or kind is tuple:
+        if len(obj) > _REPR_ITEMS:
+            return False
+        values = obj
+    else:
+        return False
+    for value in values:
+        if type(value) is str or type(value) is bytes:
+            if len(value) > MAX_REPR:
+                return False
+        elif type(value) not in _SMALL_SCALARS:
+            return False
+    return True
+
+
+def bounded_repr(obj: Any, level: int = _REPR_LEVELS) -> str:
+    """``repr(obj)`` whose cost and size are bounded for the built-in containers (their
+    subclasses included: a 200,000-key ``defaultdict`` costs what a small one does):
+    ``_REPR_ITEMS`` items each, ``_REPR_LEVELS`` levels, long strings cut before they are
+    quoted. Other objects get their own ``repr``. Raises what that ``repr`` raises."""
+    kind = type(obj)
+    if kind is str or kind is bytes:
+        return repr(obj[:MAX_REPR]) if len(obj) > MAX_REPR else repr(obj)
+    if kind in _SMALL_SCALARS or not isinstance(obj, _CONTAINERS) or _small_and_flat(obj):
+        return repr(obj)
+    base: Any = next(b for b in _CONTAINERS if isinstance(obj, b))
+    opening, closing = _OPEN_CLOSE[base]
+    if kind is not base:  # a subclass: defaultdict({...}), Counter({...})
+        opening, closing = f"{kind.__name__}({opening}", f"{closing})"
+    size = len(obj)
+    if not size:
+        return f"{kind.__name__}()" if base in (set, frozenset) else opening + closing
+    if level <= 0:
+        return opening + "..." + closing
+    if base is dict:
+        mapping: Any = obj
+        pairs = itertools.islice(dict.items(mapping), _REPR_ITEMS)
+        parts = [f"{bounded_repr(k, level - 1)}: {bounded_repr(v, level - 1)}" for k, v in pairs]
+    else:
+        iterate: Any = base.__iter__  # the built-in's: a subclass's own __iter__ may not end
+        items = itertools.islice(iterate(obj), _REPR_ITEMS)
+        parts = [bounded_repr(item, level - 1) for item in items]
+    if size > _REPR_ITEMS:
+        parts.append("...")
+    elif base is tuple and size == 1:
+        parts[0] += ","
+    return opening + ", ".join(parts) + closing
+
+
 def _safe_repr(obj: Any) -> str:
-    """``repr(obj)`` truncated, or a marker when ``repr`` itself raises."""
+    """A bounded ``repr(obj)``, truncated, or a marker when ``repr`` itself raises."""
     try:
-        text = repr(obj)
+        text = bounded_repr(obj)
     except Exception:
         return _UNREPRESENTABLE
     if not isinstance(text, str):  # pragma: no cover - repr() always returns str
@@ -124,7 +196,7 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
             pairs = list(items) if budget is None else itertools.islice(items, budget[0] + 1)
             for k, v in pairs:
                 out[_key(k)] = _sanitize(v, depth + 1, path, budget)
-                if budget is not None and budget[0] < 0:
+                if budget is not None and budget[0] <= 0:
                     break
             return out
         except Exception:
@@ -140,6 +212,10 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
             out_list = []
             for v in list(obj) if budget is None else itertools.islice(obj, budget[0] + 1):
                 out_list.append(_sanitize(v, depth + 1, path, budget))
+                if budget is not None and budget[0] <= 0:
+                    if out_list[-1] != _TOO_BIG:
+                        out_list.append(_TOO_BIG)  # says the rest is left out
+                    break
             return out_list
         except Exception:
             return _safe_repr(obj)
@@ -155,46 +231,49 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
 
 
 #: Values (containers and scalars) a payload from a user hook may hold; past it the rest
-#: of a container is left out (``"[MaxSize]"``): json.dumps expands a shared sub-object
-#: at every reference, in C, holding the GIL.
-MAX_NODES = 100_000
+#: is left out (``"[MaxSize]"``): json.dumps writes it in C holding the GIL, a shared
+#: sub-object at every reference.
+MAX_NODES = 1_000_000
 _TOO_BIG = "[MaxSize]"
 _PLAIN = (dict, list, tuple)
+_JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def _needs_copy(obj: Any) -> bool:
     """Whether ``obj`` must go through ``_sanitize`` before ``json.dumps``: nested past
-    ``MAX_DEPTH``, over ``MAX_NODES`` values, a container referenced twice (a cycle or a
-    shared sub-object), or a container json would iterate through code of its own (a
-    subclass, a set)."""
+    ``MAX_DEPTH``, a container referenced twice (a cycle or a shared sub-object, which
+    json would write out at every reference), or a container json would iterate through
+    code of its own (a subclass, a set), or over ``MAX_NODES`` values (at least 2 bytes of
+    JSON each: an event Sentry refuses anyway, so cutting it harms no event that fits)."""
+    if type(obj) not in _PLAIN:
+        return isinstance(obj, (*_PLAIN, set, frozenset))
     seen: set[int] = set()
     stack: list[tuple[Any, int]] = [(obj, 0)]
-    nodes = 0
+    values = 0
     while stack:
         item, depth = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            return True
-        kind = type(item)
-        if kind not in _PLAIN:
-            if isinstance(item, (dict, list, tuple, set, frozenset)):
-                return True
-            continue
         if depth >= MAX_DEPTH or id(item) in seen:
             return True
         seen.add(id(item))
-        if nodes + len(stack) + len(item) > MAX_NODES:
+        values += len(item)
+        if values > MAX_NODES:  # over 1 MiB of JSON whatever it holds: the copy bounds it
             return True
-        children: Any = dict.values(item) if kind is dict else item
-        stack.extend((child, depth + 1) for child in children)
+        for child in dict.values(item) if type(item) is dict else item:
+            kind = type(child)
+            if kind in _JSON_SCALARS:
+                continue
+            if kind in _PLAIN:
+                stack.append((child, depth + 1))
+            elif isinstance(child, (*_PLAIN, set, frozenset)):
+                return True
     return False
 
 
 def limit_depth(obj: Any) -> Any:
-    """``obj`` itself, or a JSON-safe copy bounded in depth (``"[MaxDepth]"`` past
-    ``MAX_DEPTH``: Sentry refuses a payload nested deeper than about 128 levels, and how
-    deep ``json.dumps`` goes before a RecursionError depends on the Python version) and in
-    size (``"[MaxSize]"`` past ``MAX_NODES`` values).
+    """``obj`` itself, or a JSON-safe copy with containers past ``MAX_DEPTH`` replaced by
+    ``"[MaxDepth]"`` (Sentry refuses a payload nested deeper than about 128 levels, and how
+    deep ``json.dumps`` goes before a RecursionError depends on the Python version) and
+    shared sub-objects written out at most ``MAX_NODES`` values in all.
 
     For payloads a user hook returned: the SDK's own payloads are bounded by construction.
     """

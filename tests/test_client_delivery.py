@@ -181,6 +181,24 @@ def test_deep_data_from_hooks_is_capped_so_sentry_accepts_it(sentry_server: Sent
     assert len(sentry_server.transactions()) == 1 and len(sentry_server.events()) == 1
 
 
+def test_spans_a_hook_turns_into_non_objects_are_dropped_and_counted(
+    sentry_server: SentryServer,
+) -> None:
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        event["spans"][0] = "not a span"  # Sentry would refuse the whole transaction
+        return event
+
+    init(sentry_server, before_send_transaction=hook)
+    with stm.start_transaction("t") as tx:
+        for _ in range(3):
+            with tx.start_child("db"):
+                pass
+    assert stm.flush(5)
+    (sent,) = sentry_server.transactions()
+    assert len(sent["spans"]) == 2
+    assert sentry_server.client_reports()[("before_send", "span")] == 1
+
+
 def test_ignore_transactions_and_status_codes(sentry_server: SentryServer) -> None:
     init(
         sentry_server,

@@ -22,7 +22,7 @@ from sentry_tracing_mw._envelope import (
     parse_envelope,
     serialize_envelope,
 )
-from sentry_tracing_mw._serialize import MAX_DEPTH, dumps, limit_depth
+from sentry_tracing_mw._serialize import MAX_DEPTH, MAX_NODES, dumps, limit_depth
 
 # -- serialize_envelope / parse_envelope ---------------------------------------------------
 
@@ -386,7 +386,8 @@ def test_dumps_cycles_and_depth() -> None:
     shared: list[Any] = [1]
     for _ in range(MAX_DEPTH - 2):
         shared = [shared, shared]  # 2**18 paths, one object per level
-    assert b"[MaxSize]" in dumps(limit_depth(shared))  # what json.dumps would expand
+    copied = limit_depth(shared)  # shared sub-objects: written out, within MAX_NODES values
+    assert copied is not shared and json.loads(dumps(copied)) == json.loads(json.dumps(shared))
 
 
 def test_limit_depth_bounds_what_json_would_expand_or_iterate_itself() -> None:
@@ -397,9 +398,13 @@ def test_limit_depth_bounds_what_json_would_expand_or_iterate_itself() -> None:
     started = time.perf_counter()
     text = dumps(limit_depth({"extra": shared}))
     assert time.perf_counter() - started < 5
-    assert b"[MaxSize]" in text and len(text) < 2_000_000
-    flat = dumps(limit_depth({"x": list(range(1_000_000))}))
-    assert b"[MaxSize]" in flat and len(flat) < 1_000_000
+    assert b"[MaxSize]" in text and len(text) < 10 * MAX_NODES
+    flat = dumps(limit_depth({"x": list(range(2 * MAX_NODES))}))
+    assert flat.endswith(b',"[MaxSize]"]}') and len(flat) < 10 * MAX_NODES
+    # big but plain (a transaction's thousand spans with data): not copied, nothing cut
+    spans = [{"span_id": str(i), "data": {"ids": list(range(100))}} for i in range(1000)]
+    event = {"spans": spans}
+    assert limit_depth(event) is event
     # containers json iterates through code of their own: sets, subclasses
     frozen: Any = frozenset({1})
     for i in range(300):
@@ -415,6 +420,33 @@ def test_limit_depth_bounds_what_json_would_expand_or_iterate_itself() -> None:
     for value in (frozen, sneaky, {"t": (("x",) * 3,) * 2}):
         out = json.loads(dumps(limit_depth({"v": value})))
         assert _depth(out) <= MAX_DEPTH + 1
+
+
+def test_bounded_repr_of_locals() -> None:
+    import collections
+
+    from sentry_tracing_mw._serialize import _safe_repr
+
+    big = collections.defaultdict(int, {i: i for i in range(200_000)})
+    started = time.perf_counter()
+    for _ in range(20):
+        text = _safe_repr(big)
+    assert time.perf_counter() - started < 1  # a full repr took about 50 ms each
+    assert text.startswith("defaultdict({0: 0, 1: 1,") and text.endswith(", ...})")
+
+    class Bad:
+        def __repr__(self) -> str:
+            raise ValueError("no")
+
+    class dict(collections.UserDict):  # type: ignore[type-arg]  # a user class named dict
+        pass
+
+    assert _safe_repr(Bad()) == "<unrepresentable>"  # never a memory address
+    assert _safe_repr(dict(a=1)) == "{'a': 1}"  # its own repr
+    assert _safe_repr("x" * 5000) == "'" + "x" * 508 + "..."
+    assert _safe_repr([1, "a", None]) == "[1, 'a', None]"
+    assert _safe_repr((1,)) == "(1,)" and _safe_repr(set()) == "set()"
+    assert _safe_repr([[[[[1]]]]]) == "[[[[...]]]]"
 
 
 def _depth(value: Any) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import gc
 import gzip
+import itertools
 import logging
 import os
 import re
@@ -543,6 +544,13 @@ def test_drops_of_a_replaced_reports_go_to_its_successor() -> None:
         ("send_error", "span")
     ] == 4
     assert old.take() is None
+    # many re-inits: a chain, followed in a loop (never a RecursionError)
+    chain = [ClientReports() for _ in range(1200)]
+    for before, after in itertools.pairwise(chain):
+        before.hand_over(after)
+    chain[0].record("network_error", "error")
+    chain[0].hand_over(chain[0])  # a cycle onto itself is refused
+    assert chain[-1].snapshot() == {("network_error", "error"): 1}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
