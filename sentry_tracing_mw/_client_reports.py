@@ -92,26 +92,14 @@ class ClientReports:
         """Count ``quantity`` discarded items of ``category`` for ``reason``."""
         if quantity <= 0 or reason not in VALID_REASONS or category not in KNOWN_CATEGORIES:
             return
-        key = (reason, category)
-        with self._lock:
-            if self._forward is None:
-                self._pending[key] = self._pending.get(key, 0) + quantity
-                self._total[key] = self._total.get(key, 0) + quantity
-                return
-        self._successor().record(reason, category, quantity)  # a replaced client's late drop
+        self._add_to_last(((reason, category), quantity))  # a replaced client's: its successor's
 
     def record_transaction(self, reason: str, span_count: int) -> None:
         """Count a dropped transaction: ``transaction`` x1 and ``span`` x(span_count + 1)."""
         if reason not in VALID_REASONS:
             return
         spans = max(0, span_count) + 1
-        with self._lock:
-            if self._forward is None:
-                for key, qty in (((reason, "transaction"), 1), ((reason, "span"), spans)):
-                    self._pending[key] = self._pending.get(key, 0) + qty
-                    self._total[key] = self._total.get(key, 0) + qty
-                return
-        self._successor().record_transaction(reason, span_count)
+        self._add_to_last(((reason, "transaction"), 1), ((reason, "span"), spans))
 
     def record_unsampled(self, span_count: int) -> bool:
         """Count an unsampled transaction (``sample_rate``) without taking the lock.
@@ -191,8 +179,10 @@ class ClientReports:
     def restore(self, payload: dict[str, Any]) -> None:
         """Put back counts from a ``take()`` payload whose envelope was not delivered."""
         if self._forward is not None:
-            self._successor().restore(payload)
-            return
+            target = self._successor()
+            if target is not self and target._forward is None:
+                target.restore(payload)
+                return
         entries = payload.get("discarded_events") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
             return
@@ -214,13 +204,38 @@ class ClientReports:
                     key = (reason, category)
                     self._pending[key] = self._pending.get(key, 0) + qty
 
+    def _add(self, counts: tuple[tuple[tuple[str, str], int], ...]) -> None:
+        with self._lock:
+            for key, qty in counts:
+                self._pending[key] = self._pending.get(key, 0) + qty
+                self._total[key] = self._total.get(key, 0) + qty
+
+    def _add_to_last(self, *counts: tuple[tuple[str, str], int]) -> None:
+        """Add ``counts`` here, or to the reports that replaced these last (``init()`` may
+        have run many times since): followed in a loop, and re-checked under each lock, so
+        a concurrent ``hand_over`` never strands them."""
+        reports: ClientReports = self
+        seen: set[int] = set()
+        while id(reports) not in seen:
+            seen.add(id(reports))
+            with reports._lock:
+                following = reports._forward
+                if following is None:
+                    for key, qty in counts:
+                        reports._pending[key] = reports._pending.get(key, 0) + qty
+                        reports._total[key] = reports._total.get(key, 0) + qty
+                    return
+            reports = following
+        self._add(counts)  # a cycle: keep them here rather than lose them
+
     def _successor(self) -> ClientReports:
-        """The reports that replaced these last (``init()`` may have run many times)."""
+        """The reports that replaced these last (these, if the chain loops)."""
         reports = self
-        for _ in range(1000):  # (a loop, not recursion; bounded even if someone made a cycle)
-            following = reports._forward
-            if following is None or following is self:
-                break
+        seen = {id(self)}
+        while (following := reports._forward) is not None:
+            if id(following) in seen:
+                return self
+            seen.add(id(following))
             reports = following
         return reports
 
@@ -233,10 +248,8 @@ class ClientReports:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._forward = other
-        with other._lock:
-            for key, qty in pending.items():
-                other._pending[key] = other._pending.get(key, 0) + qty
-                other._total[key] = other._total.get(key, 0) + qty
+        if pending:  # to ``other``, or to what replaced it meanwhile (concurrent init()s)
+            other._add_to_last(*pending.items())
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         """Cumulative counts recorded since creation (not reset by ``take()``)."""

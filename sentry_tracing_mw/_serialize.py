@@ -46,6 +46,7 @@ _REPR_ITEMS = 20
 _REPR_LEVELS = 3
 _SMALL_SCALARS = (int, float, bool, type(None))
 _CONTAINERS = (dict, list, tuple, set, frozenset)
+_TEXTS = (str, bytes, bytearray)
 _OPEN_CLOSE = {
     dict: ("{", "}"),
     list: ("[", "]"),
@@ -55,10 +56,18 @@ _OPEN_CLOSE = {
 }
 
 
-def _small_and_flat(obj: Any) -> bool:
+def _base_of(kind: type, bases: tuple[type, ...]) -> Any:
+    """The built-in among ``bases`` that ``kind`` derives from (by its real type: a lazy
+    proxy's ``__class__`` is never asked, so nothing is evaluated), else None."""
+    for base in bases:
+        if issubclass(kind, base):
+            return base
+    return None
+
+
+def _small_and_flat(obj: Any, kind: type) -> bool:
     """A dict, list or tuple (exactly) of at most ``_REPR_ITEMS`` short scalars: the built-in
     ``repr`` is bounded and fastest there."""
-    kind = type(obj)
     if kind is dict:
         if len(obj) > _REPR_ITEMS:
             return False
@@ -78,34 +87,64 @@ def _small_and_flat(obj: Any) -> bool:
     return True
 
 
-def bounded_repr(obj: Any, level: int = _REPR_LEVELS) -> str:
-    """``repr(obj)`` whose cost and size are bounded for the built-in containers (their
-    subclasses included: a 200,000-key ``defaultdict`` costs what a small one does):
-    ``_REPR_ITEMS`` items each, ``_REPR_LEVELS`` levels, long strings cut before they are
-    quoted. Other objects get their own ``repr``. Raises what that ``repr`` raises."""
+def bounded_repr(obj: Any) -> str:
+    """``repr(obj)`` whose cost and size are bounded for texts and the built-in containers
+    (their subclasses too: a 200,000-key ``defaultdict`` costs what a small one does):
+    ``_REPR_ITEMS`` items, ``_REPR_LEVELS`` levels, about ``MAX_REPR`` characters, texts cut
+    before they are quoted. Other objects get their own ``repr``. Dispatch is by the real
+    type: a lazy proxy (Django's ``request.user``) is not evaluated. Raises what an
+    object's own ``repr`` raises."""
+    return _bounded(obj, _REPR_LEVELS, [MAX_REPR])
+
+
+def _bounded(obj: Any, level: int, room: list[int]) -> str:
     kind = type(obj)
-    if kind is str or kind is bytes:
-        return repr(obj[:MAX_REPR]) if len(obj) > MAX_REPR else repr(obj)
-    if kind in _SMALL_SCALARS or not isinstance(obj, _CONTAINERS) or _small_and_flat(obj):
-        return repr(obj)
-    base: Any = next(b for b in _CONTAINERS if isinstance(obj, b))
+    text_base = _base_of(kind, _TEXTS)
+    if text_base is not None:
+        if text_base.__len__(obj) > MAX_REPR:
+            text = repr(text_base(text_base.__getitem__(obj, slice(0, MAX_REPR)))) + "..."
+        else:
+            text = repr(text_base(obj)) if kind is not text_base else repr(obj)
+    else:
+        base = None if kind in _SMALL_SCALARS else _base_of(kind, _CONTAINERS)
+        if base is None or _small_and_flat(obj, kind):
+            text = repr(obj)
+        elif level <= 0 or room[0] <= 0:
+            opening, closing = _OPEN_CLOSE[base]
+            text = opening + "..." + closing
+        elif (
+            kind is not base
+            and kind.__repr__ is not base.__repr__
+            and base.__len__(obj) <= _REPR_ITEMS
+        ):
+            text = repr(obj)  # a small namedtuple or a subclass with a repr of its own
+        else:
+            text = _container(obj, kind, base, level, room)
+    room[0] -= len(text)
+    return text
+
+
+def _container(obj: Any, kind: type, base: Any, level: int, room: list[int]) -> str:
     opening, closing = _OPEN_CLOSE[base]
     if kind is not base:  # a subclass: defaultdict({...}), Counter({...})
         opening, closing = f"{kind.__name__}({opening}", f"{closing})"
-    size = len(obj)
+    size = base.__len__(obj)
     if not size:
         return f"{kind.__name__}()" if base in (set, frozenset) else opening + closing
-    if level <= 0:
-        return opening + "..." + closing
     if base is dict:
-        mapping: Any = obj
-        pairs = itertools.islice(dict.items(mapping), _REPR_ITEMS)
-        parts = [f"{bounded_repr(k, level - 1)}: {bounded_repr(v, level - 1)}" for k, v in pairs]
+        items: Any = itertools.islice(dict.items(obj), _REPR_ITEMS)
     else:
-        iterate: Any = base.__iter__  # the built-in's: a subclass's own __iter__ may not end
-        items = itertools.islice(iterate(obj), _REPR_ITEMS)
-        parts = [bounded_repr(item, level - 1) for item in items]
-    if size > _REPR_ITEMS:
+        items = itertools.islice(base.__iter__(obj), _REPR_ITEMS)
+    parts = []
+    for item in items:
+        if room[0] <= 0:
+            break
+        if base is dict:
+            key, value = item
+            parts.append(f"{_bounded(key, level - 1, room)}: {_bounded(value, level - 1, room)}")
+        else:
+            parts.append(_bounded(item, level - 1, room))
+    if len(parts) < size:
         parts.append("...")
     elif base is tuple and size == 1:
         parts[0] += ","
@@ -168,6 +207,26 @@ def _float_key(key: float) -> str:
     return repr(float(key)) if math.isfinite(key) else "null"
 
 
+def _size(value: Any) -> int:
+    base = _base_of(type(value), _ITERATED)
+    return 0 if base is None else 1 + int(base.__len__(value))
+
+
+def _weight(pair: tuple[Any, Any]) -> int:
+    """About how much of a copy's budget a mapping's value takes: its size and its
+    children's (two levels; scalars weigh nothing), so small values are copied first."""
+    value = pair[1]
+    try:
+        weight = _size(value)
+        if weight > 1:
+            children = dict.values(value) if isinstance(value, dict) else value
+            for child in itertools.islice(children, 1000):
+                weight += _size(child)
+        return weight
+    except Exception:
+        return 1
+
+
 def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = None) -> Any:
     """Return a JSON-safe copy of ``obj`` (the slow path); ``budget`` (a one-item list) is
     the number of values it may still hold."""
@@ -193,11 +252,17 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
         try:
             out: dict[str, Any] = {}
             items = obj.items()
-            pairs = list(items) if budget is None else itertools.islice(items, budget[0] + 1)
+            if budget is None:
+                for k, v in list(items):
+                    out[_key(k)] = _sanitize(v, depth + 1, path, budget)
+                return out
+            # Small values first: an event's ids, names and trace context are kept whole
+            # and a huge value is what gets cut.
+            pairs = sorted(itertools.islice(items, budget[0] + 1), key=_weight)
             for k, v in pairs:
-                out[_key(k)] = _sanitize(v, depth + 1, path, budget)
-                if budget is not None and budget[0] <= 0:
+                if budget[0] <= 0:
                     break
+                out[_key(k)] = _sanitize(v, depth + 1, path, budget)
             return out
         except Exception:
             return _safe_repr(obj)
@@ -209,13 +274,14 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
             return _CIRCULAR
         path.add(ident)
         try:
+            if budget is None:
+                return [_sanitize(v, depth + 1, path, budget) for v in list(obj)]
             out_list = []
-            for v in list(obj) if budget is None else itertools.islice(obj, budget[0] + 1):
-                out_list.append(_sanitize(v, depth + 1, path, budget))
-                if budget is not None and budget[0] <= 0:
-                    if out_list[-1] != _TOO_BIG:
-                        out_list.append(_TOO_BIG)  # says the rest is left out
+            for v in obj:
+                if budget[0] <= 0:
+                    out_list.append(_TOO_BIG)  # items remain: say they are left out
                     break
+                out_list.append(_sanitize(v, depth + 1, path, budget))
             return out_list
         except Exception:
             return _safe_repr(obj)
@@ -237,6 +303,7 @@ MAX_NODES = 1_000_000
 _TOO_BIG = "[MaxSize]"
 _PLAIN = (dict, list, tuple)
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_ITERATED = (dict, list, tuple, set, frozenset)  # what json (or our default) iterates
 
 
 def _needs_copy(obj: Any) -> bool:
@@ -246,7 +313,7 @@ def _needs_copy(obj: Any) -> bool:
     code of its own (a subclass, a set), or over ``MAX_NODES`` values (at least 2 bytes of
     JSON each: an event Sentry refuses anyway, so cutting it harms no event that fits)."""
     if type(obj) not in _PLAIN:
-        return isinstance(obj, (*_PLAIN, set, frozenset))
+        return issubclass(type(obj), _ITERATED)
     seen: set[int] = set()
     stack: list[tuple[Any, int]] = [(obj, 0)]
     values = 0
@@ -264,7 +331,7 @@ def _needs_copy(obj: Any) -> bool:
                 continue
             if kind in _PLAIN:
                 stack.append((child, depth + 1))
-            elif isinstance(child, (*_PLAIN, set, frozenset)):
+            elif issubclass(kind, _ITERATED):  # (by the real type: no proxy is evaluated)
                 return True
     return False
 

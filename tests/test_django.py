@@ -352,6 +352,47 @@ def test_logged_in_user_is_on_events_with_pii_only(sentry_server: SentryServer, 
             assert "user" not in received
 
 
+def test_user_info_reads_the_current_user_and_never_queries() -> None:
+    from django.utils.functional import SimpleLazyObject
+
+    from sentry_tracing_mw.integrations.django import user_info
+
+    from .django_project import views
+
+    class Anonymous:
+        is_authenticated = False
+
+    class Deferred:
+        """A model instance whose email was deferred (reading it would query)."""
+
+        is_authenticated = True
+        USERNAME_FIELD = "username"
+
+        def __init__(self) -> None:
+            self._state = object()
+            self.pk = 3
+            self.username = "bob"
+
+        @property
+        def email(self) -> str:
+            raise AssertionError("a deferred field was read: that is a query")
+
+    class Request:
+        pass
+
+    alice = views._User()
+    request = Request()
+    request._cached_user = Anonymous()  # type: ignore[attr-defined]  # auth middleware's cache
+    request.user = alice  # type: ignore[attr-defined]  # then token auth set another user
+    assert user_info(request) == {"id": "7", "username": "alice", "email": "alice@example.com"}
+    request.user = SimpleLazyObject(lambda: 1 / 0)  # type: ignore[attr-defined]  # never loaded
+    assert user_info(request) is None
+    request._acached_user = alice  # type: ignore[attr-defined]  # await request.auser()
+    assert user_info(request) == {"id": "7", "username": "alice", "email": "alice@example.com"}
+    request.user = Deferred()  # type: ignore[attr-defined]
+    assert user_info(request) == {"id": "3", "username": "bob"}
+
+
 def test_unsampled_requests_still_capture_errors(sentry_server: SentryServer) -> None:
     """Error events do not depend on the sampling decision; nothing else is sent."""
     init_traced(sentry_server, traces_sample_rate=0.0)

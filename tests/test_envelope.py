@@ -447,6 +447,38 @@ def test_bounded_repr_of_locals() -> None:
     assert _safe_repr([1, "a", None]) == "[1, 'a', None]"
     assert _safe_repr((1,)) == "(1,)" and _safe_repr(set()) == "set()"
     assert _safe_repr([[[[[1]]]]]) == "[[[[...]]]]"
+    # bounded in work, not only in output: 20**4 long strings are never formatted
+    leaf = ["x" * 512] * 20
+    nested = [[[leaf] * 20] * 20] * 20
+    started = time.perf_counter()
+    assert len(_safe_repr(nested)) <= 512
+    assert time.perf_counter() - started < 0.1
+    # by the real type: a lazy proxy is never evaluated (Django's request.user)
+    from django.utils.functional import SimpleLazyObject
+
+    evaluated = []
+    lazy = SimpleLazyObject(lambda: evaluated.append(1) or [1, 2])
+    assert _safe_repr(lazy).startswith("<SimpleLazyObject") and not evaluated
+    from collections import namedtuple
+
+    point = namedtuple("point", "x y")
+    assert _safe_repr([point(1, 2)]) == "[point(x=1, y=2)]"  # its own repr, when small
+
+
+def test_a_budgeted_copy_keeps_small_values_and_marks_cut_lists() -> None:
+    from sentry_tracing_mw._serialize import _sanitize
+
+    event = {
+        "extra": {"big": [list(range(1000))] * 2000},  # shared: copied within the budget
+        "event_id": "e" * 32,
+        "contexts": {"trace": {"trace_id": "t" * 32}},
+        "spans": [{"span_id": "s"}],
+    }
+    copied = limit_depth(event)
+    assert copied["event_id"] == "e" * 32 and copied["contexts"]["trace"]["trace_id"] == "t" * 32
+    assert copied["spans"] == [{"span_id": "s"}]  # small values go first
+    assert copied["extra"]["big"][-1] == "[MaxSize]"
+    assert _sanitize([1, 2], 0, set(), [3]) == [1, 2]  # an exact fit is not marked
 
 
 def _depth(value: Any) -> int:

@@ -551,6 +551,13 @@ def test_drops_of_a_replaced_reports_go_to_its_successor() -> None:
     chain[0].record("network_error", "error")
     chain[0].hand_over(chain[0])  # a cycle onto itself is refused
     assert chain[-1].snapshot() == {("network_error", "error"): 1}
+    # concurrent init()s: A hands over to B after B handed over to C; C gets A's counts
+    a, b, c = ClientReports(), ClientReports(), ClientReports()
+    a.record("network_error", "error", 5)
+    b.hand_over(c)
+    a.hand_over(b)
+    assert c.snapshot() == {("network_error", "error"): 5}
+    assert b.take() is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -460,37 +460,46 @@ class TracingMiddleware:
 def user_info(request: Any) -> dict[str, str] | None:
     """The logged-in user of ``request`` for the event's ``user`` (id, username, email), as
     sentry-sdk sends it with ``send_default_pii``; None when nobody is logged in, or when
-    the app never loaded the user: reading a lazy ``request.user`` would cost a session
-    and database query per request, which an async view may not even make."""
+    the app never loaded the user: reading a lazy ``request.user`` (or a deferred field of
+    the user) would cost a session and database query, which an async view may not even
+    make."""
     from django.utils.functional import LazyObject, empty
 
     try:
         found = request.__dict__
-        user = found.get("_acached_user") or found.get("_cached_user") or found.get("user")
-        if isinstance(user, LazyObject):
+        user = found.get("user", empty)
+        if isinstance(user, LazyObject):  # (LazyObject's own class: nothing evaluated)
             user = user.__dict__.get("_wrapped", empty)
-            if user is empty:
-                return None
-        if user is None or getattr(user, "is_authenticated", False) is not True:
+        if user is empty:  # not loaded through request.user: maybe through auser()
+            user = found.get("_acached_user", found.get("_cached_user"))
+        if user is None or user is empty:
+            return None
+        if getattr(user, "is_authenticated", False) is not True:
             return None
     except Exception:
         return None
+    model = "_state" in getattr(user, "__dict__", ())  # a Django model instance
+    fields = user.__dict__ if model else None
     info: dict[str, str] = {}
-    for key, read in _USER_FIELDS:
+    for key in ("id", "username", "email"):
         try:
-            value = read(user)
+            if key == "id":
+                value = user.pk  # never deferred
+            else:
+                name = (
+                    getattr(type(user), "USERNAME_FIELD", "username") if key == "username" else key
+                )
+                if fields is not None:  # a model's field only as loaded: a deferred one
+                    value = fields.get(name)  # would cost a query
+                elif key == "username" and callable(getattr(user, "get_username", None)):
+                    value = user.get_username()
+                else:
+                    value = getattr(user, name, None)
         except Exception:
             continue
         if value is not None and value != "":
             info[key] = str(value)[:200]
     return info or None
-
-
-_USER_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("id", lambda user: user.pk),
-    ("username", lambda user: user.get_username()),
-    ("email", lambda user: user.email),
-)
 
 
 def _resolve(request: Any, urlconf: Any) -> Any:
