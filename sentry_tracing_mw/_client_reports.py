@@ -204,11 +204,10 @@ class ClientReports:
                     key = (reason, category)
                     self._pending[key] = self._pending.get(key, 0) + qty
 
-    def _add(self, counts: tuple[tuple[tuple[str, str], int], ...]) -> None:
-        with self._lock:
-            for key, qty in counts:
-                self._pending[key] = self._pending.get(key, 0) + qty
-                self._total[key] = self._total.get(key, 0) + qty
+    def _add_locked(self, counts: tuple[tuple[tuple[str, str], int], ...]) -> None:
+        for key, qty in counts:
+            self._pending[key] = self._pending.get(key, 0) + qty
+            self._total[key] = self._total.get(key, 0) + qty
 
     def _add_to_last(self, *counts: tuple[tuple[str, str], int]) -> None:
         """Add ``counts`` here, or to the reports that replaced these last (``init()`` may
@@ -221,12 +220,11 @@ class ClientReports:
             with reports._lock:
                 following = reports._forward
                 if following is None:
-                    for key, qty in counts:
-                        reports._pending[key] = reports._pending.get(key, 0) + qty
-                        reports._total[key] = reports._total.get(key, 0) + qty
+                    reports._add_locked(counts)
                     return
             reports = following
-        self._add(counts)  # a cycle: keep them here rather than lose them
+        with self._lock:  # a cycle: keep them here rather than lose them
+            self._add_locked(counts)
 
     def _successor(self) -> ClientReports:
         """The reports that replaced these last (these, if the chain loops)."""

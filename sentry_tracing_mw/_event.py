@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ids import new_event_id
 from ._request import client_ip
-from ._serialize import bounded_repr, json_int
+from ._serialize import json_int, safe_repr
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -268,20 +268,6 @@ def _in_app(filename: str, module: str | None) -> bool:
     return not real.startswith(_STDLIB_PATHS)
 
 
-_MAX_REPR = 512
-
-
-def _safe_repr(value: Any) -> str:
-    """A local variable's bounded repr (see ``bounded_repr``), or a marker."""
-    try:
-        text = bounded_repr(value)
-    except Exception:
-        return "<unrepresentable>"
-    if type(text) is not str:
-        return "<unrepresentable>"
-    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
-
-
 #: Source lines sent before and after a frame's line, as ``sentry-sdk`` sends them.
 _CONTEXT_LINES = 5
 _MAX_LINE = 512
@@ -367,7 +353,7 @@ def _frames(
             ]
         if with_locals:
             entry["vars"] = {
-                str(k)[:_MAX_NAME]: _safe_repr(v)
+                str(k)[:_MAX_NAME]: safe_repr(v)
                 for k, v in list(frame.f_locals.items())[:_MAX_VARS]
             }
         frames.append(entry)
@@ -542,7 +528,7 @@ def _str(value: Any) -> str:
     try:
         return str(value)
     except Exception:
-        return _safe_repr(value)
+        return safe_repr(value)
 
 
 def _exception_value(exc: BaseException) -> str:

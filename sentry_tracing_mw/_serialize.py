@@ -19,6 +19,7 @@ __all__ = [
     "dumps",
     "json_int",
     "limit_depth",
+    "safe_repr",
 ]
 
 MAX_DEPTH = 20
@@ -151,7 +152,7 @@ def _container(obj: Any, kind: type, base: Any, level: int, room: list[int]) -> 
     return opening + ", ".join(parts) + closing
 
 
-def _safe_repr(obj: Any) -> str:
+def safe_repr(obj: Any) -> str:
     """A bounded ``repr(obj)``, truncated, or a marker when ``repr`` itself raises."""
     try:
         text = bounded_repr(obj)
@@ -172,7 +173,7 @@ def _default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
         return obj.isoformat()
-    return _safe_repr(obj)
+    return safe_repr(obj)
 
 
 def _clean_str(value: str) -> str:
@@ -200,7 +201,7 @@ def _key(key: Any) -> str:
         return _float_key(key)
     if isinstance(key, bytes):
         return key.decode("utf-8", "replace")
-    return _clean_str(_safe_repr(key))
+    return _clean_str(safe_repr(key))
 
 
 def _float_key(key: float) -> str:
@@ -265,7 +266,7 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
                 out[_key(k)] = _sanitize(v, depth + 1, path, budget)
             return out
         except Exception:
-            return _safe_repr(obj)
+            return safe_repr(obj)
         finally:
             path.discard(ident)
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -284,7 +285,7 @@ def _sanitize(obj: Any, depth: int, path: set[int], budget: list[int] | None = N
                 out_list.append(_sanitize(v, depth + 1, path, budget))
             return out_list
         except Exception:
-            return _safe_repr(obj)
+            return safe_repr(obj)
         finally:
             path.discard(ident)
     try:
@@ -371,4 +372,4 @@ def dumps(obj: Any) -> bytes:
             "utf-8", "replace"
         )
     except Exception:
-        return json.dumps(_clean_str(_safe_repr(obj)), ensure_ascii=True).encode("ascii")
+        return json.dumps(_clean_str(safe_repr(obj)), ensure_ascii=True).encode("ascii")

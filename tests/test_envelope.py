@@ -425,7 +425,7 @@ def test_limit_depth_bounds_what_json_would_expand_or_iterate_itself() -> None:
 def test_bounded_repr_of_locals() -> None:
     import collections
 
-    from sentry_tracing_mw._serialize import _safe_repr
+    from sentry_tracing_mw._serialize import safe_repr as _safe_repr
 
     big = collections.defaultdict(int, {i: i for i in range(200_000)})
     started = time.perf_counter()
