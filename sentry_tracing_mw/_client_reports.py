@@ -92,14 +92,14 @@ class ClientReports:
         """Count ``quantity`` discarded items of ``category`` for ``reason``."""
         if quantity <= 0 or reason not in VALID_REASONS or category not in KNOWN_CATEGORIES:
             return
-        self._add_to_last(((reason, category), quantity))  # a replaced client's: its successor's
+        self._add_to_last((((reason, category), quantity),))  # a replaced client's: its successor's
 
     def record_transaction(self, reason: str, span_count: int) -> None:
         """Count a dropped transaction: ``transaction`` x1 and ``span`` x(span_count + 1)."""
         if reason not in VALID_REASONS:
             return
         spans = max(0, span_count) + 1
-        self._add_to_last(((reason, "transaction"), 1), ((reason, "span"), spans))
+        self._add_to_last((((reason, "transaction"), 1), ((reason, "span"), spans)))
 
     def record_unsampled(self, span_count: int) -> bool:
         """Count an unsampled transaction (``sample_rate``) without taking the lock.
@@ -178,38 +178,36 @@ class ClientReports:
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Put back counts from a ``take()`` payload whose envelope was not delivered."""
-        if self._forward is not None:
-            target = self._successor()
-            if target is not self and target._forward is None:
-                target.restore(payload)
-                return
         entries = payload.get("discarded_events") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
             return
-        with self._lock:
-            for entry in entries:
-                if not isinstance(entry, dict):
-                    continue
-                reason, category, qty = (
-                    entry.get("reason"),
-                    entry.get("category"),
-                    entry.get("quantity"),
-                )
-                if (
-                    isinstance(reason, str)
-                    and isinstance(category, str)
-                    and isinstance(qty, int)
-                    and qty > 0
-                ):
-                    key = (reason, category)
-                    self._pending[key] = self._pending.get(key, 0) + qty
+        counts = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            reason, category, qty = (
+                entry.get("reason"),
+                entry.get("category"),
+                entry.get("quantity"),
+            )
+            if (
+                isinstance(reason, str)
+                and isinstance(category, str)
+                and isinstance(qty, int)
+                and qty > 0
+            ):
+                counts.append(((reason, category), qty))
+        self._add_to_last(tuple(counts), total=False)  # (already in the totals)
 
-    def _add_locked(self, counts: tuple[tuple[tuple[str, str], int], ...]) -> None:
+    def _add_locked(self, counts: tuple[tuple[tuple[str, str], int], ...], total: bool) -> None:
         for key, qty in counts:
             self._pending[key] = self._pending.get(key, 0) + qty
-            self._total[key] = self._total.get(key, 0) + qty
+            if total:
+                self._total[key] = self._total.get(key, 0) + qty
 
-    def _add_to_last(self, *counts: tuple[tuple[str, str], int]) -> None:
+    def _add_to_last(
+        self, counts: tuple[tuple[tuple[str, str], int], ...], total: bool = True
+    ) -> None:
         """Add ``counts`` here, or to the reports that replaced these last (``init()`` may
         have run many times since): followed in a loop, and re-checked under each lock, so
         a concurrent ``hand_over`` never strands them."""
@@ -220,22 +218,11 @@ class ClientReports:
             with reports._lock:
                 following = reports._forward
                 if following is None:
-                    reports._add_locked(counts)
+                    reports._add_locked(counts, total)
                     return
             reports = following
         with self._lock:  # a cycle: keep them here rather than lose them
-            self._add_locked(counts)
-
-    def _successor(self) -> ClientReports:
-        """The reports that replaced these last (these, if the chain loops)."""
-        reports = self
-        seen = {id(self)}
-        while (following := reports._forward) is not None:
-            if id(following) in seen:
-                return self
-            seen.add(id(following))
-            reports = following
-        return reports
+            self._add_locked(counts, total)
 
     def hand_over(self, other: ClientReports) -> None:
         """Move the counts waiting to be sent to ``other`` (a client that replaces this
@@ -247,7 +234,7 @@ class ClientReports:
             pending, self._pending = self._pending, {}
             self._forward = other
         if pending:  # to ``other``, or to what replaced it meanwhile (concurrent init()s)
-            other._add_to_last(*pending.items())
+            other._add_to_last(tuple(pending.items()))
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         """Cumulative counts recorded since creation (not reset by ``take()``)."""
