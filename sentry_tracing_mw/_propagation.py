@@ -417,9 +417,10 @@ def format_baggage(
     """Build the outgoing ``baggage``: app's own members, forwarded members, then ours.
 
     Existing ``sentry-`` members in ``own`` are replaced, keys are never duplicated and
-    the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS: the Sentry members
-    come first (see ``sentry_part``), then the app's own, then forwarded ones; a member
-    that does not fit in what is left is dropped.
+    the result stays within MAX_BAGGAGE_BYTES / MAX_BAGGAGE_MEMBERS: space goes to the
+    Sentry members first (see ``sentry_part``), then to the app's own, then to forwarded
+    ones (the order on the wire stays as above); a member that does not fit in what is
+    left is dropped.
     """
     return merge_baggage(*sentry_part(sentry), own, forwarded)
 
