@@ -19,9 +19,11 @@ import threading
 from types import TracebackType
 from typing import Any, TypeAlias
 
+from . import _fork
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
+from ._fork import chain_uwsgi, in_forked_child
 from ._ids import new_trace_id, pop_trace_id
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
@@ -125,6 +127,8 @@ class Client:
         when nothing at the start of the request needs it: the parent made the decision,
         no ``traces_sampler`` wants the parent's rate and no org check applies.
         """
+        if _fork.CHECK_PID:  # uWSGI: a worker forked without our hook knowing
+            _fork.check()
         if incoming is not None and incoming.baggage is not None:
             if (
                 incoming.parent_sampled is not None
@@ -300,11 +304,12 @@ class Client:
             else:
                 logger.debug("transaction %r finished after close(): not sent", tx._name)
             return
+        # Every recording child, finished or not: all are lost when the transaction is.
+        n = tx._n_children
         status = tx._response_status
         if status is not None and status in self.options.trace_ignore_status_codes:
-            self.reports.record_transaction("event_processor", len(tx._spans))
+            self.reports.record_transaction("event_processor", n)
             return
-        n = len(tx._spans)
         if not transport.submit(
             Pending(
                 "transaction",
@@ -331,11 +336,17 @@ class Client:
         self, tx: Transaction
     ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
         """Runs on the transport's worker thread."""
-        n = len(tx._spans)
+        finished = list(tx._spans)  # a span that finishes from now on is not sent
+        n = len(finished)
+        unfinished = tx._n_children - n
+        if unfinished > 0:
+            # Children not finished when the transaction was (still running elsewhere,
+            # or never ended): not sent (protocol §6.4), and counted once, here.
+            self.reports.record("buffer_overflow", "span", unfinished)
         if self._ignoring and self._is_ignored(tx._name):
             self.reports.record_transaction("event_processor", n)
             return None
-        event: dict[str, Any] | None = transaction_event(tx, self.options)
+        event: dict[str, Any] | None = transaction_event(tx, self.options, finished)
         dsc = tx._ctx.dsc()  # freezes the DSC (name and all) before the cycle is broken
         if tx._ctx.transaction is tx:
             tx._ctx.transaction = None
@@ -384,6 +395,8 @@ class Client:
                 logger.debug("capture_exception: %r is not an exception", type(exc))
                 return None
             exc = value
+        if _fork.CHECK_PID:  # uWSGI: a worker forked without our hook knowing
+            _fork.check()
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
@@ -536,9 +549,12 @@ def init(dsn: Any = None, **options: Any) -> Client:
     _configure_logging(opts.debug)
     if opts.dsn is not None and uwsgi_threads_disabled():
         logger.warning(
-            "uWSGI is running without --enable-threads: sentry_tracing_mw cannot start its "
-            "transport thread and nothing will be sent. Add --enable-threads (or threads = N)."
+            "uWSGI is running without --enable-threads: uWSGI does not promise that an "
+            "app's threads run then, and sentry_tracing_mw sends from a thread of its own "
+            "(events may be late or lost). Add --enable-threads (or threads = N)."
         )
+    chain_uwsgi()  # again: the app may have replaced uWSGI's post-fork hook since import
+    _close_in_multiprocessing_child()
     global _instrumented_by_init
     if opts.instrument_http_clients:
         _instrumented_by_init = _instrument_clients(True) or _instrumented_by_init
@@ -602,21 +618,41 @@ class _ForkedChild:
 _FORKED_CHILD = _ForkedChild()
 
 
-def _close_at_process_exit(_: object) -> None:
+_finalized_in: int | None = None  # the process whose multiprocessing exit closes the client
+
+
+def _close_at_process_exit(_: object = None) -> None:
     """In a ``multiprocessing`` child (fork start method), run after its bootstrap cleared
     the inherited finalizers: close the client when the child ends. It ends with
     ``os._exit``, so ``atexit`` never runs there."""
+    global _finalized_in
+    pid = os.getpid()
+    if _finalized_in == pid:
+        return
     try:
         import multiprocessing.util as mp_util
 
         mp_util.Finalize(None, _close_at_exit, exitpriority=0)
+        _finalized_in = pid
     except Exception:  # pragma: no cover - never break the child
         logger.debug("cannot register the client's close in a multiprocessing child")
 
 
+def _close_in_multiprocessing_child() -> None:
+    """At ``init()`` in a ``multiprocessing`` child that imported us itself (no fork hook
+    of ours ran there): close the client at the child's end too."""
+    mp = sys.modules.get("multiprocessing")
+    try:
+        if mp is not None and mp.parent_process() is not None:
+            _close_at_process_exit()
+    except Exception:  # pragma: no cover - never break init()
+        logger.debug("cannot tell whether this is a multiprocessing child", exc_info=True)
+
+
 def _after_fork_in_child() -> None:
+    # Registered whether a client exists yet or not: a child may call init() itself.
     mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is None or _client is None:  # not a multiprocessing child, or nothing to close
+    if mp_util is None:  # not a multiprocessing child
         return
     try:
         mp_util.register_after_fork(_FORKED_CHILD, _close_at_process_exit)
@@ -624,5 +660,4 @@ def _after_fork_in_child() -> None:
         pass
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+in_forked_child(_after_fork_in_child)

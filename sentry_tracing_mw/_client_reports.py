@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 import weakref
 from collections import deque
 from typing import Any
 
+from ._fork import in_forked_child
 from ._ratelimits import KNOWN_CATEGORIES
 
 __all__ = ["FLUSH_INTERVAL", "MAX_ENTRIES", "VALID_REASONS", "ClientReports"]
@@ -251,5 +251,4 @@ def _after_fork_in_child() -> None:
         reports._reset_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+in_forked_child(_after_fork_in_child)

@@ -163,8 +163,49 @@ def _span_json(span: Span, base: float, trace_id: str) -> dict[str, Any]:
     return out
 
 
-def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
-    """Build the transaction event payload (protocol §6) for a finished transaction."""
+def _spans_json(spans: list[Span], root: str, base: float, trace_id: str) -> list[dict[str, Any]]:
+    """The payload's spans. A span whose parent is not sent (it had not finished when the
+    transaction did) hangs from its nearest ancestor that is, else from the transaction:
+    the tree stays connected (protocol §6.4)."""
+    out = [_span_json(s, base, trace_id) for s in spans]
+    sent: set[str | None] | None = None
+    found: dict[int, str] = {}  # id() of an unsent ancestor -> the span id it resolved to
+    for span, item in zip(spans, out, strict=True):
+        parent = span._parent_span_id
+        if parent == root:
+            continue
+        if sent is None:
+            sent = {s._span_id for s in spans}
+            sent.add(root)
+        if parent in sent:
+            continue
+        # A chain of unsent ancestors, each made before its child: it always ends.
+        unsent: list[Span] = []
+        ancestor: Span | None = getattr(span, "_parent", None)
+        target = root
+        while ancestor is not None:
+            if ancestor._span_id in sent:
+                target = ancestor._span_id
+                break
+            known = found.get(id(ancestor))
+            if known is not None:
+                target = known
+                break
+            unsent.append(ancestor)
+            ancestor = getattr(ancestor, "_parent", None)
+        for s in unsent:
+            found[id(s)] = target
+        item["parent_span_id"] = target
+    return out
+
+
+def transaction_event(
+    tx: Transaction, options: Options, spans: list[Span] | None = None
+) -> dict[str, Any]:
+    """Build the transaction event payload (protocol §6) for a finished transaction, with
+    ``spans`` (default: its finished children)."""
+    if spans is None:
+        spans = list(tx._spans)
     ctx = tx._ctx
     trace_id = ctx.trace_id
     base = tx._start_wall - tx._start
@@ -194,7 +235,7 @@ def transaction_event(tx: Transaction, options: Options) -> dict[str, Any]:
         "start_timestamp": base + tx._start,
         "timestamp": base + end,
         "contexts": contexts,
-        "spans": [_span_json(s, base, trace_id) for s in tx._spans],
+        "spans": _spans_json(spans, tx._span_id, base, trace_id),
         "environment": options.environment,
         "sdk": _sdk_info(),
     }

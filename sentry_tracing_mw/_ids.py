@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import random
 
+from ._fork import in_forked_child
+
 __all__ = [
     "new_event_id",
     "new_sample_rand",
@@ -108,8 +110,7 @@ def _grid(low: float, high: float) -> tuple[int, int]:
     return lo, hi
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=reseed)
+in_forked_child(reseed)
 
 
 def trace_sample_rand(trace_id: str, low: float = 0.0, high: float = 1.0) -> float:

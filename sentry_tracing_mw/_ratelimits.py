@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
+
+from ._fork import in_forked_child
 
 __all__ = ["ALL", "DEFAULT_RETRY_AFTER", "KNOWN_CATEGORIES", "RateLimits", "header_get"]
 
@@ -177,5 +178,4 @@ def _after_fork_in_child() -> None:
         limits._reset_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+in_forked_child(_after_fork_in_child)

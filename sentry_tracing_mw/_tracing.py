@@ -12,6 +12,7 @@ import datetime
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
@@ -459,6 +460,7 @@ class Span:
         "_end",
         "_op",
         "_origin",
+        "_parent",
         "_parent_span_id",
         "_recording",
         "_span_id",
@@ -470,6 +472,8 @@ class Span:
     )
 
     _tx: Transaction | None
+    #: The span ``start_child`` was called on (set there only: read it with getattr).
+    _parent: Span
 
     def __init__(
         self,
@@ -665,12 +669,16 @@ class Span:
         if recording and (tx._n_children >= tx._max_spans or tx._end is not None):
             recording = False
             tx._client.reports.record("buffer_overflow", "span")
-        tx._n_children += 1
-        return Span(tx, self._span_id, op, description, recording, origin)
+        else:  # a sampled transaction's recording children; all of an unsampled one's
+            tx._n_children += 1
+        child = Span(tx, self._span_id, op, description, recording, origin)
+        child._parent = self
+        return child
 
     # -- lifecycle ------------------------------------------------------------
     def finish(self, end_timestamp: float | None = None) -> None:
-        """End the span (idempotent). A span finished after its transaction is dropped."""
+        """End the span (idempotent). A span finished after its transaction is not sent
+        (counted as dropped when the transaction is, see ``Client._prepare_transaction``)."""
         if self._end is not None:
             return
         end = _perf()
@@ -684,18 +692,18 @@ class Span:
             return
         if tx._end is None:
             tx._spans.append(self)
-        else:
-            tx._client.reports.record("buffer_overflow", "span")
+        # else: not sent, and counted with the transaction (``Client._prepare_transaction``)
 
     def __enter__(self) -> Span:
         token = CURRENT_SPAN.set(self)
-        held = self._tokens
-        if held is None:
-            self._tokens = token
-        elif isinstance(held, list):  # re-entered while already current
-            held.append(token)
-        else:
-            self._tokens = [held, token]
+        with _TOKENS_LOCK:  # threads may enter one span at overlapping times
+            held = self._tokens
+            if held is None:
+                self._tokens = token
+            elif isinstance(held, list):  # re-entered while already current
+                held.append(token)
+            else:
+                self._tokens = [held, token]
         return self
 
     def __exit__(
@@ -704,18 +712,19 @@ class Span:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        held = self._tokens
-        if held is not None:
-            if isinstance(held, list):
-                _reset_own(held)
-                if not held:
+        with _TOKENS_LOCK:
+            held = self._tokens
+            if held is not None:
+                if isinstance(held, list):
+                    _reset_own(held)
+                    if not held:
+                        self._tokens = None
+                else:
                     self._tokens = None
-            else:
-                self._tokens = None
-                try:
-                    CURRENT_SPAN.reset(held)
-                except (ValueError, RuntimeError):  # entered in another context
-                    _restore(held)
+                    try:
+                        CURRENT_SPAN.reset(held)
+                    except (ValueError, RuntimeError):  # entered in another context
+                        _restore(held)
         if exc_type is not None and self._status is None:
             self._status = "internal_error"
         self.finish()
@@ -725,6 +734,11 @@ class Span:
             f"<{type(self).__name__} op={self._op!r} description={self._description!r} "
             f"span_id={self._span_id} sampled={self._recording}>"
         )
+
+
+#: Guards every span's ``_tokens`` (read, then changed): reentrant, so a signal handler
+#: that enters a span while its thread is inside this bookkeeping does not deadlock.
+_TOKENS_LOCK = threading.RLock()
 
 
 def _reset_own(tokens: list[Token[Span | None]]) -> None:

@@ -15,7 +15,6 @@ the counts at once.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
+from ._fork import in_forked_child
 from ._http import HTTPConnection, StaleConnectionError
 from ._options import explicit_proxy, redacted_url
 from ._ratelimits import RateLimits
@@ -167,8 +167,7 @@ def _after_fork_in_child() -> None:
             pass
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+in_forked_child(_after_fork_in_child)
 
 
 class Transport:
@@ -572,6 +571,11 @@ class Transport:
         span_count = pending.span_count  # less the spans a shrink left out (reported already)
         try:
             payload, dsc = prepared
+            if category == "transaction":
+                # The spans the event holds: those prepare() or a hook left out are
+                # counted already (a drop from here on counts the rest, not them again).
+                spans = payload.get("spans")
+                span_count = len(spans) if isinstance(spans, list) else 0
             event_id = payload.get("event_id")
             if not isinstance(event_id, str) or not event_id:
                 event_id = uuid.uuid4().hex

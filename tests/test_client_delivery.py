@@ -618,6 +618,44 @@ def test_multiprocessing_fork_children_send_what_they_traced(sentry_server: Sent
     assert names == expected, expected - names
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("imported", ["parent", "child"])
+def test_a_multiprocessing_child_that_calls_init_itself_sends_at_exit(
+    sentry_server: SentryServer, imported: str
+) -> None:
+    # The child (fork start method, as granian's workers) calls init() itself: no client
+    # existed at the fork, or the package was imported in the child only. It ends with
+    # os._exit, so its queue must be sent by multiprocessing's exit hook.
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing as mp, sys
+        if sys.argv[1] == "parent":
+            import sentry_tracing_mw
+
+        def work():
+            import sentry_tracing_mw as stm
+            stm.init(dsn={sentry_server.dsn!r}, traces_sample_rate=1.0,
+                     instrument_http_clients=False)
+            for i in range(5):
+                with stm.start_transaction(f"child-{{i}}"):
+                    pass
+
+        if __name__ == "__main__":
+            p = mp.get_context("fork").Process(target=work)
+            p.start()
+            p.join(20)
+            sys.exit(p.exitcode)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, imported], check=True, timeout=60)
+    names: set[str] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(names) < 5:
+        names = {e["transaction"] for e in sentry_server.transactions()}
+        time.sleep(0.05)
+    assert names == {f"child-{i}" for i in range(5)}
+
+
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
 def test_flush_from_a_signal_handler_never_hangs(sentry_server: SentryServer) -> None:
     # The handler runs on the main thread, which may hold the transport's or the client

@@ -1359,6 +1359,31 @@ def test_a_wrapper_held_across_uninstrument_keeps_working(
         http_clients.instrument()
 
 
+def test_a_span_left_open_by_uninstrument_is_counted(recording_server: RecordingServer) -> None:
+    # uninstrument() while a response is unread: the original close never ends the span;
+    # the transaction does not send it and counts it (nothing lost silently).
+    events: list[dict[str, Any]] = []
+    stm.init(
+        dsn="http://public@127.0.0.1:9/1",
+        traces_sample_rate=1.0,
+        before_send_transaction=lambda e: events.append(e),
+    )
+    try:
+        pool = urllib3.PoolManager()
+        with stm.start_transaction("job", op="task") as tx:
+            response = pool.request("GET", recording_server.url + "/echo", preload_content=False)
+            http_clients.uninstrument()
+            response.read()
+            response.release_conn()
+        stm.flush(5)
+        assert recording_server.received()[-1].values("sentry-trace")  # it was traced
+        assert events[0]["spans"] == []
+        assert tx._n_children == 1
+        assert get_client().reports.snapshot()[("buffer_overflow", "span")] == 1
+    finally:
+        http_clients.instrument()
+
+
 def test_instrument_is_idempotent_across_threads(recording_server: RecordingServer) -> None:
     http_clients.uninstrument()
     originals = _patched()

@@ -140,3 +140,83 @@ def test_every_worker_delivers_its_transactions(
     for tx in txs:
         (span,) = tx["spans"]
         assert span["parent_span_id"] == tx["contexts"]["trace"]["span_id"]
+
+
+# -- a server that forks in C (uWSGI) -----------------------------------------------------
+
+C_FORK_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, os, sys, types
+
+    fake = types.ModuleType("uwsgi")  # what uWSGI puts in a worker: importable `uwsgi`
+    fake.opt = {"enable-threads": True, "master": True}
+    sys.modules["uwsgi"] = fake
+    import sentry_tracing_mw as stm
+
+    stm.init(dsn=sys.argv[1], traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("master", op="task"):  # the master's sender thread runs
+        pass
+    assert stm.flush(5)
+    replaced = sys.argv[2] == "replaced"
+    if replaced:  # the app sets its own hook after init(): ours is not called
+        fake.post_fork_hook = lambda: None
+    libc = ctypes.CDLL(None, use_errno=True)
+    children = []
+    for worker in range(2):
+        pid = libc.fork()  # no Python fork hook runs, as under uWSGI
+        if pid == 0:
+            try:
+                getattr(fake, "post_fork_hook", lambda: None)()  # what uWSGI calls
+                for i in range(5):
+                    with stm.start_transaction(f"w{worker}", op="task") as tx:
+                        with tx.start_child("work", str(i)):
+                            pass
+                stm.capture_exception(ValueError(f"w{worker}"))
+                ok = stm.flush(5)
+            finally:
+                os._exit(0 if ok else 3)
+        children.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in children]
+    print(codes)
+    """
+)
+
+
+@pytest.mark.parametrize("hook", ["kept", "replaced"])
+def test_workers_forked_in_c_get_their_own_ids_and_sender(
+    sentry_server: SentryServer, tmp_path: Path, hook: str
+) -> None:
+    # uWSGI forks its workers in C: no Python fork hook runs (without
+    # --py-call-osafterfork). Its post-fork hook does, unless the app replaced it; then
+    # the first unit of work in the worker notices the new pid. Either way each worker
+    # draws ids of its own (Sentry keeps one event per event id) and has a sender thread
+    # of its own (the master's does not exist there).
+    import subprocess
+    import sys
+
+    script = tmp_path / "cfork.py"
+    script.write_text(C_FORK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(script), sentry_server.dsn, hook],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 0]", out.stderr
+    deadline = time.monotonic() + 10
+    while len(sentry_server.transactions()) < 11 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    txs = sentry_server.transactions()
+    assert Counter(t["transaction"] for t in txs) == {"master": 1, "w0": 5, "w1": 5}
+    events = sentry_server.events()
+    assert len(events) == 2
+    ids = [t["contexts"]["trace"]["trace_id"] for t in txs]
+    assert len(set(ids)) == len(ids)
+    span_ids = [s["span_id"] for t in txs for s in t["spans"]]
+    span_ids += [t["contexts"]["trace"]["span_id"] for t in txs]
+    assert len(set(span_ids)) == len(span_ids)
+    event_ids = [e["event_id"] for e in [*txs, *events]]
+    assert len(set(event_ids)) == len(event_ids)

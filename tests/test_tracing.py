@@ -291,8 +291,14 @@ def test_exception_in_span_sets_internal_error_and_restores_context() -> None:
     assert event["spans"][0]["status"] == "internal_error"
 
 
-def test_only_finished_spans_are_sent_and_late_spans_are_counted() -> None:
-    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+def test_only_finished_spans_are_sent_and_unfinished_ones_are_counted() -> None:
+    events: list[dict[str, Any]] = []
+    stm.init(
+        dsn="http://public@127.0.0.1:9/1",
+        traces_sample_rate=1.0,
+        instrument_http_clients=False,
+        before_send_transaction=lambda e: events.append(e),  # kept here, never sent
+    )
     client = get_client()
     tx = stm.start_transaction("late")
     done = tx.start_child("done")
@@ -301,9 +307,85 @@ def test_only_finished_spans_are_sent_and_late_spans_are_counted() -> None:
     late = tx.start_child("late")
     tx.finish()
     late.finish()
+    stm.flush(5)
     assert [s.op for s in tx.spans] == ["done"]
+    assert [s["op"] for s in events[0]["spans"]] == ["done"]
     assert never.timestamp is None
-    assert client.reports.snapshot()[("buffer_overflow", "span")] == 1
+    counts = client.reports.snapshot()
+    # both lost children once (the late one not again when it finished), then the
+    # transaction and the one span it still held, dropped by the hook
+    assert counts[("buffer_overflow", "span")] == 2
+    assert counts[("before_send", "transaction")] == 1
+    assert counts[("before_send", "span")] == 2
+
+
+def test_threads_entering_one_span_at_once_each_get_their_own_current_span_back() -> None:
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("shared")
+    shared = tx.start_child("shared")
+    errors: list[BaseException] = []
+    left: list[object] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows
+
+    def worker() -> None:
+        try:
+            for _ in range(3000):
+                with shared:
+                    pass
+            left.append(stm.get_current_span())
+        except BaseException as exc:  # any exception is the failure
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert left == [None] * 16
+    assert shared._tokens is None
+    tx.finish()
+
+
+def test_a_span_whose_parent_is_not_sent_hangs_from_its_nearest_sent_ancestor() -> None:
+    events: list[dict[str, Any]] = []
+    stm.init(
+        dsn="http://public@127.0.0.1:9/1",
+        traces_sample_rate=1.0,
+        instrument_http_clients=False,
+        before_send_transaction=lambda e: events.append(e),
+    )
+    client = get_client()
+    tx = stm.start_transaction("orphans")
+    outer = tx.start_child("outer")  # finished: sent
+    open_a = outer.start_child("open a")  # never finished
+    open_b = open_a.start_child("open b")  # finished only after the transaction
+    leaf = open_b.start_child("leaf")
+    leaf.finish()
+    direct = open_a.start_child("direct")
+    direct.finish()
+    stray = tx.start_child("stray")  # parent: the transaction's unfinished child below
+    lost = tx.start_child("lost")
+    stray_child = lost.start_child("under lost")
+    stray_child.finish()
+    outer.finish()
+    stray.finish()
+    tx.finish()
+    open_b.finish()
+    stm.flush(5)
+    spans = {s["op"]: s for s in events[0]["spans"]}
+    assert set(spans) == {"outer", "leaf", "direct", "stray", "under lost"}
+    outer_id = spans["outer"]["span_id"]
+    assert spans["leaf"]["parent_span_id"] == outer_id
+    assert spans["direct"]["parent_span_id"] == outer_id
+    assert spans["under lost"]["parent_span_id"] == tx.span_id
+    assert spans["stray"]["parent_span_id"] == tx.span_id
+    assert spans["outer"]["parent_span_id"] == tx.span_id
+    assert client.reports.snapshot()[("buffer_overflow", "span")] == 3  # a, b, lost
 
 
 def test_max_spans_caps_recorded_spans_and_counts_overflow() -> None:

@@ -276,6 +276,44 @@ def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) 
     assert tx["timestamp"] - tx["start_timestamp"] < 5
 
 
+def test_waitress_file_download_cut_short_is_cancelled(
+    sentry_server: SentryServer, tmp_path: Any
+) -> None:
+    # waitress keeps a file_wrapper's file as `.file` (not `.filelike`): a client that goes
+    # away mid-file is still seen (the file's position is short of its end).
+    from waitress.server import create_server
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: instant, yet more than any socket buffer
+
+    def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", str(big.stat().st_size))])
+        return environ["wsgi.file_wrapper"](big.open("rb"), 65536)  # type: ignore[no-any-return]
+
+    init_traced(sentry_server)
+    server = create_server(TracingMiddleware(file_app), host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        port = server.effective_port
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST: the server's next write fails
+        (cut,) = _one_tx(sentry_server)
+        assert cut["contexts"]["trace"]["status"] == "cancelled"
+        sentry_server.clear()
+        with requests.get(f"http://127.0.0.1:{port}/big", timeout=20, stream=True) as whole:
+            assert sum(len(c) for c in whole.iter_content(1 << 20)) == big.stat().st_size
+        (full,) = _one_tx(sentry_server)
+        assert full["contexts"]["trace"]["status"] == "ok"
+    finally:
+        server.close()
+        thread.join(5)
+
+
 def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     raised: list[BaseException] = []

@@ -213,10 +213,17 @@ class _Body:
             finish_request(tx, self._environ)
 
 
+def _file_of(result: Any) -> Any:
+    """The file a ``wsgi.file_wrapper`` body sends: ``filelike`` (wsgiref, werkzeug,
+    gunicorn), ``file`` (waitress)."""
+    filelike = getattr(result, "filelike", None)
+    return filelike if filelike is not None else result.file
+
+
 def _position(result: Any) -> int | None:
     """The position of a file body's file (None: not a file that tells one)."""
     try:
-        return int(result.filelike.tell())
+        return int(_file_of(result).tell())
     except Exception:
         return None
 
@@ -227,9 +234,13 @@ def _stopped_early(result: Any, start: int) -> bool:
     Servers send a ``wsgi.file_wrapper`` by reading blocks (werkzeug, wsgiref: a complete
     body leaves the file at its end) or with ``socket.sendfile()`` (gunicorn seeks back to
     the start after a complete send); a failed send leaves the file where it stopped.
+    waitress counts what is left to send.
     """
     try:
-        filelike = result.filelike
+        remain = getattr(result, "remain", None)
+        if type(remain) is int:  # waitress: the bytes still to send (0 once all are sent)
+            return remain > 0
+        filelike = _file_of(result)
         size = os.fstat(filelike.fileno()).st_size
         return bool(start < filelike.tell() < size)
     except Exception:  # not a regular file (a pipe, BytesIO): unknown, so not cancelled

@@ -1,0 +1,98 @@
+"""What a forked child runs before anything else: new random state, its own sender thread.
+
+``os.register_at_fork`` covers ``os.fork()`` (gunicorn, ``multiprocessing``). uWSGI forks
+its workers in C, which runs no Python fork hook unless ``--py-call-osafterfork`` is set;
+under uWSGI the hooks also run from its post-fork hook (chained: a hook the app or
+``uwsgidecorators`` set keeps running). Whichever comes first runs them, once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["CHECK_PID", "chain_uwsgi", "check", "in_forked_child"]
+
+logger = logging.getLogger("sentry_tracing_mw")
+
+_hooks: list[Callable[[], None]] = []
+_pid = os.getpid()  # the process the hooks last ran for (or were set up in)
+_lock = threading.Lock()
+
+
+def _under_uwsgi() -> bool:
+    try:
+        import uwsgi  # noqa: F401 - the server's own module: importable only under uWSGI
+    except ImportError:
+        return False
+    return True
+
+
+#: Under uWSGI an app may replace the post-fork hook (``uwsgi.post_fork_hook = ...``):
+#: then ``check()`` at the start of each unit of work catches a fork no hook reported.
+CHECK_PID = _under_uwsgi()
+
+
+def in_forked_child(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in every forked child, once, before the child runs app code."""
+    _hooks.append(hook)
+
+
+def check() -> None:
+    """Run the hooks now if this process is a fork no hook reported (uWSGI only)."""
+    if os.getpid() != _pid:
+        with _lock:  # the child's other threads wait until its hooks have run
+            _run()
+
+
+def _run() -> None:
+    global _pid
+    pid = os.getpid()
+    if pid == _pid:  # ran already in this process (both uWSGI's hook and Python's)
+        return
+    for hook in _hooks:
+        try:
+            hook()
+        except Exception:  # never break the child
+            logger.debug("an after-fork hook failed", exc_info=True)
+    _pid = pid  # after the hooks: a thread that checks meanwhile waits for them
+
+
+def chain_uwsgi() -> None:
+    """Under uWSGI: run the hooks from its post-fork hook too (idempotent; ``init()``
+    calls it again, after the app may have set a hook of its own or loaded
+    ``uwsgidecorators``, which replace the one set at import)."""
+    try:
+        import uwsgi  # the server's own module: importable only under uWSGI
+    except ImportError:
+        return
+    try:
+        decorators = sys.modules.get("uwsgidecorators")
+        chain = getattr(decorators, "postfork_chain", None)
+        if isinstance(chain, list) and getattr(uwsgi, "post_fork_hook", None) is getattr(
+            decorators, "postfork_chain_hook", None
+        ):  # the app uses uwsgidecorators: join its chain
+            if _run not in chain:
+                chain.append(_run)
+            return
+        previous = getattr(uwsgi, "post_fork_hook", None)
+        if getattr(previous, "_stm_runs_hooks", False):
+            return
+
+        def post_fork() -> None:
+            _run()
+            if previous is not None:
+                previous()
+
+        post_fork._stm_runs_hooks = True  # type: ignore[attr-defined]
+        uwsgi.post_fork_hook = post_fork
+    except Exception:  # pragma: no cover - an unusual uWSGI build
+        logger.debug("cannot chain uWSGI's post-fork hook", exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_run)
+chain_uwsgi()
