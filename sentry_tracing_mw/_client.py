@@ -305,7 +305,7 @@ class Client:
                 logger.debug("transaction %r finished after close(): not sent", tx._name)
             return
         # Every recording child, finished or not: all are lost when the transaction is.
-        n = tx._n_children
+        n = tx._counted = tx._n_children
         status = tx._response_status
         if status is not None and status in self.options.trace_ignore_status_codes:
             self.reports.record_transaction("event_processor", n)
@@ -338,16 +338,17 @@ class Client:
         """Runs on the transport's worker thread."""
         finished = list(tx._spans)  # a span that finishes from now on is not sent
         n = len(finished)
-        unfinished = tx._n_children - n
-        if unfinished > 0:
-            # Children not finished when the transaction was (still running elsewhere,
-            # or never ended): not sent (protocol §6.4), and counted once, here.
-            self.reports.record("buffer_overflow", "span", unfinished)
+        # Children counted when the transaction ended but not finished by now (running
+        # elsewhere, or never ended): not sent (protocol §6.4), counted once, here.
+        unfinished = tx._counted - n
         if self._ignoring and self._is_ignored(tx._name):
+            self._record_unfinished(unfinished)
             self.reports.record_transaction("event_processor", n)
             return None
         event: dict[str, Any] | None = transaction_event(tx, self.options, finished)
         dsc = tx._ctx.dsc()  # freezes the DSC (name and all) before the cycle is broken
+        # Built: a failure before this point is counted by the transport, every span in it.
+        self._record_unfinished(unfinished)
         if tx._ctx.transaction is tx:
             tx._ctx.transaction = None
         hook = self.options.before_send_transaction
@@ -374,6 +375,10 @@ class Client:
                 self.reports.record("before_send", "span", removed)
         assert event is not None
         return event, dsc
+
+    def _record_unfinished(self, count: int) -> None:
+        if count > 0:
+            self.reports.record("buffer_overflow", "span", count)
 
     # -- errors ---------------------------------------------------------------------
     def capture_exception(

@@ -20,7 +20,8 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 _hooks: list[Callable[[], None]] = []
 _pid = os.getpid()  # the process the hooks last ran for (or were set up in)
-_lock = threading.Lock()
+_lock = threading.RLock()
+_checking = False  # check() is running the hooks (on the thread holding _lock)
 
 
 def _under_uwsgi() -> bool:
@@ -43,9 +44,16 @@ def in_forked_child(hook: Callable[[], None]) -> None:
 
 def check() -> None:
     """Run the hooks now if this process is a fork no hook reported (uWSGI only)."""
+    global _checking
     if os.getpid() != _pid:
         with _lock:  # the child's other threads wait until its hooks have run
-            _run()
+            if _checking:  # re-entered on this thread (a signal handler): go on
+                return
+            _checking = True
+            try:
+                _run()
+            finally:
+                _checking = False
 
 
 def _run() -> None:

@@ -19,6 +19,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT_SPAN
+from ._fork import in_forked_child
 from ._ids import new_sample_rand, new_span_id, pop_span_id, trace_sample_rand
 from ._propagation import (
     BAGGAGE_HEADER,
@@ -463,6 +464,7 @@ class Span:
         "_parent",
         "_parent_span_id",
         "_recording",
+        "_seq",
         "_span_id",
         "_start",
         "_status",
@@ -472,8 +474,10 @@ class Span:
     )
 
     _tx: Transaction | None
-    #: The span ``start_child`` was called on (set there only: read it with getattr).
+    #: Set by ``start_child`` on recording children only (read them with getattr): the
+    #: span it was called on, and the child's number among its transaction's.
     _parent: Span
+    _seq: int
 
     def __init__(
         self,
@@ -672,7 +676,9 @@ class Span:
         else:  # a sampled transaction's recording children; all of an unsampled one's
             tx._n_children += 1
         child = Span(tx, self._span_id, op, description, recording, origin)
-        child._parent = self
+        if recording:  # (not for others: a chain of them would stay alive)
+            child._parent = self
+            child._seq = tx._n_children
         return child
 
     # -- lifecycle ------------------------------------------------------------
@@ -692,7 +698,10 @@ class Span:
             return
         if tx._end is None:
             tx._spans.append(self)
-        # else: not sent, and counted with the transaction (``Client._prepare_transaction``)
+        elif self._seq > tx._counted:
+            # Started while the transaction ended, after its children were counted: not
+            # sent, and counted here (the others are counted with the transaction).
+            tx._client.reports.record("buffer_overflow", "span")
 
     def __enter__(self) -> Span:
         token = CURRENT_SPAN.set(self)
@@ -741,6 +750,15 @@ class Span:
 _TOKENS_LOCK = threading.RLock()
 
 
+def _new_tokens_lock() -> None:
+    """In a forked child: the parent's lock may have been held by a thread not there."""
+    global _TOKENS_LOCK
+    _TOKENS_LOCK = threading.RLock()
+
+
+in_forked_child(_new_tokens_lock)
+
+
 def _reset_own(tokens: list[Token[Span | None]]) -> None:
     """Reset the newest token of ``tokens`` made in this context and drop it: tasks or
     threads that enter one span at overlapping times each get their own current span back
@@ -786,6 +804,7 @@ class Transaction(Span):
 
     __slots__ = (
         "_client",
+        "_counted",
         "_ctx",
         "_extra_bytes",
         "_max_spans",
@@ -832,6 +851,9 @@ class Transaction(Span):
         self._source = source
         self._spans: list[Span] = []
         self._n_children = 0
+        #: How many recording children the client counted with the transaction when it
+        #: ended (a child numbered past it, ending late, counts itself).
+        self._counted = 1 << 62
         self._extra_bytes: int = 0
         self._max_spans = client.options.max_spans
         self._measurements: dict[str, dict[str, Any]] | None = None

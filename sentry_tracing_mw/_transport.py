@@ -135,7 +135,8 @@ def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> 
 
 
 def uwsgi_threads_disabled() -> bool:
-    """True under uWSGI started without ``--enable-threads`` (the worker would never run)."""
+    """True under uWSGI started without ``--enable-threads`` (uWSGI does not promise that
+    an app's threads, the sender among them, run then)."""
     try:
         import uwsgi
     except ImportError:
@@ -568,7 +569,7 @@ class Transport:
         if prepared is None:
             return
         report: dict[str, Any] | None = None
-        span_count = pending.span_count  # less the spans a shrink left out (reported already)
+        span_count = pending.span_count  # replaced by the built event's own count below
         try:
             payload, dsc = prepared
             if category == "transaction":

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -349,6 +350,79 @@ def test_threads_entering_one_span_at_once_each_get_their_own_current_span_back(
     assert left == [None] * 16
     assert shared._tokens is None
     tx.finish()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_another_thread_enters_a_span_never_hangs_the_child() -> None:
+    # The span bookkeeping's lock may be held by another thread at the fork: the child
+    # gets a fresh one (before, about a third of such children hung for good).
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("t")
+    shared = tx.start_child("x")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with shared:
+                pass
+
+    thread = threading.Thread(target=churn, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread.start()
+    hung = 0
+    try:
+        for _ in range(60):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                signal.alarm(3)
+                with tx.start_child("c"):
+                    pass
+                os._exit(0)
+            hung += os.WIFSIGNALED(os.waitpid(pid, 0)[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        sys.setswitchinterval(interval)
+    assert hung == 0
+    tx.finish()
+
+
+def test_children_of_spans_that_record_nothing_keep_no_ancestors_alive() -> None:
+    stm.init(traces_sample_rate=1.0, max_spans=2, instrument_http_clients=False)
+    with stm.start_transaction("t") as tx:
+        kept = tx.start_child("kept")
+        assert kept._parent is tx
+        chain = [tx.start_child("second")]
+        for _ in range(5):  # past max_spans: not recording
+            chain.append(chain[-1].start_child("step"))
+        assert not any(hasattr(s, "_parent") for s in chain[1:])
+        for s in reversed(chain):
+            s.finish()
+        kept.finish()
+
+
+def test_a_failing_build_counts_each_lost_span_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sentry_tracing_mw._client as client_module
+
+    stm.init(
+        dsn="http://public@127.0.0.1:9/1", traces_sample_rate=1.0, instrument_http_clients=False
+    )
+    client = get_client()
+
+    def broken(*args: Any) -> dict[str, Any]:
+        raise RuntimeError("build failed")
+
+    monkeypatch.setattr(client_module, "transaction_event", broken)
+    tx = stm.start_transaction("t")
+    tx.start_child("done").finish()
+    tx.start_child("open")
+    tx.finish()
+    stm.flush(5)
+    counts = client.reports.snapshot()
+    assert ("buffer_overflow", "span") not in counts
+    assert counts[("internal_sdk_error", "transaction")] == 1
+    assert counts[("internal_sdk_error", "span")] == 3  # both children and the root
 
 
 def test_a_span_whose_parent_is_not_sent_hangs_from_its_nearest_sent_ancestor() -> None:
