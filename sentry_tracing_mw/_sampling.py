@@ -12,11 +12,13 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from numbers import Real
 from typing import Any
 
+from ._fork import in_forked_child
 from ._ids import trace_sample_rand
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
@@ -152,13 +154,18 @@ def continued_sampling(
 class TokenBucket:
     """A thread-safe token bucket: ``take()`` is True at most ``rate`` times per second."""
 
-    __slots__ = ("_capacity", "_lock", "_rate", "_stamp", "_tokens")
+    __slots__ = ("__weakref__", "_capacity", "_lock", "_rate", "_stamp", "_tokens")
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self._rate = rate
         self._capacity = max(1.0, rate if burst is None else burst)
         self._tokens = self._capacity if rate > 0 else 0.0
         self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+        _buckets.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the parent's lock may have been held by a thread not there."""
         self._lock = threading.Lock()
 
     def take(self) -> bool:
@@ -172,3 +179,14 @@ class TokenBucket:
                 return True
             self._tokens = tokens
             return False
+
+
+_buckets: weakref.WeakSet[TokenBucket] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for bucket in list(_buckets):
+        bucket._reset_after_fork()
+
+
+in_forked_child(_after_fork_in_child)

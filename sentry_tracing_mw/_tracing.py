@@ -670,15 +670,21 @@ class Span:
         if tx is None:
             return _DetachedSpan(self._context(), self._span_id, op, description, origin)
         recording = tx._recording
+        seq = 0
         if recording and (tx._n_children >= tx._max_spans or tx._end is not None):
             recording = False
             tx._client.reports.record("buffer_overflow", "span")
         else:  # a sampled transaction's recording children; all of an unsampled one's
-            tx._n_children += 1
+            seq = tx._n_children + 1
+            tx._n_children = seq
+            if recording and seq > tx._counted:
+                # The transaction ended (and counted its children) since the check above.
+                recording = False
+                tx._client.reports.record("buffer_overflow", "span")
         child = Span(tx, self._span_id, op, description, recording, origin)
         if recording:  # (not for others: a chain of them would stay alive)
             child._parent = self
-            child._seq = tx._n_children
+            child._seq = seq
         return child
 
     # -- lifecycle ------------------------------------------------------------

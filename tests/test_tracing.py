@@ -425,6 +425,31 @@ def test_a_failing_build_counts_each_lost_span_once(monkeypatch: pytest.MonkeyPa
     assert counts[("internal_sdk_error", "span")] == 3  # both children and the root
 
 
+def test_a_child_started_as_its_transaction_ends_is_counted_once() -> None:
+    events: list[dict[str, Any]] = []
+    stm.init(
+        dsn="http://public@127.0.0.1:9/1",
+        traces_sample_rate=1.0,
+        instrument_http_clients=False,
+        before_send_transaction=lambda e: events.append(e),
+    )
+    client = get_client()
+    tx = stm.start_transaction("t")
+    tx.finish()
+    # Another thread passed start_child's end check just before the transaction ended,
+    # and counted its children: replay that window.
+    end, tx._end = tx._end, None
+    racing = tx.start_child("racing")
+    tx._end = end
+    assert not racing._recording
+    racing.finish()
+    stm.flush(5)
+    assert events[0]["spans"] == []
+    counts = client.reports.snapshot()
+    assert counts[("buffer_overflow", "span")] == 1
+    assert counts[("before_send", "span")] == 1  # the transaction itself, dropped by the hook
+
+
 def test_a_span_whose_parent_is_not_sent_hangs_from_its_nearest_sent_ancestor() -> None:
     events: list[dict[str, Any]] = []
     stm.init(

@@ -44,7 +44,10 @@ class QueryWrapper:
         if not parent._recording:
             tx = parent._tx
             if tx is not None:
-                tx._n_children += 1  # counted in the client report of dropped spans
+                if tx._recording:  # past max_spans or after the end: a dropped span
+                    tx._client.reports.record("buffer_overflow", "span")
+                else:  # unsampled: counted with the transaction
+                    tx._n_children += 1
             return execute(sql, params, many, context)
         try:
             span = parent.start_child(
