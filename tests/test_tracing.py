@@ -27,6 +27,19 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
+def _capturing_client() -> tuple[list[dict[str, Any]], stm.Client]:
+    """A sampling client whose transactions end in the returned list (a hook that drops
+    them: nothing is sent, and the drop is counted as ``before_send``)."""
+    events: list[dict[str, Any]] = []
+    client = stm.init(
+        dsn="http://public@127.0.0.1:9/1",
+        traces_sample_rate=1.0,
+        instrument_http_clients=False,
+        before_send_transaction=lambda e: events.append(e),
+    )
+    return events, client
+
+
 def _event(tx: stm.Transaction) -> dict[str, Any]:
     """The transaction's event payload, checked by sentry-relay's normalizer."""
     event = transaction_event(tx, get_client().options)
@@ -293,14 +306,7 @@ def test_exception_in_span_sets_internal_error_and_restores_context() -> None:
 
 
 def test_only_finished_spans_are_sent_and_unfinished_ones_are_counted() -> None:
-    events: list[dict[str, Any]] = []
-    stm.init(
-        dsn="http://public@127.0.0.1:9/1",
-        traces_sample_rate=1.0,
-        instrument_http_clients=False,
-        before_send_transaction=lambda e: events.append(e),  # kept here, never sent
-    )
-    client = get_client()
+    events, client = _capturing_client()
     tx = stm.start_transaction("late")
     done = tx.start_child("done")
     done.finish()
@@ -426,14 +432,7 @@ def test_a_failing_build_counts_each_lost_span_once(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_child_started_as_its_transaction_ends_is_counted_once() -> None:
-    events: list[dict[str, Any]] = []
-    stm.init(
-        dsn="http://public@127.0.0.1:9/1",
-        traces_sample_rate=1.0,
-        instrument_http_clients=False,
-        before_send_transaction=lambda e: events.append(e),
-    )
-    client = get_client()
+    events, client = _capturing_client()
     tx = stm.start_transaction("t")
     tx.finish()
     # Another thread passed start_child's end check just before the transaction ended,
@@ -451,14 +450,7 @@ def test_a_child_started_as_its_transaction_ends_is_counted_once() -> None:
 
 
 def test_a_span_whose_parent_is_not_sent_hangs_from_its_nearest_sent_ancestor() -> None:
-    events: list[dict[str, Any]] = []
-    stm.init(
-        dsn="http://public@127.0.0.1:9/1",
-        traces_sample_rate=1.0,
-        instrument_http_clients=False,
-        before_send_transaction=lambda e: events.append(e),
-    )
-    client = get_client()
+    events, client = _capturing_client()
     tx = stm.start_transaction("orphans")
     outer = tx.start_child("outer")  # finished: sent
     open_a = outer.start_child("open a")  # never finished

@@ -260,16 +260,21 @@ def test_file_wrapper_fast_path_is_kept_and_ends_on_close(sentry_server: SentryS
     assert sent["contexts"]["trace"]["status"] == "ok"
 
 
+def _abandon(port: int, path: str) -> None:
+    """GET ``path``, read the start of a 200 response, then reset the connection (the
+    server's next write fails)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     app = TracingMiddleware(plain_app)
     with run_wsgi(app) as base:
-        port = int(base.rsplit(":", 1)[1])
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()  # RST: the server's next write fails
+        _abandon(int(base.rsplit(":", 1)[1]), "/endless")
         (tx,) = _one_tx(sentry_server)
     assert tx["transaction"] == "/endless"
     assert tx["contexts"]["trace"]["status"] == "cancelled"
@@ -297,11 +302,7 @@ def test_waitress_file_download_cut_short_is_cancelled(
     thread.start()
     try:
         port = server.effective_port
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()  # RST: the server's next write fails
+        _abandon(port, "/big")
         (cut,) = _one_tx(sentry_server)
         assert cut["contexts"]["trace"]["status"] == "cancelled"
         sentry_server.clear()
