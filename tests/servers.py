@@ -91,6 +91,21 @@ def run_wsgi(app: Any, *, threaded: bool = True) -> Iterator[str]:
     assert idle, "the WSGI server was still handling a request 5 s after shutdown"
 
 
+@contextmanager
+def run_waitress(app: Any) -> Iterator[int]:
+    """Serve a WSGI app with waitress (2 threads) on 127.0.0.1; yields the port."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        server.close()
+        thread.join(5)
+
+
 class _InFlight:
     """Counts requests being handled; ``wait_idle`` blocks until none is."""
 

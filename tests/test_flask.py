@@ -25,8 +25,8 @@ from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
 from .flask_apps import NAMED_ROUTES, STREAM_SECONDS, create_app
 from .sdk_peer import run_sdk_script
 from .sentry_server import SentryServer
-from .servers import run_gunicorn, run_wsgi
-from .test_wsgi import wait_transactions
+from .servers import run_gunicorn, run_waitress, run_wsgi
+from .test_wsgi import check_download_cut_short_is_cancelled, sparse_file, wait_transactions
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
@@ -567,6 +567,26 @@ def test_gunicorn_sendfile_download_cut_short_is_cancelled(
     wait_transactions(sentry_server, 1, timeout=10)
     (full,) = sentry_server.transactions()
     assert full["contexts"]["trace"]["status"] == "ok"
+
+
+def test_waitress_send_file_download_cut_short_is_cancelled(
+    sentry_server: SentryServer, tmp_path: Path
+) -> None:
+    # waitress's file wrapper has a length, so werkzeug calls send_file's response not
+    # streamed; it is still sent by the server after the view returns: it ends on close.
+    from flask import send_file
+
+    big = sparse_file(tmp_path)
+    app = Flask(__name__)
+
+    @app.route("/big")
+    def download() -> Any:
+        return send_file(big)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    FlaskTracing(app)
+    with run_waitress(app) as port:
+        check_download_cut_short_is_cancelled(sentry_server, port)
 
 
 # -- name parity with sentry-sdk ----------------------------------------------------------

@@ -20,7 +20,7 @@ from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
 
 from .sentry_server import SentryServer, init_traced
-from .servers import run_wsgi, wsgi_body
+from .servers import run_waitress, run_wsgi, wsgi_body
 
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
 PARENT_ID = "b7ad6b7169203331"
@@ -281,38 +281,41 @@ def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) 
     assert tx["timestamp"] - tx["start_timestamp"] < 5
 
 
+def sparse_file(tmp_path: Any, size: int = 64 * 1024 * 1024) -> Any:
+    """A big file made at once (sparse), larger than any socket buffer."""
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(size)
+    return big
+
+
+def check_download_cut_short_is_cancelled(sentry_server: SentryServer, port: int) -> None:
+    """GET /big abandoned after its first bytes: cancelled; read whole: ok."""
+    _abandon(port, "/big")
+    (cut,) = _one_tx(sentry_server)
+    assert cut["contexts"]["trace"]["status"] == "cancelled"
+    sentry_server.clear()
+    with requests.get(f"http://127.0.0.1:{port}/big", timeout=20, stream=True) as whole:
+        size = int(whole.headers["Content-Length"])
+        assert sum(len(c) for c in whole.iter_content(1 << 20)) == size
+    (full,) = _one_tx(sentry_server)
+    assert full["contexts"]["trace"]["status"] == "ok"
+
+
 def test_waitress_file_download_cut_short_is_cancelled(
     sentry_server: SentryServer, tmp_path: Any
 ) -> None:
-    # waitress keeps a file_wrapper's file as `.file` (not `.filelike`): a client that goes
-    # away mid-file is still seen (the file's position is short of its end).
-    from waitress.server import create_server
-
-    big = tmp_path / "big.bin"
-    with big.open("wb") as f:
-        f.truncate(64 * 1024 * 1024)  # sparse: instant, yet more than any socket buffer
+    # waitress keeps a file_wrapper's file as `.file` (not `.filelike`) and counts what it
+    # still has to send: a client that goes away mid-file is seen.
+    big = sparse_file(tmp_path)
 
     def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Length", str(big.stat().st_size))])
         return environ["wsgi.file_wrapper"](big.open("rb"), 65536)  # type: ignore[no-any-return]
 
     init_traced(sentry_server)
-    server = create_server(TracingMiddleware(file_app), host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        port = server.effective_port
-        _abandon(port, "/big")
-        (cut,) = _one_tx(sentry_server)
-        assert cut["contexts"]["trace"]["status"] == "cancelled"
-        sentry_server.clear()
-        with requests.get(f"http://127.0.0.1:{port}/big", timeout=20, stream=True) as whole:
-            assert sum(len(c) for c in whole.iter_content(1 << 20)) == big.stat().st_size
-        (full,) = _one_tx(sentry_server)
-        assert full["contexts"]["trace"]["status"] == "ok"
-    finally:
-        server.close()
-        thread.join(5)
+    with run_waitress(TracingMiddleware(file_app)) as port:
+        check_download_cut_short_is_cancelled(sentry_server, port)
 
 
 def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: SentryServer) -> None:

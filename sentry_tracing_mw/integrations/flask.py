@@ -212,7 +212,12 @@ def _marking_process_response(original: Callable[[Any], Any]) -> Callable[[Any],
     def process_response(response: Any) -> Any:
         response = original(response)
         try:
-            if getattr(response, "is_streamed", True) is False or _http_exception_body(response):
+            # A direct-passthrough body (send_file's wsgi.file_wrapper) is sent by the server
+            # even when it has a length (waitress's): it ends on close, as a streamed one.
+            if (
+                getattr(response, "is_streamed", True) is False
+                and not getattr(response, "direct_passthrough", False)
+            ) or _http_exception_body(response):
                 if _cv_request is not None:
                     environ = _cv_request.get().request.environ
                 else:  # pragma: no cover - a Flask without it
