@@ -5,11 +5,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any
 
-from ._fork import in_forked_child
+from ._fork import renew_in_child
 from ._ratelimits import KNOWN_CATEGORIES
 
 __all__ = ["FLUSH_INTERVAL", "MAX_ENTRIES", "VALID_REASONS", "ClientReports"]
@@ -69,7 +68,7 @@ class ClientReports:
         self._last_take = time.monotonic()
         self._forward: ClientReports | None = None  # the replacing client's, after hand_over
         self._new_unsampled_counters()
-        _instances.add(self)
+        renew_in_child(self)
 
     def _new_unsampled_counters(self) -> None:
         # Unsampled transactions are counted lock-free on the request path: ``next()`` of
@@ -241,14 +240,3 @@ class ClientReports:
         self._fold()
         with self._lock:
             return dict(self._total)
-
-
-_instances: weakref.WeakSet[ClientReports] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for reports in list(_instances):
-        reports._reset_after_fork()
-
-
-in_forked_child(_after_fork_in_child)

@@ -12,9 +12,11 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["CHECK_PID", "chain_uwsgi", "check", "in_forked_child"]
+__all__ = ["CHECK_PID", "chain_uwsgi", "check", "in_forked_child", "renew_in_child"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -37,9 +39,33 @@ def _under_uwsgi() -> bool:
 CHECK_PID = _under_uwsgi()
 
 
+class _Renewable(Protocol):
+    def _reset_after_fork(self) -> None: ...
+
+
+_renewed: weakref.WeakSet[_Renewable] = weakref.WeakSet()
+
+
 def in_forked_child(hook: Callable[[], None]) -> None:
     """Run ``hook`` in every forked child, once, before the child runs app code."""
     _hooks.append(hook)
+
+
+def renew_in_child(obj: _Renewable) -> None:
+    """Call ``obj._reset_after_fork()`` in every forked child while ``obj`` lives (new
+    locks, no inherited queue or thread), before the hooks of ``in_forked_child``."""
+    _renewed.add(obj)
+
+
+def _renew_all() -> None:
+    for obj in list(_renewed):
+        try:
+            obj._reset_after_fork()
+        except Exception:  # never break the child
+            logger.debug("renewing %r after a fork failed", obj, exc_info=True)
+
+
+_hooks.append(_renew_all)
 
 
 def check() -> None:

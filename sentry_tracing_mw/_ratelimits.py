@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from ._fork import in_forked_child
+from ._fork import renew_in_child
 
 __all__ = ["ALL", "DEFAULT_RETRY_AFTER", "KNOWN_CATEGORIES", "RateLimits", "header_get"]
 
@@ -118,7 +117,7 @@ class RateLimits:
     def __init__(self) -> None:
         self._limits: dict[str, float] = {}
         self._lock = threading.Lock()
-        _instances.add(self)
+        renew_in_child(self)
 
     def _reset_after_fork(self) -> None:
         """Child side of ``fork()``: a fresh lock (limits stay valid)."""
@@ -168,14 +167,3 @@ class RateLimits:
         """Forget every limit."""
         with self._lock:
             self._limits = {}
-
-
-_instances: weakref.WeakSet[RateLimits] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for limits in list(_instances):
-        limits._reset_after_fork()
-
-
-in_forked_child(_after_fork_in_child)

@@ -12,13 +12,12 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from numbers import Real
 from typing import Any
 
-from ._fork import in_forked_child
+from ._fork import renew_in_child
 from ._ids import trace_sample_rand
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
@@ -162,7 +161,7 @@ class TokenBucket:
         self._tokens = self._capacity if rate > 0 else 0.0
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
-        _buckets.add(self)
+        renew_in_child(self)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's lock may have been held by a thread not there."""
@@ -179,14 +178,3 @@ class TokenBucket:
                 return True
             self._tokens = tokens
             return False
-
-
-_buckets: weakref.WeakSet[TokenBucket] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for bucket in list(_buckets):
-        bucket._reset_after_fork()
-
-
-in_forked_child(_after_fork_in_child)

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
-from ._fork import in_forked_child
+from ._fork import renew_in_child
 from ._http import HTTPConnection, StaleConnectionError
 from ._options import explicit_proxy, redacted_url
 from ._ratelimits import RateLimits
@@ -157,20 +156,6 @@ def uwsgi_threads_disabled() -> bool:
     return not (truthy(opt.get("enable-threads")) or truthy(opt.get("threads")))
 
 
-_instances: weakref.WeakSet[Transport] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for transport in list(_instances):
-        try:
-            transport._reset_after_fork()
-        except Exception:  # pragma: no cover - never break the child
-            pass
-
-
-in_forked_child(_after_fork_in_child)
-
-
 class Transport:
     """Sends events to one DSN from a lazily started daemon worker thread."""
 
@@ -216,7 +201,7 @@ class Transport:
         }
         self._failing = False
         self._init_state()
-        _instances.add(self)
+        renew_in_child(self)
 
     # -- state -----------------------------------------------------------------------------
 
