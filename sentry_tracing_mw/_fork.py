@@ -14,9 +14,16 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["CHECK_PID", "chain_uwsgi", "check", "in_forked_child", "renew_in_child"]
+__all__ = [
+    "CHECK_PID",
+    "chain_uwsgi",
+    "check",
+    "in_forked_child",
+    "renew_in_child",
+    "uwsgi_module",
+]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -26,17 +33,18 @@ _lock = threading.RLock()
 _checking = False  # check() is running the hooks (on the thread holding _lock)
 
 
-def _under_uwsgi() -> bool:
+def uwsgi_module() -> Any:
+    """uWSGI's own ``uwsgi`` module, importable only inside a uWSGI process; else None."""
     try:
-        import uwsgi  # noqa: F401 - the server's own module: importable only under uWSGI
+        import uwsgi
     except ImportError:
-        return False
-    return True
+        return None
+    return uwsgi
 
 
 #: Under uWSGI an app may replace the post-fork hook (``uwsgi.post_fork_hook = ...``):
 #: then ``check()`` at the start of each unit of work catches a fork no hook reported.
-CHECK_PID = _under_uwsgi()
+CHECK_PID = uwsgi_module() is not None
 
 
 class _Renewable(Protocol):
@@ -99,9 +107,8 @@ def chain_uwsgi() -> None:
     """Under uWSGI: run the hooks from its post-fork hook too (idempotent; ``init()``
     calls it again, after the app may have set a hook of its own or loaded
     ``uwsgidecorators``, which replace the one set at import)."""
-    try:
-        import uwsgi  # the server's own module: importable only under uWSGI
-    except ImportError:
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
         return
     try:
         decorators = sys.modules.get("uwsgidecorators")

@@ -32,7 +32,7 @@ from ._context import SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
-from ._fork import renew_in_child
+from ._fork import renew_in_child, uwsgi_module
 from ._http import HTTPConnection, StaleConnectionError
 from ._options import explicit_proxy, redacted_url
 from ._ratelimits import RateLimits
@@ -136,11 +136,7 @@ def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> 
 def uwsgi_threads_disabled() -> bool:
     """True under uWSGI started without ``--enable-threads`` (uWSGI does not promise that
     an app's threads, the sender among them, run then)."""
-    try:
-        import uwsgi
-    except ImportError:
-        return False
-    opt = getattr(uwsgi, "opt", None)
+    opt = getattr(uwsgi_module(), "opt", None)
     if not isinstance(opt, dict):
         return False
 
