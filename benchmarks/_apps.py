@@ -276,13 +276,15 @@ def install(framework: str, config: str, dsn: str) -> tuple[Any, Callable[[], ob
     raise SystemExit(f"unknown framework {framework!r}")
 
 
-def paired_apps(framework: str) -> dict[str, Any]:
-    """A bare app and one traced by ours (``init()`` already called), in one process."""
+def paired_apps(framework: str, traced: bool = True) -> dict[str, Any]:
+    """A bare app and one traced by ours (``init()`` already called), in one process;
+    ``traced=False``: two bare apps (the A/A control)."""
     if framework == "flask":
         from sentry_tracing_mw.integrations.flask import FlaskTracing
 
         ours = make_flask()
-        FlaskTracing(ours)
+        if traced:
+            FlaskTracing(ours)
         return {"bare": make_flask(), "ours": ours}
     if framework == "django":
         from django.conf import settings
@@ -290,14 +292,16 @@ def paired_apps(framework: str) -> dict[str, Any]:
 
         make_django([])
         bare = get_wsgi_application()
-        settings.MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
+        if traced:
+            settings.MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
         return {"bare": bare, "ours": get_wsgi_application()}
     if framework in ASGI:
         from sentry_tracing_mw.integrations.starlette import TracingMiddleware
 
         make = make_starlette if framework == "starlette" else make_fastapi
         ours = make()
-        ours.add_middleware(TracingMiddleware)
+        if traced:
+            ours.add_middleware(TracingMiddleware)
         return {"bare": make(), "ours": ours}
     raise SystemExit(f"unknown framework {framework!r}")
 

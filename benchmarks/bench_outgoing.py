@@ -11,7 +11,9 @@ Configurations, each in a fresh process:
 * ``sentry-sdk``: ``sentry_sdk.init(traces_sample_rate=1.0)`` with its default integrations
   (stdlib, httpx) and the serialize-and-discard transport, inside a sampled transaction;
 * ``otel``: OpenTelemetry SDK with the requests/urllib3/httpx instrumentations, ALWAYS_ON,
-  a ``BatchSpanProcessor`` with the OTLP-encoding exporter, inside a recording span.
+  a ``BatchSpanProcessor`` with the OTLP-encoding exporter, inside a recording span;
+* ``none``: nothing installed, the A/A control: both batches of a pair run the same plain
+  calls, so its "added" cost is noise, the resolution of the other columns.
 
 *Bare* is measured in the same process: the class attributes each configuration patched are
 swapped out and in, and batches of 100 calls alternate between the plain and the
@@ -39,7 +41,7 @@ import _apps
 import _harness as h
 
 CLIENTS = ("requests", "urllib3", "httpx", "httpx-async")
-CONFIGS = ("ours", "ours-idle", "sentry-sdk", "otel")
+CONFIGS = ("ours", "ours-idle", "sentry-sdk", "otel", "none")
 # Classes whose attributes instrumentations patch; the worker swaps whatever changed.
 PATCH_POINTS = (
     ("http.client", "HTTPConnection"),
@@ -65,6 +67,8 @@ Patches = dict[tuple[type, str], Any]
 
 def _setup(config: str, dsn: str) -> Callable[[], Any]:
     """Install the configuration; return a factory of per-batch context managers."""
+    if config == "none":
+        return contextlib.nullcontext
     if config in ("ours", "ours-idle"):
         import sentry_tracing_mw as stm
 
@@ -132,7 +136,7 @@ def measure(config: str, client: str, url: str, dsn: str, calls: int) -> dict[st
     before = _snapshot()
     batch = _setup(config, dsn)
     on, off = _diff(before)
-    if not on:
+    if not on and config != "none":
         raise SystemExit(f"{config}: nothing was patched")
     clock = time.thread_time
 
@@ -237,7 +241,7 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
         targets.append(
             (
                 f"outgoing {client}: ≤ 10 µs added per call (sampled transaction)",
-                f"{ours:+.1f} µs",
+                f"{ours:+.1f} µs (A/A {added['none'].fmt()})",
                 ours <= 10.0,
             )
         )
@@ -246,7 +250,9 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
         f"process in alternating batches of {BATCH} plain / instrumented calls. µs of the calling "
         "thread's CPU per call: *bare* is the plain call's own cost; the other columns are the "
         "cost **added** per call (median of paired batch differences; median (min–max) over "
-        "rounds). Ratios: rival's added cost / ours.\n\n"
+        "rounds). *A/A*: the same measurement with nothing installed (both batches plain): "
+        "its spread is the resolution of the other columns. Ratios: rival's added cost / "
+        "ours.\n\n"
         + h.md_table(
             [
                 "client",
@@ -255,6 +261,7 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
                 "ours (no trace)",
                 "sentry-sdk",
                 "OTel",
+                "A/A (noise)",
                 "sdk/ours",
                 "OTel/ours",
             ],
