@@ -182,6 +182,9 @@ def render(
         "- In-process runs flush the tracer after every 100 requests, outside the timed requests, so "
         "no queue overflows and nothing is dropped; the worker threads run concurrently with the "
         "request thread, which is what the *mean* and *CPU* columns capture.",
+        "- *A/A* (paired incoming and outgoing tables, and the budget rows): the same paired "
+        "measurement with the plain app or library on both sides. Nothing differs but noise, so "
+        "its spread is how small a difference the figures beside it can show on this machine.",
         "- Profiling one configuration: `python benchmarks/bench_incoming.py --profile flask ours-1.0`.",
         "",
     ]
