@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import chain
 from operator import itemgetter
@@ -219,8 +220,7 @@ async def flush_client() -> None:
         if transport is None:
             return
         timeout = client.options.shutdown_timeout
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(None, client.flush, timeout):
+        if await _in_thread(client.flush, timeout):
             client._shutdown_spent = False
             return
         client._shutdown_spent = True  # the exit's close() does not wait a second time
@@ -240,6 +240,31 @@ async def flush_client() -> None:
             )
     except Exception:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
+
+
+def _running_trio() -> Any:
+    """The ``trio`` module when this task runs on trio (directly or under anyio), else None."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # trio is imported, but this is not a trio task
+        return None
+    return trio
+
+
+async def _in_thread(fn: Callable[[float], bool], timeout: float) -> bool:
+    """``fn(timeout)`` in a worker thread, awaited on the running event loop: asyncio's or
+    trio's (Starlette and FastAPI run on either through anyio); on any other, called here."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        trio = _running_trio()
+        if trio is None:  # an event loop we do not know: block it (shutdown only)
+            return fn(timeout)
+        return bool(await trio.to_thread.run_sync(fn, timeout))
+    return bool(await loop.run_in_executor(None, fn, timeout))
 
 
 async def answer_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
@@ -301,9 +326,10 @@ def _fail(
 ) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
-        if disconnected or isinstance(exc, asyncio.CancelledError):
-            # The client went away (the app saw it as a failed send or a cancellation):
-            # not an application error.
+        if disconnected or not isinstance(exc, Exception):
+            # The client went away (the app saw it as a failed send), or the request was
+            # cancelled (asyncio's CancelledError, trio's Cancelled, a server shutting
+            # down): not an application error.
             if tx._status is None or tx._status == "ok":
                 tx._status = "cancelled"
             return
@@ -360,6 +386,19 @@ class TracingMiddleware:
         """The status sent for an exception that left the app before any response started:
         the server's 500 (None when something outside us answers in a way we cannot see)."""
         return 500
+
+    def client_went_away(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is how the framework tells the app that the client went away
+        (Starlette's ``WebSocketDisconnect``, ``ClientDisconnect``): raised out of the app,
+        it is a disconnect the app did not handle, not an application error."""
+        return False
+
+    def _gone(self, exc: BaseException) -> bool:
+        try:
+            return self.client_went_away(exc)
+        except Exception:
+            logger.debug("checking for a client disconnect failed", exc_info=True)
+            return False
 
     async def name_only(
         self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
@@ -444,9 +483,10 @@ class TracingMiddleware:
         try:
             await self.app(inner, receive, unrecorded_send)
         except BaseException as exc:
-            if isinstance(exc, Exception):
+            went = gone[0] or self._gone(exc)
+            if isinstance(exc, Exception) and not went:
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, gone[0], self.mechanism)
+            _fail(client, tx, exc, went, self.mechanism)
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
@@ -461,7 +501,7 @@ class TracingMiddleware:
         try:
             await self.app(scope, receive, untraced_send)
         except Exception as exc:
-            if not gone[0]:
+            if not gone[0] and not self._gone(exc):
                 try:
                     client.capture_exception(exc, mechanism=self.mechanism, handled=False)
                 except Exception:
@@ -524,6 +564,7 @@ class TracingMiddleware:
         watch_tried = False
         receiving = 0  # the app's receive() calls waiting on the server
         watch_skipped = False  # skipped while the app listened: retried if it stops
+        peer_closed = False  # the app received a websocket's disconnect
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -556,7 +597,9 @@ class TracingMiddleware:
                     ):
                         return  # a body the app did not read: don't touch it
             try:
-                watcher = asyncio.ensure_future(watch())
+                # asyncio only: under trio, get_running_loop() raises (ensure_future would
+                # schedule the watch on an idle asyncio loop, where it never runs).
+                watcher = asyncio.get_running_loop().create_task(watch())
             except Exception:
                 logger.debug("cannot watch for client disconnects", exc_info=True)
 
@@ -611,7 +654,7 @@ class TracingMiddleware:
                 raise
 
         async def traced_receive() -> Message:
-            nonlocal disconnected, body_read, receiving
+            nonlocal disconnected, body_read, receiving, peer_closed
             if watcher is not None and not ahead and not watcher.done():
                 try:
                     await asyncio.shield(watcher)
@@ -637,18 +680,21 @@ class TracingMiddleware:
                     body_read = True
             elif kind == "http.disconnect" and not complete:
                 disconnected = True
+            elif kind == "websocket.disconnect":
+                peer_closed = True  # an exception now is the app's answer to it
             return message
 
         token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
-            if isinstance(exc, Exception) and not disconnected:
+            went = disconnected or peer_closed or self._gone(exc)
+            if isinstance(exc, Exception) and not went:
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, disconnected, self.mechanism)
+            _fail(client, tx, exc, went, self.mechanism)
             if (
                 tx._response_status is None
-                and not disconnected
+                and not went
                 and isinstance(exc, Exception)
                 and scope.get("type") == "http"
             ):

@@ -26,7 +26,9 @@ from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Host, Match, Mount
+from starlette.websockets import WebSocketDisconnect
 
 from .._client import get_client
 from .._context import CURRENT_SPAN
@@ -272,6 +274,9 @@ def _leaf_app(mount: Any) -> Any:
     return None if hasattr(app, "routes") else app
 
 
+_CLIENT_GONE = (WebSocketDisconnect, ClientDisconnect)
+
+
 class TracingMiddleware(asgi.TracingMiddleware):
     """Trace a Starlette or FastAPI app: ``app.add_middleware(TracingMiddleware, **options)``.
 
@@ -329,6 +334,11 @@ class TracingMiddleware(asgi.TracingMiddleware):
         if isinstance(scope, _RoutingScope) and code not in (404, 405) and scope._late_name():
             return
         tx.set_name(f"{method} {code}", "route")
+
+    def client_went_away(self, exc: BaseException) -> bool:
+        """Starlette raises these in the app when the client has gone (a websocket closed
+        by the client, a request body whose upload stopped)."""
+        return isinstance(exc, _CLIENT_GONE)
 
     def routed(self, scope: Scope) -> bool:
         """Starlette's router marks the scope (``scope["router"]``) when it starts."""
