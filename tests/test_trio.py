@@ -232,3 +232,33 @@ def test_an_application_error_on_a_websocket_is_still_captured(
     assert event["exception"]["values"][-1]["type"] == "KeyError"
     tx = transactions_by_name(sentry_server, 1)["/broken"]
     assert tx["contexts"]["trace"]["status"] == "internal_error"
+
+
+def test_generic_middleware_captures_an_error_raised_after_a_websocket_closed(
+    sentry_server: SentryServer,
+) -> None:
+    """The generic middleware knows no framework's disconnect exception: an exception the
+    app raises after the client closed (its cleanup failing) is still an application error."""
+
+    async def ws_app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        assert (await receive())["type"] == "websocket.disconnect"
+        raise KeyError("cleanup failed")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = generic_asgi.TracingMiddleware(ws_app)
+    messages = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {**_scope("/ws"), "type": "websocket", "scheme": "ws"}
+    with pytest.raises(KeyError):
+        asyncio.run(app(scope, receive, send))
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "KeyError"

@@ -564,7 +564,6 @@ class TracingMiddleware:
         watch_tried = False
         receiving = 0  # the app's receive() calls waiting on the server
         watch_skipped = False  # skipped while the app listened: retried if it stops
-        peer_closed = False  # the app received a websocket's disconnect
         name_on_response = self.name_on_response
 
         async def watch() -> None:
@@ -654,7 +653,7 @@ class TracingMiddleware:
                 raise
 
         async def traced_receive() -> Message:
-            nonlocal disconnected, body_read, receiving, peer_closed
+            nonlocal disconnected, body_read, receiving
             if watcher is not None and not ahead and not watcher.done():
                 try:
                     await asyncio.shield(watcher)
@@ -680,15 +679,13 @@ class TracingMiddleware:
                     body_read = True
             elif kind == "http.disconnect" and not complete:
                 disconnected = True
-            elif kind == "websocket.disconnect":
-                peer_closed = True  # an exception now is the app's answer to it
             return message
 
         token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, traced_receive, traced_send)
         except BaseException as exc:
-            went = disconnected or peer_closed or self._gone(exc)
+            went = disconnected or self._gone(exc)
             if isinstance(exc, Exception) and not went:
                 self._name_failed(tx, inner, method)
             _fail(client, tx, exc, went, self.mechanism)
