@@ -255,16 +255,27 @@ def _running_trio() -> Any:
 
 
 async def _in_thread(fn: Callable[[float], bool], timeout: float) -> bool:
-    """``fn(timeout)`` in a worker thread, awaited on the running event loop: asyncio's or
-    trio's (Starlette and FastAPI run on either through anyio); on any other, called here."""
+    """``fn(timeout)`` in a worker thread, awaited on the running event loop: trio's
+    (Starlette and FastAPI run on it through anyio; checked first: trio in guest mode runs
+    inside an asyncio loop) or asyncio's; on any other, called here. On trio the wait is
+    shielded from cancellation (a cancelled lifespan still flushes, within ``timeout``)."""
+    trio = _running_trio()
+    if trio is not None:
+        with trio.CancelScope(shield=True):
+            return bool(await trio.to_thread.run_sync(fn, timeout))
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        trio = _running_trio()
-        if trio is None:  # an event loop we do not know: block it (shutdown only)
-            return fn(timeout)
-        return bool(await trio.to_thread.run_sync(fn, timeout))
+    except RuntimeError:  # an event loop we do not know: block it (shutdown only)
+        return fn(timeout)
     return bool(await loop.run_in_executor(None, fn, timeout))
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """A task cancellation: asyncio's ``CancelledError`` or trio's ``Cancelled``."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
 async def answer_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
@@ -326,10 +337,9 @@ def _fail(
 ) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
-        if disconnected or not isinstance(exc, Exception):
-            # The client went away (the app saw it as a failed send), or the request was
-            # cancelled (asyncio's CancelledError, trio's Cancelled, a server shutting
-            # down): not an application error.
+        if disconnected or _cancelled(exc):
+            # The client went away (the app saw it as a failed send), or the server
+            # cancelled the request's task: not an application error.
             if tx._status is None or tx._status == "ok":
                 tx._status = "cancelled"
             return
@@ -595,9 +605,9 @@ class TracingMiddleware:
                         name == b"content-length" and value.strip() not in (b"0", b"")
                     ):
                         return  # a body the app did not read: don't touch it
+            if _running_trio() is not None:
+                return  # asyncio only (ensure_future would use an idle asyncio loop)
             try:
-                # asyncio only: under trio, get_running_loop() raises (ensure_future would
-                # schedule the watch on an idle asyncio loop, where it never runs).
                 watcher = asyncio.get_running_loop().create_task(watch())
             except Exception:
                 logger.debug("cannot watch for client disconnects", exc_info=True)

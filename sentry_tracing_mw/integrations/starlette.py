@@ -18,7 +18,9 @@ A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What 
 
 from __future__ import annotations
 
+import builtins
 import functools
+import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -275,6 +277,12 @@ def _leaf_app(mount: Any) -> Any:
 
 
 _CLIENT_GONE = (WebSocketDisconnect, ClientDisconnect)
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
+if _GROUP is None:  # pragma: no cover - Python 3.10: anyio's backport
+    try:
+        _GROUP = importlib.import_module("exceptiongroup").BaseExceptionGroup
+    except (ImportError, AttributeError):
+        pass
 
 
 class TracingMiddleware(asgi.TracingMiddleware):
@@ -337,8 +345,13 @@ class TracingMiddleware(asgi.TracingMiddleware):
 
     def client_went_away(self, exc: BaseException) -> bool:
         """Starlette raises these in the app when the client has gone (a websocket closed
-        by the client, a request body whose upload stopped)."""
-        return isinstance(exc, _CLIENT_GONE)
+        by the client, a request body whose upload stopped), also from inside a task
+        group (an exception group whose every exception is one of them)."""
+        if isinstance(exc, _CLIENT_GONE):
+            return True
+        if _GROUP is not None and isinstance(exc, _GROUP):
+            return exc.split(_CLIENT_GONE)[1] is None
+        return False
 
     def routed(self, scope: Scope) -> bool:
         """Starlette's router marks the scope (``scope["router"]``) when it starts."""
