@@ -4,6 +4,7 @@ Add one middleware, set a DSN, and every request becomes a transaction named aft
 route; outgoing HTTP calls become child spans that carry the trace downstream.
 """
 
+from . import _log  # noqa: F401  (first: the package logger never raises into callers)
 from ._api import (
     capture_exception,
     close,

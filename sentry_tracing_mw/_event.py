@@ -125,14 +125,16 @@ def _measurements(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, entry in raw.items():
         value = entry.get("value")
-        unit = entry.get("unit") or ""
+        unit = entry.get("unit")
+        if unit is None:
+            unit = ""
         if isinstance(value, int) and not isinstance(value, bool):
             value = json_int(int(value))  # Sentry keeps 64 bits: wider as a float, else out
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or not isinstance(unit, str)
+            or type(unit) is not str
             or not _MEASUREMENT_UNIT.fullmatch(unit)
             or not _MEASUREMENT_NAME.fullmatch(name)
         ):

@@ -265,7 +265,8 @@ class Transport:
         start = None
         queued = False
         with self._lock:  # the condition's lock: a C-level context manager
-            if self._closed:
+            if self._closed:  # close() ran (init() replaced the client meanwhile)
+                _record(self.reports, "queue_overflow", pending.category, pending.span_count)
                 return False
             if len(self._queue) < self._queue_size and self._bytes + size <= self._queue_bytes:
                 self._queue.append(pending)
@@ -371,10 +372,10 @@ class Transport:
             alive = worker.is_alive()
             if not alive:
                 self._clear_pool()
-            # Still sending, or never ran (it could not start): what waits is dropped now,
-            # and said so.
+            # Still sending, never ran (it could not start), or died: what waits is dropped
+            # now, and said so (a worker that stopped normally left nothing queued).
             with self._cond:
-                dropped = self._drop_queued() if alive or worker.ident is None else (0, 0, 0)
+                dropped = self._drop_queued()
             _warn_dropped(dropped, alive)
         elif worker is None:  # never started (nothing queued, or it could not start)
             with self._cond:
@@ -447,8 +448,13 @@ class Transport:
                     self._send_client_reports()
                 elif isinstance(item, Pending):
                     self._process(item)
-            except Exception:
-                logger.exception("sentry_tracing_mw: unexpected error in the transport worker")
+            except BaseException:  # app code run here (hooks, reprs) may raise SystemExit...
+                try:  # ... and the worker must live on: it is the only one
+                    logger.exception("sentry_tracing_mw: unexpected error in the transport worker")
+                    if isinstance(item, Pending):
+                        _record(self.reports, "internal_sdk_error", item.category, item.span_count)
+                except BaseException:
+                    pass
             with cond:
                 self._done += 1
                 if self._done >= self._wake_at:
@@ -543,7 +549,7 @@ class Transport:
             return
         try:
             prepared = pending.prepare()
-        except Exception:
+        except BaseException:  # (a hook or a value's repr raising SystemExit, say)
             logger.exception("sentry_tracing_mw: building the %s event failed", category)
             _record(self.reports, "internal_sdk_error", category, pending.span_count)
             return

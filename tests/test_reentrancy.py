@@ -1,0 +1,169 @@
+"""App code that ours calls back (log handlers, hooks, values' reprs) and that fails: it
+never breaks a request or the transport's worker thread, and nothing is lost uncounted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+import sentry_tracing_mw as stm
+from sentry_tracing_mw.integrations.flask import FlaskTracing
+
+from .sentry_server import SentryServer
+
+
+class _Broken(logging.Handler):
+    """A log shipper whose endpoint is down and which does not catch that."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.calls = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.calls += 1
+        raise ConnectionError("log shipper is down")
+
+
+@pytest.fixture
+def broken_root_handler() -> Iterator[_Broken]:
+    handler = _Broken()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+def _transaction(name: str) -> None:
+    with stm.start_transaction(name, op="task"):
+        pass
+
+
+def test_a_raising_log_handler_does_not_kill_the_worker(
+    sentry_server: SentryServer, broken_root_handler: _Broken
+) -> None:
+    """The worker logs "sending failed" through the app's handlers: one that raises used
+    to end the worker thread, and every later event stayed queued for good."""
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    sentry_server.respond(500)
+    _transaction("during-outage")
+    stm.flush(5)
+    assert broken_root_handler.calls >= 1  # our warning reached the broken handler
+    sentry_server.respond(200)
+    assert client.transport is not None
+    client.transport._backoff_until = 0.0  # (the 500's backoff window, not under test)
+    for i in range(3):
+        _transaction(f"after-{i}")
+    assert stm.flush(5)
+    names = {t["transaction"] for t in sentry_server.transactions()}
+    assert {"after-0", "after-1", "after-2"} <= names
+    assert client.transport._worker is not None and client.transport._worker.is_alive()
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+def test_a_hook_raising_a_base_exception_does_not_kill_the_worker(
+    sentry_server: SentryServer, exc: type[BaseException]
+) -> None:
+    """``before_send_transaction`` runs on the worker; a BaseException from it drops that
+    event (counted), and the worker goes on with the next."""
+
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("transaction") == "poisoned":
+            raise exc()
+        return event
+
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, before_send_transaction=hook)
+    _transaction("poisoned")
+    _transaction("healthy")
+    assert stm.flush(5)
+    assert [t["transaction"] for t in sentry_server.transactions()] == ["healthy"]
+    assert client.reports.snapshot().get(("internal_sdk_error", "transaction")) == 1
+
+
+def test_a_value_whose_repr_raises_system_exit_is_counted_not_fatal(
+    sentry_server: SentryServer,
+) -> None:
+    class Poison:
+        def __repr__(self) -> str:
+            raise SystemExit("no")
+
+        __str__ = __repr__
+
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction("poisoned", op="task") as tx:
+        tx.set_data("value", Poison())
+    _transaction("healthy")
+    assert stm.flush(5)
+    names = [t["transaction"] for t in sentry_server.transactions()]
+    assert "healthy" in names
+    if "poisoned" not in names:  # sent without the value, or dropped and counted
+        assert client.reports.snapshot().get(("internal_sdk_error", "transaction")) == 1
+
+
+def test_an_event_submitted_to_a_closed_transport_is_counted(
+    sentry_server: SentryServer,
+) -> None:
+    """``init()`` may close a client between a capture's check and its submit (a signal
+    handler, another thread): the event is then dropped, and counted."""
+    old = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    assert old.transport is not None
+    old.transport.close()  # the window: the transport is closed, the client not yet
+    try:
+        raise ValueError("lost")
+    except ValueError as exc:
+        old.capture_exception(exc)
+    old.start_transaction("late", op="task").finish()
+    counts = old.reports.snapshot()
+    assert counts.get(("queue_overflow", "error")) == 1
+    assert counts.get(("queue_overflow", "transaction")) == 1
+
+
+def test_a_raising_handler_on_our_logger_never_breaks_a_request(
+    sentry_server: SentryServer,
+) -> None:
+    """With ``debug=True`` our debug lines reach the app's handlers on the request path
+    (here: the sampler failing is logged); a handler that raises must not fail the request."""
+    handler = _Broken()
+    ours = logging.getLogger("sentry_tracing_mw")
+    ours.addHandler(handler)
+    try:
+
+        def sampler(ctx: Any) -> float:
+            raise RuntimeError("sampler bug")
+
+        stm.init(dsn=sentry_server.dsn, traces_sampler=sampler, debug=True)
+        app = Flask(__name__)
+
+        @app.route("/ok")
+        def ok() -> str:
+            stm.get_current_span().set_status(object())  # type: ignore[union-attr]
+            return "fine"
+
+        FlaskTracing(app)
+        response = app.test_client().get("/ok")
+        assert (response.status_code, response.text) == (200, "fine")
+        assert handler.calls >= 1
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(logging.NOTSET)
+
+
+def test_a_measurement_unit_whose_truth_raises_drops_only_that_measurement(
+    sentry_server: SentryServer,
+) -> None:
+    class Unit(str):
+        def __bool__(self) -> bool:
+            raise RuntimeError("no truth")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction("measured", op="task") as tx:
+        tx.set_measurement("bad", 1, Unit("second"))
+        tx.set_measurement("good", 2, "none")
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    assert event["measurements"] == {"good": {"value": 2, "unit": "none"}}
