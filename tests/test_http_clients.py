@@ -1428,3 +1428,73 @@ def test_connections_created_before_instrumenting_are_covered(
     for path in ("/a", "/b", "/c"):
         (rec,) = recording_server.received(path)
         assert (rec.header("sentry-trace") or "").startswith(tx.trace_id)
+
+
+def test_endheaders_called_twice_leaves_the_next_request_alone(
+    recording_server: RecordingServer,
+) -> None:
+    """A second ``endheaders()`` is refused by http.client (``CannotSendHeader``, caught by
+    the caller): our headers are not written again into the connection's buffer (they
+    went out in front of the next request on the connection), and the first request's
+    span still gets its response."""
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=5)
+        conn.putrequest("GET", "/first")
+        conn.endheaders()
+        with pytest.raises(http.client.CannotSendHeader):
+            conn.endheaders()
+        first = conn.getresponse()
+        assert first.status == 200
+        first.read()
+        conn.request("GET", "/second")
+        second = conn.getresponse()
+        assert second.status == 200
+        second.read()
+        conn.close()
+    got = recording_server.received()
+    assert [r.path for r in got] == ["/first", "/second"]
+    assert got[1].raw.startswith(b"GET /second HTTP/1.1\r\n")
+    assert all(len(r.values("sentry-trace")) == 1 for r in got)
+    spans = http_spans(tx)
+    assert [(s.status, s.data.get("http.response.status_code")) for s in spans] == [
+        ("ok", 200),
+        ("ok", 200),
+    ]
+
+
+@pytest.mark.parametrize("lib", ["requests", "urllib3"])
+def test_plain_http_connect_timeout_is_deadline_exceeded(lib: str) -> None:
+    """urllib3 connects inside ``endheaders()`` for plain HTTP and wraps the socket
+    timeout as its ``ConnectTimeoutError``: a timeout, as over HTTPS and with httpx."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue: the next connect waits
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        stm.init(traces_sample_rate=1.0)
+        url = f"http://127.0.0.1:{port}/x"
+        with stm.start_transaction("t") as tx:
+            if lib == "requests":
+                with pytest.raises(requests.exceptions.ConnectTimeout):
+                    requests.get(url, timeout=(0.3, 1))
+            else:
+                with pytest.raises(urllib3.exceptions.ConnectTimeoutError):
+                    urllib3.PoolManager(retries=False).request(
+                        "GET", url, timeout=urllib3.Timeout(connect=0.3)
+                    )
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    (span,) = http_spans(tx)
+    assert span.status == "deadline_exceeded", span.data

@@ -49,7 +49,6 @@ _ROUTE = "_stm_route"  # HTTPConnection: (options, host, base URL, inject) of it
 _STARTED = "_stm_started"  # HTTPConnection: when urllib3 began connecting for the next request
 _SPAN = "_stm_span"  # HTTPResponse: the span that ends with the body
 
-_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError,)
 #: Sending the request failed because the server closed the connection: it may have
 #: answered first (a 413 before the whole body), which the caller can still read.
 _PEER_CLOSED = frozenset({errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.EPROTOTYPE})
@@ -145,7 +144,7 @@ def _abandon(out: _Outgoing) -> None:
         return
     exc = sys.exc_info()[1]  # closed while handling an error (e.g. a failed body upload)
     if exc is not None:
-        fail(span, exc, _TIMEOUTS)
+        _failed(span, exc)
         return
     if span._status is None:
         span._status = "cancelled"
@@ -185,9 +184,11 @@ def _raised_reading(exc: BaseException, response: http.client.HTTPResponse) -> b
     return False
 
 
-def _body_failed(span: Span, exc: BaseException) -> None:
-    """End ``span`` for a body whose reading failed: a timeout anywhere in the chain
-    (urllib3 wraps socket timeouts) is ``deadline_exceeded``, else ``internal_error``."""
+def _failed(span: Span, exc: BaseException) -> None:
+    """End ``span`` for a request or body that failed: a timeout anywhere in the chain
+    (urllib3 wraps socket timeouts, as ``ConnectTimeoutError`` when it connects for a
+    request) is ``deadline_exceeded``, else ``internal_error`` (``cancelled`` for a
+    BaseException)."""
     cause: BaseException | None = exc
     for _ in range(4):
         if cause is None:
@@ -324,12 +325,16 @@ def install() -> Callable[[], None]:
             return orig_endheaders(  # type: ignore[no-any-return]
                 self, message_body, encode_chunked=encode_chunked
             )
+        if inject:  # once: a second endheaders() (refused) must not add them again
+            self._stm_outgoing = (ctx, span, span_id, False)  # type: ignore[attr-defined]
         try:
             return orig_endheaders(  # type: ignore[no-any-return]
                 self, message_body, encode_chunked=encode_chunked
             )
+        except http.client.CannotSendHeader:
+            raise  # endheaders() called again: the caller's mistake; the request goes on
         except BaseException as exc:
-            fail(span, exc, _TIMEOUTS)
+            _failed(span, exc)
             if not (isinstance(exc, OSError) and exc.errno in _PEER_CLOSED):
                 self._stm_outgoing = None  # type: ignore[attr-defined]
             # else kept: a response read next gives the (ended) span its outcome
@@ -349,7 +354,7 @@ def install() -> Callable[[], None]:
             raise
         except BaseException as exc:
             if span is not None:
-                fail(span, exc, _TIMEOUTS)
+                _failed(span, exc)
             raise
         if span is not None and span._end is not None:  # sending failed, yet it answered
             late_response(span, response.status)
@@ -391,7 +396,7 @@ def install() -> Callable[[], None]:
                 span, ambient = span
             failure = exc_info()[1]  # closed because reading the body failed?
             if failure is not None and id(failure) != ambient and _raised_reading(failure, self):
-                _body_failed(span, failure)
+                _failed(span, failure)
             elif self.length and sys._getframe(1).f_code.co_name != "close":
                 # The server closed before the announced length: http.client reads that
                 # as EOF without raising (urllib3 raises later, after the span ended).
