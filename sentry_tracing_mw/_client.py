@@ -355,7 +355,7 @@ class Client:
         if hook is not None:
             try:
                 event = hook(event)  # type: ignore[arg-type]
-            except Exception:
+            except BaseException:  # (on the worker: even SystemExit is a failing filter)
                 # A failing filter must not let unfiltered data out (as sentry-sdk does).
                 logger.exception("before_send_transaction raised; the transaction is dropped")
                 event = None
@@ -445,7 +445,7 @@ class Client:
         if hook is not None:
             try:
                 result = hook(event)
-            except Exception:
+            except BaseException:  # (on the worker: even SystemExit is a failing filter)
                 # A failing filter must not let unfiltered data out (as sentry-sdk does).
                 logger.exception("before_send raised; the error event is dropped")
                 result = None

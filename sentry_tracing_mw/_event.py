@@ -126,15 +126,15 @@ def _measurements(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, entry in raw.items():
         value = entry.get("value")
         unit = entry.get("unit")
-        if unit is None:
-            unit = ""
+        # A plain copy of a str subclass (a StrEnum): no app code (its __bool__) runs.
+        unit = "" if unit is None else str.__str__(unit) if isinstance(unit, str) else None
         if isinstance(value, int) and not isinstance(value, bool):
             value = json_int(int(value))  # Sentry keeps 64 bits: wider as a float, else out
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or type(unit) is not str
+            or unit is None
             or not _MEASUREMENT_UNIT.fullmatch(unit)
             or not _MEASUREMENT_NAME.fullmatch(name)
         ):

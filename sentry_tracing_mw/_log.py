@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["logger"]
-
-logger = logging.getLogger("sentry_tracing_mw")
-_call_handlers = logging.Logger.callHandlers
+__all__ = ["guard", "logger"]
 
 
-def _call_handlers_safely(record: logging.LogRecord) -> None:
-    try:
-        _call_handlers(logger, record)
-    except Exception:  # a broken handler: not ours to raise (KeyboardInterrupt still is)
-        pass
+def guard(log: logging.Logger) -> logging.Logger:
+    """Make ``log`` call its handlers (and its ancestors') under a guard (idempotent)."""
+    if getattr(log, "_stm_guarded", False):
+        return log
+    call_handlers = type(log).callHandlers
+
+    def call_handlers_safely(record: logging.LogRecord) -> None:
+        try:
+            call_handlers(log, record)
+        except Exception:  # a broken handler: not ours to raise (KeyboardInterrupt still is)
+            pass
+
+    setattr(log, "callHandlers", call_handlers_safely)  # noqa: B010  (an instance override)
+    setattr(log, "_stm_guarded", True)  # noqa: B010
+    return log
 
 
-setattr(logger, "callHandlers", _call_handlers_safely)  # noqa: B010  (an instance override)
+logger = guard(logging.getLogger("sentry_tracing_mw"))

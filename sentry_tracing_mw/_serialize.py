@@ -156,7 +156,9 @@ def safe_repr(obj: Any) -> str:
     """A bounded ``repr(obj)``, truncated, or a marker when ``repr`` itself raises."""
     try:
         text = bounded_repr(obj)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # (SystemExit, CancelledError from an odd __repr__)
         return _UNREPRESENTABLE
     if not isinstance(text, str):  # pragma: no cover - repr() always returns str
         return _UNREPRESENTABLE

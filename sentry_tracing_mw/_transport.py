@@ -448,11 +448,11 @@ class Transport:
                     self._send_client_reports()
                 elif isinstance(item, Pending):
                     self._process(item)
-            except BaseException:  # app code run here (hooks, reprs) may raise SystemExit...
-                try:  # ... and the worker must live on: it is the only one
+            except BaseException:
+                # _process counts its own failures (where app code runs: hooks, reprs);
+                # this is the last guard, for the worker's life: it is the only one.
+                try:
                     logger.exception("sentry_tracing_mw: unexpected error in the transport worker")
-                    if isinstance(item, Pending):
-                        _record(self.reports, "internal_sdk_error", item.category, item.span_count)
                 except BaseException:
                     pass
             with cond:
@@ -549,9 +549,9 @@ class Transport:
             return
         try:
             prepared = pending.prepare()
-        except BaseException:  # (a hook or a value's repr raising SystemExit, say)
-            logger.exception("sentry_tracing_mw: building the %s event failed", category)
+        except BaseException:  # (app code raising SystemExit, say: the worker lives on)
             _record(self.reports, "internal_sdk_error", category, pending.span_count)
+            logger.exception("sentry_tracing_mw: building the %s event failed", category)
             return
         if prepared is None:
             return
@@ -596,11 +596,11 @@ class Transport:
                 if report is not None:
                     parts.append(serialize_item({"type": "client_report"}, dumps(report)))
             body = gzip_compress(b"".join(parts))
-        except Exception:
-            logger.exception("sentry_tracing_mw: serializing the %s event failed", category)
+        except BaseException:
             _record(self.reports, "internal_sdk_error", category, span_count)
             if report is not None:
                 self.reports.restore(report)
+            logger.exception("sentry_tracing_mw: serializing the %s event failed", category)
             return
         outcome = self._post(body)
         if outcome != "ok":

@@ -69,8 +69,9 @@ def test_a_raising_log_handler_does_not_kill_the_worker(
 def test_a_hook_raising_a_base_exception_does_not_kill_the_worker(
     sentry_server: SentryServer, exc: type[BaseException]
 ) -> None:
-    """``before_send_transaction`` runs on the worker; a BaseException from it drops that
-    event (counted), and the worker goes on with the next."""
+    """``before_send_transaction`` runs on the worker; a BaseException from it is a
+    failing filter: that event is dropped (counted exactly once, an unfinished child too),
+    and the worker goes on with the next."""
 
     def hook(event: dict[str, Any]) -> dict[str, Any]:
         if event.get("transaction") == "poisoned":
@@ -78,14 +79,20 @@ def test_a_hook_raising_a_base_exception_does_not_kill_the_worker(
         return event
 
     client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, before_send_transaction=hook)
-    _transaction("poisoned")
+    with stm.start_transaction("poisoned", op="task") as tx:
+        tx.start_child("db").finish()
+        tx.start_child("never.ends")
     _transaction("healthy")
     assert stm.flush(5)
     assert [t["transaction"] for t in sentry_server.transactions()] == ["healthy"]
-    assert client.reports.snapshot().get(("internal_sdk_error", "transaction")) == 1
+    assert client.reports.snapshot() == {
+        ("before_send", "transaction"): 1,
+        ("before_send", "span"): 2,  # the transaction and its finished child
+        ("buffer_overflow", "span"): 1,  # the child that never ended
+    }
 
 
-def test_a_value_whose_repr_raises_system_exit_is_counted_not_fatal(
+def test_a_value_whose_repr_raises_system_exit_is_sent_as_unrepresentable(
     sentry_server: SentryServer,
 ) -> None:
     class Poison:
@@ -99,10 +106,10 @@ def test_a_value_whose_repr_raises_system_exit_is_counted_not_fatal(
         tx.set_data("value", Poison())
     _transaction("healthy")
     assert stm.flush(5)
-    names = [t["transaction"] for t in sentry_server.transactions()]
-    assert "healthy" in names
-    if "poisoned" not in names:  # sent without the value, or dropped and counted
-        assert client.reports.snapshot().get(("internal_sdk_error", "transaction")) == 1
+    sent = {t["transaction"]: t for t in sentry_server.transactions()}
+    assert set(sent) == {"poisoned", "healthy"}
+    assert sent["poisoned"]["contexts"]["trace"]["data"]["value"] == "<unrepresentable>"
+    assert client.reports.snapshot() == {}
 
 
 def test_an_event_submitted_to_a_closed_transport_is_counted(
@@ -153,17 +160,51 @@ def test_a_raising_handler_on_our_logger_never_breaks_a_request(
         ours.setLevel(logging.NOTSET)
 
 
-def test_a_measurement_unit_whose_truth_raises_drops_only_that_measurement(
+def test_a_measurement_unit_of_a_str_subclass_is_sent_as_its_text(
     sentry_server: SentryServer,
 ) -> None:
+    """A unit whose truth raises used to drop the whole transaction; a StrEnum unit is
+    sent as its text (no method of the subclass runs)."""
+    import enum
+
     class Unit(str):
         def __bool__(self) -> bool:
             raise RuntimeError("no truth")
 
+    class Units(str, enum.Enum):
+        MS = "millisecond"
+
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with stm.start_transaction("measured", op="task") as tx:
-        tx.set_measurement("bad", 1, Unit("second"))
-        tx.set_measurement("good", 2, "none")
+        tx.set_measurement("odd", 1, Unit("second"))
+        tx.set_measurement("lcp", 5, Units.MS)
+        tx.set_measurement("bad", 3, 42)  # type: ignore[arg-type]
+        tx.set_measurement("plain", 2, "none")
     assert stm.flush(5)
     (event,) = sentry_server.transactions()
-    assert event["measurements"] == {"good": {"value": 2, "unit": "none"}}
+    assert event["measurements"] == {
+        "odd": {"value": 1, "unit": "second"},
+        "lcp": {"value": 5, "unit": "millisecond"},
+        "plain": {"value": 2, "unit": "none"},
+    }
+
+
+def test_close_drops_and_counts_what_a_dead_worker_left_queued(
+    sentry_server: SentryServer,
+) -> None:
+    """A worker that ended without draining its queue (it cannot die of an item any more,
+    but a thread can end in ways no code sees): close() says so and counts them."""
+    import threading
+
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    transport = client.transport
+    assert transport is not None
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    transport._worker = dead  # (queued items wait for a worker that is gone)
+    _transaction("stranded-1")
+    _transaction("stranded-2")
+    assert transport.queued() == 2
+    client.close(timeout=0.5)
+    assert client.reports.snapshot()[("queue_overflow", "transaction")] == 2

@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
+from .._log import guard
 from . import viewer
 from .store import CATEGORY_OF_ITEM, MAX_JSON_DEPTH, Store, json_too_deep, prepare_envelope
 
@@ -41,7 +42,7 @@ __all__ = [
     "parse_rate_limit",
 ]
 
-logger = logging.getLogger("sentry_tracing_mw.collector")
+logger = guard(logging.getLogger("sentry_tracing_mw.collector"))
 
 #: Largest accepted body, compressed or decompressed (bytes).
 MAX_BODY = 20 * 1024 * 1024
