@@ -156,9 +156,7 @@ def safe_repr(obj: Any) -> str:
     """A bounded ``repr(obj)``, truncated, or a marker when ``repr`` itself raises."""
     try:
         text = bounded_repr(obj)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # (SystemExit, CancelledError from an odd __repr__)
+    except (Exception, SystemExit):  # (not a gevent Timeout arriving in a repr doing I/O)
         return _UNREPRESENTABLE
     if not isinstance(text, str):  # pragma: no cover - repr() always returns str
         return _UNREPRESENTABLE
@@ -351,8 +349,10 @@ def limit_depth(obj: Any) -> Any:
         if not _needs_copy(obj):
             return obj
         return _sanitize(obj, 0, set(), [MAX_NODES])
-    except Exception:  # a container that refuses to be walked: dumps() copes with it
-        return obj
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a container that refuses to be walked: dumps() copes with it
+        return obj  # (on the worker, where even a SystemExit from app code is caught)
 
 
 def dumps(obj: Any) -> bytes:

@@ -696,6 +696,8 @@ class Span:
         end = _perf()
         if end_timestamp is not None and (seconds := _timestamp(end_timestamp)) is not None:
             end = self._start + max(0.0, seconds - self.start_timestamp)
+        elif end < self._start:  # a test's clock mock went back (freezegun)
+            end = self._start
         self._end = end
         if not self._recording:
             return
@@ -938,7 +940,8 @@ class Transaction(Span):
         if self._end is not None:
             return
         if end_timestamp is None:
-            self._end = _perf()
+            end = _perf()  # (never before the start: a test's clock mock may go back)
+            self._end = end if end > self._start else self._start
         else:
             Span.finish(self, end_timestamp)
         try:

@@ -44,6 +44,16 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 WORKER_NAME = "sentry_tracing_mw.transport"
 _NEVER = float("inf")
+#: The real monotonic clock for flush() and close() deadlines, kept where a test's clock
+#: mock does not reach (freezegun replaces module attributes that are the time functions):
+#: a frozen clock must not turn a bounded wait into one without end.
+_CLOCKS = (time.monotonic,)
+
+
+def _clock() -> float:
+    return _CLOCKS[0]()
+
+
 #: Consecutive failed sends (network errors, 5xx) before events are dropped unsent.
 _BACKOFF_AFTER = 3
 #: First backoff window in seconds; doubles with every further failure up to the cap.
@@ -314,7 +324,7 @@ class Transport:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent, then send client reports; False on
         timeout or when ``close()`` dropped some of it."""
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        deadline = None if timeout is None else _clock() + max(0.0, timeout)
         if threading.current_thread() is self._worker or self._interrupted():
             return False  # a hook on the worker must not wait for itself; nor a handler
         with self._cond:
@@ -340,7 +350,7 @@ class Transport:
                 if deadline is None:
                     self._cond.wait()
                 else:
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - _clock()
                     if remaining <= 0:
                         return False
                     self._cond.wait(remaining)
@@ -348,7 +358,7 @@ class Transport:
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout``, then stop the worker; never blocks past ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        deadline = None if timeout is None else _clock() + max(0.0, timeout)
         interrupted = self._interrupted()  # the worker cannot finish while we hold the lock
         if not self._closed and not interrupted:
             self.flush(timeout)
@@ -366,7 +376,7 @@ class Transport:
                 if deadline is None:
                     worker.join()
                 else:
-                    worker.join(max(0.0, deadline - time.monotonic()))
+                    worker.join(max(0.0, deadline - _clock()))
             except RuntimeError:  # not started yet: its starter is about to; it sees _stop
                 pass
             alive = worker.is_alive()

@@ -1498,3 +1498,98 @@ def test_plain_http_connect_timeout_is_deadline_exceeded(lib: str) -> None:
         listener.close()
     (span,) = http_spans(tx)
     assert span.status == "deadline_exceeded", span.data
+
+
+class _InstanceWrapper:
+    """A method wrapper as OpenTelemetry's and ddtrace's (``wrapt``): a descriptor that must
+    be bound to its instance; called unbound, it has none (as a ``FunctionWrapper`` called
+    straight from the class ``__dict__``)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return self.fn(obj, *args, **kwargs)
+
+        return bound
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("called without its instance")
+
+
+_WRAPPED_BEFORE_US = (
+    (http.client.HTTPConnection, "putrequest"),
+    (http.client.HTTPConnection, "putheader"),
+    (http.client.HTTPConnection, "endheaders"),
+    (http.client.HTTPConnection, "getresponse"),
+    (http.client.HTTPConnection, "close"),
+    (http.client.HTTPResponse, "_close_conn"),
+    (http.client.HTTPResponse, "readline"),
+    (http.client.HTTPResponse, "read1"),
+    (httpx.HTTPTransport, "handle_request"),
+    (httpx.AsyncHTTPTransport, "handle_async_request"),
+)
+
+
+def test_another_instrumentation_installed_first_keeps_working(
+    recording_server: RecordingServer,
+) -> None:
+    """Another library wrapped the same methods first (with descriptors, as ``wrapt``
+    does): calling them from the class ``__dict__`` unbound broke every call (httpx:
+    ``AttributeError``), traced or not. They are bound to their instance, and restored."""
+    http_clients.uninstrument()
+    saved = {(cls, name): cls.__dict__[name] for cls, name in _WRAPPED_BEFORE_US}
+    wrappers = {key: _InstanceWrapper(fn) for key, fn in saved.items()}
+    try:
+        for (cls, name), wrapper in wrappers.items():
+            setattr(cls, name, wrapper)
+        stm.init(traces_sample_rate=1.0)  # instruments over the wrappers
+        url = recording_server.url + "/x"
+        assert requests.get(url, timeout=5).status_code == 200  # no trace: passes through
+        with stm.start_transaction("t") as tx:
+            assert requests.get(url, timeout=5).status_code == 200
+            assert httpx.get(url).status_code == 200
+
+            async def both() -> int:
+                async with httpx.AsyncClient() as client:
+                    return (await client.get(url)).status_code
+
+            assert asyncio.run(both()) == 200
+        assert len(http_spans(tx)) == 3
+        assert all(len(r.values("sentry-trace")) == 1 for r in recording_server.received()[1:])
+        used = {name for (_, name), w in wrappers.items() if w.calls}
+        assert {"putrequest", "endheaders", "getresponse", "handle_request"} <= used
+        assert "handle_async_request" in used
+        http_clients.uninstrument()
+        for (cls, name), wrapper in wrappers.items():
+            assert cls.__dict__[name] is wrapper  # restored: theirs, not ours
+    finally:
+        http_clients.uninstrument()
+        for (cls, name), fn in saved.items():
+            setattr(cls, name, fn)
+
+
+@pytest.mark.parametrize("lib", ["requests", "http.client"])
+def test_refused_inside_the_apps_own_timeout_handler_is_not_a_timeout(lib: str) -> None:
+    """The app calls out while handling a TimeoutError of its own: that exception is the
+    implicit context of the refused connect, not its cause (``internal_error``)."""
+    stm.init(traces_sample_rate=1.0)
+    port = free_port()
+    with stm.start_transaction("t") as tx:
+        try:
+            raise TimeoutError("the app's own")
+        except TimeoutError:
+            with pytest.raises(OSError):
+                if lib == "requests":
+                    requests.get(f"http://127.0.0.1:{port}/x", timeout=5)
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/x")
+    (span,) = http_spans(tx)
+    assert span.status == "internal_error", span.data

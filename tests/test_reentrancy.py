@@ -208,3 +208,39 @@ def test_close_drops_and_counts_what_a_dead_worker_left_queued(
     assert transport.queued() == 2
     client.close(timeout=0.5)
     assert client.reports.snapshot()[("queue_overflow", "transaction")] == 2
+
+
+def test_a_hook_returning_an_event_that_cannot_be_walked_is_counted_once(
+    sentry_server: SentryServer,
+) -> None:
+    """The event a hook returns holds a mapping whose iteration raises SystemExit: the
+    transaction is dropped and each of its spans counted once (the unfinished child was
+    counted before the hook ran)."""
+
+    class Hostile(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            raise SystemExit("no")
+
+        def __iter__(self) -> Any:
+            raise SystemExit("no")
+
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        event["extra"] = Hostile(a=1)
+        return event
+
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, before_send_transaction=hook)
+    with stm.start_transaction("walked", op="task") as tx:
+        tx.start_child("db").finish()
+        tx.start_child("never.ends")
+    assert stm.flush(5)
+    counts = client.reports.snapshot()
+    sent = sentry_server.transactions()
+    assert counts.get(("buffer_overflow", "span")) == 1
+    if sent:  # serialized after all (the mapping written some other way)
+        assert len(sent) == 1 and len(counts) == 1
+    else:
+        assert counts == {
+            ("buffer_overflow", "span"): 1,
+            ("internal_sdk_error", "transaction"): 1,
+            ("internal_sdk_error", "span"): 2,
+        }

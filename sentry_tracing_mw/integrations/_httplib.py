@@ -27,6 +27,7 @@ from .._propagation import TRACESTATE_HEADER
 from .._tracing import PropagationContext, Span
 from .http_clients import (
     add_query,
+    as_function,
     callers_tracestate,
     fail,
     finish,
@@ -185,10 +186,11 @@ def _raised_reading(exc: BaseException, response: http.client.HTTPResponse) -> b
 
 
 def _failed(span: Span, exc: BaseException) -> None:
-    """End ``span`` for a request or body that failed: a timeout anywhere in the chain
-    (urllib3 wraps socket timeouts, as ``ConnectTimeoutError`` when it connects for a
-    request) is ``deadline_exceeded``, else ``internal_error`` (``cancelled`` for a
-    BaseException)."""
+    """End ``span`` for a request or body that failed: a timeout, or an exception raised
+    ``from`` one (urllib3's ``ConnectTimeoutError``/``ReadTimeoutError`` wrap the socket's),
+    is ``deadline_exceeded``, else ``internal_error`` (``cancelled`` for a BaseException).
+    Only explicit causes: an exception the app was handling when it made the request (its
+    own TimeoutError) is the implicit context of any failure, not a cause of this one."""
     cause: BaseException | None = exc
     for _ in range(4):
         if cause is None:
@@ -196,7 +198,7 @@ def _failed(span: Span, exc: BaseException) -> None:
         if isinstance(cause, TimeoutError) or type(cause).__name__.endswith("TimeoutError"):
             fail(span, exc, (type(exc),))
             return
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     fail(span, exc, ())
 
 
@@ -266,12 +268,13 @@ def _inject(
 def install() -> Callable[[], None]:
     """Patch ``HTTPConnection`` and ``HTTPResponse``; returns the undo function."""
     originals: dict[str, Any] = {name: _Conn.__dict__[name] for name in _CONN_METHODS}
-    orig_putrequest = originals["putrequest"]
-    orig_putheader = _Conn.putheader
-    orig_endheaders = originals["endheaders"]
-    orig_getresponse = originals["getresponse"]
-    orig_close = originals["close"]
-    orig_close_conn = _Resp.__dict__["_close_conn"]
+    orig_putrequest = as_function(originals["putrequest"])
+    orig_putheader = as_function(_Conn.__dict__["putheader"])
+    orig_endheaders = as_function(originals["endheaders"])
+    orig_getresponse = as_function(originals["getresponse"])
+    orig_close = as_function(originals["close"])
+    raw_close_conn = _Resp.__dict__["_close_conn"]
+    orig_close_conn = as_function(raw_close_conn)
     enabled = [True]
     get_span = CURRENT_SPAN.get
     get_context = PROPAGATION_CONTEXT.get
@@ -407,8 +410,10 @@ def install() -> Callable[[], None]:
                 except Exception:
                     logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
-    orig_readline = _Resp.__dict__["readline"]
-    orig_read1 = _Resp.__dict__["read1"]
+    raw_readline = _Resp.__dict__["readline"]
+    raw_read1 = _Resp.__dict__["read1"]
+    orig_readline = as_function(raw_readline)
+    orig_read1 = as_function(raw_read1)
 
     def _ended(self: http.client.HTTPResponse) -> None:
         """The announced length was read by readline()/read1(), which (unlike read())
@@ -437,9 +442,9 @@ def install() -> Callable[[], None]:
         "read1": read1,
     }
     response_originals: dict[str, Any] = {
-        "_close_conn": orig_close_conn,
-        "readline": orig_readline,
-        "read1": orig_read1,
+        "_close_conn": raw_close_conn,
+        "readline": raw_readline,
+        "read1": raw_read1,
     }
 
     wrappers: dict[str, Any] = {

@@ -34,6 +34,7 @@ from .._propagation import (
 from .._tracing import PropagationContext, Span
 from .http_clients import (
     add_query,
+    as_function,
     callers_tracestate,
     fail,
     finish,
@@ -285,8 +286,10 @@ def install() -> Callable[[], None]:
     """Patch the httpx transports; returns the undo."""
     sync_cls = httpx.HTTPTransport
     async_cls = httpx.AsyncHTTPTransport
-    orig_sync = sync_cls.__dict__["handle_request"]
-    orig_async = async_cls.__dict__["handle_async_request"]
+    raw_sync = sync_cls.__dict__["handle_request"]
+    raw_async = async_cls.__dict__["handle_async_request"]
+    orig_sync = as_function(raw_sync)
+    orig_async = as_function(raw_async)
     enabled = [True]
     get_span = CURRENT_SPAN.get
     get_context = PROPAGATION_CONTEXT.get
@@ -340,16 +343,16 @@ def install() -> Callable[[], None]:
             _track(request, response, span, _AsyncStream)
         return response
 
-    handle_request.__wrapped__ = orig_sync  # type: ignore[attr-defined]
-    handle_async_request.__wrapped__ = orig_async  # type: ignore[attr-defined]
+    handle_request.__wrapped__ = raw_sync  # type: ignore[attr-defined]
+    handle_async_request.__wrapped__ = raw_async  # type: ignore[attr-defined]
     sync_cls.handle_request = handle_request  # type: ignore[method-assign]
     async_cls.handle_async_request = handle_async_request  # type: ignore[method-assign]
 
     def undo() -> None:
         enabled.clear()
         if sync_cls.__dict__.get("handle_request") is handle_request:
-            sync_cls.handle_request = orig_sync  # type: ignore[method-assign]
+            sync_cls.handle_request = raw_sync  # type: ignore[method-assign]
         if async_cls.__dict__.get("handle_async_request") is handle_async_request:
-            async_cls.handle_async_request = orig_async  # type: ignore[method-assign]
+            async_cls.handle_async_request = raw_async  # type: ignore[method-assign]
 
     return undo

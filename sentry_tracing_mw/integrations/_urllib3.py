@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from .._context import CURRENT_SPAN, SUPPRESS_INSTRUMENTATION
 from ._httplib import ORIGIN
-from .http_clients import fail, route, start_client_span
+from .http_clients import as_function, fail, route, start_client_span
 
 __all__ = ["install"]
 
@@ -91,10 +91,12 @@ _CONNECTING = ("_validate_conn", "_prepare_proxy")
 
 
 def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    call = as_function(original)
+
     def connecting(self: Any, conn: Any) -> None:
         started = perf_counter()
         try:
-            original(self, conn)
+            call(self, conn)
         except BaseException as exc:
             _failed(self, exc, sys._getframe(1), started)
             raise

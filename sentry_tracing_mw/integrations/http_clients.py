@@ -22,8 +22,9 @@ import importlib
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._context import PROPAGATION_CONTEXT
 from .._request import filter_query
@@ -121,6 +122,22 @@ def route(
         ROUTES.clear()
     ROUTES[key] = found
     return found
+
+
+def as_function(original: Any) -> Callable[..., Any]:
+    """A method taken from a class ``__dict__``, callable as ``fn(self, *args)``.
+
+    A plain function is returned as is. Anything else is a descriptor another library put
+    there first (OpenTelemetry's and ddtrace's ``wrapt`` wrappers): it is bound to the
+    instance at each call, as attribute lookup would, so it sees its instance.
+    """
+    if type(original) is types.FunctionType:
+        return original
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(self, type(self))(*args, **kwargs)
+
+    return call
 
 
 def trace_context(parent: Span | None) -> PropagationContext | None:
