@@ -1593,3 +1593,24 @@ def test_refused_inside_the_apps_own_timeout_handler_is_not_a_timeout(lib: str) 
                     conn.request("GET", "/x")
     (span,) = http_spans(tx)
     assert span.status == "internal_error", span.data
+
+
+def test_as_function_calls_an_original_as_attribute_lookup_would() -> None:
+    import functools
+
+    from sentry_tracing_mw.integrations.http_clients import as_function
+
+    def plain(self: Any, x: int) -> tuple[Any, int]:
+        return self, x
+
+    class Host:
+        f = plain
+        s = staticmethod(lambda x: ("static", x))
+        p = functools.partial(lambda x: ("partial", x))
+        w = _InstanceWrapper(plain)
+
+    host = Host()
+    for name in ("f", "s", "p", "w"):
+        original = Host.__dict__[name]
+        assert as_function(original)(host, 7) == getattr(host, name)(7), name
+    assert as_function(plain) is plain

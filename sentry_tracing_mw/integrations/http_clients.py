@@ -133,6 +133,12 @@ def as_function(original: Any) -> Callable[..., Any]:
     """
     if type(original) is types.FunctionType:
         return original
+    if not hasattr(type(original), "__get__"):  # (a partial): lookup gives it unbound
+
+        def call_unbound(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return original(*args, **kwargs)
+
+        return call_unbound
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         return original.__get__(self, type(self))(*args, **kwargs)
