@@ -7,7 +7,10 @@ import itertools
 import json
 import math
 from collections.abc import Mapping
+from sys import exc_info
 from typing import Any
+
+from ._context import SUPPRESS_INSTRUMENTATION
 
 __all__ = [
     "INT_END",
@@ -156,7 +159,13 @@ def safe_repr(obj: Any) -> str:
     """A bounded ``repr(obj)``, truncated, or a marker when ``repr`` itself raises."""
     try:
         text = bounded_repr(obj)
-    except (Exception, SystemExit):  # (not a gevent Timeout arriving in a repr doing I/O)
+    except (Exception, SystemExit):
+        return _UNREPRESENTABLE
+    except BaseException:
+        # On the sender (instrumentation suppressed there) nothing may stop it; in the
+        # app's own threads a gevent Timeout arriving in a repr doing I/O is the app's.
+        if isinstance(exc_info()[1], KeyboardInterrupt) or not SUPPRESS_INSTRUMENTATION.get():
+            raise
         return _UNREPRESENTABLE
     if not isinstance(text, str):  # pragma: no cover - repr() always returns str
         return _UNREPRESENTABLE

@@ -14,6 +14,7 @@ the counts at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -47,11 +48,7 @@ _NEVER = float("inf")
 #: The real monotonic clock for flush() and close() deadlines, kept where a test's clock
 #: mock does not reach (freezegun replaces module attributes that are the time functions):
 #: a frozen clock must not turn a bounded wait into one without end.
-_CLOCKS = (time.monotonic,)
-
-
-def _clock() -> float:
-    return _CLOCKS[0]()
+_clock = functools.partial(time.monotonic)
 
 
 #: Consecutive failed sends (network errors, 5xx) before events are dropped unsent.

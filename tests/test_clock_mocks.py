@@ -3,6 +3,7 @@ bound to them) around traced code: no negative durations, no unbounded waits."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
@@ -59,3 +60,38 @@ def test_flush_and_close_keep_their_deadlines_under_a_frozen_clock(
     finally:
         monkeypatch.undo()
         sentry_server.release()
+
+
+def test_durations_stay_real_when_a_mock_rebinds_the_time_functions(
+    sentry_server: SentryServer,
+) -> None:
+    """freezegun replaces every module attribute that *is* ``time.perf_counter`` (and the
+    other time functions) with its frozen clock: a transaction that straddled the freeze
+    lasted 50 years, one inside it 0 s. Ours keeps the real counter out of that reach."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    real = time.perf_counter
+
+    def frozen() -> float:
+        return 1.0e9
+
+    replaced = []
+    for module in list(sys.modules.values()):
+        try:
+            names = [k for k, v in vars(module).items() if v is real]
+        except TypeError:
+            continue
+        for name in names:
+            setattr(module, name, frozen)
+            replaced.append((module, name))
+    try:
+        with stm.start_transaction("frozen", op="task") as tx:
+            with tx.start_child("db"):
+                time.sleep(0.05)
+    finally:
+        for module, name in replaced:
+            setattr(module, name, real)
+    assert stm.flush(5)
+    (event,) = sentry_server.transactions()
+    assert 0.04 <= event["timestamp"] - event["start_timestamp"] < 5
+    (span,) = event["spans"]
+    assert 0.04 <= span["timestamp"] - span["start_timestamp"] < 5

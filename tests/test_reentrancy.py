@@ -3,6 +3,7 @@ never breaks a request or the transport's worker thread, and nothing is lost unc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -92,12 +93,13 @@ def test_a_hook_raising_a_base_exception_does_not_kill_the_worker(
     }
 
 
-def test_a_value_whose_repr_raises_system_exit_is_sent_as_unrepresentable(
-    sentry_server: SentryServer,
+@pytest.mark.parametrize("exc", [SystemExit, asyncio.CancelledError, GeneratorExit])
+def test_a_value_whose_repr_raises_a_base_exception_is_sent_as_unrepresentable(
+    sentry_server: SentryServer, exc: type[BaseException]
 ) -> None:
     class Poison:
         def __repr__(self) -> str:
-            raise SystemExit("no")
+            raise exc("no")
 
         __str__ = __repr__
 

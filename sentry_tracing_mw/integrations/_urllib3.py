@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from time import perf_counter
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._context import CURRENT_SPAN, SUPPRESS_INSTRUMENTATION
+from .._tracing import _perf
 from ._httplib import ORIGIN
 from .http_clients import as_function, fail, route, start_client_span
 
@@ -90,11 +90,11 @@ def _timeouts(exc: BaseException) -> tuple[type[BaseException], ...]:
 _CONNECTING = ("_validate_conn", "_prepare_proxy")
 
 
-def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+def _wrap(original: Callable[[Any, Any], None], name: str) -> Callable[[Any, Any], None]:
     call = as_function(original)
 
     def connecting(self: Any, conn: Any) -> None:
-        started = perf_counter()
+        started = _perf()
         try:
             call(self, conn)
         except BaseException as exc:
@@ -109,9 +109,9 @@ def _wrap(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
             pass
 
     connecting.__wrapped__ = original  # type: ignore[attr-defined]
-    connecting.__name__ = original.__name__
-    connecting.__qualname__ = original.__qualname__
-    connecting.__doc__ = original.__doc__
+    connecting.__name__ = getattr(original, "__name__", name)
+    connecting.__qualname__ = getattr(original, "__qualname__", name)
+    connecting.__doc__ = getattr(original, "__doc__", None)
     return connecting
 
 
@@ -123,7 +123,7 @@ def install() -> Callable[[], None]:
     for name in _CONNECTING:
         original = HTTPSConnectionPool.__dict__.get(name)
         if original is not None:
-            patched[name] = (original, _wrap(original))
+            patched[name] = (original, _wrap(original, name))
     for name, (_, wrapper) in patched.items():
         setattr(HTTPSConnectionPool, name, wrapper)
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._context import PROPAGATION_CONTEXT
 from .._request import filter_query
-from .._tracing import PropagationContext, Span, Transaction
+from .._tracing import PropagationContext, Span, Transaction, _perf
 
 if TYPE_CHECKING:
     from .._options import Options
@@ -332,7 +331,7 @@ def late_response(span: Span, status: int) -> None:
         if span._data is not None:
             span._data.pop("error.type", None)
         record_status(span, status)
-        span._end = time.perf_counter()
+        span._end = _perf()
     except Exception:
         logger.exception("sentry_tracing_mw: recording an HTTP response failed")
 
