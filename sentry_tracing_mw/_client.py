@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 from . import _fork
 from ._client_reports import ClientReports
-from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ._context import CURRENT_SPAN, ON_SENDER, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
 from ._fork import chain_uwsgi, in_forked_child
 from ._ids import new_trace_id, pop_trace_id
@@ -405,6 +405,12 @@ class Client:
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
+        if ON_SENDER.get():
+            # On the transport's worker: a before_send* hook capturing. Its event would
+            # run the hook again, which would capture again, for ever.
+            logger.debug("capture_exception inside a before_send hook: not sent")
+            self.reports.record("internal_sdk_error", "error")
+            return None
         try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
             fields = object.__getattribute__(exc, "__dict__")
             if fields.get(_CAPTURED_MARK):

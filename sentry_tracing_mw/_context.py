@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._tracing import PropagationContext, Span
 
-__all__ = ["CURRENT_SPAN", "PROPAGATION_CONTEXT", "SUPPRESS_INSTRUMENTATION"]
+__all__ = ["CURRENT_SPAN", "ON_SENDER", "PROPAGATION_CONTEXT", "SUPPRESS_INSTRUMENTATION"]
 
 #: The span that new spans attach to (a ``Transaction`` at the root of a request).
 CURRENT_SPAN: ContextVar[Span | None] = ContextVar("sentry_tracing_mw.span", default=None)
@@ -26,3 +26,8 @@ PROPAGATION_CONTEXT: ContextVar[PropagationContext | None] = ContextVar(
 #: True inside our own machinery (the transport's worker thread): outgoing HTTP calls made
 #: there are never traced and never given trace headers.
 SUPPRESS_INSTRUMENTATION: ContextVar[bool] = ContextVar("sentry_tracing_mw.suppress", default=False)
+
+#: True on the transport's worker thread, where the app's ``before_send*`` hooks and
+#: values' reprs run: nothing there may stop the thread, and an error captured there is
+#: not sent (it would run the hook again).
+ON_SENDER: ContextVar[bool] = ContextVar("sentry_tracing_mw.on_sender", default=False)

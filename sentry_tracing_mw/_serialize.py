@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from sys import exc_info
 from typing import Any
 
-from ._context import SUPPRESS_INSTRUMENTATION
+from ._context import ON_SENDER
 
 __all__ = [
     "INT_END",
@@ -162,9 +162,9 @@ def safe_repr(obj: Any) -> str:
     except (Exception, SystemExit):
         return _UNREPRESENTABLE
     except BaseException:
-        # On the sender (instrumentation suppressed there) nothing may stop it; in the
-        # app's own threads a gevent Timeout arriving in a repr doing I/O is the app's.
-        if isinstance(exc_info()[1], KeyboardInterrupt) or not SUPPRESS_INSTRUMENTATION.get():
+        # On the sender nothing may stop it; in the app's own threads a gevent Timeout
+        # arriving in a repr doing I/O is the app's.
+        if isinstance(exc_info()[1], KeyboardInterrupt) or not ON_SENDER.get():
             raise
         return _UNREPRESENTABLE
     if not isinstance(text, str):  # pragma: no cover - repr() always returns str

@@ -29,7 +29,7 @@ from urllib.request import getproxies, proxy_bypass
 import urllib3
 
 from ._client_reports import FLUSH_INTERVAL, ClientReports
-from ._context import SUPPRESS_INSTRUMENTATION
+from ._context import ON_SENDER, SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._event import MAX_ITEM_BYTES, shrink_event
@@ -429,6 +429,7 @@ class Transport:
 
     def _run(self) -> None:
         SUPPRESS_INSTRUMENTATION.set(True)
+        ON_SENDER.set(True)
         cond = self._cond  # a fork replaces it; this thread then no longer exists anyway
         dropped = (0, 0, 0)
         while True:

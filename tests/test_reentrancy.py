@@ -246,3 +246,32 @@ def test_a_hook_returning_an_event_that_cannot_be_walked_is_counted_once(
             ("internal_sdk_error", "transaction"): 1,
             ("internal_sdk_error", "span"): 2,
         }
+
+
+def test_a_before_send_hook_that_captures_does_not_loop(sentry_server: SentryServer) -> None:
+    """A hook that reports its own trouble with ``capture_exception`` runs on the worker:
+    that event would go through the hook again, and capture again, for ever. It is not
+    sent, and counted; the event the hook returned is."""
+    calls = 0
+
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        try:
+            raise LookupError("enrichment failed")
+        except LookupError as exc:
+            stm.capture_exception(exc)
+        return event
+
+    client = stm.init(dsn=sentry_server.dsn, before_send=hook)
+    try:
+        raise ValueError("the app's error")
+    except ValueError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    stm.flush(0.5)  # anything the hook captured would be queued by now
+    assert [e["exception"]["values"][-1]["value"] for e in sentry_server.events()] == [
+        "the app's error"
+    ]
+    assert calls == 1
+    assert client.reports.snapshot() == {("internal_sdk_error", "error"): 1}
