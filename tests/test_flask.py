@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, abort
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -225,6 +225,55 @@ def test_abort_is_not_an_error_event(sentry_server: SentryServer) -> None:
     (tx,) = sent(sentry_server, 1)
     assert tx["contexts"]["trace"]["status"] == "permission_denied"
     assert sentry_server.events() == []
+
+
+def test_exceptions_the_apps_error_handlers_answer_with_a_5xx_are_captured(
+    sentry_server: SentryServer,
+) -> None:
+    """``@app.errorhandler(...)`` answering an exception: Flask sends no
+    ``got_request_exception``; a 5xx answer is still an error (as in Starlette), a 4xx or
+    an ``abort(4xx)`` is not. ``abort(5xx)`` is raised on purpose: handled."""
+    app = traced_app(sentry_server)
+
+    @app.errorhandler(LookupError)
+    def lookup_failed(exc: LookupError) -> tuple[str, int]:
+        return "our error page", 500
+
+    @app.errorhandler(TypeError)
+    def bad_input(exc: TypeError) -> tuple[str, int]:
+        return "bad input", 422
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id: int) -> str:
+        if item_id == 1:
+            raise KeyError("no item 1")
+        if item_id == 2:
+            raise TypeError("not a number")
+        abort(503)
+
+    client = app.test_client()
+    assert client.get("/items/1").status_code == 500
+    assert client.get("/items/2").status_code == 422
+    assert client.get("/items/3").status_code == 503
+    assert stm.flush(5) and wait_transactions(sentry_server, 3, events=2)
+    stm.flush(0.5)
+    events = sentry_server.events()
+    assert [e["exception"]["values"][-1]["type"] for e in events] == [
+        "KeyError",
+        "ServiceUnavailable",
+    ]
+    assert [e["exception"]["values"][-1]["mechanism"] for e in events] == [
+        {"type": "flask", "handled": False},
+        {"type": "flask", "handled": True},
+    ]
+    status = {t["contexts"]["trace"]["span_id"]: t["contexts"]["trace"]["status"] for t in
+              sentry_server.transactions()}  # fmt: skip
+    assert sorted(status.values()) == ["internal_error", "invalid_argument", "unavailable"]
+    assert [status[e["contexts"]["trace"]["span_id"]] for e in events] == [
+        "internal_error",
+        "unavailable",
+    ]
+    assert all(e["transaction"] == "/items/<int:item_id>" for e in events)
 
 
 # -- configuration --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Flask, got_request_exception, request
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 try:  # the request context's context variable: one lookup instead of the proxy's walk
@@ -50,6 +51,8 @@ __all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
 logger = logging.getLogger("sentry_tracing_mw")
 
 EXTENSION_KEY = "sentry_tracing_mw"
+#: In the environ: the exception an app's error handler answered (until process_response).
+_HANDLED_KEY = "sentry_tracing_mw.handled_exception"
 _CONFIG_KEYS = tuple(
     (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
 )
@@ -94,7 +97,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
     origin = "auto.http.flask"
     name_unmatched = True
-    #: Marked by the app's process_response (see ``_marking_process_response``).
+    #: Marked by the app's process_response (see ``_finishing_process_response``).
     complete_body_key: str | None = COMPLETE_BODY_KEY
 
     def __init__(self, app: WSGIApp, flask_app: Flask, **options: Any) -> None:
@@ -160,7 +163,9 @@ class FlaskTracingMiddleware(TracingMiddleware):
         else:
             tx.set_name(rule.rule, "route")
 
-    def on_exception(self, sender: Any, exception: BaseException, **_: Any) -> None:
+    def on_exception(
+        self, sender: Any, exception: BaseException, *, handled: bool = False, **_: Any
+    ) -> None:
         """Capture an exception Flask turns into a 500 response (once).
 
         A request that failed before ``preprocess_request`` named it (a ``request_started``
@@ -180,7 +185,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
                     self._name_rule(tx, rule, req.environ)
                 else:
                     tx.set_name(f"{req.method} 500", "route")
-            get_client().capture_exception(exception, span=tx, mechanism="flask", handled=False)
+            get_client().capture_exception(exception, span=tx, mechanism="flask", handled=handled)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
 
@@ -196,6 +201,32 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     return preprocess_request
 
 
+def _noting_handle_user_exception(
+    original: Callable[[Exception], Any],
+) -> Callable[[Exception], Any]:
+    """``app.handle_user_exception`` that notes an exception an error handler of the app
+    answered (``@app.errorhandler(Exception)``, ``abort(503)``): Flask sends no
+    ``got_request_exception`` for it, so ``process_response`` captures it when the
+    response is a 5xx, as the Starlette integration does for its exception handlers."""
+
+    def handle_user_exception(e: Exception) -> Any:
+        result = original(e)  # no handler: re-raised, and Flask's signal captures it
+        try:
+            _environ()[_HANDLED_KEY] = e
+        except Exception:
+            logger.debug("noting a handled Flask exception failed", exc_info=True)
+        return result
+
+    return handle_user_exception
+
+
+def _environ() -> dict[str, Any]:
+    """The current request's WSGI environ."""
+    if _cv_request is not None:
+        return _cv_request.get().request.environ
+    return request.environ  # pragma: no cover - a Flask without _cv_request
+
+
 def _http_exception_body(response: Any) -> bool:
     """A 404/405/abort()/routing-redirect response: Flask turns the HTTPException (a WSGI
     app) into a response through ``force_type``, whose body is a ``ClosingIterator`` over
@@ -203,28 +234,41 @@ def _http_exception_body(response: Any) -> bool:
     return type(response.response) is ClosingIterator and response.status_code >= 300
 
 
-def _marking_process_response(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``app.process_response`` that marks a response that is not streamed (an instance
-    attribute, like ``preprocess_request``): the transaction then ends when ``wsgi_app``
-    returns, as nothing of the app runs while the body is sent, and a response nobody
-    reads (a test client's) is still sent to Sentry."""
+def _finishing_process_response(
+    original: Callable[[Any], Any], middleware: FlaskTracingMiddleware, app: Flask
+) -> Callable[[Any], Any]:
+    """``app.process_response`` (an instance attribute, like ``preprocess_request``) that
+    captures an exception an error handler answered with a 5xx (see
+    ``_noting_handle_user_exception``) and marks a response that is not streamed: the
+    transaction then ends when ``wsgi_app`` returns, as nothing of the app runs while the
+    body is sent, and a response nobody reads (a test client's) is still sent to Sentry."""
+    mark = middleware.complete_body_key is not None
 
     def process_response(response: Any) -> Any:
         response = original(response)
         try:
+            environ = _environ()
+            if _HANDLED_KEY in environ:
+                handled = environ.pop(_HANDLED_KEY)
+                code = getattr(response, "status_code", None)
+                if isinstance(code, int) and code >= 500:
+                    # A 5xx HTTPException was raised on purpose: handled (as sentry-sdk
+                    # reports one in Starlette).
+                    middleware.on_exception(
+                        app, handled, handled=isinstance(handled, HTTPException)
+                    )
             # A direct-passthrough body (send_file's wsgi.file_wrapper) is sent by the server
             # even when it has a length (waitress's): it ends on close, as a streamed one.
-            if (
-                getattr(response, "is_streamed", True) is False
-                and not getattr(response, "direct_passthrough", False)
-            ) or _http_exception_body(response):
-                if _cv_request is not None:
-                    environ = _cv_request.get().request.environ
-                else:  # pragma: no cover - a Flask without it
-                    environ = request.environ
+            if mark and (
+                (
+                    getattr(response, "is_streamed", True) is False
+                    and not getattr(response, "direct_passthrough", False)
+                )
+                or _http_exception_body(response)
+            ):
                 environ[COMPLETE_BODY_KEY] = True
         except Exception:
-            logger.debug("marking a complete Flask response failed", exc_info=True)
+            logger.debug("finishing a Flask response failed", exc_info=True)
         return response
 
     return process_response
@@ -266,10 +310,12 @@ class FlaskTracing:
         app.preprocess_request = _naming_preprocess(  # type: ignore[method-assign]
             app.preprocess_request, middleware.on_request_started
         )
-        if middleware.complete_body_key is not None:  # else nobody reads the mark
-            app.process_response = _marking_process_response(  # type: ignore[method-assign, assignment]
-                app.process_response
-            )
+        app.handle_user_exception = _noting_handle_user_exception(  # type: ignore[method-assign, assignment]
+            app.handle_user_exception
+        )
+        app.process_response = _finishing_process_response(  # type: ignore[method-assign, assignment]
+            app.process_response, middleware, app
+        )
         got_request_exception.connect(middleware.on_exception, app, weak=False)
         app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
         app.extensions[EXTENSION_KEY] = middleware
