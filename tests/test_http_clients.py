@@ -581,6 +581,55 @@ def test_span_ends_with_the_body(client: Client, recording_server: RecordingServ
     assert span.status == "ok"
 
 
+def test_in_process_httpx_transports_get_spans_and_headers() -> None:
+    """``MockTransport`` (tests), ``WSGITransport`` / ``ASGITransport`` (an app called
+    in-process): each request is a span and carries its headers, as over the network;
+    nothing when no trace is current."""
+    seen: list[httpx.Headers] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(503 if request.url.path == "/down" else 200, text="ok")
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(httpx.Headers({"sentry-trace": environ.get("HTTP_SENTRY_TRACE", "")}))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        seen.append(httpx.Headers({"sentry-trace": headers.get("sentry-trace", "")}))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def async_calls() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            await c.get("http://mock.test/async")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi_app)) as c:
+            await c.get("http://asgi.test/in-process")
+
+    stm.init(traces_sample_rate=1.0)
+    httpx.Client(transport=httpx.MockTransport(handler)).get("http://mock.test/untraced")
+    with stm.start_transaction("t") as tx:
+        with httpx.Client(transport=httpx.MockTransport(handler)) as c:
+            c.get("http://mock.test/down?q=1", headers={"sentry-trace": "caller's"})
+        with httpx.Client(transport=httpx.WSGITransport(app=wsgi_app)) as c:
+            c.get("http://wsgi.test/in-process")
+        asyncio.run(async_calls())
+    assert "sentry-trace" not in seen[0]
+    spans = http_spans(tx)
+    assert [(s.description, s.status) for s in spans] == [
+        ("GET http://mock.test/down", "unavailable"),
+        ("GET http://wsgi.test/in-process", "ok"),
+        ("GET http://mock.test/async", "ok"),
+        ("GET http://asgi.test/in-process", "ok"),
+    ]
+    assert [h.get_list("sentry-trace") for h in seen[1:]] == [
+        [f"{tx.trace_id}-{s.span_id}-1"] for s in spans
+    ]
+    assert all(s.timestamp is not None for s in spans)
+
+
 def test_head_and_status_codes(recording_server: RecordingServer) -> None:
     stm.init(traces_sample_rate=1.0)
     with stm.start_transaction("t") as tx:
@@ -1311,6 +1360,8 @@ def _patched() -> dict[str, Any]:
     found["_close_conn"] = http.client.HTTPResponse.__dict__["_close_conn"]
     found["httpx"] = httpx.HTTPTransport.__dict__["handle_request"]
     found["httpx-async"] = httpx.AsyncHTTPTransport.__dict__["handle_async_request"]
+    found["httpx-mock"] = httpx.MockTransport.__dict__["handle_request"]
+    found["httpx-asgi"] = httpx.ASGITransport.__dict__["handle_async_request"]
     found["urllib3"] = urllib3.connectionpool.HTTPSConnectionPool.__dict__["_validate_conn"]
     return found
 

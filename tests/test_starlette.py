@@ -794,12 +794,13 @@ def test_pipelined_requests_each_get_their_own_trace(
     assert all("sentry-transaction=/users/" in unquote(t["baggage"]) for t in traces)
 
 
-def test_an_app_called_in_process_keeps_its_own_name_and_trace(
+def test_an_app_called_in_process_keeps_its_own_name_and_continues_the_trace(
     sentry_server: SentryServer,
 ) -> None:
     # A view calls another traced app in-process (httpx.ASGITransport): not a nested
-    # middleware (its own scope), so its own transaction and, unless the caller passes
-    # its trace headers, its own trace; the caller keeps its own name either way.
+    # middleware (its own scope), so its own transaction; the call is an http.client
+    # span whose headers the inner app continues (as over the network), and headers the
+    # caller passes itself are replaced by the span's; the caller keeps its own name.
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -815,9 +816,9 @@ def test_an_app_called_in_process_keeps_its_own_name_and_trace(
         transport = httpx.ASGITransport(app=inner)
         async with httpx.AsyncClient(transport=transport, base_url="http://inner") as client:
             plain = (await client.get("/inner/7")).text
-            with stm.start_span("call", "inner") as span:
+            with stm.start_span("call", "inner"):
                 linked = (await client.get("/inner/8", headers=stm.get_trace_headers())).text
-        return JSONResponse({"text": plain + linked, "span": span.span_id})
+        return JSONResponse({"text": plain + linked})
 
     outer = Starlette(routes=[Route("/outer", outer_view)])
     outer.add_middleware(TracingMiddleware)
@@ -827,11 +828,12 @@ def test_an_app_called_in_process_keeps_its_own_name_and_trace(
     assert body["text"] == "78"
     txs = flushed_transactions(sentry_server, 3)
     assert sorted(t["transaction"] for t in txs) == ["/inner/{x}", "/inner/{x}", "/outer"]
-    (outer_tx,) = [t["contexts"]["trace"] for t in txs if t["transaction"] == "/outer"]
-    plain, linked = sorted(
-        (t["contexts"]["trace"] for t in txs if t["transaction"] == "/inner/{x}"),
-        key=lambda trace: trace["trace_id"] == outer_tx["trace_id"],
+    (outer_tx,) = [t for t in txs if t["transaction"] == "/outer"]
+    calls = {s["description"]: s["span_id"] for s in outer_tx["spans"] if s["op"] == "http.client"}
+    assert set(calls) == {"GET http://inner/inner/7", "GET http://inner/inner/8"}
+    trace_id = outer_tx["contexts"]["trace"]["trace_id"]
+    inner_parents = sorted(
+        t["contexts"]["trace"]["parent_span_id"] for t in txs if t["transaction"] == "/inner/{x}"
     )
-    assert plain["trace_id"] != outer_tx["trace_id"] and "parent_span_id" not in plain
-    assert linked["trace_id"] == outer_tx["trace_id"]
-    assert linked["parent_span_id"] == body["span"]
+    assert inner_parents == sorted(calls.values())
+    assert all(t["contexts"]["trace"]["trace_id"] == trace_id for t in txs)

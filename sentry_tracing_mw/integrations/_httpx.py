@@ -3,8 +3,9 @@
 ``HTTPTransport.handle_request`` and ``AsyncHTTPTransport.handle_async_request`` are where
 one request goes on the wire: every redirect hop and every retry a wrapping transport makes
 is its own span with its own headers, and clients (and subclasses) created before
-``instrument()`` are covered. The response stream is wrapped so that the span ends when the
-response is closed, which httpx does as soon as the body has been read to the end.
+``instrument()`` are covered. ``MockTransport``, ``WSGITransport`` and ``ASGITransport``
+are instrumented the same way. The response stream is wrapped so that the span ends when
+the response is closed, which httpx does as soon as the body has been read to the end.
 
 Trace headers are added to httpx's header list only while the transport sends the request
 (replacing the caller's ``sentry-trace`` / ``traceparent``, merging its ``baggage``), then
@@ -71,11 +72,12 @@ def _full_url(url: httpx.URL) -> str:
 
 
 def _prepare(
-    request: httpx.Request, parent: Span | None
+    request: httpx.Request, parent: Span | None, in_process: bool
 ) -> tuple[Span | None, httpx.Request, _Sending | None]:
     """Start the span and add the trace headers for one request on the wire; returns the
     span, the request to send (``request``, or a copy with the headers when ``request`` is
-    already being sent) and what puts the caller's headers back (None: nothing to undo)."""
+    already being sent, or goes to an ``in_process`` transport, whose handler may keep
+    it) and what puts the caller's headers back (None: nothing to undo)."""
     ctx = trace_context(parent)
     if ctx is None:
         return None, request, None
@@ -104,8 +106,9 @@ def _prepare(
     if type(fields) is not dict or type(items) is not list:
         return span, _with_headers_public(request, ctx, span_id), None
     token = (items,)  # unique to this send; holds the caller's own header list
-    owner = fields.setdefault(_SENDING, token)  # atomic: one send at a time owns it
-    if owner is not token:
+    # atomic: one send at a time owns the request
+    owner = token if in_process else fields.setdefault(_SENDING, token)
+    if owner is not token or in_process:
         # Being sent by another thread or task right now: its headers are in the request
         # until it puts the caller's back, so build ours on the caller's own list (the
         # owner's token) and hand the transport a copy.
@@ -272,6 +275,9 @@ def _track(
     """Record the status; end the span when the response is closed (never raises)."""
     try:
         record_status(span, response.status_code)
+        if response.is_closed:  # built with its body (a MockTransport's): read already
+            finish(span)
+            return
         stream = stream_type.__new__(stream_type)
         stream._inner = response.stream
         stream._request = request
@@ -282,30 +288,39 @@ def _track(
         finish(span)
 
 
-def install() -> Callable[[], None]:
-    """Patch the httpx transports; returns the undo."""
-    sync_cls = httpx.HTTPTransport
-    async_cls = httpx.AsyncHTTPTransport
-    raw_sync = sync_cls.__dict__["handle_request"]
-    raw_async = async_cls.__dict__["handle_async_request"]
-    orig_sync = as_function(raw_sync)
-    orig_async = as_function(raw_async)
-    enabled = [True]
+#: Where httpx hands one request to whatever sends it: the network transports, and the
+#: in-process ones (``MockTransport`` in tests, ``WSGITransport`` / ``ASGITransport``
+#: calling an app) so their requests are spans with headers too, as with sentry-sdk.
+#: An in-process transport gets a copy of the request with the headers: its handler may
+#: keep the request it was given, and should see in it what was sent.
+_TARGETS = (
+    ("HTTPTransport", "handle_request"),
+    ("AsyncHTTPTransport", "handle_async_request"),
+    ("MockTransport", "handle_request"),
+    ("MockTransport", "handle_async_request"),
+    ("WSGITransport", "handle_request"),
+    ("ASGITransport", "handle_async_request"),
+)
+
+
+def _sync_wrapper(
+    original: Callable[..., Any], enabled: list[bool], in_process: bool
+) -> Callable[..., Any]:
     get_span = CURRENT_SPAN.get
     get_context = PROPAGATION_CONTEXT.get
     suppressed = SUPPRESS_INSTRUMENTATION.get
 
-    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+    def handle_request(self: httpx.BaseTransport, request: httpx.Request) -> httpx.Response:
         parent = get_span()
         if (parent is None and get_context() is None) or not enabled or suppressed():
-            return orig_sync(self, request)  # type: ignore[no-any-return]
+            return original(self, request)  # type: ignore[no-any-return]
         try:
-            span, sent, token = _prepare(request, parent)
+            span, sent, token = _prepare(request, parent, in_process)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
             span, sent, token = None, request, None
         try:
-            response: httpx.Response = orig_sync(self, sent)
+            response: httpx.Response = original(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
@@ -318,19 +333,29 @@ def install() -> Callable[[], None]:
             _track(request, response, span, _SyncStream)
         return response
 
+    return handle_request
+
+
+def _async_wrapper(
+    original: Callable[..., Any], enabled: list[bool], in_process: bool
+) -> Callable[..., Any]:
+    get_span = CURRENT_SPAN.get
+    get_context = PROPAGATION_CONTEXT.get
+    suppressed = SUPPRESS_INSTRUMENTATION.get
+
     async def handle_async_request(
-        self: httpx.AsyncHTTPTransport, request: httpx.Request
+        self: httpx.AsyncBaseTransport, request: httpx.Request
     ) -> httpx.Response:
         parent = get_span()
         if (parent is None and get_context() is None) or not enabled or suppressed():
-            return await orig_async(self, request)  # type: ignore[no-any-return]
+            return await original(self, request)  # type: ignore[no-any-return]
         try:
-            span, sent, token = _prepare(request, parent)
+            span, sent, token = _prepare(request, parent, in_process)
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
             span, sent, token = None, request, None
         try:
-            response: httpx.Response = await orig_async(self, sent)
+            response: httpx.Response = await original(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
@@ -343,16 +368,28 @@ def install() -> Callable[[], None]:
             _track(request, response, span, _AsyncStream)
         return response
 
-    handle_request.__wrapped__ = raw_sync  # type: ignore[attr-defined]
-    handle_async_request.__wrapped__ = raw_async  # type: ignore[attr-defined]
-    sync_cls.handle_request = handle_request  # type: ignore[method-assign]
-    async_cls.handle_async_request = handle_async_request  # type: ignore[method-assign]
+    return handle_async_request
+
+
+def install() -> Callable[[], None]:
+    """Patch the httpx transports; returns the undo."""
+    enabled = [True]
+    patched: list[tuple[type[Any], str, Any, Any]] = []
+    for class_name, method in _TARGETS:
+        cls = getattr(httpx, class_name, None)
+        if not isinstance(cls, type) or method not in cls.__dict__:  # an httpx without it
+            continue
+        raw = cls.__dict__[method]
+        make = _async_wrapper if method == "handle_async_request" else _sync_wrapper
+        wrapper = make(as_function(raw), enabled, not class_name.endswith("HTTPTransport"))
+        wrapper.__wrapped__ = raw  # type: ignore[attr-defined]
+        setattr(cls, method, wrapper)
+        patched.append((cls, method, raw, wrapper))
 
     def undo() -> None:
         enabled.clear()
-        if sync_cls.__dict__.get("handle_request") is handle_request:
-            sync_cls.handle_request = raw_sync  # type: ignore[method-assign]
-        if async_cls.__dict__.get("handle_async_request") is handle_async_request:
-            async_cls.handle_async_request = raw_async  # type: ignore[method-assign]
+        for cls, method, raw, wrapper in patched:
+            if cls.__dict__.get(method) is wrapper:
+                setattr(cls, method, raw)
 
     return undo
