@@ -630,6 +630,40 @@ def test_view_exception_captured_once(sentry_server: SentryServer) -> None:
     assert event["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_5xx_an_inner_middleware_answers_is_captured(
+    sentry_server: SentryServer, mode: str
+) -> None:
+    """Django stops at the first ``process_exception`` that answers, innermost first, so
+    ours never saw the exception: a 5xx answer is still an error, a 4xx one is not."""
+    init_traced(sentry_server)
+    middleware = [*settings.MIDDLEWARE, "tests.django_project.middleware.AnswersErrors"]
+    path = "/error/" if mode == "sync" else "/aerror/"
+    with override_settings(MIDDLEWARE=middleware):
+        if mode == "sync":
+            codes = [_client().get(path).status_code, _client().get(path + "?soft").status_code]
+        else:
+
+            async def go() -> list[int]:
+                client = AsyncClient(raise_request_exception=False)
+                return [(await client.get(path)).status_code,
+                        (await client.get(path + "?soft")).status_code]  # fmt: skip
+
+            codes = asyncio.run(go())
+    assert codes == [500, 404]
+    assert stm.flush(5) and sentry_server.wait_for(3, 5)
+    stm.flush(0.5)
+    statuses = {_trace(t)["span_id"]: _trace(t)["status"] for t in sentry_server.transactions()}
+    assert sorted(statuses.values()) == ["internal_error", "not_found"]
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == (
+        "ValueError" if mode == "sync" else "KeyError"
+    )
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "django", "handled": False}
+    assert statuses[event["contexts"]["trace"]["span_id"]] == "internal_error"
+    assert event["transaction"] == path
+
+
 def test_http404_is_not_an_error(sentry_server: SentryServer) -> None:
     init_traced(sentry_server)
     assert _client().get("/missing/3/").status_code == 404

@@ -588,6 +588,33 @@ def _answer_asgi_lifespan() -> None:
     ASGIHandler.__call__ = __call__
 
 
+def _note_handled_exceptions() -> None:
+    """Note a view's exception before any middleware's ``process_exception`` sees it.
+
+    Django calls those innermost first and stops at the first that returns a response,
+    so ours (outermost) never runs when an inner one answers; a 5xx answer is still an
+    error (captured when the response comes back through ours), as in Flask and Starlette.
+    """
+    from django.core.handlers.base import BaseHandler
+
+    original = BaseHandler.__dict__["process_exception_by_middleware"]
+    if getattr(original, "_stm_noting", False):
+        return
+
+    def process_exception_by_middleware(self: Any, exception: Exception, request: Any) -> Any:
+        try:
+            state = request.__dict__.get(_STATE_ATTR)
+            if state is not None:
+                state.exc = exception
+        except Exception:
+            logger.debug("noting a view's exception failed", exc_info=True)
+        return original(self, exception, request)
+
+    process_exception_by_middleware._stm_noting = True  # type: ignore[attr-defined]
+    process_exception_by_middleware.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseHandler.process_exception_by_middleware = process_exception_by_middleware
+
+
 def _install_hooks(tag_library: bool = True) -> None:
     """Connect the exception signal, the ORM and template hooks (once per process) and
     register the tag library (on every middleware start: engines may be new)."""
@@ -602,6 +629,10 @@ def _install_hooks(tag_library: bool = True) -> None:
             )
         except Exception:
             logger.exception("sentry_tracing_mw: connecting got_request_exception failed")
+        try:
+            _note_handled_exceptions()
+        except Exception:
+            logger.exception("sentry_tracing_mw: instrumenting process_exception failed")
         try:
             from ._orm import install_orm
 

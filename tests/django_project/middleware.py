@@ -1,0 +1,21 @@
+"""An app's own middleware that answers view exceptions itself (``process_exception``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+class AnswersErrors:
+    """Turns a view's exception into a JSON answer: 500, or 404 with ``?soft``."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)  # type: ignore[no-any-return]
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse:
+        status = 404 if "soft" in request.GET else 500
+        return JsonResponse({"error": type(exception).__name__}, status=status)
