@@ -344,6 +344,45 @@ def test_unhandled_exception_is_captured_linked_and_reraised(sentry_server: Sent
     assert event["transaction"] == "/boom"
 
 
+class _ClosingFails:
+    """A body whose ``close()`` (the app's cleanup) raises."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+    def close(self) -> None:
+        raise OSError("cleanup failed")
+
+
+@pytest.mark.parametrize("read", ["all", "none"])
+def test_a_body_whose_close_raises_is_an_error(sentry_server: SentryServer, read: str) -> None:
+    """The server calls ``close()`` after the body (or instead, when the client went
+    away): its exception reaches the server unchanged, and is the request's error."""
+    init_traced(sentry_server)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _ClosingFails([b"a", b"b"])
+
+    body = TracingMiddleware(app)(_environ("/cleanup"), lambda s, h, e=None: None)
+    if read == "all":
+        assert b"".join(body) == b"ab"
+    with pytest.raises(OSError, match="cleanup failed"):
+        body.close()  # type: ignore[attr-defined]
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "OSError"
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "wsgi", "handled": False}
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+    # Read to the end, the transaction had ended (and was sent) before close().
+    expected = "ok" if read == "all" else "internal_error"
+    assert tx["contexts"]["trace"]["status"] == expected
+
+
 def test_untraced_method_still_reports_errors_ignored_path_does_not(
     sentry_server: SentryServer,
 ) -> None:

@@ -139,7 +139,8 @@ def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
     try:
         if isinstance(exc, GeneratorExit):
             return
-        tx._status = "internal_error"
+        if tx._end is None:  # (a body's close() may fail after the transaction ended)
+            tx._status = "internal_error"
         if isinstance(exc, Exception):
             client.capture_exception(exc, span=tx, mechanism="wsgi", handled=False)
     except Exception:
@@ -206,6 +207,10 @@ class _Body:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
+        except BaseException as exc:  # the app's cleanup failed: an error of the request's
+            self._done = True
+            _fail(self._client, self._tx, exc)
+            raise
         finally:
             tx = self._tx
             if not self._done and tx._end is None and tx._status in (None, "ok"):
@@ -268,6 +273,9 @@ def _finish_on_close(result: Any, tx: Transaction, environ: dict[str, Any]) -> A
         try:
             if original is not None:
                 original()
+        except BaseException as exc:
+            _fail(get_client(), tx, exc)
+            raise
         finally:
             finish_request(tx, environ)
 
