@@ -276,6 +276,58 @@ def test_exceptions_the_apps_error_handlers_answer_with_a_5xx_are_captured(
     assert all(e["transaction"] == "/items/<int:item_id>" for e in events)
 
 
+def test_a_4xx_an_extension_signals_is_not_an_error(sentry_server: SentryServer) -> None:
+    """Flask-RESTful sends ``got_request_exception`` for every error its API answers,
+    ``abort(404)`` included: a 4xx is no error event."""
+    from flask import got_request_exception
+    from werkzeug.exceptions import InternalServerError, NotFound
+
+    app = traced_app(sentry_server)
+
+    @app.route("/api/<int:code>")
+    def api(code: int) -> tuple[str, int]:
+        exc = NotFound() if code == 404 else InternalServerError()
+        got_request_exception.send(app, exception=exc)  # what Flask-RESTful's handler does
+        return "answered", code
+
+    client = app.test_client()
+    assert [client.get("/api/404").status_code, client.get("/api/500").status_code] == [404, 500]
+    assert stm.flush(5) and wait_transactions(sentry_server, 2, events=1)
+    stm.flush(0.5)
+    assert [e["exception"]["values"][-1]["type"] for e in sentry_server.events()] == [
+        "InternalServerError"
+    ]
+
+
+def test_a_failing_call_on_close_function_is_an_error(sentry_server: SentryServer) -> None:
+    """``response.call_on_close(fn)`` runs app code when the server closes the body: its
+    failure is the request's error (linked to its transaction)."""
+    app = traced_app(sentry_server)
+
+    @app.route("/report/<name>")
+    def report(name: str) -> Any:
+        from flask import make_response
+
+        response = make_response("report " + name)
+
+        @response.call_on_close
+        def cleanup() -> None:
+            raise OSError("cleanup failed")
+
+        return response
+
+    with run_wsgi(app) as base:
+        assert requests.get(base + "/report/q3", timeout=5).text == "report q3"
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    (tx,) = sentry_server.transactions()
+    (event,) = sentry_server.events()
+    assert tx["transaction"] == "/report/<name>"
+    # The body was read to its end first: the transaction had ended (ok) by close().
+    assert tx["contexts"]["trace"]["status"] == "ok"
+    assert event["exception"]["values"][-1]["type"] == "OSError"
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+
+
 # -- configuration --------------------------------------------------------------------------
 
 

@@ -51,8 +51,8 @@ __all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
 logger = logging.getLogger("sentry_tracing_mw")
 
 EXTENSION_KEY = "sentry_tracing_mw"
-#: In the environ: the exception an app's error handler answered (until process_response).
-_HANDLED_KEY = "sentry_tracing_mw.handled_exception"
+#: On the request: the exception an app's error handler answered (until process_response).
+_HANDLED_ATTR = "_stm_handled_exception"
 _CONFIG_KEYS = tuple(
     (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
 )
@@ -173,6 +173,8 @@ class FlaskTracingMiddleware(TracingMiddleware):
         route when it has one, else ``"GET 500"`` as its response will name it.
         """
         try:
+            if isinstance(exception, HTTPException) and not (exception.code or 500) >= 500:
+                return  # a 4xx sent through the signal (Flask-RESTful sends every error)
             req = request._get_current_object()  # type: ignore[attr-defined]
             tx = req.environ.get(ENVIRON_KEY) or active_request_transaction()
             if tx is None and PROPAGATION_CONTEXT.get() is None:
@@ -212,7 +214,7 @@ def _noting_handle_user_exception(
     def handle_user_exception(e: Exception) -> Any:
         result = original(e)  # no handler: re-raised, and Flask's signal captures it
         try:
-            _environ()[_HANDLED_KEY] = e
+            _request().__dict__[_HANDLED_ATTR] = e  # this app's request: not a nested app's
         except Exception:
             logger.debug("noting a handled Flask exception failed", exc_info=True)
         return result
@@ -220,11 +222,11 @@ def _noting_handle_user_exception(
     return handle_user_exception
 
 
-def _environ() -> dict[str, Any]:
-    """The current request's WSGI environ."""
+def _request() -> Any:
+    """The current Flask request."""
     if _cv_request is not None:
-        return _cv_request.get().request.environ
-    return request.environ  # pragma: no cover - a Flask without _cv_request
+        return _cv_request.get().request
+    return request._get_current_object()  # pragma: no cover
 
 
 def _http_exception_body(response: Any) -> bool:
@@ -245,11 +247,11 @@ def _finishing_process_response(
     mark = middleware.complete_body_key is not None
 
     def process_response(response: Any) -> Any:
+        req = _request()
+        handled = req.__dict__.pop(_HANDLED_ATTR, None)  # gone even when original() raises
         response = original(response)
         try:
-            environ = _environ()
-            if _HANDLED_KEY in environ:
-                handled = environ.pop(_HANDLED_KEY)
+            if handled is not None:
                 code = getattr(response, "status_code", None)
                 if isinstance(code, int) and code >= 500:
                     # A 5xx HTTPException was raised on purpose: handled (as sentry-sdk
@@ -259,14 +261,19 @@ def _finishing_process_response(
                     )
             # A direct-passthrough body (send_file's wsgi.file_wrapper) is sent by the server
             # even when it has a length (waitress's): it ends on close, as a streamed one.
-            if mark and (
-                (
-                    getattr(response, "is_streamed", True) is False
-                    and not getattr(response, "direct_passthrough", False)
+            # call_on_close() functions are app code run at close(): they may fail.
+            if (
+                mark
+                and not getattr(response, "_on_close", None)
+                and (
+                    (
+                        getattr(response, "is_streamed", True) is False
+                        and not getattr(response, "direct_passthrough", False)
+                    )
+                    or _http_exception_body(response)
                 )
-                or _http_exception_body(response)
             ):
-                environ[COMPLETE_BODY_KEY] = True
+                req.environ[COMPLETE_BODY_KEY] = True
         except Exception:
             logger.debug("finishing a Flask response failed", exc_info=True)
         return response
