@@ -405,12 +405,6 @@ class Client:
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
-        if ON_SENDER.get():
-            # On the transport's worker: a before_send* hook capturing. Its event would
-            # run the hook again, which would capture again, for ever.
-            logger.debug("capture_exception inside a before_send hook: not sent")
-            self.reports.record("internal_sdk_error", "error")
-            return None
         try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
             fields = object.__getattribute__(exc, "__dict__")
             if fields.get(_CAPTURED_MARK):
@@ -421,6 +415,12 @@ class Client:
         opts = self.options
         if opts.sample_rate < 1.0 and random.random() >= opts.sample_rate:
             self.reports.record("sample_rate", "error")
+            return None
+        if ON_SENDER.get():
+            # On the transport's worker: a before_send* hook capturing. Its event would
+            # run the hook again, which would capture again, for ever.
+            logger.debug("capture_exception inside a before_send hook: not sent")
+            self.reports.record("internal_sdk_error", "error")
             return None
         if span is None:
             span = CURRENT_SPAN.get()
