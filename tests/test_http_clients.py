@@ -630,6 +630,54 @@ def test_in_process_httpx_transports_get_spans_and_headers() -> None:
     assert all(s.timestamp is not None for s in spans)
 
 
+def test_in_process_transports_keep_request_bodies_and_call_apps_as_services(
+    sentry_server: SentryServer,
+) -> None:
+    """The in-process transport reads the copy it is given: the body goes back to the
+    caller's request (a redirect re-sends it, ``response.request.content`` reads it). A
+    traced WSGI app called through ``WSGITransport`` is another service: its own
+    transaction, child of the call's span, not a part of the caller's request."""
+    from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/a":
+            return httpx.Response(307, headers={"Location": "/b"})
+        return httpx.Response(200, content=request.content)
+
+    def body() -> Iterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    async def abody() -> Any:
+        yield b"hello "
+        yield b"world"
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"inner"]
+
+    async def async_call() -> tuple[bytes, bytes]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            r = await c.post("http://mock.test/a", content=abody(), follow_redirects=True)
+            return r.content, r.request.content
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction("outer") as tx:
+        with httpx.Client(transport=httpx.MockTransport(handler)) as c:
+            r = c.post("http://mock.test/a", content=body(), follow_redirects=True)
+            assert (r.content, r.request.content) == (b"hello world", b"hello world")
+        assert asyncio.run(async_call()) == (b"hello world", b"hello world")
+        inner = httpx.Client(transport=httpx.WSGITransport(app=TracingMiddleware(wsgi_app)))
+        assert inner.get("http://wsgi.test/inner").text == "inner"
+    assert tx.name == "outer"
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    by_name = {t["transaction"]: t for t in sentry_server.transactions()}
+    assert set(by_name) == {"outer", "/inner"}
+    (call,) = [s for s in by_name["outer"]["spans"] if "wsgi.test" in s["description"]]
+    assert by_name["/inner"]["contexts"]["trace"]["parent_span_id"] == call["span_id"]
+    assert by_name["/inner"]["contexts"]["trace"]["trace_id"] == tx.trace_id
+
+
 def test_head_and_status_codes(recording_server: RecordingServer) -> None:
     stm.init(traces_sample_rate=1.0)
     with stm.start_transaction("t") as tx:

@@ -303,6 +303,47 @@ _TARGETS = (
 )
 
 
+def _read_back(request: httpx.Request, sent: httpx.Request) -> None:
+    """The body a transport read from the copy it was given (``request.read()``: the
+    stream is one-shot) goes to the caller's request too, for a redirect or retry that
+    sends it again and for ``response.request.content``."""
+    try:
+        fields = sent.__dict__
+        if "_content" in fields and "_content" not in request.__dict__:
+            request._content = fields["_content"]
+            request.stream = fields["stream"]
+    except Exception:
+        logger.debug("sharing an httpx request body failed", exc_info=True)
+
+
+def _detached_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+    """An in-process transport's call with no current span: the app it calls is another
+    service (its own transaction, continuing the trace from the headers), not a part of
+    the caller's request (a WSGI middleware would take it for a mounted app)."""
+
+    def call(self: Any, request: httpx.Request) -> Any:
+        token = CURRENT_SPAN.set(None)
+        try:
+            return original(self, request)
+        finally:
+            CURRENT_SPAN.reset(token)
+
+    return call
+
+
+def _detached_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``_detached_sync`` for ``handle_async_request``."""
+
+    async def call(self: Any, request: httpx.Request) -> Any:
+        token = CURRENT_SPAN.set(None)
+        try:
+            return await original(self, request)
+        finally:
+            CURRENT_SPAN.reset(token)
+
+    return call
+
+
 def _sync_wrapper(
     original: Callable[..., Any], enabled: list[bool], in_process: bool
 ) -> Callable[..., Any]:
@@ -326,9 +367,13 @@ def _sync_wrapper(
                 fail(span, exc, _TIMEOUTS)
             if token is not None:
                 _restore(request, token)
+            if sent is not request:
+                _read_back(request, sent)
             raise
         if token is not None:
             _restore(request, token)
+        if sent is not request:
+            _read_back(request, sent)
         if span is not None:
             _track(request, response, span, _SyncStream)
         return response
@@ -361,9 +406,13 @@ def _async_wrapper(
                 fail(span, exc, _TIMEOUTS)
             if token is not None:
                 _restore(request, token)
+            if sent is not request:
+                _read_back(request, sent)
             raise
         if token is not None:
             _restore(request, token)
+        if sent is not request:
+            _read_back(request, sent)
         if span is not None:
             _track(request, response, span, _AsyncStream)
         return response
@@ -380,8 +429,12 @@ def install() -> Callable[[], None]:
         if not isinstance(cls, type) or method not in cls.__dict__:  # an httpx without it
             continue
         raw = cls.__dict__[method]
-        make = _async_wrapper if method == "handle_async_request" else _sync_wrapper
-        wrapper = make(as_function(raw), enabled, not class_name.endswith("HTTPTransport"))
+        is_async = method == "handle_async_request"
+        call = as_function(raw)
+        in_process = not class_name.endswith("HTTPTransport")
+        if in_process:
+            call = (_detached_async if is_async else _detached_sync)(call)
+        wrapper = (_async_wrapper if is_async else _sync_wrapper)(call, enabled, in_process)
         wrapper.__wrapped__ = raw  # type: ignore[attr-defined]
         setattr(cls, method, wrapper)
         patched.append((cls, method, raw, wrapper))
