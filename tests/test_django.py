@@ -637,24 +637,28 @@ def test_a_5xx_an_inner_middleware_answers_is_captured(
     """Django stops at the first ``process_exception`` that answers, innermost first, so
     ours never saw the exception: a 5xx answer is still an error, a 4xx one is not."""
     init_traced(sentry_server)
-    middleware = [*settings.MIDDLEWARE, "tests.django_project.middleware.AnswersErrors"]
+    middleware = [
+        *settings.MIDDLEWARE,
+        "tests.django_project.middleware.Maintenance",
+        "tests.django_project.middleware.AnswersErrors",
+    ]
     path = "/error/" if mode == "sync" else "/aerror/"
+    queries = ["", "?soft", "?soft&maint"]  # the last: a 5xx, but not for the exception
     with override_settings(MIDDLEWARE=middleware):
         if mode == "sync":
-            codes = [_client().get(path).status_code, _client().get(path + "?soft").status_code]
+            codes = [_client().get(path + q).status_code for q in queries]
         else:
 
             async def go() -> list[int]:
                 client = AsyncClient(raise_request_exception=False)
-                return [(await client.get(path)).status_code,
-                        (await client.get(path + "?soft")).status_code]  # fmt: skip
+                return [(await client.get(path + q)).status_code for q in queries]
 
             codes = asyncio.run(go())
-    assert codes == [500, 404]
-    assert stm.flush(5) and sentry_server.wait_for(3, 5)
+    assert codes == [500, 404, 503]
+    assert stm.flush(5) and sentry_server.wait_for(4, 5)
     stm.flush(0.5)
     statuses = {_trace(t)["span_id"]: _trace(t)["status"] for t in sentry_server.transactions()}
-    assert sorted(statuses.values()) == ["internal_error", "not_found"]
+    assert sorted(statuses.values()) == ["internal_error", "not_found", "unavailable"]
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"] == (
         "ValueError" if mode == "sync" else "KeyError"

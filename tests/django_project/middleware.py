@@ -19,3 +19,16 @@ class AnswersErrors:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse:
         status = 404 if "soft" in request.GET else 500
         return JsonResponse({"error": type(exception).__name__}, status=status)
+
+
+class Maintenance:
+    """Answers 503 (no exception) for ``?maint``, whatever the view did."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = self.get_response(request)
+        if "maint" in request.GET:
+            return HttpResponse("maintenance", status=503)
+        return response

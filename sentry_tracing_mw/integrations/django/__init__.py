@@ -589,7 +589,8 @@ def _answer_asgi_lifespan() -> None:
 
 
 def _note_handled_exceptions() -> None:
-    """Note a view's exception before any middleware's ``process_exception`` sees it.
+    """Note a view's exception that a middleware's ``process_exception`` answered with a
+    5xx.
 
     Django calls those innermost first and stops at the first that returns a response,
     so ours (outermost) never runs when an inner one answers; a 5xx answer is still an
@@ -602,13 +603,15 @@ def _note_handled_exceptions() -> None:
         return
 
     def process_exception_by_middleware(self: Any, exception: Exception, request: Any) -> Any:
+        response = original(self, exception, request)  # None: raised on, to the signal
         try:
-            state = request.__dict__.get(_STATE_ATTR)
-            if state is not None:
-                state.exc = exception
+            if response is not None and response.status_code >= 500:
+                state = request.__dict__.get(_STATE_ATTR)
+                if state is not None:
+                    state.exc = exception
         except Exception:
             logger.debug("noting a view's exception failed", exc_info=True)
-        return original(self, exception, request)
+        return response
 
     process_exception_by_middleware._stm_noting = True  # type: ignore[attr-defined]
     process_exception_by_middleware.__wrapped__ = original  # type: ignore[attr-defined]
