@@ -322,6 +322,8 @@ def test_a_failing_call_on_close_function_is_an_error(sentry_server: SentryServe
     (tx,) = sentry_server.transactions()
     (event,) = sentry_server.events()
     assert tx["transaction"] == "/report/<name>"
+    assert app.test_client().get("/report/q4").status_code == 200  # never read nor closed
+    assert stm.flush(5) and len(wait_transactions(sentry_server, 2)) == 2  # still sent
     # The body was read to its end first: the transaction had ended (ok) by close().
     assert tx["contexts"]["trace"]["status"] == "ok"
     assert event["exception"]["values"][-1]["type"] == "OSError"

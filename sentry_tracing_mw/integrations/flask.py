@@ -236,6 +236,23 @@ def _http_exception_body(response: Any) -> bool:
     return type(response.response) is ClosingIterator and response.status_code >= 300
 
 
+def _reporting(function: Callable[[], Any], tx: Transaction) -> Callable[[], Any]:
+    """A ``call_on_close`` function whose failure is captured, linked to ``tx`` (which
+    ended when ``wsgi_app`` returned: the body was complete)."""
+
+    def on_close() -> Any:
+        try:
+            return function()
+        except Exception as exc:
+            try:
+                tx._client.capture_exception(exc, span=tx, mechanism="flask", handled=False)
+            except Exception:
+                logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
+            raise
+
+    return on_close
+
+
 def _finishing_process_response(
     original: Callable[[Any], Any], middleware: FlaskTracingMiddleware, app: Flask
 ) -> Callable[[Any], Any]:
@@ -247,8 +264,12 @@ def _finishing_process_response(
     mark = middleware.complete_body_key is not None
 
     def process_response(response: Any) -> Any:
-        req = _request()
-        handled = req.__dict__.pop(_HANDLED_ATTR, None)  # gone even when original() raises
+        try:
+            req = _request()
+            handled = req.__dict__.pop(_HANDLED_ATTR, None)  # gone even if original() raises
+        except Exception:
+            logger.debug("reading the Flask request failed", exc_info=True)
+            return original(response)
         response = original(response)
         try:
             if handled is not None:
@@ -261,19 +282,20 @@ def _finishing_process_response(
                     )
             # A direct-passthrough body (send_file's wsgi.file_wrapper) is sent by the server
             # even when it has a length (waitress's): it ends on close, as a streamed one.
-            # call_on_close() functions are app code run at close(): they may fail.
-            if (
-                mark
-                and not getattr(response, "_on_close", None)
-                and (
-                    (
-                        getattr(response, "is_streamed", True) is False
-                        and not getattr(response, "direct_passthrough", False)
-                    )
-                    or _http_exception_body(response)
+            if mark and (
+                (
+                    getattr(response, "is_streamed", True) is False
+                    and not getattr(response, "direct_passthrough", False)
                 )
+                or _http_exception_body(response)
             ):
-                req.environ[COMPLETE_BODY_KEY] = True
+                environ = req.environ
+                environ[COMPLETE_BODY_KEY] = True
+                on_close = getattr(response, "_on_close", None)
+                if on_close and type(on_close) is list:  # app code the server's close() runs
+                    tx = environ.get(ENVIRON_KEY)
+                    if tx is not None:
+                        response._on_close = [_reporting(fn, tx) for fn in on_close]
         except Exception:
             logger.debug("finishing a Flask response failed", exc_info=True)
         return response
