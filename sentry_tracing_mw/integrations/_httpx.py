@@ -106,12 +106,13 @@ def _prepare(
     if type(fields) is not dict or type(items) is not list:
         return span, _with_headers_public(request, ctx, span_id), None
     token = (items,)  # unique to this send; holds the caller's own header list
-    # atomic: one send at a time owns the request
+    # One send at a time owns the request (setdefault is atomic); an in-process
+    # transport always gets a copy: its handler may keep the request it was given.
     owner = token if in_process else fields.setdefault(_SENDING, token)
     if owner is not token or in_process:
-        # Being sent by another thread or task right now: its headers are in the request
-        # until it puts the caller's back, so build ours on the caller's own list (the
-        # owner's token) and hand the transport a copy.
+        # (Being sent by another thread or task right now: its headers are in the request
+        # until it puts the caller's back.) Ours go on the caller's own list (the owner's
+        # token), in a copy for the transport.
         copied = object.__new__(type(headers))
         copied.__dict__.update(headers.__dict__)
         copied._list = _with_ours(owner[0], ctx, span_id)
