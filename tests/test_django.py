@@ -643,7 +643,8 @@ def test_a_5xx_an_inner_middleware_answers_is_captured(
         "tests.django_project.middleware.AnswersErrors",
     ]
     path = "/error/" if mode == "sync" else "/aerror/"
-    queries = ["", "?soft", "?soft&maint"]  # the last: a 5xx, but not for the exception
+    # The last two: a 5xx, but not for the exception (answered, or a 404 of Django's).
+    queries = ["", "?soft", "?soft&maint"]
     with override_settings(MIDDLEWARE=middleware):
         if mode == "sync":
             codes = [_client().get(path + q).status_code for q in queries]
@@ -654,11 +655,17 @@ def test_a_5xx_an_inner_middleware_answers_is_captured(
                 return [(await client.get(path + q)).status_code for q in queries]
 
             codes = asyncio.run(go())
-    assert codes == [500, 404, 503]
-    assert stm.flush(5) and sentry_server.wait_for(4, 5)
+        codes.append(_client().get("/missing/3/?maint").status_code)  # Http404, then 503
+    assert codes == [500, 404, 503, 503]
+    assert stm.flush(5) and sentry_server.wait_for(5, 5)
     stm.flush(0.5)
     statuses = {_trace(t)["span_id"]: _trace(t)["status"] for t in sentry_server.transactions()}
-    assert sorted(statuses.values()) == ["internal_error", "not_found", "unavailable"]
+    assert sorted(statuses.values()) == [
+        "internal_error",
+        "not_found",
+        "unavailable",
+        "unavailable",
+    ]
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"] == (
         "ValueError" if mode == "sync" else "KeyError"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 
 class AnswersErrors:
-    """Turns a view's exception into a JSON answer: 500, or 404 with ``?soft``."""
+    """Turns a view's exception (but Http404) into a JSON answer: 500, or 404 with
+    ``?soft``."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
@@ -16,7 +17,9 @@ class AnswersErrors:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)  # type: ignore[no-any-return]
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse:
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, Http404):
+            return None  # Django's own 404
         status = 404 if "soft" in request.GET else 500
         return JsonResponse({"error": type(exception).__name__}, status=status)
 

@@ -117,7 +117,7 @@ def _settings_options() -> dict[str, Any]:
 class _State:
     """Per-request state, stored on the request object."""
 
-    __slots__ = ("body", "client", "exc", "match", "method", "mw", "owned", "tx")
+    __slots__ = ("answered", "body", "client", "exc", "match", "method", "mw", "owned", "tx")
 
     def __init__(
         self, tx: Transaction, client: Client, method: str, owned: bool, mw: TracingMiddleware
@@ -127,7 +127,8 @@ class _State:
         self.method = method
         self.owned = owned
         self.mw = mw
-        self.exc: BaseException | None = None
+        self.exc: BaseException | None = None  # the view's, as our process_exception saw it
+        self.answered: BaseException | None = None  # one a middleware answered with a 5xx
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
 
@@ -415,8 +416,8 @@ class TracingMiddleware:
                 tx.set_http_status(status)
                 if state.client.options.send_default_pii:
                     tx._user = user_info(request)
-            if status >= 500 and state.exc is not None:
-                state.fail(state.exc, request)  # captured once, whatever the sampling
+            if status >= 500 and state.answered is not None:
+                state.fail(state.answered, request)  # captured once, whatever the sampling
             streaming = response.streaming
             if streaming and getattr(response, "file_to_stream", None) is None:
                 content = response.streaming_content  # runs app code: keep the trace current
@@ -608,7 +609,7 @@ def _note_handled_exceptions() -> None:
             if response is not None and response.status_code >= 500:
                 state = request.__dict__.get(_STATE_ATTR)
                 if state is not None:
-                    state.exc = exception
+                    state.answered = exception
         except Exception:
             logger.debug("noting a view's exception failed", exc_info=True)
         return response
