@@ -330,6 +330,25 @@ def test_a_failing_call_on_close_function_is_an_error(sentry_server: SentryServe
     assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
 
 
+def test_a_response_returned_again_keeps_one_close_wrapper(sentry_server: SentryServer) -> None:
+    """A module-level response (with a ``call_on_close`` function) returned by every
+    request: its function is wrapped once, for the latest request, not once more per
+    request (which grew without end, then overflowed the stack at close)."""
+    from flask import Response
+
+    calls: list[int] = []
+    shared = Response("ok")
+    shared.call_on_close(lambda: calls.append(1))
+    app = traced_app(sentry_server)
+    app.add_url_rule("/shared", "shared", lambda: shared)
+    client = app.test_client()
+    for _ in range(50):
+        client.get("/shared").close()
+    assert len(calls) == 50
+    (wrapped,) = shared._on_close
+    assert not hasattr(wrapped._stm_reports, "_stm_reports")
+
+
 # -- configuration --------------------------------------------------------------------------
 
 

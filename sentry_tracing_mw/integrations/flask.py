@@ -53,6 +53,7 @@ logger = logging.getLogger("sentry_tracing_mw")
 EXTENSION_KEY = "sentry_tracing_mw"
 #: On the request: the exception an app's error handler answered (until process_response).
 _HANDLED_ATTR = "_stm_handled_exception"
+_REPORTING_ATTR = "_stm_reports"  # on a wrapped call_on_close function: the app's own
 _CONFIG_KEYS = tuple(
     (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
 )
@@ -239,6 +240,7 @@ def _http_exception_body(response: Any) -> bool:
 def _reporting(function: Callable[[], Any], tx: Transaction) -> Callable[[], Any]:
     """A ``call_on_close`` function whose failure is captured, linked to ``tx`` (which
     ended when ``wsgi_app`` returned: the body was complete)."""
+    function = getattr(function, _REPORTING_ATTR, function)  # wrapped for an earlier request
 
     def on_close() -> Any:
         try:
@@ -250,6 +252,8 @@ def _reporting(function: Callable[[], Any], tx: Transaction) -> Callable[[], Any
                 logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
             raise
 
+    # A response returned again (a module-level one) is wrapped once: for its latest request.
+    setattr(on_close, _REPORTING_ATTR, function)
     return on_close
 
 
