@@ -334,19 +334,27 @@ def test_a_response_returned_again_keeps_one_close_wrapper(sentry_server: Sentry
     """A module-level response (with a ``call_on_close`` function) returned by every
     request: its function is wrapped once, for the latest request, not once more per
     request (which grew without end, then overflowed the stack at close)."""
+    from unittest import mock
+
     from flask import Response
 
     calls: list[int] = []
     shared = Response("ok")
     shared.call_on_close(lambda: calls.append(1))
+    callback = mock.MagicMock()  # a callback that answers any attribute (a test's Mock)
+    own = Response("ok")
+    own.call_on_close(callback)
     app = traced_app(sentry_server)
     app.add_url_rule("/shared", "shared", lambda: shared)
+    app.add_url_rule("/mocked", "mocked", lambda: own)
     client = app.test_client()
     for _ in range(50):
         client.get("/shared").close()
     assert len(calls) == 50
     (wrapped,) = shared._on_close
     assert not hasattr(wrapped._stm_reports, "_stm_reports")
+    client.get("/mocked").close()
+    assert callback.call_count == 1  # the app's own, called (not a Mock attribute of it)
 
 
 # -- configuration --------------------------------------------------------------------------
