@@ -345,6 +345,26 @@ def _detached_async(original: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _start(
+    request: httpx.Request, parent: Span | None, in_process: bool
+) -> tuple[Span | None, httpx.Request, _Sending | None]:
+    """``_prepare`` that never raises: on failure the request goes as it is, untraced."""
+    try:
+        return _prepare(request, parent, in_process)
+    except Exception:
+        logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
+        return None, request, None
+
+
+def _give_back(request: httpx.Request, sent: httpx.Request, token: _Sending | None) -> None:
+    """After the transport call: the caller's request as it was, with the body the
+    transport read from a copy."""
+    if token is not None:
+        _restore(request, token)
+    if sent is not request:
+        _read_back(request, sent)
+
+
 def _sync_wrapper(
     original: Callable[..., Any], enabled: list[bool], in_process: bool
 ) -> Callable[..., Any]:
@@ -356,25 +376,15 @@ def _sync_wrapper(
         parent = get_span()
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return original(self, request)  # type: ignore[no-any-return]
-        try:
-            span, sent, token = _prepare(request, parent, in_process)
-        except Exception:
-            logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span, sent, token = None, request, None
+        span, sent, token = _start(request, parent, in_process)
         try:
             response: httpx.Response = original(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            if token is not None:
-                _restore(request, token)
-            if sent is not request:
-                _read_back(request, sent)
+            _give_back(request, sent, token)
             raise
-        if token is not None:
-            _restore(request, token)
-        if sent is not request:
-            _read_back(request, sent)
+        _give_back(request, sent, token)
         if span is not None:
             _track(request, response, span, _SyncStream)
         return response
@@ -395,25 +405,15 @@ def _async_wrapper(
         parent = get_span()
         if (parent is None and get_context() is None) or not enabled or suppressed():
             return await original(self, request)  # type: ignore[no-any-return]
-        try:
-            span, sent, token = _prepare(request, parent, in_process)
-        except Exception:
-            logger.exception("sentry_tracing_mw: instrumenting an httpx request failed")
-            span, sent, token = None, request, None
+        span, sent, token = _start(request, parent, in_process)
         try:
             response: httpx.Response = await original(self, sent)
         except BaseException as exc:
             if span is not None:
                 fail(span, exc, _TIMEOUTS)
-            if token is not None:
-                _restore(request, token)
-            if sent is not request:
-                _read_back(request, sent)
+            _give_back(request, sent, token)
             raise
-        if token is not None:
-            _restore(request, token)
-        if sent is not request:
-            _read_back(request, sent)
+        _give_back(request, sent, token)
         if span is not None:
             _track(request, response, span, _AsyncStream)
         return response
