@@ -512,6 +512,19 @@ class Span:
         self._end: float | None = None
         self._tokens: Token[Span | None] | list[Token[Span | None]] | None = None
 
+    # -- copies -----------------------------------------------------------------
+    # A span is live state (its transaction, the client): a copy of a WSGI environ or
+    # ASGI scope that holds the request's transaction (``copy.deepcopy(scope)``) shares
+    # the span, and a pickled one holds None in its place.
+    def __copy__(self) -> Span:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Span:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(None), ())
+
     # -- read-only attributes -------------------------------------------------
     @property
     def trace_id(self) -> str:

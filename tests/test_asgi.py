@@ -641,3 +641,27 @@ def test_keep_alive_requests_after_a_large_upload_get_their_own_traces(
     assert len(set(seen)) == 3, seen
     assert {t["contexts"]["trace"]["trace_id"] for t in txs} == set(seen)
     assert all("parent_span_id" not in t["contexts"]["trace"] for t in txs)
+
+
+def test_scope_holding_the_transaction_deep_copies_and_pickles() -> None:
+    # The transaction lives in the scope for inner integrations; an app that deep-copies
+    # or pickles its scope (to hand it to a worker) must keep working.
+    import copy
+    import pickle
+
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        plain = {k: v for k, v in scope.items() if k != "app"}
+        seen["deep"] = copy.deepcopy(plain)
+        seen["pickled"] = pickle.loads(pickle.dumps(plain))
+        seen["tx"] = stm.get_current_span()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    stm.init(dsn=None, traces_sample_rate=1.0)
+    assert asyncio.run(call(TracingMiddleware(app))) == (200, b"ok")
+    assert seen["tx"] is not None
+    assert seen["deep"]["sentry_tracing_mw.transaction"] is seen["tx"]
+    assert seen["pickled"]["sentry_tracing_mw.transaction"] is None
+    assert seen["pickled"]["path"] == "/plain"
