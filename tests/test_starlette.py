@@ -837,3 +837,136 @@ def test_an_app_called_in_process_keeps_its_own_name_and_continues_the_trace(
     )
     assert inner_parents == sorted(calls.values())
     assert all(t["contexts"]["trace"]["trace_id"] == trace_id for t in txs)
+
+
+def test_copies_of_the_scope_are_plain_and_do_not_write_through(
+    sentry_server: SentryServer,
+) -> None:
+    # The app's scope writes through to the server's; a copy of it must not (an app that
+    # builds a child scope with copy.copy() and edits its path), and deep copies and
+    # pickles of it work as they do with a server's plain scope.
+    import copy
+    import pickle
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    seen: dict[str, Any] = {}
+
+    async def view(request: Request) -> Response:
+        scope = request.scope
+        shallow = copy.copy(scope)
+        shallow["path"] = "/changed"
+        shallow["added"] = 1
+        seen["types"] = {type(shallow), type(copy.deepcopy({**scope, "app": None}))}
+        app_objects = ("app", "router", "route", "endpoint", "starlette.exception_handlers")
+        safe = {k: v for k, v in scope.items() if k not in app_objects}
+        seen["pickled"] = pickle.loads(pickle.dumps(safe)).get("sentry_tracing_mw.transaction")
+        seen["deep"] = copy.deepcopy(safe).get("sentry_tracing_mw.transaction")
+        seen["tx"] = stm.get_current_span()
+        return PlainTextResponse("ok")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x", view)])
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    server_scope: dict[str, Any] = {}
+
+    async def outer(scope: Any, receive: Any, send: Any) -> None:
+        server_scope.update(scope=scope)
+        await app(scope, receive, send)
+
+    with TestClient(outer) as c:
+        assert c.get("/x").text == "ok"
+    assert server_scope["scope"]["path"] == "/x" and "added" not in server_scope["scope"]
+    assert seen["types"] == {dict}
+    assert seen["pickled"] is None  # a live transaction pickles as None
+    assert seen["deep"] is seen["tx"] is not None  # deep copies share it
+    (tx,) = transactions_by_name(sentry_server, 1).values()
+    assert tx["transaction"] == "/x"
+
+
+@pytest.mark.parametrize("kind", ["asyncio-marked", "async-callable", "partial"])
+def test_exception_handlers_run_as_starlette_would_run_them(
+    sentry_server: SentryServer, kind: str
+) -> None:
+    # Our capturing wrapper must be async exactly when Starlette would await the handler:
+    # a handler Starlette awaits but we took for sync answered a 500 (on Python < 3.13,
+    # Starlette checks asyncio's marker, as Cython-compiled coroutine functions carry).
+    import functools
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    class Boom(Exception):
+        pass
+
+    async def respond(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("handled", status_code=503)
+
+    class AsyncCallable:
+        async def __call__(self, request: Request, exc: Exception) -> Response:
+            return await respond(request, exc)
+
+    def marked(request: Request, exc: Exception) -> Any:
+        return respond(request, exc)
+
+    marked._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)  # type: ignore[attr-defined]
+    handler = {
+        "asyncio-marked": marked,
+        "async-callable": AsyncCallable(),
+        "partial": functools.partial(respond),
+    }[kind]
+    from starlette._utils import is_async_callable
+
+    if not is_async_callable(handler):
+        pytest.skip("this Starlette runs such a handler in a thread: nothing to compare")
+
+    async def boom(request: Request) -> Response:
+        raise Boom("x")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x", boom)], exception_handlers={Boom: handler})
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/x")
+    assert (r.status_code, r.text) == (503, "handled")
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"].endswith("Boom")
+
+
+def test_a_replaced_exception_handler_is_used(sentry_server: SentryServer) -> None:
+    # The wrapped handler tables are cached: replacing a handler (same table size) must
+    # still take effect, as it does without the middleware.
+    from starlette.applications import Starlette
+    from starlette.middleware.exceptions import ExceptionMiddleware
+    from starlette.routing import Route
+
+    class Boom(Exception):
+        pass
+
+    async def boom(request: Request) -> Response:
+        raise Boom("x")
+
+    def old(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("old", status_code=409)
+
+    def new(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("new", status_code=409)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x", boom)], exception_handlers={Boom: old})
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/x").text == "old"
+        layer: Any = app.middleware_stack
+        while not isinstance(layer, ExceptionMiddleware):
+            layer = layer.app
+        layer.add_exception_handler(Boom, new)
+        assert c.get("/x").text == "new"

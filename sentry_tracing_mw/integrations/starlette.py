@@ -19,6 +19,7 @@ A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What 
 from __future__ import annotations
 
 import builtins
+import copy
 import functools
 import importlib
 import inspect
@@ -31,6 +32,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Host, Match, Mount
 from starlette.websockets import WebSocketDisconnect
+
+try:
+    from starlette._utils import is_async_callable as _starlette_is_async
+except ImportError:  # pragma: no cover - older Starlette
+    _starlette_is_async = None  # type: ignore[assignment]
 
 from .._client import get_client
 from .._context import CURRENT_SPAN
@@ -47,6 +53,10 @@ _ORIGIN_FASTAPI = "auto.http.fastapi"
 _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
+_MAX_HANDLER_TABLES = 64
+_HandlerTables = tuple[
+    dict[Any, Any], dict[Any, Any], dict[Any, Any], dict[Any, Any], tuple[Any, Any]
+]
 _dict_setitem = dict.__setitem__
 
 
@@ -74,7 +84,11 @@ def dotted_name(obj: Any) -> str | None:
 
 
 def _is_async(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
+    """Whether Starlette awaits ``fn`` (its own check where it has one: the two must agree,
+    or a handler would be run in a thread and its coroutine returned as the response)."""
+    if _starlette_is_async is not None:
+        return bool(_starlette_is_async(fn))
+    while isinstance(fn, functools.partial):  # pragma: no cover - Starlette without it
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or (
         callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
@@ -159,6 +173,16 @@ class _RoutingScope(dict[str, Any]):
     def clear(self) -> None:
         dict.clear(self)
         self._base.clear()
+
+    # -- copies are plain dicts (as ``scope.copy()``): they must not write through --------
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
 
     # -- routing -------------------------------------------------------------------------
     def _name(self, name: str, source: str) -> None:
@@ -311,8 +335,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._last_kind: type | None = None
         self._last_origin = _ORIGIN_STARLETTE
         self._names: dict[Any, str | None] = {}
-        self._handlers: dict[tuple[int, int], tuple[Any, Any, int, int, tuple[Any, Any]]] = {}
-        self._last_handlers: tuple[tuple[Any, Any], tuple[Any, Any], int, int] | None = None
+        #: (id, id) of an exception and a status handler table -> (the tables, a copy of
+        #: each to notice changes, the wrapped tables).
+        self._handlers: dict[tuple[int, int], _HandlerTables] = {}
+        self._last_handlers: _HandlerTables | None = None
         _instrument_background_tasks()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -444,41 +470,40 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return dotted_name(endpoint)
 
     def _wrapped_handlers(self, value: Any) -> Any:
-        """The exception/status handler tables with 5xx-capturing wrappers (cached)."""
+        """The exception/status handler tables with 5xx-capturing wrappers (cached while
+        the tables hold the same handlers: one added or replaced makes new wrappers)."""
         try:
-            last = self._last_handlers  # one app, one pair of tables: the usual case
-            if (
-                last is not None
-                and last[0] == value  # the same two tables (element identity)
-                and len(value[0]) == last[2]  # and no handler added or removed since
-                and len(value[1]) == last[3]
-            ):
-                return last[1]
             exc_handlers, status_handlers = value
-            key = (id(exc_handlers), id(status_handlers))
-            cached = self._handlers.get(key)
-            if (
-                cached is not None
-                and cached[0] is exc_handlers
-                and cached[1] is status_handlers
-                and cached[2] == len(exc_handlers)
-                and cached[3] == len(status_handlers)
+            last = self._last_handlers  # one app, one pair of tables: the usual case
+            if last is None or not (
+                last[0] is exc_handlers
+                and last[1] is status_handlers
+                and last[2] == exc_handlers  # same handlers (compared by identity first)
+                and last[3] == status_handlers
             ):
-                self._last_handlers = (value, cached[4], cached[2], cached[3])
-                return cached[4]
-            wrapped = (
-                {k: _capturing(h) for k, h in exc_handlers.items()},
-                {k: _capturing(h) for k, h in status_handlers.items()},
-            )
-            self._handlers[key] = (
-                exc_handlers,
-                status_handlers,
-                len(exc_handlers),
-                len(status_handlers),
-                wrapped,
-            )
-            self._last_handlers = (value, wrapped, len(exc_handlers), len(status_handlers))
-            return wrapped
+                key = (id(exc_handlers), id(status_handlers))
+                last = self._handlers.get(key)
+                if last is None or not (
+                    last[0] is exc_handlers
+                    and last[1] is status_handlers
+                    and last[2] == exc_handlers
+                    and last[3] == status_handlers
+                ):
+                    last = (
+                        exc_handlers,
+                        status_handlers,
+                        dict(exc_handlers),
+                        dict(status_handlers),
+                        (
+                            {k: _capturing(h) for k, h in exc_handlers.items()},
+                            {k: _capturing(h) for k, h in status_handlers.items()},
+                        ),
+                    )
+                    if len(self._handlers) >= _MAX_HANDLER_TABLES:
+                        self._handlers.clear()  # tables made per request: stay bounded
+                    self._handlers[key] = last
+                self._last_handlers = last
+            return last[4]
         except Exception:
             logger.debug("wrapping the exception handlers failed", exc_info=True)
             return value
