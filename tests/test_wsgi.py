@@ -712,3 +712,67 @@ def test_untraced_requests_run_in_parallel_threads() -> None:
     for t in threads:
         t.join(5)
     assert results == [TRACE_ID] * 4
+
+
+def _wsgiref_response(app: Any) -> bytes:
+    """The bytes wsgiref's own handler writes for one GET (its error page on failure)."""
+    import io
+    import sys
+    from wsgiref.handlers import SimpleHandler
+
+    out = io.BytesIO()
+    handler = SimpleHandler(io.BytesIO(), out, sys.stderr, _environ("/"), multithread=False)
+    handler.log_exception = lambda exc_info: None  # type: ignore[method-assign]
+    handler.run(app)
+    return out.getvalue()
+
+
+def test_body_length_stays_visible_to_the_server(sentry_server: SentryServer) -> None:
+    # PEP 3333 lets the server use len() of the app's iterable: wsgiref sends a
+    # Content-Length for a one-chunk body. Our wrapper must not hide it.
+    class OneChunk:
+        def __len__(self) -> int:
+            return 1
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"hello"
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return OneChunk()
+
+    init_traced(sentry_server)
+    bare, ours = _wsgiref_response(app), _wsgiref_response(TracingMiddleware(app))
+    assert b"Content-Length: 5" in bare
+    assert b"Content-Length: 5" in ours
+    assert ours.endswith(b"\r\n\r\nhello")
+    (tx,) = _one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["status"] == "ok"
+
+
+def test_a_body_that_cannot_be_iterated_is_still_closed(sentry_server: SentryServer) -> None:
+    # iter() of the app's body raising: the server has the body and closes it, as without
+    # the middleware; the error is captured with the request's transaction.
+    closed: list[bool] = []
+
+    class Broken:
+        def __iter__(self) -> Iterator[bytes]:
+            raise RuntimeError("cannot iterate")
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Broken()
+
+    init_traced(sentry_server)
+    _wsgiref_response(app)
+    assert closed == [True]
+    _wsgiref_response(TracingMiddleware(app))
+    assert closed == [True, True]
+    (tx,) = _one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert sentry_server.wait_for(2)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["value"] == "cannot iterate"

@@ -155,18 +155,16 @@ class _Body:
     chunk and not while the server writes it.
     """
 
-    __slots__ = ("_client", "_done", "_environ", "_iter", "_result", "_tx")
+    __slots__ = ("_client", "_done", "_environ", "_result", "_tx")
 
     def __init__(
         self,
         result: Iterable[bytes],
-        it: Iterator[bytes],
         tx: Transaction,
         client: Client,
         environ: dict[str, Any],
     ) -> None:
         self._result = result
-        self._iter = it
         self._tx = tx
         self._client = client
         self._environ = environ
@@ -174,17 +172,13 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         tx = self._tx
-        it = self._iter
-        if type(self._result) is list or type(self._result) is tuple:
-            yield from it  # iterating a list runs no app code: no context switch needed
-            self._done = True
-            finish_request(tx, self._environ)
-            return
         current = CURRENT_SPAN
         token = current.set(tx)
         held = True  # the transaction is current (set by us, not yet reset)
         try:
-            for chunk in it:
+            # iter() here, not when the app returned: if it raises, the server has the
+            # body and calls its close(), as it would the app's.
+            for chunk in self._result:
                 current.reset(token)
                 held = False
                 yield chunk
@@ -216,6 +210,16 @@ class _Body:
             if not self._done and tx._end is None and tx._status in (None, "ok"):
                 tx._status = "cancelled"  # the server stopped sending: client went away
             finish_request(tx, self._environ)
+
+
+class _SizedBody(_Body):
+    """A body whose app iterable has a length: servers use it (wsgiref sends a
+    ``Content-Length`` for a one-chunk body)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]
 
 
 def _file_of(result: Any) -> Any:
@@ -433,11 +437,12 @@ class TracingMiddleware:
                 patched = _finish_on_close(result, tx, environ)
                 if patched is not None:
                     return patched  # type: ignore[no-any-return]
-            it = iter(result)
         except BaseException as exc:
             _fail(client, tx, exc)  # errors are captured whatever the sampling decision
             finish_request(tx, environ)
             raise
         finally:
             CURRENT_SPAN.reset(token)
-        return _Body(result, it, tx, client, environ)
+        if hasattr(result, "__len__"):  # the server may count its chunks (PEP 3333)
+            return _SizedBody(result, tx, client, environ)
+        return _Body(result, tx, client, environ)
