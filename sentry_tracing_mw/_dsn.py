@@ -15,7 +15,7 @@ SDK_NAME = "sentry.python.tracemw"
 USER_AGENT = f"{SDK_NAME}/{VERSION}"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_ORG_RE = re.compile(r"^o(\d+)\.")
+_ORG_RE = re.compile(r"^o([0-9]+)\.")
 # Keys go verbatim into the X-Sentry-Auth header (``key=value`` pairs split on commas):
 # printable ASCII without the pair separators, quotes, backslash and userinfo delimiters.
 _KEY_RE = re.compile(r"[!#-+\--9;-?A-\[\]-~]+")
@@ -148,6 +148,9 @@ def _split_hostport(hostport: str, value: str) -> tuple[str, int | None]:
             raise ConfigurationError(f"dsn {value!r}: empty host")
         if any(c in host for c in "/?#[]"):
             raise ConfigurationError(f"dsn {value!r}: invalid host {host!r}")
+    if not host.isprintable() or any(c.isspace() for c in host):
+        # a NUL would cut the host short on the wire, others fail only when sending
+        raise ConfigurationError(f"dsn {value!r}: invalid host {host!r}")
     port: int | None = None
     if port_s is not None:
         if not port_s.isdigit() or not port_s.isascii():

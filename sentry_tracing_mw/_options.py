@@ -269,6 +269,14 @@ def _ignore_names(name: str, value: Any) -> tuple[str | re.Pattern[str], ...]:
     return tuple(out)
 
 
+def _finite(value: float) -> bool:
+    """A finite number (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _status_codes(name: str, value: Any) -> frozenset[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
@@ -277,12 +285,17 @@ def _status_codes(name: str, value: Any) -> frozenset[int]:
     codes: set[int] = set()
     for item in value:
         if isinstance(item, range):
+            low, high = (min(item[0], item[-1]), max(item[0], item[-1])) if item else (100, 100)
+            if not 100 <= low <= high <= 599:
+                raise _fail(name, item, "status codes must be between 100 and 599")
             codes.update(item)
         elif (
             isinstance(item, tuple)
             and len(item) == 2
             and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
         ):
+            if not 100 <= item[0] <= item[1] <= 599:
+                raise _fail(name, item, "expected (low, high) with 100 <= low <= high <= 599")
             codes.update(range(item[0], item[1] + 1))
         elif isinstance(item, int) and not isinstance(item, bool):
             codes.add(item)
@@ -403,17 +416,14 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
+        or not _finite(timeout)
         or timeout < 0
     ):
         raise _fail("shutdown_timeout", timeout, "expected a finite number of seconds >= 0")
 
     cap = kwargs.get("max_inherited_sampled_per_second")
     if cap is not None and (
-        isinstance(cap, bool)
-        or not isinstance(cap, int | float)
-        or not math.isfinite(cap)
-        or cap < 0
+        isinstance(cap, bool) or not isinstance(cap, int | float) or not _finite(cap) or cap < 0
     ):
         raise _fail(
             "max_inherited_sampled_per_second", cap, "expected a finite number >= 0, or None"
@@ -422,7 +432,7 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
     org_id = kwargs.get("org_id")
     if org_id is not None:
         org_id = str(org_id) if isinstance(org_id, int) and not isinstance(org_id, bool) else org_id
-        if not isinstance(org_id, str) or not org_id.isdigit():
+        if not isinstance(org_id, str) or not (org_id.isascii() and org_id.isdigit()):
             raise _fail("org_id", kwargs.get("org_id"), "expected digits")
     elif dsn is not None:
         org_id = dsn.org_id

@@ -102,6 +102,24 @@ _ITEM_HEADER = {
 }
 
 
+#: The longest wait flush() and close() make (a year): longer ones overflow the lock's clock.
+_MAX_WAIT = 365 * 24 * 3600.0
+
+
+def _wait_time(timeout: float | None) -> float | None:
+    """``timeout`` as seconds to wait: None (no limit), else within 0 and ``_MAX_WAIT``
+    (``inf`` and huge values wait the longest, NaN and negatives not at all)."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float
+        return _MAX_WAIT if timeout > 0 else 0.0
+    if not seconds > 0.0:
+        return 0.0
+    return min(seconds, _MAX_WAIT)
+
+
 def _record(reports: ClientReports, reason: str, category: str, span_count: int) -> None:
     if category == "transaction":
         reports.record_transaction(reason, span_count)
@@ -321,7 +339,8 @@ class Transport:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent, then send client reports; False on
         timeout or when ``close()`` dropped some of it."""
-        deadline = None if timeout is None else _clock() + max(0.0, timeout)
+        timeout = _wait_time(timeout)
+        deadline = None if timeout is None else _clock() + timeout
         if threading.current_thread() is self._worker or self._interrupted():
             return False  # a hook on the worker must not wait for itself; nor a handler
         with self._cond:
@@ -355,7 +374,8 @@ class Transport:
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout``, then stop the worker; never blocks past ``timeout``."""
-        deadline = None if timeout is None else _clock() + max(0.0, timeout)
+        timeout = _wait_time(timeout)
+        deadline = None if timeout is None else _clock() + timeout
         interrupted = self._interrupted()  # the worker cannot finish while we hold the lock
         if not self._closed and not interrupted:
             self.flush(timeout)

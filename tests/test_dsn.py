@@ -98,6 +98,9 @@ def test_frozen_and_roundtrip() -> None:
         ("https://k@[::1/1", "IPv6"),
         ("https://k@h/1?x=1", "query"),
         ("https://k@h /1", "whitespace"),
+        # a NUL cut the host short on the wire; other control characters failed on sending
+        ("http://k@127.0.0.1\x00.evil.example/1", "invalid host"),
+        ("http://k@bad\x7fhost/1", "invalid host"),
         # Keys go into the X-Sentry-Auth header: no decoded CR/LF (header injection), no
         # pair separators or quotes, nothing outside ASCII (latin-1 failures at send time).
         ("https://k%0D%0AX-Injected:%201@h/1", "public key"),
@@ -119,3 +122,8 @@ def test_invalid(value: str, fragment: str) -> None:
 def test_not_a_string() -> None:
     with pytest.raises(ConfigurationError):
         Dsn.parse(42)  # type: ignore[arg-type]
+
+
+def test_org_id_is_ascii_digits_only() -> None:
+    assert Dsn.parse("https://k@o12.ingest.example/1").org_id == "12"
+    assert Dsn.parse("https://k@o\u0661\u0662.ingest.example/1").org_id is None

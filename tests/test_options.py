@@ -55,6 +55,12 @@ from sentry_tracing_mw._options import build_options
         ("release", "1.0\x0cb"),
         ("release", "a\x00b"),
         ("org_id", "abc"),
+        ("org_id", "\u0661\u0662"),  # Arabic-Indic digits: isdigit(), but not an org id
+        ("shutdown_timeout", 10**400),  # too large for a float: no OverflowError
+        ("max_inherited_sampled_per_second", 10**400),
+        ("trace_ignore_status_codes", [(100, 10**8)]),  # refused before it is expanded
+        ("trace_ignore_status_codes", [range(100, 10**12)]),
+        ("trace_ignore_status_codes", [(500, 400)]),  # inverted: would ignore nothing
         ("max_inherited_sampled_per_second", -5),
         ("trust_incoming_traces", ["not-a-network"]),
         ("trust_incoming_traces", [5]),  # ip_network() would take it as 0.0.0.5/32
@@ -243,3 +249,13 @@ def test_proxy_credentials_never_appear_in_the_error(proxy: str) -> None:
     with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
         stm.init(http_proxy=proxy)
     assert "hunter2" not in str(info.value) and "[redacted]@" in str(info.value)
+
+
+@pytest.mark.parametrize("timeout", [1e10, float("inf"), 10**400, float("nan"), -1])
+def test_flush_and_close_take_any_number_of_seconds(timeout: Any) -> None:
+    # Waits beyond what a lock can wait (threading.TIMEOUT_MAX) are capped, not an
+    # OverflowError; NaN and negatives do not wait.
+    stm.init(dsn="http://public@127.0.0.1:9/1", shutdown_timeout=1e10)
+    assert stm.flush(timeout) is True  # nothing queued
+    assert stm.flush() is True
+    stm.close()
