@@ -455,6 +455,12 @@ class PropagationContext:
         return headers
 
 
+def _ignored_after_finish(span: Span, what: str) -> None:
+    """A change to a finished span: ignored, so what is sent is its state at ``finish()``
+    (the event is built later, on the sender, from the span itself)."""
+    logger.debug("ignoring %s on the finished span %r", what, span)
+
+
 class Span:
     """A timed operation inside a transaction. Use as a context manager or call ``finish()``."""
 
@@ -608,6 +614,8 @@ class Span:
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag; key and value are truncated to 200 characters. A tag whose key or
         value is empty (Sentry refuses those) is ignored."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_tag")
         key = (key if type(key) is str else _text(key))[:200]
         text = value if type(value) is str else _text(value)
         if _TAG_KEY_BAD.search(key):
@@ -624,6 +632,8 @@ class Span:
 
     def set_data(self, key: str, value: Any) -> None:
         """Attach structured data to the span."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_data")
         if type(key) is not str:
             key = _text(key)
         data = self._data
@@ -647,6 +657,8 @@ class Span:
 
     def set_status(self, status: str) -> None:
         """Set the span status; must be one of the 17 canonical values."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_status")
         if type(status) is not str or status not in SPAN_STATUSES:
             logger.debug("ignoring invalid span status %r", status)
             return
@@ -654,6 +666,8 @@ class Span:
 
     def set_http_status(self, code: int) -> None:
         """Set ``http.response.status_code`` data and the matching span status."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_http_status")
         if type(code) is not int or not 0 <= code <= 999:
             code = _http_code(code)  # type: ignore[assignment]
             if code is None:
@@ -901,6 +915,8 @@ class Transaction(Span):
 
     @name.setter
     def name(self, value: str) -> None:
+        if self._end is not None:
+            return _ignored_after_finish(self, "name")
         self._name = value if type(value) is str else _text(value)
 
     @property
@@ -915,6 +931,8 @@ class Transaction(Span):
 
     def set_name(self, name: str, source: str | None = None) -> None:
         """Rename the transaction, optionally with a new source."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_name")
         self._name = name if type(name) is str else _text(name)
         if source is not None:
             try:  # (no type check on this per-request path: an unhashable one raises)
@@ -927,6 +945,8 @@ class Transaction(Span):
 
     def set_measurement(self, name: str, value: float, unit: str = "") -> None:
         """Record a measurement, e.g. ``set_measurement("items", 3, "none")``."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_measurement")
         measurements = self._measurements
         if measurements is None:
             measurements = self._measurements = {}
@@ -934,6 +954,8 @@ class Transaction(Span):
 
     def set_http_status(self, code: int) -> None:
         """Set the response status: span status, data, tag and response context."""
+        if self._end is not None:
+            return _ignored_after_finish(self, "set_http_status")
         if type(code) is not int or not 0 <= code <= 999:
             code = _http_code(code)  # type: ignore[assignment]
             if code is None:
