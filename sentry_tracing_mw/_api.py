@@ -249,8 +249,27 @@ def trace(
 
 
 def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
-    """Bind ``fn`` to a copy of the current context (for threads, executors, callbacks)."""
+    """Bind ``fn`` to a copy of the current context (for threads, executors, callbacks).
+
+    A coroutine function stays one (``BackgroundTask``, ``run_coroutine_threadsafe``):
+    its coroutine runs with the current trace (span and propagation context) bound.
+    """
     ctx = copy_context()
+    if inspect.iscoroutinefunction(fn):
+        span = ctx.get(CURRENT_SPAN)
+        trace = ctx.get(PROPAGATION_CONTEXT)
+
+        @functools.wraps(fn)
+        async def bound_async(*args: Any, **kwargs: Any) -> Any:
+            span_token = CURRENT_SPAN.set(span)
+            trace_token = PROPAGATION_CONTEXT.set(trace)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                PROPAGATION_CONTEXT.reset(trace_token)
+                CURRENT_SPAN.reset(span_token)
+
+        return bound_async  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def bound(*args: P.args, **kwargs: P.kwargs) -> R:
