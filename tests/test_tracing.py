@@ -634,6 +634,69 @@ def test_wrap_context_carries_the_span_into_threads() -> None:
     assert [s.op for s in tx.spans] == ["thread.work", "thread.work"]
 
 
+def test_changes_after_finish_are_not_sent() -> None:
+    # The event is built later, on the sender, from the transaction itself: it must carry
+    # the state at finish() (as sentry-sdk sends), whatever the app does afterwards.
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("checkout", op="task") as tx:
+        with tx.start_child("db", "q") as child:
+            pass
+    tx.set_status("internal_error")
+    tx.set_name("renamed", "custom")
+    tx.name = "renamed again"
+    tx.set_tag("late", "1")
+    tx.set_data("late", 1)
+    tx.set_measurement("late", 1.0, "none")
+    tx.set_http_status(503)
+    child.set_tag("late", "1")
+    child.set_data("late", 1)
+    child.set_status("cancelled")
+    event = _event(tx)
+    assert (event["transaction"], event["transaction_info"]["source"]) == ("checkout", "custom")
+    assert event["contexts"]["trace"]["status"] == "ok"
+    assert "late" not in (event.get("tags") or {})
+    assert "late" not in event["contexts"]["trace"].get("data", {})
+    assert "measurements" not in event
+    (span,) = event["spans"]
+    assert span["status"] == "ok" and "late" not in (span.get("tags") or {})
+    assert "late" not in span.get("data", {})
+
+
+def test_wrap_context_of_a_coroutine_function_stays_async_and_bound() -> None:
+    # A coroutine run on another loop (run_coroutine_threadsafe, a BackgroundTask) sees the
+    # wrapping request's trace, and Starlette still awaits it (it checks for a coroutine
+    # function).
+    import inspect
+
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    seen: list[Any] = []
+
+    async def job(n: int) -> int:
+        await asyncio.sleep(0)
+        seen.append(stm.get_current_span())
+        with stm.start_span("async.work"):
+            pass
+        return n * 2
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with stm.start_transaction("async") as tx:
+            bound = stm.wrap_context(job)
+            assert inspect.iscoroutinefunction(bound) and asyncio.iscoroutinefunction(bound)
+            assert asyncio.run_coroutine_threadsafe(bound(21), loop).result(5) == 42
+        # from a thread with no trace of its own
+        other = threading.Thread(target=lambda: asyncio.run(bound(1)))
+        other.start()
+        other.join(5)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert seen == [tx, tx]
+    assert [s.op for s in tx.spans][:1] == ["async.work"]
+
+
 def test_trace_decorator_sync_and_async_without_current_span_is_transparent() -> None:
     @stm.trace
     def plain(x: int) -> int:
