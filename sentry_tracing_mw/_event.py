@@ -473,18 +473,50 @@ def _clip(value: Any, limit: int) -> Any:
     return value
 
 
-def _clip_data(data: Any) -> None:
+def _clip_data(data: Any, dumps: Callable[[Any], bytes]) -> None:
+    """Clip each value of a data mapping: texts, and containers (as their JSON text)."""
     if isinstance(data, dict):
         for key, value in data.items():
+            if isinstance(value, list | dict):
+                text = dumps(value)
+                if len(text) > _SHRUNK_TEXT:
+                    value = text[: _SHRUNK_TEXT - 3].decode("utf-8", "ignore") + "..."
             data[key] = _clip(value, _SHRUNK_TEXT)
+
+
+#: What a transaction's own tags may take in a shrunk event.
+_SHRUNK_TAGS_BYTES = 64 * 1024
+
+
+def _shrink_own_values(payload: dict[str, Any]) -> None:
+    """The transaction's own tags and measurements, for an event still too large: tags
+    up to ``_SHRUNK_TAGS_BYTES`` (the first set are kept), measurements with a
+    reasonable name."""
+    tags = payload.get("tags")
+    if isinstance(tags, dict):
+        kept: dict[Any, Any] = {}
+        size = 0
+        for key, value in tags.items():
+            size += len(str(key)) + len(str(value)) + 8
+            if size > _SHRUNK_TAGS_BYTES:
+                break
+            kept[key] = value
+        payload["tags"] = kept
+    measurements = payload.get("measurements")
+    if isinstance(measurements, dict):
+        payload["measurements"] = {
+            k: v for k, v in measurements.items() if len(str(k)) <= _SHRUNK_TEXT
+        }
 
 
 def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tuple[bytes, int]:
     """Make an event whose serialized form exceeds :data:`MAX_ITEM_BYTES` fit in it.
 
-    First long span texts and frame variables are clipped; then, for a transaction, the
-    last spans are left out. Returns the new bytes and the number of spans left out (for
-    the client report). ``payload`` is edited in place.
+    First long texts and containers in span and transaction data, frame variables, the
+    transaction's tags beyond 64 KiB and its measurements with overlong names are clipped
+    or left out; then, for a transaction, the last spans are left out. Returns the new
+    bytes and the number of spans left out (for the client report). ``payload`` is
+    edited in place.
     """
     spans = payload.get("spans")
     if isinstance(spans, list):
@@ -492,11 +524,12 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
             if isinstance(span, dict):
                 if "description" in span:
                     span["description"] = _clip(span["description"], _SHRUNK_TEXT)
-                _clip_data(span.get("data"))
+                _clip_data(span.get("data"), dumps)
     contexts = payload.get("contexts")
     trace = contexts.get("trace") if isinstance(contexts, dict) else None
     if isinstance(trace, dict):
-        _clip_data(trace.get("data"))
+        _clip_data(trace.get("data"), dumps)
+    _shrink_own_values(payload)
     exception = payload.get("exception")
     values = exception.get("values") if isinstance(exception, dict) else None
     frames = [

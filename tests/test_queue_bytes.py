@@ -5,8 +5,10 @@ Sentry's 1 MiB item limit (protocol §17)."""
 from __future__ import annotations
 
 import gc
+import json
 
 import psutil
+import pytest
 
 import sentry_tracing_mw as stm
 from sentry_tracing_mw._event import error_event_bytes
@@ -82,9 +84,7 @@ def test_oversized_transaction_is_shrunk_to_fit_and_left_out_spans_reported(
 ) -> None:
     """1,000 spans of ~16 KiB texts serialize to ~16 MiB: the worker clips the texts, then
     leaves out the spans that still do not fit, counts them, and the item is accepted."""
-    client = stm.init(
-        dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False
-    )
+    client = stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
     with stm.start_transaction("huge") as tx:
         for i in range(1000):
             with tx.start_child("db", f"SELECT {i} " + "q" * 9000) as span:
@@ -166,6 +166,37 @@ def test_shrinking_keeps_the_span_tree_and_clips_the_transactions_own_data(
     assert 0 < len(event["spans"]) < 930
     assert all(s["parent_span_id"] in ids for s in event["spans"]), "a kept span lost its parent"
     assert len(event["contexts"]["trace"]["data"]["blob"]) <= 1024
+
+
+@pytest.mark.parametrize("fill", ["data-list", "data-dict", "tags", "measurement"])
+def test_a_transaction_over_the_item_limit_by_its_own_values_is_trimmed_not_dropped(
+    sentry_server: SentryServer, fill: str
+) -> None:
+    # Each value is within its own limits; together they pass 1 MiB. The transaction and
+    # its span are still sent (trimmed), nothing is counted as lost.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    with stm.start_transaction("big") as tx:
+        with tx.start_child("db", "small"):
+            pass
+        if fill == "data-list":
+            tx.set_data("rows", ["r" * 8000] * 200)
+        elif fill == "data-dict":
+            tx.set_data("resp", {f"k{i}": "v" * 8000 for i in range(200)})
+        elif fill == "tags":
+            for i in range(3000):
+                tx.set_tag(f"{i:05d}" + "k" * 195, "v" * 200)
+        else:
+            tx.set_measurement("m" * 2_000_000, 1, "none")
+            tx.set_measurement("items", 3, "none")
+    assert stm.flush(10)
+    (event,) = sentry_server.transactions()
+    assert [s["description"] for s in event["spans"]] == ["small"]
+    assert len(json.dumps(event)) <= 1024 * 1024
+    if fill == "tags":
+        assert 0 < len(event["tags"]) < 3000
+    if fill == "measurement":
+        assert list(event["measurements"]) == ["items"]
+    assert not [k for k in stm.get_client().reports.snapshot() if k[0] != "sample_rate"]
 
 
 def test_request_snapshot_counts_against_the_byte_bound(sentry_server: SentryServer) -> None:
