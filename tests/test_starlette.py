@@ -864,6 +864,15 @@ def test_copies_of_the_scope_are_plain_and_do_not_write_through(
         seen["pickled"] = pickle.loads(pickle.dumps(safe)).get("sentry_tracing_mw.transaction")
         seen["deep"] = copy.deepcopy(safe).get("sentry_tracing_mw.transaction")
         seen["tx"] = stm.get_current_span()
+        looped = {k: v for k, v in safe.items()}
+        scope["me"] = scope  # a scope that holds itself copies and pickles as a plain one
+        keep = {id(scope[k]): scope[k] for k in app_objects if k in scope}  # not copied
+        deep = copy.deepcopy(scope, keep)
+        seen["loop"] = deep["me"] is deep and type(deep) is dict
+        del scope["me"]
+        looped["me"] = looped
+        again = pickle.loads(pickle.dumps(looped))
+        seen["loop"] = seen["loop"] and again["me"] is again
         return PlainTextResponse("ok")
 
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
@@ -881,6 +890,7 @@ def test_copies_of_the_scope_are_plain_and_do_not_write_through(
         assert c.get("/x").text == "ok"
     assert server_scope["scope"]["path"] == "/x" and "added" not in server_scope["scope"]
     assert seen["types"] == {dict}
+    assert seen["loop"] is True
     assert seen["pickled"] is None  # a live transaction pickles as None
     assert seen["deep"] is seen["tx"] is not None  # deep copies share it
     (tx,) = transactions_by_name(sentry_server, 1).values()
@@ -952,11 +962,19 @@ def test_a_replaced_exception_handler_is_used(sentry_server: SentryServer) -> No
     async def boom(request: Request) -> Response:
         raise Boom("x")
 
-    def old(request: Request, exc: Exception) -> Response:
-        return PlainTextResponse("old", status_code=409)
+    class Handler:  # handlers that call each other equal: the cache must not believe it
+        def __init__(self, text: str) -> None:
+            self.text = text
 
-    def new(request: Request, exc: Exception) -> Response:
-        return PlainTextResponse("new", status_code=409)
+        def __call__(self, request: Request, exc: Exception) -> Response:
+            return PlainTextResponse(self.text, status_code=409)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Handler)
+
+        __hash__ = object.__hash__
+
+    old, new = Handler("old"), Handler("new")
 
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = Starlette(routes=[Route("/x", boom)], exception_handlers={Boom: old})

@@ -776,3 +776,54 @@ def test_a_body_that_cannot_be_iterated_is_still_closed(sentry_server: SentrySer
     assert sentry_server.wait_for(2)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["value"] == "cannot iterate"
+
+
+def test_odd_bodies_a_server_may_probe(sentry_server: SentryServer) -> None:
+    # A body whose __getattr__ raises is still served (and closed); a sized body that a
+    # server iterates once more inside its own iteration (gevent sums a one-chunk body's
+    # length) ends the transaction only when the outer iteration ends.
+    closed: list[bool] = []
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            if name == "close":
+                return lambda: closed.append(True)
+            raise RuntimeError(f"lazy proxy: no {name}")
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"ok"
+
+    class Sized:
+        def __len__(self) -> int:
+            return 2
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in (b"a", b"b"):
+                with stm.start_span("chunk", chunk.decode()):
+                    pass
+                yield chunk
+
+    bodies: dict[str, Any] = {"/proxy": Proxy(), "/sized": Sized()}
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return bodies[environ["PATH_INFO"]]  # type: ignore[no-any-return]
+
+    init_traced(sentry_server)
+    traced = TracingMiddleware(app)
+    result = traced(_environ("/proxy"), lambda *a: None)
+    assert list(result) == [b"ok"]
+    result.close()  # type: ignore[attr-defined]
+    assert closed == [True]
+    result = traced(_environ("/sized"), lambda *a: None)
+    sent = []
+    for chunk in result:
+        if not sent:
+            assert sum(len(c) for c in result) == 2  # the server's inner pass
+        sent.append(chunk)
+    result.close()  # type: ignore[attr-defined]
+    assert sent == [b"a", b"b"]
+    txs = _one_tx(sentry_server, 2)
+    sized = next(t for t in txs if t["transaction"] == "/sized")
+    # Every chunk span of the outer pass (and of the inner one) belongs to the transaction.
+    assert [s["description"] for s in sized["spans"]].count("b") == 2

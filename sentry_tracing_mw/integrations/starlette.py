@@ -179,10 +179,14 @@ class _RoutingScope(dict[str, Any]):
         return dict(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return copy.deepcopy(dict(self), memo)
+        out: dict[str, Any] = {}
+        memo[id(self)] = out  # a scope that holds itself: the copy holds the copy
+        for key, value in dict.items(self):
+            out[copy.deepcopy(key, memo)] = copy.deepcopy(value, memo)
+        return out
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (dict, (dict(self),))
+        return (dict, (), None, None, iter(dict.items(self)))
 
     # -- routing -------------------------------------------------------------------------
     def _name(self, name: str, source: str) -> None:
@@ -478,16 +482,16 @@ class TracingMiddleware(asgi.TracingMiddleware):
             if last is None or not (
                 last[0] is exc_handlers
                 and last[1] is status_handlers
-                and last[2] == exc_handlers  # same handlers (compared by identity first)
-                and last[3] == status_handlers
+                and _same_handlers(last[2], exc_handlers)
+                and _same_handlers(last[3], status_handlers)
             ):
                 key = (id(exc_handlers), id(status_handlers))
                 last = self._handlers.get(key)
                 if last is None or not (
                     last[0] is exc_handlers
                     and last[1] is status_handlers
-                    and last[2] == exc_handlers
-                    and last[3] == status_handlers
+                    and _same_handlers(last[2], exc_handlers)
+                    and _same_handlers(last[3], status_handlers)
                 ):
                     last = (
                         exc_handlers,
@@ -507,6 +511,21 @@ class TracingMiddleware(asgi.TracingMiddleware):
         except Exception:
             logger.debug("wrapping the exception handlers failed", exc_info=True)
             return value
+
+
+def _same_handlers(seen: dict[Any, Any], table: dict[Any, Any]) -> bool:
+    """``table`` holds the very handlers ``seen`` holds (identity: a handler's own
+    ``__eq__`` may call two different handlers equal)."""
+    if len(seen) != len(table):
+        return False
+    get = table.get
+    for key, handler in seen.items():  # noqa: SIM110 - per request: no generator
+        if get(key, _MISSING) is not handler:
+            return False
+    return True
+
+
+_MISSING = object()
 
 
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:

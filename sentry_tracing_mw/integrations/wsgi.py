@@ -155,7 +155,7 @@ class _Body:
     chunk and not while the server writes it.
     """
 
-    __slots__ = ("_client", "_done", "_environ", "_result", "_tx")
+    __slots__ = ("_client", "_done", "_environ", "_iterating", "_result", "_tx")
 
     def __init__(
         self,
@@ -169,10 +169,14 @@ class _Body:
         self._client = client
         self._environ = environ
         self._done = False
+        #: Iterations under way: a server may iterate a sized body once more inside its
+        #: own iteration (gevent sums a one-chunk body's length); the outermost one ends it.
+        self._iterating = 0
 
     def __iter__(self) -> Iterator[bytes]:
         tx = self._tx
         current = CURRENT_SPAN
+        self._iterating += 1
         token = current.set(tx)
         held = True  # the transaction is current (set by us, not yet reset)
         try:
@@ -185,6 +189,7 @@ class _Body:
                 token = current.set(tx)
                 held = True
         except BaseException as exc:
+            self._iterating -= 1
             if held:  # raised by the app's iterable (not GeneratorExit at our yield)
                 current.reset(token)
                 held = False
@@ -193,6 +198,9 @@ class _Body:
                 finish_request(tx, self._environ)
             raise  # a close() mid-body ends the transaction in close()
         current.reset(token)
+        self._iterating -= 1
+        if self._iterating:
+            return
         self._done = True
         finish_request(tx, self._environ)
 
@@ -443,6 +451,10 @@ class TracingMiddleware:
             raise
         finally:
             CURRENT_SPAN.reset(token)
-        if hasattr(result, "__len__"):  # the server may count its chunks (PEP 3333)
+        try:
+            sized = hasattr(result, "__len__")  # the server may count its chunks (PEP 3333)
+        except Exception:  # a body whose __getattr__ raises
+            sized = False
+        if sized:
             return _SizedBody(result, tx, client, environ)
         return _Body(result, tx, client, environ)
