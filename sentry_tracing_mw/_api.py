@@ -248,26 +248,37 @@ def trace(
     return decorate
 
 
+def _is_coroutine_callable(fn: Any) -> bool:
+    """A coroutine function, a partial of one, or an object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn)
+        and callable(fn)
+        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    )
+
+
 def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
     """Bind ``fn`` to a copy of the current context (for threads, executors, callbacks).
 
-    A coroutine function stays one (``BackgroundTask``, ``run_coroutine_threadsafe``):
-    its coroutine runs with the current trace (span and propagation context) bound.
+    A coroutine function (or an object with an async ``__call__``) gives a coroutine
+    function (``BackgroundTask``, ``run_coroutine_threadsafe``): while its coroutine runs,
+    every context variable has its value from the time of wrapping, and gets back the
+    caller's afterwards.
     """
     ctx = copy_context()
-    if inspect.iscoroutinefunction(fn):
-        span = ctx.get(CURRENT_SPAN)
-        trace = ctx.get(PROPAGATION_CONTEXT)
+    if _is_coroutine_callable(fn):
+        values = list(ctx.items())
 
         @functools.wraps(fn)
         async def bound_async(*args: Any, **kwargs: Any) -> Any:
-            span_token = CURRENT_SPAN.set(span)
-            trace_token = PROPAGATION_CONTEXT.set(trace)
+            tokens = [var.set(value) for var, value in values]
             try:
-                return await fn(*args, **kwargs)
+                return await fn(*args, **kwargs)  # type: ignore[misc]
             finally:
-                PROPAGATION_CONTEXT.reset(trace_token)
-                CURRENT_SPAN.reset(span_token)
+                for (var, _), token in zip(reversed(values), reversed(tokens), strict=True):
+                    var.reset(token)
 
         return bound_async  # type: ignore[return-value]
 

@@ -101,7 +101,10 @@ _OPTION_NAMES = frozenset(
 
 
 def _fail(name: str, value: Any, why: str) -> ConfigurationError:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except ValueError:  # an int too long to print (over 4300 digits)
+        shown = f"<{type(value).__name__} too large to show>"
     if len(shown) > 120:
         shown = shown[:117] + "..."
     return ConfigurationError(f"invalid option {name}={shown}: {why}")
@@ -431,7 +434,8 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
 
     org_id = kwargs.get("org_id")
     if org_id is not None:
-        org_id = str(org_id) if isinstance(org_id, int) and not isinstance(org_id, bool) else org_id
+        if isinstance(org_id, int) and not isinstance(org_id, bool):
+            org_id = str(org_id) if 0 <= org_id < 10**30 else None  # (None: refused below)
         if not isinstance(org_id, str) or not (org_id.isascii() and org_id.isdigit()):
             raise _fail("org_id", kwargs.get("org_id"), "expected digits")
     elif dsn is not None:

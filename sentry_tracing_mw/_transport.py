@@ -102,8 +102,8 @@ _ITEM_HEADER = {
 }
 
 
-#: The longest wait flush() and close() make (a year): longer ones overflow the lock's clock.
-_MAX_WAIT = 365 * 24 * 3600.0
+#: The longest wait flush() and close() make (a year, or the platform's lock limit).
+_MAX_WAIT = min(365 * 24 * 3600.0, threading.TIMEOUT_MAX)
 
 
 def _wait_time(timeout: float | None) -> float | None:

@@ -259,3 +259,12 @@ def test_flush_and_close_take_any_number_of_seconds(timeout: Any) -> None:
     assert stm.flush(timeout) is True  # nothing queued
     assert stm.flush() is True
     stm.close()
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["shutdown_timeout", "max_inherited_sampled_per_second", "org_id", "trace_ignore_status_codes"],
+)
+def test_an_int_too_long_to_print_is_a_configuration_error(option: str) -> None:
+    with pytest.raises(stm.ConfigurationError, match=f"invalid option {option}="):
+        stm.init(**{option: 10**5000})

@@ -697,6 +697,30 @@ def test_wrap_context_of_a_coroutine_function_stays_async_and_bound() -> None:
     assert [s.op for s in tx.spans][:1] == ["async.work"]
 
 
+def test_wrap_context_async_binds_every_context_variable_and_async_callables() -> None:
+    import contextvars
+    import inspect
+
+    app_var: contextvars.ContextVar[str] = contextvars.ContextVar("app_var", default="unset")
+    seen: list[Any] = []
+
+    class Job:
+        async def __call__(self) -> None:
+            seen.append(app_var.get())
+            app_var.set("changed by the job")
+
+    async def main() -> None:
+        app_var.set("at wrap")
+        bound = stm.wrap_context(Job())
+        assert inspect.iscoroutinefunction(bound)
+        app_var.set("at call")
+        await bound()
+        seen.append(app_var.get())  # the caller's value is back
+
+    asyncio.run(main())
+    assert seen == ["at wrap", "at call"]
+
+
 def test_trace_decorator_sync_and_async_without_current_span_is_transparent() -> None:
     @stm.trace
     def plain(x: int) -> int:

@@ -331,6 +331,7 @@ def late_response(span: Span, status: int) -> None:
     try:
         if span._data is not None:
             span._data.pop("error.type", None)
+        span._end = None  # reopened: a finished span's setters change nothing
         record_status(span, status)
         span._end = _tracing._perf()  # (looked up: the span's own clock, mocks included)
     except Exception:
