@@ -248,7 +248,7 @@ def trace(
     return decorate
 
 
-def _is_coroutine_callable(fn: Any) -> bool:
+def is_coroutine_callable(fn: Any) -> bool:
     """A coroutine function, a partial of one, or an object whose ``__call__`` is one."""
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -268,7 +268,7 @@ def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
     caller's afterwards.
     """
     ctx = copy_context()
-    if _is_coroutine_callable(fn):
+    if is_coroutine_callable(fn):
         values = list(ctx.items())
 
         @functools.wraps(fn)

@@ -38,6 +38,7 @@ try:
 except ImportError:  # pragma: no cover - older Starlette
     _starlette_is_async = None  # type: ignore[assignment]
 
+from .._api import is_coroutine_callable
 from .._client import get_client
 from .._context import CURRENT_SPAN
 from .._tracing import Span, Transaction
@@ -88,11 +89,7 @@ def _is_async(fn: Any) -> bool:
     or a handler would be run in a thread and its coroutine returned as the response)."""
     if _starlette_is_async is not None:
         return bool(_starlette_is_async(fn))
-    while isinstance(fn, functools.partial):  # pragma: no cover - Starlette without it
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or (
-        callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
-    )
+    return is_coroutine_callable(fn)  # pragma: no cover - Starlette without its own check
 
 
 def _effective_context(scope: Mapping[str, Any], route: Any) -> Any:
@@ -479,20 +476,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
         try:
             exc_handlers, status_handlers = value
             last = self._last_handlers  # one app, one pair of tables: the usual case
-            if last is None or not (
-                last[0] is exc_handlers
-                and last[1] is status_handlers
-                and _same_handlers(last[2], exc_handlers)
-                and _same_handlers(last[3], status_handlers)
-            ):
+            if last is None or not _holds(last, exc_handlers, status_handlers):
                 key = (id(exc_handlers), id(status_handlers))
                 last = self._handlers.get(key)
-                if last is None or not (
-                    last[0] is exc_handlers
-                    and last[1] is status_handlers
-                    and _same_handlers(last[2], exc_handlers)
-                    and _same_handlers(last[3], status_handlers)
-                ):
+                if last is None or not _holds(last, exc_handlers, status_handlers):
                     last = (
                         exc_handlers,
                         status_handlers,
@@ -513,15 +500,18 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return value
 
 
-def _same_handlers(seen: dict[Any, Any], table: dict[Any, Any]) -> bool:
-    """``table`` holds the very handlers ``seen`` holds (identity: a handler's own
-    ``__eq__`` may call two different handlers equal)."""
-    if len(seen) != len(table):
+def _holds(entry: _HandlerTables, exc: dict[Any, Any], status: dict[Any, Any]) -> bool:
+    """``entry`` was made for these very tables, and they still hold the very handlers
+    it copied (identity: a handler's own ``__eq__`` may call two different ones equal)."""
+    if entry[0] is not exc or entry[1] is not status:
         return False
-    get = table.get
-    for key, handler in seen.items():  # noqa: SIM110 - per request: no generator
-        if get(key, _MISSING) is not handler:
+    for seen, table in ((entry[2], exc), (entry[3], status)):
+        if len(seen) != len(table):
             return False
+        get = table.get
+        for key, handler in seen.items():
+            if get(key, _MISSING) is not handler:
+                return False
     return True
 
 
