@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -219,6 +220,28 @@ def test_script_name_is_part_of_the_url_name(sentry_server: SentryServer) -> Non
     (tx,) = _one_tx(sentry_server)
     assert tx["transaction"] == "/mount/things/3"
     assert tx["request"]["url"].endswith("/mount/things/3")
+
+
+def _late_status_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    write = start_response("200 OK", [])
+    write(b"partial")  # the status line and headers are sent
+    try:
+        raise ValueError("late")
+    except ValueError:  # the server re-raises: the client has its 200 already
+        start_response("500 Internal Server Error", [], sys.exc_info())
+    return [b"never"]
+
+
+def test_a_status_the_server_refused_is_not_recorded(sentry_server: SentryServer) -> None:
+    init_traced(sentry_server)
+    with run_wsgi(TracingMiddleware(_late_status_app)) as base:
+        resp = requests.get(f"{base}/late", timeout=5, stream=True)
+        assert resp.status_code == 200
+        resp.close()
+    (tx,) = _one_tx(sentry_server)
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
+    assert tx["tags"]["http.status_code"] == "200"
+    assert tx["contexts"]["trace"]["status"] == "internal_error"  # the app raised
 
 
 # -- lifecycle ----------------------------------------------------------------------------

@@ -408,6 +408,12 @@ class TracingMiddleware:
         def traced_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
+            # The server's call first: a status it refuses (a second call without
+            # exc_info, an exc_info call once the body has started) was never sent.
+            if exc_info is None:
+                write = start_response(status, headers)
+            else:
+                write = start_response(status, headers, exc_info)
             try:
                 code = int(status[:3])
                 tx.set_http_status(code)
@@ -415,9 +421,7 @@ class TracingMiddleware:
                     tx.set_name(f"{method} {code}", "route")
             except Exception:
                 logger.debug("unparseable WSGI status %r", status)
-            if exc_info is None:
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
+            return write
 
         return self._run(environ, traced_start_response, tx, client)
 
