@@ -25,6 +25,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from operator import is_
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -55,9 +56,9 @@ _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
 _MAX_HANDLER_TABLES = 64
-_HandlerTables = tuple[
-    dict[Any, Any], dict[Any, Any], dict[Any, Any], dict[Any, Any], tuple[Any, Any]
-]
+#: (exception table, status table, the exception table's length, what both held: keys
+#: and handlers in order (``_held``), the wrapped tables).
+_HandlerTables = tuple[dict[Any, Any], dict[Any, Any], int, tuple[Any, ...], tuple[Any, Any]]
 _dict_setitem = dict.__setitem__
 
 
@@ -483,8 +484,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
                     last = (
                         exc_handlers,
                         status_handlers,
-                        dict(exc_handlers),
-                        dict(status_handlers),
+                        len(exc_handlers),
+                        _held(exc_handlers, status_handlers),
                         (
                             {k: _capturing(h) for k, h in exc_handlers.items()},
                             {k: _capturing(h) for k, h in status_handlers.items()},
@@ -500,22 +501,20 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return value
 
 
+def _held(exc: dict[Any, Any], status: dict[Any, Any]) -> tuple[Any, ...]:
+    """The keys and handlers of both tables, in order."""
+    return (*exc, *exc.values(), *status, *status.values())
+
+
 def _holds(entry: _HandlerTables, exc: dict[Any, Any], status: dict[Any, Any]) -> bool:
-    """``entry`` was made for these very tables, and they still hold the very handlers
-    it copied (identity: a handler's own ``__eq__`` may call two different ones equal)."""
-    if entry[0] is not exc or entry[1] is not status:
+    """``entry`` was made for these very tables, and they still hold the very keys and
+    handlers it saw, in order (identity: a handler's own ``__eq__`` may call two different
+    ones equal). C-level passes only: this runs for every request."""
+    if entry[0] is not exc or entry[1] is not status or entry[2] != len(exc):
         return False
-    for seen, table in ((entry[2], exc), (entry[3], status)):
-        if len(seen) != len(table):
-            return False
-        get = table.get
-        for key, handler in seen.items():
-            if get(key, _MISSING) is not handler:
-                return False
-    return True
-
-
-_MISSING = object()
+    seen = entry[3]
+    now = _held(exc, status)
+    return len(now) == len(seen) and all(map(is_, now, seen))
 
 
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
