@@ -223,7 +223,8 @@ def test_script_name_is_part_of_the_url_name(sentry_server: SentryServer) -> Non
 
 
 def _late_status_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    write = start_response("200 OK", [])
+    # (a header: werkzeug takes an empty header list for headers not sent yet)
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
     write(b"partial")  # the status line and headers are sent
     try:
         raise ValueError("late")
@@ -237,6 +238,8 @@ def test_a_status_the_server_refused_is_not_recorded(sentry_server: SentryServer
     with run_wsgi(TracingMiddleware(_late_status_app)) as base:
         resp = requests.get(f"{base}/late", timeout=5, stream=True)
         assert resp.status_code == 200
+        # Read what write() sent before closing: the app goes on once write() returned.
+        assert resp.raw.read(7) == b"partial"
         resp.close()
     (tx,) = _one_tx(sentry_server)
     assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
