@@ -24,8 +24,7 @@ import functools
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from operator import is_
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -56,9 +55,8 @@ _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
 _MAX_HANDLER_TABLES = 64
-#: (exception table, status table, the exception table's length, what both held: keys
-#: and handlers in order (``_held``), the wrapped tables).
-_HandlerTables = tuple[dict[Any, Any], dict[Any, Any], int, tuple[Any, ...], tuple[Any, Any]]
+#: (exception table, status table, the live capturing views of both).
+_HandlerTables = tuple[Any, Any, tuple["_CapturingTable", "_CapturingTable"]]
 _dict_setitem = dict.__setitem__
 
 
@@ -337,8 +335,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._last_kind: type | None = None
         self._last_origin = _ORIGIN_STARLETTE
         self._names: dict[Any, str | None] = {}
-        #: (id, id) of an exception and a status handler table -> (the tables, a copy of
-        #: each to notice changes, the wrapped tables).
+        #: (id, id) of an exception and a status handler table -> (the tables, their
+        #: capturing views).
         self._handlers: dict[tuple[int, int], _HandlerTables] = {}
         self._last_handlers: _HandlerTables | None = None
         _instrument_background_tasks()
@@ -472,49 +470,71 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return dotted_name(endpoint)
 
     def _wrapped_handlers(self, value: Any) -> Any:
-        """The exception/status handler tables with 5xx-capturing wrappers (cached while
-        the tables hold the same handlers: one added or replaced makes new wrappers)."""
+        """The exception/status handler tables as live views whose handlers capture 5xx
+        responses (one pair of views per pair of tables: the check is two identities)."""
         try:
             exc_handlers, status_handlers = value
             last = self._last_handlers  # one app, one pair of tables: the usual case
-            if last is None or not _holds(last, exc_handlers, status_handlers):
+            if last is None or last[0] is not exc_handlers or last[1] is not status_handlers:
                 key = (id(exc_handlers), id(status_handlers))
                 last = self._handlers.get(key)
-                if last is None or not _holds(last, exc_handlers, status_handlers):
-                    last = (
-                        exc_handlers,
-                        status_handlers,
-                        len(exc_handlers),
-                        _held(exc_handlers, status_handlers),
-                        (
-                            {k: _capturing(h) for k, h in exc_handlers.items()},
-                            {k: _capturing(h) for k, h in status_handlers.items()},
-                        ),
-                    )
+                if last is None or last[0] is not exc_handlers or last[1] is not status_handlers:
+                    views = (_CapturingTable(exc_handlers), _CapturingTable(status_handlers))
+                    last = (exc_handlers, status_handlers, views)
                     if len(self._handlers) >= _MAX_HANDLER_TABLES:
                         self._handlers.clear()  # tables made per request: stay bounded
                     self._handlers[key] = last
                 self._last_handlers = last
-            return last[4]
+            return last[2]
         except Exception:
             logger.debug("wrapping the exception handlers failed", exc_info=True)
             return value
 
 
-def _held(exc: dict[Any, Any], status: dict[Any, Any]) -> tuple[Any, ...]:
-    """The keys and handlers of both tables, in order."""
-    return (*exc, *exc.values(), *status, *status.values())
+class _CapturingTable(Mapping[Any, Any]):
+    """A live view of one of Starlette's handler tables: lookups read the table as it is
+    now (a handler added or replaced later takes effect at once, as without us) and
+    return the handler wrapped so that a 5xx response it returns is captured."""
 
+    __slots__ = ("_table", "_wrapped")
 
-def _holds(entry: _HandlerTables, exc: dict[Any, Any], status: dict[Any, Any]) -> bool:
-    """``entry`` was made for these very tables, and they still hold the very keys and
-    handlers it saw, in order (identity: a handler's own ``__eq__`` may call two different
-    ones equal). C-level passes only: this runs for every request."""
-    if entry[0] is not exc or entry[1] is not status or entry[2] != len(exc):
-        return False
-    seen = entry[3]
-    now = _held(exc, status)
-    return len(now) == len(seen) and all(map(is_, now, seen))
+    def __init__(self, table: Mapping[Any, Any]) -> None:
+        self._table = table
+        #: id(handler) -> (handler, its wrapper): the handler is held, so its id stays its.
+        self._wrapped: dict[int, tuple[Any, Any]] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._wrap(self._table[key])
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            handler = self._table[key]
+        except KeyError:
+            return default
+        return self._wrap(handler)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._table
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._table!r})"
+
+    def _wrap(self, handler: Any) -> Any:
+        wrapped = self._wrapped
+        entry = wrapped.get(id(handler))
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        capturing = _capturing(handler)
+        if len(wrapped) >= _MAX_HANDLER_TABLES:
+            wrapped.clear()  # handlers replaced again and again: stay bounded
+        wrapped[id(handler)] = (handler, capturing)
+        return capturing
 
 
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
