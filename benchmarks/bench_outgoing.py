@@ -8,6 +8,11 @@ Configurations, each in a fresh process:
 * ``ours``: ``sentry_tracing_mw.init(traces_sample_rate=1.0)``, calls inside a sampled
   transaction: an ``http.client`` span each, plus sentry-trace/baggage/traceparent;
 * ``ours-idle``: instrumented, but no transaction and no trace current (the fast path);
+* ``headers``: the floor: no tracer, only the three headers ours sends in a sampled
+  transaction (``sentry-trace``, ``baggage``, ``traceparent``, values made by ours once)
+  added to every request at the lowest level (``http.client``'s ``putrequest``, httpx's
+  transports), with no span and no per-call logic: what any tracer that propagates them
+  costs the client at least;
 * ``sentry-sdk``: ``sentry_sdk.init(traces_sample_rate=1.0)`` with its default integrations
   (stdlib, httpx) and the serialize-and-discard transport, inside a sampled transaction;
 * ``otel``: OpenTelemetry SDK with the requests/urllib3/httpx instrumentations, ALWAYS_ON,
@@ -41,7 +46,7 @@ import _apps
 import _harness as h
 
 CLIENTS = ("requests", "urllib3", "httpx", "httpx-async")
-CONFIGS = ("ours", "ours-idle", "sentry-sdk", "otel", "none")
+CONFIGS = ("ours", "ours-idle", "headers", "sentry-sdk", "otel", "none")
 # Classes whose attributes instrumentations patch; the worker swaps whatever changed.
 PATCH_POINTS = (
     ("http.client", "HTTPConnection"),
@@ -76,6 +81,9 @@ def _setup(config: str, dsn: str) -> Callable[[], Any]:
         if config == "ours-idle":
             return contextlib.nullcontext
         return lambda: stm.start_transaction("bench", op="bench")
+    if config == "headers":
+        _install_headers_only(dsn)
+        return contextlib.nullcontext
     if config == "sentry-sdk":
         import sentry_sdk
 
@@ -97,6 +105,40 @@ def _setup(config: str, dsn: str) -> Callable[[], Any]:
         tracer = provider.get_tracer("bench")
         return lambda: tracer.start_as_current_span("bench")
     raise SystemExit(f"unknown config {config}")
+
+
+def _install_headers_only(dsn: str) -> None:
+    """Patch the clients to add ours's trace headers, fixed, to every request."""
+    import http.client
+
+    import httpx
+
+    import sentry_tracing_mw as stm
+
+    stm.init(dsn=dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("bench", op="bench")  # never finished: nothing is sent
+    pairs = list(tx.propagation_context.headers(tx.span_id).items())
+    raw = [(n.encode(), n.encode(), v.encode()) for n, v in pairs]
+    putrequest = http.client.HTTPConnection.putrequest
+    handle = httpx.HTTPTransport.handle_request
+    handle_async = httpx.AsyncHTTPTransport.handle_async_request
+
+    def headers_putrequest(self: Any, *args: Any, **kwargs: Any) -> None:
+        putrequest(self, *args, **kwargs)
+        for name, value in pairs:
+            self.putheader(name, value)
+
+    def headers_handle(self: Any, request: Any) -> Any:
+        request.headers._list = request.headers._list + raw
+        return handle(self, request)
+
+    async def headers_handle_async(self: Any, request: Any) -> Any:
+        request.headers._list = request.headers._list + raw
+        return await handle_async(self, request)
+
+    http.client.HTTPConnection.putrequest = headers_putrequest  # type: ignore[method-assign]
+    httpx.HTTPTransport.handle_request = headers_handle  # type: ignore[method-assign]
+    httpx.AsyncHTTPTransport.handle_async_request = headers_handle_async  # type: ignore[method-assign]
 
 
 def _snapshot() -> dict[type, dict[str, Any]]:
@@ -241,7 +283,8 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
         targets.append(
             (
                 f"outgoing {client}: ≤ 10 µs added per call (sampled transaction)",
-                f"{ours:+.1f} µs (A/A {added['none'].fmt()})",
+                f"{ours:+.1f} µs (the three headers alone: {added['headers'].median:+.1f}; "
+                f"A/A {added['none'].fmt()})",
                 ours <= 10.0,
             )
         )
@@ -251,7 +294,10 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
         "thread's CPU per call: *bare* is the plain call's own cost; the other columns are the "
         "cost **added** per call (median of paired batch differences; median (min–max) over "
         "rounds). *A/A*: the same measurement with nothing installed (both batches plain): "
-        "its spread is the resolution of the other columns. Ratios: rival's added cost / "
+        "its spread is the resolution of the other columns. *Headers only*: no tracer, just "
+        "the three headers ours sends (`sentry-trace`, `baggage`, `traceparent`) added to "
+        "each request at the lowest level: the floor for any tracer that propagates them "
+        "(sentry-sdk sends no `traceparent` by default). Ratios: rival's added cost / "
         "ours.\n\n"
         + h.md_table(
             [
@@ -259,6 +305,7 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
                 "bare µs/call",
                 "ours (sampled tx)",
                 "ours (no trace)",
+                "headers only",
                 "sentry-sdk",
                 "OTel",
                 "A/A (noise)",
