@@ -404,11 +404,13 @@ def test_exceptions_handled_into_5xx_are_captured_once(
     assert trace["status"] == "internal_error"
 
 
+@pytest.mark.parametrize("rate", [1.0, 0.0])
 def test_exception_handler_added_at_runtime_is_called_and_captured(
-    sentry_server: SentryServer,
+    sentry_server: SentryServer, rate: float
 ) -> None:
-    # The wrapped handler tables are cached per request; a handler added to the app's
-    # ExceptionMiddleware after the first request must still run (and its 5xx be captured).
+    # The scope's handler tables are live views of the app's: a handler added to the app's
+    # ExceptionMiddleware after the first request must still run (and its 5xx be captured,
+    # in an unsampled request too); the views read as the tables they show.
     from starlette.applications import Starlette
     from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.responses import PlainTextResponse
@@ -420,14 +422,25 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
     async def ok(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    seen: list[tuple[int, bool, bool, bool]] = []
+
     async def late(request: Request) -> Response:
+        exc_table, status_table = request.scope["starlette.exception_handlers"]
+        seen.append(
+            (len(exc_table), Late in exc_table, Late in set(exc_table), 418 in status_table)
+        )
         raise Late("late")
 
     async def on_late(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("late handler", status_code=503)
 
-    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
-    app = Starlette(routes=[Route("/ok", ok), Route("/late", late)])
+    def teapot(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("teapot", status_code=418)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+    app = Starlette(
+        routes=[Route("/ok", ok), Route("/late", late)], exception_handlers={418: teapot}
+    )
     from sentry_tracing_mw.integrations.starlette import TracingMiddleware
 
     app.add_middleware(TracingMiddleware)
@@ -439,9 +452,11 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
         layer.add_exception_handler(Late, on_late)
         r = c.get("/late")
     assert (r.status_code, r.text) == (503, "late handler")
-    assert stm.flush(5) and sentry_server.wait_for(3)
+    assert seen == [(len(layer._exception_handlers), True, True, True)]
+    assert stm.flush(5) and sentry_server.wait_for(3 if rate else 1)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"].endswith("Late")
+    assert len(sentry_server.transactions()) == (2 if rate else 0)
 
 
 def test_websocket(sentry_server: SentryServer, client: TestClient) -> None:
