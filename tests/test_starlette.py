@@ -1003,3 +1003,36 @@ def test_a_replaced_exception_handler_is_used(sentry_server: SentryServer) -> No
             layer = layer.app
         layer.add_exception_handler(Boom, new)
         assert c.get("/x").text == "new"
+
+
+def test_a_handler_we_cannot_wrap_still_answers(sentry_server: SentryServer) -> None:
+    # Wrapping happens when Starlette looks the handler up, inside its error handling: a
+    # handler object that refuses our attribute check is used as it is, never an error.
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    class Boom(Exception):
+        pass
+
+    async def boom(request: Request) -> Response:
+        raise Boom("x")
+
+    class Odd:
+        def __getattribute__(self, name: str) -> Any:
+            if name == "_stm_capturing":
+                raise RuntimeError("no attributes here")
+            return object.__getattribute__(self, name)
+
+        def __call__(self, request: Request, exc: Exception) -> Response:
+            return PlainTextResponse("odd", status_code=503)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x", boom)], exception_handlers={Boom: Odd()})
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/x")
+    assert (r.status_code, r.text) == (503, "odd")
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "unavailable"

@@ -530,7 +530,11 @@ class _CapturingTable(Mapping[Any, Any]):
         entry = wrapped.get(id(handler))
         if entry is not None and entry[0] is handler:
             return entry[1]
-        capturing = _capturing(handler)
+        try:
+            capturing = _capturing(handler)
+        except Exception:  # (a lookup inside Starlette's error handling: never raise)
+            logger.debug("wrapping an exception handler failed", exc_info=True)
+            return handler
         if len(wrapped) >= _MAX_HANDLER_TABLES:
             wrapped.clear()  # handlers replaced again and again: stay bounded
         wrapped[id(handler)] = (handler, capturing)
