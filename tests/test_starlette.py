@@ -429,6 +429,7 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
         seen.append(
             (len(exc_table), Late in exc_table, Late in set(exc_table), 418 in status_table)
         )
+        status_table[419] = teapot  # a write reaches the app's table, as without us
         raise Late("late")
 
     async def on_late(request: Request, exc: Exception) -> Response:
@@ -453,6 +454,7 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
         r = c.get("/late")
     assert (r.status_code, r.text) == (503, "late handler")
     assert seen == [(len(layer._exception_handlers), True, True, True)]
+    assert layer._status_handlers[419] is teapot
     assert stm.flush(5) and sentry_server.wait_for(3 if rate else 1)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"].endswith("Late")

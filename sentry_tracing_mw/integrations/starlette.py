@@ -24,7 +24,7 @@ import functools
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -58,6 +58,7 @@ _MAX_HANDLER_TABLES = 64
 #: (exception table, status table, the live capturing views of both).
 _HandlerTables = tuple[Any, Any, tuple["_CapturingTable", "_CapturingTable"]]
 _dict_setitem = dict.__setitem__
+_MISSING = object()
 
 
 def dotted_name(obj: Any) -> str | None:
@@ -491,14 +492,15 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return value
 
 
-class _CapturingTable(Mapping[Any, Any]):
+class _CapturingTable(MutableMapping[Any, Any]):
     """A live view of one of Starlette's handler tables: lookups read the table as it is
     now (a handler added or replaced later takes effect at once, as without us) and
-    return the handler wrapped so that a 5xx response it returns is captured."""
+    return the handler wrapped so that a 5xx response it returns is captured; writes go
+    to the table (as they would without us)."""
 
     __slots__ = ("_table", "_wrapped")
 
-    def __init__(self, table: Mapping[Any, Any]) -> None:
+    def __init__(self, table: MutableMapping[Any, Any]) -> None:
         self._table = table
         #: id(handler) -> (handler, its wrapper): the handler is held, so its id stays its.
         self._wrapped: dict[int, tuple[Any, Any]] = {}
@@ -507,11 +509,14 @@ class _CapturingTable(Mapping[Any, Any]):
         return self._wrap(self._table[key])
 
     def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            handler = self._table[key]
-        except KeyError:
-            return default
-        return self._wrap(handler)
+        handler = self._table.get(key, _MISSING)  # (dict semantics: no __missing__)
+        return default if handler is _MISSING else self._wrap(handler)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._table[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._table[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self._table
