@@ -108,7 +108,7 @@ def _setup(config: str, dsn: str) -> Callable[[], Any]:
 
 
 def _install_headers_only(dsn: str) -> None:
-    """Patch the clients to add ours's trace headers, fixed, to every request."""
+    """Patch the clients to add the trace headers ours sends, fixed, to every request."""
     import http.client
 
     import httpx
