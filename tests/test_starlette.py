@@ -1038,3 +1038,39 @@ def test_a_handler_we_cannot_wrap_still_answers(sentry_server: SentryServer) -> 
     assert (r.status_code, r.text) == (503, "odd")
     (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["contexts"]["trace"]["status"] == "unavailable"
+
+
+def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServer) -> None:
+    # A handler the endpoint itself adds before raising answers that very request, as
+    # without us (wrapped copies of the tables made at the request's start missed it).
+    from starlette.applications import Starlette
+    from starlette.middleware.exceptions import ExceptionMiddleware
+    from starlette.routing import Route
+
+    class Boom(Exception):
+        pass
+
+    def on_boom(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("answered", status_code=500)
+
+    async def boom(request: Request) -> Response:
+        layer: Any = app.middleware_stack
+        while not isinstance(layer, ExceptionMiddleware):
+            layer = layer.app
+        layer.add_exception_handler(Boom, on_boom)
+        raise Boom("x")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x", boom)])
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/x")
+    assert (r.status_code, r.text) == (500, "answered")
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    (tx,) = sentry_server.transactions()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"].endswith("Boom")
