@@ -412,7 +412,6 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
     # ExceptionMiddleware after the first request must still run (and its 5xx be captured,
     # in an unsampled request too); the views read as the tables they show.
     from starlette.applications import Starlette
-    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
@@ -447,9 +446,7 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
     app.add_middleware(TracingMiddleware)
     with TestClient(app, raise_server_exceptions=False) as c:
         assert c.get("/ok").status_code == 200
-        layer: Any = app.middleware_stack
-        while not isinstance(layer, ExceptionMiddleware):
-            layer = layer.app
+        layer = _exception_middleware(app)
         layer.add_exception_handler(Late, on_late)
         r = c.get("/late")
     assert (r.status_code, r.text) == (503, "late handler")
@@ -970,7 +967,6 @@ def test_a_replaced_exception_handler_is_used(sentry_server: SentryServer) -> No
     # The wrapped handler tables are cached: replacing a handler (same table size) must
     # still take effect, as it does without the middleware.
     from starlette.applications import Starlette
-    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.routing import Route
 
     class Boom(Exception):
@@ -1000,9 +996,7 @@ def test_a_replaced_exception_handler_is_used(sentry_server: SentryServer) -> No
     app.add_middleware(TracingMiddleware)
     with TestClient(app, raise_server_exceptions=False) as c:
         assert c.get("/x").text == "old"
-        layer: Any = app.middleware_stack
-        while not isinstance(layer, ExceptionMiddleware):
-            layer = layer.app
+        layer = _exception_middleware(app)
         layer.add_exception_handler(Boom, new)
         assert c.get("/x").text == "new"
 
@@ -1044,7 +1038,6 @@ def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServ
     # A handler the endpoint itself adds before raising answers that very request, as
     # without us (wrapped copies of the tables made at the request's start missed it).
     from starlette.applications import Starlette
-    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.routing import Route
 
     class Boom(Exception):
@@ -1054,9 +1047,7 @@ def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServ
         return PlainTextResponse("answered", status_code=500)
 
     async def boom(request: Request) -> Response:
-        layer: Any = app.middleware_stack
-        while not isinstance(layer, ExceptionMiddleware):
-            layer = layer.app
+        layer = _exception_middleware(app)
         layer.add_exception_handler(Boom, on_boom)
         raise Boom("x")
 
@@ -1074,3 +1065,13 @@ def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServ
     assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"].endswith("Boom")
+
+
+def _exception_middleware(app: Any) -> Any:
+    """The ExceptionMiddleware in a built Starlette app's middleware stack."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    layer = app.middleware_stack
+    while not isinstance(layer, ExceptionMiddleware):
+        layer = layer.app
+    return layer
