@@ -11,7 +11,8 @@ A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What 
 * Unmatched requests are named ``"GET 404"`` / ``"POST 405"`` (one name per method and
   status), never the raw path.
 * Exceptions that an app's exception handler turns into a 5xx response are captured
-  (the handlers Starlette puts in the scope are wrapped, once per handler table).
+  (the scope gets live views of the app's handler tables, which wrap each handler when
+  Starlette looks it up).
 * Each ``BackgroundTask`` run while a request transaction is open becomes a child span
   (op ``function``); the transaction ends when they finish, after the response was sent.
 """
@@ -55,6 +56,7 @@ _HANDLERS_KEY = "starlette.exception_handlers"
 _MAX_DEPTH = 32
 _WATCHED_KEYS = frozenset({_HANDLERS_KEY, "route"})
 _MAX_HANDLER_TABLES = 64
+_MAX_WRAPPERS = 64  # per handler table view
 #: (exception table, status table, the live capturing views of both).
 _HandlerTables = tuple[Any, Any, tuple["_CapturingTable", "_CapturingTable"]]
 _dict_setitem = dict.__setitem__
@@ -540,7 +542,7 @@ class _CapturingTable(MutableMapping[Any, Any]):
         except Exception:  # (a lookup inside Starlette's error handling: never raise)
             logger.debug("wrapping an exception handler failed", exc_info=True)
             return handler
-        if len(wrapped) >= _MAX_HANDLER_TABLES:
+        if len(wrapped) >= _MAX_WRAPPERS:
             wrapped.clear()  # handlers replaced again and again: stay bounded
         wrapped[id(handler)] = (handler, capturing)
         return capturing
