@@ -16,7 +16,7 @@ from sentry_tracing_mw.integrations.asgi import TracingMiddleware
 
 from .asgi_apps import raw_asgi_app
 from .sentry_server import SentryServer, flushed_transactions
-from .servers import run_asgi, sigterm_with_queued_transactions
+from .servers import answer_lifespan, run_asgi, sigterm_with_queued_transactions
 
 TRACE = "771a43a4192642f0b136d5159a501700"
 PARENT = "b0e6f15b45c36b12"
@@ -219,6 +219,24 @@ def test_exception_linked_and_reraised_unchanged(sentry_server: SentryServer) ->
     exc = event["exception"]["values"][-1]
     assert exc["type"] == "KeyError"
     assert exc["mechanism"]["handled"] is False
+
+
+def test_app_returning_without_a_response_is_the_servers_500(sentry_server: SentryServer) -> None:
+    # uvicorn answers an app that returns without starting a response with a 500: the
+    # transaction records that answer, not "ok".
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with run_asgi(TracingMiddleware(silent)) as url:
+        r = httpx.get(url + "/quiet", timeout=5)
+    assert r.status_code == 500
+    tx = one_tx(sentry_server)
+    assert tx["transaction"] == "/quiet"  # the generic middleware keeps the URL
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+    assert tx["contexts"]["response"] == {"status_code": 500}
 
 
 def test_untraced_method_still_reports_errors_ignored_path_does_not(

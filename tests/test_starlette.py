@@ -1067,6 +1067,35 @@ def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServ
     assert event["exception"]["values"][-1]["type"].endswith("Boom")
 
 
+def test_a_handler_that_answers_nothing_is_the_servers_500(sentry_server: SentryServer) -> None:
+    # An exception handler that returns None sends no response; uvicorn then answers 500,
+    # and the transaction says so (it said "ok" with no status before).
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    class Boom(Exception):
+        pass
+
+    async def boom(request: Request) -> Response:
+        raise Boom("x")
+
+    async def on_boom(request: Request, exc: Exception) -> None:
+        return None
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/x/{n}", boom)], exception_handlers={Boom: on_boom})
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(TracingMiddleware)
+    with run_asgi(app) as url:
+        r = httpx.get(url + "/x/1", timeout=5)
+    assert r.status_code == 500
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["transaction"] == "/x/{n}"
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+
+
 def _exception_middleware(app: Any) -> Any:
     """The ExceptionMiddleware in a built Starlette app's middleware stack."""
     from starlette.middleware.exceptions import ExceptionMiddleware

@@ -707,6 +707,9 @@ class TracingMiddleware:
             ):
                 self._unhandled_response(tx, scope)
             raise
+        else:
+            if tx._response_status is None and not disconnected and scope.get("type") == "http":
+                self._no_response(tx, inner, method)
         finally:
             CURRENT_SPAN.reset(token)
             if watcher is not None:
@@ -727,6 +730,15 @@ class TracingMiddleware:
                 self.name_on_response(tx, scope, method, 500)
             except Exception:
                 logger.debug("naming a failed request failed", exc_info=True)
+
+    def _no_response(self, tx: Transaction, scope: Scope, method: str) -> None:
+        """The app returned without starting a response (an exception handler that
+        returned None, say): the server answers 500 (uvicorn, hypercorn)."""
+        self._name_failed(tx, scope, method)
+        try:
+            tx.set_http_status(500)
+        except Exception:
+            logger.debug("recording the server's 500 failed", exc_info=True)
 
     def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
         """Record the response the server (or the framework's error middleware) sends for
