@@ -278,6 +278,13 @@ def ratio(theirs: float, ours: float) -> str:
     return f"{theirs / ours:.1f}×"
 
 
+def budget_verdict(value: float, budget: float, noise: float) -> bool | None:
+    """Met / missed, or None (inconclusive) when the A/A noise is as large as the margin."""
+    if abs(value - budget) <= noise:
+        return None
+    return value <= budget
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     if not sorted_values:
         return float("nan")

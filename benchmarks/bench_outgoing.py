@@ -285,13 +285,14 @@ def run(quick: bool, rounds: int | None = None) -> h.Section:
                 f"outgoing {client}: ≤ 10 µs added per call (sampled transaction)",
                 f"{ours:+.1f} µs (the three headers alone: {added['headers'].median:+.1f}; "
                 f"A/A {added['none'].fmt()})",
-                ours <= 10.0,
+                h.budget_verdict(ours, 10.0, max(abs(added["none"].min), abs(added["none"].max))),
             )
         )
     body = (
         f"{rounds} round(s), each configuration × client in a fresh process, {calls} calls per "
         f"process in alternating batches of {BATCH} plain / instrumented calls. µs of the calling "
-        "thread's CPU per call: *bare* is the plain call's own cost; the other columns are the "
+        "thread's CPU per call: *bare* is the plain call's own cost (the plain batches of every "
+        "configuration's processes pooled); the other columns are the "
         "cost **added** per call (median of paired batch differences; median (min–max) over "
         "rounds). *A/A*: the same measurement with nothing installed (both batches plain): "
         "its spread is the resolution of the other columns. *Headers only*: no tracer, just "
