@@ -26,6 +26,7 @@ __all__ = [
     "active_request_transaction",
     "ensure_client",
     "finish_request",
+    "missing_framework",
     "split_options",
     "start_request",
 ]
@@ -129,6 +130,17 @@ def _iterable(value: Any) -> bool:
     except TypeError:
         return False
     return not isinstance(value, (bytes, Mapping))
+
+
+def missing_framework(exc: ImportError, integration: str, extra: str) -> ModuleNotFoundError:
+    """The error for an integration imported without its framework: what is missing and
+    the extra that installs it (raised ``from`` the original)."""
+    missing = getattr(exc, "name", None) or str(exc)
+    return ModuleNotFoundError(
+        f"sentry_tracing_mw.integrations.{integration} needs {extra}, and {missing!r} "
+        f"cannot be imported: pip install 'sentry-tracing-mw[{extra}]'",
+        name=getattr(exc, "name", None),
+    )
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[MiddlewareConfig, dict[str, Any]]:

@@ -5,6 +5,13 @@
 
 from __future__ import annotations
 
-from .starlette import TracingMiddleware
+try:
+    import fastapi  # noqa: F401  (Starlette alone is not FastAPI)
+
+    from .starlette import TracingMiddleware
+except ImportError as _exc:
+    from ._common import missing_framework
+
+    raise missing_framework(_exc, "fastapi", "fastapi") from _exc
 
 __all__ = ["TracingMiddleware"]

@@ -23,10 +23,15 @@ from collections.abc import Callable
 from types import FunctionType
 from typing import Any
 
-from flask import Flask, got_request_exception, request
-from markupsafe import Markup
-from werkzeug.exceptions import HTTPException
-from werkzeug.wsgi import ClosingIterator
+try:
+    from flask import Flask, got_request_exception, request
+    from markupsafe import Markup
+    from werkzeug.exceptions import HTTPException
+    from werkzeug.wsgi import ClosingIterator
+except ImportError as _exc:
+    from ._common import missing_framework
+
+    raise missing_framework(_exc, "flask", "flask") from _exc
 
 try:  # the request context's context variable: one lookup instead of the proxy's walk
     from flask.globals import _cv_request

@@ -28,11 +28,16 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-from starlette.routing import Host, Match, Mount
-from starlette.websockets import WebSocketDisconnect
+try:
+    from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+    from starlette.routing import Host, Match, Mount
+    from starlette.websockets import WebSocketDisconnect
+except ImportError as _exc:
+    from ._common import missing_framework
+
+    raise missing_framework(_exc, "starlette", "starlette") from _exc
 
 try:
     from starlette._utils import is_async_callable as _starlette_is_async

@@ -56,7 +56,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import Token
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+try:
+    import django  # noqa: F401  (asgiref alone is not Django)
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+except ImportError as _exc:
+    from .._common import missing_framework
+
+    raise missing_framework(_exc, "django", "django") from _exc
 
 from ..._api import trace_meta_tags
 from ..._client import Client, get_client
