@@ -207,3 +207,47 @@ def test_name_parity_with_sentry_sdk(sentry_server: SentryServer, style: str) ->
             ("/sub/things/{thing_id}", "route"),
             ("/things/{thing_id}", "route"),
         )
+
+
+def test_a_bad_option_is_reported_when_uvicorn_starts() -> None:
+    # Starlette builds its middleware in the lifespan call; uvicorn's default lifespan mode
+    # reports that failure only as "unsupported", and every request then fails: the
+    # option's error must be in the log before "Application startup complete".
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from .servers import free_port
+
+    script = (
+        "import sys, uvicorn\n"
+        "from fastapi import FastAPI\n"
+        "from sentry_tracing_mw.integrations.starlette import TracingMiddleware\n"
+        "app = FastAPI()\n"
+        "app.add_middleware(TracingMiddleware, traces_sample_rate=5)\n"
+        "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='info')\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(free_port())],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    watchdog = threading.Timer(20, proc.kill)  # a silent server ends the read loop too
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "Application startup complete" in line:
+                break
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait(10)
+    before_start = "".join(lines)
+    assert "Application startup complete" in before_start, before_start
+    assert "traces_sample_rate" in before_start and "TracingMiddleware" in before_start

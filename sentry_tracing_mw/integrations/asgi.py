@@ -23,6 +23,7 @@ from typing import Any
 
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from .._errors import ConfigurationError
 from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import (
@@ -366,8 +367,15 @@ class TracingMiddleware:
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
         self.app = app
-        self.config, init_options = split_options(options)
-        ensure_client(init_options, type(self).__name__)
+        try:
+            self.config, init_options = split_options(options)
+            ensure_client(init_options, type(self).__name__)
+        except ConfigurationError as exc:
+            # Starlette builds its middleware on its first call, the lifespan scope, whose
+            # failure uvicorn's default lifespan mode reports only as "unsupported" (then
+            # every request fails): say what is wrong where the app starts, too.
+            logger.error("sentry_tracing_mw: %s: %s", type(self).__name__, exc)
+            raise
 
     # -- hooks for framework integrations ---------------------------------------------
     def resolve_route(self, scope: Scope) -> str | None:
