@@ -132,14 +132,16 @@ def _iterable(value: Any) -> bool:
     return not isinstance(value, (bytes, Mapping))
 
 
-def missing_framework(exc: ImportError, integration: str, extra: str) -> ModuleNotFoundError:
+def missing_framework(
+    exc: ModuleNotFoundError, integration: str, extra: str
+) -> ModuleNotFoundError:
     """The error for an integration imported without its framework: what is missing and
-    the extra that installs it (raised ``from`` the original)."""
-    missing = getattr(exc, "name", None) or str(exc)
+    the extra that installs it (raised ``from`` the original). A framework too old for a
+    name we import raises a plain ``ImportError``, left as it is."""
     return ModuleNotFoundError(
-        f"sentry_tracing_mw.integrations.{integration} needs {extra}, and {missing!r} "
-        f"cannot be imported: pip install 'sentry-tracing-mw[{extra}]'",
-        name=getattr(exc, "name", None),
+        f"sentry_tracing_mw.integrations.{integration} needs {extra}, and "
+        f"{exc.name or str(exc)!r} cannot be imported: pip install 'sentry-tracing-mw[{extra}]'",
+        name=exc.name,
     )
 
 

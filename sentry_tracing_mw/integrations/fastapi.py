@@ -9,7 +9,7 @@ try:
     import fastapi  # noqa: F401  (Starlette alone is not FastAPI)
 
     from .starlette import TracingMiddleware
-except ImportError as _exc:
+except ModuleNotFoundError as _exc:
     from ._common import missing_framework
 
     raise missing_framework(_exc, "fastapi", "fastapi") from _exc

@@ -28,7 +28,7 @@ try:
     from markupsafe import Markup
     from werkzeug.exceptions import HTTPException
     from werkzeug.wsgi import ClosingIterator
-except ImportError as _exc:
+except ModuleNotFoundError as _exc:
     from ._common import missing_framework
 
     raise missing_framework(_exc, "flask", "flask") from _exc

@@ -34,7 +34,7 @@ try:
     from starlette.requests import ClientDisconnect
     from starlette.routing import Host, Match, Mount
     from starlette.websockets import WebSocketDisconnect
-except ImportError as _exc:
+except ModuleNotFoundError as _exc:
     from ._common import missing_framework
 
     raise missing_framework(_exc, "starlette", "starlette") from _exc

@@ -59,7 +59,7 @@ from typing import Any
 try:
     import django  # noqa: F401  (asgiref alone is not Django)
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-except ImportError as _exc:
+except ModuleNotFoundError as _exc:
     from .._common import missing_framework
 
     raise missing_framework(_exc, "django", "django") from _exc
