@@ -433,12 +433,53 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
             (
                 {"type": "client_report"},
                 b'{"discarded_events":[{"reason":"x","category":"error","quantity":'
-                + b"1" + b"0" * 30 + b"}]}",
+                + b"1"
+                + b"0" * 30
+                + b"}]}",
             ),
         ),
         None,
         400,
         "quantity",
+    ),
+    # sample rates are converted to floats: an integer beyond any float used to give a 500
+    (
+        "sample_rate beyond any float in the envelope header",
+        serialize_envelope(
+            {"trace": {"trace_id": "2" * 32, "public_key": "public", "sample_rate": 10**400}},
+            [({"type": "transaction"}, _body)],
+        ),
+        None,
+        400,
+        "envelope header trace.sample_rate is a number no float holds",
+    ),
+    (
+        "streamed span's sentry.sample_rate beyond any float",
+        serialize_envelope(
+            {},
+            [
+                (
+                    {"type": "span"},
+                    json.dumps(
+                        {
+                            "version": 2,
+                            "items": [
+                                dict(
+                                    _span_v2,
+                                    end_timestamp=_now + 1,
+                                    attributes={
+                                        "sentry.sample_rate": {"type": "integer", "value": 10**400}
+                                    },
+                                )
+                            ],
+                        }
+                    ).encode(),
+                )
+            ],
+        ),
+        None,
+        400,
+        "span 0: attribute sentry.sample_rate is a number no float holds",
     ),
 ]
 

@@ -254,11 +254,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def _sample_rate(value: Any) -> float | None:
+def _sample_rate(value: Any, where: str) -> float | None:
+    """A sample rate in (0, 1], else ``None``; ``EnvelopeError`` for a number no float holds
+    (a 400-digit integer), which is refused like any other."""
+    if isinstance(value, bool):
+        return None
     try:
         rate = float(value)
     except (TypeError, ValueError):
         return None
+    except OverflowError:
+        raise EnvelopeError(f"{where} is a number no float holds")
     return rate if 0.0 < rate <= 1.0 else None
 
 
@@ -470,7 +476,11 @@ def _prepare_transaction(
     tags = payload.get("tags")
     root.tags = tags if isinstance(tags, dict) else {}
     dsc = env_headers.get("trace")
-    rate = _sample_rate(dsc.get("sample_rate")) if isinstance(dsc, dict) else None
+    rate = (
+        _sample_rate(dsc.get("sample_rate"), "envelope header trace.sample_rate")
+        if isinstance(dsc, dict)
+        else None
+    )
     explicit = root.tags.get("service") or root.data.get("service.name")
     service = _service(payload.get("release"), payload.get("server_name"), explicit, project)
     event = {k: v for k, v in payload.items() if k != "spans"}
@@ -524,9 +534,11 @@ def _prepare_span_v2(
     segment = out.segments.get(key)
     if segment is None:
         dsc = env_headers.get("trace")
-        rate = _sample_rate(attrs.get("sentry.sample_rate"))
+        rate = _sample_rate(
+            attrs.get("sentry.sample_rate"), f"{where}: attribute sentry.sample_rate"
+        )
         if rate is None and isinstance(dsc, dict):
-            rate = _sample_rate(dsc.get("sample_rate"))
+            rate = _sample_rate(dsc.get("sample_rate"), "envelope header trace.sample_rate")
         service = _service(attrs.get("sentry.release"), None, attrs.get("service.name"), project)
         segment = out.segments[key] = _Segment(trace_id, segment_id, service, rate, [])
     segment.spans.append(row)
