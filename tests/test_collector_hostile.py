@@ -399,6 +399,20 @@ CASES: list[tuple[str, bytes, str | None, int, str]] = [
         "surrogate",
     ),
     (
+        "lone surrogate in an item header's type",
+        b'{}\n{"type":"weird\\ud800","length":1}\nx\n',
+        None,
+        400,
+        "item 0 header: a string holds a lone surrogate",
+    ),
+    (
+        "lone surrogate in an item header after a valid transaction",
+        GOOD + b'{"type":"attachment","filename":"\\udfff.txt","length":1}\nx\n',
+        None,
+        400,
+        "item 1 header: a string holds a lone surrogate",
+    ),
+    (
         "start_timestamp beyond any float",
         _tx_envelope(dict(_tx, start_timestamp="@@"), nested="1" + "0" * 400),
         None,

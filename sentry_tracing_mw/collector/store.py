@@ -559,6 +559,7 @@ def prepare_envelope(envelope: Envelope, project: str, size: int) -> PreparedEnv
     _check_depth(headers, "envelope header")
     _check_text(headers, "envelope header")
     for index, item in enumerate(envelope.items):
+        _check_text(item.headers, f"item {index} header")  # before its type is echoed
         kind = item.type
         where = f"item {index} ({kind})"
         decoded = item.json() if kind in _DECODED_TYPES else None
