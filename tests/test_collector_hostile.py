@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -528,6 +529,28 @@ def test_list_parameters_must_be_finite(collector: Collector, limit: str) -> Non
     res = httpx.get(f"{collector.url}/api/ui/transactions", params={"limit": limit}, timeout=10)
     assert res.status_code == 400 and "finite" in res.json()["detail"]
     assert_still_serving(collector)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2", "abc", "inf", "1e999"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "traces?limit=",
+        "transactions?limit=",
+        "transactions?min_duration=",
+        "summary?min_duration=",
+        "summary?window=",
+    ],
+)
+def test_numeric_parameters_refuse_what_is_no_number(
+    collector: Collector, path: str, value: str
+) -> None:
+    # str.isdigit() takes a superscript two for a digit, int() does not: that was a 500
+    res = httpx.get(f"{collector.url}/api/ui/{path}{quote(value)}", timeout=10)
+    assert res.status_code == 400, (path, value, res.text)
+    assert res.json()["detail"]
+    ok = httpx.get(f"{collector.url}/api/ui/{path}{quote('7')}", timeout=10)
+    assert ok.status_code == 200, ok.text
 
 
 def test_event_ids_the_first_one_stays(collector: Collector) -> None:

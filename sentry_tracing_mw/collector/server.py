@@ -451,9 +451,12 @@ class _App:
         return await self._json(viewer.trace_view, self.store, request.path_params["trace_id"])
 
     async def ui_traces(self, request: Request) -> Response:
-        limit = request.query_params.get("limit", "20")
-        n = int(limit) if limit.isdigit() else 20
-        return await self._json(lambda: {"rows": self.store.recent_traces(max(1, min(n, 500)))})
+        try:
+            limit = self._float_param(request, "limit")
+        except _Reject as exc:
+            return JSONResponse({"detail": exc.message}, exc.status)
+        n = max(1, min(int(limit if limit is not None else 20), 500))
+        return await self._json(lambda: {"rows": self.store.recent_traces(n)})
 
     async def ui_error(self, request: Request) -> Response:
         return await self._json(self.store.error, request.path_params["event_id"])
