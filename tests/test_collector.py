@@ -699,6 +699,33 @@ def test_viewer_api_aggregates_filters_and_gaps(collector: Collector) -> None:
         assert res.status_code == 200 and "://" not in res.text.replace("location.protocol", "")
 
 
+def test_names_with_non_ascii_capitals_can_be_opened_and_searched(collector: Collector) -> None:
+    # SQLite's lower() folds ASCII only: the viewer's name page and name filter found
+    # nothing for names it listed
+    now = time.time()
+    names = ["/Ölpreis", "/ÉCOLE/<id>", "/Straße", "/olpreis-ascii"]
+    for i, name in enumerate(names):
+        payload = tx_payload(hexid(700 + i, 32), hexid(700 + i, 16), name, now - 5, 0.01)
+        assert post(collector, tx_envelope(payload)).status_code == 200
+    listed = {r["name"] for r in ui(collector, "summary")["rows"]}
+    assert listed == set(names)
+    for name in names:  # each name page shows its transaction, only it
+        rows = ui(collector, "transactions", exact_name=name)["rows"]
+        assert [r["name"] for r in rows] == [name]
+        found = [r["name"] for r in ui(collector, "summary", name=name)["rows"]]
+        assert found == [name]
+    for search, expected in [
+        ("ölpreis", {"/Ölpreis"}),
+        ("ÖLPREIS", {"/Ölpreis"}),
+        ("olpreis", {"/olpreis-ascii"}),
+        ("école", {"/ÉCOLE/<id>"}),
+        ("STRASSE", {"/Straße"}),
+    ]:
+        assert {r["name"] for r in ui(collector, "summary", name=search)["rows"]} == expected
+    # an exact name is exact: another case is another name
+    assert ui(collector, "transactions", exact_name="/ölpreis")["total"] == 0
+
+
 def test_data_survives_a_restart(db: str) -> None:
     first = Collector(db, port=0).start()
     trace_id = hexid(0x777, 32)

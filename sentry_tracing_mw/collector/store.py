@@ -656,9 +656,16 @@ def _prepare_report(payload: dict[str, Any], where: str) -> list[_Report]:
 # -- the store ---------------------------------------------------------------------------
 
 
+def _casefold(value: Any) -> Any:
+    """SQL ``casefold(x)``: Python's full Unicode case folding (SQLite's ``lower()`` folds
+    ASCII only, so ``'Ö'`` never matched a search lowercased by Python)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
+    conn.create_function("casefold", 1, _casefold, deterministic=True)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
@@ -1025,17 +1032,22 @@ class Store:
         *,
         since: float | None = None,
         name: str | None = None,
+        exact_name: str | None = None,
         min_duration_ms: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Units matching the filters, for the transaction list aggregates."""
+        """Units matching the filters, for the transaction list aggregates: ``name`` is
+        contained in theirs, ignoring case; ``exact_name`` is theirs exactly."""
         clauses: list[str] = []
         params: list[Any] = []
         if since is not None:
             clauses.append("end_ts >= ?")
             params.append(since)
         if name:
-            clauses.append("instr(lower(name), ?) > 0")
-            params.append(name.lower())
+            clauses.append("instr(casefold(name), ?) > 0")
+            params.append(name.casefold())
+        if exact_name is not None:
+            clauses.append("name = ?")
+            params.append(exact_name)
         if min_duration_ms is not None:
             clauses.append("duration_ms >= ?")
             params.append(min_duration_ms)

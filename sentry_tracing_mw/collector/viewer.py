@@ -108,11 +108,14 @@ def _filtered(
     status: str | None,
     min_duration_ms: float | None,
     now: float | None,
+    exact_name: str | None = None,
 ) -> tuple[list[dict[str, Any]], float | None]:
     seconds = _window(window)
     now = time.time() if now is None else now
     since = now - seconds if seconds is not None else None
-    rows = store.summary_rows(since=since, name=name, min_duration_ms=min_duration_ms)
+    rows = store.summary_rows(
+        since=since, name=name, exact_name=exact_name, min_duration_ms=min_duration_ms
+    )
     return [r for r in rows if _status_matches(r["status"], status)], seconds
 
 
@@ -181,9 +184,9 @@ def transaction_list(
     now: float | None = None,
 ) -> dict[str, Any]:
     """Individual transactions (newest first) matching the filters."""
-    rows, _ = _filtered(store, window, exact_name or name, status, min_duration_ms, now)
     if exact_name is not None:
-        rows = [r for r in rows if r["name"] == exact_name]
+        name = None  # the exact name wins
+    rows, _ = _filtered(store, window, name, status, min_duration_ms, now, exact_name)
     return {"rows": rows[: max(1, min(limit, 1000))], "total": len(rows)}
 
 
