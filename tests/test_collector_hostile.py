@@ -7,12 +7,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
 import os
 import socket
 import sqlite3
 import threading
 import time
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,6 +553,71 @@ def test_numeric_parameters_refuse_what_is_no_number(
     assert res.json()["detail"]
     ok = httpx.get(f"{collector.url}/api/ui/{path}{quote('7')}", timeout=10)
     assert ok.status_code == 200, ok.text
+
+
+def _raw_controls(text: str) -> list[str]:
+    """Control characters (but the newlines between lines) and bidi overrides in ``text``."""
+    return [c for c in text if (unicodedata.category(c) == "Cc" and c != "\n") or c == "\u202e"]
+
+
+def test_control_characters_never_reach_show_or_the_log(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names, services, ops, descriptions, statuses, error types and item types are
+    printed by ``show`` and logged: ESC [2J would clear the screen, OSC 52 write the
+    clipboard, a newline forge a line. They are shown as visible escapes instead."""
+    esc = "\x1b"
+    now = time.time() - 5
+    trace_id, root, child_id = os.urandom(16).hex(), "1" * 15 + "a", "2" * 15 + "b"
+    name = f"/evil{esc}[2J{esc}]52;c;cm0=\x07\n  fake line\u202e\x9b"
+    payload = dict(
+        transaction(41),
+        transaction=name,
+        release=f"svc{esc}[31mRED@1",
+        contexts={"trace": {"trace_id": trace_id, "span_id": root, "op": f"http{esc}[8m"}},
+        spans=[
+            {
+                "trace_id": trace_id,
+                "span_id": child_id,
+                "parent_span_id": root,
+                "op": f"db{esc}[8m",
+                "description": f"select{esc}[1A{esc}[2K",
+                "status": f"ok{esc}[5m",
+                "start_timestamp": now,
+                "timestamp": now + 0.001,
+            }
+        ],
+    )
+    error_id = os.urandom(16).hex()
+    error = {
+        "event_id": error_id,
+        "timestamp": now,
+        "contexts": {"trace": {"trace_id": trace_id, "span_id": child_id}},
+        "exception": {"values": [{"type": f"Err{esc}[2J", "value": "v\x07"}]},
+    }
+    with caplog.at_level(logging.INFO, logger="sentry_tracing_mw.collector"):
+        for body in (
+            envelope(payload, ({"type": f"weird{esc}]0;TITLE\x07"}, b"x")),
+            serialize_envelope(
+                {"event_id": error_id}, [({"type": "event"}, json.dumps(error).encode())]
+            ),
+        ):
+            assert send(collector, body, None).status_code == 200
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("sentry_tracing_mw")]
+    assert any("svc\\x1b[31mRED" in m and "weird\\x1b]0;TITLE\\x07" in m for m in logged)
+    assert not [m for m in logged if _raw_controls(m)]
+    for args in ((trace_id,), (None,)):
+        out = io.StringIO()
+        assert show(collector.store.path, *args, out, limit=100) == 0
+        text = out.getvalue()
+        assert not _raw_controls(text), _raw_controls(text)
+        assert "/evil\\x1b[2J" in text and "svc\\x1b[31mRED" in text
+        lines = text.splitlines()
+        assert all("/evil" in line for line in lines if "fake line" in line), text
+    tree = io.StringIO()
+    show(collector.store.path, trace_id, tree)
+    for shown in ("db\\x1b[8m select\\x1b[1A\\x1b[2K", "ok\\x1b[5m", "[ERROR Err\\x1b[2J"):
+        assert shown in tree.getvalue(), tree.getvalue()
 
 
 def test_event_ids_the_first_one_stays(collector: Collector) -> None:

@@ -33,6 +33,7 @@ from .._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 from .._log import guard
 from . import viewer
 from .store import CATEGORY_OF_ITEM, MAX_JSON_DEPTH, Store, json_too_deep, prepare_envelope
+from .tree import printable
 
 __all__ = [
     "MAX_BODY",
@@ -322,7 +323,8 @@ class _App:
         if logger.isEnabledFor(logging.INFO):
             parts = [f"{result.transactions} transaction(s)"] if result.transactions else []
             for tx in prepared.transactions:
-                parts.append(f"{tx.name!r} [{tx.service}] {len(tx.spans) + 1} span(s)")
+                name, service = printable(tx.name), printable(tx.service)
+                parts.append(f"'{name}' [{service}] {len(tx.spans) + 1} span(s)")
             if prepared.segments:
                 parts.append(f"{result.spans} streamed span(s)")
             if result.errors:
@@ -330,7 +332,7 @@ class _App:
             if result.client_reports:
                 parts.append(f"{result.client_reports} client report line(s)")
             if result.ignored:
-                parts.append(f"ignored {', '.join(result.ignored)}")
+                parts.append(f"ignored {printable(', '.join(result.ignored))}")
             logger.info("project %s: stored %s", project, "; ".join(parts) or "empty envelope")
         return envelope.headers.get("event_id"), result, limit_headers
 
@@ -348,7 +350,7 @@ class _App:
         except _Reject as exc:
             self.responses[exc.status] = self.responses.get(exc.status, 0) + 1
             if exc.status != 429:
-                logger.warning("rejected envelope (%s): %s", exc.status, exc.message)
+                logger.warning("rejected envelope (%s): %s", exc.status, printable(exc.message))
             return JSONResponse(
                 {"detail": exc.message}, exc.status, headers={**_CORS, **exc.headers}
             )
@@ -411,7 +413,9 @@ class _App:
             return JSONResponse(data, headers=headers)
         except (ValueError, RecursionError, OverflowError, TypeError) as exc:
             # a stored value JSON cannot carry (e.g. infinity): show the rest, never fail
-            logger.warning("viewer response repaired for JSON (%s: %s)", type(exc).__name__, exc)
+            logger.warning(
+                "viewer response repaired for JSON (%s: %s)", type(exc).__name__, printable(exc)
+            )
             return JSONResponse(await run_in_threadpool(viewer.json_safe, data), headers=headers)
 
     def _filters(self, request: Request) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 from typing import TextIO
 
 from .store import Store
-from .tree import format_time, render_trace
+from .tree import format_time, printable, render_trace
 
 __all__ = ["show"]
 
@@ -46,7 +46,7 @@ def show(db: str, trace_id: str | None, out: TextIO, *, limit: int = 10) -> int:
             failed = f"  {row['failed']} failed" if row["failed"] else ""
             out.write(
                 f"  {row['trace_id']}  {_when(row['received'])}  {duration:9.1f}ms  "
-                f"{row['units']} tx  {name}  [{row['services']}]{failed}\n"
+                f"{row['units']} tx  {printable(name)}  [{printable(row['services'])}]{failed}\n"
             )
         out.write("\nlatest trace:\n")
         _print_trace(store, recent[0]["trace_id"], out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "flatten",
     "format_time",
     "is_failure",
+    "printable",
     "render_trace",
 ]
 
@@ -34,6 +36,27 @@ FAILED_EXCLUDED = frozenset({"ok", "cancelled", "unknown", "unset"})
 GAP_MIN_SHARE = 0.10
 #: ...and above this many milliseconds.
 GAP_MIN_MS = 5.0
+
+
+#: What a terminal or log must not get raw from an envelope: C0 and C1 controls and DEL
+#: (escape sequences, BEL, newlines that forge lines), line/paragraph separators, bidi
+#: controls (text shown in another order than stored) and surrogates (no valid text).
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal or a log line: control characters and the like become
+    visible escapes (``\\x1b``, ``\\n``, ``\\u202e``); everything else is kept."""
+    return _UNPRINTABLE.sub(_escape, text if isinstance(text, str) else str(text))
 
 
 def is_failure(status: str | None) -> bool:
@@ -254,9 +277,10 @@ def _bar(start: float, end: float, t0: float, total: float, width: int) -> str:
 
 
 def _short(text: str | None, limit: int) -> str:
+    """``text`` on one line (whitespace runs become a space), printable, at most ``limit``."""
     if not text:
         return ""
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -282,7 +306,7 @@ def render_trace(
         if err.get("span_id"):
             errors_by_span.setdefault(err["span_id"], []).append(err)
     n_orphans = sum(1 for n, _ in rows if n.orphan and n.is_unit_root)
-    services = sorted({str(u.get("service")) for u in units})
+    services = sorted({printable(u.get("service")) for u in units})
     when = format_time(t0)
     head = (
         f"trace {trace_id}  {when}  {_fmt_ms(total * 1000)}  "
@@ -324,7 +348,7 @@ def render_trace(
             marks.append(f"[ERROR {_short(err.get('title'), 60)}]")
         text = lead + _short(label, max(label_width - len(lead), 16))
         lines.append(
-            f"{text:<{label_width}} {node.status:<16} {_fmt_ms(node.duration_ms):>8} "
+            f"{text:<{label_width}} {_short(node.status, 64):<16} {_fmt_ms(node.duration_ms):>8} "
             f"|{_bar(node.start, node.end, t0, total, bar_width)}|"
             + ("  " + " ".join(marks) if marks else "")
         )
