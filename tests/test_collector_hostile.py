@@ -620,6 +620,42 @@ def test_control_characters_never_reach_show_or_the_log(
         assert shown in tree.getvalue(), tree.getvalue()
 
 
+def test_show_output_is_linear_in_the_depth_of_a_span_chain(collector: Collector) -> None:
+    """Each line used to repeat the whole tree prefix: a 10,000-deep chain printed 150 MB.
+    Indentation stops at 32 levels (tree.MAX_DRAWN_DEPTH); deeper spans show their depth."""
+    depth = 3000
+    payload = transaction(42)
+    trace_id = payload["contexts"]["trace"]["trace_id"]
+    parent, start = payload["contexts"]["trace"]["span_id"], payload["start_timestamp"]
+    chain = []
+    for i in range(depth):
+        span_id = f"{0xC0000000 + i:016x}"
+        chain.append(
+            {
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "parent_span_id": parent,
+                "op": "db",
+                "description": f"level {i + 1}",
+                "start_timestamp": start,
+                "timestamp": start + 0.001,
+            }
+        )
+        parent = span_id
+    assert send(collector, envelope(dict(payload, spans=chain)), None).status_code == 200
+    out = io.StringIO()
+    assert show(collector.store.path, trace_id, out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= depth + 1
+    width = max(map(len, lines))
+    assert width < 250, width  # was 9,000 characters
+    deepest = next(line for line in lines if f"level {depth}" in line)
+    assert f"[depth {depth}] db level {depth}" in deepest
+    # the columns after the label stay aligned however deep the span
+    top = next(line for line in lines if "db level 1 " in line)
+    assert deepest.index("|") == top.index("|")
+
+
 def test_event_ids_the_first_one_stays(collector: Collector) -> None:
     # Sentry deduplicates by event id and keeps the first event: a reused id must not
     # replace (and so erase) another trace's transaction.

@@ -32,6 +32,10 @@ __all__ = [
 #: definition shared by the viewer, ``show`` and the store's trace list (app.js mirrors it).
 FAILED_EXCLUDED = frozenset({"ok", "cancelled", "unknown", "unset"})
 
+#: Tree levels ``show`` draws; deeper spans keep this indentation and show their depth as
+#: a number (every line repeating a deeper prefix made the output grow with depth squared).
+MAX_DRAWN_DEPTH = 32
+
 #: A gap counts as missing instrumentation above this share of its transaction...
 GAP_MIN_SHARE = 0.10
 #: ...and above this many milliseconds.
@@ -293,11 +297,18 @@ def render_trace(
     bar_width: int = 30,
     label_width: int = 64,
 ) -> str:
-    """The stitched trace as an indented text tree with duration bars."""
+    """The stitched trace as an indented text tree with duration bars.
+
+    Indentation is drawn for ``MAX_DRAWN_DEPTH`` levels; the label column is ``label_width``
+    wide, or as wide as that indentation needs: each line's length is bounded, so the
+    output is linear in the number of spans whatever the depth.
+    """
     forest = build_forest(units, spans)
     if not forest:
         return f"trace {trace_id}: no transactions stored\n"
     rows = flatten(forest)
+    deepest = min(max(depth for _, depth in rows), MAX_DRAWN_DEPTH)
+    label_width = max(label_width, 3 * deepest + 3 + 40)  # prefix, glyph, 40 of label
     t0 = min(n.start for n, _ in rows)
     t1 = max(n.end for n, _ in rows)
     total = t1 - t0
@@ -336,8 +347,13 @@ def render_trace(
             parent_prefix = prefix_of.get(id(parent_of.get(id(node))), "")
             glyph = "└─ " if last_child.get(id(node)) else "├─ "
             lead = parent_prefix + glyph
-            prefix_of[id(node)] = parent_prefix + ("   " if last_child.get(id(node)) else "│  ")
+            if depth < MAX_DRAWN_DEPTH:
+                prefix_of[id(node)] = parent_prefix + ("   " if last_child.get(id(node)) else "│  ")
+            else:  # no wider: the depth is shown as a number instead
+                prefix_of[id(node)] = parent_prefix
         label = _label(node)
+        if depth > MAX_DRAWN_DEPTH:
+            label = f"[depth {depth}] {label}"
         marks = []
         if node.orphan:
             what = "transaction" if node.is_unit_root else "span"
@@ -363,8 +379,9 @@ def render_trace(
                     f"{gap:<{label_width}} {'':<16} {_fmt_ms((g1 - g0) * 1000):>8} "
                     f"|{_bar(g0, g1, t0, total, bar_width).replace('█', '░')}|"
                 )
+    shown = {n.span_id for n, _ in rows}
     for err in errors:
-        if not err.get("span_id") or all(n.span_id != err["span_id"] for n, _ in rows):
+        if not err.get("span_id") or err["span_id"] not in shown:
             lines.append(f"  error not linked to a stored span: {_short(err.get('title'), 80)}")
     return "\n".join(lines) + "\n"
 
