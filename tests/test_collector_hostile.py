@@ -656,6 +656,24 @@ def test_show_output_is_linear_in_the_depth_of_a_span_chain(collector: Collector
     assert deepest.index("|") == top.index("|")
 
 
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/ui/summary", "/api/ui/stats"])
+def test_viewer_answers_loopback_host_names_only(collector: Collector, path: str) -> None:
+    """DNS rebinding: a web page whose host name resolves to 127.0.0.1 could read every
+    stored trace from a collector bound to loopback; its requests carry its own Host."""
+    url = collector.url + path
+    for host in ("evil.example", "evil.example:8969", "127.0.0.1.evil.example", "[::2]:80"):
+        res = httpx.get(url, headers={"Host": host}, timeout=10)
+        assert res.status_code == 403, (host, res.text[:200])
+        assert "loopback" in res.json()["detail"]
+    for host in ("localhost", "localhost:8969", "127.0.0.1", "127.0.0.1:1", "[::1]:8969"):
+        res = httpx.get(url, headers={"Host": host}, timeout=10)
+        assert res.status_code == 200, (host, res.text[:200])
+    # ingestion answers any host name (SDKs use whatever their DSN says)
+    res = send(collector, envelope(transaction(43)), None, headers={"Host": "evil.example"})
+    assert res.status_code == 200, res.text
+    assert httpx.get(collector.url + "/healthz", headers={"Host": "x"}).status_code == 200
+
+
 def test_event_ids_the_first_one_stays(collector: Collector) -> None:
     # Sentry deduplicates by event id and keeps the first event: a reused id must not
     # replace (and so erase) another trace's transaction.

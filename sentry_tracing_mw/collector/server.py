@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -24,10 +26,12 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 from .._log import guard
@@ -263,6 +267,52 @@ def _head_timeout_protocol() -> Any:
     return HeadTimeoutH11Protocol
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 with or without brackets) is loopback."""
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """The name of a ``Host`` header value, without its port (``[::1]:80`` -> ``[::1]``)."""
+    if value.startswith("["):
+        return value.partition("]")[0] + "]"
+    return value.partition(":")[0]
+
+
+#: Paths every client may reach whatever its ``Host``: ingestion (SDKs use any host name).
+_ANY_HOST = re.compile(r"/api/[^/]+/envelope/?|/healthz")
+
+
+class _LoopbackHostOnly:
+    """Answer 403 to viewer and API requests whose ``Host`` is not a loopback name.
+
+    A collector bound to loopback is meant for this machine only; a web page could
+    still reach it by pointing its own host name at 127.0.0.1 (DNS rebinding) and read
+    the stored traces. Its requests carry the page's host name, not a loopback one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _ANY_HOST.fullmatch(scope["path"]):
+            hosts = [v for k, v in scope["headers"] if k == b"host"]
+            name = _host_name(hosts[0].decode("latin-1")) if hosts else "localhost"
+            if len(hosts) > 1 or not is_loopback(name):
+                detail = "the viewer answers loopback host names only (localhost, 127.0.0.1, [::1])"
+                await JSONResponse({"detail": detail}, 403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _App:
     """Request handlers bound to one store, key and rate-limit set."""
 
@@ -478,9 +528,14 @@ class _App:
 
 
 def create_app(
-    store: Store, key: str = "public", rate_limits: Sequence[RateLimit] = ()
+    store: Store,
+    key: str = "public",
+    rate_limits: Sequence[RateLimit] = (),
+    *,
+    loopback_only: bool = False,
 ) -> Starlette:
-    """The collector's ASGI application."""
+    """The collector's ASGI application; with ``loopback_only`` the viewer and its API
+    answer requests for loopback host names only (ingestion answers any)."""
     app = _App(store, key, rate_limits)
     routes = [
         Route("/", app.index, methods=["GET"]),
@@ -497,7 +552,8 @@ def create_app(
         Route("/api/ui/stats", app.ui_stats, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
-    starlette = Starlette(routes=routes)
+    middleware = [Middleware(_LoopbackHostOnly)] if loopback_only else []
+    starlette = Starlette(routes=routes, middleware=middleware)
     starlette.state.collector = app
     return starlette
 
@@ -528,7 +584,7 @@ class Collector:
     ) -> None:
         self.store = Store(str(db))
         self.key = key
-        self.app = create_app(self.store, key, rate_limits)
+        self.app = create_app(self.store, key, rate_limits, loopback_only=is_loopback(host))
         self._sock = _bind(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
