@@ -811,6 +811,27 @@ def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
     assert "from-cli-test" in out.stdout
 
 
+def test_cli_refuses_a_file_that_is_no_database_and_a_limit_below_one(tmp_path: Path) -> None:
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not a database\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+    for args in (("show", "--db", str(not_db)), ("show", "--db", str(tmp_path))):
+        res = cli(*args)
+        assert res.returncode == 2, res
+        assert "is not a collector database" in res.stdout and "Traceback" not in res.stderr
+    serve = cli("--port", "0", "--db", str(not_db))
+    assert serve.returncode == 2 and "is not a collector database" in serve.stderr, serve
+    assert "Traceback" not in serve.stderr
+    assert not_db.read_text() == "not a database\n"
+    for limit in ("-1", "0", "x"):
+        res = cli("show", "--db", str(tmp_path / "none.sqlite3"), "--limit", limit)
+        assert res.returncode == 2 and "argument --limit" in res.stderr, res
+
+
 def test_database_is_in_wal_mode(collector: Collector, db: str) -> None:
     payload = tx_payload(hexid(0x3A1, 32), hexid(0x3A1, 16), "GET /wal", time.time(), 0.01)
     assert post(collector, tx_envelope(payload)).status_code == 200

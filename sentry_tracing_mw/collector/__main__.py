@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
 
 DEFAULT_DB = "traces.sqlite3"
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print stored traces as trees")
     show.add_argument("trace_id", nargs="?", help="trace id (or a unique prefix)")
     show.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
-    show.add_argument("--limit", type=int, default=10, help="recent traces to list")
+    show.add_argument(
+        "--limit", type=_positive_int, default=10, help="recent traces to list (default 10)"
+    )
     return parser
 
 
@@ -79,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.Error as exc:
+        print(f"--db {args.db!r} is not a collector database ({exc})", file=sys.stderr)
+        return 2
     print(
         f"sentry-tracing-mw collector on {collector.url}\n"
         f"  DSN     {collector.dsn(1)}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import TextIO
 
 from .store import Store
@@ -16,10 +17,19 @@ def _when(ts: float) -> str:
 
 
 def show(db: str, trace_id: str | None, out: TextIO, *, limit: int = 10) -> int:
-    """Print one trace (``trace_id``, a prefix works) or the recent ones; returns an exit code."""
+    """Print one trace (``trace_id``, a prefix works) or the recent ones; returns an exit code
+    (2 when ``db`` is no collector database)."""
     if not os.path.exists(db):
         out.write(f"no collector database at {db!r} (start the collector first)\n")
         return 1
+    try:
+        return _show(db, trace_id, out, limit)
+    except sqlite3.Error as exc:
+        out.write(f"{db!r} is not a collector database that can be read ({exc})\n")
+        return 2
+
+
+def _show(db: str, trace_id: str | None, out: TextIO, limit: int) -> int:
     store = Store(db)
     try:
         if trace_id:

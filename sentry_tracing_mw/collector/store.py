@@ -678,14 +678,18 @@ class Store:
         self.path = path
         self._write_lock = threading.Lock()
         self._writer = _connect(path)
-        self._writer.execute("PRAGMA journal_mode = WAL")
-        self._writer.execute("PRAGMA synchronous = NORMAL")
-        with self._write_lock:
-            self._writer.executescript(_SCHEMA)
-            self._writer.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            self._writer.execute("PRAGMA journal_mode = WAL")
+            self._writer.execute("PRAGMA synchronous = NORMAL")
+            with self._write_lock:
+                self._writer.executescript(_SCHEMA)
+                self._writer.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.Error:  # not a database (or not ours): no connection left open
+            self._writer.close()
+            raise
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
