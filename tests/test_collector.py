@@ -867,3 +867,91 @@ def test_one_failure_definition_for_trace_list_viewer_and_show(
     listed = {ln.split()[0]: ln for ln in buf.getvalue().splitlines()[1 : len(statuses) + 1]}
     for status in statuses:
         assert ("1 failed" in listed[trace_of[status]]) is is_failure(status), status
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_cli_never_writes_into_a_database_that_is_not_its_own(tmp_path: Path) -> None:
+    # An app's SQLite file given as --db by mistake: refused, and left as it was.
+    app_db = tmp_path / "db.sqlite3"
+    conn = sqlite3.connect(app_db)
+    conn.execute("CREATE TABLE auth_user(id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    before = app_db.read_bytes()
+    for args in (("show", "--db", str(app_db)), ("show", "--db", str(empty))):
+        res = _cli(*args)
+        assert res.returncode == 2 and "is not a collector database" in res.stdout, res
+    serve = _cli("--port", "0", "--db", str(app_db))
+    assert serve.returncode == 2 and "auth_user" in serve.stderr, serve
+    assert "Traceback" not in serve.stderr
+    assert app_db.read_bytes() == before and empty.stat().st_size == 0
+
+
+def test_cli_port_out_of_range_and_port_in_use(tmp_path: Path) -> None:
+    res = _cli("--port", "99999", "--db", str(tmp_path / "a.sqlite3"))
+    assert res.returncode == 2 and "argument --port" in res.stderr and "Traceback" not in res.stderr
+    with Collector(str(tmp_path / "first.sqlite3"), port=0) as first:
+        res = _cli("--port", str(first.port), "--db", str(tmp_path / "second.sqlite3"))
+    assert res.returncode == 1 and "cannot listen" in res.stderr, res
+    assert not (tmp_path / "second.sqlite3").exists()  # no database made for a failed start
+
+
+def test_show_piped_into_a_reader_that_stops_early(collector: Collector, db: str) -> None:
+    # More output than a pipe holds (the list, then the latest trace: 3,000 spans), read
+    # one line of: a write fails with EPIPE, which ends show quietly.
+    now = time.time()
+    trace_id, root = hexid(0x7B0, 32), hexid(0x7B0, 16)
+    spans = [
+        {
+            "trace_id": trace_id,
+            "span_id": hexid(0x7B00 + i, 16),
+            "parent_span_id": root,
+            "op": "db",
+            "description": f"SELECT {i} FROM a_table_with_a_long_name",
+            "start_timestamp": now,
+            "timestamp": now + 0.001,
+        }
+        for i in range(3000)
+    ]
+    payload = tx_payload(trace_id, root, "GET /piped", now, 0.01, spans=spans)
+    assert post(collector, tx_envelope(payload)).status_code == 200
+    show_cmd = [sys.executable, "-m", "sentry_tracing_mw.collector", "show", "--db", db]
+    shell = f"{' '.join(map(repr, show_cmd))} | head -1"
+    res = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert len(res.stdout.splitlines()) == 1
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+def test_sigterm_closes_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "term.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentry_tracing_mw.collector", "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        dsn = [proc.stdout.readline() for _ in range(4)][1].split()[-1]
+        stm.init(dsn=dsn, traces_sample_rate=1.0)
+        with stm.start_transaction("before-sigterm", op="task"):
+            pass
+        assert stm.flush(5)
+        stm.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, err
+    assert not os.path.exists(f"{db}-wal") and not os.path.exists(f"{db}-shm")
+    buf = io.StringIO()
+    assert show(str(db), None, buf) == 0 and "before-sigterm" in buf.getvalue()

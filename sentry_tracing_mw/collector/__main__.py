@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (0 = any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sentry_tracing_mw.collector",
@@ -32,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="receive envelopes and serve the viewer (default)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8969, help="port (default 8969, 0 = any)")
+    serve.add_argument("--port", type=_port, default=8969, help="port (default 8969, 0 = any)")
     serve.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
     serve.add_argument("--key", default="public", help="accepted DSN public key (default public)")
     serve.add_argument(
@@ -62,7 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "show":
         from .show import show
 
-        return show(args.db, args.trace_id, sys.stdout, limit=args.limit)
+        try:
+            code = show(args.db, args.trace_id, sys.stdout, limit=args.limit)
+            sys.stdout.flush()
+        except BrokenPipeError:  # piped into head: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error at exit's flush
+            return 1
+        return code
     return _serve(args)
 
 

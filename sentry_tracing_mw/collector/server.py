@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import signal
 import socket
 import threading
 import time
@@ -566,6 +567,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived (raised by its handler while the collector serves)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 class Collector:
     """A collector: store + app + uvicorn on ``host:port`` (``port=0`` picks a free one).
 
@@ -582,10 +591,14 @@ class Collector:
         key: str = "public",
         rate_limits: Sequence[RateLimit] = (),
     ) -> None:
-        self.store = Store(str(db))
+        self._sock = _bind(host, port)  # first: a port in use leaves no database file behind
+        try:
+            self.store = Store(str(db))
+        except BaseException:
+            self._sock.close()
+            raise
         self.key = key
         self.app = create_app(self.store, key, rate_limits, loopback_only=is_loopback(host))
-        self._sock = _bind(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self._server: Any = None
@@ -642,11 +655,20 @@ class Collector:
         return self
 
     def serve_forever(self) -> None:
-        """Serve on this thread until interrupted (uvicorn handles SIGINT/SIGTERM)."""
+        """Serve on this thread until SIGINT (``KeyboardInterrupt``) or SIGTERM (returns);
+        the store is closed either way. uvicorn shuts down gracefully, then raises the
+        signal again: SIGTERM's default action would end the process before the close."""
         self._server = server = self._make_server()
+        previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             server.run(sockets=[self._sock])
+        except _Terminated:
+            pass
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.close()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .._envelope import Envelope, EnvelopeError
@@ -33,6 +34,7 @@ __all__ = [
     "IngestResult",
     "PreparedEnvelope",
     "Store",
+    "is_collector_db",
     "json_too_deep",
     "parse_timestamp",
     "prepare_envelope",
@@ -671,6 +673,30 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _check_ours(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a database that holds tables but no collector ``meta`` (an app's database
+    given as ``--db`` by mistake): the schema is never added to it."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if tables and "meta" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise sqlite3.DatabaseError(f"{path!r} holds other tables ({shown})")
+
+
+def is_collector_db(path: str) -> bool:
+    """Whether ``path`` is a collector database, checked read-only (nothing is created)."""
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except (sqlite3.Error, ValueError, OSError):
+        return False
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return row is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 class Store:
     """The collector's SQLite database (thread-safe; one writer, per-thread readers)."""
 
@@ -679,6 +705,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = _connect(path)
         try:
+            _check_ours(self._writer, path)
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._writer.execute("PRAGMA synchronous = NORMAL")
             with self._write_lock:
