@@ -1067,9 +1067,9 @@ def test_a_handler_added_during_the_request_answers_it(sentry_server: SentryServ
     assert event["exception"]["values"][-1]["type"].endswith("Boom")
 
 
-def test_a_handler_that_answers_nothing_is_the_servers_500(sentry_server: SentryServer) -> None:
-    # An exception handler that returns None sends no response; uvicorn then answers 500,
-    # and the transaction says so (it said "ok" with no status before).
+def test_a_handler_that_answers_nothing_is_an_error(sentry_server: SentryServer) -> None:
+    # An exception handler that returns None sends no response (uvicorn then answers 500):
+    # the transaction is an error (it said "ok" before).
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -1093,7 +1093,6 @@ def test_a_handler_that_answers_nothing_is_the_servers_500(sentry_server: Sentry
     (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/x/{n}"
     assert tx["contexts"]["trace"]["status"] == "internal_error"
-    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
 
 
 def _exception_middleware(app: Any) -> Any:

@@ -741,12 +741,11 @@ class TracingMiddleware:
 
     def _no_response(self, tx: Transaction, scope: Scope, method: str) -> None:
         """The app returned without starting a response (an exception handler that
-        returned None, say): the server answers 500 (uvicorn, hypercorn)."""
+        returned None, say): an application error. What the client gets is not ours to see
+        (uvicorn, hypercorn and granian answer 500; daphne nothing; a middleware outside
+        ours may answer), so no status code is recorded."""
         self._name_failed(tx, scope, method)
-        try:
-            tx.set_http_status(500)
-        except Exception:
-            logger.debug("recording the server's 500 failed", exc_info=True)
+        tx._status = "internal_error"
 
     def _unhandled_response(self, tx: Transaction, scope: Scope) -> None:
         """Record the response the server (or the framework's error middleware) sends for
