@@ -285,6 +285,11 @@ def budget_verdict(value: float, budget: float, noise: float) -> bool | None:
     return value <= budget
 
 
+def verdict_text(met: bool | None) -> str:
+    """A target's verdict as a word: met, MISSED, or inconclusive (``budget_verdict``)."""
+    return "inconclusive" if met is None else ("met" if met else "MISSED")
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     if not sorted_values:
         return float("nan")

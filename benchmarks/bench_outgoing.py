@@ -331,7 +331,7 @@ def main() -> None:
     section = run(args.quick, args.rounds)
     print(f"## {section.title}\n\n{section.body}\n")
     for target, measured, met in section.targets:
-        print(f"- {'met' if met else 'MISSED'}: {target}: {measured}")
+        print(f"- {h.verdict_text(met)}: {target}: {measured}")
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ def main() -> None:
     h.log(f"wrote {args.output} in {(time.monotonic() - t0) / 60:.1f} min")
     for s in sections:
         for target, measured, met in s.targets:
-            print(f"{_verdict(met).strip('*'):>7}  {target}: {measured}")
+            print(f"{_verdict(met).strip('*'):>12}  {target}: {measured}")
 
 
 if __name__ == "__main__":
