@@ -35,6 +35,7 @@ from sentry_tracing_mw.collector import Collector
 from sentry_tracing_mw.collector.server import MAX_BODY
 from sentry_tracing_mw.collector.show import show
 from sentry_tracing_mw.collector.store import MAX_JSON_DEPTH
+from sentry_tracing_mw.collector.tree import printable
 from sentry_tracing_mw.collector.viewer import json_safe
 
 AUTH = "Sentry sentry_version=7, sentry_client=test/1, sentry_key=public"
@@ -656,6 +657,13 @@ def test_show_output_is_linear_in_the_depth_of_a_span_chain(collector: Collector
     assert deepest.index("|") == top.index("|")
 
 
+def test_printable_text_cannot_pass_for_an_escape() -> None:
+    # The text "\x1b" (four characters) and a real ESC print differently.
+    assert printable("a\x1b[2J") == "a\\x1b[2J"
+    assert printable("a\\x1b[2J") == "a\\\\x1b[2J"
+    assert printable("C:\\tmp\n") == "C:\\\\tmp\\n"
+
+
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/ui/summary", "/api/ui/stats"])
 def test_viewer_answers_loopback_host_names_only(collector: Collector, path: str) -> None:
     """DNS rebinding: a web page whose host name resolves to 127.0.0.1 could read every
@@ -665,7 +673,15 @@ def test_viewer_answers_loopback_host_names_only(collector: Collector, path: str
         res = httpx.get(url, headers={"Host": host}, timeout=10)
         assert res.status_code == 403, (host, res.text[:200])
         assert "loopback" in res.json()["detail"]
-    for host in ("localhost", "localhost:8969", "127.0.0.1", "127.0.0.1:1", "[::1]:8969"):
+    for host in (
+        "localhost",
+        "localhost:8969",
+        "app.localhost:8969",  # RFC 6761: *.localhost is loopback, no DNS involved
+        "127.0.0.1",
+        "127.0.0.1:1",
+        "[::1]:8969",
+        "[::ffff:127.0.0.1]:8969",
+    ):
         res = httpx.get(url, headers={"Host": host}, timeout=10)
         assert res.status_code == 200, (host, res.text[:200])
     # ingestion answers any host name (SDKs use whatever their DSN says)

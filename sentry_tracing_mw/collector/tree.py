@@ -44,11 +44,12 @@ GAP_MIN_MS = 5.0
 
 #: What a terminal or log must not get raw from an envelope: C0 and C1 controls and DEL
 #: (escape sequences, BEL, newlines that forge lines), line/paragraph separators, bidi
-#: controls (text shown in another order than stored) and surrogates (no valid text).
+#: controls (text shown in another order than stored) and surrogates (no valid text); and
+#: the backslash itself, so that a name holding the text "\x1b" never reads as one holding ESC.
 _UNPRINTABLE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
 )
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -392,5 +393,7 @@ def _label(node: Node) -> str:
         unit = node.unit
         kind = "segment" if unit.get("kind") == "segment" else "transaction"
         return f"[{unit.get('service')}] {kind} {unit.get('name')!s} ({op})"
-    desc = _short(node.description, 200)
+    # raw text: the caller makes the whole label printable once (twice would escape the
+    # escapes' backslashes)
+    desc = " ".join(node.description.split())[:200] if node.description else ""
     return f"{op} {desc}" if desc else op
