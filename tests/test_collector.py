@@ -827,6 +827,8 @@ def test_cli_refuses_a_file_that_is_no_database_and_a_limit_below_one(tmp_path: 
     assert serve.returncode == 2 and "is not a collector database" in serve.stderr, serve
     assert "Traceback" not in serve.stderr
     assert not_db.read_text() == "not a database\n"
+    missing_dir = cli("--port", "0", "--db", str(tmp_path / "no-such-dir" / "x.sqlite3"))
+    assert missing_dir.returncode == 2 and "cannot open --db" in missing_dir.stderr, missing_dir
     for limit in ("-1", "0", "x"):
         res = cli("show", "--db", str(tmp_path / "none.sqlite3"), "--limit", limit)
         assert res.returncode == 2 and "argument --limit" in res.stderr, res
@@ -955,3 +957,29 @@ def test_sigterm_closes_the_database(tmp_path: Path) -> None:
     assert not os.path.exists(f"{db}-wal") and not os.path.exists(f"{db}-shm")
     buf = io.StringIO()
     assert show(str(db), None, buf) == 0 and "before-sigterm" in buf.getvalue()
+
+
+def test_serve_forever_keeps_a_programs_own_sigterm_handler(tmp_path: Path) -> None:
+    # A program that embeds the collector and handles SIGTERM itself still gets it (uvicorn
+    # restores the handler it found and raises the signal again after shutting down).
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, threading
+        from sentry_tracing_mw.collector import Collector
+        got = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+        collector = Collector(sys.argv[1], port=0)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        collector.serve_forever()
+        print("handled", got, signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "embed.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "handled [15] True", (res.stdout, res.stderr)

@@ -113,7 +113,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:
-        print(f"--db {args.db!r} is not a collector database ({exc})", file=sys.stderr)
+        if isinstance(exc, sqlite3.OperationalError):  # a missing folder, no permission
+            print(f"cannot open --db {args.db!r}: {exc}", file=sys.stderr)
+        else:  # not SQLite, or SQLite holding another program's tables
+            print(f"--db {args.db!r} is not a collector database ({exc})", file=sys.stderr)
         return 2
     print(
         f"sentry-tracing-mw collector on {collector.url}\n"

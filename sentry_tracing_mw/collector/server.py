@@ -273,12 +273,14 @@ def is_loopback(host: str) -> bool:
     name = host.strip().lower().rstrip(".")
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    if name == "localhost":
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _host_name(value: str) -> str:
@@ -657,18 +659,22 @@ class Collector:
     def serve_forever(self) -> None:
         """Serve on this thread until SIGINT (``KeyboardInterrupt``) or SIGTERM (returns);
         the store is closed either way. uvicorn shuts down gracefully, then raises the
-        signal again: SIGTERM's default action would end the process before the close."""
+        signal again: SIGTERM's default action would end the process before the close, so
+        while it is the default, it is replaced here (a program's own handler is kept)."""
         self._server = server = self._make_server()
-        previous: Any = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _terminated)
+        ours = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        )
+        if ours:
+            signal.signal(signal.SIGTERM, _terminated)
         try:
             server.run(sockets=[self._sock])
         except _Terminated:
             pass
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if ours and signal.getsignal(signal.SIGTERM) is _terminated:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
             self.close()
 
     def stop(self, timeout: float = 10.0) -> None:

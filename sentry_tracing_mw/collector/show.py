@@ -33,7 +33,7 @@ def show(db: str, trace_id: str | None, out: TextIO, *, limit: int = 10) -> int:
 
 
 def _show(db: str, trace_id: str | None, out: TextIO, limit: int) -> int:
-    store = Store(db)
+    store = Store(db, read_only=True)
     try:
         if trace_id:
             matches = store.find_traces(trace_id, limit=5)

@@ -664,13 +664,26 @@ def _casefold(value: Any) -> Any:
     return value.casefold() if isinstance(value, str) else value
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:  # never creates the file, never writes (not even a schema)
+        conn = sqlite3.connect(
+            f"{Path(path).resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=30.0,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.create_function("casefold", 1, _casefold, deterministic=True)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+_SCHEMA_VERSION_QUERY = "SELECT value FROM meta WHERE key = 'schema_version'"
 
 
 def _check_ours(conn: sqlite3.Connection, path: str) -> None:
@@ -689,8 +702,7 @@ def is_collector_db(path: str) -> bool:
     except (sqlite3.Error, ValueError, OSError):
         return False
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return row is not None
+        return conn.execute(_SCHEMA_VERSION_QUERY).fetchone() is not None
     except sqlite3.Error:
         return False
     finally:
@@ -700,12 +712,23 @@ def is_collector_db(path: str) -> bool:
 class Store:
     """The collector's SQLite database (thread-safe; one writer, per-thread readers)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        """Open (or create) the database at ``path``; ``read_only`` opens an existing
+        collector database for reading only (``show``), else ``sqlite3.DatabaseError``."""
         self.path = path
+        self.read_only = read_only
         self._write_lock = threading.Lock()
-        self._writer = _connect(path)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = _connect(path, read_only)
         try:
             _check_ours(self._writer, path)
+            if read_only:
+                if self._writer.execute(_SCHEMA_VERSION_QUERY).fetchone() is None:
+                    raise sqlite3.DatabaseError(f"{path!r} is not a collector database")
+                return
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._writer.execute("PRAGMA synchronous = NORMAL")
             with self._write_lock:
@@ -717,17 +740,13 @@ class Store:
         except sqlite3.Error:  # not a database (or not ours): no connection left open
             self._writer.close()
             raise
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._closed = False
 
     # connections ------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = _connect(self.path, self.read_only)
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._readers_lock:
@@ -747,10 +766,11 @@ class Store:
             except sqlite3.Error:
                 pass
         with self._write_lock:
-            try:
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            if not self.read_only:
+                try:
+                    self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
             self._writer.close()
 
     @contextmanager
