@@ -747,43 +747,25 @@ def test_data_survives_a_restart(db: str) -> None:
         second.stop()
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the collector's command line to its end."""
+    command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def _serving(*args: str) -> subprocess.Popen[str]:
+    """Start the collector's command line (the caller stops it)."""
+    command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+
 def test_cli_serve_and_clean_exit(tmp_path: Path) -> None:
     db = tmp_path / "cli.sqlite3"
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sentry_tracing_mw.collector",
-            "--rate-limit",
-            "x:y",
-            "--db",
-            str(db),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    bad = _cli("--rate-limit", "x:y", "--db", str(db))
     assert bad.returncode == 2 and "--rate-limit" in bad.stderr
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sentry_tracing_mw.collector",
-            "--port",
-            "0",
-            "--db",
-            str(db),
-            "--key",
-            "sekrit",
-            "--rate-limit",
-            "30:error",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = _serving("--port", "0", "--db", str(db), "--key", "sekrit", "--rate-limit", "30:error")
     try:
         assert proc.stdout is not None
         banner = [proc.stdout.readline() for _ in range(5)]
@@ -815,22 +797,18 @@ def test_cli_refuses_a_file_that_is_no_database_and_a_limit_below_one(tmp_path: 
     not_db = tmp_path / "notes.txt"
     not_db.write_text("not a database\n")
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
-
     for args in (("show", "--db", str(not_db)), ("show", "--db", str(tmp_path))):
-        res = cli(*args)
+        res = _cli(*args)
         assert res.returncode == 2, res
         assert "is not a collector database" in res.stdout and "Traceback" not in res.stderr
-    serve = cli("--port", "0", "--db", str(not_db))
+    serve = _cli("--port", "0", "--db", str(not_db))
     assert serve.returncode == 2 and "is not a collector database" in serve.stderr, serve
     assert "Traceback" not in serve.stderr
     assert not_db.read_text() == "not a database\n"
-    missing_dir = cli("--port", "0", "--db", str(tmp_path / "no-such-dir" / "x.sqlite3"))
+    missing_dir = _cli("--port", "0", "--db", str(tmp_path / "no-such-dir" / "x.sqlite3"))
     assert missing_dir.returncode == 2 and "cannot open --db" in missing_dir.stderr, missing_dir
     for limit in ("-1", "0", "x"):
-        res = cli("show", "--db", str(tmp_path / "none.sqlite3"), "--limit", limit)
+        res = _cli("show", "--db", str(tmp_path / "none.sqlite3"), "--limit", limit)
         assert res.returncode == 2 and "argument --limit" in res.stderr, res
 
 
@@ -869,11 +847,6 @@ def test_one_failure_definition_for_trace_list_viewer_and_show(
     listed = {ln.split()[0]: ln for ln in buf.getvalue().splitlines()[1 : len(statuses) + 1]}
     for status in statuses:
         assert ("1 failed" in listed[trace_of[status]]) is is_failure(status), status
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "sentry_tracing_mw.collector", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
 
 
 def test_cli_never_writes_into_a_database_that_is_not_its_own(tmp_path: Path) -> None:
@@ -932,13 +905,7 @@ def test_show_piped_into_a_reader_that_stops_early(collector: Collector, db: str
 
 def test_sigterm_closes_the_database(tmp_path: Path) -> None:
     db = tmp_path / "term.sqlite3"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentry_tracing_mw.collector", "--port", "0", "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = _serving("--port", "0", "--db", str(db))
     try:
         assert proc.stdout is not None
         dsn = [proc.stdout.readline() for _ in range(4)][1].split()[-1]

@@ -15,6 +15,13 @@ _CASES = [
 ]
 
 
+def _run(code: str) -> str:
+    """The output of ``code`` run in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
 @pytest.mark.parametrize(("integration", "blocked", "extra"), _CASES)
 def test_missing_framework_names_the_extra(integration: str, blocked: str, extra: str) -> None:
     # sys.modules[name] = None makes "import name" fail as a missing module does.
@@ -29,9 +36,7 @@ def test_missing_framework_names_the_extra(integration: str, blocked: str, extra
         "else:\n"
         "    print('imported')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
+    out = _run(code).splitlines()
     assert out[0].split(".")[0] == blocked  # the package or one of its modules
     assert f"sentry_tracing_mw.integrations.{integration} needs {extra}" in out[1]
     assert f"pip install 'sentry-tracing-mw[{extra}]'" in out[1]
@@ -48,7 +53,4 @@ def test_django_integration_without_django_but_with_asgiref() -> None:
         "except ModuleNotFoundError as exc:\n"
         "    print(exc.name)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
-    assert out == ["django"]
+    assert _run(code).split() == ["django"]
