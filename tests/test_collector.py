@@ -950,3 +950,17 @@ def test_serve_forever_keeps_a_programs_own_sigterm_handler(tmp_path: Path) -> N
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "handled [15] True", (res.stdout, res.stderr)
+
+
+def test_cli_allow_host(tmp_path: Path) -> None:
+    proc = _serving("--port", "0", "--db", str(tmp_path / "h.sqlite3"), "--allow-host", "t.lan")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        for host, status in (("t.lan", 200), ("u.lan", 403)):
+            res = httpx.get(url + "/api/ui/stats", headers={"Host": host}, timeout=10)
+            assert res.status_code == status, (host, res.text[:200])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0

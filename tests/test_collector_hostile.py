@@ -690,6 +690,21 @@ def test_viewer_answers_loopback_host_names_only(collector: Collector, path: str
     assert httpx.get(collector.url + "/healthz", headers={"Host": "x"}).status_code == 200
 
 
+def test_allowed_host_names_reach_the_viewer(tmp_path: Path) -> None:
+    # A reverse proxy on this machine that keeps its own Host: named with --allow-host.
+    with Collector(
+        str(tmp_path / "allowed.sqlite3"), port=0, allowed_hosts=["Traces.Internal"]
+    ) as c:
+        for host, status in (
+            ("traces.internal", 200),
+            ("TRACES.internal.:8080", 200),
+            ("other.internal", 403),
+            ("localhost", 200),
+        ):
+            res = httpx.get(c.url + "/api/ui/stats", headers={"Host": host}, timeout=10)
+            assert res.status_code == status, (host, res.text[:200])
+
+
 def test_event_ids_the_first_one_stays(collector: Collector) -> None:
     # Sentry deduplicates by event id and keeps the first event: a reused id must not
     # replace (and so erase) another trace's transaction.

@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 429 for these categories, e.g. 60:transaction or 30:error;span "
         "(repeatable; no categories = all)",
     )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the viewer also answers when bound to loopback, e.g. a reverse "
+        "proxy's on this machine (repeatable; default: loopback names only)",
+    )
     serve.add_argument("--quiet", action="store_true", help="do not log each stored envelope")
     show = sub.add_parser("show", help="print stored traces as trees")
     show.add_argument("trace_id", nargs="?", help="trace id (or a unique prefix)")
@@ -107,7 +115,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         collector = Collector(
-            args.db, host=args.host, port=args.port, key=args.key, rate_limits=limits
+            args.db,
+            host=args.host,
+            port=args.port,
+            key=args.key,
+            rate_limits=limits,
+            allowed_hosts=args.allow_host,
         )
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

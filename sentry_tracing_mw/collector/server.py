@@ -300,17 +300,24 @@ class _LoopbackHostOnly:
     A collector bound to loopback is meant for this machine only; a web page could
     still reach it by pointing its own host name at 127.0.0.1 (DNS rebinding) and read
     the stored traces. Its requests carry the page's host name, not a loopback one.
+    ``allowed`` adds host names (a reverse proxy on this machine that keeps its own).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed: Sequence[str] = ()) -> None:
         self.app = app
+        self.allowed = frozenset(_host_name(h.strip().lower()).rstrip(".") for h in allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _ANY_HOST.fullmatch(scope["path"]):
             hosts = [v for k, v in scope["headers"] if k == b"host"]
             name = _host_name(hosts[0].decode("latin-1")) if hosts else "localhost"
-            if len(hosts) > 1 or not is_loopback(name):
-                detail = "the viewer answers loopback host names only (localhost, 127.0.0.1, [::1])"
+            if len(hosts) > 1 or not (
+                is_loopback(name) or name.lower().rstrip(".") in self.allowed
+            ):
+                detail = (
+                    "the viewer answers loopback host names only (localhost, 127.0.0.1, "
+                    "[::1]) and those given with --allow-host"
+                )
                 await JSONResponse({"detail": detail}, 403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -536,9 +543,11 @@ def create_app(
     rate_limits: Sequence[RateLimit] = (),
     *,
     loopback_only: bool = False,
+    allowed_hosts: Sequence[str] = (),
 ) -> Starlette:
     """The collector's ASGI application; with ``loopback_only`` the viewer and its API
-    answer requests for loopback host names only (ingestion answers any)."""
+    answer requests for loopback host names and ``allowed_hosts`` only (ingestion answers
+    any)."""
     app = _App(store, key, rate_limits)
     routes = [
         Route("/", app.index, methods=["GET"]),
@@ -555,7 +564,7 @@ def create_app(
         Route("/api/ui/stats", app.ui_stats, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
-    middleware = [Middleware(_LoopbackHostOnly)] if loopback_only else []
+    middleware = [Middleware(_LoopbackHostOnly, allowed=allowed_hosts)] if loopback_only else []
     starlette = Starlette(routes=routes, middleware=middleware)
     starlette.state.collector = app
     return starlette
@@ -592,6 +601,7 @@ class Collector:
         port: int = 8969,
         key: str = "public",
         rate_limits: Sequence[RateLimit] = (),
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self._sock = _bind(host, port)  # first: a port in use leaves no database file behind
         try:
@@ -600,7 +610,13 @@ class Collector:
             self._sock.close()
             raise
         self.key = key
-        self.app = create_app(self.store, key, rate_limits, loopback_only=is_loopback(host))
+        self.app = create_app(
+            self.store,
+            key,
+            rate_limits,
+            loopback_only=is_loopback(host),
+            allowed_hosts=allowed_hosts,
+        )
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self._server: Any = None
