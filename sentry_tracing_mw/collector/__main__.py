@@ -7,33 +7,27 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
 DEFAULT_DB = "traces.sqlite3"
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
+def _int_between(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (no upper bound if None)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{value} is not {bounds}")
+        return value
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port (0 = any free one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
-    return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="receive envelopes and serve the viewer (default)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8969, help="port (default 8969, 0 = any)")
+    serve.add_argument(
+        "--port", type=_int_between(0, 65535), default=8969, help="port (default 8969, 0 = any)"
+    )
     serve.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
     serve.add_argument("--key", default="public", help="accepted DSN public key (default public)")
     serve.add_argument(
@@ -68,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("trace_id", nargs="?", help="trace id (or a unique prefix)")
     show.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
     show.add_argument(
-        "--limit", type=_positive_int, default=10, help="recent traces to list (default 10)"
+        "--limit", type=_int_between(1), default=10, help="recent traces to list (default 10)"
     )
     return parser
 

@@ -34,7 +34,6 @@ __all__ = [
     "IngestResult",
     "PreparedEnvelope",
     "Store",
-    "is_collector_db",
     "json_too_deep",
     "parse_timestamp",
     "prepare_envelope",
@@ -683,9 +682,6 @@ def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
-_SCHEMA_VERSION_QUERY = "SELECT value FROM meta WHERE key = 'schema_version'"
-
-
 def _check_ours(conn: sqlite3.Connection, path: str) -> None:
     """Refuse a database that holds tables but no collector ``meta`` (an app's database
     given as ``--db`` by mistake): the schema is never added to it."""
@@ -693,20 +689,6 @@ def _check_ours(conn: sqlite3.Connection, path: str) -> None:
     if tables and "meta" not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise sqlite3.DatabaseError(f"{path!r} holds other tables ({shown})")
-
-
-def is_collector_db(path: str) -> bool:
-    """Whether ``path`` is a collector database, checked read-only (nothing is created)."""
-    try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    except (sqlite3.Error, ValueError, OSError):
-        return False
-    try:
-        return conn.execute(_SCHEMA_VERSION_QUERY).fetchone() is not None
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
 
 
 class Store:
@@ -726,7 +708,8 @@ class Store:
         try:
             _check_ours(self._writer, path)
             if read_only:
-                if self._writer.execute(_SCHEMA_VERSION_QUERY).fetchone() is None:
+                version = "SELECT value FROM meta WHERE key = 'schema_version'"
+                if self._writer.execute(version).fetchone() is None:
                     raise sqlite3.DatabaseError(f"{path!r} is not a collector database")
                 return
             self._writer.execute("PRAGMA journal_mode = WAL")
