@@ -964,3 +964,119 @@ def test_cli_allow_host(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+def _prepared(body: bytes) -> Any:
+    from sentry_tracing_mw._envelope import parse_envelope
+    from sentry_tracing_mw.collector.store import prepare_envelope
+
+    return prepare_envelope(parse_envelope(body), "1", len(body))
+
+
+def _numbered_envelope(n: int, now: float) -> bytes:
+    """Envelope ``n``: a transaction of trace ``n`` with two spans; every third one also
+    carries an error of that trace, every fifth a client report."""
+    trace_id, root = hexid(n + 1, 32), hexid(n + 1, 16)
+    spans = [
+        child(trace_id, hexid(0x1000 + 2 * n + k, 16), root, "db", "SELECT 1", now, 0.001)
+        for k in range(2)
+    ]
+    payload = tx_payload(trace_id, root, f"GET /n{n}", now, 0.01, spans=spans)
+    items = [({"type": "transaction"}, json.dumps(payload).encode())]
+    if n % 3 == 0:
+        error = {
+            "event_id": hexid(0xE000 + n, 32),
+            "level": "error",
+            "exception": {"values": [{"type": "ValueError", "value": f"n{n}"}]},
+            "contexts": {"trace": {"trace_id": trace_id, "span_id": root}},
+        }
+        items.append(({"type": "event"}, json.dumps(error).encode()))
+    if n % 5 == 0:
+        report = {
+            "discarded_events": [{"reason": "queue_overflow", "category": "span", "quantity": 1}]
+        }
+        items.append(({"type": "client_report"}, json.dumps(report).encode()))
+    return serialize_envelope({"event_id": payload["event_id"]}, items)
+
+
+def test_store_keeps_the_newest_envelopes_and_everything_from_them(db: str) -> None:
+    from sentry_tracing_mw.collector.store import Store
+
+    store = Store(db, max_envelopes=10)
+    now = time.time()
+    try:
+        for n in range(30):
+            store.ingest(_prepared(_numbered_envelope(n, now)), received=now + n)
+        counts = store.counts()
+        # pruned back to 10 once it holds 1% (at least one) more: 10 or 11 kept
+        assert counts["envelopes"] in (10, 11), counts
+        kept = counts["envelopes"]
+        assert store.pruned_envelopes == 30 - kept
+        names = {row["name"] for row in store.query("SELECT name FROM units")}
+        assert names == {f"GET /n{n}" for n in range(30 - kept, 30)}
+        assert counts["spans"] == 3 * kept  # the spans of dropped transactions went too
+        errors = {row["title"] for row in store.query("SELECT title FROM errors")}
+        assert errors == {f"ValueError: n{n}" for n in range(30 - kept, 30) if n % 3 == 0}
+        reports = store.query("SELECT COUNT(*) AS n FROM client_reports")[0]["n"]
+        assert reports == len([n for n in range(30 - kept, 30) if n % 5 == 0])
+    finally:
+        store.close()
+    # a smaller limit prunes what an earlier run left at once; no limit keeps everything
+    store = Store(db, max_envelopes=4)
+    try:
+        assert store.counts()["envelopes"] == 4 and store.pruned_envelopes == kept - 4
+        assert {r["name"] for r in store.query("SELECT name FROM units")} == {
+            f"GET /n{n}" for n in range(26, 30)
+        }
+    finally:
+        store.close()
+    store = Store(db)
+    try:
+        store.ingest(_prepared(_numbered_envelope(30, now)), received=now + 30)
+        assert store.counts()["envelopes"] == 5 and store.pruned_envelopes == 0
+    finally:
+        store.close()
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ValueError, match="max_envelopes"):
+            Store(db, max_envelopes=bad)  # type: ignore[arg-type]
+
+
+def test_store_file_stops_growing_at_its_limit(db: str) -> None:
+    from sentry_tracing_mw.collector.store import Store
+
+    store = Store(db, max_envelopes=200)
+    now = time.time()
+    sizes = []
+    try:
+        for n in range(1200):
+            store.ingest(_prepared(_numbered_envelope(n, now)), received=now + n)
+            if n in (599, 1199):
+                size = os.path.getsize(db)
+                wal = db + "-wal"
+                sizes.append(size + (os.path.getsize(wal) if os.path.exists(wal) else 0))
+        assert store.counts()["envelopes"] <= 202
+    finally:
+        store.close()
+    # freed pages are reused: the second 600 envelopes add (almost) nothing
+    assert sizes[1] <= sizes[0] * 1.1, sizes
+
+
+def test_collector_max_envelopes_option_stats_and_cli(db: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_envelopes"):
+        Collector(db, port=0, max_envelopes=0)
+    small = Collector(db, port=0, max_envelopes=3).start()
+    try:
+        now = time.time()
+        for n in range(5):  # the fifth is one more than 3 + 1: back to 3
+            assert post(small, _numbered_envelope(n, now)).status_code == 200
+        stats = ui(small, "stats")
+        assert stats["max_envelopes"] == 3
+        assert stats["counts"]["envelopes"] == 3 and stats["pruned_envelopes"] == 2
+        listed = {row["name"] for row in ui(small, "transactions")["rows"]}
+        assert listed == {"GET /n2", "GET /n3", "GET /n4"}
+    finally:
+        small.stop()
+    for bad in ("-1", "x"):
+        res = _cli("--port", "0", "--db", str(tmp_path / "m.sqlite3"), "--max-envelopes", bad)
+        assert res.returncode == 2 and "argument --max-envelopes" in res.stderr, res
+    assert Collector.__init__.__kwdefaults__["max_envelopes"] == 50_000  # type: ignore[index]

@@ -9,6 +9,8 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
+from .store import DEFAULT_MAX_ENVELOPES
+
 __all__ = ["main"]
 
 DEFAULT_DB = "traces.sqlite3"
@@ -58,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a host name the viewer also answers when bound to loopback, e.g. a reverse "
         "proxy's on this machine (repeatable; default: loopback names only)",
+    )
+    serve.add_argument(
+        "--max-envelopes",
+        type=_int_between(0),
+        default=DEFAULT_MAX_ENVELOPES,
+        metavar="N",
+        help="keep the newest N envelopes' traces, errors and reports, dropping older ones "
+        f"(default {DEFAULT_MAX_ENVELOPES}; 0 = keep everything)",
     )
     serve.add_argument("--quiet", action="store_true", help="do not log each stored envelope")
     show = sub.add_parser("show", help="print stored traces as trees")
@@ -117,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
             key=args.key,
             rate_limits=limits,
             allowed_hosts=args.allow_host,
+            max_envelopes=args.max_envelopes or None,
         )
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

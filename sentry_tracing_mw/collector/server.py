@@ -37,7 +37,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._envelope import Envelope, EnvelopeError, decode_body, parse_envelope
 from .._log import guard
 from . import viewer
-from .store import CATEGORY_OF_ITEM, MAX_JSON_DEPTH, Store, json_too_deep, prepare_envelope
+from .store import (
+    CATEGORY_OF_ITEM,
+    DEFAULT_MAX_ENVELOPES,
+    MAX_JSON_DEPTH,
+    Store,
+    json_too_deep,
+    prepare_envelope,
+)
 from .tree import printable
 
 __all__ = [
@@ -532,6 +539,8 @@ class _App:
                 "client_reports": self.store.client_report_totals(),
                 "rate_limits": [r.header() for r in self.rate_limits],
                 "responses": {str(k): v for k, v in sorted(self.responses.items())},
+                "max_envelopes": self.store.max_envelopes,
+                "pruned_envelopes": self.store.pruned_envelopes,
             }
 
         return await self._json(stats)
@@ -589,6 +598,8 @@ def _terminated(signum: int, frame: Any) -> None:
 class Collector:
     """A collector: store + app + uvicorn on ``host:port`` (``port=0`` picks a free one).
 
+    The store keeps the newest ``max_envelopes`` envelopes' data (None: everything).
+
     ``start()`` serves on a background thread (tests, demos); ``serve_forever()`` serves on
     the calling thread until Ctrl-C.
     """
@@ -602,10 +613,11 @@ class Collector:
         key: str = "public",
         rate_limits: Sequence[RateLimit] = (),
         allowed_hosts: Sequence[str] = (),
+        max_envelopes: int | None = DEFAULT_MAX_ENVELOPES,
     ) -> None:
         self._sock = _bind(host, port)  # first: a port in use leaves no database file behind
         try:
-            self.store = Store(str(db))
+            self.store = Store(str(db), max_envelopes=max_envelopes)
         except BaseException:
             self._sock.close()
             raise

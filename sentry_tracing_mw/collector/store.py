@@ -12,6 +12,7 @@ span of a unit, its root included, is a row of ``spans``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -29,6 +30,7 @@ from .tree import FAILED_EXCLUDED
 
 __all__ = [
     "CATEGORY_OF_ITEM",
+    "DEFAULT_MAX_ENVELOPES",
     "MAX_JSON_DEPTH",
     "MAX_TIMESTAMP",
     "IngestResult",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+
+logger = logging.getLogger("sentry_tracing_mw.collector")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
@@ -77,6 +81,7 @@ CREATE INDEX IF NOT EXISTS units_parent ON units(parent_span_id);
 CREATE INDEX IF NOT EXISTS units_name ON units(name);
 CREATE INDEX IF NOT EXISTS units_end ON units(end_ts);
 CREATE INDEX IF NOT EXISTS units_received ON units(received);
+CREATE INDEX IF NOT EXISTS units_envelope ON units(envelope_id);
 CREATE TABLE IF NOT EXISTS spans(
     unit_id TEXT NOT NULL,
     span_id TEXT NOT NULL,
@@ -108,6 +113,7 @@ CREATE TABLE IF NOT EXISTS errors(
     event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS errors_trace ON errors(trace_id);
+CREATE INDEX IF NOT EXISTS errors_received ON errors(received);
 CREATE TABLE IF NOT EXISTS client_reports(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received REAL NOT NULL,
@@ -117,7 +123,11 @@ CREATE TABLE IF NOT EXISTS client_reports(
     category TEXT NOT NULL,
     quantity INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS client_reports_received ON client_reports(received);
 """
+
+#: Envelopes a store keeps by default (``--max-envelopes``): about 70 MB of typical traces.
+DEFAULT_MAX_ENVELOPES = 50_000
 
 #: Rate-limit data category of each item type (protocol §14).
 CATEGORY_OF_ITEM = {
@@ -692,13 +702,28 @@ def _check_ours(conn: sqlite3.Connection, path: str) -> None:
 
 
 class Store:
-    """The collector's SQLite database (thread-safe; one writer, per-thread readers)."""
+    """The collector's SQLite database (thread-safe; one writer, per-thread readers).
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    With ``max_envelopes`` it keeps the data of the newest envelopes only: once it holds
+    1% more, the oldest envelopes are dropped with their transactions, spans, errors and
+    client reports (freed pages are reused, so the file stops growing).
+    """
+
+    def __init__(
+        self, path: str, *, read_only: bool = False, max_envelopes: int | None = None
+    ) -> None:
         """Open (or create) the database at ``path``; ``read_only`` opens an existing
         collector database for reading only (``show``), else ``sqlite3.DatabaseError``."""
+        if max_envelopes is not None and (type(max_envelopes) is not int or max_envelopes < 1):
+            raise ValueError(
+                f"max_envelopes must be a positive integer or None, not {max_envelopes!r}"
+            )
         self.path = path
         self.read_only = read_only
+        self.max_envelopes = max_envelopes
+        #: Envelopes dropped by ``max_envelopes`` since this store was opened.
+        self.pruned_envelopes = 0
+        self._stored = 0
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -720,6 +745,11 @@ class Store:
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+                count = "SELECT COUNT(*) FROM envelopes"
+                self._stored = int(self._writer.execute(count).fetchone()[0])
+            if max_envelopes is not None and self._stored > max_envelopes:
+                with self._transaction() as db:  # a database kept without a limit before
+                    self._prune(db, max_envelopes)
         except sqlite3.Error:  # not a database (or not ours): no connection left open
             self._writer.close()
             raise
@@ -777,6 +807,13 @@ class Store:
     def ingest(self, prepared: PreparedEnvelope, received: float | None = None) -> IngestResult:
         """Write one prepared envelope atomically."""
         now = time.time() if received is None else received
+        try:
+            return self._ingest(prepared, now)
+        except BaseException:
+            self._stored = -1  # rolled back, perhaps after a prune: counted again next time
+            raise
+
+    def _ingest(self, prepared: PreparedEnvelope, now: float) -> IngestResult:
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO envelopes(received, project, headers, item_types, size) "
@@ -824,7 +861,37 @@ class Store:
                     (now, rep.timestamp, prepared.project, rep.reason, rep.category, rep.quantity),
                 )
                 result.client_reports += 1
+            if self._stored < 0:
+                self._stored = int(db.execute("SELECT COUNT(*) FROM envelopes").fetchone()[0])
+            else:
+                self._stored += 1
+            keep = self.max_envelopes
+            if keep is not None and self._stored > keep + max(1, keep // 100):
+                self._prune(db, keep)
         return result
+
+    def _prune(self, db: sqlite3.Connection, keep: int) -> None:
+        """Drop every envelope older than the newest ``keep``, with all stored from them."""
+        cut = db.execute(
+            "SELECT id, received FROM envelopes ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()
+        if cut is None:
+            return
+        env_id, received = cut
+        old_units = "SELECT id FROM units WHERE envelope_id <= ?"
+        db.execute(f"DELETE FROM spans WHERE unit_id IN ({old_units})", (env_id,))
+        db.execute("DELETE FROM units WHERE envelope_id <= ?", (env_id,))
+        db.execute("DELETE FROM errors WHERE received <= ?", (received,))
+        db.execute("DELETE FROM client_reports WHERE received <= ?", (received,))
+        dropped = db.execute("DELETE FROM envelopes WHERE id <= ?", (env_id,)).rowcount
+        self._stored -= dropped
+        if not self.pruned_envelopes:
+            logger.info(
+                "the store holds its limit of %d envelopes: dropping the oldest from now on "
+                "(--max-envelopes)",
+                keep,
+            )
+        self.pruned_envelopes += dropped
 
     @staticmethod
     def _insert_spans(db: sqlite3.Connection, unit_id: str, rows: Iterable[_SpanRow]) -> None:
