@@ -299,6 +299,44 @@ def test_a_4xx_an_extension_signals_is_not_an_error(sentry_server: SentryServer)
     ]
 
 
+def test_a_starlette_4xx_raised_out_of_flask_is_not_an_error(sentry_server: SentryServer) -> None:
+    """Connexion 3 answers Flask's 404s by raising Starlette's ``HTTPException`` out of a
+    Flask error handler (``PROPAGATE_EXCEPTIONS`` on), and its middleware outside Flask
+    turns it into the 404: no error event, as for werkzeug's; a 5xx one is an error."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
+
+    app = traced_app(sentry_server)
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.errorhandler(WerkzeugHTTPException)
+    def reraise(error: WerkzeugHTTPException) -> Any:
+        raise StarletteHTTPException(error.code or 500, detail=error.description)
+
+    @app.route("/down")
+    def down() -> str:
+        abort(503)
+
+    def answering(environ: dict[str, Any], start_response: Any) -> Any:
+        try:  # what Connexion's exception middleware does, outside the Flask app
+            return app.wsgi_app(environ, start_response)
+        except StarletteHTTPException as exc:
+            start_response(f"{exc.status_code} X", [("Content-Type", "text/plain")])
+            return [b"answered"]
+
+    with run_wsgi(TracingMiddleware(answering)) as base:
+        codes = [
+            requests.get(f"{base}{path}", timeout=5).status_code for path in ("/nope/7", "/down")
+        ]
+    assert codes == [404, 503]
+    txs = sent(sentry_server, 2)
+    assert sorted(t["transaction"] for t in txs) == ["/down", "GET 404"]
+    assert wait_transactions(sentry_server, 2, events=1) and stm.flush(0.5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "HTTPException"
+    assert event["transaction"] == "/down"
+
+
 def test_a_failing_call_on_close_function_is_an_error(sentry_server: SentryServer) -> None:
     """``response.call_on_close(fn)`` runs app code when the server closes the body: its
     failure is the request's error (linked to its transaction)."""

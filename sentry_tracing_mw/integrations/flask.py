@@ -1,9 +1,7 @@
 """Flask integration: ``FlaskTracing(app)`` or ``FlaskTracing().init_app(app)``.
 
 It wraps ``app.wsgi_app`` (so servers and wrappers that call ``app.wsgi_app`` are traced
-too; Connexion 3 keeps the ``wsgi_app`` it found when it built the app: wrap the Connexion
-app in ``sentry_tracing_mw.integrations.asgi.TracingMiddleware`` there) with the WSGI
-lifecycle middleware and names each transaction
+too) with the WSGI lifecycle middleware and names each transaction
 after its URL rule as soon as routing has happened, before the view runs:
 ``/users/<int:user_id>``, ``/api/v1/items/<slug>`` (blueprint prefixes and any
 ``SCRIPT_NAME`` mount prefix included), or ``"GET 404"`` when nothing matched.
@@ -11,6 +9,13 @@ after its URL rule as soon as routing has happened, before the view runs:
 Options come from keyword arguments, then ``app.config["SENTRY_*"]`` (any ``init()``
 option as ``SENTRY_<OPTION_UPPER>``, plus ``SENTRY_TRANSACTION_STYLE``,
 ``SENTRY_IGNORE_PATHS`` and ``SENTRY_HTTP_METHODS_TO_CAPTURE``).
+
+Connexion 3 serves the Flask app behind its own ASGI middleware, which answers some
+requests itself (validation 400s, 405s, its Swagger UI): wrap the Connexion app in the
+Starlette integration's ``TracingMiddleware`` (Connexion routes with Starlette's router)
+and call ``FlaskTracing(connexion_app.app)`` too. Flask names the requests it routes;
+the others are named after their status (``"GET 400"``, ``"POST 405"``) or Connexion's
+mount (``/api/v1/ui``), never after their raw path.
 
 Templates get a ``sentry_trace_meta`` global that works both as ``{{ sentry_trace_meta }}``
 and ``{{ sentry_trace_meta() }}``.
@@ -180,7 +185,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
         route when it has one, else ``"GET 500"`` as its response will name it.
         """
         try:
-            if isinstance(exception, HTTPException) and not (exception.code or 500) >= 500:
+            if _client_error(exception):
                 return  # a 4xx sent through the signal (Flask-RESTful sends every error)
             req = request._get_current_object()  # type: ignore[attr-defined]
             tx = req.environ.get(ENVIRON_KEY) or active_request_transaction()
@@ -197,6 +202,19 @@ class FlaskTracingMiddleware(TracingMiddleware):
             get_client().capture_exception(exception, span=tx, mechanism="flask", handled=handled)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
+
+
+def _client_error(exc: BaseException) -> bool:
+    """An HTTP exception that stands for a 4xx response: werkzeug's, or Starlette's (raised
+    out of Flask by Connexion 3's error handler, which its middleware answers with the 4xx)."""
+    if isinstance(exc, HTTPException):
+        return not (exc.code or 500) >= 500
+    code = getattr(exc, "status_code", None)
+    return (
+        type(code) is int
+        and code < 500
+        and any(cls.__name__ == "HTTPException" for cls in type(exc).__mro__)
+    )
 
 
 def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) -> Callable[[], Any]:
