@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ._errors import ConfigurationError
 from ._version import VERSION
@@ -15,6 +15,7 @@ SDK_NAME = "sentry.python.tracemw"
 USER_AGENT = f"{SDK_NAME}/{VERSION}"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _ORG_RE = re.compile(r"^o([0-9]+)\.")
 # Keys go verbatim into the X-Sentry-Auth header (``key=value`` pairs split on commas):
 # printable ASCII without the pair separators, quotes, backslash and userinfo delimiters.
@@ -82,6 +83,9 @@ class Dsn:
         if parts.query or parts.fragment:
             raise ConfigurationError(f"dsn {value!r}: query strings and fragments are not allowed")
         prefix, _, project_id = path_all.rstrip("/").rpartition("/")
+        # a self-hosted path prefix with spaces or non-ASCII (``/中/1``): percent-encoded,
+        # as sentry-sdk sends it (kept as is, it cannot go into a request line)
+        prefix = quote(prefix, safe=_PATH_SAFE)
         if not project_id:
             raise ConfigurationError(f"dsn {value!r}: no project id in the path")
         if not (project_id.isascii() and project_id.isdigit()):
@@ -151,6 +155,11 @@ def _split_hostport(hostport: str, value: str) -> tuple[str, int | None]:
     if not host.isprintable() or any(c.isspace() for c in host):
         # a NUL would cut the host short on the wire, others fail only when sending
         raise ConfigurationError(f"dsn {value!r}: invalid host {host!r}")
+    if not host.isascii():  # an internationalized name: its ASCII (punycode) form
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ConfigurationError(f"dsn {value!r}: invalid host {host!r} ({exc})") from None
     port: int | None = None
     if port_s is not None:
         if not port_s.isdigit() or not port_s.isascii():

@@ -186,7 +186,8 @@ class HTTPConnection:
                     return
                 total += size
                 if total > _MAX_BODY:
-                    raise ProtocolError("response body too large")
+                    headers["connection"] = "close"  # the status is all we need: not read
+                    return
                 buffer.exactly(size)
                 buffer.line()  # CRLF after the chunk
         length = headers.get("content-length")
@@ -195,8 +196,11 @@ class HTTPConnection:
                 size = int(length)
             except ValueError:
                 raise ProtocolError(f"bad Content-Length {length[:20]!r}") from None
-            if not 0 <= size <= _MAX_BODY:
-                raise ProtocolError("response body too large")
+            if size < 0:
+                raise ProtocolError(f"bad Content-Length {length[:20]!r}")
+            if size > _MAX_BODY:  # the status is all we need: the rest is not read
+                headers["connection"] = "close"
+                return
             buffer.exactly(size)
             return
         buffer.until_close(_MAX_BODY)  # no length: the body ends when the server closes
@@ -257,7 +261,6 @@ class _Buffer:
 
     def until_close(self, limit: int) -> None:
         """Consume everything until the server closes the connection."""
-        while self._fill():
-            if len(self._data) > limit:
-                raise ProtocolError("response body too large")
+        while len(self._data) <= limit and self._fill():
+            pass  # (past the limit: the caller closes the connection, unread)
         self._data = b""

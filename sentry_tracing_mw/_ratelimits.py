@@ -127,7 +127,7 @@ class RateLimits:
         """Apply the limits a response carries (any status; 429 falls back to Retry-After)."""
         header = header_get(headers, "X-Sentry-Rate-Limits")
         updates: list[tuple[float, frozenset[str]]]
-        if header is not None:
+        if header and header.strip():  # an empty one is no header (sentry-sdk's reading)
             updates = parse_rate_limits(header)
         elif status == 429:
             retry = header_get(headers, "Retry-After")

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import urllib3
@@ -36,7 +36,7 @@ from ._event import MAX_ITEM_BYTES, shrink_event
 from ._fork import renew_in_child, uwsgi_module
 from ._http import HTTPConnection, StaleConnectionError
 from ._options import explicit_proxy, redacted_url
-from ._ratelimits import RateLimits
+from ._ratelimits import RateLimits, header_get
 from ._serialize import dumps
 
 __all__ = ["WORKER_NAME", "Pending", "Transport", "uwsgi_threads_disabled"]
@@ -103,6 +103,12 @@ _ITEM_HEADER = {
 
 
 #: The longest wait flush() and close() make (a year, or the platform's lock limit).
+#: Redirects followed for an envelope POST (urllib3's, as sentry-sdk sends through it):
+#: the body is sent again; 303 (which turns a POST into a GET) is not followed.
+_REDIRECTS = frozenset({301, 302, 307, 308})
+_MAX_REDIRECTS = 3
+#: Characters kept as they are in a redirect's path (the rest is percent-encoded).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _MAX_WAIT = min(365 * 24 * 3600.0, threading.TIMEOUT_MAX)
 
 
@@ -144,18 +150,34 @@ def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> 
     """Explicit options first, then the ``*_PROXY`` environment honoring ``NO_PROXY``."""
     explicit = explicit_proxy(dsn, http_proxy, https_proxy)[1]
     if explicit is not None:
-        return explicit or None
+        return _with_scheme(explicit) or None
     try:
         proxies = getproxies()
         proxy = proxies.get(dsn.scheme)
         if not proxy and dsn.scheme == "https":
             proxy = proxies.get("http")
-        if proxy and proxy_bypass(dsn.host):
+        if proxy and _bypassed(dsn):
             return None
-        return proxy or None
+        return _with_scheme(proxy) or None
     except Exception:  # pragma: no cover - broken platform proxy configuration
         logger.debug("could not read proxy settings", exc_info=True)
         return None
+
+
+def _with_scheme(proxy: str | None) -> str | None:
+    """``host:port`` (as curl and requests take it) is an HTTP proxy."""
+    if proxy and "://" not in proxy:
+        return "http://" + proxy
+    return proxy
+
+
+def _bypassed(dsn: Dsn) -> bool:
+    """``NO_PROXY`` names the DSN's host, alone or with its port (``127.0.0.1:9000``)."""
+    if proxy_bypass(dsn.host):
+        return True
+    host = f"[{dsn.host}]" if ":" in dsn.host else dsn.host
+    port = dsn.port or (443 if dsn.scheme == "https" else 80)
+    return bool(proxy_bypass(f"{host}:{port}"))
 
 
 def uwsgi_threads_disabled() -> bool:
@@ -221,6 +243,7 @@ class Transport:
             "User-Agent": USER_AGENT,
         }
         self._failing = False
+        self._redirected = False  # warned once that Sentry redirects the envelope URL
         self._init_state()
         renew_in_child(self)
 
@@ -673,23 +696,82 @@ class Transport:
         if self._post(body) != "ok":
             self.reports.restore(report)
 
+    def _post_proxied(self, url: str, body: bytes) -> tuple[int, Mapping[str, str]]:
+        response = self._get_pool().request(
+            "POST",
+            url,
+            body=body,
+            headers=self._headers,
+            timeout=self._timeout,
+            retries=False,
+            redirect=False,
+            preload_content=True,
+        )
+        return response.status, response.headers
+
+    def _post_elsewhere(self, url: str, body: bytes) -> tuple[int, Mapping[str, str]]:
+        """POST to a URL Sentry redirected to, on a connection of its own."""
+        if self._proxy:
+            return self._post_proxied(url, body)
+        parts = urlsplit(url)
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        conn = HTTPConnection(
+            parts.scheme,
+            parts.hostname or "",
+            parts.port,
+            f"{path}?{parts.query}" if parts.query else path,
+            self._headers,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            ca_certs=self._ca_certs,
+        )
+        try:
+            return conn.post(body)
+        finally:
+            conn.close()
+
+    def _send(self, body: bytes) -> tuple[int, Mapping[str, str]]:
+        """POST to the envelope URL, following redirects as sentry-sdk does (the body is
+        sent again; up to three; never from https to http)."""
+        url = self.dsn.envelope_url
+        if self._proxy:
+            status, headers = self._post_proxied(url, body)
+        else:
+            status, headers = self._post_direct(body)
+        for _ in range(_MAX_REDIRECTS):
+            if status not in _REDIRECTS:
+                break
+            location = header_get(headers, "location")
+            if not location:
+                break
+            target = urljoin(url, location.strip())
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                break
+            if parts.scheme == "http" and urlsplit(url).scheme == "https":
+                logger.warning(
+                    "sentry_tracing_mw: Sentry redirects %s to plain http (%s): not followed",
+                    url,
+                    redacted_url(target),
+                )
+                break
+            if not self._redirected:
+                self._redirected = True
+                logger.warning(
+                    "sentry_tracing_mw: Sentry redirects %s to %s (HTTP %d): following; "
+                    "set the DSN to the new address",
+                    url,
+                    redacted_url(target),
+                    status,
+                )
+            url = target
+            status, headers = self._post_elsewhere(url, body)
+        return status, headers
+
     def _post(self, body: bytes) -> str:
         """POST one envelope: "ok", "ratelimited" (429), "send_error" or "network_error"."""
         try:
-            if not self._proxy:
-                status, headers = self._post_direct(body)
-            else:
-                response = self._get_pool().request(
-                    "POST",
-                    self.dsn.envelope_url,
-                    body=body,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    retries=False,
-                    redirect=False,
-                    preload_content=True,
-                )
-                status, headers = response.status, response.headers
+            status, headers = self._send(body)
         except Exception as exc:
             if not self._failing:
                 logger.warning("sentry_tracing_mw: sending to Sentry failed: %s", exc)
@@ -712,12 +794,26 @@ class Transport:
             self._backoff_until = 0.0
         if 200 <= status < 300:
             self._failing = False
+            logger.debug(
+                "sentry_tracing_mw: sent %d bytes to %s: HTTP %d",
+                len(body),
+                self.dsn.envelope_url,
+                status,
+            )
             return "ok"
         if status == 429:
             logger.info("sentry_tracing_mw: rate limited by Sentry (429)")
             return "ratelimited"
         if status == 413:
             logger.error("sentry_tracing_mw: envelope rejected by Sentry as too large (413)")
+        elif status == 407 and self._proxy:
+            log = logger.debug if self._failing else logger.warning
+            log(
+                "sentry_tracing_mw: the proxy %s answered HTTP 407 (Proxy Authentication "
+                "Required); envelope dropped",
+                redacted_url(self._proxy),
+            )
+            self._failing = True
         else:
             # one warning per outage, not one per envelope (a 5xx storm would flood the logs)
             log = logger.debug if self._failing else logger.warning

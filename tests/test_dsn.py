@@ -127,3 +127,14 @@ def test_not_a_string() -> None:
 def test_org_id_is_ascii_digits_only() -> None:
     assert Dsn.parse("https://k@o12.ingest.example/1").org_id == "12"
     assert Dsn.parse("https://k@o\u0661\u0662.ingest.example/1").org_id is None
+
+
+def test_non_ascii_hosts_and_path_prefixes_are_sent_in_ascii() -> None:
+    dsn = Dsn.parse("https://k@sentry.bücher.example/中/é x/7".replace(" ", "%20"))
+    assert dsn.host == "sentry.xn--bcher-kva.example"
+    assert dsn.envelope_url == (
+        "https://sentry.xn--bcher-kva.example/%E4%B8%AD/%C3%A9%20x/api/7/envelope/"
+    )
+    assert Dsn.parse(str(dsn)) == dsn  # the canonical form parses to itself
+    with pytest.raises(ConfigurationError, match="invalid host"):
+        Dsn.parse("https://k@a..b\u00e9/1")

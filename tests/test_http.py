@@ -215,7 +215,7 @@ def test_transport_retries_once_on_a_reset_idle_connection() -> None:
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
         b"",
     ],
@@ -232,6 +232,33 @@ def test_malformed_responses_raise_oserror_and_close(response: bytes) -> None:
             conn.post(b"a")
         assert conn._sock is None
     assert issubclass(ProtocolError, OSError)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # read to close
+    ],
+)
+def test_a_body_over_the_limit_is_left_unread_and_the_status_counts(head: bytes) -> None:
+    """The status is what the transport needs: a delivered envelope whose answer has a
+    huge body (a proxy's error page, a misconfigured server) is delivered; the connection
+    is closed rather than read to its end."""
+
+    def handler(conn: socket.socket, received: list[bytes]) -> None:
+        received.append(read_request(conn))
+        conn.sendall(head + b"x" * (2 << 20))
+
+    with scripted(handler) as (port, received):
+        conn = connection(port)
+        status, headers = conn.post(b"a")
+        assert status == 200 and headers["connection"] == "close"
+        assert conn._sock is None
+        assert conn.post(b"b")[0] == 200  # a new connection
+    assert len(received) == 2
 
 
 def test_refused_and_timeout_raise_oserror() -> None:

@@ -807,3 +807,137 @@ def test_an_answer_below_500_ends_the_failure_streak(
         assert t.flush(5)
     assert t._backoff_until == 0.0
     assert len(sentry_server.received) == 8
+
+
+@pytest.fixture
+def moved_to(sentry_server: SentryServer) -> Iterator[SentryServer]:
+    """A second "Sentry": where the first one redirects to."""
+    target = SentryServer()
+    try:
+        yield target
+    finally:
+        target.stop()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_followed_with_the_same_body_and_said_once(
+    status: int,
+    sentry_server: SentryServer,
+    moved_to: SentryServer,
+    make_transport: MakeTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A self-hosted Sentry moved behind a redirect (http to https, a new path): sentry-sdk
+    follows it (urllib3 re-sends the POST), so must we; the log says where to point the DSN."""
+    sentry_server.respond(status, {"Location": f"{moved_to.url}/new/api/1/envelope/"})
+    t = make_transport()
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        t.submit(tx_pending(spans=2))
+        t.submit(error_pending())
+        assert t.flush(5)
+    assert len(sentry_server.received) == 2
+    assert moved_to.wait_for(2)
+    assert [r.path for r in moved_to.received] == ["/new/api/1/envelope/"] * 2
+    assert moved_to.received[0].raw == sentry_server.received[0].raw
+    assert moved_to.received[0].headers["X-Sentry-Auth"].startswith("Sentry sentry_version=7")
+    assert len(moved_to.transactions()) == 1 and len(moved_to.events()) == 1
+    assert t.reports.snapshot() == {}
+    said = [r.getMessage() for r in caplog.records if "redirects" in r.getMessage()]
+    assert len(said) == 1 and f"{moved_to.url}/new/api/1/envelope/" in said[0], said
+
+
+def test_redirect_loops_303_and_relative_locations(
+    sentry_server: SentryServer, moved_to: SentryServer, make_transport: MakeTransport
+) -> None:
+    sentry_server.respond(307, {"Location": "/api/1/envelope/"})  # itself, for ever
+    t = make_transport(send_client_reports=False)
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert len(sentry_server.received) == 4  # the POST and three redirects, then it stops
+    assert t.reports.snapshot() == {("send_error", "transaction"): 1, ("send_error", "span"): 1}
+    sentry_server.received.clear()
+    sentry_server.respond(303, {"Location": f"{moved_to.url}/api/1/envelope/"})
+    t.submit(tx_pending())
+    assert t.flush(5)
+    assert len(sentry_server.received) == 1 and moved_to.received == []  # a POST is no GET
+    moved_to.respond(308, {"Location": "../../2/envelope/"})  # relative to the moved URL
+    t2 = make_transport(moved_to.dsn)
+    t2.submit(error_pending())
+    assert t2.flush(5)
+    paths = [r.path for r in moved_to.received]  # (it answers the new URL with 308 too)
+    assert paths[:2] == ["/api/1/envelope/", "/api/2/envelope/"], paths
+
+
+def test_an_empty_rate_limit_header_on_a_429_is_no_header(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    """sentry-sdk reads an empty ``X-Sentry-Rate-Limits`` as absent: the 429's
+    ``Retry-After`` (or its 60 s default) limits every category."""
+    sentry_server.respond(429, {"X-Sentry-Rate-Limits": "", "Retry-After": "30"})
+    t = make_transport()
+    t.submit(tx_pending())
+    assert t.flush(5)
+    now = time.monotonic()
+    assert t.rate_limits.is_limited("transaction", now) and t.rate_limits.is_limited("error", now)
+    assert t.submit(error_pending()) is False
+    assert len(sentry_server.received) == 1
+
+
+def test_a_proxy_given_as_host_and_port_is_an_http_proxy(
+    sentry_server: SentryServer, make_transport: MakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``127.0.0.1:3128`` (as curl and requests take it, in the option or ``HTTP_PROXY``)."""
+    t = make_transport(
+        "http://public@sentry.invalid:9000/1", http_proxy=f"127.0.0.1:{sentry_server.port}"
+    )
+    t.submit(tx_pending())
+    assert t.flush(5) and sentry_server.wait_for(1)
+    assert sentry_server.received[0].path == "http://sentry.invalid:9000/api/1/envelope/"
+    assert t.reports.snapshot() == {}
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "plain:8080")
+    dsn = Dsn.parse("http://k@sentry.local:9000/1")
+    assert _transport._select_proxy(dsn, None, None) == "http://plain:8080"
+    monkeypatch.setenv("NO_PROXY", "sentry.local:9000")  # a host:port entry, as requests
+    assert _transport._select_proxy(dsn, None, None) is None
+    monkeypatch.setenv("NO_PROXY", "sentry.local:9001")
+    assert _transport._select_proxy(dsn, None, None) == "http://plain:8080"
+
+
+def test_a_407_names_the_proxy(
+    sentry_server: SentryServer, make_transport: MakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    sentry_server.respond(407, {"Proxy-Authenticate": 'Basic realm="p"'})
+    t = make_transport("http://public@sentry.invalid:9000/1", http_proxy=sentry_server.url)
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        t.submit(tx_pending())
+        assert t.flush(5)
+    (said,) = [r.getMessage() for r in caplog.records if "407" in r.getMessage()]
+    assert "proxy" in said and sentry_server.url in said and "Sentry answered" not in said
+    assert t.reports.snapshot() == {("send_error", "transaction"): 1, ("send_error", "span"): 1}
+
+
+def test_a_dsn_path_prefix_beyond_ascii_is_sent_percent_encoded(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    t = make_transport(f"http://public@127.0.0.1:{sentry_server.port}/中/é/1")
+    t.submit(error_pending())
+    assert t.flush(5) and sentry_server.wait_for(1)
+    assert sentry_server.received[0].path == "/%E4%B8%AD/%C3%A9/api/1/envelope/"
+
+
+def test_debug_logs_each_envelope_sent(
+    sentry_server: SentryServer, make_transport: MakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``debug=True`` a wrong path prefix or host shows: the URL of every send."""
+    t = make_transport()
+    with caplog.at_level(logging.DEBUG, logger="sentry_tracing_mw"):
+        t.submit(error_pending())
+        assert t.flush(5)
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("sentry_tracing_mw: sent")
+    ]
+    assert len(said) == 1 and f"{sentry_server.url}/api/1/envelope/: HTTP 200" in said[0], said
