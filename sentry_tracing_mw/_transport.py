@@ -263,6 +263,7 @@ class Transport:
         self._wake_at = _NEVER  # smallest ``_done`` value a flush() caller waits for
         self._stop = False
         self._closed = False
+        self._overflowing = False  # warned that the queue is full
         self._worker: threading.Thread | None = None
         self._pool: urllib3.PoolManager | None = None
         self._conn: HTTPConnection | None = None
@@ -282,10 +283,20 @@ class Transport:
         ``start()`` switches to at once: it must not find the lock held (a lock made
         before monkey-patching, in a ``--preload`` master, blocks the whole process)."""
         if self._worker is None and not self._stop:
+            self._fresh_condition()
             worker = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
             self._worker = worker
             return worker
         return None
+
+    def _fresh_condition(self) -> None:
+        """Eventlet's monkey-patching (in a worker forked from a ``--preload`` master, or
+        after ``init()``) swaps our lock for a green one, in the condition too, but leaves
+        the condition's methods bound to the old lock: ``wait``/``notify`` then fail. Before
+        a worker starts (no thread waits on it), a new condition on the lock we hold now."""
+        bound = getattr(self._cond.acquire, "__self__", self._lock)
+        if bound is not self._lock:
+            self._cond = threading.Condition(self._lock)
 
     def _start(self, worker: threading.Thread) -> None:
         """Start ``worker`` (no lock held); if the thread cannot start (a process out of
@@ -336,6 +347,14 @@ class Transport:
                 self._start(start)
             return True
         _record(self.reports, "queue_overflow", pending.category, pending.span_count)
+        if not self._overflowing:  # said once until the queue empties again
+            self._overflowing = True
+            logger.warning(
+                "sentry_tracing_mw: the send queue is full (%d items or %d bytes): dropping "
+                "events until the sender catches up (counted as queue_overflow)",
+                self._queue_size,
+                self._queue_bytes,
+            )
         return False
 
     def send_reports_if_due(self) -> None:
@@ -479,6 +498,7 @@ class Transport:
             with cond:
                 while not self._queue and not self._stop:
                     self._idle = True
+                    self._overflowing = False
                     # idle for a while: counts may be waiting (e.g. unsampled traffic)
                     if (
                         not cond.wait(FLUSH_INTERVAL)

@@ -473,7 +473,7 @@ def test_queue_byte_bound(sentry_server: SentryServer, make_transport: MakeTrans
 
 
 def test_flood_bounded_memory_exact_overflow(
-    sentry_server: SentryServer, make_transport: MakeTransport
+    sentry_server: SentryServer, make_transport: MakeTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     sentry_server.go_down()
     t = make_transport(queue_size=1000)
@@ -485,14 +485,18 @@ def test_flood_bounded_memory_exact_overflow(
     rss0 = proc.memory_info().rss
     n, accepted = 100_000, 0
     t0 = time.perf_counter()
-    for i in range(n):
-        blob = bytes(1024) + i.to_bytes(4, "little")  # ~1 KiB held per queued item
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        for i in range(n):
+            blob = bytes(1024) + i.to_bytes(4, "little")  # ~1 KiB held per queued item
 
-        def prepare(blob: bytes = blob) -> tuple[dict[str, Any], dict[str, str]]:
-            return payload, dsc
+            def prepare(blob: bytes = blob) -> tuple[dict[str, Any], dict[str, str]]:
+                return payload, dsc
 
-        accepted += t.submit(Pending("transaction", prepare, span_count=10, size_hint=len(blob)))
+            pending = Pending("transaction", prepare, span_count=10, size_hint=len(blob))
+            accepted += t.submit(pending)
     elapsed = time.perf_counter() - t0
+    full = [r for r in caplog.records if "queue is full" in r.getMessage()]
+    assert len(full) == 1, [r.getMessage() for r in full]  # said once, not per drop
     rss1 = proc.memory_info().rss
     assert t.queued() <= 1000
     assert (rss1 - rss0) < 50 * 1024 * 1024, f"RSS grew by {(rss1 - rss0) / 1e6:.1f} MB"
@@ -941,3 +945,26 @@ def test_debug_logs_each_envelope_sent(
         if r.getMessage().startswith("sentry_tracing_mw: sent")
     ]
     assert len(said) == 1 and f"{sentry_server.url}/api/1/envelope/: HTTP 200" in said[0], said
+
+
+def test_a_lock_swapped_by_late_monkey_patching_gets_a_matching_condition(
+    sentry_server: SentryServer, make_transport: MakeTransport
+) -> None:
+    """``eventlet.monkey_patch()`` after the client exists (a gunicorn ``--preload`` master
+    forking eventlet workers) replaces every reference to our lock by a green lock, the
+    condition's too, but the condition keeps methods bound to the old lock: before a fix,
+    ``notify``/``wait`` raised "un-acquired lock", the sender died and flush() raised into
+    the app. The swap is done here as eventlet does it, with a pure-Python RLock."""
+    t = make_transport()
+    green = threading._PyRLock()  # type: ignore[attr-defined]
+    t._lock = green
+    t._cond._lock = green  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert t.submit(error_pending())
+    assert t.flush(5)
+    time.sleep(0.2)  # the sender idles on the condition now
+    for _ in range(3):
+        assert t.submit(error_pending())
+    assert t.flush(5)
+    assert sentry_server.wait_for(6)
+    assert t.reports.snapshot() == {}
