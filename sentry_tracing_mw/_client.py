@@ -60,7 +60,13 @@ class Client:
                 ca_certs=options.ca_certs,
             )
         cap = options.max_inherited_sampled_per_second
-        self._inherited_cap = None if cap is None else TokenBucket(cap)
+        # The cap is on decisions inherited from upstream, for a service that traces: an
+        # explicit ``sampled=``, a sampler's decision and a head decision are never capped.
+        tracing = options.tracing_enabled
+        self._inherited_cap = None if cap is None or not tracing else TokenBucket(cap)
+        #: Unsampled transactions are client-reported (``sample_rate``) only when tracing
+        #: is on: without it (tracing without performance) nothing was sampled away.
+        self._report_unsampled = tracing
         # A str is a name, or a regex matching the whole name ("/health" never drops
         # "/api/healthcheck"); a compiled pattern is searched (anchored as its author wrote
         # it), as trace_propagation_targets are.
@@ -250,7 +256,7 @@ class Client:
                 ),
             )
         cap = self._inherited_cap
-        if decision and parent_sampled and cap is not None and not cap.take():
+        if decision and inherited and cap is not None and not cap.take():
             logger.debug("max_inherited_sampled_per_second reached: not sampling")
             decision = False
         ctx.sampled = decision
@@ -289,6 +295,7 @@ class Client:
             if (
                 transport is not None
                 and ctx.sampled is False
+                and self._report_unsampled
                 and self.reports.record_unsampled(tx._n_children)
             ):
                 transport.send_reports_if_due()

@@ -367,6 +367,40 @@ def test_inherited_sampling_cap_limits_forced_sampling() -> None:
     assert all(stm.start_transaction("h").sampled for _ in range(20))
 
 
+def test_the_inherited_cap_never_overrides_an_explicit_or_sampler_decision() -> None:
+    """The cap is on decisions inherited from an upstream ``-1`` (protocol §12.1: an
+    explicit ``sampled=`` comes first; docs/operations.md: a sampler's decision is this
+    service's own)."""
+    init(traces_sample_rate=0.0, max_inherited_sampled_per_second=0)
+    assert stm.continue_trace(incoming("-1"), name="job", sampled=True).sampled is True
+    assert stm.start_transaction("job", headers=incoming("-1")).sampled is False  # capped
+    init(traces_sampler=lambda ctx: 1.0, max_inherited_sampled_per_second=0)
+    assert all(stm.start_transaction("s", headers=incoming("-1")).sampled for _ in range(5))
+    init(traces_sampler=lambda ctx: ctx["parent_sample_rate"], max_inherited_sampled_per_second=0)
+    tx = stm.start_transaction("p", headers=incoming("-1", sample_rate="1.0", sample_rand="0.5"))
+    assert tx.sampled is True
+
+
+def test_without_tracing_an_upstream_minus_zero_is_no_sampled_away_transaction() -> None:
+    """Tracing without performance (no rate, no sampler): no transaction is sampled, so
+    none is client-reported as dropped by sampling (as sentry-sdk); the ``-0`` is still
+    propagated, and no cap turns an upstream ``-1`` into ``-0`` either."""
+    init(max_inherited_sampled_per_second=0)
+    for flag in ("-0", "-1", ""):
+        with stm.start_transaction("t", headers=incoming(flag)) as tx:
+            assert tx.sampled is False or flag == "-1"
+            sent = tx.propagation_context.headers(tx.span_id)["sentry-trace"]
+            assert sent.endswith(flag) if flag else sent.count("-") == 1
+    assert get_client().reports.snapshot() == {}
+    init(traces_sample_rate=1.0)  # with tracing on, the same -0 is counted
+    with stm.start_transaction("t", headers=incoming("-0")):
+        pass
+    assert get_client().reports.snapshot() == {
+        ("sample_rate", "transaction"): 1,
+        ("sample_rate", "span"): 1,
+    }
+
+
 def test_capped_decision_keeps_the_frozen_dsc_and_propagates_minus_zero() -> None:
     init(traces_sample_rate=1.0, max_inherited_sampled_per_second=0)
     tx = stm.start_transaction(
