@@ -317,6 +317,38 @@ def test_error_before_url_resolution_is_named_like_its_transaction(
             assert envelope.headers["trace"].get("transaction") in ("/users/{pk}/", "GET 500")
 
 
+class _RaisingOnTheWayOut:
+    """A middleware placed before ours that fails on the response."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        if "out" in request.GET:
+            raise RuntimeError("failed on the way out")
+        return response
+
+
+def test_a_middleware_before_ours_failing_on_the_response(sentry_server: SentryServer) -> None:
+    """Django answers such a failure with a 500 of its own and never closes our response
+    (whose closer ends the transaction): the transaction was lost. It ends with the 500."""
+    init_traced(sentry_server)
+    middleware = [f"{__name__}._RaisingOnTheWayOut", *settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=middleware):
+        client = _client()
+        assert client.get("/users/3/?out=1").status_code == 500
+        assert client.get("/users/4/").status_code == 200
+    assert stm.flush(5) and sentry_server.wait_for(3, 5)
+    by_status = {_trace(t)["status"]: t for t in sentry_server.transactions()}
+    assert sorted(by_status) == ["internal_error", "ok"]
+    failed = by_status["internal_error"]
+    assert failed["transaction"] == "/users/{pk}/"
+    assert _trace(failed)["data"]["http.response.status_code"] == 500
+    (error,) = sentry_server.events()
+    assert error["contexts"]["trace"]["span_id"] == _trace(failed)["span_id"]
+
+
 def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
     init_traced(sentry_server, traces_sample_rate=0.0)
     client = _client()
@@ -416,6 +448,33 @@ def test_unsampled_streamed_body_runs_in_the_requests_trace(sentry_server: Sentr
     response.close()
     assert len(lines) == 2
     assert all(line.startswith(trace_id) and line.endswith("-0") for line in lines), lines
+    assert stm.get_current_span() is None
+
+
+def test_an_untraced_methods_streamed_body_keeps_its_trace_and_reports_errors(
+    sentry_server: SentryServer,
+) -> None:
+    """OPTIONS (not traced by default): the streamed body runs in the request's own trace
+    (an incoming one continued), and its error is reported."""
+    init_traced(sentry_server)
+    trace_id = "771a43a4192642f0b136d5159a501700"
+    client = _client()
+    firsts = []
+    for headers in ({}, {}, {"HTTP_SENTRY_TRACE": f"{trace_id}-b7ad6b7169203331-1"}):
+        response = client.options("/stream-trace/", **headers)
+        lines = b"".join(response.streaming_content).decode().split()
+        response.close()
+        assert len(lines) == 2 and lines[0] == lines[1] and lines[0] != "none", lines
+        firsts.append(lines[0].split("-")[0])
+    assert firsts[0] != firsts[1] and firsts[2] == trace_id, firsts
+    response = client.options("/stream-error/")
+    with pytest.raises(RuntimeError, match="boom mid-stream"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert stm.flush(5) and sentry_server.wait_for(1, 5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["mechanism"]["type"] == "django"
+    assert sentry_server.transactions() == []
     assert stm.get_current_span() is None
 
 

@@ -591,6 +591,100 @@ def test_unsampled_streaming_body_runs_in_the_requests_trace(sentry_server: Sent
     assert CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None
 
 
+def test_an_untraced_requests_streamed_body_keeps_its_trace_and_reports_errors(
+    sentry_server: SentryServer,
+) -> None:
+    """HEAD/OPTIONS (not traced by default): the body's app code runs in the request's own
+    trace (an incoming one continued), not in one left on the server's thread, and an
+    error it raises is reported; an ignored path's body has no trace and reports none."""
+    init_traced(sentry_server)
+    seen: list[str] = []
+
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        seen.append(stm.get_trace_headers()["sentry-trace"].split("-")[0])
+        yield b"x"
+        if "fail" in environ.get("QUERY_STRING", ""):
+            raise RuntimeError(f"body of {environ['PATH_INFO']} failed")
+
+    app = TracingMiddleware(streaming, ignore_paths=["/health"])
+    for _ in range(3):
+        assert _call(app, _environ("/s", "OPTIONS"))[1] == b"x"
+    assert _call(app, _environ("/s", "HEAD", HTTP_SENTRY_TRACE=f"{TRACE_ID}-{PARENT_ID}-1"))
+    assert len(set(seen[:3])) == 3 and seen[3] == TRACE_ID, seen
+    assert PROPAGATION_CONTEXT.get() is None  # nothing left on this thread
+    for path in ("/s", "/health"):
+        with pytest.raises(RuntimeError):
+            _call(app, _environ(path, "OPTIONS", QUERY_STRING="fail"))
+    assert stm.flush(5)
+    wait_transactions(sentry_server, 0, events=1)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["value"] == "body of /s failed"
+    assert sentry_server.transactions() == []
+
+
+def test_a_body_failing_before_its_first_chunk_is_a_500(sentry_server: SentryServer) -> None:
+    """Nothing was sent yet, so the server answers 500: the transaction says so, not the
+    200 the app had started."""
+    init_traced(sentry_server)
+
+    def fails_first(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        raise ValueError("no first chunk")
+        yield b"never"
+
+    with run_wsgi(TracingMiddleware(fails_first)) as base:
+        assert requests.get(f"{base}/first", timeout=5).status_code == 500
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    (tx,) = sentry_server.transactions()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+
+
+def test_a_file_wrapper_over_an_in_memory_file_cut_short_is_cancelled(
+    sentry_server: SentryServer,
+) -> None:
+    """``send_file(io.BytesIO(...))``: no descriptor to measure, but a seekable file tells
+    its size."""
+    import io
+
+    def file_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        data = io.BytesIO(bytes(64 << 20))
+        return environ["wsgi.file_wrapper"](data, 65536)  # type: ignore[no-any-return]
+
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    init_traced(sentry_server)
+    httpd = make_server("127.0.0.1", 0, TracingMiddleware(file_app), handler_class=Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:  # wsgiref's file wrapper reads the file in blocks
+        sock = socket.create_connection(("127.0.0.1", httpd.server_port), timeout=5)
+        try:  # read the start of the answer (HTTP/1.0 here), then reset the connection
+            sock.sendall(b"GET /mem HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.0 200")
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        (cut,) = _one_tx(sentry_server)
+        sentry_server.clear()
+        url = f"http://127.0.0.1:{httpd.server_port}/mem"
+        with requests.get(url, timeout=20, stream=True) as whole:
+            assert sum(len(c) for c in whole.iter_content(1 << 20)) == 64 << 20
+        (full,) = _one_tx(sentry_server)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    assert cut["contexts"]["trace"]["status"] == "cancelled"
+    assert full["contexts"]["trace"]["status"] == "ok"
+
+
 def _noop(status: str, headers: Any, exc_info: Any = None) -> Any:
     return lambda data: None
 

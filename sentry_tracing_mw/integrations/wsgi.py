@@ -179,12 +179,15 @@ class _Body:
         self._iterating += 1
         token = current.set(tx)
         held = True  # the transaction is current (set by us, not yet reset)
+        started = False  # a non-empty chunk went out: the server has sent the headers
         try:
             # iter() here, not when the app returned: if it raises, the server has the
             # body and calls its close(), as it would the app's.
             for chunk in self._result:
                 current.reset(token)
                 held = False
+                if chunk:
+                    started = True
                 yield chunk
                 token = current.set(tx)
                 held = True
@@ -194,6 +197,8 @@ class _Body:
                 current.reset(token)
                 held = False
                 self._done = True
+                if not started and tx._recording and isinstance(exc, Exception):
+                    tx.set_http_status(500)  # nothing sent yet: the server answers 500
                 _fail(self._client, tx, exc)
                 finish_request(tx, self._environ)
             raise  # a close() mid-body ends the transaction in close()
@@ -230,6 +235,55 @@ class _SizedBody(_Body):
         return len(self._result)  # type: ignore[arg-type]
 
 
+class _UntracedBody:
+    """The body of a request with no transaction (an untraced method, an ignored path):
+    the app code producing it runs in the request's trace context (none for an ignored
+    path), not in whatever the server's thread holds, and its errors are reported."""
+
+    __slots__ = ("_ctx", "_result")
+
+    def __init__(self, result: Iterable[bytes], ctx: Any) -> None:
+        self._result = result
+        self._ctx = ctx
+
+    def __iter__(self) -> Iterator[bytes]:
+        ctx = self._ctx
+        span_token = CURRENT_SPAN.set(None)
+        token = PROPAGATION_CONTEXT.set(ctx)
+        held = True
+        try:
+            for chunk in self._result:
+                PROPAGATION_CONTEXT.reset(token)
+                CURRENT_SPAN.reset(span_token)
+                held = False
+                yield chunk
+                span_token = CURRENT_SPAN.set(None)
+                token = PROPAGATION_CONTEXT.set(ctx)
+                held = True
+        except Exception as exc:
+            if held and ctx is not None:  # the app's iterable raised: still an error
+                _capture_untraced(exc)
+            raise
+        finally:
+            if held:
+                PROPAGATION_CONTEXT.reset(token)
+                CURRENT_SPAN.reset(span_token)
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is None:
+            return
+        token = PROPAGATION_CONTEXT.set(self._ctx)
+        try:
+            close()
+        except Exception as exc:
+            if self._ctx is not None:
+                _capture_untraced(exc)
+            raise
+        finally:
+            PROPAGATION_CONTEXT.reset(token)
+
+
 def _file_of(result: Any) -> Any:
     """The file a ``wsgi.file_wrapper`` body sends: ``filelike`` (wsgiref, werkzeug,
     gunicorn), ``file`` (waitress)."""
@@ -258,9 +312,16 @@ def _stopped_early(result: Any, start: int) -> bool:
         if type(remain) is int:  # waitress: the bytes still to send (0 once all are sent)
             return remain > 0
         filelike = _file_of(result)
-        size = os.fstat(filelike.fileno()).st_size
-        return bool(start < filelike.tell() < size)
-    except Exception:  # not a regular file (a pipe, BytesIO): unknown, so not cancelled
+        position = filelike.tell()
+        try:
+            size = os.fstat(filelike.fileno()).st_size
+        except (AttributeError, OSError, ValueError):  # no descriptor (BytesIO): seek
+            if not filelike.seekable():
+                return False
+            size = filelike.seek(0, os.SEEK_END)
+            filelike.seek(position)
+        return bool(start < position < size)
+    except Exception:  # not a file that tells (a pipe): unknown, so not cancelled
         return False
 
 
@@ -383,13 +444,24 @@ class TracingMiddleware:
     ) -> Iterable[bytes]:
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
-            return self.app(environ, start_response)
+            result = self.app(environ, start_response)
         except Exception as exc:
             if ctx is not None:  # an untraced method, not an ignored path: still an error
                 _capture_untraced(exc)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
+        if type(result) is list or type(result) is tuple:
+            return result  # iterating it runs no app code
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):
+            return result  # a file: the server sends it (sendfile), no app code
+        try:
+            if hasattr(result, "__len__"):
+                return result  # a server may count its chunks: left as it is
+        except Exception:
+            return result
+        return _UntracedBody(result, ctx)
 
     def _traced(
         self,

@@ -123,7 +123,18 @@ def _settings_options() -> dict[str, Any]:
 class _State:
     """Per-request state, stored on the request object."""
 
-    __slots__ = ("answered", "body", "client", "exc", "match", "method", "mw", "owned", "tx")
+    __slots__ = (
+        "answered",
+        "body",
+        "client",
+        "exc",
+        "match",
+        "method",
+        "mw",
+        "owned",
+        "responded",
+        "tx",
+    )
 
     def __init__(
         self, tx: Transaction, client: Client, method: str, owned: bool, mw: TracingMiddleware
@@ -137,6 +148,7 @@ class _State:
         self.answered: BaseException | None = None  # one a middleware answered with a 5xx
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
+        self.responded = False  # our middleware handed its response back
 
     def finish(self) -> None:
         """Response closer: the body has been sent (or the server gave up)."""
@@ -229,6 +241,81 @@ class _AsyncBody:
             CURRENT_SPAN.reset(token)
 
 
+class _UntracedSyncBody:
+    """The streamed body of a request with no transaction (an untraced method, an ignored
+    path): produced in the request's trace context, its errors reported."""
+
+    __slots__ = ("_ctx", "_it")
+
+    def __init__(self, content: Any, ctx: PropagationContext | None) -> None:
+        self._it: Iterator[bytes] = iter(content)
+        self._ctx = ctx
+
+    def __iter__(self) -> _UntracedSyncBody:
+        return self
+
+    def __next__(self) -> bytes:
+        token = PROPAGATION_CONTEXT.set(self._ctx)
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            _capture_untraced(exc, self._ctx)
+            raise
+        finally:
+            PROPAGATION_CONTEXT.reset(token)
+
+
+class _UntracedAsyncBody:
+    """``_UntracedSyncBody`` for an async streamed body."""
+
+    __slots__ = ("_ctx", "_it")
+
+    def __init__(self, content: Any, ctx: PropagationContext | None) -> None:
+        self._it = aiter(content)
+        self._ctx = ctx
+
+    def __aiter__(self) -> _UntracedAsyncBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        token = PROPAGATION_CONTEXT.set(self._ctx)
+        try:
+            return await anext(self._it)
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            _capture_untraced(exc, self._ctx)
+            raise
+        finally:
+            PROPAGATION_CONTEXT.reset(token)
+
+
+def _capture_untraced(exc: Exception, ctx: PropagationContext | None) -> None:
+    """An error of an untraced method's body is still an error; an ignored path's is not."""
+    if ctx is None:
+        return
+    try:
+        get_client().capture_exception(exc, mechanism="django", handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: capturing an exception failed")
+
+
+def _untraced_body(response: Any) -> None:
+    """Keep the current trace context (the request's) for a streamed body's app code."""
+    try:
+        if response.streaming and getattr(response, "file_to_stream", None) is None:
+            ctx = PROPAGATION_CONTEXT.get()
+            content = response.streaming_content
+            if response.is_async:
+                response.streaming_content = _UntracedAsyncBody(content, ctx)
+            else:
+                response.streaming_content = _UntracedSyncBody(content, ctx)
+    except Exception:
+        logger.debug("wrapping an untraced streamed body failed", exc_info=True)
+
+
 class TracingMiddleware:
     """Django middleware tracing every request; put it first in ``MIDDLEWARE``."""
 
@@ -259,6 +346,8 @@ class TracingMiddleware:
         state, token, ptoken = self._begin(request)
         try:
             response = self.get_response(request)
+            if state is None and ptoken is not None:
+                _untraced_body(response)
         except BaseException as exc:
             if state is not None and state.owned:
                 state.fail(exc, request)
@@ -277,6 +366,8 @@ class TracingMiddleware:
         state, token, ptoken = self._begin(request)
         try:
             response = await self.get_response(request)
+            if state is None and ptoken is not None:
+                _untraced_body(response)
         except BaseException as exc:
             if state is not None and state.owned:
                 state.fail(exc, request)
@@ -435,6 +526,7 @@ class TracingMiddleware:
             closers = getattr(response, "_resource_closers", None)
             if isinstance(closers, list) and (recording or streaming):
                 closers.append(state.finish)  # ends when the body has been sent
+                state.responded = True
             else:  # unsampled and built, or no closers: nothing to wait for
                 state.finish()
         except Exception:
@@ -551,6 +643,13 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
         if state is not None:
             state.exc = exc
             state.fail(exc, request)
+            if state.owned and state.responded and state.tx._end is None:
+                # A middleware before ours raised after we answered: Django sends a 500 of
+                # its own and never closes our response, whose closer ends the transaction.
+                tx = state.tx
+                if tx._recording:
+                    tx.set_http_status(500)
+                tx.finish()
         else:
             tx._status = "internal_error"
             tx._client.capture_exception(exc, span=tx, mechanism="django", handled=False)
