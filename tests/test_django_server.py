@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,30 @@ def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentrySer
         # and "sends" the whole body, so the transaction ends normally after all of it.
         assert _trace(tx)["status"] == "ok"
         assert _duration(tx) >= 0.3
+
+
+def test_wsgi_file_download_cut_short_is_cancelled(sentry_server: SentryServer) -> None:
+    """A FileResponse (no body wrapper: the server may send its file itself) tells how far
+    it was read: a client gone mid-file is ``cancelled``, a whole download ``ok``."""
+    init_traced(sentry_server)
+    with run_wsgi(get_wsgi_application()) as base:
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        sock = socket.create_connection((host, port), timeout=5)
+        try:
+            sock.sendall(b"GET /big-file/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200" in sock.recv(4096)
+        finally:  # reset: the server's next write fails
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        _wait(sentry_server, 1)
+        (cut,) = sentry_server.transactions()
+        sentry_server.clear()
+        whole = requests.get(f"{base}/big-file/", timeout=20)
+        assert len(whole.content) == 16 << 20
+        _wait(sentry_server, 1)
+        (full,) = sentry_server.transactions()
+    assert _trace(cut)["status"] == "cancelled"
+    assert _trace(full)["status"] == "ok"
 
 
 @pytest.mark.parametrize("kind", ["wsgi", "asgi"])

@@ -311,7 +311,15 @@ def _stopped_early(result: Any, start: int) -> bool:
         remain = getattr(result, "remain", None)
         if type(remain) is int:  # waitress: the bytes still to send (0 once all are sent)
             return remain > 0
-        filelike = _file_of(result)
+        return file_stopped_early(_file_of(result), start)
+    except Exception:
+        return False
+
+
+def file_stopped_early(filelike: Any, start: int) -> bool:
+    """Whether a file sent from position ``start`` was left part-way (between its start
+    and its end); False when that cannot be told (a pipe, a closed file)."""
+    try:
         position = filelike.tell()
         try:
             size = os.fstat(filelike.fileno()).st_size
@@ -321,7 +329,7 @@ def _stopped_early(result: Any, start: int) -> bool:
             size = filelike.seek(0, os.SEEK_END)
             filelike.seek(position)
         return bool(start < position < size)
-    except Exception:  # not a file that tells (a pipe): unknown, so not cancelled
+    except Exception:  # not a file that tells: unknown, so not cancelled
         return False
 
 

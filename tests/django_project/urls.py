@@ -41,6 +41,7 @@ urlpatterns = [
     path("astream-error/", views.astream_error),
     path("stream-trace/", views.stream_trace),
     path("file/", views.file_response),
+    path("big-file/", views.big_file),
     path("orm/", views.orm),
     path("aorm/", views.aorm),
     path("async/<int:pk>/", views.aok),

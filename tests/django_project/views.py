@@ -104,6 +104,11 @@ def file_response(request: HttpRequest) -> FileResponse:
     return response
 
 
+def big_file(request: HttpRequest) -> FileResponse:
+    """16 MiB, more than any socket buffer holds: a client that stops reading is seen."""
+    return FileResponse(io.BytesIO(bytes(16 << 20)), filename="big.bin")
+
+
 def orm(request: HttpRequest) -> HttpResponse:
     Item.objects.create(name="sync")
     count = Item.objects.filter(name="sync").count()

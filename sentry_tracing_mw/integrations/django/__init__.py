@@ -78,7 +78,7 @@ from .._common import (
     split_options,
     start_request,
 )
-from ..wsgi import defer_request_info
+from ..wsgi import defer_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
 
 __all__ = ["TracingMiddleware", "context_processor"]
@@ -128,6 +128,8 @@ class _State:
         "body",
         "client",
         "exc",
+        "file",
+        "file_start",
         "match",
         "method",
         "mw",
@@ -149,13 +151,19 @@ class _State:
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
         self.responded = False  # our middleware handed its response back
+        self.file: Any = None  # a FileResponse's file, and where sending it started
+        self.file_start = 0
 
     def finish(self) -> None:
         """Response closer: the body has been sent (or the server gave up)."""
         tx = self.tx
         body = self.body
-        if body is not None and not body.done and tx._status in (None, "ok"):
-            tx._status = "cancelled"
+        if tx._status in (None, "ok"):
+            if body is not None:
+                if not body.done:
+                    tx._status = "cancelled"
+            elif self.file is not None and file_stopped_early(self.file, self.file_start):
+                tx._status = "cancelled"  # the server stopped reading the file: gone
         tx.finish()
 
     def fail(self, exc: BaseException, request: Any = None) -> None:
@@ -525,7 +533,14 @@ class TracingMiddleware:
                 response.streaming_content = state.body
             closers = getattr(response, "_resource_closers", None)
             if isinstance(closers, list) and (recording or streaming):
-                closers.append(state.finish)  # ends when the body has been sent
+                if recording and streaming and state.body is None:
+                    # A FileResponse: its file tells how far the server sent it, read
+                    # before the response's own closer closes the file.
+                    state.file = response.file_to_stream
+                    state.file_start = state.file.tell()
+                    closers.insert(0, state.finish)
+                else:
+                    closers.append(state.finish)  # ends when the body has been sent
                 state.responded = True
             else:  # unsampled and built, or no closers: nothing to wait for
                 state.finish()
