@@ -432,6 +432,32 @@ def test_never_toward_dsn(client: Client, recording_server: RecordingServer) -> 
     assert len(http_spans(tx)) == 2
 
 
+def test_never_toward_an_internationalized_dsn_host(
+    client: Client, recording_server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DSN's host in Unicode (``bücher.example``) is kept in its IDNA form: a URL with
+    either form is the DSN's host for every client (some pass the Unicode form on)."""
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name in ("bücher.example", "xn--bcher-kva.example"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    port = recording_server.port
+    stm.init(dsn=f"http://key@bücher.example:{port}/1", traces_sample_rate=1.0)
+    with stm.start_transaction("t"):
+        client.get(f"http://bücher.example:{port}/echo")
+        client.get(f"http://xn--bcher-kva.example:{port}/echo")
+    received = recording_server.received("/echo")
+    assert len(received) == 2
+    for rec in received:
+        for name in TRACE_HEADERS:
+            assert rec.values(name) == [], (client, name)
+
+
 def test_transport_requests_carry_no_trace_headers(
     recording_server: RecordingServer, sentry_server: Any
 ) -> None:
@@ -1125,6 +1151,34 @@ def test_httpx_span_ok_inside_an_unrelated_except_block(recording_server: Record
     failed, fallback = http_spans(tx)
     assert failed.status == "internal_error"
     assert fallback.status == "ok" and "error.type" not in fallback.data
+
+
+@pytest.mark.parametrize("client", [HttpxClient(), AsyncHttpxClient()], ids=repr)
+def test_httpx_span_ok_while_an_earlier_error_or_exit_is_handled(
+    client: Client, recording_server: RecordingServer
+) -> None:
+    """A retry of the same request inside the handler of its failed attempt, and a call in
+    cleanup code while a SystemExit or a cancellation propagates, read their response
+    whole: the span says what the response said, not the exception around the call."""
+    stm.init(traces_sample_rate=1.0)
+    url = recording_server.url + "/echo"
+    with stm.start_transaction("t") as tx:
+        request = httpx.Request("GET", url)
+        try:
+            raise httpx.RemoteProtocolError("the first attempt failed", request=request)
+        except httpx.RemoteProtocolError:
+            with httpx.Client() as retrying:
+                assert retrying.send(request).status_code == 200
+        try:
+            raise SystemExit(0)
+        except SystemExit:
+            status, _ = client.get(url)
+            assert status == 200
+    spans = http_spans(tx)
+    assert len(spans) == 2
+    for span in spans:
+        assert span.status == "ok" and "error.type" not in span.data, span.data
+        assert span.data["http.response.status_code"] == 200
 
 
 def test_http_client_raises_the_socket_error_itself() -> None:

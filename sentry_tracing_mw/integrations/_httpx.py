@@ -217,7 +217,8 @@ class _ClosesSpan:
     """A response stream that ends its span when closed (httpx closes a response once its
     body has been read to the end, and when reading it fails). Built without ``__init__``."""
 
-    __slots__ = ("_inner", "_request", "_span")
+    __slots__ = ("_ambient", "_inner", "_request", "_span")
+    _ambient: BaseException | None
     _inner: Any
     _request: httpx.Request
     _span: Span | None
@@ -228,11 +229,17 @@ class _ClosesSpan:
             return
         self._span = None
         exc = sys.exc_info()[1]  # closed while an error propagates: did reading this fail?
-        if exc is not None and (
-            not isinstance(exc, Exception)  # cancelled
-            or (
-                isinstance(exc, httpx.TransportError)
-                and getattr(exc, "_request", None) is self._request
+        if (
+            exc is not None
+            # one being handled already when the response came (a retry in an except
+            # block, a call in a finally): not this response's
+            and exc is not self._ambient
+            and (
+                not isinstance(exc, Exception)  # cancelled
+                or (
+                    isinstance(exc, httpx.TransportError)
+                    and getattr(exc, "_request", None) is self._request
+                )
             )
         ):
             fail(span, exc, _TIMEOUTS)
@@ -283,6 +290,7 @@ def _track(
         stream._inner = response.stream
         stream._request = request
         stream._span = span
+        stream._ambient = sys.exc_info()[1]
         response.stream = stream  # type: ignore[assignment]
     except Exception:
         logger.exception("sentry_tracing_mw: tracking an httpx response failed")

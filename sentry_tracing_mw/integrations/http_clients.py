@@ -211,7 +211,14 @@ def matches(opts: Options, url: str) -> bool:
 
 def _is_dsn_target(opts: Options, host: str, port: int | None, scheme: str) -> bool:
     dsn = opts.dsn
-    if dsn is None or host.lower() != dsn.host.lower():
+    if dsn is None:
+        return False
+    if not host.isascii():  # an internationalized name: the DSN's host is in IDNA form
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    if host.lower() != dsn.host.lower():
         return False
     if port is None:
         port = _DEFAULT_PORTS.get(scheme)
