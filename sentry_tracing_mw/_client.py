@@ -375,6 +375,8 @@ class Client:
                 return None
             event = limit_depth(event)
             spans = event.get("spans")
+            if type(spans) is tuple:  # ``tuple(s for s in spans if keep(s))``: sent as a list
+                event["spans"] = spans = list(spans)
             if isinstance(spans, list) and not all(type(s) is dict for s in spans):
                 event["spans"] = spans = [s for s in spans if type(s) is dict]
             removed = n - (len(spans) if isinstance(spans, list) else 0)

@@ -338,7 +338,11 @@ def _needs_copy(obj: Any) -> bool:
         for child in dict.values(item) if type(item) is dict else item:
             kind = type(child)
             if kind in _JSON_SCALARS:
+                if kind is int and not INT_MIN <= child < INT_END:
+                    return True  # wider than Sentry keeps: the copy makes it a float
                 continue
+            if isinstance(child, int) and kind is not bool:
+                return True  # an int subclass: json writes its digits, any width
             if kind in _PLAIN:
                 stack.append((child, depth + 1))
             elif issubclass(kind, _ITERATED):  # (by the real type: no proxy is evaluated)

@@ -132,7 +132,11 @@ class _Bounded:
             return value
         if not isinstance(value, _CONTAINERS):
             self.held += 16
-            return json_int(value) if kind is int else value
+            if kind is int:
+                return json_int(value)
+            if isinstance(value, int) and kind is not bool:  # an IntEnum, a subclass
+                return json_int(int(value))
+            return value
         if depth >= MAX_DATA_DEPTH:
             self.held += 16
             return "[MaxDepth]"
@@ -426,7 +430,13 @@ class PropagationContext:
         if opts.org_id:
             dsc["org_id"] = opts.org_id
         tx = self.transaction
-        if sampled is not None and tx is not None and tx._source != "url" and tx._name:
+        if (
+            sampled is not None
+            and tx is not None
+            and tx._source != "url"
+            and tx._name
+            and not tx._name.isspace()  # the event says "<unlabeled transaction>"
+        ):
             dsc["transaction"] = tx._name[:200]
         return dsc
 
@@ -613,18 +623,18 @@ class Span:
     # -- mutation -------------------------------------------------------------
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag; key and value are truncated to 200 characters. A tag whose key or
-        value is empty (Sentry refuses those) is ignored."""
+        value is empty or blank (Sentry refuses those) is ignored."""
         if self._end is not None:
             return _ignored_after_finish(self, "set_tag")
         key = (key if type(key) is str else _text(key))[:200]
         text = value if type(value) is str else _text(value)
         if _TAG_KEY_BAD.search(key):
             key = _TAG_KEY_BAD.sub("_", key.replace(" ", "-"))
-        if not key or not text:
-            logger.debug("ignoring tag %r with an empty key or value", key)
-            return
         if "\n" in text or "\r" in text:
             text = text.replace("\r", " ").replace("\n", " ")
+        if not key or not text or text.isspace():  # Relay refuses a blank value too
+            logger.debug("ignoring tag %r with an empty key or value", key)
+            return
         tags = self._tags
         if tags is None:
             tags = self._tags = {}
@@ -643,6 +653,8 @@ class Span:
         held = 0
         if kind is int:
             value = json_int(value)
+        elif isinstance(value, int) and kind is not bool:  # an IntEnum, a subclass
+            value = json_int(int(value))
         elif kind is str or kind is bytes:
             if len(value) > MAX_TEXT:
                 value = _clip_text(value)

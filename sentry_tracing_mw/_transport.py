@@ -634,7 +634,7 @@ class Transport:
                 # The spans the event holds: those prepare() or a hook left out are
                 # counted already (a drop from here on counts the rest, not them again).
                 spans = payload.get("spans")
-                span_count = len(spans) if isinstance(spans, list) else 0
+                span_count = len(spans) if isinstance(spans, (list, tuple)) else 0
             event_id = payload.get("event_id")
             if not isinstance(event_id, str) or not event_id:
                 event_id = uuid.uuid4().hex

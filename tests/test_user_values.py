@@ -97,6 +97,57 @@ def test_empty_tag_values_are_not_sent(sentry_server: SentryServer) -> None:
     assert event["tags"] == {"kept": "1"}
 
 
+def test_blank_tag_values_and_names_are_not_sent(sentry_server: SentryServer) -> None:
+    """Blank is empty to Relay (a tag value of spaces, or a newline made a space); a blank
+    name is ``<unlabeled transaction>`` in the event, and no DSC ``transaction``."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    with stm.start_transaction("   ", op="task", source="task") as tx:
+        tx.set_tag("blank", "   ")
+        tx.set_tag("kept", " 1 ")
+        with tx.start_child("db", "q") as span:
+            span.set_tag("newline", "\n")
+    (event,) = flushed_transactions(sentry_server, 1)
+    assert event["tags"] == {"kept": " 1 "}
+    assert "tags" not in event["spans"][0]
+    assert "transaction" not in sentry_server.envelopes()[0].headers["trace"]
+
+
+def test_wide_integers_from_hooks_and_int_subclasses(sentry_server: SentryServer) -> None:
+    """``json_int``'s rule for every value, not only plain ints given to ``set_data``: a
+    hook's payload and an int subclass (Relay turns an integer wider than 64 bits into 0)."""
+
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        event["extra"] = {"order_id": 2**70, "ok": 5}
+        return event
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, before_send_transaction=hook)
+    with stm.start_transaction("t", op="task") as tx:
+        tx.set_data("sub", _Count(2**70))
+        tx.set_data("nested_sub", {"n": _Count(2**70)})
+    (event,) = flushed_transactions(sentry_server, 1)
+    data = event["contexts"]["trace"]["data"]
+    wide = [event["extra"]["order_id"], data["sub"], data["nested_sub"]["n"]]
+    assert wide == [float(2**70)] * 3  # (2**70 == float(2**70): the type tells)
+    assert all(type(value) is float for value in wide), wide
+    assert type(event["extra"]["ok"]) is int
+
+
+def test_spans_a_hook_returns_as_a_tuple_are_sent_and_not_counted_as_dropped(
+    sentry_server: SentryServer,
+) -> None:
+    def hook(event: dict[str, Any]) -> dict[str, Any]:
+        event["spans"] = tuple(event["spans"])
+        return event
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, before_send_transaction=hook)
+    with stm.start_transaction("t", op="task") as tx:
+        for i in range(3):
+            tx.start_child("db", f"q{i}").finish()
+    (event,) = flushed_transactions(sentry_server, 1)
+    assert len(event["spans"]) == 3
+    assert stm.get_client().reports.snapshot() == {}
+
+
 @pytest.mark.parametrize("code", [-1, 1000, 10**30, "2O0", float("inf")])
 def test_impossible_http_status_is_unknown(sentry_server: SentryServer, code: Any) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
