@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask, abort
+from flask import Flask, abort, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -274,6 +274,48 @@ def test_exceptions_the_apps_error_handlers_answer_with_a_5xx_are_captured(
         "unavailable",
     ]
     assert all(e["transaction"] == "/items/<int:item_id>" for e in events)
+
+
+def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:
+    """Error events do not depend on the sampling decision, their request data neither (as
+    sentry-sdk sends it)."""
+    app = traced_app(sentry_server)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
+
+    @app.route("/orders/<int:order>")
+    def order(order: int) -> str:
+        raise RuntimeError(f"order {order}")
+
+    assert app.test_client().get("/orders/7?page=2").status_code == 500
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    (event,) = sentry_server.events()
+    assert event["request"]["url"] == "http://localhost/orders/7"
+    assert event["request"]["query_string"] == "page=2"
+    assert event["transaction"] == "/orders/<int:order>"
+    assert sentry_server.transactions() == []
+
+
+def test_a_failing_teardown_is_recorded_as_the_500_the_server_sends(
+    sentry_server: SentryServer,
+) -> None:
+    """The app started a 200 response, then raised before sending anything: the server
+    answers 500, and so says the transaction."""
+    app = traced_app(sentry_server)
+
+    @app.teardown_request
+    def teardown(error: BaseException | None) -> None:
+        if request.path == "/torn":
+            raise RuntimeError("teardown failed")
+
+    @app.route("/torn")
+    def torn() -> str:
+        return "fine"
+
+    with run_wsgi(app) as base:
+        assert requests.get(f"{base}/torn", timeout=5).status_code == 500
+    (tx,) = sent(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
 
 
 def test_a_4xx_an_extension_signals_is_not_an_error(sentry_server: SentryServer) -> None:

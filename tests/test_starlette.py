@@ -618,6 +618,21 @@ def test_name_parity_with_sentry_sdk(sentry_server: SentryServer, style: str) ->
     assert compared == len(PARITY[style])
 
 
+def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:
+    """Error events do not depend on the sampling decision, their request data neither (as
+    sentry-sdk sends it): an unhandled error and one a handler answers with a 500."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)
+    with TestClient(starlette_app(), raise_server_exceptions=False) as client:
+        assert client.get("/error?q=1").status_code == 500
+        assert client.get("/handled").status_code == 500
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    urls = sorted(e["request"]["url"] for e in sentry_server.events())
+    assert urls == ["http://testserver/error", "http://testserver/handled"]
+    by_url = {e["request"]["url"]: e["request"] for e in sentry_server.events()}
+    assert by_url["http://testserver/error"]["query_string"] == "q=1"
+    assert sentry_server.transactions() == []
+
+
 def test_unsampled_request_still_named_for_propagation(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0)
     with TestClient(starlette_app()) as c:

@@ -566,6 +566,10 @@ def test_unsampled_request_still_captures_errors(sentry_server: SentryServer, pa
     wait_transactions(sentry_server, 0, events=1)
     (event,) = sentry_server.events()
     assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
+    # the request data is on the event whatever the sampling (as sentry-sdk sends it)
+    assert event["request"]["method"] == "GET"
+    assert event["request"]["url"] == f"http://127.0.0.1{path}"
+    assert "Sentry-Trace" in event["request"]["headers"]
     assert sentry_server.transactions() == []
 
 

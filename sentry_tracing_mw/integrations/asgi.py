@@ -334,7 +334,12 @@ async def _send_final(send: Send, message: Message) -> None:
 
 
 def _fail(
-    client: Client, tx: Transaction, exc: BaseException, disconnected: bool, mechanism: str
+    client: Client,
+    tx: Transaction,
+    exc: BaseException,
+    disconnected: bool,
+    mechanism: str,
+    scope: Scope,
 ) -> None:
     """Record an exception leaving the app (never raises)."""
     try:
@@ -346,6 +351,8 @@ def _fail(
             return
         tx._status = "internal_error"
         if isinstance(exc, Exception):
+            if tx._request is None:  # unsampled: the request data is for the event only
+                defer_asgi_request_info(tx, scope, client.options.send_default_pii)
             client.capture_exception(exc, span=tx, mechanism=mechanism, handled=False)
     except Exception:
         logger.exception("sentry_tracing_mw: recording an exception failed")
@@ -504,7 +511,7 @@ class TracingMiddleware:
             went = gone[0] or self._gone(exc)
             if isinstance(exc, Exception) and not went:
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, went, self.mechanism)
+            _fail(client, tx, exc, went, self.mechanism, scope)
             raise
         finally:
             CURRENT_SPAN.reset(span_token)
@@ -706,7 +713,7 @@ class TracingMiddleware:
             went = disconnected or self._gone(exc)
             if isinstance(exc, Exception) and not went:
                 self._name_failed(tx, inner, method)
-            _fail(client, tx, exc, went, self.mechanism)
+            _fail(client, tx, exc, went, self.mechanism, scope)
             if (
                 tx._response_status is None
                 and not went

@@ -55,7 +55,14 @@ from ._common import (
     settings_error,
     split_options,
 )
-from .wsgi import COMPLETE_BODY_KEY, ENVIRON_KEY, TracingMiddleware, WSGIApp, wsgi_str
+from .wsgi import (
+    COMPLETE_BODY_KEY,
+    ENVIRON_KEY,
+    TracingMiddleware,
+    WSGIApp,
+    defer_request_info,
+    wsgi_str,
+)
 
 __all__ = ["FlaskTracing", "FlaskTracingMiddleware", "TraceMeta"]
 
@@ -199,7 +206,10 @@ class FlaskTracingMiddleware(TracingMiddleware):
                     self._name_rule(tx, rule, req.environ)
                 else:
                     tx.set_name(f"{req.method} 500", "route")
-            get_client().capture_exception(exception, span=tx, mechanism="flask", handled=handled)
+            client = get_client()
+            if tx is not None and tx._request is None:  # unsampled: for the event
+                defer_request_info(tx, req.environ, client.options.send_default_pii)
+            client.capture_exception(exception, span=tx, mechanism="flask", handled=handled)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
 

@@ -560,6 +560,9 @@ def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
             return
         scope = getattr(conn, "scope", None)
         tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
+        if tx is not None and tx._request is None:  # unsampled: for the event
+            pii = get_client().options.send_default_pii
+            asgi.defer_asgi_request_info(tx, scope, pii)  # type: ignore[arg-type]
         span = CURRENT_SPAN.get() or tx
         # A 5xx HTTPException was raised on purpose: handled, as sentry-sdk reports it.
         get_client().capture_exception(

@@ -134,7 +134,9 @@ def defer_request_info(tx: Transaction, environ: Mapping[str, Any], pii: bool) -
     tx._request = functools.partial(environ_request_info, snapshot, pii)
 
 
-def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
+def _fail(
+    client: Client, tx: Transaction, exc: BaseException, environ: Mapping[str, Any] | None
+) -> None:
     """Record an unhandled exception on the transaction (never raises)."""
     try:
         if isinstance(exc, GeneratorExit):
@@ -142,6 +144,8 @@ def _fail(client: Client, tx: Transaction, exc: BaseException) -> None:
         if tx._end is None:  # (a body's close() may fail after the transaction ended)
             tx._status = "internal_error"
         if isinstance(exc, Exception):
+            if tx._request is None and environ is not None:  # unsampled: for the event
+                defer_request_info(tx, environ, client.options.send_default_pii)
             client.capture_exception(exc, span=tx, mechanism="wsgi", handled=False)
     except Exception:
         logger.exception("sentry_tracing_mw: recording an exception failed")
@@ -199,7 +203,7 @@ class _Body:
                 self._done = True
                 if not started and tx._recording and isinstance(exc, Exception):
                     tx.set_http_status(500)  # nothing sent yet: the server answers 500
-                _fail(self._client, tx, exc)
+                _fail(self._client, tx, exc, self._environ)
                 finish_request(tx, self._environ)
             raise  # a close() mid-body ends the transaction in close()
         current.reset(token)
@@ -216,7 +220,7 @@ class _Body:
                 close()
         except BaseException as exc:  # the app's cleanup failed: an error of the request's
             self._done = True
-            _fail(self._client, self._tx, exc)
+            _fail(self._client, self._tx, exc, self._environ)
             raise
         finally:
             tx = self._tx
@@ -355,7 +359,7 @@ def _finish_on_close(result: Any, tx: Transaction, environ: dict[str, Any]) -> A
             if original is not None:
                 original()
         except BaseException as exc:
-            _fail(get_client(), tx, exc)
+            _fail(get_client(), tx, exc, environ)
             raise
         finally:
             finish_request(tx, environ)
@@ -484,6 +488,7 @@ class TracingMiddleware:
             # wrapper.
             return self._run(environ, start_response, tx, client)
         name_unmatched = self.name_unmatched
+        written = [False]  # the app sent body bytes through write(): the status went out
 
         def traced_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -501,9 +506,15 @@ class TracingMiddleware:
                     tx.set_name(f"{method} {code}", "route")
             except Exception:
                 logger.debug("unparseable WSGI status %r", status)
-            return write
 
-        return self._run(environ, traced_start_response, tx, client)
+            def traced_write(data: bytes) -> object:
+                if data:
+                    written[0] = True
+                return write(data)
+
+            return traced_write
+
+        return self._run(environ, traced_start_response, tx, client, written)
 
     def _run(
         self,
@@ -511,6 +522,7 @@ class TracingMiddleware:
         start_response: StartResponse,
         tx: Transaction,
         client: Client,
+        written: list[bool] | None = None,
     ) -> Iterable[bytes]:
         """Call the app with ``tx`` current; the transaction ends with the body."""
         token = CURRENT_SPAN.set(tx)
@@ -530,7 +542,9 @@ class TracingMiddleware:
                 if patched is not None:
                     return patched  # type: ignore[no-any-return]
         except BaseException as exc:
-            _fail(client, tx, exc)  # errors are captured whatever the sampling decision
+            if tx._recording and isinstance(exc, Exception) and not (written and written[0]):
+                tx.set_http_status(500)  # nothing sent yet: the server answers 500
+            _fail(client, tx, exc, environ)  # captured whatever the sampling decision
             finish_request(tx, environ)
             raise
         finally:

@@ -179,12 +179,23 @@ class _State:
                     self.mw._name_for_error(request, self)
                 if request is not None and self.client.options.send_default_pii:
                     tx._user = user_info(request) or tx._user
+                if request is not None and tx._request is None:  # unsampled: for the event
+                    _defer_request(tx, request, self.client.options.send_default_pii)
                 tx._status = "internal_error"
                 self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
             elif tx._status in (None, "ok"):
                 tx._status = "cancelled"  # CancelledError, GeneratorExit, KeyboardInterrupt
         except Exception:
             logger.exception("sentry_tracing_mw: recording an exception failed")
+
+
+def _defer_request(tx: Transaction, request: Any, pii: bool) -> None:
+    """Give ``tx`` the event's request interface of a Django request (WSGI or ASGI)."""
+    meta = request.META
+    scope = request.__dict__.get("scope")  # ASGIRequest: META has no wsgi.url_scheme
+    if scope is not None:
+        meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
+    defer_request_info(tx, meta, pii)
 
 
 class _SyncBody:
@@ -462,9 +473,7 @@ class TracingMiddleware:
             if tx is None:
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
-                if scope is not None:
-                    meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
-                defer_request_info(tx, meta, client.options.send_default_pii)
+                _defer_request(tx, request, client.options.send_default_pii)
             state = _State(tx, client, method, True, self)
             request.__dict__[_STATE_ATTR] = state
             return state, CURRENT_SPAN.set(tx), None
@@ -525,6 +534,8 @@ class TracingMiddleware:
                 state.fail(state.answered, request)  # captured once, whatever the sampling
             streaming = response.streaming
             if streaming and getattr(response, "file_to_stream", None) is None:
+                if not recording and tx._request is None:  # an error of the body's event
+                    _defer_request(tx, request, state.client.options.send_default_pii)
                 content = response.streaming_content  # runs app code: keep the trace current
                 if response.is_async:
                     state.body = _AsyncBody(content, state)
