@@ -318,23 +318,78 @@ def test_a_failing_teardown_is_recorded_as_the_500_the_server_sends(
     assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
 
 
+def test_traced_apps_made_by_a_factory_are_freed(sentry_server: SentryServer) -> None:
+    """The exception signal held each traced app's middleware, and through it the app, for
+    ever: a test suite making an app per test leaked them all."""
+    import gc
+    import weakref
+
+    refs = []
+    for _ in range(20):
+        app = traced_app(sentry_server)
+        assert app.test_client().get("/users/1").status_code == 200
+        refs.append(weakref.ref(app))
+        del app
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) == 0
+
+
+def test_jinja_settings_made_after_flask_tracing_still_apply(sentry_server: SentryServer) -> None:
+    """``FlaskTracing(app)`` no longer creates ``app.jinja_env`` (it is made once, from the
+    settings of that time): the template global is added when Flask creates it."""
+    app = traced_app(sentry_server)
+    assert "jinja_env" not in app.__dict__
+    app.jinja_options = {**app.jinja_options, "line_statement_prefix": "#"}
+    app.config["TEMPLATES_AUTO_RELOAD"] = True
+    with app.test_request_context("/"):
+        from flask import render_template_string
+
+        out = render_template_string(
+            "# for x in [1, 2]\n{{ x }}\n# endfor\n{{ sentry_trace_meta }}"
+        )
+    assert out.startswith("1\n2\n") and 'name="sentry-trace"' in out
+    assert app.jinja_env.auto_reload is True
+
+
+def test_http_methods_to_capture_from_an_environment_string(sentry_server: SentryServer) -> None:
+    """``app.config.from_prefixed_env()`` gives ``"GET,POST"`` as one string: a list of
+    methods, not one method named ``"GET,POST"`` (which traced nothing)."""
+    app = create_app()
+    app.config.update(
+        SENTRY_DSN=sentry_server.dsn,
+        SENTRY_TRACES_SAMPLE_RATE=1.0,
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+        SENTRY_HTTP_METHODS_TO_CAPTURE="GET, post",
+    )
+    FlaskTracing(app)
+    client = app.test_client()
+    assert client.get("/users/1").status_code == 200
+    assert client.delete("/users/1").status_code == 405  # not captured: DELETE
+    (tx,) = sent(sentry_server, 1)
+    assert tx["transaction"] == "/users/<int:user_id>"
+
+
 def test_a_4xx_an_extension_signals_is_not_an_error(sentry_server: SentryServer) -> None:
     """Flask-RESTful sends ``got_request_exception`` for every error its API answers,
     ``abort(404)`` included: a 4xx is no error event."""
-    from flask import got_request_exception
-    from werkzeug.exceptions import InternalServerError, NotFound
+    from flask import got_request_exception, make_response
+    from werkzeug.exceptions import HTTPException, InternalServerError, NotFound
 
     app = traced_app(sentry_server)
 
     @app.route("/api/<int:code>")
     def api(code: int) -> tuple[str, int]:
-        exc = NotFound() if code == 404 else InternalServerError()
+        if code == 400:  # abort(make_response(...)): an HTTPException with no code
+            exc: Exception = HTTPException(response=make_response("bad", 400))
+        else:
+            exc = NotFound() if code == 404 else InternalServerError()
         got_request_exception.send(app, exception=exc)  # what Flask-RESTful's handler does
         return "answered", code
 
     client = app.test_client()
-    assert [client.get("/api/404").status_code, client.get("/api/500").status_code] == [404, 500]
-    assert stm.flush(5) and wait_transactions(sentry_server, 2, events=1)
+    codes = [client.get(f"/api/{code}").status_code for code in (404, 400, 500)]
+    assert codes == [404, 400, 500]
+    assert stm.flush(5) and wait_transactions(sentry_server, 3, events=1)
     stm.flush(0.5)
     assert [e["exception"]["values"][-1]["type"] for e in sentry_server.events()] == [
         "InternalServerError"

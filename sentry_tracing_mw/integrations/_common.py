@@ -90,8 +90,8 @@ class MiddlewareConfig:
         if http_methods_to_capture is None:
             self.methods = DEFAULT_METHODS
         else:
-            if isinstance(http_methods_to_capture, str):
-                http_methods_to_capture = (http_methods_to_capture,)
+            if isinstance(http_methods_to_capture, str):  # "GET", or "GET,POST" from env
+                http_methods_to_capture = http_methods_to_capture.replace(",", " ").split()
             elif not _iterable(http_methods_to_capture):
                 raise ConfigurationError(
                     f"invalid option http_methods_to_capture={http_methods_to_capture!r}: "
@@ -99,7 +99,7 @@ class MiddlewareConfig:
                 )
             methods = []
             for method in http_methods_to_capture:
-                if not isinstance(method, str) or not method.strip():
+                if not isinstance(method, str) or not method.strip() or "," in method:
                     raise ConfigurationError(
                         f"invalid option http_methods_to_capture={http_methods_to_capture!r}: "
                         "expected HTTP method names"

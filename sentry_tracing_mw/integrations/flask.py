@@ -214,11 +214,41 @@ class FlaskTracingMiddleware(TracingMiddleware):
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
 
 
+def _on_exception(sender: Any, exception: BaseException, **kwargs: Any) -> None:
+    """``got_request_exception`` receiver of every traced app."""
+    extensions = getattr(sender, "extensions", None)
+    middleware = extensions.get(EXTENSION_KEY) if isinstance(extensions, dict) else None
+    if isinstance(middleware, FlaskTracingMiddleware):
+        middleware.on_exception(sender, exception, **kwargs)
+
+
+def _add_template_global(app: Flask) -> None:
+    """``sentry_trace_meta`` in the app's Jinja globals, without creating ``app.jinja_env``
+    early (settings made after ``FlaskTracing(app)``, ``jinja_options`` and
+    ``TEMPLATES_AUTO_RELOAD``, would be ignored): added when Flask creates it."""
+    if "jinja_env" in app.__dict__:  # (a cached property: created already)
+        app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
+        return
+    create = app.create_jinja_environment
+
+    def create_jinja_environment() -> Any:
+        env = create()
+        env.globals["sentry_trace_meta"] = TraceMeta()
+        return env
+
+    app.create_jinja_environment = create_jinja_environment  # type: ignore[method-assign]
+
+
 def _client_error(exc: BaseException) -> bool:
-    """An HTTP exception that stands for a 4xx response: werkzeug's, or Starlette's (raised
-    out of Flask by Connexion 3's error handler, which its middleware answers with the 4xx)."""
+    """An HTTP exception that stands for a 4xx response: werkzeug's (its own code, or the
+    status of the response it carries: ``abort(make_response(..., 400))``), or Starlette's
+    (raised out of Flask by Connexion 3's error handler, which its middleware answers with
+    the 4xx)."""
     if isinstance(exc, HTTPException):
-        return not (exc.code or 500) >= 500
+        code = exc.code
+        if code is None:
+            code = getattr(exc.response, "status_code", None)
+        return type(code) is int and code < 500
     code = getattr(exc, "status_code", None)
     return (
         type(code) is int
@@ -386,6 +416,8 @@ class FlaskTracing:
         app.process_response = _finishing_process_response(  # type: ignore[method-assign, assignment]
             app.process_response, middleware, app
         )
-        got_request_exception.connect(middleware.on_exception, app, weak=False)
-        app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
+        # A module-level receiver: a bound method held by the signal would keep the
+        # middleware, and through it the app, alive for ever (one per app a factory made).
+        got_request_exception.connect(_on_exception, app, weak=False)
+        _add_template_global(app)
         app.extensions[EXTENSION_KEY] = middleware
