@@ -276,6 +276,19 @@ def test_ignore_paths_and_untraced_methods_get_own_trace(sentry_server: SentrySe
     assert len(set(seen)) == len(seen) == 5  # every request its own trace
 
 
+def test_ignore_paths_below_a_root_path(sentry_server: SentryServer) -> None:
+    """Under ``uvicorn --root-path /api`` the scope's path includes the root path: the
+    app's paths are ignored as they are under WSGI (``PATH_INFO`` below ``SCRIPT_NAME``),
+    the full path too."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    mw = TracingMiddleware(raw_asgi_app, ignore_paths=["/health", "/api/ready"])
+    with run_asgi(mw, root_path="/api") as base:
+        for path in ("/health", "/ready", "/plain"):
+            assert httpx.get(f"{base}{path}", timeout=5).status_code == 200
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["request"]["url"].endswith("/api/plain")
+
+
 def test_methods_to_capture_option(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     mw = TracingMiddleware(raw_asgi_app, http_methods_to_capture=("HEAD",))

@@ -358,14 +358,21 @@ def test_stream_on_a_server_that_refuses_a_second_concurrent_receive(
     assert tx["contexts"]["trace"]["status"] == "ok"
 
 
+@pytest.mark.parametrize("nested", [False, True])
 def test_unmatched_websocket_is_named_like_an_unmatched_request(
-    sentry_server: SentryServer, client: TestClient
+    sentry_server: SentryServer, nested: bool
 ) -> None:
+    """Also when a generic ASGI middleware outside owns the transaction (it only names)."""
     from starlette.websockets import WebSocketDisconnect
 
-    for path in ("/nope/1", "/nope/2"):
-        with pytest.raises(WebSocketDisconnect), client.websocket_connect(path) as ws:
-            ws.receive_text()
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app: Any = starlette_app()
+    if nested:
+        app = generic_asgi.TracingMiddleware(app)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in ("/nope/1", "/nope/2"):
+            with pytest.raises(WebSocketDisconnect), client.websocket_connect(path) as ws:
+                ws.receive_text()
     assert stm.flush(5) and sentry_server.wait_for(2)
     txs = sentry_server.transactions()
     assert [t["transaction"] for t in txs] == ["GET 404", "GET 404"]  # never the raw path

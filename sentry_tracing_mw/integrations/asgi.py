@@ -298,6 +298,18 @@ async def answer_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
             return
 
 
+def _ignored(ignore: Any, path: Any, scope: Scope) -> bool:
+    """``ignore_paths`` match the path, or the path below ``root_path`` (as WSGI's
+    ``PATH_INFO`` is below ``SCRIPT_NAME``: the same app ignores the same paths when it
+    is served under ``uvicorn --root-path``)."""
+    if ignore.match(path):
+        return True
+    root = scope.get("root_path")
+    if root and type(path) is str and path.startswith(root) and len(path) > len(root):
+        return bool(ignore.match(path[len(root) :]))
+    return False
+
+
 def _watched_send(send: Send) -> tuple[Send, list[bool]]:
     """``send`` and a flag set when sending failed: the client went away, which makes the
     exception the app then raises no application error."""
@@ -452,7 +464,7 @@ class TracingMiddleware:
         # a helper coroutine costs a frame per request).
         path = scope.get("path") or "/"
         ignore = self.config.ignore_paths
-        if ignore is not None and ignore.match(path):
+        if ignore is not None and _ignored(ignore, path, scope):
             span_token = CURRENT_SPAN.set(None)
             token = PROPAGATION_CONTEXT.set(None)
             try:

@@ -453,12 +453,28 @@ class TracingMiddleware(asgi.TracingMiddleware):
             await self.app(scope, receive, send)
             return
 
+        accepted = False
+
         async def naming_send(message: Message) -> None:
-            if message.get("type") == "http.response.start" and tx._source == "url":
+            nonlocal accepted
+            kind = message.get("type")
+            if kind == "http.response.start" and tx._source == "url":
                 try:
                     self.name_on_response(tx, inner, method, int(message["status"]))
                 except Exception:
                     logger.debug("naming an unmatched request failed", exc_info=True)
+            elif kind == "websocket.accept":
+                accepted = True
+            elif kind == "websocket.close" and not accepted and tx._source == "url":
+                # Refused before accept, as the integration names it when it owns the
+                # request: the router found no route (404), else a middleware refused (403).
+                try:
+                    code = 404 if self.routed(inner) else 403
+                    self.name_on_response(tx, inner, method, code)
+                    if tx._status is None:
+                        tx.set_http_status(code)
+                except Exception:
+                    logger.debug("naming a refused websocket failed", exc_info=True)
             await send(message)
 
         try:
