@@ -369,6 +369,41 @@ def test_http_methods_to_capture_from_an_environment_string(sentry_server: Sentr
     assert tx["transaction"] == "/users/<int:user_id>"
 
 
+def test_a_4xx_flask_answers_with_a_500_is_an_error(sentry_server: SentryServer) -> None:
+    """``abort(4xx)`` where Flask cannot answer it (in an error handler, in an after_request
+    function) ends in Flask's 500: an error, as every exception Flask turns into a 500;
+    and the transaction of a failed after_request is sent though nobody reads the body."""
+    app = traced_app(sentry_server)
+
+    @app.errorhandler(KeyError)
+    def on_key_error(error: KeyError) -> Any:
+        abort(400, f"missing {error}")
+
+    @app.route("/key")
+    def key() -> str:
+        raise KeyError("name")
+
+    @app.after_request
+    def check(response: Any) -> Any:
+        if request.path == "/after":
+            abort(403)
+        return response
+
+    @app.route("/after")
+    def after() -> str:
+        return "fine"
+
+    client = app.test_client()
+    assert [client.get("/key").status_code, client.get("/after").status_code] == [500, 500]
+    txs = {t["transaction"]: t for t in sent(sentry_server, 2)}
+    assert sorted(txs) == ["/after", "/key"]
+    assert wait_transactions(sentry_server, 2, events=2)
+    errors = {
+        e["transaction"]: e["exception"]["values"][-1]["type"] for e in sentry_server.events()
+    }
+    assert errors == {"/key": "BadRequest", "/after": "Forbidden"}
+
+
 def test_a_4xx_an_extension_signals_is_not_an_error(sentry_server: SentryServer) -> None:
     """Flask-RESTful sends ``got_request_exception`` for every error its API answers,
     ``abort(404)`` included: a 4xx is no error event."""

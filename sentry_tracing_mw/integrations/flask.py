@@ -23,6 +23,7 @@ and ``{{ sentry_trace_meta() }}``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from types import FunctionType
@@ -71,6 +72,7 @@ logger = logging.getLogger("sentry_tracing_mw")
 EXTENSION_KEY = "sentry_tracing_mw"
 #: On the request: the exception an app's error handler answered (until process_response).
 _HANDLED_ATTR = "_stm_handled_exception"
+_CLIENT_ERROR_ATTR = "_stm_client_error"  # a 4xx exception signalled: an error if it ends 5xx
 _REPORTING_ATTR = "_stm_reports"  # on a wrapped call_on_close function: the app's own
 _CONFIG_KEYS = tuple(
     (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
@@ -183,7 +185,13 @@ class FlaskTracingMiddleware(TracingMiddleware):
             tx.set_name(rule.rule, "route")
 
     def on_exception(
-        self, sender: Any, exception: BaseException, *, handled: bool = False, **_: Any
+        self,
+        sender: Any,
+        exception: BaseException,
+        *,
+        handled: bool = False,
+        answered_5xx: bool = False,
+        **_: Any,
     ) -> None:
         """Capture an exception Flask turns into a 500 response (once).
 
@@ -192,8 +200,13 @@ class FlaskTracingMiddleware(TracingMiddleware):
         route when it has one, else ``"GET 500"`` as its response will name it.
         """
         try:
-            if _client_error(exception):
-                return  # a 4xx sent through the signal (Flask-RESTful sends every error)
+            if not answered_5xx and _client_error(exception):
+                # A 4xx sent through the signal (Flask-RESTful sends every error), or one an
+                # error handler raised, which Flask answers with a 500: decided on the
+                # response (``_finishing_process_response``).
+                with contextlib.suppress(Exception):  # (no request: nothing to decide)
+                    _request().__dict__.setdefault(_CLIENT_ERROR_ATTR, exception)
+                return
             req = request._get_current_object()  # type: ignore[attr-defined]
             tx = req.environ.get(ENVIRON_KEY) or active_request_transaction()
             if tx is None and PROPAGATION_CONTEXT.get() is None:
@@ -338,19 +351,39 @@ def _finishing_process_response(
         try:
             req = _request()
             handled = req.__dict__.pop(_HANDLED_ATTR, None)  # gone even if original() raises
+            client_error = req.__dict__.pop(_CLIENT_ERROR_ATTR, None)
         except Exception:
             logger.debug("reading the Flask request failed", exc_info=True)
             return original(response)
-        response = original(response)
         try:
-            if handled is not None:
+            given = response
+            response = original(response)
+        except BaseException:
+            # An after_request function failed. Handling an error already (Flask's 500 is
+            # given), Flask sends that 500 as it is: a 4xx signalled is its error, and the
+            # body is complete. Else Flask handles this failure and calls this again.
+            code = getattr(given, "status_code", None)
+            if isinstance(code, int) and code >= 500:
+                with contextlib.suppress(Exception):
+                    if client_error is not None:
+                        middleware.on_exception(app, client_error, answered_5xx=True)
+                    if mark and (
+                        getattr(given, "is_streamed", True) is False or _http_exception_body(given)
+                    ):
+                        req.environ[COMPLETE_BODY_KEY] = True
+            raise
+        try:
+            if handled is not None or client_error is not None:
                 code = getattr(response, "status_code", None)
                 if isinstance(code, int) and code >= 500:
-                    # A 5xx HTTPException was raised on purpose: handled (as sentry-sdk
-                    # reports one in Starlette).
-                    middleware.on_exception(
-                        app, handled, handled=isinstance(handled, HTTPException)
-                    )
+                    if handled is not None:
+                        # A 5xx HTTPException was raised on purpose: handled (as sentry-sdk
+                        # reports one in Starlette).
+                        middleware.on_exception(
+                            app, handled, handled=isinstance(handled, HTTPException)
+                        )
+                    else:  # a 4xx an error handler raised: Flask answered 500
+                        middleware.on_exception(app, client_error, answered_5xx=True)
             # A direct-passthrough body (send_file's wsgi.file_wrapper) is sent by the server
             # even when it has a length (waitress's): it ends on close, as a streamed one.
             if mark and (
