@@ -349,6 +349,21 @@ def test_a_middleware_before_ours_failing_on_the_response(sentry_server: SentryS
     assert error["contexts"]["trace"]["span_id"] == _trace(failed)["span_id"]
 
 
+def test_a_file_response_over_a_stream_that_cannot_tell(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FileResponse over a pipe: its position cannot be read; the transaction still ends
+    when the body is sent, and nothing is logged as failed."""
+    init_traced(sentry_server)
+    with caplog.at_level(logging.ERROR, logger="sentry_tracing_mw"):
+        response = _client().get("/no-tell-file/")
+        assert b"".join(response.streaming_content) == b"y" * 100
+        response.close()
+    assert not [r for r in caplog.records if r.name == "sentry_tracing_mw"]
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert _trace(tx)["status"] == "ok"
+
+
 def test_unsampled_requests_send_nothing(sentry_server: SentryServer) -> None:
     init_traced(sentry_server, traces_sample_rate=0.0)
     client = _client()

@@ -600,13 +600,14 @@ def test_an_untraced_requests_streamed_body_keeps_its_trace_and_reports_errors(
 ) -> None:
     """HEAD/OPTIONS (not traced by default): the body's app code runs in the request's own
     trace (an incoming one continued), not in one left on the server's thread, and an
-    error it raises is reported; an ignored path's body has no trace and reports none."""
+    error it raises is reported; an ignored path's body reports none."""
     init_traced(sentry_server)
     seen: list[str] = []
 
     def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        seen.append(stm.get_trace_headers()["sentry-trace"].split("-")[0])
+        if environ["PATH_INFO"] != "/health":  # (an ignored path's body is left as it is)
+            seen.append(stm.get_trace_headers()["sentry-trace"].split("-")[0])
         yield b"x"
         if "fail" in environ.get("QUERY_STRING", ""):
             raise RuntimeError(f"body of {environ['PATH_INFO']} failed")
@@ -643,6 +644,31 @@ def test_a_body_failing_before_its_first_chunk_is_a_500(sentry_server: SentrySer
     (tx,) = sentry_server.transactions()
     assert tx["contexts"]["trace"]["status"] == "internal_error"
     assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 500
+
+
+def test_a_body_failing_after_write_keeps_the_status_that_went_out(
+    sentry_server: SentryServer,
+) -> None:
+    """The app sent bytes with ``write()`` (the status line went with them), then its body
+    failed: the client has its 200, and so says the transaction."""
+    init_traced(sentry_server)
+
+    def writes_then_fails(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"already sent")
+
+        def body() -> Iterator[bytes]:
+            raise ValueError("after write")
+            yield b"never"
+
+        return body()
+
+    with pytest.raises(ValueError):
+        _call(TracingMiddleware(writes_then_fails), _environ("/w"))
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    (tx,) = sentry_server.transactions()
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
 
 
 def test_a_file_wrapper_over_an_in_memory_file_cut_short_is_cancelled(

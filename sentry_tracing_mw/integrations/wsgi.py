@@ -159,7 +159,7 @@ class _Body:
     chunk and not while the server writes it.
     """
 
-    __slots__ = ("_client", "_done", "_environ", "_iterating", "_result", "_tx")
+    __slots__ = ("_client", "_done", "_environ", "_iterating", "_result", "_tx", "_written")
 
     def __init__(
         self,
@@ -167,8 +167,10 @@ class _Body:
         tx: Transaction,
         client: Client,
         environ: dict[str, Any],
+        written: list[bool] | None = None,
     ) -> None:
         self._result = result
+        self._written = written  # set once the app sent bytes with write()
         self._tx = tx
         self._client = client
         self._environ = environ
@@ -201,7 +203,13 @@ class _Body:
                 current.reset(token)
                 held = False
                 self._done = True
-                if not started and tx._recording and isinstance(exc, Exception):
+                written = self._written
+                if (
+                    not started
+                    and not (written and written[0])
+                    and tx._recording
+                    and isinstance(exc, Exception)
+                ):
                     tx.set_http_status(500)  # nothing sent yet: the server answers 500
                 _fail(self._client, tx, exc, self._environ)
                 finish_request(tx, self._environ)
@@ -463,8 +471,8 @@ class TracingMiddleware:
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
-        if type(result) is list or type(result) is tuple:
-            return result  # iterating it runs no app code
+        if ctx is None or type(result) is list or type(result) is tuple:
+            return result  # an ignored path (no work for it), or a body that runs no code
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(result, wrapper):
             return result  # a file: the server sends it (sendfile), no app code
@@ -554,5 +562,5 @@ class TracingMiddleware:
         except Exception:  # a body whose __getattr__ raises
             sized = False
         if sized:
-            return _SizedBody(result, tx, client, environ)
-        return _Body(result, tx, client, environ)
+            return _SizedBody(result, tx, client, environ, written)
+        return _Body(result, tx, client, environ, written)

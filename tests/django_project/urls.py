@@ -42,6 +42,7 @@ urlpatterns = [
     path("stream-trace/", views.stream_trace),
     path("file/", views.file_response),
     path("big-file/", views.big_file),
+    path("no-tell-file/", views.no_tell_file),
     path("orm/", views.orm),
     path("aorm/", views.aorm),
     path("async/<int:pk>/", views.aok),

@@ -104,6 +104,29 @@ def file_response(request: HttpRequest) -> FileResponse:
     return response
 
 
+class _NoTell(io.RawIOBase):
+    """A readable stream that cannot tell its position (a pipe, a subprocess's stdout)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._data))
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+    def tell(self) -> int:
+        raise OSError(29, "Illegal seek")
+
+
+def no_tell_file(request: HttpRequest) -> FileResponse:
+    return FileResponse(_NoTell(b"y" * 100), filename="pipe.bin")
+
+
 def big_file(request: HttpRequest) -> FileResponse:
     """16 MiB, more than any socket buffer holds: a client that stops reading is seen."""
     return FileResponse(io.BytesIO(bytes(16 << 20)), filename="big.bin")

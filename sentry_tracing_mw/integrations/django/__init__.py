@@ -134,6 +134,7 @@ class _State:
         "method",
         "mw",
         "owned",
+        "request",
         "responded",
         "tx",
     )
@@ -151,6 +152,7 @@ class _State:
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
         self.responded = False  # our middleware handed its response back
+        self.request: Any = None  # an unsampled streamed response's request
         self.file: Any = None  # a FileResponse's file, and where sending it started
         self.file_start = 0
 
@@ -174,6 +176,8 @@ class _State:
         """
         try:
             tx = self.tx
+            if request is None:
+                request = self.request
             if isinstance(exc, Exception):
                 if request is not None and tx._source == "url":
                     self.mw._name_for_error(request, self)
@@ -534,8 +538,8 @@ class TracingMiddleware:
                 state.fail(state.answered, request)  # captured once, whatever the sampling
             streaming = response.streaming
             if streaming and getattr(response, "file_to_stream", None) is None:
-                if not recording and tx._request is None:  # an error of the body's event
-                    _defer_request(tx, request, state.client.options.send_default_pii)
+                if not recording:  # for an error of the body's: its event's request
+                    state.request = request
                 content = response.streaming_content  # runs app code: keep the trace current
                 if response.is_async:
                     state.body = _AsyncBody(content, state)
@@ -544,11 +548,17 @@ class TracingMiddleware:
                 response.streaming_content = state.body
             closers = getattr(response, "_resource_closers", None)
             if isinstance(closers, list) and (recording or streaming):
+                start = None
                 if recording and streaming and state.body is None:
                     # A FileResponse: its file tells how far the server sent it, read
                     # before the response's own closer closes the file.
+                    try:
+                        start = response.file_to_stream.tell()
+                    except Exception:  # a pipe, a reader without tell(): not told
+                        start = None
+                if start is not None:
                     state.file = response.file_to_stream
-                    state.file_start = state.file.tell()
+                    state.file_start = start
                     closers.insert(0, state.finish)
                 else:
                     closers.append(state.finish)  # ends when the body has been sent
