@@ -593,16 +593,7 @@ class Transport:
         conn = self._conn
         if conn is None:
             dsn = self.dsn
-            conn = self._conn = HTTPConnection(
-                dsn.scheme,
-                dsn.host,
-                dsn.port,
-                self._path,
-                self._headers,
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-                ca_certs=self._ca_certs,
-            )
+            conn = self._conn = self._connection(dsn.scheme, dsn.host, dsn.port, self._path)
         try:
             return conn.post(body)
         except StaleConnectionError:
@@ -735,20 +726,26 @@ class Transport:
             return self._post_proxied(url, body)
         parts = urlsplit(url)
         path = quote(parts.path or "/", safe=_PATH_SAFE)
-        conn = HTTPConnection(
-            parts.scheme,
-            parts.hostname or "",
-            parts.port,
-            f"{path}?{parts.query}" if parts.query else path,
+        target = f"{path}?{parts.query}" if parts.query else path
+        conn = self._connection(parts.scheme, parts.hostname or "", parts.port, target)
+        try:
+            return conn.post(body)
+        finally:
+            conn.close()
+
+    def _connection(self, scheme: str, host: str, port: int | None, path: str) -> HTTPConnection:
+        """A direct connection posting envelopes to ``path`` with this transport's headers,
+        timeouts and CA bundle."""
+        return HTTPConnection(
+            scheme,
+            host,
+            port,
+            path,
             self._headers,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
             ca_certs=self._ca_certs,
         )
-        try:
-            return conn.post(body)
-        finally:
-            conn.close()
 
     def _send(self, body: bytes) -> tuple[int, Mapping[str, str]]:
         """POST to the envelope URL, following redirects as sentry-sdk does (the body is
