@@ -22,7 +22,7 @@ from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._propagation import WSGI_GETTER
 from .._request import MAX_HEADERS, request_info
-from .._tracing import Transaction
+from .._tracing import PropagationContext, Transaction
 from ._common import (
     REQUEST_TX_KEY,
     active_request_transaction,
@@ -248,13 +248,13 @@ class _SizedBody(_Body):
 
 
 class _UntracedBody:
-    """The body of a request with no transaction (an untraced method, an ignored path):
-    the app code producing it runs in the request's trace context (none for an ignored
-    path), not in whatever the server's thread holds, and its errors are reported."""
+    """The body of a request whose method is not traced: the app code producing it runs
+    in the request's trace context, not in whatever the server's thread holds, and its
+    errors are reported."""
 
     __slots__ = ("_ctx", "_result")
 
-    def __init__(self, result: Iterable[bytes], ctx: Any) -> None:
+    def __init__(self, result: Iterable[bytes], ctx: PropagationContext) -> None:
         self._result = result
         self._ctx = ctx
 
@@ -273,7 +273,7 @@ class _UntracedBody:
                 token = PROPAGATION_CONTEXT.set(ctx)
                 held = True
         except Exception as exc:
-            if held and ctx is not None:  # the app's iterable raised: still an error
+            if held:  # the app's iterable raised: still an error
                 _capture_untraced(exc)
             raise
         finally:
@@ -289,8 +289,7 @@ class _UntracedBody:
         try:
             close()
         except Exception as exc:
-            if self._ctx is not None:
-                _capture_untraced(exc)
+            _capture_untraced(exc)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)

@@ -265,12 +265,12 @@ class _AsyncBody:
 
 
 class _UntracedSyncBody:
-    """The streamed body of a request with no transaction (an untraced method, an ignored
-    path): produced in the request's trace context, its errors reported."""
+    """The streamed body of a request whose method is not traced: produced in the
+    request's trace context, its errors reported."""
 
     __slots__ = ("_ctx", "_it")
 
-    def __init__(self, content: Any, ctx: PropagationContext | None) -> None:
+    def __init__(self, content: Any, ctx: PropagationContext) -> None:
         self._it: Iterator[bytes] = iter(content)
         self._ctx = ctx
 
@@ -284,7 +284,7 @@ class _UntracedSyncBody:
         except StopIteration:
             raise
         except Exception as exc:
-            _capture_untraced(exc, self._ctx)
+            _capture_untraced(exc)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -295,7 +295,7 @@ class _UntracedAsyncBody:
 
     __slots__ = ("_ctx", "_it")
 
-    def __init__(self, content: Any, ctx: PropagationContext | None) -> None:
+    def __init__(self, content: Any, ctx: PropagationContext) -> None:
         self._it = aiter(content)
         self._ctx = ctx
 
@@ -309,16 +309,14 @@ class _UntracedAsyncBody:
         except StopAsyncIteration:
             raise
         except Exception as exc:
-            _capture_untraced(exc, self._ctx)
+            _capture_untraced(exc)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
 
 
-def _capture_untraced(exc: Exception, ctx: PropagationContext | None) -> None:
-    """An error of an untraced method's body is still an error; an ignored path's is not."""
-    if ctx is None:
-        return
+def _capture_untraced(exc: Exception) -> None:
+    """An error of an untraced method's body is still an error."""
     try:
         get_client().capture_exception(exc, mechanism="django", handled=False)
     except Exception:
@@ -326,10 +324,15 @@ def _capture_untraced(exc: Exception, ctx: PropagationContext | None) -> None:
 
 
 def _untraced_body(response: Any) -> None:
-    """Keep the current trace context (the request's) for a streamed body's app code."""
+    """Keep the current trace context (the request's) for a streamed body's app code; an
+    ignored path (no context) is left as it is."""
     try:
-        if response.streaming and getattr(response, "file_to_stream", None) is None:
-            ctx = PROPAGATION_CONTEXT.get()
+        ctx = PROPAGATION_CONTEXT.get()
+        if (
+            ctx is not None
+            and response.streaming
+            and getattr(response, "file_to_stream", None) is None
+        ):
             content = response.streaming_content
             if response.is_async:
                 response.streaming_content = _UntracedAsyncBody(content, ctx)
