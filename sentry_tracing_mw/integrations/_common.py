@@ -24,6 +24,7 @@ __all__ = [
     "REQUEST_TX_KEY",
     "MiddlewareConfig",
     "active_request_transaction",
+    "capture_untraced",
     "ensure_client",
     "finish_request",
     "missing_framework",
@@ -240,6 +241,15 @@ def start_request(
         path = origin_form(path) if path else "/"
     tx = client._start_transaction(path, op, "url", origin, ctx, None, extra)
     return tx, ctx
+
+
+def capture_untraced(exc: Exception, mechanism: str) -> None:
+    """Report an unhandled exception of a request with no transaction (its method is not
+    traced): still an error, linked to the request's trace context (never raises)."""
+    try:
+        get_client().capture_exception(exc, mechanism=mechanism, handled=False)
+    except Exception:
+        logger.exception("sentry_tracing_mw: capturing an exception failed")
 
 
 def current_client() -> Client:

@@ -28,6 +28,7 @@ from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import (
     REQUEST_TX_KEY,
+    capture_untraced,
     ensure_client,
     finish_request,
     split_options,
@@ -539,10 +540,7 @@ class TracingMiddleware:
             await self.app(scope, receive, untraced_send)
         except Exception as exc:
             if not gone[0] and not self._gone(exc):
-                try:
-                    client.capture_exception(exc, mechanism=self.mechanism, handled=False)
-                except Exception:
-                    logger.exception("sentry_tracing_mw: capturing an exception failed")
+                capture_untraced(exc, self.mechanism)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)

@@ -26,6 +26,7 @@ from .._tracing import PropagationContext, Transaction
 from ._common import (
     REQUEST_TX_KEY,
     active_request_transaction,
+    capture_untraced,
     ensure_client,
     finish_request,
     split_options,
@@ -274,7 +275,7 @@ class _UntracedBody:
                 held = True
         except Exception as exc:
             if held:  # the app's iterable raised: still an error
-                _capture_untraced(exc)
+                capture_untraced(exc, "wsgi")
             raise
         finally:
             if held:
@@ -289,7 +290,7 @@ class _UntracedBody:
         try:
             close()
         except Exception as exc:
-            _capture_untraced(exc)
+            capture_untraced(exc, "wsgi")
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -378,14 +379,6 @@ def _finish_on_close(result: Any, tx: Transaction, environ: dict[str, Any]) -> A
     return result
 
 
-def _capture_untraced(exc: Exception) -> None:
-    """Report an exception from a request whose method is not traced (never raises)."""
-    try:
-        get_client().capture_exception(exc, mechanism="wsgi", handled=False)
-    except Exception:
-        logger.exception("sentry_tracing_mw: capturing an exception failed")
-
-
 class TracingMiddleware:
     """Trace every request of a WSGI app (``app = TracingMiddleware(app, **options)``).
 
@@ -466,7 +459,7 @@ class TracingMiddleware:
             result = self.app(environ, start_response)
         except Exception as exc:
             if ctx is not None:  # an untraced method, not an ignored path: still an error
-                _capture_untraced(exc)
+                capture_untraced(exc, "wsgi")
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)

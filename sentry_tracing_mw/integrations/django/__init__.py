@@ -73,6 +73,7 @@ from ..._propagation import WSGI_GETTER
 from ..._tracing import PropagationContext, Transaction
 from .._common import (
     active_request_transaction,
+    capture_untraced,
     ensure_client,
     settings_error,
     split_options,
@@ -284,7 +285,7 @@ class _UntracedSyncBody:
         except StopIteration:
             raise
         except Exception as exc:
-            _capture_untraced(exc)
+            capture_untraced(exc, "django")
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -309,18 +310,10 @@ class _UntracedAsyncBody:
         except StopAsyncIteration:
             raise
         except Exception as exc:
-            _capture_untraced(exc)
+            capture_untraced(exc, "django")
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
-
-
-def _capture_untraced(exc: Exception) -> None:
-    """An error of an untraced method's body is still an error."""
-    try:
-        get_client().capture_exception(exc, mechanism="django", handled=False)
-    except Exception:
-        logger.exception("sentry_tracing_mw: capturing an exception failed")
 
 
 def _untraced_body(response: Any) -> None:
@@ -669,7 +662,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
             # current); an ignored path (no context) reports nothing.
             exc = sys.exc_info()[1]
             if isinstance(exc, Exception) and PROPAGATION_CONTEXT.get() is not None:
-                get_client().capture_exception(exc, mechanism="django", handled=False)
+                capture_untraced(exc, "django")
             return
         exc = sys.exc_info()[1]
         if exc is None and state is not None:
