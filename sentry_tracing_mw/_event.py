@@ -723,6 +723,8 @@ def error_event(
     if tx is None:
         tx = ctx.transaction
     if tx is not None:
+        if tx._namer is not None:
+            tx._settle_name()
         event["transaction"] = _tx_name(tx._name)
         event["transaction_info"] = {"source": tx._source}
         request = _request_of(tx)

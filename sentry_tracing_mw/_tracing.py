@@ -430,6 +430,8 @@ class PropagationContext:
         if opts.org_id:
             dsc["org_id"] = opts.org_id
         tx = self.transaction
+        if tx is not None and tx._namer is not None:
+            tx._settle_name()
         if (
             sampled is not None
             and tx is not None
@@ -861,6 +863,7 @@ class Transaction(Span):
         "_measurements",
         "_n_children",
         "_name",
+        "_namer",
         "_request",
         "_response_status",
         "_source",
@@ -913,6 +916,10 @@ class Transaction(Span):
         self._response_status: int | None = None
         #: The event's ``user`` (id, username, email) an integration found, PII only.
         self._user: dict[str, str] | None = None
+        #: ``(resolve, *args)``: an integration that did not watch the request's routing
+        #: (an unsampled request) names it only when the name is needed, by calling
+        #: ``resolve(self, *args)`` (see ``_settle_name``).
+        self._namer: tuple[Any, ...] | None = None
         ctx.transaction = self
 
     @property
@@ -923,18 +930,35 @@ class Transaction(Span):
     @property
     def name(self) -> str:
         """The transaction name."""
+        if self._namer is not None:
+            self._settle_name()
         return self._name
 
     @name.setter
     def name(self, value: str) -> None:
         if self._end is not None:
             return _ignored_after_finish(self, "name")
+        self._namer = None
         self._name = value if type(value) is str else _text(value)
 
     @property
     def source(self) -> str:
         """How the name was chosen (``route``, ``url``, ``component``, ``custom`` ...)."""
+        if self._namer is not None:
+            self._settle_name()
         return self._source
+
+    def _settle_name(self) -> None:
+        """Name the transaction now if its integration deferred that (never raises): the
+        name is about to be read (trace headers, an error event, the attribute)."""
+        namer = self._namer
+        if namer is None:
+            return
+        self._namer = None
+        try:
+            namer[0](self, *namer[1:])
+        except Exception:
+            logger.debug("naming the transaction failed", exc_info=True)
 
     @property
     def propagation_context(self) -> PropagationContext:
@@ -945,6 +969,7 @@ class Transaction(Span):
         """Rename the transaction, optionally with a new source."""
         if self._end is not None:
             return _ignored_after_finish(self, "set_name")
+        self._namer = None
         self._name = name if type(name) is str else _text(name)
         if source is not None:
             try:  # (no type check on this per-request path: an unhashable one raises)

@@ -251,3 +251,78 @@ def test_a_bad_option_is_reported_when_uvicorn_starts() -> None:
     before_start = "".join(lines)
     assert "Application startup complete" in before_start, before_start
     assert "traces_sample_rate" in before_start and "TracingMiddleware" in before_start
+
+
+@pytest.mark.parametrize("style", ["route", "endpoint"])
+def test_unsampled_error_events_are_named_as_sampled_ones(
+    sentry_server: SentryServer, style: str
+) -> None:
+    """An unsampled request's name is resolved from the routes only when its error event
+    needs it: the same name as a sampled (watched) request, in nested included routers
+    and a mounted FastAPI app, for unhandled errors and handled 500s."""
+    from fastapi import APIRouter, FastAPI, Request
+    from fastapi.responses import PlainTextResponse
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    class Handled(Exception):
+        pass
+
+    async def on_handled(request: Request, exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse("handled", status_code=500)
+
+    def build() -> Any:
+        app = FastAPI(exception_handlers={Handled: on_handled})
+        outer = APIRouter(prefix="/api/v1")
+        inner = APIRouter(prefix="/inner")
+
+        @app.get("/b/{x}")
+        async def top_boom(x: int) -> str:
+            raise RuntimeError("boom")
+
+        @inner.get("/h/{x}")
+        def inner_handled(x: str) -> str:
+            raise Handled("handled")
+
+        @outer.get("/b/{x}")
+        async def outer_boom(x: str) -> str:
+            raise RuntimeError("boom")
+
+        outer.include_router(inner)
+        app.include_router(outer)
+        sub = FastAPI(exception_handlers={Handled: on_handled})
+
+        @sub.get("/h/{x}")
+        async def sub_handled(x: str) -> str:
+            raise Handled("handled")
+
+        app.mount("/sub", sub)
+        app.add_middleware(TracingMiddleware, transaction_style=style)
+        return app
+
+    paths = ("/b/1", "/api/v1/inner/h/2", "/api/v1/b/3", "/sub/h/4")
+    names: dict[float, list[tuple[str, str, str]]] = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        with TestClient(build(), raise_server_exceptions=False) as client:
+            for _ in range(2):
+                for path in paths:
+                    assert client.get(path).status_code == 500, path
+        assert stm.flush(5)
+        assert sentry_server.wait_for(len(paths) * 2 * (2 if rate else 1), 5)
+        names[rate] = sorted(
+            (e["request"]["url"], e["transaction"], e["transaction_info"]["source"])
+            for e in sentry_server.events()
+        )
+        stm.close()
+    assert names[0.0] == names[1.0]
+    if style == "route":
+        assert {n for _, n, _ in names[0.0]} == {
+            "/b/{x}",
+            "/api/v1/inner/h/{x}",
+            "/api/v1/b/{x}",
+            "/sub/h/{x}",
+        }
+    else:
+        assert {s for _, _, s in names[0.0]} == {"component"}

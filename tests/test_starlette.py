@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
@@ -458,7 +459,8 @@ def test_exception_handler_added_at_runtime_is_called_and_captured(
         r = c.get("/late")
     assert (r.status_code, r.text) == (503, "late handler")
     assert seen == [(len(layer._exception_handlers), True, True, True)]
-    assert layer._status_handlers[419] is teapot
+    # (the layer's tables may be capturing views: the handler under the view is teapot)
+    assert inspect.unwrap(layer._status_handlers[419]) is teapot
     assert stm.flush(5) and sentry_server.wait_for(3 if rate else 1)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"].endswith("Late")
@@ -1125,3 +1127,120 @@ def _exception_middleware(app: Any) -> Any:
     while not isinstance(layer, ExceptionMiddleware):
         layer = layer.app
     return layer
+
+
+class _Handled(Exception):
+    pass
+
+
+def _naming_parity_app(style: str) -> Any:
+    """Failing endpoints at every kind of routing position: an unhandled error, and one a
+    handler of the app (or of a mounted app) answers with a 500."""
+    from starlette.applications import Starlette
+    from starlette.routing import Host, Mount, Route, Router
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    async def handled(request: Request) -> Response:
+        raise _Handled("handled")
+
+    async def on_handled(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("handled", status_code=500)
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    sub = Starlette(
+        routes=[Route("/b/{x}", boom), Route("/h/{x}", handled)],
+        exception_handlers={_Handled: on_handled},
+    )
+    app = Starlette(
+        routes=[
+            Route("/b/{x:int}", boom),
+            Route("/h/{x}", handled),
+            Mount("/m/{tenant}", routes=[Route("/b/{x}", boom), Route("/h/{x}", handled)]),
+            Mount("/sub", app=sub),
+            Host("api.example.com", app=Router([Route("/hb/{x}", boom)])),
+        ],
+        exception_handlers={_Handled: on_handled},
+    )
+    app.add_middleware(TracingMiddleware, transaction_style=style)
+    return app
+
+
+_PARITY_PATHS = ("/b/1", "/h/1", "/m/t1/b/2", "/m/t1/h/2", "/sub/b/3", "/sub/h/3", "/hb/4")
+
+
+@pytest.mark.parametrize("style", ["route", "endpoint"])
+def test_unsampled_error_events_are_named_as_sampled_ones(
+    sentry_server: SentryServer, style: str
+) -> None:
+    """An unsampled request's routing is not watched (it costs per request): its name is
+    resolved from the routes when an error event needs it, and must be the name the watched
+    (sampled) request gets, for unhandled errors and handled 500s, in mounts, mounted apps
+    (also on the first request, before the mounted app built its middleware) and hosts."""
+    names: dict[float, list[tuple[str, str, str]]] = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        app = _naming_parity_app(style)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            for _ in range(2):  # the first request into /sub builds its middleware
+                for path in _PARITY_PATHS:
+                    host = "api.example.com" if path == "/hb/4" else "testserver"
+                    r = client.get(path, headers={"host": host})
+                    assert r.status_code == 500, path
+        assert stm.flush(5)
+        assert sentry_server.wait_for(len(_PARITY_PATHS) * 2 * (2 if rate else 1), 5)
+        names[rate] = sorted(
+            (
+                e["request"]["url"].split("/", 3)[3],
+                e["transaction"],
+                e["transaction_info"]["source"],
+            )
+            for e in sentry_server.events()
+        )
+        stm.close()
+    assert names[0.0] == names[1.0]
+    assert len(names[0.0]) == 2 * len(_PARITY_PATHS)
+    if style == "route":
+        assert {(n, s) for _, n, s in names[0.0]} == {
+            ("/b/{x:int}", "route"),
+            ("/h/{x}", "route"),
+            ("/m/{tenant}/b/{x}", "route"),
+            ("/m/{tenant}/h/{x}", "route"),
+            ("/sub/b/{x}", "route"),
+            ("/sub/h/{x}", "route"),
+            ("/hb/{x}", "route"),
+        }
+    else:
+        assert {s for _, _, s in names[0.0]} == {"component"}
+        assert all(n.endswith((".boom", ".handled")) for _, n, _ in names[0.0])
+
+
+def test_unsampled_requests_get_the_servers_scope(sentry_server: SentryServer) -> None:
+    """The unsampled fast path: once every handler table captures on its own, the app gets
+    the server's scope (no watching copy); before (a mounted app not built yet), a watching
+    one, so that the mounted app's handled 500s are still captured."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    kinds: list[tuple[str, bool]] = []
+
+    async def view(request: Request) -> Response:
+        kinds.append((request.url.path, type(request.scope) is dict))
+        return PlainTextResponse("ok")
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
+    plain = Starlette(routes=[Route("/v", view)])
+    plain.add_middleware(TracingMiddleware)
+    with TestClient(plain) as client:
+        assert client.get("/v").status_code == 200
+    mounted = Starlette(routes=[Mount("/sub", app=Starlette(routes=[Route("/v", view)]))])
+    mounted.add_middleware(TracingMiddleware)
+    with TestClient(mounted) as client:
+        for _ in range(2):
+            assert client.get("/sub/v").status_code == 200
+    assert kinds == [("/v", True), ("/sub/v", False), ("/sub/v", True)]

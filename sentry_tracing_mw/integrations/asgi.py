@@ -410,6 +410,14 @@ class TracingMiddleware:
         """The scope handed to the app; a framework integration may watch its routing."""
         return scope
 
+    def unsampled_scope(self, scope: Scope, tx: Transaction) -> Scope:
+        """The scope handed to the app in an unsampled request (whose name a framework
+        integration may resolve only when it is read: ``tx._namer``)."""
+        return scope
+
+    def unsampled_end(self, scope: Scope) -> None:
+        """An unsampled request has ended (never raises)."""
+
     def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
         """Called at ``http.response.start`` while the name still has source ``url``."""
         if self.name_unmatched:
@@ -506,16 +514,22 @@ class TracingMiddleware:
         if tx is None:  # a method that is not traced: propagation and errors only
             await self._untraced(scope, receive, send, ctx, client)
             return
+        if tx._recording:
+            try:
+                inner = self.app_scope(scope, tx, method)
+            except Exception:
+                logger.exception("sentry_tracing_mw: preparing the request scope failed")
+                inner = scope
+            await self._traced(scope, inner, receive, send, tx, client, method)
+            return
+        # Unsampled: the trace is current and errors are captured, but no status, timing,
+        # disconnect or routing is watched (nothing of it is sent); the name is resolved
+        # only if something reads it (trace headers, an error event).
         try:
-            inner = self.app_scope(scope, tx, method)
+            inner = self.unsampled_scope(scope, tx)
         except Exception:
             logger.exception("sentry_tracing_mw: preparing the request scope failed")
             inner = scope
-        if tx._recording:
-            await self._traced(scope, inner, receive, send, tx, client, method)
-            return
-        # Unsampled: the trace is current and errors are captured, but no status, timing
-        # or disconnect is watched (nothing of it is sent).
         unrecorded_send, gone = _watched_send(send)
         span_token = CURRENT_SPAN.set(tx)
         try:
@@ -529,6 +543,7 @@ class TracingMiddleware:
         finally:
             CURRENT_SPAN.reset(span_token)
             finish_request(tx, scope)
+            self.unsampled_end(scope)
 
     async def _untraced(
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
@@ -750,6 +765,8 @@ class TracingMiddleware:
         """An exception left the app before anything named the request (a middleware
         failed before routing): ``"GET 500"``, never the raw path (framework integrations;
         the generic middleware keeps the URL)."""
+        if tx._namer is not None:
+            tx._settle_name()
         if tx._source == "url" and self.name_unmatched:
             try:
                 self.name_on_response(tx, scope, method, 500)

@@ -25,12 +25,15 @@ import functools
 import importlib
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 try:
+    from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
+    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.requests import ClientDisconnect
     from starlette.routing import Host, Match, Mount
     from starlette.websockets import WebSocketDisconnect
@@ -301,6 +304,15 @@ class _RoutingScope(dict[str, Any]):
         return self._named
 
 
+class _Matched:
+    """A matched FastAPI route context's path (see ``_match``)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 def _leaf_app(mount: Any) -> Any:
     """The app a ``Mount`` serves when it does no routing of its own (static files, a
     mounted WSGI app, a plain ASGI function), else None (a router, even an empty one)."""
@@ -347,6 +359,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
         #: capturing views).
         self._handlers: dict[tuple[int, int], _HandlerTables] = {}
         self._last_handlers: _HandlerTables | None = None
+        #: ids of the handler tables whose layer hands out capturing views.
+        self._known_tables: set[int] = set()
+        self._watch_unsampled = True
+        self._lost_table = False
+        try:
+            self._find_tables()
+        except Exception:
+            logger.debug("finding the exception handler tables failed", exc_info=True)
         _instrument_background_tasks()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -401,7 +421,22 @@ class TracingMiddleware(asgi.TracingMiddleware):
 
     def resolve_route(self, scope: Scope) -> str | None:
         """The route template for ``traces_sampler``: walks the routes with ``matches()``."""
-        routes = getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
+        found = self._match(scope, scope.get("app"))
+        if found is None:
+            return None
+        prefix, leaf, _ = found
+        if leaf is None:
+            return prefix or "/"
+        path = getattr(leaf, "path", None)
+        return prefix + path if isinstance(path, str) else None
+
+    def _match(self, scope: Scope, app: Any) -> tuple[str, Any, Any] | None:
+        """What the router will serve for the request ``scope`` describes, found with the
+        routes' own ``matches()`` (on a copy): ``(mount prefix, route, endpoint)``, where
+        route is the matched route (for FastAPI's included routers, the matched route
+        context) or None for a leaf mount (static files, a mounted WSGI app), whose app is
+        the endpoint. None when nothing matches fully."""
+        routes = getattr(app, "routes", None) or getattr(self.app, "routes", None)
         if not routes:
             return None
         probe = dict(scope)
@@ -422,21 +457,102 @@ class TracingMiddleware(asgi.TracingMiddleware):
                     prefix += found.path
                 routes = found.routes
                 if not routes:
-                    leaf = isinstance(found, Mount) and _leaf_app(found) is not None
-                    return (prefix or "/") if leaf else None
+                    leaf = _leaf_app(found) if isinstance(found, Mount) else None
+                    return (prefix, None, leaf) if leaf is not None else None
                 continue
             path = getattr(found, "path", None)
             if isinstance(path, str):
-                return prefix + path
+                return prefix, found, getattr(found, "endpoint", None)
             sub = getattr(found, "effective_route_contexts", None)  # FastAPI included router
             if sub is not None:
                 for ctx in sub():
                     if ctx.matches(probe)[0] is Match.FULL:
                         # a websocket route's context has no path: its route has the whole
                         path = ctx.path or getattr(ctx.starlette_route, "path", None)
-                        return prefix + path if isinstance(path, str) and path else None
+                        if not (isinstance(path, str) and path):
+                            return None
+                        return prefix, _Matched(path), getattr(ctx, "endpoint", None)
             return None
         return None
+
+    # -- unsampled requests: routing is not watched ------------------------------------
+    def unsampled_scope(self, scope: Scope, tx: Transaction) -> Scope:
+        """The app gets the scope itself, and the request is named only if its name is
+        read, unless some exception handler tables cannot capture on their own yet (then
+        the routing is watched, as for a sampled request)."""
+        if self._watch_unsampled:
+            return self.app_scope(scope, tx, str(scope.get("method") or "GET").upper())
+        tx._namer = (self._late_name, scope, scope.get("app"), scope.get("root_path"))
+        return scope
+
+    def _late_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
+        """Name ``tx`` as routing names it (``unsampled_scope``): the routes matched against
+        the request as it came in (routing may have changed the scope's path since)."""
+        if tx._source != "url":
+            return
+        if not self.routed(scope):
+            # Not routed (yet): unnamed as a watched request is (an error now is "GET
+            # 500"); named if read again once the router ran.
+            tx._namer = (self._late_name, scope, app, root_path)
+            return
+        probe = dict(scope)
+        probe["path"] = tx._name  # the path it started with
+        probe["root_path"] = root_path if root_path is not None else ""
+        probe.pop("path_params", None)
+        probe["app"] = app
+        found = self._match(probe, app)
+        if found is None:
+            return
+        prefix, route, endpoint = found
+        if self._endpoint_style:
+            if route is None:  # a leaf mount: named after its app, as when watched
+                if not (inspect.isroutine(endpoint) or isinstance(endpoint, type)):
+                    endpoint = type(endpoint)
+                name = self._endpoint_name(endpoint) or prefix or "/"
+            elif endpoint is None or not (name := self._endpoint_name(endpoint) or ""):
+                return
+            source = "component"
+        elif route is None:
+            name, source = prefix or "/", "route"
+        else:
+            path = getattr(route, "path", None)
+            if not isinstance(path, str):
+                return
+            name, source = prefix + path, "route"
+        # Directly: the name may be read after the transaction finished (a late error).
+        tx._name, tx._source = name, source
+
+    def unsampled_end(self, scope: Scope) -> None:
+        """A handler table this request used that is unknown (a mounted app's, whose
+        middleware is built on its first request): find its layer for the next requests."""
+        try:
+            tables = scope.get(_HANDLERS_KEY)
+            if tables is None:
+                return
+            table = tables[0]
+            if type(table) is _CapturingTable:
+                table = table._table
+            if id(table) not in self._known_tables:
+                self._find_tables(table)
+        except Exception:
+            logger.debug("checking the exception handler tables failed", exc_info=True)
+
+    def _find_tables(self, seen: Any = None) -> None:
+        """Walk the app below (middleware, routers, mounted apps) and make every
+        exception-handling layer hand out capturing views of its tables, so that handled
+        5xx are captured without watching the request's scope. Routing stays watched for
+        unsampled requests while an app's layers are not built yet, or a table in use was
+        not found."""
+        with _FIND_LOCK:
+            found, unbuilt = _install_capturing_tables(self.app)
+            if len(self._known_tables) + len(found) > _MAX_HANDLER_TABLES:
+                self._known_tables.clear()
+            self._known_tables.update(found)
+            missing = seen is not None and id(seen) not in found
+            if missing:
+                self._known_tables.add(id(seen))  # not looked for again
+            self._watch_unsampled = unbuilt or missing or self._lost_table
+            self._lost_table = self._lost_table or missing
 
     async def name_only(
         self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
@@ -498,6 +614,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
         responses (one pair of views per pair of tables: the check is two identities)."""
         try:
             exc_handlers, status_handlers = value
+            if type(exc_handlers) is _CapturingTable and type(status_handlers) is _CapturingTable:
+                return value  # the layer's own views (see _find_tables)
             last = self._last_handlers  # one app, one pair of tables: the usual case
             if last is None or last[0] is not exc_handlers or last[1] is not status_handlers:
                 key = (id(exc_handlers), id(status_handlers))
@@ -569,6 +687,48 @@ class _CapturingTable(MutableMapping[Any, Any]):
         return capturing
 
 
+_FIND_LOCK = threading.Lock()
+_MAX_WALK = 5000  # objects visited by one walk of an app
+
+
+def _install_capturing_tables(root: Any) -> tuple[set[int], bool]:
+    """Give every ``ExceptionMiddleware`` reachable from ``root`` capturing views of its
+    handler tables (live: the layer's own writes go to its tables). Returns the ids of
+    those tables and whether a reachable Starlette app has not built its middleware yet."""
+    found: set[int] = set()
+    unbuilt = False
+    visited: set[int] = set()
+    todo = [root]
+    while todo and len(visited) < _MAX_WALK:
+        node = todo.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        attrs = getattr(node, "__dict__", None)
+        if not isinstance(attrs, dict):
+            continue
+        if isinstance(node, ExceptionMiddleware):
+            for name in ("_exception_handlers", "_status_handlers"):
+                table = attrs.get(name)
+                if type(table) is dict:
+                    setattr(node, name, _CapturingTable(table))
+                elif type(table) is not _CapturingTable:
+                    break  # an unknown shape: left as it is (watched instead)
+                found.add(id(getattr(node, name)._table))
+        if isinstance(node, Starlette) and attrs.get("middleware_stack") is None:
+            unbuilt = True
+        for name in ("app", "middleware_stack", "router", "_base_app"):
+            child = attrs.get(name)
+            if child is not None:
+                todo.append(child)
+        routes = attrs.get("routes")
+        if isinstance(routes, list):
+            todo.extend(routes)
+    if todo:
+        unbuilt = True  # too big to walk whole: keep watching
+    return found, unbuilt
+
+
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
     try:
         code = getattr(response, "status_code", None)
@@ -599,6 +759,7 @@ def _capturing(handler: Any) -> Any:
             _capture_handled(conn, exc, response)
             return response
 
+        functools.update_wrapper(async_handler, handler)  # (inspect.unwrap gives it)
         async_handler._stm_capturing = True  # type: ignore[attr-defined]
         return async_handler
 
@@ -607,6 +768,7 @@ def _capturing(handler: Any) -> Any:
         _capture_handled(conn, exc, response)
         return response
 
+    functools.update_wrapper(sync_handler, handler)
     sync_handler._stm_capturing = True  # type: ignore[attr-defined]
     return sync_handler
 
