@@ -9,14 +9,14 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._client import ExcInfo, get_client
 from ._client import close as _close_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
-from ._tracing import PropagationContext, Span, Transaction, names, valid_source
+from ._tracing import PropagationContext, Span, Transaction, _restore, names, valid_source
 
 __all__ = [
     "capture_exception",
@@ -41,7 +41,7 @@ R = TypeVar("R")
 
 
 def start_transaction(
-    name: str = "<unlabeled transaction>",
+    name: str | Transaction = "<unlabeled transaction>",
     *,
     op: str | None = None,
     source: str = "custom",
@@ -50,8 +50,18 @@ def start_transaction(
     sampled: bool | None = None,
     custom_sampling_context: Mapping[str, Any] | None = None,
     origin: str = "manual",
+    transaction: Transaction | None = None,
 ) -> Transaction:
-    """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier)."""
+    """Start a transaction: a new trace, or the one in ``headers`` (incoming carrier).
+
+    ``start_transaction(continue_trace(headers, ...))`` (also ``transaction=``), sentry-sdk's
+    pattern, gives that transaction back: ``continue_trace`` has started it already (its
+    sampling decision is made; ``custom_sampling_context`` belongs to ``continue_trace``).
+    """
+    if transaction is None and isinstance(name, Transaction):
+        transaction = name
+    if transaction is not None:
+        return _started(transaction, op, custom_sampling_context, sampled)
     client = get_client()
     name, op, source = names(name, op, source)
     if headers is not None and getter is DICT_GETTER and isinstance(headers, list | tuple):
@@ -67,6 +77,23 @@ def start_transaction(
         sampled,
         _sampling_extra(custom_sampling_context),
     )
+
+
+def _started(tx: Any, op: str | None, custom: Any, sampled: bool | None) -> Transaction:
+    """``start_transaction(tx)``: ``tx`` as it is (a new ``op`` applies)."""
+    if not isinstance(tx, Transaction):
+        raise TypeError(
+            f"start_transaction(transaction=...) expects a Transaction, not {type(tx).__name__}"
+        )
+    if op is not None and tx._end is None:
+        tx._op = names("-", op, "custom")[1]
+    if custom is not None or sampled is not None:
+        logger.debug(
+            "start_transaction(%r): already started by continue_trace (its sampling "
+            "decision is made): pass custom_sampling_context / sampled to continue_trace",
+            tx._name,
+        )
+    return tx
 
 
 def _sampling_extra(custom: Any) -> dict[str, Any] | None:
@@ -129,7 +156,10 @@ def use_span(span: Span | None) -> Iterator[Span | None]:
     try:
         yield span
     finally:
-        CURRENT_SPAN.reset(token)
+        try:
+            CURRENT_SPAN.reset(token)
+        except (ValueError, RuntimeError):  # left in another context (a generator's)
+            _restore(token)
 
 
 def _propagation_context() -> PropagationContext:
@@ -265,9 +295,15 @@ def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
     A coroutine function (or an object with an async ``__call__``) gives a coroutine
     function (``BackgroundTask``, ``run_coroutine_threadsafe``): while its coroutine runs,
     every context variable has its value from the time of wrapping, and gets back the
-    caller's afterwards.
+    caller's afterwards. A generator function (sync or async) gives one whose every step
+    runs so (its body runs only when iterated, wherever that is).
     """
     ctx = copy_context()
+    kind = _generator_kind(fn)
+    if kind == "sync":
+        return _bound_generator(fn, ctx)
+    if kind == "async":
+        return _bound_async_generator(fn, list(ctx.items()))
     if is_coroutine_callable(fn):
         values = list(ctx.items())
 
@@ -287,3 +323,83 @@ def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
         return ctx.copy().run(fn, *args, **kwargs)
 
     return bound
+
+
+def _generator_kind(fn: Any) -> str | None:
+    """ "sync" / "async" for a (partial of a) generator function, else None."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isgeneratorfunction(fn):
+        return "sync"
+    if inspect.isasyncgenfunction(fn):
+        return "async"
+    return None
+
+
+def _bound_generator(fn: Callable[..., Any], ctx: Context) -> Callable[..., Any]:
+    """``wrap_context`` of a generator function: each step runs in one copy of ``ctx``."""
+
+    @functools.wraps(fn)
+    def bound_generator(*args: Any, **kwargs: Any) -> Any:
+        run = ctx.copy().run
+        gen = run(fn, *args, **kwargs)
+        try:
+            item = run(next, gen)
+        except StopIteration as stop:
+            return stop.value
+        while True:
+            try:
+                sent = yield item
+            except GeneratorExit:
+                run(gen.close)
+                raise
+            except BaseException as exc:  # thrown in: into the generator, in the context
+                step: Callable[[], Any] = functools.partial(gen.throw, exc)
+            else:
+                step = functools.partial(gen.send, sent)
+            try:
+                item = run(step)
+            except StopIteration as stop:
+                return stop.value
+
+    return bound_generator
+
+
+def _bound_async_generator(fn: Callable[..., Any], values: list[Any]) -> Callable[..., Any]:
+    """``wrap_context`` of an async generator function: each step runs with the context
+    variables' values from the time of wrapping (as ``bound_async``)."""
+
+    @functools.wraps(fn)
+    async def bound_async_generator(*args: Any, **kwargs: Any) -> Any:
+        agen = fn(*args, **kwargs)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                tokens = [var.set(value) for var, value in values]
+                try:
+                    if thrown is not None:
+                        exc, thrown = thrown, None
+                        item = await agen.athrow(exc)
+                    else:
+                        item = await agen.asend(sent)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    for (var, _), token in zip(reversed(values), reversed(tokens), strict=True):
+                        var.reset(token)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        finally:
+            tokens = [var.set(value) for var, value in values]
+            try:
+                await agen.aclose()
+            finally:
+                for (var, _), token in zip(reversed(values), reversed(tokens), strict=True):
+                    var.reset(token)
+
+    return bound_async_generator

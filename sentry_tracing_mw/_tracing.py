@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import Token
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,6 @@ from ._sampling import continued_sampling
 from ._serialize import INT_END, INT_MIN, json_int
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from ._client import Client
 
 __all__ = [
@@ -786,7 +785,7 @@ class Span:
                         CURRENT_SPAN.reset(held)
                     except (ValueError, RuntimeError):  # entered in another context
                         _restore(held)
-        if exc_type is not None and self._status is None:
+        if exc_type is not None and self._status is None and _is_failure(exc_type, exc):
             self._status = "internal_error"
         self.finish()
 
@@ -823,6 +822,14 @@ def _reset_own(tokens: list[Token[Span | None]]) -> None:
         del tokens[i]
         return
     _restore(tokens.pop())  # entered elsewhere, left here
+
+
+def _is_failure(exc_type: type[BaseException], exc: BaseException | None) -> bool:
+    """Whether an exception leaving a span's block fails it: ``sys.exit()`` / ``exit(0)``
+    is a clean end (as sentry-sdk reads it)."""
+    if issubclass(exc_type, SystemExit):
+        return getattr(exc, "code", None) not in (0, None)
+    return True
 
 
 def _restore(token: Token[Span | None]) -> None:

@@ -326,3 +326,50 @@ def test_unsampled_error_events_are_named_as_sampled_ones(
         }
     else:
         assert {s for _, _, s in names[0.0]} == {"component"}
+
+
+def test_spans_in_sync_yield_dependencies_and_streamed_generators(
+    sentry_server: SentryServer,
+) -> None:
+    """FastAPI runs a sync ``yield`` dependency's two halves in two thread-pool calls, and
+    Starlette steps a sync generator body in fresh context copies: a span around them ends
+    in another context than it started in, and must still end cleanly (no error event, the
+    request not failed, the span sent)."""
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app = FastAPI()
+    app.add_middleware(TracingMiddleware)
+
+    def db_session() -> Any:
+        with stm.start_span("db", "session"):
+            yield "session"
+
+    @app.get("/dep")
+    def dep_route(s: str = Depends(db_session)) -> dict[str, str]:
+        return {"s": s}
+
+    def rows() -> Any:
+        with stm.start_span("render", "csv rows"):
+            yield b"a,b\n"
+            yield b"1,2\n"
+
+    @app.get("/stream")
+    def stream_route() -> StreamingResponse:
+        return StreamingResponse(rows(), media_type="text/csv")
+
+    with TestClient(app) as client:
+        assert client.get("/dep").json() == {"s": "session"}
+        assert client.get("/stream").text == "a,b\n1,2\n"
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    sent = {t["transaction"]: t for t in sentry_server.transactions()}
+    assert {n: t["contexts"]["trace"]["status"] for n, t in sent.items()} == {
+        "/dep": "ok",
+        "/stream": "ok",
+    }
+    assert [s["description"] for s in sent["/dep"]["spans"]] == ["session"]
+    assert [s["description"] for s in sent["/stream"]["spans"]] == ["csv rows"]
+    assert sentry_server.events() == []

@@ -878,3 +878,116 @@ def test_one_span_entered_by_overlapping_tasks_and_threads_gives_each_its_own_sp
         for w in workers:
             w.join(5)
     assert after["c"] is tx2 and after["d"] is tx2
+
+
+def test_a_span_left_in_another_context_ends_and_restores() -> None:
+    """A span entered in one context and left in another (FastAPI runs a sync ``yield``
+    dependency's two halves in two thread-pool calls, a sync generator streamed by a
+    StreamingResponse steps in new context copies, a worker thread ends it): it ends
+    normally, nothing is raised into the app, the other context gets its previous span."""
+    stm.init(traces_sample_rate=1.0)
+    tx = stm.start_transaction("t")
+    with stm.use_span(tx):
+        span = stm.start_span("db", "cross")
+        entered = contextvars.copy_context()
+        entered.run(span.__enter__)
+        assert entered.run(stm.get_current_span) is span
+        leaving = entered.copy()  # another context whose current span is ``span``
+        leaving.run(span.__exit__, None, None, None)
+        assert span.timestamp is not None and span.status is None
+        assert leaving.run(stm.get_current_span) is tx
+
+        def exit_in_thread(s: Any) -> None:
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(s.__exit__, None, None, None).result()
+
+        other = stm.start_span("db", "threaded")
+        other.__enter__()
+        exit_in_thread(other)  # raised NameError before
+        assert other.timestamp is not None
+        tx.finish()
+
+
+def test_use_span_left_in_another_context_restores() -> None:
+    stm.init(traces_sample_rate=1.0)
+    tx = stm.start_transaction("t")
+
+    def gen() -> Any:
+        with stm.use_span(tx):
+            yield stm.get_current_span()
+
+    g = gen()
+    assert contextvars.copy_context().run(next, g) is tx
+    # the generator's block is left in another context: no ValueError out of it
+    with pytest.raises(StopIteration):
+        contextvars.copy_context().run(next, g)
+    tx.finish()
+
+
+def test_start_transaction_of_a_continued_trace_is_that_transaction(
+    sentry_server: SentryServer,
+) -> None:
+    """sentry-sdk's pattern: ``start_transaction(continue_trace(headers, ...))`` (or
+    ``transaction=``) is the continued transaction, not a new trace named after its repr."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    trace_id, parent = "771a43a4192642f0b136d5159a501700", "1234567890abcdef"
+    headers = {"sentry-trace": f"{trace_id}-{parent}-1"}
+    tx = stm.continue_trace(headers, op="queue.task", name="job")
+    with stm.start_transaction(tx) as started:
+        assert started is tx
+    other = stm.continue_trace(headers, name="job2")
+    assert stm.start_transaction(transaction=other, op="queue.other") is other
+    other.finish()
+    with pytest.raises(TypeError):
+        stm.start_transaction(transaction="job")  # type: ignore[arg-type]
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    sent = {t["transaction"]: t["contexts"]["trace"] for t in sentry_server.transactions()}
+    assert set(sent) == {"job", "job2"}
+    assert {t["trace_id"] for t in sent.values()} == {trace_id}
+    assert {t["parent_span_id"] for t in sent.values()} == {parent}
+    assert (sent["job"]["op"], sent["job2"]["op"]) == ("queue.task", "queue.other")
+
+
+def test_wrap_context_of_generators_binds_every_step() -> None:
+    stm.init(traces_sample_rate=1.0)
+    tx = stm.start_transaction("t")
+
+    def numbers(n: int) -> Any:
+        got = yield stm.get_current_span()
+        for _ in range(n):
+            got = yield (got, stm.get_current_span())
+        return "done"
+
+    async def anumbers(n: int) -> Any:
+        for _ in range(n):
+            await asyncio.sleep(0)
+            yield stm.get_current_span()
+
+    with stm.use_span(tx):
+        bound = stm.wrap_context(numbers)
+        abound = stm.wrap_context(anumbers)
+    assert stm.get_current_span() is None
+    g = bound(2)
+    assert next(g) is tx
+    assert g.send("a") == ("a", tx) and g.send("b") == ("b", tx)
+    with pytest.raises(StopIteration) as stop:
+        g.send("c")
+    assert stop.value.value == "done"
+    assert stm.get_current_span() is None
+
+    async def consume() -> list[Any]:
+        return [s async for s in abound(3)]
+
+    assert asyncio.run(consume()) == [tx, tx, tx]
+    tx.finish()
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, None), (None, None), (2, "internal_error")])
+def test_sys_exit_inside_a_span(code: Any, status: str | None) -> None:
+    """``sys.exit(0)`` ends a job cleanly (as sentry-sdk reads it); a non-zero code fails."""
+    stm.init(traces_sample_rate=1.0)
+    with pytest.raises(SystemExit):
+        with stm.start_transaction("job") as tx:
+            with tx.start_child("step") as child:
+                sys.exit(code)
+    assert (tx.status, child.status) == (status, status)
