@@ -910,6 +910,39 @@ def test_template_spans_and_context_processor(sentry_server: SentryServer) -> No
     assert meta.group(1).startswith(_trace(tx)["trace_id"] + "-")
 
 
+def _template_spans(tx: dict[str, Any]) -> list[str]:
+    return sorted(s["description"] for s in tx["spans"] if s.get("op") == "template.render")
+
+
+def test_form_renderer_templates_get_no_spans(sentry_server: SentryServer) -> None:
+    # Every widget, attrs, label and error list of a form is a template of the form
+    # renderer's engine: a formset page sent hundreds of spans and pushed the view's own
+    # queries past max_spans. The page and its include keep theirs.
+    init_traced(sentry_server)
+    response = _client().get("/forms/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'class="custom"' in html and 'name="form-4-age"' in html
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert _template_spans(tx) == ["forms_page.html", "part.html"]
+    assert any("COUNT(*)" in s["description"] for s in _db_spans(tx))
+
+
+def test_templates_setting_form_renderer_gets_no_spans(sentry_server: SentryServer) -> None:
+    # TemplatesSetting renders Django's form templates with the project's own engine.
+    import django.forms
+
+    forms_dir = str(Path(django.forms.__file__).parent / "templates")
+    templates = [{**settings.TEMPLATES[0], "DIRS": [*settings.TEMPLATES[0]["DIRS"], forms_dir]}]
+    init_traced(sentry_server)
+    with override_settings(
+        TEMPLATES=templates, FORM_RENDERER="django.forms.renderers.TemplatesSetting"
+    ):
+        assert _client().get("/forms/").status_code == 200
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert _template_spans(tx) == ["form_custom.html", "forms_page.html", "part.html"]
+
+
 def test_django6_template_partials_get_spans(sentry_server: SentryServer) -> None:
     # render(request, "page.html#card") renders a PartialTemplate, which has its own render()
     from django.template import base

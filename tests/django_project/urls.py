@@ -48,6 +48,7 @@ urlpatterns = [
     path("async/<int:pk>/", views.aok),
     path("template/", views.template),
     path("meta/", views.meta_tag),
+    path("forms/", views.forms_page),
     path("health/", views.ok),
     path("trace-header/", views.trace_header),
     # path() text is literal, whatever regex syntax it holds

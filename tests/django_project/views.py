@@ -210,3 +210,28 @@ def whoami(request: HttpRequest) -> HttpResponse:
     if request.GET.get("read"):
         return HttpResponse(request.user.get_username())  # type: ignore[union-attr]
     return HttpResponse("user not read")
+
+
+def _contact_formset() -> tuple[Any, Any]:
+    from django import forms
+
+    class Contact(forms.Form):
+        name = forms.CharField()
+        age = forms.IntegerField()
+        kind = forms.ChoiceField(choices=[("a", "A"), ("b", "B")])
+
+    class Custom(forms.Form):
+        """A form with the app's own template, found by the form renderer's engine."""
+
+        template_name = "form_custom.html"
+        note = forms.CharField()
+
+    return forms.formset_factory(Contact, extra=5)(), Custom()
+
+
+def forms_page(request: HttpRequest) -> HttpResponse:
+    """A page of a formset and a form: hundreds of form renderer templates."""
+    formset, custom = _contact_formset()
+    response = render(request, "forms_page.html", {"formset": formset, "custom": custom})
+    Item.objects.count()  # the view's own query, after the forms
+    return response

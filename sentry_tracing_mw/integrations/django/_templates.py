@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,9 @@ logger = logging.getLogger("sentry_tracing_mw")
 _ORIGIN = "auto.template.django"
 _MARK = "__sentry_tracing_mw__"
 LIBRARY_NAME = "sentry_tracing_mw"
+#: Where Django's own form templates live, by name and on disk.
+_FORMS_PREFIX = "django/forms/"
+_FORM_ENGINE = "_sentry_tracing_mw_form_engine"
 
 
 def _template_name(template: Any) -> str:
@@ -38,16 +42,52 @@ def _inline_partial(partial: Any, parent: Any) -> bool:
     return isinstance(name, str) and (described == name or described.startswith(name + "#"))
 
 
+def _forms_dir() -> str:
+    import django.forms
+
+    return os.path.join(os.path.dirname(django.forms.__file__), "templates")
+
+
+def _is_form_engine(engine: Any) -> bool:
+    """The private engine of a ``django.forms.renderers`` renderer: it is built with the
+    form templates' directory as its only ``DIRS`` (and ``APP_DIRS``)."""
+    dirs = engine.dirs
+    return bool(engine.app_dirs) and len(dirs) == 1 and os.fspath(dirs[0]) == _forms_dir()
+
+
+def _form_template(template: Any, parent: Any) -> bool:
+    """A template rendered for a form (a widget, its attrs, a label, an error list): by a
+    form renderer's engine, or Django's own under ``django/forms/`` (``TemplatesSetting``).
+    A formset page renders hundreds; the page's own template has the span."""
+    engine = template.engine
+    flag = getattr(engine, _FORM_ENGINE, None)
+    if flag is None:  # decided once per engine
+        flag = _is_form_engine(engine)
+        setattr(engine, _FORM_ENGINE, flag)
+    if flag:
+        return True
+    name = template.name
+    return isinstance(name, str) and name.startswith(_FORMS_PREFIX)
+
+
 def _wrap_render(
     original: Callable[..., Any],
     describe: Callable[[Any], str] = _template_name,
-    inline: Callable[[Any, Any], bool] | None = None,
+    skip: Callable[[Any, Any], bool] | None = None,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def render(self: Any, context: Any) -> Any:
         parent = CURRENT_SPAN.get()
-        if parent is None or not parent._recording or (inline is not None and inline(self, parent)):
+        if parent is None or not parent._recording:
             return original(self, context)
+        if skip is not None:
+            try:
+                skipped = skip(self, parent)
+            except Exception:
+                logger.debug("deciding on a template span failed", exc_info=True)
+                skipped = True
+            if skipped:
+                return original(self, context)
         try:
             span = parent.start_child("template.render", describe(self), origin=_ORIGIN)
             token = CURRENT_SPAN.set(span)
@@ -72,12 +112,12 @@ def _wrap_render(
 
 def install_templates() -> None:
     """Wrap ``django.template.base.Template.render`` (every Django-language render,
-    ``{% include %}`` included) and Django 6's ``PartialTemplate.render``
-    (``render(request, "page.html#card")``) once per process."""
+    ``{% include %}`` included, not a form renderer's templates) and Django 6's
+    ``PartialTemplate.render`` (``render(request, "page.html#card")``) once per process."""
     from django.template import base
 
     if not getattr(base.Template.render, _MARK, False):
-        base.Template.render = _wrap_render(base.Template.render)
+        base.Template.render = _wrap_render(base.Template.render, skip=_form_template)
     partial = getattr(base, "PartialTemplate", None)
     if partial is not None and not getattr(partial.render, _MARK, False):
         partial.render = _wrap_render(partial.render, _partial_name, _inline_partial)
