@@ -875,6 +875,42 @@ def test_orm_outside_requests_makes_no_spans(sentry_server: SentryServer) -> Non
     assert tx.name == "manual"
 
 
+def test_db_span_description_is_the_query_text() -> None:
+    # psycopg's sql.Composed (rendered for the connection) and bytes queries were sent as
+    # their Python repr; sqlite cannot run either, so the description is checked directly.
+    from sentry_tracing_mw.integrations.django._orm import _description
+
+    class RawConnection:
+        pass
+
+    raw = RawConnection()
+
+    class Composed:
+        def as_string(self, context: Any) -> str:
+            assert context is raw
+            return 'SELECT "name" FROM "items" WHERE id = %s'
+
+        def __repr__(self) -> str:
+            return "Composed([SQL('SELECT '), Identifier('name')])"
+
+    class Wrapper:  # Django's DatabaseWrapper: .connection is the DB-API connection
+        connection = raw
+
+    context = {"connection": Wrapper(), "cursor": None}
+    assert _description(Composed(), context) == 'SELECT "name" FROM "items" WHERE id = %s'
+    assert _description(b"SELECT 1 -- caf\xc3\xa9 \xff", context) == "SELECT 1 -- café \ufffd"
+    assert _description("SELECT %s", context) == "SELECT %s"
+
+    class Broken:
+        def as_string(self, context: Any) -> str:
+            raise RuntimeError("connection closed")
+
+        def __str__(self) -> str:
+            return "broken query"
+
+    assert _description(Broken(), context) == "broken query"
+
+
 def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> None:
     from django.db import connection
 

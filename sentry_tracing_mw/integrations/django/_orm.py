@@ -21,6 +21,23 @@ logger = logging.getLogger("sentry_tracing_mw")
 _ORIGIN = "auto.db.django"
 
 
+def _description(sql: Any, context: Any) -> str:
+    """The query's text: a psycopg ``sql.Composed`` rendered for its connection (as
+    psycopg sends it), bytes decoded, anything else as ``str()``."""
+    if isinstance(sql, str):
+        return sql
+    if isinstance(sql, (bytes, bytearray, memoryview)):
+        return bytes(sql).decode("utf-8", "replace")
+    as_string = getattr(sql, "as_string", None)
+    if callable(as_string):
+        try:
+            text = as_string(context["connection"].connection)
+            return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        except Exception:
+            logger.debug("rendering a composed query failed", exc_info=True)
+    return str(sql)
+
+
 class QueryWrapper:
     """A Django execute wrapper recording each query as a ``db`` span."""
 
@@ -50,9 +67,7 @@ class QueryWrapper:
                     tx._n_children += 1
             return execute(sql, params, many, context)
         try:
-            span = parent.start_child(
-                "db", sql if isinstance(sql, str) else str(sql), origin=_ORIGIN
-            )
+            span = parent.start_child("db", _description(sql, context), origin=_ORIGIN)
             span._data = {"db.system": self._vendor, "db.name": self._name}
         except Exception:
             logger.debug("starting a db span failed", exc_info=True)
