@@ -911,6 +911,43 @@ def test_db_span_description_is_the_query_text() -> None:
     assert _description(Broken(), context) == "broken query"
 
 
+def _connection(**overrides: Any) -> Any:
+    """A second real SQLite connection on the test database, with settings changed."""
+    from django.db import connection
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    from sentry_tracing_mw.integrations.django import _install_hooks
+
+    _install_hooks()
+    other = DatabaseWrapper({**connection.settings_dict, **overrides}, alias="other")
+    other.ensure_connection()  # connection_created: the query wrapper is installed
+    return other
+
+
+def _queries(conn: Any, sql: str = "SELECT 1") -> dict[str, Any]:
+    """The data of the one db span of a transaction running ``sql`` on ``conn``."""
+    with stm.start_transaction("q", op="test") as tx, conn.cursor() as cursor:
+        cursor.execute(sql)
+    data = [s._data for s in tx._spans if s._op == "db"]
+    assert len(data) == 1, data
+    return data[0]  # type: ignore[no-any-return]
+
+
+def test_db_name_is_read_when_the_query_runs(sentry_server: SentryServer) -> None:
+    # db.name was frozen when the connection was instrumented (a test database's new name
+    # was missed) and sent as "" for a PostgreSQL service file (NAME empty).
+    init_traced(sentry_server)
+    conn = _connection()
+    try:
+        assert _queries(conn)["db.name"].endswith("db.sqlite3")
+        conn.settings_dict["NAME"] = "renamed.sqlite3"  # as create_test_db() does
+        assert _queries(conn)["db.name"] == "renamed.sqlite3"
+        conn.settings_dict["NAME"] = ""
+        assert _queries(conn) == {"db.system": "sqlite"}
+    finally:
+        conn.close()
+
+
 def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> None:
     from django.db import connection
 

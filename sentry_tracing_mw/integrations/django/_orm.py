@@ -38,14 +38,31 @@ def _description(sql: Any, context: Any) -> str:
     return str(sql)
 
 
+def _live_name(context: Any) -> str | None:
+    """The database the DB-API connection is on (psycopg's ``info.dbname``), for settings
+    without ``NAME``."""
+    try:
+        return getattr(getattr(context["connection"].connection, "info", None), "dbname", None)
+    except Exception:
+        logger.debug("reading the database name failed", exc_info=True)
+        return None
+
+
 class QueryWrapper:
     """A Django execute wrapper recording each query as a ``db`` span."""
 
-    __slots__ = ("_name", "_vendor")
+    __slots__ = ("_settings", "_vendor")
 
-    def __init__(self, vendor: str, name: str) -> None:
+    def __init__(self, vendor: str, settings: Any) -> None:
         self._vendor = vendor
-        self._name = name
+        self._settings = settings  # the connection's own dict: a test database renames it
+
+    def _data(self, context: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {"db.system": self._vendor}
+        name = self._settings.get("NAME") or _live_name(context)
+        if name:  # never "" (a PostgreSQL service file names the database)
+            data["db.name"] = str(name)
+        return data
 
     def __call__(
         self,
@@ -68,7 +85,7 @@ class QueryWrapper:
             return execute(sql, params, many, context)
         try:
             span = parent.start_child("db", _description(sql, context), origin=_ORIGIN)
-            span._data = {"db.system": self._vendor, "db.name": self._name}
+            span._data = self._data(context)
         except Exception:
             logger.debug("starting a db span failed", exc_info=True)
             return execute(sql, params, many, context)
@@ -92,8 +109,7 @@ def instrument_connection(connection: Any) -> None:
     for wrapper in wrappers:
         if type(wrapper) is QueryWrapper:
             return
-    name = connection.settings_dict.get("NAME") or ""
-    wrappers.insert(0, QueryWrapper(str(connection.vendor), str(name)))
+    wrappers.insert(0, QueryWrapper(str(connection.vendor), connection.settings_dict))
 
 
 def _on_connection_created(sender: Any, connection: Any = None, **kwargs: Any) -> None:
