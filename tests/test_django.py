@@ -948,6 +948,29 @@ def test_db_name_is_read_when_the_query_runs(sentry_server: SentryServer) -> Non
         conn.close()
 
 
+def test_db_spans_have_server_and_executemany(sentry_server: SentryServer) -> None:
+    # sentry-sdk sends server.address / server.port and db.executemany; they were missing.
+    from .django_project.models import Item
+
+    table = Item._meta.db_table
+    init_traced(sentry_server)
+    network = _connection(HOST="db.internal", PORT=5433)
+    socket = _connection(HOST="/var/run/postgresql", PORT="5432")
+    try:
+        data = _queries(network)
+        assert data["server.address"] == "db.internal" and data["server.port"] == "5433"
+        assert "db.executemany" not in data
+        assert not {"server.address", "server.port"} & set(_queries(socket))
+        with stm.start_transaction("q", op="test") as tx, network.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO {table} (name) VALUES (%s)", [("m1",), ("m2",)])
+        (span,) = [s for s in tx._spans if s._op == "db"]
+        assert span._data["db.executemany"] is True
+        assert span._data["server.address"] == "db.internal"
+    finally:
+        network.close()
+        socket.close()
+
+
 def test_user_execute_wrapper_is_undisturbed(sentry_server: SentryServer) -> None:
     from django.db import connection
 

@@ -38,6 +38,19 @@ def _description(sql: Any, context: Any) -> str:
     return str(sql)
 
 
+def _server(settings: Any) -> dict[str, str]:
+    """``server.address`` and ``server.port`` from ``HOST`` and ``PORT`` (as ``sentry-sdk``
+    sends them); none for a Unix socket directory or no ``HOST``."""
+    host = settings.get("HOST")
+    if not host or not isinstance(host, str) or host.startswith("/"):
+        return {}
+    server = {"server.address": host}
+    port = settings.get("PORT")
+    if port:
+        server["server.port"] = str(port)
+    return server
+
+
 def _live_name(context: Any) -> str | None:
     """The database the DB-API connection is on (psycopg's ``info.dbname``), for settings
     without ``NAME``."""
@@ -51,17 +64,22 @@ def _live_name(context: Any) -> str | None:
 class QueryWrapper:
     """A Django execute wrapper recording each query as a ``db`` span."""
 
-    __slots__ = ("_settings", "_vendor")
+    __slots__ = ("_server", "_settings", "_vendor")
 
     def __init__(self, vendor: str, settings: Any) -> None:
         self._vendor = vendor
         self._settings = settings  # the connection's own dict: a test database renames it
+        self._server = _server(settings)
 
-    def _data(self, context: Any) -> dict[str, Any]:
+    def _data(self, context: Any, many: bool) -> dict[str, Any]:
         data: dict[str, Any] = {"db.system": self._vendor}
         name = self._settings.get("NAME") or _live_name(context)
         if name:  # never "" (a PostgreSQL service file names the database)
             data["db.name"] = str(name)
+        if self._server:
+            data.update(self._server)
+        if many:
+            data["db.executemany"] = True
         return data
 
     def __call__(
@@ -85,7 +103,7 @@ class QueryWrapper:
             return execute(sql, params, many, context)
         try:
             span = parent.start_child("db", _description(sql, context), origin=_ORIGIN)
-            span._data = self._data(context)
+            span._data = self._data(context, many)
         except Exception:
             logger.debug("starting a db span failed", exc_info=True)
             return execute(sql, params, many, context)
