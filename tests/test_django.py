@@ -1010,6 +1010,29 @@ def _template_spans(tx: dict[str, Any]) -> list[str]:
     return sorted(s["description"] for s in tx["spans"] if s.get("op") == "template.render")
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        # past max_spans: page.html is dropped by start_child, its include by the hook
+        ({"max_spans": 0}, {("buffer_overflow", "span"): 2}),
+        # unsampled: the transaction and its two template spans
+        (
+            {"traces_sample_rate": 0.0},
+            {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 3},
+        ),
+    ],
+)
+def test_template_spans_not_sent_are_counted(
+    sentry_server: SentryServer, options: dict[str, Any], expected: dict[tuple[str, str], int]
+) -> None:
+    # Under a span that does not record, template renders made no span and were not
+    # counted in client reports (queries were).
+    init_traced(sentry_server, **options)
+    assert _client().get("/template/").status_code == 200
+    assert stm.flush(5)
+    assert sentry_server.client_reports() == expected
+
+
 def test_form_renderer_templates_get_no_spans(sentry_server: SentryServer) -> None:
     # Every widget, attrs, label and error list of a form is a template of the form
     # renderer's engine: a formset page sent hundreds of spans and pushed the view's own

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._context import CURRENT_SPAN
+from ._unsent import count_unsent
 
 __all__ = ["QueryWrapper", "install_orm", "instrument_connection"]
 
@@ -94,12 +95,7 @@ class QueryWrapper:
         if parent is None:
             return execute(sql, params, many, context)
         if not parent._recording:
-            tx = parent._tx
-            if tx is not None:
-                if tx._recording:  # past max_spans or after the end: a dropped span
-                    tx._client.reports.record("buffer_overflow", "span")
-                else:  # unsampled: counted with the transaction
-                    tx._n_children += 1
+            count_unsent(parent)
             return execute(sql, params, many, context)
         try:
             span = parent.start_child("db", _description(sql, context), origin=_ORIGIN)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._context import CURRENT_SPAN
+from ._unsent import count_unsent
 
 __all__ = ["install_templates", "register_tag_library"]
 
@@ -78,7 +79,7 @@ def _wrap_render(
     @functools.wraps(original)
     def render(self: Any, context: Any) -> Any:
         parent = CURRENT_SPAN.get()
-        if parent is None or not parent._recording:
+        if parent is None:
             return original(self, context)
         if skip is not None:
             try:
@@ -88,6 +89,9 @@ def _wrap_render(
                 skipped = True
             if skipped:
                 return original(self, context)
+        if not parent._recording:  # counted as the query wrapper counts its spans
+            count_unsent(parent)
+            return original(self, context)
         try:
             span = parent.start_child("template.render", describe(self), origin=_ORIGIN)
             token = CURRENT_SPAN.set(span)
