@@ -1097,6 +1097,35 @@ def test_template_tag_renders_trace_meta(sentry_server: SentryServer) -> None:
     assert f"sentry-trace_id={trace_id}" in baggage.group(1).replace("&#x27;", "'")
 
 
+_TAGS = "sentry_tracing_mw.integrations.django.templatetags.sentry_tracing_mw"
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        {"INSTALLED_APPS": [*settings.INSTALLED_APPS, "sentry_tracing_mw.integrations.django"]},
+        {
+            "TEMPLATES": [
+                {**settings.TEMPLATES[0], "OPTIONS": {"libraries": {"sentry_tracing_mw": _TAGS}}}
+            ]
+        },
+    ],
+    ids=["installed-app", "libraries-option"],
+)
+def test_template_tag_outside_requests(sentry_server: SentryServer, way: dict[str, Any]) -> None:
+    # A management command or a task renders before any middleware was built: the tag
+    # library is found the two ways the README documents (fresh template engines here).
+    from django.template.loader import render_to_string
+
+    init_traced(sentry_server)
+    templates = way.get("TEMPLATES", [dict(settings.TEMPLATES[0])])
+    with override_settings(**{**way, "TEMPLATES": templates}):
+        with stm.start_transaction("emails", op="task"):
+            html = render_to_string("meta.html")
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert f'content="{_trace(tx)["trace_id"]}-' in html, html
+
+
 # -- interop: name parity with sentry-sdk -------------------------------------------------
 
 _SDK_SCRIPT = r"""

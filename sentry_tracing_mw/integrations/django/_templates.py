@@ -129,7 +129,9 @@ def install_templates() -> None:
 
 def register_tag_library() -> None:
     """Make ``{% load sentry_tracing_mw %}`` work in every ``DjangoTemplates`` engine,
-    without the app in ``INSTALLED_APPS``."""
+    without the app in ``INSTALLED_APPS`` (called when a middleware is built: templates
+    rendered before, or in a process that builds none, need the app or the ``libraries``
+    option, see the README)."""
     from django.template import engines
     from django.template.backends.django import DjangoTemplates
 
