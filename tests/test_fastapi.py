@@ -373,3 +373,41 @@ def test_spans_in_sync_yield_dependencies_and_streamed_generators(
     assert [s["description"] for s in sent["/dep"]["spans"]] == ["session"]
     assert [s["description"] for s in sent["/stream"]["spans"]] == ["csv rows"]
     assert sentry_server.events() == []
+
+
+def test_unsampled_websocket_of_an_included_router_is_named_as_sampled(
+    sentry_server: SentryServer,
+) -> None:
+    """FastAPI gives an included router's websocket route context no endpoint: the lazy
+    name of an unsampled one takes its route's (endpoint style), as routing names it."""
+    from fastapi import APIRouter, FastAPI
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    names: dict[float, list[tuple[str, str]]] = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        app = FastAPI()
+        router = APIRouter(prefix="/r")
+
+        @router.websocket("/ws/{x}")
+        async def ws_in_router(websocket: WebSocket, x: str) -> None:
+            await websocket.accept()
+            await websocket.send_text("hi")
+            raise RuntimeError("ws boom")
+
+        app.include_router(router)
+        app.add_middleware(TracingMiddleware, transaction_style="endpoint")
+        with TestClient(app) as client:
+            with pytest.raises(RuntimeError):
+                with client.websocket_connect("/r/ws/1") as ws:
+                    assert ws.receive_text() == "hi"
+                    ws.receive_text()
+        assert stm.flush(5) and sentry_server.wait_for(2 if rate else 1, 5)
+        names[rate] = [
+            (e["transaction"], e["transaction_info"]["source"]) for e in sentry_server.events()
+        ]
+        stm.close()
+    assert names[0.0] == names[1.0]
+    assert names[0.0][0][1] == "component" and names[0.0][0][0].endswith("ws_in_router")

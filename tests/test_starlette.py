@@ -1244,3 +1244,240 @@ def test_unsampled_requests_get_the_servers_scope(sentry_server: SentryServer) -
         for _ in range(2):
             assert client.get("/sub/v").status_code == 200
     assert kinds == [("/v", True), ("/sub/v", False), ("/sub/v", True)]
+
+
+def _baggage_transaction() -> str | None:
+    baggage = stm.get_trace_headers().get("baggage") or ""
+    for member in baggage.split(","):
+        key, _, value = member.partition("=")
+        if key.strip() == "sentry-transaction":
+            return unquote(value)
+    return None
+
+
+def _shape_outer_wrap() -> tuple[Any, list[str]]:
+    """Wrapped from outside, around another middleware: the app is not known on entry."""
+    from starlette.applications import Starlette
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app = Starlette(routes=[Route("/b/{x}", _parity_boom), Route("/h/{x}", _parity_headers)])
+    return TracingMiddleware(CORSMiddleware(app, allow_origins=["*"])), ["/b/1", "/h/1"]
+
+
+class _StripVersion:
+    """A pure ASGI middleware that rewrites the path before routing ("/v1/x" -> "/x")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            scope["path"] = scope["path"][3:]
+        await self.app(scope, receive, send)
+
+
+def _shape_path_rewrite() -> tuple[Any, list[str]]:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app = Starlette(
+        routes=[Route("/b/{x}", _parity_boom), Route("/h/{x}", _parity_headers)],
+        middleware=[Middleware(_StripVersion)],
+        exception_handlers={_Handled: _parity_on_handled},
+    )
+    app.add_middleware(TracingMiddleware)
+    return app, ["/v1/b/1", "/v1/h/1", "/v1/b/2?handled=1"]
+
+
+def _shape_nested_integration() -> tuple[Any, list[str]]:
+    """A mounted app with its own integration inside an app with one."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    sub = Starlette(routes=[Route("/b/{x}", _parity_boom), Route("/h/{x}", _parity_headers)])
+    sub.add_middleware(TracingMiddleware)
+    app = Starlette(routes=[Mount("/sub", app=sub)])
+    app.add_middleware(TracingMiddleware)
+    return app, ["/sub/b/1", "/sub/h/1"]
+
+
+def _closure_wrapped(app: Any) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def _shape_closure_mount() -> tuple[Any, list[str]]:
+    """A mounted app behind a closure-style middleware."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    sub = Starlette(
+        routes=[Route("/b/{x}", _parity_boom)], exception_handlers={_Handled: _parity_on_handled}
+    )
+    app = Starlette(routes=[Route("/h/{x}", _parity_headers), Mount("/sub", _closure_wrapped(sub))])
+    app.add_middleware(TracingMiddleware)
+    return app, ["/h/0", "/sub/b/1?handled=1", "/sub/b/2?handled=1", "/sub/b/3"]
+
+
+class _MountLater:
+    """Mounts a sub-app on the app after its first request (a plugin system)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        sub = Starlette(
+            routes=[Route("/b/{x}", _parity_boom)],
+            exception_handlers={_Handled: _parity_on_handled},
+        )
+        self.app.mount("/plugin", sub)
+
+
+def _shape_mounted_later() -> tuple[Any, list[str]]:
+    """A mounted app added after the app served requests: its handler tables are not
+    known until a request used them (the first handled 500 in it is still captured)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app = Starlette(routes=[Route("/h/{x}", _parity_headers)])
+    app.add_middleware(TracingMiddleware)
+    mount = _MountLater(app)
+
+    async def plugin(request: Request) -> Response:
+        if not any(getattr(r, "path", "") == "/plugin" for r in app.routes):
+            mount()
+        return PlainTextResponse("mounted")
+
+    app.add_route("/mount", plugin)
+    return app, ["/h/0", "/mount", "/plugin/b/1?handled=1", "/plugin/b/2?handled=1"]
+
+
+async def _parity_boom(request: Request) -> Response:
+    if request.query_params.get("handled"):
+        raise _Handled("handled")
+    raise RuntimeError("boom")
+
+
+async def _parity_headers(request: Request) -> Response:
+    return PlainTextResponse(str(_baggage_transaction()))
+
+
+async def _parity_on_handled(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse("handled", status_code=500)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        _shape_outer_wrap,
+        _shape_path_rewrite,
+        _shape_nested_integration,
+        _shape_closure_mount,
+        _shape_mounted_later,
+    ],
+)
+def test_unsampled_requests_named_and_captured_as_sampled_ones(
+    sentry_server: SentryServer, shape: Any
+) -> None:
+    """Setups where resolving an unsampled request's name lazily, or capturing its handled
+    500s without watching its scope, cannot work as is: wrapped from outside (no app in the
+    scope yet), a middleware rewriting the path before routing, a mounted app with its own
+    integration, a mounted app the walk of the app cannot reach (its first requests). The
+    names propagated and on error events, and the events, are those of sampled requests."""
+    seen: dict[float, tuple[list[str], list[tuple[str, str, str]]]] = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        app, paths = shape()
+        with TestClient(app, raise_server_exceptions=False) as client:
+            bodies = [client.get(p).text for _ in range(2) for p in paths]
+        assert stm.flush(5)
+        errors = sum(1 for p in paths if "/b/" in p) * 2
+        assert sentry_server.wait_for(errors + (len(paths) * 2 if rate else 0), 5)
+        events = sorted(
+            (e["exception"]["values"][-1]["type"], e["transaction"], e["transaction_info"]["source"])
+            for e in sentry_server.events()
+        )
+        seen[rate] = (bodies, events)
+        stm.close()
+    assert seen[0.0] == seen[1.0]
+    assert all(source == "route" for _, _, source in seen[0.0][1])
+    assert "None" not in seen[0.0][0]
+
+
+def test_handled_500_on_an_ignored_path_is_no_event(sentry_server: SentryServer) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        async def health(request: Request) -> Response:
+            raise _Handled("health")
+
+        app = Starlette(
+            routes=[Route("/health", health), Route("/b", _parity_boom)],
+            exception_handlers={_Handled: _parity_on_handled},
+        )
+        app.add_middleware(TracingMiddleware, ignore_paths=["/health"])
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get("/health?handled=1").status_code == 500
+            assert client.get("/b?handled=1").status_code == 500
+        assert stm.flush(5) and sentry_server.wait_for(1 + (1 if rate else 0), 5)
+        time.sleep(0.2)
+        assert [e["transaction"] for e in sentry_server.events()] == ["/b"]
+        stm.close()
+
+
+def test_a_finished_unsampled_transaction_does_not_hold_its_scope() -> None:
+    """What outlives a request (a stored span, a task) must not keep its scope alive
+    (``request.state``, the app's per-request objects) through the deferred naming."""
+    import gc
+    import weakref
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    kept: list[Any] = []
+    states: list[Any] = []
+
+    class Big:
+        pass
+
+    async def view(request: Request) -> Response:
+        big = Big()
+        request.state.big = big
+        states.append(weakref.ref(big))
+        kept.append(stm.get_current_span())
+        return PlainTextResponse("ok")
+
+    stm.init(traces_sample_rate=0.0, instrument_http_clients=False)
+    app = Starlette(routes=[Route("/v", view)])
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/v").status_code == 200
+    gc.collect()
+    assert len(kept) == 3 and all(tx is not None for tx in kept)
+    assert [ref() for ref in states] == [None, None, None]

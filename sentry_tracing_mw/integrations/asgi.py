@@ -311,9 +311,12 @@ def _ignored(ignore: Any, path: Any, scope: Scope) -> bool:
     return False
 
 
-def _watched_send(send: Send) -> tuple[Send, list[bool]]:
+def _watched_send(
+    send: Send, on_start: Callable[[Scope, Message], None] | None = None, scope: Any = None
+) -> tuple[Send, list[bool]]:
     """``send`` and a flag set when sending failed: the client went away, which makes the
-    exception the app then raises no application error."""
+    exception the app then raises no application error. ``on_start(scope, message)`` sees
+    the response start (never raises into the app)."""
     gone = [False]
 
     async def watched_send(message: Message) -> None:
@@ -323,6 +326,11 @@ def _watched_send(send: Send) -> tuple[Send, list[bool]]:
                 or message.get("more_trailers")
                 or message.get("type") not in _FINAL
             ):
+                if on_start is not None and message.get("type") == "http.response.start":
+                    try:
+                        on_start(scope, message)
+                    except Exception:
+                        logger.debug("watching the response start failed", exc_info=True)
                 await send(message)
             else:
                 await _send_final(send, message)
@@ -415,8 +423,12 @@ class TracingMiddleware:
         integration may resolve only when it is read: ``tx._namer``)."""
         return scope
 
-    def unsampled_end(self, scope: Scope) -> None:
+    def unsampled_end(self, scope: Scope, tx: Transaction) -> None:
         """An unsampled request has ended (never raises)."""
+
+    #: Sees the response start of an unsampled request the app got the scope of:
+    #: ``unsampled_5xx(scope, message)`` (None: nothing to see).
+    unsampled_5xx: Callable[[Scope, Message], None] | None = None
 
     def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
         """Called at ``http.response.start`` while the name still has source ``url``."""
@@ -530,7 +542,10 @@ class TracingMiddleware:
         except Exception:
             logger.exception("sentry_tracing_mw: preparing the request scope failed")
             inner = scope
-        unrecorded_send, gone = _watched_send(send)
+        if inner is scope:
+            unrecorded_send, gone = _watched_send(send, self.unsampled_5xx, scope)
+        else:
+            unrecorded_send, gone = _watched_send(send)
         span_token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, receive, unrecorded_send)
@@ -543,7 +558,7 @@ class TracingMiddleware:
         finally:
             CURRENT_SPAN.reset(span_token)
             finish_request(tx, scope)
-            self.unsampled_end(scope)
+            self.unsampled_end(scope, tx)
 
     async def _untraced(
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client

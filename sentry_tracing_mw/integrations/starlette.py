@@ -25,7 +25,9 @@ import functools
 import importlib
 import inspect
 import logging
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -49,7 +51,7 @@ except ImportError:  # pragma: no cover - older Starlette
 
 from .._api import is_coroutine_callable
 from .._client import get_client
-from .._context import CURRENT_SPAN
+from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._tracing import Span, Transaction
 from . import asgi
 from .asgi import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
@@ -267,7 +269,7 @@ class _RoutingScope(dict[str, Any]):
             self._routes = getattr(app, "routes", None) or ()
             return
         self._prefix += mount.path
-        self._routes = mount.routes
+        self._routes = mount.routes or _wrapped_routes(mount.app) or ()
         leaf = _leaf_app(mount)
         if leaf is not None and not self._named:
             # A leaf app (static files, a mounted WSGI app): named after the mount, as
@@ -304,6 +306,24 @@ class _RoutingScope(dict[str, Any]):
         return self._named
 
 
+class _Conn:
+    """A request as ``_capture_handled`` reads it."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+
+class _Status:
+    """A response as ``_capture_handled`` reads it."""
+
+    __slots__ = ("status_code",)
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
 class _Matched:
     """A matched FastAPI route context's path (see ``_match``)."""
 
@@ -317,7 +337,7 @@ def _leaf_app(mount: Any) -> Any:
     """The app a ``Mount`` serves when it does no routing of its own (static files, a
     mounted WSGI app, a plain ASGI function), else None (a router, even an empty one)."""
     app = getattr(mount, "_base_app", None) or mount.app  # inside Mount(middleware=...)
-    return None if hasattr(app, "routes") else app
+    return None if hasattr(app, "routes") or _wrapped_routes(app) else app
 
 
 _CLIENT_GONE = (WebSocketDisconnect, ClientDisconnect)
@@ -362,7 +382,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         #: ids of the handler tables whose layer hands out capturing views.
         self._known_tables: set[int] = set()
         self._watch_unsampled = True
-        self._lost_table = False
+        self._always_watch = False  # a table the walk cannot find, a path rewritten
         try:
             self._find_tables()
         except Exception:
@@ -424,18 +444,19 @@ class TracingMiddleware(asgi.TracingMiddleware):
         found = self._match(scope, scope.get("app"))
         if found is None:
             return None
-        prefix, leaf, _ = found
+        prefix, leaf, _, _ = found
         if leaf is None:
             return prefix or "/"
         path = getattr(leaf, "path", None)
         return prefix + path if isinstance(path, str) else None
 
-    def _match(self, scope: Scope, app: Any) -> tuple[str, Any, Any] | None:
+    def _match(self, scope: Scope, app: Any) -> tuple[str, Any, Any, tuple[Any, ...]] | None:
         """What the router will serve for the request ``scope`` describes, found with the
-        routes' own ``matches()`` (on a copy): ``(mount prefix, route, endpoint)``, where
-        route is the matched route (for FastAPI's included routers, the matched route
-        context) or None for a leaf mount (static files, a mounted WSGI app), whose app is
-        the endpoint. None when nothing matches fully."""
+        routes' own ``matches()`` (on a copy): ``(mount prefix, route, endpoint, what
+        routing puts in scope["endpoint"] for it)``, where route is the matched route (for
+        FastAPI's included routers, the matched route context) or None for a leaf mount
+        (static files, a mounted WSGI app), whose app is the endpoint. None when nothing
+        matches fully."""
         routes = getattr(app, "routes", None) or getattr(self.app, "routes", None)
         if not routes:
             return None
@@ -455,39 +476,50 @@ class TracingMiddleware(asgi.TracingMiddleware):
             if isinstance(found, (Mount, Host)):
                 if isinstance(found, Mount):
                     prefix += found.path
-                routes = found.routes
+                routes = found.routes or _wrapped_routes(found.app)
                 if not routes:
                     leaf = _leaf_app(found) if isinstance(found, Mount) else None
-                    return (prefix, None, leaf) if leaf is not None else None
+                    if leaf is None:
+                        return None
+                    return prefix, None, leaf, (leaf, found.app, child.get("endpoint"))
                 continue
             path = getattr(found, "path", None)
+            endpoint = getattr(found, "endpoint", None)
             if isinstance(path, str):
-                return prefix, found, getattr(found, "endpoint", None)
+                return prefix, found, endpoint, (endpoint, child.get("endpoint"))
             sub = getattr(found, "effective_route_contexts", None)  # FastAPI included router
             if sub is not None:
                 for ctx in sub():
                     if ctx.matches(probe)[0] is Match.FULL:
-                        # a websocket route's context has no path: its route has the whole
+                        # a websocket route's context has no path (its route has the
+                        # whole), nor an endpoint (its route has it)
+                        inner = getattr(ctx, "original_route", None) or getattr(
+                            ctx, "starlette_route", None
+                        )
                         path = ctx.path or getattr(ctx.starlette_route, "path", None)
                         if not (isinstance(path, str) and path):
                             return None
-                        return prefix, _Matched(path), getattr(ctx, "endpoint", None)
+                        leaf = getattr(ctx, "endpoint", None) or getattr(inner, "endpoint", None)
+                        live = (leaf, endpoint, child.get("endpoint"))
+                        return prefix, _Matched(path), leaf, live
             return None
         return None
 
     # -- unsampled requests: routing is not watched ------------------------------------
     def unsampled_scope(self, scope: Scope, tx: Transaction) -> Scope:
         """The app gets the scope itself, and the request is named only if its name is
-        read, unless some exception handler tables cannot capture on their own yet (then
-        the routing is watched, as for a sampled request)."""
-        if self._watch_unsampled:
+        read. Routing is watched as for a sampled request when the app is not known yet
+        (the middleware wraps a Starlette app from outside), or while some exception
+        handler tables cannot capture on their own (``_find_tables``)."""
+        app = scope.get("app")
+        if self._watch_unsampled or app is None:
             return self.app_scope(scope, tx, str(scope.get("method") or "GET").upper())
-        tx._namer = (self._late_name, scope, scope.get("app"), scope.get("root_path"))
+        tx._namer = (self._late_name, scope, app, scope.get("root_path"))
         return scope
 
     def _late_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
         """Name ``tx`` as routing names it (``unsampled_scope``): the routes matched against
-        the request as it came in (routing may have changed the scope's path since)."""
+        the request as it came in, checked against what the router chose."""
         if tx._source != "url":
             return
         if not self.routed(scope):
@@ -501,9 +533,19 @@ class TracingMiddleware(asgi.TracingMiddleware):
         probe.pop("path_params", None)
         probe["app"] = app
         found = self._match(probe, app)
+        chosen = scope.get("endpoint")
+        if chosen is not None and (found is None or not any(e is chosen for e in found[3])):
+            # The router chose another endpoint (or matched partially: a 405). If the path
+            # it routed matches it, something rewrote the path before routing: named after
+            # that, and routing is watched from now on (this app does that).
+            probe["path"] = scope.get("path")
+            found = self._match(probe, app)
+            if found is None or not any(e is chosen for e in found[3]):
+                return
+            self._always_watch = self._watch_unsampled = True
         if found is None:
             return
-        prefix, route, endpoint = found
+        prefix, route, endpoint, _ = found
         if self._endpoint_style:
             if route is None:  # a leaf mount: named after its app, as when watched
                 if not (inspect.isroutine(endpoint) or isinstance(endpoint, type)):
@@ -522,9 +564,11 @@ class TracingMiddleware(asgi.TracingMiddleware):
         # Directly: the name may be read after the transaction finished (a late error).
         tx._name, tx._source = name, source
 
-    def unsampled_end(self, scope: Scope) -> None:
-        """A handler table this request used that is unknown (a mounted app's, whose
-        middleware is built on its first request): find its layer for the next requests."""
+    def unsampled_end(self, scope: Scope, tx: Transaction) -> None:
+        """The request ended: its transaction no longer holds its scope (a name read later
+        is the path), and a handler table it used that is unknown (a mounted app's, built
+        on its first request) is looked for, for the next requests."""
+        tx._namer = None
         try:
             tables = scope.get(_HANDLERS_KEY)
             if tables is None:
@@ -536,6 +580,21 @@ class TracingMiddleware(asgi.TracingMiddleware):
                 self._find_tables(table)
         except Exception:
             logger.debug("checking the exception handler tables failed", exc_info=True)
+
+    def unsampled_5xx(self, scope: Scope, message: Message) -> None:
+        """A 5xx response of an unsampled request whose handler tables were not capturing
+        yet (an app mounted behind a wrapper the walk cannot see, or mounted at runtime):
+        the exception its handler answered is the one being handled where the response is
+        sent (Starlette sends it inside its ``except``)."""
+        code = message.get("status")
+        if not isinstance(code, int) or code < 500:
+            return
+        tables = scope.get(_HANDLERS_KEY)
+        if tables is None or type(tables[0]) is _CapturingTable:
+            return
+        exc = sys.exc_info()[1]
+        if isinstance(exc, Exception):
+            _capture_handled(_Conn(scope), exc, _Status(code))
 
     def _find_tables(self, seen: Any = None) -> None:
         """Walk the app below (middleware, routers, mounted apps) and make every
@@ -551,14 +610,15 @@ class TracingMiddleware(asgi.TracingMiddleware):
             missing = seen is not None and id(seen) not in found
             if missing:
                 self._known_tables.add(id(seen))  # not looked for again
-            self._watch_unsampled = unbuilt or missing or self._lost_table
-            self._lost_table = self._lost_table or missing
+                self._always_watch = True
+            self._watch_unsampled = unbuilt or self._always_watch
 
     async def name_only(
         self, scope: Scope, receive: Receive, send: Send, tx: Transaction | None
     ) -> None:
-        """An outer middleware owns the transaction: name it from the route only."""
-        if tx is None or isinstance(scope, _RoutingScope):
+        """An outer middleware owns the transaction: name it from the route only (unless
+        the owner names it when needed: an outer Starlette integration's unsampled one)."""
+        if tx is None or tx._namer is not None or isinstance(scope, _RoutingScope):
             await self.app(scope, receive, send)
             return
         method = str(scope.get("method") or "GET").upper()
@@ -721,12 +781,45 @@ def _install_capturing_tables(root: Any) -> tuple[set[int], bool]:
             child = attrs.get(name)
             if child is not None:
                 todo.append(child)
+                if isinstance(child, types.FunctionType) and child.__closure__:
+                    # a closure-style middleware (``def wrap(app): async def wrapped...``):
+                    # what it wraps is in its cells
+                    todo.extend(_cell_contents(child.__closure__))
         routes = attrs.get("routes")
         if isinstance(routes, list):
             todo.extend(routes)
     if todo:
         unbuilt = True  # too big to walk whole: keep watching
     return found, unbuilt
+
+
+def _wrapped_routes(app: Any) -> Any:
+    """The routes of a router a mounted app wraps (middleware with ``.app``, closure-style
+    middleware), if any."""
+    for _ in range(_MAX_DEPTH):
+        if isinstance(app, types.FunctionType) and app.__closure__:
+            inner = [c for c in _cell_contents(app.__closure__) if callable(c)]
+            if len(inner) != 1:
+                return None
+            app = inner[0]
+        else:
+            app = getattr(app, "app", None)
+        if app is None:
+            return None
+        routes = getattr(app, "routes", None)
+        if routes:
+            return routes
+    return None
+
+
+def _cell_contents(cells: tuple[Any, ...]) -> list[Any]:
+    out = []
+    for cell in cells:
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return out
 
 
 def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
@@ -736,6 +829,8 @@ def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
             return
         scope = getattr(conn, "scope", None)
         tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
+        if tx is None and CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None:
+            return  # an ignored path: no error events (as for its unhandled errors)
         if tx is not None and tx._request is None:  # unsampled: for the event
             pii = get_client().options.send_default_pii
             asgi.defer_asgi_request_info(tx, scope, pii)  # type: ignore[arg-type]
