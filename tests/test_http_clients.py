@@ -1767,3 +1767,54 @@ def test_as_function_calls_an_original_as_attribute_lookup_would() -> None:
         original = Host.__dict__[name]
         assert as_function(original)(host, 7) == getattr(host, name)(7), name
     assert as_function(plain) is plain
+
+
+def test_opentelemetry_httpx_instrumentation_installed_first(
+    recording_server: RecordingServer,
+) -> None:
+    """``opentelemetry-instrument`` instruments httpx at startup, before the app's
+    ``init()``: its wrapper rewrites a request's ``traceparent`` and ``baggage`` before the
+    request is sent, so ours must run inside it (next to the transport), as when ours comes
+    first: our trace's ``traceparent``, its baggage members kept beside our ``sentry-``
+    ones. Uninstalling either restores the other."""
+    from opentelemetry import baggage, context, trace
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    http_clients.uninstrument()
+    originals = (
+        httpx.HTTPTransport.__dict__["handle_request"],
+        httpx.AsyncHTTPTransport.__dict__["handle_async_request"],
+    )
+    provider = TracerProvider()
+    otel = HTTPXClientInstrumentor()
+    otel.instrument(tracer_provider=provider)
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        stm.init(traces_sample_rate=1.0)
+        url = recording_server.url + "/x"
+        tracer = trace.get_tracer("t", tracer_provider=provider)
+        with stm.start_transaction("t") as tx, tracer.start_as_current_span("otel"):
+            assert httpx.get(url).status_code == 200
+
+            async def call() -> int:
+                async with httpx.AsyncClient() as client:
+                    return (await client.get(url)).status_code
+
+            assert asyncio.run(call()) == 200
+        spans = http_spans(tx)
+        assert len(spans) == 2
+        for got, span in zip(recording_server.received(), spans, strict=True):
+            assert got.values("traceparent") == [f"00-{tx.trace_id}-{span.span_id}-03"]
+            (bag,) = got.values("baggage")
+            members = [m.split("=", 1)[0] for m in bag.split(",")]
+            assert members[0] == "tenant" and f"sentry-trace_id={tx.trace_id}" in bag
+            assert got.values("sentry-trace") == [f"{tx.trace_id}-{span.span_id}-1"]
+        http_clients.uninstrument()
+        assert httpx.HTTPTransport.__dict__["handle_request"].__wrapped__ is originals[0]
+    finally:
+        context.detach(token)
+        http_clients.uninstrument()
+        otel.uninstrument()
+    assert httpx.HTTPTransport.__dict__["handle_request"] is originals[0]
+    assert httpx.AsyncHTTPTransport.__dict__["handle_async_request"] is originals[1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -429,29 +430,64 @@ def _async_wrapper(
     return handle_async_request
 
 
+def _wrap(original: Any, enabled: list[bool], is_async: bool, in_process: bool) -> Any:
+    """Our wrapper of a transport's ``handle_request`` / ``handle_async_request``."""
+    call = as_function(original)
+    if in_process:
+        call = (_detached_async if is_async else _detached_sync)(call)
+    made = (_async_wrapper if is_async else _sync_wrapper)(call, enabled, in_process)
+    made.__wrapped__ = original  # type: ignore[attr-defined]
+    return made
+
+
+def _is_wrapt_proxy(obj: Any) -> bool:
+    """A ``wrapt`` function wrapper (OpenTelemetry's and ddtrace's instrumentations use
+    them): a proxy whose ``__wrapped__`` it calls, and which can be given a new one."""
+    if type(obj) is types.FunctionType:  # (a proxy says it is one to isinstance)
+        return False
+    try:
+        return any(c.__name__ == "ObjectProxy" for c in type(obj).__mro__) and callable(
+            obj.__wrapped__
+        )
+    except Exception:  # a proxy whose attributes fail
+        return False
+
+
 def install() -> Callable[[], None]:
     """Patch the httpx transports; returns the undo."""
     enabled = [True]
-    patched: list[tuple[type[Any], str, Any, Any]] = []
+    patched: list[tuple[type[Any], str, Any, Any, Any, Any]] = []
     for class_name, method in _TARGETS:
         cls = getattr(httpx, class_name, None)
         if not isinstance(cls, type) or method not in cls.__dict__:  # an httpx without it
             continue
         raw = cls.__dict__[method]
+        # Another tracer's wrapt wrapper (OpenTelemetry's, ddtrace's) installed first: ours
+        # goes inside it, next to the transport, as when it comes first. Outside, theirs
+        # would rewrite the request's traceparent and baggage after ours.
+        holder = raw if _is_wrapt_proxy(raw) else None
+        target = holder.__wrapped__ if holder is not None else raw
         is_async = method == "handle_async_request"
-        call = as_function(raw)
         in_process = not class_name.endswith("HTTPTransport")
-        if in_process:
-            call = (_detached_async if is_async else _detached_sync)(call)
-        wrapper = (_async_wrapper if is_async else _sync_wrapper)(call, enabled, in_process)
-        wrapper.__wrapped__ = raw  # type: ignore[attr-defined]
-        setattr(cls, method, wrapper)
-        patched.append((cls, method, raw, wrapper))
+
+        wrapper = _wrap(target, enabled, is_async, in_process)
+        if holder is not None:
+            try:
+                holder.__wrapped__ = wrapper
+            except Exception:  # a proxy that will not take it: ours outside, as before
+                holder, target = None, raw
+                wrapper = _wrap(raw, enabled, is_async, in_process)
+        if holder is None:
+            setattr(cls, method, wrapper)
+        patched.append((cls, method, raw, wrapper, holder, target))
 
     def undo() -> None:
         enabled.clear()
-        for cls, method, raw, wrapper in patched:
-            if cls.__dict__.get(method) is wrapper:
+        for cls, method, raw, wrapper, holder, target in patched:
+            if holder is not None:
+                if getattr(holder, "__wrapped__", None) is wrapper:
+                    holder.__wrapped__ = target
+            elif cls.__dict__.get(method) is wrapper:
                 setattr(cls, method, raw)
 
     return undo
