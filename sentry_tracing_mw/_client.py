@@ -42,6 +42,23 @@ logger = logging.getLogger("sentry_tracing_mw")
 _CAPTURED_MARK = "__sentry_tracing_mw_captured__"
 
 
+def _seen_in(exc: BaseException, ctx: PropagationContext) -> bool:
+    """Whether ``exc`` was already captured in this unit of work (request, or the trace
+    context outside one), and mark it so: an integration's inner and outer capture give
+    one event, while the same object raised again in a later request is reported again.
+    The mark names the context, so a pickled or copied exception is not skipped elsewhere.
+    """
+    mark = ctx.trace_id + ctx.span_id
+    try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
+        fields = object.__getattribute__(exc, "__dict__")
+        if fields.get(_CAPTURED_MARK) == mark:
+            return True
+        fields[_CAPTURED_MARK] = mark
+    except Exception:
+        pass
+    return False
+
+
 class Client:
     """Holds validated options, the transport and the client-report counters."""
 
@@ -414,13 +431,16 @@ class Client:
         transport = self.transport
         if transport is None or self._closed:
             return None  # no DSN (or closed): nothing will be sent, so no event id
-        try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
-            fields = object.__getattribute__(exc, "__dict__")
-            if fields.get(_CAPTURED_MARK):
-                return None
-            fields[_CAPTURED_MARK] = True
-        except Exception:
-            pass
+        if span is None:
+            span = CURRENT_SPAN.get()
+        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
+        if ctx is None:
+            # No request, no span: start the context's trace and keep it (as
+            # get_trace_headers() does), so later errors and calls here share it (§16).
+            ctx = self.continue_trace(None)
+            PROPAGATION_CONTEXT.set(ctx)
+        if _seen_in(exc, ctx):
+            return None
         opts = self.options
         if opts.sample_rate < 1.0 and random.random() >= opts.sample_rate:
             self.reports.record("sample_rate", "error")
@@ -431,14 +451,6 @@ class Client:
             logger.debug("capture_exception inside a before_send hook: not sent")
             self.reports.record("internal_sdk_error", "error")
             return None
-        if span is None:
-            span = CURRENT_SPAN.get()
-        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
-        if ctx is None:
-            # No request, no span: start the context's trace and keep it (as
-            # get_trace_headers() does), so later errors and calls here share it (§16).
-            ctx = self.continue_trace(None)
-            PROPAGATION_CONTEXT.set(ctx)
         event = error_event(
             exc, options=opts, ctx=ctx, span=span, mechanism=mechanism, handled=handled
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
+import pickle
 import platform
 import re
 import signal
@@ -922,3 +924,22 @@ def test_a_large_exception_group_still_fits_one_event(sentry_server: SentryServe
     assert frames <= 300
     (envelope,) = sentry_server.accepted()
     assert len(envelope.body) < 1024 * 1024
+
+
+def test_a_copied_captured_exception_is_reported_in_another_trace(
+    sentry_server: SentryServer,
+) -> None:
+    """The captured mark travels with a pickled or copied exception (a process pool's
+    result): it only skips captures in the trace that captured it."""
+    init(sentry_server)
+    exc = RuntimeError("from a worker")
+    assert stm.capture_exception(exc) is not None
+    copied = pickle.loads(pickle.dumps(exc))
+    assert stm.capture_exception(copied) is None  # the same trace: the same error
+    with stm.start_transaction(name="parent"):
+        assert stm.capture_exception(copied) is not None
+        assert stm.capture_exception(copy.copy(copied)) is None  # this trace has it now
+    assert stm.flush(5) and sentry_server.wait_for(2)
+    assert [e["exception"]["values"][-1]["value"] for e in sentry_server.events()] == [
+        "from a worker"
+    ] * 2

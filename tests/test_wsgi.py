@@ -977,3 +977,27 @@ def test_odd_bodies_a_server_may_probe(sentry_server: SentryServer) -> None:
     sized = next(t for t in txs if t["transaction"] == "/sized")
     # Every chunk span of the outer pass (and of the inner one) belongs to the transaction.
     assert [s["description"] for s in sized["spans"]].count("b") == 2
+
+
+def test_the_same_exception_object_is_reported_by_each_request(
+    sentry_server: SentryServer,
+) -> None:
+    """A failed cached Future re-raises one exception object in every later request: each
+    request reports it (as sentry-sdk does), once, even when the app captured it too."""
+    init_traced(sentry_server)
+    cached = ConnectionError("config service down")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/inner":
+            stm.capture_exception(cached)  # the app's own capture, then the middleware's
+        raise cached
+
+    wrapped = TracingMiddleware(app)
+    for path in ("/a", "/inner", "/b"):
+        with pytest.raises(ConnectionError) as info:
+            wrapped(_environ(path), lambda s, h, e=None: None)
+        assert info.value is cached
+    assert stm.flush(5) and wait_transactions(sentry_server, 3, events=3)
+    events = sentry_server.events()
+    assert sorted(e["transaction"] for e in events) == ["/a", "/b", "/inner"]
+    assert len({e["contexts"]["trace"]["trace_id"] for e in events}) == 3
