@@ -105,6 +105,11 @@ def _tx_name(name: str) -> str:
     return _UNLABELED if not name or name.isspace() else name[:200]
 
 
+def _sensitive(key: str) -> bool:
+    """Whether a key (or a variable name) looks like it holds a secret."""
+    return key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key) is not None
+
+
 def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
     """Copy span data with the values of sensitive-looking keys replaced by ``[Filtered]``.
 
@@ -112,7 +117,7 @@ def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(key, str) and key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key):
+        if isinstance(key, str) and _sensitive(key):
             out[key] = FILTERED
         elif isinstance(value, Mapping) and depth < 8:
             out[key] = scrub_data(value, depth + 1)
@@ -394,9 +399,9 @@ def _frames(
             entry["post_context"] = [
                 _line(line) for line in lines[lineno : lineno + _CONTEXT_LINES]
             ]
-        if with_locals:
+        if with_locals:  # secrets stay out even with PII on (sentry-sdk's scrubber)
             entry["vars"] = {
-                str(k)[:_MAX_NAME]: safe_repr(v)
+                str(k)[:_MAX_NAME]: FILTERED if _sensitive(str(k)) else safe_repr(v)
                 for k, v in list(frame.f_locals.items())[:_MAX_VARS]
             }
         frames.append(entry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import os
 import pickle
 import platform
@@ -425,14 +426,48 @@ def test_capturing_a_deep_recursion_with_large_locals_is_quick(
 def test_locals_only_with_send_default_pii(sentry_server: SentryServer) -> None:
     init(sentry_server, send_default_pii=True)
     try:
-        token = "visible-with-pii"  # noqa: F841
+        user_name = "visible-with-pii"  # noqa: F841
         raise RuntimeError("x")
     except RuntimeError as exc:
         stm.capture_exception(exc)
     assert stm.flush(5)
     (event,) = sentry_server.events()
     frame = event["exception"]["values"][-1]["stacktrace"]["frames"][-1]
-    assert "visible-with-pii" in frame["vars"]["token"]
+    assert "visible-with-pii" in frame["vars"]["user_name"]
+
+
+def test_locals_named_like_secrets_are_filtered_even_with_pii(
+    sentry_server: SentryServer,
+) -> None:
+    """sentry-sdk's default scrubber sends ``[Filtered]`` for them with PII on, too."""
+    init(sentry_server, send_default_pii=True)
+
+    def login() -> None:
+        password = "hunter2"  # noqa: F841
+        secret = "s3cr3t"  # noqa: F841
+        token = "tok_live_123"  # noqa: F841
+        api_key = "AKIA123"  # noqa: F841
+        user = "bob"  # noqa: F841
+        raise ValueError("login failed")
+
+    try:
+        login()
+    except ValueError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["stacktrace"]["frames"][-1]["vars"] == {
+        "password": "[Filtered]",
+        "secret": "[Filtered]",
+        "token": "[Filtered]",
+        "api_key": "[Filtered]",
+        "user": "'bob'",
+    }
+    shown = json.dumps(
+        [f.get("vars") for f in event["exception"]["values"][-1]["stacktrace"]["frames"]]
+    )
+    for value in ("hunter2", "s3cr3t", "tok_live_123", "AKIA123"):
+        assert value not in shown
 
 
 def test_error_without_a_span_still_carries_a_trace(sentry_server: SentryServer) -> None:

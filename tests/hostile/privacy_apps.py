@@ -30,6 +30,7 @@ SECRETS = {
     "forwarded-ip": "203.0.113.77",
     "real-ip": "198.51.100.23",
     "local": "lv7SECRETlocalvariable",
+    "local-password": "lp7SECRETlocalpassword",
     "span-password": "sp7SECRETspanpassword",
     "span-api-key": "sp7SECRETspanapikey",
     "span-token": "sp7SECRETspantoken",
@@ -71,7 +72,8 @@ def _span_data() -> None:
 
 
 def _boom() -> None:
-    secret_local = S["local"]  # noqa: F841  (only in the frame's locals)
+    held_value = S["local"]  # noqa: F841  (only in the frame's locals)
+    db_password = S["local-password"]  # noqa: F841  (a secret's name: never sent)
     raise ValueError("boom without secrets in the message")
 
 
