@@ -258,7 +258,7 @@ def transaction_event(
             event["measurements"] = measurements
     request = _request_of(tx)
     if request is not None:
-        event["request"] = request
+        event["request"] = request = _own_copy(request)
     if options.send_default_pii:
         _add_user(event, tx, request)
     return event
@@ -287,6 +287,15 @@ def _request_of(tx: Transaction) -> dict[str, Any] | None:
         built = None
     tx._request = built
     return built
+
+
+def _own_copy(request: dict[str, Any]) -> dict[str, Any]:
+    """The request interface for one event: its dict and nested containers (headers,
+    env, data) copied, so a hook editing one event's request leaves the others' alone."""
+    return {
+        key: dict(value) if type(value) is dict else list(value) if type(value) is list else value
+        for key, value in request.items()
+    }
 
 
 # -- error events -----------------------------------------------------------------
@@ -734,7 +743,7 @@ def error_event(
         event["transaction_info"] = {"source": tx._source}
         request = _request_of(tx)
         if request is not None:
-            event["request"] = request
+            event["request"] = request = _own_copy(request)
         if options.send_default_pii:
             _add_user(event, tx, request)
     if options.release:

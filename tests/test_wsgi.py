@@ -1001,3 +1001,37 @@ def test_the_same_exception_object_is_reported_by_each_request(
     events = sentry_server.events()
     assert sorted(e["transaction"] for e in events) == ["/a", "/b", "/inner"]
     assert len({e["contexts"]["trace"]["trace_id"] for e in events}) == 3
+
+
+def test_a_before_send_editing_the_request_edits_only_its_event(
+    sentry_server: SentryServer,
+) -> None:
+    """Each event of a request gets its own ``request``: a hook editing an error's leaves
+    the next error's and the transaction's as they were."""
+
+    def before_send(event: dict[str, Any]) -> dict[str, Any]:
+        request = event["request"]
+        request["headers"].pop("X-Custom", None)
+        request["env"]["edited"] = "yes"
+        request["url"] += "#err"
+        return event
+
+    init_traced(sentry_server, before_send=before_send)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        for i in range(2):
+            stm.capture_exception(KeyError(f"handled {i}"))
+            assert stm.flush(5)  # the hook runs now, while the request is still open
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    environ = _environ("/checkout", HTTP_X_CUSTOM="yes")
+    wsgi_body(TracingMiddleware(app)(environ, lambda s, h, e=None: None))
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=2)
+    (tx,) = sentry_server.transactions()
+    assert tx["request"]["url"].endswith("/checkout")
+    assert tx["request"]["headers"]["X-Custom"] == "yes"
+    assert "edited" not in tx["request"].get("env", {})
+    for event in sentry_server.events():
+        assert event["request"]["url"].endswith("/checkout#err")
+        assert "X-Custom" not in event["request"]["headers"]
