@@ -457,11 +457,19 @@ def _exception_tree(exc: BaseException) -> list[tuple[BaseException, dict[str, A
     return out
 
 
+#: Most exceptions one event lists from a chain (sentry-sdk sends all): a longer chain
+#: keeps its innermost (the root cause) and outermost ones and leaves out the middle.
+_MAX_CHAIN = 100
+#: Frames one event sends in all for a chain longer than 10 (each keeps at least 6).
+_MAX_CHAIN_FRAMES = 1000
+
+
 def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, the root cause first and ``exc`` last (as sentry-sdk)."""
     chain: list[BaseException] = []
     seen: set[int] = set()
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(chain) < 10:
+    while current is not None and id(current) not in seen:
         seen.add(id(current))
         chain.append(current)
         if current.__cause__ is not None:
@@ -470,6 +478,9 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
             current = current.__context__
         else:
             current = None
+    if len(chain) > _MAX_CHAIN:
+        half = _MAX_CHAIN // 2
+        chain = chain[:half] + chain[len(chain) - (_MAX_CHAIN - half) :]
     chain.reverse()  # Sentry wants the oldest first and the raised exception last
     return chain
 
@@ -528,7 +539,8 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
 
     First long texts and containers in span and transaction data, frame variables, the
     transaction's tags beyond 64 KiB and its measurements with overlong names are clipped
-    or left out; then, for a transaction, the last spans are left out. Returns the new
+    or left out; then the source lines around each frame, then exception messages beyond
+    1 KiB; then, for a transaction, the last spans are left out. Returns the new
     bytes and the number of spans left out (for the client report). ``payload`` is
     edited in place.
     """
@@ -556,6 +568,11 @@ def shrink_event(payload: dict[str, Any], dumps: Callable[[Any], bytes]) -> tupl
         for frame in frames:
             frame.pop("pre_context", None)
             frame.pop("post_context", None)
+        data = dumps(payload)
+    if len(data) > MAX_ITEM_BYTES and isinstance(values, list):  # then long messages
+        for exc in values:
+            if isinstance(exc, dict) and "value" in exc:
+                exc["value"] = _clip(exc["value"], _SHRUNK_TEXT)
         data = dumps(payload)
     dropped = 0
     while len(data) > MAX_ITEM_BYTES and isinstance(spans, list) and spans:
@@ -690,6 +707,8 @@ def error_event(
     limit = _MAX_FRAMES
     if tree is not None:
         limit = max(6, min(_MAX_FRAMES, _MAX_TREE_FRAMES // len(chain)))
+    elif len(chain) > 10:
+        limit = max(6, min(_MAX_FRAMES, _MAX_CHAIN_FRAMES // len(chain)))
     for i, item in enumerate(chain):
         cls = type(item)
         entry: dict[str, Any] = {"type": _type_name(cls), "value": _exception_value(item)}

@@ -978,3 +978,69 @@ def test_a_copied_captured_exception_is_reported_in_another_trace(
     assert [e["exception"]["values"][-1]["value"] for e in sentry_server.events()] == [
         "from a worker"
     ] * 2
+
+
+def _wrapped_chain(n: int, message: str = "wrapper layer", depth: int = 0) -> BaseException:
+    """A chain of ``n`` exceptions: a ValueError wrapped ``n - 1`` times (raise ... from),
+    each wrapper raised ``depth`` calls deep."""
+
+    def wrap(text: str, cause: BaseException, depth: int) -> None:
+        if depth:
+            wrap(text, cause, depth - 1)
+        raise RuntimeError(text) from cause
+
+    try:
+        int("12a")
+    except ValueError as exc:
+        current: BaseException = exc
+    for i in range(1, n):
+        try:
+            wrap(f"{message} {i}", current, depth)
+        except RuntimeError as exc:
+            current = exc
+    return current
+
+
+def test_a_chain_longer_than_ten_keeps_its_root_cause_in_sentry_sdks_order(
+    sentry_server: SentryServer,
+) -> None:
+    """The exception where the bug is (the root cause) comes first, as sentry-sdk sends
+    the chain; the first 10 wrappers used to be all that was sent."""
+    sdk_utils = pytest.importorskip("sentry_sdk.utils")
+    init(sentry_server)
+    exc = _wrapped_chain(12)
+    stm.capture_exception(exc)
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    ours = [(v["type"], v["value"]) for v in event["exception"]["values"]]
+    sdk = sdk_utils.exceptions_from_error_tuple((type(exc), exc, exc.__traceback__))
+    assert ours == [(v["type"], v["value"]) for v in sdk]
+    assert ours[0] == ("ValueError", "invalid literal for int() with base 10: '12a'")
+    assert len(ours) == 12
+
+
+def test_a_very_long_chain_keeps_the_root_cause_and_the_outermost(
+    sentry_server: SentryServer,
+) -> None:
+    init(sentry_server)
+    stm.capture_exception(_wrapped_chain(250))
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    values = event["exception"]["values"]
+    assert len(values) == 100
+    assert values[0]["type"] == "ValueError"  # the root cause
+    assert [v["value"] for v in values[1:50]] == [f"wrapper layer {i}" for i in range(1, 50)]
+    assert [v["value"] for v in values[50:]] == [f"wrapper layer {i}" for i in range(200, 250)]
+
+
+def test_a_long_chain_of_long_messages_is_shrunk_not_dropped(
+    sentry_server: SentryServer,
+) -> None:
+    init(sentry_server)
+    stm.capture_exception(_wrapped_chain(150, "x" * 9000, depth=12))
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    values = event["exception"]["values"]
+    assert len(values) == 100 and values[0]["type"] == "ValueError"
+    assert all(len(v["value"]) <= 1024 for v in values)  # 100 x 8 KiB, and 1000 frames
+    assert sum(len(v["stacktrace"]["frames"]) for v in values) > 900
