@@ -1191,3 +1191,35 @@ def test_a_failing_child_span_end_never_fails_the_view(
     assert _client().get("/orm/").status_code == 200
     response = _client().get("/template/")
     assert response.status_code == 200 and "<meta" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("1", "SystemExit"), ("kbd", "KeyboardInterrupt"), ("0", None), ("none", None)],
+)
+def test_a_wsgi_requests_system_exit_or_ctrl_c_is_an_error(
+    sentry_server: SentryServer, code: str, error: str | None
+) -> None:
+    """As sentry-sdk's WSGI middleware: gunicorn's sync worker raises SystemExit(1) in a
+    request it times out; only a SystemExit with code 0 or None is not an error. The
+    exception reaches the server unchanged; an untraced method (HEAD) reports it too."""
+    init_traced(sentry_server)
+    for method in ("get", "head"):
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            getattr(_client(), method)(f"/exit/?code={code}")
+    assert stm.flush(5)
+    assert sentry_server.wait_for(3 if error else 1, 5)
+    (tx,) = sentry_server.transactions()
+    events = sentry_server.events()
+    if error is None:
+        assert events == []
+        return
+    assert len(events) == 2
+    for event in events:
+        (exc,) = event["exception"]["values"]
+        assert exc["type"] == error
+        assert exc["mechanism"] == {"type": "django", "handled": False}
+    traced = next(e for e in events if e.get("transaction"))
+    assert traced["transaction"] == "/exit/"
+    assert traced["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
+    assert _trace(tx)["status"] == "internal_error"

@@ -1035,3 +1035,51 @@ def test_a_before_send_editing_the_request_edits_only_its_event(
     for event in sentry_server.events():
         assert event["request"]["url"].endswith("/checkout#err")
         assert "X-Custom" not in event["request"]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (SystemExit(1), "SystemExit"),
+        (SystemExit("worker timeout"), "SystemExit"),
+        (KeyboardInterrupt(), "KeyboardInterrupt"),
+        (SystemExit(0), None),
+        (SystemExit(), None),
+    ],
+)
+@pytest.mark.parametrize("where", ["call", "body", "untraced"])
+def test_a_system_exit_or_ctrl_c_in_a_request_is_an_error(
+    sentry_server: SentryServer, exc: BaseException, error: str | None, where: str
+) -> None:
+    """As sentry-sdk's WSGI middleware: gunicorn's sync worker raises SystemExit(1) in a
+    request it times out; only a SystemExit with code 0 or None is not an error. The
+    exception reaches the server unchanged."""
+    init_traced(sentry_server)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if where == "body":
+
+            def body() -> Iterator[bytes]:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                raise exc
+                yield b""
+
+            return body()
+        raise exc
+
+    method = "HEAD" if where == "untraced" else "GET"
+    with pytest.raises(type(exc)) as info:
+        wsgi_body(TracingMiddleware(app)(_environ("/exit", method), lambda s, h, e=None: None))
+    assert info.value is exc
+    assert stm.flush(5)
+    if error is None:
+        assert stm.flush(1) and sentry_server.events() == []
+        return
+    assert sentry_server.wait_for(1 if where == "untraced" else 2, 5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == error
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "wsgi", "handled": False}
+    if where != "untraced":
+        (tx,) = sentry_server.transactions()
+        assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+        assert tx["contexts"]["trace"]["status"] == "internal_error"

@@ -30,6 +30,7 @@ __all__ = [
     "missing_framework",
     "split_options",
     "start_request",
+    "wsgi_error",
 ]
 
 logger = logging.getLogger("sentry_tracing_mw")
@@ -243,7 +244,20 @@ def start_request(
     return tx, ctx
 
 
-def capture_untraced(exc: Exception, mechanism: str) -> None:
+def wsgi_error(exc: BaseException) -> bool:
+    """Whether an exception escaping a WSGI request is an error to report: any but
+    ``GeneratorExit`` and a ``SystemExit`` with code 0 or None, as sentry-sdk's WSGI
+    middleware decides (gunicorn's sync worker raises ``SystemExit(1)`` in a request it
+    times out). ASGI reports ``Exception`` only."""
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        return not (code is None or (type(code) in (int, bool) and code == 0))
+    return not isinstance(exc, GeneratorExit)
+
+
+def capture_untraced(exc: BaseException, mechanism: str) -> None:
     """Report an unhandled exception of a request with no transaction (its method is not
     traced): still an error, linked to the request's trace context (never raises)."""
     try:

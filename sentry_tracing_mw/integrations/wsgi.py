@@ -31,6 +31,7 @@ from ._common import (
     finish_request,
     split_options,
     start_request,
+    wsgi_error,
 )
 
 __all__ = [
@@ -144,7 +145,7 @@ def _fail(
             return
         if tx._end is None:  # (a body's close() may fail after the transaction ended)
             tx._status = "internal_error"
-        if isinstance(exc, Exception):
+        if wsgi_error(exc):
             if tx._request is None and environ is not None:  # unsampled: for the event
                 defer_request_info(tx, environ, client.options.send_default_pii)
             client.capture_exception(exc, span=tx, mechanism="wsgi", handled=False)
@@ -273,8 +274,8 @@ class _UntracedBody:
                 span_token = CURRENT_SPAN.set(None)
                 token = PROPAGATION_CONTEXT.set(ctx)
                 held = True
-        except Exception as exc:
-            if held:  # the app's iterable raised: still an error
+        except BaseException as exc:
+            if held and wsgi_error(exc):  # the app's iterable raised: still an error
                 capture_untraced(exc, "wsgi")
             raise
         finally:
@@ -289,8 +290,9 @@ class _UntracedBody:
         token = PROPAGATION_CONTEXT.set(self._ctx)
         try:
             close()
-        except Exception as exc:
-            capture_untraced(exc, "wsgi")
+        except BaseException as exc:
+            if wsgi_error(exc):
+                capture_untraced(exc, "wsgi")
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -457,8 +459,8 @@ class TracingMiddleware:
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
             result = self.app(environ, start_response)
-        except Exception as exc:
-            if ctx is not None:  # an untraced method, not an ignored path: still an error
+        except BaseException as exc:
+            if ctx is not None and wsgi_error(exc):  # an untraced method, not an ignored path
                 capture_untraced(exc, "wsgi")
             raise
         finally:

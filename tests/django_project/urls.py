@@ -31,6 +31,7 @@ urlpatterns = [
     path("cbv/<int:pk>/", views.UserView.as_view()),
     path("only-get/", views.only_get),
     path("error/", views.error),
+    path("exit/", views.exit_view),
     path("whoami/", views.whoami),
     path("aerror/", views.aerror),
     path("missing/<int:pk>/", views.raise404),

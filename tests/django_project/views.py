@@ -46,6 +46,15 @@ def error(request: HttpRequest) -> HttpResponse:
     raise ValueError("boom from a view")
 
 
+def exit_view(request: HttpRequest) -> HttpResponse:
+    """Raises what a worker timeout or Ctrl-C raises in a request: SystemExit(?code=),
+    or KeyboardInterrupt for ?code=kbd."""
+    code = request.GET.get("code", "1")
+    if code == "kbd":
+        raise KeyboardInterrupt
+    raise SystemExit(None if code == "none" else int(code))
+
+
 def raise404(request: HttpRequest, pk: int) -> HttpResponse:
     raise Http404("no such thing")
 

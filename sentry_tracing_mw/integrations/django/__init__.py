@@ -78,6 +78,7 @@ from .._common import (
     settings_error,
     split_options,
     start_request,
+    wsgi_error,
 )
 from ..wsgi import defer_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
@@ -138,16 +139,24 @@ class _State:
         "request",
         "responded",
         "tx",
+        "wsgi",
     )
 
     def __init__(
-        self, tx: Transaction, client: Client, method: str, owned: bool, mw: TracingMiddleware
+        self,
+        tx: Transaction,
+        client: Client,
+        method: str,
+        owned: bool,
+        mw: TracingMiddleware,
+        wsgi: bool,
     ) -> None:
         self.tx = tx
         self.client = client
         self.method = method
         self.owned = owned
         self.mw = mw
+        self.wsgi = wsgi  # a WSGI request: a SystemExit(1) or KeyboardInterrupt is an error
         self.exc: BaseException | None = None  # the view's, as our process_exception saw it
         self.answered: BaseException | None = None  # one a middleware answered with a 5xx
         self.match: Any = None  # the ResolverMatch the name came from
@@ -179,7 +188,7 @@ class _State:
             tx = self.tx
             if request is None:
                 request = self.request
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) or (self.wsgi and wsgi_error(exc)):
                 if request is not None and tx._source == "url":
                     self.mw._name_for_error(request, self)
                 if request is not None and self.client.options.send_default_pii:
@@ -371,6 +380,14 @@ class TracingMiddleware:
             if state is not None and state.owned:
                 state.fail(exc, request)
                 state.tx.finish()
+            elif (  # an untraced method's (Django turns an Exception into a 500 itself)
+                state is None
+                and not isinstance(exc, Exception)
+                and PROPAGATION_CONTEXT.get() is not None
+                and "scope" not in request.__dict__
+                and wsgi_error(exc)
+            ):
+                capture_untraced(exc, "django")
             raise
         finally:
             if token is not None:
@@ -391,6 +408,14 @@ class TracingMiddleware:
             if state is not None and state.owned:
                 state.fail(exc, request)
                 state.tx.finish()
+            elif (  # an untraced method's (Django turns an Exception into a 500 itself)
+                state is None
+                and not isinstance(exc, Exception)
+                and PROPAGATION_CONTEXT.get() is not None
+                and "scope" not in request.__dict__
+                and wsgi_error(exc)
+            ):
+                capture_untraced(exc, "django")
             raise
         finally:
             if token is not None:
@@ -440,7 +465,9 @@ class TracingMiddleware:
                 # send, and resumes reading inside an app's receive(), copying its context).
                 outer = scope.get(_OUTER_KEY)
             if outer is not None:  # an outer WSGI/ASGI middleware owns the transaction
-                state = _State(outer, get_client(), request.method or "GET", False, self)
+                state = _State(
+                    outer, get_client(), request.method or "GET", False, self, scope is None
+                )
                 request.__dict__[_STATE_ATTR] = state
                 return state, None, None
             ignore = self.config.ignore_paths
@@ -474,7 +501,7 @@ class TracingMiddleware:
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
                 _defer_request(tx, request, client.options.send_default_pii)
-            state = _State(tx, client, method, True, self)
+            state = _State(tx, client, method, True, self, scope is None)
             request.__dict__[_STATE_ATTR] = state
             return state, CURRENT_SPAN.set(tx), None
         except Exception:
