@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ids import new_event_id
 from ._request import client_ip
-from ._serialize import json_int, safe_repr
+from ._serialize import _UNREPRESENTABLE, json_int, safe_repr
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -641,7 +641,8 @@ def _str(value: Any) -> str:
 def _exception_value(exc: BaseException) -> str:
     """The exception's message as ``sentry-sdk`` words it: its ``message`` or ``detail``
     attribute when set (Django's ``ValidationError``, Starlette's ``HTTPException``), else
-    ``str()``; its notes (``add_note``) on lines after it. Never raises; at most 8 KiB."""
+    ``str()`` (``repr()`` when that fails); its notes (``add_note``) on lines after it.
+    Never raises; at most 8 KiB."""
     text = ""
     try:
         given: Any = getattr(exc, "message", "") or getattr(exc, "detail", "")
@@ -652,8 +653,10 @@ def _exception_value(exc: BaseException) -> str:
     if not text or type(text) is not str:
         try:
             text = str(exc)
-        except Exception:
-            text = "<unprintable exception>"
+        except Exception:  # __str__ raised or gave a non-str: its repr, as sentry-sdk
+            text = safe_repr(exc)
+            if text == _UNREPRESENTABLE:
+                text = "<unprintable exception>"
     parts = [text[:_MAX_VALUE]]
     try:
         notes = exc.__dict__.get("__notes__") if hasattr(exc, "__dict__") else None

@@ -1044,3 +1044,30 @@ def test_a_long_chain_of_long_messages_is_shrunk_not_dropped(
     assert len(values) == 100 and values[0]["type"] == "ValueError"
     assert all(len(v["value"]) <= 1024 for v in values)  # 100 x 8 KiB, and 1000 frames
     assert sum(len(v["stacktrace"]["frames"]) for v in values) > 900
+
+
+def test_an_exception_whose_str_fails_is_sent_with_its_repr(sentry_server: SentryServer) -> None:
+    """As sentry-sdk: ``repr()`` when ``str()`` raises or gives a non-str; the fixed text
+    only when ``repr()`` fails too."""
+
+    class BadStr(Exception):
+        def __str__(self) -> str:
+            return str(self.args[1])  # IndexError
+
+    class NonStr(Exception):
+        def __str__(self) -> str:
+            return self.args[0]  # type: ignore[no-any-return]  # an int: TypeError
+
+    class Broken(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    init(sentry_server)
+    for exc in (BadStr("order 42 failed"), NonStr(503), Broken()):
+        assert stm.capture_exception(exc) is not None
+    assert stm.flush(5) and sentry_server.wait_for(3)
+    values = sorted(e["exception"]["values"][-1]["value"] for e in sentry_server.events())
+    assert values == ["<unprintable exception>", "BadStr('order 42 failed')", "NonStr(503)"]
