@@ -291,6 +291,9 @@ def _unbrotli(data: bytes, max_size: int) -> bytes:
     out: list[bytes] = []
     total = 0
     try:
+        # All the input goes in at once; each call hands back at most about a step of
+        # output and keeps the rest pending (can_accept_more_data() may say True while
+        # output is pending: brotli 1.2), so drain with empty input until finished.
         chunk = decoder.process(data, output_buffer_limit=_BROTLI_STEP)
         while True:
             total += len(chunk)
@@ -299,10 +302,10 @@ def _unbrotli(data: bytes, max_size: int) -> bytes:
             out.append(chunk)
             if decoder.is_finished():
                 break
-            if decoder.can_accept_more_data():  # all input used, stream not complete
-                raise EnvelopeError("invalid br body: truncated")
             chunk = decoder.process(b"", output_buffer_limit=_BROTLI_STEP)
-            if not chunk and not decoder.is_finished() and not decoder.can_accept_more_data():
+            if not chunk and not decoder.is_finished():
+                if decoder.can_accept_more_data():  # all input used, stream not complete
+                    raise EnvelopeError("invalid br body: truncated")
                 raise EnvelopeError("invalid br body: no progress")
     except brotli.error as exc:
         raise EnvelopeError(f"invalid br body: {exc}")

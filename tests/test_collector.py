@@ -386,6 +386,23 @@ def test_client_reports_and_rate_limit_backoff_seen_by_the_app(db: str) -> None:
         limited.stop()
 
 
+def test_a_large_brotli_body_is_stored(collector: Collector) -> None:
+    """sentry-sdk compresses with brotli whenever it can import it: a transaction of a
+    few hundred KB (over 64 KiB decoded) was refused with 400 "invalid br body"."""
+    now = time.time()
+    trace_id, root = hexid(200, 32), hexid(200, 16)
+    spans = [
+        child(trace_id, hexid(300 + i, 16), root, "db", f"SELECT {os.urandom(16).hex()}", now, 0.01)
+        for i in range(1500)
+    ]
+    payload = tx_payload(trace_id, root, "big-br", now, 0.1, spans=spans)
+    body = tx_envelope(payload)
+    assert len(body) > 300_000
+    res = post(collector, body, encoding="br")
+    assert res.status_code == 200, res.text
+    assert res.json()["stored"]["spans"] == 1501
+
+
 def test_envelope_forms_and_key_check(collector: Collector) -> None:
     now = time.time()
     for i, (encoding, kwargs) in enumerate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import time
 import zlib
 from typing import Any
@@ -275,6 +276,22 @@ def test_brotli_bounded_and_checked() -> None:
         decode_body(brotli.compress(data)[:-3], "br", 10_000)
     with pytest.raises(EnvelopeError, match="invalid br"):
         decode_body(b"not brotli", "br", 10_000)
+
+
+def test_a_brotli_body_over_64_kib_decodes() -> None:
+    """brotli 1.2 keeps output pending past ``output_buffer_limit``: a body over 64 KiB
+    decoded was refused as truncated. The size limit still holds, truncation is found."""
+    import brotli
+
+    data = json.dumps([os.urandom(12).hex() for _ in range(12_000)]).encode()  # ~350 KB
+    packed = brotli.compress(data)
+    assert decode_body(packed, "br", 1_000_000) == data
+    with pytest.raises(EnvelopeError, match="exceeds"):
+        decode_body(packed, "br", len(data) - 1)
+    with pytest.raises(EnvelopeError, match="invalid br"):
+        decode_body(packed[: len(packed) // 2], "br", 1_000_000)
+    with pytest.raises(EnvelopeError, match="invalid br"):
+        decode_body(packed[:-1], "br", 1_000_000)
 
 
 def test_deflate_zlib_and_raw() -> None:
