@@ -134,7 +134,12 @@ class Client:
             addr = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:
             return False
-        return any(addr in net for net in trust if addr.version == net.version)
+        if any(addr in net for net in trust if addr.version == net.version):
+            return True
+        # A dual-stack server sees IPv4 clients as ``::ffff:10.1.2.3``: matched against
+        # the IPv4 networks too.
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return mapped is not None and any(mapped in net for net in trust if net.version == 4)
 
     def _org_allows(self, incoming: IncomingTrace) -> bool:
         theirs = incoming.dsc.get("org_id") if incoming.dsc else None

@@ -436,6 +436,56 @@ def test_trust_incoming_traces_options() -> None:
     assert not get_client().trusts("127.0.0.1")
 
 
+@pytest.mark.parametrize("peer", ["::ffff:127.0.0.1", "127.0.0.1"])
+def test_trusted_ipv4_networks_match_ipv4_mapped_peers(peer: str) -> None:
+    # A dual-stack server (bound to ::) reports IPv4 clients as ::ffff:a.b.c.d.
+    import asyncio
+
+    from sentry_tracing_mw.integrations.asgi import TracingMiddleware as AsgiMiddleware
+    from sentry_tracing_mw.integrations.wsgi import TracingMiddleware as WsgiMiddleware
+
+    stm.init(
+        traces_sample_rate=1.0, trust_incoming_traces=["127.0.0.0/8"],
+        instrument_http_clients=False,
+    )
+    assert get_client().trusts(peer) and not get_client().trusts("::ffff:10.0.0.1")
+    seen: list[str | None] = []
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        span = stm.get_current_span()
+        seen.append(span.trace_id if span else None)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http", "REMOTE_ADDR": peer, "HTTP_SENTRY_TRACE": f"{TRACE}-{SPAN}-1",
+    }
+    list(WsgiMiddleware(wsgi_app)(environ, lambda *a: None))
+
+    async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        span = stm.get_current_span()
+        seen.append(span.trace_id if span else None)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+        "headers": [(b"sentry-trace", f"{TRACE}-{SPAN}-1".encode())],
+        "client": (peer, 50000), "server": ("x", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(AsgiMiddleware(asgi_app)(scope, receive, send))
+    assert seen == [TRACE, TRACE]
+
+
 def test_decision_for_a_deferred_upstream_adds_the_rate_to_its_dsc() -> None:
     # The upstream traced without performance (no sampled flag, a DSC without rate or
     # decision): the DSC is taken as received, plus the rate this decision used, as
