@@ -25,6 +25,7 @@ from ._context import CURRENT_SPAN, ON_SENDER, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
 from ._fork import chain_uwsgi, in_forked_child
 from ._ids import new_trace_id, pop_trace_id
+from ._log import raised_at, warn_once
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
@@ -125,8 +126,14 @@ class Client:
         if callable(trust):
             try:
                 return bool(trust(request))
-            except Exception:
-                logger.debug("trust_incoming_traces callable raised; not trusting", exc_info=True)
+            except Exception as exc:
+                warn_once(
+                    ("trust_incoming_traces", *raised_at(exc)),
+                    "trust_incoming_traces callable raised %s; the request's trace headers "
+                    "are not continued",
+                    type(exc).__name__,
+                    exc_info=True,
+                )
                 return False
         if not peer:
             return False

@@ -131,6 +131,32 @@ def _callable(name: str, value: Any) -> Any:
     return value
 
 
+def _not_async(name: str, value: Any) -> None:
+    """Refuse an ``async def`` (or an object whose ``__call__`` is one): it is called
+    synchronously, and the coroutine it returns is neither a decision nor an event."""
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(value, "__call__", None)  # noqa: B004  (is it async, not is it callable)
+    ):
+        raise _fail(name, value, "expected a plain function: an async def is called synchronously")
+
+
+def _one_arg_callable(name: str, value: Any, what: str) -> Any:
+    """A callable (or None) that takes one positional argument, ``what``."""
+    function = _callable(name, value)
+    if function is None:
+        return None
+    _not_async(name, function)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read (some builtins): as given
+        return function
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise _fail(name, value, f"expected a callable taking one argument ({what})") from None
+    return function
+
+
 def _event_hook(name: str, value: Any) -> Any:
     """A ``before_send``-style hook, called with the event only.
 
@@ -140,6 +166,7 @@ def _event_hook(name: str, value: Any) -> Any:
     hook = _callable(name, value)
     if hook is None:
         return None
+    _not_async(name, hook)
     try:
         signature = inspect.signature(hook)
     except (TypeError, ValueError):  # no signature to read (some builtins): as given
@@ -315,8 +342,12 @@ _IP_OBJECTS = (
 
 
 def _trust(value: Any) -> bool | tuple[Network, ...] | Callable[[Any], Any]:
-    if isinstance(value, bool) or callable(value):
-        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool):
+        return value
+    if callable(value):
+        return _one_arg_callable(  # type: ignore[no-any-return]
+            "trust_incoming_traces", value, "the WSGI environ or ASGI scope"
+        )
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, Iterable):
@@ -460,7 +491,9 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
     return Options(
         dsn=dsn,
         traces_sample_rate=rate,
-        traces_sampler=_callable("traces_sampler", kwargs.get("traces_sampler")),
+        traces_sampler=_one_arg_callable(
+            "traces_sampler", kwargs.get("traces_sampler"), "the sampling context"
+        ),
         trace_propagation_targets=patterns,
         propagate_to_all=propagate_to_all,
         # An explicit argument is validated as given (an empty one is an error); an

@@ -19,6 +19,7 @@ from typing import Any
 
 from ._fork import renew_in_child
 from ._ids import trace_sample_rand
+from ._log import raised_at, warn_once
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
 __all__ = ["SamplingContext", "TokenBucket", "as_rate", "continued_sampling", "decide"]
@@ -80,12 +81,24 @@ def decide(
     if sampler is not None:
         try:
             raw = sampler(context() if callable(context) else context)
-        except Exception:
-            logger.debug("traces_sampler raised; transaction not sampled", exc_info=True)
+        except Exception as exc:
+            warn_once(
+                ("traces_sampler", _name(sampler), *raised_at(exc)),
+                "traces_sampler %s raised %s; the transaction is not sampled",
+                _name(sampler),
+                type(exc).__name__,
+                exc_info=True,
+            )
             return False, 0.0
         rate = as_rate(raw)
         if rate is None:
-            logger.debug("traces_sampler returned %r, not a rate in [0, 1]; not sampled", raw)
+            warn_once(
+                ("traces_sampler", _name(sampler), "returned", type(raw).__qualname__),
+                "traces_sampler %s returned %s, not a rate in [0, 1] or a bool; "
+                "the transaction is not sampled",
+                _name(sampler),
+                _shown(raw),
+            )
             return False, 0.0
         return sample_rand < rate, rate
     if parent_sampled is not None:
@@ -93,6 +106,21 @@ def decide(
     if sample_rate is not None:
         return sample_rand < sample_rate, sample_rate
     return None, None
+
+
+def _name(function: Any) -> str:
+    """A callable's name for messages (its qualified name, else its type's)."""
+    name = getattr(function, "__qualname__", None)
+    return name if isinstance(name, str) else type(function).__qualname__
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, short, never raising."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def continued_sampling(

@@ -268,3 +268,66 @@ def test_flush_and_close_take_any_number_of_seconds(timeout: Any) -> None:
 def test_an_int_too_long_to_print_is_a_configuration_error(option: str) -> None:
     with pytest.raises(stm.ConfigurationError, match=f"invalid option {option}="):
         stm.init(**{option: 10**5000})
+
+
+async def _async_hook(arg: Any) -> Any:
+    return arg
+
+
+class _AsyncCall:
+    async def __call__(self, arg: Any) -> Any:
+        return arg
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("traces_sampler", lambda: 1.0),
+        ("traces_sampler", lambda ctx, hint: 1.0),
+        ("traces_sampler", _async_hook),
+        ("traces_sampler", _AsyncCall()),
+        ("trust_incoming_traces", lambda: True),
+        ("trust_incoming_traces", _async_hook),  # a coroutine is truthy: would trust all
+        ("before_send", _async_hook),
+        ("before_send_transaction", _async_hook),
+    ],
+)
+def test_callables_that_would_fail_every_call_are_refused_at_init(option: str, value: Any) -> None:
+    with pytest.raises(stm.ConfigurationError, match=f"invalid option {option}="):
+        stm.init(**{option: value})
+
+
+def test_callables_taking_one_argument_are_accepted() -> None:
+    class Sampler:
+        def __call__(self, ctx: Any) -> float:
+            return 1.0
+
+    def with_default(ctx: Any, hint: Any = None) -> float:
+        return 1.0
+
+    for sampler in (Sampler(), with_default, lambda *args: 1.0):
+        build_options(environ={}, traces_sampler=sampler, trust_incoming_traces=sampler)
+
+
+def test_a_failing_sampler_is_warned_about_once_per_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def raising(ctx: Any) -> float:
+        return 1.0 if ctx["wsgi_environ"] else 0.0  # KeyError outside a web request
+
+    def forgetful(ctx: Any) -> Any:
+        if ctx["transaction_context"]["name"] == "health":
+            return 0.0
+        return None  # forgot the rate
+
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        for sampler in (raising, forgetful):
+            stm.init(traces_sampler=sampler, instrument_http_clients=False)
+            for _ in range(3):
+                with stm.start_transaction("checkout") as tx:
+                    pass
+                assert tx.sampled is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "raising raised KeyError" in warnings[0]
+    assert "forgetful returned None" in warnings[1]
