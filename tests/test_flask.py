@@ -563,6 +563,24 @@ def test_init_options_ignored_with_a_warning_after_init(
     assert "release" not in tx
 
 
+def test_unknown_sentry_config_keys_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app()
+    app.config.update(
+        SENTRY_TRACES_SAMPLE_RATES=1.0,  # typo: extra S
+        SENTRY_TRACE_SAMPLE_RATE=1.0,  # typo: missing S
+        SENTRY_DSN="",  # known: not warned about
+        SENTRY_IGNORE_PATHS=["/health"],
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        FlaskTracing(app)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "SENTRY_TRACES_SAMPLE_RATES (did you mean SENTRY_TRACES_SAMPLE_RATE?)" in message
+    assert "SENTRY_TRACE_SAMPLE_RATE (did you mean SENTRY_TRACES_SAMPLE_RATE?)" in message
+    assert "SENTRY_DSN" not in message and "IGNORE_PATHS" not in message
+    assert "INSTRUMENT" not in message
+
+
 def test_invalid_option_fails_at_construction() -> None:
     with pytest.raises(stm.ConfigurationError, match="transaction_style"):
         FlaskTracing(transaction_style="path")

@@ -8,7 +8,8 @@ after its URL rule as soon as routing has happened, before the view runs:
 
 Options come from keyword arguments, then ``app.config["SENTRY_*"]`` (any ``init()``
 option as ``SENTRY_<OPTION_UPPER>``, plus ``SENTRY_TRANSACTION_STYLE``,
-``SENTRY_IGNORE_PATHS`` and ``SENTRY_HTTP_METHODS_TO_CAPTURE``).
+``SENTRY_IGNORE_PATHS`` and ``SENTRY_HTTP_METHODS_TO_CAPTURE``); other ``SENTRY_*`` keys are
+warned about (a typo is never ignored silently).
 
 Connexion 3 serves the Flask app behind its own ASGI middleware, which answers some
 requests itself (validation 400s, 405s, its Swagger UI): wrap the Connexion app in the
@@ -24,6 +25,7 @@ and ``{{ sentry_trace_meta() }}``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 from collections.abc import Callable
 from types import FunctionType
@@ -77,6 +79,26 @@ _REPORTING_ATTR = "_stm_reports"  # on a wrapped call_on_close function: the app
 _CONFIG_KEYS = tuple(
     (f"SENTRY_{name.upper()}", name) for name in sorted(_OPTION_NAMES | _MIDDLEWARE_OPTIONS)
 )
+
+
+_KNOWN_KEYS = frozenset(key for key, _ in _CONFIG_KEYS)
+
+
+def _warn_unknown_keys(config: Any) -> None:
+    """Warn about ``SENTRY_*`` keys of ``app.config`` that are no option (a typo would
+    otherwise be ignored silently), as the Django integration does for its settings."""
+    unknown = sorted(
+        key
+        for key in config
+        if isinstance(key, str) and key.startswith("SENTRY_") and key not in _KNOWN_KEYS
+    )
+    if not unknown:
+        return
+    shown = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+        shown.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    logger.warning("FlaskTracing: ignoring unknown app.config keys %s", ", ".join(shown))
 
 
 def _prefix(environ: dict[str, Any]) -> str:
@@ -424,6 +446,7 @@ class FlaskTracing:
     def options_for(self, app: Flask) -> dict[str, Any]:
         """The effective options for ``app``: its ``SENTRY_*`` config, then the kwargs."""
         config = app.config
+        _warn_unknown_keys(config)
         merged = {name: config[key] for key, name in _CONFIG_KEYS if key in config}
         merged.update(self.options)
         return merged
