@@ -561,14 +561,37 @@ def is_initialized() -> bool:
     return _initialized
 
 
+#: What ``debug=True`` changed on the package logger (the handler it added, if any, and
+#: the level before), undone by a client without ``debug`` and by ``close()``.
+_debug_logging: tuple[logging.Handler | None, int] | None = None
+
+
 def _configure_logging(debug: bool) -> None:
+    global _debug_logging
     if not debug:
+        _undo_debug_logging()
         return
+    if _debug_logging is None:
+        _debug_logging = (None, logger.level)
     logger.setLevel(logging.DEBUG)
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[sentry_tracing_mw] %(levelname)s %(message)s"))
         logger.addHandler(handler)
+        _debug_logging = (handler, _debug_logging[1])
+
+
+def _undo_debug_logging() -> None:
+    """Remove what ``debug=True`` set up; a level the app set since then is left alone."""
+    global _debug_logging
+    if _debug_logging is None:
+        return
+    handler, level = _debug_logging
+    _debug_logging = None
+    if handler is not None:
+        logger.removeHandler(handler)
+    if logger.level == logging.DEBUG:
+        logger.setLevel(level)
 
 
 def init(dsn: Any = None, **options: Any) -> Client:
@@ -624,6 +647,7 @@ def close(timeout: float | None = None) -> None:
         _initialized = False
     if client is not None:
         client.close(timeout)
+    _undo_debug_logging()
 
 
 def _instrument_clients(on: bool) -> bool:

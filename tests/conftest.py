@@ -24,6 +24,7 @@ def reset_client() -> None:
     client_module._instrumented_by_init = False  # each test decides its own patching
     if client is not None:
         client.close(timeout=0.5)
+    client_module._undo_debug_logging()  # what a test's debug=True set up
 
 
 @pytest.fixture(autouse=True)

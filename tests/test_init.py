@@ -83,6 +83,36 @@ def test_debug_option_logs_to_the_package_logger(caplog: pytest.LogCaptureFixtur
         logger.setLevel(level)
 
 
+@pytest.mark.parametrize("undo", ["init(debug=False)", "close()"])
+def test_debug_logging_is_undone_by_a_client_without_debug_and_by_close(undo: str) -> None:
+    logger = logging.getLogger("sentry_tracing_mw")
+    assert logger.level == logging.NOTSET and not logger.handlers
+    stm.init(debug=True, instrument_http_clients=False)
+    assert logger.level == logging.DEBUG and len(logger.handlers) == 1
+    stm.init(debug=True, instrument_http_clients=False)  # a second one changes nothing more
+    assert len(logger.handlers) == 1
+    if undo == "close()":
+        stm.close()
+    else:
+        stm.init(debug=False, instrument_http_clients=False)
+    assert logger.level == logging.NOTSET and not logger.handlers
+
+
+def test_debug_off_leaves_the_apps_own_logging_alone() -> None:
+    logger = logging.getLogger("sentry_tracing_mw")
+    handler = logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        stm.init(debug=True, instrument_http_clients=False)  # the app's handler: none added
+        assert logger.handlers == [handler]
+        logger.setLevel(logging.INFO)  # the app's choice since
+        stm.close()
+        assert logger.handlers == [handler] and logger.level == logging.INFO
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
 @pytest.mark.usefixtures("restore_instrumentation")
 def test_dsn_may_be_given_positionally(sentry_server: SentryServer) -> None:
     client = stm.init(sentry_server.dsn, traces_sample_rate=1.0)  # sentry_sdk.init("...")
