@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -32,10 +33,11 @@ from ._client_reports import FLUSH_INTERVAL, ClientReports
 from ._context import ON_SENDER, SUPPRESS_INSTRUMENTATION
 from ._dsn import USER_AGENT, Dsn
 from ._envelope import gzip_compress, serialize_envelope, serialize_item
+from ._errors import ConfigurationError
 from ._event import MAX_ITEM_BYTES, shrink_event
 from ._fork import renew_in_child, uwsgi_module
 from ._http import HTTPConnection, StaleConnectionError
-from ._options import explicit_proxy, redacted_url
+from ._options import _proxy, explicit_proxy, redacted_url
 from ._ratelimits import RateLimits, header_get
 from ._serialize import dumps
 
@@ -153,15 +155,36 @@ def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> 
         return _with_scheme(explicit) or None
     try:
         proxies = getproxies()
-        proxy = proxies.get(dsn.scheme)
-        if not proxy and dsn.scheme == "https":
-            proxy = proxies.get("http")
+        scheme = dsn.scheme
+        proxy = proxies.get(scheme)
+        if not proxy and scheme == "https":
+            scheme, proxy = "http", proxies.get("http")
         if proxy and _bypassed(dsn):
             return None
-        return _with_scheme(proxy) or None
     except Exception:  # pragma: no cover - broken platform proxy configuration
         logger.debug("could not read proxy settings", exc_info=True)
         return None
+    if proxy:
+        _check_environment_proxy(scheme, proxy)
+    return _with_scheme(proxy) or None
+
+
+def _check_environment_proxy(scheme: str, proxy: str) -> None:
+    """Warn (once, at init) about a malformed ``*_PROXY`` that applies to the DSN: every
+    send through it would fail. Still used: going around a proxy the network may require
+    is not for us to decide. Credentials are never shown."""
+    name = next(
+        (n for n in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY") if os.environ.get(n) == proxy),
+        f"{scheme}_proxy",  # the platform's proxy settings (macOS, Windows), not a variable
+    )
+    try:
+        _proxy(name, proxy)
+    except ConfigurationError as exc:
+        logger.warning(
+            "environment proxy %s; sending to Sentry through it will fail: fix or unset it, "
+            "or pass http_proxy / https_proxy to init() ('' for no proxy)",
+            str(exc).removeprefix("invalid option "),
+        )
 
 
 def _with_scheme(proxy: str | None) -> str | None:

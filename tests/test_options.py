@@ -209,8 +209,8 @@ def test_bad_environment_or_release_variable_is_named(
 def test_socks_proxy_from_the_environment_is_logged_without_its_password(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The environment's proxy is not checked at init (it may never be used): without
-    # PySocks the transport sends directly and says so, without the credentials.
+    # The environment's proxy is not refused at init (a variable shared with other tools):
+    # without PySocks the transport sends directly and says so, without the credentials.
     import importlib.util
 
     if importlib.util.find_spec("socks") is not None:
@@ -223,6 +223,39 @@ def test_socks_proxy_from_the_environment_is_logged_without_its_password(
         stm.flush(5)  # the first send makes the connection pool
     assert "socks5://[redacted]@127.0.0.1:1" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HTTP_PROXY", "http://alice:hunter2@proxy:notaport"),
+        ("HTTPS_PROXY", "ftp://alice:hunter2@proxy:21"),
+        ("https_proxy", "alice:hunter2@proxy example:3128"),
+    ],
+)
+def test_a_malformed_environment_proxy_for_the_dsn_is_warned_about_at_init(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, variable: str, value: str
+) -> None:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    dsn = ("https" if "s_" in variable.lower() else "http") + "://k@sentry.example/1"
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        stm.init(dsn=dsn, instrument_http_clients=False)  # a shared variable: not an error
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"environment proxy {variable}=") and "[redacted]@" in message
+    assert "hunter2" not in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        monkeypatch.setenv("NO_PROXY", "sentry.example")  # not used for the DSN: not checked
+        stm.init(dsn=dsn, instrument_http_clients=False)
+        monkeypatch.delenv("NO_PROXY")
+        stm.init(instrument_http_clients=False)  # no DSN: nothing is sent
+        stm.init(dsn=dsn, http_proxy="", https_proxy="", instrument_http_clients=False)
+    assert not caplog.records
 
 
 def test_socks_proxy_needs_pysocks_at_init() -> None:
