@@ -114,6 +114,8 @@ class Client:
         self._closed = False
         #: A shutdown flush (lifespan) used up shutdown_timeout: close() does not wait again.
         self._shutdown_spent = False
+        #: The middleware that made this client by calling ``init()``, and its options.
+        self._made_by: tuple[str, dict[str, Any]] | None = None
 
     # -- incoming traces --------------------------------------------------------
     def trusts(self, peer: str | None, request: Any = None) -> bool:
@@ -607,6 +609,8 @@ def init(dsn: Any = None, **options: Any) -> Client:
     with _lock:
         old, _client = _client, client
         _initialized = True
+    if old is not None and old._made_by is not None:
+        _warn_replaced(*old._made_by, options)
     if old is not None:
         try:
             old.close()
@@ -633,6 +637,26 @@ def init(dsn: Any = None, **options: Any) -> Client:
         opts.traces_sample_rate,
     )
     return client
+
+
+def _warn_replaced(where: str, made_with: dict[str, Any], options: dict[str, Any]) -> None:
+    """Warn that ``init()`` replaces the client a middleware made: the middleware's options
+    that this ``init()`` does not give again no longer apply (never silently)."""
+    replaced = []
+    for name, value in made_with.items():
+        try:
+            same = name in options and (options[name] is value or options[name] == value)
+        except Exception:  # values that refuse comparison
+            same = False
+        if not same:
+            replaced.append(name)
+    if replaced:
+        logger.warning(
+            "init() replaces the client %s made with options %s; they no longer apply "
+            "(give them to init() to keep them)",
+            where,
+            ", ".join(sorted(replaced)),
+        )
 
 
 def close(timeout: float | None = None) -> None:

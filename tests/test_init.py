@@ -198,3 +198,27 @@ def test_a_transaction_finished_after_close_is_not_sent_and_does_not_fail(
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     assert stm.flush(5)
     assert sentry_server.transactions() == []
+
+
+def test_init_replacing_a_client_a_middleware_made_names_the_options_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sentry_tracing_mw.integrations.wsgi import TracingMiddleware
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        return [b""]
+
+    TracingMiddleware(
+        app, traces_sample_rate=1.0, release="mw@1", instrument_http_clients=False
+    )
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        stm.init(release="mw@1", instrument_http_clients=False)  # the same release: kept
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "TracingMiddleware" in message and "options traces_sample_rate;" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        stm.init(instrument_http_clients=False)  # replacing init()'s own client: no warning
+        stm.close()
+        TracingMiddleware(app)  # no options of its own: nothing is dropped
+        stm.init(instrument_http_clients=False)
+    assert not caplog.records

@@ -172,7 +172,10 @@ def ensure_client(init_options: Mapping[str, Any], where: str) -> None:
                     ", ".join(sorted(init_options)),
                 )
             return
-        _auto_init = (init(**init_options), dict(init_options))
+        client = init(**init_options)
+        if init_options:  # an explicit init() replacing it warns they no longer apply
+            client._made_by = (where, dict(init_options))
+        _auto_init = (client, dict(init_options))
 
 
 def _same_options(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
