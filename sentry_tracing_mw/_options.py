@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._dsn import Dsn
+from ._dsn import Dsn, _redacted
 from ._errors import ConfigurationError
 from ._sampling import as_rate
 
@@ -417,6 +417,19 @@ def _env_rate(environ: Mapping[str, str]) -> float | None:
     return _rate("SENTRY_TRACES_SAMPLE_RATE", value, allow_none=False)
 
 
+def _env_dsn(raw: str | None) -> Dsn | None:
+    """``SENTRY_DSN``: unset when empty or blank; an error names the variable (and never
+    shows a secret key)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return Dsn.parse(raw)
+    except ConfigurationError as exc:
+        shown = _redacted(raw)
+        why = str(exc).removeprefix(f"dsn {shown!r}: ")
+        raise _fail("SENTRY_DSN", shown, why) from None
+
+
 def _env_bool(raw: str | None) -> bool:
     return raw is not None and raw.strip().lower() in {"1", "true", "yes", "on", "t", "y"}
 
@@ -431,10 +444,13 @@ def build_options(environ: Mapping[str, str] | None = None, **kwargs: Any) -> Op
 
     raw_dsn = kwargs.get("dsn")
     if raw_dsn is None:
-        raw_dsn = env.get("SENTRY_DSN") or None
-    if raw_dsn is not None and not isinstance(raw_dsn, str | Dsn):
+        dsn = _env_dsn(env.get("SENTRY_DSN"))
+    elif isinstance(raw_dsn, Dsn):
+        dsn = raw_dsn
+    elif isinstance(raw_dsn, str):
+        dsn = Dsn.parse(raw_dsn) if raw_dsn else None
+    else:
         raise _fail("dsn", raw_dsn, "expected a DSN string")
-    dsn = raw_dsn if isinstance(raw_dsn, Dsn) else (Dsn.parse(raw_dsn) if raw_dsn else None)
 
     rate = kwargs.get("traces_sample_rate")
     rate = _env_rate(env) if rate is None else _rate("traces_sample_rate", rate, allow_none=True)

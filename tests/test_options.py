@@ -189,6 +189,27 @@ def test_valid_proxy_urls_are_accepted(proxy: str) -> None:
     assert opts.http_proxy == proxy
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("https://public@sentry.example.com/my-project", "project id 'my-project' is not numeric"),
+        ("https://public:s3cret@sentry.example.com", "no project id in the path"),
+        ("ftp://public@sentry.example.com/1", "unsupported scheme 'ftp'"),
+    ],
+)
+def test_a_bad_sentry_dsn_variable_is_named_without_its_secret(value: str, why: str) -> None:
+    with pytest.raises(stm.ConfigurationError) as info:
+        build_options(environ={"SENTRY_DSN": value})
+    message = str(info.value)
+    assert message.startswith("invalid option SENTRY_DSN='") and why in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_a_blank_sentry_dsn_variable_is_unset(value: str) -> None:
+    assert build_options(environ={"SENTRY_DSN": value}).dsn is None
+
+
 def test_proxy_credentials_are_not_shown_in_the_error() -> None:
     with pytest.raises(stm.ConfigurationError, match="http_proxy") as info:
         stm.init(http_proxy="http://user:hunter2@:0")
