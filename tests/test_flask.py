@@ -369,6 +369,26 @@ def test_http_methods_to_capture_from_an_environment_string(sentry_server: Sentr
     assert tx["transaction"] == "/users/<int:user_id>"
 
 
+def test_ignore_paths_from_a_prefixed_environment_string(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FLASK_SENTRY_IGNORE_PATHS=/users/*,/metrics`` is one string in app.config: a list."""
+    monkeypatch.setenv("FLASK_SENTRY_IGNORE_PATHS", "/users/*,/metrics")
+    app = create_app()
+    app.config.from_prefixed_env()
+    app.config.update(
+        SENTRY_DSN=sentry_server.dsn,
+        SENTRY_TRACES_SAMPLE_RATE=1.0,
+        SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+    )
+    FlaskTracing(app)
+    client = app.test_client()
+    assert client.get("/users/1").status_code == 200  # ignored
+    assert client.get("/").status_code in (200, 404)
+    (tx,) = sent(sentry_server, 1)
+    assert not tx["transaction"].startswith("/users")
+
+
 def test_a_4xx_flask_answers_with_a_500_is_an_error(sentry_server: SentryServer) -> None:
     """``abort(4xx)`` where Flask cannot answer it (in an error handler, in an after_request
     function) ends in Flask's 500: an error, as every exception Flask turns into a 500;

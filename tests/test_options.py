@@ -385,3 +385,25 @@ def test_a_failing_sampler_is_warned_about_once_per_cause(
     assert len(warnings) == 2, warnings
     assert "raising raised KeyError" in warnings[0]
     assert "forgetful returned None" in warnings[1]
+
+
+def test_an_ignore_paths_string_is_split_on_commas_and_whitespace() -> None:
+    # app.config.from_prefixed_env() / an environment variable give one string
+    from sentry_tracing_mw.integrations._common import MiddlewareConfig
+
+    pattern = MiddlewareConfig(ignore_paths="/health,/metrics /static/*").ignore_paths
+    assert pattern is not None
+    assert all(pattern.fullmatch(p) for p in ("/health", "/metrics", "/static/app.js"))
+    assert not pattern.fullmatch("/health,/metrics")
+
+
+def test_an_ignore_paths_glob_that_can_never_match_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sentry_tracing_mw.integrations._common import MiddlewareConfig
+
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        MiddlewareConfig(ignore_paths=["/ok", "*.ico", "?ok", "[/]ok", "healthz-probe"])
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "'healthz-probe' never matches" in message and "'/healthz-probe'" in message
+

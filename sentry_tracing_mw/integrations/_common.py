@@ -15,6 +15,7 @@ from typing import Any
 from .._client import Client, get_client, init, is_initialized
 from .._context import CURRENT_SPAN
 from .._errors import ConfigurationError
+from .._log import warn_once
 from .._propagation import Getter, extract
 from .._request import compile_ignore_paths, origin_form
 from .._tracing import PropagationContext, Transaction
@@ -82,13 +83,24 @@ class MiddlewareConfig:
         self.transaction_style = style
         if ignore_paths is None:  # same as the default: no path is ignored
             ignore_paths = ()
-        elif isinstance(ignore_paths, str):
-            ignore_paths = (ignore_paths,)
+        elif isinstance(ignore_paths, str):  # "/health", or "/health,/metrics" from env
+            ignore_paths = ignore_paths.replace(",", " ").split()
         elif not _iterable(ignore_paths):
             raise ConfigurationError(
                 f"invalid option ignore_paths={ignore_paths!r}: expected a list of globs"
             )
+        else:
+            ignore_paths = list(ignore_paths)
         self.ignore_paths = compile_ignore_paths(ignore_paths)
+        for glob in ignore_paths:
+            if glob[:1] not in _GLOB_STARTS:  # (once: FlaskTracing validates its kwargs too)
+                warn_once(
+                    ("ignore_paths", glob),
+                    "ignore_paths glob %r never matches: request paths start with '/' "
+                    "(did you mean %r?)",
+                    glob,
+                    "/" + glob,
+                )
         if http_methods_to_capture is None:
             self.methods = DEFAULT_METHODS
         else:
@@ -108,6 +120,10 @@ class MiddlewareConfig:
                     )
                 methods.append(method.strip().upper())
             self.methods = frozenset(methods)
+
+
+#: What a glob that can match a path (it starts with "/") may start with.
+_GLOB_STARTS = frozenset("/*?[")
 
 
 _OPTION_IN_MESSAGE = re.compile(r"invalid option ([a-z_]+)=|(dsn)[ :]")
