@@ -189,6 +189,16 @@ def _with_hint(hook: Callable[[Any, Any], Any], event: Any) -> Any:
 def _opt_str(name: str, value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # From JSON (Flask's from_prefixed_env(), a config file): not coerced, as the
+        # number may already have lost characters (1.10 -> 1.1, 1.0 -> 1).
+        raise _fail(
+            name,
+            value,
+            "expected a string, not a number: quote it where it is decoded as JSON, e.g. "
+            f"FLASK_SENTRY_{name.upper()}='\"...\"' for app.config.from_prefixed_env() "
+            "(as a number it may have lost characters: 1.10 is read as 1.1)",
+        )
     if not isinstance(value, str):
         raise _fail(name, value, "expected a string")
     return value

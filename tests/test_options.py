@@ -407,3 +407,8 @@ def test_an_ignore_paths_glob_that_can_never_match_is_warned_about(
     (message,) = [r.getMessage() for r in caplog.records]
     assert "'healthz-probe' never matches" in message and "'/healthz-probe'" in message
 
+
+@pytest.mark.parametrize("value", [1.1, 20240501])
+def test_a_release_given_as_a_number_says_to_quote_it(value: Any) -> None:
+    with pytest.raises(stm.ConfigurationError, match=rf"release={value}: .*not a number: quote"):
+        stm.init(release=value)
