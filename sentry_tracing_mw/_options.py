@@ -275,8 +275,8 @@ def _ca_certs(value: Any) -> str | None:
 def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
     if isinstance(value, str | re.Pattern):
         value = (value,)
-    if not isinstance(value, Iterable):
-        raise _fail(name, value, "expected a list of regular expressions")
+    if not isinstance(value, Iterable) or isinstance(value, bytes | bytearray):
+        raise _fail(name, value, "expected a list of regular expressions (str)")
     out: list[re.Pattern[str]] = []
     for item in value:
         if isinstance(item, re.Pattern):
@@ -297,8 +297,8 @@ def _ignore_names(name: str, value: Any) -> tuple[str | re.Pattern[str], ...]:
     """Exact names (str) or patterns; a str that is also a valid regex matches both ways."""
     if isinstance(value, str | re.Pattern):
         value = (value,)
-    if not isinstance(value, Iterable):
-        raise _fail(name, value, "expected a list of names or regular expressions")
+    if not isinstance(value, Iterable) or isinstance(value, bytes | bytearray):
+        raise _fail(name, value, "expected a list of names or regular expressions (str)")
     out: list[str | re.Pattern[str]] = []
     for item in value:
         if not isinstance(item, str | re.Pattern):

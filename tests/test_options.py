@@ -412,3 +412,13 @@ def test_an_ignore_paths_glob_that_can_never_match_is_warned_about(
 def test_a_release_given_as_a_number_says_to_quote_it(value: Any) -> None:
     with pytest.raises(stm.ConfigurationError, match=rf"release={value}: .*not a number: quote"):
         stm.init(release=value)
+
+
+@pytest.mark.parametrize("option", ["trace_propagation_targets", "ignore_transactions"])
+@pytest.mark.parametrize("value", [b"api", bytearray(b"api")])
+def test_bytes_for_a_list_of_patterns_are_refused_naming_the_whole_value(
+    option: str, value: Any
+) -> None:
+    with pytest.raises(stm.ConfigurationError) as info:
+        stm.init(**{option: value})
+    assert f"{option}={value!r}:" in str(info.value)
