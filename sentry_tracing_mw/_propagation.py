@@ -20,6 +20,7 @@ __all__ = [
     "DICT_GETTER",
     "MAX_BAGGAGE_BYTES",
     "MAX_BAGGAGE_MEMBERS",
+    "MAX_BAGGAGE_MEMBER_BYTES",
     "SENTRY_TRACE_HEADER",
     "TRACEPARENT_HEADER",
     "TRACESTATE_HEADER",
@@ -67,6 +68,10 @@ TRACESTATE_HEADER = "tracestate"
 #: Outgoing baggage limits (bytes of UTF-8, list members).
 MAX_BAGGAGE_BYTES = 8192
 MAX_BAGGAGE_MEMBERS = 64
+#: The older W3C drafts' per-member maximum, which OpenTelemetry's parsers still apply
+#: (they drop a longer member): no forwarded or Sentry member is emitted over it (the
+#: app's own members go as the app set them).
+MAX_BAGGAGE_MEMBER_BYTES = 4096
 
 _MAX_INCOMING_BAGGAGE_CHARS = 65536
 _MAX_INCOMING_BAGGAGE_MEMBERS = 180
@@ -459,6 +464,12 @@ def sentry_part(sentry: Mapping[str, str]) -> tuple[str, int]:
         f"sentry-{k}={v if v.isalnum() and v.isascii() else _quote(v)}" for k, v in sentry.items()
     ]
     text = ",".join(members)
+    if len(text) > MAX_BAGGAGE_MEMBER_BYTES:  # (shorter: no member can be too long)
+        long = [m for m in members if _utf8_len(m) > MAX_BAGGAGE_MEMBER_BYTES]
+        if long:
+            _logger.debug("outgoing baggage: %d Sentry members over 4096 bytes left out", len(long))
+            members = [m for m in members if _utf8_len(m) <= MAX_BAGGAGE_MEMBER_BYTES]
+            text = ",".join(members)
     if len(members) <= MAX_BAGGAGE_MEMBERS and _utf8_len(text) <= MAX_BAGGAGE_BYTES:
         return text, len(members)
     rank = _SENTRY_KEY_PRIORITY.get
@@ -506,6 +517,14 @@ def _own_members(own: str) -> tuple[tuple[str, str], ...]:
     return members
 
 
+def _fits_member(member: str) -> bool:
+    """A member within MAX_BAGGAGE_MEMBER_BYTES (called for long ones only)."""
+    if _utf8_len(member) <= MAX_BAGGAGE_MEMBER_BYTES:
+        return True
+    _logger.debug("outgoing baggage: a member over 4096 bytes left out (%.40s...)", member)
+    return False
+
+
 def merge_baggage(
     ours: str, count: int, own: str | None = None, forwarded: Sequence[str] = ()
 ) -> str:
@@ -516,7 +535,7 @@ def merge_baggage(
     extra: list[str] = []
     seen: set[str] = set()
     if own:
-        for key, member in _own_members(own):
+        for key, member in _own_members(own):  # the app's: sent as it set them
             seen.add(key)
             extra.append(member)
     for member in forwarded:
@@ -526,7 +545,8 @@ def merge_baggage(
         key = _member_key(member)
         if key and key != member and not key.startswith(_SENTRY_PREFIX) and key not in seen:
             seen.add(key)
-            extra.append(member)
+            if len(member) <= MAX_BAGGAGE_MEMBER_BYTES or _fits_member(member):
+                extra.append(member)
     if not extra:
         return ours
     used = _utf8_len(ours) if count else -1  # -1: no leading comma when there is no DSC

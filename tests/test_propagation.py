@@ -559,8 +559,8 @@ class TestFormatBaggage:
         assert members[:55] == own.split(",")[:55]
 
     def test_sentry_members_never_make_way_for_others(self) -> None:
-        dsc = {"trace_id": "a" * 32, "transaction": "t" * 8000}
-        header = format_baggage(dsc, own="a=1," + "b" * 300 + "=1", forwarded=["c=2"])
+        dsc = {"trace_id": "a" * 32, "transaction": "t" * 4000}
+        header = format_baggage(dsc, own="a=1," + "b" * 4200 + "=1", forwarded=["c=2"])
         assert header.endswith(format_baggage(dsc))
         assert header.startswith("a=1,c=2,sentry-")  # the big own member alone is dropped
         assert len(header) <= MAX_BAGGAGE_BYTES
@@ -1039,3 +1039,20 @@ def test_linear_time_on_huge_headers(name: str) -> None:
 
 def test_huge_valid_looking_traceparent_higher_version() -> None:
     assert parse_traceparent(ADVERSARIAL["traceparent_like"]) == TraceParent(TID, SID, True, False)
+
+
+def test_no_forwarded_or_sentry_member_over_4096_bytes() -> None:
+    """OpenTelemetry's parsers drop a baggage member over the older drafts' 4096 bytes: a
+    forwarded third-party member or an upstream Sentry value that long is left out (the
+    rest of the header goes), the app's own members go as set."""
+    from sentry_tracing_mw._propagation import format_baggage
+
+    big = "x" * 5000
+    header = format_baggage(
+        {"trace_id": "a" * 32, "release": big, "environment": "prod"},
+        own=f"mine={big[:4200]}",
+        forwarded=[f"theirs={big}", "small=1"],
+    )
+    members = [m.split("=", 1)[0] for m in header.split(",")]
+    assert members == ["mine", "small", "sentry-trace_id", "sentry-environment"]
+    assert len(header.encode()) <= MAX_BAGGAGE_BYTES
