@@ -366,28 +366,39 @@ def _bound_generator(fn: Callable[..., Any], ctx: Context) -> Callable[..., Any]
 
 
 def _bound_async_generator(fn: Callable[..., Any], values: list[Any]) -> Callable[..., Any]:
-    """``wrap_context`` of an async generator function: each step runs with the context
-    variables' values from the time of wrapping (as ``bound_async``)."""
+    """``wrap_context`` of an async generator function: its first step runs with the
+    context variables' values from the time of wrapping (as ``bound_async``), each next
+    one with the values the step before left (a span it entered stays current in it);
+    the iterating code gets its own back after each step."""
 
     @functools.wraps(fn)
     async def bound_async_generator(*args: Any, **kwargs: Any) -> Any:
         agen = fn(*args, **kwargs)
+        state = values
+
+        async def step(run: Callable[[], Any]) -> Any:
+            nonlocal state
+            tokens = [var.set(value) for var, value in state]
+            try:
+                return await run()
+            finally:
+                left = list(copy_context().items())
+                for (var, _), token in zip(reversed(state), reversed(tokens), strict=True):
+                    var.reset(token)
+                state = left
+
         sent: Any = None
         thrown: BaseException | None = None
         try:
             while True:
-                tokens = [var.set(value) for var, value in values]
                 try:
                     if thrown is not None:
                         exc, thrown = thrown, None
-                        item = await agen.athrow(exc)
+                        item = await step(functools.partial(agen.athrow, exc))
                     else:
-                        item = await agen.asend(sent)
+                        item = await step(functools.partial(agen.asend, sent))
                 except StopAsyncIteration:
                     return
-                finally:
-                    for (var, _), token in zip(reversed(values), reversed(tokens), strict=True):
-                        var.reset(token)
                 try:
                     sent = yield item
                 except GeneratorExit:
@@ -395,11 +406,6 @@ def _bound_async_generator(fn: Callable[..., Any], values: list[Any]) -> Callabl
                 except BaseException as exc:
                     thrown = exc
         finally:
-            tokens = [var.set(value) for var, value in values]
-            try:
-                await agen.aclose()
-            finally:
-                for (var, _), token in zip(reversed(values), reversed(tokens), strict=True):
-                    var.reset(token)
+            await step(agen.aclose)
 
     return bound_async_generator

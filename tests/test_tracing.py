@@ -991,3 +991,31 @@ def test_sys_exit_inside_a_span(code: Any, status: str | None) -> None:
             with tx.start_child("step") as child:
                 sys.exit(code)
     assert (tx.status, child.status) == (status, status)
+
+
+def test_wrap_context_async_generator_keeps_its_own_context_across_steps() -> None:
+    """A span an async generator enters stays its current span over its next steps (its
+    children hang off it), while the iterating code keeps its own current span."""
+    stm.init(traces_sample_rate=1.0)
+
+    async def stream() -> Any:
+        with stm.start_span("gen", "stream") as span:
+            for _ in range(3):
+                with stm.start_span("chunk", "c"):
+                    pass
+                yield stm.get_current_span() is span
+
+    async def consume() -> tuple[list[bool], Any]:
+        with stm.start_transaction("t") as tx:
+            bound = stm.wrap_context(stream)
+            seen = []
+            async for inside in bound():
+                seen.append(inside)
+                assert stm.get_current_span() is tx  # the caller's own, between steps
+            return seen, tx
+
+    seen, tx = asyncio.run(consume())
+    assert seen == [True, True, True]
+    by_id = {s.span_id: s for s in tx._spans}
+    chunks = [s for s in tx._spans if s.op == "chunk"]
+    assert len(chunks) == 3 and all(by_id[c.parent_span_id].op == "gen" for c in chunks)
