@@ -1225,3 +1225,28 @@ def test_a_wsgi_requests_system_exit_or_ctrl_c_is_an_error(
     assert traced["transaction"] == "/exit/"
     assert traced["contexts"]["trace"]["span_id"] == _trace(tx)["span_id"]
     assert _trace(tx)["status"] == "internal_error"
+
+
+def test_a_project_engine_listing_the_form_templates_is_no_form_engine() -> None:
+    """Django documents ``DIRS: [django/forms/templates]`` (with ``APP_DIRS``) for
+    ``TemplatesSetting``: that project engine renders the app's pages, which keep their
+    spans; only a form renderer's private engine is skipped."""
+    import django.forms
+    from django.forms.renderers import DjangoTemplates as FormRenderer
+    from django.template import engines
+
+    from sentry_tracing_mw.integrations.django._templates import _is_form_engine
+
+    forms_dir = str(Path(django.forms.__file__).parent / "templates")
+    templates = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [forms_dir],
+            "APP_DIRS": True,
+        }
+    ]
+    with override_settings(TEMPLATES=templates):
+        project = engines.all()[0].engine
+        assert [str(d) for d in project.dirs] == [forms_dir] and project.app_dirs
+        assert not _is_form_engine(project)
+        assert _is_form_engine(FormRenderer().engine)

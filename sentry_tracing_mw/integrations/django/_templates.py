@@ -50,10 +50,15 @@ def _forms_dir() -> str:
 
 
 def _is_form_engine(engine: Any) -> bool:
-    """The private engine of a ``django.forms.renderers`` renderer: it is built with the
-    form templates' directory as its only ``DIRS`` (and ``APP_DIRS``)."""
+    """The private engine of a ``django.forms.renderers`` renderer: not one of the
+    project's ``TEMPLATES`` engines (which may list the form templates' directory in
+    ``DIRS`` too, for ``TemplatesSetting``), built with that directory as its only one."""
     dirs = engine.dirs
-    return bool(engine.app_dirs) and len(dirs) == 1 and os.fspath(dirs[0]) == _forms_dir()
+    if not (len(dirs) == 1 and os.fspath(dirs[0]) == _forms_dir()):
+        return False
+    from django.template import engines
+
+    return all(getattr(backend, "engine", None) is not engine for backend in engines.all())
 
 
 def _form_template(template: Any, parent: Any) -> bool:
