@@ -1818,3 +1818,24 @@ def test_opentelemetry_httpx_instrumentation_installed_first(
         otel.uninstrument()
     assert httpx.HTTPTransport.__dict__["handle_request"] is originals[0]
     assert httpx.AsyncHTTPTransport.__dict__["handle_async_request"] is originals[1]
+
+
+def test_opentelemetry_uninstrumented_first_leaves_no_layer_of_ours() -> None:
+    """OpenTelemetry's uninstrument puts what its proxy wraps (ours) on the class: ours
+    then puts the original back, cycle after cycle (no dead layers stacking up)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    http_clients.uninstrument()
+    original = httpx.HTTPTransport.__dict__["handle_request"]
+    otel = HTTPXClientInstrumentor()
+    try:
+        for _ in range(3):
+            otel.instrument(tracer_provider=TracerProvider())
+            http_clients.instrument()
+            otel.uninstrument()
+            http_clients.uninstrument()
+            assert httpx.HTTPTransport.__dict__["handle_request"] is original
+    finally:
+        otel.uninstrument()
+        http_clients.uninstrument()

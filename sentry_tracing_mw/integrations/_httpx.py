@@ -487,6 +487,9 @@ def install() -> Callable[[], None]:
             if holder is not None:
                 if getattr(holder, "__wrapped__", None) is wrapper:
                     holder.__wrapped__ = target
+                if cls.__dict__.get(method) is wrapper:
+                    # their uninstrument put what their proxy wrapped (ours) on the class
+                    setattr(cls, method, target)
             elif cls.__dict__.get(method) is wrapper:
                 setattr(cls, method, raw)
 
