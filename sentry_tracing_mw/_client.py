@@ -30,7 +30,7 @@ from ._options import Options, build_options
 from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
 from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._serialize import limit_depth
-from ._tracing import PropagationContext, Span, Transaction, names
+from ._tracing import _CAPTURED_MARK, PropagationContext, Span, Transaction, capture_mark, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
 
 #: What ``sys.exc_info()`` returns.
@@ -40,16 +40,29 @@ __all__ = ["Client", "close", "get_client", "init", "is_initialized"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
-_CAPTURED_MARK = "__sentry_tracing_mw_captured__"
+
+def carry_capture_mark(tx: Transaction, exc: BaseException) -> None:
+    """``exc`` leaves ``tx`` (its ``with`` block): captured in it, it counts as captured
+    in the context it now reaches too (a handler around the block that captures it again
+    sends no second event, as ``sentry-sdk``'s dedupe). Never raises."""
+    try:
+        fields = object.__getattribute__(exc, "__dict__")
+        if fields.get(_CAPTURED_MARK) != capture_mark(tx._ctx):
+            return
+        client = get_client()
+        fields[_CAPTURED_MARK] = capture_mark(client._capture_context(CURRENT_SPAN.get()))
+    except Exception:
+        logger.debug("carrying an exception's capture mark failed", exc_info=True)
 
 
 def _seen_in(exc: BaseException, ctx: PropagationContext) -> bool:
     """Whether ``exc`` was already captured in this unit of work (request, or the trace
     context outside one), and mark it so: an integration's inner and outer capture give
     one event, while the same object raised again in a later request is reported again.
-    The mark names the context, so a pickled or copied exception is not skipped elsewhere.
+    The mark names the context, so a pickled or copied exception is not skipped elsewhere;
+    it follows the exception out of a transaction it leaves (``carry_capture_mark``).
     """
-    mark = ctx.trace_id + ctx.span_id
+    mark = capture_mark(ctx)
     try:  # the instance dict: past a raising __getattr__ or a refusing __setattr__
         fields = object.__getattribute__(exc, "__dict__")
         if fields.get(_CAPTURED_MARK) == mark:
@@ -421,6 +434,16 @@ class Client:
             self.reports.record("buffer_overflow", "span", count)
 
     # -- errors ---------------------------------------------------------------------
+    def _capture_context(self, span: Span | None) -> PropagationContext:
+        """The trace context an error captured here (under ``span``) belongs to."""
+        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
+        if ctx is None:
+            # No request, no span: start the context's trace and keep it (as
+            # get_trace_headers() does), so later errors and calls here share it (§16).
+            ctx = self.continue_trace(None)
+            PROPAGATION_CONTEXT.set(ctx)
+        return ctx
+
     def capture_exception(
         self,
         exc: BaseException | ExcInfo,
@@ -447,12 +470,7 @@ class Client:
             return None  # no DSN (or closed): nothing will be sent, so no event id
         if span is None:
             span = CURRENT_SPAN.get()
-        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
-        if ctx is None:
-            # No request, no span: start the context's trace and keep it (as
-            # get_trace_headers() does), so later errors and calls here share it (§16).
-            ctx = self.continue_trace(None)
-            PROPAGATION_CONTEXT.set(ctx)
+        ctx = self._capture_context(span)
         if _seen_in(exc, ctx):
             return None
         opts = self.options

@@ -787,6 +787,10 @@ class Span:
                         _restore(held)
         if exc_type is not None and self._status is None and _is_failure(exc_type, exc):
             self._status = "internal_error"
+        if exc is not None and type(self) is Transaction:
+            from ._client import carry_capture_mark
+
+            carry_capture_mark(self, exc)
         self.finish()
 
     def __repr__(self) -> str:
@@ -822,6 +826,14 @@ def _reset_own(tokens: list[Token[Span | None]]) -> None:
         del tokens[i]
         return
     _restore(tokens.pop())  # entered elsewhere, left here
+
+
+_CAPTURED_MARK = "__sentry_tracing_mw_captured__"
+
+
+def capture_mark(ctx: PropagationContext) -> str:
+    """What an exception captured in the unit of work of ``ctx`` is marked with."""
+    return ctx.trace_id + ctx.span_id
 
 
 def _is_failure(exc_type: type[BaseException], exc: BaseException | None) -> bool:
