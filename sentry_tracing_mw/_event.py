@@ -8,6 +8,7 @@ captured (the traceback must still be alive) and serialized later on the worker.
 from __future__ import annotations
 
 import builtins
+import itertools
 import linecache
 import logging
 import math
@@ -108,6 +109,61 @@ def _tx_name(name: str) -> str:
 def _sensitive(key: str) -> bool:
     """Whether a key (or a variable name) looks like it holds a secret."""
     return key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key) is not None
+
+
+#: Variable names sentry-sdk's default scrubber filters (its denylist, lower case) ...
+_SECRET_NAMES = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "auth",
+        "credentials",
+        "mysql_pwd",
+        "privatekey",
+        "private_key",
+        "token",
+        "session",
+        "csrftoken",
+        "sessionid",
+        "x_csrftoken",
+        "x_forwarded_for",
+        "set_cookie",
+        "cookie",
+        "authorization",
+        "x_api_key",
+        "aiohttp_session",
+        "connect.sid",
+        "csrf_token",
+        "csrf",
+        "_csrf",
+        "_csrf_token",
+        "phpsessid",
+        "_session",
+        "symfony",
+        "user_session",
+        "_xsrf",
+        "xsrf-token",
+    }
+)
+#: ... and words that make any name one (``db_password``, ``access_token``,
+#: ``stripe_api_key``), while ``author``, ``max_tokens`` or ``session_count`` are not.
+_SECRET_WORDS = frozenset(("password", "passwd", "pwd", "secret", "token", "credentials"))
+_SECRET_PAIRS = frozenset(("api_key", "private_key", "secret_key", "access_key"))
+
+
+def _secret_variable(name: str) -> bool:
+    """Whether a local variable's name says it holds a secret (its value is filtered even
+    with ``send_default_pii``)."""
+    lowered = name.lower()
+    if lowered in _SECRET_NAMES:
+        return True
+    words = lowered.replace("-", "_").split("_")
+    if not _SECRET_WORDS.isdisjoint(words):
+        return True
+    return any(f"{a}_{b}" in _SECRET_PAIRS for a, b in itertools.pairwise(words))
 
 
 def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
@@ -410,7 +466,7 @@ def _frames(
             ]
         if with_locals:  # secrets stay out even with PII on (sentry-sdk's scrubber)
             entry["vars"] = {
-                str(k)[:_MAX_NAME]: FILTERED if _sensitive(str(k)) else safe_repr(v)
+                str(k)[:_MAX_NAME]: FILTERED if _secret_variable(str(k)) else safe_repr(v)
                 for k, v in list(frame.f_locals.items())[:_MAX_VARS]
             }
         frames.append(entry)

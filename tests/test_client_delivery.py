@@ -980,6 +980,63 @@ def test_a_copied_captured_exception_is_reported_in_another_trace(
     ] * 2
 
 
+def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
+    sentry_server: SentryServer,
+) -> None:
+    """Filtering goes by name, as sentry-sdk's denylist (plus names made of a secret word:
+    ``db_password``, ``access_token``, ``stripe_api_key``): ``author``, ``max_tokens`` or
+    ``session_count`` are ordinary variables, sent with PII on."""
+    init(sentry_server, send_default_pii=True)
+
+    def work() -> None:
+        author = "ann"  # noqa: F841
+        max_tokens = 512  # noqa: F841
+        session_count = 3  # noqa: F841
+        db_password = "pw1"  # noqa: F841
+        access_token = "tk1"  # noqa: F841
+        stripe_api_key = "sk1"  # noqa: F841
+        raise ValueError("failed")
+
+    try:
+        work()
+    except ValueError as exc:
+        stm.capture_exception(exc)
+    assert stm.flush(5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["stacktrace"]["frames"][-1]["vars"] == {
+        "author": "'ann'",
+        "max_tokens": "512",
+        "session_count": "3",
+        "db_password": "[Filtered]",
+        "access_token": "[Filtered]",
+        "stripe_api_key": "[Filtered]",
+    }
+
+
+def test_an_exception_captured_in_a_transaction_is_not_sent_again_around_it(
+    sentry_server: SentryServer,
+) -> None:
+    """A job captures its error inside its transaction and re-raises; the handler around
+    the ``with`` block captures it again: one event (as sentry-sdk's dedupe), while the
+    same object in an unrelated later transaction is reported again."""
+    init(sentry_server)
+    exc = RuntimeError("job failed")
+    for _ in range(2):
+        try:
+            with stm.start_transaction(name="job"):
+                try:
+                    raise exc
+                except RuntimeError as inner:
+                    assert stm.capture_exception(inner) is not None
+                    raise
+        except RuntimeError as outer:
+            assert stm.capture_exception(outer) is None
+        with stm.start_transaction(name="other"):  # another unit of work: reported
+            assert stm.capture_exception(exc) is not None
+    assert stm.flush(5) and sentry_server.wait_for(4)
+    assert len(sentry_server.events()) == 4
+
+
 def _wrapped_chain(n: int, message: str = "wrapper layer", depth: int = 0) -> BaseException:
     """A chain of ``n`` exceptions: a ValueError wrapped ``n - 1`` times (raise ... from),
     each wrapper raised ``depth`` calls deep."""
