@@ -147,8 +147,10 @@ def _one_arg_callable(name: str, value: Any, what: str) -> Any:
         return None
     _not_async(name, function)
     try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):  # no signature to read (some builtins): as given
+        # Its own signature: a decorator's wrapper may supply arguments of the function
+        # it wraps (functools.wraps gives it the wrapped one's signature).
+        signature = inspect.signature(function, follow_wrapped=False)
+    except Exception:  # no signature to read (some builtins): as given
         return function
     try:
         signature.bind(None)

@@ -591,10 +591,19 @@ def test_unknown_sentry_config_keys_are_warned_about(caplog: pytest.LogCaptureFi
         SENTRY_DSN="",  # known: not warned about
         SENTRY_IGNORE_PATHS=["/health"],
         SENTRY_INSTRUMENT_HTTP_CLIENTS=False,
+        # sentry-cli's and release tooling's: neither options nor typos of one
+        SENTRY_AUTH_TOKEN="t",
+        SENTRY_ORG="o",
+        SENTRY_PROJECT="p",
+        SENTRY_URL="https://sentry.example",
+        SENTRY_RELEASES_BUCKET="b",  # unknown, and like nothing: no suggestion
     )
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         FlaskTracing(app)
     (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for tool_key in ("AUTH_TOKEN", "SENTRY_ORG", "SENTRY_PROJECT", "SENTRY_URL"):
+        assert tool_key not in message
+    assert "SENTRY_RELEASES_BUCKET," in message or message.endswith("SENTRY_RELEASES_BUCKET")
     assert "SENTRY_TRACES_SAMPLE_RATES (did you mean SENTRY_TRACES_SAMPLE_RATE?)" in message
     assert "SENTRY_TRACE_SAMPLE_RATE (did you mean SENTRY_TRACES_SAMPLE_RATE?)" in message
     assert "SENTRY_DSN" not in message and "IGNORE_PATHS" not in message

@@ -422,3 +422,23 @@ def test_bytes_for_a_list_of_patterns_are_refused_naming_the_whole_value(
     with pytest.raises(stm.ConfigurationError) as info:
         stm.init(**{option: value})
     assert f"{option}={value!r}:" in str(info.value)
+
+
+def test_a_sampler_behind_a_decorator_supplying_an_argument_is_accepted() -> None:
+    """``functools.wraps`` gives a wrapper the wrapped function's signature: the one
+    argument the wrapper itself takes is what counts (a decorator injecting a config)."""
+    import functools
+
+    def with_config(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(ctx: Any) -> Any:
+            return fn(ctx, {"rate": 0.25})
+
+        return wrapper
+
+    @with_config
+    def sampler(ctx: Any, config: Any) -> float:
+        return float(config["rate"])
+
+    client = stm.init(traces_sampler=sampler)
+    assert client.options.traces_sampler is sampler

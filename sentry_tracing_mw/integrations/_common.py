@@ -22,6 +22,7 @@ from .._tracing import PropagationContext, Transaction
 
 __all__ = [
     "DEFAULT_METHODS",
+    "OTHER_TOOLS_KEYS",
     "REQUEST_TX_KEY",
     "MiddlewareConfig",
     "active_request_transaction",
@@ -222,6 +223,27 @@ def finish_request(tx: Transaction, carrier: MutableMapping[str, Any]) -> None:
     except Exception:  # a carrier that refuses: the transaction lives as long as it
         pass
     tx.finish()
+
+
+#: ``SENTRY_*`` names other Sentry tools read (sentry-cli, release tooling): not options
+#: of ours, and no typo of one either.
+OTHER_TOOLS_KEYS = frozenset(
+    f"SENTRY_{name}"
+    for name in (
+        "AUTH_TOKEN",
+        "ORG",
+        "PROJECT",
+        "URL",
+        "LOG_LEVEL",
+        "PROPERTIES",
+        "LOAD_DOTENV",
+        "NO_PROGRESS_BAR",
+        "ALLOW_FAILURE",
+        "DISABLE_UPDATE_CHECK",
+        "HTTP_MAX_RETRIES",
+        "VCS_REMOTE",
+    )
+)
 
 
 def start_request(

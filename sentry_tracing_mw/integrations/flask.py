@@ -54,6 +54,7 @@ from .._options import _OPTION_NAMES
 from .._tracing import Transaction
 from ._common import (
     _MIDDLEWARE_OPTIONS,
+    OTHER_TOOLS_KEYS,
     active_request_transaction,
     settings_error,
     split_options,
@@ -90,14 +91,18 @@ def _warn_unknown_keys(config: Any) -> None:
     unknown = sorted(
         key
         for key in config
-        if isinstance(key, str) and key.startswith("SENTRY_") and key not in _KNOWN_KEYS
+        if isinstance(key, str)
+        and key.startswith("SENTRY_")
+        and key not in _KNOWN_KEYS
+        and key not in OTHER_TOOLS_KEYS
     )
     if not unknown:
         return
     shown = []
     for key in unknown:
-        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-        shown.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        # (compared without the prefix all share: else anything "resembles" something)
+        close = difflib.get_close_matches(key[7:], [k[7:] for k in _KNOWN_KEYS], 1, 0.8)
+        shown.append(f"{key} (did you mean SENTRY_{close[0]}?)" if close else key)
     logger.warning("FlaskTracing: ignoring unknown app.config keys %s", ", ".join(shown))
 
 

@@ -72,6 +72,7 @@ from ..._options import _OPTION_NAMES
 from ..._propagation import WSGI_GETTER
 from ..._tracing import PropagationContext, Transaction
 from .._common import (
+    OTHER_TOOLS_KEYS,
     active_request_transaction,
     capture_untraced,
     ensure_client,
@@ -108,7 +109,8 @@ def _settings_options() -> dict[str, Any]:
             continue
         name = attr[7:].lower()
         if name not in known:
-            logger.warning("ignoring unknown Django setting %s", attr)
+            if attr not in OTHER_TOOLS_KEYS:
+                logger.warning("ignoring unknown Django setting %s", attr)
             continue
         value = getattr(settings, attr)
         if name in _CALLABLE_OPTIONS and isinstance(value, str):
