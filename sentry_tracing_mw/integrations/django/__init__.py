@@ -485,7 +485,8 @@ class TracingMiddleware:
                 client,
                 method,
                 request.path,
-                meta,
+                # no trace header at all (the common case at a trace's head): skip parsing
+                meta if "HTTP_SENTRY_TRACE" in meta or "HTTP_TRACEPARENT" in meta else None,
                 WSGI_GETTER,
                 meta.get("REMOTE_ADDR"),
                 carrier_request,
