@@ -8,7 +8,6 @@ captured (the traceback must still be alive) and serialized later on the worker.
 from __future__ import annotations
 
 import builtins
-import itertools
 import linecache
 import logging
 import math
@@ -148,22 +147,20 @@ _SECRET_NAMES = frozenset(
         "xsrf-token",
     }
 )
-#: ... and words that make any name one (``db_password``, ``access_token``,
-#: ``stripe_api_key``), while ``author``, ``max_tokens`` or ``session_count`` are not.
-_SECRET_WORDS = frozenset(("password", "passwd", "pwd", "secret", "token", "credentials"))
-_SECRET_PAIRS = frozenset(("api_key", "private_key", "secret_key", "access_key"))
+#: ... and what ends a name that holds one (``db_password``, ``access_token``,
+#: ``stripe_api_key``); ``author``, ``token_count`` or ``secret_santa`` hold none.
+_SECRET_ENDINGS = ("password", "passwd", "pwd", "secret", "token", "credentials")
+_SECRET_PAIRS = ("api_key", "private_key", "secret_key", "access_key")
+_SECRET_SUFFIXES = tuple(f"_{word}" for word in _SECRET_ENDINGS + _SECRET_PAIRS)
 
 
 def _secret_variable(name: str) -> bool:
     """Whether a local variable's name says it holds a secret (its value is filtered even
     with ``send_default_pii``)."""
-    lowered = name.lower()
+    lowered = name.lower().replace("-", "_")
     if lowered in _SECRET_NAMES:
         return True
-    words = lowered.replace("-", "_").split("_")
-    if not _SECRET_WORDS.isdisjoint(words):
-        return True
-    return any(f"{a}_{b}" in _SECRET_PAIRS for a, b in itertools.pairwise(words))
+    return lowered.endswith(_SECRET_SUFFIXES) or lowered in _SECRET_PAIRS
 
 
 def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:

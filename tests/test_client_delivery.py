@@ -983,15 +983,18 @@ def test_a_copied_captured_exception_is_reported_in_another_trace(
 def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
     sentry_server: SentryServer,
 ) -> None:
-    """Filtering goes by name, as sentry-sdk's denylist (plus names made of a secret word:
-    ``db_password``, ``access_token``, ``stripe_api_key``): ``author``, ``max_tokens`` or
-    ``session_count`` are ordinary variables, sent with PII on."""
+    """Filtering goes by name, as sentry-sdk's denylist (plus names ending in a secret
+    word: ``db_password``, ``access_token``, ``stripe_api_key``): ``author``,
+    ``max_tokens``, ``token_type`` or ``session_count`` are ordinary variables, sent with
+    PII on."""
     init(sentry_server, send_default_pii=True)
 
     def work() -> None:
         author = "ann"  # noqa: F841
         max_tokens = 512  # noqa: F841
         session_count = 3  # noqa: F841
+        token_type = "bearer"  # noqa: F841
+        secret_santa = "bob"  # noqa: F841
         db_password = "pw1"  # noqa: F841
         access_token = "tk1"  # noqa: F841
         stripe_api_key = "sk1"  # noqa: F841
@@ -1007,6 +1010,8 @@ def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
         "author": "'ann'",
         "max_tokens": "512",
         "session_count": "3",
+        "token_type": "'bearer'",
+        "secret_santa": "'bob'",
         "db_password": "[Filtered]",
         "access_token": "[Filtered]",
         "stripe_api_key": "[Filtered]",
