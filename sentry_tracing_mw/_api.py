@@ -303,7 +303,11 @@ def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
     if kind == "sync":
         return _bound_generator(fn, ctx)
     if kind == "async":
-        return _bound_async_generator(fn, list(ctx.items()))
+        values = list(ctx.items())
+        for var in (CURRENT_SPAN, PROPAGATION_CONTEXT):
+            if var not in ctx:  # ours, set by each step (and reset), even when unset here
+                values.append((var, None))
+        return _bound_async_generator(fn, values)
     if is_coroutine_callable(fn):
         values = list(ctx.items())
 

@@ -1019,3 +1019,26 @@ def test_wrap_context_async_generator_keeps_its_own_context_across_steps() -> No
     by_id = {s.span_id: s for s in tx._spans}
     chunks = [s for s in tx._spans if s.op == "chunk"]
     assert len(chunks) == 3 and all(by_id[c.parent_span_id].op == "gen" for c in chunks)
+
+
+def test_wrap_context_async_generator_wrapped_outside_any_span_leaves_none_behind() -> None:
+    """Wrapped where no span was ever current (import time, a fresh thread): a span the
+    generator keeps open across a yield is still never current in the iterating code."""
+    stm.init(traces_sample_rate=1.0)
+
+    async def stream() -> Any:
+        with stm.start_transaction("inside-gen"):
+            for i in range(2):
+                yield i
+
+    bound = contextvars.Context().run(stm.wrap_context, stream)  # no span, no trace set
+
+    async def consume() -> list[Any]:
+        seen = []
+        with stm.start_transaction("consumer") as tx:
+            async for _ in bound():
+                seen.append(stm.get_current_span() is tx)
+            seen.append(stm.get_current_span() is tx)
+        return seen
+
+    assert asyncio.run(consume()) == [True, True, True]
