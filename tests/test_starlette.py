@@ -1331,6 +1331,32 @@ def _shape_closure_mount() -> tuple[Any, list[str]]:
     return app, ["/h/0", "/sub/b/1?handled=1", "/sub/b/2?handled=1", "/sub/b/3"]
 
 
+class _KeepsApp:
+    """A wrapper keeping the app it wraps under a name of its own."""
+
+    def __init__(self, inner: Any) -> None:
+        self.asgi_app = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.asgi_app(scope, receive, send)
+
+
+def _shape_attribute_wrapped_mount() -> tuple[Any, list[str]]:
+    """A mounted app behind a wrapper that keeps it under another attribute than app."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    sub = Starlette(
+        routes=[Route("/b/{x}", _parity_boom), Route("/h/{x}", _parity_headers)],
+        exception_handlers={_Handled: _parity_on_handled},
+    )
+    app = Starlette(routes=[Mount("/sub", _KeepsApp(sub))])
+    app.add_middleware(TracingMiddleware)
+    return app, ["/sub/b/1?handled=1", "/sub/h/2", "/sub/b/3"]
+
+
 class _MountLater:
     """Mounts a sub-app on the app after its first request (a plugin system)."""
 
@@ -1390,6 +1416,7 @@ async def _parity_on_handled(request: Request, exc: Exception) -> Response:
         _shape_path_rewrite,
         _shape_nested_integration,
         _shape_closure_mount,
+        _shape_attribute_wrapped_mount,
         _shape_mounted_later,
     ],
 )
@@ -1481,3 +1508,49 @@ def test_a_finished_unsampled_transaction_does_not_hold_its_scope() -> None:
     gc.collect()
     assert len(kept) == 3 and all(tx is not None for tx in kept)
     assert [ref() for ref in states] == [None, None, None]
+
+
+def test_an_error_captured_after_an_unsampled_request_ended_has_its_name(
+    sentry_server: SentryServer,
+) -> None:
+    """A task the request started captures an error after the response: its event is
+    named after the route, as a sampled request's (the deferred name outlives the
+    request with the transaction, without its scope)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    later: list[Any] = []
+
+    async def fail_later() -> None:
+        await asyncio.sleep(0.05)
+        try:
+            raise ValueError("later")
+        except ValueError as exc:
+            stm.capture_exception(exc)
+
+    async def view(request: Request) -> Response:
+        later.append(asyncio.get_running_loop().create_task(fail_later()))
+        return PlainTextResponse("ok")
+
+    names = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        app = Starlette(routes=[Route("/items/{item_id}", view)])
+        app.add_middleware(TracingMiddleware)
+
+        async def go(app: Any = app) -> None:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                assert (await http.get("/items/4")).status_code == 200
+            await asyncio.gather(*later)
+            later.clear()
+
+        asyncio.run(go())
+        assert stm.flush(5) and sentry_server.wait_for(2 if rate else 1, 5)
+        (event,) = sentry_server.events()
+        names[rate] = (event["transaction"], event["transaction_info"]["source"])
+        stm.close()
+    assert names[0.0] == names[1.0] == ("/items/{item_id}", "route")

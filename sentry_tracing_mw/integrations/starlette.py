@@ -37,7 +37,7 @@ try:
     from starlette.exceptions import HTTPException
     from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.requests import ClientDisconnect
-    from starlette.routing import Host, Match, Mount
+    from starlette.routing import Host, Match, Mount, Router
     from starlette.websockets import WebSocketDisconnect
 except ModuleNotFoundError as _exc:
     from ._common import missing_framework
@@ -306,6 +306,45 @@ class _RoutingScope(dict[str, Any]):
         return self._named
 
 
+#: The scope keys ``_late_name`` reads (routing's ``matches()`` included).
+_NAMING_KEYS = (
+    "type",
+    "method",
+    "headers",
+    "path",
+    "root_path",
+    "app_root_path",
+    "router",
+    "endpoint",
+    "scheme",
+    "server",
+    "query_string",
+    "http_version",
+)
+
+
+def _naming_view(scope: Scope) -> dict[str, Any]:
+    """What ``_late_name`` needs of a finished request's scope (not its state, app
+    objects or bodies)."""
+    return {key: scope[key] for key in _NAMING_KEYS if key in scope}
+
+
+class _RefProbe:
+    def end(self, scope: Any, tx: Any) -> int:
+        return sys.getrefcount(tx)
+
+
+def _request_refs() -> int:
+    """References to a request's transaction inside ``unsampled_end`` when nothing else
+    holds it: the request's local, the parameter, ``getrefcount``'s argument (measured,
+    as interpreters count differently)."""
+    tx = object()
+    return _RefProbe().end(None, tx)
+
+
+_REQUEST_REFS = _request_refs()
+
+
 class _Conn:
     """A request as ``_capture_handled`` reads it."""
 
@@ -538,9 +577,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
             # The router chose another endpoint (or matched partially: a 405). If the path
             # it routed matches it, something rewrote the path before routing: named after
             # that, and routing is watched from now on (this app does that).
+            first = found
             probe["path"] = scope.get("path")
             found = self._match(probe, app)
             if found is None or not any(e is chosen for e in found[3]):
+                if first is not None:
+                    # Routing went where the routes cannot show (an app mounted behind a
+                    # wrapper of an unknown shape): unnamed; watched from now on.
+                    self._always_watch = self._watch_unsampled = True
                 return
             self._always_watch = self._watch_unsampled = True
         if found is None:
@@ -565,10 +609,16 @@ class TracingMiddleware(asgi.TracingMiddleware):
         tx._name, tx._source = name, source
 
     def unsampled_end(self, scope: Scope, tx: Transaction) -> None:
-        """The request ended: its transaction no longer holds its scope (a name read later
-        is the path), and a handler table it used that is unknown (a mounted app's, built
-        on its first request) is looked for, for the next requests."""
-        tx._namer = None
+        """The request ended: its transaction no longer holds its scope (only what naming
+        reads, when something outlives the request with the transaction: a task it started
+        may capture an error later), and a handler table it used that is unknown (a
+        mounted app's, built on its first request) is looked for, for the next requests."""
+        namer = tx._namer
+        if namer is not None:
+            if sys.getrefcount(tx) > _REQUEST_REFS:
+                tx._namer = (namer[0], _naming_view(scope), *namer[2:])
+            else:
+                tx._namer = None
         try:
             tables = scope.get(_HANDLERS_KEY)
             if tables is None:
@@ -788,6 +838,9 @@ def _install_capturing_tables(root: Any) -> tuple[set[int], bool]:
         routes = attrs.get("routes")
         if isinstance(routes, list):
             todo.extend(routes)
+        held = _held_router(node)  # a wrapper keeping its app under another name
+        if held is not None:
+            todo.append(held)
     if todo:
         unbuilt = True  # too big to walk whole: keep watching
     return found, unbuilt
@@ -803,13 +856,22 @@ def _wrapped_routes(app: Any) -> Any:
                 return None
             app = inner[0]
         else:
-            app = getattr(app, "app", None)
+            app = getattr(app, "app", None) or _held_router(app)
         if app is None:
             return None
         routes = getattr(app, "routes", None)
         if routes:
             return routes
     return None
+
+
+def _held_router(obj: Any) -> Any:
+    """The one Starlette app or router a wrapper object holds under some attribute."""
+    attrs = getattr(obj, "__dict__", None)
+    if not isinstance(attrs, dict):
+        return None
+    held = [v for v in attrs.values() if isinstance(v, (Starlette, Router))]
+    return held[0] if len(held) == 1 else None
 
 
 def _cell_contents(cells: tuple[Any, ...]) -> list[Any]:
