@@ -1416,7 +1416,6 @@ async def _parity_on_handled(request: Request, exc: Exception) -> Response:
         _shape_path_rewrite,
         _shape_nested_integration,
         _shape_closure_mount,
-        _shape_attribute_wrapped_mount,
         _shape_mounted_later,
     ],
 )
@@ -1554,3 +1553,61 @@ def test_an_error_captured_after_an_unsampled_request_ended_has_its_name(
         names[rate] = (event["transaction"], event["transaction_info"]["source"])
         stm.close()
     assert names[0.0] == names[1.0] == ("/items/{item_id}", "route")
+
+
+def test_a_mount_behind_a_wrapper_of_unknown_shape_is_watched_after_its_first_request(
+    sentry_server: SentryServer,
+) -> None:
+    """A mounted app behind a wrapper keeping it under an attribute of its own: nothing
+    shows where routing went in it, so its first unsampled requests are named after their
+    URL (their handled 500s are still captured); from the first one whose name was read,
+    routing is watched and names are the routes'."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
+    app, _ = _shape_attribute_wrapped_mount()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/sub/b/1?handled=1").status_code == 500
+        assert client.get("/sub/b/2?handled=1").status_code == 500
+        assert client.get("/sub/h/3").text == "/sub/h/{x}"
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    names = [(e["transaction"], e["transaction_info"]["source"]) for e in sentry_server.events()]
+    assert names == [("/sub/b/1", "url"), ("/sub/b/{x}", "route")]
+
+
+def _tracing_layer(app: Any) -> Any:
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    layer = app.middleware_stack
+    while not isinstance(layer, TracingMiddleware):
+        layer = layer.app
+    return layer
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_common_apps_keep_the_unsampled_fast_path(framework: str) -> None:
+    """Routers, included routers, mounts of routers and of static files, 404s, 405s,
+    redirects, HEAD: none of it makes the middleware watch unsampled requests' routing."""
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    stm.init(traces_sample_rate=0.0, instrument_http_clients=False)
+    if framework == "fastapi":
+        from fastapi import APIRouter, FastAPI
+
+        app = FastAPI()
+        router = APIRouter(prefix="/api")
+
+        @router.get("/items/{x}")
+        async def item(x: str) -> str:
+            return x
+
+        app.include_router(router)
+        paths = ["/api/items/1", "/nope", "/api/items/"]
+    else:
+        app = starlette_app(traced=False)
+        paths = ["/", "/nope", "/users/1", "/static/", "/api/v1/items/x", "/sub/things/1"]
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in paths:
+            client.get(path)
+            client.head(path)
+            client.post(path)
+    assert _tracing_layer(app)._watch_unsampled is False

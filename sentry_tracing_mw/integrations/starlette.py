@@ -37,7 +37,7 @@ try:
     from starlette.exceptions import HTTPException
     from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.requests import ClientDisconnect
-    from starlette.routing import Host, Match, Mount, Router
+    from starlette.routing import Host, Match, Mount
     from starlette.websockets import WebSocketDisconnect
 except ModuleNotFoundError as _exc:
     from ._common import missing_framework
@@ -838,9 +838,6 @@ def _install_capturing_tables(root: Any) -> tuple[set[int], bool]:
         routes = attrs.get("routes")
         if isinstance(routes, list):
             todo.extend(routes)
-        held = _held_router(node)  # a wrapper keeping its app under another name
-        if held is not None:
-            todo.append(held)
     if todo:
         unbuilt = True  # too big to walk whole: keep watching
     return found, unbuilt
@@ -856,22 +853,13 @@ def _wrapped_routes(app: Any) -> Any:
                 return None
             app = inner[0]
         else:
-            app = getattr(app, "app", None) or _held_router(app)
+            app = getattr(app, "app", None)
         if app is None:
             return None
         routes = getattr(app, "routes", None)
         if routes:
             return routes
     return None
-
-
-def _held_router(obj: Any) -> Any:
-    """The one Starlette app or router a wrapper object holds under some attribute."""
-    attrs = getattr(obj, "__dict__", None)
-    if not isinstance(attrs, dict):
-        return None
-    held = [v for v in attrs.values() if isinstance(v, (Starlette, Router))]
-    return held[0] if len(held) == 1 else None
 
 
 def _cell_contents(cells: tuple[Any, ...]) -> list[Any]:
