@@ -147,20 +147,32 @@ _SECRET_NAMES = frozenset(
         "xsrf-token",
     }
 )
-#: ... and what ends a name that holds one (``db_password``, ``access_token``,
-#: ``stripe_api_key``); ``author``, ``token_count`` or ``secret_santa`` hold none.
-_SECRET_ENDINGS = ("password", "passwd", "pwd", "secret", "token", "credentials")
-_SECRET_PAIRS = ("api_key", "private_key", "secret_key", "access_key")
+#: ... and the words naming a secret at the end of a name (``db_password``,
+#: ``access_token``, ``stripe_api_key``, ``authToken``) or, for those never used for
+#: anything else, anywhere in it (``password_hash``, ``private_key_pem``); ``author``,
+#: ``token_count``, ``max_tokens`` or ``secret_santa`` hold none.
+_SECRET_ENDINGS = ("password", "passwd", "pwd", "secret", "token", "credentials", "passphrase")
+_SECRET_PAIRS = ("api_key", "private_key", "secret_key", "access_key", "signing_key")
 _SECRET_SUFFIXES = tuple(f"_{word}" for word in _SECRET_ENDINGS + _SECRET_PAIRS)
+_SECRET_ANYWHERE = re.compile(
+    r"(?:^|_)(?:password|passwd|passphrase|credentials|private_key|signing_key|"
+    r"encryption_key|api_key|jwt)(?:_|$)"
+)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def _secret_variable(name: str) -> bool:
     """Whether a local variable's name says it holds a secret (its value is filtered even
     with ``send_default_pii``)."""
-    lowered = name.lower().replace("-", "_")
-    if lowered in _SECRET_NAMES:
+    words = _CAMEL.sub("_", name).lower().replace("-", "_").rstrip("0123456789")
+    if words in _SECRET_NAMES or name.lower() in _SECRET_NAMES:
         return True
-    return lowered.endswith(_SECRET_SUFFIXES) or lowered in _SECRET_PAIRS
+    return (
+        words.endswith(_SECRET_SUFFIXES)
+        or words in _SECRET_PAIRS
+        or words in _SECRET_ENDINGS
+        or _SECRET_ANYWHERE.search(words) is not None
+    )
 
 
 def scrub_data(data: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:

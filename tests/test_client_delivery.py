@@ -998,6 +998,9 @@ def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
         db_password = "pw1"  # noqa: F841
         access_token = "tk1"  # noqa: F841
         stripe_api_key = "sk1"  # noqa: F841
+        authToken = "tk2"  # noqa: F841
+        password_hash = "$2b$12$x"  # noqa: F841
+        pwd = "pw2"  # noqa: F841
         raise ValueError("failed")
 
     try:
@@ -1015,6 +1018,9 @@ def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
         "db_password": "[Filtered]",
         "access_token": "[Filtered]",
         "stripe_api_key": "[Filtered]",
+        "authToken": "[Filtered]",
+        "password_hash": "[Filtered]",
+        "pwd": "[Filtered]",
     }
 
 
