@@ -1559,18 +1559,27 @@ def test_a_mount_behind_a_wrapper_of_unknown_shape_is_watched_after_its_first_re
     sentry_server: SentryServer,
 ) -> None:
     """A mounted app behind a wrapper keeping it under an attribute of its own: nothing
-    shows where routing went in it, so its first unsampled requests are named after their
-    URL (their handled 500s are still captured); from the first one whose name was read,
-    routing is watched and names are the routes'."""
-    stm.init(dsn=sentry_server.dsn, traces_sample_rate=0.0, instrument_http_clients=False)
-    app, _ = _shape_attribute_wrapped_mount()
-    with TestClient(app, raise_server_exceptions=False) as client:
-        assert client.get("/sub/b/1?handled=1").status_code == 500
-        assert client.get("/sub/b/2?handled=1").status_code == 500
-        assert client.get("/sub/h/3").text == "/sub/h/{x}"
-    assert stm.flush(5) and sentry_server.wait_for(2, 5)
-    names = [(e["transaction"], e["transaction_info"]["source"]) for e in sentry_server.events()]
-    assert names == [("/sub/b/1", "url"), ("/sub/b/{x}", "route")]
+    shows where routing went in it, so its first unsampled request whose name is read is
+    named after its URL (its handled 500 is still captured); from then on routing is
+    watched and names are those of sampled requests."""
+    paths = ["/sub/b/1?handled=1", "/sub/b/2?handled=1", "/sub/h/3"]
+    runs: dict[float, tuple[list[tuple[str, str]], list[str], Any]] = {}
+    for rate in (1.0, 0.0):
+        sentry_server.clear()
+        stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+        app, _ = _shape_attribute_wrapped_mount()
+        with TestClient(app, raise_server_exceptions=False) as client:
+            bodies = [client.get(path).text for path in paths]
+        assert stm.flush(5) and sentry_server.wait_for(2 + (3 if rate else 0), 5)
+        names = [
+            (e["transaction"], e["transaction_info"]["source"]) for e in sentry_server.events()
+        ]
+        runs[rate] = (names, bodies, _tracing_layer(app))
+        stm.close()
+    unsampled, sampled = runs[0.0], runs[1.0]
+    assert unsampled[0][0] == ("/sub/b/1", "url")
+    assert unsampled[0][1:] == sampled[0][1:] and unsampled[1][2] == sampled[1][2]
+    assert unsampled[2]._watch_unsampled is True
 
 
 def _tracing_layer(app: Any) -> Any:
