@@ -346,6 +346,23 @@ def _untraced_body(response: Any) -> None:
         logger.debug("wrapping an untraced streamed body failed", exc_info=True)
 
 
+def _failed(state: _State | None, exc: BaseException, request: Any) -> None:
+    """An exception left the view chain: the owned transaction fails; an untraced
+    method's ``SystemExit`` / ``KeyboardInterrupt`` under WSGI is still reported (Django
+    turns an ``Exception`` into a 500 itself)."""
+    if state is not None and state.owned:
+        state.fail(exc, request)
+        state.tx.finish()
+    elif (
+        state is None
+        and not isinstance(exc, Exception)
+        and PROPAGATION_CONTEXT.get() is not None
+        and "scope" not in request.__dict__
+        and wsgi_error(exc)
+    ):
+        capture_untraced(exc, "django")
+
+
 class TracingMiddleware:
     """Django middleware tracing every request; put it first in ``MIDDLEWARE``."""
 
@@ -379,17 +396,7 @@ class TracingMiddleware:
             if state is None and ptoken is not None:
                 _untraced_body(response)
         except BaseException as exc:
-            if state is not None and state.owned:
-                state.fail(exc, request)
-                state.tx.finish()
-            elif (  # an untraced method's (Django turns an Exception into a 500 itself)
-                state is None
-                and not isinstance(exc, Exception)
-                and PROPAGATION_CONTEXT.get() is not None
-                and "scope" not in request.__dict__
-                and wsgi_error(exc)
-            ):
-                capture_untraced(exc, "django")
+            _failed(state, exc, request)
             raise
         finally:
             if token is not None:
@@ -407,17 +414,7 @@ class TracingMiddleware:
             if state is None and ptoken is not None:
                 _untraced_body(response)
         except BaseException as exc:
-            if state is not None and state.owned:
-                state.fail(exc, request)
-                state.tx.finish()
-            elif (  # an untraced method's (Django turns an Exception into a 500 itself)
-                state is None
-                and not isinstance(exc, Exception)
-                and PROPAGATION_CONTEXT.get() is not None
-                and "scope" not in request.__dict__
-                and wsgi_error(exc)
-            ):
-                capture_untraced(exc, "django")
+            _failed(state, exc, request)
             raise
         finally:
             if token is not None:
