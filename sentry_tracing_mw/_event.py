@@ -158,13 +158,13 @@ _SECRET_ANYWHERE = re.compile(
     r"(?:^|_)(?:password|passwd|passphrase|credentials|private_key|signing_key|"
     r"encryption_key|api_key|jwt)(?:_|$)"
 )
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def _secret_variable(name: str) -> bool:
     """Whether a local variable's name says it holds a secret (its value is filtered even
     with ``send_default_pii``)."""
-    words = _CAMEL.sub("_", name).lower().replace("-", "_").rstrip("0123456789")
+    words = _CAMEL.sub("_", name).lower().replace("-", "_").rstrip("0123456789").strip("_")
     if words in _SECRET_NAMES or name.lower() in _SECRET_NAMES:
         return True
     return (

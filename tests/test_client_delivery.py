@@ -1001,6 +1001,8 @@ def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
         authToken = "tk2"  # noqa: F841
         password_hash = "$2b$12$x"  # noqa: F841
         pwd = "pw2"  # noqa: F841
+        DBPassword = "pw3"  # noqa: F841
+        client_secret_2 = "cs2"  # noqa: F841
         raise ValueError("failed")
 
     try:
@@ -1021,6 +1023,8 @@ def test_locals_that_only_contain_a_secret_word_are_sent_with_pii(
         "authToken": "[Filtered]",
         "password_hash": "[Filtered]",
         "pwd": "[Filtered]",
+        "DBPassword": "[Filtered]",
+        "client_secret_2": "[Filtered]",
     }
 
 
