@@ -418,7 +418,7 @@ class TracingMiddleware:
         """The scope handed to the app; a framework integration may watch its routing."""
         return scope
 
-    def unsampled_scope(self, scope: Scope, tx: Transaction) -> Scope:
+    def unsampled_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
         """The scope handed to the app in an unsampled request (whose name a framework
         integration may resolve only when it is read: ``tx._namer``)."""
         return scope
@@ -538,7 +538,7 @@ class TracingMiddleware:
         # disconnect or routing is watched (nothing of it is sent); the name is resolved
         # only if something reads it (trace headers, an error event).
         try:
-            inner = self.unsampled_scope(scope, tx)
+            inner = self.unsampled_scope(scope, tx, method)
         except Exception:
             logger.exception("sentry_tracing_mw: preparing the request scope failed")
             inner = scope

@@ -345,24 +345,6 @@ def _request_refs() -> int:
 _REQUEST_REFS = _request_refs()
 
 
-class _Conn:
-    """A request as ``_capture_handled`` reads it."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-
-
-class _Status:
-    """A response as ``_capture_handled`` reads it."""
-
-    __slots__ = ("status_code",)
-
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
-
-
 class _Matched:
     """A matched FastAPI route context's path (see ``_match``)."""
 
@@ -545,14 +527,14 @@ class TracingMiddleware(asgi.TracingMiddleware):
         return None
 
     # -- unsampled requests: routing is not watched ------------------------------------
-    def unsampled_scope(self, scope: Scope, tx: Transaction) -> Scope:
+    def unsampled_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
         """The app gets the scope itself, and the request is named only if its name is
         read. Routing is watched as for a sampled request when the app is not known yet
         (the middleware wraps a Starlette app from outside), or while some exception
         handler tables cannot capture on their own (``_find_tables``)."""
         app = scope.get("app")
         if self._watch_unsampled or app is None:
-            return self.app_scope(scope, tx, str(scope.get("method") or "GET").upper())
+            return self.app_scope(scope, tx, method)
         tx._namer = (self._late_name, scope, app, scope.get("root_path"))
         return scope
 
@@ -644,7 +626,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return
         exc = sys.exc_info()[1]
         if isinstance(exc, Exception):
-            _capture_handled(_Conn(scope), exc, _Status(code))
+            _capture_handled(scope, exc, code)
 
     def _find_tables(self, seen: Any = None) -> None:
         """Walk the app below (middleware, routers, mounted apps) and make every
@@ -872,18 +854,17 @@ def _cell_contents(cells: tuple[Any, ...]) -> list[Any]:
     return out
 
 
-def _capture_handled(conn: Any, exc: BaseException, response: Any) -> None:
+def _capture_handled(scope: Any, exc: BaseException, code: Any) -> None:
+    """Capture ``exc`` when a handler answered it with a 5xx ``code`` (never raises)."""
     try:
-        code = getattr(response, "status_code", None)
         if not isinstance(code, int) or code < 500:
             return
-        scope = getattr(conn, "scope", None)
         tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
         if tx is None and CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None:
             return  # an ignored path: no error events (as for its unhandled errors)
         if tx is not None and tx._request is None:  # unsampled: for the event
             pii = get_client().options.send_default_pii
-            asgi.defer_asgi_request_info(tx, scope, pii)  # type: ignore[arg-type]
+            asgi.defer_asgi_request_info(tx, scope, pii)
         span = CURRENT_SPAN.get() or tx
         # A 5xx HTTPException was raised on purpose: handled, as sentry-sdk reports it.
         get_client().capture_exception(
@@ -901,7 +882,9 @@ def _capturing(handler: Any) -> Any:
 
         async def async_handler(conn: Any, exc: Exception) -> Any:
             response = await handler(conn, exc)
-            _capture_handled(conn, exc, response)
+            _capture_handled(
+                getattr(conn, "scope", None), exc, getattr(response, "status_code", None)
+            )
             return response
 
         functools.update_wrapper(async_handler, handler)  # (inspect.unwrap gives it)
@@ -910,7 +893,7 @@ def _capturing(handler: Any) -> Any:
 
     def sync_handler(conn: Any, exc: Exception) -> Any:
         response = handler(conn, exc)
-        _capture_handled(conn, exc, response)
+        _capture_handled(getattr(conn, "scope", None), exc, getattr(response, "status_code", None))
         return response
 
     functools.update_wrapper(sync_handler, handler)
