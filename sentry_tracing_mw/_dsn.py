@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 from ._errors import ConfigurationError
+from ._log import logger
 from ._version import VERSION
 
 __all__ = ["SDK_NAME", "USER_AGENT", "Dsn"]
@@ -81,7 +82,13 @@ class Dsn:
         host, port = _split_hostport(hostport, value)
         path_all = parts.path
         if parts.query or parts.fragment:
-            raise ConfigurationError(f"dsn {value!r}: query strings and fragments are not allowed")
+            # Raven-era DSNs carried client options there (``?verify_ssl=0``): sentry-sdk
+            # ignores them, and so does this (with a warning, as they are not applied).
+            logger.warning(
+                "dsn %r: its query string and fragment are ignored (client options are "
+                "init() options: ca_certs for certificates)",
+                _redacted(raw.partition("#")[0].partition("?")[0]),
+            )
         prefix, _, project_id = path_all.rstrip("/").rpartition("/")
         # a self-hosted path prefix with spaces or non-ASCII (``/中/1``): percent-encoded,
         # as sentry-sdk sends it (kept as is, it cannot go into a request line)
