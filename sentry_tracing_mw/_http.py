@@ -5,7 +5,7 @@ builds headers call by call and parses responses with the ``email`` package); th
 competes with the host app for the GIL on every sent transaction. This connection sends a
 precomputed request head plus the body in one write and reads only what the transport
 uses: the status code and the headers (for rate limits), with Content-Length, chunked or
-read-to-close bodies. TLS is verified with the default context. Proxies go through urllib3.
+read-to-close bodies. TLS is verified with ``tls_context``. Proxies go through urllib3.
 """
 
 from __future__ import annotations
@@ -15,11 +15,32 @@ import socket
 import ssl
 from collections.abc import Mapping
 
-__all__ = ["HTTPConnection", "ProtocolError", "StaleConnectionError"]
+from ._log import warn_once
+
+__all__ = ["HTTPConnection", "ProtocolError", "StaleConnectionError", "tls_context"]
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 _MAX_BODY = 1024 * 1024  # Sentry answers with a small JSON document
+
+
+def tls_context(ca_certs: str | None) -> ssl.SSLContext:
+    """The verifying TLS context for Sentry: ``ca_certs`` when given, else the system's
+    trust store, plus certifi's bundle when that store holds no CA certificate (a slim
+    container image without a CA package, where sentry-sdk still works: it uses certifi)."""
+    context = ssl.create_default_context(cafile=ca_certs)
+    if ca_certs is None and not context.cert_store_stats().get("x509_ca"):
+        try:
+            import certifi
+        except ImportError:
+            warn_once(
+                "no-ca-certificates",
+                "no CA certificates in the system trust store and certifi is not installed: "
+                "HTTPS to Sentry will fail verification (install certifi or set ca_certs)",
+            )
+        else:
+            context.load_verify_locations(certifi.where())
+    return context
 
 
 class ProtocolError(OSError):
@@ -59,7 +80,7 @@ class HTTPConnection:
         https = scheme == "https"
         self._host = host
         self._port = port or (443 if https else 80)
-        self._context = ssl.create_default_context(cafile=ca_certs) if https else None
+        self._context = tls_context(ca_certs) if https else None
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         netloc = f"[{host}]" if ":" in host else host

@@ -65,7 +65,8 @@ class Options:
     https_proxy: str | None = None
     ca_certs: str | None = None
     """A PEM file of CA certificates that verify the Sentry server's HTTPS certificate
-    (a self-hosted Sentry behind a private CA). None: the system's trust store."""
+    (a self-hosted Sentry behind a private CA). None: the system's trust store, and
+    certifi's bundle when that store is empty (sentry-sdk always uses certifi's)."""
     org_id: str | None = None
     strict_trace_continuation: bool = False
     max_inherited_sampled_per_second: float | None = None

@@ -36,7 +36,7 @@ from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._errors import ConfigurationError
 from ._event import MAX_ITEM_BYTES, shrink_event
 from ._fork import renew_in_child, uwsgi_module
-from ._http import HTTPConnection, StaleConnectionError
+from ._http import HTTPConnection, StaleConnectionError, tls_context
 from ._options import _proxy, explicit_proxy, redacted_url
 from ._ratelimits import RateLimits, header_get
 from ._serialize import dumps
@@ -573,8 +573,7 @@ class Transport:
         }
         if self.dsn.scheme == "https":
             options["cert_reqs"] = "CERT_REQUIRED"
-            if self._ca_certs:
-                options["ca_certs"] = self._ca_certs
+            options["ssl_context"] = tls_context(self._ca_certs)
         proxy = self._proxy
         if proxy:
             parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)

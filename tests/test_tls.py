@@ -116,3 +116,46 @@ def test_ca_certs_must_be_a_usable_pem_file(tmp_path: Path) -> None:
         stm.init(dsn="https://public@127.0.0.1:9/1", ca_certs=str(garbage))
     with pytest.raises(stm.ConfigurationError, match=r"ca_certs.*no such file"):
         stm.init(dsn="https://public@127.0.0.1:9/1", ca_certs=str(tmp_path / "missing.pem"))
+
+
+_EMPTY_STORE_PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+if sys.argv[1] == "blocked":
+    sys.modules["certifi"] = None  # not installed
+from sentry_tracing_mw._http import HTTPConnection
+conn = HTTPConnection("https", "sentry.example", None, "/api/1/envelope/", {},
+                      connect_timeout=1, read_timeout=1)
+print("CA", conn._context.cert_store_stats()["x509_ca"])
+"""
+
+
+@pytest.mark.parametrize("certifi_state", ["installed", "blocked"])
+def test_an_empty_system_trust_store_falls_back_to_certifi(
+    tmp_path: Path, certifi_state: str
+) -> None:
+    # A slim container image with no CA package: the system store is empty (here: the
+    # OpenSSL default locations pointed at an empty file and directory). sentry-sdk works
+    # there (it always uses certifi's bundle); so must we, when certifi is installed.
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", _EMPTY_STORE_PROBE, certifi_state],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    count = int(out.rpartition("CA ")[2])
+    if certifi_state == "installed":
+        assert count > 50, out
+        assert "no CA certificates" not in out
+    else:
+        assert count == 0, out
+        assert "no CA certificates in the system trust store" in out
