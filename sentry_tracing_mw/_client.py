@@ -451,11 +451,14 @@ class Client:
         span: Span | None = None,
         mechanism: str = "generic",
         handled: bool = True,
+        request: dict[str, Any] | None = None,
     ) -> str | None:
         """Send an error event linked to ``span`` (default: the current span).
 
         ``exc`` is an exception or a ``sys.exc_info()`` tuple (as ``sentry-sdk`` accepts);
         anything else sends nothing and returns None, as does a client without a DSN.
+        ``request``: the event's request interface when no transaction carries one (an
+        integration's request whose method is not traced).
         """
         if not isinstance(exc, BaseException):
             value = exc[1] if isinstance(exc, tuple) and len(exc) == 3 else None
@@ -484,7 +487,13 @@ class Client:
             self.reports.record("internal_sdk_error", "error")
             return None
         event = error_event(
-            exc, options=opts, ctx=ctx, span=span, mechanism=mechanism, handled=handled
+            exc,
+            options=opts,
+            ctx=ctx,
+            span=span,
+            mechanism=mechanism,
+            handled=handled,
+            request=request,
         )
         event_id: str = event["event_id"]
         transport.submit(

@@ -763,8 +763,12 @@ def error_event(
     span: Span | None,
     mechanism: str = "generic",
     handled: bool = True,
+    request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build an error event (protocol §16) linked to ``span`` (or the request's trace)."""
+    """Build an error event (protocol §16) linked to ``span`` (or the request's trace).
+
+    ``request``: the request interface of a request with no transaction (a method that
+    is not traced); a transaction's own request data goes first."""
     with_locals = options.send_default_pii
     values = []
     chain = _exception_chain(exc)
@@ -833,6 +837,12 @@ def error_event(
             event["request"] = request = _own_copy(request)
         if options.send_default_pii:
             _add_user(event, tx, request)
+    elif request is not None:
+        event["request"] = request
+        if options.send_default_pii:
+            ip = client_ip(request)
+            if ip is not None:
+                event["user"] = {"ip_address": ip}
     if options.release:
         event["release"] = options.release
     if options.server_name:

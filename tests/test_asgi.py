@@ -244,7 +244,14 @@ def test_untraced_method_still_reports_errors_ignored_path_does_not(
 ) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     with pytest.raises(KeyError):  # OPTIONS is not traced by default: its error is reported
-        asyncio.run(call(TracingMiddleware(raw_asgi_app), method="OPTIONS", path="/error"))
+        asyncio.run(
+            call(
+                TracingMiddleware(raw_asgi_app),
+                method="OPTIONS",
+                path="/error",
+                headers={"authorization": "Bearer x", "x-custom": "visible"},
+            )
+        )
     with pytest.raises(KeyError):  # an ignored path: nothing at all
         asyncio.run(call(TracingMiddleware(raw_asgi_app, ignore_paths=["/error"]), path="/error"))
     assert stm.flush(5) and sentry_server.wait_for(1)
@@ -252,6 +259,11 @@ def test_untraced_method_still_reports_errors_ignored_path_does_not(
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["type"] == "KeyError"
     assert event["exception"]["values"][-1]["mechanism"] == {"type": "asgi", "handled": False}
+    # its request data, as a traced request's events carry it (privacy rules applied)
+    request = event["request"]
+    assert request["method"] == "OPTIONS" and request["url"].endswith("/error")
+    headers = {k.lower(): v for k, v in dict(request["headers"]).items()}
+    assert headers.get("x-custom") == "visible" and "authorization" not in headers
 
 
 def test_ignore_paths_and_untraced_methods_get_own_trace(sentry_server: SentryServer) -> None:

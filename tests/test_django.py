@@ -492,6 +492,8 @@ def test_an_untraced_methods_streamed_body_keeps_its_trace_and_reports_errors(
     assert stm.flush(5) and sentry_server.wait_for(1, 5)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["mechanism"]["type"] == "django"
+    assert event["request"]["method"] == "OPTIONS"
+    assert event["request"]["url"].endswith("/stream-error/")
     assert sentry_server.transactions() == []
     assert stm.get_current_span() is None
 
@@ -602,6 +604,9 @@ def test_untraced_method_still_reports_errors_ignored_path_does_not(
     for event in events:
         assert event["exception"]["values"][-1]["value"] == "boom from a view"
         assert event["exception"]["values"][-1]["mechanism"]["type"] == "django"
+        # its request data, as a traced request's events carry it
+        assert event["request"]["url"].endswith("/error/")
+    assert sorted(e["request"]["method"] for e in events) == ["HEAD", "OPTIONS"]
 
 
 # -- request data -------------------------------------------------------------------------

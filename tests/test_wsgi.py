@@ -422,13 +422,22 @@ def test_untraced_method_still_reports_errors_ignored_path_does_not(
     app = TracingMiddleware(app_raises, ignore_paths=["/health"])
     for method, path in (("HEAD", "/boom"), ("GET", "/health")):
         with pytest.raises(KeyError):
-            app(_environ(path, method=method), lambda s, h, e=None: None)
+            environ = _environ(path, method=method, QUERY_STRING="q=1")
+            environ.update(HTTP_COOKIE="sessionid=s3cr3t", HTTP_X_CUSTOM="visible")
+            app(environ, lambda s, h, e=None: None)
     assert stm.flush(5) and sentry_server.wait_for(1)
     assert stm.flush(1) and sentry_server.transactions() == []
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["value"] == "'/boom'"
     assert event["exception"]["values"][-1]["mechanism"] == {"type": "wsgi", "handled": False}
     assert "transaction" not in event
+    # its request data, as a traced request's events carry it (privacy rules applied)
+    request = event["request"]
+    assert request["method"] == "HEAD" and request["url"].endswith("/boom")
+    assert request["query_string"] == "q=1"
+    headers = dict(request["headers"])
+    assert headers.get("X-Custom") == "visible" and "Cookie" not in headers
+    assert "user" not in event
 
 
 def test_exception_mid_stream(sentry_server: SentryServer) -> None:
@@ -625,6 +634,7 @@ def test_an_untraced_requests_streamed_body_keeps_its_trace_and_reports_errors(
     wait_transactions(sentry_server, 0, events=1)
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["value"] == "body of /s failed"
+    assert event["request"]["method"] == "OPTIONS" and event["request"]["url"].endswith("/s")
     assert sentry_server.transactions() == []
 
 

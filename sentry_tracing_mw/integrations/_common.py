@@ -298,11 +298,23 @@ def wsgi_error(exc: BaseException) -> bool:
     return not isinstance(exc, GeneratorExit)
 
 
-def capture_untraced(exc: BaseException, mechanism: str) -> None:
+def capture_untraced(
+    exc: BaseException,
+    mechanism: str,
+    request_info: Callable[[bool], dict[str, Any]] | None = None,
+) -> None:
     """Report an unhandled exception of a request with no transaction (its method is not
-    traced): still an error, linked to the request's trace context (never raises)."""
+    traced): still an error, linked to the request's trace context, with the request data
+    ``request_info(send_default_pii)`` builds, as a traced request's events (never raises)."""
     try:
-        get_client().capture_exception(exc, mechanism=mechanism, handled=False)
+        client = get_client()
+        request = None
+        if request_info is not None and client.transport is not None:
+            try:
+                request = request_info(client.options.send_default_pii)
+            except Exception:
+                logger.exception("sentry_tracing_mw: building the request data failed")
+        client.capture_exception(exc, mechanism=mechanism, handled=False, request=request)
     except Exception:
         logger.exception("sentry_tracing_mw: capturing an exception failed")
 

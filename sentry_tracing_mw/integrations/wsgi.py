@@ -254,11 +254,14 @@ class _UntracedBody:
     in the request's trace context, not in whatever the server's thread holds, and its
     errors are reported."""
 
-    __slots__ = ("_ctx", "_result")
+    __slots__ = ("_ctx", "_environ", "_result")
 
-    def __init__(self, result: Iterable[bytes], ctx: PropagationContext) -> None:
+    def __init__(
+        self, result: Iterable[bytes], ctx: PropagationContext, environ: dict[str, Any]
+    ) -> None:
         self._result = result
         self._ctx = ctx
+        self._environ = environ
 
     def __iter__(self) -> Iterator[bytes]:
         ctx = self._ctx
@@ -276,7 +279,9 @@ class _UntracedBody:
                 held = True
         except BaseException as exc:
             if held and wsgi_error(exc):  # the app's iterable raised: still an error
-                capture_untraced(exc, "wsgi")
+                capture_untraced(
+                    exc, "wsgi", functools.partial(environ_request_info, self._environ)
+                )
             raise
         finally:
             if held:
@@ -292,7 +297,9 @@ class _UntracedBody:
             close()
         except BaseException as exc:
             if wsgi_error(exc):
-                capture_untraced(exc, "wsgi")
+                capture_untraced(
+                    exc, "wsgi", functools.partial(environ_request_info, self._environ)
+                )
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -461,7 +468,7 @@ class TracingMiddleware:
             result = self.app(environ, start_response)
         except BaseException as exc:
             if ctx is not None and wsgi_error(exc):  # an untraced method, not an ignored path
-                capture_untraced(exc, "wsgi")
+                capture_untraced(exc, "wsgi", functools.partial(environ_request_info, environ))
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -475,7 +482,7 @@ class TracingMiddleware:
                 return result  # a server may count its chunks: left as it is
         except Exception:
             return result
-        return _UntracedBody(result, ctx)
+        return _UntracedBody(result, ctx, environ)
 
     def _traced(
         self,

@@ -81,7 +81,7 @@ from .._common import (
     start_request,
     wsgi_error,
 )
-from ..wsgi import defer_request_info, file_stopped_early
+from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
 
 __all__ = ["TracingMiddleware", "context_processor"]
@@ -205,13 +205,27 @@ class _State:
             logger.exception("sentry_tracing_mw: recording an exception failed")
 
 
-def _defer_request(tx: Transaction, request: Any, pii: bool) -> None:
-    """Give ``tx`` the event's request interface of a Django request (WSGI or ASGI)."""
+def _meta(request: Any) -> Any:
+    """A Django request's ``META`` as a WSGI environ (an ASGI request's has no scheme)."""
     meta = request.META
     scope = request.__dict__.get("scope")  # ASGIRequest: META has no wsgi.url_scheme
     if scope is not None:
         meta = ChainMap({"wsgi.url_scheme": scope.get("scheme") or "http"}, meta)
-    defer_request_info(tx, meta, pii)
+    return meta
+
+
+def _defer_request(tx: Transaction, request: Any, pii: bool) -> None:
+    """Give ``tx`` the event's request interface of a Django request (WSGI or ASGI)."""
+    defer_request_info(tx, _meta(request), pii)
+
+
+def _capture_untraced(exc: BaseException, request: Any) -> None:
+    """``capture_untraced`` for a Django request (its request data built if sent)."""
+    capture_untraced(exc, "django", None if request is None else functools.partial(_info, request))
+
+
+def _info(request: Any, pii: bool) -> dict[str, Any]:
+    return environ_request_info(_meta(request), pii)
 
 
 class _SyncBody:
@@ -280,11 +294,12 @@ class _UntracedSyncBody:
     """The streamed body of a request whose method is not traced: produced in the
     request's trace context, its errors reported."""
 
-    __slots__ = ("_ctx", "_it")
+    __slots__ = ("_ctx", "_it", "_request")
 
-    def __init__(self, content: Any, ctx: PropagationContext) -> None:
+    def __init__(self, content: Any, ctx: PropagationContext, request: Any) -> None:
         self._it: Iterator[bytes] = iter(content)
         self._ctx = ctx
+        self._request = request
 
     def __iter__(self) -> _UntracedSyncBody:
         return self
@@ -296,7 +311,7 @@ class _UntracedSyncBody:
         except StopIteration:
             raise
         except Exception as exc:
-            capture_untraced(exc, "django")
+            _capture_untraced(exc, self._request)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
@@ -305,11 +320,12 @@ class _UntracedSyncBody:
 class _UntracedAsyncBody:
     """``_UntracedSyncBody`` for an async streamed body."""
 
-    __slots__ = ("_ctx", "_it")
+    __slots__ = ("_ctx", "_it", "_request")
 
-    def __init__(self, content: Any, ctx: PropagationContext) -> None:
+    def __init__(self, content: Any, ctx: PropagationContext, request: Any) -> None:
         self._it = aiter(content)
         self._ctx = ctx
+        self._request = request
 
     def __aiter__(self) -> _UntracedAsyncBody:
         return self
@@ -321,13 +337,13 @@ class _UntracedAsyncBody:
         except StopAsyncIteration:
             raise
         except Exception as exc:
-            capture_untraced(exc, "django")
+            _capture_untraced(exc, self._request)
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)
 
 
-def _untraced_body(response: Any) -> None:
+def _untraced_body(response: Any, request: Any) -> None:
     """Keep the current trace context (the request's) for a streamed body's app code; an
     ignored path (no context) is left as it is."""
     try:
@@ -339,9 +355,9 @@ def _untraced_body(response: Any) -> None:
         ):
             content = response.streaming_content
             if response.is_async:
-                response.streaming_content = _UntracedAsyncBody(content, ctx)
+                response.streaming_content = _UntracedAsyncBody(content, ctx, request)
             else:
-                response.streaming_content = _UntracedSyncBody(content, ctx)
+                response.streaming_content = _UntracedSyncBody(content, ctx, request)
     except Exception:
         logger.debug("wrapping an untraced streamed body failed", exc_info=True)
 
@@ -360,7 +376,7 @@ def _failed(state: _State | None, exc: BaseException, request: Any) -> None:
         and "scope" not in request.__dict__
         and wsgi_error(exc)
     ):
-        capture_untraced(exc, "django")
+        _capture_untraced(exc, request)
 
 
 class TracingMiddleware:
@@ -394,7 +410,7 @@ class TracingMiddleware:
         try:
             response = self.get_response(request)
             if state is None and ptoken is not None:
-                _untraced_body(response)
+                _untraced_body(response, request)
         except BaseException as exc:
             _failed(state, exc, request)
             raise
@@ -412,7 +428,7 @@ class TracingMiddleware:
         try:
             response = await self.get_response(request)
             if state is None and ptoken is not None:
-                _untraced_body(response)
+                _untraced_body(response, request)
         except BaseException as exc:
             _failed(state, exc, request)
             raise
@@ -689,7 +705,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
             # current); an ignored path (no context) reports nothing.
             exc = sys.exc_info()[1]
             if isinstance(exc, Exception) and PROPAGATION_CONTEXT.get() is not None:
-                capture_untraced(exc, "django")
+                _capture_untraced(exc, request)
             return
         exc = sys.exc_info()[1]
         if exc is None and state is not None:
