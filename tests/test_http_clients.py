@@ -1128,6 +1128,36 @@ def test_https_through_a_failing_proxy_gets_a_span(library: str, kind: str) -> N
     assert "secret" not in repr(span.data)
 
 
+@pytest.mark.parametrize("reader", ["read", "read-amt", "readinto", "readline", "read1"])
+@pytest.mark.parametrize("closed", ["never", "after-handling"])
+def test_http_client_body_timeout_fails_the_span(
+    reader: str, closed: str, recording_server: RecordingServer
+) -> None:
+    # http.client closes a response only on a short read: a read timeout (or a reset)
+    # leaves it open. The span still fails with the timeout, whether the caller never
+    # closes the response or closes it after handling the error.
+    stm.init(traces_sample_rate=1.0)
+    with stm.start_transaction("t") as tx:
+        conn = http.client.HTTPConnection("127.0.0.1", recording_server.port, timeout=0.25)
+        conn.request("GET", "/stream?chunks=2&delay=0.6")  # headers now, body late
+        response = conn.getresponse()
+        read: Callable[[], object] = {
+            "read": response.read,
+            "read-amt": lambda: response.read(1 << 16),
+            "readinto": lambda: response.readinto(bytearray(1 << 16)),
+            "readline": lambda: [response.readline() for _ in range(100)],
+            "read1": lambda: [response.read1(1 << 16) for _ in range(100)],
+        }[reader]
+        exc = _raised(read)
+        if closed == "after-handling":
+            response.close()
+            conn.close()
+    assert isinstance(exc, TimeoutError), exc
+    (span,) = http_spans(tx)
+    assert span.timestamp is not None
+    assert span.status == "deadline_exceeded" and span.data["error.type"] == "TimeoutError"
+
+
 @pytest.mark.parametrize("client", [HttpxClient(), AsyncHttpxClient()], ids=repr)
 def test_httpx_body_timeout_fails_the_span(
     client: Client, recording_server: RecordingServer

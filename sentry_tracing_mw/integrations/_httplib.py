@@ -410,8 +410,12 @@ def install() -> Callable[[], None]:
                 except Exception:
                     logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
 
+    raw_read = _Resp.__dict__["read"]
+    raw_readinto = _Resp.__dict__["readinto"]
     raw_readline = _Resp.__dict__["readline"]
     raw_read1 = _Resp.__dict__["read1"]
+    orig_read = as_function(raw_read)
+    orig_readinto = as_function(raw_readinto)
     orig_readline = as_function(raw_readline)
     orig_read1 = as_function(raw_read1)
 
@@ -424,25 +428,74 @@ def install() -> Callable[[], None]:
             span = span[0]
         finish(span)
 
+    def _read_failed(self: http.client.HTTPResponse, exc: BaseException) -> None:
+        """Reading the body raised without closing the response (a read timeout, a reset
+        connection: http.client closes only on a short read): the span fails now, as the
+        caller may never close it, or close it long after handling the error."""
+        span = self._stm_span  # type: ignore[attr-defined]
+        if span is None:  # closed while failing (_close_conn ended the span)
+            return
+        self._stm_span = None  # type: ignore[attr-defined]
+        if type(span) is tuple:
+            span = span[0]
+        try:
+            _failed(span, exc)
+        except Exception:
+            logger.exception("sentry_tracing_mw: ending an HTTP client span failed")
+
+    def read(self: http.client.HTTPResponse, amt: int | None = None) -> bytes:
+        if self._stm_span is None:  # type: ignore[attr-defined]
+            return orig_read(self, amt)  # type: ignore[no-any-return]
+        try:
+            return orig_read(self, amt)  # type: ignore[no-any-return]
+        except BaseException as exc:
+            _read_failed(self, exc)
+            raise
+
+    def readinto(self: http.client.HTTPResponse, b: Any) -> int:
+        if self._stm_span is None:  # type: ignore[attr-defined]
+            return orig_readinto(self, b)  # type: ignore[no-any-return]
+        try:
+            return orig_readinto(self, b)  # type: ignore[no-any-return]
+        except BaseException as exc:
+            _read_failed(self, exc)
+            raise
+
     def readline(self: http.client.HTTPResponse, limit: int = -1) -> bytes:
-        line: bytes = orig_readline(self, limit)
+        if self._stm_span is None:  # type: ignore[attr-defined]
+            return orig_readline(self, limit)  # type: ignore[no-any-return]
+        try:
+            line: bytes = orig_readline(self, limit)
+        except BaseException as exc:
+            _read_failed(self, exc)
+            raise
         if self._stm_span is not None and self.length == 0:  # type: ignore[attr-defined]
             _ended(self)
         return line
 
     def read1(self: http.client.HTTPResponse, n: int = -1) -> bytes:
-        data: bytes = orig_read1(self, n)
+        if self._stm_span is None:  # type: ignore[attr-defined]
+            return orig_read1(self, n)  # type: ignore[no-any-return]
+        try:
+            data: bytes = orig_read1(self, n)
+        except BaseException as exc:
+            _read_failed(self, exc)
+            raise
         if self._stm_span is not None and self.length == 0:  # type: ignore[attr-defined]
             _ended(self)
         return data
 
     response_wrappers: dict[str, Any] = {
         "_close_conn": _close_conn,
+        "read": read,
+        "readinto": readinto,
         "readline": readline,
         "read1": read1,
     }
     response_originals: dict[str, Any] = {
         "_close_conn": raw_close_conn,
+        "read": raw_read,
+        "readinto": raw_readinto,
         "readline": raw_readline,
         "read1": raw_read1,
     }
