@@ -124,6 +124,7 @@ def test_disconnect_watch_is_not_scheduled_on_an_idle_asyncio_loop(
 
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = generic_asgi.TracingMiddleware(streaming)
+    gc.collect()  # a task an earlier test left as garbage must not count as "before"
     before = _asyncio_tasks()
 
     async def main() -> None:
@@ -139,7 +140,7 @@ def test_disconnect_watch_is_not_scheduled_on_an_idle_asyncio_loop(
 
     trio.run(main)
     gc.collect()
-    assert _asyncio_tasks() == before
+    assert _asyncio_tasks() <= before  # a leak leaves one per streamed response (20)
     assert stm.flush(5)
     sent = sentry_server.transactions()
     assert len(sent) == 20
