@@ -213,11 +213,18 @@ def test_untraced_method_still_reports_errors_ignored_path_does_not(
     other = create_app()
     FlaskTracing(other)
     assert app.test_client().get("/boom").status_code == 500  # ignored: nothing
-    assert other.test_client().head("/boom").status_code == 500  # untraced: reported
+    untraced = other.test_client().head("/boom?q=1", headers={"Cookie": "s=secret", "X-C": "v"})
+    assert untraced.status_code == 500  # untraced: reported
     assert stm.flush(5) and sentry_server.wait_for(1)
     assert stm.flush(1) and sentry_server.transactions() == []
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["mechanism"] == {"type": "flask", "handled": False}
+    # with its request data, as a traced request's events (privacy rules applied)
+    request = event["request"]
+    assert request["method"] == "HEAD" and request["url"].endswith("/boom")
+    assert request["query_string"] == "q=1"
+    headers = dict(request["headers"])
+    assert headers.get("X-C") == "v" and "Cookie" not in headers
 
 
 def test_abort_is_not_an_error_event(sentry_server: SentryServer) -> None:

@@ -65,6 +65,7 @@ from .wsgi import (
     TracingMiddleware,
     WSGIApp,
     defer_request_info,
+    environ_request_info,
     wsgi_str,
 )
 
@@ -247,8 +248,15 @@ class FlaskTracingMiddleware(TracingMiddleware):
                 else:
                     tx.set_name(f"{req.method} 500", "route")
             client = get_client()
-            if tx is not None and tx._request is None:  # unsampled: for the event
-                defer_request_info(tx, req.environ, client.options.send_default_pii)
+            pii = client.options.send_default_pii
+            if tx is None:  # a method that is not traced: its event has the request too
+                request_data = environ_request_info(req.environ, pii)
+                client.capture_exception(
+                    exception, mechanism="flask", handled=handled, request=request_data
+                )
+                return
+            if tx._request is None:  # unsampled: for the event
+                defer_request_info(tx, req.environ, pii)
             client.capture_exception(exception, span=tx, mechanism="flask", handled=handled)
         except Exception:
             logger.exception("sentry_tracing_mw: capturing a Flask exception failed")
