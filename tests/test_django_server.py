@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -198,6 +199,47 @@ def test_asgi_client_disconnect_mid_stream_is_cancelled(sentry_server: SentrySer
         # and "sends" the whole body, so the transaction ends normally after all of it.
         assert _trace(tx)["status"] == "ok"
         assert _duration(tx) >= 0.3
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous")
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="Django 4.2 ignores http.disconnect")
+def test_asgi_client_leaving_a_sync_streamed_body_is_cancelled(
+    sentry_server: SentryServer,
+) -> None:
+    # Django reads a synchronous body whole (in a thread) before sending it: our body
+    # wrapper sees it end normally, and the disconnect cancels Django's sending instead.
+    init_traced(sentry_server)
+    with run_asgi(get_asgi_application()) as base:
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"GET /stream/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)  # the body (0.3 s) is being produced: leave
+        _wait(sentry_server, 1)
+    (tx,) = sentry_server.transactions()
+    assert tx["transaction"] == "/stream/"
+    assert _trace(tx)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_asgi_response_the_server_refuses_to_send_is_an_error(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    # Sending raises (a body on a 204): Django's handler then skips the response's
+    # close(), so the transaction ended nowhere and its error was never reported.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+    with run_asgi(get_asgi_application()) as base:
+        with contextlib.suppress(requests.RequestException):  # (the 204 head may arrive)
+            requests.get(base + "/body-on-204/", timeout=5)
+        assert requests.get(base + "/health/", timeout=5).status_code == 200  # still serving
+        _wait(sentry_server, 2 if rate else 1)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "django", "handled": False}
+    assert event["transaction"] == "/body-on-204/"
+    if rate:
+        txs = _by_name(sentry_server)
+        assert _trace(txs["/body-on-204/"])["status"] == "internal_error"
+        assert _trace(txs["/body-on-204/"])["trace_id"] == event["contexts"]["trace"]["trace_id"]
+        assert _trace(txs["/health/"])["status"] == "ok"
 
 
 def test_wsgi_file_download_cut_short_is_cancelled(sentry_server: SentryServer) -> None:

@@ -36,6 +36,7 @@ urlpatterns = [
     path("aerror/", views.aerror),
     path("missing/<int:pk>/", views.raise404),
     path("stream/", views.stream),
+    path("body-on-204/", views.body_on_204),
     path("stream-orm/", views.stream_orm),
     path("astream/", views.astream),
     path("stream-error/", views.stream_error),

@@ -59,6 +59,11 @@ def raise404(request: HttpRequest, pk: int) -> HttpResponse:
     raise Http404("no such thing")
 
 
+def body_on_204(request: HttpRequest) -> HttpResponse:
+    """A response no server can send as it is (a body on a 204): sending it raises."""
+    return HttpResponse(b"oops", status=204)
+
+
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     def body() -> Iterator[bytes]:
         for i in range(3):

@@ -171,6 +171,8 @@ class _State:
     def finish(self) -> None:
         """Response closer: the body has been sent (or the server gave up)."""
         tx = self.tx
+        if tx._end is not None:  # ended where sending it failed (_send_failed)
+            return
         body = self.body
         if tx._status in (None, "ok"):
             if body is not None:
@@ -604,6 +606,8 @@ class TracingMiddleware:
                 state.responded = True
             else:  # unsampled and built, or no closers: nothing to wait for
                 state.finish()
+            if not state.wsgi:  # ASGI: sending it may fail or be cut (_watch_asgi_sends)
+                response.__dict__[_STATE_ATTR] = state
         except Exception:
             logger.exception("sentry_tracing_mw: finishing the request transaction failed")
             state.tx.finish()
@@ -769,6 +773,54 @@ def _answer_asgi_lifespan() -> None:
     ASGIHandler.__call__ = __call__
 
 
+def _watch_asgi_sends() -> None:
+    """Watch Django's ASGI handler sending a traced response. Django reads a synchronous
+    streamed body (a ``FileResponse`` too) whole before sending it, and skips the
+    response's ``close()`` when sending raises: a client that leaves mid-send would be
+    ``ok``, and a failing send (a body on a 204 refused by the server) would lose the
+    transaction and its error. They are ``cancelled`` / ``internal_error`` here."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    original = ASGIHandler.__dict__.get("send_response")
+    if original is None or getattr(original, "_stm_watching", False):
+        return
+    if not iscoroutinefunction(original):
+        logger.debug("ASGIHandler.send_response is not a coroutine function: not watched")
+        return
+
+    @functools.wraps(original)
+    async def send_response(self: Any, response: Any, send: Any) -> Any:
+        state = getattr(response, "__dict__", {}).get(_STATE_ATTR)
+        if state is None:
+            return await original(self, response, send)
+        try:
+            return await original(self, response, send)
+        except BaseException as exc:
+            _send_failed(state, exc)
+            raise
+
+    send_response._stm_watching = True  # type: ignore[attr-defined]
+    ASGIHandler.send_response = send_response
+
+
+def _send_failed(state: _State, exc: BaseException) -> None:
+    """Sending a traced response under ASGI raised: the client left (``CancelledError``:
+    ``cancelled``) or the server refused it (an error event, ``internal_error``); the
+    transaction ends now, as Django will not close the response after a failed send."""
+    try:
+        tx = state.tx
+        if tx._end is not None and not isinstance(exc, Exception):
+            return  # already ended (unsampled, or the body was sent): nothing more to say
+        if isinstance(exc, Exception):
+            state.fail(exc)
+        elif tx._status in (None, "ok"):
+            tx._status = "cancelled"
+        if tx._end is None:
+            tx.finish()
+    except Exception:
+        logger.exception("sentry_tracing_mw: recording a failed ASGI send failed")
+
+
 def _note_handled_exceptions() -> None:
     """Note a view's exception that a middleware's ``process_exception`` answered with a
     5xx.
@@ -833,6 +885,10 @@ def _install_hooks(tag_library: bool = True) -> None:
             _answer_asgi_lifespan()
         except Exception:
             logger.exception("sentry_tracing_mw: answering the ASGI lifespan scope failed")
+        try:
+            _watch_asgi_sends()
+        except Exception:
+            logger.exception("sentry_tracing_mw: watching Django's ASGI sends failed")
     if not tag_library:
         return
     try:
