@@ -284,9 +284,14 @@ def test_outgoing_baggage_budget(sentry: dict[str, str], own: str, forwarded: li
     ours_only = format_baggage(sentry)
     assert len(ours_only.encode("utf-8", "surrogatepass")) <= MAX_BAGGAGE_BYTES
     assert parse_baggage(header).sentry == parse_baggage(ours_only).sentry
-    fits = len(sentry) <= MAX_BAGGAGE_MEMBERS and sum(
-        len(f"sentry-{k}={quote(v, safe='', errors='replace')},".encode()) for k, v in sentry.items()
-    ) <= MAX_BAGGAGE_BYTES + 1
+    fits = (
+        len(sentry) <= MAX_BAGGAGE_MEMBERS
+        and sum(
+            len(f"sentry-{k}={quote(v, safe='', errors='replace')},".encode())
+            for k, v in sentry.items()
+        )
+        <= MAX_BAGGAGE_BYTES + 1
+    )
     if fits:
         ours = [k for k in keys if k.startswith("sentry-")]
         assert sorted(ours) == sorted(f"sentry-{k}" for k in sentry)

@@ -44,7 +44,9 @@ def test_init_installs_http_client_instrumentation_by_default() -> None:
     ],
 )
 def test_uwsgi_without_threads_logs_a_clear_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, opt: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    opt: dict[str, object],
     warned: bool,
 ) -> None:
     fake = types.ModuleType("uwsgi")
@@ -73,7 +75,8 @@ def test_debug_option_logs_to_the_package_logger(caplog: pytest.LogCaptureFixtur
     try:
         with caplog.at_level(logging.DEBUG, logger="sentry_tracing_mw"):
             stm.init(
-                dsn="http://public:very-secret@127.0.0.1:9/1", debug=True,
+                dsn="http://public:very-secret@127.0.0.1:9/1",
+                debug=True,
                 instrument_http_clients=False,
             )
             assert logger.level == logging.DEBUG
@@ -208,9 +211,7 @@ def test_init_replacing_a_client_a_middleware_made_names_the_options_dropped(
     def app(environ: dict[str, object], start_response: object) -> list[bytes]:
         return [b""]
 
-    TracingMiddleware(
-        app, traces_sample_rate=1.0, release="mw@1", instrument_http_clients=False
-    )
+    TracingMiddleware(app, traces_sample_rate=1.0, release="mw@1", instrument_http_clients=False)
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
         stm.init(release="mw@1", instrument_http_clients=False)  # the same release: kept
     (message,) = [r.getMessage() for r in caplog.records]

@@ -246,7 +246,14 @@ def test_socks_proxy_from_the_environment_is_logged_without_its_password(
     assert "hunter2" not in caplog.text
 
 
-_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+_PROXY_VARIABLES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
 
 
 @pytest.mark.parametrize(

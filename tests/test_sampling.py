@@ -445,7 +445,8 @@ def test_trusted_ipv4_networks_match_ipv4_mapped_peers(peer: str) -> None:
     from sentry_tracing_mw.integrations.wsgi import TracingMiddleware as WsgiMiddleware
 
     stm.init(
-        traces_sample_rate=1.0, trust_incoming_traces=["127.0.0.0/8"],
+        traces_sample_rate=1.0,
+        trust_incoming_traces=["127.0.0.0/8"],
         instrument_http_clients=False,
     )
     assert get_client().trusts(peer) and not get_client().trusts("::ffff:10.0.0.1")
@@ -458,8 +459,13 @@ def test_trusted_ipv4_networks_match_ipv4_mapped_peers(peer: str) -> None:
         return [b"ok"]
 
     environ = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http", "REMOTE_ADDR": peer, "HTTP_SENTRY_TRACE": f"{TRACE}-{SPAN}-1",
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": peer,
+        "HTTP_SENTRY_TRACE": f"{TRACE}-{SPAN}-1",
     }
     list(WsgiMiddleware(wsgi_app)(environ, lambda *a: None))
 
@@ -470,10 +476,18 @@ def test_trusted_ipv4_networks_match_ipv4_mapped_peers(peer: str) -> None:
         await send({"type": "http.response.body", "body": b"ok"})
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"sentry-trace", f"{TRACE}-{SPAN}-1".encode())],
-        "client": (peer, 50000), "server": ("x", 80),
+        "client": (peer, 50000),
+        "server": ("x", 80),
     }
 
     async def receive() -> dict[str, Any]:

@@ -1438,7 +1438,11 @@ def test_unsampled_requests_named_and_captured_as_sampled_ones(
         errors = sum(1 for p in paths if "/b/" in p) * 2
         assert sentry_server.wait_for(errors + (len(paths) * 2 if rate else 0), 5)
         events = sorted(
-            (e["exception"]["values"][-1]["type"], e["transaction"], e["transaction_info"]["source"])
+            (
+                e["exception"]["values"][-1]["type"],
+                e["transaction"],
+                e["transaction_info"]["source"],
+            )
             for e in sentry_server.events()
         )
         seen[rate] = (bodies, events)
@@ -1457,6 +1461,7 @@ def test_handled_500_on_an_ignored_path_is_no_event(sentry_server: SentryServer)
     for rate in (1.0, 0.0):
         sentry_server.clear()
         stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate, instrument_http_clients=False)
+
         async def health(request: Request) -> Response:
             raise _Handled("health")
 
