@@ -317,6 +317,34 @@ def test_error_before_url_resolution_is_named_like_its_transaction(
             assert envelope.headers["trace"].get("transaction") in ("/users/{pk}/", "GET 500")
 
 
+_CACHING = [
+    "django.middleware.cache.UpdateCacheMiddleware",  # first, as Django's docs place it
+    *settings.MIDDLEWARE,
+    "django.middleware.cache.FetchFromCacheMiddleware",
+]
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_a_cache_middleware_before_ours_can_cache_the_response(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    # UpdateCacheMiddleware pickles the response after ours handed it back: what ours
+    # keeps on it (its closer) must pickle to nothing, not fail the request with a 500.
+    init_traced(sentry_server, traces_sample_rate=rate)
+    with override_settings(MIDDLEWARE=_CACHING, CACHE_MIDDLEWARE_SECONDS=30):
+        client = _client()
+        first = client.get("/users/7/")
+        second = client.get("/users/7/")  # from the cache
+    assert first.status_code == 200 and second.status_code == 200
+    assert second.content == first.content
+    assert second.has_header("Expires") and second.has_header("Cache-Control")
+    assert stm.flush(5)
+    if rate:
+        assert sentry_server.wait_for(2, 5)
+        assert [t["transaction"] for t in sentry_server.transactions()] == ["/users/{pk}/"] * 2
+    assert sentry_server.events() == []
+
+
 class _RaisingOnTheWayOut:
     """A middleware placed before ours that fails on the response."""
 

@@ -235,11 +235,36 @@ def test_asgi_response_the_server_refuses_to_send_is_an_error(
     (event,) = sentry_server.events()
     assert event["exception"]["values"][-1]["mechanism"] == {"type": "django", "handled": False}
     assert event["transaction"] == "/body-on-204/"
+    assert event["request"]["url"].endswith("/body-on-204/")  # sampled or not
     if rate:
         txs = _by_name(sentry_server)
         assert _trace(txs["/body-on-204/"])["status"] == "internal_error"
         assert _trace(txs["/body-on-204/"])["trace_id"] == event["contexts"]["trace"]["trace_id"]
         assert _trace(txs["/health/"])["status"] == "ok"
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_asgi_cache_middleware_before_ours_caches_the_response(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    # Under ASGI ours also keeps its state on the response (for send_response): pickled by
+    # UpdateCacheMiddleware (placed first, as Django's docs say), it must pickle to nothing.
+    from django.conf import settings
+    from django.test import override_settings
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+    middleware = [
+        "django.middleware.cache.UpdateCacheMiddleware",
+        *settings.MIDDLEWARE,
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware, CACHE_MIDDLEWARE_SECONDS=30):
+        with run_asgi(get_asgi_application()) as base:
+            statuses = [requests.get(base + "/cbv/5/", timeout=5).status_code for _ in "ab"]
+            if rate:
+                _wait(sentry_server, 2)
+    assert statuses == [200, 200]
+    assert sentry_server.events() == []
 
 
 def test_wsgi_file_download_cut_short_is_cancelled(sentry_server: SentryServer) -> None:

@@ -207,6 +207,33 @@ class _State:
             logger.exception("sentry_tracing_mw: recording an exception failed")
 
 
+class _Closer:
+    """What a response holds of ours: its closer (``state.finish``), and under ASGI the
+    state for ``send_response``. Pickled (``UpdateCacheMiddleware`` placed before ours
+    caches the response) it is nothing: a cached copy must not hold the request's
+    transaction, client and locks (they cannot be pickled: the request failed with 500)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def __call__(self) -> None:
+        self.state.finish()
+
+    def __reduce__(self) -> tuple[type[_Cached], tuple[()]]:
+        return _Cached, ()
+
+
+class _Cached:
+    """A cached response's ``_Closer``: there is nothing of ours to close."""
+
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        return None
+
+
 def _meta(request: Any) -> Any:
     """A Django request's ``META`` as a WSGI environ (an ASGI request's has no scheme)."""
     meta = request.META
@@ -600,14 +627,16 @@ class TracingMiddleware:
                 if start is not None:
                     state.file = response.file_to_stream
                     state.file_start = start
-                    closers.insert(0, state.finish)
+                    closers.insert(0, _Closer(state))
                 else:
-                    closers.append(state.finish)  # ends when the body has been sent
+                    closers.append(_Closer(state))  # ends when the body has been sent
                 state.responded = True
             else:  # unsampled and built, or no closers: nothing to wait for
                 state.finish()
             if not state.wsgi:  # ASGI: sending it may fail or be cut (_watch_asgi_sends)
-                response.__dict__[_STATE_ATTR] = state
+                if not recording:
+                    state.request = request  # for the event of a failed send
+                response.__dict__[_STATE_ATTR] = _Closer(state)
         except Exception:
             logger.exception("sentry_tracing_mw: finishing the request transaction failed")
             state.tx.finish()
@@ -790,13 +819,13 @@ def _watch_asgi_sends() -> None:
 
     @functools.wraps(original)
     async def send_response(self: Any, response: Any, send: Any) -> Any:
-        state = getattr(response, "__dict__", {}).get(_STATE_ATTR)
-        if state is None:
+        closer = getattr(response, "__dict__", {}).get(_STATE_ATTR)
+        if type(closer) is not _Closer:
             return await original(self, response, send)
         try:
             return await original(self, response, send)
         except BaseException as exc:
-            _send_failed(state, exc)
+            _send_failed(closer.state, exc)
             raise
 
     send_response._stm_watching = True  # type: ignore[attr-defined]
