@@ -159,3 +159,65 @@ def test_an_empty_system_trust_store_falls_back_to_certifi(
     else:
         assert count == 0, out
         assert "no CA certificates in the system trust store" in out
+
+
+def test_https_proxy_signed_by_the_ca_certs_ca(
+    start_tls_sentry: StartServer, ca: trustme.CA, ca_pem: str
+) -> None:
+    # A TLS proxy (https_proxy="https://...") whose certificate the private CA of
+    # ca_certs signed: urllib3 verifies the proxy with the pool's ca_certs (sentry-sdk
+    # passes it too), so the envelope goes through the tunnel to the HTTPS Sentry.
+    import select
+    import socket
+    import threading
+
+    server = start_tls_sentry()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    connects: list[str] = []
+
+    def tunnel(raw: socket.socket) -> None:
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                line = head.split(b"\r\n")[0].decode()
+                connects.append(line)
+                host, _, port = line.split()[1].rpartition(":")
+                with socket.create_connection((host, int(port)), timeout=5) as up:
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    while True:
+                        ready, _, _ = select.select([conn, up], [], [], 5)
+                        if not ready:
+                            return
+                        for sock in ready:
+                            data = sock.recv(65536)
+                            if not data:
+                                return
+                            (up if sock is conn else conn).sendall(data)
+        except OSError:
+            pass
+
+    def accept() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=tunnel, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        proxy = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        client = send_one(server.dsn, ca_certs=ca_pem, https_proxy=proxy)
+        assert server.wait_for(1)
+    finally:
+        listener.close()
+    assert connects and connects[0].startswith("CONNECT 127.0.0.1:")
+    assert client.reports.snapshot() == {}
+    assert len(server.transactions()) == 1
