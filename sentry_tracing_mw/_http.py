@@ -10,6 +10,8 @@ read-to-close bodies. TLS is verified with ``tls_context``. Proxies go through u
 
 from __future__ import annotations
 
+import os
+import re
 import select
 import socket
 import ssl
@@ -29,7 +31,11 @@ def tls_context(ca_certs: str | None) -> ssl.SSLContext:
     trust store, plus certifi's bundle when that store holds no CA certificate (a slim
     container image without a CA package, where sentry-sdk still works: it uses certifi)."""
     context = ssl.create_default_context(cafile=ca_certs)
-    if ca_certs is None and not context.cert_store_stats().get("x509_ca"):
+    if (
+        ca_certs is None
+        and not context.cert_store_stats().get("x509_ca")
+        and not _hashed_ca_directory(ssl.get_default_verify_paths().capath)
+    ):
         try:
             import certifi
         except ImportError:
@@ -41,6 +47,22 @@ def tls_context(ca_certs: str | None) -> ssl.SSLContext:
         else:
             context.load_verify_locations(certifi.where())
     return context
+
+
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _hashed_ca_directory(path: str | None) -> bool:
+    """Whether ``path`` is an OpenSSL CA directory holding certificates (``c_rehash``
+    names): OpenSSL loads those only when a handshake needs one, so the store's counts
+    say nothing about them."""
+    if not path:
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.fullmatch(entry.name) for entry in entries)
+    except OSError:
+        return False
 
 
 class ProtocolError(OSError):

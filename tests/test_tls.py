@@ -130,6 +130,30 @@ print("CA", conn._context.cert_store_stats()["x509_ca"])
 """
 
 
+def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA) -> None:
+    # OpenSSL loads a CA directory's certificates lazily: the store counts none, yet it
+    # verifies. No certifi added, no warning that verification will fail.
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.cert_pem.write_to_path(str(certs / "1a2b3c4d.0"))
+    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(certs))
+    out = subprocess.run(
+        [sys.executable, "-c", _EMPTY_STORE_PROBE, "blocked"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "CA 0" in out and "no CA certificates" not in out, out
+
+
 @pytest.mark.parametrize("certifi_state", ["installed", "blocked"])
 def test_an_empty_system_trust_store_falls_back_to_certifi(
     tmp_path: Path, certifi_state: str
@@ -143,7 +167,10 @@ def test_an_empty_system_trust_store_falls_back_to_certifi(
 
     empty = tmp_path / "empty.pem"
     empty.write_text("")
-    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(tmp_path))
+    no_certs = tmp_path / "certs"
+    no_certs.mkdir()
+    (no_certs / "README").write_text("not a certificate")
+    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(no_certs))
     out = subprocess.run(
         [sys.executable, "-c", _EMPTY_STORE_PROBE, certifi_state],
         env=env,
