@@ -19,6 +19,7 @@ from django.conf import settings  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw._context import PROPAGATION_CONTEXT  # noqa: E402
 from sentry_tracing_mw.integrations.django import TracingMiddleware  # noqa: E402
 from sentry_tracing_mw.integrations.django._naming import route_to_name  # noqa: E402
 
@@ -375,6 +376,49 @@ def test_a_middleware_before_ours_failing_on_the_response(sentry_server: SentryS
     assert _trace(failed)["data"]["http.response.status_code"] == 500
     (error,) = sentry_server.events()
     assert error["contexts"]["trace"]["span_id"] == _trace(failed)["span_id"]
+
+
+class _RaisingOnTheWayIn:
+    """A middleware placed before ours that fails on the request (ours never sees it)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if "in" in request.GET:
+            raise RuntimeError(f"failed on the way in to {request.path}")
+        return self.get_response(request)
+
+
+def test_a_middleware_before_ours_failing_on_the_request(sentry_server: SentryServer) -> None:
+    """Django answers it with a 500 and ours never runs: the error is still reported (as
+    sentry-sdk reports it, through Django's got_request_exception), in a trace of its
+    own and with the request data; not on a path ours ignores."""
+    init_traced(sentry_server)
+    middleware = [f"{__name__}._RaisingOnTheWayIn", *settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=middleware, SENTRY_IGNORE_PATHS=["/health/"]):
+        client = _client()
+        assert client.get("/users/3/?in=1", HTTP_COOKIE="s=secret").status_code == 500
+        assert client.get("/users/4/?in=1").status_code == 500
+        assert client.get("/health/?in=1").status_code == 500  # ignored: nothing
+        assert client.get("/users/5/").status_code == 200
+    assert stm.flush(5) and sentry_server.wait_for(3, 5)
+    assert stm.flush(1)
+    assert [t["transaction"] for t in sentry_server.transactions()] == ["/users/{pk}/"]
+    events = sentry_server.events()
+    assert sorted(e["exception"]["values"][-1]["value"] for e in events) == [
+        "failed on the way in to /users/3/",
+        "failed on the way in to /users/4/",
+    ]
+    for event in events:
+        assert event["exception"]["values"][-1]["mechanism"] == {
+            "type": "django",
+            "handled": False,
+        }
+        assert event["request"]["method"] == "GET" and "Cookie" not in event["request"]["headers"]
+    traces = {e["contexts"]["trace"]["trace_id"] for e in events}
+    assert len(traces) == 2  # each its own trace
+    assert PROPAGATION_CONTEXT.get() is None  # none left on the thread
 
 
 def test_a_file_response_over_a_stream_that_cannot_tell(

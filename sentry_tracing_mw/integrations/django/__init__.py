@@ -234,6 +234,26 @@ class _Cached:
         return None
 
 
+#: ``ignore_paths`` of the middleware built last (None: none ignored), for a request a
+#: middleware before ours failed on (ours never saw it, so never decided).
+_ignore_paths: list[Any] = [None]
+
+
+def _capture_before_ours(exc: BaseException, request: Any) -> None:
+    """Report an exception a middleware placed before ours raised on a request ours never
+    saw (Django answers it with a 500), in a trace of its own, as sentry-sdk reports it;
+    a path ours ignores reports nothing."""
+    ignore = _ignore_paths[0]
+    path = getattr(request, "path_info", None)
+    if ignore is not None and isinstance(path, str) and ignore.match(path):
+        return
+    token = PROPAGATION_CONTEXT.set(get_client().continue_trace(None))
+    try:
+        _capture_untraced(exc, request)
+    finally:
+        PROPAGATION_CONTEXT.reset(token)
+
+
 def _meta(request: Any) -> Any:
     """A Django request's ``META`` as a WSGI environ (an ASGI request's has no scheme)."""
     meta = request.META
@@ -429,6 +449,7 @@ class TracingMiddleware:
         except ConfigurationError as exc:
             raise settings_error(exc, "Django setting", options) from None
         self._endpoint = self.config.transaction_style == "endpoint"
+        _ignore_paths[0] = self.config.ignore_paths
         _install_hooks()
 
     # -- entry points -----------------------------------------------------------------
@@ -735,10 +756,15 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
         tx = state.tx if state is not None else active_request_transaction()
         if tx is None:
             # A method that is not traced still reports its errors (its trace context is
-            # current); an ignored path (no context) reports nothing.
+            # current); an ignored path (no context) reports nothing; a request ours never
+            # saw (a middleware before ours failed on it) reports in a trace of its own.
             exc = sys.exc_info()[1]
-            if isinstance(exc, Exception) and PROPAGATION_CONTEXT.get() is not None:
+            if not isinstance(exc, Exception):
+                return
+            if PROPAGATION_CONTEXT.get() is not None:
                 _capture_untraced(exc, request)
+            elif request is not None and _STATE_ATTR not in request.__dict__:
+                _capture_before_ours(exc, request)
             return
         exc = sys.exc_info()[1]
         if exc is None and state is not None:
