@@ -60,7 +60,8 @@ def _hashed_ca_directory(path: str | None) -> bool:
         return False
     try:
         with os.scandir(path) as entries:
-            return any(_HASHED_NAME.fullmatch(entry.name) for entry in entries)
+            # (is_file() follows a link: one pointing nowhere is no certificate)
+            return any(_HASHED_NAME.fullmatch(e.name) and e.is_file() for e in entries)
     except OSError:
         return False
 

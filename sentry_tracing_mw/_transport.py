@@ -571,14 +571,13 @@ class Transport:
             "retries": False,
             "block": False,
         }
-        proxy_context = None
         if self.dsn.scheme == "https":
             options["cert_reqs"] = "CERT_REQUIRED"
             if self._ca_certs:
                 # urllib3 verifies an HTTPS proxy with the pool's ca_certs, not ssl_context
                 options["ca_certs"] = self._ca_certs
             else:  # the system's store, or certifi's bundle when that store is empty
-                options["ssl_context"] = proxy_context = tls_context(None)
+                options["ssl_context"] = tls_context(None)
         proxy = self._proxy
         if proxy:
             parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
@@ -598,8 +597,8 @@ class Transport:
                 proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
                 netloc = parts.netloc.rpartition("@")[2]
                 proxy = f"{parts.scheme}://{netloc}"
-            if proxy_context is not None and parts.scheme == "https":  # a TLS proxy
-                options["proxy_ssl_context"] = proxy_context
+            if parts.scheme == "https":  # a TLS proxy, whatever the DSN's scheme
+                options["proxy_ssl_context"] = tls_context(self._ca_certs)
             return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **options)
         return urllib3.PoolManager(**options)
 

@@ -339,6 +339,12 @@ def test_a_cache_middleware_before_ours_can_cache_the_response(
     assert first.status_code == 200 and second.status_code == 200
     assert second.content == first.content
     assert second.has_header("Expires") and second.has_header("Cache-Control")
+    # nothing of ours in what the cache holds: a release without this package (a
+    # rollback, an uninstall) still reads it
+    from django.core.cache import cache
+
+    stored = list(cache._cache.values())  # type: ignore[attr-defined]  # LocMemCache
+    assert stored and not any(b"sentry_tracing_mw" in value for value in stored)
     assert stm.flush(5)
     if rate:
         assert sentry_server.wait_for(2, 5)
@@ -419,6 +425,26 @@ def test_a_middleware_before_ours_failing_on_the_request(sentry_server: SentrySe
     traces = {e["contexts"]["trace"]["trace_id"] for e in events}
     assert len(traces) == 2  # each its own trace
     assert PROPAGATION_CONTEXT.get() is None  # none left on the thread
+
+
+def test_a_middleware_before_ours_failing_reports_once_when_propagated(
+    sentry_server: SentryServer,
+) -> None:
+    # DEBUG_PROPAGATE_EXCEPTIONS: Django sends got_request_exception again at every
+    # middleware the exception crosses: one exception, one event.
+    init_traced(sentry_server)
+    middleware = [
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        f"{__name__}._RaisingOnTheWayIn",
+        *settings.MIDDLEWARE,
+    ]
+    with override_settings(MIDDLEWARE=middleware, DEBUG_PROPAGATE_EXCEPTIONS=True):
+        with pytest.raises(RuntimeError, match="on the way in"):
+            Client().get("/users/3/?in=1")
+    assert stm.flush(5) and sentry_server.wait_for(1, 5)
+    assert stm.flush(1)
+    assert len(sentry_server.events()) == 1
 
 
 def test_a_file_response_over_a_stream_that_cannot_tell(

@@ -130,9 +130,11 @@ print("CA", conn._context.cert_store_stats()["x509_ca"])
 """
 
 
-def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA) -> None:
+@pytest.mark.parametrize("link", ["file", "dangling"])
+def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA, link: str) -> None:
     # OpenSSL loads a CA directory's certificates lazily: the store counts none, yet it
-    # verifies. No certifi added, no warning that verification will fail.
+    # verifies: no certifi added, no warning that verification will fail. Hashed names
+    # whose links point nowhere (a copied /etc/ssl/certs without its targets) are none.
     import os
     import subprocess
     import sys
@@ -141,17 +143,24 @@ def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA) 
     empty.write_text("")
     certs = tmp_path / "certs"
     certs.mkdir()
-    ca.cert_pem.write_to_path(str(certs / "1a2b3c4d.0"))
+    if link == "file":
+        ca.cert_pem.write_to_path(str(certs / "1a2b3c4d.0"))
+    else:
+        (certs / "1a2b3c4d.0").symlink_to(tmp_path / "gone.pem")
     env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(certs))
     out = subprocess.run(
-        [sys.executable, "-c", _EMPTY_STORE_PROBE, "blocked"],
+        [sys.executable, "-c", _EMPTY_STORE_PROBE, "installed"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
-    assert "CA 0" in out and "no CA certificates" not in out, out
+    count = int(out.rpartition("CA ")[2])
+    if link == "file":
+        assert count == 0, out  # certifi not added: the directory verifies
+    else:
+        assert count > 50, out  # certifi's bundle: the directory holds nothing
 
 
 @pytest.mark.parametrize("certifi_state", ["installed", "blocked"])
@@ -248,3 +257,24 @@ def test_https_proxy_signed_by_the_ca_certs_ca(
     assert connects and connects[0].startswith("CONNECT 127.0.0.1:")
     assert client.reports.snapshot() == {}
     assert len(server.transactions()) == 1
+
+
+def test_a_tls_proxy_is_verified_with_ca_certs_whatever_the_dsn_scheme(ca_pem: str) -> None:
+    # urllib3 verifies a TLS proxy (https_proxy="https://...") with proxy_ssl_context;
+    # an http DSN through it must still trust the ca_certs CA (as sentry-sdk does).
+    def subjects(context: ssl.SSLContext) -> set[str]:
+        return {repr(cert["subject"]) for cert in context.get_ca_certs()}
+
+    expected = subjects(ssl.create_default_context(cafile=ca_pem))
+    for scheme in ("http", "https"):
+        client = stm.init(
+            dsn=f"{scheme}://public@127.0.0.1:9/1",
+            https_proxy="https://127.0.0.1:9",
+            http_proxy="https://127.0.0.1:9",
+            ca_certs=ca_pem,
+        )
+        assert client.transport is not None
+        pool = client.transport._make_pool()
+        context = pool.proxy_ssl_context  # type: ignore[attr-defined]
+        assert context is not None, scheme
+        assert expected and expected <= subjects(context), scheme

@@ -221,31 +221,28 @@ class _Closer:
     def __call__(self) -> None:
         self.state.finish()
 
-    def __reduce__(self) -> tuple[type[_Cached], tuple[()]]:
-        return _Cached, ()
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # ``functools.partial(int)``: a callable that does nothing, importable wherever
+        # the cache is read (a release without this class, a process without the package)
+        return functools.partial, (int,)
 
 
-class _Cached:
-    """A cached response's ``_Closer``: there is nothing of ours to close."""
-
-    __slots__ = ()
-
-    def __call__(self) -> None:
-        return None
-
-
-#: ``ignore_paths`` of the middleware built last (None: none ignored), for a request a
-#: middleware before ours failed on (ours never saw it, so never decided).
-_ignore_paths: list[Any] = [None]
+#: Whether a ``TracingMiddleware`` was built in this process: only then is a request with
+#: no state of ours one that a middleware placed before ours failed on.
+_middleware_built = False
+#: The ``ignore_paths`` of every middleware built (by pattern: settings overridden in a
+#: test suite build several): a path one of them ignores reports nothing from before ours.
+_ignored_by_any: dict[str, Any] = {}
 
 
 def _capture_before_ours(exc: BaseException, request: Any) -> None:
     """Report an exception a middleware placed before ours raised on a request ours never
-    saw (Django answers it with a 500), in a trace of its own, as sentry-sdk reports it;
-    a path ours ignores reports nothing."""
-    ignore = _ignore_paths[0]
+    saw (Django answers it with a 500), in a trace of its own, as sentry-sdk reports it.
+    The request is marked seen: Django sends the signal again at every middleware the
+    exception crosses (``DEBUG_PROPAGATE_EXCEPTIONS``)."""
+    request.__dict__[_STATE_ATTR] = None
     path = getattr(request, "path_info", None)
-    if ignore is not None and isinstance(path, str) and ignore.match(path):
+    if isinstance(path, str) and any(m.match(path) for m in list(_ignored_by_any.values())):
         return
     token = PROPAGATION_CONTEXT.set(get_client().continue_trace(None))
     try:
@@ -449,7 +446,11 @@ class TracingMiddleware:
         except ConfigurationError as exc:
             raise settings_error(exc, "Django setting", options) from None
         self._endpoint = self.config.transaction_style == "endpoint"
-        _ignore_paths[0] = self.config.ignore_paths
+        global _middleware_built
+        _middleware_built = True
+        ignore = self.config.ignore_paths
+        if ignore is not None and len(_ignored_by_any) < 64:
+            _ignored_by_any.setdefault(ignore.pattern, ignore)
         _install_hooks()
 
     # -- entry points -----------------------------------------------------------------
@@ -537,6 +538,7 @@ class TracingMiddleware:
                 return state, None, None
             ignore = self.config.ignore_paths
             if ignore is not None and ignore.match(request.path_info):
+                request.__dict__[_STATE_ATTR] = None  # seen, and ignored
                 return None, None, PROPAGATION_CONTEXT.set(None)
             client = get_client()
             method = (request.method or "GET").upper()
@@ -564,6 +566,7 @@ class TracingMiddleware:
                 ),
             )
             if tx is None:
+                request.__dict__[_STATE_ATTR] = None  # seen: a method that is not traced
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
                 _defer_request(tx, request, client.options.send_default_pii)
@@ -763,7 +766,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
                 return
             if PROPAGATION_CONTEXT.get() is not None:
                 _capture_untraced(exc, request)
-            elif request is not None and _STATE_ATTR not in request.__dict__:
+            elif _middleware_built and request is not None and _STATE_ATTR not in request.__dict__:
                 _capture_before_ours(exc, request)
             return
         exc = sys.exc_info()[1]
