@@ -130,33 +130,39 @@ print("CA", conn._context.cert_store_stats()["x509_ca"])
 """
 
 
-@pytest.mark.parametrize("link", ["file", "dangling"])
-def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA, link: str) -> None:
-    # OpenSSL loads a CA directory's certificates lazily: the store counts none, yet it
-    # verifies: no certifi added, no warning that verification will fail. Hashed names
-    # whose links point nowhere (a copied /etc/ssl/certs without its targets) are none.
+def _trust_store_probe(tmp_path: Path, cert_dir: Path, certifi_state: str) -> tuple[int, str]:
+    """The CA certificates of our TLS context in a process whose OpenSSL default store
+    is an empty file and ``cert_dir``; and what it logged."""
     import os
     import subprocess
     import sys
 
     empty = tmp_path / "empty.pem"
     empty.write_text("")
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    if link == "file":
-        ca.cert_pem.write_to_path(str(certs / "1a2b3c4d.0"))
-    else:
-        (certs / "1a2b3c4d.0").symlink_to(tmp_path / "gone.pem")
-    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(certs))
+    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(cert_dir))
     out = subprocess.run(
-        [sys.executable, "-c", _EMPTY_STORE_PROBE, "installed"],
+        [sys.executable, "-c", _EMPTY_STORE_PROBE, certifi_state],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
-    count = int(out.rpartition("CA ")[2])
+    return int(out.rpartition("CA ")[2]), out
+
+
+@pytest.mark.parametrize("link", ["file", "dangling"])
+def test_a_hashed_ca_directory_is_a_trust_store(tmp_path: Path, ca: trustme.CA, link: str) -> None:
+    # OpenSSL loads a CA directory's certificates lazily: the store counts none, yet it
+    # verifies: no certifi added, no warning that verification will fail. Hashed names
+    # whose links point nowhere (a copied /etc/ssl/certs without its targets) are none.
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    if link == "file":
+        ca.cert_pem.write_to_path(str(certs / "1a2b3c4d.0"))
+    else:
+        (certs / "1a2b3c4d.0").symlink_to(tmp_path / "gone.pem")
+    count, out = _trust_store_probe(tmp_path, certs, "installed")
     if link == "file":
         assert count == 0, out  # certifi not added: the directory verifies
     else:
@@ -170,25 +176,10 @@ def test_an_empty_system_trust_store_falls_back_to_certifi(
     # A slim container image with no CA package: the system store is empty (here: the
     # OpenSSL default locations pointed at an empty file and directory). sentry-sdk works
     # there (it always uses certifi's bundle); so must we, when certifi is installed.
-    import os
-    import subprocess
-    import sys
-
-    empty = tmp_path / "empty.pem"
-    empty.write_text("")
     no_certs = tmp_path / "certs"
     no_certs.mkdir()
     (no_certs / "README").write_text("not a certificate")
-    env = dict(os.environ, SSL_CERT_FILE=str(empty), SSL_CERT_DIR=str(no_certs))
-    out = subprocess.run(
-        [sys.executable, "-c", _EMPTY_STORE_PROBE, certifi_state],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    count = int(out.rpartition("CA ")[2])
+    count, out = _trust_store_probe(tmp_path, no_certs, certifi_state)
     if certifi_state == "installed":
         assert count > 50, out
         assert "no CA certificates" not in out
