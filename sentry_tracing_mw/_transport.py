@@ -46,6 +46,9 @@ __all__ = ["WORKER_NAME", "Pending", "Transport", "uwsgi_threads_disabled"]
 logger = logging.getLogger("sentry_tracing_mw")
 
 WORKER_NAME = "sentry_tracing_mw.transport"
+#: urllib3 2 reads proxy_ssl_context for a forwarded request (1.26 uses the pool options)
+_URLLIB3_2 = int(str(getattr(urllib3, "__version__", "2")).split(".")[0]) >= 2
+
 _NEVER = float("inf")
 #: The real monotonic clock for flush() and close() deadlines, kept where a test's clock
 #: mock does not reach (freezegun replaces module attributes that are the time functions):
@@ -571,16 +574,18 @@ class Transport:
             "retries": False,
             "block": False,
         }
-        if self.dsn.scheme == "https":
+        proxy = self._proxy
+        parts = urlsplit(proxy if "://" in proxy else "http://" + proxy) if proxy else None
+        tls_proxy = parts is not None and parts.scheme == "https"
+        if self.dsn.scheme == "https" or tls_proxy:
+            # (urllib3 drops these for a plain-HTTP pool; urllib3 1.26 verifies a TLS proxy
+            # with them, and 2.x a tunnel's proxy too)
             options["cert_reqs"] = "CERT_REQUIRED"
             if self._ca_certs:
-                # urllib3 verifies an HTTPS proxy with the pool's ca_certs, not ssl_context
                 options["ca_certs"] = self._ca_certs
             else:  # the system's store, or certifi's bundle when that store is empty
                 options["ssl_context"] = tls_context(None)
-        proxy = self._proxy
-        if proxy:
-            parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if proxy and parts is not None:
             if parts.scheme.startswith("socks"):
                 try:
                     from urllib3.contrib.socks import SOCKSProxyManager
@@ -597,7 +602,9 @@ class Transport:
                 proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
                 netloc = parts.netloc.rpartition("@")[2]
                 proxy = f"{parts.scheme}://{netloc}"
-            if parts.scheme == "https":  # a TLS proxy, whatever the DSN's scheme
+            if tls_proxy and _URLLIB3_2 and (self.dsn.scheme == "http" or not self._ca_certs):
+                # urllib3 2 verifies a TLS proxy it forwards plain HTTP through (and, for
+                # the certifi fallback, one it tunnels through) with proxy_ssl_context
                 options["proxy_ssl_context"] = tls_context(self._ca_certs)
             return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **options)
         return urllib3.PoolManager(**options)

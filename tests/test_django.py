@@ -384,6 +384,26 @@ def test_a_middleware_before_ours_failing_on_the_response(sentry_server: SentryS
     assert error["contexts"]["trace"]["span_id"] == _trace(failed)["span_id"]
 
 
+def test_a_middleware_before_ours_failing_on_an_untraced_methods_response(
+    sentry_server: SentryServer,
+) -> None:
+    # HEAD is not traced: ours has reset the request's trace context when a middleware
+    # before ours fails on the response; the error is still reported, in that trace.
+    init_traced(sentry_server)
+    middleware = [f"{__name__}._RaisingOnTheWayOut", *settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=middleware):
+        response = _client().head(
+            "/users/3/?out=1", HTTP_SENTRY_TRACE="771a43a4192642f0b136d5159a501700-b7ad6b7169203331"
+        )
+        assert response.status_code == 500
+    assert stm.flush(5) and sentry_server.wait_for(1, 5)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["value"] == "failed on the way out"
+    assert event["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
+    assert event["request"]["method"] == "HEAD"
+    assert PROPAGATION_CONTEXT.get() is None
+
+
 class _RaisingOnTheWayIn:
     """A middleware placed before ours that fails on the request (ours never sees it)."""
 

@@ -90,6 +90,8 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 #: The request attribute holding the per-request state.
 _STATE_ATTR = "_sentry_tracing_mw"
+#: The trace of a request whose method ours does not trace (a request ours saw).
+_UNTRACED_ATTR = "_sentry_tracing_mw_untraced"
 #: Key of an outer WSGI/ASGI middleware's transaction in the environ / scope.
 _OUTER_KEY = "sentry_tracing_mw.transaction"
 _MIDDLEWARE_SETTINGS = ("transaction_style", "ignore_paths", "http_methods_to_capture")
@@ -565,8 +567,8 @@ class TracingMiddleware:
                     else None
                 ),
             )
-            if tx is None:
-                request.__dict__[_STATE_ATTR] = None  # seen: a method that is not traced
+            if tx is None:  # a method that is not traced: its trace, for errors on the way out
+                request.__dict__[_UNTRACED_ATTR] = ctx
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
                 _defer_request(tx, request, client.options.send_default_pii)
@@ -764,9 +766,18 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
             exc = sys.exc_info()[1]
             if not isinstance(exc, Exception):
                 return
+            seen = {} if request is None else request.__dict__
+            untraced = seen.get(_UNTRACED_ATTR)
             if PROPAGATION_CONTEXT.get() is not None:
                 _capture_untraced(exc, request)
-            elif _middleware_built and request is not None and _STATE_ATTR not in request.__dict__:
+            elif untraced is not None:
+                # ours has handed the response back (a middleware before ours failed on it)
+                token = PROPAGATION_CONTEXT.set(untraced)
+                try:
+                    _capture_untraced(exc, request)
+                finally:
+                    PROPAGATION_CONTEXT.reset(token)
+            elif _middleware_built and request is not None and _STATE_ATTR not in seen:
                 _capture_before_ours(exc, request)
             return
         exc = sys.exc_info()[1]
