@@ -19,7 +19,13 @@ from collections.abc import Mapping
 
 from ._log import warn_once
 
-__all__ = ["HTTPConnection", "ProtocolError", "StaleConnectionError", "tls_context"]
+__all__ = [
+    "HTTPConnection",
+    "ProtocolError",
+    "StaleConnectionError",
+    "certifi_context",
+    "tls_context",
+]
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
@@ -31,11 +37,7 @@ def tls_context(ca_certs: str | None) -> ssl.SSLContext:
     trust store, plus certifi's bundle when that store holds no CA certificate (a slim
     container image without a CA package, where sentry-sdk still works: it uses certifi)."""
     context = ssl.create_default_context(cafile=ca_certs)
-    if (
-        ca_certs is None
-        and not context.cert_store_stats().get("x509_ca")
-        and not _hashed_ca_directory(ssl.get_default_verify_paths().capath)
-    ):
+    if ca_certs is None and _empty_store(context):
         try:
             import certifi
         except ImportError:
@@ -47,6 +49,21 @@ def tls_context(ca_certs: str | None) -> ssl.SSLContext:
         else:
             context.load_verify_locations(certifi.where())
     return context
+
+
+def certifi_context() -> ssl.SSLContext | None:
+    """``tls_context(None)`` when the system's trust store is empty (certifi's bundle in
+    it, or nothing to add), else None: a library's own default context verifies as well."""
+    if not _empty_store(ssl.create_default_context()):
+        return None
+    return tls_context(None)
+
+
+def _empty_store(context: ssl.SSLContext) -> bool:
+    """Whether ``context`` (the system's defaults) has no CA certificate to verify with."""
+    return not context.cert_store_stats().get("x509_ca") and not _hashed_ca_directory(
+        ssl.get_default_verify_paths().capath
+    )
 
 
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")

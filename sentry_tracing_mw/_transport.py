@@ -36,7 +36,7 @@ from ._envelope import gzip_compress, serialize_envelope, serialize_item
 from ._errors import ConfigurationError
 from ._event import MAX_ITEM_BYTES, shrink_event
 from ._fork import renew_in_child, uwsgi_module
-from ._http import HTTPConnection, StaleConnectionError, tls_context
+from ._http import HTTPConnection, StaleConnectionError, certifi_context, tls_context
 from ._options import _proxy, explicit_proxy, redacted_url
 from ._ratelimits import RateLimits, header_get
 from ._serialize import dumps
@@ -577,14 +577,17 @@ class Transport:
         proxy = self._proxy
         parts = urlsplit(proxy if "://" in proxy else "http://" + proxy) if proxy else None
         tls_proxy = parts is not None and parts.scheme == "https"
+        fallback = None
         if self.dsn.scheme == "https" or tls_proxy:
             # (urllib3 drops these for a plain-HTTP pool; urllib3 1.26 verifies a TLS proxy
             # with them, and 2.x a tunnel's proxy too)
             options["cert_reqs"] = "CERT_REQUIRED"
             if self._ca_certs:
                 options["ca_certs"] = self._ca_certs
-            else:  # the system's store, or certifi's bundle when that store is empty
-                options["ssl_context"] = tls_context(None)
+            else:  # urllib3's defaults; certifi's bundle when the system store is empty
+                fallback = certifi_context()
+                if fallback is not None:
+                    options["ssl_context"] = fallback
         if proxy and parts is not None:
             if parts.scheme.startswith("socks"):
                 try:
@@ -602,10 +605,13 @@ class Transport:
                 proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
                 netloc = parts.netloc.rpartition("@")[2]
                 proxy = f"{parts.scheme}://{netloc}"
-            if tls_proxy and _URLLIB3_2 and (self.dsn.scheme == "http" or not self._ca_certs):
+            if tls_proxy and _URLLIB3_2:
                 # urllib3 2 verifies a TLS proxy it forwards plain HTTP through (and, for
                 # the certifi fallback, one it tunnels through) with proxy_ssl_context
-                options["proxy_ssl_context"] = tls_context(self._ca_certs)
+                if self._ca_certs and self.dsn.scheme == "http":
+                    options["proxy_ssl_context"] = tls_context(self._ca_certs)
+                elif fallback is not None:
+                    options["proxy_ssl_context"] = fallback
             return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **options)
         return urllib3.PoolManager(**options)
 

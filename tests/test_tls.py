@@ -126,6 +126,10 @@ if sys.argv[1] == "blocked":
 from sentry_tracing_mw._http import HTTPConnection
 conn = HTTPConnection("https", "sentry.example", None, "/api/1/envelope/", {},
                       connect_timeout=1, read_timeout=1)
+import sentry_tracing_mw as stm
+client = stm.init(dsn="https://public@127.0.0.1:9/1", https_proxy="http://127.0.0.1:9")
+pool = client.transport._make_pool()
+print("POOL", "ssl_context" in pool.connection_pool_kw)
 print("CA", conn._context.cert_store_stats()["x509_ca"])
 """
 
@@ -183,6 +187,7 @@ def test_an_empty_system_trust_store_falls_back_to_certifi(
     if certifi_state == "installed":
         assert count > 50, out
         assert "no CA certificates" not in out
+        assert "POOL True" in out  # the proxy pool verifies with certifi's bundle too
     else:
         assert count == 0, out
         assert "no CA certificates in the system trust store" in out
@@ -273,3 +278,13 @@ def test_a_tls_proxy_is_verified_with_ca_certs_whatever_the_dsn_scheme(ca_pem: s
             assert context is not None and expected and expected <= subjects(context)
         else:  # a CONNECT tunnel: the pool's ca_certs verify the proxy (1.26 and 2.x)
             assert context is None
+
+
+def test_the_proxy_pool_keeps_urllib3s_defaults_with_a_system_store() -> None:
+    # No ca_certs and a system store with certificates: urllib3 verifies with its own
+    # default context (an own context with check_hostname failed urllib3 1.26 on an IP).
+    client = stm.init(dsn="https://public@127.0.0.1:9/1", https_proxy="http://127.0.0.1:9")
+    assert client.transport is not None
+    pool = client.transport._make_pool()
+    assert "ssl_context" not in pool.connection_pool_kw
+    assert pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
