@@ -46,7 +46,8 @@ __all__ = ["WORKER_NAME", "Pending", "Transport", "uwsgi_threads_disabled"]
 logger = logging.getLogger("sentry_tracing_mw")
 
 WORKER_NAME = "sentry_tracing_mw.transport"
-#: urllib3 2 reads proxy_ssl_context for a forwarded request (1.26 uses the pool options)
+#: urllib3 2 verifies a TLS proxy it forwards plain HTTP through with proxy_ssl_context
+#: only (1.26 with the pool's options)
 _URLLIB3_2 = int(str(getattr(urllib3, "__version__", "2")).split(".")[0]) >= 2
 
 _NEVER = float("inf")
@@ -605,13 +606,13 @@ class Transport:
                 proxy_headers = urllib3.make_headers(proxy_basic_auth=auth)
                 netloc = parts.netloc.rpartition("@")[2]
                 proxy = f"{parts.scheme}://{netloc}"
-            if tls_proxy and _URLLIB3_2:
-                # urllib3 2 verifies a TLS proxy it forwards plain HTTP through (and, for
-                # the certifi fallback, one it tunnels through) with proxy_ssl_context
-                if self._ca_certs and self.dsn.scheme == "http":
-                    options["proxy_ssl_context"] = tls_context(self._ca_certs)
-                elif fallback is not None:
-                    options["proxy_ssl_context"] = fallback
+            if tls_proxy and fallback is not None:
+                # urllib3 verifies a TLS proxy with proxy_ssl_context, else with a context
+                # of the pool's ca_certs (None here: the empty system store)
+                options["proxy_ssl_context"] = fallback
+            elif tls_proxy and _URLLIB3_2 and self._ca_certs and self.dsn.scheme == "http":
+                # urllib3 2 verifies a proxy it forwards plain HTTP through with it only
+                options["proxy_ssl_context"] = tls_context(self._ca_certs)
             return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **options)
         return urllib3.PoolManager(**options)
 

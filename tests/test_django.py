@@ -389,18 +389,31 @@ def test_a_middleware_before_ours_failing_on_an_untraced_methods_response(
 ) -> None:
     # HEAD is not traced: ours has reset the request's trace context when a middleware
     # before ours fails on the response; the error is still reported, in that trace.
+    # A context left on the server's thread (get_trace_headers() outside a request keeps
+    # one, as sentry-sdk does) must not take the request's place.
     init_traced(sentry_server)
+    stale = PROPAGATION_CONTEXT.set(stm.get_client().continue_trace(None))
     middleware = [f"{__name__}._RaisingOnTheWayOut", *settings.MIDDLEWARE]
-    with override_settings(MIDDLEWARE=middleware):
-        response = _client().head(
-            "/users/3/?out=1", HTTP_SENTRY_TRACE="771a43a4192642f0b136d5159a501700-b7ad6b7169203331"
-        )
-        assert response.status_code == 500
-    assert stm.flush(5) and sentry_server.wait_for(1, 5)
-    (event,) = sentry_server.events()
-    assert event["exception"]["values"][-1]["value"] == "failed on the way out"
-    assert event["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
-    assert event["request"]["method"] == "HEAD"
+    trace_header = "771a43a4192642f0b136d5159a501700-b7ad6b7169203331"
+    try:
+        with override_settings(MIDDLEWARE=middleware):
+            response = _client().head("/users/3/?out=1", HTTP_SENTRY_TRACE=trace_header)
+            assert response.status_code == 500
+        with override_settings(DEBUG_PROPAGATE_EXCEPTIONS=True):  # the view's, once
+            with pytest.raises(ValueError, match="boom from a view"):
+                Client().head("/error/", HTTP_SENTRY_TRACE=trace_header)
+    finally:
+        PROPAGATION_CONTEXT.reset(stale)
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    assert stm.flush(1)
+    events = sentry_server.events()
+    assert sorted(e["exception"]["values"][-1]["value"] for e in events) == [
+        "boom from a view",
+        "failed on the way out",
+    ]
+    for event in events:
+        assert event["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
+        assert event["request"]["method"] == "HEAD"
     assert PROPAGATION_CONTEXT.get() is None
 
 

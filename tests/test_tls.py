@@ -130,6 +130,8 @@ import sentry_tracing_mw as stm
 client = stm.init(dsn="https://public@127.0.0.1:9/1", https_proxy="http://127.0.0.1:9")
 pool = client.transport._make_pool()
 print("POOL", "ssl_context" in pool.connection_pool_kw)
+client = stm.init(dsn="https://public@127.0.0.1:9/1", https_proxy="https://127.0.0.1:9")
+print("TLSPROXY", client.transport._make_pool().proxy_ssl_context is not None)
 print("CA", conn._context.cert_store_stats()["x509_ca"])
 """
 
@@ -188,6 +190,7 @@ def test_an_empty_system_trust_store_falls_back_to_certifi(
         assert count > 50, out
         assert "no CA certificates" not in out
         assert "POOL True" in out  # the proxy pool verifies with certifi's bundle too
+        assert "TLSPROXY True" in out  # and a TLS proxy (urllib3 1.26 and 2 read this)
     else:
         assert count == 0, out
         assert "no CA certificates in the system trust store" in out

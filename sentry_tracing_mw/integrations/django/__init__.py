@@ -768,15 +768,16 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
                 return
             seen = {} if request is None else request.__dict__
             untraced = seen.get(_UNTRACED_ATTR)
-            if PROPAGATION_CONTEXT.get() is not None:
-                _capture_untraced(exc, request)
-            elif untraced is not None:
-                # ours has handed the response back (a middleware before ours failed on it)
+            if untraced is not None:
+                # the request's own trace, whatever the thread holds: ours may have handed
+                # the response back (a middleware before ours failed on it)
                 token = PROPAGATION_CONTEXT.set(untraced)
                 try:
                     _capture_untraced(exc, request)
                 finally:
                     PROPAGATION_CONTEXT.reset(token)
+            elif PROPAGATION_CONTEXT.get() is not None:
+                _capture_untraced(exc, request)
             elif _middleware_built and request is not None and _STATE_ATTR not in seen:
                 _capture_before_ours(exc, request)
             return
