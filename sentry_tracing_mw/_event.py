@@ -325,14 +325,16 @@ def transaction_event(
     if request is not None:
         event["request"] = request = _own_copy(request)
     if options.send_default_pii:
-        _add_user(event, tx, request)
+        _add_user(event, tx._user, request)
     return event
 
 
-def _add_user(event: dict[str, Any], tx: Transaction, request: Mapping[str, Any] | None) -> None:
-    """The event's ``user`` (PII only): who the integration found logged in, and the
-    address the request came from."""
-    user = dict(tx._user) if tx._user else {}
+def _add_user(
+    event: dict[str, Any], known: dict[str, str] | None, request: Mapping[str, Any] | None
+) -> None:
+    """The event's ``user`` (PII only): who the integration found logged in (``known``),
+    and the address the request came from."""
+    user = dict(known) if known else {}
     ip = client_ip(request) if request is not None else None
     if ip is not None:
         user["ip_address"] = ip
@@ -836,13 +838,11 @@ def error_event(
         if request is not None:
             event["request"] = request = _own_copy(request)
         if options.send_default_pii:
-            _add_user(event, tx, request)
+            _add_user(event, tx._user, request)
     elif request is not None:
         event["request"] = request
         if options.send_default_pii:
-            ip = client_ip(request)
-            if ip is not None:
-                event["user"] = {"ip_address": ip}
+            _add_user(event, None, request)
     if options.release:
         event["release"] = options.release
     if options.server_name:

@@ -302,6 +302,7 @@ def capture_untraced(
     exc: BaseException,
     mechanism: str,
     request_info: Callable[[bool], dict[str, Any]] | None = None,
+    handled: bool = False,
 ) -> None:
     """Report an unhandled exception of a request with no transaction (its method is not
     traced): still an error, linked to the request's trace context, with the request data
@@ -314,7 +315,7 @@ def capture_untraced(
                 request = request_info(client.options.send_default_pii)
             except Exception:
                 logger.exception("sentry_tracing_mw: building the request data failed")
-        client.capture_exception(exc, mechanism=mechanism, handled=False, request=request)
+        client.capture_exception(exc, mechanism=mechanism, handled=handled, request=request)
     except Exception:
         logger.exception("sentry_tracing_mw: capturing an exception failed")
 

@@ -564,16 +564,13 @@ class TracingMiddleware:
         self, scope: Scope, receive: Receive, send: Send, ctx: Any, client: Client
     ) -> None:
         untraced_send, gone = _watched_send(send)
-        snapshot = dict(scope)  # as the request came (routers edit the scope in place)
         span_token = CURRENT_SPAN.set(None)
         token = PROPAGATION_CONTEXT.set(ctx)
         try:
             await self.app(scope, receive, untraced_send)
         except Exception as exc:
             if not gone[0] and not self._gone(exc):
-                capture_untraced(
-                    exc, self.mechanism, functools.partial(asgi_request_info, snapshot)
-                )
+                capture_untraced(exc, self.mechanism, functools.partial(asgi_request_info, scope))
             raise
         finally:
             PROPAGATION_CONTEXT.reset(token)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 from collections.abc import Callable
 from types import FunctionType
@@ -56,6 +57,7 @@ from ._common import (
     _MIDDLEWARE_OPTIONS,
     OTHER_TOOLS_KEYS,
     active_request_transaction,
+    capture_untraced,
     settings_error,
     split_options,
 )
@@ -250,10 +252,8 @@ class FlaskTracingMiddleware(TracingMiddleware):
             client = get_client()
             pii = client.options.send_default_pii
             if tx is None:  # a method that is not traced: its event has the request too
-                request_data = environ_request_info(req.environ, pii)
-                client.capture_exception(
-                    exception, mechanism="flask", handled=handled, request=request_data
-                )
+                info = functools.partial(environ_request_info, req.environ)
+                capture_untraced(exception, "flask", info, handled)
                 return
             if tx._request is None:  # unsampled: for the event
                 defer_request_info(tx, req.environ, pii)
