@@ -419,6 +419,114 @@ def test_lifespan_shutdown_flushes_queued_transactions(sentry_server: SentryServ
     assert names == ["/first", "/queued", "/warmup"]
 
 
+GRACEFUL_TIMEOUT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+    import sentry_tracing_mw as stm
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    async def stream(request):
+        async def chunks():
+            for _ in range(200):
+                yield b"x" * 100
+                await asyncio.sleep(0.05)
+        return StreamingResponse(chunks())
+
+    async def slow(request):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # cleaning up (a rollback, say) before it ends
+            raise
+        return PlainTextResponse("late")
+
+    stm.init(dsn=sys.argv[1], traces_sample_rate=1.0, shutdown_timeout=5)
+    app = Starlette(routes=[Route("/stream", stream), Route("/slow", slow)])
+    app.add_middleware(TracingMiddleware)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="critical",
+                timeout_graceful_shutdown=0.5)
+    """
+)
+
+
+def test_requests_cancelled_by_the_servers_graceful_timeout_are_flushed(
+    sentry_server: SentryServer, tmp_path: Any
+) -> None:
+    # uvicorn cancels the requests still running when timeout_graceful_shutdown expires,
+    # then runs lifespan shutdown at once: their transactions end while the tasks unwind,
+    # after the flush started, and must still be sent before the process exits.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from .servers import free_port
+
+    port = free_port()
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GRACEFUL_TIMEOUT_SCRIPT, sentry_server.dsn, str(port)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    base = f"http://127.0.0.1:{port}"
+    started = threading.Event()
+
+    def read_stream() -> None:
+        try:
+            with httpx.stream("GET", base + "/stream", timeout=20) as response:
+                for _ in response.iter_bytes():
+                    started.set()
+        except httpx.HTTPError:
+            pass
+
+    def wait_slow() -> None:
+        try:
+            httpx.get(base + "/slow", timeout=20)
+        except httpx.HTTPError:
+            pass
+
+    threads = [threading.Thread(target=read_stream), threading.Thread(target=wait_slow)]
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no server"
+                time.sleep(0.05)
+        for thread in threads:
+            thread.start()
+        assert started.wait(10)
+        time.sleep(0.3)  # /slow is in the app too
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for thread in threads:
+            thread.join(20)
+    # (no wait: whatever the process sent before it exited is all there is)
+    statuses = {
+        t["transaction"]: t["contexts"]["trace"].get("status") for t in sentry_server.transactions()
+    }
+    if sys.version_info < (3, 11):
+        # No Task.cancelling(): cancelled tasks get a few turns of the loop, enough to
+        # unwind, not to clean up for 0.3 s.
+        statuses.pop("/slow", None)
+        assert statuses == {"/stream": "cancelled"}, statuses
+    else:
+        assert statuses == {"/stream": "cancelled", "/slow": "cancelled"}, statuses
+
+
 def test_lifespan_flush_that_times_out_says_what_may_be_lost(
     sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
 ) -> None:

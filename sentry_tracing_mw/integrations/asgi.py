@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import chain
 from operator import itemgetter
@@ -56,6 +57,9 @@ SCOPE_KEY = REQUEST_TX_KEY
 
 #: Set in a lifespan scope by an app that flushed the client on shutdown.
 _FLUSHED_KEY = "sentry_tracing_mw.flushed"
+#: Turns of the loop cancelled tasks get before the shutdown flush where they cannot be
+#: told apart (Python 3.10).
+_UNWIND_TURNS = 20
 #: Response body messages: the last one has no ``more_body`` (ASGI's zero-copy send
 #: extension has one too); a path send is always the whole body.
 _BODY = frozenset({"http.response.body", "http.response.zerocopysend"})
@@ -222,7 +226,16 @@ async def flush_client() -> None:
         if transport is None:
             return
         timeout = client.options.shutdown_timeout
-        if await _in_thread(client.flush, timeout):
+        deadline = time.monotonic() + timeout
+        unwinding = await _unwinding_tasks()
+        if unwinding:
+            # Requests the server cancelled right before lifespan shutdown (uvicorn's
+            # timeout_graceful_shutdown) end their transactions as they unwind: flush what
+            # is queued meanwhile, then what they queued, all within the one timeout.
+            flushing = asyncio.ensure_future(_in_thread(client.flush, timeout))
+            await asyncio.wait(unwinding, timeout=timeout)
+            await flushing
+        if await _in_thread(client.flush, max(0.0, deadline - time.monotonic())):
             client._shutdown_spent = False
             return
         client._shutdown_spent = True  # the exit's close() does not wait a second time
@@ -242,6 +255,31 @@ async def flush_client() -> None:
             )
     except Exception:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
+
+
+async def _unwinding_tasks() -> set[asyncio.Task[Any]]:
+    """The tasks of this asyncio loop that were cancelled and have not ended yet (Python
+    3.11+: ``Task.cancelling()``). Python 3.10 cannot tell them: they get a few turns of
+    the loop instead, and none is returned. Empty on trio."""
+    if _running_trio() is not None:
+        return set()
+    try:
+        current = asyncio.current_task()
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # not an asyncio loop
+        return set()
+    if sys.version_info < (3, 11):
+        for _ in range(_UNWIND_TURNS):
+            await asyncio.sleep(0)
+        return set()
+    unwinding = set()
+    for task in tasks:
+        try:
+            if task is not current and not task.done() and task.cancelling():
+                unwinding.add(task)
+        except Exception:  # a task class of another kind
+            pass
+    return unwinding
 
 
 def _running_trio() -> Any:
