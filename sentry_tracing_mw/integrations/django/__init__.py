@@ -53,7 +53,7 @@ import logging
 import sys
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Mapping
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any
 
 try:
@@ -821,6 +821,10 @@ def _exception_from_frames() -> BaseException | None:
 
 
 _hooks_installed = False
+#: The request's ASGI ``receive``, where Django never reads the connection again after the
+#: request body (before 5.0: no ``ASGIHandler.listen_for_disconnect``), for the sending
+#: watch to see a client leave (see ``_watch_asgi_sends``).
+_ASGI_RECEIVE: ContextVar[Any] = ContextVar("sentry_tracing_mw.django_receive", default=None)
 
 
 def _answer_asgi_lifespan() -> None:
@@ -832,12 +836,21 @@ def _answer_asgi_lifespan() -> None:
     from ..asgi import Receive, Scope, Send, answer_lifespan
 
     original = ASGIHandler.__call__
+    # Django 5.0+ listens for the disconnect itself (and cancels the response); before,
+    # nothing reads the connection once the request body is in.
+    keep_receive = not hasattr(ASGIHandler, "listen_for_disconnect")
 
     @functools.wraps(original)
     async def __call__(self: ASGIHandler, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope.get("type") == "lifespan":
             await answer_lifespan(scope, receive, send)
             return None
+        if keep_receive:
+            token = _ASGI_RECEIVE.set(receive)
+            try:
+                return await original(self, scope, receive, send)
+            finally:
+                _ASGI_RECEIVE.reset(token)
         return await original(self, scope, receive, send)
 
     ASGIHandler.__call__ = __call__
@@ -863,14 +876,46 @@ def _watch_asgi_sends() -> None:
         closer = getattr(response, "__dict__", {}).get(_STATE_ATTR)
         if type(closer) is not _Closer:
             return await original(self, response, send)
+        watcher = None
+        receive = _ASGI_RECEIVE.get()
+        if receive is not None and closer.state.tx._recording and response.streaming:
+            send, watcher = _watch_disconnect(closer.state, receive, send)
         try:
             return await original(self, response, send)
         except BaseException as exc:
             _send_failed(closer.state, exc)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     send_response._stm_watching = True  # type: ignore[attr-defined]
     ASGIHandler.send_response = send_response
+
+
+def _watch_disconnect(state: _State, receive: Any, send: Any) -> tuple[Any, Any]:
+    """For Django before 5.0, which streams on to a client that left (the server drops
+    the sends silently): read the connection while a sampled streamed response is sent,
+    and mark the transaction ``cancelled`` if the client leaves before the last body
+    message. Returns the ``send`` to use and the reading task (cancel it when done)."""
+    sent_all = False
+
+    async def watching_send(message: Any) -> None:
+        nonlocal sent_all
+        if message.get("type") == "http.response.body" and not message.get("more_body"):
+            sent_all = True  # a disconnect from here on is the server's end of the request
+        await send(message)
+
+    async def watch() -> None:
+        message = await receive()
+        if message.get("type") == "http.disconnect" and not sent_all:
+            tx = state.tx
+            if tx._end is None and tx._status in (None, "ok"):
+                tx._status = "cancelled"
+
+    import asyncio
+
+    return watching_send, asyncio.get_running_loop().create_task(watch())
 
 
 def _send_failed(state: _State, exc: BaseException) -> None:
