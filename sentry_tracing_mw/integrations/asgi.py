@@ -17,6 +17,7 @@ import functools
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import chain
 from operator import itemgetter
@@ -57,9 +58,10 @@ SCOPE_KEY = REQUEST_TX_KEY
 
 #: Set in a lifespan scope by an app that flushed the client on shutdown.
 _FLUSHED_KEY = "sentry_tracing_mw.flushed"
-#: Turns of the loop cancelled tasks get before the shutdown flush where they cannot be
-#: told apart (Python 3.10).
-_UNWIND_TURNS = 20
+#: Weak references to the asyncio tasks serving a sampled request of ours: lifespan
+#: shutdown waits for those still running (a server cancels them right before it) to end
+#: their transactions. A reference leaves the set with its task (or its request).
+_REQUEST_TASKS: set[weakref.ref[asyncio.Task[Any]]] = set()
 #: Response body messages: the last one has no ``more_body`` (ASGI's zero-copy send
 #: extension has one too); a path send is always the whole body.
 _BODY = frozenset({"http.response.body", "http.response.zerocopysend"})
@@ -227,13 +229,17 @@ async def flush_client() -> None:
             return
         timeout = client.options.shutdown_timeout
         deadline = time.monotonic() + timeout
-        unwinding = await _unwinding_tasks()
-        if unwinding:
+        running = _running_request_tasks()
+        if running:
             # Requests the server cancelled right before lifespan shutdown (uvicorn's
             # timeout_graceful_shutdown) end their transactions as they unwind: flush what
             # is queued meanwhile, then what they queued, all within the one timeout.
             flushing = asyncio.ensure_future(_in_thread(client.flush, timeout))
-            await asyncio.wait(unwinding, timeout=timeout)
+            try:
+                await asyncio.wait(running, timeout=timeout)
+            except BaseException:  # this lifespan task cancelled: no task left behind
+                flushing.cancel()
+                raise
             await flushing
         if await _in_thread(client.flush, max(0.0, deadline - time.monotonic())):
             client._shutdown_spent = False
@@ -257,29 +263,42 @@ async def flush_client() -> None:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
 
 
-async def _unwinding_tasks() -> set[asyncio.Task[Any]]:
-    """The tasks of this asyncio loop that were cancelled and have not ended yet (Python
-    3.11+: ``Task.cancelling()``). Python 3.10 cannot tell them: they get a few turns of
-    the loop instead, and none is returned. Empty on trio."""
-    if _running_trio() is not None:
-        return set()
+def track_request_task() -> weakref.ref[asyncio.Task[Any]] | None:
+    """Note the running asyncio task as serving a sampled request of ours (for lifespan
+    shutdown; see ``flush_client``); returns the reference to ``discard`` from
+    ``_REQUEST_TASKS`` when the request ends (None on trio: nothing is noted)."""
     try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop (trio)
+        return None
+    if task is None:
+        return None
+    ref = weakref.ref(task, _REQUEST_TASKS.discard)
+    _REQUEST_TASKS.add(ref)
+    return ref
+
+
+def _running_request_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks of this asyncio loop still serving a sampled request of ours (none on
+    trio): at lifespan shutdown, those the server cancelled and that are unwinding."""
+    if not _REQUEST_TASKS or _running_trio() is not None:
+        return []
+    try:
+        loop = asyncio.get_running_loop()
         current = asyncio.current_task()
-        tasks = asyncio.all_tasks()
     except RuntimeError:  # not an asyncio loop
-        return set()
-    if sys.version_info < (3, 11):
-        for _ in range(_UNWIND_TURNS):
-            await asyncio.sleep(0)
-        return set()
-    unwinding = set()
-    for task in tasks:
-        try:
-            if task is not current and not task.done() and task.cancelling():
-                unwinding.add(task)
-        except Exception:  # a task class of another kind
-            pass
-    return unwinding
+        return []
+    running = []
+    for ref in list(_REQUEST_TASKS):
+        task = ref()
+        if (
+            task is not None
+            and task is not current
+            and not task.done()
+            and task.get_loop() is loop  # (another thread's loop: not ours to wait for)
+        ):
+            running.append(task)
+    return running
 
 
 def _running_trio() -> Any:
@@ -784,6 +803,7 @@ class TracingMiddleware:
                 disconnected = True
             return message
 
+        task_ref = track_request_task()
         token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, traced_receive, traced_send)
@@ -813,6 +833,8 @@ class TracingMiddleware:
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
             finish_request(tx, scope)
+            if task_ref is not None:
+                _REQUEST_TASKS.discard(task_ref)
 
     def _name_failed(self, tx: Transaction, scope: Scope, method: str) -> None:
         """An exception left the app before anything named the request (a middleware

@@ -81,6 +81,7 @@ from .._common import (
     start_request,
     wsgi_error,
 )
+from ..asgi import track_request_task
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
 
@@ -572,6 +573,8 @@ class TracingMiddleware:
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
                 _defer_request(tx, request, client.options.send_default_pii)
+                if scope is not None:  # ASGI: lifespan shutdown waits for it (cancelled)
+                    track_request_task()
             state = _State(tx, client, method, True, self, scope is None)
             request.__dict__[_STATE_ATTR] = state
             return state, CURRENT_SPAN.set(tx), None
