@@ -331,6 +331,9 @@ def test_a_cache_middleware_before_ours_can_cache_the_response(
 ) -> None:
     # UpdateCacheMiddleware pickles the response after ours handed it back: what ours
     # keeps on it (its closer) must pickle to nothing, not fail the request with a 500.
+    from django.core.cache import cache
+
+    cache.clear()  # (the process's LocMemCache: another test's entries are not this one's)
     init_traced(sentry_server, traces_sample_rate=rate)
     with override_settings(MIDDLEWARE=_CACHING, CACHE_MIDDLEWARE_SECONDS=30):
         client = _client()
@@ -341,8 +344,6 @@ def test_a_cache_middleware_before_ours_can_cache_the_response(
     assert second.has_header("Expires") and second.has_header("Cache-Control")
     # nothing of ours in what the cache holds: a release without this package (a
     # rollback, an uninstall) still reads it
-    from django.core.cache import cache
-
     stored = list(cache._cache.values())  # type: ignore[attr-defined]  # LocMemCache
     assert stored and not any(b"sentry_tracing_mw" in value for value in stored)
     assert stm.flush(5)
