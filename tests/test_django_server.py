@@ -387,6 +387,87 @@ def test_asgi_shutdown_under_uvicorn_flushes_queued_transactions(
     assert names == ["/articles/{year}/", "/users/{pk}/", "/users/{pk}/"]
 
 
+DJANGO_GRACEFUL_TIMEOUT_SCRIPT = """
+import sys
+import uvicorn
+from tests.django_project import setup
+setup()
+import sentry_tracing_mw as stm
+stm.init(dsn=sys.argv[1], traces_sample_rate=1.0, shutdown_timeout=5,
+         instrument_http_clients=False)
+from django.core.asgi import get_asgi_application
+uvicorn.run(get_asgi_application(), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="critical", timeout_graceful_shutdown=1)
+"""
+
+
+def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
+    sentry_server: SentryServer,
+) -> None:
+    """uvicorn cancels the requests still running when its graceful-shutdown timeout
+    expires. Django 5+ serves a request in a task of its own and closes the response (our
+    end of the transaction) in the call the server cancels: the transaction is ended
+    ``cancelled`` there and flushed with the lifespan shutdown, without waiting for the
+    body Django goes on streaming."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from .servers import free_port
+
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DJANGO_GRACEFUL_TIMEOUT_SCRIPT, sentry_server.dsn, str(port)],
+        cwd=root,
+        env=env,
+    )
+    streaming = threading.Event()
+
+    def read() -> None:
+        try:
+            with requests.get(
+                f"http://127.0.0.1:{port}/astream-long/", stream=True, timeout=20
+            ) as response:
+                for _ in response.iter_content(8):
+                    streaming.set()
+        except requests.RequestException:
+            pass
+
+    reader = threading.Thread(target=read)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no server"
+                time.sleep(0.05)
+        reader.start()
+        assert streaming.wait(10)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if reader.is_alive():
+            reader.join(20)
+    (tx,) = sentry_server.transactions()
+    assert tx["transaction"] == "/astream-long/"
+    assert _trace(tx)["status"] == "cancelled"
+    assert took < 3.5, took  # 1 s of grace, not the 5 s body nor the 5 s shutdown_timeout
+
+
 def test_lifespan_under_an_outer_generic_middleware_flushes_once(
     sentry_server: SentryServer,
 ) -> None:

@@ -17,11 +17,10 @@ import functools
 import logging
 import sys
 import time
-import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
@@ -58,10 +57,17 @@ SCOPE_KEY = REQUEST_TX_KEY
 
 #: Set in a lifespan scope by an app that flushed the client on shutdown.
 _FLUSHED_KEY = "sentry_tracing_mw.flushed"
-#: Weak references to the asyncio tasks serving a sampled request of ours: lifespan
-#: shutdown waits for those still running (a server cancels them right before it) to end
-#: their transactions. A reference leaves the set with its task (or its request).
-_REQUEST_TASKS: set[weakref.ref[asyncio.Task[Any]]] = set()
+_F = TypeVar("_F", bound=Callable[..., Any])
+#: The code of our coroutines that serve a request, each with how to find the request's
+#: transaction in its frame's variables (``serves_requests``): lifespan shutdown waits for
+#: the tasks running one whose sampled transaction has not ended (a server cancels them
+#: right before it). Found by walking each task's awaits at shutdown: a request pays
+#: nothing for it.
+_SERVING: dict[Any, Callable[[Mapping[str, Any]], Any]] = {}
+#: How often (seconds) the shutdown wait checks whether those transactions have ended.
+_RECHECK = 0.05
+#: How deep the walk looks down a task's chain of awaits.
+_MAX_AWAIT_DEPTH = 200
 #: Response body messages: the last one has no ``more_body`` (ASGI's zero-copy send
 #: extension has one too); a path send is always the whole body.
 _BODY = frozenset({"http.response.body", "http.response.zerocopysend"})
@@ -236,7 +242,7 @@ async def flush_client() -> None:
             # is queued meanwhile, then what they queued, all within the one timeout.
             flushing = asyncio.ensure_future(_in_thread(client.flush, timeout))
             try:
-                await asyncio.wait(running, timeout=timeout)
+                await _requests_ended(running, deadline)
             except BaseException:  # this lifespan task cancelled: no task left behind
                 flushing.cancel()
                 raise
@@ -263,42 +269,67 @@ async def flush_client() -> None:
         logger.debug("flush on lifespan shutdown failed", exc_info=True)
 
 
-def track_request_task() -> weakref.ref[asyncio.Task[Any]] | None:
-    """Note the running asyncio task as serving a sampled request of ours (for lifespan
-    shutdown; see ``flush_client``); returns the reference to ``discard`` from
-    ``_REQUEST_TASKS`` when the request ends (None on trio: nothing is noted)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no asyncio loop (trio)
-        return None
-    if task is None:
-        return None
-    ref = weakref.ref(task, _REQUEST_TASKS.discard)
-    _REQUEST_TASKS.add(ref)
-    return ref
+def serves_requests(transaction_of: Callable[[Mapping[str, Any]], Any]) -> Callable[[_F], _F]:
+    """Register a coroutine function of ours as serving a request: at lifespan shutdown a
+    task running it is waited for while ``transaction_of(its frame's variables)`` is a
+    sampled transaction that has not ended (see ``flush_client``)."""
+
+    def register(fn: _F) -> _F:
+        _SERVING[fn.__code__] = transaction_of
+        return fn
+
+    return register
+
+
+def _serving_request(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` runs one of our request-serving coroutines (its chain of awaits,
+    from the server's coroutine down) whose sampled transaction has not ended."""
+    awaited: Any = task.get_coro()
+    for _ in range(_MAX_AWAIT_DEPTH):
+        code = getattr(awaited, "cr_code", None)
+        if code is None:
+            return False  # a future, an async generator's step, the end of the chain
+        transaction_of = _SERVING.get(code)
+        frame = awaited.cr_frame
+        if transaction_of is not None and frame is not None:
+            tx = transaction_of(frame.f_locals)
+            if isinstance(tx, Transaction) and tx._recording and tx._end is None:
+                return True
+        awaited = awaited.cr_await
+    return False
 
 
 def _running_request_tasks() -> list[asyncio.Task[Any]]:
-    """The tasks of this asyncio loop still serving a sampled request of ours (none on
-    trio): at lifespan shutdown, those the server cancelled and that are unwinding."""
-    if not _REQUEST_TASKS or _running_trio() is not None:
+    """The other tasks of this asyncio loop still serving a request of ours (none on trio):
+    at lifespan shutdown, those the server cancelled and that are unwinding."""
+    if _running_trio() is not None:
         return []
     try:
-        loop = asyncio.get_running_loop()
         current = asyncio.current_task()
+        tasks = asyncio.all_tasks()
     except RuntimeError:  # not an asyncio loop
         return []
     running = []
-    for ref in list(_REQUEST_TASKS):
-        task = ref()
-        if (
-            task is not None
-            and task is not current
-            and not task.done()
-            and task.get_loop() is loop  # (another thread's loop: not ours to wait for)
-        ):
-            running.append(task)
+    for task in tasks:
+        try:
+            if task is not current and not task.done() and _serving_request(task):
+                running.append(task)
+        except Exception:  # a task of another kind
+            logger.debug("inspecting a task at shutdown failed", exc_info=True)
     return running
+
+
+async def _requests_ended(running: list[asyncio.Task[Any]], deadline: float) -> None:
+    """Wait until none of ``running`` serves a request whose transaction is still open
+    (the task ended, or only the transaction did), or until ``deadline``."""
+    while running:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        await asyncio.wait(
+            running, timeout=min(remaining, _RECHECK), return_when=asyncio.FIRST_COMPLETED
+        )
+        running = [task for task in running if not task.done() and _serving_request(task)]
 
 
 def _running_trio() -> Any:
@@ -667,6 +698,7 @@ class TracingMiddleware:
             if shutting_down:
                 await flush()
 
+    @serves_requests(lambda names: names.get("tx"))
     async def _traced(
         self,
         scope: Scope,
@@ -803,7 +835,6 @@ class TracingMiddleware:
                 disconnected = True
             return message
 
-        task_ref = track_request_task()
         token = CURRENT_SPAN.set(tx)
         try:
             await self.app(inner, traced_receive, traced_send)
@@ -833,8 +864,6 @@ class TracingMiddleware:
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
             finish_request(tx, scope)
-            if task_ref is not None:
-                _REQUEST_TASKS.discard(task_ref)
 
     def _name_failed(self, tx: Transaction, scope: Scope, method: str) -> None:
         """An exception left the app before anything named the request (a middleware

@@ -39,6 +39,7 @@ urlpatterns = [
     path("body-on-204/", views.body_on_204),
     path("stream-orm/", views.stream_orm),
     path("astream/", views.astream),
+    path("astream-long/", views.astream_long),
     path("stream-error/", views.stream_error),
     path("astream-error/", views.astream_error),
     path("stream-trace/", views.stream_trace),

@@ -90,6 +90,15 @@ async def astream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+async def astream_long(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(100):
+            await asyncio.sleep(0.05)
+            yield f"chunk{i}\n".encode()
+
+    return StreamingHttpResponse(body())
+
+
 def stream_error(request: HttpRequest) -> StreamingHttpResponse:
     def body() -> Iterator[bytes]:
         yield b"start\n"

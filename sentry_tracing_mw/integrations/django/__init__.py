@@ -81,7 +81,7 @@ from .._common import (
     start_request,
     wsgi_error,
 )
-from ..asgi import track_request_task
+from ..asgi import serves_requests
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
 
@@ -477,6 +477,7 @@ class TracingMiddleware:
             self._respond(request, state, response)
         return response
 
+    @serves_requests(lambda names: getattr(names.get("state"), "tx", None))
     async def _acall(self, request: Any) -> Any:
         state, token, ptoken = self._begin(request)
         try:
@@ -573,10 +574,12 @@ class TracingMiddleware:
                 return None, None, PROPAGATION_CONTEXT.set(ctx)
             if tx._recording:
                 _defer_request(tx, request, client.options.send_default_pii)
-                if scope is not None:  # ASGI: lifespan shutdown waits for it (cancelled)
-                    track_request_task()
             state = _State(tx, client, method, True, self, scope is None)
             request.__dict__[_STATE_ATTR] = state
+            if scope is not None:
+                call = _ASGI_CALL.get()
+                if call is not None:
+                    call.state = state
             return state, CURRENT_SPAN.set(tx), None
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
@@ -824,10 +827,23 @@ def _exception_from_frames() -> BaseException | None:
 
 
 _hooks_installed = False
-#: The request's ASGI ``receive``, where Django never reads the connection again after the
-#: request body (before 5.0: no ``ASGIHandler.listen_for_disconnect``), for the sending
-#: watch to see a client leave (see ``_watch_asgi_sends``).
-_ASGI_RECEIVE: ContextVar[Any] = ContextVar("sentry_tracing_mw.django_receive", default=None)
+
+
+class _AsgiCall:
+    """What our ``ASGIHandler.__call__`` keeps of an HTTP request, in ``_ASGI_CALL`` (the
+    tasks Django starts for the request see it too): the state our middleware gives the
+    request, and, where Django never reads the connection again after the request body
+    (before 5.0: no ``ASGIHandler.listen_for_disconnect``), its ``receive`` for the
+    sending watch to see a client leave (see ``_watch_asgi_sends``)."""
+
+    __slots__ = ("receive", "state")
+
+    def __init__(self, receive: Any) -> None:
+        self.receive = receive
+        self.state: _State | None = None
+
+
+_ASGI_CALL: ContextVar[_AsgiCall | None] = ContextVar("sentry_tracing_mw.django", default=None)
 
 
 def _answer_asgi_lifespan() -> None:
@@ -848,13 +864,20 @@ def _answer_asgi_lifespan() -> None:
         if scope.get("type") == "lifespan":
             await answer_lifespan(scope, receive, send)
             return None
-        if keep_receive:
-            token = _ASGI_RECEIVE.set(receive)
-            try:
-                return await original(self, scope, receive, send)
-            finally:
-                _ASGI_RECEIVE.reset(token)
-        return await original(self, scope, receive, send)
+        call = _AsgiCall(receive if keep_receive else None)
+        token = _ASGI_CALL.set(call)
+        try:
+            return await original(self, scope, receive, send)
+        except BaseException as exc:
+            # Django 5.0+ serves the request in a task of its own and closes the response
+            # (ending the transaction) here: a server that cancels this call (uvicorn's
+            # graceful-shutdown timeout, daphne after a disconnect) leaves it unclosed.
+            state = call.state
+            if state is not None and state.owned and state.tx._end is None:
+                _send_failed(state, exc)
+            raise
+        finally:
+            _ASGI_CALL.reset(token)
 
     ASGIHandler.__call__ = __call__
 
@@ -874,13 +897,15 @@ def _watch_asgi_sends() -> None:
         logger.debug("ASGIHandler.send_response is not a coroutine function: not watched")
         return
 
+    @serves_requests(lambda names: getattr(getattr(names.get("closer"), "state", None), "tx", None))
     @functools.wraps(original)
     async def send_response(self: Any, response: Any, send: Any) -> Any:
         closer = getattr(response, "__dict__", {}).get(_STATE_ATTR)
         if type(closer) is not _Closer:
             return await original(self, response, send)
         watcher = None
-        receive = _ASGI_RECEIVE.get()
+        call = _ASGI_CALL.get()
+        receive = None if call is None else call.receive
         if receive is not None and closer.state.tx._recording and response.streaming:
             send, watcher = _watch_disconnect(closer.state, receive, send)
         try:
