@@ -216,6 +216,19 @@ def run_gunicorn(
         log.close()
 
 
+def wait_listening(port: int, proc: subprocess.Popen[Any], limit: float = 20) -> None:
+    """Wait until a server process started on ``port`` accepts connections (fails if it
+    exits or ``limit`` seconds pass first)."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "no server"
+            time.sleep(0.05)
+
+
 def sigterm_with_queued_transactions(
     sentry: Any, script: str, paths: tuple[str, str, str], env: dict[str, str] | None = None
 ) -> list[str]:

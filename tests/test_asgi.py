@@ -466,7 +466,7 @@ def test_requests_cancelled_by_the_servers_graceful_timeout_are_flushed(
     import threading
     from pathlib import Path
 
-    from .servers import free_port
+    from .servers import free_port, wait_listening
 
     port = free_port()
     root = str(Path(__file__).resolve().parent.parent)
@@ -494,14 +494,7 @@ def test_requests_cancelled_by_the_servers_graceful_timeout_are_flushed(
 
     threads = [threading.Thread(target=read_stream), threading.Thread(target=wait_slow)]
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no server"
-                time.sleep(0.05)
+        wait_listening(port, proc)
         for thread in threads:
             thread.start()
         assert started.wait(10)

@@ -416,7 +416,7 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
     import threading
     from pathlib import Path
 
-    from .servers import free_port
+    from .servers import free_port, wait_listening
 
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -442,14 +442,7 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
 
     reader = threading.Thread(target=read)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no server"
-                time.sleep(0.05)
+        wait_listening(port, proc)
         reader.start()
         assert streaming.wait(10)
         started = time.monotonic()
