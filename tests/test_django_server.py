@@ -408,7 +408,7 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
     expires. Django 5+ serves a request in a task of its own and closes the response (our
     end of the transaction) in the call the server cancels: the transaction is ended
     ``cancelled`` there and flushed with the lifespan shutdown, without waiting for the
-    body Django goes on streaming."""
+    body Django goes on streaming, nor for a synchronous view's thread."""
     import os
     import signal
     import subprocess
@@ -440,11 +440,20 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
         except requests.RequestException:
             pass
 
+    def wait_slow() -> None:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/sync-slow/", timeout=20)
+        except requests.RequestException:
+            pass
+
     reader = threading.Thread(target=read)
+    slow = threading.Thread(target=wait_slow)
     try:
         wait_listening(port, proc)
         reader.start()
+        slow.start()
         assert streaming.wait(10)
+        time.sleep(0.2)  # the synchronous view is sleeping in its thread
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -453,11 +462,14 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-        if reader.is_alive():
-            reader.join(20)
-    (tx,) = sentry_server.transactions()
-    assert tx["transaction"] == "/astream-long/"
-    assert _trace(tx)["status"] == "cancelled"
+        for thread in (reader, slow):
+            if thread.is_alive():
+                thread.join(20)
+    statuses = {t["transaction"]: _trace(t)["status"] for t in sentry_server.transactions()}
+    assert statuses == {"/astream-long/": "cancelled", "/sync-slow/": "cancelled"}
+    # Django goes on with the view in its thread and then sends the response, which the
+    # server refuses: no error of the app's.
+    assert sentry_server.events() == []
     assert took < 3.5, took  # 1 s of grace, not the 5 s body nor the 5 s shutdown_timeout
 
 

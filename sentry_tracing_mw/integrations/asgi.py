@@ -64,6 +64,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: right before it). Found by walking each task's awaits at shutdown: a request pays
 #: nothing for it.
 _SERVING: dict[Any, Callable[[Mapping[str, Any]], Any]] = {}
+#: Turns of the loop cancelled requests get before the shutdown flush where they cannot
+#: be told apart (Python 3.10: no ``Task.cancelling()``).
+_UNWIND_TURNS = 20
 #: How often (seconds) the shutdown wait checks whether those transactions have ended.
 _RECHECK = 0.05
 #: How deep the walk looks down a task's chain of awaits.
@@ -235,7 +238,7 @@ async def flush_client() -> None:
             return
         timeout = client.options.shutdown_timeout
         deadline = time.monotonic() + timeout
-        running = _running_request_tasks()
+        running = await _running_request_tasks()
         if running:
             # Requests the server cancelled right before lifespan shutdown (uvicorn's
             # timeout_graceful_shutdown) end their transactions as they unwind: flush what
@@ -299,9 +302,11 @@ def _serving_request(task: asyncio.Task[Any]) -> bool:
     return False
 
 
-def _running_request_tasks() -> list[asyncio.Task[Any]]:
-    """The other tasks of this asyncio loop still serving a request of ours (none on trio):
-    at lifespan shutdown, those the server cancelled and that are unwinding."""
+async def _running_request_tasks() -> list[asyncio.Task[Any]]:
+    """The other tasks of this asyncio loop that the server cancelled while they serve a
+    sampled request of ours still open (none on trio): at lifespan shutdown, they are
+    unwinding and about to end their transactions. Python 3.10 cannot tell them: they get
+    a few turns of the loop instead, and none is returned."""
     if _running_trio() is not None:
         return []
     try:
@@ -309,14 +314,29 @@ def _running_request_tasks() -> list[asyncio.Task[Any]]:
         tasks = asyncio.all_tasks()
     except RuntimeError:  # not an asyncio loop
         return []
-    running = []
-    for task in tasks:
-        try:
-            if task is not current and not task.done() and _serving_request(task):
-                running.append(task)
-        except Exception:  # a task of another kind
-            logger.debug("inspecting a task at shutdown failed", exc_info=True)
-    return running
+    if sys.version_info < (3, 11):
+        # No Task.cancelling(): which requests the server cancelled cannot be told from
+        # those it leaves open (granian's websockets): a few turns of the loop to unwind.
+        for _ in range(_UNWIND_TURNS):
+            await asyncio.sleep(0)
+        return []
+    return [task for task in tasks if task is not current and _unwinding_request(task)]
+
+
+def _unwinding_request(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` was cancelled (by the server) while serving a request of ours whose
+    sampled transaction is still open (never raises)."""
+    try:
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return (
+            cancelling is not None
+            and not task.done()
+            and cancelling() > 0
+            and _serving_request(task)
+        )
+    except Exception:  # a task of another kind
+        logger.debug("inspecting a task at shutdown failed", exc_info=True)
+        return False
 
 
 async def _requests_ended(running: list[asyncio.Task[Any]], deadline: float) -> None:
@@ -329,7 +349,7 @@ async def _requests_ended(running: list[asyncio.Task[Any]], deadline: float) -> 
         await asyncio.wait(
             running, timeout=min(remaining, _RECHECK), return_when=asyncio.FIRST_COMPLETED
         )
-        running = [task for task in running if not task.done() and _serving_request(task)]
+        running = [task for task in running if _unwinding_request(task)]
 
 
 def _running_trio() -> Any:

@@ -40,6 +40,7 @@ urlpatterns = [
     path("stream-orm/", views.stream_orm),
     path("astream/", views.astream),
     path("astream-long/", views.astream_long),
+    path("sync-slow/", views.sync_slow),
     path("stream-error/", views.stream_error),
     path("astream-error/", views.astream_error),
     path("stream-trace/", views.stream_trace),

@@ -99,6 +99,11 @@ async def astream_long(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+def sync_slow(request: HttpRequest) -> HttpResponse:
+    time.sleep(2.5)
+    return HttpResponse(b"late")
+
+
 def stream_error(request: HttpRequest) -> StreamingHttpResponse:
     def body() -> Iterator[bytes]:
         yield b"start\n"

@@ -539,6 +539,8 @@ class TracingMiddleware:
                     outer, get_client(), request.method or "GET", False, self, scope is None
                 )
                 request.__dict__[_STATE_ATTR] = state
+                if scope is not None:
+                    _note_asgi_state(state)
                 return state, None, None
             ignore = self.config.ignore_paths
             if ignore is not None and ignore.match(request.path_info):
@@ -577,9 +579,7 @@ class TracingMiddleware:
             state = _State(tx, client, method, True, self, scope is None)
             request.__dict__[_STATE_ATTR] = state
             if scope is not None:
-                call = _ASGI_CALL.get()
-                if call is not None:
-                    call.state = state
+                _note_asgi_state(state)
             return state, CURRENT_SPAN.set(tx), None
         except Exception:
             logger.exception("sentry_tracing_mw: starting the request transaction failed")
@@ -846,6 +846,13 @@ class _AsgiCall:
 _ASGI_CALL: ContextVar[_AsgiCall | None] = ContextVar("sentry_tracing_mw.django", default=None)
 
 
+def _note_asgi_state(state: _State) -> None:
+    """Give our ``ASGIHandler`` wrappers the request's state (see ``_AsgiCall``)."""
+    call = _ASGI_CALL.get()
+    if call is not None:
+        call.state = state
+
+
 def _answer_asgi_lifespan() -> None:
     """Let Django's ASGI handler answer the lifespan scope (it refuses it otherwise), so a
     server's shutdown flushes the client: uvicorn re-raises SIGTERM after its graceful
@@ -864,22 +871,41 @@ def _answer_asgi_lifespan() -> None:
         if scope.get("type") == "lifespan":
             await answer_lifespan(scope, receive, send)
             return None
-        call = _AsgiCall(receive if keep_receive else None)
-        token = _ASGI_CALL.set(call)
+        token = _ASGI_CALL.set(_AsgiCall(receive if keep_receive else None))
         try:
             return await original(self, scope, receive, send)
-        except BaseException as exc:
-            # Django 5.0+ serves the request in a task of its own and closes the response
-            # (ending the transaction) here: a server that cancels this call (uvicorn's
-            # graceful-shutdown timeout, daphne after a disconnect) leaves it unclosed.
-            state = call.state
-            if state is not None and state.owned and state.tx._end is None:
-                _send_failed(state, exc)
-            raise
         finally:
             _ASGI_CALL.reset(token)
 
     ASGIHandler.__call__ = __call__
+    original_handle = ASGIHandler.handle
+
+    @serves_requests(lambda names: getattr(getattr(names.get("call"), "state", None), "tx", None))
+    @functools.wraps(original_handle)
+    async def handle(self: ASGIHandler, scope: Scope, receive: Receive, send: Send) -> Any:
+        call = _ASGI_CALL.get()
+        try:
+            return await original_handle(self, scope, receive, send)
+        except BaseException as exc:
+            # Django 5.0+ serves the request in a task of its own and closes the response
+            # (ending the transaction) here: a server that cancels this call (uvicorn's
+            # graceful-shutdown timeout, daphne after a disconnect) leaves it unclosed. It
+            # ends here, as the cancellation arrives (the call's exit then waits for a
+            # synchronous view's thread).
+            state = None if call is None else call.state
+            if state is not None and state.tx._end is None:
+                if state.owned:
+                    _send_failed(state, exc)
+                elif not isinstance(exc, Exception):
+                    # An outer ASGI middleware's: the cancellation reaches it only once
+                    # the call's exit has waited for a synchronous view's thread.
+                    tx = state.tx
+                    if tx._status in (None, "ok"):
+                        tx._status = "cancelled"
+                    tx.finish()
+            raise
+
+    ASGIHandler.handle = handle
 
 
 def _watch_asgi_sends() -> None:
@@ -952,8 +978,11 @@ def _send_failed(state: _State, exc: BaseException) -> None:
     transaction ends now, as Django will not close the response after a failed send."""
     try:
         tx = state.tx
-        if tx._end is not None and not isinstance(exc, Exception):
-            return  # already ended (unsampled, or the body was sent): nothing more to say
+        if tx._end is not None and (not isinstance(exc, Exception) or tx._status == "cancelled"):
+            # Already ended (unsampled, or the body was sent): nothing more to say; or the
+            # server cancelled the request: a send Django makes after that (uvicorn refuses
+            # it) is no error of the app's.
+            return
         if isinstance(exc, Exception):
             state.fail(exc)
         elif tx._status in (None, "ok"):
