@@ -473,6 +473,59 @@ def test_asgi_request_the_server_cancels_at_shutdown_is_sent_cancelled(
     assert took < 3.5, took  # 1 s of grace, not the 5 s body nor the 5 s shutdown_timeout
 
 
+def test_asgi_cancelled_under_an_outer_middleware_is_its_to_end(
+    sentry_server: SentryServer,
+) -> None:
+    """A middleware between the generic ASGI middleware and Django cancels Django (a
+    timeout) and answers 504 itself: the request goes on, so the outer transaction is not
+    ended at Django's cancellation; it ends with the 504 (``deadline_exceeded``)."""
+    import asyncio
+
+    init_traced(sentry_server)
+    django_app = get_asgi_application()
+
+    async def timeout_middleware(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.wait_for(django_app(scope, receive, send), 0.2)
+        except asyncio.TimeoutError:
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b"timeout"})
+
+    app = generic_asgi.TracingMiddleware(timeout_middleware)
+    sent: list[dict[str, Any]] = []
+    body = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if body:
+            return body.pop()
+        await asyncio.sleep(5)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/async-slow/",
+        "raw_path": b"/async-slow/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [504]
+    _wait(sentry_server, 1)
+    (tx,) = sentry_server.transactions()
+    assert _trace(tx)["status"] == "deadline_exceeded"
+    assert tx["tags"]["http.status_code"] == "504"
+
+
 def test_lifespan_under_an_outer_generic_middleware_flushes_once(
     sentry_server: SentryServer,
 ) -> None:

@@ -41,6 +41,7 @@ urlpatterns = [
     path("astream/", views.astream),
     path("astream-long/", views.astream_long),
     path("sync-slow/", views.sync_slow),
+    path("async-slow/", views.async_slow),
     path("stream-error/", views.stream_error),
     path("astream-error/", views.astream_error),
     path("stream-trace/", views.stream_trace),

@@ -99,6 +99,11 @@ async def astream_long(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body())
 
 
+async def async_slow(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(1)
+    return HttpResponse(b"late")
+
+
 def sync_slow(request: HttpRequest) -> HttpResponse:
     time.sleep(2.5)
     return HttpResponse(b"late")

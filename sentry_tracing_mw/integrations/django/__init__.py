@@ -133,6 +133,7 @@ class _State:
     __slots__ = (
         "answered",
         "body",
+        "cancelled",
         "client",
         "exc",
         "file",
@@ -143,6 +144,7 @@ class _State:
         "owned",
         "request",
         "responded",
+        "sent",
         "tx",
         "wsgi",
     )
@@ -167,6 +169,8 @@ class _State:
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
         self.responded = False  # our middleware handed its response back
+        self.sent = False  # Django's ASGI handler sent the whole response
+        self.cancelled = False  # the server cancelled Django's handling (ASGI)
         self.request: Any = None  # an unsampled streamed response's request
         self.file: Any = None  # a FileResponse's file, and where sending it started
         self.file_start = 0
@@ -202,7 +206,8 @@ class _State:
                     tx._user = user_info(request) or tx._user
                 if request is not None and tx._request is None:  # unsampled: for the event
                     _defer_request(tx, request, self.client.options.send_default_pii)
-                tx._status = "internal_error"
+                if tx._end is None:  # (an ended one keeps the status it was sent with)
+                    tx._status = "internal_error"
                 self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
             elif tx._status in (None, "ok"):
                 tx._status = "cancelled"  # CancelledError, GeneratorExit, KeyboardInterrupt
@@ -539,8 +544,6 @@ class TracingMiddleware:
                     outer, get_client(), request.method or "GET", False, self, scope is None
                 )
                 request.__dict__[_STATE_ATTR] = state
-                if scope is not None:
-                    _note_asgi_state(state)
                 return state, None, None
             ignore = self.config.ignore_paths
             if ignore is not None and ignore.match(request.path_info):
@@ -893,16 +896,12 @@ def _answer_asgi_lifespan() -> None:
             # ends here, as the cancellation arrives (the call's exit then waits for a
             # synchronous view's thread).
             state = None if call is None else call.state
-            if state is not None and state.tx._end is None:
-                if state.owned:
+            if state is not None and state.owned and state.tx._end is None:
+                if state.sent:  # cancelled while closing a response sent whole
+                    state.finish()
+                else:
                     _send_failed(state, exc)
-                elif not isinstance(exc, Exception):
-                    # An outer ASGI middleware's: the cancellation reaches it only once
-                    # the call's exit has waited for a synchronous view's thread.
-                    tx = state.tx
-                    if tx._status in (None, "ok"):
-                        tx._status = "cancelled"
-                    tx.finish()
+                    state.cancelled = not isinstance(exc, Exception)
             raise
 
     ASGIHandler.handle = handle
@@ -935,13 +934,15 @@ def _watch_asgi_sends() -> None:
         if receive is not None and closer.state.tx._recording and response.streaming:
             send, watcher = _watch_disconnect(closer.state, receive, send)
         try:
-            return await original(self, response, send)
+            result = await original(self, response, send)
         except BaseException as exc:
             _send_failed(closer.state, exc)
             raise
         finally:
             if watcher is not None:
                 watcher.cancel()
+        closer.state.sent = True
+        return result
 
     send_response._stm_watching = True  # type: ignore[attr-defined]
     ASGIHandler.send_response = send_response
@@ -978,7 +979,7 @@ def _send_failed(state: _State, exc: BaseException) -> None:
     transaction ends now, as Django will not close the response after a failed send."""
     try:
         tx = state.tx
-        if tx._end is not None and (not isinstance(exc, Exception) or tx._status == "cancelled"):
+        if tx._end is not None and (not isinstance(exc, Exception) or state.cancelled):
             # Already ended (unsampled, or the body was sent): nothing more to say; or the
             # server cancelled the request: a send Django makes after that (uvicorn refuses
             # it) is no error of the app's.
