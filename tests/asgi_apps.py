@@ -119,6 +119,24 @@ async def _endless(request: Request) -> Response:
     return StreamingResponse(_endless_chunks(), media_type="application/octet-stream")
 
 
+def http_scope(path: str, host: bytes = b"x") -> dict[str, Any]:
+    """A plain HTTP GET scope for ``path``, as a server gives it (ASGI 2.4)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", host)],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }
+
+
 def _file_path() -> str:
     path = os.path.join(tempfile.gettempdir(), "stm_asgi_test_file.txt")
     if not os.path.exists(path):

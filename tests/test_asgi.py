@@ -14,7 +14,7 @@ import pytest
 import sentry_tracing_mw as stm
 from sentry_tracing_mw.integrations.asgi import TracingMiddleware, flush_client
 
-from .asgi_apps import raw_asgi_app
+from .asgi_apps import http_scope, raw_asgi_app
 from .sentry_server import SentryServer, flushed_transactions
 from .servers import answer_lifespan, run_asgi, sigterm_with_queued_transactions
 
@@ -575,20 +575,7 @@ def test_lifespan_flush_waits_for_no_request_the_server_left_open(
         async def send(message: Any) -> None:
             pass
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/open",
-            "raw_path": b"/open",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"x")],
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 50000),
-        }
+        scope = http_scope("/open")
         request = asyncio.create_task(TracingMiddleware(app)(scope, receive, send))
         await asyncio.sleep(0.05)  # the request is in the app
         started = time.monotonic()

@@ -481,6 +481,8 @@ def test_asgi_cancelled_under_an_outer_middleware_is_its_to_end(
     ended at Django's cancellation; it ends with the 504 (``deadline_exceeded``)."""
     import asyncio
 
+    from .asgi_apps import http_scope
+
     init_traced(sentry_server)
     django_app = get_asgi_application()
 
@@ -504,21 +506,7 @@ def test_asgi_cancelled_under_an_outer_middleware_is_its_to_end(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/async-slow/",
-        "raw_path": b"/async-slow/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 50000),
-    }
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(http_scope("/async-slow/", b"testserver"), receive, send))
     assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [504]
     _wait(sentry_server, 1)
     (tx,) = sentry_server.transactions()
