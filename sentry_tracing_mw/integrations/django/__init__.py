@@ -48,6 +48,7 @@ its ``process_view`` hook is async too). Behaviour:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
@@ -856,10 +857,11 @@ def _note_asgi_state(state: _State) -> None:
         call.state = state
 
 
-def _answer_asgi_lifespan() -> None:
-    """Let Django's ASGI handler answer the lifespan scope (it refuses it otherwise), so a
-    server's shutdown flushes the client: uvicorn re-raises SIGTERM after its graceful
-    shutdown, and atexit handlers never run there. Every other scope goes to Django."""
+def _wrap_asgi_handler() -> None:
+    """Wrap Django's ASGI handler: ``__call__`` answers the lifespan scope (Django refuses
+    it), so a server's shutdown flushes the client (uvicorn re-raises SIGTERM after its
+    graceful shutdown, and atexit handlers never run there), and gives every other call an
+    ``_AsgiCall``; ``handle`` ends the request's transaction when the server cancels it."""
     from django.core.handlers.asgi import ASGIHandler
 
     from ..asgi import Receive, Scope, Send, answer_lifespan
@@ -968,8 +970,6 @@ def _watch_disconnect(state: _State, receive: Any, send: Any) -> tuple[Any, Any]
             if tx._end is None and tx._status in (None, "ok"):
                 tx._status = "cancelled"
 
-    import asyncio
-
     return watching_send, asyncio.get_running_loop().create_task(watch())
 
 
@@ -1055,9 +1055,9 @@ def _install_hooks(tag_library: bool = True) -> None:
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting templates failed")
         try:
-            _answer_asgi_lifespan()
+            _wrap_asgi_handler()
         except Exception:
-            logger.exception("sentry_tracing_mw: answering the ASGI lifespan scope failed")
+            logger.exception("sentry_tracing_mw: wrapping Django's ASGI handler failed")
         try:
             _watch_asgi_sends()
         except Exception:
