@@ -898,11 +898,13 @@ def _wrap_asgi_handler() -> None:
             # ends here, as the cancellation arrives (the call's exit then waits for a
             # synchronous view's thread).
             state = None if call is None else call.state
-            if state is not None and state.owned and state.tx._end is None:
+            if state is not None and state.owned:
                 if state.sent:  # cancelled while closing a response sent whole
                     state.finish()
                 else:
-                    _send_failed(state, exc)
+                    if state.tx._end is None:
+                        _send_failed(state, exc)
+                    # (also when it ended already: an unsampled one ends at the response)
                     state.cancelled = not isinstance(exc, Exception)
             raise
 
