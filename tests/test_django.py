@@ -57,6 +57,12 @@ NAME_TABLE = [
     ("/star*/", "/star*/"),
     ("/mixed/12/a+b/3/", "/mixed/{v}/a+b/{n}/"),
     ("/twice/4/4/", "/twice/{a}/{var}/"),
+    # Django REST framework's router and Django Ninja (tests/django_project/api_views.py)
+    ("/rest/", "/rest/"),
+    ("/rest/items/", "/rest/items/"),
+    ("/rest/items/7/", "/rest/items/{pk}/"),
+    ("/rest/items/7.json", "/rest/items/{pk}.{format}/"),
+    ("/ninja/things/5", "/ninja/things/{thing_id}"),
 ]
 # Routes sentry-sdk names wrongly (so no parity is expected): it drops the trailing slash
 # after an optional group, caches names per pattern object (an include() list used under two

@@ -67,3 +67,10 @@ urlpatterns = [
 ]
 
 urlpatterns += i18n_patterns(path("shop/<slug:slug>/", views.ok))
+
+try:  # Django REST framework and Django Ninja (dev extras)
+    from . import api_views
+except ImportError:  # a bare environment: their tests skip
+    pass
+else:
+    urlpatterns += api_views.urlpatterns

@@ -33,7 +33,10 @@ its ``process_view`` hook is async too). Behaviour:
 * The transaction ends when Django closes the response, i.e. after the server sent the whole
   body (streamed bodies and ``FileResponse`` included); a streamed body the server stopped
   reading gives status ``cancelled``. Exceptions Django turns into 500 responses are captured
-  once (mechanism ``django``, unhandled) and linked to the transaction.
+  once (mechanism ``django``, unhandled) and linked to the transaction; so are those a
+  middleware's ``process_exception``, Django REST framework's or Django Ninja's exception
+  handler answers with a 5xx (DRF's ``APIException`` and Ninja's ``HttpError``, raised on
+  purpose with their status, as handled).
 * Child spans: every ORM query (op ``db``, the SQL with placeholders, ``db.system``,
   ``db.name``), through a ``connection.execute_wrapper`` installed on every connection, and
   every Django template render (op ``template.render``). Jinja2 templates are not covered.
@@ -85,6 +88,7 @@ from .._common import (
 from ..asgi import serves_requests
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
+from ._rest import install as install_rest_hooks
 
 __all__ = ["TracingMiddleware", "context_processor"]
 
@@ -133,6 +137,7 @@ class _State:
 
     __slots__ = (
         "answered",
+        "answered_handled",
         "body",
         "cancelled",
         "client",
@@ -167,6 +172,7 @@ class _State:
         self.wsgi = wsgi  # a WSGI request: a SystemExit(1) or KeyboardInterrupt is an error
         self.exc: BaseException | None = None  # the view's, as our process_exception saw it
         self.answered: BaseException | None = None  # one a middleware answered with a 5xx
+        self.answered_handled = False  # ...raised on purpose with its status (DRF, Ninja)
         self.match: Any = None  # the ResolverMatch the name came from
         self.body: _SyncBody | _AsyncBody | None = None
         self.responded = False  # our middleware handed its response back
@@ -190,7 +196,7 @@ class _State:
                 tx._status = "cancelled"  # the server stopped reading the file: gone
         tx.finish()
 
-    def fail(self, exc: BaseException, request: Any = None) -> None:
+    def fail(self, exc: BaseException, request: Any = None, handled: bool = False) -> None:
         """Record an exception that escaped the view or the body (never raises).
 
         A request not named yet (a middleware after ours raised before URL resolution) is
@@ -209,7 +215,7 @@ class _State:
                     _defer_request(tx, request, self.client.options.send_default_pii)
                 if tx._end is None:  # (an ended one keeps the status it was sent with)
                     tx._status = "internal_error"
-                self.client.capture_exception(exc, span=tx, mechanism="django", handled=False)
+                self.client.capture_exception(exc, span=tx, mechanism="django", handled=handled)
             elif tx._status in (None, "ok"):
                 tx._status = "cancelled"  # CancelledError, GeneratorExit, KeyboardInterrupt
         except Exception:
@@ -504,6 +510,8 @@ class TracingMiddleware:
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Name the transaction before the view runs."""
+        if _first_view:
+            _before_first_view()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -511,6 +519,8 @@ class TracingMiddleware:
     async def _process_view_async(
         self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
+        if _first_view:
+            _before_first_view()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -634,12 +644,13 @@ class TracingMiddleware:
                 self._name_unmatched(request, tx, state.method, status)
             if not state.owned:
                 return
+            if status >= 500 and state.answered is not None:
+                # captured once, whatever the sampling (the status is the response's)
+                state.fail(state.answered, request, state.answered_handled)
             if recording:
                 tx.set_http_status(status)
                 if state.client.options.send_default_pii:
                     tx._user = user_info(request)
-            if status >= 500 and state.answered is not None:
-                state.fail(state.answered, request)  # captured once, whatever the sampling
             streaming = response.streaming
             if streaming and getattr(response, "file_to_stream", None) is None:
                 if not recording:  # for an error of the body's: its event's request
@@ -831,6 +842,14 @@ def _exception_from_frames() -> BaseException | None:
 
 
 _hooks_installed = False
+_first_view = True  # no view has run yet in this process
+
+
+def _before_first_view() -> None:
+    """Once, when the URLconf has been loaded: hook the API frameworks its views use."""
+    global _first_view
+    _first_view = False
+    install_rest_hooks(_note_answered)
 
 
 class _AsgiCall:
@@ -996,6 +1015,20 @@ def _send_failed(state: _State, exc: BaseException) -> None:
         logger.exception("sentry_tracing_mw: recording a failed ASGI send failed")
 
 
+def _note_answered(request: Any, exc: BaseException, response: Any, handled: bool) -> None:
+    """Note the view's exception ``exc`` answered with ``response`` (by a middleware's
+    ``process_exception``, DRF's or Ninja's handler): captured when that response, a 5xx,
+    comes back through ours (never raises)."""
+    try:
+        if response is not None and response.status_code >= 500:
+            state = request.__dict__.get(_STATE_ATTR)
+            if state is not None:
+                state.answered = exc
+                state.answered_handled = handled
+    except Exception:
+        logger.debug("noting a view's exception failed", exc_info=True)
+
+
 def _note_handled_exceptions() -> None:
     """Note a view's exception that a middleware's ``process_exception`` answered with a
     5xx.
@@ -1012,13 +1045,7 @@ def _note_handled_exceptions() -> None:
 
     def process_exception_by_middleware(self: Any, exception: Exception, request: Any) -> Any:
         response = original(self, exception, request)  # None: raised on, to the signal
-        try:
-            if response is not None and response.status_code >= 500:
-                state = request.__dict__.get(_STATE_ATTR)
-                if state is not None:
-                    state.answered = exception
-        except Exception:
-            logger.debug("noting a view's exception failed", exc_info=True)
+        _note_answered(request, exception, response, False)
         return response
 
     process_exception_by_middleware._stm_noting = True  # type: ignore[attr-defined]
@@ -1044,6 +1071,7 @@ def _install_hooks(tag_library: bool = True) -> None:
             _note_handled_exceptions()
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting process_exception failed")
+        install_rest_hooks(_note_answered)
         try:
             from ._orm import install_orm
 
