@@ -64,6 +64,8 @@ urlpatterns = [
     path("star*/", views.ok),
     re_path(r"^mixed/(?P<v>[0-9]+)/", include([path("a+b/<int:n>/", views.ok)])),
     re_path(r"^twice/(?P<a>[0-9]+)/(?P=a)/$", views.ok),
+    re_path(r"^hex/[a-f0-9]{8}/$", views.ok),
+    re_path(r"^doc/(?P<pk>[0-9]+)/(?:edit|view)/$", views.ok),
 ]
 
 urlpatterns += i18n_patterns(path("shop/<slug:slug>/", views.ok))

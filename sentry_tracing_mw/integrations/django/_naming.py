@@ -1,10 +1,12 @@
-"""Transaction names from Django's ``ResolverMatch``: route templates and view names.
+r"""Transaction names from Django's ``ResolverMatch``: route templates and view names.
 
 ``ResolverMatch.route`` is the matched pattern chain joined by Django itself (``include()``
 and ``i18n_patterns`` prefixes included), mixing ``path()`` syntax and ``re_path()`` regexes.
 :func:`route_name` turns it into ``sentry-sdk``'s url style: ``<int:pk>`` and ``(?P<pk>..)``
-become ``{pk}``, unnamed groups and character classes ``{var}``, anchors and quantifiers
-go, optional non-capturing groups keep their content. Results are cached per route string,
+become ``{pk}``, unnamed groups ``{var}``, anchors go, optional non-capturing groups keep
+their content; character classes of plain characters (``[0-9]+``) and alternations of
+plain words (``(?:edit|view)``) keep their text, as sentry-sdk keeps it, others (``\d+``,
+``[^/]+``) are ``{var}``, where sentry-sdk garbles them. Results are cached per route string,
 so each distinct route is converted once per process.
 """
 
@@ -25,6 +27,11 @@ _CONVERTER = re.compile(r"<(?:[^>:]+:)?([^>]+)>")
 _NAMED = re.compile(r"\?P<(\w+)>")
 _QUANTIFIER = re.compile(r"[?*+]|\{\d*(?:,\d*)?\}")
 _SLASHES = re.compile(r"/{2,}")
+#: A character class of plain characters (``[a-f0-9]``) and an alternation of plain words
+#: (``edit|view``): sentry-sdk keeps their text in the name, and so do we (a class with
+#: escapes or a negation, which it garbles, is ``{var}``).
+_PLAIN_CLASS = re.compile(r"\[[\w.~%-]+\]")
+_PLAIN_ALTERNATION = re.compile(r"(?:[\w.~%/-]|\\[.~%/-])+(?:\|(?:[\w.~%/-]|\\[.~%/-])+)+")
 _ANCHOR_ESCAPES = frozenset("AZbBzG")
 
 
@@ -122,15 +129,25 @@ def _convert(text: str) -> str:
                     out.append("{" + named.group(1) + "}")
                 elif inner.startswith("?:"):
                     body = inner[2:]
-                    out.append("{var}" if _has_top_level_alternation(body) else _convert(body))
+                    if not _has_top_level_alternation(body):
+                        out.append(_convert(body))
+                    elif _PLAIN_ALTERNATION.fullmatch(body):
+                        out.append(body.replace("\\", ""))  # "a\.b|c": "a.b|c"
+                    else:
+                        out.append("{var}")
                 elif inner.startswith("?P="):
                     out.append("{var}")  # a back-reference matches a path segment again
                 # lookarounds, flags, comments: nothing in the path
             else:
                 out.append("{var}")
         elif c == "[":
-            i = _skip_quantifier(text, _class_end(text, i))
-            out.append("{var}")
+            end = _class_end(text, i)
+            after = _skip_quantifier(text, end)
+            if _PLAIN_CLASS.fullmatch(text, i, end):
+                out.append(text[i:after].replace("?", ""))  # "[0-9]+", "[a-f0-9]{32}"
+            else:
+                out.append("{var}")
+            i = after
         elif c == "<":
             m = _CONVERTER.match(text, i)
             if m is not None:
