@@ -283,6 +283,52 @@ def test_exceptions_the_apps_error_handlers_answer_with_a_5xx_are_captured(
     assert all(e["transaction"] == "/items/<int:item_id>" for e in events)
 
 
+def test_errors_flask_restx_answers(sentry_server: SentryServer) -> None:
+    """Flask-RESTX answers its resources' errors itself and sends ``got_request_exception``
+    for those it has no handler of its own for: ``abort(5xx)`` is still handled (as in a
+    plain view), an exception its handler answers with a 500 is not, a 4xx no error."""
+    restx = pytest.importorskip("flask_restx")
+    app = traced_app(sentry_server)
+    api = restx.Api(app, prefix="/api")
+
+    @api.errorhandler(LookupError)
+    def lookup_failed(exc: LookupError) -> tuple[dict[str, str], int]:
+        return {"message": "our error"}, 500
+
+    @api.route("/items/<int:item_id>")
+    class Item(restx.Resource):  # type: ignore[misc]
+        def get(self, item_id: int) -> dict[str, int]:
+            if item_id == 1:
+                raise KeyError("no item 1")
+            if item_id == 2:
+                restx.abort(400, "bad item")
+            if item_id == 3:
+                restx.abort(503, "down")
+            raise RuntimeError("unhandled")
+
+    client = app.test_client()
+    assert [client.get(f"/api/items/{i}").status_code for i in (1, 2, 3, 4)] == [
+        500,
+        400,
+        503,
+        500,
+    ]
+    assert stm.flush(5) and wait_transactions(sentry_server, 4, events=3)
+    stm.flush(0.5)
+    events = sorted(sentry_server.events(), key=lambda e: e["exception"]["values"][-1]["type"])
+    assert [
+        (e["exception"]["values"][-1]["type"], e["exception"]["values"][-1]["mechanism"])
+        for e in events
+    ] == [
+        ("KeyError", {"type": "flask", "handled": False}),
+        ("RuntimeError", {"type": "flask", "handled": False}),
+        ("ServiceUnavailable", {"type": "flask", "handled": True}),
+    ]
+    assert {e["transaction"] for e in events} == {"/api/items/<int:item_id>"}
+    status = sorted(t["contexts"]["trace"]["status"] for t in sentry_server.transactions())
+    assert status == ["internal_error", "internal_error", "invalid_argument", "unavailable"]
+
+
 def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:
     """Error events do not depend on the sampling decision, their request data neither (as
     sentry-sdk sends it)."""

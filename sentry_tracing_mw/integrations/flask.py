@@ -18,6 +18,10 @@ and call ``FlaskTracing(connexion_app.app)`` too. Flask names the requests it ro
 the others are named after their status (``"GET 400"``, ``"POST 405"``) or Connexion's
 mount (``/api/v1/ui``), never after their raw path.
 
+Exceptions Flask turns into a 500 are captured, and so are those an error handler answers
+with a 5xx (``@app.errorhandler``, ``abort(503)``, Flask-RESTX's and Flask-RESTful's
+``Api`` handlers); an ``abort(5xx)`` raised on purpose is reported handled.
+
 Templates get a ``sentry_trace_meta`` global that works both as ``{{ sentry_trace_meta }}``
 and ``{{ sentry_trace_meta() }}``.
 """
@@ -28,6 +32,7 @@ import contextlib
 import difflib
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from types import FunctionType
 from typing import Any
@@ -263,10 +268,13 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
 
 def _on_exception(sender: Any, exception: BaseException, **kwargs: Any) -> None:
-    """``got_request_exception`` receiver of every traced app."""
+    """``got_request_exception`` receiver of every traced app. A 5xx ``HTTPException``
+    (``abort(503)``) was raised on purpose: handled, as when an error handler answers it
+    (Flask-RESTX and Flask-RESTful send the signal for the aborts they answer)."""
     extensions = getattr(sender, "extensions", None)
     middleware = extensions.get(EXTENSION_KEY) if isinstance(extensions, dict) else None
     if isinstance(middleware, FlaskTracingMiddleware):
+        kwargs.setdefault("handled", isinstance(exception, HTTPException))
         middleware.on_exception(sender, exception, **kwargs)
 
 
@@ -310,10 +318,61 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     Flask's ``full_dispatch_request`` calls ``self.preprocess_request()`` per request)."""
 
     def preprocess_request() -> Any:
+        if _first_request:
+            _before_first_request()
         name()
         return original()
 
     return preprocess_request
+
+
+_first_request = True  # no traced app has served a request yet in this process
+
+
+def _before_first_request() -> None:
+    """Once, when the apps are set up: hook the API extensions they use."""
+    global _first_request
+    _first_request = False
+    _hook_api_extensions()
+
+
+#: API extensions that answer their resources' errors themselves, in ``Api.handle_error``,
+#: instead of Flask's ``handle_user_exception``: (module, class).
+_API_EXTENSIONS = (("flask_restx.api", "Api"), ("flask_restful", "Api"))
+_hooked_extensions: set[str] = set()
+
+
+def _hook_api_extensions() -> None:
+    """Note the errors Flask-RESTX's and Flask-RESTful's ``Api.handle_error`` answer, as
+    ``_noting_handle_user_exception`` notes Flask's (a 5xx answer is captured by
+    ``process_response``; one they also signal is captured once: the client deduplicates).
+    Each class once per process, when its module is imported (never raises)."""
+    for module_name, class_name in _API_EXTENSIONS:
+        module = sys.modules.get(module_name)
+        if module is None or module_name in _hooked_extensions:
+            continue
+        _hooked_extensions.add(module_name)
+        try:
+            cls = getattr(module, class_name)
+            original = cls.__dict__["handle_error"]
+
+            def handle_error(self: Any, e: Exception, _original: Any = original) -> Any:
+                response = _original(self, e)  # re-raised: Flask's handling, its signal
+                _note_handled(e)
+                return response
+
+            handle_error.__wrapped__ = original  # type: ignore[attr-defined]
+            cls.handle_error = handle_error
+        except Exception:  # a version whose shape we do not know: left as it is
+            logger.debug("hooking %s's error handling failed", module_name, exc_info=True)
+
+
+def _note_handled(e: Exception) -> None:
+    """Note on the current request that ``e`` was answered by a handler (never raises)."""
+    try:
+        _request().__dict__[_HANDLED_ATTR] = e  # this app's request: not a nested app's
+    except Exception:
+        logger.debug("noting a handled Flask exception failed", exc_info=True)
 
 
 def _noting_handle_user_exception(
@@ -326,10 +385,7 @@ def _noting_handle_user_exception(
 
     def handle_user_exception(e: Exception) -> Any:
         result = original(e)  # no handler: re-raised, and Flask's signal captures it
-        try:
-            _request().__dict__[_HANDLED_ATTR] = e  # this app's request: not a nested app's
-        except Exception:
-            logger.debug("noting a handled Flask exception failed", exc_info=True)
+        _note_handled(e)
         return result
 
     return handle_user_exception
@@ -488,5 +544,6 @@ class FlaskTracing:
         # A module-level receiver: a bound method held by the signal would keep the
         # middleware, and through it the app, alive for ever (one per app a factory made).
         got_request_exception.connect(_on_exception, app, weak=False)
+        _hook_api_extensions()
         _add_template_global(app)
         app.extensions[EXTENSION_KEY] = middleware
