@@ -134,6 +134,7 @@ def test_route_names(sentry_server: SentryServer, path: str, expected: str) -> N
         (r"^a/\d+/[^/]+/[-\w]+/$", "/a/{var}/{var}/{var}/"),
         (r"^a/(?:v\d+/)?(?!admin)(?P<s>\w+)/$", "/a/v{var}/{s}/"),
         (r"^a/(?:x|[0-9]+)/$", "/a/{var}/"),
+        (r"^a/(?i:edit|view)/$", "/a/{var}/"),
         (r"^(?i)caps/(?=x)x/$", "/caps/x/"),
         (r"\Astrict/\Z", "/strict/"),
         ("en/items/<slug:slug>/<path:rest>", "/en/items/{slug}/{rest}"),

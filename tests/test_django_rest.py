@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 from typing import Any
 
 import pytest
@@ -20,9 +21,14 @@ from .django_project import setup
 
 setup()
 
+from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.test import AsyncClient, Client  # noqa: E402
+from werkzeug.test import Client as WSGIClient  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
+from sentry_tracing_mw.integrations import django as django_integration  # noqa: E402
+from sentry_tracing_mw.integrations import wsgi as generic_wsgi  # noqa: E402
+from sentry_tracing_mw.integrations.django import _rest  # noqa: E402
 
 from .sentry_server import SentryServer, init_traced  # noqa: E402
 
@@ -42,12 +48,13 @@ CASES = [
 ]  # fmt: skip
 
 
-def _get(mode: str, path: str) -> int:
+def _get(mode: str, path: str, method: str = "get") -> int:
     if mode == "sync":
-        return Client(raise_request_exception=False).get(path).status_code  # type: ignore[no-any-return]
+        client = Client(raise_request_exception=False)
+        return getattr(client, method)(path).status_code  # type: ignore[no-any-return]
 
     async def go() -> int:
-        response = await AsyncClient(raise_request_exception=False).get(path)
+        response = await getattr(AsyncClient(raise_request_exception=False), method)(path)
         return response.status_code  # type: ignore[no-any-return]
 
     return asyncio.run(go())
@@ -98,3 +105,78 @@ def test_unsampled_requests_still_report_them(sentry_server: SentryServer, mode:
         ("/ninja/down", "HttpError"),
         ("/rest/wrapped/", "RuntimeError"),
     ]
+
+
+def _errors(server: SentryServer, n: int) -> list[tuple[str, bool]]:
+    """The ``n`` error events' (exception type, handled), once nothing more comes."""
+    assert stm.flush(5) and server.wait_for(n, 5)
+    stm.flush(0.3)
+    return sorted(
+        (e["exception"]["values"][-1]["type"], e["exception"]["values"][-1]["mechanism"]["handled"])
+        for e in server.events()
+    )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_method_that_is_not_traced_still_reports_them(
+    sentry_server: SentryServer, mode: str
+) -> None:
+    init_traced(sentry_server)
+    assert _get(mode, "/rest/wrapped/", "head") == 500
+    assert _get(mode, "/rest/items/api-error/", "head") == 500
+    assert _errors(sentry_server, 2) == [("APIException", True), ("RuntimeError", False)]
+    assert sentry_server.transactions() == []
+
+
+def test_under_an_outer_generic_middleware_they_are_reported(sentry_server: SentryServer) -> None:
+    """The outer middleware owns the transaction; Django's only names it, and still
+    reports what DRF answered."""
+    init_traced(sentry_server)
+    client = WSGIClient(generic_wsgi.TracingMiddleware(get_wsgi_application()))
+    response = client.get("/rest/wrapped/")
+    assert response.status_code == 500
+    response.get_data()
+    response.close()  # (the body sent: the transaction ends)
+    assert _errors(sentry_server, 2) == [("RuntimeError", False)]
+    (tx,) = sentry_server.transactions()
+    assert tx["transaction"] == "/rest/wrapped/"
+    assert tx["contexts"]["trace"]["status"] == "internal_error"
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
+
+
+def test_an_answered_exception_the_view_recovered_from_is_not_sent(
+    sentry_server: SentryServer,
+) -> None:
+    """The view called another that DRF answered with a 500, then failed itself: one
+    event, the request's own error."""
+    init_traced(sentry_server)
+    assert _get("sync", "/rest/outer-raises/") == 500
+    assert _errors(sentry_server, 2) == [("RuntimeError", False)]
+
+
+def test_a_framework_imported_after_the_first_request_is_hooked(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DRF and Ninja imported late (a view importing them lazily, a per-request URLconf):
+    the middleware looks again before a view runs once modules were imported since."""
+    from rest_framework.views import APIView
+
+    init_traced(sentry_server)
+    client = Client(raise_request_exception=False)
+    assert client.get("/rest/items/").status_code == 200  # the middleware is built
+    hooked = APIView.__dict__["handle_exception"]
+    monkeypatch.setattr(APIView, "handle_exception", hooked.__wrapped__)  # as before the hook
+    monkeypatch.setattr(_rest, "_done", set())
+    # not looked for: the request is not reported (the hook is really gone)
+    monkeypatch.setattr(django_integration, "_modules_seen", -1)
+    assert client.get("/rest/wrapped/").status_code == 500
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    stm.flush(0.3)
+    assert sentry_server.events() == []
+    # a module imported since the last look: hooked before the view runs
+    monkeypatch.setattr(django_integration, "_modules_seen", len(sys.modules) - 1)
+    assert client.get("/rest/wrapped/").status_code == 500
+    assert APIView.__dict__["handle_exception"].__wrapped__ is hooked.__wrapped__
+    assert _errors(sentry_server, 4) == [("RuntimeError", False)]
+    assert django_integration._modules_seen == -1  # all hooked: no more looking

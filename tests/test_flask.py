@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,6 +328,67 @@ def test_errors_flask_restx_answers(sentry_server: SentryServer) -> None:
     assert {e["transaction"] for e in events} == {"/api/items/<int:item_id>"}
     status = sorted(t["contexts"]["trace"]["status"] for t in sentry_server.transactions())
     assert status == ["internal_error", "internal_error", "invalid_argument", "unavailable"]
+
+
+def test_an_abort_that_escapes_every_handler_is_unhandled(sentry_server: SentryServer) -> None:
+    """``abort(503)`` raised by an error handler escapes it: Flask answers 500 and signals
+    it; unlike an API extension's answered abort, it is not handled."""
+    app = traced_app(sentry_server)
+
+    class Broken(Exception):
+        pass
+
+    @app.errorhandler(Broken)
+    def broken_handler(exc: Broken) -> str:
+        abort(503)
+
+    @app.route("/broken")
+    def broken() -> str:
+        raise Broken
+
+    assert app.test_client().get("/broken").status_code == 500
+    assert stm.flush(5) and wait_transactions(sentry_server, 1, events=1)
+    stm.flush(0.3)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "ServiceUnavailable"
+    assert event["exception"]["values"][-1]["mechanism"] == {"type": "flask", "handled": False}
+
+
+def test_an_api_extension_imported_after_the_first_request_is_hooked(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask-RESTX imported late: looked for again before a request once modules were
+    imported since the last look."""
+    restx = pytest.importorskip("flask_restx")
+    from sentry_tracing_mw.integrations import flask as flask_integration
+
+    app = traced_app(sentry_server)
+    api = restx.Api(app)
+
+    @api.errorhandler(LookupError)
+    def lookup_failed(exc: LookupError) -> tuple[dict[str, str], int]:
+        return {"message": "our error"}, 500
+
+    @api.route("/items/<int:item_id>")
+    class Item(restx.Resource):  # type: ignore[misc]
+        def get(self, item_id: int) -> None:
+            raise KeyError(item_id)
+
+    hooked = restx.Api.__dict__["handle_error"]
+    monkeypatch.setattr(restx.Api, "handle_error", hooked.__wrapped__)  # as before the hook
+    monkeypatch.setattr(flask_integration, "_hooked_extensions", set())
+    monkeypatch.setattr(flask_integration, "_modules_seen", -1)  # not looked for
+    client = app.test_client()
+    assert client.get("/items/1").status_code == 500
+    assert stm.flush(5) and wait_transactions(sentry_server, 1)
+    stm.flush(0.3)
+    assert sentry_server.events() == []
+    monkeypatch.setattr(flask_integration, "_modules_seen", len(sys.modules) - 1)
+    assert client.get("/items/2").status_code == 500
+    assert stm.flush(5) and wait_transactions(sentry_server, 2, events=1)
+    (event,) = sentry_server.events()
+    assert event["exception"]["values"][-1]["type"] == "KeyError"
+    assert restx.Api.__dict__["handle_error"].__wrapped__ is hooked.__wrapped__
 
 
 def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:

@@ -83,6 +83,7 @@ logger = logging.getLogger("sentry_tracing_mw")
 EXTENSION_KEY = "sentry_tracing_mw"
 #: On the request: the exception an app's error handler answered (until process_response).
 _HANDLED_ATTR = "_stm_handled_exception"
+_API_ERROR_ATTR = "_stm_api_error"  # the error an API extension's handle_error is answering
 _CLIENT_ERROR_ATTR = "_stm_client_error"  # a 4xx exception signalled: an error if it ends 5xx
 _REPORTING_ATTR = "_stm_reports"  # on a wrapped call_on_close function: the app's own
 _CONFIG_KEYS = tuple(
@@ -268,13 +269,15 @@ class FlaskTracingMiddleware(TracingMiddleware):
 
 
 def _on_exception(sender: Any, exception: BaseException, **kwargs: Any) -> None:
-    """``got_request_exception`` receiver of every traced app. A 5xx ``HTTPException``
-    (``abort(503)``) was raised on purpose: handled, as when an error handler answers it
-    (Flask-RESTX and Flask-RESTful send the signal for the aborts they answer)."""
+    """``got_request_exception`` receiver of every traced app."""
     extensions = getattr(sender, "extensions", None)
     middleware = extensions.get(EXTENSION_KEY) if isinstance(extensions, dict) else None
     if isinstance(middleware, FlaskTracingMiddleware):
-        kwargs.setdefault("handled", isinstance(exception, HTTPException))
+        if isinstance(exception, HTTPException) and "handled" not in kwargs:
+            # an abort(5xx) an API extension answers (and signals): handled
+            with contextlib.suppress(Exception):
+                if _request().__dict__.get(_API_ERROR_ATTR) is exception:
+                    kwargs["handled"] = True
         middleware.on_exception(sender, exception, **kwargs)
 
 
@@ -318,22 +321,17 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     Flask's ``full_dispatch_request`` calls ``self.preprocess_request()`` per request)."""
 
     def preprocess_request() -> Any:
-        if _first_request:
-            _before_first_request()
+        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
+            _hook_api_extensions()
         name()
         return original()
 
     return preprocess_request
 
 
-_first_request = True  # no traced app has served a request yet in this process
-
-
-def _before_first_request() -> None:
-    """Once, when the apps are set up: hook the API extensions they use."""
-    global _first_request
-    _first_request = False
-    _hook_api_extensions()
+#: How many modules were imported when the API extensions were last looked for; -1 once
+#: all are hooked (nothing left to look for).
+_modules_seen = 0
 
 
 #: API extensions that answer their resources' errors themselves, in ``Api.handle_error``,
@@ -346,7 +344,10 @@ def _hook_api_extensions() -> None:
     """Note the errors Flask-RESTX's and Flask-RESTful's ``Api.handle_error`` answer, as
     ``_noting_handle_user_exception`` notes Flask's (a 5xx answer is captured by
     ``process_response``; one they also signal is captured once: the client deduplicates).
-    Each class once per process, when its module is imported (never raises)."""
+    Each class once per process, once its module is imported: looked for when an app is
+    traced, and before a request when modules were imported since (never raises)."""
+    global _modules_seen
+    _modules_seen = len(sys.modules)
     for module_name, class_name in _API_EXTENSIONS:
         module = sys.modules.get(module_name)
         if module is None or module_name in _hooked_extensions:
@@ -354,17 +355,29 @@ def _hook_api_extensions() -> None:
         _hooked_extensions.add(module_name)
         try:
             cls = getattr(module, class_name)
-            original = cls.__dict__["handle_error"]
-
-            def handle_error(self: Any, e: Exception, _original: Any = original) -> Any:
-                response = _original(self, e)  # re-raised: Flask's handling, its signal
-                _note_handled(e)
-                return response
-
-            handle_error.__wrapped__ = original  # type: ignore[attr-defined]
-            cls.handle_error = handle_error
+            cls.handle_error = _noting_handle_error(cls.__dict__["handle_error"])
         except Exception:  # a version whose shape we do not know: left as it is
             logger.debug("hooking %s's error handling failed", module_name, exc_info=True)
+    if len(_hooked_extensions) == len(_API_EXTENSIONS):
+        _modules_seen = -1
+
+
+def _noting_handle_error(original: Callable[..., Any]) -> Callable[..., Any]:
+    """An API extension's ``Api.handle_error`` noting the error it answers; an
+    ``HTTPException`` it signals (``got_request_exception``) meanwhile was raised on
+    purpose in a resource (``abort(503)``): handled, as in a plain view."""
+
+    @functools.wraps(original)
+    def handle_error(self: Any, e: Exception) -> Any:
+        try:
+            _request().__dict__[_API_ERROR_ATTR] = e
+        except Exception:
+            logger.debug("noting an API extension's error failed", exc_info=True)
+        response = original(self, e)  # re-raised: Flask's handling, its signal
+        _note_handled(e)
+        return response
+
+    return handle_error
 
 
 def _note_handled(e: Exception) -> None:

@@ -60,6 +60,14 @@ def unavailable(request: Any) -> Response:
     raise exc
 
 
+@api_view(["GET"])
+def outer_raises(request: Any) -> Response:
+    """Calls another view, whose APIException DRF answers with a 500, then fails itself:
+    its own exception is the request's error, not the inner one."""
+    inner = ItemViewSet.as_view({"get": "api_error"})(request._request)
+    raise RuntimeError(f"the inner view answered {inner.status_code}")
+
+
 router = routers.DefaultRouter()
 router.register("items", ItemViewSet, basename="item")
 router.register("wrapped", WrappedViewSet, basename="wrapped")
@@ -107,5 +115,6 @@ api.add_router("/things", things)
 urlpatterns = [
     path("rest/", include(router.urls)),
     path("rest/unavailable/", unavailable),
+    path("rest/outer-raises/", outer_raises),
     path("ninja/", api.urls),
 ]

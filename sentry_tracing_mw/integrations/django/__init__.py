@@ -89,6 +89,7 @@ from ..asgi import serves_requests
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
 from ._rest import install as install_rest_hooks
+from ._rest import pending as rest_hooks_pending
 
 __all__ = ["TracingMiddleware", "context_processor"]
 
@@ -206,6 +207,7 @@ class _State:
             tx = self.tx
             if request is None:
                 request = self.request
+            self.answered = None  # an earlier exception answered inside the view: not sent
             if isinstance(exc, Exception) or (self.wsgi and wsgi_error(exc)):
                 if request is not None and tx._source == "url":
                     self.mw._name_for_error(request, self)
@@ -280,9 +282,10 @@ def _defer_request(tx: Transaction, request: Any, pii: bool) -> None:
     defer_request_info(tx, _meta(request), pii)
 
 
-def _capture_untraced(exc: BaseException, request: Any) -> None:
+def _capture_untraced(exc: BaseException, request: Any, handled: bool = False) -> None:
     """``capture_untraced`` for a Django request (its request data built if sent)."""
-    capture_untraced(exc, "django", None if request is None else functools.partial(_info, request))
+    info = None if request is None else functools.partial(_info, request)
+    capture_untraced(exc, "django", info, handled)
 
 
 def _info(request: Any, pii: bool) -> dict[str, Any]:
@@ -467,6 +470,7 @@ class TracingMiddleware:
         if ignore is not None and len(_ignored_by_any) < 64:
             _ignored_by_any.setdefault(ignore.pattern, ignore)
         _install_hooks()
+        _look_for_rest_layers()
 
     # -- entry points -----------------------------------------------------------------
     def __call__(self, request: Any) -> Any:
@@ -510,8 +514,8 @@ class TracingMiddleware:
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Name the transaction before the view runs."""
-        if _first_view:
-            _before_first_view()
+        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
+            _look_for_rest_layers()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -519,8 +523,8 @@ class TracingMiddleware:
     async def _process_view_async(
         self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
-        if _first_view:
-            _before_first_view()
+        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
+            _look_for_rest_layers()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -642,11 +646,12 @@ class TracingMiddleware:
                 not self._name(request, state) and tx._source == "url"
             ):
                 self._name_unmatched(request, tx, state.method, status)
+            if status >= 500 and state.answered is not None:
+                # captured once, whatever the sampling or who owns the transaction (the
+                # status is the response's)
+                state.fail(state.answered, request, state.answered_handled)
             if not state.owned:
                 return
-            if status >= 500 and state.answered is not None:
-                # captured once, whatever the sampling (the status is the response's)
-                state.fail(state.answered, request, state.answered_handled)
             if recording:
                 tx.set_http_status(status)
                 if state.client.options.send_default_pii:
@@ -842,14 +847,20 @@ def _exception_from_frames() -> BaseException | None:
 
 
 _hooks_installed = False
-_first_view = True  # no view has run yet in this process
+#: How many modules were imported when the middleware last looked for API frameworks to
+#: hook; -1 once all are hooked (nothing left to look for).
+_modules_seen = 0
 
 
-def _before_first_view() -> None:
-    """Once, when the URLconf has been loaded: hook the API frameworks its views use."""
-    global _first_view
-    _first_view = False
+def _look_for_rest_layers() -> None:
+    """Hook the API frameworks imported by now: at each middleware start, and before a
+    view runs when modules were imported since the last look (a URLconf loaded at the
+    first request, a per-request ``request.urlconf``, a view importing one lazily)."""
+    global _modules_seen
+    _modules_seen = len(sys.modules)
     install_rest_hooks(_note_answered)
+    if not rest_hooks_pending():
+        _modules_seen = -1
 
 
 class _AsgiCall:
@@ -1021,10 +1032,19 @@ def _note_answered(request: Any, exc: BaseException, response: Any, handled: boo
     comes back through ours (never raises)."""
     try:
         if response is not None and response.status_code >= 500:
-            state = request.__dict__.get(_STATE_ATTR)
+            fields = request.__dict__
+            state = fields.get(_STATE_ATTR)
             if state is not None:
                 state.answered = exc
                 state.answered_handled = handled
+                return
+            untraced = fields.get(_UNTRACED_ATTR)
+            if untraced is not None:  # a method that is not traced: reported at once
+                token = PROPAGATION_CONTEXT.set(untraced)
+                try:
+                    _capture_untraced(exc, request, handled)
+                finally:
+                    PROPAGATION_CONTEXT.reset(token)
     except Exception:
         logger.debug("noting a view's exception failed", exc_info=True)
 
@@ -1071,7 +1091,6 @@ def _install_hooks(tag_library: bool = True) -> None:
             _note_handled_exceptions()
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting process_exception failed")
-        install_rest_hooks(_note_answered)
         try:
             from ._orm import install_orm
 

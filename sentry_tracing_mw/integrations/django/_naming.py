@@ -30,6 +30,7 @@ _SLASHES = re.compile(r"/{2,}")
 #: A character class of plain characters (``[a-f0-9]``) and an alternation of plain words
 #: (``edit|view``): sentry-sdk keeps their text in the name, and so do we (a class with
 #: escapes or a negation, which it garbles, is ``{var}``).
+_SCOPED_FLAGS = re.compile(r"\?[aiLmsux]*(?:-[imsx]+)?:")
 _PLAIN_CLASS = re.compile(r"\[[\w.~%-]+\]")
 _PLAIN_ALTERNATION = re.compile(r"(?:[\w.~%/-]|\\[.~%/-])+(?:\|(?:[\w.~%/-]|\\[.~%/-])+)+")
 _ANCHOR_ESCAPES = frozenset("AZbBzG")
@@ -137,7 +138,9 @@ def _convert(text: str) -> str:
                         out.append("{var}")
                 elif inner.startswith("?P="):
                     out.append("{var}")  # a back-reference matches a path segment again
-                # lookarounds, flags, comments: nothing in the path
+                elif _SCOPED_FLAGS.match(inner):
+                    out.append("{var}")  # "(?i:edit|view)" matches text (sentry-sdk: {var})
+                # lookarounds, global flags, comments: nothing in the path
             else:
                 out.append("{var}")
         elif c == "[":

@@ -8,9 +8,9 @@ response, and the middleware captures it when that response comes back through i
 exception raised on purpose with its status (DRF's ``APIException``, Ninja's
 ``HttpError``) is reported handled, as an ``HTTPException`` is.
 
-The hooks go on the classes once per process, when the modules are imported (the
-middleware looks when it starts and before the first view runs, after the URLconf is
-loaded); neither package is ever imported by us.
+The hooks go on the classes once per process, once the modules are imported (the
+middleware looks when it starts, and before a view runs when modules were imported since
+it last looked); neither package is ever imported by us.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["install"]
+__all__ = ["install", "pending"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -78,6 +78,11 @@ _LAYERS: dict[str, Callable[[Any, Note], None]] = {
     "ninja.main": _hook_ninja,
 }
 _done: set[str] = set()
+
+
+def pending() -> bool:
+    """Whether some layer is not hooked yet (False once all are: nothing left to look for)."""
+    return len(_done) < len(_LAYERS)
 
 
 def install(note: Note) -> None:
