@@ -355,7 +355,9 @@ def _hook_api_extensions() -> None:
         _hooked_extensions.add(module_name)
         try:
             cls = getattr(module, class_name)
-            cls.handle_error = _noting_handle_error(cls.__dict__["handle_error"])
+            original = cls.__dict__["handle_error"]
+            if not getattr(original, "_stm_noting", False):  # (another thread's, just now)
+                cls.handle_error = _noting_handle_error(original)
         except Exception:  # a version whose shape we do not know: left as it is
             logger.debug("hooking %s's error handling failed", module_name, exc_info=True)
     if len(_hooked_extensions) == len(_API_EXTENSIONS):
@@ -377,6 +379,7 @@ def _noting_handle_error(original: Callable[..., Any]) -> Callable[..., Any]:
         _note_handled(e)
         return response
 
+    handle_error._stm_noting = True  # type: ignore[attr-defined]
     return handle_error
 
 
