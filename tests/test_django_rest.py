@@ -145,14 +145,19 @@ def test_under_an_outer_generic_middleware_they_are_reported(sentry_server: Sent
     assert event["contexts"]["trace"]["span_id"] == tx["contexts"]["trace"]["span_id"]
 
 
+@pytest.mark.parametrize("method", ["get", "head"])
 def test_an_answered_exception_the_view_recovered_from_is_not_sent(
-    sentry_server: SentryServer,
+    sentry_server: SentryServer, method: str
 ) -> None:
     """The view called another that DRF answered with a 500, then failed itself: one
-    event, the request's own error."""
+    event, the request's own error; or recovered (a 200): none. A method that is not
+    traced (HEAD) decides the same way."""
     init_traced(sentry_server)
-    assert _get("sync", "/rest/outer-raises/") == 500
-    assert _errors(sentry_server, 2) == [("RuntimeError", False)]
+    assert _get("sync", "/rest/outer-raises/", method) == 500
+    assert _get("sync", "/rest/outer-recovers/", method) == 200
+    traced = method == "get"
+    assert _errors(sentry_server, 3 if traced else 1) == [("RuntimeError", False)]
+    assert len(sentry_server.transactions()) == (2 if traced else 0)
 
 
 def test_a_framework_imported_after_the_first_request_is_hooked(
@@ -180,3 +185,30 @@ def test_a_framework_imported_after_the_first_request_is_hooked(
     assert APIView.__dict__["handle_exception"].__wrapped__ is hooked.__wrapped__
     assert _errors(sentry_server, 4) == [("RuntimeError", False)]
     assert django_integration._modules_seen == -1  # all hooked: no more looking
+
+
+def test_a_framework_half_imported_at_a_look_is_looked_at_again(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread importing Ninja when a request looks: its module is in sys.modules
+    without its classes yet; the next view looks again (it is not given up)."""
+    import types
+
+    from ninja import NinjaAPI
+
+    init_traced(sentry_server)
+    client = Client(raise_request_exception=False)
+    assert client.get("/rest/items/").status_code == 200  # the middleware is built
+    hooked = NinjaAPI.__dict__["on_exception"]
+    monkeypatch.setattr(NinjaAPI, "on_exception", hooked.__wrapped__)  # as before the hook
+    monkeypatch.setattr(_rest, "_done", {"rest_framework.views"})
+    real = sys.modules["ninja.main"]
+    monkeypatch.setitem(sys.modules, "ninja.main", types.ModuleType("ninja.main"))  # half
+    django_integration._look_for_rest_layers()
+    assert django_integration._modules_seen == 0  # to be looked at again
+    assert "ninja.main" not in _rest._done
+    monkeypatch.setitem(sys.modules, "ninja.main", real)  # its import finished
+    assert client.get("/ninja/down").status_code == 503
+    assert NinjaAPI.__dict__["on_exception"].__wrapped__ is hooked.__wrapped__
+    assert _errors(sentry_server, 3) == [("HttpError", True)]
+    assert django_integration._modules_seen == -1

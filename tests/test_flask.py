@@ -391,6 +391,30 @@ def test_an_api_extension_imported_after_the_first_request_is_hooked(
     assert restx.Api.__dict__["handle_error"].__wrapped__ is hooked.__wrapped__
 
 
+def test_an_api_extension_half_imported_at_a_look_is_looked_at_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread importing Flask-RESTX when a request looks: its module is there
+    without its class yet; it is looked at again, not given up."""
+    import types
+
+    restx = pytest.importorskip("flask_restx")
+    from sentry_tracing_mw.integrations import flask as flask_integration
+
+    hooked = restx.Api.__dict__["handle_error"]
+    monkeypatch.setattr(restx.Api, "handle_error", hooked.__wrapped__)  # as before the hook
+    monkeypatch.setattr(flask_integration, "_hooked_extensions", set())
+    real = sys.modules["flask_restx.api"]
+    monkeypatch.setitem(sys.modules, "flask_restx.api", types.ModuleType("flask_restx.api"))
+    flask_integration._hook_api_extensions()
+    assert flask_integration._modules_seen == 0  # to be looked at again
+    assert "flask_restx.api" not in flask_integration._hooked_extensions
+    monkeypatch.setitem(sys.modules, "flask_restx.api", real)  # its import finished
+    flask_integration._hook_api_extensions()
+    assert restx.Api.__dict__["handle_error"].__wrapped__ is hooked.__wrapped__
+    assert "flask_restx.api" in flask_integration._hooked_extensions
+
+
 def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:
     """Error events do not depend on the sampling decision, their request data neither (as
     sentry-sdk sends it)."""

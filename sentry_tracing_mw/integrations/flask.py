@@ -352,14 +352,17 @@ def _hook_api_extensions() -> None:
         module = sys.modules.get(module_name)
         if module is None or module_name in _hooked_extensions:
             continue
-        _hooked_extensions.add(module_name)
+        cls = getattr(module, class_name, None)
+        if cls is None:  # being imported (by another thread): looked at again next time
+            _modules_seen = 0
+            continue
         try:
-            cls = getattr(module, class_name)
             original = cls.__dict__["handle_error"]
             if not getattr(original, "_stm_noting", False):  # (another thread's, just now)
                 cls.handle_error = _noting_handle_error(original)
         except Exception:  # a version whose shape we do not know: left as it is
             logger.debug("hooking %s's error handling failed", module_name, exc_info=True)
+        _hooked_extensions.add(module_name)
     if len(_hooked_extensions) == len(_API_EXTENSIONS):
         _modules_seen = -1
 

@@ -60,12 +60,20 @@ def unavailable(request: Any) -> Response:
     raise exc
 
 
-@api_view(["GET"])
+@api_view(["GET", "HEAD"])
 def outer_raises(request: Any) -> Response:
     """Calls another view, whose APIException DRF answers with a 500, then fails itself:
     its own exception is the request's error, not the inner one."""
     inner = ItemViewSet.as_view({"get": "api_error"})(request._request)
     raise RuntimeError(f"the inner view answered {inner.status_code}")
+
+
+@api_view(["GET", "HEAD"])
+def outer_recovers(request: Any) -> Response:
+    """Calls another view, whose APIException DRF answers with a 500, and recovers: the
+    request answers 200, no error."""
+    inner = ItemViewSet.as_view({"get": "api_error"})(request._request)
+    return Response({"fallback": inner.status_code})
 
 
 router = routers.DefaultRouter()
@@ -116,5 +124,6 @@ urlpatterns = [
     path("rest/", include(router.urls)),
     path("rest/unavailable/", unavailable),
     path("rest/outer-raises/", outer_raises),
+    path("rest/outer-recovers/", outer_recovers),
     path("ninja/", api.urls),
 ]

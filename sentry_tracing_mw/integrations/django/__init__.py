@@ -99,6 +99,8 @@ logger = logging.getLogger("sentry_tracing_mw")
 _STATE_ATTR = "_sentry_tracing_mw"
 #: The trace of a request whose method ours does not trace (a request ours saw).
 _UNTRACED_ATTR = "_sentry_tracing_mw_untraced"
+#: Such a request's exception answered with a 5xx, and whether it is handled.
+_ANSWERED_ATTR = "_sentry_tracing_mw_answered"
 #: Key of an outer WSGI/ASGI middleware's transaction in the environ / scope.
 _OUTER_KEY = "sentry_tracing_mw.transaction"
 _MIDDLEWARE_SETTINGS = ("transaction_style", "ignore_paths", "http_methods_to_capture")
@@ -407,9 +409,17 @@ class _UntracedAsyncBody:
             PROPAGATION_CONTEXT.reset(token)
 
 
-def _untraced_body(response: Any, request: Any) -> None:
-    """Keep the current trace context (the request's) for a streamed body's app code; an
+def _untraced_response(response: Any, request: Any) -> None:
+    """The response of a method that is not traced: an exception answered with a 5xx
+    (``_note_answered``) is reported if the response is still a 5xx, as for a traced one;
+    the current trace context (the request's) is kept for a streamed body's app code. An
     ignored path (no context) is left as it is."""
+    try:
+        answered = request.__dict__.pop(_ANSWERED_ATTR, None)
+        if answered is not None and response.status_code >= 500:
+            _capture_untraced(answered[0], request, answered[1])
+    except Exception:
+        logger.debug("reporting an answered exception failed", exc_info=True)
     try:
         ctx = PROPAGATION_CONTEXT.get()
         if (
@@ -480,7 +490,7 @@ class TracingMiddleware:
         try:
             response = self.get_response(request)
             if state is None and ptoken is not None:
-                _untraced_body(response, request)
+                _untraced_response(response, request)
         except BaseException as exc:
             _failed(state, exc, request)
             raise
@@ -499,7 +509,7 @@ class TracingMiddleware:
         try:
             response = await self.get_response(request)
             if state is None and ptoken is not None:
-                _untraced_body(response, request)
+                _untraced_response(response, request)
         except BaseException as exc:
             _failed(state, exc, request)
             raise
@@ -793,6 +803,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
             if not isinstance(exc, Exception):
                 return
             seen = {} if request is None else request.__dict__
+            seen.pop(_ANSWERED_ATTR, None)  # an earlier exception answered inside the view
             untraced = seen.get(_UNTRACED_ATTR)
             if untraced is not None:
                 # the request's own trace, whatever the thread holds: ours may have handed
@@ -855,11 +866,13 @@ _modules_seen = 0
 def _look_for_rest_layers() -> None:
     """Hook the API frameworks imported by now: at each middleware start, and before a
     view runs when modules were imported since the last look (a URLconf loaded at the
-    first request, a per-request ``request.urlconf``, a view importing one lazily)."""
+    first request, a per-request ``request.urlconf``, a view importing one lazily), or
+    when one was still being imported (by another thread) at the last look."""
     global _modules_seen
     _modules_seen = len(sys.modules)
-    install_rest_hooks(_note_answered)
-    if not rest_hooks_pending():
+    if install_rest_hooks(_note_answered):
+        _modules_seen = 0  # one was half imported: looked at again before the next view
+    elif not rest_hooks_pending():
         _modules_seen = -1
 
 
@@ -1038,13 +1051,8 @@ def _note_answered(request: Any, exc: BaseException, response: Any, handled: boo
                 state.answered = exc
                 state.answered_handled = handled
                 return
-            untraced = fields.get(_UNTRACED_ATTR)
-            if untraced is not None:  # a method that is not traced: reported at once
-                token = PROPAGATION_CONTEXT.set(untraced)
-                try:
-                    _capture_untraced(exc, request, handled)
-                finally:
-                    PROPAGATION_CONTEXT.reset(token)
+            if _UNTRACED_ATTR in fields:  # a method that is not traced: decided the same way
+                fields[_ANSWERED_ATTR] = (exc, handled)  # (by _untraced_response)
     except Exception:
         logger.debug("noting a view's exception failed", exc_info=True)
 

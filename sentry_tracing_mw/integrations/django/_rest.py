@@ -30,12 +30,15 @@ Note = Callable[[Any, BaseException, Any, bool], None]
 _MARK = "_stm_answers"
 
 
-def _hook_drf(views: Any, note: Note) -> None:
-    cls = views.APIView
+def _hook_drf(views: Any, note: Note) -> bool:
+    cls = getattr(views, "APIView", None)
+    exceptions = sys.modules.get("rest_framework.exceptions")
+    api_exception = getattr(exceptions, "APIException", None)
+    if cls is None or api_exception is None:
+        return False  # being imported (by another thread): not yet
     original = cls.__dict__["handle_exception"]
     if getattr(original, _MARK, False):
-        return
-    api_exception = sys.modules["rest_framework.exceptions"].APIException
+        return True
 
     def handle_exception(self: Any, exc: Exception) -> Any:
         response = original(self, exc)  # raises what no handler answers (Django's 500)
@@ -46,14 +49,17 @@ def _hook_drf(views: Any, note: Note) -> None:
 
     _mark(handle_exception, original)
     cls.handle_exception = handle_exception
+    return True
 
 
-def _hook_ninja(main: Any, note: Note) -> None:
-    cls = main.NinjaAPI
+def _hook_ninja(main: Any, note: Note) -> bool:
+    cls = getattr(main, "NinjaAPI", None)
+    http_error = getattr(sys.modules.get("ninja.errors"), "HttpError", None)
+    if cls is None or http_error is None:
+        return False  # being imported (by another thread): not yet
     original = cls.__dict__["on_exception"]
     if getattr(original, _MARK, False):
-        return
-    http_error = sys.modules["ninja.errors"].HttpError
+        return True
 
     def on_exception(self: Any, request: Any, exc: Exception) -> Any:
         response = original(self, request, exc)
@@ -62,6 +68,7 @@ def _hook_ninja(main: Any, note: Note) -> None:
 
     _mark(on_exception, original)
     cls.on_exception = on_exception
+    return True
 
 
 def _mark(wrapper: Any, original: Any) -> None:
@@ -72,8 +79,8 @@ def _mark(wrapper: Any, original: Any) -> None:
     wrapper.__doc__ = original.__doc__
 
 
-#: module that must be imported -> its hook; each is tried once it is imported.
-_LAYERS: dict[str, Callable[[Any, Note], None]] = {
+#: module that must be imported -> its hook (False: the module is not fully imported yet).
+_LAYERS: dict[str, Callable[[Any, Note], bool]] = {
     "rest_framework.views": _hook_drf,
     "ninja.main": _hook_ninja,
 }
@@ -85,16 +92,21 @@ def pending() -> bool:
     return len(_done) < len(_LAYERS)
 
 
-def install(note: Note) -> None:
-    """Hook the layers imported by now (each once per process; never raises)."""
+def install(note: Note) -> bool:
+    """Hook the layers imported by now (each once per process; never raises). True when
+    one is still being imported (another thread's import): to be looked at again."""
+    unready = False
     for name, hook in _LAYERS.items():
         if name in _done:
             continue
         module = sys.modules.get(name)
         if module is None:
             continue
-        _done.add(name)
         try:
-            hook(module, note)
+            if not hook(module, note):
+                unready = True
+                continue
         except Exception:  # a version whose shape we do not know: left as it is
             logger.debug("hooking %s's exception handling failed", name, exc_info=True)
+        _done.add(name)
+    return unready
