@@ -28,11 +28,11 @@ from werkzeug.test import Client as WSGIClient  # noqa: E402
 import sentry_tracing_mw as stm  # noqa: E402
 from sentry_tracing_mw.integrations import django as django_integration  # noqa: E402
 from sentry_tracing_mw.integrations import wsgi as generic_wsgi  # noqa: E402
-from sentry_tracing_mw.integrations.django import _rest  # noqa: E402
 
 from .sentry_server import SentryServer, init_traced  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_outgoing_headers")
+layers = django_integration._API_LAYERS  # DRF and Ninja, hooked once imported
 
 # path, status, transaction name and status, the event's exception (type, handled) or None
 CASES = [
@@ -172,19 +172,19 @@ def test_a_framework_imported_after_the_first_request_is_hooked(
     assert client.get("/rest/items/").status_code == 200  # the middleware is built
     hooked = APIView.__dict__["handle_exception"]
     monkeypatch.setattr(APIView, "handle_exception", hooked.__wrapped__)  # as before the hook
-    monkeypatch.setattr(_rest, "_done", set())
+    monkeypatch.setattr(layers, "_done", set())
     # not looked for: the request is not reported (the hook is really gone)
-    monkeypatch.setattr(django_integration, "_modules_seen", -1)
+    monkeypatch.setattr(layers, "seen", -1)
     assert client.get("/rest/wrapped/").status_code == 500
     assert stm.flush(5) and sentry_server.wait_for(2, 5)
     stm.flush(0.3)
     assert sentry_server.events() == []
     # a module imported since the last look: hooked before the view runs
-    monkeypatch.setattr(django_integration, "_modules_seen", len(sys.modules) - 1)
+    monkeypatch.setattr(layers, "seen", len(sys.modules) - 1)
     assert client.get("/rest/wrapped/").status_code == 500
     assert APIView.__dict__["handle_exception"].__wrapped__ is hooked.__wrapped__
     assert _errors(sentry_server, 4) == [("RuntimeError", False)]
-    assert django_integration._modules_seen == -1  # all hooked: no more looking
+    assert layers.seen == -1  # all hooked: no more looking
 
 
 def test_a_framework_half_imported_at_a_look_is_looked_at_again(
@@ -201,14 +201,14 @@ def test_a_framework_half_imported_at_a_look_is_looked_at_again(
     assert client.get("/rest/items/").status_code == 200  # the middleware is built
     hooked = NinjaAPI.__dict__["on_exception"]
     monkeypatch.setattr(NinjaAPI, "on_exception", hooked.__wrapped__)  # as before the hook
-    monkeypatch.setattr(_rest, "_done", {"rest_framework.views"})
+    monkeypatch.setattr(layers, "_done", {"rest_framework.views"})
     real = sys.modules["ninja.main"]
     monkeypatch.setitem(sys.modules, "ninja.main", types.ModuleType("ninja.main"))  # half
-    django_integration._look_for_rest_layers()
-    assert django_integration._modules_seen == 0  # to be looked at again
-    assert "ninja.main" not in _rest._done
+    layers.look()
+    assert layers.seen == 0  # to be looked at again
+    assert "ninja.main" not in layers._done
     monkeypatch.setitem(sys.modules, "ninja.main", real)  # its import finished
     assert client.get("/ninja/down").status_code == 503
     assert NinjaAPI.__dict__["on_exception"].__wrapped__ is hooked.__wrapped__
     assert _errors(sentry_server, 3) == [("HttpError", True)]
-    assert django_integration._modules_seen == -1
+    assert layers.seen == -1

@@ -362,6 +362,8 @@ def test_an_api_extension_imported_after_the_first_request_is_hooked(
     restx = pytest.importorskip("flask_restx")
     from sentry_tracing_mw.integrations import flask as flask_integration
 
+    extensions = flask_integration._API_EXTENSIONS
+
     app = traced_app(sentry_server)
     api = restx.Api(app)
 
@@ -376,14 +378,14 @@ def test_an_api_extension_imported_after_the_first_request_is_hooked(
 
     hooked = restx.Api.__dict__["handle_error"]
     monkeypatch.setattr(restx.Api, "handle_error", hooked.__wrapped__)  # as before the hook
-    monkeypatch.setattr(flask_integration, "_hooked_extensions", set())
-    monkeypatch.setattr(flask_integration, "_modules_seen", -1)  # not looked for
+    monkeypatch.setattr(extensions, "_done", set())
+    monkeypatch.setattr(extensions, "seen", -1)  # not looked for
     client = app.test_client()
     assert client.get("/items/1").status_code == 500
     assert stm.flush(5) and wait_transactions(sentry_server, 1)
     stm.flush(0.3)
     assert sentry_server.events() == []
-    monkeypatch.setattr(flask_integration, "_modules_seen", len(sys.modules) - 1)
+    monkeypatch.setattr(extensions, "seen", len(sys.modules) - 1)
     assert client.get("/items/2").status_code == 500
     assert stm.flush(5) and wait_transactions(sentry_server, 2, events=1)
     (event,) = sentry_server.events()
@@ -401,18 +403,20 @@ def test_an_api_extension_half_imported_at_a_look_is_looked_at_again(
     restx = pytest.importorskip("flask_restx")
     from sentry_tracing_mw.integrations import flask as flask_integration
 
+    extensions = flask_integration._API_EXTENSIONS
+
     hooked = restx.Api.__dict__["handle_error"]
     monkeypatch.setattr(restx.Api, "handle_error", hooked.__wrapped__)  # as before the hook
-    monkeypatch.setattr(flask_integration, "_hooked_extensions", set())
+    monkeypatch.setattr(extensions, "_done", set())
     real = sys.modules["flask_restx.api"]
     monkeypatch.setitem(sys.modules, "flask_restx.api", types.ModuleType("flask_restx.api"))
-    flask_integration._hook_api_extensions()
-    assert flask_integration._modules_seen == 0  # to be looked at again
-    assert "flask_restx.api" not in flask_integration._hooked_extensions
+    extensions.look()
+    assert extensions.seen == 0  # to be looked at again
+    assert "flask_restx.api" not in extensions._done
     monkeypatch.setitem(sys.modules, "flask_restx.api", real)  # its import finished
-    flask_integration._hook_api_extensions()
+    extensions.look()
     assert restx.Api.__dict__["handle_error"].__wrapped__ is hooked.__wrapped__
-    assert "flask_restx.api" in flask_integration._hooked_extensions
+    assert "flask_restx.api" in extensions._done
 
 
 def test_unsampled_error_events_carry_the_request(sentry_server: SentryServer) -> None:

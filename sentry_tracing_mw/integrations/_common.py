@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "OTHER_TOOLS_KEYS",
     "REQUEST_TX_KEY",
+    "ImportHooks",
     "MiddlewareConfig",
     "active_request_transaction",
     "capture_untraced",
@@ -323,3 +325,46 @@ def capture_untraced(
 def current_client() -> Client:
     """The process client (``init()``'s, else the send-nothing default)."""
     return get_client()
+
+
+class ImportHooks:
+    """Hooks on optional libraries an app may use (API frameworks), each installed once per
+    process once its module has been imported; the library is never imported by us.
+
+    ``look()`` runs when an integration starts and, on the request path, whenever modules
+    were imported since the last look (``len(sys.modules) != seen``, checked inline: a
+    URLconf loaded at the first request, a view importing a library lazily): one length
+    compare per request until every hook is in, none after (``seen`` -1). A hook returns
+    False for a module another thread is still importing (in ``sys.modules`` without its
+    classes yet): looked at again.
+    """
+
+    __slots__ = ("_done", "_hooks", "seen")
+
+    def __init__(self, hooks: Mapping[str, Callable[[Any], bool]]) -> None:
+        self._hooks = dict(hooks)  # module name -> hook(module)
+        self._done: set[str] = set()
+        #: ``len(sys.modules)`` at the last look; 0: look again; -1: all hooked.
+        self.seen = 0
+
+    def look(self) -> None:
+        """Install the hooks whose modules are imported by now (never raises)."""
+        self.seen = len(sys.modules)
+        unready = False
+        for name, hook in self._hooks.items():
+            if name in self._done:
+                continue
+            module = sys.modules.get(name)
+            if module is None:
+                continue
+            try:
+                if not hook(module):
+                    unready = True
+                    continue
+            except Exception:  # a version whose shape we do not know: left as it is
+                logger.debug("hooking %s failed", name, exc_info=True)
+            self._done.add(name)
+        if unready:
+            self.seen = 0
+        elif len(self._done) == len(self._hooks):
+            self.seen = -1

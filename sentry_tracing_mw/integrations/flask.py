@@ -61,6 +61,7 @@ from .._tracing import Transaction
 from ._common import (
     _MIDDLEWARE_OPTIONS,
     OTHER_TOOLS_KEYS,
+    ImportHooks,
     active_request_transaction,
     capture_untraced,
     settings_error,
@@ -321,50 +322,38 @@ def _naming_preprocess(original: Callable[[], Any], name: Callable[[], None]) ->
     Flask's ``full_dispatch_request`` calls ``self.preprocess_request()`` per request)."""
 
     def preprocess_request() -> Any:
-        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
-            _hook_api_extensions()
+        seen = _API_EXTENSIONS.seen  # (inline: no call per request)
+        if seen >= 0 and len(sys.modules) != seen:
+            _API_EXTENSIONS.look()
         name()
         return original()
 
     return preprocess_request
 
 
-#: How many modules were imported when the API extensions were last looked for; -1 once
-#: all are hooked (nothing left to look for).
-_modules_seen = 0
-
-
-#: API extensions that answer their resources' errors themselves, in ``Api.handle_error``,
-#: instead of Flask's ``handle_user_exception``: (module, class).
-_API_EXTENSIONS = (("flask_restx.api", "Api"), ("flask_restful", "Api"))
-_hooked_extensions: set[str] = set()
-
-
-def _hook_api_extensions() -> None:
-    """Note the errors Flask-RESTX's and Flask-RESTful's ``Api.handle_error`` answer, as
+def _hook_api(class_name: str, module: Any) -> bool:
+    """Note the errors an API extension's ``Api.handle_error`` answers, as
     ``_noting_handle_user_exception`` notes Flask's (a 5xx answer is captured by
     ``process_response``; one they also signal is captured once: the client deduplicates).
-    Each class once per process, once its module is imported: looked for when an app is
-    traced, and before a request when modules were imported since (never raises)."""
-    global _modules_seen
-    _modules_seen = len(sys.modules)
-    for module_name, class_name in _API_EXTENSIONS:
-        module = sys.modules.get(module_name)
-        if module is None or module_name in _hooked_extensions:
-            continue
-        cls = getattr(module, class_name, None)
-        if cls is None:  # being imported (by another thread): looked at again next time
-            _modules_seen = 0
-            continue
-        try:
-            original = cls.__dict__["handle_error"]
-            if not getattr(original, "_stm_noting", False):  # (another thread's, just now)
-                cls.handle_error = _noting_handle_error(original)
-        except Exception:  # a version whose shape we do not know: left as it is
-            logger.debug("hooking %s's error handling failed", module_name, exc_info=True)
-        _hooked_extensions.add(module_name)
-    if len(_hooked_extensions) == len(_API_EXTENSIONS):
-        _modules_seen = -1
+    False while the module is still being imported (by another thread)."""
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        return False
+    original = cls.__dict__["handle_error"]
+    if not getattr(original, "_stm_noting", False):  # (another thread's, just now)
+        cls.handle_error = _noting_handle_error(original)
+    return True
+
+
+#: Flask-RESTX and Flask-RESTful answer their resources' errors themselves, in
+#: ``Api.handle_error``, instead of Flask's ``handle_user_exception``: hooked once imported
+#: (looked for when an app is traced, and before a request when modules were imported since).
+_API_EXTENSIONS = ImportHooks(
+    {
+        "flask_restx.api": functools.partial(_hook_api, "Api"),
+        "flask_restful": functools.partial(_hook_api, "Api"),
+    }
+)
 
 
 def _noting_handle_error(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -563,6 +552,6 @@ class FlaskTracing:
         # A module-level receiver: a bound method held by the signal would keep the
         # middleware, and through it the app, alive for ever (one per app a factory made).
         got_request_exception.connect(_on_exception, app, weak=False)
-        _hook_api_extensions()
+        _API_EXTENSIONS.look()
         _add_template_global(app)
         app.extensions[EXTENSION_KEY] = middleware

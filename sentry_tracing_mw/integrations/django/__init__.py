@@ -88,8 +88,7 @@ from .._common import (
 from ..asgi import serves_requests
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
 from ._naming import endpoint_name, route_name
-from ._rest import install as install_rest_hooks
-from ._rest import pending as rest_hooks_pending
+from ._rest import hooks as rest_hooks
 
 __all__ = ["TracingMiddleware", "context_processor"]
 
@@ -480,7 +479,7 @@ class TracingMiddleware:
         if ignore is not None and len(_ignored_by_any) < 64:
             _ignored_by_any.setdefault(ignore.pattern, ignore)
         _install_hooks()
-        _look_for_rest_layers()
+        _API_LAYERS.look()
 
     # -- entry points -----------------------------------------------------------------
     def __call__(self, request: Any) -> Any:
@@ -524,8 +523,9 @@ class TracingMiddleware:
 
     def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Name the transaction before the view runs."""
-        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
-            _look_for_rest_layers()
+        seen = _API_LAYERS.seen  # (inline: no call per request)
+        if seen >= 0 and len(sys.modules) != seen:
+            _API_LAYERS.look()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -533,8 +533,9 @@ class TracingMiddleware:
     async def _process_view_async(
         self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
-        if _modules_seen >= 0 and len(sys.modules) != _modules_seen:
-            _look_for_rest_layers()
+        seen = _API_LAYERS.seen  # (inline: no call per request)
+        if seen >= 0 and len(sys.modules) != seen:
+            _API_LAYERS.look()
         state = request.__dict__.get(_STATE_ATTR)
         if state is not None:
             self._name(request, state)
@@ -858,22 +859,6 @@ def _exception_from_frames() -> BaseException | None:
 
 
 _hooks_installed = False
-#: How many modules were imported when the middleware last looked for API frameworks to
-#: hook; -1 once all are hooked (nothing left to look for).
-_modules_seen = 0
-
-
-def _look_for_rest_layers() -> None:
-    """Hook the API frameworks imported by now: at each middleware start, and before a
-    view runs when modules were imported since the last look (a URLconf loaded at the
-    first request, a per-request ``request.urlconf``, a view importing one lazily), or
-    when one was still being imported (by another thread) at the last look."""
-    global _modules_seen
-    _modules_seen = len(sys.modules)
-    if install_rest_hooks(_note_answered):
-        _modules_seen = 0  # one was half imported: looked at again before the next view
-    elif not rest_hooks_pending():
-        _modules_seen = -1
 
 
 class _AsgiCall:
@@ -1055,6 +1040,11 @@ def _note_answered(request: Any, exc: BaseException, response: Any, handled: boo
                 fields[_ANSWERED_ATTR] = (exc, handled)  # (by _untraced_response)
     except Exception:
         logger.debug("noting a view's exception failed", exc_info=True)
+
+
+#: Django REST framework and Django Ninja, hooked once imported (a per-request
+#: ``request.urlconf`` or a view may import them after the first request).
+_API_LAYERS = rest_hooks(_note_answered)
 
 
 def _note_handled_exceptions() -> None:

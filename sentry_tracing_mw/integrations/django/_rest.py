@@ -8,21 +8,21 @@ response, and the middleware captures it when that response comes back through i
 exception raised on purpose with its status (DRF's ``APIException``, Ninja's
 ``HttpError``) is reported handled, as an ``HTTPException`` is.
 
-The hooks go on the classes once per process, once the modules are imported (the
-middleware looks when it starts, and before a view runs when modules were imported since
-it last looked); neither package is ever imported by us.
+The hooks go on the classes once per process, once the modules are imported (an
+``ImportHooks``: the middleware looks when it starts, and before a view runs when modules
+were imported since it last looked); neither package is ever imported by us.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["install", "pending"]
+from .._common import ImportHooks
 
-logger = logging.getLogger("sentry_tracing_mw")
+__all__ = ["hooks"]
 
 #: ``note(request, exception, response, handled)``: never raises.
 Note = Callable[[Any, BaseException, Any, bool], None]
@@ -79,34 +79,11 @@ def _mark(wrapper: Any, original: Any) -> None:
     wrapper.__doc__ = original.__doc__
 
 
-#: module that must be imported -> its hook (False: the module is not fully imported yet).
-_LAYERS: dict[str, Callable[[Any, Note], bool]] = {
-    "rest_framework.views": _hook_drf,
-    "ninja.main": _hook_ninja,
-}
-_done: set[str] = set()
-
-
-def pending() -> bool:
-    """Whether some layer is not hooked yet (False once all are: nothing left to look for)."""
-    return len(_done) < len(_LAYERS)
-
-
-def install(note: Note) -> bool:
-    """Hook the layers imported by now (each once per process; never raises). True when
-    one is still being imported (another thread's import): to be looked at again."""
-    unready = False
-    for name, hook in _LAYERS.items():
-        if name in _done:
-            continue
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        try:
-            if not hook(module, note):
-                unready = True
-                continue
-        except Exception:  # a version whose shape we do not know: left as it is
-            logger.debug("hooking %s's exception handling failed", name, exc_info=True)
-        _done.add(name)
-    return unready
+def hooks(note: Note) -> ImportHooks:
+    """The hooks of both frameworks, calling ``note`` for what their handlers answer."""
+    return ImportHooks(
+        {
+            "rest_framework.views": functools.partial(_hook_drf, note=note),
+            "ninja.main": functools.partial(_hook_ninja, note=note),
+        }
+    )
