@@ -23,7 +23,7 @@ import sentry_tracing_mw as stm
 from sentry_tracing_mw.integrations import asgi as generic_asgi
 
 from . import asgi_apps
-from .asgi_apps import STARLETTE_NAMES, starlette_app
+from .asgi_apps import STARLETTE_NAMES, http_scope, starlette_app
 from .sentry_server import SentryServer, flushed_transactions, transactions_by_name
 from .servers import pipelined, run_asgi
 
@@ -714,20 +714,7 @@ def test_finished_transactions_are_not_kept_alive_by_the_scope(
     kept: list[dict[str, Any]] = []
 
     async def serve(path: str) -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        scope = http_scope(path, b"testserver")
         kept.append(scope)
         messages = [{"type": "http.request", "body": b"", "more_body": False}]
 
