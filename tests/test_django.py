@@ -16,6 +16,7 @@ from .django_project import create_tables, setup
 setup()
 
 from django.conf import settings  # noqa: E402
+from django.core.exceptions import PermissionDenied  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
@@ -399,6 +400,79 @@ def test_a_middleware_before_ours_failing_on_the_response(sentry_server: SentryS
     assert _trace(failed)["data"]["http.response.status_code"] == 500
     (error,) = sentry_server.events()
     assert error["contexts"]["trace"]["span_id"] == _trace(failed)["span_id"]
+
+
+class _DenyingOnTheWayOut:
+    """A middleware placed before ours that replaces the response: PermissionDenied on the
+    way out (Django answers 403 at this layer)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        if "deny" in request.GET:
+            raise PermissionDenied
+        return response
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_a_response_replaced_by_a_middleware_before_ours_ends_the_transaction(
+    sentry_server: SentryServer, use_async: bool, rate: float
+) -> None:
+    """Our closer was on a response that a middleware before ours replaced (a 304 of
+    ConditionalGetMiddleware, a 403 from an exception, a redirect) and nobody closed: the
+    transaction was lost, uncounted. It ends with the response sent, with its status."""
+    init_traced(sentry_server, traces_sample_rate=rate)
+    middleware = [
+        "django.middleware.http.ConditionalGetMiddleware",
+        f"{__name__}._DenyingOnTheWayOut",
+        *settings.MIDDLEWARE,
+    ]
+    paths = ["/users/3/", "/users/3/?deny=1", "/stream/?deny=1", "/nowhere/?deny=1"]
+
+    async def fetch() -> list[int]:
+        client = AsyncClient(raise_request_exception=False)
+        first = await client.get("/users/3/")
+        codes = [first.status_code]
+        codes.append(
+            (await client.get("/users/3/", headers={"if-none-match": first["ETag"]})).status_code
+        )
+        for path in paths[1:]:
+            codes.append((await client.get(path)).status_code)
+        return codes
+
+    with override_settings(MIDDLEWARE=middleware):
+        if use_async:
+            codes = asyncio.run(fetch())
+        else:
+            client = _client()
+            first = client.get("/users/3/")
+            codes = [first.status_code]
+            codes.append(
+                client.get("/users/3/", headers={"if-none-match": first["ETag"]}).status_code
+            )
+            codes += [client.get(path).status_code for path in paths[1:]]
+    assert codes == [200, 304, 403, 403, 403]
+    assert stm.flush(5)
+    if not rate:
+        assert sentry_server.transactions() == []
+        assert sentry_server.client_reports().get(("sample_rate", "transaction")) == 5
+        return
+    assert sentry_server.wait_for(5, 5)
+    got = sorted(
+        (_trace(t)["data"]["http.response.status_code"], t["transaction"], _trace(t)["status"])
+        for t in sentry_server.transactions()
+    )
+    assert got == [
+        (200, "/users/{pk}/", "ok"),
+        (304, "/users/{pk}/", "ok"),
+        (403, "/stream/", "permission_denied"),
+        (403, "/users/{pk}/", "permission_denied"),
+        (403, "GET 403", "permission_denied"),
+    ]
+    assert sentry_server.events() == []
 
 
 def test_a_middleware_before_ours_failing_on_an_untraced_methods_response(

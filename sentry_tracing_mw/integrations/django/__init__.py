@@ -51,6 +51,7 @@ its ``process_view`` hook is async too). Behaviour:
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -572,6 +573,62 @@ def _note_handled_exceptions() -> None:
     BaseHandler.process_exception_by_middleware = process_exception_by_middleware
 
 
+def _adopt(request: Any, response: Any) -> None:
+    """The response Django's handler sends for ``request``: when a middleware placed before
+    ours replaced ours (``ConditionalGetMiddleware``'s 304, ``LocaleMiddleware``'s
+    redirect, an exception it raised turned into a 403), our closer was on a response
+    nobody closes. The transaction ends with the one sent instead, with its status
+    (never raises)."""
+    try:
+        state = request.__dict__.get(STATE_ATTR)
+        if state is None or not state.owned or state.tx._end is not None:
+            return
+        closers = getattr(response, "_resource_closers", None)
+        if not isinstance(closers, list) or any(
+            type(c) is Closer and c.state is state for c in closers
+        ):
+            return  # ours is the one sent (or one that cannot end it)
+        tx = state.tx
+        state.body = state.file = None  # the replaced response's: never sent
+        if tx._recording:
+            status = response.status_code
+            if state.match is None:  # named after its status: the one the client gets
+                state.mw._name_unmatched(request, tx, state.method, status)
+            tx.set_http_status(status)
+        closers.append(Closer(state))
+        if not state.wsgi:
+            response.__dict__[STATE_ATTR] = Closer(state)
+    except Exception:
+        logger.debug("adopting the response sent failed", exc_info=True)
+
+
+def _adopt_sent_responses() -> None:
+    """Make ``BaseHandler.get_response`` (and its async twin) hand the response it
+    returns, the one the server sends, to ``_adopt``."""
+    from django.core.handlers.base import BaseHandler
+
+    original = BaseHandler.__dict__["get_response"]
+    original_async = BaseHandler.__dict__["get_response_async"]
+    if getattr(original, "_stm_adopting", False):
+        return
+
+    @functools.wraps(original)
+    def get_response(self: Any, request: Any) -> Any:
+        response = original(self, request)
+        _adopt(request, response)
+        return response
+
+    @functools.wraps(original_async)
+    async def get_response_async(self: Any, request: Any) -> Any:
+        response = await original_async(self, request)
+        _adopt(request, response)
+        return response
+
+    get_response._stm_adopting = True  # type: ignore[attr-defined]
+    BaseHandler.get_response = get_response
+    BaseHandler.get_response_async = get_response_async
+
+
 def _install_hooks(tag_library: bool = True) -> None:
     """Connect the exception signal, the ORM and template hooks (once per process) and
     register the tag library (on every middleware start: engines may be new)."""
@@ -590,6 +647,10 @@ def _install_hooks(tag_library: bool = True) -> None:
             _note_handled_exceptions()
         except Exception:
             logger.exception("sentry_tracing_mw: instrumenting process_exception failed")
+        try:
+            _adopt_sent_responses()
+        except Exception:
+            logger.exception("sentry_tracing_mw: watching Django's responses failed")
         try:
             from ._orm import install_orm
 
