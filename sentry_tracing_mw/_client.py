@@ -23,7 +23,7 @@ from . import _fork
 from ._client_reports import ClientReports
 from ._context import CURRENT_SPAN, ON_SENDER, PROPAGATION_CONTEXT
 from ._event import SDK_INFO, error_event, error_event_bytes, transaction_event
-from ._fork import chain_uwsgi, in_forked_child
+from ._fork import chain_uwsgi, in_forked_child, new_lock_in_child
 from ._ids import new_trace_id, pop_trace_id
 from ._log import raised_at, warn_once
 from ._options import Options, build_options
@@ -32,6 +32,7 @@ from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
 from ._serialize import limit_depth
 from ._tracing import _CAPTURED_MARK, PropagationContext, Span, Transaction, capture_mark, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
+from .integrations import http_clients
 
 #: What ``sys.exc_info()`` returns.
 ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -548,6 +549,7 @@ class Client:
 # -- process-wide state -----------------------------------------------------------------
 
 _lock = threading.Lock()
+new_lock_in_child(globals(), "_lock", threading.Lock)
 _client: Client | None = None
 _default: Client | None = None
 _initialized = False
@@ -703,10 +705,6 @@ def close(timeout: float | None = None) -> None:
 
 def _instrument_clients(on: bool) -> bool:
     """Patch (``on``) or restore the HTTP clients; True when that was done."""
-    try:
-        from .integrations import http_clients
-    except ImportError:  # pragma: no cover - the module always exists in a full install
-        return False
     try:
         if on:
             http_clients.instrument()

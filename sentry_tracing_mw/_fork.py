@@ -59,6 +59,13 @@ def in_forked_child(hook: Callable[[], None]) -> None:
     _hooks.append(hook)
 
 
+def new_lock_in_child(namespace: dict[str, Any], name: str, factory: Callable[[], Any]) -> None:
+    """Replace the module lock ``namespace[name]`` with ``factory()`` in every forked child:
+    a thread of the parent may have held it at the fork (inside ``init()``), and no thread
+    of the child would ever release it."""
+    _hooks.append(lambda: namespace.__setitem__(name, factory()))
+
+
 def renew_in_child(obj: _Renewable) -> None:
     """Call ``obj._reset_after_fork()`` in every forked child while ``obj`` lives (new
     locks, no inherited queue or thread), before the hooks of ``in_forked_child``."""

@@ -12,11 +12,14 @@ import logging
 import threading
 from collections.abc import Hashable
 
+from ._fork import new_lock_in_child
+
 __all__ = ["guard", "logger", "raised_at", "warn_once"]
 
 #: Causes already warned about (``warn_once``); bounded, then DEBUG only.
 _warned: set[Hashable] = set()
 _warned_lock = threading.Lock()
+new_lock_in_child(globals(), "_warned_lock", threading.Lock)
 _MAX_WARNED = 64
 
 

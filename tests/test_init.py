@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 import types
 from collections.abc import Iterator
 
@@ -223,3 +228,68 @@ def test_init_replacing_a_client_a_middleware_made_names_the_options_dropped(
         TracingMiddleware(app)  # no options of its own: nothing is dropped
         stm.init(instrument_http_clients=False)
     assert not caplog.records
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.usefixtures("restore_instrumentation")
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("sentry_tracing_mw.integrations.http_clients", "_lock"),
+        ("sentry_tracing_mw._client", "_lock"),
+        ("sentry_tracing_mw.integrations._common", "_init_lock"),
+        ("sentry_tracing_mw._log", "_warned_lock"),
+    ],
+)
+def test_a_child_forked_while_a_thread_holds_a_module_lock_can_init(
+    sentry_server: SentryServer, module: str, name: str
+) -> None:
+    """A thread inside init() (importing the HTTP clients to patch them takes tens of ms)
+    holds a module lock when another thread forks: the child's own init() hung for ever
+    on the copy, which no thread of the child releases. (A thread forked in the middle of
+    patching leaves the child's HTTP clients unpatched, with a warning.)"""
+    lock = getattr(importlib.import_module(module), name)
+    released = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            released.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            signal.alarm(10)  # a hang fails the test instead of blocking it
+            code = 1
+            try:
+                from sentry_tracing_mw._log import warn_once
+                from sentry_tracing_mw.integrations._common import ensure_client
+
+                stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+                http_clients.instrument()
+                ensure_client({}, "TracingMiddleware")
+                warn_once("forked child", "warned once in a forked child")
+                # forked while a thread was patching: what it patched is unknown, and a
+                # library it was importing cannot be imported here; left as they are
+                patching = name == "_lock" and module.endswith("http_clients")
+                code = 0 if (http_clients._installed is None) == patching else 3
+            finally:
+                os._exit(code)
+    finally:
+        released.set()
+        holder.join(5)
+    deadline = time.monotonic() + 15
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:  # pragma: no cover - the failure being tested
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0

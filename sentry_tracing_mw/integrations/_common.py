@@ -16,6 +16,7 @@ from typing import Any
 from .._client import Client, get_client, init, is_initialized
 from .._context import CURRENT_SPAN
 from .._errors import ConfigurationError
+from .._fork import new_lock_in_child
 from .._log import warn_once
 from .._propagation import Getter, extract
 from .._request import compile_ignore_paths, origin_form
@@ -63,6 +64,7 @@ _MIDDLEWARE_OPTIONS = frozenset({"transaction_style", "ignore_paths", "http_meth
 _STYLES = {"route": "route", "url": "route", "endpoint": "endpoint", "function_name": "endpoint"}
 _SERVER_OPS = frozenset({"http.server", "websocket.server"})
 _init_lock = threading.Lock()
+new_lock_in_child(globals(), "_init_lock", threading.Lock)
 _auto_init: tuple[Client, dict[str, Any]] | None = None  # the client ensure_client made
 
 

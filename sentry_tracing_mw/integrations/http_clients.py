@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _tracing
 from .._context import PROPAGATION_CONTEXT
+from .._fork import in_forked_child
 from .._request import filter_query
 from .._tracing import PropagationContext, Span, Transaction
 
@@ -42,6 +43,20 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 _lock = threading.Lock()
 _installed: list[Callable[[], None]] | None = None
+#: A thread of the parent process was patching when this process forked from it: what it
+#: patched is unknown, and a library it was importing can never be imported here (the
+#: import lock's owner is gone), so this process leaves the HTTP clients as they are.
+_forked_while_patching = False
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _forked_while_patching
+    if _lock.locked():
+        _forked_while_patching = True
+    _lock = threading.Lock()  # the parent's may be held, by a thread gone in the child
+
+
+in_forked_child(_after_fork_in_child)
 
 
 # --------------------------------------------------------------------------- public API
@@ -53,6 +68,12 @@ def instrument() -> None:
     global _installed
     with _lock:
         if _installed is not None:
+            return
+        if _forked_while_patching:
+            logger.warning(
+                "sentry_tracing_mw: this process was forked while another thread was "
+                "instrumenting the HTTP clients; they are not instrumented here"
+            )
             return
         undo: list[Callable[[], None]] = []
         from . import _httplib
