@@ -150,6 +150,11 @@ def _warn_dropped(dropped: tuple[int, int, int], in_flight: bool) -> None:
             events,
             " (one more envelope was still being sent)" if in_flight else "",
         )
+    elif in_flight:
+        logger.warning(
+            "sentry_tracing_mw: closed while an envelope was still being sent after "
+            "shutdown_timeout; it is lost if the process exits before it is"
+        )
 
 
 def _select_proxy(dsn: Dsn, http_proxy: str | None, https_proxy: str | None) -> str | None:

@@ -328,6 +328,26 @@ def test_client_reports_disabled(
     assert len(sentry_server.received) == 1
 
 
+def test_closing_while_the_only_envelope_is_in_flight_says_so(
+    sentry_server: SentryServer, make_transport: MakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing queued, one envelope being sent to a Sentry that hangs: close() gives up at
+    its timeout and said nothing, so a transaction lost at exit left no trace."""
+    sentry_server.hang()
+    try:
+        t = make_transport(read_timeout=10.0)
+        assert t.submit(tx_pending())
+        assert sentry_server.wait_hanging(5)
+        with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+            started = time.monotonic()
+            t.close(timeout=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        sentry_server.release()
+    (record,) = [r for r in caplog.records if "still being sent" in r.getMessage()]
+    assert "shutdown_timeout" in record.getMessage()
+
+
 def test_hanging_sentry_does_not_block(
     sentry_server: SentryServer, make_transport: MakeTransport
 ) -> None:
