@@ -684,6 +684,49 @@ def test_disconnect_seen_after_the_app_stops_listening(sentry_server: SentryServ
     assert tx["contexts"]["trace"]["status"] == "cancelled"
 
 
+def test_a_head_request_is_complete_once_its_response_starts(sentry_server: SentryServer) -> None:
+    """A HEAD response has no body (the server sends none): a client that leaves once it
+    has the headers got all of it, while the app goes on with a streamed body it is
+    listening for the disconnect to stop. It was ``cancelled``."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        listener = asyncio.ensure_future(receive())  # as Starlette's StreamingResponse
+        for _ in range(50):
+            if listener.done():
+                return
+            await send({"type": "http.response.body", "body": b"y", "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def drive() -> None:
+        started = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await started.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.set()  # the client has the headers: all of a HEAD response
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                 "method": "HEAD", "path": "/feed", "headers": []}  # fmt: skip
+        await TracingMiddleware(app, http_methods_to_capture=("GET", "HEAD"))(scope, receive, send)
+
+    asyncio.run(drive())
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "ok"
+    assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
+
+
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)

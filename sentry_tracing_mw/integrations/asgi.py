@@ -739,6 +739,7 @@ class TracingMiddleware:
         receiving = 0  # the app's receive() calls waiting on the server
         watch_skipped = False  # skipped while the app listened: retried if it stops
         name_on_response = self.name_on_response
+        head = method == "HEAD"  # no body follows its response start: complete once sent
 
         async def watch() -> None:
             # Servers may drop sends to a gone client silently (ASGI < 2.4), so an app
@@ -786,6 +787,7 @@ class TracingMiddleware:
                     start_watch()
             elif kind == "http.response.start" or kind == "websocket.http.response.start":
                 # (the second: a websocket handshake answered with an HTTP response)
+                complete = head
                 try:
                     code = int(message["status"])
                     if tx._recording:
