@@ -595,6 +595,8 @@ def is_initialized() -> bool:
 #: What ``debug=True`` changed on the package logger (the handler it added, if any, and
 #: the level before), undone by a client without ``debug`` and by ``close()``.
 _debug_logging: tuple[logging.Handler | None, int] | None = None
+_logging_lock = threading.Lock()
+new_lock_in_child(globals(), "_logging_lock", threading.Lock)
 
 
 def _configure_logging(debug: bool) -> None:
@@ -602,27 +604,29 @@ def _configure_logging(debug: bool) -> None:
     if not debug:
         _undo_debug_logging()
         return
-    if _debug_logging is None:
-        _debug_logging = (None, logger.level)
-    logger.setLevel(logging.DEBUG)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[sentry_tracing_mw] %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        _debug_logging = (handler, _debug_logging[1])
+    with _logging_lock:  # (inits racing on threads: one handler, removed by the undo)
+        if _debug_logging is None:
+            _debug_logging = (None, logger.level)
+        logger.setLevel(logging.DEBUG)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[sentry_tracing_mw] %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            _debug_logging = (handler, _debug_logging[1])
 
 
 def _undo_debug_logging() -> None:
     """Remove what ``debug=True`` set up; a level the app set since then is left alone."""
     global _debug_logging
-    if _debug_logging is None:
-        return
-    handler, level = _debug_logging
-    _debug_logging = None
-    if handler is not None:
-        logger.removeHandler(handler)
-    if logger.level == logging.DEBUG:
-        logger.setLevel(level)
+    with _logging_lock:
+        if _debug_logging is None:
+            return
+        handler, level = _debug_logging
+        _debug_logging = None
+        if handler is not None:
+            logger.removeHandler(handler)
+        if logger.level == logging.DEBUG:
+            logger.setLevel(level)
 
 
 def init(dsn: Any = None, **options: Any) -> Client:

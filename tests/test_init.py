@@ -106,6 +106,37 @@ def test_debug_logging_is_undone_by_a_client_without_debug_and_by_close(undo: st
     assert logger.level == logging.NOTSET and not logger.handlers
 
 
+def test_debug_logging_set_up_by_racing_threads_adds_one_handler() -> None:
+    """Threads racing the first init(debug=True) each added a handler (2 to 8 in a probe),
+    and init(debug=False) removed one: every later line was logged several times."""
+    from sentry_tracing_mw._client import _configure_logging
+
+    logger = logging.getLogger("sentry_tracing_mw")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(20):
+            barrier = threading.Barrier(16)
+
+            def configure(barrier: threading.Barrier) -> None:
+                barrier.wait()
+                _configure_logging(True)
+
+            threads = [threading.Thread(target=configure, args=(barrier,)) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(logger.handlers) == 1
+            _configure_logging(False)
+            assert logger.handlers == [] and logger.level == logging.NOTSET
+    finally:
+        sys.setswitchinterval(interval)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
 def test_debug_off_leaves_the_apps_own_logging_alone() -> None:
     logger = logging.getLogger("sentry_tracing_mw")
     handler = logging.NullHandler()
