@@ -6,6 +6,7 @@ import asyncio
 import socket
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -633,6 +634,21 @@ def test_lifespan_flush_that_times_out_says_what_may_be_lost(
     assert "one more envelope still being sent" in record.getMessage()
 
 
+def _leaving_client(gone: asyncio.Event) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive``: the (empty) request body, then a disconnect once ``gone`` is set."""
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def test_disconnect_seen_after_the_app_stops_listening(sentry_server: SentryServer) -> None:
     # The app waits in receive() (with a timeout) while its stream starts, so the watch is
     # skipped for it; when it stops listening, the watch starts in its place. The server
@@ -656,15 +672,7 @@ def test_disconnect_seen_after_the_app_stops_listening(sentry_server: SentryServ
 
     async def drive() -> None:
         gone = asyncio.Event()
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
+        receive = _leaving_client(gone)
 
         chunks = 0
 
@@ -703,15 +711,7 @@ def test_a_head_request_is_complete_once_its_response_starts(sentry_server: Sent
 
     async def drive() -> None:
         started = asyncio.Event()
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await started.wait()
-            return {"type": "http.disconnect"}
+        receive = _leaving_client(started)
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
