@@ -459,9 +459,10 @@ class Transport:
             worker = self._worker
             self._cond.notify_all()
             if interrupted:
+                sending = self._sending()
                 dropped = self._drop_queued()
         if interrupted:
-            _warn_dropped(dropped, worker is not None and worker.is_alive())
+            _warn_dropped(dropped, sending and worker is not None and worker.is_alive())
         elif worker is not None and worker is not threading.current_thread():
             try:
                 if deadline is None:
@@ -476,8 +477,9 @@ class Transport:
             # Still sending, never ran (it could not start), or died: what waits is dropped
             # now, and said so (a worker that stopped normally left nothing queued).
             with self._cond:
+                sending = alive and self._sending()  # (an idle worker may not have left yet)
                 dropped = self._drop_queued()
-            _warn_dropped(dropped, alive)
+            _warn_dropped(dropped, sending)
         elif worker is None:  # never started (nothing queued, or it could not start)
             with self._cond:
                 dropped = self._drop_queued()
@@ -487,7 +489,11 @@ class Transport:
         """The transactions, spans and error events waiting in the queue, and whether one
         more item (an envelope or client reports) is being sent."""
         with self._lock:
-            return self._queued_counts(), self._enqueued - self._done > len(self._queue)
+            return self._queued_counts(), self._sending()
+
+    def _sending(self) -> bool:
+        """Whether the worker is sending an item now (call with the lock held)."""
+        return self._enqueued - self._done > len(self._queue)
 
     def _queued_counts(self) -> tuple[int, int, int]:
         transactions = spans = events = 0

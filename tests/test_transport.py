@@ -348,6 +348,19 @@ def test_closing_while_the_only_envelope_is_in_flight_says_so(
     assert "shutdown_timeout" in record.getMessage()
 
 
+def test_closing_with_no_time_left_after_a_flush_says_nothing(
+    sentry_server: SentryServer, make_transport: MakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close(0) after everything was sent: the idle worker may not have exited within the
+    zero timeout, which is no envelope in flight (shutdown_timeout=0 warned at every exit)."""
+    t = make_transport()
+    assert t.submit(tx_pending())
+    assert t.flush(5)
+    with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
+        t.close(timeout=0)
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_hanging_sentry_does_not_block(
     sentry_server: SentryServer, make_transport: MakeTransport
 ) -> None:
