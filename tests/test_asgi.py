@@ -727,6 +727,38 @@ def test_a_head_request_is_complete_once_its_response_starts(sentry_server: Sent
     assert tx["contexts"]["trace"]["data"]["http.response.status_code"] == 200
 
 
+def test_a_head_request_whose_client_left_is_no_error(sentry_server: SentryServer) -> None:
+    """An ASGI 2.4 server raises OSError at a send once the client left (uvicorn's
+    ClientDisconnected): for a HEAD response as for a GET, that is the client's leaving,
+    re-raised to the app, not an error of the app's."""
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b"y", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def drive() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] != "http.response.start":
+                raise ConnectionResetError("the client left")
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+                 "method": "HEAD", "path": "/feed", "headers": []}  # fmt: skip
+        with pytest.raises(ConnectionResetError):
+            await TracingMiddleware(app, http_methods_to_capture=("HEAD",))(scope, receive, send)
+
+    asyncio.run(drive())
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["contexts"]["trace"]["status"] == "cancelled"
+    assert sentry_server.events() == []
+
+
 def test_client_disconnect_mid_stream_is_cancelled(sentry_server: SentryServer) -> None:
     stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
     app = TracingMiddleware(raw_asgi_app)

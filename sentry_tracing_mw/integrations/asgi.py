@@ -739,7 +739,8 @@ class TracingMiddleware:
         receiving = 0  # the app's receive() calls waiting on the server
         watch_skipped = False  # skipped while the app listened: retried if it stops
         name_on_response = self.name_on_response
-        head = method == "HEAD"  # no body follows its response start: complete once sent
+        head = method == "HEAD"  # no body follows its response start: all sent with it
+        headers_sent = False  # (a HEAD response's: a client leaving after it left nothing)
 
         async def watch() -> None:
             # Servers may drop sends to a gone client silently (ASGI < 2.4), so an app
@@ -751,7 +752,7 @@ class TracingMiddleware:
             if message.get("type") == "http.request" and not message.get("more_body", False):
                 message = await receive()
                 ahead.append(message)
-            if message.get("type") == "http.disconnect" and not complete:
+            if message.get("type") == "http.disconnect" and not (complete or headers_sent):
                 disconnected = True
 
         def start_watch() -> None:
@@ -778,7 +779,7 @@ class TracingMiddleware:
                 logger.debug("cannot watch for client disconnects", exc_info=True)
 
         async def traced_send(message: Message) -> None:
-            nonlocal complete, disconnected
+            nonlocal complete, disconnected, headers_sent
             kind = message.get("type")
             if kind in _BODY:
                 if not message.get("more_body", False):
@@ -787,7 +788,7 @@ class TracingMiddleware:
                     start_watch()
             elif kind == "http.response.start" or kind == "websocket.http.response.start":
                 # (the second: a websocket handshake answered with an HTTP response)
-                complete = head
+                headers_sent = head
                 try:
                     code = int(message["status"])
                     if tx._recording:
@@ -853,7 +854,7 @@ class TracingMiddleware:
             if kind == "http.request":
                 if not message.get("more_body", False):
                     body_read = True
-            elif kind == "http.disconnect" and not complete:
+            elif kind == "http.disconnect" and not (complete or headers_sent):
                 disconnected = True
             return message
 
