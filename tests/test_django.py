@@ -17,6 +17,7 @@ setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.exceptions import PermissionDenied  # noqa: E402
+from django.http import HttpResponse  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import sentry_tracing_mw as stm  # noqa: E402
@@ -416,6 +417,19 @@ class _DenyingOnTheWayOut:
         return response
 
 
+class _NamingShortCircuit:
+    """A middleware after ours that names the transaction and answers before routing."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if "custom" in request.GET:
+            stm.set_transaction_name("checkout-step")
+            return HttpResponse("short")
+        return self.get_response(request)
+
+
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("rate", [1.0, 0.0])
 def test_a_response_replaced_by_a_middleware_before_ours_ends_the_transaction(
@@ -473,6 +487,22 @@ def test_a_response_replaced_by_a_middleware_before_ours_ends_the_transaction(
         (403, "GET 403", "permission_denied"),
     ]
     assert sentry_server.events() == []
+
+
+def test_a_replaced_response_keeps_the_name_the_app_gave(sentry_server: SentryServer) -> None:
+    """Only a name made from our response's status follows the response sent; one the
+    app set (a middleware answering before routing) stays."""
+    init_traced(sentry_server)
+    middleware = [
+        f"{__name__}._DenyingOnTheWayOut",
+        *settings.MIDDLEWARE,
+        f"{__name__}._NamingShortCircuit",
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        assert _client().get("/users/3/?custom=1&deny=1").status_code == 403
+    (tx,) = flushed_transactions(sentry_server, 1)
+    assert tx["transaction"] == "checkout-step"
+    assert _trace(tx)["data"]["http.response.status_code"] == 403
 
 
 def test_a_middleware_before_ours_failing_on_an_untraced_methods_response(

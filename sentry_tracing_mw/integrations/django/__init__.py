@@ -367,6 +367,7 @@ class TracingMiddleware:
                 not self._name(request, state) and tx._source == "url"
             ):
                 self._name_unmatched(request, tx, state.method, status)
+                state.status_named = True
             if status >= 500 and state.answered is not None:
                 # captured once, whatever the sampling or who owns the transaction (the
                 # status is the response's)
@@ -592,7 +593,7 @@ def _adopt(request: Any, response: Any) -> None:
         state.body = state.file = None  # the replaced response's: never sent
         if tx._recording:
             status = response.status_code
-            if state.match is None:  # named after its status: the one the client gets
+            if state.status_named:  # after the status: the one the client gets
                 state.mw._name_unmatched(request, tx, state.method, status)
             tx.set_http_status(status)
         closers.append(Closer(state))

@@ -48,6 +48,7 @@ class RequestState:
         "request",
         "responded",
         "sent",
+        "status_named",
         "tx",
         "wsgi",
     )
@@ -71,6 +72,7 @@ class RequestState:
         self.answered: BaseException | None = None  # one a middleware answered with a 5xx
         self.answered_handled = False  # ...raised on purpose with its status (DRF, Ninja)
         self.match: Any = None  # the ResolverMatch the name came from
+        self.status_named = False  # unmatched: named after our response's status
         self.body: SyncBody | AsyncBody | None = None
         self.responded = False  # our middleware handed its response back
         self.sent = False  # Django's ASGI handler sent the whole response
