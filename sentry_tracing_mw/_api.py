@@ -38,6 +38,8 @@ logger = logging.getLogger("sentry_tracing_mw")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: ``use_span(tx)`` gives the transaction back as a Transaction (None as None).
+S = TypeVar("S", bound="Span | None")
 
 
 def start_transaction(
@@ -150,7 +152,7 @@ def start_span(
 
 
 @contextmanager
-def use_span(span: Span | None) -> Iterator[Span | None]:
+def use_span(span: S) -> Iterator[S]:
     """Make ``span`` current for the block; the previous span is always restored."""
     token = CURRENT_SPAN.set(span)
     try:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import Token
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import CURRENT_SPAN
 from ._fork import in_forked_child
@@ -472,6 +472,10 @@ def _ignored_after_finish(span: Span, what: str) -> None:
     logger.debug("ignoring %s on the finished span %r", what, span)
 
 
+#: ``with start_transaction(...) as tx`` gives a Transaction to a type checker, not a Span.
+_SpanT = TypeVar("_SpanT", bound="Span")
+
+
 class Span:
     """A timed operation inside a transaction. Use as a context manager or call ``finish()``."""
 
@@ -754,7 +758,7 @@ class Span:
             # sent, and counted here (the others are counted with the transaction).
             tx._client.reports.record("buffer_overflow", "span")
 
-    def __enter__(self) -> Span:
+    def __enter__(self: _SpanT) -> _SpanT:
         token = CURRENT_SPAN.set(self)
         with _TOKENS_LOCK:  # threads may enter one span at overlapping times
             held = self._tokens
