@@ -168,11 +168,7 @@ def _propagation_context() -> PropagationContext:
     span = CURRENT_SPAN.get()
     if span is not None:
         return span._context()
-    ctx = PROPAGATION_CONTEXT.get()
-    if ctx is None:
-        ctx = get_client().continue_trace(None)
-        PROPAGATION_CONTEXT.set(ctx)
-    return ctx
+    return get_client()._ambient_context()
 
 
 def get_trace_headers() -> dict[str, str]:

@@ -224,6 +224,7 @@ class Client:
             ctx.random = True
             ctx.transaction = None
             ctx._pending = None
+            ctx._ambient = False
             return ctx
         rate, rand, dsc = continued_sampling(incoming, self.options.public_key)
         return PropagationContext(
@@ -437,11 +438,20 @@ class Client:
     # -- errors ---------------------------------------------------------------------
     def _capture_context(self, span: Span | None) -> PropagationContext:
         """The trace context an error captured here (under ``span``) belongs to."""
-        ctx = span._context() if span is not None else PROPAGATION_CONTEXT.get()
+        if span is not None:
+            return span._context()
+        return self._ambient_context()
+
+    def _ambient_context(self) -> PropagationContext:
+        """The trace current where no span is: the request's, else one started here and
+        kept in the current context, so that later errors and ``get_trace_headers()`` here
+        share it (§16). A kept one is *ambient*: outgoing calls made outside any request
+        or span still get no trace headers (one trace per thread would join unrelated
+        calls), and a request whose path is ignored reports no errors through it."""
+        ctx = PROPAGATION_CONTEXT.get()
         if ctx is None:
-            # No request, no span: start the context's trace and keep it (as
-            # get_trace_headers() does), so later errors and calls here share it (§16).
             ctx = self.continue_trace(None)
+            ctx._ambient = True
             PROPAGATION_CONTEXT.set(ctx)
         return ctx
 

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._tracing import PropagationContext, Span
 
-__all__ = ["CURRENT_SPAN", "ON_SENDER", "PROPAGATION_CONTEXT", "SUPPRESS_INSTRUMENTATION"]
+__all__ = [
+    "CURRENT_SPAN",
+    "ON_SENDER",
+    "PROPAGATION_CONTEXT",
+    "SUPPRESS_INSTRUMENTATION",
+    "request_context",
+]
 
 #: The span that new spans attach to (a ``Transaction`` at the root of a request).
 CURRENT_SPAN: ContextVar[Span | None] = ContextVar("sentry_tracing_mw.span", default=None)
@@ -22,6 +28,18 @@ CURRENT_SPAN: ContextVar[Span | None] = ContextVar("sentry_tracing_mw.span", def
 PROPAGATION_CONTEXT: ContextVar[PropagationContext | None] = ContextVar(
     "sentry_tracing_mw.propagation", default=None
 )
+
+
+def request_context() -> PropagationContext | None:
+    """The trace of the request being handled when no span is current (an untraced method,
+    tracing disabled), else None: an ambient trace (``Client._ambient_context``, started by a
+    read outside any request) is not a request's, so outgoing calls and request hooks
+    leave it alone."""
+    ctx = PROPAGATION_CONTEXT.get()
+    if ctx is None or ctx._ambient:
+        return None
+    return ctx
+
 
 #: True inside our own machinery (the transport's worker thread): outgoing HTTP calls made
 #: there are never traced and never given trace headers.

@@ -297,6 +297,7 @@ class PropagationContext:
     """
 
     __slots__ = (
+        "_ambient",
         "_baggage",
         "_client",
         "_dsc",
@@ -343,6 +344,9 @@ class PropagationContext:
         self.random = random
         self.transaction: Transaction | None = None
         self._pending = pending
+        #: Started on first read outside any request or span (``Client._ambient_context``): read
+        #: by the API and error events, never given to outgoing calls or request hooks.
+        self._ambient = False
 
     def _resolve(self) -> None:
         """Parse the pending upstream baggage into the sampling values and the DSC."""

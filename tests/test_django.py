@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,27 @@ def test_http_methods_to_capture_and_ignore_paths(sentry_server: SentryServer) -
     (tx,) = flushed_transactions(sentry_server, 1)
     assert tx["transaction"] == "/users/{pk}/"
     assert tx["request"]["method"] == "POST"
+
+
+def test_an_ignored_path_that_reads_the_trace_still_reports_nothing(
+    sentry_server: SentryServer,
+) -> None:
+    # The meta tags (or get_trace_headers()) on an ignored page start a trace of that
+    # request only: its error is still no event (sync and async views and clients).
+    init_traced(sentry_server)
+
+    async def via_async_client() -> list[int]:
+        client = AsyncClient(raise_request_exception=False)
+        return [(await client.get(path)).status_code for path in ("/meta-error/", "/ameta-error/")]
+
+    with override_settings(SENTRY_IGNORE_PATHS=["/meta-error/", "/ameta-error/"]):
+        client = _client()
+        assert client.get("/meta-error/").status_code == 500
+        assert client.get("/ameta-error/").status_code == 500
+        assert asyncio.run(via_async_client()) == [500, 500]
+    assert stm.flush(5)
+    time.sleep(0.2)
+    assert sentry_server.events() == [] and sentry_server.transactions() == []
 
 
 def test_traces_sampler_gets_environ_and_route(sentry_server: SentryServer) -> None:

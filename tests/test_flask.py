@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import struct
 import sys
@@ -202,6 +203,35 @@ def test_propagated_exception_is_reraised_and_captured_once(sentry_server: Sentr
     assert len(sentry_server.events()) == 1
     (tx,) = sentry_server.transactions()
     assert tx["contexts"]["trace"]["status"] == "internal_error"
+
+
+def test_an_ignored_path_that_reads_the_trace_still_reports_nothing(
+    sentry_server: SentryServer,
+) -> None:
+    # The meta tags (or get_trace_headers()) on an ignored page start a trace of that
+    # request only: its error is still no event, and the next request has another trace.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app = Flask(__name__)
+    app.config["SENTRY_IGNORE_PATHS"] = ["/internal/*"]
+    seen: list[str] = []
+
+    @app.route("/internal/<mode>")
+    def page(mode: str) -> str:
+        seen.append(stm.trace_meta_tags())
+        if mode == "boom":
+            raise RuntimeError("boom on an ignored path")
+        return "ok"
+
+    FlaskTracing(app)
+    client = app.test_client()
+    assert client.get("/internal/boom").status_code == 500
+    assert client.get("/internal/fine").status_code == 200
+    assert client.get("/internal/fine").status_code == 200
+    traces = {re.search(r'sentry-trace" content="([0-9a-f]{32})', tag)[1] for tag in seen}  # type: ignore[index]
+    assert len(traces) == 3
+    assert stm.flush(5)
+    time.sleep(0.2)
+    assert sentry_server.events() == [] and sentry_server.transactions() == []
 
 
 def test_untraced_method_still_reports_errors_ignored_path_does_not(

@@ -8,6 +8,7 @@ baggage merging, target filtering, DSN exclusion, span timing, errors and redire
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.client
 import socket
 import threading
@@ -306,6 +307,34 @@ def test_nothing_current_leaves_request_untouched(
     assert rec.values("sentry-trace") == [caller["sentry-trace"]]
     assert rec.values("baggage") == ["own=1"]
     assert rec.values("traceparent") == []
+
+
+def test_a_trace_read_outside_any_request_is_not_given_to_later_calls(
+    client: Client, recording_server: RecordingServer, sentry_server: Any
+) -> None:
+    # get_trace_headers() or an error captured outside any request or span keeps a trace
+    # for later reads there (§16), but outgoing calls made there still get no trace
+    # headers (README): one trace per thread would join unrelated calls.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    def outside() -> tuple[str, str, str]:
+        first = stm.get_trace_headers()["sentry-trace"]
+        assert stm.capture_exception(ValueError("outside"))
+        client.get(recording_server.url + "/after")
+        with stm.start_span("task", "explicit") as span:  # an explicit span: propagated
+            client.get(recording_server.url + "/in-span")
+        assert span.trace_id == first[:32]
+        return first, stm.get_trace_headers()["sentry-trace"], span.span_id
+
+    first, again, span_id = contextvars.copy_context().run(outside)
+    assert again == first  # the same trace for every read outside
+    (after,) = recording_server.received("/after")
+    assert all(after.values(name) == [] for name in TRACE_HEADERS)
+    (in_span,) = recording_server.received("/in-span")
+    assert (in_span.header("sentry-trace") or "").startswith(f"{first[:32]}-{span_id}")
+    assert stm.flush(5) and sentry_server.wait_for(1)
+    (event,) = sentry_server.events()
+    assert event["contexts"]["trace"]["trace_id"] == first[:32]
 
 
 def test_failing_trace_headers_leave_the_callers_headers(

@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - a Flask without it: the proxy
 
 from .._api import trace_meta_tags
 from .._client import get_client
-from .._context import PROPAGATION_CONTEXT
+from .._context import request_context
 from .._errors import ConfigurationError
 from .._options import _OPTION_NAMES
 from .._tracing import Transaction
@@ -246,7 +246,7 @@ class FlaskTracingMiddleware(TracingMiddleware):
                 return
             req = request._get_current_object()  # type: ignore[attr-defined]
             tx = req.environ.get(ENVIRON_KEY) or active_request_transaction()
-            if tx is None and PROPAGATION_CONTEXT.get() is None:
+            if tx is None and request_context() is None:
                 return  # an ignored path: no tracing, no error events (as every integration)
             if tx is not None and tx._source == "url":
                 rule = req.url_rule

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _tracing
-from .._context import PROPAGATION_CONTEXT
+from .._context import request_context
 from .._fork import in_forked_child
 from .._request import filter_query
 from .._tracing import PropagationContext, Span, Transaction
@@ -170,7 +170,7 @@ def as_function(original: Any) -> Callable[..., Any]:
 def trace_context(parent: Span | None) -> PropagationContext | None:
     """The trace an outgoing request belongs to: its parent span's, else the request's."""
     if parent is None:
-        return PROPAGATION_CONTEXT.get()
+        return request_context()
     if type(parent) is Transaction:
         return parent._ctx
     return parent._context()

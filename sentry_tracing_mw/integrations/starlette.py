@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - older Starlette
 
 from .._api import is_coroutine_callable
 from .._client import get_client
-from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from .._context import CURRENT_SPAN, request_context
 from .._tracing import Span, Transaction
 from . import asgi
 from .asgi import SCOPE_KEY, ASGIApp, Message, Receive, Scope, Send
@@ -860,7 +860,7 @@ def _capture_handled(scope: Any, exc: BaseException, code: Any) -> None:
         if not isinstance(code, int) or code < 500:
             return
         tx = scope.get(SCOPE_KEY) if isinstance(scope, Mapping) else None
-        if tx is None and CURRENT_SPAN.get() is None and PROPAGATION_CONTEXT.get() is None:
+        if tx is None and CURRENT_SPAN.get() is None and request_context() is None:
             return  # an ignored path: no error events (as for its unhandled errors)
         if tx is not None and tx._request is None:  # unsampled: for the event
             pii = get_client().options.send_default_pii

@@ -53,6 +53,8 @@ urlpatterns = [
     path("async/<int:pk>/", views.aok),
     path("template/", views.template),
     path("meta/", views.meta_tag),
+    path("meta-error/", views.meta_error),
+    path("ameta-error/", views.ameta_error),
     path("forms/", views.forms_page),
     path("health/", views.ok),
     path("trace-header/", views.trace_header),

@@ -193,6 +193,17 @@ def meta_tag(request: HttpRequest) -> HttpResponse:
     return render(request, "meta.html")
 
 
+def meta_error(request: HttpRequest) -> HttpResponse:
+    """Reads the trace (what the meta tags do), then fails."""
+    import sentry_tracing_mw as stm
+
+    raise ValueError(f"boom after {stm.trace_meta_tags()}")
+
+
+async def ameta_error(request: HttpRequest) -> HttpResponse:
+    return meta_error(request)
+
+
 def trace_header(request: HttpRequest) -> HttpResponse:
     """Exposes the request's trace context in a response header."""
     import sentry_tracing_mw as stm

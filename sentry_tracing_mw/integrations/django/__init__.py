@@ -68,7 +68,7 @@ except ModuleNotFoundError as _exc:
 
 from ..._api import trace_meta_tags
 from ..._client import get_client
-from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT, request_context
 from ..._errors import ConfigurationError
 from ..._options import _OPTION_NAMES
 from ..._propagation import WSGI_GETTER
@@ -480,7 +480,7 @@ def _on_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> No
                     capture_untraced_request(exc, request)
                 finally:
                     PROPAGATION_CONTEXT.reset(token)
-            elif PROPAGATION_CONTEXT.get() is not None:
+            elif request_context() is not None:
                 capture_untraced_request(exc, request)
             elif _middleware_built and request is not None and STATE_ATTR not in seen:
                 _capture_before_ours(exc, request)

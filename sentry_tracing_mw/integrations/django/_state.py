@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..._client import Client
-from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT, request_context
 from ..._tracing import PropagationContext, Transaction
 from .._common import capture_untraced, wsgi_error
 from ..wsgi import defer_request_info, environ_request_info, file_stopped_early
@@ -293,7 +293,7 @@ def untraced_response(response: Any, request: Any) -> None:
     except Exception:
         logger.debug("reporting an answered exception failed", exc_info=True)
     try:
-        ctx = PROPAGATION_CONTEXT.get()
+        ctx = request_context()
         if (
             ctx is not None
             and response.streaming
@@ -318,7 +318,7 @@ def view_failed(state: RequestState | None, exc: BaseException, request: Any) ->
     elif (
         state is None
         and not isinstance(exc, Exception)
-        and PROPAGATION_CONTEXT.get() is not None
+        and request_context() is not None
         and "scope" not in request.__dict__
         and wsgi_error(exc)
     ):
