@@ -27,11 +27,12 @@ def guard(log: logging.Logger) -> logging.Logger:
     """Make ``log`` call its handlers (and its ancestors') under a guard (idempotent)."""
     if getattr(log, "_stm_guarded", False):
         return log
-    call_handlers = type(log).callHandlers
 
     def call_handlers_safely(record: logging.LogRecord) -> None:
         try:
-            call_handlers(log, record)
+            # The class's method, looked up now: a logging integration that patches
+            # ``Logger.callHandlers`` later (sentry-sdk's, at its init) sees our records too.
+            type(log).callHandlers(log, record)
         except Exception:  # a broken handler: not ours to raise (KeyboardInterrupt still is)
             pass
 

@@ -162,6 +162,23 @@ def test_a_raising_handler_on_our_logger_never_breaks_a_request(
         ours.setLevel(logging.NOTSET)
 
 
+def test_a_logging_integration_installed_later_sees_our_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sentry-sdk's logging integration patches ``Logger.callHandlers`` at its init, usually
+    after this package was imported: our guarded logger goes through the patch too."""
+    seen: list[str] = []
+    original = logging.Logger.callHandlers
+
+    def patched(self: logging.Logger, record: logging.LogRecord) -> None:
+        seen.append(record.getMessage())
+        original(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", patched)
+    logging.getLogger("sentry_tracing_mw").warning("seen by a later patch")
+    assert seen == ["seen by a later patch"]
+
+
 def test_a_measurement_unit_of_a_str_subclass_is_sent_as_its_text(
     sentry_server: SentryServer,
 ) -> None:
