@@ -1135,6 +1135,44 @@ print(json.dumps(out))
 """
 
 
+_SDK_TEMPLATES_SCRIPT = r"""
+import json
+import sentry_sdk
+import sentry_tracing_mw as stm
+from flask import Flask, render_template_string
+from sentry_tracing_mw.integrations.flask import FlaskTracing
+
+# sentry-sdk kept for errors (its Flask integration on, by default) next to ours
+sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=Capture)
+stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+app = Flask("both")
+
+@app.route("/page")
+def page():
+    body = render_template_string(
+        "{{ sentry_trace_meta() }}|{{ sentry_trace_meta }}|{{ sentry_trace }}|{{ mine }}",
+        mine="kept",
+    )
+    return {"body": body, "ours": stm.get_trace_headers()["sentry-trace"]}
+
+FlaskTracing(app)
+response = app.test_client().get("/page")
+print(json.dumps([response.status_code, response.get_json()]))
+"""
+
+
+def test_meta_tags_in_templates_with_sentry_sdk_in_the_same_process() -> None:
+    # sentry-sdk's Flask integration puts its own trace's tags (a string) in every template
+    # context: `{{ sentry_trace_meta() }}` failed the request, `{{ sentry_trace_meta }}`
+    # showed a trace that is not the request's.
+    status, result = run_sdk_script(_SDK_TEMPLATES_SCRIPT)
+    assert status == 200, result
+    parts = result["body"].split("|")
+    assert parts[3] == "kept"
+    for tags in parts[:3]:
+        assert f'<meta name="sentry-trace" content="{result["ours"]}">' in tags
+
+
 def test_name_parity_with_sentry_sdk(sentry_server: SentryServer) -> None:
     paths = [*NAMED_ROUTES, "/boom", "/stream", "/meta"]
     theirs = run_sdk_script(_SDK_SCRIPT, json.dumps(paths))

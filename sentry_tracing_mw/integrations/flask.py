@@ -23,7 +23,8 @@ with a 5xx (``@app.errorhandler``, ``abort(503)``, Flask-RESTX's and Flask-RESTf
 ``Api`` handlers); an ``abort(5xx)`` raised on purpose is reported handled.
 
 Templates get a ``sentry_trace_meta`` global that works both as ``{{ sentry_trace_meta }}``
-and ``{{ sentry_trace_meta() }}``.
+and ``{{ sentry_trace_meta() }}``, also in every ``render_template`` context (with
+``sentry_trace``, ``sentry-sdk``'s older name), where ``sentry-sdk``'s own would go.
 """
 
 from __future__ import annotations
@@ -282,18 +283,34 @@ def _on_exception(sender: Any, exception: BaseException, **kwargs: Any) -> None:
         middleware.on_exception(sender, exception, **kwargs)
 
 
+_TRACE_META = TraceMeta()
+
+
+def _trace_meta_context() -> dict[str, TraceMeta]:
+    """The context processor that puts ``sentry_trace_meta`` (and ``sentry_trace``, its
+    older ``sentry-sdk`` name) in every ``render_template`` context. A template context
+    wins over the Jinja globals, and ``sentry-sdk``'s Flask integration (``sentry_sdk.init``
+    in the same process) fills it with its own trace's tags, a string (so
+    ``{{ sentry_trace_meta() }}`` failed): it leaves a context that has ``sentry_trace``."""
+    return {"sentry_trace": _TRACE_META, "sentry_trace_meta": _TRACE_META}
+
+
 def _add_template_global(app: Flask) -> None:
     """``sentry_trace_meta`` in the app's Jinja globals, without creating ``app.jinja_env``
     early (settings made after ``FlaskTracing(app)``, ``jinja_options`` and
-    ``TEMPLATES_AUTO_RELOAD``, would be ignored): added when Flask creates it."""
+    ``TEMPLATES_AUTO_RELOAD``, would be ignored): added when Flask creates it; and in
+    the context of every ``render_template`` (``_trace_meta_context``)."""
+    processors = app.template_context_processors.setdefault(None, [])
+    if _trace_meta_context not in processors:
+        processors.append(_trace_meta_context)
     if "jinja_env" in app.__dict__:  # (a cached property: created already)
-        app.jinja_env.globals["sentry_trace_meta"] = TraceMeta()
+        app.jinja_env.globals["sentry_trace_meta"] = _TRACE_META
         return
     create = app.create_jinja_environment
 
     def create_jinja_environment() -> Any:
         env = create()
-        env.globals["sentry_trace_meta"] = TraceMeta()
+        env.globals["sentry_trace_meta"] = _TRACE_META
         return env
 
     app.create_jinja_environment = create_jinja_environment  # type: ignore[method-assign]
