@@ -449,7 +449,7 @@ class Client:
         or span still get no trace headers (one trace per thread would join unrelated
         calls), and a request whose path is ignored reports no errors through it."""
         ctx = PROPAGATION_CONTEXT.get()
-        if ctx is None:
+        if ctx is None or (ctx._ambient and ctx._client is not self):  # (init() again)
             ctx = self.continue_trace(None)
             ctx._ambient = True
             PROPAGATION_CONTEXT.set(ctx)
@@ -781,6 +781,11 @@ def _close_in_multiprocessing_child() -> None:
 
 
 def _after_fork_in_child() -> None:
+    # An ambient trace of the parent (an error captured or meta tags rendered before
+    # gunicorn --preload forks) is not the child's: every worker would share it.
+    ambient = PROPAGATION_CONTEXT.get()
+    if ambient is not None and ambient._ambient:
+        PROPAGATION_CONTEXT.set(None)
     # Registered whether a client exists yet or not: a child may call init() itself.
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is None:  # not a multiprocessing child

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask, abort, request
+from flask import Flask, abort, render_template_string, request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -1159,6 +1159,34 @@ FlaskTracing(app)
 response = app.test_client().get("/page")
 print(json.dumps([response.status_code, response.get_json()]))
 """
+
+
+def test_the_apps_own_template_values_win_over_our_meta_tags() -> None:
+    # An app's context processor registered before FlaskTracing(app) (the factory order),
+    # and values passed to render_template, keep the app's own sentry_trace(_meta).
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    app = Flask(__name__)
+
+    @app.context_processor
+    def own_tags() -> dict[str, str]:
+        return {"sentry_trace_meta": "app's own tags"}
+
+    @app.route("/page")
+    def page() -> str:
+        return (
+            render_template_string(
+                "{{ sentry_trace_meta }}|{{ sentry_trace }}|{{ sentry_trace_meta }}",
+            )
+            + "|"
+            + render_template_string("{{ sentry_trace }}", sentry_trace="passed")
+        )
+
+    FlaskTracing(app)
+    body = app.test_client().get("/page").text
+    own, ours, again, passed = body.split("|")
+    assert own == again == "app&#39;s own tags"
+    assert ours.startswith('<meta name="sentry-trace" content="')
+    assert passed == "passed"
 
 
 def test_meta_tags_in_templates_with_sentry_sdk_in_the_same_process() -> None:

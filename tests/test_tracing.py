@@ -121,6 +121,46 @@ def test_a_forked_child_never_repeats_the_parents_ids() -> None:
     assert child[:16] != parent[:16] and child[16:] != parent[16:]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_ambient_trace() -> None:
+    # An error captured or meta tags rendered before gunicorn --preload forks: the trace
+    # kept outside any request is the parent's, not every worker's.
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+
+    def fork_and_read() -> tuple[str, str, str]:
+        before = stm.get_trace_headers()["sentry-trace"][:32]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, stm.get_trace_headers()["sentry-trace"][:32].encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = pipe.read()
+        os.waitpid(pid, 0)
+        return before, child, stm.get_trace_headers()["sentry-trace"][:32]
+
+    before, child, after = contextvars.copy_context().run(fork_and_read)
+    assert after == before  # the parent keeps its own
+    assert len(child) == 32 and child != before
+
+
+def test_an_ambient_trace_is_not_kept_across_init() -> None:
+    # init() again (another DSN, release): the trace kept outside any request carried the
+    # old client's DSC (its public key) into the new client's error events.
+    def read() -> tuple[str, str]:
+        stm.init(dsn="http://old@127.0.0.1:9/1", traces_sample_rate=1.0, release="old")
+        first = stm.get_trace_headers()
+        stm.init(dsn="http://new@127.0.0.1:9/1", traces_sample_rate=1.0, release="new")
+        return first["baggage"], stm.get_trace_headers()["baggage"]
+
+    old, new = contextvars.copy_context().run(read)
+    assert "sentry-public_key=old" in old and "sentry-release=old" in old
+    assert "sentry-public_key=new" in new and "sentry-release=new" in new
+
+
 def test_reseed_after_fork_changes_the_sequence() -> None:
     state = _ids._rng.getstate()
     first = _ids.new_trace_id()

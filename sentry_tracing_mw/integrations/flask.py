@@ -302,7 +302,7 @@ def _add_template_global(app: Flask) -> None:
     the context of every ``render_template`` (``_trace_meta_context``)."""
     processors = app.template_context_processors.setdefault(None, [])
     if _trace_meta_context not in processors:
-        processors.append(_trace_meta_context)
+        processors.insert(0, _trace_meta_context)  # first: the app's own processors win
     if "jinja_env" in app.__dict__:  # (a cached property: created already)
         app.jinja_env.globals["sentry_trace_meta"] = _TRACE_META
         return

@@ -168,12 +168,15 @@ def as_function(original: Any) -> Callable[..., Any]:
 
 
 def trace_context(parent: Span | None) -> PropagationContext | None:
-    """The trace an outgoing request belongs to: its parent span's, else the request's."""
+    """The trace an outgoing request belongs to: its parent span's, else the request's;
+    None for an ambient trace (``start_span()`` outside any transaction or request starts a
+    span of it: one trace per thread would join unrelated calls)."""
     if parent is None:
         return request_context()
     if type(parent) is Transaction:
         return parent._ctx
-    return parent._context()
+    ctx = parent._context()
+    return None if ctx._ambient else ctx
 
 
 def start_client_span(
