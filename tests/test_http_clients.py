@@ -1902,3 +1902,52 @@ def test_opentelemetry_uninstrumented_first_leaves_no_layer_of_ours() -> None:
     finally:
         otel.uninstrument()
         http_clients.uninstrument()
+
+
+def test_opentelemetry_installed_after_ours_and_removed_after_ours_leaves_no_layer(
+    recording_server: RecordingServer,
+) -> None:
+    """Ours, then OpenTelemetry's (around ours), then ours removed, then theirs: theirs gives
+    back what it wrapped. No switched-off layer of ours may stay behind, cycle after cycle
+    (1000 cycles made every httpx call fail with a RecursionError)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    http_clients.uninstrument()
+    originals = {
+        m: getattr(httpx, c).__dict__[m]
+        for c, m in (
+            ("HTTPTransport", "handle_request"),
+            ("AsyncHTTPTransport", "handle_async_request"),
+        )
+    }
+    otel = HTTPXClientInstrumentor()
+    try:
+        for _ in range(3):
+            http_clients.instrument()
+            otel.instrument(tracer_provider=TracerProvider())
+            http_clients.uninstrument()
+            otel.uninstrument()
+        assert httpx.HTTPTransport.__dict__["handle_request"] is originals["handle_request"]
+        assert (
+            httpx.AsyncHTTPTransport.__dict__["handle_async_request"]
+            is originals["handle_async_request"]
+        )
+        # a switched-off layer of ours put back on the class (by another tracer's unwrap,
+        # ddtrace's say) is dropped by the next install
+        http_clients.instrument()
+        ours = httpx.HTTPTransport.__dict__["handle_request"]
+        http_clients.uninstrument()
+        httpx.HTTPTransport.handle_request = ours  # type: ignore[method-assign]
+        stm.init(traces_sample_rate=1.0)
+        assert (
+            httpx.HTTPTransport.__dict__["handle_request"].__wrapped__
+            is originals["handle_request"]
+        )
+        with stm.start_transaction("t", op="test") as tx:
+            assert httpx.get(recording_server.url + "/after").status_code == 200
+        (rec,) = recording_server.received("/after")
+        assert rec.values("sentry-trace") == [f"{tx.trace_id}-{http_spans(tx)[0].span_id}-1"]
+    finally:
+        otel.uninstrument()
+        http_clients.uninstrument()

@@ -18,6 +18,7 @@ come from the per-trace cache shared with ``http.client`` (``header_items``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import types
@@ -437,7 +438,25 @@ def _wrap(original: Any, enabled: list[bool], is_async: bool, in_process: bool) 
         call = (_detached_async if is_async else _detached_sync)(call)
     made = (_async_wrapper if is_async else _sync_wrapper)(call, enabled, in_process)
     made.__wrapped__ = original  # type: ignore[attr-defined]
+    made._stm_enabled = enabled  # type: ignore[attr-defined]  # emptied by the undo
     return made
+
+
+def _inert(method: Any) -> bool:
+    """A wrapper of ours switched off by its undo (not a proxy, which would answer for
+    what it wraps)."""
+    return type(method) is types.FunctionType and getattr(method, "_stm_enabled", None) == []
+
+
+def _without_inert_layers(method: Any) -> Any:
+    """``method`` without the switched-off wrappers of ours on top: one that another
+    tracer's uninstrument put back on the class (it had wrapped ours, and gave back what
+    it wrapped) only calls through, and would pile up, one per ``init()``."""
+    for _ in range(64):
+        if not _inert(method):
+            return method
+        method = method.__wrapped__
+    return method
 
 
 def _is_wrapt_proxy(obj: Any) -> bool:
@@ -462,11 +481,18 @@ def install() -> Callable[[], None]:
         if not isinstance(cls, type) or method not in cls.__dict__:  # an httpx without it
             continue
         raw = cls.__dict__[method]
+        if _inert(raw):
+            raw = _without_inert_layers(raw)
+            setattr(cls, method, raw)
         # Another tracer's wrapt wrapper (OpenTelemetry's, ddtrace's) installed first: ours
         # goes inside it, next to the transport, as when it comes first. Outside, theirs
         # would rewrite the request's traceparent and baggage after ours.
         holder = raw if _is_wrapt_proxy(raw) else None
         target = holder.__wrapped__ if holder is not None else raw
+        if holder is not None and _inert(target):
+            target = _without_inert_layers(target)
+            with contextlib.suppress(Exception):
+                holder.__wrapped__ = target
         is_async = method == "handle_async_request"
         in_process = not class_name.endswith("HTTPTransport")
 
@@ -492,5 +518,12 @@ def install() -> Callable[[], None]:
                     setattr(cls, method, target)
             elif cls.__dict__.get(method) is wrapper:
                 setattr(cls, method, raw)
+            else:
+                # Another tracer's wrapt wrapper installed after ours, around it: ours
+                # leaves it (theirs would give it back to the class when uninstrumented)
+                current: Any = cls.__dict__.get(method)
+                if _is_wrapt_proxy(current) and getattr(current, "__wrapped__", None) is wrapper:
+                    with contextlib.suppress(Exception):
+                        current.__wrapped__ = raw
 
     return undo
