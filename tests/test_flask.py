@@ -1189,6 +1189,35 @@ def test_the_apps_own_template_values_win_over_our_meta_tags() -> None:
     assert passed == "passed"
 
 
+def test_flask_tracing_again_after_another_instrumentation_removed_ours(
+    sentry_server: SentryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # OpenTelemetry's FlaskInstrumentor, instrumented before ours, puts back the wsgi_app
+    # it saw when uninstrumented: ours is gone, and FlaskTracing(app) again wraps anew.
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0, instrument_http_clients=False)
+    app = create_app()
+    saw = app.wsgi_app
+
+    def other(environ: dict[str, Any], start_response: Any) -> Any:
+        return saw(environ, start_response)
+
+    app.wsgi_app = other  # type: ignore[method-assign]
+    FlaskTracing(app)
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    FlaskTracing(app)  # still reached through ProxyFix: nothing to do
+    assert "already traced" in caplog.text
+    client = app.test_client()
+    assert client.get("/users/1", buffered=True).status_code == 200
+    app.wsgi_app = saw  # type: ignore[method-assign]  # the other's uninstrument
+    assert client.get("/users/2", buffered=True).status_code == 200  # not traced: ours is gone
+    FlaskTracing(app)
+    assert client.get("/users/3", buffered=True).status_code == 200
+    assert stm.flush(5) and sentry_server.wait_for(2, 5)
+    time.sleep(0.2)
+    urls = sorted(t["request"]["url"].rsplit("/", 1)[1] for t in sentry_server.transactions())
+    assert urls == ["1", "3"]
+
+
 def test_meta_tags_in_templates_with_sentry_sdk_in_the_same_process() -> None:
     # sentry-sdk's Flask integration puts its own trace's tags (a string) in every template
     # context: `{{ sentry_trace_meta() }}` failed the request, `{{ sentry_trace_meta }}`
