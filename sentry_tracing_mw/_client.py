@@ -786,6 +786,9 @@ def _after_fork_in_child() -> None:
     ambient = PROPAGATION_CONTEXT.get()
     if ambient is not None and ambient._ambient:
         PROPAGATION_CONTEXT.set(None)
+    span = CURRENT_SPAN.get()  # forked inside a start_span() on that trace (a fork Pool)
+    if span is not None and span._context()._ambient:
+        CURRENT_SPAN.set(None)
     # Registered whether a client exists yet or not: a child may call init() itself.
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is None:  # not a multiprocessing child

@@ -1206,6 +1206,16 @@ def test_flask_tracing_again_after_another_instrumentation_removed_ours(
     app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
     FlaskTracing(app)  # still reached through ProxyFix: nothing to do
     assert "already traced" in caplog.text
+
+    class Hidden:  # a wrapper keeping ours where no walk would look (ProfilerMiddleware)
+        def __init__(self, inner: Any) -> None:
+            self._app = inner
+
+        def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+            return self._app(environ, start_response)
+
+    app.wsgi_app = Hidden(app.wsgi_app)  # type: ignore[method-assign]
+    FlaskTracing(app)  # left as it is (not wrapped into a cycle)
     client = app.test_client()
     assert client.get("/users/1", buffered=True).status_code == 200
     app.wsgi_app = saw  # type: ignore[method-assign]  # the other's uninstrument

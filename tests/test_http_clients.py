@@ -1951,3 +1951,34 @@ def test_opentelemetry_installed_after_ours_and_removed_after_ours_leaves_no_lay
     finally:
         otel.uninstrument()
         http_clients.uninstrument()
+
+
+def test_another_tracers_wrapper_made_with_functools_wraps_is_kept(
+    recording_server: RecordingServer,
+) -> None:
+    """A wrapper another tracer made with ``functools.wraps(ours)`` copies our attributes:
+    ours must not take it for a switched-off layer of its own and drop it."""
+    import functools
+
+    stm.init(traces_sample_rate=1.0)
+    ours = httpx.HTTPTransport.__dict__["handle_request"]
+    calls: list[int] = []
+
+    @functools.wraps(ours)
+    def theirs(self: Any, request: Any) -> Any:
+        calls.append(1)
+        return ours(self, request)
+
+    httpx.HTTPTransport.handle_request = theirs  # type: ignore[method-assign]
+    try:
+        http_clients.uninstrument()  # ours, inside theirs, switched off
+        http_clients.instrument()
+        with stm.start_transaction("t", op="test") as tx:
+            assert httpx.get(recording_server.url + "/kept").status_code == 200
+        assert calls == [1]  # theirs still runs
+        (rec,) = recording_server.received("/kept")
+        assert rec.values("sentry-trace") == [f"{tx.trace_id}-{http_spans(tx)[0].span_id}-1"]
+    finally:
+        http_clients.uninstrument()
+        if httpx.HTTPTransport.__dict__.get("handle_request") is theirs:
+            httpx.HTTPTransport.handle_request = ours.__wrapped__  # type: ignore[method-assign]

@@ -146,6 +146,13 @@ def test_a_forked_child_starts_its_own_ambient_trace() -> None:
     assert after == before  # the parent keeps its own
     assert len(child) == 32 and child != before
 
+    def fork_in_span() -> tuple[str, str]:  # forked inside a span on it (a fork Pool)
+        with stm.start_span("task", "pool"):
+            return fork_and_read()[:2]
+
+    before, child = contextvars.copy_context().run(fork_in_span)
+    assert len(child) == 32 and child != before
+
 
 def test_an_ambient_trace_is_not_kept_across_init() -> None:
     # init() again (another DSN, release): the trace kept outside any request carried the

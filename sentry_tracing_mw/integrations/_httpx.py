@@ -22,6 +22,7 @@ import contextlib
 import logging
 import sys
 import types
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -438,14 +439,21 @@ def _wrap(original: Any, enabled: list[bool], is_async: bool, in_process: bool) 
         call = (_detached_async if is_async else _detached_sync)(call)
     made = (_async_wrapper if is_async else _sync_wrapper)(call, enabled, in_process)
     made.__wrapped__ = original  # type: ignore[attr-defined]
-    made._stm_enabled = enabled  # type: ignore[attr-defined]  # emptied by the undo
+    _WRAPPERS[made] = enabled  # emptied by the undo
     return made
 
 
+#: Our wrappers, each with its switch (known by identity: a wrapper another tracer made
+#: with ``functools.wraps(ours)`` copies our attributes, not our identity).
+_WRAPPERS: weakref.WeakKeyDictionary[Any, list[bool]] = weakref.WeakKeyDictionary()
+
+
 def _inert(method: Any) -> bool:
-    """A wrapper of ours switched off by its undo (not a proxy, which would answer for
-    what it wraps)."""
-    return type(method) is types.FunctionType and getattr(method, "_stm_enabled", None) == []
+    """A wrapper of ours switched off by its undo."""
+    try:
+        return _WRAPPERS.get(method) == []
+    except TypeError:  # not weak-referenceable (or unhashable): not ours
+        return False
 
 
 def _without_inert_layers(method: Any) -> Any:

@@ -295,31 +295,6 @@ def _trace_meta_context() -> dict[str, TraceMeta]:
     return {"sentry_trace": _TRACE_META, "sentry_trace_meta": _TRACE_META}
 
 
-def _reaches(app: Any, target: Any) -> bool:
-    """Whether calling the WSGI callable ``app`` goes through ``target``, as far as its
-    wrappers show it: ``app``/``wsgi_app``/``__wrapped__`` attributes, bound methods,
-    partials and closures (a wrapper of a shape none of these show counts as not)."""
-    seen: set[int] = set()
-    todo = [app]
-    while todo and len(seen) < 64:
-        obj = todo.pop()
-        if obj is target:
-            return True
-        if id(obj) in seen or obj is None:
-            continue
-        seen.add(id(obj))
-        try:
-            for name in ("app", "wsgi_app", "__wrapped__", "__func__", "func"):
-                inner = getattr(obj, name, None)
-                if inner is not None and not isinstance(inner, (str, bytes, int)):
-                    todo.append(inner)
-            for cell in getattr(obj, "__closure__", None) or ():
-                todo.append(cell.cell_contents)
-        except Exception:  # an attribute that fails, an empty cell: not through there
-            continue
-    return False
-
-
 def _add_template_global(app: Flask) -> None:
     """``sentry_trace_meta`` in the app's Jinja globals, without creating ``app.jinja_env``
     early (settings made after ``FlaskTracing(app)``, ``jinja_options`` and
@@ -574,17 +549,21 @@ class FlaskTracing:
         """Install tracing on ``app`` (idempotent per app)."""
         installed = app.extensions.get(EXTENSION_KEY)
         if installed is not None:
-            if _reaches(app.wsgi_app, installed):
-                logger.warning("FlaskTracing: app %r is already traced; ignoring", app.name)
+            current = app.wsgi_app
+            if getattr(current, "__self__", None) is app and getattr(
+                current, "__func__", None
+            ) is getattr(type(app), "wsgi_app", None):
+                # Something put back the app's own wsgi_app, which it saw before ours
+                # (OpenTelemetry's uninstrument_app, when it instrumented first): ours wraps
+                # it again; its other hooks on the app are still in place.
+                logger.info(
+                    "FlaskTracing: app %r lost its tracing middleware; wrapping it again",
+                    app.name,
+                )
+                installed.app = current
+                app.wsgi_app = installed
                 return
-            # Something put back the wsgi_app it saw before ours (OpenTelemetry's
-            # uninstrument_app, when it instrumented first): ours wraps the current one
-            # again; its other hooks on the app are still in place.
-            logger.info(
-                "FlaskTracing: app %r lost its tracing middleware; wrapping it again", app.name
-            )
-            installed.app = app.wsgi_app
-            app.wsgi_app = installed  # type: ignore[method-assign]
+            logger.warning("FlaskTracing: app %r is already traced; ignoring", app.name)
             return
         options = self.options_for(app)
         try:
