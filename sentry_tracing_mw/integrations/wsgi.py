@@ -5,7 +5,8 @@ path with source ``url`` (the honest source); apps can rename it with
 ``sentry_tracing_mw.set_transaction_name``. It ends when no app code can run for the request
 any more: when the app returns a body that is already complete (a list or tuple, or a
 response its framework integration knows is not streamed, as Flask's), else when the body
-iterable is exhausted or closed (streamed bodies; ``wsgi.file_wrapper`` keeps its fast path).
+iterable is exhausted or closed (streamed bodies; ``wsgi.file_wrapper`` keeps its fast path,
+uWSGI's sendfile() included).
 A complete body thus needs no reader: a test client's unread response is still sent.
 """
 
@@ -305,6 +306,37 @@ class _UntracedBody:
             PROPAGATION_CONTEXT.reset(token)
 
 
+class _SendfileFile:
+    """A file the app hands to a ``wsgi.file_wrapper`` that is a function giving back the
+    object it was given (uWSGI's: it sends the file with ``sendfile()`` only when the app
+    returns that very object). Ours is given instead, and comes back: the middleware tells
+    a file body by it, returns it untouched (the fast path) and ends the transaction at its
+    ``close()``, which the server calls after sending."""
+
+    def __init__(self, filelike: Any) -> None:
+        self.filelike = filelike
+
+    def __getattr__(self, name: str) -> Any:  # fileno, read, seek, tell ...
+        return getattr(self.filelike, name)
+
+    def __iter__(self) -> Any:  # (a server without sendfile for it iterates it)
+        return iter(self.filelike)
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+def _passing_files(original: Any) -> Callable[..., Any]:
+    """``wsgi.file_wrapper`` giving ``original`` our ``_SendfileFile`` of the file."""
+
+    def file_wrapper(filelike: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(_SendfileFile(filelike), *args, **kwargs)
+
+    return file_wrapper
+
+
 def _file_of(result: Any) -> Any:
     """The file a ``wsgi.file_wrapper`` body sends: ``filelike`` (wsgiref, werkzeug,
     gunicorn), ``file`` (waitress)."""
@@ -407,6 +439,23 @@ class TracingMiddleware:
         self.app = app
         self.config, init_options = split_options(options)
         ensure_client(init_options, type(self).__name__)
+        #: (the server's ``wsgi.file_wrapper`` function, ours around it): see _SendfileFile
+        self._file_wrappers: tuple[Any, Any] = (None, None)
+
+    def _file_wrapper(self, environ: dict[str, Any]) -> None:
+        """Under a server whose ``wsgi.file_wrapper`` is a function, not a class (uWSGI),
+        give the app ours around it (``_SendfileFile``)."""
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is None or isinstance(wrapper, type):
+            return
+        known, ours = self._file_wrappers
+        if wrapper is not known:
+            if not callable(wrapper) or getattr(wrapper, "_stm_passing", False):
+                return  # (ours already: an outer middleware of ours set it)
+            ours = _passing_files(wrapper)
+            ours._stm_passing = True  # type: ignore[attr-defined]
+            self._file_wrappers = (wrapper, ours)
+        environ["wsgi.file_wrapper"] = ours
 
     def resolve_route(self, environ: dict[str, Any]) -> str | None:
         """The route template before the app runs (for ``traces_sampler``); None here."""
@@ -421,6 +470,8 @@ class TracingMiddleware:
         ignore = self.config.ignore_paths
         if ignore is not None and ignore.match(wsgi_str(str(path_info))):
             return self._untraced(environ, start_response, None)
+        if "wsgi.file_wrapper" in environ:
+            self._file_wrapper(environ)
         script = environ.get("SCRIPT_NAME")
         path = f"{script}{path_info}" if script else path_info
         if type(path) is not str or not path.isascii():
@@ -475,7 +526,9 @@ class TracingMiddleware:
         if ctx is None or type(result) is list or type(result) is tuple:
             return result  # an ignored path (no work for it), or a body that runs no code
         wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(wrapper, type) and isinstance(result, wrapper):
+        if (isinstance(wrapper, type) and isinstance(result, wrapper)) or type(
+            result
+        ) is _SendfileFile:
             return result  # a file: the server sends it (sendfile), no app code
         try:
             if hasattr(result, "__len__"):
@@ -546,7 +599,9 @@ class TracingMiddleware:
                 finish_request(tx, environ)  # a complete body: iterating it runs no app code
                 return result
             wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(wrapper, type) and isinstance(result, wrapper):
+            if (isinstance(wrapper, type) and isinstance(result, wrapper)) or type(
+                result
+            ) is _SendfileFile:
                 patched = _finish_on_close(result, tx, environ)
                 if patched is not None:
                     return patched  # type: ignore[no-any-return]
