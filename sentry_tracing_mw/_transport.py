@@ -214,8 +214,13 @@ def _bypassed(dsn: Dsn) -> bool:
 
 def uwsgi_threads_disabled() -> bool:
     """True under uWSGI started without ``--enable-threads`` (uWSGI does not promise that
-    an app's threads, the sender among them, run then)."""
-    opt = getattr(uwsgi_module(), "opt", None)
+    an app's threads, the sender among them, run then), unless it says its Python threads
+    run all the same (``uwsgi.has_threads``: uWSGI 2.0.31 enables them by default)."""
+    module = uwsgi_module()
+    has_threads = getattr(module, "has_threads", None)
+    if type(has_threads) in (bool, int) and has_threads:
+        return False
+    opt = getattr(module, "opt", None)
     if not isinstance(opt, dict):
         return False
 

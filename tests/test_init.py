@@ -46,6 +46,8 @@ def test_init_installs_http_client_instrumentation_by_default() -> None:
         ({"enable-threads": True}, False),
         ({"threads": b"4"}, False),
         ({"enable-threads": b"0"}, True),
+        ({"has_threads": 1}, False),  # uWSGI 2.0.31 runs Python threads by default
+        ({"has_threads": 0}, True),
     ],
 )
 def test_uwsgi_without_threads_logs_a_clear_warning(
@@ -55,6 +57,9 @@ def test_uwsgi_without_threads_logs_a_clear_warning(
     warned: bool,
 ) -> None:
     fake = types.ModuleType("uwsgi")
+    opt = dict(opt)
+    if "has_threads" in opt:
+        fake.has_threads = opt.pop("has_threads")  # type: ignore[attr-defined]
     fake.opt = opt  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uwsgi", fake)
     with caplog.at_level(logging.WARNING, logger="sentry_tracing_mw"):
