@@ -1186,3 +1186,16 @@ def test_flask_send_file_keeps_the_sendfile_path_of_a_uwsgi_like_server(
     (tx,) = wait_transactions(sentry_server, 1)
     assert tx["transaction"] == "/download"
     assert tx["timestamp"] - tx["start_timestamp"] >= 0.3
+
+
+def test_the_sendfile_stand_in_copies_and_delegates() -> None:
+    import copy
+    import io
+
+    from sentry_tracing_mw.integrations.wsgi import _SendfileFile
+
+    stand_in = _SendfileFile(io.BytesIO(b"abc"))
+    assert stand_in.read(2) == b"ab" and stand_in.tell() == 2
+    assert copy.copy(stand_in).filelike is stand_in.filelike  # no endless __getattr__
+    with pytest.raises(AttributeError):
+        stand_in.__missing_dunder__  # noqa: B018

@@ -317,6 +317,8 @@ class _SendfileFile:
         self.filelike = filelike
 
     def __getattr__(self, name: str) -> Any:  # fileno, read, seek, tell ...
+        if name == "filelike" or name.startswith("__"):  # (copy, pickle: not set yet)
+            raise AttributeError(name)
         return getattr(self.filelike, name)
 
     def __iter__(self) -> Any:  # (a server without sendfile for it iterates it)
