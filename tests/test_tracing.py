@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -97,6 +98,22 @@ def test_ids_are_unique_across_threads() -> None:
     assert len(set(ids)) == 40000
 
 
+def _in_forked_child(read: Callable[[], str]) -> str:
+    """What ``read()`` gives in a forked child of this process."""
+    pipe_read, pipe_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(pipe_write, read().encode())
+        finally:
+            os._exit(0)
+    os.close(pipe_write)
+    with os.fdopen(pipe_read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    return child
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_never_repeats_the_parents_ids() -> None:
     for pool, new in ((_ids._span_ids, _ids.new_span_id), (_ids._trace_ids, _ids.new_trace_id)):
@@ -104,17 +121,7 @@ def test_a_forked_child_never_repeats_the_parents_ids() -> None:
         if not pool:  # that took the last drawn id: the next call draws a batch
             new()
     assert _ids._span_ids and _ids._trace_ids  # the pools hold drawn ids the child inherits
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(write, (_ids.new_span_id() + _ids.new_trace_id()).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        child = pipe.read()
-    os.waitpid(pid, 0)
+    child = _in_forked_child(lambda: _ids.new_span_id() + _ids.new_trace_id())
     parent = _ids.new_span_id() + _ids.new_trace_id()
     assert len(child) == 48
     assert child != parent
@@ -129,17 +136,7 @@ def test_a_forked_child_starts_its_own_ambient_trace() -> None:
 
     def fork_and_read() -> tuple[str, str, str]:
         before = stm.get_trace_headers()["sentry-trace"][:32]
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.write(write, stm.get_trace_headers()["sentry-trace"][:32].encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            child = pipe.read()
-        os.waitpid(pid, 0)
+        child = _in_forked_child(lambda: stm.get_trace_headers()["sentry-trace"][:32])
         return before, child, stm.get_trace_headers()["sentry-trace"][:32]
 
     before, child, after = contextvars.copy_context().run(fork_and_read)
