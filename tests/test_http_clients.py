@@ -1982,3 +1982,26 @@ def test_another_tracers_wrapper_made_with_functools_wraps_is_kept(
         http_clients.uninstrument()
         if httpx.HTTPTransport.__dict__.get("handle_request") is theirs:
             httpx.HTTPTransport.handle_request = ours.__wrapped__  # type: ignore[method-assign]
+
+
+def test_a_wrapt_proxy_around_a_switched_off_wrapper_of_ours_is_kept() -> None:
+    """A ``wrapt`` proxy hashes and compares as what it wraps: one around a switched-off
+    wrapper of ours (left by an older order of uninstrumenting) is another tracer's
+    layer, not ours to drop."""
+    import wrapt
+
+    http_clients.uninstrument()
+    original = httpx.HTTPTransport.__dict__["handle_request"]
+    http_clients.instrument()
+    ours = httpx.HTTPTransport.__dict__["handle_request"]
+    http_clients.uninstrument()  # ours switched off, the original back on the class
+    theirs = wrapt.FunctionWrapper(
+        ours, lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs)
+    )
+    httpx.HTTPTransport.handle_request = theirs  # type: ignore[method-assign]
+    try:
+        http_clients.instrument()
+        assert httpx.HTTPTransport.__dict__["handle_request"] is theirs  # still theirs
+    finally:
+        http_clients.uninstrument()
+        httpx.HTTPTransport.handle_request = original  # type: ignore[method-assign]

@@ -449,11 +449,11 @@ _WRAPPERS: weakref.WeakKeyDictionary[Any, list[bool]] = weakref.WeakKeyDictionar
 
 
 def _inert(method: Any) -> bool:
-    """A wrapper of ours switched off by its undo."""
-    try:
-        return _WRAPPERS.get(method) == []
-    except TypeError:  # not weak-referenceable (or unhashable): not ours
+    """A wrapper of ours switched off by its undo (ours are plain functions: a ``wrapt``
+    proxy around one hashes and compares as the function it wraps)."""
+    if type(method) is not types.FunctionType:
         return False
+    return _WRAPPERS.get(method) == []
 
 
 def _without_inert_layers(method: Any) -> Any:
