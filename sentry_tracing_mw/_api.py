@@ -165,10 +165,7 @@ def use_span(span: S) -> Iterator[S]:
 
 
 def _propagation_context() -> PropagationContext:
-    span = CURRENT_SPAN.get()
-    if span is not None:
-        return span._context()
-    return get_client()._ambient_context()
+    return get_client()._capture_context(CURRENT_SPAN.get())
 
 
 def get_trace_headers() -> dict[str, str]:

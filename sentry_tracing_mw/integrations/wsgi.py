@@ -339,6 +339,14 @@ def _passing_files(original: Any) -> Callable[..., Any]:
     return file_wrapper
 
 
+def _is_file_body(result: Any, environ: dict[str, Any]) -> bool:
+    """A body the server sends as a file: its ``wsgi.file_wrapper``'s, or our stand-in."""
+    if type(result) is _SendfileFile:
+        return True
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(result, wrapper)
+
+
 def _file_of(result: Any) -> Any:
     """The file a ``wsgi.file_wrapper`` body sends: ``filelike`` (wsgiref, werkzeug,
     gunicorn), ``file`` (waitress)."""
@@ -527,10 +535,7 @@ class TracingMiddleware:
             PROPAGATION_CONTEXT.reset(token)
         if ctx is None or type(result) is list or type(result) is tuple:
             return result  # an ignored path (no work for it), or a body that runs no code
-        wrapper = environ.get("wsgi.file_wrapper")
-        if (isinstance(wrapper, type) and isinstance(result, wrapper)) or type(
-            result
-        ) is _SendfileFile:
+        if _is_file_body(result, environ):
             return result  # a file: the server sends it (sendfile), no app code
         try:
             if hasattr(result, "__len__"):
@@ -600,10 +605,7 @@ class TracingMiddleware:
             ):
                 finish_request(tx, environ)  # a complete body: iterating it runs no app code
                 return result
-            wrapper = environ.get("wsgi.file_wrapper")
-            if (isinstance(wrapper, type) and isinstance(result, wrapper)) or type(
-                result
-            ) is _SendfileFile:
+            if _is_file_body(result, environ):
                 patched = _finish_on_close(result, tx, environ)
                 if patched is not None:
                     return patched  # type: ignore[no-any-return]
