@@ -22,8 +22,10 @@ This module is also Django's URLconf.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any
 
 FRAMEWORKS = ("flask", "django", "starlette", "fastapi")
@@ -295,15 +297,103 @@ def install(framework: str, config: str, dsn: str) -> tuple[Any, Callable[[], ob
     raise SystemExit(f"unknown framework {framework!r}")
 
 
-def paired_apps(framework: str, traced: bool = True) -> dict[str, Any]:
-    """A bare app and one traced by ours (``init()`` already called), in one process;
-    ``traced=False``: two bare apps (the A/A control)."""
+# --------------------------------------------------------------------------- the floor
+
+#: The floor layer's per-request context (see ``FloorMiddleware``).
+_FLOOR_TRACE: ContextVar[int | None] = ContextVar("bench_floor_trace", default=None)
+
+
+class _FloorBody:
+    """A WSGI body passed through; the floor's context ends when the server closes it."""
+
+    __slots__ = ("_body", "_token")
+
+    def __init__(self, body: Any, token: Token[int | None]) -> None:
+        self._body = body
+        self._token = token
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _FLOOR_TRACE.reset(self._token)
+
+
+def _floor_wsgi(app: Any) -> Any:
+    """The floor as a WSGI layer (Flask's ``wsgi_app``, where ours goes)."""
+    draw = random.getrandbits
+
+    def floor(environ: dict[str, Any], start_response: Any) -> Any:
+        token = _FLOOR_TRACE.set(draw(128))
+        try:
+            body = app(environ, start_response)
+        except BaseException:
+            _FLOOR_TRACE.reset(token)
+            raise
+        return _FloorBody(body, token)
+
+    return floor
+
+
+class FloorMiddleware:
+    """The least any tracer that keeps a per-request trace context does, and nothing else:
+    one layer where ours goes that sets a context variable to a new random 128-bit trace id
+    for the request and resets it once the response is sent (ASGI: ``send`` wrapped; WSGI:
+    the body wrapped, reset at its ``close()``; Django: a middleware, reset when it
+    returns). No headers read, no sampling, no span, no name. ``floor`` in the paired
+    table: the part of an overhead no tracing code can remove."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app  # an ASGI app, or Django's get_response
+        self._draw = random.getrandbits
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def floor_send(message: dict[str, Any]) -> None:
+            await send(message)
+
+        token = _FLOOR_TRACE.set(self._draw(128))
+        try:
+            await self.app(scope, receive, floor_send)
+        finally:
+            _FLOOR_TRACE.reset(token)
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) == 3:  # ASGI
+            return self._asgi(*args)
+        token = _FLOOR_TRACE.set(self._draw(128))  # Django: get_response(request)
+        try:
+            return self.app(*args)
+        finally:
+            _FLOOR_TRACE.reset(token)
+
+
+#: ``paired_apps`` modes: the app paired with bare is ours, the floor layer, or bare (A/A).
+PAIRED_MODES = ("ours", "floor", "bare")
+
+
+def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
+    """A bare app and, as ``ours``, the app traced by ours (``init()`` already called),
+    under the floor layer (``mode="floor"``), or bare again (``mode="bare"``: the A/A
+    control); in one process."""
+    if mode not in PAIRED_MODES:
+        raise SystemExit(f"unknown paired mode {mode!r}")
     if framework == "flask":
         from sentry_tracing_mw.integrations.flask import FlaskTracing
 
         ours = make_flask()
-        if traced:
+        if mode == "ours":
             FlaskTracing(ours)
+        elif mode == "floor":
+            ours.wsgi_app = _floor_wsgi(ours.wsgi_app)  # type: ignore[method-assign]
         return {"bare": make_flask(), "ours": ours}
     if framework == "django":
         from django.conf import settings
@@ -311,16 +401,20 @@ def paired_apps(framework: str, traced: bool = True) -> dict[str, Any]:
 
         make_django([])
         bare = get_wsgi_application()
-        if traced:
+        if mode == "ours":
             settings.MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
+        elif mode == "floor":
+            settings.MIDDLEWARE = [f"{__name__}.FloorMiddleware"]
         return {"bare": bare, "ours": get_wsgi_application()}
     if framework in ASGI:
         from sentry_tracing_mw.integrations.starlette import TracingMiddleware
 
         make = make_starlette if framework == "starlette" else make_fastapi
         ours = make()
-        if traced:
+        if mode == "ours":
             ours.add_middleware(TracingMiddleware)
+        elif mode == "floor":
+            ours.add_middleware(FloorMiddleware)
         return {"bare": make(), "ours": ours}
     raise SystemExit(f"unknown framework {framework!r}")
 
