@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ._client import ExcInfo, get_client
 from ._client import close as _close_client
 from ._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from ._propagation import ASGI_GETTER, DICT_GETTER, Getter, extract
+from ._propagation import ASGI_GETTER, DICT_GETTER, SENTRY_TRACE_HEADER, Getter, extract
 from ._tracing import PropagationContext, Span, Transaction, _restore, names, valid_source
 
 __all__ = [
@@ -177,11 +177,23 @@ def get_trace_headers() -> dict[str, str]:
 
 
 def trace_meta_tags() -> str:
-    """``<meta>`` tags that let a browser SDK continue the current trace."""
-    headers = get_trace_headers()
-    tags = [f'<meta name="sentry-trace" content="{html.escape(headers["sentry-trace"])}">']
-    if "baggage" in headers:
-        tags.append(f'<meta name="baggage" content="{html.escape(headers["baggage"])}">')
+    """``<meta>`` tags that let a browser SDK continue the current trace.
+
+    The ``baggage`` tag holds the Sentry members only: the third-party members a request
+    brought (a session id, a user id) go on to the services it calls, not into its HTML,
+    which a cache may show to other users (the browser SDK reads only ``sentry-`` ones).
+    """
+    span = CURRENT_SPAN.get()
+    if span is not None:
+        ctx = span._context()
+        trace = ctx.headers(span._span_id)[SENTRY_TRACE_HEADER]
+    else:
+        ctx = _propagation_context()
+        trace = ctx.headers()[SENTRY_TRACE_HEADER]
+    tags = [f'<meta name="sentry-trace" content="{html.escape(trace)}">']
+    baggage = ctx.sentry_baggage()
+    if baggage:
+        tags.append(f'<meta name="baggage" content="{html.escape(baggage)}">')
     return "\n".join(tags)
 
 

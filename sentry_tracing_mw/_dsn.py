@@ -120,7 +120,14 @@ class Dsn:
 
     def __str__(self) -> str:
         """Return the DSN in its canonical string form."""
-        cred = self.public_key + (f":{self.secret_key}" if self.secret_key else "")
+        return self._format(self.public_key + (f":{self.secret_key}" if self.secret_key else ""))
+
+    def without_secret(self) -> str:
+        """The DSN without its secret key: the envelope ``dsn`` header (the secret goes in
+        ``X-Sentry-Auth`` only, never in a body something may log or store)."""
+        return self._format(self.public_key)
+
+    def _format(self, cred: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = f":{self.port}" if self.port is not None else ""
         return f"{self.scheme}://{cred}@{host}{port}{self.path}/{self.project_id}"

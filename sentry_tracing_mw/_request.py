@@ -26,7 +26,8 @@ __all__ = [
 
 FILTERED = "[Filtered]"
 
-#: Header names (lowercase) removed from events unless ``send_default_pii``.
+#: Header names (lowercase, ``-`` for ``_``) removed from events unless ``send_default_pii``;
+#: and any name ``_SENSITIVE_HEADER_PART`` finds.
 SENSITIVE_HEADERS = frozenset(
     {
         "authorization",
@@ -37,6 +38,7 @@ SENSITIVE_HEADERS = frozenset(
         "x-forwarded-for",
         "x-real-ip",
         "forwarded",
+        "x-forwarded",
         "x-client-ip",
         "cf-connecting-ip",
         "true-client-ip",
@@ -46,10 +48,24 @@ SENSITIVE_HEADERS = frozenset(
         "x-xsrf-token",
         "x-auth-token",
         "x-amz-security-token",
+        "x-envoy-external-address",
+        "x-remote-user",
+        "remote-user",
+        "x-forwarded-email",
+        "x-forwarded-user",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "sec-websocket-protocol",  # browsers' only way to send a token with a websocket
     }
 )
+#: Credentials (tokens, keys, sessions, signed identities, client certificates) and client
+#: addresses (``*-ip``, ``*-ipv6``, ``*clientip``, ``*-for``: the forwarding headers of
+#: proxies, CDNs and platforms) in a header's name.
 _SENSITIVE_HEADER_PART = re.compile(
-    r"token|secret|passw|api[-_]?key|auth|session|cookie", re.IGNORECASE
+    r"token|secret|passw|api-?key|access-?key|private-?key|auth|session|cookie|jwt|"
+    r"signature|credential|principal|oidc|client-?cert|ssl-client|csrf|xsrf|"
+    r"(?:^|-)ip(?:v6)?$|clientip|-for$",
+    re.IGNORECASE,
 )
 _SENSITIVE_QUERY_KEYS = frozenset(
     {
@@ -57,19 +73,38 @@ _SENSITIVE_QUERY_KEYS = frozenset(
         "access_token",
         "password",
         "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
         "secret",
         "api_key",
         "apikey",
         "auth",
+        "authorization",
         "session",
         "sessionid",
+        "sid",
+        "phpsessid",
+        "connect.sid",
         "signature",
         "sig",
         "code",
         "key",
+        "otp",
+        "jwt",
+        "csrf",
+        "xsrf",
+        "awsaccesskeyid",
     }
 )
-_SENSITIVE_QUERY_PART = re.compile(r"token|secret|password", re.IGNORECASE)
+#: In a query key's name: a token, secret, password, credential, session, signature or key.
+_SENSITIVE_QUERY_PART = re.compile(
+    r"token|secret|password|passwd|credential|session|signature|csrf|xsrf|"
+    r"api[-_]?key|access[-_]?key|private[-_]?key",
+    re.IGNORECASE,
+)
+#: Where a query's pairs end: ``&``, and ``;`` (an older separator frameworks still split on).
+_QUERY_SEPARATOR = re.compile(r"([&;])")
 _MAX_HEADER_VALUE = 2048
 _MAX_COOKIES = 8192  # the event's cookies string (PII only), however many Cookie headers came
 #: Request headers kept in an event (the first ones sent): a hostile request with thousands
@@ -101,16 +136,12 @@ def filter_query(query: str, send_default_pii: bool) -> str:
     """The query string with sensitive values replaced by ``[Filtered]`` (unless PII is on)."""
     if send_default_pii or not query:
         return query[:_MAX_QUERY]
-    parts = []
-    for part in query[:_MAX_QUERY].split("&"):
-        key, sep, _ = part.partition("=")
+    parts = _QUERY_SEPARATOR.split(query[:_MAX_QUERY])  # pairs, with the separators between
+    for i in range(0, len(parts), 2):
+        key, sep, _ = parts[i].partition("=")
         if sep and _sensitive_query_key(key):
-            parts.append(f"{key}={FILTERED}")
-        elif sep:
-            parts.append(part)
-        else:
-            parts.append(part)
-    return "&".join(parts)
+            parts[i] = f"{key}={FILTERED}"
+    return "".join(parts)
 
 
 def _without_userinfo(host: str) -> str:
@@ -118,10 +149,11 @@ def _without_userinfo(host: str) -> str:
     return host.rpartition("@")[2] if "@" in host else host
 
 
-#: ``scheme://user:pass@`` inside a text (a URL in a path or header): the credentials.
-#: The scheme's length is bounded: unbounded, a long run of letters before ``://`` would be
-#: rescanned from every position (quadratic in a hostile path).
-_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://)[^/?#@\s]*@")
+#: ``scheme://user:pass@`` (or scheme-relative ``//user:pass@``) inside a text (a URL in a
+#: path or header): the credentials, up to the last ``@`` before the host (a password may
+#: hold a raw ``@``). The scheme's length is bounded: unbounded, a long run of letters
+#: before ``://`` would be rescanned from every position (quadratic in a hostile path).
+_URL_USERINFO = re.compile(r"(?i)((?:[a-z][a-z0-9+.-]{0,31}:)?//)[^/?#\s]*@")
 
 
 def origin_form(path: str) -> str:
@@ -133,15 +165,39 @@ def origin_form(path: str) -> str:
             return urlsplit(path).path or "/"
         except ValueError:
             return "/"
-    if "@" in path and "://" in path:
+    if "@" in path and "//" in path:
         return _URL_USERINFO.sub(r"\1", path)
     return path
 
 
 @functools.lru_cache(maxsize=1024)
 def _header_kept(name: str) -> bool:
-    low = name.lower()
+    # "X_Forwarded_For" is the same header to the app: ASGI servers pass names as sent.
+    low = name.lower().replace("_", "-")
     return low not in SENSITIVE_HEADERS and not _SENSITIVE_HEADER_PART.search(low)
+
+
+#: A header value that is a credential whatever the header's name: an HTTP auth scheme's.
+_CREDENTIAL_VALUE = re.compile(r"(?i)[ \t]*(?:bearer|basic|digest|negotiate|token)[ \t]+\S")
+
+
+def _kept_value(name: str, value: str) -> str:
+    """A kept header's value for an event: ``[Filtered]`` when it is a credential (a bearer
+    token in a custom header); a URL's userinfo and its sensitive query values removed
+    (``Referer: https://host/reset?token=...``)."""
+    if _CREDENTIAL_VALUE.match(value):
+        return FILTERED
+    if "@" in value:  # Host: user:pw@h (X-Forwarded-Host too); Referer: a URL's
+        low = name.lower()
+        if low == "host" or low.endswith("-host"):
+            value = _without_userinfo(value)
+        elif "//" in value:
+            value = _URL_USERINFO.sub(r"\1", value)
+    if "?" in value and "=" in value and "//" in value:
+        head, _, query = value.partition("?")
+        query, hash_, fragment = query.partition("#")
+        value = f"{head}?{filter_query(query, False)}{hash_}{fragment}"
+    return value
 
 
 def request_info(
@@ -166,12 +222,8 @@ def request_info(
                 cookies.append(value)
         elif not _header_kept(name):
             continue
-        elif "@" in value:  # Host: user:pw@h (X-Forwarded-Host too); Referer: a URL's
-            low = name.lower()
-            if low == "host" or low.endswith("-host"):
-                value = _without_userinfo(value)
-            elif "://" in value:
-                value = _URL_USERINFO.sub(r"\1", value)
+        elif "@" in value or "?" in value or " " in value:
+            value = _kept_value(name, value)
         before = kept.get(name)
         if before is not None:  # a repeated header (ASGI lists each): merged per HTTP rules
             sep = "; " if name.lower() == "cookie" else ","

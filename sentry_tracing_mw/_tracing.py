@@ -445,6 +445,16 @@ class PropagationContext:
             dsc["transaction"] = tx._name[:200]
         return dsc
 
+    def sentry_baggage(self) -> str:
+        """``baggage`` of the DSC's ``sentry-`` members alone (freezes the DSC)."""
+        return self._sentry_members()[0]
+
+    def _sentry_members(self) -> tuple[str, int]:
+        ours = self._ours
+        if ours is None:  # the DSC is frozen from here on: format its members once
+            ours = self._ours = sentry_part(self.dsc())
+        return ours
+
     def headers(self, span_id: str | None = None, own_baggage: str | None = None) -> dict[str, str]:
         """Outgoing trace headers for a call made while ``span_id`` is active."""
         span_id = span_id or self.span_id
@@ -452,11 +462,7 @@ class PropagationContext:
         headers = {SENTRY_TRACE_HEADER: format_sentry_trace(self.trace_id, span_id, sampled)}
         baggage = self._baggage
         if baggage is None or own_baggage:
-            ours = self._ours
-            if ours is None:  # the DSC is frozen from here on: format its members once
-                dsc = self.dsc()
-                ours = self._ours = sentry_part(dsc)
-            baggage = merge_baggage(*ours, own_baggage, self.third_party)
+            baggage = merge_baggage(*self._sentry_members(), own_baggage, self.third_party)
             if not own_baggage:
                 self._baggage = baggage
         if baggage:

@@ -263,7 +263,7 @@ class Transport:
         self.reports = reports
         self.rate_limits = RateLimits()
         self._sdk = {"name": sdk_info.get("name"), "version": sdk_info.get("version")}
-        self._dsn_str = str(dsn)
+        self._dsn_str = dsn.without_secret()  # the secret goes in X-Sentry-Auth only
         self._send_reports = send_client_reports
         self._proxy = _select_proxy(dsn, http_proxy, https_proxy)
         self._queue_size = max(1, queue_size)

@@ -207,6 +207,13 @@ def test_dsn_secret_is_never_logged(sentry_server: SentryServer) -> None:
         assert DSN_SECRET not in text, text
     assert sentry_server.accepted()  # the last phase delivered with the secret in the auth
     assert DSN_SECRET in sentry_server.accepted()[-1].headers.get("X-Sentry-Auth", "")
+    # ... and only there: the envelopes name the DSN without it (the dsn envelope header)
+    public_dsn = f"http://public@127.0.0.1:{sentry_server.port}/1"
+    for received in sentry_server.received:
+        assert received.body is not None and DSN_SECRET.encode() not in received.body
+        assert received.envelope is not None
+        assert received.envelope.headers.get("dsn", public_dsn) == public_dsn
+    assert any("dsn" in r.envelope.headers for r in sentry_server.received if r.envelope)
 
 
 def test_invalid_dsn_error_hides_the_secret() -> None:
@@ -345,3 +352,171 @@ def test_credential_stripping_is_linear_in_hostile_paths_and_headers() -> None:
         send_default_pii=False,
     )
     assert time.monotonic() - started < 1.0  # quadratic: about 20 s at this size
+
+
+def test_credentials_and_client_addresses_under_other_names_stay_private() -> None:
+    """Headers of proxies, CDNs and platforms that carry the client's address or a signed
+    identity, names spelled with ``_`` (ASGI servers pass them as sent: the app sees the
+    same header), credentials in the value of any header, and sensitive query values in a
+    URL inside a header (protocol §6.8; sentry-sdk normalises ``_`` to ``-`` too)."""
+    from sentry_tracing_mw._request import request_info
+    from sentry_tracing_mw.integrations.asgi import asgi_request_info
+
+    private = {
+        "X_Forwarded_For": "203.0.113.1",
+        "X_Real_Ip": "203.0.113.2",
+        "Cf_Connecting_Ip": "203.0.113.3",
+        "Fastly-Client-IP": "203.0.113.4",
+        "Client-IP": "203.0.113.5",
+        "X-Original-Forwarded-For": "203.0.113.6",
+        "X-Envoy-External-Address": "203.0.113.7",
+        "X-Appengine-User-IP": "203.0.113.8",
+        "X-Vercel-Forwarded-For": "203.0.113.9",
+        "Fly-Client-IP": "203.0.113.10",
+        "X-Forwarded": "for=203.0.113.11",
+        "Forwarded-For": "203.0.113.12",
+        "X-Azure-ClientIP": "203.0.113.13",
+        "CF-Connecting-IPv6": "2001:db8::14",
+        "X-Goog-IAP-JWT-Assertion": "SECRET-jwt",
+        "X-Amzn-Oidc-Data": "SECRET-oidc",
+        "X-MS-Client-Principal": "SECRET-principal",
+        "X-Forwarded-Email": "alice@example.com",
+        "X-Forwarded-User": "SECRET-user",
+        "X-Remote-User": "SECRET-remote-user",
+        "X-SSL-Client-Cert": "SECRET-cert",
+        "X-Access-Key": "SECRET-access-key",
+        "X-Hub-Signature-256": "sha256=SECRET-sig",
+        "Sec-WebSocket-Protocol": "access_token, SECRET-ws",
+        "X-Custom": "Bearer SECRET-bearer",
+        "X-Upstream-Auth-Header": "Basic SECRET-basic",
+    }
+    public = {
+        "X-Forwarded-Host": "shop.example.com",
+        "X-Forwarded-Proto": "https",
+        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0",
+        "Accept": "text/html",
+        "X-Request-Id": "r-1",
+        "Referer": f"https://shop.example.com/reset?token={FILTERED}&step=2;sid={FILTERED}#top",
+    }
+    headers = [
+        *private.items(),
+        *{**public, "Referer": "https://shop.example.com/reset?token=S1&step=2;sid=S2#top"}.items(),
+    ]
+    info = request_info(
+        method="GET",
+        scheme="http",
+        host="h",
+        path="/",
+        query="",
+        headers=headers,
+        send_default_pii=False,
+    )
+    # removed by name, but a credential in a header whose name says nothing: its value
+    assert info["headers"] == {**public, "X-Custom": FILTERED}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+    }
+    assert asgi_request_info(scope, False)["headers"] == {
+        k.title(): v for k, v in {**public, "X-Custom": FILTERED}.items()
+    }
+    with_pii = request_info(
+        method="GET",
+        scheme="http",
+        host="h",
+        path="/",
+        query="",
+        headers=headers,
+        send_default_pii=True,
+    )
+    assert with_pii["headers"]["X_Forwarded_For"] == "203.0.113.1"  # what PII turns on
+    assert with_pii["headers"]["X-Custom"] == "Bearer SECRET-bearer"
+
+
+def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
+    from sentry_tracing_mw._request import filter_query
+
+    secret = [
+        "authorization",
+        "pwd",
+        "pass",
+        "passphrase",
+        "sid",
+        "PHPSESSID",
+        "jsessionid",
+        "connect.sid",
+        "session_id",
+        "otp",
+        "jwt",
+        "csrf",
+        "_csrf",
+        "xsrf",
+        "credential",
+        "credentials",
+        "private_key",
+        "privateKey",
+        "access_key",
+        "AWSAccessKeyId",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "api-key",
+        "x-api-key",
+    ]
+    kept = ["page", "q", "sort", "author", "keyboard", "passenger", "id"]
+    query = "&".join(f"{k}=v{i}" for i, k in enumerate(secret + kept))
+    expected = "&".join(
+        f"{k}={FILTERED}" if k in secret else f"{k}=v{i}" for i, k in enumerate(secret + kept)
+    )
+    assert filter_query(query, False) == expected
+    assert filter_query("a=1;token=T;b=2&sid=S", False) == (
+        f"a=1;token={FILTERED};b=2&sid={FILTERED}"
+    )
+    assert filter_query(query, True) == query
+
+
+def test_url_credentials_with_an_at_sign_or_no_scheme_are_removed() -> None:
+    from sentry_tracing_mw._request import origin_form, request_info
+
+    info = request_info(
+        method="GET",
+        scheme="http",
+        host="h",
+        path="/",
+        query="",
+        headers=[
+            ("Referer", "https://bob:S-p@ss3@example.com/from"),
+            ("X-Original-Url", "//carol:S-pw@example.com/x"),
+        ],
+        send_default_pii=False,
+    )
+    assert "S-p" not in repr(info) and "ss3" not in repr(info), info
+    assert info["headers"] == {
+        "Referer": "https://example.com/from",
+        "X-Original-Url": "//example.com/x",
+    }
+    assert origin_form("/go//dave:S-pw@example.com/y") == "/go//example.com/y"
+    assert origin_form("/users/erin@example.com") == "/users/erin@example.com"
+
+
+def test_meta_tags_carry_only_the_sentry_baggage_members() -> None:
+    """Third-party members a request brought go on to the services it calls, never into
+    its HTML (a cached page shows them to other users; the browser SDK reads only
+    ``sentry-`` members)."""
+    stm.init(traces_sample_rate=1.0, instrument_http_clients=False)
+    incoming = {
+        "sentry-trace": "771a43a4192642f0b136d5159a501700-b0e6f15b45c36b12-1",
+        "baggage": "userToken=S-bag-token,sentry-trace_id=771a43a4192642f0b136d5159a501700,"
+        "sentry-public_key=k,sentry-sample_rand=0.250000,sentry-sampled=true,"
+        "enduser.id=alice%40example.com",
+    }
+    with stm.start_transaction(name="/page", op="http.server", headers=incoming):
+        forwarded = stm.get_trace_headers()["baggage"]
+        tags = stm.trace_meta_tags()
+    assert "userToken=S-bag-token" in forwarded and "enduser.id=" in forwarded
+    assert "S-bag-token" not in tags and "alice" not in tags and "enduser" not in tags
+    assert (
+        'name="baggage" content="sentry-trace_id=771a43a4192642f0b136d5159a501700,'
+        "sentry-public_key=k,sentry-sample_rand=0.250000,sentry-sampled=true" in tags
+    )
