@@ -50,7 +50,6 @@ SENSITIVE_HEADERS = frozenset(
         "x-amz-security-token",
         "x-envoy-external-address",
         "x-remote-user",
-        "remote-user",
         "x-forwarded-email",
         "x-forwarded-user",
         "x-forwarded-preferred-username",
@@ -58,13 +57,15 @@ SENSITIVE_HEADERS = frozenset(
         "sec-websocket-protocol",  # browsers' only way to send a token with a websocket
     }
 )
-#: Credentials (tokens, keys, sessions, signed identities, client certificates) and client
-#: addresses (``*-ip``, ``*-ipv6``, ``*clientip``, ``*-for``: the forwarding headers of
-#: proxies, CDNs and platforms) in a header's name.
+#: Credentials (tokens, keys, sessions, signed identities, client certificates), the user
+#: (``Remote-User``, ``X-User-Email``) and client addresses (``*-IP``, ``*-IPv4/6``,
+#: ``*ClientIP``, ``*-For``, ``*-Address``: the forwarding headers of proxies, CDNs and
+#: platforms) in a header's name.
 _SENSITIVE_HEADER_PART = re.compile(
-    r"token|secret|passw|api-?key|access-?key|private-?key|auth|session|cookie|jwt|"
-    r"signature|credential|principal|oidc|client-?cert|ssl-client|csrf|xsrf|"
-    r"(?:^|-)ip(?:v6)?$|clientip|-for$",
+    r"token|secret|passw|api-?key|access-?key|private-?key|subscription-?key|functions-?key|"
+    r"auth|session|cookie|jwt|signature|credential|principal|oidc|client-?cert|ssl-client|"
+    r"csrf|xsrf|email|user-?info|^(?:x-)?remote-|"
+    r"(?:^|-)ip(?:v[46])?$|clientip|socketip|-for$|-address$",
     re.IGNORECASE,
 )
 _SENSITIVE_QUERY_KEYS = frozenset(
@@ -83,8 +84,12 @@ _SENSITIVE_QUERY_KEYS = frozenset(
         "authorization",
         "session",
         "sessionid",
-        "sid",
+        "session_id",
+        "session-id",
+        "sessid",
+        "jsessionid",
         "phpsessid",
+        "sid",
         "connect.sid",
         "signature",
         "sig",
@@ -97,14 +102,12 @@ _SENSITIVE_QUERY_KEYS = frozenset(
         "awsaccesskeyid",
     }
 )
-#: In a query key's name: a token, secret, password, credential, session, signature or key.
+#: In a query key's name: a token, secret, password, credential, signature or key.
 _SENSITIVE_QUERY_PART = re.compile(
-    r"token|secret|password|passwd|credential|session|signature|csrf|xsrf|"
+    r"token|secret|password|passwd|credential|signature|csrf|xsrf|"
     r"api[-_]?key|access[-_]?key|private[-_]?key",
     re.IGNORECASE,
 )
-#: Where a query's pairs end: ``&``, and ``;`` (an older separator frameworks still split on).
-_QUERY_SEPARATOR = re.compile(r"([&;])")
 _MAX_HEADER_VALUE = 2048
 _MAX_COOKIES = 8192  # the event's cookies string (PII only), however many Cookie headers came
 #: Request headers kept in an event (the first ones sent): a hostile request with thousands
@@ -133,15 +136,34 @@ def _sensitive_query_key(key: str) -> bool:
 
 
 def filter_query(query: str, send_default_pii: bool) -> str:
-    """The query string with sensitive values replaced by ``[Filtered]`` (unless PII is on)."""
+    """The query string with sensitive values replaced by ``[Filtered]`` (unless PII is on).
+
+    A value runs to the next ``&`` (``token=a;b`` is ``a;b`` to every framework), and a
+    sensitive key after a ``;`` inside it (``a=1;token=T``: an older separator) hides the
+    rest of the pair from there.
+    """
     if send_default_pii or not query:
         return query[:_MAX_QUERY]
-    parts = _QUERY_SEPARATOR.split(query[:_MAX_QUERY])  # pairs, with the separators between
-    for i in range(0, len(parts), 2):
-        key, sep, _ = parts[i].partition("=")
-        if sep and _sensitive_query_key(key):
+    parts = query[:_MAX_QUERY].split("&")
+    for i, part in enumerate(parts):
+        key, sep, value = part.partition("=")
+        if not sep:
+            continue
+        if _sensitive_query_key(key):
             parts[i] = f"{key}={FILTERED}"
-    return "".join(parts)
+        elif ";" in value:
+            parts[i] = _filter_after_semicolon(part)
+    return "&".join(parts)
+
+
+def _filter_after_semicolon(pair: str) -> str:
+    """``pair`` up to the first ``;``-separated sensitive key's ``=``, then ``[Filtered]``."""
+    pieces = pair.split(";")
+    for j in range(1, len(pieces)):
+        key, sep, _ = pieces[j].partition("=")
+        if sep and _sensitive_query_key(key):
+            return ";".join([*pieces[:j], f"{key}={FILTERED}"])
+    return pair
 
 
 def _without_userinfo(host: str) -> str:
@@ -149,11 +171,13 @@ def _without_userinfo(host: str) -> str:
     return host.rpartition("@")[2] if "@" in host else host
 
 
-#: ``scheme://user:pass@`` (or scheme-relative ``//user:pass@``) inside a text (a URL in a
-#: path or header): the credentials, up to the last ``@`` before the host (a password may
-#: hold a raw ``@``). The scheme's length is bounded: unbounded, a long run of letters
-#: before ``://`` would be rescanned from every position (quadratic in a hostile path).
-_URL_USERINFO = re.compile(r"(?i)((?:[a-z][a-z0-9+.-]{0,31}:)?//)[^/?#\s]*@")
+#: ``scheme://user:pass@`` inside a text (a URL in a path or header): the credentials, up
+#: to the last ``@`` before the host (a password may hold a raw ``@``). The scheme's length
+#: is bounded: unbounded, a long run of letters before ``://`` would be rescanned from
+#: every position (quadratic in a hostile path).
+_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://)[^/?#\s]*@")
+#: A header value that starts with a scheme-relative URL with credentials (``//u:p@h/x``).
+_RELATIVE_USERINFO = re.compile(r"^([ \t]*//)[^/?#\s]*@")
 
 
 def origin_form(path: str) -> str:
@@ -165,7 +189,7 @@ def origin_form(path: str) -> str:
             return urlsplit(path).path or "/"
         except ValueError:
             return "/"
-    if "@" in path and "//" in path:
+    if "@" in path and "://" in path:
         return _URL_USERINFO.sub(r"\1", path)
     return path
 
@@ -177,8 +201,17 @@ def _header_kept(name: str) -> bool:
     return low not in SENSITIVE_HEADERS and not _SENSITIVE_HEADER_PART.search(low)
 
 
-#: A header value that is a credential whatever the header's name: an HTTP auth scheme's.
-_CREDENTIAL_VALUE = re.compile(r"(?i)[ \t]*(?:bearer|basic|digest|negotiate|token)[ \t]+\S")
+#: A header value that is a credential whatever the header's name: an HTTP auth scheme
+#: and its credential (RFC 7235 token68, 8 characters or more: ``Basic tier`` and
+#: ``Token Bot/1.0`` are not), or Digest's parameters.
+_CREDENTIAL_VALUE = re.compile(
+    r"(?i)[ \t]*(?:(?:bearer|basic|token|negotiate)[ \t]+[a-z0-9._~+/-]{8,}=*[ \t]*$"
+    r"|digest[ \t]+[a-z]+=)"
+)
+#: The query of each URL or request target in a header value (``Referer``,
+#: ``X-Original-URL: /reset?token=...``, several URLs in ``Link``): up to whitespace, ``#``,
+#: a quote or an angle bracket.
+_VALUE_QUERY = re.compile(r"\?([^\s#<>\"']+)")
 
 
 def _kept_value(name: str, value: str) -> str:
@@ -188,16 +221,21 @@ def _kept_value(name: str, value: str) -> str:
     if _CREDENTIAL_VALUE.match(value):
         return FILTERED
     if "@" in value:  # Host: user:pw@h (X-Forwarded-Host too); Referer: a URL's
-        low = name.lower()
+        low = name.lower().replace("_", "-")
         if low == "host" or low.endswith("-host"):
             value = _without_userinfo(value)
-        elif "//" in value:
-            value = _URL_USERINFO.sub(r"\1", value)
-    if "?" in value and "=" in value and "//" in value:
-        head, _, query = value.partition("?")
-        query, hash_, fragment = query.partition("#")
-        value = f"{head}?{filter_query(query, False)}{hash_}{fragment}"
+        else:
+            if "://" in value:
+                value = _URL_USERINFO.sub(r"\1", value)
+            if "//" in value:
+                value = _RELATIVE_USERINFO.sub(r"\1", value, count=1)
+    if "?" in value and "=" in value:
+        value = _VALUE_QUERY.sub(_filtered_query, value)
     return value
+
+
+def _filtered_query(found: re.Match[str]) -> str:
+    return "?" + filter_query(found.group(1), False)
 
 
 def request_info(
@@ -222,7 +260,7 @@ def request_info(
                 cookies.append(value)
         elif not _header_kept(name):
             continue
-        elif "@" in value or "?" in value or " " in value:
+        elif "@" in value or "?" in value or " " in value or "\t" in value:
             value = _kept_value(name, value)
         before = kept.get(name)
         if before is not None:  # a repeated header (ASGI lists each): merged per HTTP rules

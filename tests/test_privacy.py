@@ -389,6 +389,16 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
         "Sec-WebSocket-Protocol": "access_token, SECRET-ws",
         "X-Custom": "Bearer SECRET-bearer",
         "X-Upstream-Auth-Header": "Basic SECRET-basic",
+        "CloudFront-Viewer-Address": "203.0.113.15:46532",
+        "X-Azure-SocketIP": "203.0.113.16",
+        "Cf-Pseudo-IPv4": "203.0.113.17",
+        "Remote-Email": "bob@example.com",
+        "Remote-Name": "SECRET-name",
+        "Remote-Groups": "SECRET-groups",
+        "X-Userinfo": "SECRET-userinfo",
+        "X-User-Email": "carol@example.com",
+        "Ocp-Apim-Subscription-Key": "SECRET-apim",
+        "X-Functions-Key": "SECRET-functions",
     }
     public = {
         "X-Forwarded-Host": "shop.example.com",
@@ -397,11 +407,20 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
         "Accept": "text/html",
         "X-Request-Id": "r-1",
         "Referer": f"https://shop.example.com/reset?token={FILTERED}&step=2;sid={FILTERED}#top",
+        "X-Original-Url": f"/reset?token={FILTERED}&x=1",
+        "Link": f"<https://a.example/p?page=2>; rel=next, <https://b.example/p?sig={FILTERED}>",
+        "X-Plan": "Basic tier",
+        "X-Note": "token bucket full",
+        "X-Agent": "Token Bot/1.0",
+        "X-Debug": "why? see it",
     }
-    headers = [
-        *private.items(),
-        *{**public, "Referer": "https://shop.example.com/reset?token=S1&step=2;sid=S2#top"}.items(),
-    ]
+    sent = {
+        **public,
+        "Referer": "https://shop.example.com/reset?token=S1&step=2;sid=S2#top",
+        "X-Original-Url": "/reset?token=S3&x=1",
+        "Link": "<https://a.example/p?page=2>; rel=next, <https://b.example/p?sig=S4>",
+    }
+    headers = [*private.items(), *sent.items(), ("X-Tabbed", "Bearer\tSECRET-tabbed-token")]
     info = request_info(
         method="GET",
         scheme="http",
@@ -412,7 +431,7 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
         send_default_pii=False,
     )
     # removed by name, but a credential in a header whose name says nothing: its value
-    assert info["headers"] == {**public, "X-Custom": FILTERED}
+    assert info["headers"] == {**public, "X-Custom": FILTERED, "X-Tabbed": FILTERED}
     scope = {
         "type": "http",
         "method": "GET",
@@ -420,7 +439,7 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
     }
     assert asgi_request_info(scope, False)["headers"] == {
-        k.title(): v for k, v in {**public, "X-Custom": FILTERED}.items()
+        k.title(): v for k, v in {**public, "X-Custom": FILTERED, "X-Tabbed": FILTERED}.items()
     }
     with_pii = request_info(
         method="GET",
@@ -464,15 +483,27 @@ def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
         "api-key",
         "x-api-key",
     ]
-    kept = ["page", "q", "sort", "author", "keyboard", "passenger", "id"]
+    kept = [
+        "page",
+        "q",
+        "sort",
+        "author",
+        "keyboard",
+        "passenger",
+        "id",
+        "session_type",
+        "sessions",
+    ]
     query = "&".join(f"{k}=v{i}" for i, k in enumerate(secret + kept))
     expected = "&".join(
         f"{k}={FILTERED}" if k in secret else f"{k}=v{i}" for i, k in enumerate(secret + kept)
     )
     assert filter_query(query, False) == expected
-    assert filter_query("a=1;token=T;b=2&sid=S", False) == (
-        f"a=1;token={FILTERED};b=2&sid={FILTERED}"
-    )
+    # a value runs to the next & (every framework reads token=a;b as "a;b"); a sensitive
+    # key after a ; inside it hides the rest of the pair
+    assert filter_query("token=abc;def&q=1", False) == f"token={FILTERED}&q=1"
+    assert filter_query("a=1;token=T;b=2&sid=S", False) == f"a=1;token={FILTERED}&sid={FILTERED}"
+    assert filter_query("a=1;b=2&c=3;", False) == "a=1;b=2&c=3;"
     assert filter_query(query, True) == query
 
 
@@ -488,6 +519,7 @@ def test_url_credentials_with_an_at_sign_or_no_scheme_are_removed() -> None:
         headers=[
             ("Referer", "https://bob:S-p@ss3@example.com/from"),
             ("X-Original-Url", "//carol:S-pw@example.com/x"),
+            ("X_Forwarded_Host", "alice:S-hostpw@example.com"),
         ],
         send_default_pii=False,
     )
@@ -495,9 +527,12 @@ def test_url_credentials_with_an_at_sign_or_no_scheme_are_removed() -> None:
     assert info["headers"] == {
         "Referer": "https://example.com/from",
         "X-Original-Url": "//example.com/x",
+        "X_Forwarded_Host": "example.com",
     }
-    assert origin_form("/go//dave:S-pw@example.com/y") == "/go//example.com/y"
-    assert origin_form("/users/erin@example.com") == "/users/erin@example.com"
+    # paths keep their @ unless a URL with a scheme holds it
+    for path in ("/users/erin@example.com", "/npm//@babel/core", "/users//john@example.com"):
+        assert origin_form(path) == path
+    assert origin_form("/go/https://dave:S-p@w@example.com/y") == "/go/https://example.com/y"
 
 
 def test_meta_tags_carry_only_the_sentry_baggage_members() -> None:
