@@ -879,6 +879,38 @@ def test_a_responses_last_message_is_sent_with_no_trace_context(
     ]
 
 
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_the_trace_context_after_the_last_send_is_the_requests_whatever_the_send_did(
+    sentry_server: SentryServer, rate: float
+) -> None:
+    # The send may fail, and code inside it may keep a trace context of its own (our API
+    # called where no span is current): the app's context afterwards is its request's.
+    from sentry_tracing_mw._context import CURRENT_SPAN, PROPAGATION_CONTEXT
+
+    after: list[tuple[bool, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        span = CURRENT_SPAN.get()
+        await send({"type": "http.response.start", "status": 200})
+        with pytest.raises(ConnectionResetError):
+            await send({"type": "http.response.body", "body": b"x"})
+        after.append((span is not None and CURRENT_SPAN.get() is span, PROPAGATION_CONTEXT.get()))
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=rate)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            assert stm.get_trace_headers()  # no span current here: an ambient trace is kept
+            raise ConnectionResetError
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/t", "headers": [], "asgi": {}}
+    asyncio.run(TracingMiddleware(app)(scope, receive, send))
+    assert after == [(True, None)]
+
+
 def test_keep_alive_requests_after_a_large_upload_get_their_own_traces(
     sentry_server: SentryServer,
 ) -> None:

@@ -455,21 +455,17 @@ def _watched_send(
     return watched_send, gone
 
 
-def _clear_context() -> tuple[Token[Any], Token[Any] | None]:
+def _clear_context() -> tuple[Token[Any], Token[Any]]:
     """Clear the trace context around a response's last message (restored after it by
-    ``_restore_context``): a server may start the connection's next request inside that
-    send (uvicorn, for a request already buffered), and that request's task starts with a
-    copy of the current context. Plain calls, not a coroutine around the send: one frame
-    less per request."""
-    span_token = CURRENT_SPAN.set(None)
-    if PROPAGATION_CONTEXT.get() is None:
-        return span_token, None
-    return span_token, PROPAGATION_CONTEXT.set(None)
+    ``_restore_context``, also what the send set): a server may start the connection's
+    next request inside that send (uvicorn, for a request already buffered), and that
+    request's task starts with a copy of the current context. Plain calls, not a coroutine
+    around the send: one frame less per request."""
+    return CURRENT_SPAN.set(None), PROPAGATION_CONTEXT.set(None)
 
 
-def _restore_context(tokens: tuple[Token[Any], Token[Any] | None]) -> None:
-    if tokens[1] is not None:
-        PROPAGATION_CONTEXT.reset(tokens[1])
+def _restore_context(tokens: tuple[Token[Any], Token[Any]]) -> None:
+    PROPAGATION_CONTEXT.reset(tokens[1])
     CURRENT_SPAN.reset(tokens[0])
 
 
