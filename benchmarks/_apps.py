@@ -343,35 +343,38 @@ def _floor_wsgi(app: Any) -> Any:
 class FloorMiddleware:
     """The least any tracer that keeps a per-request trace context does, and nothing else:
     one layer where ours goes that sets a context variable to a new random 128-bit trace id
-    for the request and resets it once the response is sent (ASGI: ``send`` wrapped; WSGI:
-    the body wrapped, reset at its ``close()``; Django: a middleware, reset when it
-    returns). No headers read, no sampling, no span, no name. ``floor`` in the paired
+    for the request and resets it when the request is done (ASGI: when the app returns;
+    WSGI: the body wrapped, reset at its ``close()``, see ``_floor_wsgi``). No headers
+    read, no sampling, no span, no name, no wrapped ``send``. ``floor`` in the paired
     table: the part of an overhead no tracing code can remove."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app  # an ASGI app, or Django's get_response
+        self.app = app
         self._draw = random.getrandbits
 
-    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        async def floor_send(message: dict[str, Any]) -> None:
-            await send(message)
-
         token = _FLOOR_TRACE.set(self._draw(128))
         try:
-            await self.app(scope, receive, floor_send)
+            await self.app(scope, receive, send)
         finally:
             _FLOOR_TRACE.reset(token)
 
-    def __call__(self, *args: Any) -> Any:
-        if len(args) == 3:  # ASGI
-            return self._asgi(*args)
-        token = _FLOOR_TRACE.set(self._draw(128))  # Django: get_response(request)
+
+class DjangoFloorMiddleware:
+    """``FloorMiddleware`` as a Django middleware (first in ``MIDDLEWARE``, where ours goes):
+    reset when the response is returned."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self._draw = random.getrandbits
+
+    def __call__(self, request: Any) -> Any:
+        token = _FLOOR_TRACE.set(self._draw(128))
         try:
-            return self.app(*args)
+            return self.get_response(request)
         finally:
             _FLOOR_TRACE.reset(token)
 
@@ -404,7 +407,7 @@ def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
         if mode == "ours":
             settings.MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
         elif mode == "floor":
-            settings.MIDDLEWARE = [f"{__name__}.FloorMiddleware"]
+            settings.MIDDLEWARE = [f"{__name__}.DjangoFloorMiddleware"]
         return {"bare": bare, "ours": get_wsgi_application()}
     if framework in ASGI:
         from sentry_tracing_mw.integrations.starlette import TracingMiddleware

@@ -17,7 +17,8 @@ gzipping and POSTing shows here). Across rounds: median (min–max) of those.
 Then ours is measured paired with bare (``paired``): one process per framework, decision
 and round builds both apps and alternates batches of them; the median over pairs of the
 difference is the overhead the budgets are checked against (no process-to-process speed
-difference in it).
+difference in it). The same pairing measures the floor (``_apps.FloorMiddleware``: only a
+per-request context variable, no tracing) and the A/A control (bare against bare).
 
     python benchmarks/bench_incoming.py [--quick] [--frameworks flask,django] [--rounds N]
     python benchmarks/bench_incoming.py --profile flask ours-1.0   # cProfile of one config
@@ -486,8 +487,9 @@ def report(
         "noise: its spread is the resolution of the figures beside it. *floor*: the bare app "
         "under a layer that does only what any tracer keeping a per-request trace context "
         "must: where ours goes, it sets a context variable to a new random trace id and resets "
-        "it once the response is sent (ASGI `send` wrapped, WSGI body wrapped; no headers "
-        "read, no sampling, no span): the part of an overhead that no tracing code removes. "
+        "it when the request is done (ASGI: when the app returns; WSGI: at the body's "
+        "`close()`; no headers read, no sampling, no span, no wrapped `send`): the part of an "
+        "overhead that no tracing code removes. "
         "*bare wall µs*: the bare app's median in the ours-0.0 processes.\n\n"
         + paired_table
         + "\n\n"
