@@ -39,22 +39,39 @@ from .servers import run_asgi, run_wsgi
 
 PEER = Path(__file__).resolve().parent / "js_peer"
 NODE = shutil.which("node")
-INSTALLED = (PEER / "node_modules" / "@sentry" / "node" / "package.json").exists()
 
+
+def _peer_problem() -> str | None:
+    """Why the JavaScript peer cannot run here (None: it can)."""
+    from .js_peer.install import MIN_NODE, installed, node_version
+
+    if NODE is None:
+        return "Node.js is not installed"
+    version = node_version(NODE)
+    if version is None or version < MIN_NODE:
+        return f"Node.js {version} is older than {MIN_NODE}"
+    if not installed():
+        return "the JavaScript peer is not installed: python tests/js_peer/install.py"
+    return None
+
+
+PROBLEM = _peer_problem()
 pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="Node.js is not installed"),
-    pytest.mark.skipif(
-        not INSTALLED,
-        reason="the JavaScript peer is not installed: python tests/js_peer/install.py",
-    ),
+    pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM)),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
 TIMEOUT = 60
+#: Environment variables the JavaScript SDK or Node read that would change the peers
+#: (Spotlight sends to localhost:8969, DEBUG floods stderr, NODE_OPTIONS preloads code).
+_PEER_UNSET = ("DEBUG", "NODE_OPTIONS")
 
 
 def _node_env(rate: float, **extra: str) -> dict[str, str]:
-    return {**os.environ, "RATE": str(rate), **extra}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SENTRY_") and k not in _PEER_UNSET
+    }
+    return {**env, "RATE": str(rate), **extra}
 
 
 def run_node_client(target: str, rate: float) -> dict[str, Any]:

@@ -25,6 +25,6 @@ server.listen(0, '127.0.0.1', () => {
 process.on('SIGTERM', async () => {
   server.close();
   await Sentry.flush(5000);
-  console.log(JSON.stringify({ sent: transactions() }));
-  process.exit(0);
+  // exit once written: a pipe write may still be pending when process.exit() runs
+  process.stdout.write(`${JSON.stringify({ sent: transactions() })}\n`, () => process.exit(0));
 });
