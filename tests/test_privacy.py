@@ -354,12 +354,28 @@ def test_credential_stripping_is_linear_in_hostile_paths_and_headers() -> None:
     assert time.monotonic() - started < 1.0  # quadratic: about 20 s at this size
 
 
+def _event_headers(headers: list[tuple[str, str]], pii: bool = False) -> dict[str, str]:
+    """The headers an event of a plain GET with these request headers carries."""
+    from sentry_tracing_mw._request import request_info
+
+    info = request_info(
+        method="GET",
+        scheme="http",
+        host="h",
+        path="/",
+        query="",
+        headers=headers,
+        send_default_pii=pii,
+    )
+    kept: dict[str, str] = info["headers"]
+    return kept
+
+
 def test_credentials_and_client_addresses_under_other_names_stay_private() -> None:
     """Headers of proxies, CDNs and platforms that carry the client's address or a signed
     identity, names spelled with ``_`` (ASGI servers pass them as sent: the app sees the
     same header), credentials in the value of any header, and sensitive query values in a
     URL inside a header (protocol §6.8; sentry-sdk normalises ``_`` to ``-`` too)."""
-    from sentry_tracing_mw._request import request_info
     from sentry_tracing_mw.integrations.asgi import asgi_request_info
 
     private = {
@@ -421,17 +437,8 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
         "Link": "<https://a.example/p?page=2>; rel=next, <https://b.example/p?sig=S4>",
     }
     headers = [*private.items(), *sent.items(), ("X-Tabbed", "Bearer\tSECRET-tabbed-token")]
-    info = request_info(
-        method="GET",
-        scheme="http",
-        host="h",
-        path="/",
-        query="",
-        headers=headers,
-        send_default_pii=False,
-    )
     # removed by name, but a credential in a header whose name says nothing: its value
-    assert info["headers"] == {**public, "X-Custom": FILTERED, "X-Tabbed": FILTERED}
+    assert _event_headers(headers) == {**public, "X-Custom": FILTERED, "X-Tabbed": FILTERED}
     scope = {
         "type": "http",
         "method": "GET",
@@ -441,17 +448,9 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
     assert asgi_request_info(scope, False)["headers"] == {
         k.title(): v for k, v in {**public, "X-Custom": FILTERED, "X-Tabbed": FILTERED}.items()
     }
-    with_pii = request_info(
-        method="GET",
-        scheme="http",
-        host="h",
-        path="/",
-        query="",
-        headers=headers,
-        send_default_pii=True,
-    )
-    assert with_pii["headers"]["X_Forwarded_For"] == "203.0.113.1"  # what PII turns on
-    assert with_pii["headers"]["X-Custom"] == "Bearer SECRET-bearer"
+    with_pii = _event_headers(headers, pii=True)
+    assert with_pii["X_Forwarded_For"] == "203.0.113.1"  # what PII turns on
+    assert with_pii["X-Custom"] == "Bearer SECRET-bearer"
 
 
 def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
@@ -508,23 +507,17 @@ def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
 
 
 def test_url_credentials_with_an_at_sign_or_no_scheme_are_removed() -> None:
-    from sentry_tracing_mw._request import origin_form, request_info
+    from sentry_tracing_mw._request import origin_form
 
-    info = request_info(
-        method="GET",
-        scheme="http",
-        host="h",
-        path="/",
-        query="",
-        headers=[
+    kept = _event_headers(
+        [
             ("Referer", "https://bob:S-p@ss3@example.com/from"),
             ("X-Original-Url", "//carol:S-pw@example.com/x"),
             ("X_Forwarded_Host", "alice:S-hostpw@example.com"),
-        ],
-        send_default_pii=False,
+        ]
     )
-    assert "S-p" not in repr(info) and "ss3" not in repr(info), info
-    assert info["headers"] == {
+    assert "S-p" not in repr(kept) and "ss3" not in repr(kept), kept
+    assert kept == {
         "Referer": "https://example.com/from",
         "X-Original-Url": "//example.com/x",
         "X_Forwarded_Host": "example.com",
