@@ -168,12 +168,19 @@ def _propagation_context() -> PropagationContext:
     return get_client()._capture_context(CURRENT_SPAN.get())
 
 
-def get_trace_headers() -> dict[str, str]:
-    """Outgoing ``sentry-trace``, ``baggage`` (and ``traceparent``) for the current trace."""
+def _current_trace() -> tuple[PropagationContext, str | None]:
+    """The current trace context and the span id calls made here have as parent (None:
+    the context's own)."""
     span = CURRENT_SPAN.get()
     if span is not None:
-        return span._context().headers(span._span_id)
-    return _propagation_context().headers()
+        return span._context(), span._span_id
+    return _propagation_context(), None
+
+
+def get_trace_headers() -> dict[str, str]:
+    """Outgoing ``sentry-trace``, ``baggage`` (and ``traceparent``) for the current trace."""
+    ctx, span_id = _current_trace()
+    return ctx.headers(span_id)
 
 
 def trace_meta_tags() -> str:
@@ -183,13 +190,8 @@ def trace_meta_tags() -> str:
     brought (a session id, a user id) go on to the services it calls, not into its HTML,
     which a cache may show to other users (the browser SDK reads only ``sentry-`` ones).
     """
-    span = CURRENT_SPAN.get()
-    if span is not None:
-        ctx = span._context()
-        trace = ctx.headers(span._span_id)[SENTRY_TRACE_HEADER]
-    else:
-        ctx = _propagation_context()
-        trace = ctx.headers()[SENTRY_TRACE_HEADER]
+    ctx, span_id = _current_trace()
+    trace = ctx.headers(span_id)[SENTRY_TRACE_HEADER]
     tags = [f'<meta name="sentry-trace" content="{html.escape(trace)}">']
     baggage = ctx.sentry_baggage()
     if baggage:
