@@ -452,12 +452,9 @@ class TracingMiddleware:
         #: (the server's ``wsgi.file_wrapper`` function, ours around it): see _SendfileFile
         self._file_wrappers: tuple[Any, Any] = (None, None)
 
-    def _file_wrapper(self, environ: dict[str, Any]) -> None:
+    def _file_wrapper(self, environ: dict[str, Any], wrapper: Any) -> None:
         """Under a server whose ``wsgi.file_wrapper`` is a function, not a class (uWSGI),
         give the app ours around it (``_SendfileFile``)."""
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is None or isinstance(wrapper, type):
-            return
         known, ours = self._file_wrappers
         if wrapper is not known:
             if not callable(wrapper) or getattr(wrapper, "_stm_passing", False):
@@ -480,8 +477,9 @@ class TracingMiddleware:
         ignore = self.config.ignore_paths
         if ignore is not None and ignore.match(wsgi_str(str(path_info))):
             return self._untraced(environ, start_response, None)
-        if "wsgi.file_wrapper" in environ:
-            self._file_wrapper(environ)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and not isinstance(wrapper, type):  # (a class: most servers)
+            self._file_wrapper(environ, wrapper)
         script = environ.get("SCRIPT_NAME")
         path = f"{script}{path_info}" if script else path_info
         if type(path) is not str or not path.isascii():
