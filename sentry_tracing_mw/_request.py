@@ -139,19 +139,19 @@ def filter_query(query: str, send_default_pii: bool) -> str:
     """The query string with sensitive values replaced by ``[Filtered]`` (unless PII is on).
 
     A value runs to the next ``&`` (``token=a;b`` is ``a;b`` to every framework), and a
-    sensitive key after a ``;`` inside it (``a=1;token=T``: an older separator) hides the
-    rest of the pair from there.
+    sensitive key after a ``;`` anywhere in a pair (``a=1;token=T``, ``x;sid=S``: an older
+    separator, which some apps still split on) hides the rest of the pair from there.
     """
     if send_default_pii or not query:
         return query[:_MAX_QUERY]
     parts = query[:_MAX_QUERY].split("&")
     for i, part in enumerate(parts):
-        key, sep, value = part.partition("=")
+        key, sep, _ = part.partition("=")
         if not sep:
             continue
         if _sensitive_query_key(key):
             parts[i] = f"{key}={FILTERED}"
-        elif ";" in value:
+        elif ";" in part:
             parts[i] = _filter_after_semicolon(part)
     return "&".join(parts)
 

@@ -503,6 +503,12 @@ def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
     assert filter_query("token=abc;def&q=1", False) == f"token={FILTERED}&q=1"
     assert filter_query("a=1;token=T;b=2&sid=S", False) == f"a=1;token={FILTERED}&sid={FILTERED}"
     assert filter_query("a=1;b=2&c=3;", False) == "a=1;b=2&c=3;"
+    # ... also one before the pair's first "=" (an app splitting on ";" reads x;sid=S as
+    # x and sid=S); the key before it is no secret of its own
+    assert filter_query("x;sid=S&flag;code=C&page=2", False) == (
+        f"x;sid={FILTERED}&flag;code={FILTERED}&page=2"
+    )
+    assert filter_query("sid;x=V", False) == "sid;x=V"
     assert filter_query(query, True) == query
 
 
