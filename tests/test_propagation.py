@@ -1056,3 +1056,52 @@ def test_no_forwarded_or_sentry_member_over_4096_bytes() -> None:
     members = [m.split("=", 1)[0] for m in header.split(",")]
     assert members == ["mine", "small", "sentry-trace_id", "sentry-environment"]
     assert len(header.encode()) <= MAX_BAGGAGE_BYTES
+
+
+# -- forms a mutation check showed no other test watched ------------------------------------
+
+_ZERO_IDS = [f"{'0' * 32}-{SID}-1", f"{TID}-{'0' * 16}-1"]
+
+
+@pytest.mark.parametrize("value", _ZERO_IDS)
+@pytest.mark.parametrize("wrap", ["{}", " {}", "\t{} ", "{},", " ,{}, x"])
+def test_zero_ids_stay_invalid_when_trimmed_or_comma_joined(value: str, wrap: str) -> None:
+    # §8: spaces and tabs around a value are trimmed and the first comma-joined value is
+    # read, so an id the plain form refuses is refused in those forms too
+    assert parse_sentry_trace(value) is None
+    assert parse_sentry_trace(wrap.format(value)) is None
+    assert extract({"sentry-trace": wrap.format(value)}) is None
+
+
+@pytest.mark.parametrize("lead", ["\n", "\r", "\x0b", "\x0c", "\xa0"])
+def test_other_whitespace_before_a_sentry_trace_is_invalid(lead: str) -> None:
+    # §8: only spaces and tabs are trimmed, whether or not other values follow a comma
+    value = f"{TID}-{SID}-1"
+    assert parse_sentry_trace(lead + value) is None
+    assert parse_sentry_trace(lead + value + ",") is None
+    assert parse_sentry_trace(" ," + lead + value + ", x") is None
+    assert parse_sentry_trace(" ," + value + ", x") == (TID, SID, True)
+
+
+def test_comma_joined_traceparents_of_a_higher_version_are_invalid() -> None:
+    # §9: more than one traceparent is invalid; a version above 00 may carry more "-"
+    # fields, so a joined pair of such values would otherwise parse
+    single = f"01-{TID}-{SID}-01-extra"
+    assert parse_traceparent(single) == (TID, SID, True, False)
+    joined = f"{single},00-{TID}-{SID}-01"
+    assert parse_traceparent(joined) is None
+    assert extract({"traceparent": joined}) is None
+
+
+def test_lazy_extract_reads_the_recorded_decision_of_a_clear_traceparent() -> None:
+    # a traceparent with the sampled bit clear and Sentry baggage recording the head's
+    # decision takes that decision; lazy=True (what the middlewares use) must agree
+    headers = {
+        "traceparent": f"00-{TID}-{SID}-00",
+        "baggage": "sentry-sample_rate=0.5,sentry-sample_rand=0.100000,sentry-sampled=true",
+    }
+    eager = extract(headers)
+    lazy = extract(headers, lazy=True)
+    assert eager is not None and lazy is not None
+    assert eager.parent_sampled is True
+    assert lazy.parent_sampled is True

@@ -548,3 +548,143 @@ def test_a_flagless_sentry_trace_stays_deferred_whatever_its_baggage_records() -
     assert tx.sampled is True
     # The recorded decision is kept, and no rate is added that would contradict it.
     assert "sample_rate" not in tx.propagation_context.dsc()
+
+
+# -- decisions at the boundary, failed samplers, and what a continued DSC keeps --------------
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+def _outgoing_dsc() -> dict[str, str]:
+    """The DSC the current span would send downstream."""
+    from sentry_tracing_mw._propagation import parse_baggage
+
+    return parse_baggage(stm.get_trace_headers()["baggage"]).sentry
+
+
+def _assert_consistent(dsc: dict[str, str]) -> None:
+    """§10.2: sample_rand < sample_rate exactly when sampled is "true"."""
+    assert (float(dsc["sample_rand"]) < float(dsc["sample_rate"])) is (dsc["sampled"] == "true")
+
+
+@pytest.mark.parametrize(("rate", "rand"), [(0.5, "0.500000"), (0.0, "0.000000")])
+def test_a_sampler_rate_equal_to_sample_rand_does_not_sample(rate: float, rand: str) -> None:
+    # §12.2: sampled exactly when sample_rand < rate, for a sampler's rate too (and a
+    # sampler returning 0 never samples, §12.1)
+    init(traces_sampler=lambda ctx: rate)
+    tx = stm.start_transaction("t", headers=incoming(sample_rand=rand))
+    assert tx.propagation_context.sample_rand == float(rand)
+    assert tx.sampled is False
+
+
+def _raising_sampler(ctx: Any) -> float:
+    raise RuntimeError("sampler failed")
+
+
+@pytest.mark.parametrize("sampler", [_raising_sampler, lambda ctx: "garbage"])
+def test_a_failed_sampler_decides_at_rate_zero(sampler: Any) -> None:
+    # §12.1: a sampler that raises or returns garbage means "not sampled", at rate 0; an
+    # upstream DSC that deferred gets the rate this decision used (§10.2), so 0, not 1
+    init(traces_sampler=sampler)
+    with stm.start_transaction("t") as head:
+        assert head.sampled is False
+        assert head.propagation_context.sample_rate == 0.0
+        _assert_consistent(_outgoing_dsc())
+    tx = stm.start_transaction("t", headers=incoming(sample_rand="0.300000"))
+    assert tx.sampled is False
+    ctx = tx.propagation_context
+    assert ctx.sample_rate == 0.0
+    dsc = ctx.dsc()
+    assert float(dsc["sample_rate"]) == 0.0
+    assert dsc["sample_rand"] == "0.300000"
+
+
+# What the trace id gives (§12.2, sentry-sdk's derivation) for TRACE, in [0, 1), in
+# [0, 0.5) and in [0.5, 1).
+DERIVED, DERIVED_BELOW_HALF, DERIVED_ABOVE_HALF = 0.471308, 0.235654, 0.735654
+
+
+def test_the_values_derived_from_the_trace_id() -> None:
+    from sentry_tracing_mw._ids import trace_sample_rand
+
+    assert trace_sample_rand(TRACE) == DERIVED
+    assert trace_sample_rand(TRACE, 0.0, 0.5) == DERIVED_BELOW_HALF
+    assert trace_sample_rand(TRACE, 0.5, 1.0) == DERIVED_ABOVE_HALF
+
+
+def _continued(flag: str, **dsc: str) -> Any:
+    init(traces_sample_rate=0.5)
+    return stm.start_transaction("t", headers=incoming(flag, **dsc)).propagation_context
+
+
+def test_an_upstream_sample_rand_without_a_recorded_decision_is_adopted() -> None:
+    ctx = _continued("", sample_rate="0.5", sample_rand="0.250000")
+    assert ctx.sample_rand == 0.25
+    assert ctx.dsc()["sample_rand"] == "0.250000"
+
+
+def test_an_upstream_sample_rand_equal_to_the_rate_with_sampled_false_is_consistent() -> None:
+    ctx = _continued("-0", sample_rate="0.5", sample_rand="0.500000", sampled="false")
+    assert ctx.sample_rand == 0.5
+    assert ctx.dsc()["sample_rand"] == "0.500000"
+
+
+def test_an_inconsistent_upstream_sample_rand_is_replaced_by_the_derived_one() -> None:
+    # §10.2 / §12.2: a sample_rand that cannot have made the recorded decision is dropped
+    # and one reproducing it is derived from the trace id; the rest of the frozen DSC stays
+    ctx = _continued("-1", sample_rate="0.5", sample_rand="0.900000", sampled="true", release="r1")
+    assert ctx.sampled is True
+    assert ctx.sample_rand == DERIVED_BELOW_HALF
+    dsc = ctx.dsc()
+    assert dsc["sample_rand"] == "0.235654"
+    assert dsc["release"] == "r1" and dsc["trace_id"] == TRACE
+    _assert_consistent(dsc)
+
+
+def test_no_sample_rand_is_backfilled_against_the_recorded_decision() -> None:
+    # the flag (-0) and the DSC (sampled=true) disagree and its sample_rand fits neither:
+    # dropped, and no value reproduces both decisions, so the DSC goes without one
+    ctx = _continued("-0", sample_rate="0.5", sample_rand="0.900000", sampled="true")
+    assert ctx.sampled is False
+    assert ctx.sample_rand == DERIVED_ABOVE_HALF
+    assert "sample_rand" not in ctx.dsc()
+
+
+def test_a_deferred_parent_backfills_from_the_whole_interval() -> None:
+    ctx = _continued("", sample_rate="0.5")
+    assert ctx.sample_rand == DERIVED
+    assert ctx.dsc()["sample_rand"] == "0.471308"
+
+
+@pytest.mark.parametrize("recorded", ["true", "false"])
+def test_a_deferred_parent_backfill_respects_the_recorded_decision(recorded: str) -> None:
+    # the derived value (0.471308 < 0.5) goes only into the DSC whose decision it
+    # reproduces (sampled=true); with sampled=false the DSC goes without one
+    ctx = _continued("", sample_rate="0.5", sampled=recorded)
+    assert ctx.sample_rand == DERIVED
+    dsc = ctx.dsc()
+    if recorded == "true":
+        assert dsc["sample_rand"] == "0.471308"
+        _assert_consistent(dsc)
+    else:
+        assert "sample_rand" not in dsc
+
+
+@pytest.mark.parametrize(("flag", "rate"), [("-1", "0.0"), ("-0", "1.0")])
+def test_an_empty_backfill_interval_falls_back_to_the_whole_interval(flag: str, rate: str) -> None:
+    # rate 0 with a sampled parent (rate 1 with an unsampled one): no value reproduces the
+    # decision, so one is derived in [0, 1) and not backfilled; the decision is inherited
+    ctx = _continued(flag, sample_rate=rate)
+    assert ctx.sampled is (flag == "-1")
+    assert ctx.sample_rand == DERIVED
+    assert "sample_rand" not in ctx.dsc()
+
+
+def test_an_upstream_dsc_without_public_key_gets_ours() -> None:
+    # §10.2: public_key is required
+    ctx = _continued("-1", sample_rate="1.0", sample_rand="0.100000", sampled="true")
+    assert ctx.dsc()["public_key"] == "49d0f7386ad645858ae85020e393bef3"
+    stm.init(dsn=None, traces_sample_rate=1.0, instrument_http_clients=False)
+    tx = stm.start_transaction("t", headers=incoming("-1", sample_rate="1.0", sample_rand="0.1"))
+    dsc = tx.propagation_context.dsc()
+    assert "public_key" not in dsc  # no DSN, no key: never a None in the DSC
+    assert all(isinstance(v, str) for v in dsc.values())
