@@ -554,3 +554,73 @@ def test_item_json_rejects_nan() -> None:
     env = parse_envelope(b'{}\n{"type":"event","length":11}\n{"a":NaN }\n')
     with pytest.raises(EnvelopeError, match="NaN is not valid JSON"):
         env.items[0].json()
+
+
+# -- what a copy keeps, where depth is cut, one-item tuples ---------------------------------
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+def test_json_int_keeps_exactly_the_64_bit_range() -> None:
+    """Sentry stores integers as i64 or u64 and zeroes wider ones (_serialize.json_int)."""
+    from sentry_tracing_mw._serialize import json_int
+
+    for kept in (0, 1, -(2**63), 2**64 - 1):
+        assert json_int(kept) == kept and type(json_int(kept)) is int
+    for wide in (2**64, -(2**63) - 1):
+        assert json_int(wide) == float(wide) and type(json_int(wide)) is float
+    assert json_int(10**400) == f"<int of {(10**400).bit_length()} bits>"
+
+
+def test_a_copy_keeps_scalars_as_they_are() -> None:
+    """limit_depth's copy (forced here by a set) keeps None/True/False, turns only ints
+    wider than 64 bits into floats, and a date into its ISO form."""
+    import datetime
+    import json
+
+    from sentry_tracing_mw._serialize import dumps, limit_depth
+
+    class Big(int):
+        pass
+
+    event = {"s": {1}, "n": None, "t": True, "f": False, "i": 7, "w": 2**70, "b": Big(2**70)}
+    copied = limit_depth(event)
+    assert copied == {
+        "s": [1],
+        "n": None,
+        "t": True,
+        "f": False,
+        "i": 7,
+        "w": float(2**70),
+        "b": float(2**70),
+    }
+    assert copied["f"] is False and copied["t"] is True and type(copied["i"]) is int
+    # no set: still copied, for the wide int and for the int subclass alone
+    assert type(limit_depth({"w": 2**70})["w"]) is float
+    assert type(limit_depth({"b": [Big(3)]})["b"][0]) is int
+    assert json.loads(dumps({"d": datetime.date(2026, 1, 2), "x": {1}})) == {
+        "d": "2026-01-02",
+        "x": [1],
+    }
+    assert limit_depth(frozenset({1})) == [1]  # a top-level set is copied too
+
+
+def test_limit_depth_cuts_at_exactly_max_depth() -> None:
+    import json
+
+    from sentry_tracing_mw._serialize import MAX_DEPTH, dumps, limit_depth
+
+    nested: object = "leaf"
+    for _ in range(MAX_DEPTH + 5):
+        nested = {"k": nested}
+    out = json.loads(dumps(limit_depth({"x": {1}, "n": nested})))
+    node = out["n"]
+    depth = 1
+    while isinstance(node, dict):
+        node, depth = node["k"], depth + 1
+    assert node == "[MaxDepth]" and depth == MAX_DEPTH
+
+
+def test_safe_repr_of_a_one_item_tuple_of_a_container() -> None:
+    from sentry_tracing_mw._serialize import safe_repr
+
+    assert safe_repr(([1],)) == "([1],)"

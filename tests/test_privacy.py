@@ -28,6 +28,12 @@ setup()
 
 import sentry_tracing_mw as stm  # noqa: E402
 from sentry_tracing_mw._context import SUPPRESS_INSTRUMENTATION  # noqa: E402
+from sentry_tracing_mw._request import (  # noqa: E402
+    MAX_HEADERS,
+    client_ip,
+    filter_query,
+    request_info,
+)
 
 from .hostile import apps, privacy_apps  # noqa: E402
 from .hostile.checks import capture_logs  # noqa: E402
@@ -554,3 +560,159 @@ def test_meta_tags_carry_only_the_sentry_baggage_members() -> None:
         'name="baggage" content="sentry-trace_id=771a43a4192642f0b136d5159a501700,'
         "sentry-public_key=k,sentry-sample_rand=0.250000,sentry-sampled=true" in tags
     )
+
+
+# -- what the request interface keeps, filters and bounds, rule by rule ---------------------
+# (each of these guards a rule a mutation check showed no other test watched)
+
+
+def _request_data(pii: bool = False, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        method="GET", scheme="http", host="h", path="/", query="", headers=[]
+    )
+    args.update(kw)
+    return request_info(send_default_pii=pii, **args)
+
+
+def test_non_sensitive_array_and_padded_query_keys_are_kept() -> None:
+    # only a *sensitive* name stripped of [..], spaces or control bytes is filtered:
+    # "page[]" and "items[0]" are as public as "page"
+    query = "page[]=2&items%5B0%5D=3&sort%20=asc&token[]=T&sid%00=S"
+    assert filter_query(query, False) == (
+        f"page[]=2&items%5B0%5D=3&sort%20=asc&token[]={FILTERED}&sid%00={FILTERED}"
+    )
+
+
+def test_query_keys_encoded_with_plus_are_decoded_before_matching() -> None:
+    # "+" is a space in a query: "+sid" is the app's " sid" (a padded "sid")
+    assert filter_query("+sid=S1&code+=S2&page=1", False) == (
+        f"+sid={FILTERED}&code+={FILTERED}&page=1"
+    )
+
+
+def test_valueless_query_keys_are_left_as_sent() -> None:
+    # a key without "=" has no value to hide: nothing is added, nothing after it is lost
+    assert filter_query("token&debug&page=1", False) == "token&debug&page=1"
+    assert filter_query("a=1;token;b=2&c=3", False) == "a=1;token;b=2&c=3"
+    assert filter_query("a=1;token;sid=S&c=3", False) == f"a=1;token;sid={FILTERED}&c=3"
+
+
+def test_request_limits_are_exact() -> None:
+    # at most MAX_HEADERS (200) headers, the first ones sent; a header already kept still
+    # merges its repeats; values, cookies and query strings are cut at fixed sizes
+    assert MAX_HEADERS == 200
+    headers = [(f"X-H{i}", "v") for i in range(300)] + [("X-H0", "again")]
+    kept = _request_data(headers=headers)["headers"]
+    assert len(kept) == 200
+    assert list(kept)[-1] == "X-H199" and "X-H200" not in kept
+    assert kept["X-H0"] == "v,again"
+    for pii in (False, True):
+        info = _request_data(pii, headers=[("X-Long", "x" * 5000)], query="q=" + "y" * 9000)
+        assert info["headers"]["X-Long"] == "x" * 2048
+        assert info["query_string"] == ("q=" + "y" * 9000)[:4096]
+        merged = _request_data(pii, headers=[("X-Rep", "a" * 2000), ("X-Rep", "b" * 100)])[
+            "headers"
+        ]
+        assert merged["X-Rep"] == ("a" * 2000 + "," + "b" * 100)[:2048]
+    cookies = [("Cookie", "c=" + "z" * 5000), ("Cookie", "d=" + "w" * 5000)]
+    info = _request_data(True, headers=cookies)
+    assert info["cookies"] == ("c=" + "z" * 5000 + "; d=" + "w" * 5000)[:8192]
+    assert info["headers"]["Cookie"] == ("c=" + "z" * 5000)[:2048]
+
+
+def test_client_ip_skips_non_text_headers_and_values() -> None:
+    # a request set by hand may hold anything: never an exception, the peer is used
+    request = {"headers": {1: "x", "X-Real-Ip": 5}, "env": {"REMOTE_ADDR": "10.0.0.1"}}
+    assert client_ip(request) == "10.0.0.1"
+    request = {"headers": {"X-Forwarded-For": 5}, "env": {"REMOTE_ADDR": "10.0.0.2"}}
+    assert client_ip(request) == "10.0.0.2"
+
+
+def test_absolute_form_targets_without_a_path_or_unparsable_become_the_root() -> None:
+    from sentry_tracing_mw._request import origin_form
+
+    assert origin_form("http://user:pw@example.com") == "/"
+    assert origin_form("http://user:pw@[::1/x") == "/"  # urlsplit: "Invalid IPv6 URL"
+    assert _request_data(path="http://user:pw@example.com")["url"] == "http://h/"
+    assert _request_data(path="http://user:pw@[::1/x")["url"] == "http://h/"
+    assert _request_data(path="http://example.com/a/b")["url"] == "http://h/a/b"  # no "@" either
+
+
+def test_headers_named_by_one_rule_only_are_removed() -> None:
+    """Each name is caught by one member of SENSITIVE_HEADERS or one alternative of
+    _SENSITIVE_HEADER_PART alone (docs/hardening.md: Forwarded, names containing token,
+    secret, passw, api-key, private-key, session, cookie, credential, client-cert, csrf,
+    xsrf; the user's identity)."""
+    private = {
+        "Forwarded": "for=192.0.2.60;proto=https",
+        "X-Forwarded-Preferred-Username": "SECRET-username",
+        "X-Forwarded-Groups": "SECRET-groups",
+        "X-Refresh-Token": "SECRET-token",
+        "X-Client-Secret": "SECRET-secret",
+        "X-Password": "SECRET-password",
+        "X-Goog-Api-Key": "SECRET-api-key",
+        "X-Private-Key": "SECRET-private-key",
+        "X-Session-Id": "SECRET-session",
+        "Cookie2": "SECRET-cookie",
+        "X-Credentials": "SECRET-credentials",
+        "X-Forwarded-Client-Cert": "SECRET-xfcc",
+        "X-SSL-Client-S-DN": "SECRET-dn",
+        "X-CSRF": "SECRET-csrf",
+        "X-XSRF": "SECRET-xsrf",
+    }
+    public = {"Accept": "text/html", "X-Request-Id": "r-1"}
+    kept = _request_data(headers=[*private.items(), *public.items()])["headers"]
+    assert kept == public
+    assert _request_data(True, headers=list(private.items()))["headers"] == private
+
+
+def test_query_keys_named_by_one_rule_only_are_filtered() -> None:
+    """Each key is caught by one member of _SENSITIVE_QUERY_KEYS or one alternative of
+    _SENSITIVE_QUERY_PART alone (protocol §6.8, docs/hardening.md: session, session_id,
+    sid, code, keys containing secret/password; Tornado's _xsrf)."""
+    secret = [
+        "session",
+        "sessionid",
+        "session-id",
+        "sessid",
+        "code",
+        "client_secret",
+        "new_password",
+        "old_passwd",
+        "_xsrf",
+    ]
+    query = "&".join(f"{k}=S{i}" for i, k in enumerate(secret)) + "&page=1"
+    expected = "&".join(f"{k}={FILTERED}" for k in secret) + "&page=1"
+    assert filter_query(query, False) == expected
+    assert filter_query(query, True) == query
+
+
+def test_env_cookies_and_query_string_follow_send_default_pii() -> None:
+    """protocol §6.8: env holds SERVER_NAME and SERVER_PORT, REMOTE_ADDR only with PII;
+    cookies only with PII (all Cookie headers, joined with "; "); repeated headers merged
+    ("; " for Cookie, "," otherwise); query_string only when there is a query."""
+    headers = [
+        ("Cookie", "a=1"),
+        ("X-Rep", "x"),
+        ("cookie", "b=2"),
+        ("Cookie", "c=3"),
+        ("X-Rep", "y"),
+    ]
+    common: dict[str, Any] = dict(
+        query="page=1",
+        server_name="srv",
+        server_port="8080",
+        peer="192.0.2.1",
+        headers=headers,
+    )
+    off = _request_data(False, **common)
+    assert off["env"] == {"SERVER_NAME": "srv", "SERVER_PORT": "8080"}
+    assert "cookies" not in off and off["query_string"] == "page=1"
+    assert off["headers"] == {"X-Rep": "x,y"}
+    on = _request_data(True, **common)
+    assert on["env"] == {"SERVER_NAME": "srv", "SERVER_PORT": "8080", "REMOTE_ADDR": "192.0.2.1"}
+    assert on["cookies"] == "a=1; b=2; c=3"
+    assert on["headers"] == {"Cookie": "a=1; c=3", "X-Rep": "x,y", "cookie": "b=2"}
+    bare = _request_data(True)
+    assert "env" not in bare and "cookies" not in bare and "query_string" not in bare
+    assert _request_data(True, peer="192.0.2.1")["env"] == {"REMOTE_ADDR": "192.0.2.1"}
