@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 
+import pytest
+
+from sentry_tracing_mw import _client_reports
 from sentry_tracing_mw._client_reports import FLUSH_INTERVAL, MAX_ENTRIES, ClientReports
 
 
@@ -151,3 +155,97 @@ def test_unsampled_counts_are_exact_under_concurrent_folds() -> None:
     r.record_unsampled(0)
     assert r.pending()
     assert entries(r.take()) == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 1}
+
+
+# -- every reason, invalid reasons, the 30 s interval, restore, hand-over, snapshot --
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+# §15 "Valid reasons".
+VALID_REASONS = [
+    "queue_overflow",
+    "cache_overflow",
+    "ratelimit_backoff",
+    "network_error",
+    "sample_rate",
+    "before_send",
+    "event_processor",
+    "send_error",
+    "internal_sdk_error",
+    "insufficient_data",
+    "backpressure",
+    "buffer_overflow",
+    "ignored",
+    "invalid",
+]
+
+
+@pytest.mark.parametrize("reason", VALID_REASONS)
+def test_every_valid_reason_is_recorded(reason: str) -> None:
+    r = ClientReports()
+    r.record(reason, "error")
+    r.record_transaction(reason, 2)
+    payload = r.take()
+    assert payload is not None
+    got = {(e["reason"], e["category"]): e["quantity"] for e in payload["discarded_events"]}
+    assert got == {(reason, "error"): 1, (reason, "transaction"): 1, (reason, "span"): 3}
+
+
+def test_record_transaction_ignores_invalid_reasons() -> None:
+    r = ClientReports()
+    r.record_transaction("made_up", 3)
+    r.record_transaction("rate_limited_events", 3)  # reserved for Relay (§15)
+    assert r.take() is None
+    assert r.snapshot() == {}
+
+
+def test_reports_are_due_30_seconds_after_the_last_take(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(_client_reports, "time", fake_time)  # this module's clock only
+    r = ClientReports()  # the interval starts at creation
+    r.record("send_error", "error")
+    assert not r.due(1029.9)
+    assert r.due(1030.0)  # §15: "once 30 s have passed"
+    clock[0] = 1100.0
+    assert r.take() is not None  # the interval restarts at each take()
+    r.record("send_error", "error")
+    assert not r.due(1129.9)
+    assert r.due(1130.0)
+
+
+def test_restore_keeps_single_counts_and_drops_zero_quantities() -> None:
+    # a report that was not delivered goes back whole, 1s included; a quantity must stay
+    # a positive integer on the wire (§15)
+    r = ClientReports()
+    r.record("network_error", "error", 1)
+    r.record("network_error", "transaction", 2)
+    payload = r.take()
+    assert payload is not None
+    payload["discarded_events"].append({"reason": "send_error", "category": "error", "quantity": 0})
+    r.restore(payload)
+    again = r.take()
+    assert again is not None
+    assert sorted(
+        (e["reason"], e["category"], e["quantity"]) for e in again["discarded_events"]
+    ) == [("network_error", "error", 1), ("network_error", "transaction", 2)]
+
+
+def test_hand_over_moves_unsampled_counts_too() -> None:
+    # init() again: the old client's sample_rate drops are sent by the new one (§15)
+    old, new = ClientReports(), ClientReports()
+    old.record_unsampled(2)
+    old.hand_over(new)
+    payload = new.take()
+    assert payload is not None
+    got = {(e["reason"], e["category"]): e["quantity"] for e in payload["discarded_events"]}
+    assert got == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 3}
+    assert old.take() is None
+
+
+def test_snapshot_includes_unsampled_counts() -> None:
+    r = ClientReports()
+    r.record_unsampled(1)
+    assert r.snapshot() == {("sample_rate", "transaction"): 1, ("sample_rate", "span"): 2}

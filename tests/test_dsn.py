@@ -160,3 +160,45 @@ def test_non_ascii_hosts_and_path_prefixes_are_sent_in_ascii() -> None:
     assert Dsn.parse(str(dsn)) == dsn  # the canonical form parses to itself
     with pytest.raises(ConfigurationError, match="invalid host"):
         Dsn.parse("https://k@a..b\u00e9/1")
+
+
+# -- an empty secret, hosts and ports that cannot be sent to, secrets in errors --
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+def test_empty_secret_after_colon_is_no_secret() -> None:
+    # "key:@host": the secret is optional (§1) and an empty one is none, not an error
+    dsn = Dsn.parse("https://pub:@sentry.example.com/5")
+    assert dsn.secret_key is None
+    assert dsn.auth_header.endswith(", sentry_key=pub")
+    assert "sentry_secret" not in dsn.auth_header
+    assert dsn.envelope_url == "https://sentry.example.com/api/5/envelope/"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("https://k@[::1]x8080/1", "IPv6"),  # not a port: garbage after the address
+        ("https://k@a[v1.x]/1", "invalid host"),  # urlsplit lets a bracket through here
+        ("https://k@h:0/1", "port"),
+        ("https://k@h:65536/1", "port"),
+    ],
+)
+def test_hosts_and_ports_that_cannot_be_sent_to(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Dsn.parse(value)
+    assert fragment.lower() in str(info.value).lower()
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_extreme_valid_ports(port: int) -> None:
+    dsn = Dsn.parse(f"https://k@h.example.com:{port}/1")
+    assert dsn.port == port
+    assert dsn.envelope_url == f"https://h.example.com:{port}/api/1/envelope/"
+
+
+def test_configuration_errors_never_show_the_secret_key() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Dsn.parse("https://pub:TOPSECRET@h.example.com/not-a-number")
+    assert "TOPSECRET" not in str(info.value)
+    assert "pub" in str(info.value)

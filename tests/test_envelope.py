@@ -624,3 +624,22 @@ def test_safe_repr_of_a_one_item_tuple_of_a_container() -> None:
     from sentry_tracing_mw._serialize import safe_repr
 
     assert safe_repr(([1],)) == "([1],)"
+
+
+# -- numbers no float can hold --
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"x":1e999}\n',  # no float holds it: it would come back as Infinity, not JSON
+        b'{}\n{"type":"event","length":2,"sample_rate":-1e400}\n{}\n',
+    ],
+)
+def test_parser_rejects_numbers_no_float_can_hold(raw: bytes) -> None:
+    with pytest.raises(EnvelopeError, match="does not fit a float"):
+        parse_envelope(raw)
+    env = parse_envelope(b'{}\n{"type":"event","length":11}\n{"a":1e999}\n')
+    with pytest.raises(EnvelopeError, match="does not fit a float"):
+        env.items[0].json()

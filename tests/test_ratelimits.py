@@ -158,3 +158,75 @@ def test_concurrent_reads_during_updates() -> None:
         t.join()
     assert not errors
     assert rl.is_limited("error", NOW + 5.5)
+
+
+# -- every category, the 60 s default, unusable and past retry times --
+# (each of these guards a line a mutation check showed no other test watched)
+
+
+# §14 "Category names Relay uses" (the explicit list).
+RELAY_CATEGORIES = [
+    "default",
+    "error",
+    "transaction",
+    "span",
+    "security",
+    "attachment",
+    "session",
+    "profile",
+    "profile_chunk",
+    "replay",
+    "feedback",
+    "monitor",
+    "log_item",
+    "log_byte",
+    "trace_metric",
+    "internal",
+    "metric_bucket",
+]
+
+
+def after_429(headers: dict[str, str]) -> RateLimits:
+    rl = RateLimits()
+    rl.update_from_response(429, headers, NOW)
+    return rl
+
+
+@pytest.mark.parametrize("category", RELAY_CATEGORIES)
+def test_every_relay_category_can_be_limited_on_its_own(category: str) -> None:
+    # e.g. "internal" is what client_report items are checked against (§14 item categories)
+    rl = RateLimits()
+    rl.update_from_response(200, {"X-Sentry-Rate-Limits": f"60:{category}:key"}, NOW)
+    assert rl.is_limited(category, NOW + 1)
+    other = "error" if category != "error" else "transaction"
+    assert not rl.is_limited(other, NOW + 1)
+
+
+def test_429_default_is_60_seconds_not_more() -> None:
+    rl = after_429({})
+    assert rl.is_limited("error", NOW + 59.9)
+    assert not rl.is_limited("error", NOW + 60.5)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "-5", "nan", "1e999"])
+def test_non_finite_or_negative_retry_times_are_not_limits(value: str) -> None:
+    # an "inf" limit would stop the category for the life of the process
+    assert parse_rate_limits(f"{value}:error") == []
+    rl = RateLimits()
+    rl.update_from_response(200, {"X-Sentry-Rate-Limits": f"{value}:error"}, NOW)
+    assert not rl.is_limited("error", NOW + 1)
+    assert not rl.is_limited("error", NOW + 1e9)
+    # on a 429 an unusable Retry-After falls back to the 60 s default
+    rl = after_429({"Retry-After": value})
+    assert rl.is_limited("error", NOW + 59)
+    assert not rl.is_limited("error", NOW + 61)
+
+
+def test_429_retry_after_zero_means_no_wait() -> None:
+    assert not after_429({"Retry-After": "0"}).is_limited("error", NOW + 0.5)
+    assert not after_429({"Retry-After": "0.0"}).is_limited("error", NOW + 0.5)
+
+
+def test_429_retry_after_date_in_the_past_means_no_wait() -> None:
+    past = formatdate(time.time() - 3600, usegmt=True)
+    assert not after_429({"Retry-After": past}).is_limited("error", NOW + 0.5)
