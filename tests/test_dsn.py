@@ -202,3 +202,16 @@ def test_configuration_errors_never_show_the_secret_key() -> None:
         Dsn.parse("https://pub:TOPSECRET@h.example.com/not-a-number")
     assert "TOPSECRET" not in str(info.value)
     assert "pub" in str(info.value)
+
+
+def test_a_real_sentry_host_in_a_test_dsn_is_never_looked_up() -> None:
+    # tests/conftest.py's network fence: the tests' DSNs may name real Sentry hosts (the
+    # org id is read from them), and the transport must not reach for them from a test
+    import socket
+
+    with pytest.raises(socket.gaierror, match=r"stay on 127\.0\.0\.1"):
+        socket.getaddrinfo("o42.ingest.sentry.io", 443)
+    with socket.socket() as s, pytest.raises(OSError, match=r"stay on 127\.0\.0\.1"):
+        s.connect(("192.0.2.1", 80))
+    assert socket.getaddrinfo("127.0.0.1", 80)[0][4][0] == "127.0.0.1"
+    assert socket.getaddrinfo("localhost", 80)
