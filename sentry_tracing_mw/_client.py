@@ -28,7 +28,7 @@ from ._ids import new_trace_id, pop_trace_id
 from ._log import raised_at, warn_once
 from ._options import Options, build_options
 from ._propagation import IncomingTrace, format_sample_rate, parse_incoming_baggage
-from ._sampling import SamplingContext, TokenBucket, continued_sampling, decide
+from ._sampling import SamplingContext, TokenBucket, continued_sampling, sampler_decision
 from ._serialize import limit_depth
 from ._tracing import _CAPTURED_MARK, PropagationContext, Span, Transaction, capture_mark, names
 from ._transport import Pending, Transport, uwsgi_threads_disabled
@@ -286,18 +286,13 @@ class Client:
                 decision = rate >= 1.0
             else:
                 decision = ctx.sample_rand < rate
-        elif not opts.tracing_enabled:  # pragma: no cover - a sampler enables tracing
-            decision, rate = parent_sampled, ctx.sample_rate
         else:
-            decision, rate = decide(
-                sampler=sampler,
-                sample_rate=opts.traces_sample_rate,
-                parent_sampled=parent_sampled,
-                parent_sample_rate=ctx.sample_rate,
-                sample_rand=ctx.sample_rand,
+            decision, rate = sampler_decision(
+                sampler,
+                ctx.sample_rand,
                 # A partial, not a closure: a closure would make cells of these names on
                 # every call, sampler or not.
-                context=functools.partial(
+                functools.partial(
                     _sampling_context, name, op, source, ctx, parent_sampled, sampling_extra
                 ),
             )

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from numbers import Real
 from typing import Any
@@ -22,7 +22,7 @@ from ._ids import trace_sample_rand
 from ._log import raised_at, warn_once
 from ._propagation import IncomingTrace, format_sample_rand, parse_sample_rand, parse_sample_rate
 
-__all__ = ["SamplingContext", "TokenBucket", "as_rate", "continued_sampling", "decide"]
+__all__ = ["SamplingContext", "TokenBucket", "as_rate", "continued_sampling", "sampler_decision"]
 
 logger = logging.getLogger("sentry_tracing_mw")
 
@@ -68,44 +68,36 @@ def as_rate(value: Any) -> float | None:
     return None
 
 
-def decide(
-    *,
-    sampler: Any,
-    sample_rate: float | None,
-    parent_sampled: bool | None,
-    parent_sample_rate: float | None,
-    sample_rand: float,
-    context: Any,
-) -> tuple[bool | None, float | None]:
-    """Return ``(sampled, rate_used)``; ``sampled`` is None when tracing is off (deferred)."""
-    if sampler is not None:
-        try:
-            raw = sampler(context() if callable(context) else context)
-        except Exception as exc:
-            warn_once(
-                ("traces_sampler", _name(sampler), *raised_at(exc)),
-                "traces_sampler %s raised %s; the transaction is not sampled",
-                _name(sampler),
-                type(exc).__name__,
-                exc_info=True,
-            )
-            return False, 0.0
-        rate = as_rate(raw)
-        if rate is None:
-            warn_once(
-                ("traces_sampler", _name(sampler), "returned", type(raw).__qualname__),
-                "traces_sampler %s returned %s, not a rate in [0, 1] or a bool; "
-                "the transaction is not sampled",
-                _name(sampler),
-                _shown(raw),
-            )
-            return False, 0.0
-        return sample_rand < rate, rate
-    if parent_sampled is not None:
-        return parent_sampled, parent_sample_rate
-    if sample_rate is not None:
-        return sample_rand < sample_rate, sample_rate
-    return None, None
+def sampler_decision(
+    sampler: Callable[[Any], Any], sample_rand: float, context: Callable[[], Any]
+) -> tuple[bool, float]:
+    """``(sampled, rate_used)`` by ``traces_sampler`` (called with ``context()``): sampled
+    when ``sample_rand`` is below the rate it returns; a sampler that raises or returns no
+    rate decides "not sampled", at rate 0 (with a warning once). Without a sampler the
+    client decides inline (``Client._start_transaction``: the parent's decision, else
+    ``traces_sample_rate``)."""
+    try:
+        raw = sampler(context())
+    except Exception as exc:
+        warn_once(
+            ("traces_sampler", _name(sampler), *raised_at(exc)),
+            "traces_sampler %s raised %s; the transaction is not sampled",
+            _name(sampler),
+            type(exc).__name__,
+            exc_info=True,
+        )
+        return False, 0.0
+    rate = as_rate(raw)
+    if rate is None:
+        warn_once(
+            ("traces_sampler", _name(sampler), "returned", type(raw).__qualname__),
+            "traces_sampler %s returned %s, not a rate in [0, 1] or a bool; "
+            "the transaction is not sampled",
+            _name(sampler),
+            _shown(raw),
+        )
+        return False, 0.0
+    return sample_rand < rate, rate
 
 
 def _name(function: Any) -> str:
