@@ -33,6 +33,7 @@ import pytest
 import requests
 
 import sentry_tracing_mw as stm
+from sentry_tracing_mw import _tracing
 
 from .sentry_server import SentryServer
 from .servers import run_asgi, run_wsgi
@@ -272,8 +273,11 @@ def _read_meta_tags(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("sampled", [True, False])
 def test_the_javascript_sdk_continues_our_meta_tags(
-    sentry_server: SentryServer, sampled: bool
+    sentry_server: SentryServer, sampled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A trace's random value whose six decimals end in 0 (0.387390), which the JavaScript
+    # SDK writes back shorter (one trace in ten had it: the test failed then).
+    monkeypatch.setattr(_tracing, "new_sample_rand", lambda: 0.38739)
     # Names and versions with the characters that need escaping in baggage and in HTML.
     stm.init(
         dsn=sentry_server.dsn,
@@ -291,11 +295,20 @@ def test_the_javascript_sdk_continues_our_meta_tags(
     assert continued["parentSpanId"] == span_id
     assert continued["sampled"] is sampled
     dsc = _dsc_of_baggage(headers["baggage"])
-    assert continued["dsc"] == dsc
+    _assert_same_dsc(continued["dsc"], dsc)
     assert dsc["release"] == 'shop@1.0 "<b>",a=b;c%d'
     assert dsc["environment"] == "prod & staging é"
     assert dsc["transaction"] == "/checkout/{id}"
     assert continued["sampleRand"] == float(dsc["sample_rand"])
     if sampled:
         ((_, envelope_dsc),) = _our_transactions(sentry_server, 1)
-        assert continued["dsc"] == envelope_dsc
+        _assert_same_dsc(continued["dsc"], envelope_dsc)
+
+
+def _assert_same_dsc(theirs: dict[str, str], ours: dict[str, str]) -> None:
+    """The JavaScript SDK keeps the DSC's ``sample_rand`` as a number and writes it back
+    with ``toString()``: our ``0.387390`` comes back as ``0.38739``, the same value."""
+    assert {k: v for k, v in theirs.items() if k != "sample_rand"} == {
+        k: v for k, v in ours.items() if k != "sample_rand"
+    }
+    assert float(theirs["sample_rand"]) == float(ours["sample_rand"])
