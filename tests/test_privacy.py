@@ -32,6 +32,7 @@ from sentry_tracing_mw._request import (  # noqa: E402
     MAX_HEADERS,
     client_ip,
     filter_query,
+    origin_form,
     request_info,
 )
 
@@ -286,8 +287,6 @@ def test_encoded_query_keys_absolute_targets_and_host_userinfo_stay_private(
 
 
 def test_user_ip_is_the_first_valid_forwarded_address_else_the_peer() -> None:
-    from sentry_tracing_mw._request import client_ip
-
     def ip(headers: dict[str, str], peer: str | None = "127.0.0.1") -> str | None:
         return client_ip({"headers": headers, "env": {"REMOTE_ADDR": peer} if peer else {}})
 
@@ -304,8 +303,6 @@ def test_user_ip_is_the_first_valid_forwarded_address_else_the_peer() -> None:
 
 
 def test_request_info_cleans_what_servers_pass_through() -> None:
-    from sentry_tracing_mw._request import filter_query, request_info
-
     info = request_info(
         method="get",
         scheme="http",
@@ -343,8 +340,6 @@ def test_request_info_cleans_what_servers_pass_through() -> None:
 
 def test_credential_stripping_is_linear_in_hostile_paths_and_headers() -> None:
     """A long run of letters before ``@...://`` must not be rescanned from every position."""
-    from sentry_tracing_mw._request import origin_form, request_info
-
     hostile = "a" * 64_000 + "@x://"
     started = time.monotonic()
     assert origin_form("/" + hostile) == "/" + hostile
@@ -360,20 +355,18 @@ def test_credential_stripping_is_linear_in_hostile_paths_and_headers() -> None:
     assert time.monotonic() - started < 1.0  # quadratic: about 20 s at this size
 
 
+def _request_data(pii: bool = False, **kw: Any) -> dict[str, Any]:
+    """The event ``request`` interface of a plain GET, with ``kw`` changed."""
+    args: dict[str, Any] = dict(
+        method="GET", scheme="http", host="h", path="/", query="", headers=[]
+    )
+    args.update(kw)
+    return request_info(send_default_pii=pii, **args)
+
+
 def _event_headers(headers: list[tuple[str, str]], pii: bool = False) -> dict[str, str]:
     """The headers an event of a plain GET with these request headers carries."""
-    from sentry_tracing_mw._request import request_info
-
-    info = request_info(
-        method="GET",
-        scheme="http",
-        host="h",
-        path="/",
-        query="",
-        headers=headers,
-        send_default_pii=pii,
-    )
-    kept: dict[str, str] = info["headers"]
+    kept: dict[str, str] = _request_data(pii, headers=headers)["headers"]
     return kept
 
 
@@ -460,8 +453,6 @@ def test_credentials_and_client_addresses_under_other_names_stay_private() -> No
 
 
 def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
-    from sentry_tracing_mw._request import filter_query
-
     secret = [
         "authorization",
         "pwd",
@@ -519,8 +510,6 @@ def test_more_sensitive_query_keys_and_semicolon_pairs_are_filtered() -> None:
 
 
 def test_url_credentials_with_an_at_sign_or_no_scheme_are_removed() -> None:
-    from sentry_tracing_mw._request import origin_form
-
     kept = _event_headers(
         [
             ("Referer", "https://bob:S-p@ss3@example.com/from"),
@@ -564,14 +553,6 @@ def test_meta_tags_carry_only_the_sentry_baggage_members() -> None:
 
 # -- what the request interface keeps, filters and bounds, rule by rule ---------------------
 # (each of these guards a rule a mutation check showed no other test watched)
-
-
-def _request_data(pii: bool = False, **kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = dict(
-        method="GET", scheme="http", host="h", path="/", query="", headers=[]
-    )
-    args.update(kw)
-    return request_info(send_default_pii=pii, **args)
 
 
 def test_non_sensitive_array_and_padded_query_keys_are_kept() -> None:
@@ -629,8 +610,6 @@ def test_client_ip_skips_non_text_headers_and_values() -> None:
 
 
 def test_absolute_form_targets_without_a_path_or_unparsable_become_the_root() -> None:
-    from sentry_tracing_mw._request import origin_form
-
     assert origin_form("http://user:pw@example.com") == "/"
     assert origin_form("http://user:pw@[::1/x") == "/"  # urlsplit: "Invalid IPv6 URL"
     assert _request_data(path="http://user:pw@example.com")["url"] == "http://h/"

@@ -195,8 +195,7 @@ def after_429(headers: dict[str, str]) -> RateLimits:
 @pytest.mark.parametrize("category", RELAY_CATEGORIES)
 def test_every_relay_category_can_be_limited_on_its_own(category: str) -> None:
     # e.g. "internal" is what client_report items are checked against (§14 item categories)
-    rl = RateLimits()
-    rl.update_from_response(200, {"X-Sentry-Rate-Limits": f"60:{category}:key"}, NOW)
+    rl = limits(f"60:{category}:key")
     assert rl.is_limited(category, NOW + 1)
     other = "error" if category != "error" else "transaction"
     assert not rl.is_limited(other, NOW + 1)
@@ -212,8 +211,7 @@ def test_429_default_is_60_seconds_not_more() -> None:
 def test_non_finite_or_negative_retry_times_are_not_limits(value: str) -> None:
     # an "inf" limit would stop the category for the life of the process
     assert parse_rate_limits(f"{value}:error") == []
-    rl = RateLimits()
-    rl.update_from_response(200, {"X-Sentry-Rate-Limits": f"{value}:error"}, NOW)
+    rl = limits(f"{value}:error")
     assert not rl.is_limited("error", NOW + 1)
     assert not rl.is_limited("error", NOW + 1e9)
     # on a 429 an unusable Retry-After falls back to the 60 s default
