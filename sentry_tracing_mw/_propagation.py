@@ -31,6 +31,8 @@ __all__ = [
     "SentryTrace",
     "TraceParent",
     "extract",
+    "extract_environ",
+    "extract_values",
     "format_baggage",
     "format_sample_rand",
     "format_sample_rate",
@@ -889,8 +891,26 @@ def _sanitize_dsc(dsc: dict[str, str], trace_id: str) -> dict[str, str] | None:
 
 def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | None:
     get = getter.get
-    sentry_trace = _sentry_trace(get(carrier, SENTRY_TRACE_HEADER))
     raw_traceparent = get(carrier, TRACEPARENT_HEADER)
+    return extract_values(
+        get(carrier, SENTRY_TRACE_HEADER),
+        raw_traceparent,
+        get(carrier, BAGGAGE_HEADER),
+        get(carrier, TRACESTATE_HEADER) if raw_traceparent else None,
+        lazy,
+    )
+
+
+def extract_values(
+    raw_sentry_trace: str | None,
+    raw_traceparent: str | None,
+    baggage: str | None,
+    raw_tracestate: str | None,
+    lazy: bool,
+) -> IncomingTrace | None:
+    """``extract`` from the four header values already read (None: absent); raises on
+    values that are not text (``extract`` catches that)."""
+    sentry_trace = _sentry_trace(raw_sentry_trace)
     traceparent = parse_traceparent(raw_traceparent) if raw_traceparent else None
     if sentry_trace is not None:
         trace_id, parent_span_id, parent_sampled = sentry_trace
@@ -904,8 +924,7 @@ def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | N
     random = False
     if traceparent is not None and traceparent.trace_id == trace_id:
         random = traceparent.random
-        tracestate = parse_tracestate(get(carrier, TRACESTATE_HEADER))
-    baggage = get(carrier, BAGGAGE_HEADER)
+        tracestate = parse_tracestate(raw_tracestate)
     dsc: dict[str, str] | None = None
     third_party: tuple[str, ...] = ()
     raw: str | None = None
@@ -924,6 +943,29 @@ def _extract(carrier: Any, getter: Getter[Any], lazy: bool) -> IncomingTrace | N
         IncomingTrace,
         (trace_id, parent_span_id, parent_sampled, dsc, third_party, tracestate, random, raw),
     )
+
+
+def extract_environ(environ: Mapping[str, Any]) -> IncomingTrace | None:
+    """``extract(environ, WSGI_GETTER, lazy=True)`` for a WSGI environ (or Django's
+    ``request.META``), reading its keys directly when they hold text (never raises)."""
+    try:
+        sentry_trace = environ.get("HTTP_SENTRY_TRACE")
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        if sentry_trace is None and traceparent is None:
+            return None  # no trace header at all: the common case at a trace's head
+        baggage = environ.get("HTTP_BAGGAGE")
+        tracestate = environ.get("HTTP_TRACESTATE") if traceparent else None
+        if (
+            (sentry_trace is None or type(sentry_trace) is str)
+            and (traceparent is None or type(traceparent) is str)
+            and (baggage is None or type(baggage) is str)
+            and (tracestate is None or type(tracestate) is str)
+        ):
+            return extract_values(sentry_trace, traceparent, baggage, tracestate, True)
+    except Exception:
+        _logger.debug("ignoring incoming trace headers that could not be read", exc_info=True)
+        return None
+    return extract(environ, WSGI_GETTER, lazy=True)  # values that are not str: coerced
 
 
 @overload

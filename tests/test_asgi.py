@@ -154,15 +154,16 @@ def test_scheme_left_out_by_the_server_is_the_asgi_default(kind: str, scheme: st
 
 def test_trace_headers_read_the_same_through_every_header_shape() -> None:
     # The one-pass dict read (unique names in a list) and the general loop (repeats,
-    # tuples, odd pairs) must give the same propagation headers.
-    from sentry_tracing_mw.integrations.asgi import _GETTER, _joined_trace_headers, _trace_headers
+    # tuples, odd pairs) must give the same incoming trace, the generic extract()'s.
+    from sentry_tracing_mw._propagation import ASGI_GETTER, extract
+    from sentry_tracing_mw.integrations.asgi import _incoming, _joined_trace_headers
 
     def read(headers: Any) -> dict[str, str] | None:
-        carrier = _trace_headers({"headers": headers})
-        if carrier is None:
-            return None
-        names = ("sentry-trace", "baggage", "traceparent", "tracestate")
-        return {n: v for n in names if (v := _GETTER.get(carrier, n)) is not None}
+        incoming = _incoming({"headers": headers})
+        assert incoming == extract({"headers": headers}, ASGI_GETTER, lazy=True)
+        found = _joined_trace_headers(headers) if headers is not None else None
+        assert (incoming is None) == (found is None or extract(found) is None)
+        return found
 
     st = b"0123456789abcdef0123456789abcdef-0123456789abcdef-1"
     plain = [(b"host", b"h"), (b"sentry-trace", st), (b"baggage", b"a=1")]
@@ -174,6 +175,9 @@ def test_trace_headers_read_the_same_through_every_header_shape() -> None:
     repeated = [*plain, (b"baggage", b"b=2"), (b"accept", b"x")]
     assert read(repeated) == {"sentry-trace": st.decode(), "baggage": "a=1,b=2"}
     assert read(repeated) == _joined_trace_headers(repeated)
+    incoming = _incoming({"headers": repeated})
+    assert incoming is not None and incoming.baggage == "a=1,b=2"  # joined, kept unparsed
+    assert incoming.trace_id == st[:32].decode() and incoming.parent_sampled is True
     assert read([(b"baggage", b"\xe9")]) == {"baggage": "\xe9"}  # latin-1, as the loop
     assert read([(b"x",), (b"sentry-trace", st)]) == {"sentry-trace": st.decode()}  # odd pair
 

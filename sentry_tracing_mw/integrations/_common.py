@@ -18,7 +18,7 @@ from .._context import CURRENT_SPAN
 from .._errors import ConfigurationError
 from .._fork import new_lock_in_child
 from .._log import warn_once
-from .._propagation import Getter, extract
+from .._propagation import IncomingTrace
 from .._request import compile_ignore_paths, origin_form
 from .._tracing import PropagationContext, Transaction
 
@@ -254,8 +254,7 @@ def start_request(
     client: Client,
     method: str,
     path: str,
-    carrier: Any,
-    getter: Getter[Any],
+    incoming: IncomingTrace | None,
     peer: str | None,
     request: Any,
     request_key: str,
@@ -264,12 +263,12 @@ def start_request(
     op: str = "http.server",
     route: Callable[[], str | None] | None = None,
 ) -> tuple[Transaction | None, PropagationContext]:
-    """Continue the incoming trace and, when ``capture``, start the request transaction.
+    """Continue the ``incoming`` trace (``extract(..., lazy=True)``'s) and, when
+    ``capture``, start the request transaction.
 
-    ``carrier`` None means the caller already knows there are no trace headers. Called
-    once per request: integrations pass the arguments by position (cheaper than keywords).
+    Called once per request: integrations pass the arguments by position (cheaper than
+    keywords).
     """
-    incoming = extract(carrier, getter, lazy=True) if carrier is not None else None
     if incoming is not None and client._trust is not True and not client.trusts(peer, request):
         incoming = None
     ctx = client.continue_trace(incoming)

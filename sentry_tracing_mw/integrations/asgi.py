@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._errors import ConfigurationError
+from .._propagation import IncomingTrace, extract, extract_values
 from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import (
@@ -85,42 +86,19 @@ _TRACE_HEADERS = {
     b"traceparent": "traceparent",
     b"tracestate": "tracestate",
 }
-_RAW_NAMES = {name: raw for raw, name in _TRACE_HEADERS.items()}
 _first = itemgetter(0)
 
 
-class _TracePick(dict[bytes, Any]):
-    """A request's headers by raw name (unique names), read through ``_GETTER``."""
-
-    __slots__ = ()
-
-
-class _TraceHeadersGetter:
-    """Reads the trace headers picked out of the scope (see ``_trace_headers``)."""
-
-    __slots__ = ()
-
-    def get(self, carrier: dict[Any, Any] | None, key: str) -> str | None:
-        if not carrier:
-            return None
-        if type(carrier) is _TracePick:
-            value = carrier.get(_RAW_NAMES[key])
-            return None if value is None else value.decode("latin-1")
-        return carrier.get(key)
-
-
-_GETTER = _TraceHeadersGetter()
-
-
-def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
-    """The propagation headers of a request (repeats joined with ","), None when absent."""
+def _incoming(scope: Scope) -> IncomingTrace | None:
+    """The trace a request continues, from its propagation headers (repeats joined with
+    ","); None when it has none, or none that can be read (logged at debug level)."""
     headers = scope.get("headers")
     if type(headers) is list:
         # The usual shape, in C-level passes only (thousands of repeated headers cost
         # little more than a few): a dict of the pairs (names are unique unless it is
         # shorter), and for a repeated trace header the join of its values.
         try:
-            by_name = _TracePick(headers)
+            by_name = dict(headers)
             if by_name.keys().isdisjoint(_TRACE_HEADERS):
                 return None
             if len(by_name) != len(headers):
@@ -128,14 +106,31 @@ def _trace_headers(scope: Scope) -> dict[Any, Any] | None:
                 for raw in _TRACE_HEADERS:
                     if raw in by_name and names.count(raw) > 1:
                         by_name[raw] = b",".join([v for n, v in headers if n == raw])
-            return by_name
         except (TypeError, ValueError, IndexError):  # not (name, bytes) pairs: the loop
             pass
-    return _joined_trace_headers(headers)
+        else:
+            try:
+                sentry_trace = by_name.get(b"sentry-trace")
+                traceparent = by_name.get(b"traceparent")
+                baggage = by_name.get(b"baggage")
+                tracestate = by_name.get(b"tracestate") if traceparent else None
+                return extract_values(
+                    None if sentry_trace is None else sentry_trace.decode("latin-1"),
+                    None if traceparent is None else traceparent.decode("latin-1"),
+                    None if baggage is None else baggage.decode("latin-1"),
+                    None if tracestate is None else tracestate.decode("latin-1"),
+                    True,
+                )
+            except Exception:
+                logger.debug("ignoring unreadable incoming trace headers", exc_info=True)
+                return None
+    found = _joined_trace_headers(headers)
+    return None if found is None else extract(found, lazy=True)
 
 
 def _joined_trace_headers(headers: Any) -> dict[str, str] | None:
-    """``_trace_headers`` for any iterable of pairs, repeated names joined with ","."""
+    """The propagation headers of any iterable of pairs, repeated names joined with ","
+    (None when absent)."""
     found: dict[str, str] | None = None
     repeats: dict[str, list[bytes]] | None = None  # joined once: += would be quadratic
     for item in headers or ():
@@ -421,12 +416,12 @@ def _ignored(ignore: Any, path: Any, scope: Scope) -> bool:
 
 
 def _watched_send(
-    send: Send, on_start: Callable[[Scope, Message], None] | None = None, scope: Any = None
+    send: Send, on_5xx: Callable[[Scope, Message], None] | None = None, scope: Any = None
 ) -> tuple[Send, list[bool]]:
     """``send`` and a flag set when sending failed: the client went away, which makes the
-    exception the app then raises no application error. ``on_start(scope, message)`` sees
-    the response start (never raises into the app). The response's last message is sent
-    with no trace context current (``_clear_context``)."""
+    exception the app then raises no application error. ``on_5xx(scope, message)`` sees
+    a 5xx response start (never raises into the app). The response's last message is sent
+    with no trace context current (see ``_clear_context``, inlined here)."""
     gone = [False]
 
     async def watched_send(message: Message) -> None:
@@ -436,18 +431,25 @@ def _watched_send(
                 or message.get("more_trailers")
                 or message.get("type") not in _FINAL
             ):
-                if on_start is not None and message.get("type") == "http.response.start":
+                if (
+                    on_5xx is not None
+                    and message.get("type") == "http.response.start"
+                    and isinstance(message.get("status"), int)
+                    and message["status"] >= 500
+                ):
                     try:
-                        on_start(scope, message)
+                        on_5xx(scope, message)
                     except Exception:
                         logger.debug("watching the response start failed", exc_info=True)
                 await send(message)
                 return
-            tokens = _clear_context()
+            span_token = CURRENT_SPAN.set(None)
+            token = PROPAGATION_CONTEXT.set(None)
             try:
                 await send(message)
             finally:
-                _restore_context(tokens)
+                PROPAGATION_CONTEXT.reset(token)
+                CURRENT_SPAN.reset(span_token)
         except OSError:
             gone[0] = True
             raise
@@ -541,7 +543,7 @@ class TracingMiddleware:
     def unsampled_end(self, scope: Scope, tx: Transaction) -> None:
         """An unsampled request has ended (never raises)."""
 
-    #: Sees the response start of an unsampled request the app got the scope of:
+    #: Sees a 5xx response start of an unsampled request the app got the scope of:
     #: ``unsampled_5xx(scope, message)`` (None: nothing to see).
     unsampled_5xx: Callable[[Scope, Message], None] | None = None
 
@@ -618,8 +620,7 @@ class TracingMiddleware:
                 client,
                 method,
                 str(path),
-                _trace_headers(scope),
-                _GETTER,
+                _incoming(scope),
                 str(peer[0]) if peer else None,
                 scope,
                 "asgi_scope",

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
-from .._propagation import WSGI_GETTER
+from .._propagation import extract_environ
 from .._request import MAX_HEADERS, request_info
 from .._tracing import PropagationContext, Transaction
 from ._common import (
@@ -493,11 +493,7 @@ class TracingMiddleware:
                 client,
                 method,
                 path,
-                # no trace header at all (the common case at a trace's head): skip parsing
-                environ
-                if "HTTP_SENTRY_TRACE" in environ or "HTTP_TRACEPARENT" in environ
-                else None,
-                WSGI_GETTER,
+                extract_environ(environ),
                 environ.get("REMOTE_ADDR"),
                 environ,
                 "wsgi_environ",

@@ -71,7 +71,7 @@ from ..._client import get_client
 from ..._context import CURRENT_SPAN, PROPAGATION_CONTEXT, request_context
 from ..._errors import ConfigurationError
 from ..._options import _OPTION_NAMES
-from ..._propagation import WSGI_GETTER
+from ..._propagation import extract_environ
 from ..._tracing import PropagationContext, Transaction
 from .._common import (
     OTHER_TOOLS_KEYS,
@@ -295,9 +295,7 @@ class TracingMiddleware:
                 client,
                 method,
                 request.path,
-                # no trace header at all (the common case at a trace's head): skip parsing
-                meta if "HTTP_SENTRY_TRACE" in meta or "HTTP_TRACEPARENT" in meta else None,
-                WSGI_GETTER,
+                extract_environ(meta),
                 meta.get("REMOTE_ADDR"),
                 carrier_request,
                 key,
