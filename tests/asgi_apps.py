@@ -412,3 +412,129 @@ def sdk_names(
     return [
         tuple(x) if x else None for x in run_sdk_script(SDK_SCRIPT, kind, style, json.dumps(cases))
     ]
+
+
+# --------------------------------------------------------------------------- flat apps
+
+#: (method, path, headers) requests for the flat apps below, named from ``scope["route"]``
+#: (no mount: the route routing leaves in the scope is the whole template).
+FLAT_REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/users/42", {}),
+    ("POST", "/users/42", {}),  # a partial match: "POST 405"
+    ("GET", "/items", {}),
+    ("POST", "/items", {}),
+    ("GET", "/nope", {}),
+    ("GET", "/old/7", {}),  # rewritten to /users/7 before routing
+    ("GET", "/host-route/5", {"host": "api.example.com"}),
+    ("GET", "/boom/3", {}),
+    ("GET", "/refused/3", {}),
+    ("GET", "/api/v1/items/abc", {}),
+    ("GET", "/api/v1/nested/deep/9", {}),
+    ("POST", "/api/v1/nested/deep/9", {}),
+]
+#: ``FLAT_REQUESTS`` as "METHOD /path" keys.
+FLAT_REQUESTS_KEYS = [f"{method} {path}" for method, path, _ in FLAT_REQUESTS]
+
+
+class ScopeKinds:
+    """A pure ASGI layer recording the type of each scope it is given."""
+
+    def __init__(self, app: Any, kinds: list[type]) -> None:
+        self.app = app
+        self.kinds = kinds
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.kinds.append(type(scope))
+            if scope["path"].startswith("/old/"):
+                scope["path"] = "/users/" + scope["path"][5:]
+        await self.app(scope, receive, send)
+
+
+def flat_starlette_app(kinds: list[type], **options: Any) -> Starlette:
+    async def user(request: Request) -> Response:
+        return PlainTextResponse(str(request.path_params["user_id"]))
+
+    async def item(request: Request) -> Response:
+        return PlainTextResponse(request.url.path)
+
+    async def boom(request: Request) -> Response:
+        raise ValueError("boom")
+
+    async def refused(request: Request) -> Response:
+        raise HTTPException(403)
+
+    async def room(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(ws.path_params["room"])
+        await ws.close()
+
+    app = Starlette(
+        routes=[
+            Route("/users/{user_id:int}", user),
+            Route("/items", item, methods=["POST"]),
+            Route("/api/v1/items/{slug}", item),
+            Route("/api/v1/nested/deep/{x}", item, methods=["GET"]),
+            Route("/boom/{n}", boom),
+            Route("/refused/{n}", refused),
+            WebSocketRoute("/ws/{room}", room),
+            Host("api.example.com", app=Router([Route("/host-route/{x}", item)])),
+        ]
+    )
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(ScopeKinds, kinds=kinds)
+    app.add_middleware(TracingMiddleware, **options)
+    return app
+
+
+def flat_fastapi_app(kinds: list[type], **options: Any) -> Any:
+    from fastapi import APIRouter, FastAPI
+    from fastapi import HTTPException as FastAPIHTTPException
+
+    app = FastAPI()
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"user": user_id}
+
+    @app.post("/items")
+    async def items() -> dict[str, str]:
+        return {"ok": "items"}
+
+    @app.get("/boom/{n}")
+    async def boom(n: int) -> None:
+        raise ValueError("boom")
+
+    @app.get("/refused/{n}")
+    async def refused(n: int) -> None:
+        raise FastAPIHTTPException(403)
+
+    @app.get("/host-route/{x}")
+    async def host_route(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    api = APIRouter(prefix="/api/v1")
+    nested = APIRouter(prefix="/nested")
+
+    @api.get("/items/{slug}")
+    async def item(slug: str) -> dict[str, str]:
+        return {"slug": slug}
+
+    @nested.get("/deep/{x}")
+    async def deep(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    @nested.websocket("/ws/{room}")
+    async def room(ws: WebSocket, room: str) -> None:
+        await ws.accept()
+        await ws.send_text(room)
+        await ws.close()
+
+    api.include_router(nested)
+    app.include_router(api)
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    app.add_middleware(ScopeKinds, kinds=kinds)
+    app.add_middleware(TracingMiddleware, **options)
+    return app

@@ -1613,3 +1613,81 @@ def test_common_apps_keep_the_unsampled_fast_path(framework: str) -> None:
             client.head(path)
             client.post(path)
     assert _tracing_layer(app)._watch_unsampled is False
+
+
+@pytest.mark.parametrize("style", ["route", "endpoint"])
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_flat_apps_are_named_from_the_routed_scope_as_when_routing_is_watched(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch, framework: str, style: str
+) -> None:
+    # An app that mounts nothing gets the scope itself, and its sampled requests are named
+    # from the route routing leaves in it; the watching copy of the scope, which follows
+    # every routing write, is the reference: names, sources and error events agree.
+    from sentry_tracing_mw.integrations import starlette as integration
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    make = asgi_apps.flat_starlette_app if framework == "starlette" else asgi_apps.flat_fastapi_app
+    ws_path = "/ws/lobby" if framework == "starlette" else "/api/v1/nested/ws/lobby"
+
+    def names(kinds: list[type]) -> list[tuple[str, str, list[str]]]:
+        got = []
+        with TestClient(make(kinds, transaction_style=style), raise_server_exceptions=False) as c:
+            for method, path, headers in asgi_apps.FLAT_REQUESTS:
+                sentry_server.clear()
+                c.request(method, path, headers=headers)
+                assert stm.flush(5)
+                (tx,) = sentry_server.transactions()
+                errors = [e["transaction"] for e in sentry_server.events()]
+                got.append((tx["transaction"], tx["transaction_info"]["source"], errors))
+            sentry_server.clear()
+            with c.websocket_connect(ws_path) as ws:
+                assert ws.receive_text() == "lobby"
+            assert stm.flush(5)
+            (tx,) = sentry_server.transactions()
+            got.append((tx["transaction"], tx["transaction_info"]["source"], []))
+        return got
+
+    fast_kinds: list[type] = []
+    fast = names(fast_kinds)
+    monkeypatch.setattr(integration, "_ROUTER_SETS_ROUTE", False)
+    watched_kinds: list[type] = []
+    watched = names(watched_kinds)
+    assert fast == watched
+    assert set(fast_kinds) == {dict}
+    assert set(watched_kinds) == {integration._RoutingScope}
+    by_request = dict(zip(asgi_apps.FLAT_REQUESTS_KEYS, fast, strict=False))
+    if style == "route":
+        user = "/users/{user_id:int}" if framework == "starlette" else "/users/{user_id}"
+        assert by_request["GET /users/42"][:2] == (user, "route")
+        assert by_request["GET /old/7"][:2] == (user, "route")  # the path routed
+        assert by_request["GET /api/v1/nested/deep/9"][:2] == ("/api/v1/nested/deep/{x}", "route")
+        assert by_request["GET /boom/3"] == ("/boom/{n}", "route", ["/boom/{n}"])
+    else:
+        assert by_request["GET /users/42"][1] == "component"
+        assert by_request["GET /users/42"][0].endswith(".user")
+    assert by_request["POST /users/42"][:2] == ("POST 405", "route")
+    assert by_request["POST /api/v1/nested/deep/9"][:2] == ("POST 405", "route")
+    assert by_request["GET /nope"][:2] == ("GET 404", "route")
+
+
+def test_an_app_that_mounts_an_app_later_is_watched_from_then_on(
+    sentry_server: SentryServer,
+) -> None:
+    from starlette.routing import Mount, Route
+
+    from sentry_tracing_mw.integrations import starlette as integration
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    kinds: list[type] = []
+    app = asgi_apps.flat_starlette_app(kinds)
+
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    with TestClient(app) as c:
+        c.get("/users/1")
+        app.router.routes.append(Mount("/sub", routes=[Route("/things/{thing_id}", thing)]))
+        assert c.get("/sub/things/7").text == "thing"
+    got = transactions_by_name(sentry_server, 2)
+    assert set(got) == {"/users/{user_id:int}", "/sub/things/{thing_id}"}
+    assert kinds == [dict, integration._RoutingScope]

@@ -801,6 +801,8 @@ class TracingMiddleware:
                     code = int(message["status"])
                     if tx._recording:
                         tx.set_http_status(code)  # data and tags nobody sends otherwise
+                    if tx._namer is not None:
+                        tx._settle_name()
                     if tx._source == "url":
                         name_on_response(tx, inner, method, code)
                 except Exception:
@@ -816,6 +818,8 @@ class TracingMiddleware:
                 # middleware turned it away ("GET 403").
                 try:
                     code = 403
+                    if tx._namer is not None:
+                        tx._settle_name()
                     if tx._source == "url" and self.name_unmatched:
                         if self.routed(inner):
                             code = 404
@@ -898,6 +902,8 @@ class TracingMiddleware:
                     watcher.exception()  # retrieved: no "never retrieved" warning
             if disconnected and tx._status in (None, "ok"):
                 tx._status = "cancelled"
+            if tx._namer is not None:
+                tx._settle_name()  # (named by now unless no response started)
             finish_request(tx, scope)
 
     def _name_failed(self, tx: Transaction, scope: Scope, method: str) -> None:

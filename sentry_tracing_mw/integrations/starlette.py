@@ -2,12 +2,16 @@
 
 A pure ASGI middleware built on the generic ASGI lifecycle (:mod:`.asgi`). What it adds:
 
-* Route names with every mount prefix, set while Starlette routes the request, before
-  the view runs. The app gets a copy of the scope that writes every change through to
-  the original and watches routing: Starlette and FastAPI record the matched route and
-  the mount's child scope in the scope (``scope["route"] = ...``, ``scope.update(...)``)
-  at each level, so following those writes gives the full template without a second
-  walk over the routes and without patching the router.
+* Route names with every mount prefix. In an app that mounts nothing, the route routing
+  leaves in the scope (``scope["route"]``, FastAPI's effective route context) is the
+  whole template: the request is named from it when its name is first read or the
+  response starts, and the app gets the scope itself. Otherwise (mounts, a Starlette
+  that does not record the route) the app gets a copy of the scope that writes every
+  change through to the original and watches routing: Starlette and FastAPI record the
+  matched route and the mount's child scope in the scope (``scope["route"] = ...``,
+  ``scope.update(...)``) at each level, so following those writes gives the full
+  template before the view runs, without a second walk over the routes and without
+  patching the router.
 * Unmatched requests are named ``"GET 404"`` / ``"POST 405"`` (one name per method and
   status), never the raw path.
 * Exceptions that an app's exception handler turns into a 5xx response are captured
@@ -71,6 +75,19 @@ _MAX_WRAPPERS = 64  # per handler table view
 _HandlerTables = tuple[Any, Any, tuple["_CapturingTable", "_CapturingTable"]]
 _dict_setitem = dict.__setitem__
 _MISSING = object()
+
+
+def _router_sets_route() -> bool:
+    """Whether Starlette's router records the route it matched in ``scope["route"]``."""
+    try:
+        from starlette.routing import Router
+
+        return "route" in Router.app.__code__.co_consts
+    except Exception:  # pragma: no cover - a Starlette of another shape
+        return False
+
+
+_ROUTER_SETS_ROUTE = _router_sets_route()
 
 
 def dotted_name(obj: Any) -> str | None:
@@ -308,6 +325,8 @@ class _RoutingScope(dict[str, Any]):
 
 #: The scope keys ``_late_name`` reads (routing's ``matches()`` included).
 _NAMING_KEYS = (
+    "route",
+    "fastapi",
     "type",
     "method",
     "headers",
@@ -404,6 +423,8 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._known_tables: set[int] = set()
         self._watch_unsampled = True
         self._always_watch = False  # a table the walk cannot find, a path rewritten
+        #: (the app's route list, its length, whether it mounts nothing): see _unmounted
+        self._mounts: tuple[Any, int, bool] | None = None
         try:
             self._find_tables()
         except Exception:
@@ -427,10 +448,65 @@ class TracingMiddleware(asgi.TracingMiddleware):
         return origin
 
     def app_scope(self, scope: Scope, tx: Transaction, method: str) -> Scope:
-        """A watching copy of the scope that names the transaction while routing."""
+        """The scope itself, the request named from the route routing leaves in it
+        (``_route_name``), when the router records it (``scope["route"]``), the app mounts
+        no app and its handler tables capture on their own; else a watching copy of the
+        scope that names the transaction while routing."""
         if isinstance(scope, _RoutingScope):
             return scope  # an outer Starlette integration is already watching
+        app = scope.get("app")
+        if (
+            _ROUTER_SETS_ROUTE
+            and not self._watch_unsampled
+            and app is not None
+            and self._unmounted(app)
+        ):
+            tx._namer = (self._route_name, scope, app, scope.get("root_path"))
+            return scope
         return _RoutingScope(scope, self, tx, method)
+
+    def _unmounted(self, app: Any) -> bool:
+        """Whether the app's routes mount nothing (a request's route is then the one
+        routing leaves in ``scope["route"]``, with no prefix); cached while its route
+        list stays the same length."""
+        routes = getattr(app, "routes", None)
+        if type(routes) is not list:
+            return False
+        known = self._mounts
+        if known is not None and known[0] is routes and known[1] == len(routes):
+            return known[2]
+        unmounted = not any(isinstance(route, Mount) for route in routes)
+        self._mounts = (routes, len(routes), unmounted)
+        return unmounted
+
+    def _route_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
+        """Name ``tx`` after the route routing left in the scope (the one whose endpoint
+        it chose, no mount passed); else as ``_late_name`` does."""
+        if tx._source != "url":
+            return
+        route = scope.get("route")
+        if route is not None and scope.get("root_path") == root_path:
+            ctx = _effective_context(scope, route)
+            src = ctx if ctx is not None else route
+            endpoint = getattr(src, "endpoint", None)
+            path = getattr(src, "path", None)
+            if (
+                endpoint is not None
+                and endpoint is scope.get("endpoint")
+                and isinstance(path, str)
+                and path
+            ):
+                methods = getattr(src, "methods", None)
+                if methods and scope.get("type") == "http":
+                    method = scope.get("method")
+                    if method not in methods and str(method or "GET").upper() not in methods:
+                        return  # a partial match: "POST 405" once the status is known
+                if not self._endpoint_style:
+                    tx._name, tx._source = path, "route"
+                elif name := self._endpoint_name(endpoint):
+                    tx._name, tx._source = name, "component"
+                return
+        self._late_name(tx, scope, app, root_path)
 
     def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
         """Nothing named the request by the time it responds: ``"GET 404"`` style."""
@@ -535,7 +611,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         app = scope.get("app")
         if self._watch_unsampled or app is None:
             return self.app_scope(scope, tx, method)
-        tx._namer = (self._late_name, scope, app, scope.get("root_path"))
+        tx._namer = (self._route_name, scope, app, scope.get("root_path"))
         return scope
 
     def _late_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
@@ -546,7 +622,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         if not self.routed(scope):
             # Not routed (yet): unnamed as a watched request is (an error now is "GET
             # 500"); named if read again once the router ran.
-            tx._namer = (self._late_name, scope, app, root_path)
+            tx._namer = (self._route_name, scope, app, root_path)
             return
         probe = dict(scope)
         probe["path"] = tx._name  # the path it started with
