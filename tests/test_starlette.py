@@ -1647,13 +1647,15 @@ def test_flat_apps_are_named_from_the_routed_scope_as_when_routing_is_watched(
             got.append((tx["transaction"], tx["transaction_info"]["source"], []))
         return got
 
+    # (a Starlette whose router does not record the route, as 0.31 does not, watches)
+    fast_kind = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
     fast_kinds: list[type] = []
     fast = names(fast_kinds)
     monkeypatch.setattr(integration, "_ROUTER_SETS_ROUTE", False)
     watched_kinds: list[type] = []
     watched = names(watched_kinds)
     assert fast == watched
-    assert set(fast_kinds) == {dict}
+    assert set(fast_kinds) == {fast_kind}
     assert set(watched_kinds) == {integration._RoutingScope}
     by_request = dict(zip(asgi_apps.FLAT_REQUESTS_KEYS, fast, strict=False))
     if style == "route":
@@ -1690,4 +1692,5 @@ def test_an_app_that_mounts_an_app_later_is_watched_from_then_on(
         assert c.get("/sub/things/7").text == "thing"
     got = transactions_by_name(sentry_server, 2)
     assert set(got) == {"/users/{user_id:int}", "/sub/things/{thing_id}"}
-    assert kinds == [dict, integration._RoutingScope]
+    first = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
+    assert kinds == [first, integration._RoutingScope]
