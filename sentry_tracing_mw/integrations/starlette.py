@@ -249,8 +249,11 @@ class _RoutingScope(dict[str, Any]):
                 if isinstance(cand, Host) and cand.app is endpoint:
                     self._routes = cand.routes
                     return
-                if getattr(cand, "endpoint", None) is endpoint and self._method_allowed(
-                    getattr(cand, "methods", None)
+                # The route of this endpoint that matches the request (an endpoint may
+                # serve several routes; a route whose method does not match is a 405).
+                if (
+                    getattr(cand, "endpoint", None) is endpoint
+                    and cand.matches(self)[0] is Match.FULL
                 ):
                     self._leaf(cand)
                     return
