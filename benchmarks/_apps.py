@@ -379,13 +379,153 @@ class DjangoFloorMiddleware:
             _FLOOR_TRACE.reset(token)
 
 
-#: ``paired_apps`` modes: the app paired with bare is ours, the floor layer, or bare (A/A).
-PAIRED_MODES = ("ours", "floor", "bare")
+# --------------------------------------------------------------------------- the contract's floor
+
+
+class _ContractRecord:
+    """A request's trace state in the contract's floor: the trace it continues (or a new
+    trace id) and its end, counted as an unsampled transaction for client reports. The
+    least a request's transaction can be; ours is a full transaction object (see
+    ``ContractFloorMiddleware``)."""
+
+    __slots__ = ("incoming", "trace_id")
+
+    def __init__(self, incoming: Any) -> None:
+        self.incoming = incoming
+        self.trace_id = incoming.trace_id if incoming is not None else random.getrandbits(128)
+
+    def finish(self) -> None:
+        _CLIENT_OF[0]().reports.record_unsampled(0)
+
+
+#: ``get_client`` (imported by the contract's floor layers, not by this module's import).
+_CLIENT_OF: list[Any] = [None]
+
+
+def _contract_start(path: str, incoming: Any, origin: str) -> Any:
+    """The request's trace state (see ``_ContractRecord``)."""
+    return _ContractRecord(incoming)
+
+
+def _contract_wsgi(app: Any) -> Any:
+    """``ContractFloorMiddleware`` as a WSGI layer (Flask's ``wsgi_app``, where ours goes)."""
+    from sentry_tracing_mw._client import get_client
+    from sentry_tracing_mw._context import CURRENT_SPAN
+    from sentry_tracing_mw._propagation import extract_environ
+    from sentry_tracing_mw.integrations._common import REQUEST_TX_KEY
+
+    _CLIENT_OF[0] = get_client
+
+    def contract(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get(REQUEST_TX_KEY) is not None:
+            return app(environ, start_response)
+        incoming = (
+            extract_environ(environ)
+            if "HTTP_SENTRY_TRACE" in environ or "HTTP_TRACEPARENT" in environ
+            else None
+        )
+        tx = _contract_start(environ.get("PATH_INFO") or "/", incoming, "auto.http.flask")
+        environ[REQUEST_TX_KEY] = tx
+        token = CURRENT_SPAN.set(tx)
+        try:
+            return app(environ, start_response)  # (the benchmark's bodies are complete)
+        finally:
+            CURRENT_SPAN.reset(token)
+            del environ[REQUEST_TX_KEY]
+            tx.finish()
+
+    return contract
+
+
+class ContractFloorMiddleware:
+    """What the contract makes an unsampled request cost at least, where ours goes, with
+    none of our tracing code but the header parsing: the trace headers read and parsed
+    (to continue the trace and learn its decision), a record of the request's trace made
+    current for the request (a context variable) and marked in the scope for inner
+    middleware, the trace context cleared around the response's last message (a server
+    may start the connection's next request inside that send), the request counted for
+    client reports at its end. No transaction object (``_ContractRecord``), route name,
+    request data, error capture or framework hooks; WSGI: no body wrapper (the benchmark's
+    bodies are complete, which ours learns from the framework). ``contract`` in the
+    paired table."""
+
+    def __init__(self, app: Any) -> None:
+        from sentry_tracing_mw._client import get_client
+        from sentry_tracing_mw._context import CURRENT_SPAN
+        from sentry_tracing_mw.integrations.asgi import SCOPE_KEY, _incoming
+
+        _CLIENT_OF[0] = get_client
+        self.app = app
+        self._span = CURRENT_SPAN
+        self._key = SCOPE_KEY
+        self._incoming = _incoming
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        key = self._key
+        if scope["type"] != "http" or key in scope:
+            await self.app(scope, receive, send)
+            return
+        span = self._span
+        tx = _contract_start(scope["path"], self._incoming(scope), "auto.http.starlette")
+        scope[key] = tx
+
+        async def contract_send(message: dict[str, Any]) -> None:
+            if message.get("more_body") or message["type"] != "http.response.body":
+                await send(message)
+                return
+            cleared = span.set(None)
+            try:
+                await send(message)
+            finally:
+                span.reset(cleared)
+
+        token = span.set(tx)
+        try:
+            await self.app(scope, receive, contract_send)
+        finally:
+            span.reset(token)
+            del scope[key]
+            tx.finish()
+
+
+class DjangoContractFloorMiddleware:
+    """``ContractFloorMiddleware`` as a Django middleware (first in ``MIDDLEWARE``)."""
+
+    def __init__(self, get_response: Any) -> None:
+        from sentry_tracing_mw._client import get_client
+        from sentry_tracing_mw._context import CURRENT_SPAN
+        from sentry_tracing_mw._propagation import extract_environ
+
+        _CLIENT_OF[0] = get_client
+        self.get_response = get_response
+        self._span = CURRENT_SPAN
+        self._extract = extract_environ
+
+    def __call__(self, request: Any) -> Any:
+        meta = request.META
+        incoming = (
+            self._extract(meta)
+            if "HTTP_SENTRY_TRACE" in meta or "HTTP_TRACEPARENT" in meta
+            else None
+        )
+        tx = _contract_start(request.path, incoming, "auto.http.django")
+        request.__dict__["sentry_tracing_mw.transaction"] = tx  # (the owner's mark)
+        token = self._span.set(tx)
+        try:
+            return self.get_response(request)
+        finally:
+            self._span.reset(token)
+            tx.finish()
+
+
+#: ``paired_apps`` modes: the app paired with bare is ours, the floor layer, the contract's
+#: floor, or bare (A/A).
+PAIRED_MODES = ("ours", "floor", "contract", "bare")
 
 
 def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
     """A bare app and, as ``ours``, the app traced by ours (``init()`` already called),
-    under the floor layer (``mode="floor"``), or bare again (``mode="bare"``: the A/A
+    under the floor layer (``mode="floor"``), the contract's floor (``"contract"``), or bare again (``mode="bare"``: the A/A
     control); in one process."""
     if mode not in PAIRED_MODES:
         raise SystemExit(f"unknown paired mode {mode!r}")
@@ -397,6 +537,8 @@ def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
             FlaskTracing(ours)
         elif mode == "floor":
             ours.wsgi_app = _floor_wsgi(ours.wsgi_app)  # type: ignore[method-assign]
+        elif mode == "contract":
+            ours.wsgi_app = _contract_wsgi(ours.wsgi_app)  # type: ignore[method-assign]
         return {"bare": make_flask(), "ours": ours}
     if framework == "django":
         from django.conf import settings
@@ -408,6 +550,8 @@ def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
             settings.MIDDLEWARE = ["sentry_tracing_mw.integrations.django.TracingMiddleware"]
         elif mode == "floor":
             settings.MIDDLEWARE = [f"{__name__}.DjangoFloorMiddleware"]
+        elif mode == "contract":
+            settings.MIDDLEWARE = [f"{__name__}.DjangoContractFloorMiddleware"]
         return {"bare": bare, "ours": get_wsgi_application()}
     if framework in ASGI:
         from sentry_tracing_mw.integrations.starlette import TracingMiddleware
@@ -418,6 +562,8 @@ def paired_apps(framework: str, mode: str = "ours") -> dict[str, Any]:
             ours.add_middleware(TracingMiddleware)
         elif mode == "floor":
             ours.add_middleware(FloorMiddleware)
+        elif mode == "contract":
+            ours.add_middleware(ContractFloorMiddleware)
         return {"bare": make(), "ours": ours}
     raise SystemExit(f"unknown framework {framework!r}")
 
