@@ -962,10 +962,11 @@ def extract_environ(environ: Mapping[str, Any]) -> IncomingTrace | None:
             and (tracestate is None or type(tracestate) is str)
         ):
             return extract_values(sentry_trace, traceparent, baggage, tracestate, True)
-    except Exception:
-        _logger.debug("ignoring incoming trace headers that could not be read", exc_info=True)
-        return None
-    return extract(environ, WSGI_GETTER, lazy=True)  # values that are not str: coerced
+    except Exception:  # a mapping that refuses a read, a value that refuses a test
+        pass
+    # Values that are not str (coerced), or reads that failed: the general reader, which
+    # reads each header on its own.
+    return extract(environ, WSGI_GETTER, lazy=True)
 
 
 @overload

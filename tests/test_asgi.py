@@ -153,33 +153,47 @@ def test_scheme_left_out_by_the_server_is_the_asgi_default(kind: str, scheme: st
 
 
 def test_trace_headers_read_the_same_through_every_header_shape() -> None:
-    # The one-pass dict read (unique names in a list) and the general loop (repeats,
-    # tuples, odd pairs) must give the same incoming trace, the generic extract()'s.
+    # The one-pass dict read (unique names in a list) and the general reader (repeats,
+    # tuples, odd pairs, values of other types) give what the generic extract() gives,
+    # and never raise.
     from sentry_tracing_mw._propagation import ASGI_GETTER, extract
-    from sentry_tracing_mw.integrations.asgi import _incoming, _joined_trace_headers
+    from sentry_tracing_mw.integrations.asgi import _incoming
 
-    def read(headers: Any) -> dict[str, str] | None:
+    def read(headers: Any) -> Any:
         incoming = _incoming({"headers": headers})
         assert incoming == extract({"headers": headers}, ASGI_GETTER, lazy=True)
-        found = _joined_trace_headers(headers) if headers is not None else None
-        assert (incoming is None) == (found is None or extract(found) is None)
-        return found
+        return incoming
 
     st = b"0123456789abcdef0123456789abcdef-0123456789abcdef-1"
+    tid = st[:32].decode()
     plain = [(b"host", b"h"), (b"sentry-trace", st), (b"baggage", b"a=1")]
-    assert read(plain) == {"sentry-trace": st.decode(), "baggage": "a=1"}
-    assert read(tuple(plain)) == read(plain) == read([list(p) for p in plain])
+    found = read(plain)
+    assert found is not None and found.trace_id == tid and found.baggage == "a=1"
+    assert read(tuple(plain)) == found == read([list(p) for p in plain])
     assert read([(b"host", b"h"), (b"accept", b"*/*")]) is None
     assert read([(b"accept", b"a"), (b"accept", b"b")]) is None  # repeats, none of ours
     assert read([]) is None and read(None) is None
-    repeated = [*plain, (b"baggage", b"b=2"), (b"accept", b"x")]
-    assert read(repeated) == {"sentry-trace": st.decode(), "baggage": "a=1,b=2"}
-    assert read(repeated) == _joined_trace_headers(repeated)
-    incoming = _incoming({"headers": repeated})
-    assert incoming is not None and incoming.baggage == "a=1,b=2"  # joined, kept unparsed
-    assert incoming.trace_id == st[:32].decode() and incoming.parent_sampled is True
-    assert read([(b"baggage", b"\xe9")]) == {"baggage": "\xe9"}  # latin-1, as the loop
-    assert read([(b"x",), (b"sentry-trace", st)]) == {"sentry-trace": st.decode()}  # odd pair
+    repeated = read([*plain, (b"baggage", b"b=2"), (b"accept", b"x")])
+    assert repeated is not None and repeated.baggage == "a=1,b=2"  # joined, kept unparsed
+    assert repeated.parent_sampled is True
+    # Shapes no ASGI server sends: the header that can be read is read, the rest skipped.
+    for odd in (
+        [(b"sentry-trace", st), (b"sentry-trace", None)],
+        [(b"sentry-trace", 1), (b"sentry-trace", st)],
+        [(b"sentry-trace", st), (b"baggage",)],
+        [(b"sentry-trace", st), None],
+        [(b"sentry-trace", st), 5],
+        [(bytearray(b"x-other"), b"1"), (b"sentry-trace", st)],
+        [(b"x",), (b"sentry-trace", st)],
+        [(b"sentry-trace", st.decode())],
+        [(b"sentry-trace", memoryview(st))],
+    ):
+        got = read(odd)
+        assert got is not None and got.trace_id == tid, odd
+    assert read([(b"sentry-trace", st, b"z")]) is None  # not a pair
+    assert read(3) is None and read(b"sentry-trace") is None
+    # Any iterable is read once (a generator too: the generic reader would read it again).
+    assert _incoming({"headers": iter(plain)}) == found
 
 
 def test_app_renames_and_unmatched_keeps_url(sentry_server: SentryServer) -> None:

@@ -24,6 +24,7 @@ from sentry_tracing_mw._propagation import (
     SentryTrace,
     TraceParent,
     extract,
+    extract_environ,
     format_baggage,
     format_sample_rand,
     format_sample_rate,
@@ -726,6 +727,35 @@ class TestGetters:
         assert WSGI_GETTER.get(environ, "tracestate") is None
         assert WSGI_GETTER.get(environ, "x-custom") == "c"
         assert WSGI_GETTER.get({}, "baggage") is None
+
+    def test_extract_environ_reads_what_the_wsgi_getter_reads(self) -> None:
+        # The direct read of an environ (str values) gives extract()'s result; values of
+        # other types, and a mapping or value that refuses a read, go through the getter,
+        # which reads each header on its own.
+        class Refusing(dict[str, Any]):
+            def get(self, key: str, default: Any = None) -> Any:
+                if key == "HTTP_BAGGAGE":
+                    raise RuntimeError("refused")
+                return super().get(key, default)
+
+        class Untestable:
+            def __bool__(self) -> bool:
+                raise ValueError("no truth value")
+
+        sentry_trace = f"{TID}-{SID}-1"
+        environs: list[Any] = [
+            {},
+            {"HTTP_SENTRY_TRACE": sentry_trace, "HTTP_BAGGAGE": "sentry-sampled=true,a=1"},
+            {"HTTP_SENTRY_TRACE": sentry_trace.encode(), "HTTP_BAGGAGE": b"a=1"},
+            {"HTTP_TRACEPARENT": f"00-{TID}-{SID}-01", "HTTP_TRACESTATE": "k=v"},
+            Refusing(HTTP_SENTRY_TRACE=sentry_trace),
+            {"HTTP_SENTRY_TRACE": sentry_trace, "HTTP_TRACEPARENT": Untestable()},
+        ]
+        for environ in environs:
+            assert extract_environ(environ) == extract(environ, WSGI_GETTER, lazy=True)
+        for environ in environs[1:]:
+            found = extract_environ(environ)
+            assert found is not None and found.trace_id == TID, environ
 
     def test_asgi_getter(self) -> None:
         scope: dict[str, Any] = {

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from .._client import Client, get_client
 from .._context import CURRENT_SPAN, PROPAGATION_CONTEXT
 from .._errors import ConfigurationError
-from .._propagation import IncomingTrace, extract, extract_values
+from .._propagation import ASGI_GETTER, IncomingTrace, extract, extract_values
 from .._request import MAX_HEADERS, request_info
 from .._tracing import Transaction
 from ._common import (
@@ -80,78 +80,58 @@ _FINAL_BODY = frozenset({"http.response.pathsend"})
 #: Messages that can end a response: a body one without ``more_body``, trailers (sent
 #: after the body when the response start announced them) without ``more_trailers``.
 _FINAL = _FINAL_BODY | _BODY | {"http.response.trailers"}
-_TRACE_HEADERS = {
-    b"sentry-trace": "sentry-trace",
-    b"baggage": "baggage",
-    b"traceparent": "traceparent",
-    b"tracestate": "tracestate",
-}
 _first = itemgetter(0)
+#: The propagation headers' names as ASGI servers send them.
+_TRACE_HEADERS = frozenset({b"sentry-trace", b"baggage", b"traceparent", b"tracestate"})
 
 
 def _incoming(scope: Scope) -> IncomingTrace | None:
-    """The trace a request continues, from its propagation headers (repeats joined with
-    ","); None when it has none, or none that can be read (logged at debug level)."""
+    """The trace a request continues, from its propagation headers; None when it has none
+    that can be read (never raises).
+
+    The usual shape (a list of lowercase byte names with byte values: what ASGI servers
+    send) is read in C-level passes, thousands of repeated headers costing little more
+    than a few: a dict of the pairs (names are unique unless it is shorter), a repeated
+    trace header's values joined with ",", and the four headers picked from it. Anything
+    else (other types, odd pairs) goes through the general reader,
+    ``extract(..., ASGI_GETTER)``, which skips what is not a header.
+    """
     headers = scope.get("headers")
-    if type(headers) is list:
-        # The usual shape, in C-level passes only (thousands of repeated headers cost
-        # little more than a few): a dict of the pairs (names are unique unless it is
-        # shorter), and for a repeated trace header the join of its values.
+    if type(headers) is not list:
         try:
-            by_name = dict(headers)
-            if by_name.keys().isdisjoint(_TRACE_HEADERS):
-                return None
-            if len(by_name) != len(headers):
-                names = list(map(_first, headers))
-                for raw in _TRACE_HEADERS:
-                    if raw in by_name and names.count(raw) > 1:
-                        by_name[raw] = b",".join([v for n, v in headers if n == raw])
-        except (TypeError, ValueError, IndexError):  # not (name, bytes) pairs: the loop
-            pass
-        else:
-            try:
-                sentry_trace = by_name.get(b"sentry-trace")
-                traceparent = by_name.get(b"traceparent")
-                baggage = by_name.get(b"baggage")
-                tracestate = by_name.get(b"tracestate") if traceparent else None
-                return extract_values(
-                    None if sentry_trace is None else sentry_trace.decode("latin-1"),
-                    None if traceparent is None else traceparent.decode("latin-1"),
-                    None if baggage is None else baggage.decode("latin-1"),
-                    None if tracestate is None else tracestate.decode("latin-1"),
-                    True,
-                )
-            except Exception:
-                logger.debug("ignoring unreadable incoming trace headers", exc_info=True)
-                return None
-    found = _joined_trace_headers(headers)
-    return None if found is None else extract(found, lazy=True)
-
-
-def _joined_trace_headers(headers: Any) -> dict[str, str] | None:
-    """The propagation headers of any iterable of pairs, repeated names joined with ","
-    (None when absent)."""
-    found: dict[str, str] | None = None
-    repeats: dict[str, list[bytes]] | None = None  # joined once: += would be quadratic
-    for item in headers or ():
-        name = _TRACE_HEADERS.get(item[0])
-        if name is None:
-            continue
-        if found is None:
-            found = {name: item[1].decode("latin-1")}
-        elif name in found:
-            if repeats is None:
-                repeats = {}
-            values = repeats.get(name)
-            if values is None:
-                values = repeats[name] = [found[name].encode("latin-1")]
-            values.append(item[1])
-        else:
-            found[name] = item[1].decode("latin-1")
-    if repeats is not None and found is not None:
-        for name, values in repeats.items():
-            found[name] = b",".join(values).decode("latin-1")
-    return found
+            headers = list(headers or ())  # any iterable (a generator too), read once
+        except Exception:
+            logger.debug("ignoring unreadable request headers", exc_info=True)
+            return None
+    try:
+        by_name = dict(headers)
+        if by_name.keys().isdisjoint(_TRACE_HEADERS):
+            return None
+        if len(by_name) != len(headers):  # a repeated name: a repeated trace header joined
+            names = list(map(_first, headers))
+            for raw in _TRACE_HEADERS:
+                if raw in by_name and names.count(raw) > 1:
+                    by_name[raw] = b",".join([v for n, v in headers if n == raw])
+        sentry_trace = by_name.get(b"sentry-trace")
+        traceparent = by_name.get(b"traceparent")
+        baggage = by_name.get(b"baggage")
+        tracestate = by_name.get(b"tracestate") if traceparent else None
+        if (
+            (sentry_trace is None or type(sentry_trace) is bytes)
+            and (traceparent is None or type(traceparent) is bytes)
+            and (baggage is None or type(baggage) is bytes)
+            and (tracestate is None or type(tracestate) is bytes)
+        ):
+            return extract_values(
+                None if sentry_trace is None else sentry_trace.decode("latin-1"),
+                None if traceparent is None else traceparent.decode("latin-1"),
+                None if baggage is None else baggage.decode("latin-1"),
+                None if tracestate is None else tracestate.decode("latin-1"),
+                True,
+            )
+    except Exception:  # not (name, value) pairs, names that cannot be hashed, bad values
+        pass
+    return extract({"headers": headers}, ASGI_GETTER, lazy=True)
 
 
 def defer_asgi_request_info(tx: Transaction, scope: Scope, pii: bool) -> None:
