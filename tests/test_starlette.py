@@ -1694,3 +1694,61 @@ def test_an_app_that_mounts_an_app_later_is_watched_from_then_on(
     assert set(got) == {"/users/{user_id:int}", "/sub/things/{thing_id}"}
     first = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
     assert kinds == [first, integration._RoutingScope]
+
+
+def test_a_root_path_set_before_routing_keeps_the_route_name(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy-prefix middleware sets root_path (the path keeps the prefix, as ASGI has it):
+    # the route in the scope is still one of the app's own, named as when watched.
+    from sentry_tracing_mw.integrations import starlette as integration
+
+    class ForwardedPrefix:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"].startswith("/pfx/"):
+                scope["root_path"] = "/pfx"
+            await self.app(scope, receive, send)
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+
+    def names() -> tuple[list[str], list[type]]:
+        kinds: list[type] = []
+        app = asgi_apps.flat_starlette_app(kinds, inner=(ForwardedPrefix,))  # inside ours
+        with TestClient(app, raise_server_exceptions=False) as c:
+            assert c.get("/pfx/users/1").status_code == 200
+            assert c.get("/pfx/boom/2").status_code == 500
+        assert stm.flush(5)
+        got = [t["transaction"] for t in sentry_server.transactions()]
+        got += [e["transaction"] for e in sentry_server.events()]
+        sentry_server.clear()
+        return got, kinds
+
+    fast_kind = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
+    fast, fast_kinds = names()
+    monkeypatch.setattr(integration, "_ROUTER_SETS_ROUTE", False)
+    watched, _ = names()
+    assert fast == watched == ["/users/{user_id:int}", "/boom/{n}", "/boom/{n}"]
+    assert fast_kinds == [fast_kind, fast_kind]
+
+
+def test_a_request_routed_below_a_host_is_named_and_the_app_watched_from_then_on(
+    sentry_server: SentryServer,
+) -> None:
+    # Below a Host the route in the scope is the Host's router's, not the app's own: the
+    # request is named from the app's routes, and later sampled requests are watched.
+    from sentry_tracing_mw.integrations import starlette as integration
+
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    kinds: list[type] = []
+    with TestClient(asgi_apps.flat_starlette_app(kinds)) as c:
+        c.get("/users/1")
+        c.get("/host-route/5", headers={"host": "api.example.com"})
+        c.get("/users/2")
+    assert stm.flush(5)
+    got = [t["transaction"] for t in sentry_server.transactions()]
+    assert got == ["/users/{user_id:int}", "/host-route/{x}", "/users/{user_id:int}"]
+    first = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
+    assert kinds == [first, first, integration._RoutingScope]

@@ -426,8 +426,12 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._known_tables: set[int] = set()
         self._watch_unsampled = True
         self._always_watch = False  # a table the walk cannot find, a path rewritten
-        #: (the app's route list, its length, whether it mounts nothing): see _unmounted
-        self._mounts: tuple[Any, int, bool] | None = None
+        #: (the app's route list, its length, whether it mounts nothing, its routes' ids):
+        #: see _top_routes
+        self._mounts: tuple[Any, int, bool, frozenset[int]] | None = None
+        #: A sampled request was routed where ``scope["route"]`` could not name it: the
+        #: app's sampled requests are watched from then on (see _route_name).
+        self._watch_sampled = False
         try:
             self._find_tables()
         except Exception:
@@ -460,7 +464,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         app = scope.get("app")
         if (
             _ROUTER_SETS_ROUTE
-            and not self._watch_unsampled
+            and not (self._watch_unsampled or self._watch_sampled)
             and app is not None
             and self._unmounted(app)
         ):
@@ -472,43 +476,56 @@ class TracingMiddleware(asgi.TracingMiddleware):
         """Whether the app's routes mount nothing (a request's route is then the one
         routing leaves in ``scope["route"]``, with no prefix); cached while its route
         list stays the same length."""
+        known = self._top_routes(app)
+        return known is not None and known[2]
+
+    def _top_routes(self, app: Any) -> tuple[Any, int, bool, frozenset[int]] | None:
+        """(the app's route list, its length, whether it mounts nothing, the ids of its
+        routes), cached while the list stays the same length; None for an app without
+        a route list."""
         routes = getattr(app, "routes", None)
         if type(routes) is not list:
-            return False
+            return None
         known = self._mounts
-        if known is not None and known[0] is routes and known[1] == len(routes):
-            return known[2]
-        unmounted = not any(isinstance(route, Mount) for route in routes)
-        self._mounts = (routes, len(routes), unmounted)
-        return unmounted
+        if known is None or known[0] is not routes or known[1] != len(routes):
+            unmounted = not any(isinstance(route, Mount) for route in routes)
+            known = self._mounts = (routes, len(routes), unmounted, frozenset(map(id, routes)))
+        return known
 
     def _route_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
-        """Name ``tx`` after the route routing left in the scope (the one whose endpoint
-        it chose, no mount passed); else as ``_late_name`` does."""
+        """Name ``tx`` after the route routing left in the scope: one of the app's own
+        routes, or FastAPI's context of an included one, whose endpoint routing chose.
+        Else as ``_late_name`` does; and when routing chose an endpoint all the same (a
+        route below a ``Host``, a router that does not record its route), the app's
+        sampled requests are watched from then on."""
         if tx._source != "url":
             return
         route = scope.get("route")
-        if route is not None and scope.get("root_path") == root_path:
+        if route is not None:
             ctx = _effective_context(scope, route)
-            src = ctx if ctx is not None else route
-            endpoint = getattr(src, "endpoint", None)
-            path = getattr(src, "path", None)
-            if (
-                endpoint is not None
-                and endpoint is scope.get("endpoint")
-                and isinstance(path, str)
-                and path
-            ):
-                methods = getattr(src, "methods", None)
-                if methods and scope.get("type") == "http":
-                    method = scope.get("method")
-                    if method not in methods and str(method or "GET").upper() not in methods:
-                        return  # a partial match: "POST 405" once the status is known
-                if not self._endpoint_style:
-                    tx._name, tx._source = path, "route"
-                elif name := self._endpoint_name(endpoint):
-                    tx._name, tx._source = name, "component"
-                return
+            known = self._top_routes(app) if ctx is None else None
+            if ctx is not None or (known is not None and id(route) in known[3]):
+                src = ctx if ctx is not None else route
+                endpoint = getattr(src, "endpoint", None)
+                path = getattr(src, "path", None)
+                if (
+                    endpoint is not None
+                    and endpoint is scope.get("endpoint")
+                    and isinstance(path, str)
+                    and path
+                ):
+                    methods = getattr(src, "methods", None)
+                    if methods and scope.get("type") == "http":
+                        method = scope.get("method")
+                        if method not in methods and str(method or "GET").upper() not in methods:
+                            return  # a partial match: "POST 405" once the status is known
+                    if not self._endpoint_style:
+                        tx._name, tx._source = path, "route"
+                    elif name := self._endpoint_name(endpoint):
+                        tx._name, tx._source = name, "component"
+                    return
+        if scope.get("endpoint") is not None:
+            self._watch_sampled = True
         self._late_name(tx, scope, app, root_path)
 
     def name_on_response(self, tx: Transaction, scope: Scope, method: str, code: int) -> None:
