@@ -1701,7 +1701,12 @@ def test_a_root_path_set_before_routing_keeps_the_route_name(
 ) -> None:
     # A proxy-prefix middleware sets root_path (the path keeps the prefix, as ASGI has it):
     # the route in the scope is still one of the app's own, named as when watched.
+    import starlette.routing
+
     from sentry_tracing_mw.integrations import starlette as integration
+
+    if not hasattr(starlette.routing, "get_route_path"):
+        pytest.skip("this Starlette routes on the whole path: a root_path in front is a 404")
 
     class ForwardedPrefix:
         def __init__(self, app: Any) -> None:
@@ -1752,3 +1757,75 @@ def test_a_request_routed_below_a_host_is_named_and_the_app_watched_from_then_on
     assert got == ["/users/{user_id:int}", "/host-route/{x}", "/users/{user_id:int}"]
     first = dict if integration._ROUTER_SETS_ROUTE else integration._RoutingScope
     assert kinds == [first, first, integration._RoutingScope]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_method_override_before_routing_names_the_route_it_reaches(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch, watched: bool
+) -> None:
+    # X-HTTP-Method-Override turns a POST into the PUT routing serves: named after the
+    # route, whether routing is watched or read from the scope (was "POST 200" watched).
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations import starlette as integration
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    class MethodOverride:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            for name, value in scope.get("headers") or ():
+                if name == b"x-http-method-override":
+                    scope["method"] = value.decode()
+            await self.app(scope, receive, send)
+
+    async def put_item(request: Request) -> Response:
+        return PlainTextResponse("put")
+
+    if watched:
+        monkeypatch.setattr(integration, "_ROUTER_SETS_ROUTE", False)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = Starlette(routes=[Route("/items/{id}", put_item, methods=["PUT"])])
+    app.add_middleware(MethodOverride)
+    app.add_middleware(TracingMiddleware)
+    with TestClient(app) as c:
+        assert c.post("/items/1", headers={"x-http-method-override": "PUT"}).text == "put"
+        assert c.post("/items/1").status_code == 405
+    got = [t["transaction"] for t in flushed_transactions(sentry_server, 2)]
+    assert got == ["/items/{id}", "POST 405"]
+
+
+@pytest.mark.parametrize("style", ["route", "endpoint"])
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_starlette_route_in_an_included_router_is_named_with_its_prefix(
+    sentry_server: SentryServer, monkeypatch: pytest.MonkeyPatch, watched: bool, style: str
+) -> None:
+    # A plain Starlette Route in an APIRouter (FastAPI's route context has no path or
+    # endpoint of its own for it): named with the prefix, never "" (was, watched).
+    from fastapi import APIRouter, FastAPI
+    from starlette.routing import Route
+
+    from sentry_tracing_mw.integrations import starlette as integration
+    from sentry_tracing_mw.integrations.starlette import TracingMiddleware
+
+    async def star(request: Request) -> Response:
+        return PlainTextResponse("star")
+
+    if watched:
+        monkeypatch.setattr(integration, "_ROUTER_SETS_ROUTE", False)
+    stm.init(dsn=sentry_server.dsn, traces_sample_rate=1.0)
+    app = FastAPI()
+    router = APIRouter()
+    router.routes.append(Route("/star/{x}", star))
+    app.include_router(router, prefix="/api")
+    app.add_middleware(TracingMiddleware, transaction_style=style)
+    with TestClient(app) as c:
+        assert c.get("/api/star/1").text == "star"
+    (tx,) = flushed_transactions(sentry_server, 1)
+    if style == "route":
+        assert (tx["transaction"], tx["transaction_info"]["source"]) == ("/api/star/{x}", "route")
+    else:
+        assert tx["transaction"].endswith(".star")
+        assert tx["transaction_info"]["source"] == "component"
