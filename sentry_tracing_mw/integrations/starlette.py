@@ -136,14 +136,13 @@ class _RoutingScope(dict[str, Any]):
     """The scope handed to the app: every change is written through to the server's
     scope, and routing writes name the request's transaction."""
 
-    __slots__ = ("_base", "_method", "_mw", "_named", "_prefix", "_routes", "_tx")
+    __slots__ = ("_base", "_mw", "_named", "_prefix", "_routes", "_tx")
 
-    def __init__(self, base: Scope, mw: TracingMiddleware, tx: Transaction, method: str) -> None:
+    def __init__(self, base: Scope, mw: TracingMiddleware, tx: Transaction) -> None:
         dict.__init__(self, base)
         self._base = base
         self._mw = mw
         self._tx = tx
-        self._method = method
         self._prefix = ""
         self._routes: Any = None  # routes of the router being matched; None = the app's
         self._named = False
@@ -269,7 +268,12 @@ class _RoutingScope(dict[str, Any]):
         return routes or ()
 
     def _method_allowed(self, methods: Any) -> bool:
-        return not methods or dict.get(self, "type") != "http" or self._method in methods
+        """Whether the route serves the request's method as routing sees it (a method
+        override middleware may have changed it since the request started)."""
+        if not methods or dict.get(self, "type") != "http":
+            return True
+        method = dict.get(self, "method")
+        return method in methods or str(method or "GET").upper() in methods
 
     def _mount(self, app: Any, root_path: Any) -> None:
         mount = dict.get(self, "route")
@@ -308,13 +312,18 @@ class _RoutingScope(dict[str, Any]):
         if not self._method_allowed(getattr(src, "methods", None)):
             return  # a partial match: "POST 405" once the status is known
         if self._mw._endpoint_style:
-            endpoint = getattr(src, "endpoint", None)
+            # (a FastAPI context of a plain Starlette route has no endpoint: its route has)
+            endpoint = getattr(src, "endpoint", None) or getattr(route, "endpoint", None)
             name = self._mw._endpoint_name(endpoint) if endpoint is not None else None
             if name:
                 self._name(name, "component")
             return
         path = getattr(src, "path", None)
-        if isinstance(path, str):
+        if not path and ctx is not None:
+            # A FastAPI context of a plain Starlette route has no path: its prefixed route
+            # has (as ``_match`` reads it).
+            path = getattr(getattr(ctx, "starlette_route", None), "path", None)
+        if isinstance(path, str) and path:
             self._name(self._prefix + path, "route")
 
     def _late_name(self) -> bool:
@@ -470,7 +479,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         ):
             tx._namer = (self._route_name, scope, app, scope.get("root_path"))
             return scope
-        return _RoutingScope(scope, self, tx, method)
+        return _RoutingScope(scope, self, tx)
 
     def _unmounted(self, app: Any) -> bool:
         """Whether the app's routes mount nothing (a request's route is then the one
@@ -751,7 +760,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
             return
         method = str(scope.get("method") or "GET").upper()
         try:
-            inner: Scope = _RoutingScope(scope, self, tx, method)
+            inner: Scope = _RoutingScope(scope, self, tx)
         except Exception:
             logger.exception("sentry_tracing_mw: preparing the request scope failed")
             await self.app(scope, receive, send)
