@@ -437,7 +437,7 @@ class TracingMiddleware(asgi.TracingMiddleware):
         self._always_watch = False  # a table the walk cannot find, a path rewritten
         #: (the app's route list, its length, whether it mounts nothing, its routes' ids):
         #: see _top_routes
-        self._mounts: tuple[Any, int, bool, frozenset[int]] | None = None
+        self._top: tuple[Any, int, bool, frozenset[int]] | None = None
         #: A sampled request was routed where ``scope["route"]`` could not name it: the
         #: app's sampled requests are watched from then on (see _route_name).
         self._watch_sampled = False
@@ -475,18 +475,12 @@ class TracingMiddleware(asgi.TracingMiddleware):
             _ROUTER_SETS_ROUTE
             and not (self._watch_unsampled or self._watch_sampled)
             and app is not None
-            and self._unmounted(app)
+            and (known := self._top_routes(app)) is not None
+            and known[2]  # the app mounts nothing: the route in the scope has no prefix
         ):
             tx._namer = (self._route_name, scope, app, scope.get("root_path"))
             return scope
         return _RoutingScope(scope, self, tx)
-
-    def _unmounted(self, app: Any) -> bool:
-        """Whether the app's routes mount nothing (a request's route is then the one
-        routing leaves in ``scope["route"]``, with no prefix); cached while its route
-        list stays the same length."""
-        known = self._top_routes(app)
-        return known is not None and known[2]
 
     def _top_routes(self, app: Any) -> tuple[Any, int, bool, frozenset[int]] | None:
         """(the app's route list, its length, whether it mounts nothing, the ids of its
@@ -495,10 +489,10 @@ class TracingMiddleware(asgi.TracingMiddleware):
         routes = getattr(app, "routes", None)
         if type(routes) is not list:
             return None
-        known = self._mounts
+        known = self._top
         if known is None or known[0] is not routes or known[1] != len(routes):
             unmounted = not any(isinstance(route, Mount) for route in routes)
-            known = self._mounts = (routes, len(routes), unmounted, frozenset(map(id, routes)))
+            known = self._top = (routes, len(routes), unmounted, frozenset(map(id, routes)))
         return known
 
     def _route_name(self, tx: Transaction, scope: Scope, app: Any, root_path: Any) -> None:
